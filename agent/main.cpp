@@ -1,0 +1,208 @@
+// blixard-agent: the node agent. With --server it also hosts the control plane (API, store,
+// controllers) in the same process, as one-machine clusters and `blixard up` use it.
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <random>
+#include <string>
+
+#include <boost/json.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "api/http_server.hpp"
+#include "api/service.hpp"
+#include "blixard/error.hpp"
+#include "blixard/version.hpp"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* k_usage = R"(usage: blixard-agent --server [options]
+
+Runs a Blixard node. With --server the node also hosts the control plane (HTTP API,
+scheduler, controllers, SQLite store) in this process.
+
+options:
+  --server              host the control plane (required: joining a remote server comes later)
+  --data-dir DIR        state, logs and instance scratch dirs (default: ~/.blixard)
+  --listen HOST:PORT    API address (default 127.0.0.1:7070; port 0 picks a free one)
+  --node-name NAME      this node's name (default: local)
+  --python PATH         interpreter for Python handlers (default: python3)
+  --log-level LEVEL     trace, debug, info, warn, error (default: info)
+  --version             print the version and exit
+  -h, --help            this text
+
+On start it writes DIR/server.json {"address", "token", "pid"}; SIGTERM or SIGINT stop it.
+exit codes: 0 stopped cleanly, 1 could not start, 2 bad usage.
+)";
+
+struct Args {
+  bool server = false;
+  fs::path data_dir;
+  std::string host = "127.0.0.1";
+  unsigned short port = 7070;
+  std::string node_name = "local";
+  std::string python = "python3";
+  std::string log_level = "info";
+};
+
+[[noreturn]] void usage_error(const std::string& message) {
+  std::cerr << "blixard-agent: " << message << "\n(see blixard-agent --help)\n";
+  std::exit(2);
+}
+
+Args parse_args(int argc, char** argv) {
+  Args args;
+  if (const char* home = std::getenv("HOME")) args.data_dir = fs::path(home) / ".blixard";
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) usage_error(a + " needs a value");
+      return argv[++i];
+    };
+    if (a == "-h" || a == "--help") {
+      std::cout << k_usage;
+      std::exit(0);
+    } else if (a == "--version") {
+      std::cout << "blixard-agent " << blixard::version() << "\n";
+      std::exit(0);
+    } else if (a == "--server") {
+      args.server = true;
+    } else if (a == "--data-dir") {
+      args.data_dir = value();
+    } else if (a == "--listen") {
+      auto listen = value();
+      auto colon = listen.rfind(':');
+      if (colon == std::string::npos) usage_error("--listen: expected HOST:PORT, got " + listen);
+      args.host = listen.substr(0, colon);
+      try {
+        std::size_t used = 0;
+        int port = std::stoi(listen.substr(colon + 1), &used);
+        if (used != listen.size() - colon - 1 || port < 0 || port > 65535) throw 0;
+        args.port = static_cast<unsigned short>(port);
+      } catch (...) {
+        usage_error("--listen: bad port in " + listen);
+      }
+    } else if (a == "--node-name") {
+      args.node_name = value();
+    } else if (a == "--python") {
+      args.python = value();
+    } else if (a == "--log-level") {
+      args.log_level = value();
+    } else {
+      usage_error("unknown option " + a);
+    }
+  }
+  if (!args.server) usage_error("--server is required (joining a remote server is not supported yet)");
+  if (args.data_dir.empty()) usage_error("--data-dir is required when HOME is not set");
+  return args;
+}
+
+std::string random_token() {
+  std::random_device rd;
+  std::string token;
+  static constexpr char k_digits[] = "0123456789abcdef";
+  for (int i = 0; i < 32; ++i) {
+    auto b = rd() & 0xffu;
+    token.push_back(k_digits[b >> 4]);
+    token.push_back(k_digits[b & 0xf]);
+  }
+  return token;
+}
+
+// The admin token survives restarts so scripts keep working; it is readable by its owner only.
+std::string load_or_create_token(const fs::path& dir) {
+  auto path = dir / "admin.token";
+  if (std::ifstream in(path); in) {
+    std::string token;
+    std::getline(in, token);
+    if (!token.empty()) return token;
+  }
+  auto token = random_token();
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0 || ::write(fd, token.data(), token.size()) != static_cast<ssize_t>(token.size())) {
+    throw blixard::Error(blixard::errc::unavailable, "cannot write " + path.string());
+  }
+  ::close(fd);
+  return token;
+}
+
+void write_atomically(const fs::path& path, const std::string& content) {
+  auto tmp = path;
+  tmp += ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << content;
+    if (!out) throw blixard::Error(blixard::errc::unavailable, "cannot write " + tmp.string());
+  }
+  ::chmod(tmp.c_str(), 0600);
+  fs::rename(tmp, path);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args args = parse_args(argc, argv);
+
+  // Signals are taken synchronously by the main thread; every thread started later inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+
+  auto logger = spdlog::stderr_color_mt("blixard");
+  logger->set_level(spdlog::level::from_str(args.log_level));
+
+  std::shared_ptr<blixard::api::Service> service;
+  std::unique_ptr<blixard::api::HttpServer> server;
+  const auto state_file = args.data_dir / "server.json";
+  try {
+    blixard::api::LocalServiceOptions options;
+    options.node_name = args.node_name;
+    options.python = args.python;
+    options.logger = logger;
+    service = blixard::api::open_local_service(args.data_dir, options);
+
+    blixard::api::HttpServerOptions http;
+    http.address = args.host;
+    http.port = args.port;
+    http.token = load_or_create_token(args.data_dir);
+    http.logger = logger;
+    server = std::make_unique<blixard::api::HttpServer>(service, http);
+    server->start();
+
+    boost::json::object state;
+    state["address"] = server->url();
+    state["token"] = http.token;
+    state["pid"] = static_cast<std::int64_t>(::getpid());
+    state["data_dir"] = fs::absolute(args.data_dir).string();
+    write_atomically(state_file, boost::json::serialize(state));
+    logger->info("blixard-agent {} serving {} (data dir {})", blixard::version(), server->url(),
+                 args.data_dir.string());
+  } catch (const std::exception& e) {
+    std::cerr << "blixard-agent: error: " << e.what() << "\n";
+    return 1;
+  }
+
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  logger->info("received signal {}, stopping", signal_number);
+  std::error_code ec;
+  fs::remove(state_file, ec);
+  server->stop();
+  service->shutdown();
+  logger->info("stopped");
+  return 0;
+}

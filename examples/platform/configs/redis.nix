@@ -1,0 +1,13 @@
+{ pkgs, ... }: {
+  microvm = {
+    mem = 1024;
+    vcpu = 2;
+  };
+
+  services.redis.servers.cache = {
+    enable = true;
+    port = 6379;
+  };
+
+  networking.firewall.allowedTCPPorts = [ 6379 ];
+}

@@ -1,0 +1,90 @@
+// blixard::Cluster: a cheap, copyable handle on a cluster, embedded in this process
+// (Cluster::local) or remote (Cluster::connect). Every call throws blixard::Error on failure.
+#pragma once
+
+#include <chrono>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "blixard/detail/backend.hpp"
+#include "blixard/error.hpp"
+#include "blixard/function.hpp"
+#include "blixard/spec.hpp"
+#include "blixard/trigger.hpp"
+#include "blixard/vm.hpp"
+
+namespace spdlog {
+class logger;
+}
+
+namespace blixard {
+
+struct LocalOptions {
+  // Name of the in-process node.
+  std::string node_name = "local";
+  // Interpreter for Python handlers.
+  std::string python = "python3";
+  // Where logs go; none means quiet.
+  std::shared_ptr<spdlog::logger> logger;
+  SpecOptions spec;
+};
+
+struct ConnectOptions {
+  std::string token;
+  std::chrono::milliseconds timeout{std::chrono::seconds(60)};
+  SpecOptions spec;
+};
+
+class Cluster {
+ public:
+  // Server + agent in this process on the SQLite store under `dir` (created if missing).
+  static Cluster local(const std::filesystem::path& dir, LocalOptions options = {});
+  // A cluster served at `url` ("http://127.0.0.1:7070").
+  static Cluster connect(const std::string& url, ConnectOptions options = {});
+
+  // Functions. `config` files are read here, then `overrides_json` (flags) win over them.
+  Function create_function(const std::string& name, const v1::FunctionSpec& spec);
+  Function create_function(const std::string& name, const std::filesystem::path& config,
+                           const std::string& overrides_json = "{}");
+  Function function(const std::string& name);
+  std::vector<v1::Function> functions();
+  void delete_function(const std::string& name);
+
+  Vm create_vm(const std::string& name, const v1::VmSpec& spec);
+  Vm create_vm(const std::string& name, const std::filesystem::path& config,
+               const std::string& overrides_json = "{}");
+  Vm vm(const std::string& name);
+  std::vector<v1::Vm> vms();
+  void delete_vm(const std::string& name);
+
+  Trigger create_trigger(const std::string& name, const v1::TriggerSpec& spec);
+  Trigger trigger(const std::string& name);
+  std::vector<v1::Trigger> triggers();
+  void delete_trigger(const std::string& name);
+
+  std::vector<v1::Node> nodes();
+  v1::ServerInfo info();
+
+  // kubectl-style: create or update every object of the manifest in one transaction.
+  v1::ApplyResult apply(const std::filesystem::path& manifest);
+  v1::ApplyResult apply(const v1::ObjectSet& set, detail::ApplyMode mode = detail::ApplyMode::apply);
+  // Deletes every object the manifest names, in one transaction.
+  v1::ApplyResult remove(const std::filesystem::path& manifest);
+
+  // Stops an embedded cluster (no-op for a remote one); handles made from it then fail.
+  void close();
+
+  const SpecOptions& spec_options() const;
+  std::shared_ptr<detail::Backend> backend() const { return backend_; }
+
+ private:
+  struct State;
+  Cluster(std::shared_ptr<detail::Backend> backend, std::shared_ptr<State> state);
+
+  std::shared_ptr<detail::Backend> backend_;
+  std::shared_ptr<State> state_;
+};
+
+}  // namespace blixard

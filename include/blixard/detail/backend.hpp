@@ -1,0 +1,39 @@
+// The API contract that a Cluster handle talks to: implemented in-process by the control plane
+// (embedded default) and over HTTP by the remote client. Each call maps to one /v1 endpoint.
+#pragma once
+
+#include <string>
+
+#include "blixard/v1/api.pb.h"
+#include "blixard/v1/function.pb.h"
+
+namespace blixard::detail {
+
+enum class ApplyMode {
+  create,  // every object must be new (already_exists otherwise)
+  apply,   // create or update (kubectl apply)
+  remove,  // delete the named objects (not_found for a missing one)
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  // One transaction: all objects change or none does.
+  virtual v1::ApplyResult apply(const v1::ObjectSet& set, ApplyMode mode) = 0;
+
+  virtual v1::Function get_function(const std::string& name) = 0;
+  virtual v1::Vm get_vm(const std::string& name) = 0;
+  virtual v1::Trigger get_trigger(const std::string& name) = 0;
+  virtual v1::FunctionList list_functions() = 0;
+  virtual v1::VmList list_vms() = 0;
+  virtual v1::TriggerList list_triggers() = 0;
+  virtual v1::NodeList list_nodes() = 0;
+
+  // Runs the function once. Handler failures come back as an Error (timeout, handler_failed, ...).
+  virtual v1::InvokeResponse invoke(const v1::InvokeRequest& request) = 0;
+
+  virtual v1::ServerInfo info() = 0;
+};
+
+}  // namespace blixard::detail

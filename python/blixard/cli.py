@@ -1,0 +1,985 @@
+"""The `blixard` command line: noun-verb commands over the Python SDK (click + rich).
+
+The CLI talks to a server through ``blixard.connect`` (the C++ HTTP client); ``blixard up`` starts
+one as a background daemon (``blixard-agent --server``) for a data directory, whose
+``server.json`` tells later commands where it listens and which token to use.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
+
+import click
+
+from . import errors
+from .errors import BlixardError, InvalidSpec, Unavailable
+
+# ---- exit codes -------------------------------------------------------------------------------
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_CODES: Dict[str, int] = {
+    "internal": 1,
+    "not_found": 3,
+    "invalid_spec": 4,
+    "already_exists": 5,
+    "conflict": 5,
+    "unavailable": 6,
+    "throttled": 7,
+    "timeout": 8,
+    "handler_failed": 9,
+    "unauthenticated": 10,
+    "permission_denied": 10,
+    "payload_too_large": 11,
+}
+
+EXIT_CODE_HELP = """\b
+Exit codes:
+   0  ok
+   1  internal or other error
+   2  usage error (bad command line)
+   3  not found
+   4  invalid spec (manifest, config, flag value, name, payload)
+   5  already exists / conflict
+   6  unavailable (no server: run `blixard up`)
+   7  throttled
+   8  timeout
+   9  handler failed
+  10  unauthenticated / permission denied
+  11  payload too large
+
+\b
+Environment: BLIXARD_ADDR, BLIXARD_TOKEN, BLIXARD_DATA_DIR (default ~/.blixard),
+BLIXARD_OUTPUT (table|json), BLIXARD_AGENT (path of blixard-agent)."""
+
+DEFAULT_DATA_DIR = "~/.blixard"
+UP_DEADLINE_S = 30.0
+DOWN_DEADLINE_S = 20.0
+
+
+def exit_code_for(err: BlixardError) -> int:
+    return EXIT_CODES.get(err.code, EXIT_INTERNAL)
+
+
+# ---- output ----------------------------------------------------------------------------------
+
+
+def _stdout_console():
+    from rich.console import Console
+
+    # Tables are for people; when piped, do not wrap at 80 columns.
+    return Console(width=None if sys.stdout.isatty() else 200, highlight=False, soft_wrap=False)
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def print_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=False))
+
+
+def print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], *, empty: str = "") -> None:
+    from rich import box
+    from rich.table import Table
+
+    rows = list(rows)
+    if not rows and empty:
+        click.echo(empty)
+        return
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, header_style="bold")
+    for c in columns:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(*("" if v is None else str(v) for v in r))
+    _stdout_console().print(table)
+
+
+class Ctx:
+    """What the global options resolved to, shared by every command."""
+
+    def __init__(self, addr: Optional[str], token: Optional[str], data_dir: str, output: str):
+        self.addr = addr
+        self.token = token
+        self.data_dir = Path(os.path.expanduser(data_dir))
+        self.output = output
+        self._cluster = None
+        # Maps the spec field names used in overrides back to the flags that set them, so an
+        # error about "memory" reads "--memory: ...".
+        self.flag_for_field: Dict[str, str] = {}
+
+    @property
+    def server_file(self) -> Path:
+        return self.data_dir / "server.json"
+
+    def cluster(self):
+        if self._cluster is None:
+            from .cluster import Cluster
+
+            addr, token = self.addr, self.token
+            if not addr:
+                info = read_server_file(self.data_dir)
+                if info is None:
+                    raise Unavailable(
+                        f"no server running for data dir {self.data_dir}: run `blixard up` "
+                        "(or pass --addr / set BLIXARD_ADDR)"
+                    )
+                addr = info.get("address", "")
+                if token is None:
+                    token = info.get("token", "")
+            elif token is None:
+                info = read_server_file(self.data_dir)
+                if info and info.get("address") == addr:
+                    token = info.get("token", "")
+            try:
+                self._cluster = Cluster.connect(addr, token or "")
+            except Unavailable as e:
+                raise Unavailable(
+                    f"cannot reach the server at {addr}: {e.message} (run `blixard up`)",
+                    field=e.field,
+                ) from e
+        return self._cluster
+
+    def close(self) -> None:
+        if self._cluster is not None:
+            try:
+                self._cluster.close()
+            finally:
+                self._cluster = None
+
+
+def _set_global(name: str):
+    def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
+        if value is not None:
+            obj = ctx.find_object(Ctx)
+            if obj is not None:
+                setattr(obj, name, Path(os.path.expanduser(value)) if name == "data_dir" else value)
+
+    return callback
+
+
+def output_option(f: Callable) -> Callable:
+    """``-o table|json`` and the connection flags on every command, so they may stand after
+    the command as well as before it (``blixard function list -o json --addr URL``)."""
+    for name, flag, metavar in (
+        ("data_dir", "--data-dir", "DIR"),
+        ("token", "--token", "TOKEN"),
+        ("addr", "--addr", "URL"),
+    ):
+        f = click.option(
+            flag,
+            metavar=metavar,
+            default=None,
+            expose_value=False,
+            is_eager=True,
+            callback=_set_global(name),
+            help=f"Same as the global {flag}.",
+        )(f)
+    return click.option(
+        "-o",
+        "--output",
+        "output",
+        type=click.Choice(["table", "json"]),
+        default=None,
+        help="Output format: tables for people, json (proto canonical JSON) for programs.",
+    )(f)
+
+
+def _out(ctx_obj: Ctx, output: Optional[str]) -> str:
+    return output or ctx_obj.output
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+# ---- helpers for object fields -----------------------------------------------------------------
+
+
+def _mib(v: Any) -> str:
+    if v in (None, "", 0, "0"):
+        return "-"
+    n = int(v)
+    if n % 1024 == 0 and n >= 1024:
+        return f"{n // 1024}G"
+    return f"{n}M"
+
+
+def _int(v: Any) -> int:
+    try:
+        return int(v or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _name(obj: Dict[str, Any]) -> str:
+    return obj.get("metadata", {}).get("name", "")
+
+
+# ---- the daemon: server.json, pids -----------------------------------------------------------
+
+
+def read_server_file(data_dir: Path) -> Optional[Dict[str, Any]]:
+    try:
+        with open(data_dir / "server.json", encoding="utf-8") as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def pid_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting for its parent counts as gone)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+def _is_agent(pid: int) -> bool:
+    """Guards against a recycled pid in a stale server.json."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"blixard-agent" in f.read()
+    except OSError:
+        return True
+
+
+def running_server(data_dir: Path) -> Optional[Dict[str, Any]]:
+    info = read_server_file(data_dir)
+    if info is None:
+        return None
+    pid = _int(info.get("pid"))
+    if pid_alive(pid) and _is_agent(pid):
+        return info
+    return None
+
+
+def find_agent() -> str:
+    env = os.environ.get("BLIXARD_AGENT")
+    if env:
+        return env
+    candidates = [
+        Path(sysconfig.get_path("scripts")) / "blixard-agent",
+        Path(sys.executable).parent / "blixard-agent",
+    ]
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return str(c)
+    found = shutil.which("blixard-agent")
+    if found:
+        return found
+    raise BlixardError(
+        "blixard-agent not found beside this Python or on PATH (set BLIXARD_AGENT)",
+        code="internal",
+    )
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# ---- the CLI -----------------------------------------------------------------------------------
+
+
+@click.group(
+    epilog=EXIT_CODE_HELP,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.option(
+    "--addr",
+    envvar="BLIXARD_ADDR",
+    default=None,
+    metavar="URL",
+    help="Server URL (e.g. http://127.0.0.1:7070); default: the one `blixard up` started.",
+)
+@click.option("--token", envvar="BLIXARD_TOKEN", default=None, help="Bearer token.")
+@click.option(
+    "--data-dir",
+    envvar="BLIXARD_DATA_DIR",
+    default=DEFAULT_DATA_DIR,
+    show_default=True,
+    metavar="DIR",
+    help="Where `blixard up` keeps the daemon's state, server.json and agent.log.",
+)
+@click.option(
+    "-o",
+    "--output",
+    envvar="BLIXARD_OUTPUT",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Output format for every command.",
+)
+@click.version_option(None, "--version", package_name="blixard", message="blixard %(version)s")
+@click.pass_context
+def cli(ctx: click.Context, addr, token, data_dir, output) -> None:
+    """Blixard: microVMs and serverless functions on one cluster."""
+    ctx.obj = Ctx(addr, token, data_dir, output)
+    ctx.call_on_close(ctx.obj.close)
+
+
+# ---- up / down / status / version ----
+
+
+@cli.command()
+@click.option(
+    "--listen",
+    default="127.0.0.1:7070",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Address to listen on (port 0 picks a free one).",
+)
+@click.option("--log-level", default=None, help="Agent log level (debug, info, warn, error).")
+@click.option(
+    "--timeout",
+    "deadline",
+    type=float,
+    default=UP_DEADLINE_S,
+    show_default=True,
+    help="Seconds to wait for the server to listen.",
+)
+@output_option
+@pass_ctx
+def up(c: Ctx, listen: str, log_level: Optional[str], deadline: float, output) -> None:
+    """Start a server + local agent as a background daemon for --data-dir."""
+    out = _out(c, output)
+    running = running_server(c.data_dir)
+    if running:
+        if out == "json":
+            print_json(dict(running, dataDir=str(c.data_dir), alreadyRunning=True))
+        else:
+            click.echo(
+                f"blixard is already running for {c.data_dir} at {running.get('address')} "
+                f"(pid {running.get('pid')})"
+            )
+        return
+    try:
+        c.data_dir.mkdir(parents=True, exist_ok=True)
+        log_path = c.data_dir / "agent.log"
+        log = open(log_path, "ab")
+    except OSError as e:
+        raise InvalidSpec(
+            f"cannot use {c.data_dir} as data dir: {e.strerror or e}", field="--data-dir"
+        ) from e
+    # A stale server.json (the daemon was killed) would be mistaken for the new one's.
+    try:
+        c.server_file.unlink()
+    except FileNotFoundError:
+        pass
+
+    argv = [find_agent(), "--server", "--data-dir", str(c.data_dir), "--listen", listen]
+    argv += ["--python", sys.executable]
+    if log_level:
+        argv += ["--log-level", log_level]
+    with log:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            close_fds=True,
+        )
+    end = time.monotonic() + deadline
+    info = None
+    while time.monotonic() < end:
+        info = read_server_file(c.data_dir)
+        if info is not None and _int(info.get("pid")) == proc.pid:
+            break
+        info = None
+        if proc.poll() is not None:
+            tail = _log_tail(log_path)
+            raise BlixardError(
+                f"blixard-agent exited with status {proc.returncode} before listening"
+                + (f"; {log_path}:\n{tail}" if tail else ""),
+                code="unavailable",
+            )
+        time.sleep(0.05)
+    if info is None:
+        proc.kill()
+        proc.wait()
+        raise errors.Timeout(
+            f"blixard-agent did not listen within {deadline:g}s; see {log_path}",
+        )
+    # The daemon outlives us on purpose: do not let Popen's finalizer warn about it.
+    proc.returncode = 0
+    if out == "json":
+        print_json(dict(info, dataDir=str(c.data_dir), log=str(log_path)))
+    else:
+        click.echo(f"blixard is up at {info.get('address')} (pid {info.get('pid')})")
+        click.echo(f"  data dir:    {c.data_dir}")
+        click.echo(f"  log:         {log_path}")
+        click.echo(f"  admin token: {info.get('token', '')}")
+
+
+@cli.command()
+@click.option(
+    "--timeout",
+    "deadline",
+    type=float,
+    default=DOWN_DEADLINE_S,
+    show_default=True,
+    help="Seconds to wait after SIGTERM before SIGKILL.",
+)
+@output_option
+@pass_ctx
+def down(c: Ctx, deadline: float, output) -> None:
+    """Stop the daemon `blixard up` started for --data-dir."""
+    info = read_server_file(c.data_dir)
+    pid = _int(info.get("pid")) if info else 0
+    if not info or not pid_alive(pid) or not _is_agent(pid):
+        if info:
+            c.server_file.unlink(missing_ok=True)
+        click.echo(f"blixard is not running for {c.data_dir}")
+        return
+    os.kill(pid, signal.SIGTERM)
+    if not _wait_gone(pid, deadline):
+        click.echo(f"pid {pid} did not stop within {deadline:g}s; killing it", err=True)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        _wait_gone(pid, 5.0)
+    c.server_file.unlink(missing_ok=True)
+    click.echo(f"blixard stopped (pid {pid})")
+
+
+def _wait_gone(pid: int, deadline: float) -> bool:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if not pid_alive(pid):
+            return True
+        time.sleep(0.05)
+    return not pid_alive(pid)
+
+
+@cli.command()
+@output_option
+@pass_ctx
+def status(c: Ctx, output) -> None:
+    """Show the server, its nodes and how many objects it holds."""
+    cl = c.cluster()
+    info = cl.info()
+    nodes = cl.nodes()
+    fns = cl.functions()
+    vms = cl.vms()
+    if _out(c, output) == "json":
+        print_json(
+            {
+                "server": info,
+                "nodes": len(nodes),
+                "nodesReady": sum(1 for n in nodes if n.get("status", {}).get("phase") == "Ready"),
+                "functions": len(fns),
+                "vms": len(vms),
+                "triggers": len(cl.triggers()),
+            }
+        )
+        return
+    ready = sum(1 for n in nodes if n.get("status", {}).get("phase") == "Ready")
+    click.echo(f"server:    {info.get('address') or c.addr or ''} (version {info.get('version')})")
+    click.echo(f"revision:  {info.get('revision', 0)}")
+    click.echo(f"nodes:     {len(nodes)} ({ready} ready)")
+    click.echo(f"functions: {len(fns)}")
+    click.echo(f"vms:       {len(vms)}")
+
+
+@cli.command()
+@output_option
+@pass_ctx
+def version(c: Ctx, output) -> None:
+    """Print the client's version and, when one is reachable, the server's."""
+    from . import __version__
+
+    server = None
+    try:
+        server = c.cluster().info().get("version")
+    except BlixardError:
+        pass
+    if _out(c, output) == "json":
+        print_json({"client": __version__, "server": server})
+    else:
+        click.echo(f"client: {__version__}")
+        click.echo(f"server: {server or '(not reachable)'}")
+
+
+# ---- function ----
+
+
+@cli.group()
+def function() -> None:
+    """Serverless functions: create, list, get, invoke, delete."""
+
+
+def _function_rows(items: List[Dict[str, Any]]):
+    for f in items:
+        spec = f.get("spec", {})
+        st = f.get("status", {})
+        yield (
+            _name(f),
+            spec.get("runtime", ""),
+            _mib(spec.get("memory")),
+            spec.get("timeout", "-"),
+            _int(st.get("instancesRunning")),
+            _int(st.get("instancesWarm")),
+        )
+
+
+FUNCTION_COLUMNS = ("NAME", "RUNTIME", "MEMORY", "TIMEOUT", "RUNNING", "WARM")
+
+# CLI flag -> (python keyword, spec field path used in errors)
+FUNCTION_FLAGS = {
+    "handler": "--handler",
+    "runtime": "--runtime",
+    "code": "--code",
+    "memory": "--memory",
+    "timeout": "--timeout",
+    "concurrentExecutions": "--concurrent-executions",
+    "scaling.minInstances": "--min-instances",
+    "scaling.maxInstances": "--max-instances",
+    "minInstances": "--min-instances",
+    "maxInstances": "--max-instances",
+}
+VM_FLAGS = {
+    "replicas": "--replicas",
+    "memory": "--memory",
+    "vcpu": "--vcpu",
+    "storage.pool": "--storage-pool",
+    "storage.class": "--storage-class",
+    "storage.size": "--storage-size",
+    "pool": "--storage-pool",
+    "class": "--storage-class",
+    "size": "--storage-size",
+    "network": "--network",
+    "primaryElectionPolicy": "--primary-election-policy",
+}
+
+
+def _config_path(config: Optional[str]) -> Optional[str]:
+    if config is None:
+        return None
+    if not os.path.exists(config):
+        raise InvalidSpec(f"no such file: {config}", field="--config")
+    return config
+
+
+@function.command("create")
+@click.argument("name")
+@click.option("--config", metavar="FILE", help="Config file: YAML, JSON or Nix.")
+@click.option("--handler", help="module:function (python) — overrides the config.")
+@click.option("--runtime", help="python or exec.")
+@click.option("--code", metavar="DIR", help="Directory holding the handler's code.")
+@click.option("--memory", metavar="SIZE", help="Memory limit, e.g. 128M, 1G (bare number: MiB).")
+@click.option("--timeout", metavar="DURATION", help="Per-invocation timeout, e.g. 30s, 2m.")
+@click.option("--concurrent-executions", type=int, metavar="N", help="Cap on calls in flight.")
+@click.option("--min-instances", type=int, metavar="N", help="Instances kept warm.")
+@click.option("--max-instances", type=int, metavar="N", help="Cap on instances.")
+@output_option
+@pass_ctx
+def function_create(c: Ctx, name, config, output, **flags) -> None:
+    """Create function NAME from --config and/or flags (flags win over the file)."""
+    c.flag_for_field = FUNCTION_FLAGS
+    cl = c.cluster()
+    fn = cl.create_function(name, _config_path(config), **flags)
+    obj = fn.get()
+    if _out(c, output) == "json":
+        print_json(obj)
+    else:
+        click.echo(f"function {name} created")
+
+
+@function.command("list")
+@output_option
+@pass_ctx
+def function_list(c: Ctx, output) -> None:
+    """List functions with their instances running and warm."""
+    raw = c.cluster()._core.functions()
+    if _out(c, output) == "json":
+        print_json(json.loads(raw))
+        return
+    items = json.loads(raw).get("items", [])
+    print_table(FUNCTION_COLUMNS, _function_rows(items), empty="No functions.")
+
+
+@function.command("get")
+@click.argument("name")
+@output_option
+@pass_ctx
+def function_get(c: Ctx, name, output) -> None:
+    """Show one function's spec and status."""
+    obj = c.cluster().function(name).get()
+    if _out(c, output) == "json":
+        print_json(obj)
+        return
+    spec, st = obj.get("spec", {}), obj.get("status", {})
+    print_table(FUNCTION_COLUMNS, _function_rows([obj]))
+    details = [
+        ("handler", spec.get("handler") or " ".join(spec.get("command", [])) or "-"),
+        ("code", spec.get("code") or "-"),
+        ("config", spec.get("config") or "-"),
+        ("concurrent executions", spec.get("concurrentExecutions") or "-"),
+        ("min/max instances", "{}/{}".format(
+            _int(spec.get("scaling", {}).get("minInstances")),
+            spec.get("scaling", {}).get("maxInstances") or "-")),
+    ]
+    for k, v in details:
+        click.echo(f"{k + ':':24}{v}")
+    instances = st.get("instances", [])
+    if instances:
+        click.echo("")
+        print_table(
+            ("INSTANCE", "NODE", "PHASE", "IN FLIGHT"),
+            ((i.get("name"), i.get("node"), i.get("phase"), _int(i.get("inFlight")))
+             for i in instances),
+        )
+
+
+def _read_data(data: str) -> str:
+    if data == "-":
+        return sys.stdin.read()
+    if data.startswith("@"):
+        path = data[1:]
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read()
+        except OSError as e:
+            raise InvalidSpec(f"cannot read {path}: {e.strerror or e}", field="--data") from e
+    return data
+
+
+@function.command("invoke")
+@click.argument("name")
+@click.option(
+    "--data",
+    "-d",
+    default="null",
+    show_default=True,
+    metavar="JSON|@FILE|-",
+    help="The event: JSON text, @file to read it from a file, - for stdin.",
+)
+@click.option("--timeout", type=float, default=None, metavar="SECONDS", help="Client-side deadline.")
+@output_option
+@pass_ctx
+def function_invoke(c: Ctx, name, data, timeout, output) -> None:
+    """Invoke function NAME and print its result (JSON)."""
+    payload = _read_data(data)
+    try:
+        json.loads(payload)
+    except ValueError as e:
+        raise InvalidSpec(f"payload is not JSON: {e}", field="--data") from e
+    r = c.cluster().function(name).invoke_raw(payload, timeout=timeout)
+    if _out(c, output) == "json":
+        try:
+            result = json.loads(r.result) if r.result.strip() else None
+        except ValueError:
+            result = r.result
+        print_json(result)
+    else:
+        click.echo(r.result)
+    if sys.stderr.isatty():
+        how = "cold start" if r.cold_start else "warm"
+        _stderr_console().print(
+            f"[dim]{how}, {r.duration_ms:.1f} ms on {r.node or '?'} ({r.request_id})[/dim]"
+        )
+
+
+@function.command("delete")
+@click.argument("name")
+@output_option
+@pass_ctx
+def function_delete(c: Ctx, name, output) -> None:
+    """Delete function NAME (its instances stop)."""
+    c.cluster().delete_function(name)
+    click.echo(f"function {name} deleted")
+
+
+# ---- vm ----
+
+
+@cli.group()
+def vm() -> None:
+    """Long-lived replicated microVMs: create, list, status, delete."""
+
+
+VM_COLUMNS = ("NAME", "PHASE", "READY", "MEMORY", "VCPU", "PRIMARY")
+
+
+def _vm_rows(items: List[Dict[str, Any]]):
+    for v in items:
+        spec, st = v.get("spec", {}), v.get("status", {})
+        replicas = _int(spec.get("replicas"))
+        yield (
+            _name(v),
+            st.get("phase", "Pending"),
+            f"{_int(st.get('readyReplicas'))}/{replicas}",
+            _mib(spec.get("memory") or spec.get("microvm", {}).get("mem")),
+            spec.get("vcpu") or spec.get("microvm", {}).get("vcpu") or "-",
+            st.get("primary") or "-",
+        )
+
+
+@vm.command("create")
+@click.argument("name")
+@click.option("--config", metavar="FILE", help="Config: Nix module, YAML or JSON.")
+@click.option("--replicas", type=int, metavar="N", help="Number of replicas.")
+@click.option("--memory", metavar="SIZE", help="Memory per replica, e.g. 512M, 2G.")
+@click.option("--vcpu", type=int, metavar="N", help="vCPUs per replica.")
+@click.option("--storage-pool", metavar="POOL", help="Storage pool of the volumes.")
+@click.option("--storage-class", metavar="CLASS", help="Storage class of the volumes.")
+@click.option("--storage-size", metavar="SIZE", help="Volume size, e.g. 100G.")
+@click.option("--network", metavar="NET", help="Network to attach to.")
+@click.option(
+    "--primary-election-policy",
+    metavar="POLICY",
+    help="oldest-first (default) or newest-first.",
+)
+@output_option
+@pass_ctx
+def vm_create(c: Ctx, name, config, replicas, output, **flags) -> None:
+    """Create VM set NAME from --config and/or flags (flags win over the file)."""
+    c.flag_for_field = VM_FLAGS
+    v = c.cluster().create_vm(name, _config_path(config), replicas=replicas, **flags)
+    if _out(c, output) == "json":
+        print_json(v.get())
+    else:
+        click.echo(f"vm {name} created")
+
+
+@vm.command("list")
+@output_option
+@pass_ctx
+def vm_list(c: Ctx, output) -> None:
+    """List VM sets."""
+    raw = c.cluster()._core.vms()
+    if _out(c, output) == "json":
+        print_json(json.loads(raw))
+        return
+    print_table(VM_COLUMNS, _vm_rows(json.loads(raw).get("items", [])), empty="No VMs.")
+
+
+@vm.command("status")
+@click.argument("name")
+@output_option
+@pass_ctx
+def vm_status(c: Ctx, name, output) -> None:
+    """Show a VM set's replicas, where they run and which is primary."""
+    obj = c.cluster().vm(name).get()
+    if _out(c, output) == "json":
+        print_json(obj)
+        return
+    st = obj.get("status", {})
+    instances = st.get("instances", [])
+    nodes = sorted({i.get("node") for i in instances if i.get("node")})
+    line = f"{name}: {st.get('phase', 'Pending')}"
+    line += f", {_int(st.get('readyReplicas'))}/{_int(obj.get('spec', {}).get('replicas'))} ready"
+    if st.get("primary"):
+        line += f", primary={st['primary']}"
+    if nodes:
+        line += f", running on [{', '.join(nodes)}]"
+    click.echo(line)
+    if st.get("message"):
+        click.echo(f"  {st['message']}")
+    if instances:
+        click.echo("")
+        print_table(
+            ("INSTANCE", "NODE", "PHASE", "PRIMARY", "MESSAGE"),
+            (
+                (
+                    i.get("name"),
+                    i.get("node") or "-",
+                    i.get("phase"),
+                    "yes" if i.get("primary") else "",
+                    i.get("message", ""),
+                )
+                for i in instances
+            ),
+        )
+
+
+@vm.command("delete")
+@click.argument("name")
+@output_option
+@pass_ctx
+def vm_delete(c: Ctx, name, output) -> None:
+    """Delete VM set NAME (its replicas stop)."""
+    c.cluster().delete_vm(name)
+    click.echo(f"vm {name} deleted")
+
+
+# ---- trigger / node ----
+
+
+@cli.group()
+def trigger() -> None:
+    """Triggers: what makes a function run besides a direct call."""
+
+
+@trigger.command("list")
+@output_option
+@pass_ctx
+def trigger_list(c: Ctx, output) -> None:
+    """List triggers."""
+    raw = c.cluster()._core.triggers()
+    if _out(c, output) == "json":
+        print_json(json.loads(raw))
+        return
+    rows = []
+    for t in json.loads(raw).get("items", []):
+        spec = t.get("spec", {})
+        rows.append(
+            (
+                _name(t),
+                spec.get("type", ""),
+                spec.get("function", ""),
+                spec.get("path") or spec.get("source") or "-",
+                t.get("status", {}).get("url") or "-",
+            )
+        )
+    print_table(("NAME", "TYPE", "FUNCTION", "PATH/SOURCE", "URL"), rows, empty="No triggers.")
+
+
+@cli.group()
+def node() -> None:
+    """Nodes: the machines that run instances."""
+
+
+@node.command("list")
+@output_option
+@pass_ctx
+def node_list(c: Ctx, output) -> None:
+    """List nodes with their capacity and labels."""
+    raw = c.cluster()._core.nodes()
+    if _out(c, output) == "json":
+        print_json(json.loads(raw))
+        return
+    rows = []
+    for n in json.loads(raw).get("items", []):
+        spec, st = n.get("spec", {}), n.get("status", {})
+        labels = ",".join(f"{k}={v}" for k, v in sorted(spec.get("labels", {}).items()))
+        rows.append(
+            (
+                _name(n),
+                st.get("phase", ""),
+                spec.get("address") or "-",
+                f"{_mib(st.get('allocatedMemoryMib'))}/{_mib(spec.get('memoryMib'))}",
+                f"{_int(st.get('allocatedVcpu'))}/{_int(spec.get('vcpu'))}",
+                labels or "-",
+            )
+        )
+    print_table(("NAME", "PHASE", "ADDRESS", "MEMORY", "VCPU", "LABELS"), rows, empty="No nodes.")
+
+
+# ---- apply / delete ----
+
+
+def _print_apply(result: Dict[str, Any], out: str, verb: str) -> None:
+    if out == "json":
+        print_json(result)
+        return
+    items = result.get("items", [])
+    if not items:
+        click.echo(f"nothing to {verb}")
+        return
+    for it in items:
+        click.echo(f"{it.get('kind', '').lower()}/{it.get('name')} {it.get('action')}")
+
+
+@cli.command()
+@click.option("-f", "--filename", "file", required=True, metavar="FILE", help="Manifest (YAML/JSON).")
+@output_option
+@pass_ctx
+def apply(c: Ctx, file: str, output) -> None:
+    """Create or update every object of a manifest, all or nothing."""
+    if not os.path.exists(file):
+        raise InvalidSpec(f"no such file: {file}", field="-f")
+    _print_apply(c.cluster().apply(file), _out(c, output), "apply")
+
+
+@cli.command("delete")
+@click.option("-f", "--filename", "file", required=True, metavar="FILE", help="Manifest (YAML/JSON).")
+@output_option
+@pass_ctx
+def delete_cmd(c: Ctx, file: str, output) -> None:
+    """Delete every object a manifest names, all or nothing."""
+    if not os.path.exists(file):
+        raise InvalidSpec(f"no such file: {file}", field="-f")
+    _print_apply(c.cluster().delete(file), _out(c, output), "delete")
+
+
+# ---- entry point -------------------------------------------------------------------------------
+
+
+def _flag_error(err: BlixardError, ctx_obj: Optional[Ctx]) -> BlixardError:
+    """Names the flag for an error about a field that a flag set (``--memory: ...``)."""
+    if ctx_obj is None or not err.field or err.file:
+        return err
+    field = err.field[5:] if err.field.startswith("spec.") else err.field
+    flag = ctx_obj.flag_for_field.get(field)
+    if flag is None:
+        return err
+    return errors.error_class(err.code)(
+        err.message, code=err.code, field=flag, line=err.line, column=err.column
+    )
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Console entry point: runs the CLI and turns errors into messages and exit codes."""
+    ctx_holder: Dict[str, Any] = {}
+
+    def _remember(ctx: click.Context) -> None:
+        ctx_holder["obj"] = ctx.obj
+
+    try:
+        with cli.make_context("blixard", list(sys.argv[1:] if argv is None else argv)) as ctx:
+            try:
+                cli.invoke(ctx)
+            finally:
+                _remember(ctx)
+        return EXIT_OK
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.Abort:
+        click.echo("Aborted!", err=True)
+        return EXIT_INTERNAL
+    except BlixardError as e:
+        e = _flag_error(e, ctx_holder.get("obj"))
+        text = e.describe()
+        if e.code == "unavailable" and "blixard up" not in text:
+            text += " (is the server running? start one with `blixard up`)"
+        click.echo(f"error: {text}", err=True)
+        return exit_code_for(e)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,393 @@
+"""The Python SDK: ``Cluster`` and the handles it gives out (``Function``, ``Vm``, ``Trigger``).
+
+A thin shape over the private extension ``blixard._core``: objects travel as canonical JSON text
+and are returned here as plain dicts (``fn.get()["spec"]["memory"]``), keyword overrides are
+mapped to the spec's field names, and every failure is a ``blixard.errors.BlixardError``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
+
+from . import _core
+from .errors import InvalidSpec
+
+__all__ = ["Cluster", "Function", "Vm", "Trigger", "Invocation", "connect"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+# Keyword arguments that live in a nested message of the spec rather than at its top.
+_FUNCTION_NESTED = {
+    "min_instances": ("scaling", "minInstances"),
+    "max_instances": ("scaling", "maxInstances"),
+    "target_concurrency": ("scaling", "targetConcurrency"),
+    "keep_warm": ("scaling", "keepWarm"),
+}
+_VM_NESTED = {
+    "storage_pool": ("storage", "pool"),
+    "storage_class": ("storage", "class"),
+    "storage_size": ("storage", "size"),
+}
+# Keywords whose values are durations ("30s"); a number means seconds.
+_DURATIONS = {"timeout", "keep_warm"}
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def _duration(value: Any) -> Any:
+    if isinstance(value, _dt.timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return f"{value:g}s"
+    return value
+
+
+def overrides_to_spec(
+    overrides: Mapping[str, Any], nested: Mapping[str, tuple] = _FUNCTION_NESTED
+) -> Dict[str, Any]:
+    """Maps Python keywords to the spec's JSON names.
+
+    ``memory="128M", concurrent_executions=100, min_instances=1`` becomes
+    ``{"memory": "128M", "concurrentExecutions": 100, "scaling": {"minInstances": 1}}``.
+    ``None`` values are dropped, so callers can pass every flag through unconditionally.
+    """
+    out: Dict[str, Any] = {}
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key in _DURATIONS:
+            value = _duration(value)
+        if isinstance(value, tuple):
+            value = list(value)
+        if key in nested:
+            parent, child = nested[key]
+            out.setdefault(parent, {})[child] = value
+        else:
+            name = _camel(key)
+            if isinstance(value, Mapping) and isinstance(out.get(name), dict):
+                out[name].update(value)
+            else:
+                out[name] = value
+    return out
+
+
+def _path(p: Optional[PathLike]) -> Optional[str]:
+    return None if p is None else os.fspath(p)
+
+
+def _items(list_json: str) -> List[Dict[str, Any]]:
+    return list(json.loads(list_json).get("items", []))
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """One call's answer: the handler's result as JSON text, and where and how it ran."""
+
+    result: str
+    cold_start: bool
+    node: str
+    request_id: str
+    duration_ms: float
+
+    def json(self) -> Any:
+        """The result decoded (``None`` for an empty result)."""
+        return json.loads(self.result) if self.result.strip() else None
+
+
+class Function:
+    """A handle on one function; cheap, made by ``Cluster.function`` or ``create_function``."""
+
+    def __init__(self, cluster: "Cluster", name: str) -> None:
+        self._cluster = cluster
+        self.name = name
+
+    def get(self) -> Dict[str, Any]:
+        """The stored object (``metadata``, ``spec``, ``status``) as a dict."""
+        return json.loads(self._cluster._core.get_function(self.name))
+
+    def status(self) -> Dict[str, Any]:
+        return self.get().get("status", {})
+
+    def invoke(self, data: Any = None, *, timeout: Optional[float] = None) -> Any:
+        """Runs the handler on ``data`` (JSON-encoded here) and returns its decoded result."""
+        try:
+            payload = json.dumps(data)
+        except (TypeError, ValueError) as e:
+            raise InvalidSpec(f"payload is not JSON-serializable: {e}", field="payload") from e
+        return self.invoke_raw(payload, timeout=timeout).json()
+
+    def invoke_raw(
+        self, payload: Union[str, bytes], *, timeout: Optional[float] = None
+    ) -> Invocation:
+        """Runs the handler on ``payload``, JSON text as is; returns the full ``Invocation``."""
+        if isinstance(payload, (bytes, bytearray)):
+            payload = bytes(payload).decode("utf-8")
+        r = self._cluster._core.invoke(self.name, payload, float(timeout or 0))
+        return Invocation(r.result, r.cold_start, r.node, r.request_id, r.duration_ms)
+
+    def delete(self) -> None:
+        self._cluster._core.delete_function(self.name)
+
+    def __repr__(self) -> str:
+        return f"<blixard.Function {self.name!r}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Function) and (other._cluster, other.name) == (
+            self._cluster,
+            self.name,
+        )
+
+    def __hash__(self) -> int:
+        return hash(("function", self.name))
+
+
+class Vm:
+    """A handle on one replicated VM set."""
+
+    def __init__(self, cluster: "Cluster", name: str) -> None:
+        self._cluster = cluster
+        self.name = name
+
+    def get(self) -> Dict[str, Any]:
+        return json.loads(self._cluster._core.get_vm(self.name))
+
+    def status(self) -> Dict[str, Any]:
+        """``phase``, ``readyReplicas``, ``primary``, ``instances``, ... ({} before any report)."""
+        return self.get().get("status", {})
+
+    def delete(self) -> None:
+        self._cluster._core.delete_vm(self.name)
+
+    def __repr__(self) -> str:
+        return f"<blixard.Vm {self.name!r}>"
+
+
+class Trigger:
+    """A handle on one trigger (HTTP path, queue or event)."""
+
+    def __init__(self, cluster: "Cluster", name: str) -> None:
+        self._cluster = cluster
+        self.name = name
+
+    def get(self) -> Dict[str, Any]:
+        return json.loads(self._cluster._core.get_trigger(self.name))
+
+    def delete(self) -> None:
+        self._cluster._core.delete_trigger(self.name)
+
+    def __repr__(self) -> str:
+        return f"<blixard.Trigger {self.name!r}>"
+
+
+class Cluster:
+    """A cluster: embedded in this process (``Cluster.local``) or remote (``blixard.connect``).
+
+    Use it as a context manager, or call ``close()``: for an embedded cluster that stops the
+    server, the agent and every handler process it started.
+    """
+
+    def __init__(self, core: "_core.Cluster", *, description: str = "") -> None:
+        self._core = core
+        self._description = description
+        self._closed = False
+
+    # ---- construction ----
+    @classmethod
+    def local(
+        cls,
+        dir: PathLike = ".blixard",
+        *,
+        python: Optional[str] = None,
+        node_name: Optional[str] = None,
+        nix_instantiate: Optional[str] = None,
+    ) -> "Cluster":
+        """Server + one agent in this process, state kept in SQLite under ``dir``.
+
+        Python handlers run under ``python`` (default: this interpreter, ``sys.executable``).
+        """
+        path = os.fspath(dir)
+        core = _core.Cluster.local(
+            path,
+            python=python or sys.executable,
+            node_name=node_name or "",
+            nix_instantiate=nix_instantiate or "",
+        )
+        return cls(core, description=f"local {path}")
+
+    @classmethod
+    def connect(
+        cls,
+        url: str,
+        token: Optional[str] = None,
+        *,
+        timeout: Optional[float] = None,
+        nix_instantiate: Optional[str] = None,
+    ) -> "Cluster":
+        """A cluster served at ``url``; ``token`` defaults to ``$BLIXARD_TOKEN``."""
+        if token is None:
+            token = os.environ.get("BLIXARD_TOKEN", "")
+        core = _core.Cluster.connect(
+            url, token=token, timeout=float(timeout or 0), nix_instantiate=nix_instantiate or ""
+        )
+        return cls(core, description=url)
+
+    # ---- functions ----
+    def create_function(
+        self, name: str, config: Optional[PathLike] = None, **overrides: Any
+    ) -> Function:
+        """Creates a function from a config file (YAML, JSON or Nix) and/or keyword overrides.
+
+        Keywords use the spec's names in snake_case and win over the file: ``handler="mod:fn"``,
+        ``runtime="python"``, ``code="./src"``, ``command=[...]``, ``memory="128M"``,
+        ``timeout="30s"`` (or seconds), ``concurrent_executions=100``, ``min_instances``,
+        ``max_instances``, ``target_concurrency``, ``keep_warm``, ``env={...}``.
+        """
+        spec = overrides_to_spec(overrides, _FUNCTION_NESTED)
+        if isinstance(spec.get("code"), (str, os.PathLike)):
+            # A keyword names a path relative to the caller's working directory, not the file.
+            spec["code"] = os.path.abspath(os.fspath(spec["code"]))
+        self._core.create_function(name, _path(config), json.dumps(spec))
+        return Function(self, name)
+
+    def function(self, name: str) -> Function:
+        """A handle on function ``name`` (not checked until used)."""
+        return Function(self, name)
+
+    def functions(self) -> List[Dict[str, Any]]:
+        return _items(self._core.functions())
+
+    def delete_function(self, name: str) -> None:
+        self._core.delete_function(name)
+
+    # ---- vms ----
+    def create_vm(
+        self,
+        name: str,
+        config: Optional[PathLike] = None,
+        replicas: Optional[int] = None,
+        **overrides: Any,
+    ) -> Vm:
+        """Creates a VM set. Keywords: ``memory``, ``vcpu``, ``storage_pool``, ``storage_class``,
+        ``storage_size``, ``network``, ``ports``, ``primary_election_policy``, ``command``, ..."""
+        spec = overrides_to_spec(dict(overrides, replicas=replicas), _VM_NESTED)
+        self._core.create_vm(name, _path(config), json.dumps(spec))
+        return Vm(self, name)
+
+    def vm(self, name: str) -> Vm:
+        return Vm(self, name)
+
+    def vms(self) -> List[Dict[str, Any]]:
+        return _items(self._core.vms())
+
+    def delete_vm(self, name: str) -> None:
+        self._core.delete_vm(name)
+
+    # ---- triggers ----
+    def create_trigger(
+        self,
+        name: str,
+        function: Optional[str] = None,
+        *,
+        type: str = "http",
+        path: Optional[str] = None,
+        source: Optional[str] = None,
+        methods: Optional[Iterable[str]] = None,
+        batch_size: Optional[int] = None,
+        spec: Optional[Mapping[str, Any]] = None,
+    ) -> Trigger:
+        """Creates a trigger running ``function``: ``type="http", path="/api/x"`` or
+        ``type="queue"|"event", source="orders"``; or pass the whole ``spec`` dict."""
+        body: Dict[str, Any] = dict(spec or {})
+        body.update(
+            overrides_to_spec(
+                {
+                    "type": type if spec is None or "type" not in spec else None,
+                    "function": function,
+                    "path": path,
+                    "source": source,
+                    "methods": list(methods) if methods is not None else None,
+                    "batch_size": batch_size,
+                },
+                {},
+            )
+        )
+        self._core.create_trigger(name, json.dumps(body))
+        return Trigger(self, name)
+
+    def trigger(self, name: str) -> Trigger:
+        return Trigger(self, name)
+
+    def triggers(self) -> List[Dict[str, Any]]:
+        return _items(self._core.triggers())
+
+    def delete_trigger(self, name: str) -> None:
+        self._core.delete_trigger(name)
+
+    # ---- cluster ----
+    def nodes(self) -> List[Dict[str, Any]]:
+        return _items(self._core.nodes())
+
+    def info(self) -> Dict[str, Any]:
+        """``version``, ``node``, ``address`` and current ``revision`` of the server."""
+        return json.loads(self._core.info())
+
+    def apply(self, manifest: PathLike) -> Dict[str, Any]:
+        """Creates or updates every object of a manifest in one transaction (kubectl apply).
+
+        Returns ``{"items": [{"kind", "name", "action"}...], "revision": ...}``; on an error
+        nothing changed.
+        """
+        return json.loads(self._core.apply(os.fspath(manifest)))
+
+    def apply_objects(self, objects: Mapping[str, Any], mode: str = "apply") -> Dict[str, Any]:
+        """Applies an ObjectSet given as a dict (``{"functions": [...], "vms": [...]}``)."""
+        return json.loads(self._core.apply_objects(json.dumps(objects), mode))
+
+    def delete(self, manifest: PathLike) -> Dict[str, Any]:
+        """Deletes every object a manifest names, in one transaction."""
+        return json.loads(self._core.remove(os.fspath(manifest)))
+
+    def load_manifest(self, manifest: PathLike) -> Dict[str, Any]:
+        """Reads and validates a manifest without changing anything; returns the ObjectSet."""
+        return json.loads(self._core.load_manifest(os.fspath(manifest)))
+
+    def close(self) -> None:
+        """Stops an embedded cluster (handles then fail); no-op for a remote one. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._core.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> "Cluster":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else ""
+        return f"<blixard.Cluster {self._description}{state}>"
+
+
+def connect(
+    url: str,
+    token: Optional[str] = None,
+    *,
+    timeout: Optional[float] = None,
+    nix_instantiate: Optional[str] = None,
+) -> Cluster:
+    """``blixard.connect("http://127.0.0.1:7070", token=...)``: a remote cluster."""
+    return Cluster.connect(url, token, timeout=timeout, nix_instantiate=nix_instantiate)

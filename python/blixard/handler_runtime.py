@@ -1,0 +1,224 @@
+"""Blixard's Python handler runtime: runs `def handler(event, context)` behind the instance protocol.
+
+Standalone on purpose (no blixard package, no google.protobuf): it is embedded in the agent and
+started for every cold start, so it imports only what the standard library loads fast.
+
+Usage: python3 handler_runtime.py MODULE:FUNCTION [CODE_DIR]
+
+Protocol (docs/instance-protocol.md): frames on fd 3 (agent -> handler) and fd 4 (handler -> agent),
+each a 4-byte little-endian length + one serialized blixard.v1.InstanceFrame. We write `ready`, then
+answer each `request` with a `response`. EOF on fd 3 ends the process with status 0.
+"""
+
+import json
+import os
+import sys
+import time
+import traceback
+
+REQUEST_FD = 3
+RESPONSE_FD = 4
+MAX_FRAME = 64 << 20  # hard sanity bound; the agent enforces the real payload limit
+
+
+# ---- the protobuf wire format, just what InstanceFrame needs ----
+
+def _varint(value):
+    if value < 0:
+        value += 1 << 64
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _read_varint(buf, pos):
+    result = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(buf):
+    """Yields (field_number, value) with ints for varints and memoryviews for length-delimited."""
+    pos, end = 0, len(buf)
+    while pos < end:
+        key, pos = _read_varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _read_varint(buf, pos)
+        elif wire == 2:
+            size, pos = _read_varint(buf, pos)
+            if pos + size > end:
+                raise ValueError("truncated field")
+            value, pos = buf[pos:pos + size], pos + size
+        elif wire == 1:
+            value, pos = int.from_bytes(buf[pos:pos + 8], "little"), pos + 8
+        elif wire == 5:
+            value, pos = int.from_bytes(buf[pos:pos + 4], "little"), pos + 4
+        else:
+            raise ValueError("unsupported wire type %d" % wire)
+        yield number, value
+
+
+def _bytes_field(number, data):
+    return _varint(number << 3 | 2) + _varint(len(data)) + data if data else b""
+
+
+def _varint_field(number, value):
+    return _varint(number << 3) + _varint(value) if value else b""
+
+
+def _decode_request(body):
+    """InstanceFrame bytes -> dict for a request frame, None for any other kind."""
+    request = None
+    for number, value in _fields(body):
+        if number == 2 and isinstance(value, memoryview):
+            request = {"request_id": "", "payload": b"", "deadline": 0, "function": "", "memory": 0}
+            for n, v in _fields(value):
+                if n == 1:
+                    request["request_id"] = bytes(v).decode()
+                elif n == 2:
+                    request["payload"] = bytes(v)
+                elif n == 3:
+                    request["deadline"] = v - (1 << 64) if v >= 1 << 63 else v
+                elif n == 4:
+                    request["function"] = bytes(v).decode()
+                elif n == 5:
+                    request["memory"] = v
+    return request
+
+
+def _encode_ready(pid):
+    inner = _varint_field(1, pid)
+    return _varint(1 << 3 | 2) + _varint(len(inner)) + inner
+
+
+def _encode_response(request_id, result=b"", error="", error_type=""):
+    inner = (_bytes_field(1, request_id.encode()) + _bytes_field(2, result) +
+             _bytes_field(3, error.encode("utf-8", "replace")) +
+             _bytes_field(4, error_type.encode()))
+    return _varint(3 << 3 | 2) + _varint(len(inner)) + inner
+
+
+# ---- frame I/O on the pipe pair ----
+
+def _read_exact(n):
+    chunks, left = [], n
+    while left:
+        chunk = os.read(REQUEST_FD, min(left, 1 << 20))
+        if not chunk:
+            if left == n:
+                return None
+            raise EOFError("request pipe closed mid-frame")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _read_frame():
+    header = _read_exact(4)
+    if header is None:
+        return None
+    size = int.from_bytes(header, "little")
+    if size > MAX_FRAME:
+        raise ValueError("frame of %d bytes is too large" % size)
+    return _read_exact(size) if size else b""
+
+
+def _write_frame(body):
+    data = memoryview(len(body).to_bytes(4, "little") + body)
+    while data:
+        data = data[os.write(RESPONSE_FD, data):]
+
+
+# ---- the handler contract ----
+
+class Context:
+    """What a handler learns about its invocation (second argument of handler(event, context))."""
+
+    __slots__ = ("request_id", "deadline", "memory_limit_mb", "function_name")
+
+    def __init__(self, request_id, deadline, memory_limit_mb, function_name):
+        self.request_id = request_id
+        self.deadline = deadline  # unix milliseconds
+        self.memory_limit_mb = memory_limit_mb
+        self.function_name = function_name
+
+    def remaining_time_ms(self):
+        return max(0, self.deadline - int(time.time() * 1000))
+
+    def __repr__(self):
+        return "Context(request_id=%r, function_name=%r)" % (self.request_id, self.function_name)
+
+
+def _load(spec, code_dir):
+    module_name, sep, function_name = spec.partition(":")
+    if not sep or not module_name or not function_name:
+        raise ValueError("handler must be MODULE:FUNCTION, got %r" % spec)
+    if code_dir:
+        sys.path.insert(0, os.path.abspath(code_dir))
+    import importlib
+    target = importlib.import_module(module_name)
+    for part in function_name.split("."):
+        target = getattr(target, part)
+    if not callable(target):
+        raise TypeError("%s is not callable" % spec)
+    return target
+
+
+def _serve(handler, function_name, memory):
+    while True:
+        body = _read_frame()
+        if body is None:
+            return
+        request = _decode_request(body)
+        if request is None:
+            continue  # not ours to answer (future frame kinds)
+        context = Context(request["request_id"], request["deadline"],
+                          request["memory"] or memory, request["function"] or function_name)
+        try:
+            payload = request["payload"]
+            event = json.loads(payload) if payload else None
+            result = json.dumps(handler(event, context)).encode()
+            frame = _encode_response(context.request_id, result=result)
+        except Exception as e:  # the handler's failure is the caller's answer, not ours
+            traceback.print_exc()
+            message = str(e)
+            if isinstance(e, MemoryError):
+                message = "out of memory" + (": " + message if message else "")
+            frame = _encode_response(context.request_id, error=message,
+                                     error_type=type(e).__name__)
+        _write_frame(frame)
+
+
+def main(argv):
+    if len(argv) not in (2, 3):
+        print("usage: handler_runtime.py MODULE:FUNCTION [CODE_DIR]", file=sys.stderr)
+        return 2
+    try:
+        handler = _load(argv[1], argv[2] if len(argv) == 3 else "")
+    except BaseException:  # SystemExit at import is a failed start too
+        print("blixard: cannot load handler %r:" % argv[1], file=sys.stderr)
+        traceback.print_exc()
+        return 2
+    function_name = os.environ.get("BLIXARD_FUNCTION", "")
+    memory = int(os.environ.get("BLIXARD_MEMORY_MIB", "0") or 0)
+    _write_frame(_encode_ready(os.getpid()))
+    _serve(handler, function_name, memory)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

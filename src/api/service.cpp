@@ -1,0 +1,433 @@
+// The control plane's API semantics (see service.hpp).
+#include "api/service.hpp"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <cstring>
+#include <random>
+#include <set>
+
+#include <boost/json.hpp>
+#include <google/protobuf/util/message_differencer.h>
+#include <google/protobuf/util/time_util.h>
+#include <spdlog/spdlog.h>
+
+#include "blixard/spec.hpp"
+#include "blixard/version.hpp"
+
+namespace blixard::api {
+namespace {
+
+using google::protobuf::util::TimeUtil;
+
+constexpr const char* k_functions_prefix = "/registry/functions/";
+constexpr const char* k_vms_prefix = "/registry/vms/";
+constexpr const char* k_triggers_prefix = "/registry/triggers/";
+// Label that marks a trigger generated from a function's inline `triggers` list.
+constexpr const char* k_owner_label = "blixard.dev/function";
+constexpr std::size_t k_default_max_payload = 6u << 20;
+constexpr int k_apply_attempts = 5;
+
+std::string random_hex(std::size_t bytes) {
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  static constexpr std::array<char, 16> k_digits{'0', '1', '2', '3', '4', '5', '6', '7',
+                                                 '8', '9', 'a', 'b', 'c', 'd', 'e', 'f'};
+  std::string out;
+  out.reserve(bytes * 2);
+  for (std::size_t i = 0; i < bytes; ++i) {
+    auto b = static_cast<unsigned>(rng() & 0xff);
+    out.push_back(k_digits[b >> 4]);
+    out.push_back(k_digits[b & 0xf]);
+  }
+  return out;
+}
+
+template <class T>
+T decode(const store::KeyValue& kv) {
+  T object;
+  if (!object.ParseFromString(kv.value)) {
+    throw Error(errc::internal, "stored object at " + kv.key + " is corrupt");
+  }
+  object.mutable_metadata()->set_resource_version(kv.mod_revision);
+  object.mutable_metadata()->set_create_revision(kv.create_revision);
+  return object;
+}
+
+template <class T>
+T read_object(store::Store& store, const char* prefix, const char* kind, const std::string& name) {
+  auto kv = store.get(prefix + name);
+  if (!kv) throw Error(errc::not_found, std::string(kind) + " \"" + name + "\" not found", "name");
+  return decode<T>(*kv);
+}
+
+template <class List>
+List list_objects(store::Store& store, const char* prefix) {
+  auto range = store.list(prefix);
+  List list;
+  for (const auto& kv : range.kvs) {
+    *list.add_items() = decode<std::decay_t<decltype(list.items(0))>>(kv);
+  }
+  list.set_revision(range.revision);
+  return list;
+}
+
+v1::ObjectMeta* metadata_of_any(google::protobuf::Message& m) {
+  auto* field = m.GetDescriptor()->FindFieldByName("metadata");
+  return static_cast<v1::ObjectMeta*>(m.GetReflection()->MutableMessage(&m, field));
+}
+
+// True when two stored forms differ only in bookkeeping (creation time).
+bool same_content(google::protobuf::Message& a, google::protobuf::Message& b) {
+  auto ca = std::unique_ptr<google::protobuf::Message>(a.New());
+  auto cb = std::unique_ptr<google::protobuf::Message>(b.New());
+  ca->CopyFrom(a);
+  cb->CopyFrom(b);
+  for (auto* m : {ca.get(), cb.get()}) {
+    auto* meta = metadata_of_any(*m);
+    meta->clear_created_at();
+    meta->clear_resource_version();
+    meta->clear_create_revision();
+  }
+  return google::protobuf::util::MessageDifferencer::Equals(*ca, *cb);
+}
+
+// Inline `triggers` of a function become Trigger objects it owns, named <function>-<type>[-<n>].
+void expand_inline_triggers(v1::ObjectSet& set) {
+  std::set<std::string> explicit_names;
+  for (const auto& t : set.triggers()) explicit_names.insert(t.metadata().name());
+  for (int i = 0; i < set.functions_size(); ++i) {
+    const auto& fn = set.functions(i);
+    std::map<std::string, int> per_type;
+    for (const auto& t : fn.spec().triggers()) per_type[t.type()]++;
+    std::map<std::string, int> seen;
+    for (int j = 0; j < fn.spec().triggers_size(); ++j) {
+      const auto& spec = fn.spec().triggers(j);
+      std::string name = fn.metadata().name() + "-" + spec.type();
+      int n = seen[spec.type()]++;
+      if (per_type[spec.type()] > 1) name += "-" + std::to_string(n);
+      if (explicit_names.count(name) != 0) {
+        throw Error(errc::invalid_spec,
+                    "trigger name \"" + name + "\" is generated for this inline trigger and is "
+                    "also declared explicitly",
+                    "spec.functions[" + std::to_string(i) + "].triggers[" + std::to_string(j) + "]");
+      }
+      auto* trigger = set.add_triggers();
+      trigger->mutable_metadata()->set_name(name);
+      (*trigger->mutable_metadata()->mutable_labels())[k_owner_label] = fn.metadata().name();
+      trigger->mutable_metadata()->set_stack(fn.metadata().stack());
+      *trigger->mutable_spec() = spec;
+      trigger->mutable_spec()->set_function(fn.metadata().name());
+    }
+  }
+}
+
+}  // namespace
+
+Service::Service(std::shared_ptr<store::Store> store, std::shared_ptr<control::LocalNode> node,
+                 std::shared_ptr<spdlog::logger> logger)
+    : store_(std::move(store)), node_(std::move(node)), logger_(std::move(logger)) {
+  if (!logger_) logger_ = std::make_shared<spdlog::logger>("blixard");
+}
+
+Service::~Service() { shutdown(); }
+
+void Service::shutdown() {
+  if (closed_.exchange(true)) return;
+  node_->shutdown();
+}
+
+v1::ApplyResult Service::apply(const v1::ObjectSet& input, detail::ApplyMode mode) {
+  if (closed_) throw Error(errc::unavailable, "the cluster is closed");
+  v1::ObjectSet set = input;
+  if (mode != detail::ApplyMode::remove) {
+    validate_object_set(set);
+    expand_inline_triggers(set);
+  }
+
+  for (int attempt = 0; attempt < k_apply_attempts; ++attempt) {
+    store::Txn txn;
+    v1::ApplyResult result;
+    std::set<std::string> touched;
+    auto now = TimeUtil::GetCurrentTime();
+
+    auto plan = [&](const char* kind, const char* prefix, google::protobuf::Message& object,
+                    const std::string& field) {
+      auto* meta = metadata_of_any(object);
+      const std::string key = prefix + meta->name();
+      if (!touched.insert(key).second) {
+        throw Error(errc::invalid_spec, "duplicate name \"" + meta->name() + "\"", field);
+      }
+      auto existing = store_->get(key);
+      auto* item = result.add_items();
+      item->set_kind(kind);
+      item->set_name(meta->name());
+      txn.compares.push_back({key, store::Compare::Target::mod_revision,
+                              store::Compare::Op::equal, existing ? existing->mod_revision : 0});
+      if (mode == detail::ApplyMode::remove) {
+        if (!existing) {
+          throw Error(errc::not_found, std::string(kind) + " \"" + meta->name() + "\" not found",
+                      field);
+        }
+        txn.success.push_back({store::Operation::Type::erase, key, {}, 0});
+        item->set_action("deleted");
+        return;
+      }
+      if (existing && mode == detail::ApplyMode::create) {
+        throw Error(errc::already_exists,
+                    std::string(kind) + " \"" + meta->name() + "\" already exists", field);
+      }
+      // Status is observed, not declared; store-owned metadata comes from the key's revisions.
+      auto* status = object.GetDescriptor()->FindFieldByName("status");
+      if (status != nullptr) object.GetReflection()->ClearField(&object, status);
+      meta->clear_resource_version();
+      meta->clear_create_revision();
+      if (existing) {
+        auto stored = std::unique_ptr<google::protobuf::Message>(object.New());
+        stored->ParseFromString(existing->value);
+        *meta->mutable_created_at() = metadata_of_any(*stored)->created_at();
+        if (same_content(object, *stored)) {
+          item->set_action("unchanged");
+          return;
+        }
+        item->set_action("configured");
+      } else {
+        *meta->mutable_created_at() = now;
+        item->set_action("created");
+      }
+      txn.success.push_back({store::Operation::Type::put, key, object.SerializeAsString(), 0});
+    };
+
+    for (int i = 0; i < set.functions_size(); ++i) {
+      plan("function", k_functions_prefix, *set.mutable_functions(i),
+           "functions[" + std::to_string(i) + "].metadata.name");
+    }
+    for (int i = 0; i < set.vms_size(); ++i) {
+      plan("vm", k_vms_prefix, *set.mutable_vms(i),
+           "vms[" + std::to_string(i) + "].metadata.name");
+    }
+
+    // Triggers a function owned but no longer declares go with the new version of the function.
+    std::set<std::string> applied_functions;
+    for (const auto& f : set.functions()) applied_functions.insert(f.metadata().name());
+    auto existing_triggers = list_objects<v1::TriggerList>(*store_, k_triggers_prefix);
+    std::set<std::string> declared_triggers;
+    for (const auto& t : set.triggers()) declared_triggers.insert(t.metadata().name());
+    for (const auto& t : existing_triggers.items()) {
+      auto owner = t.metadata().labels().find(k_owner_label);
+      if (owner == t.metadata().labels().end() || applied_functions.count(owner->second) == 0) {
+        continue;
+      }
+      if (mode == detail::ApplyMode::remove || declared_triggers.count(t.metadata().name()) == 0) {
+        const std::string key = k_triggers_prefix + t.metadata().name();
+        if (!touched.insert(key).second) continue;
+        txn.compares.push_back({key, store::Compare::Target::mod_revision,
+                                store::Compare::Op::equal, t.metadata().resource_version()});
+        txn.success.push_back({store::Operation::Type::erase, key, {}, 0});
+        auto* item = result.add_items();
+        item->set_kind("trigger");
+        item->set_name(t.metadata().name());
+        item->set_action("deleted");
+      }
+    }
+
+    if (mode != detail::ApplyMode::remove) {
+      // A trigger needs its function, and an HTTP path belongs to one trigger.
+      std::map<std::string, std::string> paths;
+      for (const auto& t : existing_triggers.items()) {
+        if (t.spec().type() == "http" && declared_triggers.count(t.metadata().name()) == 0 &&
+            touched.count(k_triggers_prefix + t.metadata().name()) == 0) {
+          paths[t.spec().path()] = t.metadata().name();
+        }
+      }
+      for (int i = 0; i < set.triggers_size(); ++i) {
+        const auto& t = set.triggers(i);
+        const std::string field = "triggers[" + std::to_string(i) + "]";
+        if (applied_functions.count(t.spec().function()) == 0 &&
+            !store_->get(k_functions_prefix + t.spec().function())) {
+          throw Error(errc::invalid_spec,
+                      "function \"" + t.spec().function() + "\" does not exist",
+                      field + ".spec.function");
+        }
+        if (t.spec().type() == "http") {
+          auto [it, fresh] = paths.emplace(t.spec().path(), t.metadata().name());
+          if (!fresh && it->second != t.metadata().name()) {
+            throw Error(errc::invalid_spec,
+                        "path " + t.spec().path() + " is already served by trigger \"" +
+                            it->second + "\"",
+                        field + ".spec.path");
+          }
+        }
+      }
+    }
+    for (int i = 0; i < set.triggers_size(); ++i) {
+      plan("trigger", k_triggers_prefix, *set.mutable_triggers(i),
+           "triggers[" + std::to_string(i) + "].metadata.name");
+    }
+
+    if (txn.success.empty()) {
+      result.set_revision(store_->revision());
+      return result;
+    }
+    auto outcome = store_->txn(txn);
+    if (outcome.succeeded) {
+      result.set_revision(outcome.revision);
+      for (const auto& item : result.items()) {
+        if (item.action() != "unchanged") {
+          logger_->info("{} {} {}", item.kind(), item.name(), item.action());
+        }
+      }
+      return result;
+    }
+    // Someone wrote one of these keys meanwhile: plan again from what is stored now.
+  }
+  throw Error(errc::conflict, "objects kept changing while being applied; try again");
+}
+
+v1::Function Service::get_function(const std::string& name) {
+  return read_object<v1::Function>(*store_, k_functions_prefix, "function", name);
+}
+
+v1::Vm Service::get_vm(const std::string& name) {
+  auto vm = read_object<v1::Vm>(*store_, k_vms_prefix, "vm", name);
+  // No VM driver places replicas yet; say so instead of pretending they run.
+  vm.mutable_status()->set_phase("Pending");
+  vm.mutable_status()->set_message("waiting for a node with a VM driver");
+  return vm;
+}
+
+v1::Trigger Service::get_trigger(const std::string& name) {
+  return read_object<v1::Trigger>(*store_, k_triggers_prefix, "trigger", name);
+}
+
+v1::FunctionList Service::list_functions() {
+  return list_objects<v1::FunctionList>(*store_, k_functions_prefix);
+}
+
+v1::VmList Service::list_vms() {
+  auto list = list_objects<v1::VmList>(*store_, k_vms_prefix);
+  for (auto& vm : *list.mutable_items()) {
+    vm.mutable_status()->set_phase("Pending");
+    vm.mutable_status()->set_message("waiting for a node with a VM driver");
+  }
+  return list;
+}
+
+v1::TriggerList Service::list_triggers() {
+  return list_objects<v1::TriggerList>(*store_, k_triggers_prefix);
+}
+
+v1::NodeList Service::list_nodes() {
+  return list_objects<v1::NodeList>(*store_, control::k_nodes_prefix);
+}
+
+std::shared_ptr<void> Service::admit(const std::string& function, std::uint32_t limit) {
+  std::lock_guard lock(in_flight_mutex_);
+  auto& n = in_flight_[function];
+  if (limit != 0 && n >= limit) {
+    throw Error(errc::throttled, "function \"" + function + "\" is at its limit of " +
+                                     std::to_string(limit) + " concurrent executions");
+  }
+  ++n;
+  return {nullptr, [this, function](void*) {
+            std::lock_guard lock(in_flight_mutex_);
+            if (--in_flight_[function] == 0) in_flight_.erase(function);
+          }};
+}
+
+v1::InvokeResponse Service::invoke(const v1::InvokeRequest& request) {
+  if (closed_) throw Error(errc::unavailable, "the cluster is closed");
+  auto fn = get_function(request.function());
+  const auto& spec = fn.spec();
+
+  std::string payload = request.payload().empty() ? "{}" : request.payload();
+  const std::size_t max_payload =
+      spec.max_payload_bytes() != 0 ? spec.max_payload_bytes() : k_default_max_payload;
+  if (payload.size() > max_payload) {
+    throw Error(errc::payload_too_large,
+                "payload is " + std::to_string(payload.size()) + " bytes; the limit is " +
+                    std::to_string(max_payload),
+                "payload");
+  }
+  boost::system::error_code ec;
+  boost::json::parse(payload, ec);
+  if (ec) throw Error(errc::invalid_spec, "payload is not JSON: " + ec.message(), "payload");
+
+  auto admitted = admit(request.function(), spec.concurrent_executions());
+  runtime::Invocation invocation;
+  invocation.function = request.function();
+  invocation.spec = spec;
+  invocation.payload = std::move(payload);
+  invocation.request_id = request.request_id().empty() ? random_hex(8) : request.request_id();
+  if (request.has_timeout()) {
+    invocation.timeout =
+        std::chrono::milliseconds(TimeUtil::DurationToMilliseconds(request.timeout()));
+  }
+  auto outcome = node_->driver().invoke(invocation);
+
+  v1::InvokeResponse response;
+  response.set_request_id(invocation.request_id);
+  response.set_result(std::move(outcome.result));
+  response.set_cold_start(outcome.cold_start);
+  response.set_node(node_->name());
+  *response.mutable_duration() = TimeUtil::MicrosecondsToDuration(outcome.duration.count());
+  return response;
+}
+
+v1::ServerInfo Service::info() {
+  v1::ServerInfo info;
+  info.set_version(std::string(version()));
+  info.set_node(node_->name());
+  info.set_revision(store_->revision());
+  return info;
+}
+
+std::shared_ptr<Service> open_local_service(const std::filesystem::path& dir,
+                                            const LocalServiceOptions& options) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) {
+    throw Error(errc::unavailable,
+                "cannot use data dir " + dir.string() + ": " + ec.message(), "dir");
+  }
+  const auto lock_path = dir / "lock";
+  int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) {
+    throw Error(errc::unavailable,
+                "data dir " + dir.string() + " is not writable: " + std::strerror(errno), "dir");
+  }
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    std::array<char, 32> pid{};
+    auto n = ::pread(fd, pid.data(), pid.size() - 1, 0);
+    ::close(fd);
+    throw Error(errc::unavailable, "data dir " + dir.string() +
+                                       " is in use by another blixard process" +
+                                       (n > 0 ? " (pid " + std::string(pid.data()) + ")" : ""),
+                "dir");
+  }
+  auto pid = std::to_string(::getpid());
+  if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, pid.data(), pid.size(), 0) < 0) {
+    // The pid is only a hint for the message above; the lock itself is what matters.
+  }
+
+  try {
+    std::shared_ptr<store::Store> store = store::open_sqlite((dir / "store.db").string());
+    runtime::SandboxOptions sandbox;
+    sandbox.work_dir = dir / "instances";
+    sandbox.python = options.python;
+    auto node = std::make_shared<control::LocalNode>(store, runtime::make_sandbox_driver(sandbox),
+                                                     options.node_name);
+    return {new Service(store, node, options.logger), [fd](Service* service) {
+              delete service;
+              ::close(fd);
+            }};
+  } catch (...) {
+    ::close(fd);
+    throw;
+  }
+}
+
+}  // namespace blixard::api

@@ -1,0 +1,181 @@
+// blixard::Cluster and the object handles: thin shapes over a detail::Backend, which is the
+// in-process control plane (Cluster::local) or the HTTP client (Cluster::connect).
+#include "blixard/cluster.hpp"
+
+#include <google/protobuf/util/time_util.h>
+
+#include "api/service.hpp"
+#include "client/http_backend.hpp"
+
+namespace blixard {
+
+struct Cluster::State {
+  SpecOptions spec;
+  std::shared_ptr<api::Service> service;  // set for an embedded cluster
+};
+
+Cluster::Cluster(std::shared_ptr<detail::Backend> backend, std::shared_ptr<State> state)
+    : backend_(std::move(backend)), state_(std::move(state)) {}
+
+Cluster Cluster::local(const std::filesystem::path& dir, LocalOptions options) {
+  api::LocalServiceOptions service_options;
+  service_options.node_name = options.node_name;
+  service_options.python = options.python;
+  service_options.logger = options.logger;
+  auto state = std::make_shared<State>();
+  state->spec = options.spec;
+  state->service = api::open_local_service(dir, service_options);
+  return {state->service, state};
+}
+
+Cluster Cluster::connect(const std::string& url, ConnectOptions options) {
+  auto state = std::make_shared<State>();
+  state->spec = options.spec;
+  return {client::make_http_backend(url, options.token, options.timeout), state};
+}
+
+const SpecOptions& Cluster::spec_options() const { return state_->spec; }
+
+void Cluster::close() {
+  if (state_->service) state_->service->shutdown();
+}
+
+namespace {
+
+template <class T>
+T named(const std::string& name) {
+  T object;
+  object.mutable_metadata()->set_name(name);
+  return object;
+}
+
+}  // namespace
+
+Function Cluster::create_function(const std::string& name, const v1::FunctionSpec& spec) {
+  v1::ObjectSet set;
+  auto* fn = set.add_functions();
+  *fn = named<v1::Function>(name);
+  *fn->mutable_spec() = spec;
+  backend_->apply(set, detail::ApplyMode::create);
+  return function(name);
+}
+
+Function Cluster::create_function(const std::string& name, const std::filesystem::path& config,
+                                  const std::string& overrides_json) {
+  auto spec = load_function_config(config, state_->spec);
+  merge_function_overrides(spec, overrides_json);
+  return create_function(name, spec);
+}
+
+Function Cluster::function(const std::string& name) { return {backend_, name}; }
+
+std::vector<v1::Function> Cluster::functions() {
+  auto list = backend_->list_functions();
+  return {list.items().begin(), list.items().end()};
+}
+
+void Cluster::delete_function(const std::string& name) { function(name).remove(); }
+
+Vm Cluster::create_vm(const std::string& name, const v1::VmSpec& spec) {
+  v1::ObjectSet set;
+  auto* vm = set.add_vms();
+  *vm = named<v1::Vm>(name);
+  *vm->mutable_spec() = spec;
+  backend_->apply(set, detail::ApplyMode::create);
+  return this->vm(name);
+}
+
+Vm Cluster::create_vm(const std::string& name, const std::filesystem::path& config,
+                      const std::string& overrides_json) {
+  auto spec = load_vm_config(config, state_->spec);
+  merge_vm_overrides(spec, overrides_json);
+  return create_vm(name, spec);
+}
+
+Vm Cluster::vm(const std::string& name) { return {backend_, name}; }
+
+std::vector<v1::Vm> Cluster::vms() {
+  auto list = backend_->list_vms();
+  return {list.items().begin(), list.items().end()};
+}
+
+void Cluster::delete_vm(const std::string& name) { vm(name).remove(); }
+
+Trigger Cluster::create_trigger(const std::string& name, const v1::TriggerSpec& spec) {
+  v1::ObjectSet set;
+  auto* trigger = set.add_triggers();
+  *trigger = named<v1::Trigger>(name);
+  *trigger->mutable_spec() = spec;
+  backend_->apply(set, detail::ApplyMode::create);
+  return this->trigger(name);
+}
+
+Trigger Cluster::trigger(const std::string& name) { return {backend_, name}; }
+
+std::vector<v1::Trigger> Cluster::triggers() {
+  auto list = backend_->list_triggers();
+  return {list.items().begin(), list.items().end()};
+}
+
+void Cluster::delete_trigger(const std::string& name) { trigger(name).remove(); }
+
+std::vector<v1::Node> Cluster::nodes() {
+  auto list = backend_->list_nodes();
+  return {list.items().begin(), list.items().end()};
+}
+
+v1::ServerInfo Cluster::info() { return backend_->info(); }
+
+v1::ApplyResult Cluster::apply(const std::filesystem::path& manifest) {
+  return backend_->apply(load_manifest(manifest, state_->spec), detail::ApplyMode::apply);
+}
+
+v1::ApplyResult Cluster::apply(const v1::ObjectSet& set, detail::ApplyMode mode) {
+  return backend_->apply(set, mode);
+}
+
+v1::ApplyResult Cluster::remove(const std::filesystem::path& manifest) {
+  return backend_->apply(load_manifest(manifest, state_->spec), detail::ApplyMode::remove);
+}
+
+// ---- handles ----
+
+v1::Function Function::get() const { return backend_->get_function(name_); }
+
+InvokeResult Function::invoke(const std::string& payload_json,
+                              std::chrono::milliseconds timeout) const {
+  v1::InvokeRequest request;
+  request.set_function(name_);
+  request.set_payload(payload_json);
+  if (timeout.count() > 0) {
+    *request.mutable_timeout() =
+        google::protobuf::util::TimeUtil::MillisecondsToDuration(timeout.count());
+  }
+  auto response = backend_->invoke(request);
+  InvokeResult result;
+  result.result = response.result();
+  result.cold_start = response.cold_start();
+  result.node = response.node();
+  result.request_id = response.request_id();
+  result.duration = std::chrono::microseconds(
+      google::protobuf::util::TimeUtil::DurationToMicroseconds(response.duration()));
+  return result;
+}
+
+template <class T>
+static void remove_one(detail::Backend& backend, const std::string& name,
+                       T* (v1::ObjectSet::*add)()) {
+  v1::ObjectSet set;
+  (set.*add)()->mutable_metadata()->set_name(name);
+  backend.apply(set, detail::ApplyMode::remove);
+}
+
+void Function::remove() const { remove_one(*backend_, name_, &v1::ObjectSet::add_functions); }
+
+v1::Vm Vm::get() const { return backend_->get_vm(name_); }
+void Vm::remove() const { remove_one(*backend_, name_, &v1::ObjectSet::add_vms); }
+
+v1::Trigger Trigger::get() const { return backend_->get_trigger(name_); }
+void Trigger::remove() const { remove_one(*backend_, name_, &v1::ObjectSet::add_triggers); }
+
+}  // namespace blixard

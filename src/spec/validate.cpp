@@ -1,0 +1,355 @@
+// Validation and defaults for functions, VMs and triggers. Idempotent: the client validates what
+// it loads and the server validates what it is sent, so running twice must change nothing.
+#include <google/protobuf/duration.pb.h>
+
+#include <algorithm>
+#include <cctype>
+#include <map>
+#include <set>
+
+#include "blixard/spec.hpp"
+
+namespace blixard {
+namespace {
+
+constexpr std::uint64_t k_default_function_memory_mib = 128;
+constexpr std::uint64_t k_max_function_memory_mib = 65536;
+constexpr std::int64_t k_default_timeout_s = 30;
+constexpr std::int64_t k_max_timeout_s = 15 * 60;
+constexpr std::uint32_t k_default_concurrency = 100;
+constexpr std::int64_t k_default_keep_warm_s = 60;
+constexpr std::uint64_t k_default_vm_memory_mib = 512;
+constexpr std::uint32_t k_max_replicas = 1000;
+constexpr std::uint32_t k_max_vcpu = 1024;
+
+[[noreturn]] void invalid(const std::string& field, const std::string& message) {
+  throw Error(errc::invalid_spec, message, field);
+}
+
+std::string quoted(const std::string& s) { return "\"" + s + "\""; }
+
+// Where a field lives: a standalone object ("metadata.name", "spec.memory") or an entry of a
+// Platform whose name and spec fields sit side by side ("spec.functions[1].memory").
+struct Paths {
+  std::string name;
+  std::string spec;
+  std::string field(const std::string& f) const { return spec + "." + f; }
+};
+
+Paths paths_for(const std::string& path) {
+  if (path.empty()) return {"metadata.name", "spec"};
+  return {path + ".name", path};
+}
+
+void check_name(const std::string& name, const std::string& field) {
+  if (name.empty()) invalid(field, "missing name");
+  if (!is_valid_name(name)) {
+    invalid(field, "invalid name " + quoted(name) +
+                       ": use at most 63 lowercase letters, digits and '-', starting and ending "
+                       "with a letter or digit");
+  }
+}
+
+bool is_identifier(std::string_view s) {
+  if (s.empty() || std::isdigit(static_cast<unsigned char>(s.front()))) return false;
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '_';
+  });
+}
+
+// "module:function", module possibly dotted ("pkg.mod:handler").
+bool is_python_handler(const std::string& handler) {
+  const auto colon = handler.find(':');
+  if (colon == std::string::npos) return false;
+  const std::string_view module(handler.data(), colon);
+  const std::string_view function(handler.data() + colon + 1, handler.size() - colon - 1);
+  if (!is_identifier(function)) return false;
+  std::size_t start = 0;
+  while (true) {
+    const auto dot = module.find('.', start);
+    if (!is_identifier(module.substr(start, dot == std::string_view::npos ? dot : dot - start))) {
+      return false;
+    }
+    if (dot == std::string_view::npos) return true;
+    start = dot + 1;
+  }
+}
+
+bool is_env_name(const std::string& s) { return is_identifier(s); }
+
+std::int64_t millis(const google::protobuf::Duration& d) {
+  return d.seconds() * 1000 + d.nanos() / 1'000'000;
+}
+
+void set_seconds(google::protobuf::Duration* d, std::int64_t s) {
+  d->set_seconds(s);
+  d->set_nanos(0);
+}
+
+void check_duration(const google::protobuf::Duration& d, const std::string& field) {
+  if (d.seconds() < 0 || d.nanos() < 0) invalid(field, "duration must not be negative");
+}
+
+void validate_env(const google::protobuf::Map<std::string, std::string>& env,
+                  const std::string& field) {
+  for (const auto& [key, value] : env) {
+    if (!is_env_name(key)) {
+      invalid(field + "." + key, "invalid environment variable name " + quoted(key));
+    }
+  }
+}
+
+void validate_placement(v1::Placement& p, const std::string& field) {
+  // "availability-zones" is the well-known alias of the `zone` label (DESIGN §7).
+  if (p.spread_across() == "availability-zones") p.set_spread_across("zone");
+  if (!p.strategy().empty() && p.strategy() != "binpack" && p.strategy() != "spread") {
+    invalid(field + ".strategy",
+            "unknown strategy " + quoted(p.strategy()) + " (expected binpack or spread)");
+  }
+  for (const auto& [key, value] : p.node_selector()) {
+    if (key.empty()) invalid(field + ".nodeSelector", "empty label key");
+  }
+}
+
+void validate_microvm(v1::MicroVm& m, const std::string& field) {
+  for (int i = 0; i < m.shares_size(); ++i) {
+    const auto& share = m.shares(i);
+    const std::string at = field + ".shares[" + std::to_string(i) + "]";
+    if (share.source().empty()) invalid(at + ".source", "a share needs a source directory");
+    if (share.mount_point().empty()) invalid(at + ".mountPoint", "a share needs a mountPoint");
+  }
+  if (m.vcpu() > k_max_vcpu) {
+    invalid(field + ".vcpu", "vcpu must be at most " + std::to_string(k_max_vcpu));
+  }
+}
+
+// A trigger's spec, inline in a function (`function` implied) or standalone.
+void validate_trigger_spec(v1::TriggerSpec& t, const std::string& at,
+                           const std::string* owner_function) {
+  if (owner_function != nullptr) {
+    if (t.function().empty()) t.set_function(*owner_function);
+    if (t.function() != *owner_function) {
+      invalid(at + ".function", "an inline trigger belongs to its function " +
+                                    quoted(*owner_function) + ", not " + quoted(t.function()));
+    }
+  } else {
+    if (t.function().empty()) invalid(at + ".function", "missing function (the one to trigger)");
+    check_name(t.function(), at + ".function");
+  }
+  if (t.type().empty()) invalid(at + ".type", "missing type (http, queue or event)");
+  if (t.type() == "http") {
+    if (t.path().empty()) invalid(at + ".path", "an http trigger needs a path (e.g. /api/x)");
+    if (t.path().front() != '/') {
+      invalid(at + ".path", "path " + quoted(t.path()) + " must start with '/'");
+    }
+    static const std::set<std::string> k_methods{"GET",    "POST", "PUT",    "PATCH",
+                                                 "DELETE", "HEAD", "OPTIONS"};
+    for (int i = 0; i < t.methods_size(); ++i) {
+      std::string m = t.methods(i);
+      for (auto& c : m) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+      if (!k_methods.count(m)) {
+        invalid(at + ".methods[" + std::to_string(i) + "]", "unknown HTTP method " + quoted(m));
+      }
+      t.set_methods(i, m);
+    }
+  } else if (t.type() == "queue" || t.type() == "event") {
+    if (t.source().empty()) {
+      invalid(at + ".source",
+              "a " + t.type() + " trigger needs a source (the " + t.type() + " name)");
+    }
+    // Queues are objects with names of their own; events are free-form but single words.
+    if (t.type() == "queue" && !is_valid_name(t.source())) {
+      invalid(at + ".source", "invalid queue name " + quoted(t.source()) +
+                                  ": use lowercase letters, digits and '-'");
+    }
+    if (std::any_of(t.source().begin(), t.source().end(),
+                    [](char c) { return std::isspace(static_cast<unsigned char>(c)); })) {
+      invalid(at + ".source", "event name " + quoted(t.source()) + " must not contain spaces");
+    }
+  } else {
+    invalid(at + ".type",
+            "unknown trigger type " + quoted(t.type()) + " (expected http, queue or event)");
+  }
+}
+
+}  // namespace
+
+bool is_valid_name(std::string_view name) noexcept {
+  if (name.empty() || name.size() > 63) return false;
+  auto alnum = [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); };
+  if (!alnum(name.front()) || !alnum(name.back())) return false;
+  return std::all_of(name.begin(), name.end(), [&](char c) { return alnum(c) || c == '-'; });
+}
+
+void validate_function(v1::Function& fn, const std::string& path) {
+  const Paths at = paths_for(path);
+  check_name(fn.metadata().name(), at.name);
+  auto& s = *fn.mutable_spec();
+
+  if (s.runtime().empty()) {
+    if (s.command_size() > 0) {
+      s.set_runtime("exec");
+    } else if (!s.handler().empty()) {
+      s.set_runtime("python");
+    } else {
+      std::string hint;
+      if (s.config().size() > 4 && s.config().ends_with(".nix")) {
+        hint = " (a handler written as a Nix function cannot run here)";
+      }
+      invalid(at.field("handler"),
+              "the function has no handler" + hint +
+                  ": pass --handler or set `handler = \"module:function\"` in its config (or "
+                  "`command` for the exec runtime)");
+    }
+  }
+  if (s.runtime() == "python") {
+    if (s.handler().empty()) {
+      invalid(at.field("handler"),
+              "the python runtime needs a handler: pass --handler or set `handler = "
+              "\"module:function\"`");
+    }
+    if (!is_python_handler(s.handler())) {
+      invalid(at.field("handler"),
+              "handler " + quoted(s.handler()) + " is not of the form module:function");
+    }
+  } else if (s.runtime() == "exec") {
+    if (s.command_size() == 0) {
+      invalid(at.field("command"), "the exec runtime needs a command (the program and its args)");
+    }
+    if (s.command(0).empty()) invalid(at.field("command[0]"), "the program must not be empty");
+  } else {
+    invalid(at.field("runtime"),
+            "unknown runtime " + quoted(s.runtime()) + " (expected python or exec)");
+  }
+
+  if (s.memory_mib() == 0) {
+    s.set_memory_mib(s.microvm().mem() != 0 ? s.microvm().mem() : k_default_function_memory_mib);
+  }
+  if (s.memory_mib() > k_max_function_memory_mib) {
+    invalid(at.field("memory"), "memory must be between 1 and " +
+                                    std::to_string(k_max_function_memory_mib) + " MiB, got " +
+                                    std::to_string(s.memory_mib()));
+  }
+  if (s.vcpu() > k_max_vcpu) {
+    invalid(at.field("vcpu"), "vcpu must be at most " + std::to_string(k_max_vcpu));
+  }
+
+  if (!s.has_timeout()) set_seconds(s.mutable_timeout(), k_default_timeout_s);
+  check_duration(s.timeout(), at.field("timeout"));
+  if (millis(s.timeout()) <= 0) invalid(at.field("timeout"), "timeout must be greater than zero");
+  if (millis(s.timeout()) > k_max_timeout_s * 1000) {
+    invalid(at.field("timeout"), "timeout must be at most 15m");
+  }
+
+  if (s.concurrent_executions() == 0) s.set_concurrent_executions(k_default_concurrency);
+  auto& sc = *s.mutable_scaling();
+  if (sc.max_instances() == 0) sc.set_max_instances(s.concurrent_executions());
+  if (sc.target_concurrency() == 0) sc.set_target_concurrency(1);
+  if (!sc.has_keep_warm()) set_seconds(sc.mutable_keep_warm(), k_default_keep_warm_s);
+  check_duration(sc.keep_warm(), at.field("scaling.keepWarm"));
+  if (sc.min_instances() > sc.max_instances()) {
+    invalid(at.field("scaling.minInstances"),
+            "minInstances (" + std::to_string(sc.min_instances()) +
+                ") must not exceed maxInstances (" + std::to_string(sc.max_instances()) + ")");
+  }
+
+  validate_placement(*s.mutable_placement(), at.field("placement"));
+  validate_microvm(*s.mutable_microvm(), at.field("microvm"));
+  validate_env(s.env(), at.field("env"));
+  for (int i = 0; i < s.triggers_size(); ++i) {
+    validate_trigger_spec(*s.mutable_triggers(i), at.field("triggers[" + std::to_string(i) + "]"),
+                          &fn.metadata().name());
+  }
+}
+
+void validate_vm(v1::Vm& vm, const std::string& path) {
+  const Paths at = paths_for(path);
+  check_name(vm.metadata().name(), at.name);
+  auto& s = *vm.mutable_spec();
+
+  if (s.type().empty()) s.set_type("long-lived");
+  if (s.type() != "long-lived") {
+    invalid(at.field("type"), "unknown VM type " + quoted(s.type()) +
+                                  " (long-lived is the only one; functions are serverless)");
+  }
+  if (s.replicas() == 0) s.set_replicas(1);
+  if (s.replicas() > k_max_replicas) {
+    invalid(at.field("replicas"), "replicas must be between 0 and " +
+                                      std::to_string(k_max_replicas) + ", got " +
+                                      std::to_string(s.replicas()));
+  }
+  if (s.memory_mib() == 0) {
+    s.set_memory_mib(s.microvm().mem() != 0 ? s.microvm().mem() : k_default_vm_memory_mib);
+  }
+  if (s.vcpu() == 0) s.set_vcpu(s.microvm().vcpu() != 0 ? s.microvm().vcpu() : 1);
+  if (s.vcpu() > k_max_vcpu) {
+    invalid(at.field("vcpu"), "vcpu must be at most " + std::to_string(k_max_vcpu));
+  }
+  if (s.primary_election_policy().empty()) s.set_primary_election_policy("oldest-first");
+  if (s.primary_election_policy() != "oldest-first" &&
+      s.primary_election_policy() != "newest-first") {
+    invalid(at.field("primaryElectionPolicy"), "unknown policy " +
+                                                   quoted(s.primary_election_policy()) +
+                                                   " (expected oldest-first or newest-first)");
+  }
+  if (s.has_storage() && s.storage().size_mib() == 0 &&
+      (!s.storage().pool().empty() || !s.storage().class_().empty())) {
+    invalid(at.field("storage.size"), "storage needs a size (e.g. 100G)");
+  }
+  std::set<std::uint32_t> ports;
+  for (int i = 0; i < s.ports_size(); ++i) {
+    const std::string f = at.field("ports[" + std::to_string(i) + "]");
+    if (s.ports(i) == 0 || s.ports(i) > 65535) {
+      invalid(f, "port " + std::to_string(s.ports(i)) + " is not between 1 and 65535");
+    }
+    if (!ports.insert(s.ports(i)).second) {
+      invalid(f, "port " + std::to_string(s.ports(i)) + " is listed twice");
+    }
+  }
+  auto& update = *s.mutable_update_strategy();
+  if (update.type().empty()) update.set_type("rolling");
+  if (update.type() != "rolling" && update.type() != "recreate") {
+    invalid(at.field("updateStrategy.type"),
+            "unknown update strategy " + quoted(update.type()) + " (expected rolling or recreate)");
+  }
+  validate_placement(*s.mutable_placement(), at.field("placement"));
+  validate_microvm(*s.mutable_microvm(), at.field("microvm"));
+  validate_env(s.env(), at.field("env"));
+}
+
+void validate_trigger(v1::Trigger& trigger, const std::string& path) {
+  const Paths at = paths_for(path);
+  check_name(trigger.metadata().name(), at.name);
+  validate_trigger_spec(*trigger.mutable_spec(), at.spec, nullptr);
+}
+
+void validate_object_set(v1::ObjectSet& set) {
+  // A Platform's objects are its entries; anything else is a set of standalone objects.
+  const bool platform = !set.stack().empty();
+  auto entry = [&](const char* kind, int i) {
+    return platform ? std::string("spec.") + kind + "[" + std::to_string(i) + "]" : std::string();
+  };
+  auto name_field = [&](const char* kind, int i) {
+    return platform ? entry(kind, i) + ".name"
+                    : std::string(kind) + "[" + std::to_string(i) + "].metadata.name";
+  };
+  auto check_duplicates = [&](const char* kind, auto& objects) {
+    std::set<std::string> seen;
+    for (int i = 0; i < objects.size(); ++i) {
+      const std::string& name = objects.Get(i).metadata().name();
+      if (!seen.insert(name).second) invalid(name_field(kind, i), "duplicate name " + quoted(name));
+    }
+  };
+  for (int i = 0; i < set.functions_size(); ++i) {
+    validate_function(*set.mutable_functions(i), entry("functions", i));
+  }
+  for (int i = 0; i < set.vms_size(); ++i) validate_vm(*set.mutable_vms(i), entry("vms", i));
+  for (int i = 0; i < set.triggers_size(); ++i) {
+    validate_trigger(*set.mutable_triggers(i), entry("triggers", i));
+  }
+  check_duplicates("functions", set.functions());
+  check_duplicates("vms", set.vms());
+  check_duplicates("triggers", set.triggers());
+}
+
+}  // namespace blixard

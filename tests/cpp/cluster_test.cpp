@@ -1,0 +1,194 @@
+// The first slice through every layer, driven through the public C++ SDK: an embedded cluster on
+// a temporary dir, objects created, listed, kept across reopen, functions invoked in the sandbox.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "blixard/blixard.hpp"
+
+namespace fs = std::filesystem;
+using blixard::Cluster;
+using blixard::errc;
+using blixard::Error;
+
+namespace {
+
+const fs::path k_data = fs::path(BLIXARD_TEST_DATA) / "cluster";
+
+// The real interpreter behind `python3` (a pyenv shim costs 350 ms a start).
+std::string python() {
+  static const std::string path = [] {
+    std::string out;
+    if (FILE* p = ::popen("python3 -c 'import sys; print(sys.executable)'", "r")) {
+      char buf[4096];
+      while (fgets(buf, sizeof buf, p) != nullptr) out += buf;
+      ::pclose(p);
+    }
+    while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
+    return out.empty() ? std::string("python3") : out;
+  }();
+  return path;
+}
+
+class ClusterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("blixard-cluster-test-" + std::to_string(::getpid()) + "-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  Cluster open() {
+    blixard::LocalOptions options;
+    options.python = python();
+    return Cluster::local(dir_, options);
+  }
+
+  template <class F>
+  static Error expect_error(F&& f, errc code) {
+    try {
+      f();
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), code) << e.what();
+      return e;
+    }
+    ADD_FAILURE() << "no error thrown";
+    return Error(errc::internal, "none");
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(ClusterTest, CreateInvokeListDeleteFunction) {
+  auto c = open();
+  auto fn = c.create_function("echo", k_data / "echo.yaml");
+  EXPECT_EQ(fn.get().spec().memory_mib(), 64u);
+  EXPECT_EQ(fn.get().spec().runtime(), "python");
+
+  auto result = fn.invoke(R"({"x": 1})");
+  EXPECT_NE(result.result.find(R"("x": 1)"), std::string::npos) << result.result;
+  EXPECT_NE(result.result.find(R"("function": "echo")"), std::string::npos) << result.result;
+  EXPECT_EQ(result.node, "local");
+  EXPECT_FALSE(result.request_id.empty());
+
+  ASSERT_EQ(c.functions().size(), 1u);
+  EXPECT_EQ(c.functions()[0].metadata().name(), "echo");
+  c.delete_function("echo");
+  EXPECT_TRUE(c.functions().empty());
+  expect_error([&] { fn.invoke("{}"); }, errc::not_found);
+}
+
+TEST_F(ClusterTest, FlagsOverrideTheConfigFile) {
+  auto c = open();
+  auto fn = c.create_function("echo", k_data / "echo.yaml",
+                              R"({"memory": "128M", "timeout": "30s", "concurrentExecutions": 100})");
+  auto spec = fn.get().spec();
+  EXPECT_EQ(spec.memory_mib(), 128u);
+  EXPECT_EQ(spec.timeout().seconds(), 30);
+  EXPECT_EQ(spec.concurrent_executions(), 100u);
+  auto e = expect_error([&] { c.create_function("other", k_data / "echo.yaml", R"({"memory": "lots"})"); },
+                        errc::invalid_spec);
+  EXPECT_EQ(e.field(), "memory");
+}
+
+TEST_F(ClusterTest, ObjectsAreKeptAcrossReopen) {
+  {
+    auto c = open();
+    c.apply(k_data / "platform.yaml");
+  }
+  auto c = open();
+  EXPECT_EQ(c.functions().size(), 2u);
+  ASSERT_EQ(c.vms().size(), 1u);
+  EXPECT_EQ(c.vms()[0].spec().replicas(), 2u);
+  EXPECT_EQ(c.vms()[0].metadata().stack(), "shop");
+  ASSERT_EQ(c.triggers().size(), 1u);
+  EXPECT_EQ(c.triggers()[0].spec().path(), "/api/echo");
+  EXPECT_EQ(c.triggers()[0].spec().function(), "echo");
+  EXPECT_NE(c.function("echo").invoke("[1,2]").result.find("[1, 2]"), std::string::npos);
+}
+
+TEST_F(ClusterTest, ApplyReportsCreatedUnchangedConfigured) {
+  auto c = open();
+  auto first = c.apply(k_data / "platform.yaml");
+  for (const auto& item : first.items()) EXPECT_EQ(item.action(), "created") << item.name();
+  auto second = c.apply(k_data / "platform.yaml");
+  for (const auto& item : second.items()) EXPECT_EQ(item.action(), "unchanged") << item.name();
+  EXPECT_EQ(second.revision(), first.revision());
+
+  auto removed = c.remove(k_data / "platform.yaml");
+  EXPECT_EQ(removed.items_size(), 4);  // two functions, a vm, the echo function's trigger
+  EXPECT_TRUE(c.functions().empty());
+  EXPECT_TRUE(c.vms().empty());
+  EXPECT_TRUE(c.triggers().empty());
+}
+
+TEST_F(ClusterTest, BadManifestChangesNothing) {
+  auto c = open();
+  auto e = expect_error([&] { c.apply(k_data / "bad-platform.yaml"); }, errc::invalid_spec);
+  EXPECT_EQ(e.field(), "spec.functions[1].memory");
+  EXPECT_EQ(e.status().line(), 11u);
+  EXPECT_TRUE(c.functions().empty());
+}
+
+TEST_F(ClusterTest, HandlerFailuresAreClearErrors) {
+  auto c = open();
+  c.apply(k_data / "platform.yaml");
+  auto boom = expect_error([&] { c.function("boom").invoke(R"({"why": "testing"})"); },
+                           errc::handler_failed);
+  EXPECT_NE(std::string(boom.what()).find("boom: testing"), std::string::npos) << boom.what();
+
+  blixard::v1::FunctionSpec crash;
+  crash.set_runtime("python");
+  crash.set_handler("funcs:crash");
+  crash.set_code((k_data / "code").string());
+  auto crashing = c.create_function("crash", crash);
+  expect_error([&] { crashing.invoke("{}"); }, errc::handler_failed);
+
+  blixard::v1::FunctionSpec slow = crash;
+  slow.set_handler("funcs:slow");
+  slow.mutable_timeout()->set_seconds(1);
+  auto sleeper = c.create_function("slow", slow);
+  expect_error([&] { sleeper.invoke(R"({"seconds": 30})"); }, errc::timeout);
+
+  // The failing functions did not hurt the others.
+  EXPECT_NE(c.function("echo").invoke("{}").result.find("echo"), std::string::npos);
+}
+
+TEST_F(ClusterTest, BadInputIsRejectedByName) {
+  auto c = open();
+  c.create_function("echo", k_data / "echo.yaml");
+  auto e = expect_error([&] { c.function("echo").invoke("{not json"); }, errc::invalid_spec);
+  EXPECT_EQ(e.field(), "payload");
+  expect_error([&] { c.function("missing").invoke("{}"); }, errc::not_found);
+  expect_error([&] { c.create_function("echo", k_data / "echo.yaml"); }, errc::already_exists);
+  auto spaced = expect_error([&] { c.create_function("my function", k_data / "echo.yaml"); },
+                             errc::invalid_spec);
+  EXPECT_NE(spaced.field().find("name"), std::string::npos);
+  expect_error([&] { c.delete_vm("nothing"); }, errc::not_found);
+  EXPECT_EQ(c.functions().size(), 1u);
+}
+
+TEST_F(ClusterTest, DataDirMustBeWritableAndUnshared) {
+  auto c = open();
+  expect_error([&] { open(); }, errc::unavailable);  // locked by `c`
+  fs::path file = dir_ / "a-file";
+  std::ofstream(file) << "x";
+  blixard::LocalOptions options;
+  auto e = expect_error([&] { Cluster::local(file / "sub", options); }, errc::unavailable);
+  EXPECT_NE(std::string(e.what()).find("a-file"), std::string::npos);
+}
+
+TEST_F(ClusterTest, TheLocalNodeIsListed) {
+  auto c = open();
+  auto nodes = c.nodes();
+  ASSERT_EQ(nodes.size(), 1u);
+  EXPECT_EQ(nodes[0].metadata().name(), "local");
+  EXPECT_EQ(nodes[0].status().phase(), "Ready");
+  EXPECT_FALSE(nodes[0].spec().labels().at("arch").empty());
+}
+
+}  // namespace
