@@ -47,9 +47,12 @@ class Error : public std::system_error {
   // The plain message, without the field prefix that what() carries.
   const std::string& message() const noexcept { return status_.message(); }
   const v1::Status& status() const noexcept { return status_; }
+  // "file:line:col: field: message" (std::system_error would append the code's name).
+  const char* what() const noexcept override { return what_.c_str(); }
 
  private:
   v1::Status status_;
+  std::string what_;
 };
 
 }  // namespace blixard

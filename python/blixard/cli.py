@@ -116,6 +116,7 @@ class Ctx:
         self.data_dir = Path(os.path.expanduser(data_dir))
         self.output = output
         self._cluster = None
+        self.resolved_addr = addr or ""
         # Maps the spec field names used in overrides back to the flags that set them, so an
         # error about "memory" reads "--memory: ...".
         self.flag_for_field: Dict[str, str] = {}
@@ -143,6 +144,7 @@ class Ctx:
                 info = read_server_file(self.data_dir)
                 if info and info.get("address") == addr:
                     token = info.get("token", "")
+            self.resolved_addr = addr
             try:
                 self._cluster = Cluster.connect(addr, token or "")
             except Unavailable as e:
@@ -211,8 +213,8 @@ def _mib(v: Any) -> str:
     if v in (None, "", 0, "0"):
         return "-"
     n = int(v)
-    if n % 1024 == 0 and n >= 1024:
-        return f"{n // 1024}G"
+    if n >= 1024:
+        return f"{n / 1024:.1f}".removesuffix(".0") + "G"
     return f"{n}M"
 
 
@@ -221,6 +223,13 @@ def _int(v: Any) -> int:
         return int(v or 0)
     except (TypeError, ValueError):
         return 0
+
+
+def _list_json(raw: str) -> Dict[str, Any]:
+    """A list message for -o json, with ``items`` present even when empty."""
+    obj = json.loads(raw)
+    obj.setdefault("items", [])
+    return obj
 
 
 def _name(obj: Dict[str, Any]) -> str:
@@ -492,7 +501,7 @@ def status(c: Ctx, output) -> None:
     if _out(c, output) == "json":
         print_json(
             {
-                "server": info,
+                "server": dict(info, address=info.get("address") or c.resolved_addr),
                 "nodes": len(nodes),
                 "nodesReady": sum(1 for n in nodes if n.get("status", {}).get("phase") == "Ready"),
                 "functions": len(fns),
@@ -502,7 +511,7 @@ def status(c: Ctx, output) -> None:
         )
         return
     ready = sum(1 for n in nodes if n.get("status", {}).get("phase") == "Ready")
-    click.echo(f"server:    {info.get('address') or c.addr or ''} (version {info.get('version')})")
+    click.echo(f"server:    {info.get('address') or c.resolved_addr} (version {info.get('version')})")
     click.echo(f"revision:  {info.get('revision', 0)}")
     click.echo(f"nodes:     {len(nodes)} ({ready} ready)")
     click.echo(f"functions: {len(fns)}")
@@ -620,7 +629,7 @@ def function_list(c: Ctx, output) -> None:
     """List functions with their instances running and warm."""
     raw = c.cluster()._core.functions()
     if _out(c, output) == "json":
-        print_json(json.loads(raw))
+        print_json(_list_json(raw))
         return
     items = json.loads(raw).get("items", [])
     print_table(FUNCTION_COLUMNS, _function_rows(items), empty="No functions.")
@@ -777,7 +786,7 @@ def vm_list(c: Ctx, output) -> None:
     """List VM sets."""
     raw = c.cluster()._core.vms()
     if _out(c, output) == "json":
-        print_json(json.loads(raw))
+        print_json(_list_json(raw))
         return
     print_table(VM_COLUMNS, _vm_rows(json.loads(raw).get("items", [])), empty="No VMs.")
 
@@ -846,7 +855,7 @@ def trigger_list(c: Ctx, output) -> None:
     """List triggers."""
     raw = c.cluster()._core.triggers()
     if _out(c, output) == "json":
-        print_json(json.loads(raw))
+        print_json(_list_json(raw))
         return
     rows = []
     for t in json.loads(raw).get("items", []):
@@ -875,7 +884,7 @@ def node_list(c: Ctx, output) -> None:
     """List nodes with their capacity and labels."""
     raw = c.cluster()._core.nodes()
     if _out(c, output) == "json":
-        print_json(json.loads(raw))
+        print_json(_list_json(raw))
         return
     rows = []
     for n in json.loads(raw).get("items", []):

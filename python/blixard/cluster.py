@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
 from . import _core
-from .errors import InvalidSpec
+from .errors import InvalidSpec, Unavailable
 
 __all__ = ["Cluster", "Function", "Vm", "Trigger", "Invocation", "connect"]
 
@@ -197,9 +197,17 @@ class Cluster:
     """
 
     def __init__(self, core: "_core.Cluster", *, description: str = "") -> None:
-        self._core = core
+        self._core_cluster: Optional["_core.Cluster"] = core
         self._description = description
         self._closed = False
+
+    @property
+    def _core(self) -> "_core.Cluster":
+        # Handles outlive close(); every call through them fails the same way, local or remote.
+        if self._closed:
+            raise Unavailable(f"the cluster ({self._description}) is closed")
+        assert self._core_cluster is not None
+        return self._core_cluster
 
     # ---- construction ----
     @classmethod
@@ -365,7 +373,11 @@ class Cluster:
         """Stops an embedded cluster (handles then fail); no-op for a remote one. Idempotent."""
         if not self._closed:
             self._closed = True
-            self._core.close()
+            core, self._core_cluster = self._core_cluster, None
+            # Dropping the last reference destroys the embedded server, which releases the data
+            # dir's lock, so the same dir can be opened again in this process.
+            core.close()
+            del core
 
     @property
     def closed(self) -> bool:

@@ -14,7 +14,6 @@ import json
 import os
 import sys
 import time
-import traceback
 
 REQUEST_FD = 3
 RESPONSE_FD = 4
@@ -51,7 +50,8 @@ def _read_varint(buf, pos):
 
 
 def _fields(buf):
-    """Yields (field_number, value) with ints for varints and memoryviews for length-delimited."""
+    """Yields (field_number, value): ints for varints, memoryviews for length-delimited fields."""
+    buf = memoryview(buf)
     pos, end = 0, len(buf)
     while pos < end:
         key, pos = _read_varint(buf, pos)
@@ -84,7 +84,7 @@ def _decode_request(body):
     """InstanceFrame bytes -> dict for a request frame, None for any other kind."""
     request = None
     for number, value in _fields(body):
-        if number == 2 and isinstance(value, memoryview):
+        if number == 2 and not isinstance(value, int):
             request = {"request_id": "", "payload": b"", "deadline": 0, "function": "", "memory": 0}
             for n, v in _fields(value):
                 if n == 1:
@@ -145,6 +145,20 @@ def _write_frame(body):
 
 # ---- the handler contract ----
 
+def _print_user_traceback(exc):
+    """The traceback without this runtime's and importlib's frames: the log tail an agent reports
+    is short, so it should show the handler's own lines."""
+    import traceback  # only on failure: it costs start-up time
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if f.filename != __file__ and not f.filename.startswith("<frozen")
+              and "importlib" not in f.filename]
+    lines = ["Traceback (most recent call last):\n"] if frames else []
+    lines += traceback.format_list(frames) + traceback.format_exception_only(type(exc), exc)
+    sys.stderr.write("".join(lines))
+    sys.stderr.flush()
+
+
 class Context:
     """What a handler learns about its invocation (second argument of handler(event, context))."""
 
@@ -194,7 +208,7 @@ def _serve(handler, function_name, memory):
             result = json.dumps(handler(event, context)).encode()
             frame = _encode_response(context.request_id, result=result)
         except Exception as e:  # the handler's failure is the caller's answer, not ours
-            traceback.print_exc()
+            _print_user_traceback(e)
             message = str(e)
             if isinstance(e, MemoryError):
                 message = "out of memory" + (": " + message if message else "")
@@ -209,9 +223,9 @@ def main(argv):
         return 2
     try:
         handler = _load(argv[1], argv[2] if len(argv) == 3 else "")
-    except BaseException:  # SystemExit at import is a failed start too
+    except BaseException as e:  # SystemExit at import is a failed start too
         print("blixard: cannot load handler %r:" % argv[1], file=sys.stderr)
-        traceback.print_exc()
+        _print_user_traceback(e)
         return 2
     function_name = os.environ.get("BLIXARD_FUNCTION", "")
     memory = int(os.environ.get("BLIXARD_MEMORY_MIB", "0") or 0)

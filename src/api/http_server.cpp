@@ -6,7 +6,6 @@
 #include <spdlog/spdlog.h>
 
 #include <atomic>
-#include <boost/asio/bind_executor.hpp>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
@@ -24,7 +23,6 @@
 #include <vector>
 
 #include "blixard/error.hpp"
-#include "blixard/version.hpp"
 #include "common/json.hpp"
 
 namespace blixard::api {
@@ -266,8 +264,7 @@ Response run_job(const Job& job) {
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(tcp::socket&& socket, Core& server)
-      : server_(server), stream_(std::move(socket)) {}
+  Session(tcp::socket&& socket, Core& server) : server_(server), stream_(std::move(socket)) {}
 
   void run() {
     asio::dispatch(stream_.get_executor(),
@@ -279,6 +276,28 @@ class Session : public std::enable_shared_from_this<Session> {
     parser_.emplace();
     parser_->body_limit(server_.options.body_limit);
     stream_.expires_after(server_.options.idle_timeout);
+    http::async_read_header(stream_, buffer_, *parser_,
+                            beast::bind_front_handler(&Session::on_header, shared_from_this()));
+  }
+
+  // Headers first: a body over the limit is refused before it is sent, and a client that asks
+  // (curl does for large bodies) is told to go on.
+  void on_header(beast::error_code ec, std::size_t) {
+    if (ec) return on_read(ec, 0);
+    if (beast::iequals(parser_->get()[http::field::expect], "100-continue")) {
+      continue_ = std::make_shared<http::response<http::empty_body>>(http::status::continue_, 11);
+      http::async_write(stream_, *continue_,
+                        [self = shared_from_this()](beast::error_code ec, std::size_t) {
+                          self->continue_.reset();
+                          if (ec) return self->close();
+                          self->read_body();
+                        });
+      return;
+    }
+    read_body();
+  }
+
+  void read_body() {
     http::async_read(stream_, buffer_, *parser_,
                      beast::bind_front_handler(&Session::on_read, shared_from_this()));
   }
@@ -330,12 +349,15 @@ class Session : public std::enable_shared_from_this<Session> {
     res.set(http::field::server, "blixard");
     res.keep_alive(keep_alive_);
     res.prepare_payload();
-    if (auto& log = server_.options.logger; log && req) {
-      auto us = std::chrono::duration_cast<std::chrono::microseconds>(
-                    std::chrono::steady_clock::now() - started_)
-                    .count();
-      log->debug("{} {} -> {} ({} us)", std::string_view(req->method_string()),
-                 std::string_view(req->target()), res.result_int(), us);
+    if (auto& log = server_.options.logger) {
+      if (res.result_int() >= 500) log->warn("HTTP {}: {}", res.result_int(), res.body());
+      if (req) {
+        auto us = std::chrono::duration_cast<std::chrono::microseconds>(
+                      std::chrono::steady_clock::now() - started_)
+                      .count();
+        log->debug("{} {} -> {} ({} us)", std::string_view(req->method_string()),
+                   std::string_view(req->target()), res.result_int(), us);
+      }
     }
     response_ = std::make_shared<Response>(std::move(res));
     stream_.expires_after(k_write_timeout);
@@ -381,6 +403,7 @@ class Session : public std::enable_shared_from_this<Session> {
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   std::shared_ptr<Response> response_;
+  std::shared_ptr<http::response<http::empty_body>> continue_;
   std::vector<char> drain_buffer_;
   std::size_t drained_ = 0;
   bool keep_alive_ = true;
@@ -471,8 +494,8 @@ Job Core::route(std::shared_ptr<const Request> req, bool& blocking) {
   return not_found();
 }
 
-Job Core::route_kind(const std::shared_ptr<const Request>& req, Kind kind,
-                                 const Target& t, bool& blocking) {
+Job Core::route_kind(const std::shared_ptr<const Request>& req, Kind kind, const Target& t,
+                     bool& blocking) {
   const auto method = req->method();
   const auto& s = t.segments;
   auto backend = this->backend;
@@ -667,11 +690,11 @@ void HttpServer::stop() {
   im.io_threads.clear();
   im.pool->stop();
   im.pool->join();
+  im.pool.reset();  // drops queued jobs (and their sessions) while the io_context still exists
   beast::error_code ignored;
   im.acceptor->close(ignored);
   im.acceptor.reset();
-  im.ioc.reset();  // destroys the sessions, closing their sockets
-  im.pool.reset();
+  im.ioc.reset();  // destroys the remaining sessions, closing their sockets
 }
 
 unsigned short HttpServer::port() const { return impl_->port; }

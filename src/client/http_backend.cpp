@@ -168,14 +168,9 @@ struct Connection {
   beast::error_code connect(const Url& url, Clock::time_point deadline) {
     close();
     beast::error_code result;
+    // Synchronous: async_resolve would start a resolver thread per connection.
     tcp::resolver resolver(ioc);
-    tcp::resolver::results_type endpoints;
-    resolver.async_resolve(url.host, url.port,
-                           [&](beast::error_code ec, tcp::resolver::results_type r) {
-                             result = ec;
-                             endpoints = std::move(r);
-                           });
-    run();
+    auto endpoints = resolver.resolve(url.host, url.port, result);
     if (result) return result;
     stream.emplace(ioc);
     stream->expires_at(deadline);

@@ -97,6 +97,7 @@ Error::Error(errc code, const std::string& message, std::string field)
 Error::Error(v1::Status status)
     : std::system_error(make_error_code(errc_from_string(status.code()).value_or(errc::internal)),
                         describe(status)),
-      status_(std::move(status)) {}
+      status_(std::move(status)),
+      what_(describe(status_)) {}
 
 }  // namespace blixard

@@ -181,6 +181,7 @@ struct Instance {
   std::unique_ptr<InstanceCgroup> cgroup;
   bool namespaced = false;
   bool killed_by_us = false;
+  bool oom_killed = false;        // read from the cgroup before it is removed
   std::optional<siginfo_t> exit;  // set once reaped
 
   Instance() = default;
@@ -522,7 +523,10 @@ class SandboxDriver final : public Driver {
     }
     in.exit = info;
     in.response.reset();
-    if (in.cgroup) in.cgroup->remove();
+    if (in.cgroup) {
+      in.oom_killed = in.cgroup->oom_killed();
+      in.cgroup->remove();
+    }
     {
       std::lock_guard lock(mutex_);
       live_.erase(&in);
@@ -541,7 +545,7 @@ class SandboxDriver final : public Driver {
       return Error(errc::payload_too_large,
                    who + " " + lost.what + ", over the payload limit of " + std::to_string(limit));
     }
-    const bool oom = in.cgroup && in.cgroup->oom_killed();
+    const bool oom = in.oom_killed;
     std::string msg;
     if (oom) {
       msg = who + " ran out of memory (limit " + std::to_string(in.memory_mib) + " MiB) " + phase;

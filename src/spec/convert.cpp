@@ -103,7 +103,7 @@ bool is_unit_mib(const pb::FieldDescriptor* f) {
 // A signed integer from a scalar, with a clear word for what is wrong.
 struct Integer {
   bool negative = false;
-  unsigned __int128 magnitude = 0;
+  std::uint64_t magnitude = 0;
 };
 
 Integer read_integer(const YAML::Node& node, const std::string& path, const Source& source) {
@@ -116,11 +116,13 @@ Integer read_integer(const YAML::Node& node, const std::string& path, const Sour
     out.negative = s.front() == '-';
     s.remove_prefix(1);
   }
+  constexpr std::uint64_t max = std::numeric_limits<std::uint64_t>::max();
   for (char c : s) {
-    out.magnitude = out.magnitude * 10 + static_cast<unsigned>(c - '0');
-    if (out.magnitude > std::numeric_limits<std::uint64_t>::max()) {
+    const auto digit = static_cast<std::uint64_t>(c - '0');
+    if (out.magnitude > (max - digit) / 10) {
       fail(source, node, path, "integer " + node.Scalar() + " is out of range");
     }
+    out.magnitude = out.magnitude * 10 + digit;
   }
   if (out.magnitude == 0) out.negative = false;
   return out;
@@ -140,14 +142,15 @@ std::uint64_t read_unsigned(const YAML::Node& node, const std::string& path, con
 std::int64_t read_signed(const YAML::Node& node, const std::string& path, const Source& source,
                          std::int64_t min, std::int64_t max) {
   const Integer i = read_integer(node, path, source);
-  const auto too_big = i.negative ? static_cast<unsigned __int128>(-(min + 1)) + 1
-                                  : static_cast<unsigned __int128>(max);
+  const auto too_big =
+      i.negative ? static_cast<std::uint64_t>(-(min + 1)) + 1 : static_cast<std::uint64_t>(max);
   if (i.magnitude > too_big) {
     fail(source, node, path,
          node.Scalar() + " is out of range (" + std::to_string(min) + ".." + std::to_string(max) +
              ")");
   }
-  return i.negative ? static_cast<std::int64_t>(-static_cast<__int128>(i.magnitude))
+  // Two's complement: the magnitude of the most negative value does not fit an int64.
+  return i.negative ? static_cast<std::int64_t>(0 - i.magnitude)
                     : static_cast<std::int64_t>(i.magnitude);
 }
 
@@ -477,7 +480,7 @@ std::string read_text_file(const std::string& file, const std::string& what,
     const int err = errno;
     v1::Status status;
     status.set_code(std::string(to_string(errc::invalid_spec)));
-    status.set_message(what + " " + file + " cannot be read: " + std::strerror(err));
+    status.set_message("cannot read the " + what + ": " + std::strerror(err));
     status.set_field(field);
     status.set_file(file);
     throw Error(std::move(status));

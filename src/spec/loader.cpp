@@ -6,6 +6,7 @@
 #include <memory>
 #include <set>
 
+#include "blixard/error.hpp"
 #include "blixard/spec.hpp"
 #include "spec/convert.hpp"
 #include "spec/nix.hpp"
@@ -29,10 +30,14 @@ std::string lower_extension(const fs::path& p) {
   return ext;
 }
 
-// `code` names a directory relative to the file that names it.
-void resolve_code(std::string* code, const fs::path& base_dir) {
-  if (!code->empty() && fs::path(*code).is_relative()) {
-    *code = absolute_normal(base_dir / *code).string();
+// `code` (functions only) names a directory relative to the file that names it.
+template <class Spec>
+void resolve_code(Spec& spec, const fs::path& base_dir) {
+  if constexpr (requires { spec.mutable_code(); }) {
+    std::string* code = spec.mutable_code();
+    if (!code->empty() && fs::path(*code).is_relative()) {
+      *code = absolute_normal(base_dir / *code).string();
+    }
   }
 }
 
@@ -74,7 +79,7 @@ Spec load_config(const fs::path& file, spec_detail::NixKind kind, const SpecOpti
          "unsupported config file type \"" + file.extension().string() +
              "\" (use .nix, .yaml, .yml or .json)");
   }
-  resolve_code(spec.mutable_code(), abs.parent_path());
+  resolve_code(spec, abs.parent_path());
   spec.set_config(abs.string());
   return spec;
 }
@@ -88,11 +93,12 @@ void merge_overrides(Spec& spec, const std::string& json_object) {
   const auto docs = spec_detail::parse_documents(json_object, {});
   const Source source{{}, false, nullptr};
   if (docs.size() != 1 || !docs[0].IsMap()) {
-    fail({}, {}, {}, "overrides must be one JSON object of spec fields");
+    fail(std::string{}, spec_detail::Position{}, std::string{},
+         "overrides must be one JSON object of spec fields");
   }
   spec_detail::read_message(docs[0], spec, "", source);
   // Flags are relative to where the command runs.
-  resolve_code(spec.mutable_code(), fs::current_path());
+  resolve_code(spec, fs::current_path());
   if (!spec.config().empty()) spec.set_config(absolute_normal(spec.config()).string());
 }
 
@@ -125,7 +131,7 @@ class ManifestReader {
     if (set_.functions_size() + set_.vms_size() + set_.triggers_size() == 0 && !platform_seen_) {
       fail(file_, {}, {}, "the manifest holds no objects");
     }
-    if (!set_.stack().empty()) stamp_stack();
+    stamp();
     validate();
     return std::move(set_);
   }
@@ -140,9 +146,10 @@ class ManifestReader {
     }
     spec_detail::check_keys(doc, {"apiVersion", "kind", "metadata", "spec"}, "", source);
     const YAML::Node api = doc["apiVersion"];
-    if (!api)
+    if (!api) {
       fail(source, doc, "apiVersion",
            std::string("missing apiVersion (expected ") + k_api_version + ")");
+    }
     const std::string api_version = spec_detail::read_string(api, "apiVersion", source);
     if (api_version != k_api_version) {
       fail(source, api, "apiVersion",
@@ -184,8 +191,9 @@ class ManifestReader {
     } else if (kind == "Trigger") {
       auto* trigger = set_.add_triggers();
       *trigger->mutable_metadata() = metadata;
-      if (spec && !spec.IsNull())
+      if (spec && !spec.IsNull()) {
         spec_detail::read_message(spec, *trigger->mutable_spec(), "spec", source);
+      }
       triggers_.push_back({"", marks});
     } else {
       fail(source, kind_node, "kind",
@@ -198,7 +206,6 @@ class ManifestReader {
     if (!node["name"]) fail(source, node, "metadata.name", "missing name");
     v1::ObjectMeta meta;
     spec_detail::read_message(node, meta, "metadata", source);
-    meta.set_source(source_path_);
     return meta;
   }
 
@@ -275,7 +282,7 @@ class ManifestReader {
     }
     spec_detail::read_message(node, spec, path, source, skip);
     if (!config.empty()) spec.set_config(config);
-    resolve_code(spec.mutable_code(), dir_);
+    resolve_code(spec, dir_);
   }
 
   void read_function_spec(const YAML::Node& node, const std::string& path,
@@ -289,14 +296,18 @@ class ManifestReader {
     read_spec(node, path, std::move(skip), source, spec, spec_detail::NixKind::vm);
   }
 
-  void stamp_stack() {
-    auto stamp = [&](v1::ObjectMeta* meta) {
+  // Every object names its file; with a Platform, every object belongs to its stack and
+  // carries its labels.
+  void stamp() {
+    auto one = [&](v1::ObjectMeta* meta) {
+      meta->set_source(source_path_);
+      if (set_.stack().empty()) return;
       meta->set_stack(set_.stack());
       for (const auto& [k, v] : platform_labels_) meta->mutable_labels()->insert({k, v});
     };
-    for (auto& fn : *set_.mutable_functions()) stamp(fn.mutable_metadata());
-    for (auto& vm : *set_.mutable_vms()) stamp(vm.mutable_metadata());
-    for (auto& t : *set_.mutable_triggers()) stamp(t.mutable_metadata());
+    for (auto& fn : *set_.mutable_functions()) one(fn.mutable_metadata());
+    for (auto& vm : *set_.mutable_vms()) one(vm.mutable_metadata());
+    for (auto& t : *set_.mutable_triggers()) one(t.mutable_metadata());
   }
 
   template <class Objects, class Validate>

@@ -7,6 +7,7 @@
 #include <map>
 #include <set>
 
+#include "blixard/error.hpp"
 #include "blixard/spec.hpp"
 
 namespace blixard {
@@ -26,7 +27,7 @@ constexpr std::uint32_t k_max_vcpu = 1024;
   throw Error(errc::invalid_spec, message, field);
 }
 
-std::string quoted(const std::string& s) { return "\"" + s + "\""; }
+std::string in_quotes(const std::string& s) { return "\"" + s + "\""; }
 
 // Where a field lives: a standalone object ("metadata.name", "spec.memory") or an entry of a
 // Platform whose name and spec fields sit side by side ("spec.functions[1].memory").
@@ -44,7 +45,7 @@ Paths paths_for(const std::string& path) {
 void check_name(const std::string& name, const std::string& field) {
   if (name.empty()) invalid(field, "missing name");
   if (!is_valid_name(name)) {
-    invalid(field, "invalid name " + quoted(name) +
+    invalid(field, "invalid name " + in_quotes(name) +
                        ": use at most 63 lowercase letters, digits and '-', starting and ending "
                        "with a letter or digit");
   }
@@ -94,7 +95,7 @@ void validate_env(const google::protobuf::Map<std::string, std::string>& env,
                   const std::string& field) {
   for (const auto& [key, value] : env) {
     if (!is_env_name(key)) {
-      invalid(field + "." + key, "invalid environment variable name " + quoted(key));
+      invalid(field + "." + key, "invalid environment variable name " + in_quotes(key));
     }
   }
 }
@@ -104,7 +105,7 @@ void validate_placement(v1::Placement& p, const std::string& field) {
   if (p.spread_across() == "availability-zones") p.set_spread_across("zone");
   if (!p.strategy().empty() && p.strategy() != "binpack" && p.strategy() != "spread") {
     invalid(field + ".strategy",
-            "unknown strategy " + quoted(p.strategy()) + " (expected binpack or spread)");
+            "unknown strategy " + in_quotes(p.strategy()) + " (expected binpack or spread)");
   }
   for (const auto& [key, value] : p.node_selector()) {
     if (key.empty()) invalid(field + ".nodeSelector", "empty label key");
@@ -130,7 +131,8 @@ void validate_trigger_spec(v1::TriggerSpec& t, const std::string& at,
     if (t.function().empty()) t.set_function(*owner_function);
     if (t.function() != *owner_function) {
       invalid(at + ".function", "an inline trigger belongs to its function " +
-                                    quoted(*owner_function) + ", not " + quoted(t.function()));
+                                    in_quotes(*owner_function) + ", not " +
+                                    in_quotes(t.function()));
     }
   } else {
     if (t.function().empty()) invalid(at + ".function", "missing function (the one to trigger)");
@@ -140,7 +142,7 @@ void validate_trigger_spec(v1::TriggerSpec& t, const std::string& at,
   if (t.type() == "http") {
     if (t.path().empty()) invalid(at + ".path", "an http trigger needs a path (e.g. /api/x)");
     if (t.path().front() != '/') {
-      invalid(at + ".path", "path " + quoted(t.path()) + " must start with '/'");
+      invalid(at + ".path", "path " + in_quotes(t.path()) + " must start with '/'");
     }
     static const std::set<std::string> k_methods{"GET",    "POST", "PUT",    "PATCH",
                                                  "DELETE", "HEAD", "OPTIONS"};
@@ -148,7 +150,7 @@ void validate_trigger_spec(v1::TriggerSpec& t, const std::string& at,
       std::string m = t.methods(i);
       for (auto& c : m) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
       if (!k_methods.count(m)) {
-        invalid(at + ".methods[" + std::to_string(i) + "]", "unknown HTTP method " + quoted(m));
+        invalid(at + ".methods[" + std::to_string(i) + "]", "unknown HTTP method " + in_quotes(m));
       }
       t.set_methods(i, m);
     }
@@ -159,16 +161,16 @@ void validate_trigger_spec(v1::TriggerSpec& t, const std::string& at,
     }
     // Queues are objects with names of their own; events are free-form but single words.
     if (t.type() == "queue" && !is_valid_name(t.source())) {
-      invalid(at + ".source", "invalid queue name " + quoted(t.source()) +
+      invalid(at + ".source", "invalid queue name " + in_quotes(t.source()) +
                                   ": use lowercase letters, digits and '-'");
     }
     if (std::any_of(t.source().begin(), t.source().end(),
                     [](char c) { return std::isspace(static_cast<unsigned char>(c)); })) {
-      invalid(at + ".source", "event name " + quoted(t.source()) + " must not contain spaces");
+      invalid(at + ".source", "event name " + in_quotes(t.source()) + " must not contain spaces");
     }
   } else {
     invalid(at + ".type",
-            "unknown trigger type " + quoted(t.type()) + " (expected http, queue or event)");
+            "unknown trigger type " + in_quotes(t.type()) + " (expected http, queue or event)");
   }
 }
 
@@ -210,7 +212,7 @@ void validate_function(v1::Function& fn, const std::string& path) {
     }
     if (!is_python_handler(s.handler())) {
       invalid(at.field("handler"),
-              "handler " + quoted(s.handler()) + " is not of the form module:function");
+              "handler " + in_quotes(s.handler()) + " is not of the form module:function");
     }
   } else if (s.runtime() == "exec") {
     if (s.command_size() == 0) {
@@ -219,7 +221,7 @@ void validate_function(v1::Function& fn, const std::string& path) {
     if (s.command(0).empty()) invalid(at.field("command[0]"), "the program must not be empty");
   } else {
     invalid(at.field("runtime"),
-            "unknown runtime " + quoted(s.runtime()) + " (expected python or exec)");
+            "unknown runtime " + in_quotes(s.runtime()) + " (expected python or exec)");
   }
 
   if (s.memory_mib() == 0) {
@@ -253,8 +255,8 @@ void validate_function(v1::Function& fn, const std::string& path) {
                 ") must not exceed maxInstances (" + std::to_string(sc.max_instances()) + ")");
   }
 
-  validate_placement(*s.mutable_placement(), at.field("placement"));
-  validate_microvm(*s.mutable_microvm(), at.field("microvm"));
+  if (s.has_placement()) validate_placement(*s.mutable_placement(), at.field("placement"));
+  if (s.has_microvm()) validate_microvm(*s.mutable_microvm(), at.field("microvm"));
   validate_env(s.env(), at.field("env"));
   for (int i = 0; i < s.triggers_size(); ++i) {
     validate_trigger_spec(*s.mutable_triggers(i), at.field("triggers[" + std::to_string(i) + "]"),
@@ -269,7 +271,7 @@ void validate_vm(v1::Vm& vm, const std::string& path) {
 
   if (s.type().empty()) s.set_type("long-lived");
   if (s.type() != "long-lived") {
-    invalid(at.field("type"), "unknown VM type " + quoted(s.type()) +
+    invalid(at.field("type"), "unknown VM type " + in_quotes(s.type()) +
                                   " (long-lived is the only one; functions are serverless)");
   }
   if (s.replicas() == 0) s.set_replicas(1);
@@ -289,7 +291,7 @@ void validate_vm(v1::Vm& vm, const std::string& path) {
   if (s.primary_election_policy() != "oldest-first" &&
       s.primary_election_policy() != "newest-first") {
     invalid(at.field("primaryElectionPolicy"), "unknown policy " +
-                                                   quoted(s.primary_election_policy()) +
+                                                   in_quotes(s.primary_election_policy()) +
                                                    " (expected oldest-first or newest-first)");
   }
   if (s.has_storage() && s.storage().size_mib() == 0 &&
@@ -309,11 +311,11 @@ void validate_vm(v1::Vm& vm, const std::string& path) {
   auto& update = *s.mutable_update_strategy();
   if (update.type().empty()) update.set_type("rolling");
   if (update.type() != "rolling" && update.type() != "recreate") {
-    invalid(at.field("updateStrategy.type"),
-            "unknown update strategy " + quoted(update.type()) + " (expected rolling or recreate)");
+    invalid(at.field("updateStrategy.type"), "unknown update strategy " + in_quotes(update.type()) +
+                                                 " (expected rolling or recreate)");
   }
-  validate_placement(*s.mutable_placement(), at.field("placement"));
-  validate_microvm(*s.mutable_microvm(), at.field("microvm"));
+  if (s.has_placement()) validate_placement(*s.mutable_placement(), at.field("placement"));
+  if (s.has_microvm()) validate_microvm(*s.mutable_microvm(), at.field("microvm"));
   validate_env(s.env(), at.field("env"));
 }
 
@@ -337,7 +339,8 @@ void validate_object_set(v1::ObjectSet& set) {
     std::set<std::string> seen;
     for (int i = 0; i < objects.size(); ++i) {
       const std::string& name = objects.Get(i).metadata().name();
-      if (!seen.insert(name).second) invalid(name_field(kind, i), "duplicate name " + quoted(name));
+      if (!seen.insert(name).second)
+        invalid(name_field(kind, i), "duplicate name " + in_quotes(name));
     }
   };
   for (int i = 0; i < set.functions_size(); ++i) {

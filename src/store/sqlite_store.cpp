@@ -78,7 +78,8 @@ class Query {
   std::string blob(int col) {
     const void* p = sqlite3_column_blob(stmt_, col);
     int n = sqlite3_column_bytes(stmt_, col);
-    return p ? std::string(static_cast<const char*>(p), static_cast<std::size_t>(n)) : std::string();
+    return p ? std::string(static_cast<const char*>(p), static_cast<std::size_t>(n))
+             : std::string();
   }
 
  private:
@@ -91,9 +92,9 @@ class Query {
 class Db {
  public:
   Db(const std::string& file) {
-    int rc = sqlite3_open_v2(file.c_str(), &db_,
-                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                             nullptr);
+    int rc =
+        sqlite3_open_v2(file.c_str(), &db_,
+                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
     if (rc != SQLITE_OK) {
       std::string msg = db_ ? sqlite3_errmsg(db_) : sqlite3_errstr(rc);
       sqlite3_close_v2(db_);
@@ -420,55 +421,45 @@ class SqliteStore final : public Store {
   }
 
  private:
-  // Group commit: the first writer to find no leader becomes it and commits every queued request
-  // in one SQLite transaction (one fsync), looping while more arrive; the others wait.
+  // Group commit: a writer that finds no commit in flight becomes the leader and commits every
+  // queued request in one SQLite transaction (one fsync) while the others wait. The leader then
+  // steps down and wakes them, and a waiter whose request is still queued leads the next batch;
+  // so the old leader's next write can join that batch instead of waiting behind it.
   void submit(WriteRequest& req) {
     std::unique_lock lock(queue_mutex_);
     queue_.push_back(&req);
-    if (leading_) {
-      queue_done_.wait(lock, [&] { return req.done; });
-    } else {
-      leading_ = true;
-      while (!queue_.empty()) {
-        std::vector<WriteRequest*> batch;
-        batch.swap(queue_);
-        lock.unlock();
-        commit(batch);
-        lock.lock();
-        for (WriteRequest* r : batch) r->done = true;
-        queue_done_.notify_all();
+    while (!req.done) {
+      if (leading_) {
+        queue_done_.wait(lock);
+        continue;
       }
+      leading_ = true;
+      std::vector<WriteRequest*> batch;
+      batch.swap(queue_);  // holds req: nothing was in flight
+      lock.unlock();
+      commit(batch);
+      lock.lock();
+      for (WriteRequest* r : batch) r->done = true;
       leading_ = false;
+      queue_done_.notify_all();
     }
     if (req.error) std::rethrow_exception(req.error);
   }
 
   void commit(const std::vector<WriteRequest*>& batch) {
-    std::int64_t start = 0;
+    std::int64_t start = 0, rev = 0;
     try {
       writer_.query(k_begin).run();
-      Query m = writer_.query(k_meta);
-      if (!m.step()) throw Error(errc::unavailable, "store: missing meta row");
-      start = m.int64(0);
-    } catch (...) {
-      for (WriteRequest* r : batch) r->error = std::current_exception();
-      return;
-    }
-    std::int64_t rev = start;
-    try {
-      for (WriteRequest* r : batch) {
-        // A savepoint per request: a failing one rolls back alone, the batch goes on.
-        writer_.query(k_savepoint).run();
-        std::int64_t before = rev;
-        try {
-          apply(*r, rev);
-          writer_.query(k_release).run();
-        } catch (...) {
-          r->error = std::current_exception();
-          rev = before;
-          writer_.query(k_rollback_to).run();
-          writer_.query(k_release).run();
-        }
+      {
+        // Read, not cached: the revision is the database's, whatever happened before.
+        Query m = writer_.query(k_meta);
+        if (!m.step()) throw Error(errc::unavailable, "store: missing meta row");
+        start = rev = m.int64(0);
+      }
+      if (batch.size() == 1) {
+        apply(*batch.front(), rev);  // alone: a failure rolls back the whole transaction below
+      } else {
+        for (WriteRequest* r : batch) apply_in_savepoint(*r, rev);
       }
       if (rev != start) {
         writer_.query(k_set_revision).bind(1, rev).run();
@@ -493,6 +484,21 @@ class SqliteStore final : public Store {
         hub_->committed = rev;
       }
       hub_->wake.notify_all();
+    }
+  }
+
+  // A savepoint per request of a batch: a failing one rolls back alone, the batch goes on.
+  void apply_in_savepoint(WriteRequest& r, std::int64_t& rev) {
+    writer_.query(k_savepoint).run();
+    std::int64_t before = rev;
+    try {
+      apply(r, rev);
+      writer_.query(k_release).run();
+    } catch (...) {
+      r.error = std::current_exception();
+      rev = before;
+      writer_.query(k_rollback_to).run();
+      writer_.query(k_release).run();
     }
   }
 
@@ -525,8 +531,8 @@ class SqliteStore final : public Store {
       case WriteRequest::Kind::keep_alive:
         writer_.query(k_lease_renew).bind(1, r.lease).bind(2, now_ms()).run();
         if (writer_.changes() == 0)
-          throw Error(errc::not_found,
-                      "lease " + std::to_string(r.lease) + " not found or expired", "lease");
+          throw Error(errc::not_found, "lease " + std::to_string(r.lease) + " not found or expired",
+                      "lease");
         return;
       case WriteRequest::Kind::revoke:
       case WriteRequest::Kind::expire:
@@ -725,8 +731,7 @@ class SqliteStore final : public Store {
     }
   }
 
-  std::vector<std::pair<std::int64_t, WatchEvent>> read_events(std::int64_t from,
-                                                               std::int64_t to) {
+  std::vector<std::pair<std::int64_t, WatchEvent>> read_events(std::int64_t from, std::int64_t to) {
     std::vector<std::pair<std::int64_t, WatchEvent>> out;
     Query q = watcher_db_.query(k_events);
     q.bind(1, from).bind(2, to);
@@ -750,7 +755,8 @@ class SqliteStore final : public Store {
   // The lease sweeper: erases the keys of every expired lease, one revision per lease.
   void sweep() {
     std::unique_lock lock(sweep_mutex_);
-    while (!sweep_wake_.wait_for(lock, options_.lease_sweep_interval, [&] { return sweep_stop_; })) {
+    while (
+        !sweep_wake_.wait_for(lock, options_.lease_sweep_interval, [&] { return sweep_stop_; })) {
       lock.unlock();
       try {
         std::vector<std::int64_t> expired;

@@ -19,7 +19,6 @@
 #include <future>
 #include <memory>
 #include <mutex>
-#include <set>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -667,8 +666,8 @@ TEST_P(StoreConformance, ConcurrentCasIncrementsLoseNoUpdate) {
         while (true) {
           auto kv = store_->get(k("counter"));
           Txn txn;
-          txn.compares = {compare(k("counter"), Target::mod_revision, Op::equal,
-                                  kv ? kv->mod_revision : 0)};
+          txn.compares = {
+              compare(k("counter"), Target::mod_revision, Op::equal, kv ? kv->mod_revision : 0)};
           txn.success = {put_op(k("counter"), std::to_string(kv ? std::stoi(kv->value) + 1 : 1))};
           if (store_->txn(txn).succeeded) break;
         }

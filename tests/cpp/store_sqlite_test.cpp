@@ -51,8 +51,8 @@ TEST(SqliteStore, OpenInAnUnwritableDirectoryIsUnavailable) {
   if (geteuid() == 0) {
     path = "/proc/blixard-store-test/store.db";  // root ignores permissions; /proc refuses it too
   } else {
-    std::filesystem::permissions(dir.path(), std::filesystem::perms::owner_read |
-                                                 std::filesystem::perms::owner_exec);
+    std::filesystem::permissions(
+        dir.path(), std::filesystem::perms::owner_read | std::filesystem::perms::owner_exec);
     path = dir.path() + "/store.db";
   }
   auto e = open_error(path);

@@ -24,8 +24,12 @@ import os
 import sys
 import time
 
+CALLS = 0
+
 
 def handler(event, context):
+    global CALLS
+    CALLS += 1
     event = event if isinstance(event, dict) else {"value": event}
     if event.get("crash"):
         sys.stderr.write("crashing on purpose\\n")
@@ -35,7 +39,7 @@ def handler(event, context):
         raise RuntimeError("boom: " + str(event["raise"]))
     if event.get("sleep"):
         time.sleep(float(event["sleep"]))
-    return {"echo": event, "pid": os.getpid(), "requestId": context.request_id}
+    return {"echo": event, "calls": CALLS, "requestId": context.request_id}
 '''
 
 

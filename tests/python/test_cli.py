@@ -203,7 +203,7 @@ def test_nix_config_that_does_not_evaluate(cli, work):
 def test_vm_lifecycle(cli, work):
     write(work / "web.yaml", 'microvm: {mem: 256, vcpu: 1}\ncommand: ["sleep", "600"]\n')
     created = cli.json("vm", "create", "webapp", "--config", "web.yaml", "--replicas", "1",
-                       "--storage-pool", "ssd-pool", "--network", "web-vlan",
+                       "--storage-pool", "ssd-pool", "--storage-size", "10G", "--network", "web-vlan",
                        "--primary-election-policy", "oldest-first")
     assert created["spec"]["replicas"] == 1
     assert created["spec"]["storage"]["pool"] == "ssd-pool"

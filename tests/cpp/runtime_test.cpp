@@ -1,0 +1,507 @@
+// The agent-side runtime: the instance protocol's frame codec, the embedded Python handler runtime
+// and the sandbox driver running real handler processes (tests/data/handlers).
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "runtime/driver.hpp"
+#include "runtime/embedded.hpp"
+#include "runtime/frame.hpp"
+
+namespace fs = std::filesystem;
+using namespace blixard;
+using namespace blixard::runtime;
+using ::testing::HasSubstr;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+const fs::path k_handlers = fs::path(BLIXARD_TEST_DATA) / "handlers";
+
+std::string run(const std::string& cmd) {
+  std::string out;
+  if (FILE* p = ::popen(cmd.c_str(), "r")) {
+    char buf[4096];
+    while (std::fgets(buf, sizeof buf, p) != nullptr) out += buf;
+    ::pclose(p);
+  }
+  while (!out.empty() && out.back() == '\n') out.pop_back();
+  return out;
+}
+
+// The real interpreter behind `python3` (pyenv shims cost ~300 ms a start).
+const std::string& python() {
+  static const std::string p = run("python3 -c 'import sys; print(sys.executable)' 2>/dev/null");
+  return p;
+}
+
+// Processes whose environment carries `token` (handlers and anything they started).
+int processes_with(const std::string& token) {
+  int count = 0;
+  for (const auto& entry : fs::directory_iterator("/proc")) {
+    const std::string name = entry.path().filename();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::ifstream in(entry.path() / "environ", std::ios::binary);
+    std::string env((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (env.find(token) != std::string::npos) ++count;
+  }
+  return count;
+}
+
+template <class F>
+bool eventually(F&& condition, std::chrono::milliseconds limit = std::chrono::seconds(10)) {
+  const auto deadline = Clock::now() + limit;
+  while (Clock::now() < deadline) {
+    if (condition()) return true;
+    std::this_thread::yield();
+  }
+  return condition();
+}
+
+// ---- frames ----
+
+v1::InstanceFrame request_frame(const std::string& id, const std::string& payload) {
+  v1::InstanceFrame f;
+  f.mutable_request()->set_request_id(id);
+  f.mutable_request()->set_payload(payload);
+  f.mutable_request()->set_deadline_unix_ms(-5);
+  return f;
+}
+
+TEST(FrameCodec, EncodesLittleEndianLengthPrefix) {
+  const auto bytes = encode_frame(request_frame("r1", "{}"));
+  ASSERT_GE(bytes.size(), 4u);
+  const std::uint32_t n = static_cast<unsigned char>(bytes[0]) |
+                          static_cast<unsigned char>(bytes[1]) << 8 |
+                          static_cast<unsigned char>(bytes[2]) << 16 |
+                          static_cast<std::uint32_t>(static_cast<unsigned char>(bytes[3])) << 24;
+  EXPECT_EQ(n, bytes.size() - 4);
+}
+
+TEST(FrameCodec, DecodesFramesFedByteByByte) {
+  const std::string payload(100000, 'a');
+  const auto bytes =
+      encode_frame(request_frame("r1", payload)) + encode_frame(request_frame("r2", "2"));
+  FrameDecoder d(1 << 20);
+  v1::InstanceFrame f;
+  std::vector<std::string> ids;
+  for (char c : bytes) {
+    d.feed({&c, 1});
+    while (d.next(f) == FrameDecoder::Status::frame) ids.push_back(f.request().request_id());
+  }
+  EXPECT_EQ(ids, (std::vector<std::string>{"r1", "r2"}));
+  EXPECT_EQ(d.buffered(), 0u);
+  EXPECT_EQ(d.next(f), FrameDecoder::Status::need_more);
+}
+
+TEST(FrameCodec, DecodesSeveralFramesFromOneFeed) {
+  FrameDecoder d(1024);
+  v1::InstanceFrame ready;
+  ready.mutable_ready()->set_pid(7);
+  d.feed(encode_frame(ready) + encode_frame(request_frame("a", "1")));
+  v1::InstanceFrame f;
+  ASSERT_EQ(d.next(f), FrameDecoder::Status::frame);
+  EXPECT_EQ(f.ready().pid(), 7u);
+  ASSERT_EQ(d.next(f), FrameDecoder::Status::frame);
+  EXPECT_EQ(f.request().request_id(), "a");
+  EXPECT_EQ(f.request().deadline_unix_ms(), -5);
+}
+
+TEST(FrameCodec, EmptyFrameIsAFrameWithoutKind) {
+  FrameDecoder d(16);
+  d.feed(std::string(4, '\0'));
+  v1::InstanceFrame f;
+  ASSERT_EQ(d.next(f), FrameDecoder::Status::frame);
+  EXPECT_EQ(f.kind_case(), v1::InstanceFrame::KIND_NOT_SET);
+}
+
+TEST(FrameCodec, RejectsLengthsOverTheLimitAndStaysFailed) {
+  FrameDecoder d(1024);
+  d.feed("this is not a frame");
+  v1::InstanceFrame f;
+  EXPECT_EQ(d.next(f), FrameDecoder::Status::too_large);
+  EXPECT_EQ(d.rejected_length(), 0x73696874u);  // "this" read as a little-endian length
+  d.feed(encode_frame(request_frame("r", "1")));
+  EXPECT_EQ(d.next(f), FrameDecoder::Status::too_large);
+}
+
+TEST(FrameCodec, RejectsMalformedBodies) {
+  FrameDecoder d(1024);
+  d.feed(std::string("\x05\x00\x00\x00\xff\xff\xff\xff\xff", 9));
+  v1::InstanceFrame f;
+  EXPECT_EQ(d.next(f), FrameDecoder::Status::malformed);
+}
+
+TEST(EmbeddedRuntime, IsThePackagesHandlerRuntime) {
+  std::ifstream in(fs::path(BLIXARD_SOURCE_DIR) / "python/blixard/handler_runtime.py",
+                   std::ios::binary);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_FALSE(text.empty());
+  EXPECT_EQ(detail::embedded_handler_runtime(), text);
+}
+
+// ---- the sandbox driver ----
+
+class SandboxTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_FALSE(python().empty()) << "python3 not found";
+    token_ = "blixard-test-" + std::to_string(::getpid()) + "-" +
+             ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    work_ = fs::temp_directory_path() / token_;
+    fs::create_directories(work_);
+    cgroup_parent_ = token_;
+    SandboxOptions o;
+    o.work_dir = work_;
+    o.python = python();
+    o.cgroup_parent = cgroup_parent_;
+    driver_ = make_sandbox_driver(o);
+  }
+
+  void TearDown() override {
+    driver_.reset();
+    EXPECT_EQ(processes_with(token_), 0);
+    // Instance cgroups are gone: the parents are empty, so rmdir succeeds.
+    for (const char* ctrl : {"memory", "pids", ""}) {
+      const fs::path p = fs::path("/sys/fs/cgroup") / ctrl / cgroup_parent_;
+      if (fs::exists(p)) {
+        EXPECT_EQ(::rmdir(p.c_str()), 0) << p << ": " << std::strerror(errno);
+      }
+    }
+    // Instance directories are gone too.
+    if (fs::exists(work_ / "instances")) {
+      EXPECT_TRUE(fs::is_empty(work_ / "instances"));
+    }
+    fs::remove_all(work_);
+  }
+
+  v1::FunctionSpec python_spec(const std::string& handler, std::uint64_t memory_mib = 128) {
+    v1::FunctionSpec s;
+    s.set_runtime("python");
+    s.set_handler(handler);
+    s.set_code(k_handlers.string());
+    s.set_memory_mib(memory_mib);
+    s.mutable_timeout()->set_seconds(30);
+    (*s.mutable_env())["TEST_TOKEN"] = token_;
+    (*s.mutable_env())["PYTHONDONTWRITEBYTECODE"] = "1";
+    return s;
+  }
+
+  v1::FunctionSpec exec_spec(std::vector<std::string> command) {
+    v1::FunctionSpec s;
+    s.set_runtime("exec");
+    for (auto& c : command) s.add_command(c);
+    s.set_code(k_handlers.string());
+    s.set_memory_mib(64);
+    s.mutable_timeout()->set_seconds(30);
+    (*s.mutable_env())["TEST_TOKEN"] = token_;
+    return s;
+  }
+
+  InvocationResult invoke(const v1::FunctionSpec& spec, const std::string& payload,
+                          std::chrono::milliseconds timeout = std::chrono::milliseconds(0),
+                          const std::string& function = "fn") {
+    Invocation inv;
+    inv.function = function;
+    inv.spec = spec;
+    inv.payload = payload;
+    inv.request_id = "req-1";
+    inv.timeout = timeout;
+    return driver_->invoke(inv);
+  }
+
+  // Runs the invocation expecting a blixard::Error; returns it.
+  Error invoke_error(const v1::FunctionSpec& spec, const std::string& payload,
+                     std::chrono::milliseconds timeout = std::chrono::milliseconds(0)) {
+    try {
+      invoke(spec, payload, timeout);
+    } catch (const Error& e) {
+      return e;
+    }
+    ADD_FAILURE() << "invoke did not fail";
+    return Error(errc::internal, "no error");
+  }
+
+  std::string token_;
+  fs::path work_;
+  std::string cgroup_parent_;
+  std::unique_ptr<Driver> driver_;
+};
+
+TEST_F(SandboxTest, PythonEchoReturnsTheEvent) {
+  const auto r = invoke(python_spec("echo:handler"), R"({"x": [1, 2, "three"]})");
+  EXPECT_EQ(r.result, R"({"x": [1, 2, "three"]})");
+  EXPECT_TRUE(r.cold_start);
+  EXPECT_GT(r.duration.count(), 0);
+  EXPECT_EQ(driver_->name(), "sandbox");
+}
+
+TEST_F(SandboxTest, HandlerRuntimeIsWrittenToTheWorkDir) {
+  std::ifstream in(work_ / "handler_runtime.py", std::ios::binary);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(text, detail::embedded_handler_runtime());
+}
+
+TEST_F(SandboxTest, ContextAndEnvironmentReachTheHandler) {
+  auto spec = python_spec("echo:context_info", 96);
+  (*spec.mutable_env())["TEST_GREETING"] = "hello";
+  const auto r = invoke(spec, "null", std::chrono::seconds(5), "ctx-fn");
+  EXPECT_THAT(r.result, HasSubstr(R"("request_id": "req-1")"));
+  EXPECT_THAT(r.result, HasSubstr(R"("function_name": "ctx-fn")"));
+  EXPECT_THAT(r.result, HasSubstr(R"("memory_limit_mb": 96)"));
+  EXPECT_THAT(r.result, HasSubstr(R"("TEST_GREETING": "hello")"));
+  EXPECT_THAT(r.result, HasSubstr(R"("BLIXARD_PROTOCOL": "1")"));
+  EXPECT_THAT(r.result, HasSubstr(R"("BLIXARD_FUNCTION": "ctx-fn")"));
+  EXPECT_THAT(r.result, HasSubstr(R"("BLIXARD_MEMORY_MIB": "96")"));
+  // Only stdio and the protocol pipes are open (5 is the fd listdir itself opened).
+  EXPECT_THAT(r.result, HasSubstr(R"("fds_open": [0, 1, 2, 3, 4, 5])"));
+  // remaining_time_ms is within the 5 s timeout.
+  const auto pos = r.result.find("\"remaining_ms\": ");
+  ASSERT_NE(pos, std::string::npos);
+  const long remaining = std::stol(r.result.substr(pos + 16));
+  EXPECT_GT(remaining, 0);
+  EXPECT_LE(remaining, 5000);
+}
+
+TEST_F(SandboxTest, RunsInItsOwnPidNamespaceAsRoot) {
+  if (::geteuid() != 0) GTEST_SKIP() << "namespaces as root only";
+  const auto r = invoke(python_spec("echo:context_info"), "null");
+  EXPECT_THAT(r.result, HasSubstr(R"("pid": 1)"));
+}
+
+TEST_F(SandboxTest, RaisedExceptionIsHandlerFailedWithTypeAndMessage) {
+  const auto e = invoke_error(python_spec("raises:handler"), "{}");
+  EXPECT_EQ(e.code(), errc::handler_failed);
+  EXPECT_EQ(e.message(), "ValueError: boom");
+}
+
+TEST_F(SandboxTest, UnserializableResultIsHandlerFailed) {
+  const auto e = invoke_error(python_spec("echo:not_json"), "{}");
+  EXPECT_EQ(e.code(), errc::handler_failed);
+  EXPECT_THAT(e.message(), HasSubstr("TypeError"));
+}
+
+TEST_F(SandboxTest, TimeoutKillsTheWholeInstance) {
+  const auto started = Clock::now();
+  const auto e = invoke_error(python_spec("sleeper:with_child"), "{}", std::chrono::seconds(2));
+  const auto elapsed = Clock::now() - started;
+  EXPECT_EQ(e.code(), errc::timeout);
+  EXPECT_THAT(e.message(), HasSubstr("timed out after 2s"));
+  EXPECT_THAT(e.message(), HasSubstr("req-1"));
+  EXPECT_GE(elapsed, std::chrono::seconds(2));
+  EXPECT_LT(elapsed, std::chrono::seconds(10));
+  // The handler and the `sleep` it started are gone by the time invoke() returns.
+  EXPECT_EQ(processes_with(token_), 0);
+}
+
+TEST_F(SandboxTest, TimeoutFromTheSpecApplies) {
+  auto spec = python_spec("sleeper:handler");
+  spec.mutable_timeout()->set_seconds(0);
+  spec.mutable_timeout()->set_nanos(700'000'000);
+  const auto e = invoke_error(spec, "{}");
+  EXPECT_EQ(e.code(), errc::timeout);
+  EXPECT_THAT(e.message(), HasSubstr("timed out after 700ms"));
+  EXPECT_EQ(processes_with(token_), 0);
+}
+
+TEST_F(SandboxTest, CrashMidRequestReportsStatusAndLogTail) {
+  const auto e = invoke_error(python_spec("crash:handler"), "{}");
+  EXPECT_EQ(e.code(), errc::handler_failed);
+  EXPECT_THAT(e.message(), HasSubstr("exited with status 3"));
+  EXPECT_THAT(e.message(), HasSubstr("while handling the request"));
+  EXPECT_THAT(e.message(), HasSubstr("crashing now"));
+  EXPECT_EQ(processes_with(token_), 0);
+}
+
+TEST_F(SandboxTest, OutOfMemoryIsReported) {
+  const auto e = invoke_error(python_spec("hog:handler", 64), "{}");
+  EXPECT_EQ(e.code(), errc::handler_failed);
+  EXPECT_THAT(e.message(), HasSubstr("out of memory"));
+  EXPECT_EQ(processes_with(token_), 0);
+}
+
+TEST_F(SandboxTest, ImportErrorFailsBeforeReadyWithStatus2) {
+  const auto e = invoke_error(python_spec("broken_import:handler"), "{}");
+  EXPECT_EQ(e.code(), errc::handler_failed);
+  EXPECT_THAT(e.message(), HasSubstr("exited with status 2 before ready"));
+  EXPECT_THAT(e.message(), HasSubstr("missing configuration DATABASE_URL"));
+  EXPECT_THAT(e.message(), HasSubstr("RuntimeError: cannot configure"));
+}
+
+TEST_F(SandboxTest, BadHandlerSpecFailsBeforeReady) {
+  for (const char* handler : {"no_colon", "echo:missing", "no_such_module:handler"}) {
+    const auto e = invoke_error(python_spec(handler), "{}");
+    EXPECT_EQ(e.code(), errc::handler_failed) << handler;
+    EXPECT_THAT(e.message(), HasSubstr("status 2 before ready")) << handler;
+  }
+}
+
+TEST_F(SandboxTest, ExecHandlerExitingBeforeReady) {
+  const auto e = invoke_error(exec_spec({"exit_early.sh"}), "{}");
+  EXPECT_EQ(e.code(), errc::handler_failed);
+  EXPECT_THAT(e.message(), HasSubstr("exited with status 5 before ready"));
+  EXPECT_THAT(e.message(), HasSubstr("no config found, giving up"));
+}
+
+TEST_F(SandboxTest, GarbageFrameIsAProtocolErrorAndTheHandlerIsKilled) {
+  const auto e = invoke_error(exec_spec({"sh", "garbage.sh"}), "{}");
+  EXPECT_EQ(e.code(), errc::handler_failed);
+  EXPECT_THAT(e.message(), HasSubstr("broke the instance protocol"));
+  EXPECT_THAT(e.message(), HasSubstr("garbage frame"));
+  EXPECT_THAT(e.message(), HasSubstr("writing garbage"));
+  EXPECT_EQ(processes_with(token_), 0);
+}
+
+TEST_F(SandboxTest, MissingExecCommandIsHandlerFailed) {
+  const auto e = invoke_error(exec_spec({"no-such-binary-anywhere"}), "{}");
+  EXPECT_EQ(e.code(), errc::handler_failed);
+  EXPECT_EQ(e.field(), "command");
+}
+
+TEST_F(SandboxTest, UnknownRuntimeIsInvalidSpec) {
+  auto spec = python_spec("echo:handler");
+  spec.set_runtime("cobol");
+  const auto e = invoke_error(spec, "{}");
+  EXPECT_EQ(e.code(), errc::invalid_spec);
+  EXPECT_EQ(e.field(), "runtime");
+}
+
+TEST_F(SandboxTest, RequestOverTheLimitIsRejectedBeforeStarting) {
+  const std::string payload = "\"" + std::string(6u << 20, 'a') + "\"";
+  const auto e = invoke_error(python_spec("echo:handler"), payload);
+  EXPECT_EQ(e.code(), errc::payload_too_large);
+  auto spec = python_spec("echo:handler");
+  spec.set_max_payload_bytes(10);
+  EXPECT_EQ(invoke_error(spec, R"({"abcdefghij": 1})").code(), errc::payload_too_large);
+}
+
+TEST_F(SandboxTest, ResponseOverTheLimitIsPayloadTooLarge) {
+  auto spec = python_spec("echo:big");
+  spec.set_max_payload_bytes(1000);
+  EXPECT_EQ(invoke(spec, R"({"n": 900})").result.size(), 902u);
+  EXPECT_EQ(invoke_error(spec, R"({"n": 2000})").code(), errc::payload_too_large);
+  // Large enough that the frame itself is over the decoder's bound.
+  EXPECT_EQ(invoke_error(spec, R"({"n": 200000})").code(), errc::payload_too_large);
+}
+
+TEST_F(SandboxTest, LargePayloadsRoundTrip) {
+  const std::string payload = "\"" + std::string(5u << 20, 'z') + "\"";
+  EXPECT_EQ(invoke(python_spec("echo:handler"), payload).result, payload);
+}
+
+TEST_F(SandboxTest, ConcurrentInvocations) {
+  std::atomic<int> ok{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 3; ++i) {
+        const std::string payload = "[" + std::to_string(t) + ", " + std::to_string(i) + "]";
+        try {
+          if (invoke(python_spec("echo:handler"), payload).result == payload) ++ok;
+        } catch (const Error& e) {
+          ADD_FAILURE() << e.what();
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(ok, 12);
+}
+
+TEST_F(SandboxTest, ShutdownKillsInFlightInstancesAndRefusesNewCalls) {
+  std::optional<Error> error;
+  std::thread caller([&] {
+    try {
+      invoke(python_spec("sleeper:handler"), "{}", std::chrono::seconds(60));
+    } catch (const Error& e) {
+      error = e;
+    }
+  });
+  ASSERT_TRUE(eventually([&] { return processes_with(token_) > 0; }));
+  driver_->shutdown();
+  caller.join();
+  ASSERT_TRUE(error.has_value());
+  EXPECT_EQ(error->code(), errc::unavailable);
+  EXPECT_EQ(processes_with(token_), 0);
+  EXPECT_EQ(invoke_error(python_spec("echo:handler"), "{}").code(), errc::unavailable);
+}
+
+// ---- native handlers (examples/handlers/cpp) and cold-start figures ----
+
+class NativeHandlerTest : public SandboxTest {
+ protected:
+  void SetUp() override {
+    SandboxTest::SetUp();
+    const fs::path src = fs::path(BLIXARD_SOURCE_DIR) / "examples/handlers/cpp";
+    bin_dir_ = work_ / "bin";
+    fs::create_directories(bin_dir_);
+    const std::string cmd = "c++ -std=c++17 -O2 -o '" + (bin_dir_ / "echo").string() + "' '" +
+                            (src / "echo.cpp").string() + "' 2>&1";
+    const std::string out = run(cmd);
+    if (!fs::exists(bin_dir_ / "echo")) GTEST_SKIP() << "no C++ compiler: " << out;
+  }
+  v1::FunctionSpec native_spec() {
+    auto spec = exec_spec({"./echo"});
+    spec.set_code(bin_dir_.string());
+    return spec;
+  }
+  fs::path bin_dir_;
+};
+
+TEST_F(NativeHandlerTest, EchoAndFailure) {
+  EXPECT_EQ(invoke(native_spec(), R"({"a": 1})").result, R"({"a": 1})");
+  const auto e = invoke_error(native_spec(), R"("fail")");
+  EXPECT_EQ(e.code(), errc::handler_failed);
+  EXPECT_EQ(e.message(), "EchoError: asked to fail");
+}
+
+std::chrono::microseconds median_cold_start(const std::function<void()>& call, int n) {
+  std::vector<std::chrono::microseconds> times;
+  for (int i = 0; i < n; ++i) {
+    const auto t0 = Clock::now();
+    call();
+    times.push_back(std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0));
+  }
+  std::sort(times.begin(), times.end());
+  return times[times.size() / 2];
+}
+
+TEST_F(NativeHandlerTest, ColdStartFigures) {
+  const auto native = median_cold_start([&] { invoke(native_spec(), "1"); }, 15);
+  const auto py = median_cold_start([&] { invoke(python_spec("echo:handler"), "1"); }, 15);
+  std::printf(
+      "cold start + one call, median of 15: native echo %.2f ms, python echo %.2f ms (%s)\n",
+      native.count() / 1000.0, py.count() / 1000.0, python().c_str());
+  RecordProperty("native_cold_start_us", static_cast<int>(native.count()));
+  // The same with Debian's interpreter, whose start-up does not import pyenv's site packages.
+  if (::access("/usr/bin/python3", X_OK) == 0) {
+    SandboxOptions o;
+    o.work_dir = work_ / "debian";
+    o.python = "/usr/bin/python3";
+    o.cgroup_parent = cgroup_parent_;
+    auto debian = make_sandbox_driver(o);
+    Invocation inv;
+    inv.function = "fn";
+    inv.spec = python_spec("echo:handler");
+    inv.payload = "1";
+    const auto deb = median_cold_start([&] { debian->invoke(inv); }, 15);
+    std::printf("python echo with /usr/bin/python3: %.2f ms\n", deb.count() / 1000.0);
+    RecordProperty("debian_python_cold_start_us", static_cast<int>(deb.count()));
+  }
+  RecordProperty("python_cold_start_us", static_cast<int>(py.count()));
+  EXPECT_LT(native, std::chrono::seconds(1));
+  EXPECT_LT(py, std::chrono::seconds(5));
+}
+
+}  // namespace
