@@ -182,6 +182,7 @@ int main(int argc, char** argv) {
     http.logger = logger;
     server = std::make_unique<blixard::api::HttpServer>(service, http);
     server->start();
+    service->set_public_url(server->url());
 
     boost::json::object state;
     state["address"] = server->url();

@@ -2,14 +2,30 @@
 // blixard::Cluster with objects exchanged as canonical JSON text (the package json.loads them),
 // releases the GIL around every call into the C++ core, and turns blixard::Error into the
 // exception classes of blixard.errors.
+//
+// Waiting: blocking calls that may take long (invoke, long polls) run on a worker while the
+// calling thread waits in ~100 ms slices without the GIL, re-taking it only to run
+// PyErr_CheckSignals(), so Ctrl-C interrupts them (the call itself goes on server-side).
+// Async invoke: the C++ completion takes the GIL and hands the result to the event loop with
+// loop.call_soon_threadsafe, so no Python thread waits per call (the pyarrow pattern).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
 #include <filesystem>
+#include <future>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <utility>
+
+#include <boost/asio/post.hpp>
+#include <boost/asio/thread_pool.hpp>
 
 #include "blixard/blixard.hpp"
 #include "common/json.hpp"
@@ -52,9 +68,124 @@ struct PyInvokeResult {
   double duration_ms = 0;
 };
 
+PyInvokeResult to_py(blixard::InvokeResult&& r) {
+  return PyInvokeResult{std::move(r.result), r.cold_start, std::move(r.node),
+                        std::move(r.request_id), static_cast<double>(r.duration.count()) / 1000.0};
+}
+
+std::chrono::milliseconds seconds_to_ms(double seconds) {
+  return std::chrono::milliseconds(seconds > 0 ? static_cast<std::int64_t>(seconds * 1000) : 0);
+}
+
+bool python_finalizing() {
+#if PY_VERSION_HEX >= 0x030D0000
+  return Py_IsFinalizing() != 0;
+#else
+  return _Py_IsFinalizing() != 0;
+#endif
+}
+
+// The blixard.errors exception object for `e` (GIL held).
+py::object error_object(const blixard::Error& e) {
+  const auto& s = e.status();
+  std::string code = s.code().empty() ? std::string(blixard::to_string(e.code())) : s.code();
+  py::object errors = py::module_::import("blixard.errors");
+  return errors.attr("_from_status")(code, s.message(), s.field(), s.file(), s.line(), s.column());
+}
+
+py::object error_object(std::exception_ptr p) {
+  try {
+    std::rethrow_exception(p);
+  } catch (const blixard::Error& e) {
+    return error_object(e);
+  } catch (const std::exception& e) {
+    return error_object(blixard::Error(blixard::errc::internal, e.what()));
+  } catch (...) {
+    return error_object(blixard::Error(blixard::errc::internal, "unknown C++ exception"));
+  }
+}
+
+// Waits for `future` without the GIL (the caller released it) in slices, checking for signals
+// between them. True when a signal handler raised (the Python error is then set).
+template <class T>
+bool wait_interruptibly(std::future<T>& future) {
+  using namespace std::chrono_literals;
+  while (future.wait_for(100ms) != std::future_status::ready) {
+    py::gil_scoped_acquire gil;
+    if (PyErr_CheckSignals() != 0) return true;
+  }
+  return false;
+}
+
+// Counts a cluster's async calls in flight so close() can let them finish first: their
+// completions need the GIL, and the pools they run on must not be joined from inside them.
+class InFlight {
+ public:
+  void add() {
+    std::lock_guard lock(mutex_);
+    ++count_;
+  }
+  void done() {
+    std::lock_guard lock(mutex_);
+    if (--count_ == 0) cv_.notify_all();
+  }
+  void wait_idle(std::chrono::milliseconds limit) {
+    std::unique_lock lock(mutex_);
+    cv_.wait_for(lock, limit, [this] { return count_ == 0; });
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  int count_ = 0;
+};
+
+// The Python side of one async invoke: the loop, the future and the resolver that sets it.
+// Its references are dropped with the GIL held, whichever thread lets go of it last.
+struct PyCompletion {
+  py::object loop, future, resolve;
+
+  void reset() {
+    loop = py::object();
+    future = py::object();
+    resolve = py::object();
+  }
+  ~PyCompletion() {
+    if (!loop) return;
+    if (!Py_IsInitialized() || python_finalizing()) {
+      // Too late to touch Python objects: leak them rather than crash at exit.
+      loop.release();
+      future.release();
+      resolve.release();
+      return;
+    }
+    py::gil_scoped_acquire gil;
+    reset();
+  }
+};
+
 class PyCluster {
  public:
   explicit PyCluster(blixard::Cluster cluster) : cluster_(std::move(cluster)) {}
+  PyCluster(PyCluster&& other) noexcept
+      : cluster_(std::move(other.cluster_)),
+        in_flight_(std::move(other.in_flight_)),
+        pool_mutex_(std::move(other.pool_mutex_)),
+        pool_(std::move(other.pool_)) {
+    other.cluster_.reset();
+  }
+  PyCluster& operator=(PyCluster&&) = delete;
+
+  // Python drops the last reference with the GIL held; pool threads may be waiting for it.
+  ~PyCluster() {
+    if (!cluster_ && !pool_) return;
+    if (Py_IsInitialized() && PyGILState_Check()) {
+      py::gil_scoped_release nogil;
+      shut_down();
+    } else {
+      shut_down();
+    }
+  }
 
   static PyCluster local(const std::string& dir, const std::string& python,
                          const std::string& node_name, const std::string& nix_instantiate) {
@@ -80,88 +211,239 @@ class PyCluster {
   std::string create_function(const std::string& name, const std::optional<std::string>& config,
                               const std::string& overrides_json) {
     if (config) {
-      return blixard::to_json(cluster_.create_function(name, *config, overrides_json).get());
+      return blixard::to_json(cluster().create_function(name, *config, overrides_json).get());
     }
     blixard::v1::FunctionSpec spec;
     blixard::merge_function_overrides(spec, overrides_json);
-    return blixard::to_json(cluster_.create_function(name, spec).get());
+    return blixard::to_json(cluster().create_function(name, spec).get());
   }
   std::string create_function_spec(const std::string& name, const std::string& spec_json) {
     auto spec = from_json_as<blixard::v1::FunctionSpec>(spec_json);
-    return blixard::to_json(cluster_.create_function(name, spec).get());
+    return blixard::to_json(cluster().create_function(name, spec).get());
   }
   std::string get_function(const std::string& name) {
-    return blixard::to_json(cluster_.function(name).get());
+    return blixard::to_json(cluster().function(name).get());
   }
-  std::string functions() { return to_list_json<blixard::v1::FunctionList>(cluster_.functions()); }
-  void delete_function(const std::string& name) { cluster_.delete_function(name); }
-  PyInvokeResult invoke(const std::string& name, const std::string& payload_json,
-                        double timeout_s) {
-    auto timeout = std::chrono::milliseconds(static_cast<std::int64_t>(timeout_s * 1000));
-    auto r = cluster_.function(name).invoke(payload_json, timeout);
-    return PyInvokeResult{std::move(r.result), r.cold_start, std::move(r.node),
-                          std::move(r.request_id),
-                          static_cast<double>(r.duration.count()) / 1000.0};
+  std::string functions() { return to_list_json<blixard::v1::FunctionList>(cluster().functions()); }
+  void delete_function(const std::string& name) { cluster().delete_function(name); }
+  std::string function_metrics(const std::string& name) {
+    return blixard::to_json(cluster().function(name).metrics());
+  }
+
+  // Long polls (called with the GIL held): wait up to `wait_ms` for lines/events after `after`.
+  std::string function_logs(const std::string& name, std::int64_t after, std::int64_t wait_ms) {
+    auto backend = cluster().backend();
+    auto wait = std::chrono::milliseconds(std::max<std::int64_t>(wait_ms, 0));
+    return call_interruptibly([backend, name, after, wait] {
+      return blixard::to_json(backend->function_logs(name, after, wait));
+    });
+  }
+  std::string events(const std::string& kind, const std::string& name, std::int64_t after,
+                     std::int64_t wait_ms) {
+    auto backend = cluster().backend();
+    auto wait = std::chrono::milliseconds(std::max<std::int64_t>(wait_ms, 0));
+    return call_interruptibly([backend, kind, name, after, wait] {
+      return blixard::to_json(backend->events(kind, name, after, wait));
+    });
+  }
+
+  // Synchronous invoke (called with the GIL held): runs through async_invoke and waits
+  // interruptibly. On Ctrl-C it raises KeyboardInterrupt; the call goes on server-side.
+  PyInvokeResult invoke(const std::string& name, std::string payload_json, double timeout_s) {
+    auto promise = std::make_shared<std::promise<blixard::InvokeResult>>();
+    auto future = promise->get_future();
+    bool interrupted = false;
+    {
+      py::gil_scoped_release nogil;
+      start_invoke(name, std::move(payload_json), seconds_to_ms(timeout_s),
+                   [promise](std::exception_ptr error, blixard::InvokeResult result) {
+                     if (error) {
+                       promise->set_exception(error);
+                     } else {
+                       promise->set_value(std::move(result));
+                     }
+                   });
+      interrupted = wait_interruptibly(future);
+    }
+    if (interrupted) throw py::error_already_set();
+    // Ready by now; rethrows the blixard::Error, translated to blixard.errors.
+    return to_py(future.get());
+  }
+
+  // Async invoke: returns at once; on completion `resolve(future, result, error)` is scheduled
+  // on `loop` with call_soon_threadsafe (exactly one of result/error is None).
+  void invoke_async(const std::string& name, std::string payload_json, double timeout_s,
+                    py::object loop, py::object future, py::object resolve) {
+    auto done = std::make_shared<PyCompletion>();
+    done->loop = std::move(loop);
+    done->future = std::move(future);
+    done->resolve = std::move(resolve);
+    auto in_flight = in_flight_;
+    in_flight->add();
+    auto handler = [done, in_flight](std::exception_ptr error,
+                                     blixard::InvokeResult result) mutable {
+      if (Py_IsInitialized() && !python_finalizing()) {
+        py::gil_scoped_acquire gil;
+        try {
+          py::object value = py::none();
+          py::object exc = py::none();
+          if (error) {
+            exc = error_object(error);
+          } else {
+            value = py::cast(to_py(std::move(result)));
+          }
+          done->loop.attr("call_soon_threadsafe")(done->resolve, done->future, value, exc);
+        } catch (py::error_already_set& e) {
+          // RuntimeError: the loop is closed (asyncio.run() ended without awaiting this call), so
+          // nobody waits for the answer. Anything else is a bug worth reporting.
+          if (!e.matches(PyExc_RuntimeError)) {
+            e.discard_as_unraisable("blixard invoke_async completion");
+          }
+        } catch (const std::exception&) {
+          // Never let an exception escape into the worker thread.
+        }
+        done->reset();
+      }
+      done.reset();
+      in_flight->done();
+    };
+    try {
+      py::gil_scoped_release nogil;
+      start_invoke(name, std::move(payload_json), seconds_to_ms(timeout_s), std::move(handler));
+    } catch (...) {
+      in_flight->done();
+      throw;
+    }
   }
 
   // VMs.
   std::string create_vm(const std::string& name, const std::optional<std::string>& config,
                         const std::string& overrides_json) {
-    if (config) return blixard::to_json(cluster_.create_vm(name, *config, overrides_json).get());
+    if (config) return blixard::to_json(cluster().create_vm(name, *config, overrides_json).get());
     blixard::v1::VmSpec spec;
     blixard::merge_vm_overrides(spec, overrides_json);
-    return blixard::to_json(cluster_.create_vm(name, spec).get());
+    return blixard::to_json(cluster().create_vm(name, spec).get());
   }
   std::string create_vm_spec(const std::string& name, const std::string& spec_json) {
     auto spec = from_json_as<blixard::v1::VmSpec>(spec_json);
-    return blixard::to_json(cluster_.create_vm(name, spec).get());
+    return blixard::to_json(cluster().create_vm(name, spec).get());
   }
-  std::string get_vm(const std::string& name) { return blixard::to_json(cluster_.vm(name).get()); }
-  std::string vms() { return to_list_json<blixard::v1::VmList>(cluster_.vms()); }
-  void delete_vm(const std::string& name) { cluster_.delete_vm(name); }
+  std::string get_vm(const std::string& name) { return blixard::to_json(cluster().vm(name).get()); }
+  std::string vms() { return to_list_json<blixard::v1::VmList>(cluster().vms()); }
+  void delete_vm(const std::string& name) { cluster().delete_vm(name); }
 
   // Triggers.
   std::string create_trigger(const std::string& name, const std::string& spec_json) {
     auto spec = from_json_as<blixard::v1::TriggerSpec>(spec_json);
-    return blixard::to_json(cluster_.create_trigger(name, spec).get());
+    return blixard::to_json(cluster().create_trigger(name, spec).get());
   }
   std::string get_trigger(const std::string& name) {
-    return blixard::to_json(cluster_.trigger(name).get());
+    return blixard::to_json(cluster().trigger(name).get());
   }
-  std::string triggers() { return to_list_json<blixard::v1::TriggerList>(cluster_.triggers()); }
-  void delete_trigger(const std::string& name) { cluster_.delete_trigger(name); }
+  std::string triggers() { return to_list_json<blixard::v1::TriggerList>(cluster().triggers()); }
+  void delete_trigger(const std::string& name) { cluster().delete_trigger(name); }
 
-  std::string nodes() { return to_list_json<blixard::v1::NodeList>(cluster_.nodes()); }
-  std::string info() { return blixard::to_json(cluster_.info()); }
+  std::string nodes() { return to_list_json<blixard::v1::NodeList>(cluster().nodes()); }
+  std::string info() { return blixard::to_json(cluster().info()); }
 
   std::string apply(const std::string& manifest) {
-    return blixard::to_json(cluster_.apply(std::filesystem::path(manifest)));
+    return blixard::to_json(cluster().apply(std::filesystem::path(manifest)));
   }
   std::string apply_objects(const std::string& objects_json, const std::string& mode) {
     auto set = from_json_as<blixard::v1::ObjectSet>(objects_json);
-    return blixard::to_json(cluster_.apply(set, apply_mode(mode)));
+    return blixard::to_json(cluster().apply(set, apply_mode(mode)));
   }
   std::string remove(const std::string& manifest) {
-    return blixard::to_json(cluster_.remove(std::filesystem::path(manifest)));
+    return blixard::to_json(cluster().remove(std::filesystem::path(manifest)));
   }
   // Parses a manifest without touching the cluster (for `apply --dry-run` and tests).
   std::string load_manifest(const std::string& manifest) {
-    return blixard::to_json(blixard::load_manifest(manifest, cluster_.spec_options()));
+    return blixard::to_json(blixard::load_manifest(manifest, cluster().spec_options()));
   }
 
-  void close() { cluster_.close(); }
+  // Called without the GIL. Stops an embedded cluster (its calls in flight fail at once), lets
+  // async completions run, then drops the handles and worker threads.
+  void close() {
+    if (cluster_) cluster_->close();
+  }
 
  private:
-  blixard::Cluster cluster_;
+  blixard::Cluster& cluster() {
+    if (!cluster_) throw blixard::Error(blixard::errc::unavailable, "the cluster is closed");
+    return *cluster_;
+  }
+
+  void shut_down() {
+    if (cluster_) cluster_->close();
+    // Bounded: a remote cluster's calls go on after close(); their completions then find no
+    // one waiting.
+    in_flight_->wait_idle(std::chrono::seconds(2));
+    cluster_.reset();
+    pool_.reset();
+  }
+
+  // Threads for blocking calls that async_invoke does not cover: long polls and invokes with a
+  // per-call timeout (async_invoke takes none). Made on first use.
+  boost::asio::thread_pool& pool() {
+    std::lock_guard lock(*pool_mutex_);
+    if (!pool_) pool_ = std::make_unique<boost::asio::thread_pool>(16);
+    return *pool_;
+  }
+
+  // Runs `f` on the pool and waits for it interruptibly (called with the GIL held).
+  template <class F>
+  auto call_interruptibly(F f) -> decltype(f()) {
+    using T = decltype(f());
+    auto promise = std::make_shared<std::promise<T>>();
+    auto future = promise->get_future();
+    bool interrupted = false;
+    {
+      py::gil_scoped_release nogil;
+      boost::asio::post(pool(), [promise, f = std::move(f)]() mutable {
+        try {
+          promise->set_value(f());
+        } catch (...) {
+          promise->set_exception(std::current_exception());
+        }
+      });
+      interrupted = wait_interruptibly(future);
+    }
+    if (interrupted) throw py::error_already_set();
+    return future.get();
+  }
+
+  // Starts one invocation; `handler(std::exception_ptr, blixard::InvokeResult)` runs on a
+  // worker thread when it ends. Called without the GIL.
+  template <class Handler>
+  void start_invoke(const std::string& name, std::string payload, std::chrono::milliseconds timeout,
+                    Handler handler) {
+    auto fn = cluster().function(name);
+    if (timeout.count() <= 0) {
+      fn.async_invoke(std::move(payload), std::move(handler));
+      return;
+    }
+    boost::asio::post(pool(), [fn, payload = std::move(payload), timeout,
+                               handler = std::move(handler)]() mutable {
+      std::exception_ptr error;
+      blixard::InvokeResult result;
+      try {
+        result = fn.invoke(payload, timeout);
+      } catch (...) {
+        error = std::current_exception();
+      }
+      handler(error, std::move(result));
+    });
+  }
+
+  std::optional<blixard::Cluster> cluster_;
+  std::shared_ptr<InFlight> in_flight_ = std::make_shared<InFlight>();
+  std::unique_ptr<std::mutex> pool_mutex_ = std::make_unique<std::mutex>();
+  std::unique_ptr<boost::asio::thread_pool> pool_;
 };
 
 // Raises the blixard.errors class for `e` with its code, field and position as attributes.
 void raise_blixard_error(const blixard::Error& e) {
-  const auto& s = e.status();
-  std::string code = s.code().empty() ? std::string(blixard::to_string(e.code())) : s.code();
-  py::object errors = py::module_::import("blixard.errors");
-  py::object exc =
-      errors.attr("_from_status")(code, s.message(), s.field(), s.file(), s.line(), s.column());
+  py::object exc = error_object(e);
   PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
 }
 
@@ -247,8 +529,16 @@ PYBIND11_MODULE(_core, m) {
       .def("get_function", &PyCluster::get_function, py::arg("name"), release_gil())
       .def("functions", &PyCluster::functions, release_gil())
       .def("delete_function", &PyCluster::delete_function, py::arg("name"), release_gil())
+      .def("function_metrics", &PyCluster::function_metrics, py::arg("name"), release_gil())
+      .def("function_logs", &PyCluster::function_logs, py::arg("name"), py::arg("after") = 0,
+           py::arg("wait_ms") = 0)
+      .def("events", &PyCluster::events, py::arg("kind") = "", py::arg("name") = "",
+           py::arg("after") = -1, py::arg("wait_ms") = 0)
+      // invoke, function_logs and events release the GIL themselves (to check for Ctrl-C).
       .def("invoke", &PyCluster::invoke, py::arg("name"), py::arg("payload_json"),
-           py::arg("timeout") = 0.0, release_gil())
+           py::arg("timeout") = 0.0)
+      .def("invoke_async", &PyCluster::invoke_async, py::arg("name"), py::arg("payload_json"),
+           py::arg("timeout"), py::arg("loop"), py::arg("future"), py::arg("resolve"))
       .def("create_vm", &PyCluster::create_vm, py::arg("name"), py::arg("config"),
            py::arg("overrides_json") = "{}", release_gil())
       .def("create_vm_spec", &PyCluster::create_vm_spec, py::arg("name"), py::arg("spec_json"),

@@ -2,9 +2,19 @@
 #pragma once
 
 #include <chrono>
+#include <exception>
 #include <memory>
 #include <string>
 
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/deferred.hpp>
+#include <boost/asio/dispatch.hpp>
+#include <boost/asio/execution/outstanding_work.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/prefer.hpp>
+
+#include "blixard/detail/async_context.hpp"
 #include "blixard/detail/backend.hpp"
 #include "blixard/v1/function.pb.h"
 
@@ -21,8 +31,11 @@ struct InvokeResult {
 
 class Function {
  public:
-  Function(std::shared_ptr<detail::Backend> backend, std::string name)
-      : backend_(std::move(backend)), name_(std::move(name)) {}
+  Function(std::shared_ptr<detail::Backend> backend, std::string name,
+           std::shared_ptr<detail::AsyncContext> async = nullptr)
+      : backend_(std::move(backend)),
+        name_(std::move(name)),
+        async_(async ? std::move(async) : std::make_shared<detail::AsyncContext>()) {}
 
   const std::string& name() const noexcept { return name_; }
   // The stored object with its current status.
@@ -31,11 +44,45 @@ class Function {
   // (invalid_spec for a payload that is not JSON, timeout, handler_failed, throttled, ...).
   InvokeResult invoke(const std::string& payload_json,
                       std::chrono::milliseconds timeout = std::chrono::milliseconds(0)) const;
+
+  // The same without blocking the caller. Completion signature
+  // void(std::exception_ptr, InvokeResult): the exception is the blixard::Error invoke() would
+  // throw. Works with callbacks, asio::use_future, asio::use_awaitable and asio::deferred.
+  template <class Token = boost::asio::deferred_t>
+  auto async_invoke(std::string payload_json, Token&& token = {}) const {
+    return boost::asio::async_initiate<Token, void(std::exception_ptr, InvokeResult)>(
+        [self = *this](auto handler, std::string payload) {
+          auto& pool = self.async_->pool();
+          // Keeps the caller's executor (e.g. an io_context running a coroutine) alive until done.
+          auto work = boost::asio::prefer(
+              boost::asio::get_associated_executor(handler, pool.get_executor()),
+              boost::asio::execution::outstanding_work.tracked);
+          boost::asio::post(pool, [self, payload = std::move(payload), handler = std::move(handler),
+                                   work]() mutable {
+            std::exception_ptr error;
+            InvokeResult result;
+            try {
+              result = self.invoke(payload);
+            } catch (...) {
+              error = std::current_exception();
+            }
+            boost::asio::dispatch(work, [handler = std::move(handler), error,
+                                         result = std::move(result)]() mutable {
+              std::move(handler)(error, std::move(result));
+            });
+          });
+        },
+        token, std::move(payload_json));
+  }
+
+  // Counters and latency summaries (invocations, errors, throttles, cold starts, p50/p99).
+  v1::FunctionMetrics metrics() const;
   void remove() const;
 
  private:
   std::shared_ptr<detail::Backend> backend_;
   std::string name_;
+  std::shared_ptr<detail::AsyncContext> async_;
 };
 
 }  // namespace blixard

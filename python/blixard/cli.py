@@ -542,7 +542,19 @@ def version(c: Ctx, output) -> None:
 
 @cli.group()
 def function() -> None:
-    """Serverless functions: create, list, get, invoke, delete."""
+    """Serverless functions: create, list, get, invoke, trigger, logs, metrics, watch, delete."""
+
+
+def _where(status: Dict[str, Any]) -> str:
+    """The nodes a function's instances run on: ``node1`` or ``node1 (2), node3``."""
+    counts: Dict[str, int] = {}
+    for i in status.get("instances", []):
+        node = i.get("node")
+        if node and i.get("phase") != "Stopping":
+            counts[node] = counts.get(node, 0) + 1
+    if not counts:
+        return "-"
+    return ", ".join(n if k == 1 else f"{n} ({k})" for n, k in sorted(counts.items()))
 
 
 def _function_rows(items: List[Dict[str, Any]]):
@@ -551,15 +563,16 @@ def _function_rows(items: List[Dict[str, Any]]):
         st = f.get("status", {})
         yield (
             _name(f),
-            spec.get("runtime", ""),
-            _mib(spec.get("memory")),
-            spec.get("timeout", "-"),
             _int(st.get("instancesRunning")),
             _int(st.get("instancesWarm")),
+            _where(st),
+            _mib(spec.get("memory")),
+            spec.get("timeout", "-"),
         )
 
 
-FUNCTION_COLUMNS = ("NAME", "RUNTIME", "MEMORY", "TIMEOUT", "RUNNING", "WARM")
+# Scenario 0's shape: how many instances run and are warm, and where.
+FUNCTION_COLUMNS = ("NAME", "RUNNING", "WARM", "WHERE", "MEMORY", "TIMEOUT")
 
 # CLI flag -> (python keyword, spec field path used in errors)
 FUNCTION_FLAGS = {
@@ -717,6 +730,213 @@ def function_invoke(c: Ctx, name, data, timeout, output) -> None:
         )
 
 
+def _count(n: Any) -> str:
+    """1234 -> 1.2k, as in scenario 0's "Invocations: 1.2k/hour"."""
+    v = _int(n)
+    for div, suffix in ((1_000_000_000, "G"), (1_000_000, "M"), (1_000, "k")):
+        if v >= div:
+            return f"{v / div:.1f}".removesuffix(".0") + suffix
+    return str(v)
+
+
+def _ms(v: Any) -> str:
+    x = float(v or 0)
+    if x == 0:
+        return "-"
+    if x < 10:
+        return f"{x:.1f}ms"
+    if x >= 10_000:
+        return f"{x / 1000:.1f}s"
+    return f"{x:.0f}ms"
+
+
+@function.command("metrics")
+@click.argument("name")
+@output_option
+@pass_ctx
+def function_metrics(c: Ctx, name, output) -> None:
+    """Invocations, errors, throttles, cold starts and latencies of function NAME."""
+    m = c.cluster().function(name).metrics()
+    if _out(c, output) == "json":
+        print_json(m)
+        return
+    cold, dur = m.get("coldStart", {}), m.get("duration", {})
+    click.echo(
+        f"Invocations: {_count(m.get('invocationsLastHour'))}/hour "
+        f"({_count(m.get('invocations'))} total), "
+        f"Avg cold start: {_ms(cold.get('avgMs'))}, Avg duration: {_ms(dur.get('avgMs'))}"
+    )
+    click.echo("")
+    by_node = m.get("instancesByNode", {})
+    print_table(
+        ("INVOCATIONS", "LAST HOUR", "ERRORS", "THROTTLES", "TIMEOUTS", "COLD STARTS", "IN FLIGHT",
+         "BUSY", "WARM"),
+        [(
+            _int(m.get("invocations")),
+            _int(m.get("invocationsLastHour")),
+            _int(m.get("errors")),
+            _int(m.get("throttles")),
+            _int(m.get("timeouts")),
+            _int(m.get("coldStarts")),
+            _int(m.get("concurrentExecutions")),
+            _int(m.get("instancesBusy")),
+            _int(m.get("instancesWarm")),
+        )],
+    )
+    click.echo("")
+    print_table(
+        ("LATENCY", "COUNT", "AVG", "P50", "P99"),
+        [
+            (label, _int(s.get("count")), _ms(s.get("avgMs")), _ms(s.get("p50Ms")),
+             _ms(s.get("p99Ms")))
+            for label, s in (("cold start", cold), ("duration", dur))
+        ],
+    )
+    if by_node:
+        click.echo("")
+        click.echo("Instances by node: " + ", ".join(
+            f"{n}={_int(k)}" for n, k in sorted(by_node.items())))
+
+
+@function.command("trigger")
+@click.argument("name")
+@click.option("--http", "http", is_flag=True, help="Serve --path on the server's HTTP gateway.")
+@click.option("--path", metavar="PATH", help="URL path of an --http trigger, e.g. /api/x.")
+@click.option(
+    "--method",
+    "methods",
+    multiple=True,
+    metavar="METHOD",
+    help="Allowed HTTP method (repeatable); default: any.",
+)
+@click.option("--queue", metavar="SOURCE", help="Run on messages of queue SOURCE instead.")
+@click.option("--event", metavar="SOURCE", help="Run on events of SOURCE instead.")
+@click.option("--name", "trigger_name", metavar="TRIGGER", help="Trigger name [NAME-http].")
+@output_option
+@pass_ctx
+def function_trigger(c: Ctx, name, http, path, methods, queue, event, trigger_name,
+                     output) -> None:
+    """Make function NAME reachable: `--http --path /api/x` routes that URL path to it."""
+    kinds = [k for k, on in (("http", http), ("queue", queue), ("event", event)) if on]
+    if len(kinds) != 1:
+        raise InvalidSpec("give exactly one of --http, --queue SOURCE, --event SOURCE",
+                          field="--http")
+    kind = kinds[0]
+    if kind == "http":
+        if not path:
+            raise InvalidSpec("an --http trigger needs --path (e.g. /api/process-image)",
+                              field="--path")
+        if not path.startswith("/"):
+            path = "/" + path
+    elif path or methods:
+        raise InvalidSpec("--path and --method are for --http triggers", field="--path")
+    c.flag_for_field = {"path": "--path", "methods": "--method", "source": f"--{kind}",
+                        "metadata.name": "--name", "name": "--name"}
+    cl = c.cluster()
+    cl.function(name).get()  # not_found before creating anything
+    tname = trigger_name or f"{name}-{kind}"
+    t = cl.create_trigger(
+        tname,
+        function=name,
+        type=kind,
+        path=path if kind == "http" else None,
+        source=queue or event,
+        methods=[m.upper() for m in methods] if methods else None,
+    )
+    obj = t.get()
+    url = ""
+    if kind == "http":
+        url = obj.get("status", {}).get("url") or (c.resolved_addr.rstrip("/") + path)
+    if _out(c, output) == "json":
+        print_json(dict(obj, url=url) if url else obj)
+        return
+    click.echo(f"trigger {tname} created for function {name}")
+    if url:
+        click.echo(f"Now accessible at: {url}")
+
+
+def _clock(ts: str) -> str:
+    """An RFC 3339 timestamp as local HH:MM:SS.mmm (now when there is none)."""
+    import datetime as dt
+
+    when = None
+    if ts:
+        try:
+            when = dt.datetime.fromisoformat(ts.replace("Z", "+00:00")).astimezone()
+        except ValueError:
+            when = None
+    when = when or dt.datetime.now().astimezone()
+    return when.strftime("%H:%M:%S.") + f"{when.microsecond // 1000:03d}"
+
+
+def _event_line(e: Dict[str, Any]) -> str:
+    """One watch event as ``time  reason  node  message``."""
+    if e.get("type") == "record":
+        reason, message = e.get("reason") or "Record", e.get("message", "")
+    elif e.get("type") == "delete":
+        reason, message = "Deleted", f"{e.get('kind', '').rstrip('s')} {e.get('name')} deleted"
+    else:
+        obj = e.get("object") or {}
+        version = obj.get("metadata", {}).get("resourceVersion", "")
+        reason = "Changed"
+        message = f"{e.get('kind', '').rstrip('s')} {e.get('name')} stored"
+        if version:
+            message += f" (version {version})"
+    return f"{_clock(e.get('time', ''))}  {reason:<11} {e.get('node') or '-':<12} {message}"
+
+
+def _print_json_line(obj: Any) -> None:
+    click.echo(json.dumps(obj, separators=(",", ":")))
+
+
+@function.command("logs")
+@click.argument("name")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until Ctrl-C.")
+@click.option("--prefix", is_flag=True, help="Start each line with its instance and stream.")
+@output_option
+@pass_ctx
+def function_logs(c: Ctx, name, follow, prefix, output) -> None:
+    """Print what function NAME's instances wrote to stdout and stderr."""
+    as_json = _out(c, output) == "json"
+    stream = c.cluster().function(name).logs(follow=follow)
+    try:
+        for line in stream:
+            if as_json:
+                _print_json_line(line)
+            elif prefix:
+                click.echo(f"[{line.get('instance')} {line.get('stream')}] {line.get('text')}")
+            else:
+                click.echo(line.get("text", ""))
+    except KeyboardInterrupt:
+        pass  # the way to stop --follow: not an error
+    finally:
+        stream.close()
+
+
+@function.command("watch")
+@click.argument("name")
+@click.option("--all", "from_start", is_flag=True, help="Start with the events the server keeps.")
+@output_option
+@pass_ctx
+def function_watch(c: Ctx, name, from_start, output) -> None:
+    """Stream function NAME's events live until Ctrl-C: scale-up/down, placement, throttles,
+    failures and changes, one line each (time, reason, node, message)."""
+    as_json = _out(c, output) == "json"
+    cl = c.cluster()
+    cl.function(name).get()  # not_found for an unknown function
+    watch = cl.function(name).watch(after=0 if from_start else None)
+    try:
+        for e in watch:
+            if as_json:
+                _print_json_line(e)
+            else:
+                click.echo(_event_line(e))
+    except KeyboardInterrupt:
+        pass  # Ctrl-C ends a watch: exit 0
+    finally:
+        watch.close()
+
+
 @function.command("delete")
 @click.argument("name")
 @output_option
@@ -845,7 +1065,8 @@ def vm_delete(c: Ctx, name, output) -> None:
 
 @cli.group()
 def trigger() -> None:
-    """Triggers: what makes a function run besides a direct call."""
+    """Triggers: what makes a function run besides a direct call (create them with
+    `blixard function trigger` or `blixard apply`)."""
 
 
 @trigger.command("list")
@@ -870,6 +1091,16 @@ def trigger_list(c: Ctx, output) -> None:
             )
         )
     print_table(("NAME", "TYPE", "FUNCTION", "PATH/SOURCE", "URL"), rows, empty="No triggers.")
+
+
+@trigger.command("delete")
+@click.argument("name")
+@output_option
+@pass_ctx
+def trigger_delete(c: Ctx, name, output) -> None:
+    """Delete trigger NAME (an http path stops being served within a second)."""
+    c.cluster().delete_trigger(name)
+    click.echo(f"trigger {name} deleted")
 
 
 @cli.group()
@@ -983,6 +1214,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         text = e.describe()
         if e.code == "unavailable" and "blixard up" not in text:
             text += " (is the server running? start one with `blixard up`)"
+        elif e.code == "throttled":
+            text += (" (too many calls in flight: retry later, or raise"
+                     " --concurrent-executions / --max-instances)")
         click.echo(f"error: {text}", err=True)
         return exit_code_for(e)
     except KeyboardInterrupt:

@@ -7,17 +7,20 @@ mapped to the spec's field names, and every failure is a ``blixard.errors.Blixar
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import datetime as _dt
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Mapping, Optional, Union
 
 from . import _core
-from .errors import InvalidSpec, Unavailable
+from .errors import InvalidSpec, NotFound, Unavailable
 
-__all__ = ["Cluster", "Function", "Vm", "Trigger", "Invocation", "connect"]
+__all__ = ["Cluster", "Function", "Vm", "Trigger", "Invocation", "LogStream", "Watch", "connect"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -89,6 +92,137 @@ def _items(list_json: str) -> List[Dict[str, Any]]:
     return list(json.loads(list_json).get("items", []))
 
 
+def _payload(data: Any) -> str:
+    try:
+        return json.dumps(data)
+    except (TypeError, ValueError) as e:
+        raise InvalidSpec(f"payload is not JSON-serializable: {e}", field="payload") from e
+
+
+def _resolve(fut: "asyncio.Future[Any]", value: Any, exc: Optional[BaseException]) -> None:
+    """Runs on the event loop (scheduled by the C++ completion with call_soon_threadsafe)."""
+    if fut.cancelled():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(value)
+
+
+class _End(Exception):
+    """Raised by a long poll's fetch when its stream is over (e.g. the function was deleted)."""
+
+
+# A kind no event has: asks the server for its newest sequence only.
+_NO_KIND = "-"
+
+# Long polls wait at most this long per request, so close() and deadlines take effect soon.
+_POLL_S = 1.0
+
+
+class _LongPoll:
+    """An iterator over a long-polled stream (log lines, events), with close() and a deadline.
+
+    ``fetch(after, wait_ms)`` returns ``(items, next)``. Iteration blocks (interruptibly: Ctrl-C
+    raises KeyboardInterrupt) until an item comes; it ends when ``close()`` is called, when the
+    ``timeout`` (seconds, from creation) passes, or when ``follow`` is off and nothing is left.
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[int, int], "tuple[List[Dict[str, Any]], int]"],
+        after: int,
+        *,
+        follow: bool,
+        timeout: Optional[float],
+        poll: float,
+    ) -> None:
+        self._fetch = fetch
+        self._follow = follow
+        self._poll = max(0.01, poll)
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self._buffer: Deque[Dict[str, Any]] = collections.deque()
+        self._closed = False
+        # The first request is made now: an unknown name fails here, not at the first next(), and
+        # a watch from "now" starts before anything the caller does next.
+        items, self._next = fetch(after, 0)
+        self._buffer.extend(items)
+        self._drained = not items and not follow
+
+    def __iter__(self) -> "_LongPoll":
+        return self
+
+    def __next__(self) -> Dict[str, Any]:
+        while not self._buffer:
+            if self._closed or self._drained:
+                raise StopIteration
+            wait = self._poll if self._follow else 0.0
+            if self._deadline is not None:
+                left = self._deadline - time.monotonic()
+                if left <= 0:
+                    raise StopIteration
+                wait = min(wait, left)
+            try:
+                items, self._next = self._fetch(self._next, int(wait * 1000))
+            except _End:
+                self._closed = True
+                raise StopIteration from None
+            self._buffer.extend(items)
+            if not items and not self._follow:
+                self._drained = True
+        return self._buffer.popleft()
+
+    @property
+    def position(self) -> int:
+        """The sequence to resume from (pass it as ``after``)."""
+        return self._next
+
+    def close(self) -> None:
+        """Ends the iteration (the next ``next()`` raises StopIteration)."""
+        self._closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LogStream(_LongPoll):
+    """``fn.logs()``: log line dicts (``sequence``, ``instance``, ``stream``, ``text``, ``time``).
+
+    With ``follow=True`` it keeps long-polling until the function is deleted or ``close()``."""
+
+
+class Watch(_LongPoll):
+    """``c.watch()``: event dicts, oldest first.
+
+    Each has ``type`` ("put", "delete" or "record"), ``kind``, ``name``, ``sequence``, and for
+    records ``reason`` (ScaledUp, ScaledDown, Placed, Throttled, TimedOut, Failed, ...),
+    ``message``, ``node`` and ``time``; for a put, ``object`` (the object as a dict)."""
+
+
+def _log_line(line: Dict[str, Any]) -> Dict[str, Any]:
+    line = dict(line)
+    line["sequence"] = int(line.get("sequence", 0))
+    line.setdefault("instance", "")
+    line.setdefault("stream", "stdout")
+    line.setdefault("text", "")
+    return line
+
+
+def _event(e: Dict[str, Any]) -> Dict[str, Any]:
+    e = dict(e)
+    raw = e.pop("objectJson", "")
+    e["object"] = json.loads(raw) if raw else None
+    e["sequence"] = int(e.get("sequence", 0))
+    if "storeRevision" in e:
+        e["storeRevision"] = int(e["storeRevision"])
+    for key in ("type", "kind", "name", "reason", "message", "node", "time"):
+        e.setdefault(key, "")
+    return e
+
+
 @dataclass(frozen=True)
 class Invocation:
     """One call's answer: the handler's result as JSON text, and where and how it ran."""
@@ -119,12 +253,36 @@ class Function:
         return self.get().get("status", {})
 
     def invoke(self, data: Any = None, *, timeout: Optional[float] = None) -> Any:
-        """Runs the handler on ``data`` (JSON-encoded here) and returns its decoded result."""
-        try:
-            payload = json.dumps(data)
-        except (TypeError, ValueError) as e:
-            raise InvalidSpec(f"payload is not JSON-serializable: {e}", field="payload") from e
-        return self.invoke_raw(payload, timeout=timeout).json()
+        """Runs the handler on ``data`` (JSON-encoded here) and returns its decoded result.
+
+        ``timeout`` (seconds) overrides the function's own for this call. The wait releases the
+        GIL and honours Ctrl-C: KeyboardInterrupt is raised at once, while the call itself goes
+        on server-side to its end (or its timeout).
+        """
+        return self.invoke_raw(_payload(data), timeout=timeout).json()
+
+    async def invoke_async(self, data: Any = None, *, timeout: Optional[float] = None) -> Any:
+        """``await fn.invoke_async(data)``: ``invoke`` without blocking the event loop.
+
+        No thread waits per call: the C++ core runs it and its completion resolves the awaited
+        future through ``loop.call_soon_threadsafe``. Cancelling the await abandons the result
+        (the call goes on server-side).
+        """
+        return (await self.invoke_raw_async(_payload(data), timeout=timeout)).json()
+
+    async def invoke_raw_async(
+        self, payload: Union[str, bytes], *, timeout: Optional[float] = None
+    ) -> Invocation:
+        """``invoke_raw`` for asyncio: JSON text in, the full ``Invocation`` out."""
+        if isinstance(payload, (bytes, bytearray)):
+            payload = bytes(payload).decode("utf-8")
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        self._cluster._core.invoke_async(
+            self.name, payload, float(timeout or 0), loop, fut, _resolve
+        )
+        r = await fut
+        return Invocation(r.result, r.cold_start, r.node, r.request_id, r.duration_ms)
 
     def invoke_raw(
         self, payload: Union[str, bytes], *, timeout: Optional[float] = None
@@ -134,6 +292,52 @@ class Function:
             payload = bytes(payload).decode("utf-8")
         r = self._cluster._core.invoke(self.name, payload, float(timeout or 0))
         return Invocation(r.result, r.cold_start, r.node, r.request_id, r.duration_ms)
+
+    def logs(
+        self,
+        follow: bool = False,
+        *,
+        after: int = 0,
+        timeout: Optional[float] = None,
+        poll: float = _POLL_S,
+    ) -> LogStream:
+        """What the function's instances wrote to stdout/stderr, as an iterator of dicts
+        (``sequence``, ``instance``, ``stream``, ``text``, ``time``), oldest first.
+
+        ``after``: a line's ``sequence`` to continue after (0: every line kept).
+        ``follow=True`` keeps waiting for new lines until the function is deleted, the
+        iterator is closed, or ``timeout`` seconds have passed. Raises NotFound at once for an
+        unknown function.
+        """
+        cluster, name = self._cluster, self.name
+        started = False
+
+        def fetch(pos: int, wait_ms: int):
+            nonlocal started
+            try:
+                chunk = json.loads(cluster._core.function_logs(name, pos, wait_ms))
+            except NotFound:
+                # Unknown at the start: an error. Deleted since: the stream ends.
+                if not started:
+                    raise
+                raise _End() from None
+            started = True
+            return [_log_line(x) for x in chunk.get("lines", [])], int(chunk.get("next", pos))
+
+        return LogStream(fetch, after, follow=follow, timeout=timeout, poll=poll)
+
+    def watch(
+        self, *, after: Optional[int] = None, timeout: Optional[float] = None,
+        poll: float = _POLL_S
+    ) -> "Watch":
+        """This function's events (scaling, placement, throttles, failures, changes) as an
+        iterator; see ``Cluster.watch``."""
+        return self._cluster.watch("functions", self.name, after=after, timeout=timeout, poll=poll)
+
+    def metrics(self) -> Dict[str, Any]:
+        """``invocations``, ``invocationsLastHour``, ``errors``, ``throttles``, ``timeouts``,
+        ``coldStarts``, ``coldStart``/``duration`` ({count, avgMs, p50Ms, p99Ms}), ..."""
+        return json.loads(self._cluster._core.function_metrics(self.name))
 
     def delete(self) -> None:
         self._cluster._core.delete_function(self.name)
@@ -181,6 +385,10 @@ class Trigger:
 
     def get(self) -> Dict[str, Any]:
         return json.loads(self._cluster._core.get_trigger(self.name))
+
+    def url(self) -> str:
+        """Where an http trigger is served (``status.url``), "" until the server fills it in."""
+        return str(self.get().get("status", {}).get("url", ""))
 
     def delete(self) -> None:
         self._cluster._core.delete_trigger(self.name)
@@ -307,14 +515,21 @@ class Cluster:
         function: Optional[str] = None,
         *,
         type: str = "http",
+        http: Optional[bool] = None,
         path: Optional[str] = None,
         source: Optional[str] = None,
         methods: Optional[Iterable[str]] = None,
         batch_size: Optional[int] = None,
         spec: Optional[Mapping[str, Any]] = None,
     ) -> Trigger:
-        """Creates a trigger running ``function``: ``type="http", path="/api/x"`` or
-        ``type="queue"|"event", source="orders"``; or pass the whole ``spec`` dict."""
+        """Creates a trigger running ``function``: ``http=True, path="/api/x"`` (the server's
+        gateway then routes that path to the function; ``methods=["POST"]`` limits it) or
+        ``type="queue"|"event", source="orders"``; or pass the whole ``spec`` dict.
+        ``trigger.url()`` tells where an http trigger is served."""
+        if http:
+            type = "http"
+        elif http is False and type == "http" and (spec is None or "type" not in spec):
+            raise InvalidSpec("http=False needs another type (queue, event)", field="type")
         body: Dict[str, Any] = dict(spec or {})
         body.update(
             overrides_to_spec(
@@ -340,6 +555,35 @@ class Cluster:
 
     def delete_trigger(self, name: str) -> None:
         self._core.delete_trigger(name)
+
+    # ---- events ----
+    def watch(
+        self,
+        kind: Optional[str] = None,
+        name: Optional[str] = None,
+        *,
+        after: Optional[int] = None,
+        timeout: Optional[float] = None,
+        poll: float = _POLL_S,
+    ) -> Watch:
+        """Events as an iterator: object changes (``type`` "put"/"delete") and records
+        (``type`` "record": ScaledUp, ScaledDown, Placed, Throttled, TimedOut, Failed, ...).
+
+        ``kind`` ("functions", "vms", "triggers"; singular works too) and ``name`` filter them.
+        From now on by default; ``after=N`` resumes after sequence N (``after=0``: everything the
+        server keeps). Iteration blocks until an event comes (Ctrl-C interrupts it) and ends on
+        ``close()`` or after ``timeout`` seconds.
+        """
+
+        def fetch(pos: int, wait_ms: int):
+            batch = json.loads(self._core.events(kind or "", name or "", pos, wait_ms))
+            return [_event(e) for e in batch.get("events", [])], int(batch.get("next", pos))
+
+        if after is None:
+            # "From now": the newest sequence, found by a request no event matches (one scan of
+            # what the server keeps; `after=-1` is not accepted over HTTP).
+            after = int(json.loads(self._core.events(_NO_KIND, "", 0, 0)).get("next", 0))
+        return Watch(fetch, after, follow=True, timeout=timeout, poll=poll)
 
     # ---- cluster ----
     def nodes(self) -> List[Dict[str, Any]]:

@@ -192,29 +192,49 @@ def _load(spec, code_dir):
     return target
 
 
-def _serve(handler, function_name, memory):
+def _answer(handler, request, function_name, memory):
+    context = Context(request["request_id"], request["deadline"],
+                      request["memory"] or memory, request["function"] or function_name)
+    try:
+        payload = request["payload"]
+        event = json.loads(payload) if payload else None
+        result = json.dumps(handler(event, context)).encode()
+        return _encode_response(context.request_id, result=result)
+    except Exception as e:  # the handler's failure is the caller's answer, not ours
+        _print_user_traceback(e)
+        message = str(e)
+        if isinstance(e, MemoryError):
+            message = "out of memory" + (": " + message if message else "")
+        return _encode_response(context.request_id, error=message, error_type=type(e).__name__)
+
+
+def _serve(handler, function_name, memory, concurrency):
+    pool = None
+    if concurrency > 1:
+        # The agent sends up to `concurrency` requests at once (targetConcurrency); answer them
+        # as they finish, each frame written whole under a lock.
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+        pool = ThreadPoolExecutor(max_workers=concurrency)
+        write_lock = threading.Lock()
+
+        def work(request):
+            frame = _answer(handler, request, function_name, memory)
+            with write_lock:
+                _write_frame(frame)
     while True:
         body = _read_frame()
         if body is None:
-            return
+            break
         request = _decode_request(body)
         if request is None:
             continue  # not ours to answer (future frame kinds)
-        context = Context(request["request_id"], request["deadline"],
-                          request["memory"] or memory, request["function"] or function_name)
-        try:
-            payload = request["payload"]
-            event = json.loads(payload) if payload else None
-            result = json.dumps(handler(event, context)).encode()
-            frame = _encode_response(context.request_id, result=result)
-        except Exception as e:  # the handler's failure is the caller's answer, not ours
-            _print_user_traceback(e)
-            message = str(e)
-            if isinstance(e, MemoryError):
-                message = "out of memory" + (": " + message if message else "")
-            frame = _encode_response(context.request_id, error=message,
-                                     error_type=type(e).__name__)
-        _write_frame(frame)
+        if pool is None:
+            _write_frame(_answer(handler, request, function_name, memory))
+        else:
+            pool.submit(work, request)
+    if pool is not None:
+        pool.shutdown(wait=True)
 
 
 def main(argv):
@@ -230,7 +250,8 @@ def main(argv):
     function_name = os.environ.get("BLIXARD_FUNCTION", "")
     memory = int(os.environ.get("BLIXARD_MEMORY_MIB", "0") or 0)
     _write_frame(_encode_ready(os.getpid()))
-    _serve(handler, function_name, memory)
+    concurrency = int(os.environ.get("BLIXARD_CONCURRENCY", "1") or 1)
+    _serve(handler, function_name, memory, concurrency)
     return 0
 
 

@@ -1,23 +1,31 @@
-// The /v1 HTTP API over Beast: one session per connection (keep-alive, a strand each), Backend
-// calls on a thread pool with the response posted back to the session's strand.
+// The /v1 HTTP API and the HTTP trigger gateway over Beast: one session per connection (keep-alive,
+// a strand each), Backend calls on a thread pool with the response posted back to the session's
+// strand; long polls and NDJSON streams on a capped pool of their own.
 #include "api/http_server.hpp"
 
 #include <google/protobuf/struct.pb.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <array>
 #include <atomic>
 #include <boost/asio/dispatch.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <boost/beast/core.hpp>
+#include <boost/beast/core/detail/base64.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/json.hpp>
 #include <cctype>
 #include <charconv>
 #include <functional>
+#include <map>
+#include <mutex>
 #include <optional>
 #include <thread>
 #include <vector>
@@ -103,10 +111,11 @@ Target parse_target(std::string_view target) {
 }
 
 // "2s", "500ms", "1.5s", "250us", "2m", "1h"; a bare number is seconds.
-google::protobuf::Duration parse_duration(const std::string& text) {
+google::protobuf::Duration parse_duration(const std::string& text,
+                                          const std::string& field = "timeout") {
   auto bad = [&] {
     return Error(errc::invalid_spec, "not a duration: \"" + text + "\" (use e.g. 30s, 500ms)",
-                 "timeout");
+                 field);
   };
   double value = 0;
   auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
@@ -223,6 +232,287 @@ void require_name(const M& m) {
 }
 
 using Job = std::function<Response()>;
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+constexpr std::string_view k_ndjson = "application/x-ndjson";
+constexpr std::string_view k_prometheus = "text/plain; version=0.0.4; charset=utf-8";
+
+// The paths the API owns; every other path belongs to the trigger gateway.
+bool is_api_path(const Target& t) {
+  const auto& s = t.segments;
+  return (!s.empty() && s[0] == "v1") ||
+         (s.size() == 1 && (s[0] == "healthz" || s[0] == "metrics"));
+}
+
+// ?after=N (a sequence of the log or event stream); ?from=N is after=N-1 (DESIGN §4's watch form).
+std::int64_t parse_after(const Target& t) {
+  const char* key = t.param("after") ? "after" : "from";
+  const std::string* text = t.param(key);
+  if (text == nullptr || text->empty()) return 0;
+  std::int64_t value = 0;
+  auto [p, ec] = std::from_chars(text->data(), text->data() + text->size(), value);
+  if (ec != std::errc() || p != text->data() + text->size() || value < 0) {
+    throw Error(errc::invalid_spec,
+                std::string(key) + " must be a sequence number (0 or more), not \"" + *text + "\"",
+                key);
+  }
+  return key[0] == 'f' ? std::max<std::int64_t>(value - 1, 0) : value;
+}
+
+milliseconds parse_wait(const Target& t, milliseconds max) {
+  const std::string* text = t.param("wait");
+  if (text == nullptr || text->empty()) return milliseconds(0);
+  auto d = parse_duration(*text, "wait");
+  return std::min(milliseconds(d.seconds() * 1000 + d.nanos() / 1'000'000), max);
+}
+
+bool parse_flag(const Target& t, const char* key) {
+  const std::string* v = t.param(key);
+  if (v == nullptr || *v == "0" || *v == "false") return false;
+  if (v->empty() || *v == "1" || *v == "true") return true;  // a bare "?watch" counts
+  throw Error(errc::invalid_spec, std::string(key) + " must be 1 or 0, not \"" + *v + "\"", key);
+}
+
+// The answer for whatever exception is being handled.
+Response error_from_current() {
+  try {
+    throw;
+  } catch (const Error& e) {
+    return error_response(e.status());
+  } catch (const std::exception& e) {
+    return error_response(errc::internal, e.what());
+  } catch (...) {
+    return error_response(errc::internal, "unknown exception");
+  }
+}
+
+Response run_job(const Job& job) {
+  try {
+    return job();
+  } catch (...) {
+    return error_from_current();
+  }
+}
+
+// ---- Streams ------------------------------------------------------------------------------
+
+// One batch of a stream: NDJSON lines (each ending in '\n') and the sequence to continue after.
+struct Batch {
+  std::string lines;
+  std::int64_t next = 0;
+};
+using Poll = std::function<Batch(std::int64_t after, milliseconds wait)>;
+
+// Holds one of the `max_streams` places while a stream or a waiting long poll is open.
+struct StreamSlot {
+  explicit StreamSlot(std::atomic<std::size_t>& count) : open(count) {}
+  StreamSlot(const StreamSlot&) = delete;
+  StreamSlot& operator=(const StreamSlot&) = delete;
+  ~StreamSlot() { --open; }
+  std::atomic<std::size_t>& open;
+};
+
+// How a routed request is answered.
+struct Routed {
+  enum class Mode {
+    now,     // cheap: answered on the io thread
+    worker,  // a Backend call on the worker pool
+    waiter,  // a long poll that may wait: on the stream pool, holding a stream slot
+    stream,  // an NDJSON stream: `poll` in a loop on the stream pool, holding a slot
+  };
+  Mode mode = Mode::now;
+  Job job;
+  Poll poll;
+  std::int64_t after = 0;
+};
+
+// ---- The trigger gateway ------------------------------------------------------------------
+
+// Gateway errors are {"error": code, "message": ...}: what an HTTP client of a function expects.
+Response gateway_error(unsigned status, std::string_view code, const std::string& message) {
+  Response res;
+  res.result(status);
+  res.set(http::field::content_type, k_json);
+  boost::json::object body;
+  body["error"] = code;
+  body["message"] = message;
+  res.body() = boost::json::serialize(body);
+  if (status == 429 || status == 503) res.set(http::field::retry_after, "1");
+  return res;
+}
+
+Response gateway_error(errc code, const std::string& message) {
+  return gateway_error(static_cast<unsigned>(http_status(code)), to_string(code), message);
+}
+
+// "/a/b/" and "/a/b" are one path; "/" stays itself.
+std::string normalize_path(std::string path) {
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
+  return path;
+}
+
+struct GatewayRoute {
+  std::string trigger;
+  std::string function;
+  std::string path;  // a prefix route's path without its "/*"
+  std::vector<std::string> methods;
+  bool prefix = false;
+};
+
+// The http triggers as read at `fetched`.
+struct RouteTable {
+  Clock::time_point fetched;
+  std::map<std::string, GatewayRoute> exact;
+  std::vector<GatewayRoute> prefixes;  // longest first
+
+  const GatewayRoute* find(const std::string& path) const {
+    if (auto it = exact.find(path); it != exact.end()) return &it->second;
+    for (const auto& r : prefixes) {
+      if (path == r.path || (path.starts_with(r.path) && path.size() > r.path.size() &&
+                             (path[r.path.size()] == '/' || r.path.empty()))) {
+        return &r;
+      }
+    }
+    return nullptr;
+  }
+};
+
+bool valid_utf8(std::string_view s) {
+  for (std::size_t i = 0; i < s.size();) {
+    auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x80) {
+      ++i;
+      continue;
+    }
+    std::size_t len = 0;
+    std::uint32_t cp = 0;
+    if ((c & 0xE0) == 0xC0) {
+      len = 2, cp = c & 0x1F;
+    } else if ((c & 0xF0) == 0xE0) {
+      len = 3, cp = c & 0x0F;
+    } else if ((c & 0xF8) == 0xF0) {
+      len = 4, cp = c & 0x07;
+    } else {
+      return false;
+    }
+    if (i + len > s.size()) return false;
+    for (std::size_t k = 1; k < len; ++k) {
+      auto cc = static_cast<unsigned char>(s[i + k]);
+      if ((cc & 0xC0) != 0x80) return false;
+      cp = (cp << 6) | (cc & 0x3F);
+    }
+    const bool overlong =
+        (len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000);
+    if (overlong || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+    i += len;
+  }
+  return true;
+}
+
+std::string base64_encode(std::string_view s) {
+  namespace b64 = beast::detail::base64;
+  std::string out(b64::encoded_size(s.size()), '\0');
+  out.resize(b64::encode(out.data(), s.data(), s.size()));
+  return out;
+}
+
+std::optional<std::string> base64_decode(std::string_view s) {
+  namespace b64 = beast::detail::base64;
+  for (int i = 0; i < 2 && !s.empty() && s.back() == '='; ++i) s.remove_suffix(1);
+  std::string out(b64::decoded_size(s.size()) + 3, '\0');
+  auto [written, read] = b64::decode(out.data(), s.data(), s.size());
+  if (read != s.size()) return std::nullopt;
+  out.resize(written);
+  return out;
+}
+
+bool valid_header(std::string_view name, std::string_view value) {
+  if (name.empty()) return false;
+  for (unsigned char c : name) {
+    if (!std::isalnum(c) &&
+        std::string_view("!#$%&'*+-.^_`|~").find(static_cast<char>(c)) == std::string_view::npos) {
+      return false;
+    }
+  }
+  return value.find_first_of(std::string_view("\r\n\0", 3)) == std::string_view::npos;
+}
+
+// Headers the server owns: a handler cannot frame the response itself.
+bool hop_by_hop(std::string_view name) {
+  for (std::string_view h : {"content-length", "transfer-encoding", "connection", "keep-alive",
+                             "upgrade", "te", "trailer", "proxy-connection"}) {
+    if (beast::iequals(name, h)) return true;
+  }
+  return false;
+}
+
+// The handler's result as an HTTP answer: {"statusCode", "headers", "body", "isBase64Encoded"}
+// maps field by field; any other result is a 200 with that JSON.
+Response gateway_result(const v1::InvokeResponse& out) {
+  Response res{http::status::ok, 11};
+  if (!out.request_id().empty()) res.set("X-Blixard-Request-Id", out.request_id());
+  boost::system::error_code ec;
+  boost::json::value v = boost::json::parse(out.result(), ec);
+  const boost::json::object* obj = !ec && v.is_object() ? &v.as_object() : nullptr;
+  const boost::json::value* status = obj ? obj->if_contains("statusCode") : nullptr;
+  if (status == nullptr) {
+    res.set(http::field::content_type, k_json);
+    res.body() = out.result().empty() ? "null" : out.result();
+    return res;
+  }
+  std::int64_t code = 0;
+  if (status->is_int64()) {
+    code = status->as_int64();
+  } else if (status->is_uint64()) {
+    code = static_cast<std::int64_t>(std::min<std::uint64_t>(status->as_uint64(), 1000));
+  } else if (status->is_double() && status->as_double() == static_cast<int>(status->as_double())) {
+    code = static_cast<int>(status->as_double());
+  }
+  if (code < 200 || code > 599) {
+    throw Error(errc::handler_failed, "the handler returned statusCode " +
+                                          boost::json::serialize(*status) +
+                                          ", which is not an HTTP status (200-599)");
+  }
+  res.result(static_cast<unsigned>(code));
+  bool has_type = false;
+  if (const auto* headers = obj->if_contains("headers"); headers && headers->is_object()) {
+    for (const auto& [key, val] : headers->as_object()) {
+      if (val.is_null()) continue;
+      std::string value =
+          val.is_string() ? std::string(val.as_string()) : boost::json::serialize(val);
+      if (hop_by_hop(key) || !valid_header(key, value)) continue;
+      if (beast::iequals(key, "content-type")) has_type = true;
+      res.set(std::string_view(key), value);
+    }
+  }
+  const boost::json::value* body = obj->if_contains("body");
+  const boost::json::value* b64 = obj->if_contains("isBase64Encoded");
+  const bool base64 = b64 != nullptr && b64->is_bool() && b64->as_bool();
+  if (body == nullptr || body->is_null()) {
+    // no body
+  } else if (body->is_string()) {
+    std::string_view text = body->as_string();
+    if (base64) {
+      auto bytes = base64_decode(text);
+      if (!bytes) throw Error(errc::handler_failed, "the handler's body is not valid base64");
+      res.body() = std::move(*bytes);
+    } else {
+      res.body() = std::string(text);
+    }
+    if (!has_type) {
+      res.set(http::field::content_type,
+              base64 ? "application/octet-stream" : "text/plain; charset=utf-8");
+    }
+  } else {
+    res.body() = boost::json::serialize(*body);
+    if (!has_type) res.set(http::field::content_type, k_json);
+  }
+  if (code == 204 || code == 304) res.body().clear();  // these carry no body
+  return res;
+}
+
+// ---- The server core ----------------------------------------------------------------------
 
 // Everything a server shares with its sessions.
 struct Core {
@@ -231,35 +521,52 @@ struct Core {
   std::unique_ptr<asio::io_context> ioc;
   std::optional<tcp::acceptor> acceptor;
   std::unique_ptr<asio::thread_pool> pool;
+  std::unique_ptr<asio::thread_pool> stream_pool;
   std::vector<std::thread> io_threads;
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
   unsigned short port = 0;
   std::string host;  // for url()
   bool started = false;
   bool stopped = false;
+  std::atomic<bool> stopping{false};
   std::atomic<std::uint64_t> connections{0};
   std::atomic<std::uint64_t> requests{0};
+  std::atomic<std::size_t> streams{0};
+
+  std::mutex routes_mu;  // guards `routes`
+  std::shared_ptr<const RouteTable> routes;
+  std::mutex refresh_mu;  // one routing-table read at a time
 
   void accept();
-  // Routes a request: cheap answers come back at once (blocking=false), Backend calls as a job
-  // for the pool.
-  Job route(std::shared_ptr<const Request> req, bool& blocking);
-  Job route_kind(const std::shared_ptr<const Request>& req, Kind kind, const Target& t,
-                 bool& blocking);
+  Routed route(const std::shared_ptr<const Request>& req);
+  Routed route_kind(const std::shared_ptr<const Request>& req, Kind kind, const Target& t);
+  Routed route_logs(const std::shared_ptr<const Request>& req, const std::string& name,
+                    const Target& t);
+  Routed route_events(const std::shared_ptr<const Request>& req, const Target& t);
   Response invoke(const Request& req, const std::string& name, const Target& t);
   bool authorized(const Request& req) const;
+  std::shared_ptr<StreamSlot> try_stream_slot();
+  Response streams_busy() const;
+
+  Response gateway(const Request& req);
+  Response gateway_call(const Request& req);
+  std::shared_ptr<const RouteTable> route_table(bool missed);
 };
 
-Response run_job(const Job& job) {
-  try {
-    return job();
-  } catch (const Error& e) {
-    return error_response(e.status());
-  } catch (const std::exception& e) {
-    return error_response(errc::internal, e.what());
-  } catch (...) {
-    return error_response(errc::internal, "unknown exception");
-  }
+std::shared_ptr<StreamSlot> Core::try_stream_slot() {
+  std::size_t n = streams.load();
+  do {
+    if (n >= options.max_streams) return nullptr;
+  } while (!streams.compare_exchange_weak(n, n + 1));
+  return std::make_shared<StreamSlot>(streams);
+}
+
+Response Core::streams_busy() const {
+  auto res = error_response(errc::unavailable,
+                            "too many streams and long polls open at once (the limit is " +
+                                std::to_string(options.max_streams) + "); try again shortly");
+  res.set(http::field::retry_after, "1");
+  return res;
 }
 
 class Session : public std::enable_shared_from_this<Session> {
@@ -274,7 +581,9 @@ class Session : public std::enable_shared_from_this<Session> {
  private:
   void read() {
     parser_.emplace();
-    parser_->body_limit(server_.options.body_limit);
+    // The limit depends on the path (API or gateway): set once the header is in.
+    parser_->body_limit(boost::none);
+    gateway_ = false;
     stream_.expires_after(server_.options.idle_timeout);
     http::async_read_header(stream_, buffer_, *parser_,
                             beast::bind_front_handler(&Session::on_header, shared_from_this()));
@@ -284,6 +593,12 @@ class Session : public std::enable_shared_from_this<Session> {
   // (curl does for large bodies) is told to go on.
   void on_header(beast::error_code ec, std::size_t) {
     if (ec) return on_read(ec, 0);
+    gateway_ = !is_api_path(parse_target(parser_->get().target()));
+    limit_ = gateway_ ? server_.options.gateway_body_limit : server_.options.body_limit;
+    parser_->body_limit(limit_);
+    if (auto length = parser_->content_length(); length && *length > limit_) {
+      return on_read(http::error::body_limit, 0);
+    }
     if (beast::iequals(parser_->get()[http::field::expect], "100-continue")) {
       continue_ = std::make_shared<http::response<http::empty_body>>(http::status::continue_, 11);
       http::async_write(stream_, *continue_,
@@ -306,9 +621,10 @@ class Session : public std::enable_shared_from_this<Session> {
     if (ec == http::error::body_limit) {
       ++server_.requests;
       keep_alive_ = false;
-      write(error_response(errc::payload_too_large, "request body is over the limit of " +
-                                                        std::to_string(server_.options.body_limit) +
-                                                        " bytes"),
+      const std::string message =
+          "request body is over the limit of " + std::to_string(limit_) + " bytes";
+      write(gateway_ ? gateway_error(errc::payload_too_large, message)
+                     : error_response(errc::payload_too_large, message),
             11);
       return;
     }
@@ -326,17 +642,36 @@ class Session : public std::enable_shared_from_this<Session> {
     keep_alive_ = req->keep_alive();
     unsigned version = req->version();
     started_ = std::chrono::steady_clock::now();
-    bool blocking = false;
-    Job job;
+    Routed routed;
     try {
-      job = server_.route(req, blocking);
-    } catch (const Error& e) {
-      return write(error_response(e.status()), version, req);
+      routed = server_.route(req);
+    } catch (...) {
+      return write(error_from_current(), version, req);
     }
-    if (!blocking) return write(run_job(job), version, req);
-    // Backend calls block; run them on the pool and come back to this connection's strand.
-    asio::post(*server_.pool, [self = shared_from_this(), job = std::move(job), version, req] {
+    switch (routed.mode) {
+      case Routed::Mode::now:
+        return write(run_job(routed.job), version, req);
+      case Routed::Mode::worker:
+        return run_on(*server_.pool, std::move(routed.job), version, req, nullptr);
+      case Routed::Mode::waiter:
+      case Routed::Mode::stream: {
+        auto slot = server_.try_stream_slot();
+        if (!slot) return write(server_.streams_busy(), version, req);
+        if (routed.mode == Routed::Mode::waiter) {
+          return run_on(*server_.stream_pool, std::move(routed.job), version, req, std::move(slot));
+        }
+        return start_stream(std::move(routed), std::move(slot), version, req);
+      }
+    }
+  }
+
+  // Backend calls block; run them on a pool and come back to this connection's strand.
+  void run_on(asio::thread_pool& pool, Job job, unsigned version,
+              std::shared_ptr<const Request> req, std::shared_ptr<StreamSlot> slot) {
+    asio::post(pool, [self = shared_from_this(), job = std::move(job), version, req,
+                      slot = std::move(slot)]() mutable {
       Response res = run_job(job);
+      slot.reset();
       asio::post(self->stream_.get_executor(),
                  [self, res = std::move(res), version, req]() mutable {
                    self->write(std::move(res), version, req);
@@ -349,6 +684,7 @@ class Session : public std::enable_shared_from_this<Session> {
     res.set(http::field::server, "blixard");
     res.keep_alive(keep_alive_);
     res.prepare_payload();
+    if (req && req->method() == http::verb::head) res.body().clear();  // headers only
     if (auto& log = server_.options.logger) {
       if (res.result_int() >= 500) log->warn("HTTP {}: {}", res.result_int(), res.body());
       if (req) {
@@ -371,6 +707,127 @@ class Session : public std::enable_shared_from_this<Session> {
     if (ec) return close();
     if (close_after) return linger();
     read();
+  }
+
+  // ---- NDJSON streams: a chunked answer, one chunk per non-empty batch, until the client goes
+  // away or the server stops. The connection is closed after the stream.
+
+  void start_stream(Routed routed, std::shared_ptr<StreamSlot> slot, unsigned version,
+                    std::shared_ptr<const Request> req) {
+    slot_ = std::move(slot);
+    poll_ = std::move(routed.poll);
+    // The first poll does not wait, so a bad request (an unknown function) is still a plain
+    // error answer rather than a stream that ends at once.
+    asio::post(*server_.stream_pool, [self = shared_from_this(), after = routed.after, version,
+                                      req] {
+      std::optional<Response> failed;
+      Batch batch;
+      try {
+        batch = self->poll_(after, milliseconds(0));
+        batch.next = std::max(batch.next, after);
+      } catch (...) {
+        failed = error_from_current();
+      }
+      asio::post(self->stream_.get_executor(), [self, failed = std::move(failed),
+                                                batch = std::move(batch), version, req]() mutable {
+        if (failed) {
+          self->slot_.reset();
+          self->poll_ = nullptr;
+          return self->write(std::move(*failed), version, req);
+        }
+        self->write_stream_head(std::move(batch), version, req);
+      });
+    });
+  }
+
+  void write_stream_head(Batch batch, unsigned version, const std::shared_ptr<const Request>& req) {
+    auto head = std::make_shared<http::response<http::empty_body>>(http::status::ok, version);
+    head->set(http::field::server, "blixard");
+    head->set(http::field::content_type, k_ndjson);
+    head->set(http::field::cache_control, "no-cache");
+    head->chunked(true);
+    head->keep_alive(false);
+    if (auto& log = server_.options.logger) {
+      log->debug("{} {} -> 200 stream", std::string_view(req->method_string()),
+                 std::string_view(req->target()));
+    }
+    auto serializer = std::make_shared<http::response_serializer<http::empty_body>>(*head);
+    stream_.expires_after(k_write_timeout);
+    http::async_write_header(stream_, *serializer,
+                             [self = shared_from_this(), head, serializer,
+                              batch = std::move(batch)](beast::error_code ec, std::size_t) mutable {
+                               if (ec) return self->end_stream(false);
+                               self->watch_client();
+                               self->stream_batch(std::move(batch));
+                             });
+  }
+
+  // The client sends nothing during a stream; a read that ends means it has gone.
+  void watch_client() {
+    stream_.socket().async_read_some(
+        asio::buffer(client_buf_), [self = shared_from_this()](beast::error_code ec, std::size_t) {
+          if (!ec) return self->watch_client();
+          self->gone_ = true;
+          self->pace_.cancel();
+        });
+  }
+
+  void stream_batch(Batch batch) {
+    after_ = std::max(after_, batch.next);
+    if (batch.lines.empty()) return next_poll();
+    chunk_ = std::make_shared<std::string>(std::move(batch.lines));
+    stream_.expires_after(k_write_timeout);
+    asio::async_write(stream_, http::make_chunk(asio::buffer(*chunk_)),
+                      [self = shared_from_this()](beast::error_code ec, std::size_t) {
+                        self->chunk_.reset();
+                        if (ec) return self->end_stream(false);
+                        self->next_poll();
+                      });
+  }
+
+  void next_poll() {
+    if (gone_ || server_.stopping) return end_stream(!gone_);
+    asio::post(*server_.stream_pool, [self = shared_from_this(), after = after_] {
+      std::optional<Batch> batch;
+      const auto wait = self->server_.options.stream_poll_wait;
+      const auto began = Clock::now();
+      if (!self->gone_ && !self->server_.stopping) {
+        try {
+          batch = self->poll_(after, wait);
+        } catch (const std::exception& e) {
+          if (auto& log = self->server_.options.logger) log->info("stream ended: {}", e.what());
+        }
+      }
+      const auto took = Clock::now() - began;
+      asio::post(self->stream_.get_executor(),
+                 [self, batch = std::move(batch), took, wait]() mutable {
+                   if (!batch) return self->end_stream(!self->gone_);
+                   // A Backend that answers "nothing new" without waiting is paced, not spun on.
+                   if (batch->lines.empty() && took < wait / 2) {
+                     self->after_ = std::max(self->after_, batch->next);
+                     self->pace_.expires_after(wait - took);
+                     self->pace_.async_wait([self](beast::error_code) { self->next_poll(); });
+                     return;
+                   }
+                   self->stream_batch(std::move(*batch));
+                 });
+    });
+  }
+
+  // Ends a stream: with the last chunk when the client is still there (server stopping, the
+  // Backend gave up), or by closing when it is not.
+  void end_stream(bool graceful) {
+    if (stream_ended_) return;
+    stream_ended_ = true;
+    auto finish = [self = shared_from_this()] {
+      self->slot_.reset();
+      self->poll_ = nullptr;
+      self->close();
+    };
+    if (!graceful) return finish();
+    stream_.expires_after(k_drain_timeout);
+    asio::async_write(stream_, http::make_chunk_last(),
+                      [finish](beast::error_code, std::size_t) { finish(); });
   }
 
   // Half-close, then read and discard what the client still sends (a body we refused) until it
@@ -407,7 +864,19 @@ class Session : public std::enable_shared_from_this<Session> {
   std::vector<char> drain_buffer_;
   std::size_t drained_ = 0;
   bool keep_alive_ = true;
+  bool gateway_ = false;   // the request being read is for the trigger gateway
+  std::size_t limit_ = 0;  // its body limit
   std::chrono::steady_clock::time_point started_;
+  // Stream state: strand-only except `gone_`, and `poll_`, which the pool calls while the
+  // strand leaves it alone (one poll at a time).
+  std::shared_ptr<StreamSlot> slot_;
+  Poll poll_;
+  std::int64_t after_ = 0;
+  std::shared_ptr<std::string> chunk_;
+  std::array<char, 512> client_buf_{};
+  std::atomic<bool> gone_{false};
+  bool stream_ended_ = false;
+  asio::steady_timer pace_{stream_.get_executor()};
 };
 
 }  // namespace
@@ -439,74 +908,157 @@ bool Core::authorized(const Request& req) const {
   return constant_time_equal(header, options.token);
 }
 
-Job Core::route(std::shared_ptr<const Request> req, bool& blocking) {
-  blocking = false;
+namespace {
+
+Routed immediate(Job job) { return {Routed::Mode::now, std::move(job), {}, 0}; }
+Routed worker(Job job) { return {Routed::Mode::worker, std::move(job), {}, 0}; }
+Routed waiter(Job job) { return {Routed::Mode::waiter, std::move(job), {}, 0}; }
+
+Routed not_found(const std::shared_ptr<const Request>& req) {
+  return immediate([req] {
+    return error_response(errc::not_found, "no such endpoint: " + std::string(req->target()));
+  });
+}
+
+Routed not_allowed(const std::shared_ptr<const Request>& req, std::string_view allow) {
+  return immediate([req, allow] { return method_not_allowed(*req, allow); });
+}
+
+// Calls `poll(slice)` with slices of at most `slice_max` until it has something or `wait` is
+// over, so a waiting long poll notices the server stopping.
+template <class F, class Empty>
+auto sliced_poll(F poll, milliseconds wait, milliseconds slice_max,
+                 const std::atomic<bool>& stopping, Empty empty) {
+  const auto deadline = Clock::now() + wait;
+  for (;;) {
+    auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
+    auto m = poll(std::clamp(left, milliseconds(0), slice_max));
+    if (!empty(m) || Clock::now() >= deadline || stopping) return m;
+  }
+}
+
+}  // namespace
+
+Routed Core::route(const std::shared_ptr<const Request>& req) {
   const Target t = parse_target(req->target());
   const auto method = req->method();
   const auto& s = t.segments;
-  auto not_found = [req] {
-    return [req] {
-      return error_response(errc::not_found, "no such endpoint: " + std::string(req->target()));
-    };
-  };
-  auto not_allowed = [req](std::string_view allow) {
-    return [req, allow] { return method_not_allowed(*req, allow); };
-  };
+
+  if (!is_api_path(t)) return worker([this, req] { return gateway(*req); });
 
   if (s.size() == 1 && s[0] == "healthz") {
-    if (method != http::verb::get) return not_allowed("GET");
-    return [] {
+    if (method != http::verb::get) return not_allowed(req, "GET");
+    return immediate([] {
       Response res{http::status::ok, 11};
       res.set(http::field::content_type, "text/plain");
       res.body() = "ok";
       return res;
-    };
+    });
   }
-  if (s.empty() || s[0] != "v1") return not_found();
   if (!authorized(*req)) {
-    return [] {
+    return immediate([] {
       return error_response(errc::unauthenticated,
                             "this server needs a token: send \"Authorization: Bearer <token>\"");
-    };
+    });
   }
-  if (s.size() < 2) return not_found();
-  const std::string& what = s[1];
   auto backend = this->backend;
+  if (s.size() == 1 && s[0] == "metrics") {
+    if (method != http::verb::get) return not_allowed(req, "GET");
+    return worker([backend] {
+      Response res{http::status::ok, 11};
+      res.set(http::field::content_type, k_prometheus);
+      res.body() = backend->prometheus_metrics();
+      return res;
+    });
+  }
+  if (s.size() < 2) return not_found(req);
+  const std::string& what = s[1];
 
   if (s.size() == 2 && what == "info") {
-    if (method != http::verb::get) return not_allowed("GET");
-    blocking = true;
-    return [req, backend] { return message_response(*req, backend->info()); };
+    if (method != http::verb::get) return not_allowed(req, "GET");
+    return worker([req, backend] { return message_response(*req, backend->info()); });
   }
   if (s.size() == 2 && what == "apply") {
-    if (method != http::verb::post) return not_allowed("POST");
-    blocking = true;
-    return [req, backend, mode = parse_mode(t)] {
+    if (method != http::verb::post) return not_allowed(req, "POST");
+    return worker([req, backend, mode = parse_mode(t)] {
       return message_response(*req, backend->apply(decode_body<v1::ObjectSet>(*req), mode));
-    };
+    });
   }
   if (s.size() == 2 && what == "nodes") {
-    if (method != http::verb::get) return not_allowed("GET");
-    blocking = true;
-    return [req, backend] { return message_response(*req, backend->list_nodes()); };
+    if (method != http::verb::get) return not_allowed(req, "GET");
+    return worker([req, backend] { return message_response(*req, backend->list_nodes()); });
   }
-  if (auto kind = parse_kind(what)) return route_kind(req, *kind, t, blocking);
-  return not_found();
+  if (s.size() == 2 && what == "events") {
+    if (method != http::verb::get) return not_allowed(req, "GET");
+    return route_events(req, t);
+  }
+  if (auto kind = parse_kind(what)) return route_kind(req, *kind, t);
+  return not_found(req);
 }
 
-Job Core::route_kind(const std::shared_ptr<const Request>& req, Kind kind, const Target& t,
-                     bool& blocking) {
+Routed Core::route_events(const std::shared_ptr<const Request>& req, const Target& t) {
+  auto backend = this->backend;
+  const std::string kind = t.param("kind") ? *t.param("kind") : "";
+  const std::string name = t.param("name") ? *t.param("name") : "";
+  const std::int64_t after = parse_after(t);
+  if (parse_flag(t, "watch")) {
+    Routed r;
+    r.mode = Routed::Mode::stream;
+    r.after = after;
+    r.poll = [backend, kind, name](std::int64_t from, milliseconds wait) {
+      auto list = backend->events(kind, name, from, wait);
+      Batch b;
+      for (const auto& e : list.events()) b.lines += to_json(e) + "\n";
+      b.next = list.next();
+      return b;
+    };
+    return r;
+  }
+  const milliseconds wait = parse_wait(t, options.max_wait);
+  Job job = [this, req, backend, kind, name, after, wait] {
+    auto list = sliced_poll([&](milliseconds w) { return backend->events(kind, name, after, w); },
+                            wait, options.stream_poll_wait, stopping,
+                            [](const v1::WatchEventList& l) { return l.events_size() == 0; });
+    return message_response(*req, list);
+  };
+  return wait.count() > 0 ? waiter(std::move(job)) : worker(std::move(job));
+}
+
+Routed Core::route_logs(const std::shared_ptr<const Request>& req, const std::string& name,
+                        const Target& t) {
+  auto backend = this->backend;
+  const std::int64_t after = parse_after(t);
+  if (parse_flag(t, "follow")) {
+    Routed r;
+    r.mode = Routed::Mode::stream;
+    r.after = after;
+    r.poll = [backend, name](std::int64_t from, milliseconds wait) {
+      auto chunk = backend->function_logs(name, from, wait);
+      Batch b;
+      for (const auto& line : chunk.lines()) b.lines += to_json(line) + "\n";
+      b.next = chunk.next();
+      return b;
+    };
+    return r;
+  }
+  const milliseconds wait = parse_wait(t, options.max_wait);
+  Job job = [this, req, backend, name, after, wait] {
+    auto chunk = sliced_poll([&](milliseconds w) { return backend->function_logs(name, after, w); },
+                             wait, options.stream_poll_wait, stopping,
+                             [](const v1::LogChunk& c) { return c.lines_size() == 0; });
+    return message_response(*req, chunk);
+  };
+  return wait.count() > 0 ? waiter(std::move(job)) : worker(std::move(job));
+}
+
+Routed Core::route_kind(const std::shared_ptr<const Request>& req, Kind kind, const Target& t) {
   const auto method = req->method();
   const auto& s = t.segments;
   auto backend = this->backend;
-  auto not_allowed = [req](std::string_view allow) -> Job {
-    return [req, allow] { return method_not_allowed(*req, allow); };
-  };
 
   if (s.size() == 2) {
     if (method == http::verb::get) {
-      blocking = true;
-      return [req, backend, kind]() -> Response {
+      return worker([req, backend, kind]() -> Response {
         switch (kind) {
           case Kind::function:
             return message_response(*req, backend->list_functions());
@@ -516,12 +1068,11 @@ Job Core::route_kind(const std::shared_ptr<const Request>& req, Kind kind, const
             return message_response(*req, backend->list_triggers());
         }
         return error_response(errc::internal, "unknown kind");
-      };
+      });
     }
     if (method == http::verb::post) {
-      blocking = true;
       // Create = apply(create) of a one-object set, then read back what the store holds.
-      return [req, backend, kind]() -> Response {
+      return worker([req, backend, kind]() -> Response {
         v1::ObjectSet set;
         switch (kind) {
           case Kind::function: {
@@ -547,16 +1098,15 @@ Job Core::route_kind(const std::shared_ptr<const Request>& req, Kind kind, const
           }
         }
         return error_response(errc::internal, "unknown kind");
-      };
+      });
     }
-    return not_allowed("GET, POST");
+    return not_allowed(req, "GET, POST");
   }
 
   const std::string name = s[2];
   if (s.size() == 3) {
     if (method == http::verb::get) {
-      blocking = true;
-      return [req, backend, kind, name]() -> Response {
+      return worker([req, backend, kind, name]() -> Response {
         switch (kind) {
           case Kind::function:
             return message_response(*req, backend->get_function(name));
@@ -566,11 +1116,10 @@ Job Core::route_kind(const std::shared_ptr<const Request>& req, Kind kind, const
             return message_response(*req, backend->get_trigger(name));
         }
         return error_response(errc::internal, "unknown kind");
-      };
+      });
     }
     if (method == http::verb::delete_) {
-      blocking = true;
-      return [req, backend, kind, name]() -> Response {
+      return worker([req, backend, kind, name]() -> Response {
         v1::ObjectSet set;
         switch (kind) {
           case Kind::function:
@@ -584,19 +1133,27 @@ Job Core::route_kind(const std::shared_ptr<const Request>& req, Kind kind, const
             break;
         }
         return message_response(*req, backend->apply(set, detail::ApplyMode::remove));
-      };
+      });
     }
-    return not_allowed("GET, DELETE");
+    return not_allowed(req, "GET, DELETE");
   }
 
-  if (s.size() == 4 && kind == Kind::function && s[3] == "invoke") {
-    if (method != http::verb::post) return not_allowed("POST");
-    blocking = true;
-    return [this, req, name, t] { return invoke(*req, name, t); };
+  if (s.size() == 4 && kind == Kind::function) {
+    if (s[3] == "invoke") {
+      if (method != http::verb::post) return not_allowed(req, "POST");
+      return worker([this, req, name, t] { return invoke(*req, name, t); });
+    }
+    if (s[3] == "metrics") {
+      if (method != http::verb::get) return not_allowed(req, "GET");
+      return worker(
+          [req, backend, name] { return message_response(*req, backend->function_metrics(name)); });
+    }
+    if (s[3] == "logs") {
+      if (method != http::verb::get) return not_allowed(req, "GET");
+      return route_logs(req, name, t);
+    }
   }
-  return [req] {
-    return error_response(errc::not_found, "no such endpoint: " + std::string(req->target()));
-  };
+  return not_found(req);
 }
 
 Response Core::invoke(const Request& req, const std::string& name, const Target& t) {
@@ -631,6 +1188,141 @@ Response Core::invoke(const Request& req, const std::string& name, const Target&
   return res;
 }
 
+// ---- Gateway ------------------------------------------------------------------------------
+
+// The routing table, re-read when older than `route_refresh` (a quarter of it after a miss, so
+// a trigger just created routes soon). One thread reads it; the others wait and share the result.
+std::shared_ptr<const RouteTable> Core::route_table(bool missed) {
+  const auto max_age = missed ? options.route_refresh / 4 : options.route_refresh;
+  const auto now = Clock::now();
+  {
+    std::lock_guard lock(routes_mu);
+    if (routes && now - routes->fetched < max_age) return routes;
+  }
+  std::lock_guard refresh(refresh_mu);
+  {
+    std::lock_guard lock(routes_mu);
+    if (routes && routes->fetched >= now) return routes;  // read afresh while this one waited
+  }
+  auto table = std::make_shared<RouteTable>();
+  table->fetched = Clock::now();
+  v1::TriggerList list;
+  try {
+    list = backend->list_triggers();
+  } catch (const std::exception& e) {
+    std::lock_guard lock(routes_mu);
+    if (!routes) throw;
+    if (options.logger) options.logger->warn("gateway routes not refreshed: {}", e.what());
+    return routes;  // a stale table beats none
+  }
+  for (const auto& trigger : list.items()) {
+    const auto& spec = trigger.spec();
+    if (spec.type() != "http" || spec.path().empty()) continue;
+    GatewayRoute r;
+    r.trigger = trigger.metadata().name();
+    r.function = spec.function();
+    r.methods.assign(spec.methods().begin(), spec.methods().end());
+    for (auto& m : r.methods) {
+      for (auto& c : m) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    }
+    std::string path = spec.path();
+    if (path.ends_with("/*")) {
+      r.prefix = true;
+      path.resize(path.size() - 2);
+      r.path = path.empty() ? path : normalize_path(path);
+      table->prefixes.push_back(std::move(r));
+    } else {
+      r.path = normalize_path(path);
+      table->exact.emplace(r.path, std::move(r));
+    }
+  }
+  std::sort(table->prefixes.begin(), table->prefixes.end(),
+            [](const auto& a, const auto& b) { return a.path.size() > b.path.size(); });
+  std::lock_guard lock(routes_mu);
+  routes = table;
+  return table;
+}
+
+Response Core::gateway(const Request& req) {
+  try {
+    return gateway_call(req);
+  } catch (const Error& e) {
+    return gateway_error(e.code(), e.message());
+  } catch (const std::exception& e) {
+    return gateway_error(errc::internal, e.what());
+  } catch (...) {
+    return gateway_error(errc::internal, "unknown exception");
+  }
+}
+
+Response Core::gateway_call(const Request& req) {
+  std::string_view target = req.target();
+  const auto q = target.find('?');
+  const std::string_view raw_path = target.substr(0, q);
+  const std::string_view raw_query = q == target.npos ? "" : target.substr(q + 1);
+  const std::string path = normalize_path(percent_decode(raw_path, false));
+
+  auto table = route_table(false);
+  const GatewayRoute* route = table->find(path);
+  if (route == nullptr) {
+    table = route_table(true);
+    route = table->find(path);
+  }
+  if (route == nullptr) throw Error(errc::not_found, "no HTTP trigger serves " + path);
+
+  const std::string method(req.method_string());
+  if (!route->methods.empty() &&
+      std::find(route->methods.begin(), route->methods.end(), method) == route->methods.end()) {
+    std::string allow;
+    for (const auto& m : route->methods) allow += (allow.empty() ? "" : ", ") + m;
+    auto res = gateway_error(405, "method_not_allowed",
+                             method + " is not allowed on " + path + " (allowed: " + allow + ")");
+    res.set(http::field::allow, allow);
+    return res;
+  }
+
+  // The event: Lambda function URL's shape, trimmed (headers lower-case, repeats joined).
+  boost::json::object event;
+  event["method"] = method;
+  event["path"] = percent_decode(raw_path, false);
+  event["rawPath"] = raw_path;
+  event["rawQueryString"] = raw_query;
+  boost::json::object headers;
+  for (const auto& field : req) {
+    std::string name(field.name_string());
+    for (auto& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (auto* existing = headers.if_contains(name)) {
+      existing->as_string().append(name == "cookie" ? "; " : ", ");
+      existing->as_string().append(field.value());
+    } else {
+      headers[name] = field.value();
+    }
+  }
+  event["headers"] = std::move(headers);
+  boost::json::object query;
+  for (const auto& [key, value] : parse_target(target).query) {
+    if (auto* existing = query.if_contains(key)) {
+      existing->as_string().append(",");
+      existing->as_string().append(value);
+    } else {
+      query[key] = value;
+    }
+  }
+  event["query"] = std::move(query);
+  const std::string& body = req.body();
+  const bool text = valid_utf8(body);
+  event["body"] = text ? body : base64_encode(body);
+  event["isBase64Encoded"] = !text;
+
+  v1::InvokeRequest call;
+  call.set_function(route->function);
+  call.set_payload(boost::json::serialize(event));
+  call.set_request_id(std::string(req["X-Blixard-Request-Id"]));
+  v1::InvokeResponse out = backend->invoke(call);
+  if (out.has_error() && !out.error().code().empty()) throw Error(out.error());
+  return gateway_result(out);
+}
+
 HttpServer::HttpServer(std::shared_ptr<detail::Backend> backend, HttpServerOptions options)
     : impl_(std::make_unique<Impl>()) {
   if (!backend) throw Error(errc::internal, "HttpServer needs a backend");
@@ -638,6 +1330,10 @@ HttpServer::HttpServer(std::shared_ptr<detail::Backend> backend, HttpServerOptio
   impl_->options = std::move(options);
   if (impl_->options.workers == 0) impl_->options.workers = 1;
   if (impl_->options.io_threads == 0) impl_->options.io_threads = 1;
+  if (impl_->options.max_streams == 0) impl_->options.max_streams = 1;
+  if (impl_->options.stream_poll_wait <= std::chrono::milliseconds(0)) {
+    impl_->options.stream_poll_wait = std::chrono::milliseconds(1000);
+  }
 }
 
 HttpServer::~HttpServer() { stop(); }
@@ -669,6 +1365,7 @@ void HttpServer::start() {
   im.port = im.acceptor->local_endpoint().port();
   im.host = address.is_v6() ? "[" + address.to_string() + "]" : address.to_string();
   im.pool = std::make_unique<asio::thread_pool>(im.options.workers);
+  im.stream_pool = std::make_unique<asio::thread_pool>(im.options.max_streams);
   im.work.emplace(im.ioc->get_executor());
   im.accept();
   for (unsigned i = 0; i < im.options.io_threads; ++i) {
@@ -682,12 +1379,16 @@ void HttpServer::stop() {
   auto& im = *impl_;
   if (!im.started || im.stopped) return;
   im.stopped = true;
-  // Stop the io threads first (no new work reaches the pool), then let running Backend calls
+  im.stopping = true;  // streams and long polls end after their current Backend poll slice
+  // Stop the io threads first (no new work reaches the pools), then let running Backend calls
   // finish; their answers land in the stopped io_context and are dropped with it.
   im.work.reset();
   im.ioc->stop();
   for (auto& t : im.io_threads) t.join();
   im.io_threads.clear();
+  im.stream_pool->stop();
+  im.stream_pool->join();
+  im.stream_pool.reset();
   im.pool->stop();
   im.pool->join();
   im.pool.reset();  // drops queued jobs (and their sessions) while the io_context still exists
@@ -704,7 +1405,7 @@ std::string HttpServer::url() const {
 }
 
 HttpServer::Stats HttpServer::stats() const {
-  return {impl_->connections.load(), impl_->requests.load()};
+  return {impl_->connections.load(), impl_->requests.load(), impl_->streams.load()};
 }
 
 }  // namespace blixard::api

@@ -1,6 +1,8 @@
-// The HTTP/1.1 API server (DESIGN §4): maps /v1 requests onto a detail::Backend. Beast stays in
-// the .cpp; Backend calls block (an invoke runs a handler), so they run on a worker pool, never on
-// an io thread, and a slow invocation does not hold up other requests.
+// The HTTP/1.1 API server (DESIGN §4): maps /v1 requests onto a detail::Backend, serves /metrics,
+// and is the gateway of HTTP triggers (any other path). Beast stays in the .cpp; Backend calls
+// block (an invoke runs a handler), so they run on a worker pool, never on an io thread, and a slow
+// invocation does not hold up other requests. Long polls and streams (logs --follow, watch) wait
+// on a pool of their own, capped, so they cannot starve the workers.
 #pragma once
 
 #include <chrono>
@@ -20,10 +22,24 @@ namespace blixard::api {
 struct HttpServerOptions {
   std::string address = "127.0.0.1";
   unsigned short port = 0;  // 0: any free port; port() tells which
-  // When set, every /v1 request needs "Authorization: Bearer <token>".
+  // When set, every /v1 request and /metrics need "Authorization: Bearer <token>". The trigger
+  // gateway is public (as Lambda function URLs are): its functions authenticate callers themselves.
   std::string token;
   std::size_t body_limit = 8 << 20;  // larger request bodies get 413
-  std::size_t workers = 16;          // threads running Backend calls
+  // Request bodies sent to an HTTP trigger (gateway paths) larger than this get 413.
+  std::size_t gateway_body_limit = 6 << 20;
+  std::size_t workers = 16;  // threads running Backend calls
+  // Streams (?follow=1, ?watch=1) and waiting long polls (wait > 0) open at once, each holding a
+  // thread of their own pool; one more gets 503 unavailable.
+  std::size_t max_streams = 16;
+  // A stream long-polls the Backend with this wait in a loop, so it notices a client gone or the
+  // server stopping within about this long.
+  std::chrono::milliseconds stream_poll_wait{1000};
+  // Longest `wait` a long poll may ask for; larger ones are cut to it.
+  std::chrono::milliseconds max_wait{std::chrono::seconds(60)};
+  // The gateway's routing table (the http triggers) is re-read when older than this, so a new
+  // trigger routes within it; a path that matches nothing re-reads it at most every 1/4 of it.
+  std::chrono::milliseconds route_refresh{1000};
   unsigned io_threads = 1;
   // Idle keep-alive connections are closed after this long without a request.
   std::chrono::seconds idle_timeout{60};
@@ -35,6 +51,7 @@ class HttpServer {
   struct Stats {
     std::uint64_t connections = 0;  // accepted since start
     std::uint64_t requests = 0;     // requests read (any outcome)
+    std::uint64_t streams = 0;      // streams and waiting long polls open now
   };
 
   HttpServer(std::shared_ptr<detail::Backend> backend, HttpServerOptions options = {});

@@ -18,6 +18,7 @@
 
 #include "blixard/spec.hpp"
 #include "blixard/version.hpp"
+#include "common/json.hpp"
 
 namespace blixard::api {
 namespace {
@@ -125,18 +126,86 @@ void expand_inline_triggers(v1::ObjectSet& set) {
   }
 }
 
+constexpr const char* k_registry_prefix = "/registry/";
+
+// A store change under /registry/<kind>/<name> as an event of the watch stream.
+v1::WatchEvent to_watch_event(const store::WatchEvent& change) {
+  v1::WatchEvent event;
+  const std::string_view key = change.kv.key;
+  auto rest = key.substr(std::string_view(k_registry_prefix).size());
+  auto slash = rest.find('/');
+  event.set_type(change.type == store::WatchEvent::Type::put ? "put" : "delete");
+  event.set_kind(std::string(rest.substr(0, slash)));
+  event.set_name(slash == std::string_view::npos ? std::string()
+                                                 : std::string(rest.substr(slash + 1)));
+  event.set_store_revision(change.kv.mod_revision);
+  if (change.type != store::WatchEvent::Type::put) return event;
+  if (event.kind() == "functions") {
+    event.set_object_json(to_json(decode<v1::Function>(change.kv)));
+  } else if (event.kind() == "vms") {
+    event.set_object_json(to_json(decode<v1::Vm>(change.kv)));
+  } else if (event.kind() == "triggers") {
+    event.set_object_json(to_json(decode<v1::Trigger>(change.kv)));
+  } else if (event.kind() == "nodes") {
+    event.set_object_json(to_json(decode<v1::Node>(change.kv)));
+  }
+  return event;
+}
+
 }  // namespace
 
 Service::Service(std::shared_ptr<store::Store> store, std::shared_ptr<control::LocalNode> node,
                  std::shared_ptr<spdlog::logger> logger)
     : store_(std::move(store)), node_(std::move(node)), logger_(std::move(logger)) {
   if (!logger_) logger_ = std::make_shared<spdlog::logger>("blixard");
+  registry_watch_ = store_->watch(k_registry_prefix, 0, [this](const auto& changes) {
+    for (const auto& change : changes) {
+      try {
+        telemetry_->publish(to_watch_event(change));
+      } catch (const std::exception& e) {
+        // One undecodable object must not stop the stream (nor throw into the store's thread).
+        logger_->warn("cannot publish the change of {}: {}", change.kv.key, e.what());
+      }
+    }
+  });
+  pools_ = std::make_unique<control::FunctionPools>(node_->driver(), telemetry_, node_->name());
+  // Functions stored before this start (their minInstances), then every change from here on.
+  auto existing = store_->list(k_functions_prefix);
+  for (const auto& kv : existing.kvs) {
+    try {
+      auto fn = decode<v1::Function>(kv);
+      pools_->update(fn.metadata().name(), kv.mod_revision, fn.spec());
+    } catch (const Error& e) {
+      logger_->warn("function at {}: {}", kv.key, e.what());
+    }
+  }
+  functions_watch_ =
+      store_->watch(k_functions_prefix, existing.revision + 1, [this](const auto& changes) {
+        for (const auto& change : changes) {
+          const std::string name =
+              change.kv.key.substr(std::string_view(k_functions_prefix).size());
+          try {
+            if (change.type == store::WatchEvent::Type::put) {
+              pools_->update(name, change.kv.mod_revision, decode<v1::Function>(change.kv).spec());
+            } else {
+              pools_->remove(name);
+            }
+          } catch (const std::exception& e) {
+            logger_->warn("function {}: {}", name, e.what());
+          }
+        }
+      });
 }
 
 Service::~Service() { shutdown(); }
 
 void Service::shutdown() {
   if (closed_.exchange(true)) return;
+  registry_watch_.reset();
+  functions_watch_.reset();
+  // Fails calls in flight with `unavailable` and kills every instance.
+  pools_->shutdown();
+  telemetry_->close();  // wakes long polls of logs and events
   node_->shutdown();
 }
 
@@ -288,54 +357,65 @@ v1::ApplyResult Service::apply(const v1::ObjectSet& input, detail::ApplyMode mod
 }
 
 v1::Function Service::get_function(const std::string& name) {
-  return read_object<v1::Function>(*store_, k_functions_prefix, "function", name);
+  auto fn = read_object<v1::Function>(*store_, k_functions_prefix, "function", name);
+  fill_status(fn);
+  return fn;
+}
+
+void Service::fill_status(v1::Function& fn) {
+  pools_->fill_status(fn.metadata().name(), *fn.mutable_status());
 }
 
 v1::Vm Service::get_vm(const std::string& name) {
   auto vm = read_object<v1::Vm>(*store_, k_vms_prefix, "vm", name);
-  // No VM driver places replicas yet; say so instead of pretending they run.
-  vm.mutable_status()->set_phase("Pending");
-  vm.mutable_status()->set_message("waiting for a node with a VM driver");
+  fill_status(vm);
   return vm;
 }
 
+void Service::fill_status(v1::Vm& vm) {
+  // No VM driver places replicas yet; say so instead of pretending they run.
+  vm.mutable_status()->set_phase("Pending");
+  vm.mutable_status()->set_message("waiting for a node with a VM driver");
+}
+
+void Service::fill_status(v1::Trigger& trigger) {
+  std::lock_guard lock(public_url_mutex_);
+  if (trigger.spec().type() == "http" && !public_url_.empty()) {
+    trigger.mutable_status()->set_url(public_url_ + trigger.spec().path());
+  }
+}
+
+void Service::set_public_url(std::string url) {
+  std::lock_guard lock(public_url_mutex_);
+  public_url_ = std::move(url);
+}
+
 v1::Trigger Service::get_trigger(const std::string& name) {
-  return read_object<v1::Trigger>(*store_, k_triggers_prefix, "trigger", name);
+  auto trigger = read_object<v1::Trigger>(*store_, k_triggers_prefix, "trigger", name);
+  fill_status(trigger);
+  return trigger;
 }
 
 v1::FunctionList Service::list_functions() {
-  return list_objects<v1::FunctionList>(*store_, k_functions_prefix);
+  auto list = list_objects<v1::FunctionList>(*store_, k_functions_prefix);
+  for (auto& fn : *list.mutable_items()) fill_status(fn);
+  return list;
 }
 
 v1::VmList Service::list_vms() {
   auto list = list_objects<v1::VmList>(*store_, k_vms_prefix);
-  for (auto& vm : *list.mutable_items()) {
-    vm.mutable_status()->set_phase("Pending");
-    vm.mutable_status()->set_message("waiting for a node with a VM driver");
-  }
+  for (auto& vm : *list.mutable_items()) fill_status(vm);
   return list;
 }
 
 v1::TriggerList Service::list_triggers() {
-  return list_objects<v1::TriggerList>(*store_, k_triggers_prefix);
+  auto list = list_objects<v1::TriggerList>(*store_, k_triggers_prefix);
+  for (auto& trigger : *list.mutable_items()) fill_status(trigger);
+  return list;
 }
 
 v1::NodeList Service::list_nodes() {
   return list_objects<v1::NodeList>(*store_, control::k_nodes_prefix);
-}
-
-std::shared_ptr<void> Service::admit(const std::string& function, std::uint32_t limit) {
-  std::lock_guard lock(in_flight_mutex_);
-  auto& n = in_flight_[function];
-  if (limit != 0 && n >= limit) {
-    throw Error(errc::throttled, "function \"" + function + "\" is at its limit of " +
-                                     std::to_string(limit) + " concurrent executions");
-  }
-  ++n;
-  return {nullptr, [this, function](void*) {
-            std::lock_guard lock(in_flight_mutex_);
-            if (--in_flight_[function] == 0) in_flight_.erase(function);
-          }};
 }
 
 v1::InvokeResponse Service::invoke(const v1::InvokeRequest& request) {
@@ -356,7 +436,6 @@ v1::InvokeResponse Service::invoke(const v1::InvokeRequest& request) {
   boost::json::parse(payload, ec);
   if (ec) throw Error(errc::invalid_spec, "payload is not JSON: " + ec.message(), "payload");
 
-  auto admitted = admit(request.function(), spec.concurrent_executions());
   runtime::Invocation invocation;
   invocation.function = request.function();
   invocation.spec = spec;
@@ -366,7 +445,7 @@ v1::InvokeResponse Service::invoke(const v1::InvokeRequest& request) {
     invocation.timeout =
         std::chrono::milliseconds(TimeUtil::DurationToMilliseconds(request.timeout()));
   }
-  auto outcome = node_->driver().invoke(invocation);
+  auto outcome = pools_->invoke(fn.metadata().resource_version(), invocation);
 
   v1::InvokeResponse response;
   response.set_request_id(invocation.request_id);
@@ -383,6 +462,25 @@ v1::ServerInfo Service::info() {
   info.set_node(node_->name());
   info.set_revision(store_->revision());
   return info;
+}
+
+v1::FunctionMetrics Service::function_metrics(const std::string& name) {
+  read_object<v1::Function>(*store_, k_functions_prefix, "function", name);  // not_found
+  return telemetry_->metrics(name);
+}
+
+std::string Service::prometheus_metrics() { return telemetry_->prometheus(); }
+
+v1::LogChunk Service::function_logs(const std::string& name, std::int64_t after,
+                                    std::chrono::milliseconds wait) {
+  read_object<v1::Function>(*store_, k_functions_prefix, "function", name);  // not_found
+  return telemetry_->logs(name, after, wait);
+}
+
+v1::WatchEventList Service::events(const std::string& kind, const std::string& name,
+                                   std::int64_t after, std::chrono::milliseconds wait) {
+  // After shutdown this answers at once with what is kept (telemetry is closed).
+  return telemetry_->events(kind, name, after, wait);
 }
 
 std::shared_ptr<Service> open_local_service(const std::filesystem::path& dir,

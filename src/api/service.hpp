@@ -11,7 +11,9 @@
 #include <string>
 
 #include "blixard/detail/backend.hpp"
+#include "control/function_pool.hpp"
 #include "control/local_node.hpp"
+#include "control/telemetry.hpp"
 #include "store/store.hpp"
 
 namespace spdlog {
@@ -36,20 +38,42 @@ class Service final : public detail::Backend {
   v1::NodeList list_nodes() override;
   v1::InvokeResponse invoke(const v1::InvokeRequest& request) override;
   v1::ServerInfo info() override;
+  v1::FunctionMetrics function_metrics(const std::string& name) override;
+  std::string prometheus_metrics() override;
+  v1::LogChunk function_logs(const std::string& name, std::int64_t after,
+                             std::chrono::milliseconds wait) override;
+  v1::WatchEventList events(const std::string& kind, const std::string& name, std::int64_t after,
+                            std::chrono::milliseconds wait) override;
 
   // Stops running handlers and the node's heartbeat; later calls fail with `unavailable`.
   void shutdown();
 
+  // Where the HTTP gateway serves triggers ("http://127.0.0.1:7070"), for trigger status URLs.
+  void set_public_url(std::string url);
+
+  // Metrics, logs and events of this server; the function pools record into it.
+  const std::shared_ptr<control::Telemetry>& telemetry() const noexcept { return telemetry_; }
+
  private:
-  // Admission against concurrentExecutions; released when the returned guard dies.
-  std::shared_ptr<void> admit(const std::string& function, std::uint32_t limit);
+  // The pools' view of a function: its status filled in.
+  void fill_status(v1::Function& fn);
+  void fill_status(v1::Vm& vm);
+  void fill_status(v1::Trigger& trigger);
 
   std::shared_ptr<store::Store> store_;
   std::shared_ptr<control::LocalNode> node_;
   std::shared_ptr<spdlog::logger> logger_;
+  // Made first so every later member (the pools) can record into it.
+  std::shared_ptr<control::Telemetry> telemetry_ = std::make_shared<control::Telemetry>();
+  // Publishes object changes under /registry/ to telemetry_'s event stream.
+  std::unique_ptr<store::Watch> registry_watch_;
+  // Warm instances, throttling and scaling of functions on this node.
+  std::unique_ptr<control::FunctionPools> pools_;
+  // Tells the pools about created, changed and deleted functions (minInstances, draining).
+  std::unique_ptr<store::Watch> functions_watch_;
   std::atomic<bool> closed_{false};
-  std::mutex in_flight_mutex_;
-  std::map<std::string, std::uint32_t> in_flight_;
+  std::mutex public_url_mutex_;
+  std::string public_url_;
 };
 
 struct LocalServiceOptions {

@@ -11,6 +11,7 @@ namespace blixard {
 
 struct Cluster::State {
   SpecOptions spec;
+  std::shared_ptr<detail::AsyncContext> async = std::make_shared<detail::AsyncContext>();
   std::shared_ptr<api::Service> service;  // set for an embedded cluster
 };
 
@@ -67,7 +68,7 @@ Function Cluster::create_function(const std::string& name, const std::filesystem
   return create_function(name, spec);
 }
 
-Function Cluster::function(const std::string& name) { return {backend_, name}; }
+Function Cluster::function(const std::string& name) { return {backend_, name, state_->async}; }
 
 std::vector<v1::Function> Cluster::functions() {
   auto list = backend_->list_functions();
@@ -141,6 +142,8 @@ v1::ApplyResult Cluster::remove(const std::filesystem::path& manifest) {
 // ---- handles ----
 
 v1::Function Function::get() const { return backend_->get_function(name_); }
+
+v1::FunctionMetrics Function::metrics() const { return backend_->function_metrics(name_); }
 
 InvokeResult Function::invoke(const std::string& payload_json,
                               std::chrono::milliseconds timeout) const {

@@ -32,7 +32,8 @@ using Clock = std::chrono::steady_clock;
 
 constexpr std::string_view k_json = "application/json";
 constexpr std::string_view k_protobuf = "application/x-protobuf";
-// An invoke waits for the handler's timeout plus this, so the server's timeout error wins.
+// An invoke waits for the handler's timeout (a long poll for its wait) plus this, so the
+// server's answer wins.
 constexpr auto k_invoke_margin = std::chrono::seconds(10);
 
 struct Url {
@@ -230,6 +231,33 @@ class HttpBackend final : public detail::Backend {
   v1::NodeList list_nodes() override { return call<v1::NodeList>(http::verb::get, "/v1/nodes"); }
   v1::ServerInfo info() override { return call<v1::ServerInfo>(http::verb::get, "/v1/info"); }
 
+  v1::FunctionMetrics function_metrics(const std::string& name) override {
+    return call<v1::FunctionMetrics>(http::verb::get,
+                                     "/v1/functions/" + percent_encode(name) + "/metrics");
+  }
+
+  std::string prometheus_metrics() override {
+    Request req = make_request(http::verb::get, "/metrics");
+    req.set(http::field::accept, "text/plain");
+    return std::move(send(req, options_.timeout).body());
+  }
+
+  v1::LogChunk function_logs(const std::string& name, std::int64_t after,
+                             std::chrono::milliseconds wait) override {
+    return call<v1::LogChunk>(http::verb::get,
+                              "/v1/functions/" + percent_encode(name) +
+                                  "/logs?after=" + std::to_string(after) + wait_param(wait),
+                              nullptr, long_poll_timeout(wait));
+  }
+
+  v1::WatchEventList events(const std::string& kind, const std::string& name, std::int64_t after,
+                            std::chrono::milliseconds wait) override {
+    std::string target = "/v1/events?after=" + std::to_string(after) + wait_param(wait);
+    if (!kind.empty()) target += "&kind=" + percent_encode(kind);
+    if (!name.empty()) target += "&name=" + percent_encode(name);
+    return call<v1::WatchEventList>(http::verb::get, target, nullptr, long_poll_timeout(wait));
+  }
+
   v1::InvokeResponse invoke(const v1::InvokeRequest& request) override {
     std::string target = "/v1/functions/" + percent_encode(request.function()) + "/invoke";
     auto timeout = options_.timeout;
@@ -271,9 +299,19 @@ class HttpBackend final : public detail::Backend {
     return req;
   }
 
+  static std::string wait_param(std::chrono::milliseconds wait) {
+    return wait.count() > 0 ? "&wait=" + format_duration(wait) : "";
+  }
+
+  // A long poll may take all of `wait`: the request waits that long plus a margin.
+  std::chrono::milliseconds long_poll_timeout(std::chrono::milliseconds wait) const {
+    return std::max(options_.timeout, wait + k_invoke_margin);
+  }
+
   template <class M>
   M call(http::verb method, const std::string& target,
-         const google::protobuf::Message* body = nullptr) {
+         const google::protobuf::Message* body = nullptr,
+         std::optional<std::chrono::milliseconds> timeout = std::nullopt) {
     Request req = make_request(method, target);
     const std::string_view type = options_.protobuf ? k_protobuf : k_json;
     req.set(http::field::accept, type);
@@ -281,7 +319,7 @@ class HttpBackend final : public detail::Backend {
       req.set(http::field::content_type, type);
       req.body() = options_.protobuf ? body->SerializeAsString() : to_json(*body);
     }
-    Response res = send(req, options_.timeout);
+    Response res = send(req, timeout.value_or(options_.timeout));
     M out;
     if (is_protobuf(res)) {
       if (!out.ParseFromString(res.body())) {

@@ -1,9 +1,12 @@
-// The agent-side runtime: a Driver runs function handlers and VM replicas on this node.
-// Drivers: sandbox (namespaces + cgroups, here), libvirt (later).
+// The agent-side runtime: a Driver runs function instances (and later VM replicas) on this node.
+// An instance is a long-lived handler process: start it (returns once it said ready), send it any
+// number of invocations (several at once when the function's targetConcurrency > 1, multiplexed by
+// request id), stop it. Drivers: sandbox (namespaces + cgroups, here), libvirt (later).
 #pragma once
 
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -26,25 +29,68 @@ struct InvocationResult {
   bool cold_start = true;
 };
 
+// How an instance ended, for Instance's exit callback and the pool's events.
+struct InstanceExit {
+  std::string instance;
+  // Why: "exited with status 3", "was killed by signal 9 (SIGKILL)", "ran out of memory ...".
+  std::string reason;
+  bool requested = false;  // stopped or killed by us (stop(), kill(), a timeout, shutdown)
+  bool oom = false;
+};
+
+struct InstanceOptions {
+  std::string function;
+  v1::FunctionSpec spec;  // validated, defaults applied
+  // Each line the instance writes to stdout/stderr (stream "stdout" or "stderr", no newline).
+  // Runs on the instance's own thread: must not block for long.
+  std::function<void(const std::string& instance, const std::string& stream, std::string line)>
+      on_log;
+  // Once, when a started instance is gone (whatever the reason), on the instance's thread.
+  std::function<void(const InstanceExit&)> on_exit;
+};
+
+class Instance {
+ public:
+  // Kills the process if it still runs (without waiting for it).
+  virtual ~Instance() = default;
+  virtual const std::string& name() const = 0;
+  // Create-to-ready time of this instance.
+  virtual std::chrono::microseconds init_duration() const = 0;
+  virtual bool alive() const = 0;
+  // Sends one invocation and waits for its response. Thread-safe. Throws blixard::Error:
+  // timeout (the instance is killed: a timed-out handler cannot be trusted to recover),
+  // handler_failed (raised, crashed, OOM, protocol error; with the last log lines),
+  // payload_too_large, unavailable (the instance was stopped meanwhile).
+  virtual InvocationResult call(const Invocation& invocation) = 0;
+  // EOF on the request pipe (a clean exit), SIGKILL after `grace`; returns once reaped.
+  virtual void stop(std::chrono::milliseconds grace) = 0;
+  // SIGKILL now; calls in flight fail with unavailable. Does not wait.
+  virtual void kill() = 0;
+};
+
 class Driver {
  public:
   virtual ~Driver() = default;
   virtual std::string name() const = 0;
-  // Runs one invocation to completion. Throws blixard::Error: timeout, handler_failed (crash,
-  // protocol error, raised exception; the message carries the handler's last log lines),
-  // payload_too_large, unavailable.
+  // Starts an instance and returns once it is ready. Throws blixard::Error: handler_failed (exit
+  // before ready, with the reason and last log lines), timeout (not ready in time),
+  // invalid_spec, unavailable (shut down, no resources).
+  virtual std::shared_ptr<Instance> start(const InstanceOptions& options) = 0;
+  // One invocation on a fresh instance (start, call, stop): a cold start every time.
   virtual InvocationResult invoke(const Invocation& invocation) = 0;
-  // Kills every process this driver started (server shutdown).
+  // Kills every instance this driver started; later starts fail with unavailable.
   virtual void shutdown() = 0;
 };
 
 struct SandboxOptions {
-  // Per-instance scratch dirs and logs live here.
+  // Per-instance scratch dirs live here.
   std::filesystem::path work_dir;
   // Interpreter for runtime "python".
   std::string python = "python3";
   // Parent cgroup under which each instance gets its own (v2 or v1 memory/pids); empty: auto.
   std::string cgroup_parent;
+  // Most processes (and threads) one instance may have.
+  std::uint64_t pids_max = 256;
 };
 
 std::unique_ptr<Driver> make_sandbox_driver(SandboxOptions options);

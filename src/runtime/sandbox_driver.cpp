@@ -1,7 +1,8 @@
 // The sandbox driver: runs function handlers as namespaced, cgroup-limited processes speaking the
-// instance protocol (docs/instance-protocol.md). An instance's life is start -> wait ready ->
-// request/response (any number of times) -> stop; today each invoke() uses a fresh instance, and
-// the same steps are what a warm pool reuses.
+// instance protocol (docs/instance-protocol.md). An instance's life is start -> ready ->
+// request/response (any number, several at once, matched by request id) -> stop. Each instance
+// has its own thread that spawns it (so PR_SET_PDEATHSIG, which follows the spawning thread, fires
+// only when the agent dies), reads its responses and log pipes, and reaps it.
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -15,10 +16,12 @@
 #include <cstring>
 #include <deque>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include <spdlog/spdlog.h>
 
@@ -45,10 +48,12 @@ constexpr milliseconds k_default_timeout{30'000};
 constexpr milliseconds k_min_start_timeout{10'000};
 // Room in a response frame besides the result (ids, error text).
 constexpr std::size_t k_frame_overhead = 64 * 1024;
-constexpr std::uint64_t k_pids_max = 1024;
 // RLIMIT_AS counts mappings never touched (libraries, arenas, stacks): give them room.
 constexpr std::uint64_t k_address_space_headroom = 512ull << 20;
 constexpr std::size_t k_log_tail_lines = 20;
+constexpr std::size_t k_max_log_line = 16 * 1024;
+// How long a caller whose call timed out waits for the killed instance to be reaped.
+constexpr milliseconds k_reap_wait{10'000};
 constexpr milliseconds k_stop_grace{200};
 
 class UniqueFd {
@@ -92,28 +97,6 @@ std::string sanitize(const std::string& name) {
   return out.empty() ? "fn" : out.substr(0, 48);
 }
 
-// The last lines of the instance's log, for error messages.
-std::string log_tail(const fs::path& log) {
-  std::ifstream in(log, std::ios::binary);
-  if (!in) return {};
-  in.seekg(0, std::ios::end);
-  const std::streamoff size = in.tellg();
-  const std::streamoff start = size > 8192 ? size - 8192 : 0;
-  in.seekg(start);
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::deque<std::string> lines;
-  std::istringstream ss(text);
-  bool first = start > 0;  // a partial first line is noise
-  for (std::string line; std::getline(ss, line);) {
-    if (std::exchange(first, false) || line.empty()) continue;
-    lines.push_back(std::move(line));
-    if (lines.size() > k_log_tail_lines) lines.pop_front();
-  }
-  std::string out;
-  for (const auto& l : lines) out += (out.empty() ? "" : "\n") + l;
-  return out;
-}
-
 // A PATH lookup done in the parent (execvpe would allocate between clone and exec).
 std::optional<fs::path> find_executable(const std::string& name) {
   const char* path = std::getenv("PATH");
@@ -155,46 +138,145 @@ class SigpipeGuard {
   bool raised_ = false;
 };
 
-// Thrown inside the driver when the handler process went away or broke the protocol; invoke()
-// turns it into a blixard::Error once the exit status is known.
-struct InstanceLost {
-  std::string what;  // "before ready", "sent a malformed frame", ...
-  bool protocol = false;
-  bool too_large = false;
-};
-struct DeadlinePassed {};
-
-}  // namespace
-
-// One handler process and its pipes, cgroup and scratch directory.
-struct Instance {
-  std::string name;
-  std::string function;
-  std::uint64_t memory_mib = 0;
-  fs::path dir;
-  fs::path log;
-  pid_t pid = -1;
-  UniqueFd pidfd;
-  UniqueFd request;   // our write end (fd 3 in the handler)
-  UniqueFd response;  // our read end (fd 4 in the handler)
-  FrameDecoder decoder{0};
-  std::unique_ptr<InstanceCgroup> cgroup;
-  bool namespaced = false;
-  bool killed_by_us = false;
-  bool oom_killed = false;        // read from the cgroup before it is removed
-  std::optional<siginfo_t> exit;  // set once reaped
-
-  Instance() = default;
-  Instance(const Instance&) = delete;
-  Instance& operator=(const Instance&) = delete;
-  ~Instance() {
-    cgroup.reset();
-    std::error_code ec;
-    if (!dir.empty()) fs::remove_all(dir, ec);
+milliseconds spec_timeout(const v1::FunctionSpec& spec, milliseconds override_timeout) {
+  milliseconds t = override_timeout;
+  if (t.count() <= 0) {
+    t = milliseconds(spec.timeout().seconds() * 1000 + spec.timeout().nanos() / 1'000'000);
   }
+  return t.count() > 0 ? t : k_default_timeout;
+}
+
+std::uint64_t payload_limit(const v1::FunctionSpec& spec) {
+  return spec.max_payload_bytes() != 0 ? spec.max_payload_bytes() : k_default_max_payload;
+}
+
+void check_payload(const Invocation& inv) {
+  const std::uint64_t limit = payload_limit(inv.spec);
+  if (inv.payload.size() > limit) {
+    throw Error(errc::payload_too_large,
+                "request payload is " + std::to_string(inv.payload.size()) +
+                    " bytes, over the limit of " + std::to_string(limit),
+                "payload");
+  }
+}
+
+std::string describe_exit(const siginfo_t& info) {
+  if (info.si_code == CLD_EXITED) return "exited with status " + std::to_string(info.si_status);
+  const char* abbrev = sigabbrev_np(info.si_status);
+  std::string sig =
+      abbrev != nullptr ? std::string("SIG") + abbrev : std::to_string(info.si_status);
+  return "was killed by signal " + std::to_string(info.si_status) + " (" + sig + ")";
+}
+
+// Why the agent ended an instance; decides what its calls in flight are told.
+enum class KillReason { none, stopped, timeout, protocol, shutdown };
+
+// " (request ID)" after the phase, before the log lines.
+std::string insert_request(const std::string& message, const std::string& id) {
+  const std::string mark = "; last log lines:";
+  const auto pos = message.find(mark);
+  const std::string tag = " (request " + id + ")";
+  if (pos == std::string::npos) return message + tag;
+  return message.substr(0, pos) + tag + message.substr(pos);
+}
+
+class SandboxDriver;
+
+// One handler process: its pipes, cgroup, scratch dir and the calls in flight on it. Shared by
+// the handle the caller holds, the instance thread and the driver's registry.
+class SandboxInstance : public std::enable_shared_from_this<SandboxInstance> {
+ public:
+  enum class State { starting, ready, exited };
+
+  struct Pending {
+    bool done = false;
+    v1::InstanceResponse response;
+  };
+
+  SandboxInstance(SandboxDriver& driver, InstanceOptions options)
+      : driver_(driver), options_(std::move(options)) {}
+  ~SandboxInstance() {
+    std::error_code ec;
+    if (!dir_.empty()) fs::remove_all(dir_, ec);
+  }
+
+  // The instance thread's body: spawn, serve the pipes until the process is gone, reap.
+  void run(SpawnRequest request, Clock::time_point start_deadline);
+
+  InvocationResult call(const Invocation& inv);
+  void stop(milliseconds grace);
+  void kill(KillReason why);
+  // Blocks until the instance started or failed to; throws the start error.
+  void wait_ready();
+
+  bool alive() const {
+    std::lock_guard lock(mutex_);
+    return state_ == State::ready;
+  }
+
+  std::string name_;
+  fs::path dir_;
+  std::uint64_t max_payload_ = 0;
+  milliseconds start_timeout_{0};
+  Clock::time_point created_ = Clock::now();
+  std::chrono::microseconds init_{0};
+  std::unique_ptr<InstanceCgroup> cgroup_;
+
+ private:
+  friend class SandboxDriver;
+
+  void serve_until_exit(Clock::time_point start_deadline, bool& ready_timed_out);
+  void drain();
+  void process_frames();
+  void on_output(int stream, const char* data, std::size_t n, bool eof);
+  void protocol_failure(std::string what, bool too_large = false);
+  void signal_kill();
+  // The error calls in flight (or the start) get once the process is gone.
+  Error failure(const char* phase) const;
+  std::string tail() const;
+
+  SandboxDriver& driver_;
+  InstanceOptions options_;
+
+  mutable std::mutex mutex_;
+  std::condition_variable changed_;
+  State state_ = State::starting;
+  std::optional<Error> start_error_;
+  std::map<std::string, Pending*> pending_;
+  KillReason kill_reason_ = KillReason::none;
+  std::string lost_;  // protocol violation, when that ended it
+  bool lost_too_large_ = false;
+  std::optional<siginfo_t> exit_;
+  bool oom_ = false;
+  std::deque<std::string> tail_;
+
+  // Touched by the instance thread only (and the fds by writers under write_mutex_).
+  pid_t pid_ = -1;
+  UniqueFd pidfd_;
+  std::mutex write_mutex_;
+  UniqueFd request_;   // our write end (fd 3 in the handler)
+  UniqueFd response_;  // our read end (fd 4 in the handler)
+  UniqueFd out_, err_;
+  FrameDecoder decoder_{0};
+  std::string partial_[2];
+  bool namespaced_ = false;
 };
 
-namespace {
+// The caller's handle: dropping it kills the process.
+class SandboxHandle final : public Instance {
+ public:
+  explicit SandboxHandle(std::shared_ptr<SandboxInstance> s) : s_(std::move(s)) {}
+  ~SandboxHandle() override { s_->kill(KillReason::stopped); }
+  const std::string& name() const override { return s_->name_; }
+  std::chrono::microseconds init_duration() const override { return s_->init_; }
+  bool alive() const override { return s_->alive(); }
+  InvocationResult call(const Invocation& inv) override { return s_->call(inv); }
+  void stop(milliseconds grace) override { s_->stop(grace); }
+  void kill() override { s_->kill(KillReason::stopped); }
+
+ private:
+  std::shared_ptr<SandboxInstance> s_;
+};
 
 class SandboxDriver final : public Driver {
  public:
@@ -217,135 +299,42 @@ class SandboxDriver final : public Driver {
 
   ~SandboxDriver() override {
     shutdown();
-    // In-flight invocations notice their killed instance and unwind; wait for them.
+    // Instance threads notice their killed process, reap it and end; wait for them all.
     std::unique_lock lock(mutex_);
-    drained_.wait(lock, [&] { return live_.empty(); });
+    drained_.wait(lock, [&] { return threads_ == 0; });
   }
 
   std::string name() const override { return "sandbox"; }
 
-  InvocationResult invoke(const Invocation& inv) override {
+  std::shared_ptr<Instance> start(const InstanceOptions& options) override {
     if (shut_down_) throw Error(errc::unavailable, "the sandbox driver is shut down");
-    const auto& spec = inv.spec;
-    const std::uint64_t limit =
-        spec.max_payload_bytes() != 0 ? spec.max_payload_bytes() : k_default_max_payload;
-    if (inv.payload.size() > limit) {
-      throw Error(errc::payload_too_large,
-                  "request payload is " + std::to_string(inv.payload.size()) +
-                      " bytes, over the limit of " + std::to_string(limit),
-                  "payload");
-    }
-    milliseconds timeout = inv.timeout;
-    if (timeout.count() <= 0) {
-      timeout = milliseconds(spec.timeout().seconds() * 1000 + spec.timeout().nanos() / 1'000'000);
-    }
-    if (timeout.count() <= 0) timeout = k_default_timeout;
-
-    const auto started = Clock::now();
-    const milliseconds start_timeout = std::max(timeout, k_min_start_timeout);
-    auto instance = start_instance(inv.function, spec, limit);
-    const char* phase = "before ready";
-    try {
-      wait_ready(*instance, started + start_timeout);
-      phase = "while handling the request";
-      v1::InstanceFrame frame;
-      auto* req = frame.mutable_request();
-      req->set_request_id(inv.request_id);
-      req->set_payload(inv.payload);
-      req->set_function(inv.function);
-      req->set_memory_limit_mib(spec.memory_mib());
-      req->set_deadline_unix_ms(std::chrono::duration_cast<milliseconds>(
-                                    (std::chrono::system_clock::now() + timeout).time_since_epoch())
-                                    .count());
-      const auto sent = Clock::now();
-      const auto deadline = sent + timeout;
-      send(*instance, encode_frame(frame), deadline);
-      v1::InstanceResponse response = await_response(*instance, inv.request_id, deadline);
-      const auto duration =
-          std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - sent);
-      stop_instance(*instance, k_stop_grace);
-
-      if (!response.error().empty() || !response.error_type().empty()) {
-        const std::string type = response.error_type().empty() ? "Error" : response.error_type();
-        throw Error(errc::handler_failed, type + ": " + response.error());
-      }
-      if (response.result().size() > limit) {
-        throw Error(errc::payload_too_large, "response of '" + inv.function + "' is " +
-                                                 std::to_string(response.result().size()) +
-                                                 " bytes, over the limit of " +
-                                                 std::to_string(limit));
-      }
-      InvocationResult out;
-      out.result = response.result().empty() ? "null" : response.result();
-      out.duration = duration;
-      out.cold_start = true;
-      return out;
-    } catch (const DeadlinePassed&) {
-      stop_instance(*instance, milliseconds(0));
-      if (shut_down_) throw Error(errc::unavailable, "the sandbox driver is shut down");
-      if (std::string_view(phase) == "before ready") {
-        throw Error(errc::timeout, "handler of '" + inv.function + "' was not ready after " +
-                                       format_duration(start_timeout));
-      }
-      throw Error(errc::timeout,
-                  "function '" + inv.function + "' timed out after " + format_duration(timeout) +
-                      (inv.request_id.empty() ? "" : " (request " + inv.request_id + ")"));
-    } catch (const InstanceLost& lost) {
-      stop_instance(*instance, milliseconds(0));
-      throw failure(*instance, inv, lost, phase, limit);
-    } catch (...) {
-      stop_instance(*instance, milliseconds(0));
-      throw;
-    }
-  }
-
-  void shutdown() override {
-    shut_down_ = true;
-    std::lock_guard lock(mutex_);
-    for (Instance* in : live_) kill_instance(*in);
-  }
-
- private:
-  // ---- instance lifecycle ----
-
-  std::shared_ptr<Instance> start_instance(const std::string& function,
-                                           const v1::FunctionSpec& spec,
-                                           std::uint64_t max_payload) {
-    auto in = std::make_shared<Instance>();
-    in->function = function;
-    in->memory_mib = spec.memory_mib();
-    in->name =
-        sanitize(function) + "-" + std::to_string(::getpid()) + "-" + std::to_string(++counter_);
-    in->dir = options_.work_dir / "instances" / in->name;
-    in->log = in->dir / "log";
-    in->decoder = FrameDecoder(max_payload + k_frame_overhead);
+    auto in = std::make_shared<SandboxInstance>(*this, options);
+    const auto& spec = options.spec;
+    in->max_payload_ = payload_limit(spec);
+    in->start_timeout_ = std::max(spec_timeout(spec, milliseconds(0)), k_min_start_timeout);
+    in->name_ = sanitize(options.function) + "-" + std::to_string(::getpid()) + "-" +
+                std::to_string(++counter_);
+    in->dir_ = options_.work_dir / "instances" / in->name_;
 
     SpawnRequest req;
-    req.argv = command_for(function, spec);
-    req.cwd = spec.code().empty() ? in->dir.string() : spec.code();
-    req.env = environment(function, spec, in->name);
-
+    req.argv = command_for(options.function, spec);
+    req.cwd = spec.code().empty() ? in->dir_.string() : spec.code();
+    req.env = environment(options.function, spec, in->name_);
+    req.isolate_network = spec.isolate_network();
+    req.scratch_dir = in->dir_.string();
+    req.keep_dirs = {options_.work_dir.string(), req.cwd,
+                     fs::path(req.argv[0]).parent_path().string()};
+    if (!spec.code().empty()) req.keep_dirs.push_back(spec.code());
     std::error_code ec;
-    fs::create_directories(in->dir, ec);
-    if (ec)
-      throw Error(errc::unavailable, "cannot create " + in->dir.string() + ": " + ec.message());
-    UniqueFd log(::open(in->log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640));
-    if (log.get() < 0) {
-      fs::remove_all(in->dir, ec);
-      throw Error(errc::unavailable,
-                  "cannot open " + in->log.string() + ": " + std::strerror(errno));
+    fs::create_directories(in->dir_, ec);
+    if (ec) {
+      throw Error(errc::unavailable, "cannot create " + in->dir_.string() + ": " + ec.message());
     }
-    auto [req_read, req_write] = make_pipe();
-    auto [resp_read, resp_write] = make_pipe();
-    req.request_fd = req_read.get();
-    req.response_fd = resp_write.get();
-    req.log_fd = log.get();
-
     const std::uint64_t memory_bytes = spec.memory_mib() << 20;
     std::string why;
-    in->cgroup = cgroups_.create(in->name, memory_bytes, k_pids_max, &why);
-    if (in->cgroup) {
-      req.cgroup_procs = in->cgroup->procs_files();
+    in->cgroup_ = cgroups_.create(in->name_, memory_bytes, options_.pids_max, &why);
+    if (in->cgroup_) {
+      req.cgroup_procs = in->cgroup_->procs_files();
     } else {
       if (cgroups_.mode() != CgroupManager::Mode::none) {
         warn_once(cgroup_warned_, "sandbox: cannot create an instance cgroup ({}); using RLIMIT_AS",
@@ -355,223 +344,77 @@ class SandboxDriver final : public Driver {
     }
     req.namespaces = !namespaces_refused_;
 
-    Spawned child;
-    try {
-      child = spawn_sandboxed(req);
-    } catch (...) {
-      in->cgroup.reset();
-      fs::remove_all(in->dir, ec);
-      throw;
+    {
+      std::lock_guard lock(mutex_);
+      ++threads_;
     }
+    const auto deadline = in->created_ + in->start_timeout_;
+    try {
+      std::thread([in, req = std::move(req), deadline]() mutable {
+        in->run(std::move(req), deadline);
+      }).detach();
+    } catch (const std::system_error& e) {
+      thread_done(nullptr);
+      throw Error(errc::unavailable, std::string("cannot start an instance thread: ") + e.what());
+    }
+    in->wait_ready();
+    return std::make_shared<SandboxHandle>(std::move(in));
+  }
+
+  InvocationResult invoke(const Invocation& inv) override {
+    if (shut_down_) throw Error(errc::unavailable, "the sandbox driver is shut down");
+    check_payload(inv);
+    InstanceOptions options;
+    options.function = inv.function;
+    options.spec = inv.spec;
+    auto instance = start(options);
+    auto out = instance->call(inv);
+    instance->stop(k_stop_grace);
+    out.cold_start = true;
+    return out;
+  }
+
+  void shutdown() override {
+    shut_down_ = true;
+    std::vector<std::shared_ptr<SandboxInstance>> live;
+    {
+      std::lock_guard lock(mutex_);
+      for (auto* in : live_) {
+        if (auto p = in->weak_from_this().lock()) live.push_back(std::move(p));
+      }
+    }
+    for (auto& in : live) in->kill(KillReason::shutdown);
+  }
+
+  // ---- called by instances ----
+
+  void spawned(SandboxInstance* in, const Spawned& child) {
     if (child.namespace_errno != 0) {
       namespaces_refused_ = true;
       warn_once(ns_warned_,
                 "sandbox: cannot create namespaces ({}); running handlers as plain processes",
                 std::strerror(child.namespace_errno));
     }
-    in->pid = child.pid;
-    in->pidfd = UniqueFd(child.pidfd);
-    in->namespaced = child.namespaced;
-    in->request = std::move(req_write);
-    in->response = std::move(resp_read);
-    set_nonblocking(in->request.get());
-    set_nonblocking(in->response.get());
-    // req_read, resp_write and log close here: the handler holds the only copies now, so its
-    // exit shows as EOF on our ends.
-    std::lock_guard lock(mutex_);
-    live_.insert(in.get());
-    if (shut_down_) kill_instance(*in);
-    return in;
-  }
-
-  void wait_ready(Instance& in, Clock::time_point deadline) {
-    v1::InstanceFrame frame;
-    read_frame(in, frame, deadline);
-    if (frame.kind_case() != v1::InstanceFrame::kReady) {
-      throw InstanceLost{"sent a frame other than ready first", true};
-    }
-  }
-
-  v1::InstanceResponse await_response(Instance& in, const std::string& request_id,
-                                      Clock::time_point deadline) {
-    v1::InstanceFrame frame;
-    read_frame(in, frame, deadline);
-    if (frame.kind_case() != v1::InstanceFrame::kResponse) {
-      throw InstanceLost{"sent a frame other than a response", true};
-    }
-    if (frame.response().request_id() != request_id) {
-      throw InstanceLost{"answered request '" + frame.response().request_id() + "' instead of '" +
-                             request_id + "'",
-                         true};
-    }
-    return std::move(*frame.mutable_response());
-  }
-
-  // Writes a whole frame, or throws InstanceLost / DeadlinePassed.
-  void send(Instance& in, const std::string& bytes, Clock::time_point deadline) {
-    SigpipeGuard guard;
-    std::size_t done = 0;
-    while (done < bytes.size()) {
-      const ssize_t n = ::write(in.request.get(), bytes.data() + done, bytes.size() - done);
-      if (n > 0) {
-        done += static_cast<std::size_t>(n);
-        continue;
-      }
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0 && errno == EPIPE) {
-        guard.raised();
-        throw InstanceLost{"closed its request pipe"};
-      }
-      if (n < 0 && errno != EAGAIN)
-        throw InstanceLost{std::string("write: ") + std::strerror(errno)};
-      wait_for(in, in.request.get(), POLLOUT, deadline);
-    }
-  }
-
-  // Reads until one whole frame is decoded. The handler exiting ends the wait too; what it wrote
-  // before exiting still counts.
-  void read_frame(Instance& in, v1::InstanceFrame& out, Clock::time_point deadline) {
-    char buf[64 * 1024];
-    for (;;) {
-      switch (in.decoder.next(out)) {
-        case FrameDecoder::Status::frame:
-          return;
-        case FrameDecoder::Status::too_large: {
-          const std::uint64_t len = in.decoder.rejected_length();
-          // A length a little over the limit is a big response; anything wild is garbage.
-          if (len <= 16 * in.decoder.max_frame_bytes()) {
-            throw InstanceLost{"sent a " + std::to_string(len) + "-byte frame", false, true};
-          }
-          throw InstanceLost{"sent a garbage frame (length prefix " + std::to_string(len) + ")",
-                             true};
-        }
-        case FrameDecoder::Status::malformed:
-          throw InstanceLost{"sent a malformed frame", true};
-        case FrameDecoder::Status::need_more:
-          break;
-      }
-      const ssize_t n = ::read(in.response.get(), buf, sizeof buf);
-      if (n > 0) {
-        in.decoder.feed({buf, static_cast<std::size_t>(n)});
-        continue;
-      }
-      if (n == 0) {
-        if (in.decoder.buffered() > 0) throw InstanceLost{"exited in the middle of a frame"};
-        throw InstanceLost{"exited"};
-      }
-      if (errno == EINTR) continue;
-      if (errno != EAGAIN) throw InstanceLost{std::string("read: ") + std::strerror(errno)};
-      if (!wait_for(in, in.response.get(), POLLIN, deadline)) {
-        // The process is gone but a descendant may hold the pipe open: drain what is there.
-        const ssize_t m = ::read(in.response.get(), buf, sizeof buf);
-        if (m > 0) {
-          in.decoder.feed({buf, static_cast<std::size_t>(m)});
-          continue;
-        }
-        if (in.decoder.next(out) == FrameDecoder::Status::frame) return;
-        throw InstanceLost{"exited"};
-      }
-    }
-  }
-
-  // Waits for `events` on fd. Returns false when the handler process exited first; throws
-  // DeadlinePassed at the deadline.
-  bool wait_for(Instance& in, int fd, short events, Clock::time_point deadline) {
-    for (;;) {
-      const auto left = std::chrono::ceil<milliseconds>(deadline - Clock::now());
-      if (left.count() <= 0) throw DeadlinePassed{};
-      pollfd fds[2] = {{fd, events, 0}, {in.pidfd.get(), POLLIN, 0}};
-      const int n = ::poll(fds, 2, static_cast<int>(std::min<long long>(left.count(), 1 << 30)));
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) throw InstanceLost{std::string("poll: ") + std::strerror(errno)};
-      if (fds[0].revents != 0) return true;
-      if (fds[1].revents != 0) return false;
-    }
-  }
-
-  void kill_instance(Instance& in) {
-    in.killed_by_us = true;
-    ::syscall(SYS_pidfd_send_signal, in.pidfd.get(), SIGKILL, nullptr, 0);
-  }
-
-  // Ends the instance: EOF on its request pipe first (a clean exit), SIGKILL after `grace`; then
-  // reaps it and removes its cgroup and directory. Killing the PID namespace's init kills all of
-  // the instance; a plain process gets its process group and cgroup killed too.
-  void stop_instance(Instance& in, milliseconds grace) {
-    if (in.exit) return;
-    in.request.reset();
-    if (grace.count() > 0) {
-      pollfd p{in.pidfd.get(), POLLIN, 0};
-      while (::poll(&p, 1, static_cast<int>(grace.count())) < 0 && errno == EINTR) {
-      }
-      if (p.revents == 0) {
-        std::lock_guard lock(mutex_);
-        kill_instance(in);
-      }
-    } else {
-      std::lock_guard lock(mutex_);
-      kill_instance(in);
-    }
-    if (!in.namespaced) {
-      ::kill(-in.pid, SIGKILL);  // the leader is unreaped, so its group id is still ours
-      if (in.cgroup) in.cgroup->kill_all();
-    }
-    siginfo_t info{};
-    while (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(in.pidfd.get()), &info,
-                    WEXITED) != 0 &&
-           errno == EINTR) {
-    }
-    in.exit = info;
-    in.response.reset();
-    if (in.cgroup) {
-      in.oom_killed = in.cgroup->oom_killed();
-      in.cgroup->remove();
-    }
+    bool kill_it = false;
     {
       std::lock_guard lock(mutex_);
-      live_.erase(&in);
-      in.pidfd.reset();
+      live_.insert(in);
+      kill_it = shut_down_;
     }
+    if (kill_it) in->kill(KillReason::shutdown);
+  }
+
+  // The instance thread is about to end.
+  void thread_done(SandboxInstance* in) {
+    std::lock_guard lock(mutex_);
+    if (in != nullptr) live_.erase(in);
+    --threads_;
     drained_.notify_all();
   }
 
-  // ---- error messages ----
+  bool shut_down() const noexcept { return shut_down_; }
 
-  Error failure(Instance& in, const Invocation& inv, const InstanceLost& lost, const char* phase,
-                std::uint64_t limit) {
-    if (shut_down_) return Error(errc::unavailable, "the sandbox driver is shut down");
-    const std::string who = "handler of '" + inv.function + "'";
-    if (lost.too_large) {
-      return Error(errc::payload_too_large,
-                   who + " " + lost.what + ", over the payload limit of " + std::to_string(limit));
-    }
-    const bool oom = in.oom_killed;
-    std::string msg;
-    if (oom) {
-      msg = who + " ran out of memory (limit " + std::to_string(in.memory_mib) + " MiB) " + phase;
-    } else if (lost.protocol) {
-      msg = who + " broke the instance protocol: it " + lost.what + " " + phase;
-    } else {
-      msg = who + " " + describe_exit(in) + " " + phase;
-    }
-    if (!inv.request_id.empty() && std::string_view(phase) != "before ready") {
-      msg += " (request " + inv.request_id + ")";
-    }
-    const std::string tail = log_tail(in.log);
-    if (!tail.empty()) msg += "; last log lines:\n" + tail;
-    return Error(errc::handler_failed, msg);
-  }
-
-  static std::string describe_exit(const Instance& in) {
-    if (!in.exit) return "exited";
-    const siginfo_t& info = *in.exit;
-    if (info.si_code == CLD_EXITED) return "exited with status " + std::to_string(info.si_status);
-    const char* abbrev = sigabbrev_np(info.si_status);
-    std::string sig =
-        abbrev != nullptr ? std::string("SIG") + abbrev : std::to_string(info.si_status);
-    return "was killed by signal " + std::to_string(info.si_status) + " (" + sig + ")";
-  }
-
+ private:
   // ---- what to run ----
 
   std::vector<std::string> command_for(const std::string& function, const v1::FunctionSpec& spec) {
@@ -629,6 +472,12 @@ class SandboxDriver final : public Driver {
     vars.emplace_back("BLIXARD_FUNCTION", function);
     vars.emplace_back("BLIXARD_MEMORY_MIB", std::to_string(spec.memory_mib()));
     vars.emplace_back("BLIXARD_INSTANCE", instance);
+    vars.emplace_back("BLIXARD_CONCURRENCY", std::to_string(std::max<std::uint32_t>(
+                                                 1, spec.scaling().target_concurrency())));
+    // The instance's scratch dir is its /tmp (the rest of the host is read-only).
+    vars.emplace_back("TMPDIR", namespaces_refused_
+                                    ? (options_.work_dir / "instances" / instance).string()
+                                    : std::string("/tmp"));
     vars.emplace_back("BLIXARD_REQUEST_FD", "3");
     vars.emplace_back("BLIXARD_RESPONSE_FD", "4");
     // Later entries win, as the spec's env overrides the inherited one.
@@ -697,8 +546,448 @@ class SandboxDriver final : public Driver {
   std::atomic<bool> cgroup_warned_{false};
   std::mutex mutex_;
   std::condition_variable drained_;
-  std::set<Instance*> live_;
+  std::set<SandboxInstance*> live_;
+  std::size_t threads_ = 0;
 };
+
+// ---- the instance thread ----
+
+void SandboxInstance::run(SpawnRequest req, Clock::time_point start_deadline) {
+  auto self = shared_from_this();  // outlives everything below
+  try {
+    auto [req_read, req_write] = make_pipe();
+    auto [resp_read, resp_write] = make_pipe();
+    auto [out_read, out_write] = make_pipe();
+    auto [err_read, err_write] = make_pipe();
+    req.request_fd = req_read.get();
+    req.response_fd = resp_write.get();
+    req.stdout_fd = out_write.get();
+    req.stderr_fd = err_write.get();
+    decoder_ = FrameDecoder(max_payload_ + k_frame_overhead);
+    const Spawned child = spawn_sandboxed(req);
+    pid_ = child.pid;
+    pidfd_ = UniqueFd(child.pidfd);
+    namespaced_ = child.namespaced;
+    request_ = std::move(req_write);
+    response_ = std::move(resp_read);
+    out_ = std::move(out_read);
+    err_ = std::move(err_read);
+    for (int fd : {request_.get(), response_.get(), out_.get(), err_.get()}) set_nonblocking(fd);
+    // The child's ends close here: its exit shows as EOF on ours.
+    driver_.spawned(this, child);
+  } catch (const Error& e) {
+    cgroup_.reset();
+    {
+      std::lock_guard lock(mutex_);
+      start_error_ = e;
+      state_ = State::exited;
+    }
+    changed_.notify_all();
+    driver_.thread_done(nullptr);
+    return;
+  }
+
+  bool ready_timed_out = false;
+  serve_until_exit(start_deadline, ready_timed_out);
+
+  // Gone (or killed): reap, read the verdict, release the cgroup.
+  if (!namespaced_) {
+    ::kill(-pid_, SIGKILL);  // the leader is unreaped, so its group id is still ours
+    if (cgroup_) cgroup_->kill_all();
+  }
+  siginfo_t info{};
+  while (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd_.get()), &info,
+                  WEXITED) != 0 &&
+         errno == EINTR) {
+  }
+  drain();
+  bool oom = false;
+  if (cgroup_) {
+    oom = cgroup_->oom_killed();
+    cgroup_->remove();
+  }
+  InstanceExit exit;
+  exit.instance = name_;
+  bool was_ready = false;
+  {
+    std::lock_guard lock(mutex_);
+    exit_ = info;
+    oom_ = oom;
+    was_ready = state_ == State::ready;
+    if (!was_ready) {
+      start_error_ = ready_timed_out ? Error(errc::timeout, "handler of '" + options_.function +
+                                                                "' was not ready after " +
+                                                                format_duration(start_timeout_))
+                                     : failure("before ready");
+    }
+    state_ = State::exited;
+    exit.requested = kill_reason_ != KillReason::none && kill_reason_ != KillReason::protocol;
+    exit.oom = oom;
+    exit.reason = oom              ? "ran out of memory"
+                  : !lost_.empty() ? "broke the instance protocol: " + lost_
+                                   : describe_exit(info);
+  }
+  changed_.notify_all();
+  {
+    std::lock_guard lock(write_mutex_);
+    request_.reset();
+  }
+  std::error_code ec;
+  fs::remove_all(dir_, ec);
+  if (was_ready && options_.on_exit) options_.on_exit(exit);
+  driver_.thread_done(this);
+}
+
+void SandboxInstance::serve_until_exit(Clock::time_point start_deadline, bool& ready_timed_out) {
+  char buf[64 * 1024];
+  for (;;) {
+    pollfd fds[4] = {{pidfd_.get(), POLLIN, 0},
+                     {response_.get(), POLLIN, 0},
+                     {out_.get(), POLLIN, 0},
+                     {err_.get(), POLLIN, 0}};
+    int wait_ms = -1;
+    {
+      std::lock_guard lock(mutex_);
+      if (state_ == State::starting && !ready_timed_out) {
+        wait_ms = static_cast<int>(std::max<long long>(
+            0, std::chrono::ceil<milliseconds>(start_deadline - Clock::now()).count()));
+      }
+    }
+    const int n = ::poll(fds, 4, wait_ms);
+    if (n < 0 && errno == EINTR) continue;
+    if (n == 0) {
+      ready_timed_out = true;
+      signal_kill();
+      continue;
+    }
+    if (fds[1].revents != 0) {
+      const ssize_t got = ::read(response_.get(), buf, sizeof buf);
+      if (got > 0) {
+        decoder_.feed({buf, static_cast<std::size_t>(got)});
+        process_frames();
+      } else if (got == 0) {
+        // It closed its response pipe: it cannot answer any more.
+        response_.reset();
+        signal_kill();
+      }
+    }
+    for (int s = 0; s < 2; ++s) {
+      UniqueFd& fd = s == 0 ? out_ : err_;
+      if (fds[2 + s].revents == 0) continue;
+      const ssize_t got = ::read(fd.get(), buf, sizeof buf);
+      if (got > 0) {
+        on_output(s, buf, static_cast<std::size_t>(got), false);
+      } else if (got == 0) {
+        on_output(s, nullptr, 0, true);
+        fd.reset();
+      }
+    }
+    if (fds[0].revents != 0) return;
+  }
+}
+
+// What the process wrote before it ended still counts (a last response, its last log lines).
+void SandboxInstance::drain() {
+  char buf[64 * 1024];
+  for (int i = 0; i < 64 && response_.get() >= 0; ++i) {
+    const ssize_t got = ::read(response_.get(), buf, sizeof buf);
+    if (got <= 0) break;
+    decoder_.feed({buf, static_cast<std::size_t>(got)});
+    process_frames();
+  }
+  for (int s = 0; s < 2; ++s) {
+    UniqueFd& fd = s == 0 ? out_ : err_;
+    for (int i = 0; i < 64 && fd.get() >= 0; ++i) {
+      const ssize_t got = ::read(fd.get(), buf, sizeof buf);
+      if (got <= 0) break;
+      on_output(s, buf, static_cast<std::size_t>(got), false);
+    }
+    on_output(s, nullptr, 0, true);
+  }
+  response_.reset();
+  out_.reset();
+  err_.reset();
+}
+
+void SandboxInstance::process_frames() {
+  v1::InstanceFrame frame;
+  for (;;) {
+    switch (decoder_.next(frame)) {
+      case FrameDecoder::Status::need_more:
+        return;
+      case FrameDecoder::Status::too_large: {
+        const std::uint64_t len = decoder_.rejected_length();
+        // A length a little over the limit is a big response; anything wild is garbage.
+        if (len <= 16 * decoder_.max_frame_bytes()) {
+          return protocol_failure("sent a " + std::to_string(len) + "-byte frame", true);
+        }
+        return protocol_failure("sent a garbage frame (length prefix " + std::to_string(len) + ")");
+      }
+      case FrameDecoder::Status::malformed:
+        return protocol_failure("sent a malformed frame");
+      case FrameDecoder::Status::frame:
+        break;
+    }
+    std::unique_lock lock(mutex_);
+    if (!lost_.empty()) return;
+    if (state_ == State::starting) {
+      if (frame.kind_case() != v1::InstanceFrame::kReady) {
+        lock.unlock();
+        return protocol_failure("sent a frame other than ready first");
+      }
+      init_ = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - created_);
+      state_ = State::ready;
+      lock.unlock();
+      changed_.notify_all();
+      continue;
+    }
+    if (frame.kind_case() != v1::InstanceFrame::kResponse) {
+      lock.unlock();
+      return protocol_failure("sent a frame other than a response");
+    }
+    auto it = pending_.find(frame.response().request_id());
+    if (it == pending_.end()) {
+      const std::string id = frame.response().request_id();
+      lock.unlock();
+      return protocol_failure("answered request '" + id + "', which is not in flight");
+    }
+    it->second->response = std::move(*frame.mutable_response());
+    it->second->done = true;
+    pending_.erase(it);
+    lock.unlock();
+    changed_.notify_all();
+  }
+}
+
+void SandboxInstance::on_output(int stream, const char* data, std::size_t n, bool eof) {
+  std::string& partial = partial_[stream];
+  auto emit = [&](std::string line) {
+    {
+      std::lock_guard lock(mutex_);
+      tail_.push_back(line);
+      if (tail_.size() > k_log_tail_lines) tail_.pop_front();
+    }
+    if (options_.on_log) options_.on_log(name_, stream == 0 ? "stdout" : "stderr", std::move(line));
+  };
+  std::size_t begin = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (data[i] != '\n') continue;
+    partial.append(data + begin, i - begin);
+    emit(std::move(partial));
+    partial.clear();
+    begin = i + 1;
+  }
+  if (begin < n) partial.append(data + begin, n - begin);
+  while (partial.size() > k_max_log_line) {
+    emit(partial.substr(0, k_max_log_line));
+    partial.erase(0, k_max_log_line);
+  }
+  if (eof && !partial.empty()) {
+    emit(std::move(partial));
+    partial.clear();
+  }
+}
+
+void SandboxInstance::protocol_failure(std::string what, bool too_large) {
+  {
+    std::lock_guard lock(mutex_);
+    if (!lost_.empty()) return;
+    lost_ = std::move(what);
+    lost_too_large_ = too_large;
+    if (kill_reason_ == KillReason::none) kill_reason_ = KillReason::protocol;
+  }
+  signal_kill();
+}
+
+void SandboxInstance::signal_kill() {
+  ::syscall(SYS_pidfd_send_signal, pidfd_.get(), SIGKILL, nullptr, 0);
+}
+
+// ---- what callers do ----
+
+void SandboxInstance::wait_ready() {
+  std::unique_lock lock(mutex_);
+  changed_.wait(lock, [&] { return state_ != State::starting; });
+  if (state_ == State::exited) {
+    if (start_error_) throw *start_error_;
+    throw Error(errc::unavailable, "instance " + name_ + " stopped before it was ready");
+  }
+}
+
+void SandboxInstance::kill(KillReason why) {
+  {
+    std::lock_guard lock(mutex_);
+    if (state_ == State::exited) return;
+    if (kill_reason_ == KillReason::none) kill_reason_ = why;
+  }
+  // The pidfd lives as long as this object; after the reap the signal is a harmless ESRCH.
+  signal_kill();
+}
+
+void SandboxInstance::stop(milliseconds grace) {
+  {
+    std::lock_guard lock(mutex_);
+    if (state_ == State::exited) return;
+    if (kill_reason_ == KillReason::none) kill_reason_ = KillReason::stopped;
+  }
+  {
+    std::lock_guard lock(write_mutex_);
+    request_.reset();  // EOF: "stop" in the protocol
+  }
+  std::unique_lock lock(mutex_);
+  if (!changed_.wait_for(lock, grace, [&] { return state_ == State::exited; })) {
+    lock.unlock();
+    signal_kill();
+    lock.lock();
+    changed_.wait(lock, [&] { return state_ == State::exited; });
+  }
+}
+
+InvocationResult SandboxInstance::call(const Invocation& inv) {
+  check_payload(inv);
+  const milliseconds timeout = spec_timeout(inv.spec, inv.timeout);
+  Pending pending;
+  {
+    std::lock_guard lock(mutex_);
+    if (state_ != State::ready || kill_reason_ != KillReason::none) {
+      throw Error(errc::unavailable,
+                  "instance " + name_ + " of '" + inv.function + "' is no longer running");
+    }
+    if (!pending_.emplace(inv.request_id, &pending).second) {
+      throw Error(errc::invalid_spec, "request id '" + inv.request_id + "' is already in flight",
+                  "request_id");
+    }
+  }
+  v1::InstanceFrame frame;
+  auto* req = frame.mutable_request();
+  req->set_request_id(inv.request_id);
+  req->set_payload(inv.payload);
+  req->set_function(inv.function);
+  req->set_memory_limit_mib(inv.spec.memory_mib());
+  req->set_deadline_unix_ms(std::chrono::duration_cast<milliseconds>(
+                                (std::chrono::system_clock::now() + timeout).time_since_epoch())
+                                .count());
+  const std::string bytes = encode_frame(frame);
+  const auto sent = Clock::now();
+  const auto deadline = sent + timeout;
+
+  bool timed_out = false;
+  {
+    // Frames of concurrent calls must not interleave.
+    std::lock_guard wlock(write_mutex_);
+    SigpipeGuard guard;
+    std::size_t done = 0;
+    while (done < bytes.size() && request_.get() >= 0) {
+      const ssize_t n = ::write(request_.get(), bytes.data() + done, bytes.size() - done);
+      if (n > 0) {
+        done += static_cast<std::size_t>(n);
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0 && errno == EAGAIN) {
+        const auto left = std::chrono::ceil<milliseconds>(deadline - Clock::now());
+        if (left.count() <= 0) {
+          timed_out = true;
+          break;
+        }
+        pollfd fds[2] = {{request_.get(), POLLOUT, 0}, {pidfd_.get(), POLLIN, 0}};
+        ::poll(fds, 2, static_cast<int>(std::min<long long>(left.count(), 1 << 30)));
+        if (fds[1].revents != 0) break;  // it died: the thread tells us why
+        continue;
+      }
+      if (n < 0 && errno == EPIPE) guard.raised();
+      break;  // the instance is gone; wait below for the verdict
+    }
+  }
+
+  std::unique_lock lock(mutex_);
+  if (!timed_out) {
+    timed_out = !changed_.wait_until(lock, deadline,
+                                     [&] { return pending.done || state_ == State::exited; });
+  }
+  if (!pending.done) {
+    pending_.erase(inv.request_id);
+    if (timed_out && state_ != State::exited) {
+      if (kill_reason_ == KillReason::none) kill_reason_ = KillReason::timeout;
+      lock.unlock();
+      signal_kill();
+      lock.lock();
+      // Return only once the whole instance (and whatever it started) is gone.
+      changed_.wait_for(lock, k_reap_wait, [&] { return state_ == State::exited; });
+    } else if (!timed_out) {
+      // Whatever ended the instance, wait for the thread's verdict (the exit status).
+      changed_.wait_for(lock, k_reap_wait, [&] { return state_ == State::exited; });
+    }
+    if (timed_out) {
+      if (driver_.shut_down()) throw Error(errc::unavailable, "the sandbox driver is shut down");
+      throw Error(errc::timeout,
+                  "function '" + inv.function + "' timed out after " + format_duration(timeout) +
+                      (inv.request_id.empty() ? "" : " (request " + inv.request_id + ")"));
+    }
+    Error e = failure("while handling the request");
+    if (e.code() == errc::handler_failed && !inv.request_id.empty()) {
+      throw Error(errc::handler_failed, insert_request(e.message(), inv.request_id));
+    }
+    throw e;
+  }
+  lock.unlock();
+  const auto duration = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - sent);
+  auto& response = pending.response;
+  if (!response.error().empty() || !response.error_type().empty()) {
+    const std::string type = response.error_type().empty() ? "Error" : response.error_type();
+    throw Error(errc::handler_failed, type + ": " + response.error());
+  }
+  if (response.result().size() > max_payload_) {
+    throw Error(errc::payload_too_large, "response of '" + inv.function + "' is " +
+                                             std::to_string(response.result().size()) +
+                                             " bytes, over the limit of " +
+                                             std::to_string(max_payload_));
+  }
+  InvocationResult out;
+  out.result = response.result().empty() ? "null" : std::move(*response.mutable_result());
+  out.duration = duration;
+  out.cold_start = false;
+  return out;
+}
+
+// Called with mutex_ held.
+Error SandboxInstance::failure(const char* phase) const {
+  const std::string who = "handler of '" + options_.function + "'";
+  switch (kill_reason_) {
+    case KillReason::shutdown:
+      return Error(errc::unavailable, "the sandbox driver is shut down");
+    case KillReason::stopped:
+      return Error(errc::unavailable,
+                   "instance " + name_ + " of '" + options_.function + "' was stopped");
+    case KillReason::timeout:
+      return Error(errc::handler_failed,
+                   who + " was killed " + phase + ": another call on its instance timed out");
+    default:
+      break;
+  }
+  if (lost_too_large_) {
+    return Error(errc::payload_too_large,
+                 who + " " + lost_ + ", over the payload limit of " + std::to_string(max_payload_));
+  }
+  std::string msg;
+  if (oom_) {
+    msg = who + " ran out of memory (limit " + std::to_string(options_.spec.memory_mib()) +
+          " MiB) " + phase;
+  } else if (!lost_.empty()) {
+    msg = who + " broke the instance protocol: it " + lost_ + " " + phase;
+  } else {
+    msg = who + " " + (exit_ ? describe_exit(*exit_) : std::string("exited")) + " " + phase;
+  }
+  const std::string t = tail();
+  if (!t.empty()) msg += "; last log lines:\n" + t;
+  return Error(errc::handler_failed, msg);
+}
+
+std::string SandboxInstance::tail() const {
+  std::string out;
+  for (const auto& l : tail_) out += (out.empty() ? "" : "\n") + l;
+  return out;
+}
 
 }  // namespace
 

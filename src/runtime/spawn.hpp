@@ -1,6 +1,8 @@
 // Starting a handler process in a sandbox: clone(CLONE_VM | CLONE_VFORK) straight into new PID,
-// mount, IPC and UTS namespaces (plus a user namespace when not root), as posix_spawn does, so it
-// is safe from a multi-threaded agent and cheap however large the agent's address space is.
+// mount, IPC and UTS namespaces (plus a user namespace when not root, a network namespace on
+// request), as posix_spawn does, so it is safe from a multi-threaded agent and cheap however large
+// the agent's address space is. Inside, the host's file system is read-only but for the scratch
+// dir, which is the instance's /tmp.
 #pragma once
 
 #include <sys/types.h>
@@ -17,8 +19,15 @@ struct SpawnRequest {
   std::string cwd;                // empty: inherit
   int request_fd = -1;            // becomes fd 3 in the child
   int response_fd = -1;           // becomes fd 4
-  int log_fd = -1;                // becomes stdout and stderr; stdin is /dev/null
+  int stdout_fd = -1;             // becomes stdout; stdin is /dev/null
+  int stderr_fd = -1;             // becomes stderr
   bool namespaces = true;         // try the namespaces
+  bool isolate_network = false;   // also a network namespace (loopback only)
+  // With namespaces: the whole host is mounted read-only and this directory (writable) is
+  // mounted over /tmp. Empty: the mounts are only made private.
+  std::string scratch_dir;
+  // Host directories the new /tmp would hide (code, the handler runtime): bound back, read-only.
+  std::vector<std::string> keep_dirs;
   // cgroup.procs files the child joins before exec, so every byte it allocates is charged.
   std::vector<std::string> cgroup_procs;
   std::uint64_t address_space_limit = 0;  // RLIMIT_AS in bytes, 0: none

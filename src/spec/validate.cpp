@@ -144,6 +144,17 @@ void validate_trigger_spec(v1::TriggerSpec& t, const std::string& at,
     if (t.path().front() != '/') {
       invalid(at + ".path", "path " + in_quotes(t.path()) + " must start with '/'");
     }
+    // The server's own endpoints share the gateway's port; a trigger there could never be reached.
+    const std::string& p = t.path();
+    auto reserved = [&p](const std::string& prefix) {
+      return p == prefix || p.rfind(prefix + "/", 0) == 0;
+    };
+    if (reserved("/v1") || reserved("/healthz") || reserved("/metrics")) {
+      invalid(at + ".path", "path " + in_quotes(p) + " is reserved for the API (/v1, /healthz, /metrics)");
+    }
+    if (p.find_first_of("?# ") != std::string::npos) {
+      invalid(at + ".path", "path " + in_quotes(p) + " must not contain '?', '#' or spaces");
+    }
     static const std::set<std::string> k_methods{"GET",    "POST", "PUT",    "PATCH",
                                                  "DELETE", "HEAD", "OPTIONS"};
     for (int i = 0; i < t.methods_size(); ++i) {

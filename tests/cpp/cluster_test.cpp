@@ -2,6 +2,13 @@
 // a temporary dir, objects created, listed, kept across reopen, functions invoked in the sandbox.
 #include <gtest/gtest.h>
 
+#include <boost/asio/bind_executor.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/use_future.hpp>
+
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -189,6 +196,36 @@ TEST_F(ClusterTest, TheLocalNodeIsListed) {
   EXPECT_EQ(nodes[0].metadata().name(), "local");
   EXPECT_EQ(nodes[0].status().phase(), "Ready");
   EXPECT_FALSE(nodes[0].spec().labels().at("arch").empty());
+}
+
+TEST_F(ClusterTest, AsyncInvokeWorksWithEveryCompletionToken) {
+  namespace asio = boost::asio;
+  auto c = open();
+  auto fn = c.create_function("echo", k_data / "echo.yaml");
+
+  // A future.
+  auto future = fn.async_invoke(R"({"via": "future"})", asio::use_future);
+  EXPECT_NE(future.get().result.find("future"), std::string::npos);
+
+  // A coroutine on the caller's io_context, and a callback; run() returns when both completed.
+  asio::io_context io;
+  std::string from_coroutine;
+  std::exception_ptr from_callback;
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        auto r = co_await fn.async_invoke(R"({"via": "coroutine"})", asio::use_awaitable);
+        from_coroutine = r.result;
+      },
+      asio::detached);
+  c.function("missing").async_invoke(
+      "{}", asio::bind_executor(io, [&](std::exception_ptr e, blixard::InvokeResult) {
+        from_callback = e;
+      }));
+  io.run();
+  EXPECT_NE(from_coroutine.find("coroutine"), std::string::npos);
+  ASSERT_TRUE(from_callback);
+  expect_error([&] { std::rethrow_exception(from_callback); }, errc::not_found);
 }
 
 }  // namespace

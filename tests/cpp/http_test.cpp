@@ -1,5 +1,6 @@
 // The HTTP API end to end: a fake in-memory Backend served by HttpServer on 127.0.0.1, driven
-// through make_http_backend (and raw sockets for what the client never sends).
+// through make_http_backend (and raw sockets for what the client never sends: streams, the
+// trigger gateway).
 #include <arpa/inet.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -7,11 +8,14 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <boost/json.hpp>
 #include <condition_variable>
 #include <future>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "api/http_server.hpp"
@@ -33,7 +37,10 @@ bool wait_for(std::condition_variable& cv, std::unique_lock<std::mutex>& lock, P
 
 // In-memory objects plus a few functions with fixed behaviour:
 //   echo   returns its payload;  sleepy throws timeout;  slow waits until release_slow();
-//   gather waits until `gather_expected` calls are in flight together.
+//   gather waits until `gather_expected` calls are in flight together;  respond returns what
+//   respond_with() set;  busy throws throttled;  crashy throws handler_failed.
+// Logs and events are in-memory sequences that add_log()/add_event() extend; their long polls
+// wait on a condition variable as the real ones do.
 class FakeBackend final : public detail::Backend {
  public:
   v1::ApplyResult apply(const v1::ObjectSet& set, ApplyMode mode) override {
@@ -133,12 +140,21 @@ class FakeBackend final : public detail::Backend {
       if (!wait_for(cv_, lock, [&] { return gathered_ >= gather_expected; })) {
         throw Error(errc::internal, "only " + std::to_string(gathered_) + " calls ran together");
       }
-    } else if (fn != "echo") {
+    } else if (fn == "busy") {
+      throw Error(errc::throttled, "busy is at its concurrentExecutions of 1");
+    } else if (fn == "crashy") {
+      throw Error(errc::handler_failed, "crashy exited with status 1");
+    } else if (fn != "echo" && fn != "respond") {
       throw Error(errc::not_found, "function " + fn + " not found");
     }
     v1::InvokeResponse out;
     out.set_request_id(request.request_id().empty() ? "generated-id" : request.request_id());
-    out.set_result(request.payload());
+    if (fn == "respond") {
+      std::lock_guard lock(mu_);
+      out.set_result(respond_with_);
+    } else {
+      out.set_result(request.payload());
+    }
     out.set_cold_start(true);
     out.set_node("node-1");
     out.mutable_duration()->set_seconds(1);
@@ -154,7 +170,83 @@ class FakeBackend final : public detail::Backend {
     return out;
   }
 
+  v1::FunctionMetrics function_metrics(const std::string& name) override {
+    if (name != "echo") throw Error(errc::not_found, "function " + name + " not found");
+    v1::FunctionMetrics m;
+    m.set_function(name);
+    m.set_invocations(3);
+    m.set_cold_starts(1);
+    m.mutable_duration()->set_p99_ms(12.5);
+    (*m.mutable_instances_by_node())["node-1"] = 2;
+    return m;
+  }
+
+  std::string prometheus_metrics() override {
+    return "# TYPE blixard_function_invocations_total counter\n"
+           "blixard_function_invocations_total{function=\"echo\"} 3\n";
+  }
+
+  v1::LogChunk function_logs(const std::string& name, std::int64_t after,
+                             std::chrono::milliseconds wait) override {
+    if (name != "echo") throw Error(errc::not_found, "function " + name + " not found");
+    std::unique_lock lock(mu_);
+    ++log_polls_;
+    cv_.wait_for(lock, wait, [&] { return static_cast<std::int64_t>(logs_.size()) > after; });
+    v1::LogChunk out;
+    out.set_next(after);
+    for (const auto& line : logs_) {
+      if (line.sequence() > after) {
+        *out.add_lines() = line;
+        out.set_next(line.sequence());
+      }
+    }
+    return out;
+  }
+
+  v1::WatchEventList events(const std::string& kind, const std::string& name, std::int64_t after,
+                            std::chrono::milliseconds wait) override {
+    std::unique_lock lock(mu_);
+    auto matches = [&](const v1::WatchEvent& e) {
+      return e.sequence() > after && (kind.empty() || e.kind() == kind) &&
+             (name.empty() || e.name() == name);
+    };
+    cv_.wait_for(lock, wait, [&] { return std::any_of(events_.begin(), events_.end(), matches); });
+    v1::WatchEventList out;
+    out.set_next(events_.empty() ? after : std::max(after, events_.back().sequence()));
+    for (const auto& e : events_) {
+      if (matches(e)) *out.add_events() = e;
+    }
+    return out;
+  }
+
   // Test controls.
+  void add_log(const std::string& text) {
+    std::lock_guard lock(mu_);
+    auto& line = logs_.emplace_back();
+    line.set_sequence(static_cast<std::int64_t>(logs_.size()));
+    line.set_instance("echo-1");
+    line.set_stream("stdout");
+    line.set_text(text);
+    cv_.notify_all();
+  }
+  void add_event(const std::string& kind, const std::string& name, const std::string& reason) {
+    std::lock_guard lock(mu_);
+    auto& e = events_.emplace_back();
+    e.set_type("record");
+    e.set_kind(kind);
+    e.set_name(name);
+    e.set_reason(reason);
+    e.set_sequence(static_cast<std::int64_t>(events_.size()));
+    cv_.notify_all();
+  }
+  int log_polls() {
+    std::lock_guard lock(mu_);
+    return log_polls_;
+  }
+  void respond_with(std::string result) {
+    std::lock_guard lock(mu_);
+    respond_with_ = std::move(result);
+  }
   void wait_slow_started() {
     std::unique_lock lock(mu_);
     ASSERT_TRUE(wait_for(cv_, lock, [&] { return slow_started_; }));
@@ -202,6 +294,10 @@ class FakeBackend final : public detail::Backend {
   bool slow_started_ = false;
   bool slow_released_ = false;
   int gathered_ = 0;
+  std::vector<v1::LogLine> logs_;
+  std::vector<v1::WatchEvent> events_;
+  int log_polls_ = 0;
+  std::string respond_with_ = "null";
 };
 
 struct RawResponse {
@@ -254,6 +350,110 @@ RawResponse raw_request(unsigned short port, const std::string& request) {
   return r;
 }
 
+// A connection read piece by piece: an NDJSON stream's head, then its chunks one at a time.
+class RawStream {
+ public:
+  RawStream(unsigned short port, const std::string& request) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+      ::close(fd_);
+      throw std::runtime_error("connect failed");
+    }
+    timeval tv{20, 0};
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    ::send(fd_, request.data(), request.size(), MSG_NOSIGNAL);
+  }
+  ~RawStream() { close(); }
+  RawStream(const RawStream&) = delete;
+  RawStream& operator=(const RawStream&) = delete;
+
+  void close() {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+  }
+
+  // The status line and headers.
+  RawResponse head() {
+    RawResponse r;
+    auto head = read_until("\r\n\r\n");
+    if (!head || head->size() < 12) return r;
+    r.status = std::stoi(head->substr(9, 3));
+    r.head = *head;
+    return r;
+  }
+
+  // The next chunk's data; "" for the last chunk, nullopt when the connection ended instead.
+  std::optional<std::string> chunk() {
+    auto size_line = read_until("\r\n");
+    if (!size_line) return std::nullopt;
+    std::size_t n = std::stoul(*size_line, nullptr, 16);
+    auto data = read_exactly(n + 2);
+    if (!data) return std::nullopt;
+    return data->substr(0, n);
+  }
+
+  // The rest of a non-stream answer (an error): the body by Content-Length.
+  std::string body(const RawResponse& r) {
+    auto length = r.header("Content-Length");
+    return read_exactly(length.empty() ? 0 : std::stoul(length)).value_or("");
+  }
+
+ private:
+  bool fill() {
+    char buf[4096];
+    auto n = ::recv(fd_, buf, sizeof buf, 0);
+    if (n <= 0) return false;
+    buf_.append(buf, static_cast<std::size_t>(n));
+    return true;
+  }
+  std::optional<std::string> read_until(const std::string& delim) {
+    std::size_t pos;
+    while ((pos = buf_.find(delim)) == std::string::npos) {
+      if (!fill()) return std::nullopt;
+    }
+    std::string out = buf_.substr(0, pos + delim.size());
+    buf_.erase(0, pos + delim.size());
+    return out;
+  }
+  std::optional<std::string> read_exactly(std::size_t n) {
+    while (buf_.size() < n) {
+      if (!fill()) return std::nullopt;
+    }
+    std::string out = buf_.substr(0, n);
+    buf_.erase(0, n);
+    return out;
+  }
+
+  int fd_ = -1;
+  std::string buf_;
+};
+
+// The JSON objects of an NDJSON text, one a line.
+std::vector<boost::json::object> ndjson(const std::string& text) {
+  std::vector<boost::json::object> out;
+  std::size_t start = 0;
+  for (std::size_t nl; (nl = text.find('\n', start)) != std::string::npos; start = nl + 1) {
+    out.push_back(boost::json::parse(text.substr(start, nl - start)).as_object());
+  }
+  EXPECT_EQ(start, text.size()) << "the last line is not terminated: " << text;
+  return out;
+}
+
+// Polls `pred` until it holds or a deadline only a bug reaches.
+template <class Pred>
+bool eventually(Pred pred, std::chrono::milliseconds limit = 10s) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(10ms);
+  }
+  return true;
+}
+
 std::string http_request(const std::string& method, const std::string& target,
                          const std::string& body = {}, const std::string& extra_headers = {}) {
   return method + " " + target + " HTTP/1.1\r\nHost: test\r\nConnection: close\r\n" +
@@ -300,6 +500,23 @@ class HttpTest : public testing::Test {
     options.token = std::move(token);
     options.timeout = 20s;
     return client::make_http_backend(server_->url(), options);
+  }
+
+  // Adds an http trigger through the Backend, as `blixard function trigger` does.
+  void add_trigger(const std::string& name, const std::string& path, const std::string& function,
+                   std::vector<std::string> methods = {}) {
+    v1::ObjectSet set;
+    auto* t = set.add_triggers();
+    t->mutable_metadata()->set_name(name);
+    t->mutable_spec()->set_type("http");
+    t->mutable_spec()->set_path(path);
+    t->mutable_spec()->set_function(function);
+    for (auto& m : methods) t->mutable_spec()->add_methods(m);
+    fake_->apply(set, ApplyMode::apply);
+  }
+
+  RawResponse get(const std::string& target, const std::string& headers = {}) {
+    return raw_request(server_->port(), http_request("GET", target, {}, headers));
   }
 
   std::shared_ptr<FakeBackend> fake_;
@@ -636,6 +853,374 @@ TEST_F(HttpTest, StartFailsClearlyWhenThePortIsTaken) {
   auto e = catch_error([&] { second.start(); });
   EXPECT_EQ(e.code(), errc::unavailable);
   EXPECT_THAT(e.message(), HasSubstr("127.0.0.1:" + std::to_string(server_->port())));
+}
+
+// ---- Telemetry endpoints ----------------------------------------------------------------------
+
+TEST_F(HttpTest, FunctionMetricsAndPrometheusText) {
+  for (bool protobuf : {true, false}) {
+    auto c = client(protobuf);
+    auto m = c->function_metrics("echo");
+    EXPECT_EQ(m.function(), "echo");
+    EXPECT_EQ(m.invocations(), 3u);
+    EXPECT_EQ(m.cold_starts(), 1u);
+    EXPECT_DOUBLE_EQ(m.duration().p99_ms(), 12.5);
+    EXPECT_EQ(m.instances_by_node().at("node-1"), 2u);
+    EXPECT_EQ(catch_error([&] { c->function_metrics("nope"); }).code(), errc::not_found);
+    EXPECT_THAT(c->prometheus_metrics(),
+                HasSubstr("blixard_function_invocations_total{function=\"echo\"} 3\n"));
+  }
+  auto raw = get("/metrics");
+  EXPECT_EQ(raw.status, 200);
+  EXPECT_EQ(raw.header("Content-Type"), "text/plain; version=0.0.4; charset=utf-8");
+  EXPECT_THAT(raw.body, HasSubstr("# TYPE blixard_function_invocations_total counter"));
+  raw = get("/v1/functions/echo/metrics");
+  EXPECT_EQ(raw.status, 200);
+  EXPECT_THAT(raw.body, HasSubstr(R"("invocations":"3")"));
+  EXPECT_EQ(raw_request(server_->port(), http_request("POST", "/metrics")).status, 405);
+}
+
+TEST_F(HttpTest, MetricsNeedTheTokenButTheGatewayDoesNot) {
+  api::HttpServerOptions options;
+  options.token = "tok";
+  server_.reset();
+  start(options);
+  EXPECT_EQ(get("/metrics").status, 401);
+  EXPECT_EQ(catch_error([&] { client()->prometheus_metrics(); }).code(), errc::unauthenticated);
+  EXPECT_THAT(client(true, "tok")->prometheus_metrics(), HasSubstr("invocations_total"));
+  EXPECT_EQ(get("/metrics", "Authorization: Bearer tok\r\n").status, 200);
+
+  add_trigger("hook", "/hook", "echo");
+  EXPECT_EQ(get("/hook").status, 200);
+}
+
+TEST_F(HttpTest, LogsLongPoll) {
+  auto c = client();
+  fake_->add_log("one");
+  fake_->add_log("two");
+  auto chunk = c->function_logs("echo", 0, 0ms);
+  ASSERT_EQ(chunk.lines_size(), 2);
+  EXPECT_EQ(chunk.lines(0).text(), "one");
+  EXPECT_EQ(chunk.lines(1).stream(), "stdout");
+  EXPECT_EQ(chunk.next(), 2);
+  EXPECT_EQ(c->function_logs("echo", 1, 0ms).lines(0).text(), "two");
+  EXPECT_EQ(c->function_logs("echo", 2, 0ms).lines_size(), 0);
+  EXPECT_EQ(catch_error([&] { c->function_logs("nope", 0, 0ms); }).code(), errc::not_found);
+
+  // A waiting poll returns as soon as a line comes, well before its wait is over.
+  const int polls = fake_->log_polls();
+  auto waiting = std::async(std::launch::async, [&] { return c->function_logs("echo", 2, 30s); });
+  ASSERT_TRUE(eventually([&] { return fake_->log_polls() > polls; }));
+  fake_->add_log("three");
+  auto got = waiting.get();
+  ASSERT_EQ(got.lines_size(), 1);
+  EXPECT_EQ(got.lines(0).text(), "three");
+  EXPECT_EQ(got.next(), 3);
+
+  auto raw = get("/v1/functions/echo/logs?after=2");
+  EXPECT_EQ(raw.status, 200);
+  EXPECT_THAT(raw.body, HasSubstr(R"("text":"three")"));
+  EXPECT_EQ(get("/v1/functions/echo/logs?after=-1").status, 400);
+  raw = get("/v1/functions/echo/logs?wait=forever");
+  EXPECT_EQ(raw.status, 400);
+  EXPECT_THAT(raw.body, HasSubstr(R"("field":"wait")"));
+}
+
+TEST_F(HttpTest, EventsLongPollFiltersByKindAndName) {
+  auto c = client(false);
+  fake_->add_event("functions", "echo", "ScaledUp");
+  fake_->add_event("vms", "web", "Placed");
+  fake_->add_event("functions", "other", "ColdStart");
+  auto all = c->events("", "", 0, 0ms);
+  ASSERT_EQ(all.events_size(), 3);
+  EXPECT_EQ(all.next(), 3);
+  auto fns = c->events("functions", "", 0, 0ms);
+  ASSERT_EQ(fns.events_size(), 2);
+  EXPECT_EQ(fns.events(1).reason(), "ColdStart");
+  auto echo = c->events("functions", "echo", 0, 0ms);
+  ASSERT_EQ(echo.events_size(), 1);
+  EXPECT_EQ(echo.events(0).reason(), "ScaledUp");
+
+  auto waiting = std::async(std::launch::async, [&] { return c->events("vms", "", 3, 30s); });
+  fake_->add_event("vms", "web", "ScaledDown");
+  auto got = waiting.get();
+  ASSERT_EQ(got.events_size(), 1);
+  EXPECT_EQ(got.events(0).reason(), "ScaledDown");
+  EXPECT_EQ(got.next(), 4);
+}
+
+TEST_F(HttpTest, FollowStreamsLogLinesAsNdjson) {
+  api::HttpServerOptions options;
+  options.stream_poll_wait = 200ms;
+  server_.reset();
+  start(options);
+  fake_->add_log("one");
+  fake_->add_log("two");
+  RawStream s(server_->port(), http_request("GET", "/v1/functions/echo/logs?follow=1"));
+  auto head = s.head();
+  ASSERT_EQ(head.status, 200);
+  EXPECT_EQ(head.header("Content-Type"), "application/x-ndjson");
+  EXPECT_EQ(head.header("Transfer-Encoding"), "chunked");
+
+  auto first = s.chunk();  // what is there already, at once
+  ASSERT_TRUE(first);
+  auto lines = ndjson(*first);
+  ASSERT_EQ(lines.size(), 2u);
+  EXPECT_EQ(lines[0].at("text").as_string(), "one");
+  EXPECT_EQ(lines[1].at("text").as_string(), "two");
+  EXPECT_EQ(lines[1].at("sequence").as_string(), "2");
+
+  fake_->add_log("three");  // then what comes later
+  auto second = s.chunk();
+  ASSERT_TRUE(second);
+  lines = ndjson(*second);
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_EQ(lines[0].at("text").as_string(), "three");
+  EXPECT_EQ(server_->stats().streams, 1u);
+
+  s.close();  // the client goes away: the server ends the stream and frees its place
+  EXPECT_TRUE(eventually([&] { return server_->stats().streams == 0; }));
+
+  // Resuming after a sequence; an unknown function is a plain 404, not a stream.
+  RawStream resumed(server_->port(),
+                    http_request("GET", "/v1/functions/echo/logs?follow=1&after=2"));
+  ASSERT_EQ(resumed.head().status, 200);
+  auto rest = resumed.chunk();
+  ASSERT_TRUE(rest);
+  EXPECT_EQ(ndjson(*rest).at(0).at("text").as_string(), "three");
+  auto missing = get("/v1/functions/nope/logs?follow=1");
+  EXPECT_EQ(missing.status, 404);
+  EXPECT_THAT(missing.body, HasSubstr(R"("code":"not_found")"));
+}
+
+TEST_F(HttpTest, WatchStreamsEventsAndEndsWhenTheServerStops) {
+  api::HttpServerOptions options;
+  options.stream_poll_wait = 200ms;
+  server_.reset();
+  start(options);
+  fake_->add_event("functions", "echo", "ScaledUp");
+  fake_->add_event("vms", "web", "Placed");
+  RawStream s(server_->port(), http_request("GET", "/v1/events?watch=1&kind=functions&name=echo"));
+  ASSERT_EQ(s.head().status, 200);
+  auto first = s.chunk();
+  ASSERT_TRUE(first);
+  auto events = ndjson(*first);
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].at("reason").as_string(), "ScaledUp");
+
+  fake_->add_event("vms", "web", "ScaledDown");  // filtered out
+  fake_->add_event("functions", "echo", "Invoked");
+  auto second = s.chunk();
+  ASSERT_TRUE(second);
+  events = ndjson(*second);
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].at("reason").as_string(), "Invoked");
+  EXPECT_EQ(events[0].at("kind").as_string(), "functions");
+
+  // from=N is DESIGN's watch form: events from sequence N on.
+  RawStream from(server_->port(), http_request("GET", "/v1/events?watch=1&from=4"));
+  ASSERT_EQ(from.head().status, 200);
+  auto tail = from.chunk();
+  ASSERT_TRUE(tail);
+  EXPECT_EQ(ndjson(*tail).at(0).at("reason").as_string(), "Invoked");
+
+  const auto began = std::chrono::steady_clock::now();
+  server_.reset();  // stop() ends open streams
+  EXPECT_LT(std::chrono::steady_clock::now() - began, 5s);
+  auto end = s.chunk();
+  EXPECT_TRUE(!end || end->empty());
+}
+
+TEST_F(HttpTest, StreamsAreCappedAndDoNotStarveCalls) {
+  api::HttpServerOptions options;
+  options.max_streams = 2;
+  options.workers = 2;
+  options.stream_poll_wait = 200ms;
+  server_.reset();
+  start(options);
+  auto a = std::make_unique<RawStream>(server_->port(), http_request("GET", "/v1/events?watch=1"));
+  RawStream b(server_->port(), http_request("GET", "/v1/functions/echo/logs?follow=1"));
+  ASSERT_EQ(a->head().status, 200);
+  ASSERT_EQ(b.head().status, 200);
+  EXPECT_EQ(server_->stats().streams, 2u);
+
+  // Past the cap: 503 at once, for a stream and for a waiting long poll alike.
+  RawStream c(server_->port(), http_request("GET", "/v1/events?watch=1"));
+  auto refused = c.head();
+  EXPECT_EQ(refused.status, 503);
+  EXPECT_EQ(refused.header("Retry-After"), "1");
+  EXPECT_THAT(c.body(refused), HasSubstr(R"("code":"unavailable")"));
+  auto cl = client();
+  EXPECT_EQ(catch_error([&] { cl->events("", "", 0, 5s); }).code(), errc::unavailable);
+
+  // The workers are free: calls and polls that do not wait still run.
+  v1::InvokeRequest call;
+  call.set_function("echo");
+  call.set_payload("7");
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(cl->invoke(call).result(), "7");
+  EXPECT_EQ(cl->events("", "", 0, 0ms).events_size(), 0);
+
+  a.reset();  // one stream ends: its place is free again
+  ASSERT_TRUE(eventually([&] { return server_->stats().streams == 1; }));
+  RawStream d(server_->port(), http_request("GET", "/v1/events?watch=1"));
+  EXPECT_EQ(d.head().status, 200);
+}
+
+// ---- HTTP trigger gateway -------------------------------------------------------------------
+
+TEST_F(HttpTest, GatewayPassesMethodPathHeadersQueryAndBody) {
+  add_trigger("echo-http", "/api/echo", "echo");
+  auto raw =
+      raw_request(server_->port(), http_request("POST", "/api/echo?x=1&y=two%20words&x=3", "hello",
+                                                "X-Custom: a\r\nX-Blixard-Request-Id: gw-1\r\n"));
+  ASSERT_EQ(raw.status, 200);
+  EXPECT_EQ(raw.header("Content-Type"), "application/json");  // a plain result: its JSON
+  EXPECT_EQ(raw.header("X-Blixard-Request-Id"), "gw-1");
+
+  auto seen = fake_->last_invoke();
+  EXPECT_EQ(seen.function(), "echo");
+  EXPECT_EQ(seen.request_id(), "gw-1");
+  auto event = boost::json::parse(seen.payload()).as_object();
+  EXPECT_EQ(event.at("method").as_string(), "POST");
+  EXPECT_EQ(event.at("path").as_string(), "/api/echo");
+  EXPECT_EQ(event.at("rawQueryString").as_string(), "x=1&y=two%20words&x=3");
+  EXPECT_EQ(event.at("headers").at("x-custom").as_string(), "a");
+  EXPECT_EQ(event.at("headers").at("host").as_string(), "test");
+  EXPECT_EQ(event.at("query").at("x").as_string(), "1,3");
+  EXPECT_EQ(event.at("query").at("y").as_string(), "two words");
+  EXPECT_EQ(event.at("body").as_string(), "hello");
+  EXPECT_EQ(event.at("isBase64Encoded").as_bool(), false);
+  EXPECT_EQ(boost::json::parse(raw.body), boost::json::value(event));
+
+  // Bytes that are not UTF-8 travel base64-encoded; a trailing slash is the same path.
+  raw = raw_request(server_->port(),
+                    http_request("PUT", "/api/echo/", std::string("\xff\x00\xfe", 3)));
+  ASSERT_EQ(raw.status, 200);
+  event = boost::json::parse(fake_->last_invoke().payload()).as_object();
+  EXPECT_EQ(event.at("method").as_string(), "PUT");
+  EXPECT_EQ(event.at("body").as_string(), "/wD+");
+  EXPECT_EQ(event.at("isBase64Encoded").as_bool(), true);
+
+  // A "/*" path serves everything under it.
+  add_trigger("files", "/files/*", "echo");  // routes once the gateway re-reads its table
+  ASSERT_TRUE(eventually([&] { return (raw = get("/files/a/b%20c.txt")).status == 200; }));
+  event = boost::json::parse(fake_->last_invoke().payload()).as_object();
+  EXPECT_EQ(event.at("path").as_string(), "/files/a/b c.txt");
+  EXPECT_EQ(event.at("rawPath").as_string(), "/files/a/b%20c.txt");
+  EXPECT_EQ(event.at("body").as_string(), "");
+  EXPECT_EQ(get("/filesystem").status, 404);
+}
+
+TEST_F(HttpTest, GatewayMapsStatusCodeHeadersAndBody) {
+  add_trigger("r", "/r", "respond");
+  fake_->respond_with(
+      R"({"statusCode":201,"headers":{"X-Thing":"yes","Content-Type":"text/html","X-N":5,)"
+      R"("Content-Length":"999","Bad Name":"x","X-Split":"a\r\nInjected: 1"},"body":"<b>hi</b>"})");
+  auto raw = get("/r");
+  EXPECT_EQ(raw.status, 201);
+  EXPECT_EQ(raw.header("X-Thing"), "yes");
+  EXPECT_EQ(raw.header("Content-Type"), "text/html");
+  EXPECT_EQ(raw.header("X-N"), "5");
+  EXPECT_EQ(raw.header("Content-Length"), "9");  // the server frames the answer
+  EXPECT_EQ(raw.header("Injected"), "");
+  EXPECT_EQ(raw.body, "<b>hi</b>");
+
+  fake_->respond_with(R"({"statusCode":200,"body":{"a":[1,2]}})");
+  raw = get("/r");
+  EXPECT_EQ(raw.status, 200);
+  EXPECT_EQ(raw.header("Content-Type"), "application/json");
+  EXPECT_EQ(raw.body, R"({"a":[1,2]})");
+
+  fake_->respond_with(R"({"statusCode":404,"body":"no such image"})");
+  raw = get("/r");
+  EXPECT_EQ(raw.status, 404);
+  EXPECT_EQ(raw.header("Content-Type"), "text/plain; charset=utf-8");
+  EXPECT_EQ(raw.body, "no such image");
+
+  fake_->respond_with(R"({"statusCode":200,"body":"aGk=","isBase64Encoded":true})");
+  EXPECT_EQ(get("/r").body, "hi");
+  fake_->respond_with(R"({"statusCode":204})");
+  raw = get("/r");
+  EXPECT_EQ(raw.status, 204);
+  EXPECT_EQ(raw.body, "");
+
+  fake_->respond_with(R"({"ok":true,"n":2})");  // no statusCode: 200 with the JSON
+  raw = get("/r");
+  EXPECT_EQ(raw.status, 200);
+  EXPECT_EQ(raw.header("Content-Type"), "application/json");
+  EXPECT_EQ(raw.body, R"({"ok":true,"n":2})");
+  fake_->respond_with("[1,2,3]");
+  EXPECT_EQ(get("/r").body, "[1,2,3]");
+
+  fake_->respond_with(R"({"statusCode":42})");  // not an HTTP status: the handler's fault
+  raw = get("/r");
+  EXPECT_EQ(raw.status, 502);
+  EXPECT_THAT(raw.body, HasSubstr(R"("error":"handler_failed")"));
+}
+
+TEST_F(HttpTest, GatewayErrors) {
+  api::HttpServerOptions options;
+  options.gateway_body_limit = 1024;
+  server_.reset();
+  start(options);
+  add_trigger("post-only", "/post", "echo", {"POST", "PUT"});
+  add_trigger("busy", "/busy", "busy");
+  add_trigger("crashy", "/crashy", "crashy");
+  add_trigger("sleepy", "/sleepy", "sleepy");
+  add_trigger("ghost", "/ghost", "ghost");
+
+  auto raw = get("/nothing/here");
+  EXPECT_EQ(raw.status, 404);
+  EXPECT_EQ(raw.header("Content-Type"), "application/json");
+  auto body = boost::json::parse(raw.body).as_object();
+  EXPECT_EQ(body.at("error").as_string(), "not_found");
+  EXPECT_THAT(std::string(body.at("message").as_string()), HasSubstr("/nothing/here"));
+
+  raw = get("/post");
+  EXPECT_EQ(raw.status, 405);
+  EXPECT_EQ(raw.header("Allow"), "POST, PUT");
+  EXPECT_THAT(raw.body, HasSubstr(R"("error":"method_not_allowed")"));
+  EXPECT_EQ(raw_request(server_->port(), http_request("POST", "/post", "x")).status, 200);
+
+  raw = raw_request(server_->port(), http_request("POST", "/post", std::string(2048, 'x')));
+  EXPECT_EQ(raw.status, 413);
+  EXPECT_THAT(raw.body, HasSubstr(R"("error":"payload_too_large")"));
+  EXPECT_THAT(raw.body, HasSubstr("1024"));
+  // The API's own limit is separate (8 MiB by default).
+  v1::InvokeRequest call;
+  call.set_function("echo");
+  call.set_payload("\"" + std::string(4096, 'x') + "\"");
+  EXPECT_EQ(client()->invoke(call).result().size(), 4098u);
+
+  raw = get("/busy");
+  EXPECT_EQ(raw.status, 429);
+  EXPECT_EQ(raw.header("Retry-After"), "1");
+  EXPECT_THAT(raw.body, HasSubstr(R"("error":"throttled")"));
+  raw = get("/crashy");
+  EXPECT_EQ(raw.status, 502);
+  EXPECT_THAT(raw.body, HasSubstr(R"("error":"handler_failed")"));
+  raw = get("/sleepy");
+  EXPECT_EQ(raw.status, 504);
+  EXPECT_THAT(raw.body, HasSubstr(R"("error":"timeout")"));
+  raw = get("/ghost");
+  EXPECT_EQ(raw.status, 404);
+  EXPECT_THAT(raw.body, HasSubstr("function ghost not found"));
+  // API paths never reach the gateway.
+  EXPECT_THAT(get("/v1/nope").body, HasSubstr(R"("code":"not_found")"));
+}
+
+TEST_F(HttpTest, TriggerAddedBecomesRoutableAndRemovedStopsRouting) {
+  EXPECT_EQ(get("/new").status, 404);  // the routing table is now freshly read
+  add_trigger("new", "/new", "echo");
+  const auto added = std::chrono::steady_clock::now();
+  ASSERT_TRUE(eventually([&] { return get("/new").status == 200; }));
+  // Within a second (with slack for a loaded machine).
+  EXPECT_LT(std::chrono::steady_clock::now() - added, 3s);
+
+  v1::ObjectSet gone;
+  gone.add_triggers()->mutable_metadata()->set_name("new");
+  fake_->apply(gone, ApplyMode::remove);
+  EXPECT_TRUE(eventually([&] { return get("/new").status == 404; }));
 }
 
 }  // namespace

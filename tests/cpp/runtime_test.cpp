@@ -9,9 +9,12 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -435,6 +438,89 @@ TEST_F(SandboxTest, ShutdownKillsInFlightInstancesAndRefusesNewCalls) {
   EXPECT_EQ(error->code(), errc::unavailable);
   EXPECT_EQ(processes_with(token_), 0);
   EXPECT_EQ(invoke_error(python_spec("echo:handler"), "{}").code(), errc::unavailable);
+}
+
+// ---- the instance-level API (what warm pools use) ----
+
+TEST_F(SandboxTest, InstanceServesManyCallsMultiplexedAndReportsItsExit) {
+  std::mutex m;
+  std::vector<std::string> lines;
+  std::optional<InstanceExit> exit;
+  std::condition_variable exited;
+  InstanceOptions o;
+  o.function = "fn";
+  o.spec = python_spec("pool:identity");
+  o.on_log = [&](const std::string&, const std::string& stream, std::string line) {
+    std::lock_guard lock(m);
+    lines.push_back(stream + ": " + line);
+  };
+  o.on_exit = [&](const InstanceExit& e) {
+    std::lock_guard lock(m);
+    exit = e;
+    exited.notify_all();
+  };
+  auto instance = driver_->start(o);
+  EXPECT_TRUE(instance->alive());
+  EXPECT_GT(instance->init_duration().count(), 0);
+  // Several calls in flight at once, matched by request id (the handler serves them in turn).
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 4; ++i) {
+    threads.emplace_back([&, i] {
+      Invocation inv;
+      inv.function = "fn";
+      inv.spec = o.spec;
+      inv.payload = R"({"sleep": 0.05})";
+      inv.request_id = "r" + std::to_string(i);
+      const auto r = instance->call(inv);
+      if (r.result.find(instance->name()) != std::string::npos && !r.cold_start) ++ok;
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok, 4);
+  {
+    std::lock_guard lock(m);
+    EXPECT_NE(std::find(lines.begin(), lines.end(), "stdout: served r2"), lines.end());
+  }
+  // A crash ends the instance: the call fails, the exit callback says why.
+  Invocation crash;
+  crash.function = "fn";
+  crash.spec = o.spec;
+  crash.payload = R"({"crash": true})";
+  crash.request_id = "boom";
+  try {
+    instance->call(crash);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), errc::handler_failed);
+    EXPECT_THAT(e.message(), HasSubstr("exited with status 7 while handling the request"));
+    EXPECT_THAT(e.message(), HasSubstr("(request boom)"));
+  }
+  std::unique_lock lock(m);
+  ASSERT_TRUE(exited.wait_for(lock, std::chrono::seconds(10), [&] { return exit.has_value(); }));
+  EXPECT_EQ(exit->reason, "exited with status 7");
+  EXPECT_FALSE(exit->requested);
+  EXPECT_FALSE(instance->alive());
+}
+
+TEST_F(SandboxTest, StoppedInstanceExitsCleanly) {
+  InstanceOptions o;
+  o.function = "fn";
+  o.spec = python_spec("echo:handler");
+  auto instance = driver_->start(o);
+  instance->stop(std::chrono::seconds(5));
+  EXPECT_FALSE(instance->alive());
+  EXPECT_EQ(processes_with(token_), 0);
+  Invocation inv;
+  inv.function = "fn";
+  inv.spec = o.spec;
+  inv.payload = "1";
+  try {
+    instance->call(inv);
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), errc::unavailable);
+  }
 }
 
 // ---- native handlers (examples/handlers/cpp) and cold-start figures ----

@@ -804,6 +804,23 @@ TEST(Validation, FunctionDefaultsAndRules) {
   EXPECT_EQ(invalid([&] { blixard::validate_function(bad); }).field(), "spec.triggers[0].type");
 }
 
+TEST(Validation, HttpTriggerPathsMustBeReachable) {
+  v1::Trigger trigger;
+  trigger.mutable_metadata()->set_name("t");
+  trigger.mutable_spec()->set_type("http");
+  trigger.mutable_spec()->set_function("echo");
+  for (const char* path : {"/v1/functions", "/metrics", "/healthz", "/v1", "/a?b=1", "api"}) {
+    v1::Trigger bad = trigger;
+    bad.mutable_spec()->set_path(path);
+    EXPECT_EQ(invalid([&] { blixard::validate_trigger(bad); }).field(), "spec.path") << path;
+  }
+  for (const char* path : {"/api/process-image", "/v1x", "/metrics-ui"}) {
+    v1::Trigger good = trigger;
+    good.mutable_spec()->set_path(path);
+    EXPECT_NO_THROW(blixard::validate_trigger(good)) << path;
+  }
+}
+
 TEST(Validation, VmRules) {
   v1::Vm vm;
   vm.mutable_metadata()->set_name("db");

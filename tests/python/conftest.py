@@ -35,6 +35,11 @@ def handler(event, context):
         sys.stderr.write("crashing on purpose\\n")
         sys.stderr.flush()
         os._exit(3)
+    if event.get("print"):
+        print(event["print"], flush=True)
+    if event.get("eprint"):
+        sys.stderr.write(str(event["eprint"]) + "\\n")
+        sys.stderr.flush()
     if event.get("raise"):
         raise RuntimeError("boom: " + str(event["raise"]))
     if event.get("sleep"):

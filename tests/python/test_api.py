@@ -90,6 +90,17 @@ def test_invoke_python_handler(cluster, echo_config):
     assert raw.duration_ms >= 0
 
 
+def test_function_metrics_count_invocations(cluster, echo_config):
+    fn = cluster.create_function("echo", config=echo_config)
+    fn.invoke({})
+    with pytest.raises(errors.HandlerFailed):
+        fn.invoke({"raise": "x"})
+    m = fn.metrics()
+    assert int(m["invocations"]) == 2
+    assert int(m["errors"]) == 1
+    assert int(m.get("coldStarts", 0)) >= 1
+
+
 def test_second_invoke_is_warm(cluster, echo_config):
     fn = cluster.create_function("echo", config=echo_config)
     first = fn.invoke_raw("{}")
@@ -102,14 +113,30 @@ def test_second_invoke_is_warm(cluster, echo_config):
     assert status.get("instancesRunning", 0) + status.get("instancesWarm", 0) >= 1
 
 
+def test_invoke_async_runs_calls_concurrently(cluster, echo_config):
+    import asyncio
+
+    fn = cluster.create_function("echo", config=echo_config, concurrent_executions=10)
+
+    async def main():
+        return await asyncio.gather(*(fn.invoke_async({"i": i}) for i in range(4)))
+
+    results = asyncio.run(main())
+    assert [r["echo"] for r in results] == [{"i": i} for i in range(4)]
+
+
 def test_invoke_exec_handler(cluster, tmp_path, code_dir):
     # An exec handler is any program speaking the instance protocol; the package's standalone
-    # handler runtime is one.
+    # handler runtime is one. It runs in its code directory.
+    import shutil
+
     import blixard.handler_runtime as rt
 
+    shutil.copy(rt.__file__, code_dir / "runtime.py")
     write(tmp_path / "exec.yaml", f"""\
     runtime: exec
-    command: ["{sys.executable}", "{rt.__file__}", "echo:handler", "{code_dir}"]
+    command: ["{sys.executable}", "runtime.py", "echo:handler", "."]
+    code: ./code
     timeout: 10s
     """)
     fn = cluster.create_function("ex", config=tmp_path / "exec.yaml")

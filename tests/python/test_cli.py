@@ -124,9 +124,10 @@ def test_function_lifecycle(cli, work):
     assert "image-processor" in names(listed["items"])
     table = cli.ok("function", "list").stdout
     header = table.splitlines()[0].split()
-    assert header == ["NAME", "RUNTIME", "MEMORY", "TIMEOUT", "RUNNING", "WARM"]
+    assert header == ["NAME", "RUNNING", "WARM", "WHERE", "MEMORY", "TIMEOUT"]
     row = next(line.split() for line in table.splitlines() if line.startswith("image-processor"))
-    assert row[:4] == ["image-processor", "python", "128M", "30s"]
+    # Scale to zero: nothing runs before the first call.
+    assert row == ["image-processor", "0", "0", "-", "128M", "30s"]
 
     got = cli.json("function", "get", "image-processor")
     assert got["spec"]["handler"] == "echo:handler"
@@ -141,6 +142,10 @@ def test_function_lifecycle(cli, work):
     assert json.loads(out.stdout)["echo"] == {"from": "file"}
     out = cli.ok("function", "invoke", "image-processor", "--data", "-", input='{"from": "stdin"}')
     assert json.loads(out.stdout)["echo"] == {"from": "stdin"}
+
+    metrics = cli.json("function", "metrics", "image-processor")
+    assert int(metrics["invocations"]) == 4
+    assert "Invocations: 4" in cli.ok("function", "metrics", "image-processor").stdout
 
     cli.ok("function", "delete", "image-processor")
     assert "image-processor" not in names(cli.json("function", "list")["items"])
@@ -293,3 +298,236 @@ def test_up_with_unusable_data_dir(tmp_path):
     run = Cli(tmp_path / "file" / "dir", tmp_path)
     err = fail(run, EXIT_INVALID, "up", "--listen", "127.0.0.1:0")
     assert "--data-dir" in err
+
+
+# ---- serverless: triggers, logs, metrics, watch, throttling ----
+
+EXIT_THROTTLED = 7
+
+
+def _poll(condition, timeout: float = 20.0, interval: float = 0.1):
+    end = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < end, f"condition not met within {timeout}s"
+        time.sleep(interval)
+
+
+def _http(url: str, body: bytes = b"", method: str = "POST"):
+    """(status, body) of one request; HTTP errors are answers too."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=body if method != "GET" else None, method=method,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        with e:
+            return e.code, e.read()
+
+
+def _node_name(cli) -> str:
+    return cli.json("node", "list")["items"][0]["metadata"]["name"]
+
+
+def test_function_trigger_http_prints_a_url_that_serves_the_function(cli):
+    cli.ok("function", "create", "image-processor", "--config", "echo.yaml")
+    try:
+        r = cli.ok("function", "trigger", "image-processor", "--http", "--path",
+                   "/api/process-image")
+        assert "trigger image-processor-http created" in r.stdout
+        line = next(x for x in r.stdout.splitlines() if x.startswith("Now accessible at: "))
+        url = line.split(": ", 1)[1]
+        info = json.loads((cli.data_dir / "server.json").read_text())
+        assert url == info["address"].rstrip("/") + "/api/process-image"
+
+        # The gateway re-reads its routes within a second: poll until the path is served.
+        status, body = _poll(lambda: (lambda a: a if a[0] != 404 else None)(
+            _http(url + "?size=small", b'{"imagePath": "/data/in.jpg"}')))
+        assert status == 200, body
+        event = json.loads(body)["echo"]
+        assert event["method"] == "POST" and event["path"] == "/api/process-image"
+        assert json.loads(event["body"]) == {"imagePath": "/data/in.jpg"}
+        assert event["query"] == {"size": "small"}
+
+        listed = cli.json("trigger", "list")["items"]
+        t = next(t for t in listed if t["metadata"]["name"] == "image-processor-http")
+        assert t["spec"]["function"] == "image-processor" and t["status"]["url"] == url
+
+        # --method limits it; --name names it; -o json gives the object and the url.
+        obj = cli.json("function", "trigger", "image-processor", "--http", "--path", "/api/get",
+                       "--method", "get", "--name", "ip-get")
+        assert obj["metadata"]["name"] == "ip-get" and obj["spec"]["methods"] == ["GET"]
+        get_url = obj["url"]
+        status, _ = _poll(lambda: (lambda a: a if a[0] != 404 else None)(_http(get_url)))
+        assert status == 405
+        assert _http(get_url, method="GET")[0] == 200
+
+        err = fail(cli, EXIT_INVALID, "function", "trigger", "image-processor", "--http")
+        assert "--path" in err
+        fail(cli, EXIT_INVALID, "function", "trigger", "image-processor", "--path", "/x")
+        fail(cli, EXIT_NOT_FOUND, "function", "trigger", "missing-fn", "--http", "--path", "/m")
+        fail(cli, EXIT_EXISTS, "function", "trigger", "image-processor", "--http", "--path",
+             "/api/process-image")
+    finally:
+        for t in cli.json("trigger", "list")["items"]:
+            cli.ok("trigger", "delete", t["metadata"]["name"])
+        cli.ok("function", "delete", "image-processor")
+
+
+def test_function_list_shows_running_warm_and_where(cli):
+    cli.ok("function", "create", "lister", "--config", "echo.yaml", "--memory", "64M")
+    try:
+        cli.ok("function", "invoke", "lister", "--data", "{}")
+        node = _node_name(cli)
+        table = cli.ok("function", "list").stdout
+        lines = table.splitlines()
+        assert lines[0].split() == ["NAME", "RUNNING", "WARM", "WHERE", "MEMORY", "TIMEOUT"]
+        row = next(x.split() for x in lines if x.startswith("lister"))
+        assert row == ["lister", "0", "1", node, "64M", "10s"]
+        obj = next(f for f in cli.json("function", "list")["items"]
+                   if f["metadata"]["name"] == "lister")
+        assert obj["status"]["instancesWarm"] == 1
+        assert obj["status"]["instances"][0]["node"] == node
+    finally:
+        cli.ok("function", "delete", "lister")
+
+
+def test_function_metrics_summary_and_table(cli):
+    cli.ok("function", "create", "measured", "--config", "echo.yaml")
+    try:
+        for _ in range(2):
+            cli.ok("function", "invoke", "measured", "--data", "{}")
+        fail(cli, EXIT_HANDLER, "function", "invoke", "measured", "--data", '{"raise": "x"}')
+        out = cli.ok("function", "metrics", "measured").stdout
+        summary = out.splitlines()[0]
+        assert summary.startswith("Invocations: 3/hour (3 total), Avg cold start: ")
+        assert "ms, Avg duration: " in summary and summary.endswith("ms")
+        for word in ("ERRORS", "THROTTLES", "COLD STARTS", "LATENCY", "P50", "P99",
+                     "cold start", "duration"):
+            assert word in out, out
+        m = cli.json("function", "metrics", "measured")
+        assert int(m["invocations"]) == 3 and int(m["errors"]) == 1
+        assert int(m["coldStarts"]) == 1
+        fail(cli, EXIT_NOT_FOUND, "function", "metrics", "missing-fn")
+    finally:
+        cli.ok("function", "delete", "measured")
+
+
+def test_function_logs_and_follow(cli):
+    import subprocess
+
+    cli.ok("function", "create", "talker", "--config", "echo.yaml")
+    try:
+        cli.ok("function", "invoke", "talker", "--data", '{"print": "first words"}')
+        _poll(lambda: "first words" in cli.ok("function", "logs", "talker").stdout)
+        lines = [json.loads(x) for x in cli.ok("function", "logs", "talker", "-o", "json")
+                 .stdout.splitlines()]
+        assert any(x["text"] == "first words" and x["stream"] == "stdout" for x in lines)
+
+        follow = subprocess.Popen([*cli.cmd, "function", "logs", "talker", "--follow"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env=cli.env(), cwd=cli.cwd)
+        try:
+            assert follow.stdout.readline().strip() == "first words"
+            cli.ok("function", "invoke", "talker", "--data", '{"print": "later words"}')
+            assert follow.stdout.readline().strip() == "later words"
+            follow.send_signal(2)  # Ctrl-C ends --follow cleanly
+            assert follow.wait(15) == 0, follow.stderr.read()
+        finally:
+            if follow.poll() is None:
+                follow.kill()
+                follow.wait()
+            follow.stdout.close()
+            follow.stderr.close()
+        fail(cli, EXIT_NOT_FOUND, "function", "logs", "missing-fn")
+    finally:
+        cli.ok("function", "delete", "talker")
+
+
+def test_function_watch_streams_events_until_ctrl_c(cli):
+    import queue
+    import subprocess
+    import threading
+
+    cli.ok("function", "create", "watched", "--config", "echo.yaml")
+    # --all: from the events the server keeps, so nothing is missed however fast the invoke is.
+    watch = subprocess.Popen([*cli.cmd, "function", "watch", "watched", "--all"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=cli.env(), cwd=cli.cwd)
+    lines: "queue.Queue[str]" = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in watch.stdout], daemon=True)
+    reader.start()
+    try:
+        cli.ok("function", "invoke", "watched", "--data", "{}")
+        node = _node_name(cli)
+        seen = []
+        end = time.monotonic() + 20
+        while not any(" ScaledUp " in x for x in seen) or not any(" Placed " in x for x in seen):
+            assert time.monotonic() < end, f"no ScaledUp/Placed line: {seen}"
+            try:
+                seen.append(lines.get(timeout=0.5))
+            except queue.Empty:
+                pass
+        placed = next(x for x in seen if " Placed " in x)
+        # time, reason, node, message
+        clock, reason, where, *message = placed.split()
+        assert len(clock) == len("12:34:56.789") and clock[2] == ":"
+        assert reason == "Placed" and where == node and node in " ".join(message)
+        watch.send_signal(2)  # Ctrl-C: exit 0
+        assert watch.wait(15) == 0, watch.stderr.read()
+    finally:
+        if watch.poll() is None:
+            watch.terminate()
+            watch.wait(10)
+        reader.join(5)
+        watch.stdout.close()
+        watch.stderr.close()
+        cli.ok("function", "delete", "watched")
+    fail(cli, EXIT_NOT_FOUND, "function", "watch", "missing-fn")
+
+
+def test_function_watch_terminated_mid_stream(cli):
+    import subprocess
+
+    cli.ok("function", "create", "watched2", "--config", "echo.yaml")
+    watch = subprocess.Popen([*cli.cmd, "function", "watch", "watched2", "-o", "json", "--all"],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                             env=cli.env(), cwd=cli.cwd)
+    try:
+        cli.ok("function", "invoke", "watched2", "--data", "{}")
+        first = json.loads(watch.stdout.readline())
+        assert first["name"] == "watched2" and first["type"] in ("put", "record")
+    finally:
+        watch.terminate()
+        watch.wait(10)
+        watch.stdout.close()
+        cli.ok("function", "delete", "watched2")
+
+
+def test_throttled_invoke_exits_7(cli):
+    import subprocess
+
+    cli.ok("function", "create", "narrow", "--config", "echo.yaml",
+           "--concurrent-executions", "1")
+    slow = None
+    try:
+        cli.ok("function", "invoke", "narrow", "--data", "{}")
+        slow = subprocess.Popen([*cli.cmd, "function", "invoke", "narrow", "--data",
+                                 '{"sleep": 3}'], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env=cli.env(), cwd=cli.cwd)
+        _poll(lambda: int(cli.json("function", "metrics", "narrow")
+                          .get("concurrentExecutions", 0)) >= 1)
+        err = fail(cli, EXIT_THROTTLED, "function", "invoke", "narrow", "--data", "{}")
+        assert "throttled" in err and "retry later" in err
+        out, _ = slow.communicate(timeout=30)
+        assert slow.returncode == 0 and json.loads(out)["echo"] == {"sleep": 3}
+    finally:
+        if slow is not None and slow.poll() is None:
+            slow.kill()
+            slow.communicate()
+        cli.ok("function", "delete", "narrow")

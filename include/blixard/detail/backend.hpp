@@ -2,6 +2,8 @@
 // (embedded default) and over HTTP by the remote client. Each call maps to one /v1 endpoint.
 #pragma once
 
+#include <chrono>
+#include <cstdint>
 #include <string>
 
 #include "blixard/v1/api.pb.h"
@@ -34,6 +36,19 @@ class Backend {
   virtual v1::InvokeResponse invoke(const v1::InvokeRequest& request) = 0;
 
   virtual v1::ServerInfo info() = 0;
+
+  // Counters and latency summaries of one function (not_found for an unknown one).
+  virtual v1::FunctionMetrics function_metrics(const std::string& name) = 0;
+  // Every function's metrics in the Prometheus text exposition format (GET /metrics).
+  virtual std::string prometheus_metrics() = 0;
+
+  // Long polls: return what came after `after` at once, or wait up to `wait` for something new
+  // (an empty answer when nothing came). Callers continue from the returned `next`.
+  virtual v1::LogChunk function_logs(const std::string& name, std::int64_t after,
+                                     std::chrono::milliseconds wait) = 0;
+  // Object changes and records (scaling, placement, invocations); `kind`/`name` empty: all.
+  virtual v1::WatchEventList events(const std::string& kind, const std::string& name,
+                                    std::int64_t after, std::chrono::milliseconds wait) = 0;
 };
 
 }  // namespace blixard::detail

@@ -1,0 +1,637 @@
+// Function pools: warm instances, cold starts, throttling, scale to zero and autoscaling on this
+// node (see function_pool.hpp). One mutex guards every pool; it is never held while an instance
+// starts, runs a call or stops, so a burst of cold calls starts its instances in parallel.
+#include "control/function_pool.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <deque>
+#include <list>
+
+#include <google/protobuf/util/time_util.h>
+
+namespace blixard::control {
+namespace {
+
+using google::protobuf::util::TimeUtil;
+using std::chrono::milliseconds;
+
+milliseconds to_ms(const google::protobuf::Duration& d) {
+  return milliseconds(d.seconds() * 1000 + d.nanos() / 1'000'000);
+}
+
+// Time-weighted in-flight concurrency in one-second buckets (Knative's average concurrency).
+class ConcurrencyWindow {
+ public:
+  using Clock = std::chrono::steady_clock;
+
+  void set(Clock::time_point now, double concurrency) {
+    advance(now);
+    current_ = concurrency;
+  }
+
+  // Average over the last `window` (never longer than the kept history).
+  double average(Clock::time_point now, milliseconds window) {
+    advance(now);
+    const double seconds = std::max(0.001, window.count() / 1000.0);
+    const double from = to_seconds(now) - seconds;
+    double area = 0;
+    for (const auto& [start, a] : buckets_) {
+      // A bucket partly inside the window counts in proportion.
+      const double overlap = std::clamp(start + 1.0 - from, 0.0, 1.0);
+      area += a * overlap;
+    }
+    return area / seconds;
+  }
+
+ private:
+  static double to_seconds(Clock::time_point t) {
+    return std::chrono::duration<double>(t.time_since_epoch()).count();
+  }
+
+  void advance(Clock::time_point now) {
+    double t = to_seconds(last_ == Clock::time_point{} ? now : last_);
+    const double end = to_seconds(now);
+    last_ = now;
+    while (t < end) {
+      const double second = std::floor(t);
+      const double step = std::min(end, second + 1.0) - t;
+      if (buckets_.empty() || buckets_.back().first != second) buckets_.emplace_back(second, 0.0);
+      buckets_.back().second += current_ * step;
+      t += step;
+    }
+    while (!buckets_.empty() && buckets_.front().first < end - 61) buckets_.pop_front();
+  }
+
+  Clock::time_point last_{};
+  double current_ = 0;
+  std::deque<std::pair<double, double>> buckets_;  // (start second, concurrency x seconds)
+};
+
+}  // namespace
+
+struct FunctionPools::Slot {
+  enum class Phase { starting, ready, stopping, gone };
+  std::string name;  // the instance's name once started
+  std::int64_t version = 0;
+  Phase phase = Phase::starting;
+  std::shared_ptr<runtime::Instance> instance;
+  std::optional<Error> start_error;
+  std::uint32_t in_flight = 0;
+  Clock::time_point last_used = Clock::now();
+  google::protobuf::Timestamp started_at = TimeUtil::GetCurrentTime();
+};
+
+struct FunctionPools::Pool {
+  std::string name;
+  std::int64_t version = 0;
+  v1::FunctionSpec spec;
+  bool deleted = false;
+  std::list<std::shared_ptr<Slot>> slots;
+  std::uint32_t in_flight = 0;
+  ConcurrencyWindow window;
+  std::uint32_t desired = 0;  // the autoscaler's instance count
+  Clock::time_point panic_until{};
+  std::uint32_t background_starts = 0;
+  // Background starts (minInstances) that fail back off, so a broken handler is no busy loop.
+  Clock::time_point retry_after{};
+  milliseconds backoff{0};
+
+  std::uint32_t target() const {
+    return std::max<std::uint32_t>(1, spec.scaling().target_concurrency());
+  }
+  // Instances of the current spec, starting or running (what maxInstances caps).
+  std::uint32_t current_instances() const {
+    std::uint32_t n = 0;
+    for (const auto& s : slots) {
+      if (s->version == version &&
+          (s->phase == Slot::Phase::starting || s->phase == Slot::Phase::ready)) {
+        ++n;
+      }
+    }
+    return n;
+  }
+};
+
+FunctionPools::FunctionPools(runtime::Driver& driver, std::shared_ptr<Telemetry> telemetry,
+                             std::string node, PoolOptions options)
+    : driver_(driver), telemetry_(std::move(telemetry)), node_(std::move(node)), options_(options) {
+  maintenance_ = std::thread([this] { maintenance_loop(); });
+}
+
+FunctionPools::~FunctionPools() { shutdown(); }
+
+FunctionPools::Pool& FunctionPools::pool_for(const std::string& function) {
+  auto& p = pools_[function];
+  if (!p) {
+    p = std::make_unique<Pool>();
+    p->name = function;
+  }
+  return *p;
+}
+
+// Called with mutex_ held.
+void FunctionPools::apply_spec(Pool& pool, std::int64_t version, const v1::FunctionSpec& spec) {
+  // An older (or the same) read than what we run; a re-created function has a newer version.
+  if (version <= pool.version) return;
+  const bool changed = pool.version != 0;
+  pool.version = version;
+  pool.spec = spec;
+  pool.deleted = false;
+  if (!changed) return;
+  // New calls go to new-spec instances; idle old ones stop now, busy ones when their calls end.
+  std::uint32_t draining = 0;
+  for (auto& s : pool.slots) {
+    if (s->version != version && s->phase == Slot::Phase::ready) {
+      s->phase = Slot::Phase::stopping;
+      ++draining;
+    }
+  }
+  if (draining > 0) {
+    record(pool.name, "ScaledDown",
+           "draining " + std::to_string(draining) + " instance(s) of the previous spec");
+  }
+  changed_.notify_all();
+}
+
+void FunctionPools::update(const std::string& function, std::int64_t version,
+                           const v1::FunctionSpec& spec) {
+  std::lock_guard lock(mutex_);
+  if (closed_) return;
+  apply_spec(pool_for(function), version, spec);
+  changed_.notify_all();  // the maintenance loop starts minInstances
+}
+
+void FunctionPools::remove(const std::string& function) {
+  std::vector<std::shared_ptr<runtime::Instance>> kill;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = pools_.find(function);
+    if (it == pools_.end()) return;
+    Pool& pool = *it->second;
+    pool.deleted = true;
+    for (auto& s : pool.slots) {
+      if (s->instance) kill.push_back(s->instance);
+      if (s->phase != Slot::Phase::starting) s->phase = Slot::Phase::stopping;
+    }
+    if (!kill.empty()) {
+      record(function, "ScaledDown",
+             "function deleted: stopping " + std::to_string(kill.size()) + " instance(s)");
+    }
+  }
+  for (auto& in : kill) in->kill();
+  changed_.notify_all();
+  telemetry_->forget(function);
+}
+
+void FunctionPools::record(const std::string& function, const char* reason,
+                           const std::string& message) {
+  v1::WatchEvent e;
+  e.set_type("record");
+  e.set_kind("functions");
+  e.set_name(function);
+  e.set_reason(reason);
+  e.set_message(message);
+  e.set_node(node_);
+  telemetry_->publish(std::move(e));
+}
+
+void FunctionPools::throttle(Pool& pool, const std::string& why) {
+  const std::string message = "function \"" + pool.name + "\" is throttled: " + why;
+  telemetry_->record_invocation(pool.name, Outcome::throttled, std::chrono::microseconds(0), false);
+  record(pool.name, "Throttled", why);
+  throw Error(errc::throttled, message);
+}
+
+void FunctionPools::note_concurrency(Pool& pool) {
+  pool.window.set(Clock::now(), pool.in_flight);
+  publish_gauges(pool);
+}
+
+void FunctionPools::publish_gauges(const Pool& pool) {
+  std::uint32_t busy = 0, warm = 0;
+  for (const auto& s : pool.slots) {
+    if (s->phase != Slot::Phase::ready && s->phase != Slot::Phase::stopping) continue;
+    if (s->in_flight > 0) {
+      ++busy;
+    } else if (s->phase == Slot::Phase::ready) {
+      ++warm;
+    }
+  }
+  std::map<std::string, std::uint32_t> by_node;
+  if (busy + warm > 0) by_node[node_] = busy + warm;
+  telemetry_->set_gauges(pool.name, pool.in_flight, busy, warm, by_node);
+}
+
+runtime::InvocationResult FunctionPools::invoke(std::int64_t version,
+                                                const runtime::Invocation& inv) {
+  const std::string& function = inv.function;
+  std::shared_ptr<Slot> slot;
+  bool cold = false;
+  bool starter = false;
+  v1::FunctionSpec spec;
+  {
+    std::unique_lock lock(mutex_);
+    if (closed_) throw Error(errc::unavailable, "the cluster is shut down");
+    Pool& pool = pool_for(function);
+    apply_spec(pool, version, inv.spec);
+    if (pool.deleted) throw Error(errc::unavailable, "function \"" + function + "\" was deleted");
+    spec = pool.spec;
+    const std::uint32_t limit = spec.concurrent_executions();
+    if (limit != 0 && pool.in_flight >= limit) {
+      throttle(pool, "at its limit of " + std::to_string(limit) + " concurrent executions");
+    }
+    const std::uint32_t target = pool.target();
+    // A ready instance of the current spec with room: the busiest (pack calls, so the others
+    // idle out), then the most recently used (its caches are warm).
+    for (auto& s : pool.slots) {
+      if (s->version != pool.version || s->phase != Slot::Phase::ready || s->in_flight >= target) {
+        continue;
+      }
+      if (!slot || s->in_flight > slot->in_flight ||
+          (s->in_flight == slot->in_flight && s->last_used > slot->last_used)) {
+        slot = s;
+      }
+    }
+    if (!slot && target > 1) {
+      // Share an instance that is starting, as its other calls will.
+      for (auto& s : pool.slots) {
+        if (s->version == pool.version && s->phase == Slot::Phase::starting &&
+            s->in_flight < target) {
+          slot = s;
+          cold = true;
+          break;
+        }
+      }
+    }
+    if (!slot) {
+      const std::uint32_t max = spec.scaling().max_instances();
+      if (max != 0 && pool.current_instances() >= max) {
+        throttle(pool, "all of its " + std::to_string(max) + " instances are busy (maxInstances)");
+      }
+      // Every caller that finds no room starts its own instance, without waiting for others.
+      slot = std::make_shared<Slot>();
+      slot->version = pool.version;
+      slot->name = function + "-starting-" + std::to_string(++slot_counter_);
+      pool.slots.push_back(slot);
+      cold = starter = true;
+    }
+    ++slot->in_flight;
+    ++pool.in_flight;
+    note_concurrency(pool);
+  }
+
+  // Gives the call's place back, whatever happened.
+  auto release = [&](bool stop_if_draining) {
+    std::lock_guard lock(mutex_);
+    --slot->in_flight;
+    slot->last_used = Clock::now();
+    auto it = pools_.find(function);
+    if (it != pools_.end()) {
+      --it->second->in_flight;
+      note_concurrency(*it->second);
+    }
+    if (stop_if_draining) changed_.notify_all();  // the maintenance loop stops drained slots
+  };
+  auto map_error = [&](const Error& e) -> Error {
+    std::lock_guard lock(mutex_);
+    auto it = pools_.find(function);
+    if (it == pools_.end() || it->second->deleted) {
+      return Error(errc::unavailable, "function \"" + function + "\" was deleted");
+    }
+    if (closed_) return Error(errc::unavailable, "the cluster is shut down");
+    return e;
+  };
+
+  if (starter) {
+    start_slot(function, slot, spec);
+  } else if (cold) {
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [&] { return slot->phase != Slot::Phase::starting; });
+  }
+  std::shared_ptr<runtime::Instance> instance;
+  std::optional<Error> start_error;
+  {
+    std::lock_guard lock(mutex_);
+    instance = slot->instance;
+    start_error = slot->start_error;
+  }
+  if (!instance) {
+    release(false);
+    Error e = map_error(start_error ? *start_error : Error(errc::unavailable, "instance stopped"));
+    telemetry_->record_invocation(function,
+                                  e.code() == errc::timeout ? Outcome::timeout : Outcome::error,
+                                  std::chrono::microseconds(0), true);
+    throw e;
+  }
+
+  try {
+    auto out = instance->call(inv);
+    out.cold_start = cold;
+    release(true);
+    telemetry_->record_invocation(function, Outcome::ok, out.duration, cold);
+    return out;
+  } catch (const Error& raw) {
+    release(true);
+    Error e = map_error(raw);
+    if (e.code() == errc::timeout) {
+      telemetry_->record_invocation(function, Outcome::timeout, std::chrono::microseconds(0), cold);
+      record(function, "TimedOut", e.message());
+    } else {
+      telemetry_->record_invocation(function, Outcome::error, std::chrono::microseconds(0), cold);
+    }
+    throw e;
+  }
+}
+
+void FunctionPools::start_slot(const std::string& function, const std::shared_ptr<Slot>& slot,
+                               const v1::FunctionSpec& spec) {
+  runtime::InstanceOptions options;
+  options.function = function;
+  options.spec = spec;
+  auto telemetry = telemetry_;
+  options.on_log = [telemetry, function](const std::string& instance, const std::string& stream,
+                                         std::string line) {
+    telemetry->append_log(function, instance, stream, std::move(line));
+  };
+  std::weak_ptr<Slot> weak = slot;
+  options.on_exit = [this, function, weak](const runtime::InstanceExit& exit) {
+    on_instance_exit(function, weak, exit);
+  };
+  std::shared_ptr<runtime::Instance> instance;
+  std::optional<Error> error;
+  try {
+    instance = driver_.start(options);
+  } catch (const Error& e) {
+    error = e;
+  }
+  std::vector<std::shared_ptr<runtime::Instance>> kill;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = pools_.find(function);
+    Pool* pool = it == pools_.end() ? nullptr : it->second.get();
+    if (error) {
+      slot->start_error = *error;
+      slot->phase = Slot::Phase::gone;
+      if (pool != nullptr) {
+        pool->slots.remove(slot);
+        record(function, "Failed", "instance did not start: " + error->message());
+      }
+    } else {
+      slot->instance = instance;
+      slot->name = instance->name();
+      slot->started_at = TimeUtil::GetCurrentTime();
+      slot->last_used = Clock::now();
+      const bool dead = slot->phase == Slot::Phase::gone;  // exited already
+      if (closed_ || pool == nullptr || pool->deleted) {
+        slot->phase = Slot::Phase::stopping;
+        kill.push_back(instance);
+      } else if (!dead) {
+        slot->phase = slot->version == pool->version ? Slot::Phase::ready : Slot::Phase::stopping;
+      }
+      const auto init = instance->init_duration();
+      telemetry_->record_cold_start(function, init);
+      record(function, "Placed", "instance " + slot->name + " placed on node " + node_);
+      if (pool != nullptr) {
+        record(function, "ScaledUp",
+               "instance " + slot->name + " ready in " +
+                   std::to_string(init.count() / 1000.0).substr(0, 6) + " ms (" +
+                   std::to_string(pool->current_instances()) + " instance(s))");
+        publish_gauges(*pool);
+      }
+    }
+  }
+  changed_.notify_all();
+  for (auto& in : kill) in->kill();
+}
+
+void FunctionPools::start_in_background(Pool& pool, std::uint32_t count) {
+  for (std::uint32_t i = 0; i < count; ++i) {
+    auto slot = std::make_shared<Slot>();
+    slot->version = pool.version;
+    slot->name = pool.name + "-starting-" + std::to_string(++slot_counter_);
+    pool.slots.push_back(slot);
+    ++pool.background_starts;
+    ++background_threads_;
+    // On its own thread: the maintenance loop must not wait for an instance to get ready.
+    try {
+      std::thread([this, function = pool.name, slot, spec = pool.spec] {
+        start_slot(function, slot, spec);
+        std::lock_guard lock(mutex_);
+        auto it = pools_.find(function);
+        if (it != pools_.end()) {
+          Pool& p = *it->second;
+          --p.background_starts;
+          if (slot->start_error) {
+            p.backoff = std::min(milliseconds(30'000), std::max(milliseconds(1000), p.backoff * 2));
+            p.retry_after = Clock::now() + p.backoff;
+          } else {
+            p.backoff = milliseconds(0);
+          }
+        }
+        --background_threads_;
+        changed_.notify_all();
+      }).detach();
+    } catch (const std::system_error&) {
+      pool.slots.remove(slot);
+      --pool.background_starts;
+      --background_threads_;
+      return;
+    }
+  }
+}
+
+void FunctionPools::on_instance_exit(const std::string& function, const std::weak_ptr<Slot>& weak,
+                                     const runtime::InstanceExit& exit) {
+  {
+    std::lock_guard lock(mutex_);
+    auto slot = weak.lock();
+    if (!slot) return;
+    const bool expected = exit.requested || slot->phase == Slot::Phase::stopping;
+    slot->phase = Slot::Phase::gone;
+    auto it = pools_.find(function);
+    if (it != pools_.end()) {
+      it->second->slots.remove(slot);
+      if (!expected && !it->second->deleted && !closed_) {
+        record(function, "Failed", "instance " + exit.instance + " " + exit.reason);
+      }
+      publish_gauges(*it->second);
+    }
+  }
+  changed_.notify_all();
+}
+
+void FunctionPools::fill_status(const std::string& function, v1::FunctionStatus& status) const {
+  std::lock_guard lock(mutex_);
+  status.clear_instances();
+  status.set_instances_running(0);
+  status.set_instances_warm(0);
+  auto it = pools_.find(function);
+  if (it == pools_.end()) return;
+  std::uint32_t busy = 0, warm = 0;
+  for (const auto& s : it->second->slots) {
+    if (s->phase == Slot::Phase::gone) continue;
+    auto* in = status.add_instances();
+    in->set_name(s->name);
+    in->set_function(function);
+    in->set_node(node_);
+    in->set_in_flight(s->in_flight);
+    *in->mutable_started_at() = s->started_at;
+    if (s->phase == Slot::Phase::starting) {
+      in->set_phase("Starting");
+    } else if (s->in_flight > 0) {
+      in->set_phase("Busy");
+      ++busy;
+    } else if (s->phase == Slot::Phase::stopping) {
+      in->set_phase("Stopping");
+    } else {
+      in->set_phase("Warm");
+      ++warm;
+    }
+  }
+  status.set_instances_running(busy);
+  status.set_instances_warm(warm);
+}
+
+// ---- the maintenance loop: reaping, minInstances, autoscaling ----
+
+void FunctionPools::maintenance_loop() {
+  std::unique_lock lock(mutex_);
+  while (!closed_) {
+    std::vector<std::shared_ptr<runtime::Instance>> to_stop;
+    tick(to_stop);
+    if (!to_stop.empty()) {
+      lock.unlock();
+      for (auto& in : to_stop) in->stop(options_.stop_grace);
+      to_stop.clear();
+      lock.lock();
+      continue;
+    }
+    changed_.wait_for(lock, options_.tick);
+  }
+}
+
+// Called with mutex_ held; fills `to_stop` with instances to stop outside the lock.
+void FunctionPools::tick(std::vector<std::shared_ptr<runtime::Instance>>& to_stop) {
+  const auto now = Clock::now();
+  for (auto it = pools_.begin(); it != pools_.end();) {
+    Pool& pool = *it->second;
+    if (pool.deleted) {
+      if (pool.slots.empty() && pool.in_flight == 0 && pool.background_starts == 0) {
+        it = pools_.erase(it);
+        continue;
+      }
+      ++it;
+      continue;
+    }
+    const auto& scaling = pool.spec.scaling();
+    const milliseconds keep_warm =
+        scaling.has_keep_warm() ? to_ms(scaling.keep_warm()) : milliseconds(60'000);
+    const std::uint32_t target = pool.target();
+
+    // Autoscaler: desired = ceil(average concurrency / target) over the stable window, or over
+    // the panic window while panicking (then never scaling down).
+    const auto stable = std::max(milliseconds(100), std::min(options_.stable_window, keep_warm));
+    const auto panic = std::max(
+        milliseconds(100),
+        milliseconds(static_cast<long long>(stable.count() * options_.panic_window_fraction)));
+    const double avg_stable = pool.window.average(now, stable);
+    const double avg_panic = pool.window.average(now, panic);
+    const auto want = [&](double avg) {
+      // A sliver of demand rounds down, so an idle function can reach zero.
+      return static_cast<std::uint32_t>(std::ceil(avg / target - 0.05));
+    };
+    const std::uint32_t want_stable = want(avg_stable);
+    const std::uint32_t want_panic = want(avg_panic);
+    std::uint32_t current = pool.current_instances();
+    if (want_panic > 1 &&
+        want_panic >= options_.panic_threshold * std::max<std::uint32_t>(1, current)) {
+      pool.panic_until = now + stable;
+    }
+    if (now < pool.panic_until) {
+      pool.desired = std::max({pool.desired, want_panic, want_stable});
+    } else {
+      pool.desired = want_stable;
+    }
+    const std::uint32_t max = scaling.max_instances();
+    const std::uint32_t floor = std::max(scaling.min_instances(), pool.desired);
+
+    // Drained instances of an old spec, once their calls are done.
+    for (auto s = pool.slots.begin(); s != pool.slots.end();) {
+      if ((*s)->phase == Slot::Phase::stopping && (*s)->in_flight == 0 && (*s)->instance) {
+        to_stop.push_back((*s)->instance);
+        (*s)->phase = Slot::Phase::gone;
+        s = pool.slots.erase(s);
+      } else {
+        ++s;
+      }
+    }
+    // Idle past keepWarm, oldest first, down to the floor.
+    std::vector<std::shared_ptr<Slot>> idle;
+    for (auto& s : pool.slots) {
+      if (s->version == pool.version && s->phase == Slot::Phase::ready && s->in_flight == 0 &&
+          now - s->last_used >= keep_warm) {
+        idle.push_back(s);
+      }
+    }
+    std::sort(idle.begin(), idle.end(),
+              [](const auto& a, const auto& b) { return a->last_used < b->last_used; });
+    std::uint32_t stopped = 0;
+    for (auto& s : idle) {
+      if (current <= floor) break;
+      to_stop.push_back(s->instance);
+      s->phase = Slot::Phase::gone;
+      pool.slots.remove(s);
+      --current;
+      ++stopped;
+    }
+    if (stopped > 0) {
+      record(pool.name, "ScaledDown",
+             "stopped " + std::to_string(stopped) + " instance(s) idle for " +
+                 std::to_string(keep_warm.count()) + " ms (" + std::to_string(current) + " left)");
+      publish_gauges(pool);
+    }
+    // Up to minInstances (after a create, an update or a crash) and to what the autoscaler wants.
+    std::uint32_t goal = std::max(scaling.min_instances(), pool.desired);
+    if (max != 0) goal = std::min(goal, max);
+    if (current < goal && now >= pool.retry_after) start_in_background(pool, goal - current);
+    ++it;
+  }
+}
+
+void FunctionPools::shutdown() {
+  std::vector<std::shared_ptr<runtime::Instance>> kill;
+  {
+    std::lock_guard lock(mutex_);
+    if (closed_) return;
+    closed_ = true;
+    // Starts in progress fail at once too, instead of finishing first.
+    driver_.shutdown();
+    for (auto& [name, pool] : pools_) {
+      for (auto& s : pool->slots) {
+        if (s->instance) kill.push_back(s->instance);
+      }
+    }
+  }
+  changed_.notify_all();
+  if (maintenance_.joinable()) maintenance_.join();
+  for (auto& in : kill) in->kill();
+  // Callers in flight fail (their instances are dead) and starts in progress end; the instance
+  // threads' exit callbacks need this object, so wait for them.
+  std::unique_lock lock(mutex_);
+  changed_.wait(lock, [&] {
+    if (background_threads_ != 0) return false;
+    for (auto& [name, pool] : pools_) {
+      if (pool->in_flight != 0) return false;
+      for (auto& s : pool->slots) {
+        if (s->instance && s->phase != Slot::Phase::gone) {
+          s->instance->kill();  // started after the first sweep
+          return false;
+        }
+      }
+    }
+    return true;
+  });
+}
+
+}  // namespace blixard::control

@@ -1,0 +1,98 @@
+// Function pools on this node (DESIGN §5): per function, warm (idle) and busy instances of its
+// current spec. A call takes a warm instance or starts one (a cold start) under maxInstances;
+// past maxInstances or concurrentExecutions it is throttled at once. Idle instances stop after
+// keepWarm (scale to zero) but never below minInstances nor below what a Knative-like autoscaler
+// (stable and panic windows of in-flight concurrency) wants. A spec update drains old instances;
+// a deletion or shutdown kills everything and fails the calls in flight with `unavailable`.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "blixard/v1/function.pb.h"
+#include "control/telemetry.hpp"
+#include "runtime/driver.hpp"
+
+namespace blixard::control {
+
+struct PoolOptions {
+  // How often idle instances are reaped and the autoscaler looks at demand.
+  std::chrono::milliseconds tick{100};
+  // Knative's defaults; a function's stable window is never longer than its keepWarm (so an
+  // idle function can reach zero once keepWarm has passed), the panic window a tenth of it.
+  std::chrono::milliseconds stable_window{std::chrono::seconds(60)};
+  double panic_window_fraction = 0.1;
+  // Panic (scale up at once, never down) when the panic window wants this many times the
+  // instances there are.
+  double panic_threshold = 2.0;
+  // How long a stopping instance may take to exit after EOF on its request pipe.
+  std::chrono::milliseconds stop_grace{200};
+};
+
+class FunctionPools {
+ public:
+  FunctionPools(runtime::Driver& driver, std::shared_ptr<Telemetry> telemetry, std::string node,
+                PoolOptions options = {});
+  ~FunctionPools();
+  FunctionPools(const FunctionPools&) = delete;
+  FunctionPools& operator=(const FunctionPools&) = delete;
+
+  // Runs one invocation. `version` is the function's resource_version (a newer one than the
+  // pool knows replaces its spec). Throws Error: throttled, unavailable (deleted, shut down),
+  // and the driver's errors (timeout, handler_failed, payload_too_large).
+  runtime::InvocationResult invoke(std::int64_t version, const runtime::Invocation& invocation);
+
+  // The function was created or changed: calls go to instances of the new spec, old instances
+  // drain; minInstances are started.
+  void update(const std::string& function, std::int64_t version, const v1::FunctionSpec& spec);
+  // The function was deleted: its instances are killed, its calls fail.
+  void remove(const std::string& function);
+
+  // Fills instances_running (busy), instances_warm and instances[].
+  void fill_status(const std::string& function, v1::FunctionStatus& status) const;
+
+  // Kills every instance, fails calls in flight, waits for the instance threads' callbacks.
+  void shutdown();
+
+ private:
+  struct Slot;
+  struct Pool;
+  using Clock = std::chrono::steady_clock;
+
+  Pool& pool_for(const std::string& function);
+  void apply_spec(Pool& pool, std::int64_t version, const v1::FunctionSpec& spec);
+  // Starts the instance of a slot in phase Starting; mutex_ is not held.
+  void start_slot(const std::string& function, const std::shared_ptr<Slot>& slot,
+                  const v1::FunctionSpec& spec);
+  void start_in_background(Pool& pool, std::uint32_t count);
+  void on_instance_exit(const std::string& function, const std::weak_ptr<Slot>& slot,
+                        const runtime::InstanceExit& exit);
+  void note_concurrency(Pool& pool);
+  void publish_gauges(const Pool& pool);
+  void record(const std::string& function, const char* reason, const std::string& message);
+  [[noreturn]] void throttle(Pool& pool, const std::string& why);
+  void maintenance_loop();
+  void tick(std::vector<std::shared_ptr<runtime::Instance>>& to_stop);
+
+  runtime::Driver& driver_;
+  std::shared_ptr<Telemetry> telemetry_;
+  std::string node_;
+  PoolOptions options_;
+
+  mutable std::mutex mutex_;
+  std::condition_variable changed_;
+  std::map<std::string, std::unique_ptr<Pool>> pools_;
+  bool closed_ = false;
+  std::size_t background_threads_ = 0;
+  std::uint64_t slot_counter_ = 0;
+  std::thread maintenance_;
+};
+
+}  // namespace blixard::control
