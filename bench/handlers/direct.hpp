@@ -208,7 +208,11 @@ inline std::vector<std::string> handler_env(bool python_runtime) {
   for (const char* key : {"PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR"}) {
     if (const char* v = std::getenv(key)) env.push_back(std::string(key) + "=" + v);
   }
-  if (python_runtime) env.push_back("PYTHONUNBUFFERED=1");
+  // As the benchmarks' function specs set it: no __pycache__ in the source tree.
+  if (python_runtime) {
+    env.push_back("PYTHONUNBUFFERED=1");
+    env.push_back("PYTHONDONTWRITEBYTECODE=1");
+  }
   return env;
 }
 

@@ -225,6 +225,29 @@ void FunctionPools::publish_gauges(const Pool& pool) {
 
 runtime::InvocationResult FunctionPools::invoke(std::int64_t version,
                                                 const runtime::Invocation& inv) {
+  return invoke_attempt(version, inv, 0);
+}
+
+void FunctionPools::retire(const std::string& function, const std::shared_ptr<Slot>& slot,
+                           const std::string& why) {
+  {
+    std::lock_guard lock(mutex_);
+    if (slot->phase != Slot::Phase::ready) return;
+    slot->phase = Slot::Phase::stopping;  // its exit is then expected: reported here, not there
+    auto it = pools_.find(function);
+    if (it != pools_.end()) {
+      if (!why.empty() && !it->second->deleted && !closed_) {
+        record(function, "Failed", "instance " + slot->name + " " + why);
+      }
+      publish_gauges(*it->second);
+    }
+  }
+  changed_.notify_all();
+}
+
+runtime::InvocationResult FunctionPools::invoke_attempt(std::int64_t version,
+                                                        const runtime::Invocation& inv,
+                                                        int attempt) {
   const std::string& function = inv.function;
   std::shared_ptr<Slot> slot;
   bool cold = false;
@@ -332,8 +355,17 @@ runtime::InvocationResult FunctionPools::invoke(std::int64_t version,
     telemetry_->record_invocation(function, Outcome::ok, out.duration, cold);
     return out;
   } catch (const Error& raw) {
+    // A crash or a timeout kill ends the instance; its exit is reported asynchronously, so take
+    // it out of rotation now or the next call could be handed the dead instance.
+    const bool dead = !instance->alive();
+    if (dead) retire(function, slot, raw.code() == errc::timeout ? "" : "ended: " + raw.message());
     release(true);
     Error e = map_error(raw);
+    if (dead && attempt == 0 && raw.code() == errc::unavailable &&
+        e.code() == errc::unavailable && e.message() == raw.message()) {
+      // The instance died before this call reached it: nothing ran, so try a live one.
+      return invoke_attempt(version, inv, attempt + 1);
+    }
     if (e.code() == errc::timeout) {
       telemetry_->record_invocation(function, Outcome::timeout, std::chrono::microseconds(0), cold);
       record(function, "TimedOut", e.message());

@@ -63,6 +63,12 @@ class FunctionPools {
 
  private:
   struct Slot;
+  // One try of invoke(); a call that found its instance already dead is retried once.
+  runtime::InvocationResult invoke_attempt(std::int64_t version, const runtime::Invocation& inv,
+                                           int attempt);
+  // Takes a dead instance out of rotation at once, before its exit is reported; records why.
+  void retire(const std::string& function, const std::shared_ptr<Slot>& slot,
+              const std::string& why);
   struct Pool;
   using Clock = std::chrono::steady_clock;
 

@@ -209,9 +209,10 @@ class SandboxInstance : public std::enable_shared_from_this<SandboxInstance> {
   // Blocks until the instance started or failed to; throws the start error.
   void wait_ready();
 
+  // False as soon as a kill is decided (timeout, protocol error), before the exit is reaped.
   bool alive() const {
     std::lock_guard lock(mutex_);
-    return state_ == State::ready;
+    return state_ == State::ready && kill_reason_ == KillReason::none;
   }
 
   std::string name_;

@@ -14,30 +14,17 @@
 #include <fstream>
 
 #include "blixard/blixard.hpp"
+#include "test_support.hpp"
 
 namespace fs = std::filesystem;
 using blixard::Cluster;
 using blixard::errc;
 using blixard::Error;
+using blixard::test_support::python;
 
 namespace {
 
 const fs::path k_data = fs::path(BLIXARD_TEST_DATA) / "cluster";
-
-// The real interpreter behind `python3` (a pyenv shim costs 350 ms a start).
-std::string python() {
-  static const std::string path = [] {
-    std::string out;
-    if (FILE* p = ::popen("python3 -c 'import sys; print(sys.executable)'", "r")) {
-      char buf[4096];
-      while (fgets(buf, sizeof buf, p) != nullptr) out += buf;
-      ::pclose(p);
-    }
-    while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
-    return out.empty() ? std::string("python3") : out;
-  }();
-  return path;
-}
 
 class ClusterTest : public ::testing::Test {
  protected:

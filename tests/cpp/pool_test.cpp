@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "blixard/blixard.hpp"
+#include "test_support.hpp"
 
 namespace fs = std::filesystem;
 using blixard::Cluster;
@@ -22,49 +23,14 @@ using blixard::errc;
 using blixard::Error;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
+using blixard::test_support::eventually;
+using blixard::test_support::processes_with;
+using blixard::test_support::python;
+using blixard::test_support::run;
 
 namespace {
 
 const fs::path k_handlers = fs::path(BLIXARD_TEST_DATA) / "handlers";
-
-std::string run(const std::string& cmd) {
-  std::string out;
-  if (FILE* p = ::popen(cmd.c_str(), "r")) {
-    char buf[4096];
-    while (std::fgets(buf, sizeof buf, p) != nullptr) out += buf;
-    ::pclose(p);
-  }
-  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
-  return out;
-}
-
-const std::string& python() {
-  static const std::string p = run("python3 -c 'import sys; print(sys.executable)' 2>/dev/null");
-  return p;
-}
-
-// Processes whose environment carries `token` (handlers and anything they started).
-int processes_with(const std::string& token) {
-  int count = 0;
-  for (const auto& entry : fs::directory_iterator("/proc")) {
-    const std::string name = entry.path().filename();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::ifstream in(entry.path() / "environ", std::ios::binary);
-    std::string env((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (env.find(token) != std::string::npos) ++count;
-  }
-  return count;
-}
-
-template <class F>
-bool eventually(F&& condition, std::chrono::milliseconds limit = 15s) {
-  const auto deadline = Clock::now() + limit;
-  while (Clock::now() < deadline) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(5ms);
-  }
-  return condition();
-}
 
 std::string field(const std::string& json, const std::string& key) {
   const auto pos = json.find("\"" + key + "\": ");
@@ -355,6 +321,22 @@ TEST_F(PoolTest, HostIsReadOnlyButTheScratchDirIsWritable) {
 std::pair<double, double> p50_p99(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return {v[v.size() / 2], v[std::min(v.size() - 1, v.size() * 99 / 100)]};
+}
+
+TEST_F(PoolTest, TheCallRightAfterACrashOrTimeoutGetsALiveInstance) {
+  auto s = spec();
+  s.mutable_timeout()->set_seconds(1);
+  auto fn = cluster_->create_function("fragile", s);
+  for (int round = 0; round < 3; ++round) {
+    auto crash = invoke_error("fragile", R"({"crash": true})");
+    ASSERT_TRUE(crash);
+    EXPECT_EQ(crash->code(), errc::handler_failed);
+    EXPECT_NO_THROW(fn.invoke("{}")) << "after a crash, round " << round;
+    auto timeout = invoke_error("fragile", R"({"sleep": 30})");
+    ASSERT_TRUE(timeout);
+    EXPECT_EQ(timeout->code(), errc::timeout);
+    EXPECT_NO_THROW(fn.invoke("{}")) << "after a timeout, round " << round;
+  }
 }
 
 TEST_F(PoolTest, TargetConcurrencyRunsCallsTogetherInOneInstance) {

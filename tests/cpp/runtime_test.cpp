@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "runtime/driver.hpp"
+#include "test_support.hpp"
 #include "runtime/embedded.hpp"
 #include "runtime/frame.hpp"
 
@@ -27,50 +28,14 @@ using namespace blixard;
 using namespace blixard::runtime;
 using ::testing::HasSubstr;
 using Clock = std::chrono::steady_clock;
+using blixard::test_support::eventually;
+using blixard::test_support::processes_with;
+using blixard::test_support::python;
+using blixard::test_support::run;
 
 namespace {
 
 const fs::path k_handlers = fs::path(BLIXARD_TEST_DATA) / "handlers";
-
-std::string run(const std::string& cmd) {
-  std::string out;
-  if (FILE* p = ::popen(cmd.c_str(), "r")) {
-    char buf[4096];
-    while (std::fgets(buf, sizeof buf, p) != nullptr) out += buf;
-    ::pclose(p);
-  }
-  while (!out.empty() && out.back() == '\n') out.pop_back();
-  return out;
-}
-
-// The real interpreter behind `python3` (pyenv shims cost ~300 ms a start).
-const std::string& python() {
-  static const std::string p = run("python3 -c 'import sys; print(sys.executable)' 2>/dev/null");
-  return p;
-}
-
-// Processes whose environment carries `token` (handlers and anything they started).
-int processes_with(const std::string& token) {
-  int count = 0;
-  for (const auto& entry : fs::directory_iterator("/proc")) {
-    const std::string name = entry.path().filename();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::ifstream in(entry.path() / "environ", std::ios::binary);
-    std::string env((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (env.find(token) != std::string::npos) ++count;
-  }
-  return count;
-}
-
-template <class F>
-bool eventually(F&& condition, std::chrono::milliseconds limit = std::chrono::seconds(10)) {
-  const auto deadline = Clock::now() + limit;
-  while (Clock::now() < deadline) {
-    if (condition()) return true;
-    std::this_thread::yield();
-  }
-  return condition();
-}
 
 // ---- frames ----
 

@@ -531,3 +531,48 @@ def test_throttled_invoke_exits_7(cli):
             slow.kill()
             slow.communicate()
         cli.ok("function", "delete", "narrow")
+
+
+def test_sdk_over_http_async_invoke_logs_and_watch(cli, work):
+    """The same SDK calls against the `blixard up` server (the HTTP client) instead of in-process."""
+    import asyncio
+
+    import blixard
+
+    info = json.loads((cli.data_dir / "server.json").read_text())
+    with blixard.connect(info["address"], token=info["token"]) as c:
+        fn = c.create_function("remote", config=work / "echo.yaml", concurrent_executions=10)
+        try:
+            with c.watch("functions", "remote", timeout=20) as w:
+
+                async def main():
+                    return await asyncio.gather(
+                        *(fn.invoke_async({"i": i, "print": f"remote {i}"}) for i in range(5)))
+
+                results = asyncio.run(main())
+                assert [r["echo"]["i"] for r in results] == list(range(5))
+                reasons = set()
+                for e in w:
+                    reasons.add(e["reason"])
+                    if {"ScaledUp", "Placed"} <= reasons:
+                        break
+                assert {"ScaledUp", "Placed"} <= reasons
+            texts = _poll(lambda: (lambda t: t if {f"remote {i}" for i in range(5)} <= t else None)(
+                {line["text"] for line in fn.logs()}))
+            assert "remote 0" in texts
+            with pytest.raises(blixard.Throttled):
+                c.create_function("one", config=work / "echo.yaml", concurrent_executions=1)
+                one = c.function("one")
+                one.invoke({})
+
+                async def two():
+                    return await asyncio.gather(one.invoke_async({"sleep": 1.0}),
+                                                one.invoke_async({"sleep": 1.0}))
+
+                asyncio.run(two())
+        finally:
+            for name in ("remote", "one"):
+                try:
+                    c.delete_function(name)
+                except blixard.NotFound:
+                    pass

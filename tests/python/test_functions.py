@@ -151,7 +151,6 @@ def test_watch_yields_scaled_up_and_placed_after_an_invoke(echo, cluster):
 
 def test_watch_sees_object_changes_and_fn_watch_filters(cluster, echo_config):
     w = cluster.watch(timeout=20)
-    fw_other = None
     cluster.create_function("a", config=echo_config)
     fn = cluster.create_function("b", config=echo_config)
     fw_other = fn.watch(timeout=20)
