@@ -2,11 +2,12 @@
 // controllers) in the same process, as one-machine clusters and `blixard up` use it.
 #include <fcntl.h>
 #include <pthread.h>
-#include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <cstdlib>
+#include <string_view>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -110,7 +111,7 @@ Args parse_args(int argc, char** argv) {
 std::string random_token() {
   std::random_device rd;
   std::string token;
-  static constexpr char k_digits[] = "0123456789abcdef";
+  static constexpr std::string_view k_digits = "0123456789abcdef";
   for (int i = 0; i < 32; ++i) {
     auto b = rd() & 0xffu;
     token.push_back(k_digits[b >> 4]);

@@ -40,9 +40,9 @@ struct ConnectOptions {
 class Cluster {
  public:
   // Server + agent in this process on the SQLite store under `dir` (created if missing).
-  static Cluster local(const std::filesystem::path& dir, LocalOptions options = {});
+  static Cluster local(const std::filesystem::path& dir, const LocalOptions& options = {});
   // A cluster served at `url` ("http://127.0.0.1:7070").
-  static Cluster connect(const std::string& url, ConnectOptions options = {});
+  static Cluster connect(const std::string& url, const ConnectOptions& options = {});
 
   // Functions. `config` files are read here, then `overrides_json` (flags) win over them.
   Function create_function(const std::string& name, const v1::FunctionSpec& spec);

@@ -18,7 +18,7 @@ struct Cluster::State {
 Cluster::Cluster(std::shared_ptr<detail::Backend> backend, std::shared_ptr<State> state)
     : backend_(std::move(backend)), state_(std::move(state)) {}
 
-Cluster Cluster::local(const std::filesystem::path& dir, LocalOptions options) {
+Cluster Cluster::local(const std::filesystem::path& dir, const LocalOptions& options) {
   api::LocalServiceOptions service_options;
   service_options.node_name = options.node_name;
   service_options.python = options.python;
@@ -29,7 +29,7 @@ Cluster Cluster::local(const std::filesystem::path& dir, LocalOptions options) {
   return {state->service, state};
 }
 
-Cluster Cluster::connect(const std::string& url, ConnectOptions options) {
+Cluster Cluster::connect(const std::string& url, const ConnectOptions& options) {
   auto state = std::make_shared<State>();
   state->spec = options.spec;
   return {client::make_http_backend(url, options.token, options.timeout), state};

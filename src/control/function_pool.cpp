@@ -353,6 +353,10 @@ runtime::InvocationResult FunctionPools::invoke_attempt(std::int64_t version,
     out.cold_start = cold;
     release(true);
     telemetry_->record_invocation(function, Outcome::ok, out.duration, cold);
+    // `function watch` shows where each call ran; about a microsecond beside tens per call.
+    record(function, cold ? "ColdStart" : "Invoked",
+           "request " + inv.request_id + " served by " + instance->name() + " in " +
+               std::to_string(out.duration.count()) + " us");
     return out;
   } catch (const Error& raw) {
     // A crash or a timeout kill ends the instance; its exit is reported asynchronously, so take

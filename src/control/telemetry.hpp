@@ -29,7 +29,7 @@ struct TelemetryOptions {
 };
 
 // Longer log lines are cut to this many bytes (at a UTF-8 boundary).
-inline constexpr std::size_t k_max_log_line = 16 * 1024;
+inline constexpr std::size_t k_max_log_line = std::size_t{16} * 1024;
 
 class Telemetry {
  public:

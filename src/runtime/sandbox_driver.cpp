@@ -310,7 +310,13 @@ class SandboxDriver final : public Driver {
   std::shared_ptr<Instance> start(const InstanceOptions& options) override {
     if (shut_down_) throw Error(errc::unavailable, "the sandbox driver is shut down");
     auto in = std::make_shared<SandboxInstance>(*this, options);
-    const auto& spec = options.spec;
+    // The code dir resolved ("..", symlinks): inside the sandbox only the directories themselves
+    // are bound back under /tmp, not the paths that lead to them.
+    v1::FunctionSpec spec = options.spec;
+    if (!spec.code().empty()) {
+      std::error_code ignored;
+      spec.set_code(fs::weakly_canonical(spec.code(), ignored).string());
+    }
     in->max_payload_ = payload_limit(spec);
     in->start_timeout_ = std::max(spec_timeout(spec, milliseconds(0)), k_min_start_timeout);
     in->name_ = sanitize(options.function) + "-" + std::to_string(::getpid()) + "-" +
@@ -325,7 +331,7 @@ class SandboxDriver final : public Driver {
     req.scratch_dir = in->dir_.string();
     req.keep_dirs = {options_.work_dir.string(), req.cwd,
                      fs::path(req.argv[0]).parent_path().string()};
-    if (!spec.code().empty()) req.keep_dirs.push_back(spec.code());
+
     std::error_code ec;
     fs::create_directories(in->dir_, ec);
     if (ec) {

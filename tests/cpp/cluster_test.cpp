@@ -9,6 +9,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/use_future.hpp>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -183,6 +184,29 @@ TEST_F(ClusterTest, TheLocalNodeIsListed) {
   EXPECT_EQ(nodes[0].metadata().name(), "local");
   EXPECT_EQ(nodes[0].status().phase(), "Ready");
   EXPECT_FALSE(nodes[0].spec().labels().at("arch").empty());
+}
+
+TEST_F(ClusterTest, InvocationsAppearInTheEventStream) {
+  auto c = open();
+  auto fn = c.create_function("echo", k_data / "echo.yaml");
+  auto first = fn.invoke("{}");
+  auto second = fn.invoke("{}");
+  EXPECT_TRUE(first.cold_start);
+  EXPECT_FALSE(second.cold_start);
+  auto events = c.backend()->events("functions", "echo", 0, std::chrono::milliseconds(0));
+  std::vector<std::string> reasons;
+  for (const auto& e : events.events()) {
+    if (e.type() == "record") reasons.push_back(e.reason());
+  }
+  auto at = [&](const std::string& r) {
+    return std::find(reasons.begin(), reasons.end(), r) - reasons.begin();
+  };
+  ASSERT_LT(at("ColdStart"), static_cast<long>(reasons.size())) << ::testing::PrintToString(reasons);
+  ASSERT_LT(at("Invoked"), static_cast<long>(reasons.size())) << ::testing::PrintToString(reasons);
+  EXPECT_LT(at("Placed"), at("ColdStart"));
+  EXPECT_LT(at("ColdStart"), at("Invoked"));
+  EXPECT_EQ(fn.metrics().invocations(), 2u);
+  EXPECT_EQ(fn.metrics().cold_starts(), 1u);
 }
 
 TEST_F(ClusterTest, AsyncInvokeWorksWithEveryCompletionToken) {
