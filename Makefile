@@ -6,13 +6,14 @@ JOBS ?= $(shell nproc)
 PY := $(shell $(PYTHON) -c 'import sys; print(sys.executable)' 2>/dev/null || echo $(PYTHON))
 CMAKE_FLAGS ?=
 
-.PHONY: demo test bootstrap build install test-cpp test-python test-notebooks format clean
+.PHONY: demo test bootstrap build install test-cpp test-python format clean
 
 demo: install
 	scripts/demo
 
+# pytest also executes notebooks/*.ipynb (tests/python/test_notebook.py).
 test: build install
-	$(MAKE) test-cpp test-python test-notebooks
+	$(MAKE) test-cpp test-python
 
 bootstrap:
 	PYTHON=$(PY) scripts/bootstrap
@@ -30,9 +31,6 @@ test-cpp:
 
 test-python:
 	$(PY) -m pytest tests/python
-
-test-notebooks:
-	$(PY) tests/run_notebooks.py notebooks
 
 format:
 	clang-format -i $$(git ls-files '*.cpp' '*.hpp')
