@@ -15,6 +15,17 @@ import os
 import sys
 import time
 
+if sys.flags.no_site:
+    # Started with -S (the agent's default): the site-packages dirs without running their .pth
+    # hooks, which cost more start-up than the interpreter itself.
+    _version = "python%d.%d" % sys.version_info[:2]
+    for _base in dict.fromkeys((sys.prefix, sys.exec_prefix)):
+        for _dir in (os.path.join(_base, "lib", _version, "site-packages"),
+                     os.path.join(_base, "local", "lib", _version, "dist-packages"),
+                     os.path.join(_base, "lib", "python3", "dist-packages")):
+            if os.path.isdir(_dir) and _dir not in sys.path:
+                sys.path.append(_dir)
+
 REQUEST_FD = 3
 RESPONSE_FD = 4
 MAX_FRAME = 64 << 20  # hard sanity bound; the agent enforces the real payload limit

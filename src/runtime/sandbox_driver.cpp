@@ -433,8 +433,16 @@ class SandboxDriver final : public Driver {
       if (python_.empty()) {
         throw Error(errc::unavailable, "python interpreter '" + options_.python + "' not found");
       }
-      std::vector<std::string> argv{python_, (options_.work_dir / "handler_runtime.py").string(),
-                                    spec.handler()};
+      // -S: site's .pth hooks (certifi, setuptools' distutils hack, ...) cost more start-up
+      // than the interpreter itself; the runtime puts the site-packages dirs on sys.path without
+      // running them. BLIXARD_PYTHON_SITE=1 in the function's env keeps the full `site`.
+      std::vector<std::string> argv{python_};
+      const auto site = spec.env().find("BLIXARD_PYTHON_SITE");
+      if (site == spec.env().end() || site->second.empty() || site->second == "0") {
+        argv.emplace_back("-S");
+      }
+      argv.push_back((options_.work_dir / "handler_runtime.py").string());
+      argv.push_back(spec.handler());
       if (!spec.code().empty()) argv.push_back(spec.code());
       return argv;
     }

@@ -339,6 +339,20 @@ TEST_F(PoolTest, TheCallRightAfterACrashOrTimeoutGetsALiveInstance) {
   }
 }
 
+TEST_F(PoolTest, PythonSkipsSiteHooksButFindsInstalledPackages) {
+  auto fast = cluster_->create_function("fast", spec("pool:site"));
+  const auto r = fast.invoke("{}").result;
+  EXPECT_EQ(field(r, "no_site"), "1") << r;
+  EXPECT_EQ(field(r, "yaml"), "yaml") << r;
+
+  auto s = spec("pool:site");
+  (*s.mutable_env())["BLIXARD_PYTHON_SITE"] = "1";
+  auto full = cluster_->create_function("full", s);
+  const auto f = full.invoke("{}").result;
+  EXPECT_EQ(field(f, "no_site"), "0") << f;
+  EXPECT_EQ(field(f, "yaml"), "yaml") << f;
+}
+
 TEST_F(PoolTest, TargetConcurrencyRunsCallsTogetherInOneInstance) {
   auto s = spec("pool:rendezvous");
   s.mutable_scaling()->set_target_concurrency(3);

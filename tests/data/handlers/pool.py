@@ -51,3 +51,10 @@ def rendezvous(event, context):
             raise TimeoutError("only %d of %d calls arrived together" % (len(os.listdir(shared)), parties))
         time.sleep(0.01)
     return {"pid": os.getpid()}
+
+
+def site(event, context):
+    """Whether `site` ran, and that an installed package (PyYAML) imports either way."""
+    import yaml
+
+    return {"no_site": sys.flags.no_site, "yaml": yaml.__name__}
