@@ -7,16 +7,16 @@
 
 #include <csignal>
 #include <cstdlib>
-#include <string_view>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <random>
 #include <string>
+#include <string_view>
 
-#include <boost/json.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+#include <boost/json.hpp>
 
 #include "api/http_server.hpp"
 #include "api/service.hpp"
@@ -103,7 +103,8 @@ Args parse_args(int argc, char** argv) {
       usage_error("unknown option " + a);
     }
   }
-  if (!args.server) usage_error("--server is required (joining a remote server is not supported yet)");
+  if (!args.server)
+    usage_error("--server is required (joining a remote server is not supported yet)");
   if (args.data_dir.empty()) usage_error("--data-dir is required when HOME is not set");
   return args;
 }
@@ -154,7 +155,8 @@ void write_atomically(const fs::path& path, const std::string& content) {
 int main(int argc, char** argv) {
   Args args = parse_args(argc, argv);
 
-  // Signals are taken synchronously by the main thread; every thread started later inherits the mask.
+  // Signals are taken synchronously by the main thread; every thread started later inherits the
+  // mask.
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);

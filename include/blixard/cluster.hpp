@@ -69,7 +69,8 @@ class Cluster {
 
   // kubectl-style: create or update every object of the manifest in one transaction.
   v1::ApplyResult apply(const std::filesystem::path& manifest);
-  v1::ApplyResult apply(const v1::ObjectSet& set, detail::ApplyMode mode = detail::ApplyMode::apply);
+  v1::ApplyResult apply(const v1::ObjectSet& set,
+                        detail::ApplyMode mode = detail::ApplyMode::apply);
   // Deletes every object the manifest names, in one transaction.
   v1::ApplyResult remove(const std::filesystem::path& manifest);
 

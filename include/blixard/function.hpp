@@ -66,10 +66,10 @@ class Function {
             } catch (...) {
               error = std::current_exception();
             }
-            boost::asio::dispatch(work, [handler = std::move(handler), error,
-                                         result = std::move(result)]() mutable {
-              std::move(handler)(error, std::move(result));
-            });
+            boost::asio::dispatch(
+                work, [handler = std::move(handler), error, result = std::move(result)]() mutable {
+                  std::move(handler)(error, std::move(result));
+                });
           });
         },
         token, std::move(payload_json));

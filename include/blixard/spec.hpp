@@ -30,7 +30,8 @@ v1::VmSpec load_vm_config(const std::filesystem::path& file, const SpecOptions& 
 void merge_function_overrides(v1::FunctionSpec& spec, const std::string& json_object);
 void merge_vm_overrides(v1::VmSpec& spec, const std::string& json_object);
 
-// "128M" -> 128, "4G" -> 4096, "512" -> 512 (a bare number is MiB). Throws invalid_spec naming `field`.
+// "128M" -> 128, "4G" -> 4096, "512" -> 512 (a bare number is MiB). Throws invalid_spec naming
+// `field`.
 std::uint64_t parse_size_mib(std::string_view text, std::string_view field);
 // "30s", "2m", "1h", "250ms"; a bare number is seconds.
 std::chrono::milliseconds parse_duration(std::string_view text, std::string_view field);

@@ -11,10 +11,10 @@
 #include <random>
 #include <set>
 
-#include <boost/json.hpp>
 #include <google/protobuf/util/message_differencer.h>
 #include <google/protobuf/util/time_util.h>
 #include <spdlog/spdlog.h>
+#include <boost/json.hpp>
 
 #include "blixard/spec.hpp"
 #include "blixard/version.hpp"
@@ -111,10 +111,12 @@ void expand_inline_triggers(v1::ObjectSet& set) {
       int n = seen[spec.type()]++;
       if (per_type[spec.type()] > 1) name += "-" + std::to_string(n);
       if (explicit_names.count(name) != 0) {
-        throw Error(errc::invalid_spec,
-                    "trigger name \"" + name + "\" is generated for this inline trigger and is "
-                    "also declared explicitly",
-                    "spec.functions[" + std::to_string(i) + "].triggers[" + std::to_string(j) + "]");
+        throw Error(
+            errc::invalid_spec,
+            "trigger name \"" + name +
+                "\" is generated for this inline trigger and is "
+                "also declared explicitly",
+            "spec.functions[" + std::to_string(i) + "].triggers[" + std::to_string(j) + "]");
       }
       auto* trigger = set.add_triggers();
       trigger->mutable_metadata()->set_name(name);
@@ -234,8 +236,8 @@ v1::ApplyResult Service::apply(const v1::ObjectSet& input, detail::ApplyMode mod
       auto* item = result.add_items();
       item->set_kind(kind);
       item->set_name(meta->name());
-      txn.compares.push_back({key, store::Compare::Target::mod_revision,
-                              store::Compare::Op::equal, existing ? existing->mod_revision : 0});
+      txn.compares.push_back({key, store::Compare::Target::mod_revision, store::Compare::Op::equal,
+                              existing ? existing->mod_revision : 0});
       if (mode == detail::ApplyMode::remove) {
         if (!existing) {
           throw Error(errc::not_found, std::string(kind) + " \"" + meta->name() + "\" not found",
@@ -275,8 +277,7 @@ v1::ApplyResult Service::apply(const v1::ObjectSet& input, detail::ApplyMode mod
            "functions[" + std::to_string(i) + "].metadata.name");
     }
     for (int i = 0; i < set.vms_size(); ++i) {
-      plan("vm", k_vms_prefix, *set.mutable_vms(i),
-           "vms[" + std::to_string(i) + "].metadata.name");
+      plan("vm", k_vms_prefix, *set.mutable_vms(i), "vms[" + std::to_string(i) + "].metadata.name");
     }
 
     // Triggers a function owned but no longer declares go with the new version of the function.
@@ -317,17 +318,16 @@ v1::ApplyResult Service::apply(const v1::ObjectSet& input, detail::ApplyMode mod
         const std::string field = "triggers[" + std::to_string(i) + "]";
         if (applied_functions.count(t.spec().function()) == 0 &&
             !store_->get(k_functions_prefix + t.spec().function())) {
-          throw Error(errc::invalid_spec,
-                      "function \"" + t.spec().function() + "\" does not exist",
+          throw Error(errc::invalid_spec, "function \"" + t.spec().function() + "\" does not exist",
                       field + ".spec.function");
         }
         if (t.spec().type() == "http") {
           auto [it, fresh] = paths.emplace(t.spec().path(), t.metadata().name());
           if (!fresh && it->second != t.metadata().name()) {
-            throw Error(errc::invalid_spec,
-                        "path " + t.spec().path() + " is already served by trigger \"" +
-                            it->second + "\"",
-                        field + ".spec.path");
+            throw Error(
+                errc::invalid_spec,
+                "path " + t.spec().path() + " is already served by trigger \"" + it->second + "\"",
+                field + ".spec.path");
           }
         }
       }
@@ -488,8 +488,8 @@ std::shared_ptr<Service> open_local_service(const std::filesystem::path& dir,
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) {
-    throw Error(errc::unavailable,
-                "cannot use data dir " + dir.string() + ": " + ec.message(), "dir");
+    throw Error(errc::unavailable, "cannot use data dir " + dir.string() + ": " + ec.message(),
+                "dir");
   }
   const auto lock_path = dir / "lock";
   int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
@@ -501,9 +501,9 @@ std::shared_ptr<Service> open_local_service(const std::filesystem::path& dir,
     std::array<char, 32> pid{};
     auto n = ::pread(fd, pid.data(), pid.size() - 1, 0);
     ::close(fd);
-    throw Error(errc::unavailable, "data dir " + dir.string() +
-                                       " is in use by another blixard process" +
-                                       (n > 0 ? " (pid " + std::string(pid.data()) + ")" : ""),
+    throw Error(errc::unavailable,
+                "data dir " + dir.string() + " is in use by another blixard process" +
+                    (n > 0 ? " (pid " + std::string(pid.data()) + ")" : ""),
                 "dir");
   }
   auto pid = std::to_string(::getpid());

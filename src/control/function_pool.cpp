@@ -365,8 +365,8 @@ runtime::InvocationResult FunctionPools::invoke_attempt(std::int64_t version,
     if (dead) retire(function, slot, raw.code() == errc::timeout ? "" : "ended: " + raw.message());
     release(true);
     Error e = map_error(raw);
-    if (dead && attempt == 0 && raw.code() == errc::unavailable &&
-        e.code() == errc::unavailable && e.message() == raw.message()) {
+    if (dead && attempt == 0 && raw.code() == errc::unavailable && e.code() == errc::unavailable &&
+        e.message() == raw.message()) {
       // The instance died before this call reached it: nothing ran, so try a live one.
       return invoke_attempt(version, inv, attempt + 1);
     }

@@ -150,7 +150,8 @@ void validate_trigger_spec(v1::TriggerSpec& t, const std::string& at,
       return p == prefix || p.rfind(prefix + "/", 0) == 0;
     };
     if (reserved("/v1") || reserved("/healthz") || reserved("/metrics")) {
-      invalid(at + ".path", "path " + in_quotes(p) + " is reserved for the API (/v1, /healthz, /metrics)");
+      invalid(at + ".path",
+              "path " + in_quotes(p) + " is reserved for the API (/v1, /healthz, /metrics)");
     }
     if (p.find_first_of("?# ") != std::string::npos) {
       invalid(at + ".path", "path " + in_quotes(p) + " must not contain '?', '#' or spaces");

@@ -79,14 +79,16 @@ TEST_F(ClusterTest, CreateInvokeListDeleteFunction) {
 
 TEST_F(ClusterTest, FlagsOverrideTheConfigFile) {
   auto c = open();
-  auto fn = c.create_function("echo", k_data / "echo.yaml",
-                              R"({"memory": "128M", "timeout": "30s", "concurrentExecutions": 100})");
+  auto fn =
+      c.create_function("echo", k_data / "echo.yaml",
+                        R"({"memory": "128M", "timeout": "30s", "concurrentExecutions": 100})");
   auto spec = fn.get().spec();
   EXPECT_EQ(spec.memory_mib(), 128u);
   EXPECT_EQ(spec.timeout().seconds(), 30);
   EXPECT_EQ(spec.concurrent_executions(), 100u);
-  auto e = expect_error([&] { c.create_function("other", k_data / "echo.yaml", R"({"memory": "lots"})"); },
-                        errc::invalid_spec);
+  auto e = expect_error(
+      [&] { c.create_function("other", k_data / "echo.yaml", R"({"memory": "lots"})"); },
+      errc::invalid_spec);
   EXPECT_EQ(e.field(), "memory");
 }
 
@@ -201,7 +203,8 @@ TEST_F(ClusterTest, InvocationsAppearInTheEventStream) {
   auto at = [&](const std::string& r) {
     return std::find(reasons.begin(), reasons.end(), r) - reasons.begin();
   };
-  ASSERT_LT(at("ColdStart"), static_cast<long>(reasons.size())) << ::testing::PrintToString(reasons);
+  ASSERT_LT(at("ColdStart"), static_cast<long>(reasons.size()))
+      << ::testing::PrintToString(reasons);
   ASSERT_LT(at("Invoked"), static_cast<long>(reasons.size())) << ::testing::PrintToString(reasons);
   EXPECT_LT(at("Placed"), at("ColdStart"));
   EXPECT_LT(at("ColdStart"), at("Invoked"));
@@ -230,9 +233,8 @@ TEST_F(ClusterTest, AsyncInvokeWorksWithEveryCompletionToken) {
       },
       asio::detached);
   c.function("missing").async_invoke(
-      "{}", asio::bind_executor(io, [&](std::exception_ptr e, blixard::InvokeResult) {
-        from_callback = e;
-      }));
+      "{}", asio::bind_executor(
+                io, [&](std::exception_ptr e, blixard::InvokeResult) { from_callback = e; }));
   io.run();
   EXPECT_NE(from_coroutine.find("coroutine"), std::string::npos);
   ASSERT_TRUE(from_callback);

@@ -19,9 +19,9 @@
 #include <thread>
 
 #include "runtime/driver.hpp"
-#include "test_support.hpp"
 #include "runtime/embedded.hpp"
 #include "runtime/frame.hpp"
+#include "test_support.hpp"
 
 namespace fs = std::filesystem;
 using namespace blixard;
