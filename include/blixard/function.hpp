@@ -51,18 +51,20 @@ class Function {
   template <class Token = boost::asio::deferred_t>
   auto async_invoke(std::string payload_json, Token&& token = {}) const {
     return boost::asio::async_initiate<Token, void(std::exception_ptr, InvokeResult)>(
-        [self = *this](auto handler, std::string payload) {
-          auto& pool = self.async_->pool();
+        [backend = backend_, name = name_, async = async_](auto handler, std::string payload) {
+          auto& pool = async->pool();
           // Keeps the caller's executor (e.g. an io_context running a coroutine) alive until done.
           auto work = boost::asio::prefer(
               boost::asio::get_associated_executor(handler, pool.get_executor()),
               boost::asio::execution::outstanding_work.tracked);
-          boost::asio::post(pool, [self, payload = std::move(payload), handler = std::move(handler),
-                                   work]() mutable {
+          // The work holds the backend, never the AsyncContext: the pool must not own (and so
+          // join) itself when the last handle goes away while a call completes.
+          boost::asio::post(pool, [backend, name, payload = std::move(payload),
+                                   handler = std::move(handler), work]() mutable {
             std::exception_ptr error;
             InvokeResult result;
             try {
-              result = self.invoke(payload);
+              result = invoke_on(*backend, name, payload, std::chrono::milliseconds(0));
             } catch (...) {
               error = std::current_exception();
             }
@@ -80,6 +82,9 @@ class Function {
   void remove() const;
 
  private:
+  static InvokeResult invoke_on(detail::Backend& backend, const std::string& name,
+                                const std::string& payload_json, std::chrono::milliseconds timeout);
+
   std::shared_ptr<detail::Backend> backend_;
   std::string name_;
   std::shared_ptr<detail::AsyncContext> async_;

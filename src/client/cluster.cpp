@@ -147,14 +147,20 @@ v1::FunctionMetrics Function::metrics() const { return backend_->function_metric
 
 InvokeResult Function::invoke(const std::string& payload_json,
                               std::chrono::milliseconds timeout) const {
+  return invoke_on(*backend_, name_, payload_json, timeout);
+}
+
+InvokeResult Function::invoke_on(detail::Backend& backend, const std::string& name,
+                                 const std::string& payload_json,
+                                 std::chrono::milliseconds timeout) {
   v1::InvokeRequest request;
-  request.set_function(name_);
+  request.set_function(name);
   request.set_payload(payload_json);
   if (timeout.count() > 0) {
     *request.mutable_timeout() =
         google::protobuf::util::TimeUtil::MillisecondsToDuration(timeout.count());
   }
-  auto response = backend_->invoke(request);
+  auto response = backend.invoke(request);
   InvokeResult result;
   result.result = response.result();
   result.cold_start = response.cold_start();

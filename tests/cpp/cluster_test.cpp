@@ -35,7 +35,19 @@ class ClusterTest : public ::testing::Test {
             ::testing::UnitTest::GetInstance()->current_test_info()->name());
     fs::remove_all(dir_);
   }
-  void TearDown() override { fs::remove_all(dir_); }
+  void TearDown() override {
+    fs::remove_all(dir_);
+    // Every instance of this process is gone, its cgroups too (they are named <fn>-<pid>-<n>).
+    const std::string mine = "-" + std::to_string(::getpid()) + "-";
+    for (const char* root : {"/sys/fs/cgroup/memory/blixard", "/sys/fs/cgroup/pids/blixard",
+                             "/sys/fs/cgroup/blixard"}) {
+      std::error_code ec;
+      for (const auto& entry : fs::directory_iterator(root, ec)) {
+        EXPECT_EQ(entry.path().filename().string().find(mine), std::string::npos)
+            << "leaked cgroup " << entry.path();
+      }
+    }
+  }
 
   Cluster open() {
     blixard::LocalOptions options;
