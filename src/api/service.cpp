@@ -420,7 +420,9 @@ v1::NodeList Service::list_nodes() {
 
 v1::InvokeResponse Service::invoke(const v1::InvokeRequest& request) {
   if (closed_) throw Error(errc::unavailable, "the cluster is closed");
-  auto fn = get_function(request.function());
+  // The stored spec only: the pools' status (what get_function adds) is not needed per call.
+  const auto fn =
+      read_object<v1::Function>(*store_, k_functions_prefix, "function", request.function());
   const auto& spec = fn.spec();
 
   std::string payload = request.payload().empty() ? "{}" : request.payload();
