@@ -22,6 +22,7 @@
 
 #include "blixard/blixard.hpp"
 #include "handlers/direct.hpp"
+#include "runtime/driver.hpp"
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
@@ -142,6 +143,21 @@ void BM_Blixard_CreateAndInvoke(benchmark::State& state, bool python, bool isola
               });
 }
 
+// create_function alone (a durable store write: WAL + fsync), the part of create+invoke that is
+// not the instance's start.
+void BM_Blixard_Create(benchmark::State& state) {
+  auto& cluster = *g_env->cluster;
+  const auto spec = spec_for(false);
+  manual_loop(state, "native: create only", [&] {
+    const std::string name = "created-" + std::to_string(++g_env->counter);
+    const auto t0 = Clock::now();
+    cluster.create_function(name, spec);
+    const double ms = ms_since(t0);
+    cluster.delete_function(name);
+    return ms;
+  });
+}
+
 // An idle function scaled to zero (keepWarm 50 ms), then invoked: one new instance's start and
 // first response, with no store write. Waiting for the scale-down (and 100 ms more) is not timed.
 void BM_Blixard_InvokeFromZero(benchmark::State& state, bool python) {
@@ -167,6 +183,37 @@ void BM_Blixard_InvokeFromZero(benchmark::State& state, bool python) {
     return ms;
   });
   cluster.delete_function(name);
+}
+
+// ---- The sandbox driver alone: Python from the zygote against a fresh interpreter ----------
+
+// Start-to-first-response of one instance on a driver of its own (no store, no pool), the
+// zygote on or off; the stop is not timed. Off is what every Python start cost before the zygote.
+void BM_Driver_PythonStart(benchmark::State& state, bool zygote) {
+  if (skip_python(state, true)) return;
+  blixard::runtime::SandboxOptions options;
+  options.work_dir = g_env->dir / (zygote ? "driver-zygote" : "driver-fresh");
+  options.python = bench::python();
+  options.python_zygote = zygote;
+  auto driver = blixard::runtime::make_sandbox_driver(options);
+  blixard::runtime::InstanceOptions instance;
+  instance.function = "echo";
+  instance.spec = spec_for(true);
+  blixard::runtime::Invocation inv;
+  inv.function = "echo";
+  inv.spec = instance.spec;
+  inv.payload = k_payload;
+  inv.request_id = "r";
+  driver->start(instance)->stop(std::chrono::seconds(5));  // the zygote is up before timing
+  manual_loop(state, std::string("python: instance start, ") + (zygote ? "zygote" : "fresh -S"),
+              [&] {
+                const auto t0 = Clock::now();
+                auto started = driver->start(instance);
+                started->call(inv);
+                const double ms = ms_since(t0);
+                started->stop(std::chrono::seconds(5));
+                return ms;
+              });
 }
 
 // ---- Baselines ----------------------------------------------------------------------------
@@ -245,6 +292,7 @@ BENCHMARK_CAPTURE(BM_Blixard_CreateAndInvoke, native, false, false)
 BENCHMARK_CAPTURE(BM_Blixard_CreateAndInvoke, native_netns, false, true)
     ->UseManualTime()
     ->Iterations(k_native_runs);
+BENCHMARK(BM_Blixard_Create)->UseManualTime()->Iterations(k_native_runs);
 BENCHMARK_CAPTURE(BM_Blixard_InvokeFromZero, native, false)
     ->UseManualTime()
     ->Iterations(k_native_runs);
@@ -257,6 +305,8 @@ BENCHMARK_CAPTURE(BM_Blixard_CreateAndInvoke, python, true, false)
 BENCHMARK_CAPTURE(BM_Blixard_InvokeFromZero, python, true)
     ->UseManualTime()
     ->Iterations(k_python_runs);
+BENCHMARK_CAPTURE(BM_Driver_PythonStart, zygote, true)->UseManualTime()->Iterations(k_python_runs);
+BENCHMARK_CAPTURE(BM_Driver_PythonStart, fresh, false)->UseManualTime()->Iterations(k_python_runs);
 
 void print_summary() {
   if (g_p50.empty()) return;

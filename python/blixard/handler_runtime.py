@@ -4,6 +4,7 @@ Standalone on purpose (no blixard package, no google.protobuf): it is embedded i
 started for every cold start, so it imports only what the standard library loads fast.
 
 Usage: python3 handler_runtime.py MODULE:FUNCTION [CODE_DIR]
+       python3 -S handler_runtime.py --zygote     (the template process, see _zygote_main)
 
 Protocol (docs/instance-protocol.md): frames on fd 3 (agent -> handler) and fd 4 (handler -> agent),
 each a 4-byte little-endian length + one serialized blixard.v1.InstanceFrame. We write `ready`, then
@@ -266,5 +267,328 @@ def main(argv):
     return 0
 
 
+# ---- the zygote: a pre-initialised template process that forks instances ----
+#
+# A fresh interpreter costs tens of milliseconds before it runs a line of the handler. The agent
+# (src/runtime/zygote.cpp) keeps one interpreter per driver that has imported this runtime and
+# what it uses, and asks it for each instance: the zygote forks, the child enters a new PID
+# namespace (the zygote unshares it just for that fork), its own mount, IPC and UTS (and network)
+# namespaces and its cgroup, makes the host read-only but for its scratch /tmp, takes the pipes
+# as fds 0-4 and runs main() as if exec'd. The sandbox steps mirror spawn.cpp's child_main.
+#
+# Control channel: fd 3 is a SOCK_SEQPACKET socket; each message is one JSON object.
+#   zygote -> agent  {"kind": "hello", "pid": P, "namespaces": bool, "error": "..."}
+#   agent -> zygote  {"kind": "spawn", "id": N, "args": [MODULE:FUNCTION, CODE_DIR?], "env": [...],
+#                     "cwd", "scratch", "keep": [...], "cgroup_join": [...], "as_limit", "net"}
+#                    with 4 fds (SCM_RIGHTS): request, response, stdout, stderr
+#   zygote -> agent  {"kind": "spawned", "id": N, "pid": P} with the child's pidfd, or
+#                    {"kind": "failed", "id": N, "error": "..."}
+#   zygote -> agent  {"kind": "exit", "pid": P, "code": C, "signal": S} once a child is reaped
+# EOF from the agent ends the zygote; its children die with it (PR_SET_PDEATHSIG).
+
+_CLONE_NEWNS, _CLONE_NEWUTS, _CLONE_NEWIPC = 0x20000, 0x4000000, 0x8000000
+_CLONE_NEWPID, _CLONE_NEWNET = 0x20000000, 0x40000000
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 1, 2, 4, 8
+_MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 32, 4096, 16384, 1 << 18
+_MOUNT_ATTR_RDONLY, _MOUNT_ATTR_NOSUID, _MOUNT_ATTR_NODEV = 1, 2, 4
+_AT_FDCWD, _AT_RECURSIVE, _SYS_MOUNT_SETATTR = -100, 0x8000, 442
+_PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS = 1, 38
+
+
+class _SetupError(Exception):
+    def __init__(self, stage, err):
+        super().__init__("%s: %s" % (stage, os.strerror(err) if isinstance(err, int) else err))
+
+
+class _Libc:
+    """The few system calls Python 3.11's os module lacks, through ctypes."""
+
+    def __init__(self):
+        import ctypes
+        self.ctypes = ctypes
+        self.lib = ctypes.CDLL(None, use_errno=True)
+        self.lib.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p,
+                                   ctypes.c_ulong, ctypes.c_void_p]
+        self.lib.syscall.restype = ctypes.c_long
+
+    def _check(self, ret, stage):
+        if ret != 0:
+            raise _SetupError(stage, self.ctypes.get_errno())
+
+    def unshare(self, flags, stage="creating namespaces"):
+        self._check(self.lib.unshare(flags), stage)
+
+    def setns(self, fd, flags):
+        self._check(self.lib.setns(fd, flags), "returning to the zygote's PID namespace")
+
+    def prctl(self, option, value):
+        self._check(self.lib.prctl(option, value, 0, 0, 0), "prctl")
+
+    def mount(self, source, target, fstype, flags, stage):
+        enc = lambda s: s.encode() if isinstance(s, str) else s
+        self._check(self.lib.mount(enc(source), enc(target), enc(fstype), flags, None), stage)
+
+    def mount_setattr(self, path, flags, attr_set, attr_clr):
+        """mount_setattr(2) (Linux 5.12): a whole mount tree at once. Returns errno (0: done)."""
+        ctypes = self.ctypes
+        attr = (ctypes.c_uint64 * 4)(attr_set, attr_clr, 0, 0)
+        ret = self.lib.syscall(ctypes.c_long(_SYS_MOUNT_SETATTR), ctypes.c_int(_AT_FDCWD),
+                               ctypes.c_char_p(path.encode()), ctypes.c_uint(flags),
+                               ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
+        return ctypes.get_errno() if ret != 0 else 0
+
+    def sethostname(self, name):
+        self.lib.sethostname(name.encode(), len(name))
+
+
+def _read_only_host(libc, scratch, keep):
+    """The host's tree read-only, `scratch` writable over /tmp, host dirs under /tmp bound back."""
+    stage = "making the host read-only"
+    held = []
+    for path in dict.fromkeys(os.path.normpath(p) for p in keep):
+        if not path.startswith("/tmp/"):
+            continue  # only what the new /tmp hides needs binding back
+        try:
+            held.append((path, os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)))
+        except OSError:
+            pass
+    libc.mount(scratch, "/tmp", None, _MS_BIND, stage)
+    for path, fd in held:
+        parts = path.split("/")
+        for i in range(3, len(parts) + 1):  # "/tmp/a/b": /tmp/a, /tmp/a/b in the new /tmp
+            try:
+                os.mkdir("/".join(parts[:i]), 0o755)
+            except OSError:
+                pass
+        libc.mount("/proc/self/fd/%d" % fd, path, None, _MS_BIND | _MS_REC, stage)
+        os.close(fd)
+    err = libc.mount_setattr("/", _AT_RECURSIVE, _MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID, 0)
+    if err == 38:  # ENOSYS, older kernels: just the root mount itself
+        libc.mount(None, "/", None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY, stage)
+        return
+    if err:
+        raise _SetupError(stage, err)
+    err = libc.mount_setattr("/tmp", 0, _MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NODEV, _MOUNT_ATTR_RDONLY)
+    if err:
+        raise _SetupError(stage, err)
+
+
+def _loopback_up():
+    import fcntl
+    import socket
+    import struct
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        flags = struct.unpack_from("16sh", fcntl.ioctl(s, 0x8913, struct.pack("16sh22x", b"lo", 0)))[1]
+        fcntl.ioctl(s, 0x8914, struct.pack("16sh22x", b"lo", flags | 1))  # SIOCSIFFLAGS, IFF_UP
+
+
+def _become_instance(libc, req, fds):
+    """In the forked child (PID 1 of its new PID namespace): the sandbox, then the handler."""
+    import resource
+    import signal
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    os.setsid()
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # dies with the zygote, which dies with the agent
+    libc.prctl(_PR_SET_NO_NEW_PRIVS, 1)
+    for path in req.get("cgroup_join", []):
+        try:
+            with open(path, "w") as f:
+                f.write("0")
+        except OSError as e:
+            raise _SetupError("joining the cgroup", e.errno)
+    flags = _CLONE_NEWNS | _CLONE_NEWIPC | _CLONE_NEWUTS | (_CLONE_NEWNET if req.get("net") else 0)
+    libc.unshare(flags)
+    libc.mount(None, "/", None, _MS_REC | _MS_PRIVATE, "making mounts private")
+    try:  # our own /proc shows only the namespace's processes; not fatal where it is refused
+        libc.mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, "mounting /proc")
+    except _SetupError:
+        pass
+    if req.get("scratch"):
+        _read_only_host(libc, req["scratch"], req.get("keep", []))
+    libc.sethostname("blixard")
+    if req.get("net"):
+        _loopback_up()
+    try:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if req.get("as_limit"):
+            resource.setrlimit(resource.RLIMIT_AS, (req["as_limit"], req["as_limit"]))
+    except (OSError, ValueError) as e:
+        raise _SetupError("setting resource limits", str(e))
+
+    # fds: /dev/null, stdout, stderr, request, response; nothing else of the zygote's.
+    null = os.open("/dev/null", os.O_RDONLY)
+    moved = [os.dup(fd) for fd in (null, fds[2], fds[3], fds[0], fds[1])]
+    for target, fd in enumerate(moved):
+        os.dup2(fd, target)
+    os.closerange(5, 1 << 16)
+    # As `python -u` would: logs reach the agent line by line, even if the handler crashes.
+    import io
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), write_through=True,
+                                  line_buffering=True)
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), write_through=True,
+                                  line_buffering=True, errors="backslashreplace")
+    sys.stdin = open(0, closefd=False)
+
+    env = dict(entry.partition("=")[::2] for entry in req.get("env", []))
+    os.environ.clear()
+    os.environ.update(env)
+    # What the interpreter reads from the environment at start-up, applied now.
+    for path in reversed([p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]):
+        sys.path.insert(1, path)
+    sys.dont_write_bytecode = bool(env.get("PYTHONDONTWRITEBYTECODE"))
+    if req.get("cwd"):
+        try:
+            os.chdir(req["cwd"])
+        except OSError as e:
+            raise _SetupError("changing to the code directory", e.errno)
+    sys.argv = [__file__] + list(req["args"])
+    return main(sys.argv)
+
+
+def _instance_child(libc, req, fds):
+    code = 127
+    try:
+        code = _become_instance(libc, req, fds)
+    except _SetupError as e:
+        message = ("blixard: cannot start handler: %s\n" % e).encode()
+        try:
+            os.write(fds[3], message)  # the instance's stderr, if not yet moved to fd 2
+        except OSError:
+            os.write(2, message)
+    except SystemExit as e:  # as an exec'd interpreter would exit
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except BaseException as e:  # never return into the zygote's loop
+        try:
+            _print_user_traceback(e)
+        except BaseException:
+            pass
+        code = 1
+    try:
+        import atexit
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code if isinstance(code, int) else 1)
+
+
+def _probe_namespaces(libc, own_pidns):
+    """Whether this zygote may give its children their namespaces (root, or a permissive host)."""
+    try:
+        libc.unshare(_CLONE_NEWPID)
+    except _SetupError as e:
+        return str(e)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            libc.unshare(_CLONE_NEWNS | _CLONE_NEWIPC | _CLONE_NEWUTS)
+            libc.mount(None, "/", None, _MS_REC | _MS_PRIVATE, "making mounts private")
+            os._exit(0)
+        except BaseException:
+            os._exit(1)
+    libc.setns(own_pidns, _CLONE_NEWPID)
+    _, status = os.waitpid(pid, 0)
+    return "" if os.waitstatus_to_exitcode(status) == 0 else "mount namespace refused"
+
+
+def _zygote_main():
+    import gc
+    import select
+    import signal
+    import socket
+
+    libc = _Libc()
+    control = socket.socket(fileno=3)
+    own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    # What instances use, imported once here rather than in every instance.
+    import concurrent.futures  # noqa: F401  (targetConcurrency > 1)
+    import importlib  # noqa: F401
+    import io  # noqa: F401
+    import resource  # noqa: F401
+    import threading  # noqa: F401
+    import traceback  # noqa: F401
+
+    def send(message, fds=()):
+        data = json.dumps(message).encode()
+        if fds:
+            socket.send_fds(control, [data], list(fds))
+        else:
+            control.send(data)
+
+    refused = _probe_namespaces(libc, own_pidns)
+    send({"kind": "hello", "pid": os.getpid(), "namespaces": not refused, "error": refused})
+    # Objects alive now stay out of the collector's generations: a child that collects does not
+    # write to (and so copy) the pages it shares with the zygote.
+    gc.freeze()
+
+    def reap():
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            signo = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
+            code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 0
+            send({"kind": "exit", "pid": pid, "code": code, "signal": signo})
+
+    def spawn(req, fds):
+        try:
+            libc.unshare(_CLONE_NEWPID)  # the next fork's child is PID 1 of a new namespace
+        except _SetupError as e:
+            return send({"kind": "failed", "id": req.get("id"), "error": str(e)})
+        try:
+            pid = os.fork()
+        except OSError as e:
+            pid = -1
+            error = "fork: " + os.strerror(e.errno)
+        if pid == 0:
+            control.close()
+            _instance_child(libc, req, fds)
+        libc.setns(own_pidns, _CLONE_NEWPID)
+        if pid < 0:
+            return send({"kind": "failed", "id": req.get("id"), "error": error})
+        pidfd = os.pidfd_open(pid)
+        try:
+            send({"kind": "spawned", "id": req.get("id"), "pid": pid}, [pidfd])
+        finally:
+            os.close(pidfd)
+
+    while True:
+        ready, _, _ = select.select([control, wake_r], [], [])
+        if wake_r in ready:
+            try:
+                while os.read(wake_r, 512):
+                    pass
+            except BlockingIOError:
+                pass
+            reap()
+        if control in ready:
+            data, fds, _, _ = socket.recv_fds(control, 1 << 20, 4)
+            if not data:
+                return 0  # the agent is gone
+            try:
+                req = json.loads(data)
+                if req.get("kind") == "spawn" and len(fds) == 4:
+                    spawn(req, fds)
+                else:
+                    send({"kind": "failed", "id": req.get("id"), "error": "bad request"})
+            finally:
+                for fd in fds:
+                    os.close(fd)
+
+
+def _zygote():
+    try:
+        return _zygote_main()
+    except (BrokenPipeError, ConnectionResetError):
+        return 0  # the agent went away first
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    sys.exit(_zygote() if sys.argv[1:] == ["--zygote"] else main(sys.argv))

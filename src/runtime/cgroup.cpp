@@ -55,9 +55,12 @@ std::vector<pid_t> procs(const fs::path& dir) {
 
 }  // namespace
 
-std::vector<std::string> InstanceCgroup::procs_files() const {
+std::vector<std::string> InstanceCgroup::join_files() const {
   std::vector<std::string> out;
-  for (const auto& d : dirs_) out.push_back((d / "cgroup.procs").string());
+  // v1: the `tasks` file, which moves just the writing thread (the whole of a process that has
+  // not started threads yet) without the global threadgroup lock whose RCU grace period makes a
+  // `cgroup.procs` write take 7-20 ms after an idle spell (0.5 ms this way; bench/RESULTS.md).
+  for (const auto& d : dirs_) out.push_back((d / (v2_ ? "cgroup.procs" : "tasks")).string());
   return out;
 }
 

@@ -19,8 +19,8 @@ class InstanceCgroup {
   InstanceCgroup& operator=(const InstanceCgroup&) = delete;
   ~InstanceCgroup() { remove(); }
 
-  // The cgroup.procs files a new process writes "0" to, to join.
-  std::vector<std::string> procs_files() const;
+  // The files a new, still single-threaded process writes "0" to, to join.
+  std::vector<std::string> join_files() const;
   // The kernel OOM-killed a process of this cgroup.
   bool oom_killed() const;
   // SIGKILLs every process in the cgroup.

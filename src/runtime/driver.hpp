@@ -91,6 +91,9 @@ struct SandboxOptions {
   std::string cgroup_parent;
   // Most processes (and threads) one instance may have.
   std::uint64_t pids_max = 256;
+  // Fork Python instances from a pre-initialised interpreter (runtime/zygote.hpp) where it may
+  // create namespaces (as root); otherwise, or when off, each starts a fresh interpreter.
+  bool python_zygote = true;
 };
 
 std::unique_ptr<Driver> make_sandbox_driver(SandboxOptions options);

@@ -30,6 +30,7 @@
 #include "runtime/embedded.hpp"
 #include "runtime/frame.hpp"
 #include "runtime/spawn.hpp"
+#include "runtime/zygote.hpp"
 
 #ifndef P_PIDFD
 #define P_PIDFD 3
@@ -55,6 +56,8 @@ constexpr std::size_t k_max_log_line = 16 * 1024;
 // How long a caller whose call timed out waits for the killed instance to be reaped.
 constexpr milliseconds k_reap_wait{10'000};
 constexpr milliseconds k_stop_grace{200};
+// How long a Python start waits for the zygote to come up (once, after the driver starts).
+constexpr milliseconds k_zygote_wait{5'000};
 
 class UniqueFd {
  public:
@@ -222,6 +225,8 @@ class SandboxInstance : public std::enable_shared_from_this<SandboxInstance> {
   Clock::time_point created_ = Clock::now();
   std::chrono::microseconds init_{0};
   std::unique_ptr<InstanceCgroup> cgroup_;
+  // MODULE:FUNCTION [CODE_DIR] when the instance is forked from the Python zygote.
+  std::vector<std::string> zygote_args_;
 
  private:
   friend class SandboxDriver;
@@ -261,6 +266,7 @@ class SandboxInstance : public std::enable_shared_from_this<SandboxInstance> {
   FrameDecoder decoder_{0};
   std::string partial_[2];
   bool namespaced_ = false;
+  bool from_zygote_ = false;  // not our child: the zygote reaps it and reports how it ended
 };
 
 // The caller's handle: dropping it kills the process.
@@ -292,6 +298,10 @@ class SandboxDriver final : public Driver {
     }
     write_runtime();
     python_ = resolve_python(options_.python);
+    if (options_.python_zygote && !python_.empty()) {
+      zygote_ = std::make_unique<PythonZygote>(python_, options_.work_dir / "handler_runtime.py",
+                                               inherited_environment());
+    }
     if (cgroups_.mode() == CgroupManager::Mode::none) {
       spdlog::warn("sandbox: no cgroups ({}); memory limits fall back to RLIMIT_AS",
                    cgroups_.reason());
@@ -303,6 +313,8 @@ class SandboxDriver final : public Driver {
     // Instance threads notice their killed process, reap it and end; wait for them all.
     std::unique_lock lock(mutex_);
     drained_.wait(lock, [&] { return threads_ == 0; });
+    lock.unlock();
+    zygote_.reset();  // after the instances: their threads learn their exit status from it
   }
 
   std::string name() const override { return "sandbox"; }
@@ -341,7 +353,7 @@ class SandboxDriver final : public Driver {
     std::string why;
     in->cgroup_ = cgroups_.create(in->name_, memory_bytes, options_.pids_max, &why);
     if (in->cgroup_) {
-      req.cgroup_procs = in->cgroup_->procs_files();
+      req.cgroup_join = in->cgroup_->join_files();
     } else {
       if (cgroups_.mode() != CgroupManager::Mode::none) {
         warn_once(cgroup_warned_, "sandbox: cannot create an instance cgroup ({}); using RLIMIT_AS",
@@ -350,6 +362,15 @@ class SandboxDriver final : public Driver {
       if (memory_bytes != 0) req.address_space_limit = memory_bytes + k_address_space_headroom;
     }
     req.namespaces = !namespaces_refused_;
+    if (spec.runtime() == "python" && zygote_ && zygote_can_run(spec)) {
+      std::string why;
+      if (zygote_->ready(k_zygote_wait, &why)) {
+        in->zygote_args_ = {spec.handler()};
+        if (!spec.code().empty()) in->zygote_args_.push_back(spec.code());
+      } else {
+        warn_once(zygote_warned_, "sandbox: Python instances start fresh interpreters ({})", why);
+      }
+    }
 
     {
       std::lock_guard lock(mutex_);
@@ -421,6 +442,20 @@ class SandboxDriver final : public Driver {
 
   bool shut_down() const noexcept { return shut_down_; }
 
+  // Forks from the zygote; nullopt (after a warning) when it cannot, and the caller execs.
+  std::optional<Spawned> spawn_from_zygote(const SpawnRequest& req,
+                                           const std::vector<std::string>& args) {
+    try {
+      return zygote_->spawn(req, args);
+    } catch (const Error& e) {
+      warn_once(zygote_warned_, "sandbox: Python instances start fresh interpreters ({})",
+                e.what());
+      return std::nullopt;
+    }
+  }
+
+  siginfo_t zygote_exit(pid_t pid) { return zygote_->wait_exit(pid); }
+
  private:
   // ---- what to run ----
 
@@ -473,6 +508,29 @@ class SandboxDriver final : public Driver {
     }
     throw Error(errc::invalid_spec, "unknown runtime '" + spec.runtime() + "' (python, exec)",
                 "runtime");
+  }
+
+  // What a fork of the zygote cannot reproduce: a full `site`, or interpreter start-up settings
+  // beyond those the runtime applies itself (PYTHONPATH, PYTHONUNBUFFERED,
+  // PYTHONDONTWRITEBYTECODE). Such functions start a fresh interpreter.
+  static bool zygote_can_run(const v1::FunctionSpec& spec) {
+    for (const auto& [key, value] : spec.env()) {
+      if (key == "BLIXARD_PYTHON_SITE" && !value.empty() && value != "0") return false;
+      if (key.rfind("PYTHON", 0) == 0 && key != "PYTHONPATH" && key != "PYTHONUNBUFFERED" &&
+          key != "PYTHONDONTWRITEBYTECODE") {
+        return false;
+      }
+    }
+    return true;
+  }
+
+  // The zygote's own environment: the agent's basics, nothing of any function's.
+  static std::vector<std::string> inherited_environment() {
+    std::vector<std::string> out;
+    for (const char* key : {"PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ"}) {
+      if (const char* v = std::getenv(key)) out.push_back(std::string(key) + "=" + v);
+    }
+    return out;
   }
 
   std::vector<std::string> environment(const std::string& function, const v1::FunctionSpec& spec,
@@ -559,6 +617,8 @@ class SandboxDriver final : public Driver {
   std::atomic<bool> namespaces_refused_{false};
   std::atomic<bool> ns_warned_{false};
   std::atomic<bool> cgroup_warned_{false};
+  std::atomic<bool> zygote_warned_{false};
+  std::unique_ptr<PythonZygote> zygote_;
   std::mutex mutex_;
   std::condition_variable drained_;
   std::set<SandboxInstance*> live_;
@@ -579,7 +639,10 @@ void SandboxInstance::run(SpawnRequest req, Clock::time_point start_deadline) {
     req.stdout_fd = out_write.get();
     req.stderr_fd = err_write.get();
     decoder_ = FrameDecoder(max_payload_ + k_frame_overhead);
-    const Spawned child = spawn_sandboxed(req);
+    std::optional<Spawned> forked;
+    if (!zygote_args_.empty()) forked = driver_.spawn_from_zygote(req, zygote_args_);
+    from_zygote_ = forked.has_value();
+    const Spawned child = forked ? *forked : spawn_sandboxed(req);
     pid_ = child.pid;
     pidfd_ = UniqueFd(child.pidfd);
     namespaced_ = child.namespaced;
@@ -611,9 +674,13 @@ void SandboxInstance::run(SpawnRequest req, Clock::time_point start_deadline) {
     if (cgroup_) cgroup_->kill_all();
   }
   siginfo_t info{};
-  while (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd_.get()), &info,
-                  WEXITED) != 0 &&
-         errno == EINTR) {
+  if (from_zygote_) {
+    info = driver_.zygote_exit(pid_);
+  } else {
+    while (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd_.get()), &info,
+                    WEXITED) != 0 &&
+           errno == EINTR) {
+    }
   }
   drain();
   bool oom = false;

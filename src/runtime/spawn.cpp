@@ -84,7 +84,7 @@ struct ChildPlan {
   std::size_t keep_count = 0;
   const char* const* mkdirs = nullptr;  // mount points to create in the new /tmp, parents first
   std::size_t mkdir_count = 0;
-  const char* const* cgroup_procs = nullptr;
+  const char* const* cgroup_join = nullptr;
   std::size_t cgroup_count = 0;
   std::uint64_t address_space_limit = 0;
   bool mount_ns = false, user_ns = false, uts_ns = false, net_ns = false;
@@ -196,7 +196,7 @@ int child_main(void* arg) {
   ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
 
   for (std::size_t i = 0; i < plan.cgroup_count; ++i) {
-    if (!write_all(plan.cgroup_procs[i], "0")) child_fail(plan, stage_cgroup);
+    if (!write_all(plan.cgroup_join[i], "0")) child_fail(plan, stage_cgroup);
   }
   if (plan.mount_ns) {
     if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
@@ -277,7 +277,7 @@ Spawned spawn_sandboxed(const SpawnRequest& request) {
   auto argv = c_strings(request.argv);
   auto envp = c_strings(request.env);
   std::vector<const char*> procs;
-  for (const auto& p : request.cgroup_procs) procs.push_back(p.c_str());
+  for (const auto& p : request.cgroup_join) procs.push_back(p.c_str());
 
   const bool root = ::geteuid() == 0;
   const std::string uid_map = "0 " + std::to_string(::geteuid()) + " 1";
@@ -315,7 +315,7 @@ Spawned spawn_sandboxed(const SpawnRequest& request) {
   plan.keep_count = keep_c.size();
   plan.mkdirs = mkdirs_c.data();
   plan.mkdir_count = mkdirs_c.size();
-  plan.cgroup_procs = procs.data();
+  plan.cgroup_join = procs.data();
   plan.cgroup_count = procs.size();
   plan.address_space_limit = request.address_space_limit;
   plan.uid_map = uid_map.c_str();

@@ -28,8 +28,9 @@ struct SpawnRequest {
   std::string scratch_dir;
   // Host directories the new /tmp would hide (code, the handler runtime): bound back, read-only.
   std::vector<std::string> keep_dirs;
-  // cgroup.procs files the child joins before exec, so every byte it allocates is charged.
-  std::vector<std::string> cgroup_procs;
+  // Files the child writes "0" to before exec, to join its cgroups (InstanceCgroup::join_files),
+  // so every byte it allocates is charged.
+  std::vector<std::string> cgroup_join;
   std::uint64_t address_space_limit = 0;  // RLIMIT_AS in bytes, 0: none
 };
 

@@ -24,6 +24,7 @@ using blixard::Error;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 using blixard::test_support::eventually;
+using blixard::test_support::instances_with;
 using blixard::test_support::processes_with;
 using blixard::test_support::python;
 using blixard::test_support::run;
@@ -124,7 +125,7 @@ TEST_F(PoolTest, IdleInstanceStopsAfterKeepWarm) {
   fn.invoke("{}");
   EXPECT_EQ(status("idle").instances_warm(), 1u);
   EXPECT_TRUE(eventually([&] { return status("idle").instances_size() == 0; }));
-  EXPECT_TRUE(eventually([&] { return processes_with(token_) == 0; }));
+  EXPECT_TRUE(eventually([&] { return instances_with(token_) == 0; }));
   // From zero, the next call starts a new instance.
   EXPECT_TRUE(fn.invoke("{}").cold_start);
 }
@@ -259,7 +260,7 @@ TEST_F(PoolTest, ForkBombIsContainedAndOthersKeepWorking) {
   EXPECT_TRUE(eventually([&] { return status("bomb").instances_size() == 0; }));
   const auto r = fn.invoke("{}");
   EXPECT_FALSE(r.cold_start);
-  EXPECT_TRUE(eventually([&] { return processes_with(token_) == 1; }));  // the bystander only
+  EXPECT_TRUE(eventually([&] { return instances_with(token_) == 1; }));  // the bystander only
 }
 
 TEST_F(PoolTest, DeletingAFunctionFailsItsCallsInFlight) {
@@ -272,7 +273,7 @@ TEST_F(PoolTest, DeletingAFunctionFailsItsCallsInFlight) {
   ASSERT_TRUE(error);
   EXPECT_EQ(error->code(), errc::unavailable) << error->what();
   EXPECT_NE(error->message().find("\"doomed\" was deleted"), std::string::npos) << error->what();
-  EXPECT_TRUE(eventually([&] { return processes_with(token_) == 0; }));
+  EXPECT_TRUE(eventually([&] { return instances_with(token_) == 0; }));
 }
 
 TEST_F(PoolTest, CloseFailsCallsInFlight) {
@@ -284,7 +285,7 @@ TEST_F(PoolTest, CloseFailsCallsInFlight) {
   caller.join();
   ASSERT_TRUE(error);
   EXPECT_EQ(error->code(), errc::unavailable) << error->what();
-  EXPECT_EQ(processes_with(token_), 0);
+  EXPECT_EQ(instances_with(token_), 0);
 }
 
 TEST_F(PoolTest, SpecUpdateDrainsOldInstances) {

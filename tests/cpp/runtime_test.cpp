@@ -29,6 +29,7 @@ using namespace blixard::runtime;
 using ::testing::HasSubstr;
 using Clock = std::chrono::steady_clock;
 using blixard::test_support::eventually;
+using blixard::test_support::instances_with;
 using blixard::test_support::processes_with;
 using blixard::test_support::python;
 using blixard::test_support::run;
@@ -270,7 +271,7 @@ TEST_F(SandboxTest, TimeoutKillsTheWholeInstance) {
   EXPECT_GE(elapsed, std::chrono::seconds(2));
   EXPECT_LT(elapsed, std::chrono::seconds(10));
   // The handler and the `sleep` it started are gone by the time invoke() returns.
-  EXPECT_EQ(processes_with(token_), 0);
+  EXPECT_EQ(instances_with(token_), 0);
 }
 
 TEST_F(SandboxTest, TimeoutFromTheSpecApplies) {
@@ -280,7 +281,7 @@ TEST_F(SandboxTest, TimeoutFromTheSpecApplies) {
   const auto e = invoke_error(spec, "{}");
   EXPECT_EQ(e.code(), errc::timeout);
   EXPECT_THAT(e.message(), HasSubstr("timed out after 700ms"));
-  EXPECT_EQ(processes_with(token_), 0);
+  EXPECT_EQ(instances_with(token_), 0);
 }
 
 TEST_F(SandboxTest, CrashMidRequestReportsStatusAndLogTail) {
@@ -289,14 +290,14 @@ TEST_F(SandboxTest, CrashMidRequestReportsStatusAndLogTail) {
   EXPECT_THAT(e.message(), HasSubstr("exited with status 3"));
   EXPECT_THAT(e.message(), HasSubstr("while handling the request"));
   EXPECT_THAT(e.message(), HasSubstr("crashing now"));
-  EXPECT_EQ(processes_with(token_), 0);
+  EXPECT_EQ(instances_with(token_), 0);
 }
 
 TEST_F(SandboxTest, OutOfMemoryIsReported) {
   const auto e = invoke_error(python_spec("hog:handler", 64), "{}");
   EXPECT_EQ(e.code(), errc::handler_failed);
   EXPECT_THAT(e.message(), HasSubstr("out of memory"));
-  EXPECT_EQ(processes_with(token_), 0);
+  EXPECT_EQ(instances_with(token_), 0);
 }
 
 TEST_F(SandboxTest, ImportErrorFailsBeforeReadyWithStatus2) {
@@ -328,7 +329,7 @@ TEST_F(SandboxTest, GarbageFrameIsAProtocolErrorAndTheHandlerIsKilled) {
   EXPECT_THAT(e.message(), HasSubstr("broke the instance protocol"));
   EXPECT_THAT(e.message(), HasSubstr("garbage frame"));
   EXPECT_THAT(e.message(), HasSubstr("writing garbage"));
-  EXPECT_EQ(processes_with(token_), 0);
+  EXPECT_EQ(instances_with(token_), 0);
 }
 
 TEST_F(SandboxTest, MissingExecCommandIsHandlerFailed) {
@@ -396,12 +397,12 @@ TEST_F(SandboxTest, ShutdownKillsInFlightInstancesAndRefusesNewCalls) {
       error = e;
     }
   });
-  ASSERT_TRUE(eventually([&] { return processes_with(token_) > 0; }));
+  ASSERT_TRUE(eventually([&] { return instances_with(token_) > 0; }));
   driver_->shutdown();
   caller.join();
   ASSERT_TRUE(error.has_value());
   EXPECT_EQ(error->code(), errc::unavailable);
-  EXPECT_EQ(processes_with(token_), 0);
+  EXPECT_EQ(instances_with(token_), 0);
   EXPECT_EQ(invoke_error(python_spec("echo:handler"), "{}").code(), errc::unavailable);
 }
 
@@ -476,7 +477,7 @@ TEST_F(SandboxTest, StoppedInstanceExitsCleanly) {
   auto instance = driver_->start(o);
   instance->stop(std::chrono::seconds(5));
   EXPECT_FALSE(instance->alive());
-  EXPECT_EQ(processes_with(token_), 0);
+  EXPECT_EQ(instances_with(token_), 0);
   Invocation inv;
   inv.function = "fn";
   inv.spec = o.spec;
@@ -487,6 +488,89 @@ TEST_F(SandboxTest, StoppedInstanceExitsCleanly) {
   } catch (const Error& e) {
     EXPECT_EQ(e.code(), errc::unavailable);
   }
+}
+
+// ---- Python instances forked from the zygote ----
+
+// The sandbox a zygote fork gets is the one a fresh interpreter gets: compared field by field.
+TEST_F(SandboxTest, ZygoteForkAndFreshInterpreterSeeTheSameSandbox) {
+  if (::geteuid() != 0) GTEST_SKIP() << "the zygote needs namespaces (root)";
+  // Under both drivers' work dirs, which their sandboxes keep visible beneath the private /tmp.
+  const fs::path lib = work_ / "fresh" / "pylib";
+  fs::create_directories(lib);
+  std::ofstream(lib / "extra_mod.py") << "VALUE = 42\n";
+  auto spec = python_spec("echo:sandbox_view");
+  (*spec.mutable_env())["PYTHONPATH"] = lib.string();
+  (*spec.mutable_env())["TEST_GREETING"] = "hello";
+
+  SandboxOptions fresh_options;
+  fresh_options.work_dir = work_ / "fresh";
+  fresh_options.python = python();
+  fresh_options.cgroup_parent = cgroup_parent_;
+  fresh_options.python_zygote = false;
+  auto fresh = make_sandbox_driver(fresh_options);
+
+  std::mutex m;
+  std::vector<std::string> lines;
+  auto view = [&](Driver& driver) {
+    InstanceOptions o;
+    o.function = "fn";
+    o.spec = spec;
+    o.on_log = [&](const std::string&, const std::string& stream, std::string line) {
+      std::lock_guard lock(m);
+      lines.push_back(stream + ": " + line);
+    };
+    auto instance = driver.start(o);
+    Invocation inv;
+    inv.function = "fn";
+    inv.spec = spec;
+    inv.payload = R"({"module": "extra_mod"})";
+    inv.request_id = "r";
+    auto result = instance->call(inv).result;
+    EXPECT_TRUE(eventually([&] {
+      std::lock_guard lock(m);
+      return std::count(lines.begin(), lines.end(), "stdout: sandbox_view ran") == 1;
+    }));
+    instance->stop(std::chrono::seconds(5));
+    lines.clear();
+    return result;
+  };
+  const std::string forked = view(*driver_);
+  const std::string exec = view(*fresh);
+  EXPECT_EQ(forked, exec);
+  const std::string code = fs::weakly_canonical(k_handlers).string();
+  EXPECT_THAT(forked, HasSubstr(R"("pid": 1, "hostname": "blixard", "cwd": ")" + code + "\""));
+  EXPECT_THAT(forked, HasSubstr(R"("/tmp/written": "written")"));
+  EXPECT_THAT(forked, HasSubstr("\"" + code + "/written\": 30"));  // EROFS
+  EXPECT_THAT(forked, HasSubstr(R"("/etc/blixard-written": 30)"));
+  EXPECT_THAT(forked, HasSubstr(R"("no_new_privs": "1", "own_cgroup": true)"));
+  EXPECT_THAT(forked, HasSubstr(R"("TEST_GREETING": "hello")"));
+  EXPECT_THAT(forked, HasSubstr(R"("TMPDIR": "/tmp")"));
+  EXPECT_THAT(forked, HasSubstr(R"("fds_open": [0, 1, 2, 3, 4, 5])"));
+  EXPECT_THAT(forked, HasSubstr(R"("extra_module": 42)"));
+}
+
+// The zygote's children die with it; the driver goes on with fresh interpreters.
+TEST_F(SandboxTest, LosingTheZygoteFailsItsInstancesAndStartsFreshOnes) {
+  if (::geteuid() != 0) GTEST_SKIP() << "the zygote needs namespaces (root)";
+  InstanceOptions o;
+  o.function = "fn";
+  o.spec = python_spec("echo:handler");
+  auto instance = driver_->start(o);
+  EXPECT_TRUE(instance->alive());
+  int zygotes = 0;
+  for (const auto& entry : fs::directory_iterator("/proc")) {
+    if (!test_support::is_zygote(entry.path())) continue;
+    std::ifstream cmd(entry.path() / "cmdline");
+    const std::string text((std::istreambuf_iterator<char>(cmd)), std::istreambuf_iterator<char>());
+    if (text.find(token_) == std::string::npos) continue;  // another test's
+    ASSERT_EQ(::kill(std::stoi(entry.path().filename().string()), SIGKILL), 0);
+    ++zygotes;
+  }
+  ASSERT_EQ(zygotes, 1);
+  EXPECT_TRUE(eventually([&] { return !instance->alive(); }));
+  EXPECT_EQ(invoke(python_spec("echo:handler"), R"({"again": true})").result, R"({"again": true})");
+  EXPECT_EQ(instances_with(token_), 0);
 }
 
 // ---- native handlers (examples/handlers/cpp) and cold-start figures ----
