@@ -382,8 +382,8 @@ class PyCluster {
     pool_.reset();
   }
 
-  // Threads for blocking calls that async_invoke does not cover: long polls and invokes with a
-  // per-call timeout (async_invoke takes none). Made on first use.
+  // Threads for the blocking calls that have no async form (long polls: logs, events, waits).
+  // Made on first use.
   boost::asio::thread_pool& pool() {
     std::lock_guard lock(*pool_mutex_);
     if (!pool_) pool_ = std::make_unique<boost::asio::thread_pool>(16);
@@ -417,22 +417,7 @@ class PyCluster {
   template <class Handler>
   void start_invoke(const std::string& name, std::string payload, std::chrono::milliseconds timeout,
                     Handler handler) {
-    auto fn = cluster().function(name);
-    if (timeout.count() <= 0) {
-      fn.async_invoke(std::move(payload), std::move(handler));
-      return;
-    }
-    boost::asio::post(pool(), [fn, payload = std::move(payload), timeout,
-                               handler = std::move(handler)]() mutable {
-      std::exception_ptr error;
-      blixard::InvokeResult result;
-      try {
-        result = fn.invoke(payload, timeout);
-      } catch (...) {
-        error = std::current_exception();
-      }
-      handler(error, std::move(result));
-    });
+    cluster().function(name).async_invoke(std::move(payload), timeout, std::move(handler));
   }
 
   std::optional<blixard::Cluster> cluster_;

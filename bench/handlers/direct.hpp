@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include "../../tests/support/process.hpp"
+
 extern char** environ;
 
 namespace bench {
@@ -30,24 +32,11 @@ inline double percentile(std::vector<double>& v, double p) {
   return v[std::min(rank, v.size() - 1)];
 }
 
-// stdout of a shell command, trailing newlines cut.
-inline std::string run(const std::string& cmd) {
-  std::string out;
-  if (FILE* p = ::popen(cmd.c_str(), "r")) {
-    char buf[4096];
-    while (std::fgets(buf, sizeof buf, p) != nullptr) out += buf;
-    ::pclose(p);
-  }
-  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
-  return out;
-}
+using blixard::dev::run;
 
 // The interpreter's real binary (never a pyenv shim): $BLIXARD_BENCH_PYTHON, else python3's.
 inline const std::string& python() {
-  static const std::string p = [] {
-    if (const char* env = std::getenv("BLIXARD_BENCH_PYTHON"); env && *env) return std::string(env);
-    return run("python3 -c 'import sys; print(sys.executable)' 2>/dev/null");
-  }();
+  static const std::string p = blixard::dev::real_python("BLIXARD_BENCH_PYTHON");
   return p;
 }
 

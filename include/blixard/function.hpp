@@ -50,8 +50,17 @@ class Function {
   // throw. Works with callbacks, asio::use_future, asio::use_awaitable and asio::deferred.
   template <class Token = boost::asio::deferred_t>
   auto async_invoke(std::string payload_json, Token&& token = {}) const {
+    return async_invoke(std::move(payload_json), std::chrono::milliseconds(0),
+                        std::forward<Token>(token));
+  }
+
+  // The same with a timeout for this call (0: the function's own), as invoke() takes.
+  template <class Token = boost::asio::deferred_t>
+  auto async_invoke(std::string payload_json, std::chrono::milliseconds timeout,
+                    Token&& token = {}) const {
     return boost::asio::async_initiate<Token, void(std::exception_ptr, InvokeResult)>(
-        [backend = backend_, name = name_, async = async_](auto handler, std::string payload) {
+        [backend = backend_, name = name_, async = async_, timeout](auto handler,
+                                                                    std::string payload) {
           auto& pool = async->pool();
           // Keeps the caller's executor (e.g. an io_context running a coroutine) alive until done.
           auto work = boost::asio::prefer(
@@ -59,12 +68,12 @@ class Function {
               boost::asio::execution::outstanding_work.tracked);
           // The work holds the backend, never the AsyncContext: the pool must not own (and so
           // join) itself when the last handle goes away while a call completes.
-          boost::asio::post(pool, [backend, name, payload = std::move(payload),
+          boost::asio::post(pool, [backend, name, payload = std::move(payload), timeout,
                                    handler = std::move(handler), work]() mutable {
             std::exception_ptr error;
             InvokeResult result;
             try {
-              result = invoke_on(*backend, name, payload, std::chrono::milliseconds(0));
+              result = invoke_on(*backend, name, payload, timeout);
             } catch (...) {
               error = std::current_exception();
             }

@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <boost/json.hpp>
 #include <cerrno>
 #include <cstring>
@@ -39,12 +40,12 @@ json::array strings(const std::vector<std::string>& v) {
 bool receive(int socket, std::string& text, std::vector<int>& fds) {
   text.resize(k_max_message);
   iovec iov{text.data(), text.size()};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * k_max_fds)];
+  alignas(cmsghdr) std::array<char, CMSG_SPACE(sizeof(int) * k_max_fds)> control{};
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof control;
+  msg.msg_control = control.data();
+  msg.msg_controllen = control.size();
   ssize_t n;
   while ((n = ::recvmsg(socket, &msg, MSG_CMSG_CLOEXEC)) < 0 && errno == EINTR) {
   }
@@ -63,19 +64,21 @@ bool receive(int socket, std::string& text, std::vector<int>& fds) {
   return true;
 }
 
-bool send_with_fds(int socket, const std::string& text, const int (&fds)[k_max_fds]) {
+using Fds = std::array<int, k_max_fds>;
+
+bool send_with_fds(int socket, const std::string& text, const Fds& fds) {
   iovec iov{const_cast<char*>(text.data()), text.size()};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof fds)] = {};
+  alignas(cmsghdr) std::array<char, CMSG_SPACE(sizeof(Fds))> control{};
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof control;
+  msg.msg_control = control.data();
+  msg.msg_controllen = control.size();
   cmsghdr* c = CMSG_FIRSTHDR(&msg);
   c->cmsg_level = SOL_SOCKET;
   c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof fds);
-  std::memcpy(CMSG_DATA(c), fds, sizeof fds);
+  c->cmsg_len = CMSG_LEN(sizeof(Fds));
+  std::memcpy(CMSG_DATA(c), fds.data(), sizeof(Fds));
   ssize_t n;
   while ((n = ::sendmsg(socket, &msg, MSG_NOSIGNAL)) < 0 && errno == EINTR) {
   }
@@ -93,18 +96,17 @@ siginfo_t killed_status() {
 
 PythonZygote::PythonZygote(std::string python, std::filesystem::path runtime,
                            std::vector<std::string> env) {
-  int pair[2];
-  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) != 0) {
+  std::array<int, 2> pair{};
+  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair.data()) != 0) {
     state_ = State::gone;
     why_ = std::string("socketpair: ") + std::strerror(errno);
     return;
   }
   socket_ = pair[0];
   peer_ = pair[1];
-  thread_ = std::thread([this, python = std::move(python), runtime = std::move(runtime),
-                         env = std::move(env)]() mutable {
-    run(std::move(python), std::move(runtime), std::move(env));
-  });
+  thread_ = std::thread(
+      [this, python = std::move(python), runtime = std::move(runtime),
+       env = std::move(env)]() mutable { run(std::move(python), runtime, std::move(env)); });
 }
 
 PythonZygote::~PythonZygote() {
@@ -119,7 +121,7 @@ PythonZygote::~PythonZygote() {
   }
 }
 
-void PythonZygote::run(std::string python, std::filesystem::path runtime,
+void PythonZygote::run(std::string python, const std::filesystem::path& runtime,
                        std::vector<std::string> env) {
   try {
     SpawnRequest req;
@@ -260,8 +262,7 @@ Spawned PythonZygote::spawn(const SpawnRequest& request, const std::vector<std::
   msg["cgroup_join"] = strings(request.cgroup_join);
   msg["as_limit"] = request.address_space_limit;
   msg["net"] = request.isolate_network;
-  const int fds[k_max_fds] = {request.request_fd, request.response_fd, request.stdout_fd,
-                              request.stderr_fd};
+  const Fds fds = {request.request_fd, request.response_fd, request.stdout_fd, request.stderr_fd};
   bool sent = false;
   {
     std::lock_guard lock(send_mutex_);

@@ -8,11 +8,11 @@
 // them, and the pidfd it hands over (poll, pidfd_send_signal) works as for a child of ours.
 #pragma once
 
-#include <signal.h>
 #include <sys/types.h>
 
 #include <chrono>
 #include <condition_variable>
+#include <csignal>
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -59,7 +59,7 @@ class PythonZygote {
     std::string error;
   };
 
-  void run(std::string python, std::filesystem::path runtime, std::vector<std::string> env);
+  void run(std::string python, const std::filesystem::path& runtime, std::vector<std::string> env);
   void on_message(const std::string& text, std::vector<int>& fds);
   void mark_gone(const std::string& why);
 

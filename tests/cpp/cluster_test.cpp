@@ -253,4 +253,18 @@ TEST_F(ClusterTest, AsyncInvokeWorksWithEveryCompletionToken) {
   expect_error([&] { std::rethrow_exception(from_callback); }, errc::not_found);
 }
 
+TEST_F(ClusterTest, AsyncInvokeTakesAPerCallTimeout) {
+  auto c = open();
+  blixard::v1::FunctionSpec slow;
+  slow.set_runtime("python");
+  slow.set_handler("funcs:slow");
+  slow.set_code((k_data / "code").string());
+  slow.mutable_timeout()->set_seconds(60);
+  auto fn = c.create_function("slow", slow);
+  auto future = fn.async_invoke(R"({"seconds": 30})", std::chrono::milliseconds(300),
+                                boost::asio::use_future);
+  const auto e = expect_error([&] { future.get(); }, errc::timeout);
+  EXPECT_NE(std::string(e.what()).find("timed out after 300ms"), std::string::npos) << e.what();
+}
+
 }  // namespace

@@ -9,24 +9,16 @@
 #include <string>
 #include <thread>
 
+#include "../support/process.hpp"
+
 namespace blixard::test_support {
 
-// A shell command's stdout without its trailing newlines.
-inline std::string run(const std::string& cmd) {
-  std::string out;
-  if (FILE* p = ::popen(cmd.c_str(), "r")) {
-    char buf[4096];
-    while (std::fgets(buf, sizeof buf, p) != nullptr) out += buf;
-    ::pclose(p);
-  }
-  while (!out.empty() && (out.back() == '\n' || out.back() == '\r')) out.pop_back();
-  return out;
-}
+using dev::run;
 
-// The real interpreter behind `python3` (a pyenv shim costs ~350 ms a start).
+// The real interpreter behind `python3`, or "python3" when it cannot be asked.
 inline const std::string& python() {
   static const std::string p = [] {
-    auto found = run("python3 -c 'import sys; print(sys.executable)' 2>/dev/null");
+    auto found = dev::real_python();
     return found.empty() ? std::string("python3") : found;
   }();
   return p;
