@@ -1,9 +1,10 @@
 // Warm invocation latency (p50/p99) and throughput of an echo function, through the SDK
 // (Function::invoke on an embedded cluster) and through an HTTP trigger on the server's gateway,
 // beside baselines measured in the same run: a bare loopback HTTP round trip to a tiny raw-socket
-// echo server in this binary (the same keep-alive client as for the gateway), and the handler
-// driven directly over its protocol pipes with no agent in between. Prints a summary of
-// per-call overheads and ratios at the end. Not run by the test suite.
+// echo server in this binary (the same keep-alive client as for the gateway), the gateway over a
+// Backend that answers at once (the HTTP server's own cost, no handler), and the handler driven
+// directly over its protocol pipes with no agent in between. Prints a summary of per-call
+// overheads and ratios at the end. Not run by the test suite.
 //
 //   invoke_bench [--benchmark_filter=...]     (BLIXARD_BENCH_PYTHON picks the interpreter)
 #include <arpa/inet.h>
@@ -183,12 +184,56 @@ class BareHttpServer {
   std::vector<std::thread> connections_;
 };
 
-// ---- The embedded cluster, its gateway, and the baseline server --------------------------
+// ---- A Backend that answers at once: the gateway's own cost, without an invocation ---------
+
+class NoopBackend final : public blixard::detail::Backend {
+ public:
+  using Mode = blixard::detail::ApplyMode;
+  blixard::v1::TriggerList list_triggers() override {
+    blixard::v1::TriggerList list;
+    auto* t = list.add_items();
+    t->mutable_metadata()->set_name("noop-http");
+    t->mutable_spec()->set_type("http");
+    t->mutable_spec()->set_path("/bench/noop");
+    t->mutable_spec()->set_function("noop");
+    return list;
+  }
+  blixard::v1::InvokeResponse invoke(const blixard::v1::InvokeRequest& request) override {
+    blixard::v1::InvokeResponse out;
+    out.set_request_id("noop");
+    out.set_result(request.payload());  // the event, as the echo handler returns it
+    return out;
+  }
+  blixard::v1::ApplyResult apply(const blixard::v1::ObjectSet&, Mode) override { fail(); }
+  blixard::v1::Function get_function(const std::string&) override { fail(); }
+  blixard::v1::Vm get_vm(const std::string&) override { fail(); }
+  blixard::v1::Trigger get_trigger(const std::string&) override { fail(); }
+  blixard::v1::FunctionList list_functions() override { fail(); }
+  blixard::v1::VmList list_vms() override { fail(); }
+  blixard::v1::NodeList list_nodes() override { fail(); }
+  blixard::v1::ServerInfo info() override { fail(); }
+  blixard::v1::FunctionMetrics function_metrics(const std::string&) override { fail(); }
+  std::string prometheus_metrics() override { fail(); }
+  blixard::v1::LogChunk function_logs(const std::string&, std::int64_t,
+                                      std::chrono::milliseconds) override {
+    fail();
+  }
+  blixard::v1::WatchEventList events(const std::string&, const std::string&, std::int64_t,
+                                     std::chrono::milliseconds) override {
+    fail();
+  }
+
+ private:
+  [[noreturn]] static void fail() { throw std::runtime_error("not served by the no-op backend"); }
+};
+
+// ---- The embedded cluster, its gateway, and the baseline servers --------------------------
 
 struct Env {
   fs::path dir;
   std::optional<blixard::Cluster> cluster;
   std::unique_ptr<blixard::api::HttpServer> gateway;
+  std::unique_ptr<blixard::api::HttpServer> noop_gateway;  // over NoopBackend
   BareHttpServer bare;
   std::string python_error;  // why the Python benchmarks are skipped, if they are
 
@@ -201,6 +246,8 @@ struct Env {
     cluster.emplace(blixard::Cluster::local(dir / "cluster", options));
     gateway = std::make_unique<blixard::api::HttpServer>(cluster->backend());
     gateway->start();
+    noop_gateway = std::make_unique<blixard::api::HttpServer>(std::make_shared<NoopBackend>());
+    noop_gateway->start();
     bare.start();
 
     create("native", native_spec());
@@ -257,6 +304,7 @@ struct Env {
 
   ~Env() {
     bare.stop();
+    noop_gateway->stop();
     gateway->stop();
     cluster->close();
     std::error_code ec;
@@ -331,6 +379,15 @@ void BM_Baseline_BareHttp(benchmark::State& state) {
   HttpClient client(Env::get().bare.port());
   std::string response;
   timed_loop(state, "bare-http", [&] { return client.post("/echo", k_payload, response) == 200; });
+}
+
+// The gateway's HTTP work alone: the same route, event and answer, over a Backend that returns
+// the event at once.
+void BM_Baseline_GatewayNoop(benchmark::State& state) {
+  HttpClient client(Env::get().noop_gateway->port());
+  std::string response;
+  timed_loop(state, "gateway-noop",
+             [&] { return client.post("/bench/noop", k_payload, response) == 200; });
 }
 
 void BM_Baseline_DirectPipe(benchmark::State& state, bool python) {
@@ -411,6 +468,7 @@ void BM_SdkAsyncInvoke(benchmark::State& state, const char* name) {
   b->UseRealTime()->MinTime(k_min_time)->Threads(1)->Threads(2)->Threads(4)
 
 BLIXARD_LATENCY_BENCH(BENCHMARK(BM_Baseline_BareHttp));
+BLIXARD_LATENCY_BENCH(BENCHMARK(BM_Baseline_GatewayNoop));
 BLIXARD_LATENCY_BENCH(BENCHMARK_CAPTURE(BM_Baseline_DirectPipe, native, false));
 BLIXARD_LATENCY_BENCH(BENCHMARK_CAPTURE(BM_SdkInvoke, native, "native"));
 BLIXARD_LATENCY_BENCH(BENCHMARK_CAPTURE(BM_HttpTrigger, native, "native"));

@@ -1,6 +1,9 @@
 // The /v1 HTTP API and the HTTP trigger gateway over Beast: one session per connection (keep-alive,
-// a strand each), Backend calls on a thread pool with the response posted back to the session's
-// strand; long polls and NDJSON streams on a capped pool of their own.
+// a strand each) on one of `io_threads` io_contexts. A Backend call runs on the thread that read
+// its request, so a call costs no cross-thread wakeup beyond the Backend's own; when a call runs
+// longer than k_call_handoff, a monitor hands that io_context to a spare thread, so a slow call
+// never holds up other connections for long. At most `workers` calls run at once; more wait their
+// turn. Long polls and NDJSON streams run on a capped pool of their own.
 #include "api/http_server.hpp"
 
 #include <google/protobuf/struct.pb.h>
@@ -21,8 +24,11 @@
 #include <boost/beast/core/detail/base64.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/json.hpp>
+#include <boost/json/basic_parser_impl.hpp>
 #include <cctype>
 #include <charconv>
+#include <condition_variable>
+#include <deque>
 #include <functional>
 #include <map>
 #include <mutex>
@@ -50,6 +56,11 @@ constexpr std::string_view k_protobuf = "application/x-protobuf";
 constexpr std::size_t k_drain_limit = 64 << 20;
 constexpr auto k_drain_timeout = std::chrono::seconds(5);
 constexpr auto k_write_timeout = std::chrono::seconds(30);
+// A call on an io thread longer than this gets its io_context handed to a spare thread. Most calls
+// (a warm invocation, a store read) end well within it and so need no handoff at all.
+constexpr auto k_call_handoff = std::chrono::milliseconds(1);
+// The call monitor checks every k_call_handoff while calls come, and sleeps once none has for this.
+constexpr auto k_monitor_linger = std::chrono::milliseconds(200);
 
 bool wants_protobuf(std::string_view header) { return header.find(k_protobuf) != header.npos; }
 
@@ -84,22 +95,26 @@ struct Target {
   }
 };
 
+// "a=1&b=x+y" as decoded pairs, in order (empty items skipped).
+std::vector<std::pair<std::string, std::string>> parse_query(std::string_view query) {
+  std::vector<std::pair<std::string, std::string>> out;
+  while (!query.empty()) {
+    auto amp = query.find('&');
+    std::string_view item = query.substr(0, amp);
+    query = amp == query.npos ? std::string_view{} : query.substr(amp + 1);
+    if (item.empty()) continue;
+    auto eq = item.find('=');
+    out.emplace_back(percent_decode(item.substr(0, eq), true),
+                     eq == item.npos ? "" : percent_decode(item.substr(eq + 1), true));
+  }
+  return out;
+}
+
 Target parse_target(std::string_view target) {
   Target t;
   auto q = target.find('?');
   std::string_view path = target.substr(0, q);
-  if (q != target.npos) {
-    std::string_view query = target.substr(q + 1);
-    while (!query.empty()) {
-      auto amp = query.find('&');
-      std::string_view item = query.substr(0, amp);
-      query = amp == query.npos ? std::string_view{} : query.substr(amp + 1);
-      if (item.empty()) continue;
-      auto eq = item.find('=');
-      t.query.emplace_back(percent_decode(item.substr(0, eq), true),
-                           eq == item.npos ? "" : percent_decode(item.substr(eq + 1), true));
-    }
-  }
+  if (q != target.npos) t.query = parse_query(target.substr(q + 1));
   if (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
   while (!path.empty()) {
     if (path.front() == '/') path.remove_prefix(1);
@@ -245,16 +260,31 @@ bool is_api_path(const Target& t) {
          (s.size() == 1 && (s[0] == "healthz" || s[0] == "metrics"));
 }
 
+// is_api_path(parse_target(target)) without building the Target, as every gateway request asks.
+bool is_api_target(std::string_view target) {
+  std::string_view path = target.substr(0, target.find('?'));
+  if (path.find('%') != path.npos) return is_api_path(parse_target(target));
+  if (path.size() > 1 && path.back() == '/') path.remove_suffix(1);
+  if (!path.empty() && path.front() == '/') path.remove_prefix(1);
+  const auto slash = path.find('/');
+  const std::string_view first = path.substr(0, slash);
+  return first == "v1" || (slash == path.npos && (first == "healthz" || first == "metrics"));
+}
+
 // ?after=N (a sequence of the log or event stream); ?from=N is after=N-1 (DESIGN §4's watch form).
-std::int64_t parse_after(const Target& t) {
+// With `from_now`, after=-1 is taken too: only what comes after the stream's current position
+// (the Backend resolves a negative `after` to it).
+std::int64_t parse_after(const Target& t, bool from_now = false) {
   const char* key = t.param("after") ? "after" : "from";
   const std::string* text = t.param(key);
   if (text == nullptr || text->empty()) return 0;
   std::int64_t value = 0;
   auto [p, ec] = std::from_chars(text->data(), text->data() + text->size(), value);
-  if (ec != std::errc() || p != text->data() + text->size() || value < 0) {
+  const bool now = from_now && key[0] == 'a' && value == -1;
+  if (ec != std::errc() || p != text->data() + text->size() || (value < 0 && !now)) {
     throw Error(errc::invalid_spec,
-                std::string(key) + " must be a sequence number (0 or more), not \"" + *text + "\"",
+                std::string(key) + " must be a sequence number (0 or more" +
+                    (from_now ? ", or -1 for from now" : "") + "), not \"" + *text + "\"",
                 key);
   }
   return key[0] == 'f' ? std::max<std::int64_t>(value - 1, 0) : value;
@@ -447,18 +477,196 @@ bool hop_by_hop(std::string_view name) {
   return false;
 }
 
+// Appends `s` as a JSON string, escaped as boost::json::serialize does.
+void append_json_string(std::string& out, std::string_view s) {
+  static constexpr char k_hex[] = "0123456789abcdef";
+  out.push_back('"');
+  std::size_t plain = 0;  // start of the run not yet copied
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x20 && c != '"' && c != '\\') continue;
+    out.append(s.data() + plain, i - plain);
+    plain = i + 1;
+    switch (c) {
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\b':
+        out += "\\b";
+        break;
+      case '\f':
+        out += "\\f";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      default: {
+        const char escaped[] = {'\\', 'u', '0', '0', k_hex[c >> 4], k_hex[c & 15]};
+        out.append(escaped, sizeof escaped);
+      }
+    }
+  }
+  out.append(s.data() + plain, s.size() - plain);
+  out.push_back('"');
+}
+
+// Name/value pairs in first-seen order; the values of a repeated name joined by a separator.
+class JoinedPairs {
+ public:
+  void add(std::string name, std::string_view value, std::string_view separator) {
+    for (auto& e : entries_) {
+      if (e.name != name) continue;
+      if (!e.repeated) e.joined.assign(e.first), e.repeated = true;
+      e.joined.append(separator);
+      e.joined.append(value);
+      return;
+    }
+    entries_.push_back({std::move(name), value, {}, false});
+  }
+
+  // As a JSON object of strings.
+  void append_json(std::string& out) const {
+    out.push_back('{');
+    for (std::size_t i = 0; i < entries_.size(); ++i) {
+      const auto& e = entries_[i];
+      if (i != 0) out.push_back(',');
+      append_json_string(out, e.name);
+      out.push_back(':');
+      append_json_string(out, e.repeated ? std::string_view(e.joined) : e.first);
+    }
+    out.push_back('}');
+  }
+
+ private:
+  struct Entry {
+    std::string name;
+    std::string_view first;  // the first value (in the request or the decoded query)
+    std::string joined;      // all values, once the name repeats
+    bool repeated;
+  };
+  std::vector<Entry> entries_;
+};
+
+// The event an HTTP trigger's function gets: Lambda function URL's shape, trimmed (headers
+// lower-case, repeats joined). Written straight to text: no JSON DOM per request.
+std::string gateway_event(const Request& req, std::string_view raw_path, std::string_view raw_query,
+                          std::string_view path) {
+  const std::string& body = req.body();
+  const bool text = valid_utf8(body);
+  std::string out;
+  out.reserve(256 + req.target().size() * 2 + body.size() +
+              (text ? body.size() / 8 : body.size() / 3));
+  out += "{\"method\":";
+  append_json_string(out, req.method_string());
+  out += ",\"path\":";
+  append_json_string(out, path);
+  out += ",\"rawPath\":";
+  append_json_string(out, raw_path);
+  out += ",\"rawQueryString\":";
+  append_json_string(out, raw_query);
+
+  JoinedPairs headers;
+  for (const auto& field : req) {
+    std::string name(field.name_string());
+    for (auto& c : name) c = c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
+    const std::string_view separator = name == "cookie" ? "; " : ", ";
+    headers.add(std::move(name), field.value(), separator);
+  }
+  out += ",\"headers\":";
+  headers.append_json(out);
+
+  const auto query_pairs = parse_query(raw_query);  // owns the decoded text `query` points into
+  JoinedPairs query;
+  for (const auto& [key, value] : query_pairs) query.add(key, value, ",");
+  out += ",\"query\":";
+  query.append_json(out);
+
+  out += ",\"body\":";
+  if (text) {
+    append_json_string(out, body);
+  } else {
+    append_json_string(out, base64_encode(body));
+  }
+  out += text ? ",\"isBase64Encoded\":false}" : ",\"isBase64Encoded\":true}";
+  return out;
+}
+
+// Looks for a "statusCode" member of a top-level object without building a DOM; stops there.
+struct StatusCodeFinder {
+  static constexpr std::size_t max_array_size = std::size_t(-1);
+  static constexpr std::size_t max_object_size = std::size_t(-1);
+  static constexpr std::size_t max_string_size = std::size_t(-1);
+  static constexpr std::size_t max_key_size = std::size_t(-1);
+  using ec = boost::system::error_code;
+  using sv = boost::json::string_view;
+
+  int depth = 0;
+  bool found = false;
+  std::string key;  // the top-level key being read, when it comes in parts
+
+  bool on_document_begin(ec&) { return true; }
+  bool on_document_end(ec&) { return true; }
+  bool on_array_begin(ec&) { return ++depth, true; }
+  bool on_array_end(std::size_t, ec&) { return --depth, true; }
+  bool on_object_begin(ec&) { return ++depth, true; }
+  bool on_object_end(std::size_t, ec&) { return --depth, true; }
+  bool on_string_part(sv, std::size_t, ec&) { return true; }
+  bool on_string(sv, std::size_t, ec&) { return true; }
+  bool on_key_part(sv s, std::size_t, ec&) {
+    if (depth == 1) key.append(s.data(), s.size());
+    return true;
+  }
+  bool on_key(sv s, std::size_t, ec&) {
+    if (depth != 1) return true;
+    key.append(s.data(), s.size());
+    found = key == "statusCode";
+    key.clear();
+    return !found;  // found: no need to read on
+  }
+  bool on_number_part(sv, ec&) { return true; }
+  bool on_int64(std::int64_t, sv, ec&) { return true; }
+  bool on_uint64(std::uint64_t, sv, ec&) { return true; }
+  bool on_double(double, sv, ec&) { return true; }
+  bool on_bool(bool, ec&) { return true; }
+  bool on_null(ec&) { return true; }
+  bool on_comment_part(sv, ec&) { return true; }
+  bool on_comment(sv, ec&) { return true; }
+};
+
+bool has_status_code(std::string_view json) {
+  boost::json::basic_parser<StatusCodeFinder> parser{boost::json::parse_options{}};
+  boost::system::error_code ec;
+  parser.write_some(false, json.data(), json.size(), ec);
+  return parser.handler().found;
+}
+
 // The handler's result as an HTTP answer: {"statusCode", "headers", "body", "isBase64Encoded"}
 // maps field by field; any other result is a 200 with that JSON.
-Response gateway_result(const v1::InvokeResponse& out) {
+Response gateway_result(v1::InvokeResponse&& out) {
   Response res{http::status::ok, 11};
   if (!out.request_id().empty()) res.set("X-Blixard-Request-Id", out.request_id());
+  // Most results either are the answer's JSON or carry a statusCode: only these need a DOM.
+  if (!has_status_code(out.result())) {
+    res.set(http::field::content_type, k_json);
+    res.body() = out.result().empty() ? std::string("null") : std::move(*out.mutable_result());
+    return res;
+  }
   boost::system::error_code ec;
   boost::json::value v = boost::json::parse(out.result(), ec);
   const boost::json::object* obj = !ec && v.is_object() ? &v.as_object() : nullptr;
   const boost::json::value* status = obj ? obj->if_contains("statusCode") : nullptr;
   if (status == nullptr) {
     res.set(http::field::content_type, k_json);
-    res.body() = out.result().empty() ? "null" : out.result();
+    res.body() = out.result();
     return res;
   }
   std::int64_t code = 0;
@@ -514,16 +722,53 @@ Response gateway_result(const v1::InvokeResponse& out) {
 
 // ---- The server core ----------------------------------------------------------------------
 
+// One reactor and the connections on it. Normally one thread runs it; for a moment two do, when
+// the monitor hands it to a spare thread while its runner is in a long call.
+struct IoContext {
+  asio::io_context ioc;  // multi-thread safe (the default concurrency hint)
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work{
+      ioc.get_executor()};
+};
+
+// A thread of the server: running an io_context (`context` set) or a spare.
+struct IoWorker {
+  IoContext* context = nullptr;  // guarded by Core::roles_mu
+  std::condition_variable wake;  // a spare waits here for a context (or the stop)
+  // Set by the monitor: another thread runs `context` now; this one becomes a spare after the
+  // handler it is in.
+  std::atomic<bool> displaced{false};
+  // When its current Backend call began (steady clock, ns); 0: in none.
+  std::atomic<std::int64_t> call_since{0};
+  std::thread thread;
+};
+
+thread_local IoWorker* t_io_worker = nullptr;
+
+std::int64_t steady_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
+      .count();
+}
+
 // Everything a server shares with its sessions.
 struct Core {
   std::shared_ptr<detail::Backend> backend;
   HttpServerOptions options;
-  std::unique_ptr<asio::io_context> ioc;
+  std::vector<std::unique_ptr<IoContext>> contexts;  // io_threads of them
+  std::size_t next_context = 0;                      // where the next connection goes
   std::optional<tcp::acceptor> acceptor;
-  std::unique_ptr<asio::thread_pool> pool;
   std::unique_ptr<asio::thread_pool> stream_pool;
-  std::vector<std::thread> io_threads;
-  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work;
+
+  // io_threads threads run the contexts; `workers` spares take over from one in a long call.
+  std::vector<std::unique_ptr<IoWorker>> io_workers;
+  std::mutex roles_mu;
+  std::vector<IoWorker*> spares;
+  bool threads_stopping = false;  // guarded by roles_mu
+
+  // Watches calls on io threads; asleep while none comes (a call wakes it then, once).
+  std::thread monitor;
+  std::mutex monitor_mu;
+  std::condition_variable monitor_cv;
+  std::atomic<bool> monitor_asleep{true};
   unsigned short port = 0;
   std::string host;  // for url()
   bool started = false;
@@ -536,6 +781,45 @@ struct Core {
   std::mutex routes_mu;  // guards `routes`
   std::shared_ptr<const RouteTable> routes;
   std::mutex refresh_mu;  // one routing-table read at a time
+
+  // Backend calls running (at most options.workers) and those waiting for one of them to end.
+  std::mutex calls_mu;
+  std::size_t calls_running = 0;
+  std::deque<std::function<void()>> calls_waiting;
+
+  // Takes a place for a Backend call (true: the caller runs it now, then calls end_call), or,
+  // when all `workers` places are taken, queues what `later()` makes: the call, to run when a
+  // place is handed to it.
+  template <class Later>
+  bool begin_call(Later&& later) {
+    std::lock_guard lock(calls_mu);
+    if (calls_running < options.workers) {
+      ++calls_running;
+      return true;
+    }
+    calls_waiting.emplace_back(std::forward<Later>(later)());
+    return false;
+  }
+  // Gives a call's place to the next waiting call (which posts itself to its connection's
+  // strand), or frees it.
+  void end_call() {
+    std::function<void()> next;
+    {
+      std::lock_guard lock(calls_mu);
+      if (calls_waiting.empty() || stopping) {
+        --calls_running;
+        return;
+      }
+      next = std::move(calls_waiting.front());
+      calls_waiting.pop_front();
+    }
+    next();
+  }
+
+  // Runs a Backend call on this io thread, where the monitor can see how long it takes.
+  Response run_blocking(const Job& job);
+  void io_loop(IoWorker& me);
+  void monitor_loop();
 
   void accept();
   Routed route(const std::shared_ptr<const Request>& req);
@@ -593,7 +877,7 @@ class Session : public std::enable_shared_from_this<Session> {
   // (curl does for large bodies) is told to go on.
   void on_header(beast::error_code ec, std::size_t) {
     if (ec) return on_read(ec, 0);
-    gateway_ = !is_api_path(parse_target(parser_->get().target()));
+    gateway_ = !is_api_target(parser_->get().target());
     limit_ = gateway_ ? server_.options.gateway_body_limit : server_.options.body_limit;
     parser_->body_limit(limit_);
     if (auto length = parser_->content_length(); length && *length > limit_) {
@@ -613,6 +897,19 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void read_body() {
+    // A small body mostly comes with the header: parse what is buffered here, and read (a round
+    // through the io_context) only when more is to come.
+    beast::error_code ec;
+    while (!parser_->is_done() && buffer_.size() != 0) {
+      const std::size_t n = parser_->put(buffer_.data(), ec);
+      buffer_.consume(n);
+      if (ec == http::error::need_more) {
+        ec = {};
+        break;
+      }
+      if (ec || n == 0) break;
+    }
+    if (ec || parser_->is_done()) return on_read(ec, 0);
     http::async_read(stream_, buffer_, *parser_,
                      beast::bind_front_handler(&Session::on_read, shared_from_this()));
   }
@@ -652,7 +949,7 @@ class Session : public std::enable_shared_from_this<Session> {
       case Routed::Mode::now:
         return write(run_job(routed.job), version, req);
       case Routed::Mode::worker:
-        return run_on(*server_.pool, std::move(routed.job), version, req, nullptr);
+        return run_call(std::move(routed.job), version, req);
       case Routed::Mode::waiter:
       case Routed::Mode::stream: {
         auto slot = server_.try_stream_slot();
@@ -665,7 +962,27 @@ class Session : public std::enable_shared_from_this<Session> {
     }
   }
 
-  // Backend calls block; run them on a pool and come back to this connection's strand.
+  // A Backend call runs here, on this io thread, while fewer than `workers` run; otherwise it waits
+  // its turn and then runs on this connection's strand.
+  void run_call(Job job, unsigned version, std::shared_ptr<const Request> req) {
+    const bool now = server_.begin_call([&] {
+      return [self = shared_from_this(), job = std::move(job), version, req]() {
+        asio::post(self->stream_.get_executor(), [self, job, version, req]() mutable {
+          self->finish_call(job, version, std::move(req));
+        });
+      };
+    });
+    if (now) finish_call(job, version, std::move(req));
+  }
+
+  // Runs a call that holds one of the `workers` places, then answers.
+  void finish_call(const Job& job, unsigned version, std::shared_ptr<const Request> req) {
+    Response res = server_.run_blocking(job);
+    server_.end_call();
+    write(std::move(res), version, std::move(req));
+  }
+
+  // Backend calls that wait (long polls) run on `pool` and come back to this connection's strand.
   void run_on(asio::thread_pool& pool, Job job, unsigned version,
               std::shared_ptr<const Request> req, std::shared_ptr<StreamSlot> slot) {
     asio::post(pool, [self = shared_from_this(), job = std::move(job), version, req,
@@ -884,16 +1201,105 @@ class Session : public std::enable_shared_from_this<Session> {
 struct HttpServer::Impl : Core {};
 
 void Core::accept() {
-  acceptor->async_accept(asio::make_strand(*ioc), [this](beast::error_code ec, tcp::socket socket) {
-    if (ec == asio::error::operation_aborted || !acceptor->is_open()) return;
-    if (!ec) {
-      ++connections;
-      std::make_shared<Session>(std::move(socket), *this)->run();
-    } else if (options.logger) {
-      options.logger->warn("http accept failed: {}", ec.message());
+  auto& context = *contexts[next_context++ % contexts.size()];
+  acceptor->async_accept(asio::make_strand(context.ioc),
+                         [this](beast::error_code ec, tcp::socket socket) {
+                           if (ec == asio::error::operation_aborted || !acceptor->is_open()) return;
+                           if (!ec) {
+                             ++connections;
+                             // Answers go out as written (small ones must not wait for an ACK of
+                             // the last).
+                             beast::error_code ignored;
+                             socket.set_option(tcp::no_delay(true), ignored);
+                             std::make_shared<Session>(std::move(socket), *this)->run();
+                           } else if (options.logger) {
+                             options.logger->warn("http accept failed: {}", ec.message());
+                           }
+                           accept();
+                         });
+}
+
+Response Core::run_blocking(const Job& job) {
+  IoWorker* me = t_io_worker;
+  if (me == nullptr) return run_job(job);
+  me->call_since = steady_ns();
+  if (monitor_asleep.load()) {
+    std::lock_guard lock(monitor_mu);
+    monitor_asleep = false;
+    monitor_cv.notify_one();
+  }
+  Response res = run_job(job);
+  me->call_since = 0;
+  return res;
+}
+
+// A thread's life: run a context one handler at a time until displaced, then wait as a spare.
+void Core::io_loop(IoWorker& me) {
+  t_io_worker = &me;
+  std::unique_lock lock(roles_mu);
+  for (;;) {
+    me.wake.wait(lock, [&] { return me.context != nullptr || threads_stopping; });
+    if (threads_stopping) return;
+    IoContext& context = *me.context;
+    lock.unlock();
+    bool stopped = false;
+    while (!me.displaced) {
+      if (context.ioc.run_one() == 0) {
+        stopped = true;
+        break;
+      }
     }
-    accept();
-  });
+    if (!stopped) {
+      // Handlers that ours queued for this thread now wait in the context's queue: the runner
+      // that took over may be blocked in epoll_wait, so nudge it from outside a handler.
+      asio::post(context.ioc, [] {});
+    }
+    lock.lock();
+    me.context = nullptr;
+    me.displaced = false;
+    if (stopped) return;
+    spares.push_back(&me);
+  }
+}
+
+void Core::monitor_loop() {
+  auto last_call = Clock::now();
+  std::unique_lock lock(monitor_mu);
+  while (!stopping) {
+    if (monitor_asleep) {
+      monitor_cv.wait(lock, [&] { return !monitor_asleep || stopping; });
+      last_call = Clock::now();
+      continue;
+    }
+    monitor_cv.wait_for(lock, k_call_handoff);
+    const auto now = Clock::now();
+    const std::int64_t late = steady_ns() - std::chrono::nanoseconds(k_call_handoff).count();
+    bool calls = false;
+    {
+      std::lock_guard roles(roles_mu);
+      for (auto& w : io_workers) {
+        const std::int64_t since = w->call_since;
+        if (since == 0) continue;
+        calls = true;
+        if (since > late || w->context == nullptr || w->displaced || spares.empty()) continue;
+        // Its context goes on with a spare; it joins the spares once its call is over.
+        IoWorker* spare = spares.back();
+        spares.pop_back();
+        spare->context = w->context;
+        w->displaced = true;
+        spare->wake.notify_one();
+      }
+    }
+    if (calls) {
+      last_call = now;
+    } else if (now - last_call > k_monitor_linger) {
+      monitor_asleep = true;
+      // A call that began while this looked is seen now (or saw monitor_asleep and woke it).
+      for (auto& w : io_workers) {
+        if (w->call_since != 0) monitor_asleep = false;
+      }
+    }
+  }
 }
 
 bool Core::authorized(const Request& req) const {
@@ -940,11 +1346,10 @@ auto sliced_poll(F poll, milliseconds wait, milliseconds slice_max,
 }  // namespace
 
 Routed Core::route(const std::shared_ptr<const Request>& req) {
+  if (!is_api_target(req->target())) return worker([this, req] { return gateway(*req); });
   const Target t = parse_target(req->target());
   const auto method = req->method();
   const auto& s = t.segments;
-
-  if (!is_api_path(t)) return worker([this, req] { return gateway(*req); });
 
   if (s.size() == 1 && s[0] == "healthz") {
     if (method != http::verb::get) return not_allowed(req, "GET");
@@ -1000,7 +1405,7 @@ Routed Core::route_events(const std::shared_ptr<const Request>& req, const Targe
   auto backend = this->backend;
   const std::string kind = t.param("kind") ? *t.param("kind") : "";
   const std::string name = t.param("name") ? *t.param("name") : "";
-  const std::int64_t after = parse_after(t);
+  const std::int64_t after = parse_after(t, true);
   if (parse_flag(t, "watch")) {
     Routed r;
     r.mode = Routed::Mode::stream;
@@ -1016,9 +1421,16 @@ Routed Core::route_events(const std::shared_ptr<const Request>& req, const Targe
   }
   const milliseconds wait = parse_wait(t, options.max_wait);
   Job job = [this, req, backend, kind, name, after, wait] {
-    auto list = sliced_poll([&](milliseconds w) { return backend->events(kind, name, after, w); },
-                            wait, options.stream_poll_wait, stopping,
-                            [](const v1::WatchEventList& l) { return l.events_size() == 0; });
+    // Each slice goes on from where the last ended: after=-1 ("from now") is resolved once.
+    std::int64_t from = after;
+    auto list = sliced_poll(
+        [&](milliseconds w) {
+          auto l = backend->events(kind, name, from, w);
+          from = l.next();
+          return l;
+        },
+        wait, options.stream_poll_wait, stopping,
+        [](const v1::WatchEventList& l) { return l.events_size() == 0; });
     return message_response(*req, list);
   };
   return wait.count() > 0 ? waiter(std::move(job)) : worker(std::move(job));
@@ -1260,7 +1672,8 @@ Response Core::gateway_call(const Request& req) {
   const auto q = target.find('?');
   const std::string_view raw_path = target.substr(0, q);
   const std::string_view raw_query = q == target.npos ? "" : target.substr(q + 1);
-  const std::string path = normalize_path(percent_decode(raw_path, false));
+  const std::string decoded_path = percent_decode(raw_path, false);
+  const std::string path = normalize_path(decoded_path);
 
   auto table = route_table(false);
   const GatewayRoute* route = table->find(path);
@@ -1270,57 +1683,25 @@ Response Core::gateway_call(const Request& req) {
   }
   if (route == nullptr) throw Error(errc::not_found, "no HTTP trigger serves " + path);
 
-  const std::string method(req.method_string());
+  const std::string_view method = req.method_string();
   if (!route->methods.empty() &&
       std::find(route->methods.begin(), route->methods.end(), method) == route->methods.end()) {
     std::string allow;
     for (const auto& m : route->methods) allow += (allow.empty() ? "" : ", ") + m;
-    auto res = gateway_error(405, "method_not_allowed",
-                             method + " is not allowed on " + path + " (allowed: " + allow + ")");
+    auto res = gateway_error(
+        405, "method_not_allowed",
+        std::string(method) + " is not allowed on " + path + " (allowed: " + allow + ")");
     res.set(http::field::allow, allow);
     return res;
   }
 
-  // The event: Lambda function URL's shape, trimmed (headers lower-case, repeats joined).
-  boost::json::object event;
-  event["method"] = method;
-  event["path"] = percent_decode(raw_path, false);
-  event["rawPath"] = raw_path;
-  event["rawQueryString"] = raw_query;
-  boost::json::object headers;
-  for (const auto& field : req) {
-    std::string name(field.name_string());
-    for (auto& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    if (auto* existing = headers.if_contains(name)) {
-      existing->as_string().append(name == "cookie" ? "; " : ", ");
-      existing->as_string().append(field.value());
-    } else {
-      headers[name] = field.value();
-    }
-  }
-  event["headers"] = std::move(headers);
-  boost::json::object query;
-  for (const auto& [key, value] : parse_target(target).query) {
-    if (auto* existing = query.if_contains(key)) {
-      existing->as_string().append(",");
-      existing->as_string().append(value);
-    } else {
-      query[key] = value;
-    }
-  }
-  event["query"] = std::move(query);
-  const std::string& body = req.body();
-  const bool text = valid_utf8(body);
-  event["body"] = text ? body : base64_encode(body);
-  event["isBase64Encoded"] = !text;
-
   v1::InvokeRequest call;
   call.set_function(route->function);
-  call.set_payload(boost::json::serialize(event));
+  call.set_payload(gateway_event(req, raw_path, raw_query, decoded_path));
   call.set_request_id(std::string(req["X-Blixard-Request-Id"]));
   v1::InvokeResponse out = backend->invoke(call);
   if (out.has_error() && !out.error().code().empty()) throw Error(out.error());
-  return gateway_result(out);
+  return gateway_result(std::move(out));
 }
 
 HttpServer::HttpServer(std::shared_ptr<detail::Backend> backend, HttpServerOptions options)
@@ -1349,12 +1730,14 @@ void HttpServer::start() {
   const std::string where =
       (address.is_v6() ? "[" + im.options.address + "]" : im.options.address) + ":" +
       std::to_string(im.options.port);
-  im.ioc = std::make_unique<asio::io_context>(static_cast<int>(im.options.io_threads));
-  im.acceptor.emplace(asio::make_strand(*im.ioc));
+  for (unsigned i = 0; i < im.options.io_threads; ++i) {
+    im.contexts.push_back(std::make_unique<IoContext>());
+  }
+  im.acceptor.emplace(asio::make_strand(im.contexts.front()->ioc));
   tcp::endpoint endpoint(address, im.options.port);
   auto fail = [&](const char* what) {
     im.acceptor.reset();
-    im.ioc.reset();
+    im.contexts.clear();
     return Error(errc::unavailable,
                  "cannot listen on " + where + ": " + what + ": " + ec.message());
   };
@@ -1364,13 +1747,26 @@ void HttpServer::start() {
   if (im.acceptor->listen(asio::socket_base::max_listen_connections, ec)) throw fail("listen");
   im.port = im.acceptor->local_endpoint().port();
   im.host = address.is_v6() ? "[" + address.to_string() + "]" : address.to_string();
-  im.pool = std::make_unique<asio::thread_pool>(im.options.workers);
   im.stream_pool = std::make_unique<asio::thread_pool>(im.options.max_streams);
-  im.work.emplace(im.ioc->get_executor());
   im.accept();
-  for (unsigned i = 0; i < im.options.io_threads; ++i) {
-    im.io_threads.emplace_back([&ioc = *im.ioc] { ioc.run(); });
+  // One thread per context, and `workers` spares: at most `workers` calls block at once, so a
+  // spare is always there to take a context over.
+  const std::size_t threads = im.options.io_threads + im.options.workers;
+  {
+    std::lock_guard lock(im.roles_mu);
+    for (std::size_t i = 0; i < threads; ++i) {
+      auto& w = *im.io_workers.emplace_back(std::make_unique<IoWorker>());
+      if (i < im.contexts.size()) {
+        w.context = im.contexts[i].get();
+      } else {
+        im.spares.push_back(&w);
+      }
+    }
   }
+  for (auto& w : im.io_workers) {
+    w->thread = std::thread([&im, &w = *w] { im.io_loop(w); });
+  }
+  im.monitor = std::thread([&im] { im.monitor_loop(); });
   im.started = true;
   if (im.options.logger) im.options.logger->info("HTTP API listening on {}", url());
 }
@@ -1380,22 +1776,39 @@ void HttpServer::stop() {
   if (!im.started || im.stopped) return;
   im.stopped = true;
   im.stopping = true;  // streams and long polls end after their current Backend poll slice
-  // Stop the io threads first (no new work reaches the pools), then let running Backend calls
-  // finish; their answers land in the stopped io_context and are dropped with it.
-  im.work.reset();
-  im.ioc->stop();
-  for (auto& t : im.io_threads) t.join();
-  im.io_threads.clear();
+  // Stop the io threads, which waits for the Backend calls running on them (no new call starts:
+  // the contexts are stopped, waiting ones are dropped below); the answers of calls that end
+  // meanwhile are written if the socket takes them at once, or dropped with the contexts.
+  for (auto& context : im.contexts) {
+    context->work.reset();
+    context->ioc.stop();
+  }
+  {
+    std::lock_guard lock(im.roles_mu);
+    im.threads_stopping = true;
+    for (auto& w : im.io_workers) w->wake.notify_one();
+  }
+  {
+    std::lock_guard lock(im.monitor_mu);
+    im.monitor_cv.notify_one();
+  }
+  im.monitor.join();
+  for (auto& w : im.io_workers) w->thread.join();
+  im.io_workers.clear();
+  im.spares.clear();
   im.stream_pool->stop();
   im.stream_pool->join();
   im.stream_pool.reset();
-  im.pool->stop();
-  im.pool->join();
-  im.pool.reset();  // drops queued jobs (and their sessions) while the io_context still exists
+  std::deque<std::function<void()>> waiting;
+  {
+    std::lock_guard lock(im.calls_mu);
+    waiting.swap(im.calls_waiting);
+  }
+  waiting.clear();  // drops waiting calls (and their sessions) while the contexts still exist
   beast::error_code ignored;
   im.acceptor->close(ignored);
   im.acceptor.reset();
-  im.ioc.reset();  // destroys the remaining sessions, closing their sockets
+  im.contexts.clear();  // destroys the remaining sessions, closing their sockets
 }
 
 unsigned short HttpServer::port() const { return impl_->port; }

@@ -1,8 +1,10 @@
 // The HTTP/1.1 API server (DESIGN §4): maps /v1 requests onto a detail::Backend, serves /metrics,
-// and is the gateway of HTTP triggers (any other path). Beast stays in the .cpp; Backend calls
-// block (an invoke runs a handler), so they run on a worker pool, never on an io thread, and a slow
-// invocation does not hold up other requests. Long polls and streams (logs --follow, watch) wait
-// on a pool of their own, capped, so they cannot starve the workers.
+// and is the gateway of HTTP triggers (any other path). Beast stays in the .cpp. A Backend call
+// blocks (an invoke runs a handler); it runs on the io thread that read its request, which saves
+// two thread handoffs per call, and when it runs long (past about a millisecond) a spare thread
+// takes that io thread's other connections over, so a slow invocation does not hold up other
+// requests. Long polls and streams (logs --follow, watch) wait on a pool of their own, capped, so
+// they cannot starve calls.
 #pragma once
 
 #include <chrono>
@@ -28,7 +30,7 @@ struct HttpServerOptions {
   std::size_t body_limit = 8 << 20;  // larger request bodies get 413
   // Request bodies sent to an HTTP trigger (gateway paths) larger than this get 413.
   std::size_t gateway_body_limit = 6 << 20;
-  std::size_t workers = 16;  // threads running Backend calls
+  std::size_t workers = 16;  // Backend calls running at once (more wait their turn)
   // Streams (?follow=1, ?watch=1) and waiting long polls (wait > 0) open at once, each holding a
   // thread of their own pool; one more gets 503 unavailable.
   std::size_t max_streams = 16;
@@ -40,7 +42,11 @@ struct HttpServerOptions {
   // The gateway's routing table (the http triggers) is re-read when older than this, so a new
   // trigger routes within it; a path that matches nothing re-reads it at most every 1/4 of it.
   std::chrono::milliseconds route_refresh{1000};
-  unsigned io_threads = 1;
+  // Threads reading and answering requests, each with a reactor of its own (connections are
+  // spread over them) and running the calls of its connections, so this many warm calls of
+  // different connections run at once without any handoff. `workers` spare threads take over
+  // from one held by a long call.
+  unsigned io_threads = 2;
   // Idle keep-alive connections are closed after this long without a request.
   std::chrono::seconds idle_timeout{60};
   std::shared_ptr<spdlog::logger> logger;  // none: quiet

@@ -5,6 +5,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstring>
@@ -14,7 +15,7 @@
 #include <google/protobuf/util/message_differencer.h>
 #include <google/protobuf/util/time_util.h>
 #include <spdlog/spdlog.h>
-#include <boost/json.hpp>
+#include <boost/json/basic_parser_impl.hpp>
 
 #include "blixard/spec.hpp"
 #include "blixard/version.hpp"
@@ -154,6 +155,50 @@ v1::WatchEvent to_watch_event(const store::WatchEvent& change) {
   return event;
 }
 
+// Accepts any JSON and builds nothing: validating a payload needs no DOM.
+struct JsonValidator {
+  static constexpr std::size_t max_array_size = std::size_t(-1);
+  static constexpr std::size_t max_object_size = std::size_t(-1);
+  static constexpr std::size_t max_string_size = std::size_t(-1);
+  static constexpr std::size_t max_key_size = std::size_t(-1);
+  using ec = boost::system::error_code;
+  using sv = boost::json::string_view;
+  bool on_document_begin(ec&) { return true; }
+  bool on_document_end(ec&) { return true; }
+  bool on_array_begin(ec&) { return true; }
+  bool on_array_end(std::size_t, ec&) { return true; }
+  bool on_object_begin(ec&) { return true; }
+  bool on_object_end(std::size_t, ec&) { return true; }
+  bool on_string_part(sv, std::size_t, ec&) { return true; }
+  bool on_string(sv, std::size_t, ec&) { return true; }
+  bool on_key_part(sv, std::size_t, ec&) { return true; }
+  bool on_key(sv, std::size_t, ec&) { return true; }
+  bool on_number_part(sv, ec&) { return true; }
+  bool on_int64(std::int64_t, sv, ec&) { return true; }
+  bool on_uint64(std::uint64_t, sv, ec&) { return true; }
+  bool on_double(double, sv, ec&) { return true; }
+  bool on_bool(bool, ec&) { return true; }
+  bool on_null(ec&) { return true; }
+  bool on_comment_part(sv, ec&) { return true; }
+  bool on_comment(sv, ec&) { return true; }
+};
+
+// What boost::json::parse accepts (same default options: strict, depth 32, valid UTF-8).
+boost::system::error_code check_json(std::string_view text) {
+  boost::json::basic_parser<JsonValidator> parser{boost::json::parse_options{}};
+  boost::system::error_code ec;
+  const std::size_t n = parser.write_some(false, text.data(), text.size(), ec);
+  if (!ec && n < text.size()) ec = boost::json::error::extra_data;
+  return ec;
+}
+
+// The highest revision in a batch of watch events (batches hold whole revisions).
+std::int64_t last_revision(const std::vector<store::WatchEvent>& changes) {
+  std::int64_t last = 0;
+  for (const auto& change : changes) last = std::max(last, change.kv.mod_revision);
+  return last;
+}
+
 }  // namespace
 
 Service::Service(std::shared_ptr<store::Store> store, std::shared_ptr<control::LocalNode> node,
@@ -177,10 +222,12 @@ Service::Service(std::shared_ptr<store::Store> store, std::shared_ptr<control::L
     try {
       auto fn = decode<v1::Function>(kv);
       pools_->update(fn.metadata().name(), kv.mod_revision, fn.spec());
+      cache_spec(fn.metadata().name(), kv.mod_revision, fn.spec());
     } catch (const Error& e) {
       logger_->warn("function at {}: {}", kv.key, e.what());
     }
   }
+  functions_seen_ = existing.revision;
   functions_watch_ =
       store_->watch(k_functions_prefix, existing.revision + 1, [this](const auto& changes) {
         for (const auto& change : changes) {
@@ -188,15 +235,47 @@ Service::Service(std::shared_ptr<store::Store> store, std::shared_ptr<control::L
               change.kv.key.substr(std::string_view(k_functions_prefix).size());
           try {
             if (change.type == store::WatchEvent::Type::put) {
-              pools_->update(name, change.kv.mod_revision, decode<v1::Function>(change.kv).spec());
+              auto spec = decode<v1::Function>(change.kv).spec();
+              pools_->update(name, change.kv.mod_revision, spec);
+              cache_spec(name, change.kv.mod_revision, std::move(spec));
             } else {
+              {
+                std::unique_lock lock(specs_mutex_);
+                specs_.erase(name);
+              }
               pools_->remove(name);
             }
           } catch (const std::exception& e) {
+            // An undecodable put leaves no stale spec behind: invoke reads the store instead.
+            std::unique_lock lock(specs_mutex_);
+            specs_.erase(name);
             logger_->warn("function {}: {}", name, e.what());
           }
         }
+        // After the batch: every change of its revisions is in the cache.
+        functions_seen_ = std::max(functions_seen_.load(), last_revision(changes));
       });
+}
+
+void Service::cache_spec(const std::string& function, std::int64_t version, v1::FunctionSpec spec) {
+  auto stored = std::make_shared<StoredSpec>();
+  stored->version = version;
+  stored->spec = std::move(spec);
+  std::unique_lock lock(specs_mutex_);
+  auto& slot = specs_[function];
+  if (!slot || slot->version < version) slot = std::move(stored);
+}
+
+std::shared_ptr<const Service::StoredSpec> Service::stored_spec(const std::string& function) {
+  if (functions_seen_.load() >= functions_written_.load()) {
+    std::shared_lock lock(specs_mutex_);
+    if (auto it = specs_.find(function); it != specs_.end()) return it->second;
+  }
+  const auto fn = read_object<v1::Function>(*store_, k_functions_prefix, "function", function);
+  auto stored = std::make_shared<StoredSpec>();
+  stored->version = fn.metadata().resource_version();
+  stored->spec = fn.spec();
+  return stored;
 }
 
 Service::~Service() { shutdown(); }
@@ -343,6 +422,16 @@ v1::ApplyResult Service::apply(const v1::ObjectSet& input, detail::ApplyMode mod
     }
     auto outcome = store_->txn(txn);
     if (outcome.succeeded) {
+      const bool wrote_functions =
+          std::any_of(txn.success.begin(), txn.success.end(),
+                      [](auto& op) { return op.key.starts_with(k_functions_prefix); });
+      if (wrote_functions) {
+        // Invokes from now on wait for the watch to bring this revision into the spec cache.
+        auto written = functions_written_.load();
+        while (written < outcome.revision &&
+               !functions_written_.compare_exchange_weak(written, outcome.revision)) {
+        }
+      }
       result.set_revision(outcome.revision);
       for (const auto& item : result.items()) {
         if (item.action() != "unchanged") {
@@ -420,10 +509,9 @@ v1::NodeList Service::list_nodes() {
 
 v1::InvokeResponse Service::invoke(const v1::InvokeRequest& request) {
   if (closed_) throw Error(errc::unavailable, "the cluster is closed");
-  // The stored spec only: the pools' status (what get_function adds) is not needed per call.
-  const auto fn =
-      read_object<v1::Function>(*store_, k_functions_prefix, "function", request.function());
-  const auto& spec = fn.spec();
+  // The stored spec only (the pools' status is not needed per call), cached: no store read.
+  const auto fn = stored_spec(request.function());
+  const auto& spec = fn->spec;
 
   std::string payload = request.payload().empty() ? "{}" : request.payload();
   const std::size_t max_payload =
@@ -434,9 +522,9 @@ v1::InvokeResponse Service::invoke(const v1::InvokeRequest& request) {
                     std::to_string(max_payload),
                 "payload");
   }
-  boost::system::error_code ec;
-  boost::json::parse(payload, ec);
-  if (ec) throw Error(errc::invalid_spec, "payload is not JSON: " + ec.message(), "payload");
+  if (auto ec = check_json(payload)) {
+    throw Error(errc::invalid_spec, "payload is not JSON: " + ec.message(), "payload");
+  }
 
   runtime::Invocation invocation;
   invocation.function = request.function();
@@ -447,7 +535,7 @@ v1::InvokeResponse Service::invoke(const v1::InvokeRequest& request) {
     invocation.timeout =
         std::chrono::milliseconds(TimeUtil::DurationToMilliseconds(request.timeout()));
   }
-  auto outcome = pools_->invoke(fn.metadata().resource_version(), invocation);
+  auto outcome = pools_->invoke(fn->version, invocation);
 
   v1::InvokeResponse response;
   response.set_request_id(invocation.request_id);

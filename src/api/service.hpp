@@ -4,11 +4,14 @@
 #pragma once
 
 #include <atomic>
+#include <cstdint>
 #include <filesystem>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <shared_mutex>
 #include <string>
+#include <unordered_map>
 
 #include "blixard/detail/backend.hpp"
 #include "control/function_pool.hpp"
@@ -60,11 +63,29 @@ class Service final : public detail::Backend {
   void fill_status(v1::Vm& vm);
   void fill_status(v1::Trigger& trigger);
 
+  // A function's stored spec as invoke needs it: resource version and spec (validated at apply).
+  struct StoredSpec {
+    std::int64_t version = 0;
+    v1::FunctionSpec spec;
+  };
+  // The spec from the cache the functions watch keeps, or from the store when the cache may miss
+  // a write (the watch is behind an apply that returned) or does not know the name.
+  std::shared_ptr<const StoredSpec> stored_spec(const std::string& function);
+  void cache_spec(const std::string& function, std::int64_t version, v1::FunctionSpec spec);
+
   std::shared_ptr<store::Store> store_;
   std::shared_ptr<control::LocalNode> node_;
   std::shared_ptr<spdlog::logger> logger_;
   // Made first so every later member (the pools) can record into it.
   std::shared_ptr<control::Telemetry> telemetry_ = std::make_shared<control::Telemetry>();
+  // Every function's stored spec, kept by the functions watch below so invoke reads no SQLite row
+  // and parses no protobuf per call. Complete through `functions_seen_` (the revision the watch has
+  // applied); an apply that changed functions sets `functions_written_` before it returns, so an
+  // invoke after it uses the cache only once the watch caught up with it.
+  std::shared_mutex specs_mutex_;
+  std::unordered_map<std::string, std::shared_ptr<const StoredSpec>> specs_;
+  std::atomic<std::int64_t> functions_seen_{0};
+  std::atomic<std::int64_t> functions_written_{0};
   // Publishes object changes under /registry/ to telemetry_'s event stream.
   std::unique_ptr<store::Watch> registry_watch_;
   // Warm instances, throttling and scaling of functions on this node.

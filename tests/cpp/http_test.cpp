@@ -40,7 +40,7 @@ bool wait_for(std::condition_variable& cv, std::unique_lock<std::mutex>& lock, P
 //   gather waits until `gather_expected` calls are in flight together;  respond returns what
 //   respond_with() set;  busy throws throttled;  crashy throws handler_failed.
 // Logs and events are in-memory sequences that add_log()/add_event() extend; their long polls
-// wait on a condition variable as the real ones do.
+// wait on a condition variable as the real ones do, and events take after < 0 as "from now".
 class FakeBackend final : public detail::Backend {
  public:
   v1::ApplyResult apply(const v1::ObjectSet& set, ApplyMode mode) override {
@@ -129,10 +129,11 @@ class FakeBackend final : public detail::Backend {
     if (fn == "slow") {
       std::unique_lock lock(mu_);
       slow_started_ = true;
+      max_slow_running_ = std::max(max_slow_running_, ++slow_running_);
       cv_.notify_all();
-      if (!wait_for(cv_, lock, [&] { return slow_released_; })) {
-        throw Error(errc::internal, "slow was never released");
-      }
+      const bool released = wait_for(cv_, lock, [&] { return slow_released_; });
+      --slow_running_;
+      if (!released) throw Error(errc::internal, "slow was never released");
     } else if (fn == "gather") {
       std::unique_lock lock(mu_);
       ++gathered_;
@@ -206,6 +207,8 @@ class FakeBackend final : public detail::Backend {
   v1::WatchEventList events(const std::string& kind, const std::string& name, std::int64_t after,
                             std::chrono::milliseconds wait) override {
     std::unique_lock lock(mu_);
+    ++event_polls_;
+    if (after < 0) after = static_cast<std::int64_t>(events_.size());
     auto matches = [&](const v1::WatchEvent& e) {
       return e.sequence() > after && (kind.empty() || e.kind() == kind) &&
              (name.empty() || e.name() == name);
@@ -243,6 +246,10 @@ class FakeBackend final : public detail::Backend {
     std::lock_guard lock(mu_);
     return log_polls_;
   }
+  int event_polls() {
+    std::lock_guard lock(mu_);
+    return event_polls_;
+  }
   void respond_with(std::string result) {
     std::lock_guard lock(mu_);
     respond_with_ = std::move(result);
@@ -250,6 +257,11 @@ class FakeBackend final : public detail::Backend {
   void wait_slow_started() {
     std::unique_lock lock(mu_);
     ASSERT_TRUE(wait_for(cv_, lock, [&] { return slow_started_; }));
+  }
+  // Slow calls running now, and the most that ever ran at once.
+  std::pair<int, int> slow_running() {
+    std::lock_guard lock(mu_);
+    return {slow_running_, max_slow_running_};
   }
   void release_slow() {
     std::lock_guard lock(mu_);
@@ -293,10 +305,13 @@ class FakeBackend final : public detail::Backend {
   v1::InvokeRequest last_invoke_;
   bool slow_started_ = false;
   bool slow_released_ = false;
+  int slow_running_ = 0;
+  int max_slow_running_ = 0;
   int gathered_ = 0;
   std::vector<v1::LogLine> logs_;
   std::vector<v1::WatchEvent> events_;
   int log_polls_ = 0;
+  int event_polls_ = 0;
   std::string respond_with_ = "null";
 };
 
@@ -813,6 +828,33 @@ TEST_F(HttpTest, SlowInvokeDoesNotDelayOtherCalls) {
   EXPECT_EQ(slow.get().result(), "\"slow\"");
 }
 
+TEST_F(HttpTest, CallsPastTheWorkersWaitTheirTurn) {
+  api::HttpServerOptions options;
+  options.workers = 2;
+  server_.reset();
+  start(options);
+  auto c = client();
+  std::vector<std::future<v1::InvokeResponse>> calls;
+  for (int i = 0; i < 3; ++i) {
+    calls.push_back(std::async(std::launch::async, [&c, i] {
+      v1::InvokeRequest call;
+      call.set_function("slow");
+      call.set_payload(std::to_string(i));
+      return c->invoke(call);
+    }));
+  }
+  // All three requests are in; two calls run, the third waits for one of them to end.
+  ASSERT_TRUE(eventually(
+      [&] { return server_->stats().requests == 3 && fake_->slow_running().first == 2; }));
+  // The server still reads and answers what needs no call while both workers are held.
+  EXPECT_EQ(get("/healthz").status, 200);
+  fake_->release_slow();
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(calls[static_cast<std::size_t>(i)].get().result(), std::to_string(i));
+  }
+  EXPECT_EQ(fake_->slow_running().second, 2);
+}
+
 TEST_F(HttpTest, ConcurrentInvokesRunTogether) {
   constexpr int n = 6;
   fake_->gather_expected = n;
@@ -947,6 +989,51 @@ TEST_F(HttpTest, EventsLongPollFiltersByKindAndName) {
   ASSERT_EQ(got.events_size(), 1);
   EXPECT_EQ(got.events(0).reason(), "ScaledDown");
   EXPECT_EQ(got.next(), 4);
+}
+
+TEST_F(HttpTest, EventsAfterMinusOneStartFromNow) {
+  api::HttpServerOptions options;
+  options.stream_poll_wait = 200ms;
+  server_.reset();
+  start(options);
+  fake_->add_event("functions", "echo", "ScaledUp");
+  fake_->add_event("functions", "echo", "Invoked");
+
+  // Nothing of what is there already; `next` is the current position.
+  auto now = get("/v1/events?after=-1");
+  ASSERT_EQ(now.status, 200);
+  auto list = boost::json::parse(now.body).as_object();
+  EXPECT_TRUE(!list.contains("events") || list.at("events").as_array().empty()) << now.body;
+  EXPECT_EQ(list.at("next").as_string(), "2");
+
+  // A long poll from now answers with the first event after it.
+  const int polls = fake_->event_polls();
+  auto waiting =
+      std::async(std::launch::async, [&] { return get("/v1/events?after=-1&wait=30s"); });
+  ASSERT_TRUE(eventually([&] { return fake_->event_polls() > polls; }));
+  fake_->add_event("functions", "echo", "ColdStart");
+  auto polled = waiting.get();
+  ASSERT_EQ(polled.status, 200);
+  list = boost::json::parse(polled.body).as_object();
+  ASSERT_EQ(list.at("events").as_array().size(), 1u) << polled.body;
+  EXPECT_EQ(list.at("events").as_array()[0].at("reason").as_string(), "ColdStart");
+  EXPECT_EQ(list.at("next").as_string(), "3");
+
+  // A watch from now streams only later events.
+  RawStream s(server_->port(), http_request("GET", "/v1/events?watch=1&after=-1"));
+  ASSERT_EQ(s.head().status, 200);  // written once "now" is resolved
+  fake_->add_event("vms", "web", "Placed");
+  auto chunk = s.chunk();
+  ASSERT_TRUE(chunk);
+  auto events = ndjson(*chunk);
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].at("reason").as_string(), "Placed");
+
+  // -1 is the only negative `after`; logs take none.
+  auto bad = get("/v1/events?after=-2");
+  EXPECT_EQ(bad.status, 400);
+  EXPECT_THAT(bad.body, HasSubstr(R"("field":"after")"));
+  EXPECT_EQ(get("/v1/events?from=-1").status, 400);
 }
 
 TEST_F(HttpTest, FollowStreamsLogLinesAsNdjson) {
