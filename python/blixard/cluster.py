@@ -113,9 +113,6 @@ class _End(Exception):
     """Raised by a long poll's fetch when its stream is over (e.g. the function was deleted)."""
 
 
-# A kind no event has: asks the server for its newest sequence only.
-_NO_KIND = "-"
-
 # Long polls wait at most this long per request, so close() and deadlines take effect soon.
 _POLL_S = 1.0
 
@@ -580,9 +577,8 @@ class Cluster:
             return [_event(e) for e in batch.get("events", [])], int(batch.get("next", pos))
 
         if after is None:
-            # "From now": the newest sequence, found by a request no event matches (one scan of
-            # what the server keeps; `after=-1` is not accepted over HTTP).
-            after = int(json.loads(self._core.events(_NO_KIND, "", 0, 0)).get("next", 0))
+            # "From now" is now, not when iteration starts: fix the position here (-1: the newest).
+            after = int(json.loads(self._core.events("", "", -1, 0)).get("next", 0))
         return Watch(fetch, after, follow=True, timeout=timeout, poll=poll)
 
     # ---- cluster ----

@@ -306,15 +306,25 @@ runtime::InvocationResult FunctionPools::invoke_attempt(std::int64_t version,
 
   // Gives the call's place back, whatever happened.
   auto release = [&](bool stop_if_draining) {
-    std::lock_guard lock(mutex_);
-    --slot->in_flight;
-    slot->last_used = Clock::now();
-    auto it = pools_.find(function);
-    if (it != pools_.end()) {
-      --it->second->in_flight;
-      note_concurrency(*it->second);
+    bool wake = false;
+    {
+      std::lock_guard lock(mutex_);
+      --slot->in_flight;
+      slot->last_used = Clock::now();
+      auto it = pools_.find(function);
+      if (it != pools_.end()) {
+        Pool& pool = *it->second;
+        --pool.in_flight;
+        note_concurrency(pool);
+        // Only someone waiting for this call to end needs waking: the maintenance loop to stop
+        // a drained slot or a deleted pool, close() for the calls in flight. Waking it on every
+        // call costs each warm call a context switch.
+        wake = closed_ || pool.deleted || (slot->in_flight == 0 && slot->version != pool.version);
+      } else {
+        wake = true;
+      }
     }
-    if (stop_if_draining) changed_.notify_all();  // the maintenance loop stops drained slots
+    if (stop_if_draining && wake) changed_.notify_all();
   };
   auto map_error = [&](const Error& e) -> Error {
     std::lock_guard lock(mutex_);

@@ -47,6 +47,7 @@ class Backend {
   virtual v1::LogChunk function_logs(const std::string& name, std::int64_t after,
                                      std::chrono::milliseconds wait) = 0;
   // Object changes and records (scaling, placement, invocations); `kind`/`name` empty: all.
+  // A negative `after` means "from now": only events newer than the call.
   virtual v1::WatchEventList events(const std::string& kind, const std::string& name,
                                     std::int64_t after, std::chrono::milliseconds wait) = 0;
 };
