@@ -24,7 +24,6 @@
 #include <boost/beast/core/detail/base64.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/json.hpp>
-#include <boost/json/basic_parser_impl.hpp>
 #include <cctype>
 #include <charconv>
 #include <condition_variable>
@@ -38,6 +37,7 @@
 
 #include "blixard/error.hpp"
 #include "common/json.hpp"
+#include "common/json_sax.hpp"
 
 namespace blixard::api {
 namespace {
@@ -601,26 +601,15 @@ std::string gateway_event(const Request& req, std::string_view raw_path, std::st
 }
 
 // Looks for a "statusCode" member of a top-level object without building a DOM; stops there.
-struct StatusCodeFinder {
-  static constexpr std::size_t max_array_size = std::size_t(-1);
-  static constexpr std::size_t max_object_size = std::size_t(-1);
-  static constexpr std::size_t max_string_size = std::size_t(-1);
-  static constexpr std::size_t max_key_size = std::size_t(-1);
-  using ec = boost::system::error_code;
-  using sv = boost::json::string_view;
-
+struct StatusCodeFinder : json_sax::Ignore {
   int depth = 0;
   bool found = false;
   std::string key;  // the top-level key being read, when it comes in parts
 
-  bool on_document_begin(ec&) { return true; }
-  bool on_document_end(ec&) { return true; }
   bool on_array_begin(ec&) { return ++depth, true; }
   bool on_array_end(std::size_t, ec&) { return --depth, true; }
   bool on_object_begin(ec&) { return ++depth, true; }
   bool on_object_end(std::size_t, ec&) { return --depth, true; }
-  bool on_string_part(sv, std::size_t, ec&) { return true; }
-  bool on_string(sv, std::size_t, ec&) { return true; }
   bool on_key_part(sv s, std::size_t, ec&) {
     if (depth == 1) key.append(s.data(), s.size());
     return true;
@@ -632,14 +621,6 @@ struct StatusCodeFinder {
     key.clear();
     return !found;  // found: no need to read on
   }
-  bool on_number_part(sv, ec&) { return true; }
-  bool on_int64(std::int64_t, sv, ec&) { return true; }
-  bool on_uint64(std::uint64_t, sv, ec&) { return true; }
-  bool on_double(double, sv, ec&) { return true; }
-  bool on_bool(bool, ec&) { return true; }
-  bool on_null(ec&) { return true; }
-  bool on_comment_part(sv, ec&) { return true; }
-  bool on_comment(sv, ec&) { return true; }
 };
 
 bool has_status_code(std::string_view json) {

@@ -15,11 +15,11 @@
 #include <google/protobuf/util/message_differencer.h>
 #include <google/protobuf/util/time_util.h>
 #include <spdlog/spdlog.h>
-#include <boost/json/basic_parser_impl.hpp>
 
 #include "blixard/spec.hpp"
 #include "blixard/version.hpp"
 #include "common/json.hpp"
+#include "common/json_sax.hpp"
 
 namespace blixard::api {
 namespace {
@@ -155,37 +155,9 @@ v1::WatchEvent to_watch_event(const store::WatchEvent& change) {
   return event;
 }
 
-// Accepts any JSON and builds nothing: validating a payload needs no DOM.
-struct JsonValidator {
-  static constexpr std::size_t max_array_size = std::size_t(-1);
-  static constexpr std::size_t max_object_size = std::size_t(-1);
-  static constexpr std::size_t max_string_size = std::size_t(-1);
-  static constexpr std::size_t max_key_size = std::size_t(-1);
-  using ec = boost::system::error_code;
-  using sv = boost::json::string_view;
-  bool on_document_begin(ec&) { return true; }
-  bool on_document_end(ec&) { return true; }
-  bool on_array_begin(ec&) { return true; }
-  bool on_array_end(std::size_t, ec&) { return true; }
-  bool on_object_begin(ec&) { return true; }
-  bool on_object_end(std::size_t, ec&) { return true; }
-  bool on_string_part(sv, std::size_t, ec&) { return true; }
-  bool on_string(sv, std::size_t, ec&) { return true; }
-  bool on_key_part(sv, std::size_t, ec&) { return true; }
-  bool on_key(sv, std::size_t, ec&) { return true; }
-  bool on_number_part(sv, ec&) { return true; }
-  bool on_int64(std::int64_t, sv, ec&) { return true; }
-  bool on_uint64(std::uint64_t, sv, ec&) { return true; }
-  bool on_double(double, sv, ec&) { return true; }
-  bool on_bool(bool, ec&) { return true; }
-  bool on_null(ec&) { return true; }
-  bool on_comment_part(sv, ec&) { return true; }
-  bool on_comment(sv, ec&) { return true; }
-};
-
 // What boost::json::parse accepts (same default options: strict, depth 32, valid UTF-8).
 boost::system::error_code check_json(std::string_view text) {
-  boost::json::basic_parser<JsonValidator> parser{boost::json::parse_options{}};
+  boost::json::basic_parser<json_sax::Ignore> parser{boost::json::parse_options{}};
   boost::system::error_code ec;
   const std::size_t n = parser.write_some(false, text.data(), text.size(), ec);
   if (!ec && n < text.size()) ec = boost::json::error::extra_data;
