@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -13,6 +14,7 @@
 #include <atomic>
 #include <cerrno>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <fstream>
@@ -98,6 +100,19 @@ std::string sanitize(const std::string& name) {
   std::string out;
   for (char c : name) out += (std::isalnum(static_cast<unsigned char>(c)) || c == '-') ? c : '_';
   return out.empty() ? "fn" : out.substr(0, 48);
+}
+
+// `path` with symlinks and ".." resolved. realpath(3) looks each component up once, where
+// std::filesystem::weakly_canonical re-resolves every prefix (0.15 ms of a 4 ms cold start);
+// weakly_canonical remains for a path that does not exist.
+std::string resolved_path(const std::string& path) {
+  if (char* real = ::realpath(path.c_str(), nullptr)) {
+    std::string out(real);
+    std::free(real);  // NOLINT(cppcoreguidelines-no-malloc): realpath's buffer
+    return out;
+  }
+  std::error_code ignored;
+  return fs::weakly_canonical(path, ignored).string();
 }
 
 // A PATH lookup done in the parent (execvpe would allocate between clone and exec).
@@ -325,10 +340,7 @@ class SandboxDriver final : public Driver {
     // The code dir resolved ("..", symlinks): inside the sandbox only the directories themselves
     // are bound back under /tmp, not the paths that lead to them.
     v1::FunctionSpec spec = options.spec;
-    if (!spec.code().empty()) {
-      std::error_code ignored;
-      spec.set_code(fs::weakly_canonical(spec.code(), ignored).string());
-    }
+    if (!spec.code().empty()) spec.set_code(resolved_path(spec.code()));
     in->max_payload_ = payload_limit(spec);
     in->start_timeout_ = std::max(spec_timeout(spec, milliseconds(0)), k_min_start_timeout);
     in->name_ = sanitize(options.function) + "-" + std::to_string(::getpid()) + "-" +
@@ -345,7 +357,8 @@ class SandboxDriver final : public Driver {
                      fs::path(req.argv[0]).parent_path().string()};
 
     std::error_code ec;
-    fs::create_directories(in->dir_, ec);
+    // The parent is made by the constructor: one mkdir, not create_directories' walk up the path.
+    if (::mkdir(in->dir_.c_str(), 0777) != 0) fs::create_directories(in->dir_, ec);
     if (ec) {
       throw Error(errc::unavailable, "cannot create " + in->dir_.string() + ": " + ec.message());
     }
