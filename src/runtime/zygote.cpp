@@ -134,7 +134,6 @@ void PythonZygote::run(std::string python, const std::filesystem::path& runtime,
     req.namespaces = false;  // the zygote stays in the host's; each child makes its own
     const Spawned child = spawn_sandboxed(req);
     std::lock_guard lock(mutex_);
-    pid_ = child.pid;
     pidfd_ = child.pidfd;
   } catch (const Error& e) {
     mark_gone(std::string("cannot start the Python zygote: ") + e.what());
@@ -190,7 +189,11 @@ void PythonZygote::on_message(const std::string& text, std::vector<int>& fds) {
     const auto it = replies_.find(static_cast<std::uint64_t>(num("id")));
     if (it == replies_.end()) {
       for (int fd : fds) ::close(fd);  // its caller gave up waiting
-      if (kind == "spawned") ::kill(static_cast<pid_t>(num("pid")), SIGKILL);
+      if (kind == "spawned") {
+        const auto pid = static_cast<pid_t>(num("pid"));
+        abandoned_.insert(pid);
+        ::kill(pid, SIGKILL);
+      }
       return;
     }
     Reply& r = *it->second;
@@ -210,7 +213,7 @@ void PythonZygote::on_message(const std::string& text, std::vector<int>& fds) {
     info.si_code = signo > 0 ? CLD_KILLED : CLD_EXITED;
     info.si_status = static_cast<int>(signo > 0 ? signo : num("code"));
     info.si_pid = static_cast<pid_t>(num("pid"));
-    exits_[info.si_pid] = info;
+    if (abandoned_.erase(info.si_pid) == 0) exits_[info.si_pid] = info;
   } else {
     for (int fd : fds) ::close(fd);
     return;

@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <map>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -48,8 +49,6 @@ class PythonZygote {
   // the instance died with it: reported as killed by SIGKILL.
   siginfo_t wait_exit(pid_t pid);
 
-  pid_t pid() const noexcept { return pid_; }
-
  private:
   enum class State { starting, up, refused, gone };
   struct Reply {
@@ -65,7 +64,6 @@ class PythonZygote {
 
   int socket_ = -1;  // ours of the control socket pair
   int peer_ = -1;    // the zygote's end, until it is started
-  pid_t pid_ = -1;   // set by the thread before State leaves starting
   int pidfd_ = -1;
   std::thread thread_;
 
@@ -76,6 +74,7 @@ class PythonZygote {
   std::uint64_t next_id_ = 0;
   std::map<std::uint64_t, Reply*> replies_;
   std::map<pid_t, siginfo_t> exits_;
+  std::set<pid_t> abandoned_;  // forked after their caller gave up: killed, exit not kept
   std::mutex send_mutex_;
 };
 
