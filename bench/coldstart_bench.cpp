@@ -30,6 +30,17 @@ using Clock = std::chrono::steady_clock;
 namespace {
 
 const std::string k_payload = R"({"x":1})";
+
+// The echo handler in three builds: native with libstdc++ linked in (as the handler docs advise),
+// native on the shared libstdc++ ("dynamic": about 1.5 ms more of loading per start), and Python.
+enum class Handler { native, dynamic, python };
+
+const char* label(Handler h) {
+  return h == Handler::native ? "native" : h == Handler::dynamic ? "dynamic" : "python";
+}
+std::string echo_binary(Handler h) {
+  return h == Handler::dynamic ? BLIXARD_BENCH_ECHO_DYNAMIC : BLIXARD_BENCH_ECHO;
+}
 const std::string k_python_code = std::string(BLIXARD_SOURCE_DIR) + "/bench/handlers/python";
 const std::string k_runtime_py =
     std::string(BLIXARD_SOURCE_DIR) + "/python/blixard/handler_runtime.py";
@@ -87,34 +98,37 @@ struct Env {
 };
 std::unique_ptr<Env> g_env;
 
-blixard::v1::FunctionSpec spec_for(bool python, bool isolate_network = false) {
+blixard::v1::FunctionSpec spec_for(Handler handler, bool isolate_network = false) {
   blixard::v1::FunctionSpec s;
   s.set_memory_mib(128);
   s.mutable_timeout()->set_seconds(30);
   s.set_isolate_network(isolate_network);
-  if (python) {
+  if (handler == Handler::python) {
     s.set_runtime("python");
     s.set_handler("echo:handler");
     s.set_code(k_python_code);
     (*s.mutable_env())["PYTHONDONTWRITEBYTECODE"] = "1";
   } else {
     s.set_runtime("exec");
-    s.add_command(BLIXARD_BENCH_ECHO);
-    s.set_code(fs::path(BLIXARD_BENCH_ECHO).parent_path().string());
+    s.add_command(echo_binary(handler));
+    s.set_code(fs::path(echo_binary(handler)).parent_path().string());
   }
   return s;
 }
 
-std::vector<std::string> handler_argv(bool python) {
-  if (python) return {bench::python(), k_runtime_py, "echo:handler", k_python_code};
-  return {BLIXARD_BENCH_ECHO};
+std::vector<std::string> handler_argv(Handler handler) {
+  if (handler == Handler::python) {
+    return {bench::python(), k_runtime_py, "echo:handler", k_python_code};
+  }
+  return {echo_binary(handler)};
 }
-std::string handler_cwd(bool python) {
-  return python ? k_python_code : fs::path(BLIXARD_BENCH_ECHO).parent_path().string();
+std::string handler_cwd(Handler handler) {
+  return handler == Handler::python ? k_python_code
+                                    : fs::path(echo_binary(handler)).parent_path().string();
 }
 
-bool skip_python(benchmark::State& state, bool python) {
-  if (python && bench::python().empty()) {
+bool skip_python(benchmark::State& state, Handler handler) {
+  if (handler == Handler::python && bench::python().empty()) {
     state.SkipWithError("no python3 found (set BLIXARD_BENCH_PYTHON)");
     return true;
   }
@@ -125,13 +139,12 @@ bool skip_python(benchmark::State& state, bool python) {
 
 // Create-to-first-response: create_function (a durable store write) + the first invoke. The
 // previous iteration's deletion is given 100 ms (untimed) to finish first.
-void BM_Blixard_CreateAndInvoke(benchmark::State& state, bool python, bool isolate_network) {
-  if (skip_python(state, python)) return;
+void BM_Blixard_CreateAndInvoke(benchmark::State& state, Handler handler, bool isolate_network) {
+  if (skip_python(state, handler)) return;
   auto& cluster = *g_env->cluster;
-  const auto spec = spec_for(python, isolate_network);
+  const auto spec = spec_for(handler, isolate_network);
   manual_loop(state,
-              std::string(python ? "python" : "native") + (isolate_network ? "+netns" : "") +
-                  ": create+invoke",
+              std::string(label(handler)) + (isolate_network ? "+netns" : "") + ": create+invoke",
               [&] {
                 const std::string name = "cold-" + std::to_string(++g_env->counter);
                 const auto t0 = Clock::now();
@@ -151,7 +164,7 @@ void BM_Blixard_CreateAndInvoke(benchmark::State& state, bool python, bool isola
 // not the instance's start.
 void BM_Blixard_Create(benchmark::State& state) {
   auto& cluster = *g_env->cluster;
-  const auto spec = spec_for(false);
+  const auto spec = spec_for(Handler::native);
   manual_loop(state, "native: create only", [&] {
     const std::string name = "created-" + std::to_string(++g_env->counter);
     const auto t0 = Clock::now();
@@ -164,15 +177,15 @@ void BM_Blixard_Create(benchmark::State& state) {
 
 // An idle function scaled to zero (keepWarm 50 ms), then invoked: one new instance's start and
 // first response, with no store write. Waiting for the scale-down (and 100 ms more) is not timed.
-void BM_Blixard_InvokeFromZero(benchmark::State& state, bool python) {
-  if (skip_python(state, python)) return;
+void BM_Blixard_InvokeFromZero(benchmark::State& state, Handler handler) {
+  if (skip_python(state, handler)) return;
   auto& cluster = *g_env->cluster;
-  auto spec = spec_for(python);
+  auto spec = spec_for(handler);
   spec.mutable_scaling()->mutable_keep_warm()->set_nanos(50'000'000);
-  const std::string name = std::string("zero-") + (python ? "python" : "native");
+  const std::string name = std::string("zero-") + label(handler);
   auto fn = cluster.create_function(name, spec);
   fn.invoke(k_payload);
-  manual_loop(state, std::string(python ? "python" : "native") + ": invoke from zero", [&] {
+  manual_loop(state, std::string(label(handler)) + ": invoke from zero", [&] {
     const auto deadline = Clock::now() + std::chrono::seconds(10);
     while (fn.get().status().instances_size() > 0) {
       if (Clock::now() > deadline) throw std::runtime_error("the function never scaled to zero");
@@ -194,7 +207,7 @@ void BM_Blixard_InvokeFromZero(benchmark::State& state, bool python) {
 // Start-to-first-response of one instance on a driver of its own (no store, no pool), the
 // zygote on or off; the stop is not timed. Off is what every Python start cost before the zygote.
 void BM_Driver_PythonStart(benchmark::State& state, bool zygote) {
-  if (skip_python(state, true)) return;
+  if (skip_python(state, Handler::python)) return;
   blixard::runtime::SandboxOptions options;
   options.work_dir = g_env->dir / (zygote ? "driver-zygote" : "driver-fresh");
   options.python = bench::python();
@@ -202,7 +215,7 @@ void BM_Driver_PythonStart(benchmark::State& state, bool zygote) {
   auto driver = blixard::runtime::make_sandbox_driver(options);
   blixard::runtime::InstanceOptions instance;
   instance.function = "echo";
-  instance.spec = spec_for(true);
+  instance.spec = spec_for(Handler::python);
   blixard::runtime::Invocation inv;
   inv.function = "echo";
   inv.spec = instance.spec;
@@ -223,13 +236,13 @@ void BM_Driver_PythonStart(benchmark::State& state, bool zygote) {
 // ---- Baselines ----------------------------------------------------------------------------
 
 // posix_spawn of the same program, to its `ready` and first response; the exit is not timed.
-void BM_Baseline_Spawn(benchmark::State& state, bool python) {
-  if (skip_python(state, python)) return;
-  const auto argv = handler_argv(python);
-  const auto env = bench::handler_env(python);
-  manual_loop(state, std::string(python ? "python" : "native") + ": bare spawn", [&] {
+void BM_Baseline_Spawn(benchmark::State& state, Handler handler) {
+  if (skip_python(state, handler)) return;
+  const auto argv = handler_argv(handler);
+  const auto env = bench::handler_env(handler == Handler::python);
+  manual_loop(state, std::string(label(handler)) + ": bare spawn", [&] {
     const auto t0 = Clock::now();
-    bench::DirectInstance instance(argv, env, handler_cwd(python));
+    bench::DirectInstance instance(argv, env, handler_cwd(handler));
     instance.wait_ready();
     instance.call(k_payload);
     return ms_since(t0);
@@ -243,8 +256,8 @@ const std::string& bwrap() {
 
 // The same under `bwrap --unshare-all` (user, ipc, pid, net, uts, cgroup namespaces), with the
 // host read-only and a private /tmp, /proc and /dev as a sandbox would give it.
-void BM_Baseline_Bwrap(benchmark::State& state, bool python) {
-  if (skip_python(state, python)) return;
+void BM_Baseline_Bwrap(benchmark::State& state, Handler handler) {
+  if (skip_python(state, handler)) return;
   if (bwrap().empty()) {
     return state.SkipWithError("bwrap not installed (Debian package bubblewrap): baseline skipped");
   }
@@ -261,13 +274,13 @@ void BM_Baseline_Bwrap(benchmark::State& state, bool python) {
                                 "--tmpfs",
                                 "/tmp",
                                 "--chdir",
-                                handler_cwd(python),
+                                handler_cwd(handler),
                                 "--"};
-  for (auto& a : handler_argv(python)) argv.push_back(a);
-  const auto env = bench::handler_env(python);
-  manual_loop(state, std::string(python ? "python" : "native") + ": bwrap --unshare-all", [&] {
+  for (auto& a : handler_argv(handler)) argv.push_back(a);
+  const auto env = bench::handler_env(handler == Handler::python);
+  manual_loop(state, std::string(label(handler)) + ": bwrap --unshare-all", [&] {
     const auto t0 = Clock::now();
-    bench::DirectInstance instance(argv, env, handler_cwd(python));
+    bench::DirectInstance instance(argv, env, handler_cwd(handler));
     instance.wait_ready();
     instance.call(k_payload);
     return ms_since(t0);
@@ -276,7 +289,7 @@ void BM_Baseline_Bwrap(benchmark::State& state, bool python) {
 
 // `python3 -c pass` with the interpreter binary the cluster runs handlers with.
 void BM_Baseline_PythonPass(benchmark::State& state) {
-  if (skip_python(state, true)) return;
+  if (skip_python(state, Handler::python)) return;
   const std::vector<std::string> argv{bench::python(), "-c", "pass"};
   manual_loop(state, "python: -c pass", [&] {
     const auto t0 = Clock::now();
@@ -288,25 +301,41 @@ void BM_Baseline_PythonPass(benchmark::State& state) {
 constexpr int k_native_runs = 30;
 constexpr int k_python_runs = 12;
 
-BENCHMARK_CAPTURE(BM_Baseline_Spawn, native, false)->UseManualTime()->Iterations(k_native_runs);
-BENCHMARK_CAPTURE(BM_Baseline_Bwrap, native, false)->UseManualTime()->Iterations(k_native_runs);
-BENCHMARK_CAPTURE(BM_Blixard_CreateAndInvoke, native, false, false)
+constexpr Handler k_native = Handler::native;
+constexpr Handler k_dynamic = Handler::dynamic;
+constexpr Handler k_python = Handler::python;
+
+BENCHMARK_CAPTURE(BM_Baseline_Spawn, native, k_native)->UseManualTime()->Iterations(k_native_runs);
+BENCHMARK_CAPTURE(BM_Baseline_Bwrap, native, k_native)->UseManualTime()->Iterations(k_native_runs);
+BENCHMARK_CAPTURE(BM_Blixard_CreateAndInvoke, native, k_native, false)
     ->UseManualTime()
     ->Iterations(k_native_runs);
-BENCHMARK_CAPTURE(BM_Blixard_CreateAndInvoke, native_netns, false, true)
+BENCHMARK_CAPTURE(BM_Blixard_CreateAndInvoke, native_netns, k_native, true)
     ->UseManualTime()
     ->Iterations(k_native_runs);
 BENCHMARK(BM_Blixard_Create)->UseManualTime()->Iterations(k_native_runs);
-BENCHMARK_CAPTURE(BM_Blixard_InvokeFromZero, native, false)
+BENCHMARK_CAPTURE(BM_Blixard_InvokeFromZero, native, k_native)
+    ->UseManualTime()
+    ->Iterations(k_native_runs);
+BENCHMARK_CAPTURE(BM_Baseline_Spawn, dynamic, k_dynamic)
+    ->UseManualTime()
+    ->Iterations(k_native_runs);
+BENCHMARK_CAPTURE(BM_Baseline_Bwrap, dynamic, k_dynamic)
+    ->UseManualTime()
+    ->Iterations(k_native_runs);
+BENCHMARK_CAPTURE(BM_Blixard_CreateAndInvoke, dynamic, k_dynamic, false)
+    ->UseManualTime()
+    ->Iterations(k_native_runs);
+BENCHMARK_CAPTURE(BM_Blixard_InvokeFromZero, dynamic, k_dynamic)
     ->UseManualTime()
     ->Iterations(k_native_runs);
 BENCHMARK(BM_Baseline_PythonPass)->UseManualTime()->Iterations(k_python_runs);
-BENCHMARK_CAPTURE(BM_Baseline_Spawn, python, true)->UseManualTime()->Iterations(k_python_runs);
-BENCHMARK_CAPTURE(BM_Baseline_Bwrap, python, true)->UseManualTime()->Iterations(k_python_runs);
-BENCHMARK_CAPTURE(BM_Blixard_CreateAndInvoke, python, true, false)
+BENCHMARK_CAPTURE(BM_Baseline_Spawn, python, k_python)->UseManualTime()->Iterations(k_python_runs);
+BENCHMARK_CAPTURE(BM_Baseline_Bwrap, python, k_python)->UseManualTime()->Iterations(k_python_runs);
+BENCHMARK_CAPTURE(BM_Blixard_CreateAndInvoke, python, k_python, false)
     ->UseManualTime()
     ->Iterations(k_python_runs);
-BENCHMARK_CAPTURE(BM_Blixard_InvokeFromZero, python, true)
+BENCHMARK_CAPTURE(BM_Blixard_InvokeFromZero, python, k_python)
     ->UseManualTime()
     ->Iterations(k_python_runs);
 BENCHMARK_CAPTURE(BM_Driver_PythonStart, zygote, true)->UseManualTime()->Iterations(k_python_runs);
@@ -315,7 +344,7 @@ BENCHMARK_CAPTURE(BM_Driver_PythonStart, fresh, false)->UseManualTime()->Iterati
 void print_summary() {
   if (g_p50.empty()) return;
   std::printf("\nSummary (p50 ms; ratios against the baselines of the same runtime):\n");
-  for (const char* runtime : {"native", "python"}) {
+  for (const char* runtime : {"native", "dynamic", "python"}) {
     const std::string rt = runtime;
     auto base = [&](const std::string& what) {
       auto it = g_p50.find(rt + ": " + what);

@@ -29,6 +29,7 @@
 #include <condition_variable>
 #include <deque>
 #include <functional>
+#include <list>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -703,12 +704,23 @@ Response gateway_result(v1::InvokeResponse&& out) {
 
 // ---- The server core ----------------------------------------------------------------------
 
+class Session;
+
+// How often a reactor looks for connections past their read or write deadline: one timer per
+// reactor instead of one armed, cancelled and re-armed around every read and write of every
+// request (two timerfd updates and two more handlers a request).
+constexpr auto k_deadline_sweep = std::chrono::seconds(1);
+
 // One reactor and the connections on it. Normally one thread runs it; for a moment two do, when
 // the monitor hands it to a spare thread while its runner is in a long call.
 struct IoContext {
-  asio::io_context ioc;  // multi-thread safe (the default concurrency hint)
+  // Before `ioc`: the sessions its handlers hold unregister when the context is destroyed.
+  std::mutex sessions_mu;
+  std::list<std::weak_ptr<Session>> sessions;  // the connections, for the deadline sweep
+  asio::io_context ioc;                        // multi-thread safe (the default concurrency hint)
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> work{
       ioc.get_executor()};
+  asio::steady_timer sweep{ioc};
 };
 
 // A thread of the server: running an io_context (`context` set) or a spare.
@@ -803,6 +815,9 @@ struct Core {
   void monitor_loop();
 
   void accept();
+  // Closes the connections of `context` whose read or write is past its deadline, every
+  // k_deadline_sweep.
+  void sweep_deadlines(IoContext& context);
   Routed route(const std::shared_ptr<const Request>& req);
   Routed route_kind(const std::shared_ptr<const Request>& req, Kind kind, const Target& t);
   Routed route_logs(const std::shared_ptr<const Request>& req, const std::string& name,
@@ -836,20 +851,53 @@ Response Core::streams_busy() const {
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
-  Session(tcp::socket&& socket, Core& server) : server_(server), stream_(std::move(socket)) {}
+  Session(tcp::socket&& socket, Core& server, IoContext& context)
+      : server_(server), context_(context), stream_(std::move(socket)) {}
+  ~Session() {
+    if (!registered_) return;
+    std::lock_guard lock(context_.sessions_mu);
+    context_.sessions.erase(entry_);
+  }
 
   void run() {
+    {
+      std::lock_guard lock(context_.sessions_mu);
+      entry_ = context_.sessions.insert(context_.sessions.end(), weak_from_this());
+      registered_ = true;
+    }
     asio::dispatch(stream_.get_executor(),
                    beast::bind_front_handler(&Session::read, shared_from_this()));
   }
 
+  // The sweep's verdict, on the session's strand: past the deadline of the read or write in
+  // progress, the connection is closed (that operation ends with an error and the session with it).
+  void expire_if_late(std::int64_t now_ns) {
+    const std::int64_t deadline = deadline_ns_.load(std::memory_order_relaxed);
+    if (deadline != 0 && deadline <= now_ns) close();
+  }
+  bool late(std::int64_t now_ns) const {
+    const std::int64_t deadline = deadline_ns_.load(std::memory_order_relaxed);
+    return deadline != 0 && deadline <= now_ns;
+  }
+  asio::any_io_executor executor() { return stream_.get_executor(); }
+
  private:
+  // The read or write about to start (and those after it, until disarm()) must end within `d`.
+  template <class Duration>
+  void arm(Duration d) {
+    deadline_ns_.store(
+        steady_ns() + std::chrono::duration_cast<std::chrono::nanoseconds>(d).count(),
+        std::memory_order_relaxed);
+  }
+  // No I/O of ours is waiting (a call runs, a stream polls): nothing to time out.
+  void disarm() { deadline_ns_.store(0, std::memory_order_relaxed); }
+
   void read() {
     parser_.emplace();
     // The limit depends on the path (API or gateway): set once the header is in.
     parser_->body_limit(boost::none);
     gateway_ = false;
-    stream_.expires_after(server_.options.idle_timeout);
+    arm(server_.options.idle_timeout);
     http::async_read_header(stream_, buffer_, *parser_,
                             beast::bind_front_handler(&Session::on_header, shared_from_this()));
   }
@@ -896,6 +944,7 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void on_read(beast::error_code ec, std::size_t) {
+    disarm();
     if (ec == http::error::body_limit) {
       ++server_.requests;
       keep_alive_ = false;
@@ -994,12 +1043,13 @@ class Session : public std::enable_shared_from_this<Session> {
       }
     }
     response_ = std::make_shared<Response>(std::move(res));
-    stream_.expires_after(k_write_timeout);
+    arm(k_write_timeout);
     http::async_write(stream_, *response_,
                       beast::bind_front_handler(&Session::on_write, shared_from_this()));
   }
 
   void on_write(beast::error_code ec, std::size_t) {
+    disarm();
     bool close_after = response_->need_eof();
     response_.reset();
     if (ec) return close();
@@ -1050,10 +1100,11 @@ class Session : public std::enable_shared_from_this<Session> {
                  std::string_view(req->target()));
     }
     auto serializer = std::make_shared<http::response_serializer<http::empty_body>>(*head);
-    stream_.expires_after(k_write_timeout);
+    arm(k_write_timeout);
     http::async_write_header(stream_, *serializer,
                              [self = shared_from_this(), head, serializer,
                               batch = std::move(batch)](beast::error_code ec, std::size_t) mutable {
+                               self->disarm();
                                if (ec) return self->end_stream(false);
                                self->watch_client();
                                self->stream_batch(std::move(batch));
@@ -1074,9 +1125,10 @@ class Session : public std::enable_shared_from_this<Session> {
     after_ = std::max(after_, batch.next);
     if (batch.lines.empty()) return next_poll();
     chunk_ = std::make_shared<std::string>(std::move(batch.lines));
-    stream_.expires_after(k_write_timeout);
+    arm(k_write_timeout);
     asio::async_write(stream_, http::make_chunk(asio::buffer(*chunk_)),
                       [self = shared_from_this()](beast::error_code ec, std::size_t) {
+                        self->disarm();
                         self->chunk_.reset();
                         if (ec) return self->end_stream(false);
                         self->next_poll();
@@ -1123,7 +1175,7 @@ class Session : public std::enable_shared_from_this<Session> {
       self->close();
     };
     if (!graceful) return finish();
-    stream_.expires_after(k_drain_timeout);
+    arm(k_drain_timeout);
     asio::async_write(stream_, http::make_chunk_last(),
                       [finish](beast::error_code, std::size_t) { finish(); });
   }
@@ -1133,7 +1185,7 @@ class Session : public std::enable_shared_from_this<Session> {
   void linger() {
     beast::error_code ignored;
     stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
-    stream_.expires_after(k_drain_timeout);
+    arm(k_drain_timeout);
     drain_buffer_.resize(64 << 10);
     drain();
   }
@@ -1154,6 +1206,11 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   Core& server_;
+  IoContext& context_;
+  std::list<std::weak_ptr<Session>>::iterator entry_;  // in context_.sessions
+  bool registered_ = false;
+  // When the read or write in progress must have ended (steady clock, ns); 0: none is.
+  std::atomic<std::int64_t> deadline_ns_{0};
   beast::tcp_stream stream_;
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
@@ -1181,10 +1238,30 @@ class Session : public std::enable_shared_from_this<Session> {
 
 struct HttpServer::Impl : Core {};
 
+void Core::sweep_deadlines(IoContext& context) {
+  context.sweep.expires_after(k_deadline_sweep);
+  context.sweep.async_wait([this, &context](beast::error_code ec) {
+    if (ec) return;  // stopping
+    const std::int64_t now = steady_ns();
+    std::vector<std::shared_ptr<Session>> late;
+    {
+      std::lock_guard lock(context.sessions_mu);
+      for (auto& weak : context.sessions) {
+        auto session = weak.lock();
+        if (session && session->late(now)) late.push_back(std::move(session));
+      }
+    }
+    for (auto& session : late) {
+      asio::post(session->executor(), [session, now] { session->expire_if_late(now); });
+    }
+    sweep_deadlines(context);
+  });
+}
+
 void Core::accept() {
   auto& context = *contexts[next_context++ % contexts.size()];
   acceptor->async_accept(asio::make_strand(context.ioc),
-                         [this](beast::error_code ec, tcp::socket socket) {
+                         [this, &context](beast::error_code ec, tcp::socket socket) {
                            if (ec == asio::error::operation_aborted || !acceptor->is_open()) return;
                            if (!ec) {
                              ++connections;
@@ -1192,7 +1269,7 @@ void Core::accept() {
                              // the last).
                              beast::error_code ignored;
                              socket.set_option(tcp::no_delay(true), ignored);
-                             std::make_shared<Session>(std::move(socket), *this)->run();
+                             std::make_shared<Session>(std::move(socket), *this, context)->run();
                            } else if (options.logger) {
                              options.logger->warn("http accept failed: {}", ec.message());
                            }
@@ -1730,6 +1807,7 @@ void HttpServer::start() {
   im.host = address.is_v6() ? "[" + address.to_string() + "]" : address.to_string();
   im.stream_pool = std::make_unique<asio::thread_pool>(im.options.max_streams);
   im.accept();
+  for (auto& context : im.contexts) im.sweep_deadlines(*context);
   // One thread per context, and `workers` spares: at most `workers` calls block at once, so a
   // spare is always there to take a context over.
   const std::size_t threads = im.options.io_threads + im.options.workers;

@@ -247,6 +247,9 @@ class SandboxInstance : public std::enable_shared_from_this<SandboxInstance> {
   friend class SandboxDriver;
 
   void serve_until_exit(Clock::time_point start_deadline, bool& ready_timed_out);
+  enum class ReadEnd { answered, timed_out, gone };
+  // As the reader (reader_busy_ taken): reads responses until `mine` is answered.
+  ReadEnd read_until_answered(const Pending& mine, Clock::time_point deadline);
   void drain();
   void process_frames();
   void on_output(int stream, const char* data, std::size_t n, bool eof);
@@ -270,14 +273,19 @@ class SandboxInstance : public std::enable_shared_from_this<SandboxInstance> {
   std::optional<siginfo_t> exit_;
   bool oom_ = false;
   std::deque<std::string> tail_;
+  // Whoever holds this reads the response pipe and hands out what it reads: the instance thread
+  // until the handler is ready, then one caller at a time (a caller waiting for its own answer
+  // reads it, one wakeup instead of two), and the instance thread's drain() once it is gone.
+  bool reader_busy_ = true;
 
   // Touched by the instance thread only (and the fds by writers under write_mutex_).
   pid_t pid_ = -1;
   UniqueFd pidfd_;
   std::mutex write_mutex_;
-  UniqueFd request_;   // our write end (fd 3 in the handler)
-  UniqueFd response_;  // our read end (fd 4 in the handler)
+  UniqueFd request_;  // our write end (fd 3 in the handler)
   UniqueFd out_, err_;
+  // Touched by the reader only (reader_busy_).
+  UniqueFd response_;  // our read end (fd 4 in the handler)
   FrameDecoder decoder_{0};
   std::string partial_[2];
   bool namespaced_ = false;
@@ -735,9 +743,10 @@ void SandboxInstance::run(SpawnRequest req, Clock::time_point start_deadline) {
 
 void SandboxInstance::serve_until_exit(Clock::time_point start_deadline, bool& ready_timed_out) {
   char buf[64 * 1024];
+  bool reading = true;  // the response pipe is this thread's until the handler is ready
   for (;;) {
     pollfd fds[4] = {{pidfd_.get(), POLLIN, 0},
-                     {response_.get(), POLLIN, 0},
+                     {reading ? response_.get() : -1, POLLIN, 0},
                      {out_.get(), POLLIN, 0},
                      {err_.get(), POLLIN, 0}};
     int wait_ms = -1;
@@ -765,6 +774,13 @@ void SandboxInstance::serve_until_exit(Clock::time_point start_deadline, bool& r
         response_.reset();
         signal_kill();
       }
+      std::unique_lock lock(mutex_);
+      if (state_ == State::ready && lost_.empty()) {
+        reading = false;  // callers read their answers from now on
+        reader_busy_ = false;
+        lock.unlock();
+        changed_.notify_all();
+      }
     }
     for (int s = 0; s < 2; ++s) {
       UniqueFd& fd = s == 0 ? out_ : err_;
@@ -777,12 +793,24 @@ void SandboxInstance::serve_until_exit(Clock::time_point start_deadline, bool& r
         fd.reset();
       }
     }
-    if (fds[0].revents != 0) return;
+    if (fds[0].revents != 0) {
+      if (reading) {
+        std::lock_guard lock(mutex_);
+        reader_busy_ = false;  // drain() takes it back
+      }
+      return;
+    }
   }
 }
 
 // What the process wrote before it ended still counts (a last response, its last log lines).
 void SandboxInstance::drain() {
+  {
+    // The caller reading the pipe sees the exit too and lets go; nobody reads after this.
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [&] { return !reader_busy_; });
+    reader_busy_ = true;
+  }
   char buf[64 * 1024];
   for (int i = 0; i < 64 && response_.get() >= 0; ++i) {
     const ssize_t got = ::read(response_.get(), buf, sizeof buf);
@@ -996,9 +1024,20 @@ InvocationResult SandboxInstance::call(const Invocation& inv) {
   }
 
   std::unique_lock lock(mutex_);
-  if (!timed_out) {
-    timed_out = !changed_.wait_until(lock, deadline,
-                                     [&] { return pending.done || state_ == State::exited; });
+  while (!timed_out && !pending.done && state_ != State::exited) {
+    if (!reader_busy_) {
+      reader_busy_ = true;
+      lock.unlock();
+      const ReadEnd end = read_until_answered(pending, deadline);
+      lock.lock();
+      reader_busy_ = false;
+      changed_.notify_all();  // a call still waiting reads next, or drain() (free when none waits)
+      if (end == ReadEnd::timed_out) timed_out = !pending.done;
+      if (end == ReadEnd::gone) break;  // the verdict is the instance thread's, below
+      continue;
+    }
+    timed_out = !changed_.wait_until(
+        lock, deadline, [&] { return pending.done || state_ == State::exited || !reader_busy_; });
   }
   if (!pending.done) {
     pending_.erase(inv.request_id);
@@ -1043,6 +1082,36 @@ InvocationResult SandboxInstance::call(const Invocation& inv) {
   out.duration = duration;
   out.cold_start = false;
   return out;
+}
+
+SandboxInstance::ReadEnd SandboxInstance::read_until_answered(const Pending& mine,
+                                                              Clock::time_point deadline) {
+  char buf[16 * 1024];
+  for (;;) {
+    // The answer is rarely there yet when the request has just been written: poll first.
+    const auto left = std::chrono::ceil<milliseconds>(deadline - Clock::now());
+    if (left.count() <= 0) return ReadEnd::timed_out;
+    pollfd fds[2] = {{response_.get(), POLLIN, 0}, {pidfd_.get(), POLLIN, 0}};
+    const int n = ::poll(fds, 2, static_cast<int>(std::min<long long>(left.count(), 1 << 30)));
+    if (n < 0 && errno != EINTR) return ReadEnd::gone;
+    if (fds[0].revents == 0) {
+      if (fds[1].revents != 0) return ReadEnd::gone;  // exited with nothing more to say
+      continue;
+    }
+    for (;;) {
+      const ssize_t got = ::read(response_.get(), buf, sizeof buf);
+      if (got > 0) {
+        decoder_.feed({buf, static_cast<std::size_t>(got)});
+        process_frames();  // sets mine.done, from this thread
+        if (mine.done) return ReadEnd::answered;
+        continue;
+      }
+      if (got < 0 && errno == EINTR) continue;
+      if (got < 0 && errno == EAGAIN) break;
+      signal_kill();  // it closed its response pipe: it cannot answer any more
+      return ReadEnd::gone;
+    }
+  }
 }
 
 // Called with mutex_ held.

@@ -828,6 +828,81 @@ TEST_F(HttpTest, SlowInvokeDoesNotDelayOtherCalls) {
   EXPECT_EQ(slow.get().result(), "\"slow\"");
 }
 
+// A connected socket to the server, with a receive timeout far above any deadline under test.
+int connect_raw(unsigned short port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    ::close(fd);
+    throw std::runtime_error("connect failed");
+  }
+  timeval tv{30, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  return fd;
+}
+
+// Reads until the server closes the connection (true) or the receive timeout passes (false).
+bool read_until_closed(int fd, std::string* got = nullptr) {
+  char buf[4096];
+  for (;;) {
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n == 0) return true;
+    if (n < 0) return false;
+    if (got != nullptr) got->append(buf, static_cast<std::size_t>(n));
+  }
+}
+
+TEST_F(HttpTest, IdleAndStalledConnectionsAreClosedAfterTheIdleTimeout) {
+  api::HttpServerOptions options;
+  options.idle_timeout = 1s;
+  server_.reset();
+  start(options);
+
+  // Kept alive after an answer, then idle.
+  const int idle = connect_raw(server_->port());
+  const std::string keep_alive = "GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n";
+  ASSERT_EQ(::send(idle, keep_alive.data(), keep_alive.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(keep_alive.size()));
+  // Half a request, never finished.
+  const int stalled = connect_raw(server_->port());
+  const std::string half = "GET /healthz HTTP/1.1\r\nHost: te";
+  ASSERT_EQ(::send(stalled, half.data(), half.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(half.size()));
+
+  std::string answer;
+  EXPECT_TRUE(read_until_closed(idle, &answer)) << "the idle connection was left open";
+  EXPECT_THAT(answer, HasSubstr("200 OK"));
+  EXPECT_TRUE(read_until_closed(stalled)) << "the stalled request was left open";
+  ::close(idle);
+  ::close(stalled);
+}
+
+TEST_F(HttpTest, ACallLongerThanTheIdleTimeoutIsNotCutOff) {
+  api::HttpServerOptions options;
+  options.idle_timeout = 1s;
+  server_.reset();
+  start(options);
+  v1::ObjectSet set;
+  *set.add_functions() = make_function("echo");
+  client()->apply(set, ApplyMode::create);
+
+  auto c = client();
+  auto slow = std::async(std::launch::async, [&] {
+    v1::InvokeRequest call;
+    call.set_function("slow");
+    call.set_payload("\"slow\"");
+    return c->invoke(call);
+  });
+  fake_->wait_slow_started();
+  // What is waited for here is time itself: the idle timeout and a deadline sweep, both passed.
+  std::this_thread::sleep_for(2500ms);
+  fake_->release_slow();
+  EXPECT_EQ(slow.get().result(), "\"slow\"");
+}
+
 TEST_F(HttpTest, CallsPastTheWorkersWaitTheirTurn) {
   api::HttpServerOptions options;
   options.workers = 2;

@@ -1,11 +1,12 @@
 // Helpers shared by the C++ suites: the real Python binary, leaked-process checks, polling.
 #pragma once
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <string>
 #include <thread>
 
@@ -24,16 +25,28 @@ inline const std::string& python() {
   return p;
 }
 
+// A /proc file of a process that may exit while it is read: what could be read, else empty
+// (an ifstream throws from underflow on the ESRCH a vanished process's file gives).
+inline std::string read_proc_file(const std::filesystem::path& path) {
+  std::string text;
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return text;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;)
+    text.append(buf, static_cast<std::size_t>(n));
+  ::close(fd);
+  return text;
+}
+
 // The Python zygote itself (not an instance it forked: those live in PID namespaces of their own).
 inline bool is_zygote(const std::filesystem::path& proc) {
-  std::ifstream cmd(proc / "cmdline", std::ios::binary);
-  std::string text((std::istreambuf_iterator<char>(cmd)), std::istreambuf_iterator<char>());
-  if (text.find(std::string("--zygote\0", 9)) == std::string::npos) return false;
-  std::ifstream status(proc / "status");
-  for (std::string line; std::getline(status, line);) {
-    if (line.rfind("NSpid:", 0) == 0) return line.find_first_of(" \t", 7) == std::string::npos;
-  }
-  return false;
+  const std::string cmdline = read_proc_file(proc / "cmdline");
+  if (cmdline.find(std::string("--zygote\0", 9)) == std::string::npos) return false;
+  const std::string status = read_proc_file(proc / "status");
+  const auto at = status.find("\nNSpid:");
+  if (at == std::string::npos) return false;
+  const std::string line = status.substr(at + 8, status.find('\n', at + 8) - (at + 8));
+  return line.find_first_of(" \t", line.find_first_not_of(" \t")) == std::string::npos;
 }
 
 // Processes whose environment, command line or cgroup mentions `token`: handlers and what they
@@ -47,9 +60,7 @@ inline int processes_with(const std::string& token, bool count_zygotes = true) {
     if (name.find_first_not_of("0123456789") != std::string::npos) continue;
     if (!count_zygotes && is_zygote(entry.path())) continue;
     for (const char* file : {"environ", "cmdline", "cgroup"}) {
-      std::ifstream in(entry.path() / file, std::ios::binary);
-      std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-      if (text.find(token) != std::string::npos) {
+      if (read_proc_file(entry.path() / file).find(token) != std::string::npos) {
         ++count;
         break;
       }

@@ -1,5 +1,7 @@
-// A native Blixard handler: answers every event with itself. Build: c++ -std=c++17 -O2 echo.cpp
-// -o echo; run it with `runtime: exec`, `command: [./echo]`, `code: <this directory>`.
+// A native Blixard handler: answers every event with itself. Build:
+//   c++ -std=c++17 -O2 -static-libstdc++ -static-libgcc echo.cpp -o echo
+// (a shared libstdc++ adds about 1.5 ms to every cold start); run it with `runtime: exec`,
+// `command: [./echo]`, `code: <this directory>`.
 #include "blixard_handler.hpp"
 
 int main() {
