@@ -328,8 +328,8 @@ struct RawResponse {
   }
 };
 
-// One request on a fresh connection, read until the server closes it.
-RawResponse raw_request(unsigned short port, const std::string& request) {
+// A connected socket to the server, with a receive timeout far above any deadline under test.
+int connect_raw(unsigned short port) {
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
@@ -341,6 +341,12 @@ RawResponse raw_request(unsigned short port, const std::string& request) {
   }
   timeval tv{20, 0};
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  return fd;
+}
+
+// One request on a fresh connection, read until the server closes it.
+RawResponse raw_request(unsigned short port, const std::string& request) {
+  const int fd = connect_raw(port);
   for (std::size_t sent = 0; sent < request.size();) {
     auto n = ::send(fd, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
     if (n <= 0) break;
@@ -528,6 +534,18 @@ class HttpTest : public testing::Test {
     t->mutable_spec()->set_function(function);
     for (auto& m : methods) t->mutable_spec()->add_methods(m);
     fake_->apply(set, ApplyMode::apply);
+  }
+
+  // An invocation of the fake's "slow" function on `c`, running once this returns.
+  std::future<v1::InvokeResponse> slow_call(std::shared_ptr<detail::Backend> c) {
+    auto call = std::async(std::launch::async, [c] {
+      v1::InvokeRequest request;
+      request.set_function("slow");
+      request.set_payload("\"slow\"");
+      return c->invoke(request);
+    });
+    fake_->wait_slow_started();
+    return call;
   }
 
   RawResponse get(const std::string& target, const std::string& headers = {}) {
@@ -814,34 +832,12 @@ TEST_F(HttpTest, SlowInvokeDoesNotDelayOtherCalls) {
   client()->apply(set, ApplyMode::create);
 
   auto c = client();
-  auto slow = std::async(std::launch::async, [&] {
-    v1::InvokeRequest call;
-    call.set_function("slow");
-    call.set_payload("\"slow\"");
-    return c->invoke(call);
-  });
-  fake_->wait_slow_started();
+  auto slow = slow_call(c);
   // The slow call holds a connection and a worker; a get on the same client still completes,
   // and only then is the slow call let go.
   EXPECT_EQ(c->get_function("echo").metadata().name(), "echo");
   fake_->release_slow();
   EXPECT_EQ(slow.get().result(), "\"slow\"");
-}
-
-// A connected socket to the server, with a receive timeout far above any deadline under test.
-int connect_raw(unsigned short port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    ::close(fd);
-    throw std::runtime_error("connect failed");
-  }
-  timeval tv{30, 0};
-  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  return fd;
 }
 
 // Reads until the server closes the connection (true) or the receive timeout passes (false).
@@ -885,18 +881,7 @@ TEST_F(HttpTest, ACallLongerThanTheIdleTimeoutIsNotCutOff) {
   options.idle_timeout = 1s;
   server_.reset();
   start(options);
-  v1::ObjectSet set;
-  *set.add_functions() = make_function("echo");
-  client()->apply(set, ApplyMode::create);
-
-  auto c = client();
-  auto slow = std::async(std::launch::async, [&] {
-    v1::InvokeRequest call;
-    call.set_function("slow");
-    call.set_payload("\"slow\"");
-    return c->invoke(call);
-  });
-  fake_->wait_slow_started();
+  auto slow = slow_call(client());
   // What is waited for here is time itself: the idle timeout and a deadline sweep, both passed.
   std::this_thread::sleep_for(2500ms);
   fake_->release_slow();
