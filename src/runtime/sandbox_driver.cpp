@@ -60,6 +60,9 @@ constexpr milliseconds k_reap_wait{10'000};
 constexpr milliseconds k_stop_grace{200};
 // How long a Python start waits for the zygote to come up (once, after the driver starts).
 constexpr milliseconds k_zygote_wait{5'000};
+// A zygote that died is started anew by the next Python start, but not more often than this:
+// one that dies at once (a broken interpreter) costs a fresh start every few seconds, not a loop.
+constexpr std::chrono::seconds k_zygote_restart_gap{5};
 
 class UniqueFd {
  public:
@@ -242,6 +245,8 @@ class SandboxInstance : public std::enable_shared_from_this<SandboxInstance> {
   std::unique_ptr<InstanceCgroup> cgroup_;
   // MODULE:FUNCTION [CODE_DIR] when the instance is forked from the Python zygote.
   std::vector<std::string> zygote_args_;
+  // The zygote that forks it (and reports its exit), kept as long as the instance.
+  std::shared_ptr<PythonZygote> zygote_;
 
  private:
   friend class SandboxDriver;
@@ -321,10 +326,7 @@ class SandboxDriver final : public Driver {
     }
     write_runtime();
     python_ = resolve_python(options_.python);
-    if (options_.python_zygote && !python_.empty()) {
-      zygote_ = std::make_unique<PythonZygote>(python_, options_.work_dir / "handler_runtime.py",
-                                               inherited_environment());
-    }
+    if (options_.python_zygote && !python_.empty()) zygote_ = new_zygote();
     if (cgroups_.mode() == CgroupManager::Mode::none) {
       spdlog::warn("sandbox: no cgroups ({}); memory limits fall back to RLIMIT_AS",
                    cgroups_.reason());
@@ -337,6 +339,7 @@ class SandboxDriver final : public Driver {
     std::unique_lock lock(mutex_);
     drained_.wait(lock, [&] { return threads_ == 0; });
     lock.unlock();
+    std::lock_guard zlock(zygote_mutex_);
     zygote_.reset();  // after the instances: their threads learn their exit status from it
   }
 
@@ -383,9 +386,11 @@ class SandboxDriver final : public Driver {
       if (memory_bytes != 0) req.address_space_limit = memory_bytes + k_address_space_headroom;
     }
     req.namespaces = !namespaces_refused_;
-    if (spec.runtime() == "python" && zygote_ && zygote_can_run(spec)) {
+    auto zygote = spec.runtime() == "python" && zygote_can_run(spec) ? current_zygote() : nullptr;
+    if (zygote) {
       std::string why;
-      if (zygote_->ready(k_zygote_wait, &why)) {
+      if (zygote->ready(k_zygote_wait, &why)) {
+        in->zygote_ = std::move(zygote);
         in->zygote_args_ = {spec.handler()};
         if (!spec.code().empty()) in->zygote_args_.push_back(spec.code());
       } else {
@@ -463,19 +468,17 @@ class SandboxDriver final : public Driver {
 
   bool shut_down() const noexcept { return shut_down_; }
 
-  // Forks from the zygote; nullopt (after a warning) when it cannot, and the caller execs.
-  std::optional<Spawned> spawn_from_zygote(const SpawnRequest& req,
+  // Forks from `zygote`; nullopt (after a warning) when it cannot, and the caller execs.
+  std::optional<Spawned> spawn_from_zygote(PythonZygote& zygote, const SpawnRequest& req,
                                            const std::vector<std::string>& args) {
     try {
-      return zygote_->spawn(req, args);
+      return zygote.spawn(req, args);
     } catch (const Error& e) {
       warn_once(zygote_warned_, "sandbox: Python instances start fresh interpreters ({})",
                 e.what());
       return std::nullopt;
     }
   }
-
-  siginfo_t zygote_exit(pid_t pid) { return zygote_->wait_exit(pid); }
 
  private:
   // ---- what to run ----
@@ -543,6 +546,28 @@ class SandboxDriver final : public Driver {
       }
     }
     return true;
+  }
+
+  std::shared_ptr<PythonZygote> new_zygote() {
+    return std::make_shared<PythonZygote>(python_, options_.work_dir / "handler_runtime.py",
+                                          inherited_environment());
+  }
+
+  // The zygote to fork Python instances from: the running one, or a new one when it died (its
+  // instances keep the old one until they are gone); null when there is none.
+  std::shared_ptr<PythonZygote> current_zygote() {
+    std::lock_guard lock(zygote_mutex_);
+    if (zygote_ && zygote_->gone() && !shut_down_) {
+      const auto now = Clock::now();
+      if (now - zygote_restarted_ >= k_zygote_restart_gap) {
+        spdlog::warn("sandbox: the Python zygote is gone ({}); starting a new one",
+                     zygote_->why_gone());
+        zygote_restarted_ = now;
+        zygote_ = new_zygote();
+        zygote_warned_ = false;
+      }
+    }
+    return zygote_;
   }
 
   // The zygote's own environment: the agent's basics, nothing of any function's.
@@ -639,7 +664,9 @@ class SandboxDriver final : public Driver {
   std::atomic<bool> ns_warned_{false};
   std::atomic<bool> cgroup_warned_{false};
   std::atomic<bool> zygote_warned_{false};
-  std::unique_ptr<PythonZygote> zygote_;
+  std::mutex zygote_mutex_;  // guards the two below
+  std::shared_ptr<PythonZygote> zygote_;
+  Clock::time_point zygote_restarted_{};  // the last time a new one replaced a dead one
   std::mutex mutex_;
   std::condition_variable drained_;
   std::set<SandboxInstance*> live_;
@@ -661,7 +688,7 @@ void SandboxInstance::run(SpawnRequest req, Clock::time_point start_deadline) {
     req.stderr_fd = err_write.get();
     decoder_ = FrameDecoder(max_payload_ + k_frame_overhead);
     std::optional<Spawned> forked;
-    if (!zygote_args_.empty()) forked = driver_.spawn_from_zygote(req, zygote_args_);
+    if (zygote_) forked = driver_.spawn_from_zygote(*zygote_, req, zygote_args_);
     from_zygote_ = forked.has_value();
     const Spawned child = forked ? *forked : spawn_sandboxed(req);
     pid_ = child.pid;
@@ -696,7 +723,7 @@ void SandboxInstance::run(SpawnRequest req, Clock::time_point start_deadline) {
   }
   siginfo_t info{};
   if (from_zygote_) {
-    info = driver_.zygote_exit(pid_);
+    info = zygote_->wait_exit(pid_);
   } else {
     while (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd_.get()), &info,
                     WEXITED) != 0 &&

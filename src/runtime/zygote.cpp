@@ -236,6 +236,16 @@ void PythonZygote::mark_gone(const std::string& why) {
   changed_.notify_all();
 }
 
+bool PythonZygote::gone() {
+  std::lock_guard lock(mutex_);
+  return state_ == State::gone;
+}
+
+std::string PythonZygote::why_gone() {
+  std::lock_guard lock(mutex_);
+  return why_;
+}
+
 bool PythonZygote::ready(std::chrono::milliseconds wait, std::string* why) {
   std::unique_lock lock(mutex_);
   changed_.wait_for(lock, wait, [&] { return state_ != State::starting; });

@@ -45,6 +45,11 @@ class PythonZygote {
   // once it is forked (not yet ready). Throws Error(unavailable) when the zygote cannot.
   Spawned spawn(const SpawnRequest& request, const std::vector<std::string>& args);
 
+  // It died, or could not start (not: it may not create namespaces here, which it reports at once
+  // and which a new one would report again).
+  bool gone();
+  std::string why_gone();
+
   // How an instance it forked ended; call once its pidfd polled readable. If the zygote is gone
   // the instance died with it: reported as killed by SIGKILL.
   siginfo_t wait_exit(pid_t pid);
