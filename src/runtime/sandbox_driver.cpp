@@ -438,6 +438,8 @@ class SandboxDriver final : public Driver {
       }
     }
     for (auto& in : live) in->kill(KillReason::shutdown);
+    // Idle cgroups go now; the killed instances' groups are removed as they exit.
+    cgroups_.close();
   }
 
   // ---- called by instances ----
@@ -467,6 +469,8 @@ class SandboxDriver final : public Driver {
   }
 
   bool shut_down() const noexcept { return shut_down_; }
+
+  void release_cgroup(std::unique_ptr<InstanceCgroup> group) { cgroups_.release(std::move(group)); }
 
   // Forks from `zygote`; nullopt (after a warning) when it cannot, and the caller execs.
   std::optional<Spawned> spawn_from_zygote(PythonZygote& zygote, const SpawnRequest& req,
@@ -702,7 +706,8 @@ void SandboxInstance::run(SpawnRequest req, Clock::time_point start_deadline) {
     // The child's ends close here: its exit shows as EOF on ours.
     driver_.spawned(this, child);
   } catch (const Error& e) {
-    cgroup_.reset();
+    driver_.release_cgroup(std::move(cgroup_));
+    zygote_.reset();  // as below
     {
       std::lock_guard lock(mutex_);
       start_error_ = e;
@@ -730,11 +735,15 @@ void SandboxInstance::run(SpawnRequest req, Clock::time_point start_deadline) {
            errno == EINTR) {
     }
   }
+  // Let go of the zygote before thread_done(): the driver's destructor waits for that and then
+  // ends the zygote, which must not outlive the driver because an instance still held it.
+  zygote_.reset();
   drain();
   bool oom = false;
   if (cgroup_) {
     oom = cgroup_->oom_killed();
-    cgroup_->remove();
+    // Back to the driver's idle groups for a later instance (removed if anything is left in it).
+    driver_.release_cgroup(std::move(cgroup_));
   }
   InstanceExit exit;
   exit.instance = name_;

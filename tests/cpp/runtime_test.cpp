@@ -1,9 +1,11 @@
 // The agent-side runtime: the instance protocol's frame codec, the embedded Python handler runtime
 // and the sandbox driver running real handler processes (tests/data/handlers).
+#include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -18,6 +20,7 @@
 #include <sstream>
 #include <thread>
 
+#include "runtime/cgroup.hpp"
 #include "runtime/driver.hpp"
 #include "runtime/embedded.hpp"
 #include "runtime/frame.hpp"
@@ -200,6 +203,92 @@ class SandboxTest : public ::testing::Test {
     }
     ADD_FAILURE() << "invoke did not fail";
     return Error(errc::internal, "no error");
+  }
+
+  // The test's cgroup parent, one directory per hierarchy (v1: memory then pids; v2: one);
+  // empty where the driver has no cgroups.
+  std::vector<fs::path> cgroup_parents() const {
+    std::vector<fs::path> out;
+    for (const char* ctrl : {"memory", "pids", ""}) {
+      const fs::path p = fs::path("/sys/fs/cgroup") / ctrl / cgroup_parent_;
+      if (fs::exists(p)) out.push_back(p);
+    }
+    return out;
+  }
+
+  // Instance groups are kept and reused on cgroup v1 only (cgroupfs v2 cannot rename them).
+  bool reuses_cgroups() const {
+    const auto parents = cgroup_parents();
+    return !parents.empty() && fs::exists(parents[0] / "memory.limit_in_bytes");
+  }
+
+  static std::vector<std::string> subgroups(const fs::path& dir) {
+    std::vector<std::string> out;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(dir, ec)) {
+      if (e.is_directory()) out.push_back(e.path().filename().string());
+    }
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+
+  static std::string read_text(const fs::path& path) {
+    std::ifstream in(path);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    while (!text.empty() && text.back() == '\n') text.pop_back();
+    return text;
+  }
+
+  // One instance of `spec` through the instance API: started, called once, stopped. What its
+  // group looked like while it ran is read from the cgroup files.
+  struct InstanceRun {
+    std::string name;
+    std::optional<std::string> result;
+    std::optional<Error> error;
+    InstanceExit exit;
+    ino_t group = 0;  // the memory group's inode: a renamed group keeps it
+    std::string memory_limit, swap_limit, pids_max;
+  };
+  InstanceRun run_instance(const v1::FunctionSpec& spec, const std::string& payload) {
+    InstanceRun out;
+    std::mutex m;
+    std::condition_variable exited;
+    std::optional<InstanceExit> exit;
+    InstanceOptions o;
+    o.function = "fn";
+    o.spec = spec;
+    o.on_exit = [&](const InstanceExit& e) {
+      std::lock_guard lock(m);
+      exit = e;
+      exited.notify_all();
+    };
+    auto instance = driver_->start(o);
+    out.name = instance->name();
+    const auto parents = cgroup_parents();
+    if (!parents.empty()) {
+      const fs::path mem = parents[0] / out.name;
+      struct stat st {};
+      if (::stat(mem.c_str(), &st) == 0) out.group = st.st_ino;
+      const bool v1 = fs::exists(mem / "memory.limit_in_bytes");
+      out.memory_limit = read_text(mem / (v1 ? "memory.limit_in_bytes" : "memory.max"));
+      out.swap_limit = read_text(mem / (v1 ? "memory.memsw.limit_in_bytes" : "memory.swap.max"));
+      out.pids_max = read_text(parents.back() / out.name / "pids.max");
+    }
+    Invocation inv;
+    inv.function = "fn";
+    inv.spec = spec;
+    inv.payload = payload;
+    inv.request_id = "r";
+    try {
+      out.result = instance->call(inv).result;
+    } catch (const Error& e) {
+      out.error = e;
+    }
+    instance->stop(std::chrono::seconds(5));
+    std::unique_lock lock(m);
+    EXPECT_TRUE(exited.wait_for(lock, std::chrono::seconds(30), [&] { return exit.has_value(); }));
+    if (exit) out.exit = *exit;
+    return out;
   }
 
   std::string token_;
@@ -490,6 +579,153 @@ TEST_F(SandboxTest, StoppedInstanceExitsCleanly) {
   }
 }
 
+// ---- reused instance cgroups ----
+
+// The OOM-kill count of a group cannot be reset: an instance in a group whose earlier instance
+// was OOM-killed must not be reported as out of memory, and a new OOM in it must be.
+TEST_F(SandboxTest, ReusedCgroupReportsOnlyItsOwnOutOfMemory) {
+  if (cgroup_parents().empty()) GTEST_SKIP() << "no cgroups";
+  const auto hog = run_instance(python_spec("hog:handler", 64), "{}");
+  ASSERT_TRUE(hog.error.has_value());
+  EXPECT_THAT(hog.error->message(), HasSubstr("out of memory"));
+  EXPECT_TRUE(hog.exit.oom);
+  ASSERT_NE(hog.group, 0u);
+  const bool reused = reuses_cgroups();
+
+  // One instance at a time: each takes the group the one before gave back, under its own name.
+  const auto crash = run_instance(python_spec("crash:handler", 64), "{}");
+  if (reused) {
+    EXPECT_EQ(crash.group, hog.group);
+  }
+  ASSERT_TRUE(crash.error.has_value());
+  EXPECT_THAT(crash.error->message(), HasSubstr("exited with status 3"));
+  EXPECT_THAT(crash.error->message(), ::testing::Not(HasSubstr("out of memory")));
+  EXPECT_FALSE(crash.exit.oom);
+
+  const auto echo = run_instance(python_spec("echo:handler", 64), R"({"ok": 1})");
+  if (reused) {
+    EXPECT_EQ(echo.group, hog.group);
+  }
+  EXPECT_EQ(echo.result, R"({"ok": 1})");
+  EXPECT_FALSE(echo.exit.oom);
+
+  const auto again = run_instance(python_spec("hog:handler", 64), "{}");
+  if (reused) {
+    EXPECT_EQ(again.group, hog.group);
+  }
+  ASSERT_TRUE(again.error.has_value());
+  EXPECT_THAT(again.error->message(), HasSubstr("out of memory"));
+  EXPECT_TRUE(again.exit.oom);
+  EXPECT_EQ(instances_with(token_), 0);
+}
+
+// A reused group carries the new function's limits, whether above, below or without the last.
+TEST_F(SandboxTest, ReusedCgroupTakesTheNewFunctionsLimits) {
+  if (cgroup_parents().empty()) GTEST_SKIP() << "no cgroups";
+  const auto first = run_instance(python_spec("echo:handler", 64), "1");
+  EXPECT_EQ(first.result, "1");
+  EXPECT_EQ(first.memory_limit, std::to_string(64u << 20));
+  EXPECT_EQ(first.pids_max, "256");
+  // Up, down, none, back from none, the same again (nothing to write).
+  for (std::uint64_t mib : {128, 48, 0, 64, 64}) {
+    const auto r = run_instance(python_spec("echo:handler", mib), "2");
+    if (reuses_cgroups()) {
+      EXPECT_EQ(r.group, first.group) << mib;
+    }
+    EXPECT_EQ(r.result, "2") << mib;
+    EXPECT_EQ(r.pids_max, "256") << mib;
+    if (mib == 0) {
+      // No limit: the earlier instances' is gone (v1 shows "unlimited" as a huge number).
+      EXPECT_TRUE(r.memory_limit == "max" || std::stoull(r.memory_limit) > (1ull << 50))
+          << r.memory_limit;
+    } else {
+      EXPECT_EQ(r.memory_limit, std::to_string(mib << 20)) << mib;
+    }
+    // v1: memsw follows the limit (no swap past it); v2: swap.max is 0 under a limit.
+    if (!r.swap_limit.empty() && r.memory_limit != "max") {
+      EXPECT_TRUE(r.swap_limit == r.memory_limit || r.swap_limit == "0")
+          << mib << ": " << r.swap_limit;
+    }
+  }
+}
+
+// Groups are kept idle between instances, under neutral names, and go with the driver.
+TEST_F(SandboxTest, IdleCgroupsAreRemovedWithTheDriver) {
+  const auto parents = cgroup_parents();
+  if (parents.empty()) GTEST_SKIP() << "no cgroups";
+  // Several at once: more groups than the driver made when it started.
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < 3; ++i) {
+        const std::string payload = std::to_string(t * 10 + i);
+        try {
+          if (invoke(python_spec("echo:handler"), payload).result == payload) ++ok;
+        } catch (const Error& e) {
+          ADD_FAILURE() << e.what();
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(ok, 12);
+  for (const auto& parent : parents) {
+    const auto groups = subgroups(parent);
+    if (reuses_cgroups()) {
+      EXPECT_GE(groups.size(), 2u) << parent;
+    }
+    for (const auto& g : groups) EXPECT_EQ(g.rfind("idle-", 0), 0u) << parent / g;
+  }
+  driver_.reset();
+  for (const auto& parent : parents) {
+    EXPECT_THAT(subgroups(parent), ::testing::IsEmpty()) << parent;
+  }
+}
+
+// Idle groups left by a process that is gone are taken over; a live process's are left alone.
+TEST_F(SandboxTest, StaleIdleCgroupsOfAGoneProcessAreTakenOver) {
+  const auto parents = cgroup_parents();
+  if (!reuses_cgroups()) GTEST_SKIP() << "cgroup v1 only";
+  const auto before = subgroups(parents[0]);  // the test driver's own idle groups
+  // Named as the driver names them: idle-PID-STARTTIME.SEQ.
+  const std::string init_stat = read_text("/proc/1/stat");
+  std::istringstream stat(init_stat.substr(init_stat.rfind(')') + 1));
+  std::string field, init_start;
+  for (int i = 3; i <= 22 && stat >> field; ++i) init_start = field;  // field 22: start time
+  const std::string gone = "idle-99999999-1.1";                       // no such pid
+  const std::string reused_pid = "idle-1-" + init_start + "7.2";      // pid 1, another start time
+  const std::string live = "idle-1-" + init_start + ".3";             // pid 1 itself
+  for (const auto& parent : parents) {
+    for (const auto& name : {gone, reused_pid, live}) {
+      ASSERT_EQ(::mkdir((parent / name).c_str(), 0755), 0) << parent / name;
+    }
+  }
+  SandboxOptions o;
+  o.work_dir = work_ / "second";
+  o.python = python();
+  o.cgroup_parent = cgroup_parent_;
+  auto second = make_sandbox_driver(o);
+  for (const auto& parent : parents) {
+    const auto groups = subgroups(parent);
+    EXPECT_THAT(groups, ::testing::Not(::testing::Contains(gone))) << parent;
+    EXPECT_THAT(groups, ::testing::Not(::testing::Contains(reused_pid))) << parent;
+    EXPECT_THAT(groups, ::testing::Contains(live)) << parent;
+    for (const auto& mine : before) EXPECT_THAT(groups, ::testing::Contains(mine)) << parent;
+  }
+  Invocation inv;
+  inv.function = "fn";
+  inv.spec = python_spec("echo:handler");
+  inv.payload = "3";
+  EXPECT_EQ(second->invoke(inv).result, "3");
+  second.reset();
+  driver_.reset();
+  for (const auto& parent : parents) {
+    EXPECT_THAT(subgroups(parent), ::testing::ElementsAre(live)) << parent;
+    ::rmdir((parent / live).c_str());
+  }
+}
+
 // ---- Python instances forked from the zygote ----
 
 // The sandbox a zygote fork gets is the one a fresh interpreter gets: compared field by field.
@@ -585,6 +821,75 @@ TEST_F(SandboxTest, LosingTheZygoteFailsItsInstancesAndANewOneTakesOver) {
   ASSERT_EQ(after.size(), 1u);
   EXPECT_NE(after[0], before[0]);
   EXPECT_EQ(instances_with(token_), 0);
+}
+
+// ---- the cgroup manager itself ----
+
+// v1 refuses a memory limit below what a group holds and cannot reclaim (EBUSY): tmpfs pages
+// charged by an earlier instance, with no swap to take them. Such a group gives way to a new one;
+// one whose charges fit under the new limit is reused.
+TEST(CgroupManager, ReusedGroupThatCannotShrinkBelowTheNewLimitIsReplaced) {
+  if (::geteuid() != 0) GTEST_SKIP() << "cgroups as root only";
+  const std::string parent = "blixard-test-" + std::to_string(::getpid()) + "-manager";
+  const fs::path shm = "/dev/shm/" + parent;
+  std::vector<fs::path> parents;
+  {
+    CgroupManager m(parent);
+    if (m.mode() != CgroupManager::Mode::v1) GTEST_SKIP() << "v1 only (v2 takes any limit)";
+    auto inode = [](const fs::path& p) {
+      struct stat st {};
+      return ::stat(p.c_str(), &st) == 0 ? st.st_ino : 0;
+    };
+    auto charged = m.create("charged", 64u << 20, 16);
+    ASSERT_TRUE(charged);
+    for (const auto& d : charged->dirs()) parents.push_back(d.parent_path());
+    const ino_t group = inode(charged->dirs()[0]);
+    // A child joins the group, writes 32 MiB to tmpfs and exits: the pages stay charged.
+    const std::string block(1u << 20, 'x');
+    const auto join = charged->join_files();
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      bool ok = true;
+      for (const auto& f : join) {
+        const int fd = ::open(f.c_str(), O_WRONLY);
+        ok = ok && fd >= 0 && ::write(fd, "0", 1) == 1;
+        if (fd >= 0) ::close(fd);
+      }
+      const int fd = ::open(shm.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+      for (int i = 0; ok && i < 32; ++i) {
+        ok = ::write(fd, block.data(), block.size()) == static_cast<ssize_t>(block.size());
+      }
+      ::_exit(ok ? 0 : 1);
+    }
+    int status = 0;
+    ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+    ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    m.release(std::move(charged));
+
+    // 128 MiB is room enough for the 32 MiB left: the same group, under its new name.
+    auto roomy = m.create("roomy", 128u << 20, 16);
+    ASSERT_TRUE(roomy);
+    EXPECT_EQ(inode(roomy->dirs()[0]), group);
+    EXPECT_EQ(roomy->dirs()[0].filename(), "roomy");
+    m.release(std::move(roomy));
+
+    // 16 MiB is not: a new group, with the new limit.
+    std::string why;
+    auto small = m.create("small", 16u << 20, 16, &why);
+    ASSERT_TRUE(small) << why;
+    EXPECT_NE(inode(small->dirs()[0]), group);
+    std::ifstream limit(small->dirs()[0] / "memory.limit_in_bytes");
+    std::uint64_t bytes = 0;
+    limit >> bytes;
+    EXPECT_EQ(bytes, 16u << 20);
+    fs::remove(shm);
+    m.release(std::move(small));
+    EXPECT_GE(m.idle_count(), 1u);
+  }
+  // The manager took its idle groups with it; the replaced one went when it was replaced.
+  for (const auto& p : parents)
+    EXPECT_EQ(::rmdir(p.c_str()), 0) << p << ": " << std::strerror(errno);
 }
 
 // ---- native handlers (examples/handlers/cpp) and cold-start figures ----
