@@ -38,7 +38,8 @@ bool wait_for(std::condition_variable& cv, std::unique_lock<std::mutex>& lock, P
 // In-memory objects plus a few functions with fixed behaviour:
 //   echo   returns its payload;  sleepy throws timeout;  slow waits until release_slow();
 //   gather waits until `gather_expected` calls are in flight together;  respond returns what
-//   respond_with() set;  busy throws throttled;  crashy throws handler_failed.
+//   respond_with() set;  busy throws throttled;  crashy throws handler_failed;  nap sleeps for
+//   its payload's milliseconds (longer than the server's handoff time) and returns the payload.
 // Logs and events are in-memory sequences that add_log()/add_event() extend; their long polls
 // wait on a condition variable as the real ones do, and events take after < 0 as "from now".
 class FakeBackend final : public detail::Backend {
@@ -141,6 +142,8 @@ class FakeBackend final : public detail::Backend {
       if (!wait_for(cv_, lock, [&] { return gathered_ >= gather_expected; })) {
         throw Error(errc::internal, "only " + std::to_string(gathered_) + " calls ran together");
       }
+    } else if (fn == "nap") {
+      std::this_thread::sleep_for(std::chrono::milliseconds(std::stoi(request.payload())));
     } else if (fn == "busy") {
       throw Error(errc::throttled, "busy is at its concurrentExecutions of 1");
     } else if (fn == "crashy") {
@@ -849,6 +852,40 @@ bool read_until_closed(int fd, std::string* got = nullptr) {
     if (n < 0) return false;
     if (got != nullptr) got->append(buf, static_cast<std::size_t>(n));
   }
+}
+
+// Many connections on few io threads, calls that hand their io thread's other connections to a
+// spare (naps past the handoff time) mixed with quick ones: every call gets its own answer.
+TEST_F(HttpTest, HandoffsUnderLoadLoseAndMixUpNoCall) {
+  api::HttpServerOptions options;
+  options.io_threads = 2;
+  options.workers = 3;
+  server_.reset();
+  start(options);
+  constexpr int k_clients = 12;
+  constexpr int k_calls = 24;
+  std::atomic<int> right{0};
+  std::vector<std::thread> clients;
+  for (int t = 0; t < k_clients; ++t) {
+    clients.emplace_back([&, t] {
+      auto c = client(t % 2 == 0);
+      for (int i = 0; i < k_calls; ++i) {
+        v1::InvokeRequest call;
+        const bool nap = (i + t) % 3 == 0;
+        call.set_function(nap ? "nap" : "echo");
+        call.set_payload(nap ? std::to_string(2 + (i + t) % 4)
+                             : "[" + std::to_string(t) + "," + std::to_string(i) + "]");
+        try {
+          if (c->invoke(call).result() == call.payload()) ++right;
+        } catch (const Error& e) {
+          ADD_FAILURE() << e.what();
+        }
+      }
+    });
+  }
+  for (auto& th : clients) th.join();
+  EXPECT_EQ(right, k_clients * k_calls);
+  EXPECT_EQ(server_->stats().requests, static_cast<std::uint64_t>(k_clients * k_calls));
 }
 
 TEST_F(HttpTest, IdleAndStalledConnectionsAreClosedAfterTheIdleTimeout) {
