@@ -1,6 +1,8 @@
 """Test handlers that succeed: the event back, what the context says, the sandbox's view."""
 import os
 
+from probes import try_writes
+
 
 def handler(event, context):
     return event
@@ -32,14 +34,8 @@ def sandbox_view(event, context):
     import importlib
 
     print("sandbox_view ran")  # no flush: stdout must reach the agent's log line by line anyway
-    writes = {}
-    for path in ("/tmp/written", os.path.join(os.getcwd(), "written"), "/etc/blixard-written"):
-        try:
-            with open(path, "w") as f:
-                f.write("x")
-            writes[path] = "written"
-        except OSError as e:
-            writes[path] = e.errno
+    writes = try_writes(("/tmp/written", os.path.join(os.getcwd(), "written"),
+                         "/etc/blixard-written"))
     with open("/proc/self/status") as f:
         no_new_privs = [line.split()[1] for line in f if line.startswith("NoNewPrivs:")][0]
     with open("/proc/self/cgroup") as f:

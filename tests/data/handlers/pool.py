@@ -3,6 +3,8 @@ import os
 import sys
 import time
 
+from probes import try_writes
+
 
 def identity(event, context):
     """The instance that answered; sleeps event["sleep"] seconds first when asked."""
@@ -17,16 +19,9 @@ def identity(event, context):
 
 def sandbox(event, context):
     """What the sandbox lets a handler do to the file system."""
-    out = {"tmpdir": os.environ.get("TMPDIR")}
-    for path in ("/tmp/scratch-test", os.path.join(os.getcwd(), "written-by-handler"),
-                 "/etc/blixard-test"):
-        try:
-            with open(path, "w") as f:
-                f.write("x")
-            out[path] = "written"
-        except OSError as e:
-            out[path] = e.errno
-    return out
+    paths = ("/tmp/scratch-test", os.path.join(os.getcwd(), "written-by-handler"),
+             "/etc/blixard-test")
+    return {"tmpdir": os.environ.get("TMPDIR"), **try_writes(paths)}
 
 
 def fork_bomb(event, context):
