@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <condition_variable>
@@ -1122,22 +1123,23 @@ InvocationResult SandboxInstance::call(const Invocation& inv) {
 
 SandboxInstance::ReadEnd SandboxInstance::read_until_answered(const Pending& mine,
                                                               Clock::time_point deadline) {
-  char buf[16 * 1024];
+  std::array<char, 16 * 1024> buf{};
   for (;;) {
     // The answer is rarely there yet when the request has just been written: poll first.
     const auto left = std::chrono::ceil<milliseconds>(deadline - Clock::now());
     if (left.count() <= 0) return ReadEnd::timed_out;
-    pollfd fds[2] = {{response_.get(), POLLIN, 0}, {pidfd_.get(), POLLIN, 0}};
-    const int n = ::poll(fds, 2, static_cast<int>(std::min<long long>(left.count(), 1 << 30)));
+    std::array<pollfd, 2> fds{{{response_.get(), POLLIN, 0}, {pidfd_.get(), POLLIN, 0}}};
+    const int n = ::poll(fds.data(), fds.size(),
+                         static_cast<int>(std::min<long long>(left.count(), 1 << 30)));
     if (n < 0 && errno != EINTR) return ReadEnd::gone;
     if (fds[0].revents == 0) {
       if (fds[1].revents != 0) return ReadEnd::gone;  // exited with nothing more to say
       continue;
     }
     for (;;) {
-      const ssize_t got = ::read(response_.get(), buf, sizeof buf);
+      const ssize_t got = ::read(response_.get(), buf.data(), buf.size());
       if (got > 0) {
-        decoder_.feed({buf, static_cast<std::size_t>(got)});
+        decoder_.feed({buf.data(), static_cast<std::size_t>(got)});
         process_frames();  // sets mine.done, from this thread
         if (mine.done) return ReadEnd::answered;
         continue;
