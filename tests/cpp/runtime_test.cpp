@@ -193,6 +193,27 @@ class SandboxTest : public ::testing::Test {
     return driver_->invoke(inv);
   }
 
+  // `threads` threads each invoking the Python echo `calls` times, each on an instance of its own
+  // (driver_->invoke starts one per call); how many calls got their own payload back.
+  int concurrent_echoes(int threads, int calls) {
+    std::atomic<int> ok{0};
+    std::vector<std::thread> workers;
+    for (int t = 0; t < threads; ++t) {
+      workers.emplace_back([&, t] {
+        for (int i = 0; i < calls; ++i) {
+          const std::string payload = "[" + std::to_string(t) + ", " + std::to_string(i) + "]";
+          try {
+            if (invoke(python_spec("echo:handler"), payload).result == payload) ++ok;
+          } catch (const Error& e) {
+            ADD_FAILURE() << e.what();
+          }
+        }
+      });
+    }
+    for (auto& w : workers) w.join();
+    return ok;
+  }
+
   // Runs the invocation expecting a blixard::Error; returns it.
   Error invoke_error(const v1::FunctionSpec& spec, const std::string& payload,
                      std::chrono::milliseconds timeout = std::chrono::milliseconds(0)) {
@@ -458,24 +479,7 @@ TEST_F(SandboxTest, LargePayloadsRoundTrip) {
   EXPECT_EQ(invoke(python_spec("echo:handler"), payload).result, payload);
 }
 
-TEST_F(SandboxTest, ConcurrentInvocations) {
-  std::atomic<int> ok{0};
-  std::vector<std::thread> threads;
-  for (int t = 0; t < 4; ++t) {
-    threads.emplace_back([&, t] {
-      for (int i = 0; i < 3; ++i) {
-        const std::string payload = "[" + std::to_string(t) + ", " + std::to_string(i) + "]";
-        try {
-          if (invoke(python_spec("echo:handler"), payload).result == payload) ++ok;
-        } catch (const Error& e) {
-          ADD_FAILURE() << e.what();
-        }
-      }
-    });
-  }
-  for (auto& th : threads) th.join();
-  EXPECT_EQ(ok, 12);
-}
+TEST_F(SandboxTest, ConcurrentInvocations) { EXPECT_EQ(concurrent_echoes(4, 3), 12); }
 
 TEST_F(SandboxTest, ShutdownKillsInFlightInstancesAndRefusesNewCalls) {
   std::optional<Error> error;
@@ -654,22 +658,7 @@ TEST_F(SandboxTest, IdleCgroupsAreRemovedWithTheDriver) {
   const auto parents = cgroup_parents();
   if (parents.empty()) GTEST_SKIP() << "no cgroups";
   // Several at once: more groups than the driver made when it started.
-  std::vector<std::thread> threads;
-  std::atomic<int> ok{0};
-  for (int t = 0; t < 4; ++t) {
-    threads.emplace_back([&, t] {
-      for (int i = 0; i < 3; ++i) {
-        const std::string payload = std::to_string(t * 10 + i);
-        try {
-          if (invoke(python_spec("echo:handler"), payload).result == payload) ++ok;
-        } catch (const Error& e) {
-          ADD_FAILURE() << e.what();
-        }
-      }
-    });
-  }
-  for (auto& th : threads) th.join();
-  EXPECT_EQ(ok, 12);
+  EXPECT_EQ(concurrent_echoes(4, 3), 12);
   for (const auto& parent : parents) {
     const auto groups = subgroups(parent);
     if (reuses_cgroups()) {
