@@ -474,6 +474,40 @@ TEST_F(SandboxTest, ResponseOverTheLimitIsPayloadTooLarge) {
   EXPECT_EQ(invoke_error(spec, R"({"n": 200000})").code(), errc::payload_too_large);
 }
 
+// Calls in flight together on one instance whose handler answers out of order (4 at a time in
+// threads): one caller reads the response pipe at a time and hands the others their answers, so
+// each must get its own.
+TEST_F(SandboxTest, ManyCallsInFlightOnOneInstanceEachGetTheirOwnAnswer) {
+  InstanceOptions o;
+  o.function = "fn";
+  o.spec = python_spec("echo:handler");
+  o.spec.mutable_scaling()->set_target_concurrency(4);
+  auto instance = driver_->start(o);
+  constexpr int k_threads = 6;
+  constexpr int k_calls = 40;
+  std::atomic<int> right{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < k_threads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < k_calls; ++i) {
+        Invocation inv;
+        inv.function = "fn";
+        inv.spec = o.spec;
+        inv.request_id = "r" + std::to_string(t) + "-" + std::to_string(i);
+        inv.payload = "\"" + inv.request_id + "\"";
+        try {
+          if (instance->call(inv).result == inv.payload) ++right;
+        } catch (const Error& e) {
+          ADD_FAILURE() << e.what();
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(right, k_threads * k_calls);
+  EXPECT_TRUE(instance->alive());
+}
+
 TEST_F(SandboxTest, LargePayloadsRoundTrip) {
   const std::string payload = "\"" + std::string(5u << 20, 'z') + "\"";
   EXPECT_EQ(invoke(python_spec("echo:handler"), payload).result, payload);
