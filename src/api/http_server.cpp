@@ -872,9 +872,9 @@ class Session : public std::enable_shared_from_this<Session> {
   // The sweep's verdict, on the session's strand: past the deadline of the read or write in
   // progress, the connection is closed (that operation ends with an error and the session with it).
   void expire_if_late(std::int64_t now_ns) {
-    const std::int64_t deadline = deadline_ns_.load(std::memory_order_relaxed);
-    if (deadline != 0 && deadline <= now_ns) close();
+    if (late(now_ns)) close();
   }
+  // A read or write is in progress and past its deadline.
   bool late(std::int64_t now_ns) const {
     const std::int64_t deadline = deadline_ns_.load(std::memory_order_relaxed);
     return deadline != 0 && deadline <= now_ns;

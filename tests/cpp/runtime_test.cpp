@@ -254,8 +254,7 @@ class SandboxTest : public ::testing::Test {
   }
 
   static std::string read_text(const fs::path& path) {
-    std::ifstream in(path);
-    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    std::string text = test_support::read_proc_file(path);
     while (!text.empty() && text.back() == '\n') text.pop_back();
     return text;
   }
