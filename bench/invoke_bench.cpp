@@ -12,10 +12,13 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -101,6 +104,7 @@ class HttpClient {
     ::setsockopt(fd_, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   }
   ~HttpClient() { ::close(fd_); }
+  int fd() const { return fd_; }
   HttpClient(const HttpClient&) = delete;
   HttpClient& operator=(const HttpClient&) = delete;
 
@@ -463,6 +467,148 @@ void BM_SdkAsyncInvoke(benchmark::State& state, const char* name) {
   }
   state.SetItemsProcessed(state.iterations() * static_cast<std::int64_t>(depth));
 }
+
+// ---- An event-driven load driver: one thread keeps `connections` keep-alive connections busy
+// through epoll, as wrk does, so the client's own sleeps and wakeups (a blocking thread per
+// connection pays two a call) do not bound what the server under test can do.
+
+class LoadDriver {
+ public:
+  LoadDriver(unsigned short port, const std::string& path, int connections)
+      : request_("POST " + path +
+                 " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 "Content-Length: " +
+                 std::to_string(k_payload.size()) + "\r\n\r\n" + k_payload),
+        epoll_(::epoll_create1(EPOLL_CLOEXEC)) {
+    for (int i = 0; i < connections; ++i) {
+      auto c = std::make_unique<HttpClient>(port);
+      epoll_event ev{};
+      ev.events = EPOLLIN;
+      ev.data.u32 = static_cast<std::uint32_t>(i);
+      ::epoll_ctl(epoll_, EPOLL_CTL_ADD, c->fd(), &ev);
+      conns_.push_back({std::move(c), {}, {}});
+    }
+  }
+  ~LoadDriver() { ::close(epoll_); }
+  LoadDriver(const LoadDriver&) = delete;
+  LoadDriver& operator=(const LoadDriver&) = delete;
+
+  // Every connection sends a call, and each answer is followed by the next call on its
+  // connection until `duration` has passed; the calls then in flight are answered before it
+  // returns. Latencies go to `us` (when not null). False: a call failed or went unanswered.
+  bool run(std::chrono::duration<double> duration, std::vector<double>* us, double* seconds) {
+    const auto start = Clock::now();
+    const auto stop = start + std::chrono::duration_cast<Clock::duration>(duration);
+    std::size_t in_flight = 0;
+    for (auto& c : conns_) {
+      if (!send(c)) return false;
+      ++in_flight;
+    }
+    std::array<epoll_event, 64> events;
+    char chunk[65536];
+    while (in_flight > 0) {
+      const int n = ::epoll_wait(epoll_, events.data(), static_cast<int>(events.size()), 5000);
+      if (n <= 0) return false;  // nothing for 5 s: a call hangs
+      const auto now = Clock::now();
+      for (int e = 0; e < n; ++e) {
+        Conn& c = conns_[events[static_cast<std::size_t>(e)].data.u32];
+        const ssize_t r = ::recv(c.client->fd(), chunk, sizeof chunk, 0);
+        if (r <= 0) return false;
+        c.buf.append(chunk, static_cast<std::size_t>(r));
+        const auto end = c.buf.find("\r\n\r\n");
+        if (end == std::string::npos) continue;
+        const std::size_t need = end + 4 + content_length(c.buf.substr(0, end + 2));
+        if (c.buf.size() < need) continue;
+        if (c.buf.compare(0, 12, "HTTP/1.1 200") != 0) return false;
+        c.buf.erase(0, need);
+        if (us != nullptr)
+          us->push_back(std::chrono::duration<double, std::micro>(now - c.sent).count());
+        --in_flight;
+        if (now < stop) {
+          if (!send(c)) return false;
+          ++in_flight;
+        }
+      }
+    }
+    *seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    return true;
+  }
+
+ private:
+  struct Conn {
+    std::unique_ptr<HttpClient> client;
+    std::string buf;
+    Clock::time_point sent;
+  };
+  bool send(Conn& c) {
+    c.sent = Clock::now();
+    return send_all(c.client->fd(), request_);
+  }
+
+  std::string request_;
+  int epoll_;
+  std::vector<Conn> conns_;
+};
+
+double process_cpu_seconds() {
+  rusage ru{};
+  ::getrusage(RUSAGE_SELF, &ru);
+  auto sec = [](const timeval& t) { return static_cast<double>(t.tv_sec) + t.tv_usec / 1e6; };
+  return sec(ru.ru_utime) + sec(ru.ru_stime);
+}
+
+// `state.range(0)` connections from one thread: a warm-up (the pool scales to the demand), then
+// k_min_time timed.
+void load_bench(benchmark::State& state, const std::string& label, unsigned short port,
+                const std::string& path) {
+  const int connections = static_cast<int>(state.range(0));
+  LoadDriver driver(port, path, connections);
+  double seconds = 0;
+  if (!driver.run(std::chrono::milliseconds(500), nullptr, &seconds)) {
+    return state.SkipWithError("a warm-up call failed");
+  }
+  std::vector<double> us;
+  us.reserve(1 << 18);
+  const double cpu_before = process_cpu_seconds();
+  for (auto _ : state) {
+    if (!driver.run(std::chrono::duration<double>(k_min_time), &us, &seconds)) {
+      return state.SkipWithError("a call failed");
+    }
+  }
+  Figures f;
+  f.per_second = static_cast<double>(us.size()) / seconds;
+  f.p50 = bench::percentile(us, 50);
+  f.p99 = bench::percentile(us, 99);
+  // This process's CPU (server, agent and load driver; not the handlers) per call.
+  state.counters["cpu_us_per_call"] =
+      (process_cpu_seconds() - cpu_before) * 1e6 / static_cast<double>(us.size());
+  state.counters["calls_per_s"] = f.per_second;
+  state.counters["p50_us"] = f.p50;
+  state.counters["p99_us"] = f.p99;
+  g_figures[label + "/conns:" + std::to_string(connections)].push_back(f);
+}
+
+void BM_Load_BareHttp(benchmark::State& state) {
+  load_bench(state, "bare-http", Env::get().bare.port(), "/echo");
+}
+void BM_Load_GatewayNoop(benchmark::State& state) {
+  load_bench(state, "gateway-noop", Env::get().noop_gateway->port(), "/bench/noop");
+}
+void BM_Load_HttpTrigger(benchmark::State& state, const char* name) {
+  auto& env = Env::get();
+  if (std::string(name) == "python" && !env.python_error.empty()) {
+    return state.SkipWithError(env.python_error.c_str());
+  }
+  load_bench(state, std::string("http-trigger-") + name, env.gateway->port(),
+             std::string("/bench/") + name);
+}
+
+#define BLIXARD_LOAD_BENCH(b) b->UseRealTime()->Iterations(1)->Arg(4)->Arg(16)
+
+BLIXARD_LOAD_BENCH(BENCHMARK(BM_Load_BareHttp));
+BLIXARD_LOAD_BENCH(BENCHMARK(BM_Load_GatewayNoop));
+BLIXARD_LOAD_BENCH(BENCHMARK_CAPTURE(BM_Load_HttpTrigger, native, "native"));
+BLIXARD_LOAD_BENCH(BENCHMARK_CAPTURE(BM_Load_HttpTrigger, python, "python"));
 
 #define BLIXARD_LATENCY_BENCH(b) \
   b->UseRealTime()->MinTime(k_min_time)->Threads(1)->Threads(2)->Threads(4)

@@ -39,6 +39,7 @@
 #include "blixard/error.hpp"
 #include "common/json.hpp"
 #include "common/json_sax.hpp"
+#include "common/sigpipe.hpp"
 
 namespace blixard::api {
 namespace {
@@ -344,11 +345,17 @@ struct StreamSlot {
   std::atomic<std::size_t>& open;
 };
 
+// Where an asynchronous call's answer goes (any thread; the session takes it to its strand).
+using Answer = std::function<void(Response)>;
+// Starts a call that answers through Answer later (true), or does nothing (false).
+using AsyncStart = std::function<bool(const asio::any_io_executor&, Answer)>;
+
 // How a routed request is answered.
 struct Routed {
   enum class Mode {
     now,     // cheap: answered on the io thread
     worker,  // a Backend call on the worker pool
+    async,   // `start` without a thread waiting, else `job` as a worker call
     waiter,  // a long poll that may wait: on the stream pool, holding a stream slot
     stream,  // an NDJSON stream: `poll` in a loop on the stream pool, holding a slot
   };
@@ -356,6 +363,7 @@ struct Routed {
   Job job;
   Poll poll;
   std::int64_t after = 0;
+  AsyncStart start;
 };
 
 // ---- The trigger gateway ------------------------------------------------------------------
@@ -375,6 +383,19 @@ Response gateway_error(unsigned status, std::string_view code, const std::string
 
 Response gateway_error(errc code, const std::string& message) {
   return gateway_error(static_cast<unsigned>(http_status(code)), to_string(code), message);
+}
+
+// The gateway's answer for a failed call.
+Response gateway_failure(const std::exception_ptr& error) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const Error& e) {
+    return gateway_error(e.code(), e.message());
+  } catch (const std::exception& e) {
+    return gateway_error(errc::internal, e.what());
+  } catch (...) {
+    return gateway_error(errc::internal, "unknown exception");
+  }
 }
 
 // "/a/b/" and "/a/b" are one path; "/" stays itself.
@@ -775,6 +796,23 @@ struct Core {
   std::shared_ptr<const RouteTable> routes;
   std::mutex refresh_mu;  // one routing-table read at a time
 
+  // Asynchronous calls whose answer has not come back: their reads run on the contexts, which
+  // stop() keeps running until there are none.
+  std::mutex async_mu;
+  std::condition_variable async_cv;
+  std::size_t async_calls = 0;
+  bool async_closed = false;
+  bool begin_async() {
+    std::lock_guard lock(async_mu);
+    if (async_closed) return false;
+    ++async_calls;
+    return true;
+  }
+  void end_async() {
+    std::lock_guard lock(async_mu);
+    if (--async_calls == 0 && async_closed) async_cv.notify_all();
+  }
+
   // Backend calls running (at most options.workers) and those waiting for one of them to end.
   std::mutex calls_mu;
   std::size_t calls_running = 0;
@@ -823,13 +861,18 @@ struct Core {
   Routed route_logs(const std::shared_ptr<const Request>& req, const std::string& name,
                     const Target& t);
   Routed route_events(const std::shared_ptr<const Request>& req, const Target& t);
-  Response invoke(const Request& req, const std::string& name, const Target& t);
+  // POST /v1/functions/NAME/invoke: the call and its answer.
+  v1::InvokeRequest invoke_request(const Request& req, const std::string& name,
+                                   const Target& t) const;
+  static Response invoke_response(v1::InvokeResponse out);
   bool authorized(const Request& req) const;
   std::shared_ptr<StreamSlot> try_stream_slot();
   Response streams_busy() const;
 
   Response gateway(const Request& req);
-  Response gateway_call(const Request& req);
+  // The call a gateway request makes, or (returned) the answer when it makes none (405).
+  std::optional<Response> gateway_request(const Request& req, v1::InvokeRequest& call);
+  static Response gateway_answer(v1::InvokeResponse out);
   std::shared_ptr<const RouteTable> route_table(bool missed);
 };
 
@@ -980,6 +1023,8 @@ class Session : public std::enable_shared_from_this<Session> {
         return write(run_job(routed.job), version, req);
       case Routed::Mode::worker:
         return run_call(std::move(routed.job), version, req);
+      case Routed::Mode::async:
+        return run_async(std::move(routed), version, req);
       case Routed::Mode::waiter:
       case Routed::Mode::stream: {
         auto slot = server_.try_stream_slot();
@@ -1003,6 +1048,31 @@ class Session : public std::enable_shared_from_this<Session> {
       };
     });
     if (now) finish_call(job, version, std::move(req));
+  }
+
+  // A call that needs no thread while it runs (a warm invocation): its answer comes back to this
+  // strand. One the Backend cannot start so runs as a worker call.
+  void run_async(Routed routed, unsigned version, std::shared_ptr<const Request> req) {
+    if (server_.begin_async()) {
+      auto self = shared_from_this();
+      Answer answer = [self, version, req](Response res) {
+        asio::dispatch(self->stream_.get_executor(),
+                       [self, version, req, res = std::move(res)]() mutable {
+                         self->server_.end_async();
+                         self->write(std::move(res), version, req);
+                       });
+      };
+      bool started = false;
+      try {
+        started = routed.start(stream_.get_executor(), std::move(answer));
+      } catch (...) {
+        server_.end_async();
+        return write(error_from_current(), version, req);
+      }
+      if (started) return;
+      server_.end_async();
+    }
+    run_call(std::move(routed.job), version, std::move(req));
   }
 
   // Runs a call that holds one of the `workers` places, then answers.
@@ -1294,6 +1364,7 @@ Response Core::run_blocking(const Job& job) {
 // A thread's life: run a context one handler at a time until displaced, then wait as a spare.
 void Core::io_loop(IoWorker& me) {
   t_io_worker = &me;
+  block_sigpipe_in_this_thread();  // Backend calls write to handlers' pipes from here
   std::unique_lock lock(roles_mu);
   for (;;) {
     me.wake.wait(lock, [&] { return me.context != nullptr || threads_stopping; });
@@ -1374,9 +1445,12 @@ bool Core::authorized(const Request& req) const {
 
 namespace {
 
-Routed immediate(Job job) { return {Routed::Mode::now, std::move(job), {}, 0}; }
-Routed worker(Job job) { return {Routed::Mode::worker, std::move(job), {}, 0}; }
-Routed waiter(Job job) { return {Routed::Mode::waiter, std::move(job), {}, 0}; }
+Routed immediate(Job job) { return {Routed::Mode::now, std::move(job), {}, 0, {}}; }
+Routed worker(Job job) { return {Routed::Mode::worker, std::move(job), {}, 0, {}}; }
+Routed async_or_worker(AsyncStart start, Job job) {
+  return {Routed::Mode::async, std::move(job), {}, 0, std::move(start)};
+}
+Routed waiter(Job job) { return {Routed::Mode::waiter, std::move(job), {}, 0, {}}; }
 
 Routed not_found(const std::shared_ptr<const Request>& req) {
   return immediate([req] {
@@ -1404,7 +1478,26 @@ auto sliced_poll(F poll, milliseconds wait, milliseconds slice_max,
 }  // namespace
 
 Routed Core::route(const std::shared_ptr<const Request>& req) {
-  if (!is_api_target(req->target())) return worker([this, req] { return gateway(*req); });
+  if (!is_api_target(req->target())) {
+    return async_or_worker(
+        [this, req](const asio::any_io_executor& executor, Answer answer) {
+          v1::InvokeRequest call;
+          try {
+            if (auto early = gateway_request(*req, call)) {
+              answer(std::move(*early));
+              return true;
+            }
+            return backend->try_invoke_async(
+                call, executor, [answer](std::exception_ptr error, v1::InvokeResponse out) {
+                  answer(error ? gateway_failure(error) : gateway_answer(std::move(out)));
+                });
+          } catch (...) {
+            answer(gateway_failure(std::current_exception()));
+            return true;
+          }
+        },
+        [this, req] { return gateway(*req); });
+  }
   const Target t = parse_target(req->target());
   const auto method = req->method();
   const auto& s = t.segments;
@@ -1611,7 +1704,20 @@ Routed Core::route_kind(const std::shared_ptr<const Request>& req, Kind kind, co
   if (s.size() == 4 && kind == Kind::function) {
     if (s[3] == "invoke") {
       if (method != http::verb::post) return not_allowed(req, "POST");
-      return worker([this, req, name, t] { return invoke(*req, name, t); });
+      auto call = std::make_shared<v1::InvokeRequest>(invoke_request(*req, name, t));
+      return async_or_worker(
+          [backend, call](const asio::any_io_executor& executor, Answer answer) {
+            return backend->try_invoke_async(
+                *call, executor, [answer](std::exception_ptr error, v1::InvokeResponse out) {
+                  if (!error) return answer(invoke_response(std::move(out)));
+                  try {
+                    std::rethrow_exception(error);
+                  } catch (...) {
+                    answer(error_from_current());
+                  }
+                });
+          },
+          [backend, call] { return invoke_response(backend->invoke(*call)); });
     }
     if (s[3] == "metrics") {
       if (method != http::verb::get) return not_allowed(req, "GET");
@@ -1626,7 +1732,8 @@ Routed Core::route_kind(const std::shared_ptr<const Request>& req, Kind kind, co
   return not_found(req);
 }
 
-Response Core::invoke(const Request& req, const std::string& name, const Target& t) {
+v1::InvokeRequest Core::invoke_request(const Request& req, const std::string& name,
+                                       const Target& t) const {
   v1::InvokeRequest call;
   call.set_function(name);
   std::string_view body = req.body();
@@ -1645,7 +1752,10 @@ Response Core::invoke(const Request& req, const std::string& name, const Target&
   if (const std::string* timeout = t.param("timeout")) {
     *call.mutable_timeout() = parse_duration(*timeout);
   }
-  v1::InvokeResponse out = backend->invoke(call);
+  return call;
+}
+
+Response Core::invoke_response(v1::InvokeResponse out) {
   if (out.has_error() && !out.error().code().empty()) return error_response(out.error());
   Response res{http::status::ok, 11};
   res.set(http::field::content_type, k_json);
@@ -1715,17 +1825,24 @@ std::shared_ptr<const RouteTable> Core::route_table(bool missed) {
 
 Response Core::gateway(const Request& req) {
   try {
-    return gateway_call(req);
-  } catch (const Error& e) {
-    return gateway_error(e.code(), e.message());
-  } catch (const std::exception& e) {
-    return gateway_error(errc::internal, e.what());
+    v1::InvokeRequest call;
+    if (auto early = gateway_request(req, call)) return std::move(*early);
+    return gateway_answer(backend->invoke(call));
   } catch (...) {
-    return gateway_error(errc::internal, "unknown exception");
+    return gateway_failure(std::current_exception());
   }
 }
 
-Response Core::gateway_call(const Request& req) {
+Response Core::gateway_answer(v1::InvokeResponse out) {
+  try {
+    if (out.has_error() && !out.error().code().empty()) throw Error(out.error());
+    return gateway_result(std::move(out));
+  } catch (...) {
+    return gateway_failure(std::current_exception());
+  }
+}
+
+std::optional<Response> Core::gateway_request(const Request& req, v1::InvokeRequest& call) {
   std::string_view target = req.target();
   const auto q = target.find('?');
   const std::string_view raw_path = target.substr(0, q);
@@ -1753,13 +1870,10 @@ Response Core::gateway_call(const Request& req) {
     return res;
   }
 
-  v1::InvokeRequest call;
   call.set_function(route->function);
   call.set_payload(gateway_event(req, raw_path, raw_query, decoded_path));
   call.set_request_id(std::string(req["X-Blixard-Request-Id"]));
-  v1::InvokeResponse out = backend->invoke(call);
-  if (out.has_error() && !out.error().code().empty()) throw Error(out.error());
-  return gateway_result(std::move(out));
+  return std::nullopt;
 }
 
 HttpServer::HttpServer(std::shared_ptr<detail::Backend> backend, HttpServerOptions options)
@@ -1835,6 +1949,13 @@ void HttpServer::stop() {
   if (!im.started || im.stopped) return;
   im.stopped = true;
   im.stopping = true;  // streams and long polls end after their current Backend poll slice
+  {
+    // Asynchronous calls read their answers on the contexts: let them end first (a timeout or
+    // the Backend's shutdown ends each), and start no more.
+    std::unique_lock lock(im.async_mu);
+    im.async_closed = true;
+    im.async_cv.wait(lock, [&] { return im.async_calls == 0; });
+  }
   // Stop the io threads, which waits for the Backend calls running on them (no new call starts:
   // the contexts are stopped, waiting ones are dropped below); the answers of calls that end
   // meanwhile are written if the socket takes them at once, or dropped with the contexts.

@@ -32,6 +32,9 @@ constexpr const char* k_triggers_prefix = "/registry/triggers/";
 // Label that marks a trigger generated from a function's inline `triggers` list.
 constexpr const char* k_owner_label = "blixard.dev/function";
 constexpr std::size_t k_default_max_payload = 6u << 20;
+// Payloads up to this go to the handler without a thread waiting: the request frame fits in the
+// handler's empty request pipe (64 KiB), so writing it never blocks the caller's io thread.
+constexpr std::size_t k_async_payload_max = 48u << 10;
 constexpr int k_apply_attempts = 5;
 
 std::string random_hex(std::size_t bytes) {
@@ -479,11 +482,13 @@ v1::NodeList Service::list_nodes() {
   return list_objects<v1::NodeList>(*store_, control::k_nodes_prefix);
 }
 
-v1::InvokeResponse Service::invoke(const v1::InvokeRequest& request) {
+std::shared_ptr<runtime::Invocation> Service::invocation_of(const v1::InvokeRequest& request,
+                                                            std::int64_t& version) {
   if (closed_) throw Error(errc::unavailable, "the cluster is closed");
   // The stored spec only (the pools' status is not needed per call), cached: no store read.
   const auto fn = stored_spec(request.function());
   const auto& spec = fn->spec;
+  version = fn->version;
 
   std::string payload = request.payload().empty() ? "{}" : request.payload();
   const std::size_t max_payload =
@@ -498,24 +503,51 @@ v1::InvokeResponse Service::invoke(const v1::InvokeRequest& request) {
     throw Error(errc::invalid_spec, "payload is not JSON: " + ec.message(), "payload");
   }
 
-  runtime::Invocation invocation;
-  invocation.function = request.function();
-  invocation.spec = spec;
-  invocation.payload = std::move(payload);
-  invocation.request_id = request.request_id().empty() ? random_hex(8) : request.request_id();
+  auto invocation = std::make_shared<runtime::Invocation>();
+  invocation->function = request.function();
+  invocation->spec = spec;
+  invocation->payload = std::move(payload);
+  invocation->request_id = request.request_id().empty() ? random_hex(8) : request.request_id();
   if (request.has_timeout()) {
-    invocation.timeout =
+    invocation->timeout =
         std::chrono::milliseconds(TimeUtil::DurationToMilliseconds(request.timeout()));
   }
-  auto outcome = pools_->invoke(fn->version, invocation);
+  return invocation;
+}
 
+v1::InvokeResponse Service::response_of(const runtime::Invocation& invocation,
+                                        runtime::InvocationResult outcome,
+                                        const std::string& node) {
   v1::InvokeResponse response;
   response.set_request_id(invocation.request_id);
   response.set_result(std::move(outcome.result));
   response.set_cold_start(outcome.cold_start);
-  response.set_node(node_->name());
+  response.set_node(node);
   *response.mutable_duration() = TimeUtil::MicrosecondsToDuration(outcome.duration.count());
   return response;
+}
+
+v1::InvokeResponse Service::invoke(const v1::InvokeRequest& request) {
+  std::int64_t version = 0;
+  const auto invocation = invocation_of(request, version);
+  return response_of(*invocation, pools_->invoke(version, *invocation), node_->name());
+}
+
+bool Service::try_invoke_async(const v1::InvokeRequest& request,
+                               const boost::asio::any_io_executor& executor,
+                               InvokeCompletion complete) {
+  // A payload bigger than the pipe's buffer could block its writer: that one waits on a thread.
+  if (request.payload().size() > k_async_payload_max) return false;
+  std::int64_t version = 0;
+  std::shared_ptr<const runtime::Invocation> invocation = invocation_of(request, version);
+  return pools_->try_invoke_async(
+      version, invocation, executor,
+      // Holds what it needs: the service may be closing once the pool let go of the call.
+      [node = node_, invocation, complete = std::move(complete)](
+          std::exception_ptr error, runtime::InvocationResult outcome) {
+        if (error) return complete(error, {});
+        complete(nullptr, response_of(*invocation, std::move(outcome), node->name()));
+      });
 }
 
 v1::ServerInfo Service::info() {

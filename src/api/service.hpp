@@ -40,6 +40,9 @@ class Service final : public detail::Backend {
   v1::TriggerList list_triggers() override;
   v1::NodeList list_nodes() override;
   v1::InvokeResponse invoke(const v1::InvokeRequest& request) override;
+  bool try_invoke_async(const v1::InvokeRequest& request,
+                        const boost::asio::any_io_executor& executor,
+                        InvokeCompletion complete) override;
   v1::ServerInfo info() override;
   v1::FunctionMetrics function_metrics(const std::string& name) override;
   std::string prometheus_metrics() override;
@@ -71,6 +74,11 @@ class Service final : public detail::Backend {
   // The spec from the cache the functions watch keeps, or from the store when the cache may miss
   // a write (the watch is behind an apply that returned) or does not know the name.
   std::shared_ptr<const StoredSpec> stored_spec(const std::string& function);
+  // The checked invocation of `request` (payload size and JSON), and its stored spec's version.
+  std::shared_ptr<runtime::Invocation> invocation_of(const v1::InvokeRequest& request,
+                                                     std::int64_t& version);
+  static v1::InvokeResponse response_of(const runtime::Invocation& invocation,
+                                        runtime::InvocationResult outcome, const std::string& node);
   void cache_spec(const std::string& function, std::int64_t version, v1::FunctionSpec spec);
 
   std::shared_ptr<store::Store> store_;

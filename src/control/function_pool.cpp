@@ -79,6 +79,9 @@ struct FunctionPools::Slot {
   std::optional<Error> start_error;
   std::uint32_t in_flight = 0;
   Clock::time_point last_used = Clock::now();
+  // The execution context whose reactor read this instance's last asynchronous answer: its pipe
+  // is registered there, so another call from that context costs no re-registration.
+  const void* reactor = nullptr;
   google::protobuf::Timestamp started_at = TimeUtil::GetCurrentTime();
 };
 
@@ -245,6 +248,115 @@ void FunctionPools::retire(const std::string& function, const std::shared_ptr<Sl
   changed_.notify_all();
 }
 
+std::shared_ptr<FunctionPools::Slot> FunctionPools::pick_ready(Pool& pool,
+                                                               const void* reactor) const {
+  const std::uint32_t target = pool.target();
+  std::shared_ptr<Slot> slot;
+  // A ready instance of the current spec with room: the busiest (pack calls, so the others idle
+  // out), then one whose pipe the caller's reactor already watches, then the most recently used
+  // (its caches are warm).
+  auto better = [reactor](const Slot& a, const Slot& b) {
+    if (a.in_flight != b.in_flight) return a.in_flight > b.in_flight;
+    const bool a_here = reactor != nullptr && a.reactor == reactor;
+    const bool b_here = reactor != nullptr && b.reactor == reactor;
+    if (a_here != b_here) return a_here;
+    return a.last_used > b.last_used;
+  };
+  for (auto& s : pool.slots) {
+    if (s->version != pool.version || s->phase != Slot::Phase::ready || s->in_flight >= target) {
+      continue;
+    }
+    if (!slot || better(*s, *slot)) slot = s;
+  }
+  return slot;
+}
+
+FunctionPools::Pool& FunctionPools::admit(std::int64_t version, const runtime::Invocation& inv) {
+  if (closed_) throw Error(errc::unavailable, "the cluster is shut down");
+  Pool& pool = pool_for(inv.function);
+  apply_spec(pool, version, inv.spec);
+  if (pool.deleted) throw Error(errc::unavailable, "function \"" + inv.function + "\" was deleted");
+  const std::uint32_t limit = pool.spec.concurrent_executions();
+  if (limit != 0 && pool.in_flight >= limit) {
+    throttle(pool, "at its limit of " + std::to_string(limit) + " concurrent executions");
+  }
+  return pool;
+}
+
+void FunctionPools::take_place(Pool& pool, Slot& slot) {
+  ++slot.in_flight;
+  ++pool.in_flight;
+  note_concurrency(pool);
+}
+
+bool FunctionPools::give_place(const std::string& function, Slot& slot) {
+  --slot.in_flight;
+  slot.last_used = Clock::now();
+  auto it = pools_.find(function);
+  if (it == pools_.end()) return true;
+  Pool& pool = *it->second;
+  --pool.in_flight;
+  note_concurrency(pool);
+  // Only someone waiting for this call to end needs waking: the maintenance loop to stop a drained
+  // slot or a deleted pool, close() for the calls in flight. Waking it on every call costs each
+  // warm call a context switch.
+  return closed_ || pool.deleted || (slot.in_flight == 0 && slot.version != pool.version);
+}
+
+Error FunctionPools::map_error(const std::string& function, const Error& e) const {
+  auto it = pools_.find(function);
+  if (it == pools_.end() || it->second->deleted) {
+    return Error(errc::unavailable, "function \"" + function + "\" was deleted");
+  }
+  if (closed_) return Error(errc::unavailable, "the cluster is shut down");
+  return e;
+}
+
+void FunctionPools::record_success(const std::string& function, const std::string& request_id,
+                                   const runtime::Instance& instance,
+                                   const runtime::InvocationResult& out) {
+  telemetry_->record_invocation(function, Outcome::ok, out.duration, out.cold_start);
+  // `function watch` shows where each call ran; about a microsecond beside tens per call.
+  record(function, out.cold_start ? "ColdStart" : "Invoked",
+         "request " + request_id + " served by " + instance.name() + " in " +
+             std::to_string(out.duration.count()) + " us");
+}
+
+FunctionPools::Failure FunctionPools::call_failed(const std::string& function,
+                                                  const std::shared_ptr<Slot>& slot,
+                                                  const runtime::Instance& instance,
+                                                  const Error& raw, bool cold, bool first_try) {
+  // A crash or a timeout kill ends the instance; its exit is reported asynchronously, so take it
+  // out of rotation now or the next call could be handed the dead instance.
+  const bool dead = !instance.alive();
+  if (dead) retire(function, slot, raw.code() == errc::timeout ? "" : "ended: " + raw.message());
+  bool wake = false;
+  Failure out{Error(errc::internal, ""), false};
+  {
+    std::lock_guard lock(mutex_);
+    wake = give_place(function, *slot);
+    out.error = map_error(function, raw);
+  }
+  if (wake) changed_.notify_all();
+  if (dead && first_try && raw.code() == errc::unavailable &&
+      out.error.code() == errc::unavailable && out.error.message() == raw.message()) {
+    // The instance died before this call reached it: nothing ran, so try a live one.
+    out.retry = true;
+    return out;
+  }
+  record_failure(function, out.error, cold);
+  return out;
+}
+
+void FunctionPools::record_failure(const std::string& function, const Error& e, bool cold) {
+  if (e.code() == errc::timeout) {
+    telemetry_->record_invocation(function, Outcome::timeout, std::chrono::microseconds(0), cold);
+    record(function, "TimedOut", e.message());
+  } else {
+    telemetry_->record_invocation(function, Outcome::error, std::chrono::microseconds(0), cold);
+  }
+}
+
 runtime::InvocationResult FunctionPools::invoke_attempt(std::int64_t version,
                                                         const runtime::Invocation& inv,
                                                         int attempt) {
@@ -255,32 +367,14 @@ runtime::InvocationResult FunctionPools::invoke_attempt(std::int64_t version,
   v1::FunctionSpec spec;
   {
     std::unique_lock lock(mutex_);
-    if (closed_) throw Error(errc::unavailable, "the cluster is shut down");
-    Pool& pool = pool_for(function);
-    apply_spec(pool, version, inv.spec);
-    if (pool.deleted) throw Error(errc::unavailable, "function \"" + function + "\" was deleted");
+    Pool& pool = admit(version, inv);
     spec = pool.spec;
-    const std::uint32_t limit = spec.concurrent_executions();
-    if (limit != 0 && pool.in_flight >= limit) {
-      throttle(pool, "at its limit of " + std::to_string(limit) + " concurrent executions");
-    }
-    const std::uint32_t target = pool.target();
-    // A ready instance of the current spec with room: the busiest (pack calls, so the others
-    // idle out), then the most recently used (its caches are warm).
-    for (auto& s : pool.slots) {
-      if (s->version != pool.version || s->phase != Slot::Phase::ready || s->in_flight >= target) {
-        continue;
-      }
-      if (!slot || s->in_flight > slot->in_flight ||
-          (s->in_flight == slot->in_flight && s->last_used > slot->last_used)) {
-        slot = s;
-      }
-    }
-    if (!slot && target > 1) {
+    slot = pick_ready(pool, nullptr);
+    if (!slot && pool.target() > 1) {
       // Share an instance that is starting, as its other calls will.
       for (auto& s : pool.slots) {
         if (s->version == pool.version && s->phase == Slot::Phase::starting &&
-            s->in_flight < target) {
+            s->in_flight < pool.target()) {
           slot = s;
           cold = true;
           break;
@@ -299,42 +393,8 @@ runtime::InvocationResult FunctionPools::invoke_attempt(std::int64_t version,
       pool.slots.push_back(slot);
       cold = starter = true;
     }
-    ++slot->in_flight;
-    ++pool.in_flight;
-    note_concurrency(pool);
+    take_place(pool, *slot);
   }
-
-  // Gives the call's place back, whatever happened.
-  auto release = [&](bool stop_if_draining) {
-    bool wake = false;
-    {
-      std::lock_guard lock(mutex_);
-      --slot->in_flight;
-      slot->last_used = Clock::now();
-      auto it = pools_.find(function);
-      if (it != pools_.end()) {
-        Pool& pool = *it->second;
-        --pool.in_flight;
-        note_concurrency(pool);
-        // Only someone waiting for this call to end needs waking: the maintenance loop to stop
-        // a drained slot or a deleted pool, close() for the calls in flight. Waking it on every
-        // call costs each warm call a context switch.
-        wake = closed_ || pool.deleted || (slot->in_flight == 0 && slot->version != pool.version);
-      } else {
-        wake = true;
-      }
-    }
-    if (stop_if_draining && wake) changed_.notify_all();
-  };
-  auto map_error = [&](const Error& e) -> Error {
-    std::lock_guard lock(mutex_);
-    auto it = pools_.find(function);
-    if (it == pools_.end() || it->second->deleted) {
-      return Error(errc::unavailable, "function \"" + function + "\" was deleted");
-    }
-    if (closed_) return Error(errc::unavailable, "the cluster is shut down");
-    return e;
-  };
 
   if (starter) {
     start_slot(function, slot, spec);
@@ -350,8 +410,13 @@ runtime::InvocationResult FunctionPools::invoke_attempt(std::int64_t version,
     start_error = slot->start_error;
   }
   if (!instance) {
-    release(false);
-    Error e = map_error(start_error ? *start_error : Error(errc::unavailable, "instance stopped"));
+    Error e(errc::internal, "");
+    {
+      std::lock_guard lock(mutex_);
+      give_place(function, *slot);
+      e = map_error(function,
+                    start_error ? *start_error : Error(errc::unavailable, "instance stopped"));
+    }
     telemetry_->record_invocation(function,
                                   e.code() == errc::timeout ? Outcome::timeout : Outcome::error,
                                   std::chrono::microseconds(0), true);
@@ -361,33 +426,107 @@ runtime::InvocationResult FunctionPools::invoke_attempt(std::int64_t version,
   try {
     auto out = instance->call(inv);
     out.cold_start = cold;
-    release(true);
-    telemetry_->record_invocation(function, Outcome::ok, out.duration, cold);
-    // `function watch` shows where each call ran; about a microsecond beside tens per call.
-    record(function, cold ? "ColdStart" : "Invoked",
-           "request " + inv.request_id + " served by " + instance->name() + " in " +
-               std::to_string(out.duration.count()) + " us");
+    bool wake = false;
+    {
+      std::lock_guard lock(mutex_);
+      wake = give_place(function, *slot);
+    }
+    if (wake) changed_.notify_all();
+    record_success(function, inv.request_id, *instance, out);
     return out;
   } catch (const Error& raw) {
-    // A crash or a timeout kill ends the instance; its exit is reported asynchronously, so take
-    // it out of rotation now or the next call could be handed the dead instance.
-    const bool dead = !instance->alive();
-    if (dead) retire(function, slot, raw.code() == errc::timeout ? "" : "ended: " + raw.message());
-    release(true);
-    Error e = map_error(raw);
-    if (dead && attempt == 0 && raw.code() == errc::unavailable && e.code() == errc::unavailable &&
-        e.message() == raw.message()) {
-      // The instance died before this call reached it: nothing ran, so try a live one.
-      return invoke_attempt(version, inv, attempt + 1);
-    }
-    if (e.code() == errc::timeout) {
-      telemetry_->record_invocation(function, Outcome::timeout, std::chrono::microseconds(0), cold);
-      record(function, "TimedOut", e.message());
-    } else {
-      telemetry_->record_invocation(function, Outcome::error, std::chrono::microseconds(0), cold);
-    }
-    throw e;
+    Failure f = call_failed(function, slot, *instance, raw, cold, attempt == 0);
+    if (f.retry) return invoke_attempt(version, inv, attempt + 1);
+    throw f.error;
   }
+}
+
+bool FunctionPools::try_invoke_async(std::int64_t version,
+                                     std::shared_ptr<const runtime::Invocation> inv,
+                                     const boost::asio::any_io_executor& executor,
+                                     runtime::CallCompletion complete) {
+  std::shared_ptr<Slot> slot;
+  std::shared_ptr<runtime::Instance> instance;
+  {
+    std::lock_guard lock(mutex_);
+    Pool& pool = admit(version, *inv);
+    const void* reactor = &boost::asio::query(executor, boost::asio::execution::context);
+    slot = pick_ready(pool, reactor);
+    if (!slot) return false;  // it would wait for a start
+    slot->reactor = reactor;
+    instance = slot->instance;
+    take_place(pool, *slot);
+  }
+  auto call =
+      std::make_shared<AsyncCall>(AsyncCall{version, inv, slot, instance, std::move(complete)});
+  try {
+    instance->call_async(*inv, executor,
+                         [this, call](std::exception_ptr error, runtime::InvocationResult out) {
+                           async_done(*call, error, std::move(out));
+                         });
+  } catch (const Error& raw) {
+    Failure f = call_failed(inv->function, slot, *instance, raw, false, true);
+    if (f.retry) return false;  // nothing ran: invoke() finds a live instance
+    throw f.error;
+  }
+  return true;
+}
+
+void FunctionPools::async_done(const AsyncCall& call, std::exception_ptr error,
+                               runtime::InvocationResult out) {
+  const std::string& function = call.inv->function;
+  if (!error) {
+    out.cold_start = false;
+    record_success(function, call.inv->request_id, *call.instance, out);
+    // The last touch of this object: shutdown() may end it once the place is given back.
+    std::unique_lock lock(mutex_);
+    if (give_place(function, *call.slot)) changed_.notify_all();
+    lock.unlock();
+    call.complete(nullptr, std::move(out));
+    return;
+  }
+  Error raw(errc::internal, "");
+  try {
+    std::rethrow_exception(error);
+  } catch (const Error& e) {
+    raw = e;
+  } catch (const std::exception& e) {
+    raw = Error(errc::internal, e.what());
+  }
+  // Counted as a background thread before the place is given back, so shutdown() waits for the
+  // retry below too.
+  {
+    std::lock_guard lock(mutex_);
+    ++background_threads_;
+  }
+  Failure f = call_failed(function, call.slot, *call.instance, raw, false, true);
+  if (f.retry) {
+    // The retry may have to start an instance: not on the caller's reactor.
+    try {
+      std::thread([this, version = call.version, inv = call.inv, complete = call.complete] {
+        std::exception_ptr failed;
+        runtime::InvocationResult again;
+        try {
+          again = invoke_attempt(version, *inv, 1);
+        } catch (...) {
+          failed = std::current_exception();
+        }
+        background_done();
+        complete(failed, std::move(again));
+      }).detach();
+      return;
+    } catch (const std::system_error& e) {
+      f.error = Error(errc::unavailable, std::string("cannot retry the call: ") + e.what());
+    }
+  }
+  background_done();
+  call.complete(std::make_exception_ptr(f.error), {});
+}
+
+void FunctionPools::background_done() {
+  std::lock_guard lock(mutex_);
+  --background_threads_;
+  changed_.notify_all();
 }
 
 void FunctionPools::start_slot(const std::string& function, const std::shared_ptr<Slot>& slot,

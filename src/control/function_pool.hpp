@@ -16,6 +16,8 @@
 #include <thread>
 #include <vector>
 
+#include <boost/asio/any_io_executor.hpp>
+
 #include "blixard/v1/function.pb.h"
 #include "control/telemetry.hpp"
 #include "runtime/driver.hpp"
@@ -48,6 +50,13 @@ class FunctionPools {
   // pool knows replaces its spec). Throws Error: throttled, unavailable (deleted, shut down),
   // and the driver's errors (timeout, handler_failed, payload_too_large).
   runtime::InvocationResult invoke(std::int64_t version, const runtime::Invocation& invocation);
+  // The same without a thread waiting for the handler, when a ready instance has room: the call
+  // is sent, its answer read on `executor`'s reactor, and `complete` runs once it ends. False,
+  // having done nothing, when the call would wait for an instance to start: make it with
+  // invoke(). Throws what invoke() throws at once (throttled, unavailable).
+  bool try_invoke_async(std::int64_t version, std::shared_ptr<const runtime::Invocation> invocation,
+                        const boost::asio::any_io_executor& executor,
+                        runtime::CallCompletion complete);
 
   // The function was created or changed: calls go to instances of the new spec, old instances
   // drain; minInstances are started.
@@ -63,13 +72,45 @@ class FunctionPools {
 
  private:
   struct Slot;
+  struct Pool;
   // One try of invoke(); a call that found its instance already dead is retried once.
   runtime::InvocationResult invoke_attempt(std::int64_t version, const runtime::Invocation& inv,
                                            int attempt);
+  // mutex_ held: the pool of a call that may run (throws throttled, unavailable), and a ready
+  // instance of it with room (null if none), preferring one `reactor` (an execution context)
+  // already reads.
+  Pool& admit(std::int64_t version, const runtime::Invocation& inv);
+  std::shared_ptr<Slot> pick_ready(Pool& pool, const void* reactor) const;
+  // mutex_ held: a call takes its place on a slot, and gives it back (true: wake changed_).
+  void take_place(Pool& pool, Slot& slot);
+  bool give_place(const std::string& function, Slot& slot);
+  // mutex_ held: what the caller is told of `e` (unavailable once deleted or shut down).
+  Error map_error(const std::string& function, const Error& e) const;
+  void record_success(const std::string& function, const std::string& request_id,
+                      const runtime::Instance& instance, const runtime::InvocationResult& out);
+  void record_failure(const std::string& function, const Error& e, bool cold);
+  // A call on `instance` failed with `raw`: its place is given back and the failure recorded,
+  // unless it is to be retried (the instance died before the call reached it).
+  struct Failure {
+    Error error;
+    bool retry;
+  };
+  Failure call_failed(const std::string& function, const std::shared_ptr<Slot>& slot,
+                      const runtime::Instance& instance, const Error& raw, bool cold,
+                      bool first_try);
+  // A try_invoke_async() call in flight, and how it ends.
+  struct AsyncCall {
+    std::int64_t version;
+    std::shared_ptr<const runtime::Invocation> inv;
+    std::shared_ptr<Slot> slot;
+    std::shared_ptr<runtime::Instance> instance;
+    runtime::CallCompletion complete;
+  };
+  void async_done(const AsyncCall& call, std::exception_ptr error, runtime::InvocationResult out);
+  void background_done();
   // Takes a dead instance out of rotation at once, before its exit is reported; records why.
   void retire(const std::string& function, const std::shared_ptr<Slot>& slot,
               const std::string& why);
-  struct Pool;
   using Clock = std::chrono::steady_clock;
 
   Pool& pool_for(const std::string& function);

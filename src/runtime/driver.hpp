@@ -5,10 +5,13 @@
 #pragma once
 
 #include <chrono>
+#include <exception>
 #include <filesystem>
 #include <functional>
 #include <memory>
 #include <string>
+
+#include <boost/asio/any_io_executor.hpp>
 
 #include "blixard/error.hpp"
 #include "blixard/v1/function.pb.h"
@@ -49,6 +52,9 @@ struct InstanceOptions {
   std::function<void(const InstanceExit&)> on_exit;
 };
 
+// How an asynchronous call ends: an exception (the Error call() would throw) or the result.
+using CallCompletion = std::function<void(std::exception_ptr error, InvocationResult result)>;
+
 class Instance {
  public:
   // Kills the process if it still runs (without waiting for it).
@@ -62,6 +68,14 @@ class Instance {
   // handler_failed (raised, crashed, OOM, protocol error; with the last log lines),
   // payload_too_large, unavailable (the instance was stopped meanwhile).
   virtual InvocationResult call(const Invocation& invocation) = 0;
+  // The same without a thread waiting: sends the invocation and returns; the response is read on
+  // `executor`'s reactor (so an io thread serves other work while the handler runs) and
+  // `complete` runs once, on that executor's thread or another reader's, never inside this call.
+  // What call() would throw before sending (no longer running, payload too large) is thrown
+  // here. `executor`'s context must keep running until `complete` has run.
+  virtual void call_async(const Invocation& invocation,
+                          const boost::asio::any_io_executor& executor,
+                          CallCompletion complete) = 0;
   // EOF on the request pipe (a clean exit), SIGKILL after `grace`; returns once reaped.
   virtual void stop(std::chrono::milliseconds grace) = 0;
   // SIGKILL now; calls in flight fail with unavailable. Does not wait.

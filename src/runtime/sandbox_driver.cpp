@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -27,7 +28,11 @@
 #include <thread>
 
 #include <spdlog/spdlog.h>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/strand.hpp>
 
+#include "common/sigpipe.hpp"
 #include "runtime/cgroup.hpp"
 #include "runtime/driver.hpp"
 #include "runtime/embedded.hpp"
@@ -41,6 +46,7 @@
 
 namespace blixard::runtime {
 namespace fs = std::filesystem;
+namespace asio = boost::asio;
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -133,33 +139,6 @@ std::optional<fs::path> find_executable(const std::string& name) {
   return std::nullopt;
 }
 
-// Blocks SIGPIPE in this thread while writing to a pipe whose reader may be gone, and swallows the
-// one we raise: the agent must not die of a handler that exited.
-class SigpipeGuard {
- public:
-  SigpipeGuard() {
-    sigemptyset(&pipe_);
-    sigaddset(&pipe_, SIGPIPE);
-    ::pthread_sigmask(SIG_BLOCK, &pipe_, &old_);
-    sigset_t pending;
-    sigpending(&pending);
-    was_pending_ = sigismember(&pending, SIGPIPE) == 1;
-  }
-  ~SigpipeGuard() {
-    if (raised_ && !was_pending_) {
-      const timespec zero{};
-      ::sigtimedwait(&pipe_, nullptr, &zero);
-    }
-    ::pthread_sigmask(SIG_SETMASK, &old_, nullptr);
-  }
-  void raised() noexcept { raised_ = true; }
-
- private:
-  sigset_t pipe_{}, old_{};
-  bool was_pending_ = false;
-  bool raised_ = false;
-};
-
 milliseconds spec_timeout(const v1::FunctionSpec& spec, milliseconds override_timeout) {
   milliseconds t = override_timeout;
   if (t.count() <= 0) {
@@ -202,7 +181,41 @@ std::string insert_request(const std::string& message, const std::string& id) {
   return message.substr(0, pos) + tag + message.substr(pos);
 }
 
+Error timeout_error(const std::string& function, milliseconds timeout, const std::string& id) {
+  return Error(errc::timeout, "function '" + function + "' timed out after " +
+                                  format_duration(timeout) +
+                                  (id.empty() ? "" : " (request " + id + ")"));
+}
+
 class SandboxDriver;
+class SandboxInstance;
+
+// Kept in each io_context that reads instances' response pipes. An instance stays registered with
+// the reactor of its last asynchronous call, so a run of calls costs no epoll_ctl each; when that
+// context shuts down, the instances still registered let go of it first.
+class PipeReaders final : public asio::execution_context::service {
+ public:
+  using key_type = PipeReaders;
+  inline static asio::execution_context::id id;
+  explicit PipeReaders(asio::execution_context& context) : service(context) {}
+  void add(const std::shared_ptr<SandboxInstance>& instance);
+  void remove(const SandboxInstance* instance);
+
+ private:
+  void shutdown() override;
+
+  std::mutex mutex_;
+  std::map<const SandboxInstance*, std::weak_ptr<SandboxInstance>> instances_;
+};
+
+// The io_context behind `executor` (a strand's included), so completions need no strand of a
+// caller that may be long gone.
+asio::any_io_executor plain(const asio::any_io_executor& executor) {
+  if (const auto* strand = executor.target<asio::strand<asio::io_context::executor_type>>()) {
+    return strand->get_inner_executor();
+  }
+  return executor;
+}
 
 // One handler process: its pipes, cgroup, scratch dir and the calls in flight on it. Shared by
 // the handle the caller holds, the instance thread and the driver's registry.
@@ -213,6 +226,17 @@ class SandboxInstance : public std::enable_shared_from_this<SandboxInstance> {
   struct Pending {
     bool done = false;
     v1::InstanceResponse response;
+    // A call_async() call: no thread waits for it; whoever ends it runs `complete`.
+    struct Async {
+      CallCompletion complete;
+      asio::any_io_executor executor;  // whose reactor may read its answer
+      std::string function;
+      std::string request_id;
+      milliseconds timeout{0};
+      Clock::time_point sent;
+      Clock::time_point deadline;
+    };
+    std::unique_ptr<Async> async;
   };
 
   SandboxInstance(SandboxDriver& driver, InstanceOptions options)
@@ -226,6 +250,8 @@ class SandboxInstance : public std::enable_shared_from_this<SandboxInstance> {
   void run(SpawnRequest request, Clock::time_point start_deadline);
 
   InvocationResult call(const Invocation& inv);
+  void call_async(const Invocation& inv, const asio::any_io_executor& executor,
+                  CallCompletion complete);
   void stop(milliseconds grace);
   void kill(KillReason why);
   // Blocks until the instance started or failed to; throws the start error.
@@ -256,6 +282,28 @@ class SandboxInstance : public std::enable_shared_from_this<SandboxInstance> {
   enum class ReadEnd { answered, timed_out, gone };
   // As the reader (reader_busy_ taken): reads responses until `mine` is answered.
   ReadEnd read_until_answered(const Pending& mine, Clock::time_point deadline);
+  // The request frame of `inv`, and writing it (false: still not written at `deadline`).
+  static std::string request_frame(const Invocation& inv, milliseconds timeout);
+  bool write_request(const std::string& bytes, Clock::time_point deadline);
+  // What a call gets from its handler's response (throws the handler's error).
+  InvocationResult result_of(v1::InstanceResponse& response, const std::string& function,
+                             Clock::time_point sent) const;
+  // The reader role's holder is done with it (mutex_ held): it goes to a caller waiting for it (or
+  // drain()), else to the reactor of a call_async() call in flight, else it is free.
+  void hand_over_reader(std::unique_lock<std::mutex>& lock);
+  // As the reader, mutex_ held: read the response pipe on `executor`'s reactor.
+  void read_async(const asio::any_io_executor& executor);
+  void on_async_read(const boost::system::error_code& ec, std::size_t n);
+  // mutex_ held: the pipe leaves the reactor it is registered with.
+  void drop_registration();
+  // That reactor's context shuts down (PipeReaders).
+  void forget_reactor(PipeReaders& readers);
+  friend class PipeReaders;
+  // Runs an ended call_async() call's completion (no lock held).
+  void finish_async(std::unique_ptr<Pending> p, std::exception_ptr error);
+  // The instance thread, mutex_ held: async calls past their deadline move to timed_out_ (and the
+  // instance is to be killed: true); planned_wake_ becomes the next deadline.
+  bool expire_async_calls();
   void drain();
   void process_frames();
   void on_output(int stream, const char* data, std::size_t n, bool eof);
@@ -283,6 +331,22 @@ class SandboxInstance : public std::enable_shared_from_this<SandboxInstance> {
   // until the handler is ready, then one caller at a time (a caller waiting for its own answer
   // reads it, one wakeup instead of two), and the instance thread's drain() once it is gone.
   bool reader_busy_ = true;
+  // Synchronous callers waiting for their answer without the reader role.
+  std::size_t role_waiters_ = 0;
+  bool draining_ = false;  // the process is gone: drain() wants the reader role
+  // call_async() calls in pending_ (heap Pendings it owns), and those past their deadline, told
+  // once the instance is gone. The instance thread wakes at planned_wake_ to look for those, or
+  // when wake_ (an eventfd) says a call with an earlier deadline came.
+  std::size_t async_calls_ = 0;
+  std::vector<std::unique_ptr<Pending>> timed_out_;
+  Clock::time_point planned_wake_ = Clock::time_point::max();
+  UniqueFd wake_;
+  // The response pipe as registered with the reactor of the last async reader (registered_with_
+  // is that context's PipeReaders), and whether an async read holds the reader role now.
+  std::unique_ptr<asio::posix::stream_descriptor> async_reader_;
+  PipeReaders* registered_with_ = nullptr;
+  bool async_reading_ = false;
+  std::unique_ptr<std::array<char, 16 * 1024>> async_buffer_;
 
   // Touched by the instance thread only (and the fds by writers under write_mutex_).
   pid_t pid_ = -1;
@@ -307,6 +371,10 @@ class SandboxHandle final : public Instance {
   std::chrono::microseconds init_duration() const override { return s_->init_; }
   bool alive() const override { return s_->alive(); }
   InvocationResult call(const Invocation& inv) override { return s_->call(inv); }
+  void call_async(const Invocation& inv, const asio::any_io_executor& executor,
+                  CallCompletion complete) override {
+    s_->call_async(inv, executor, std::move(complete));
+  }
   void stop(milliseconds grace) override { s_->stop(grace); }
   void kill() override { s_->kill(KillReason::stopped); }
 
@@ -704,6 +772,7 @@ void SandboxInstance::run(SpawnRequest req, Clock::time_point start_deadline) {
     out_ = std::move(out_read);
     err_ = std::move(err_read);
     for (int fd : {request_.get(), response_.get(), out_.get(), err_.get()}) set_nonblocking(fd);
+    wake_ = UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     // The child's ends close here: its exit shows as EOF on ours.
     driver_.spawned(this, child);
   } catch (const Error& e) {
@@ -749,6 +818,8 @@ void SandboxInstance::run(SpawnRequest req, Clock::time_point start_deadline) {
   InstanceExit exit;
   exit.instance = name_;
   bool was_ready = false;
+  std::vector<std::unique_ptr<Pending>> timed_out, failed;
+  std::optional<Error> failed_with;
   {
     std::lock_guard lock(mutex_);
     exit_ = info;
@@ -766,8 +837,33 @@ void SandboxInstance::run(SpawnRequest req, Clock::time_point start_deadline) {
     exit.reason = oom              ? "ran out of memory"
                   : !lost_.empty() ? "broke the instance protocol: " + lost_
                                    : describe_exit(info);
+    // The async calls still in flight end here, as the waiting callers' do when they wake.
+    timed_out.swap(timed_out_);
+    for (auto it = pending_.begin(); it != pending_.end();) {
+      if (it->second->async) {
+        failed.emplace_back(it->second);
+        it = pending_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    async_calls_ = 0;
+    if (!failed.empty()) failed_with = failure("while handling the request");
   }
   changed_.notify_all();
+  for (auto& p : timed_out) {
+    const auto& a = *p->async;
+    Error e = driver_.shut_down() ? Error(errc::unavailable, "the sandbox driver is shut down")
+                                  : timeout_error(a.function, a.timeout, a.request_id);
+    finish_async(std::move(p), std::make_exception_ptr(std::move(e)));
+  }
+  for (auto& p : failed) {
+    const std::string& id = p->async->request_id;
+    Error e = failed_with->code() == errc::handler_failed && !id.empty()
+                  ? Error(errc::handler_failed, insert_request(failed_with->message(), id))
+                  : *failed_with;
+    finish_async(std::move(p), std::make_exception_ptr(std::move(e)));
+  }
   {
     std::lock_guard lock(write_mutex_);
     request_.reset();
@@ -782,24 +878,40 @@ void SandboxInstance::serve_until_exit(Clock::time_point start_deadline, bool& r
   char buf[64 * 1024];
   bool reading = true;  // the response pipe is this thread's until the handler is ready
   for (;;) {
-    pollfd fds[4] = {{pidfd_.get(), POLLIN, 0},
+    pollfd fds[5] = {{pidfd_.get(), POLLIN, 0},
                      {reading ? response_.get() : -1, POLLIN, 0},
                      {out_.get(), POLLIN, 0},
-                     {err_.get(), POLLIN, 0}};
-    int wait_ms = -1;
+                     {err_.get(), POLLIN, 0},
+                     {wake_.get(), POLLIN, 0}};
+    bool start_late = false;
+    bool expired = false;
+    Clock::time_point wake_at = Clock::time_point::max();
     {
       std::lock_guard lock(mutex_);
       if (state_ == State::starting && !ready_timed_out) {
-        wait_ms = static_cast<int>(std::max<long long>(
-            0, std::chrono::ceil<milliseconds>(start_deadline - Clock::now()).count()));
+        wake_at = start_deadline;
+        start_late = Clock::now() >= start_deadline;
       }
+      expired = expire_async_calls();
+      wake_at = std::min(wake_at, planned_wake_);
     }
-    const int n = ::poll(fds, 4, wait_ms);
-    if (n < 0 && errno == EINTR) continue;
-    if (n == 0) {
+    if (start_late) {
       ready_timed_out = true;
       signal_kill();
       continue;
+    }
+    if (expired) signal_kill();  // the timed-out calls are told once it is gone
+    int wait_ms = -1;
+    if (wake_at != Clock::time_point::max()) {
+      wait_ms = static_cast<int>(std::clamp<long long>(
+          std::chrono::ceil<milliseconds>(wake_at - Clock::now()).count(), 0, 1 << 30));
+    }
+    const int n = ::poll(fds, 5, wait_ms);
+    if (n < 0 && errno == EINTR) continue;
+    if (n == 0) continue;  // a deadline: looked at above
+    if (fds[4].revents != 0) {
+      std::uint64_t count = 0;
+      [[maybe_unused]] const ssize_t got = ::read(wake_.get(), &count, sizeof count);
     }
     if (fds[1].revents != 0) {
       const ssize_t got = ::read(response_.get(), buf, sizeof buf);
@@ -814,9 +926,7 @@ void SandboxInstance::serve_until_exit(Clock::time_point start_deadline, bool& r
       std::unique_lock lock(mutex_);
       if (state_ == State::ready && lost_.empty()) {
         reading = false;  // callers read their answers from now on
-        reader_busy_ = false;
-        lock.unlock();
-        changed_.notify_all();
+        hand_over_reader(lock);
       }
     }
     for (int s = 0; s < 2; ++s) {
@@ -843,8 +953,14 @@ void SandboxInstance::serve_until_exit(Clock::time_point start_deadline, bool& r
 // What the process wrote before it ended still counts (a last response, its last log lines).
 void SandboxInstance::drain() {
   {
-    // The caller reading the pipe sees the exit too and lets go; nobody reads after this.
+    // A caller reading the pipe sees the exit too and lets go, an async reader is cancelled (its
+    // reactor still runs: its calls are in flight); nobody reads after this.
     std::unique_lock lock(mutex_);
+    draining_ = true;
+    if (async_reading_) {
+      boost::system::error_code ignored;
+      async_reader_->cancel(ignored);
+    }
     changed_.wait(lock, [&] { return !reader_busy_; });
     reader_busy_ = true;
   }
@@ -863,6 +979,10 @@ void SandboxInstance::drain() {
       on_output(s, buf, static_cast<std::size_t>(got), false);
     }
     on_output(s, nullptr, 0, true);
+  }
+  {
+    std::lock_guard lock(mutex_);
+    drop_registration();
   }
   response_.reset();
   out_.reset();
@@ -911,9 +1031,16 @@ void SandboxInstance::process_frames() {
       lock.unlock();
       return protocol_failure("answered request '" + id + "', which is not in flight");
     }
-    it->second->response = std::move(*frame.mutable_response());
-    it->second->done = true;
+    Pending* p = it->second;
+    p->response = std::move(*frame.mutable_response());
+    p->done = true;
     pending_.erase(it);
+    if (p->async) {
+      --async_calls_;
+      lock.unlock();
+      finish_async(std::unique_ptr<Pending>(p), nullptr);
+      continue;
+    }
     lock.unlock();
     changed_.notify_all();
   }
@@ -1003,6 +1130,65 @@ void SandboxInstance::stop(milliseconds grace) {
   }
 }
 
+std::string SandboxInstance::request_frame(const Invocation& inv, milliseconds timeout) {
+  v1::InstanceFrame frame;
+  auto* req = frame.mutable_request();
+  req->set_request_id(inv.request_id);
+  req->set_payload(inv.payload);
+  req->set_function(inv.function);
+  req->set_memory_limit_mib(inv.spec.memory_mib());
+  req->set_deadline_unix_ms(std::chrono::duration_cast<milliseconds>(
+                                (std::chrono::system_clock::now() + timeout).time_since_epoch())
+                                .count());
+  return encode_frame(frame);
+}
+
+bool SandboxInstance::write_request(const std::string& bytes, Clock::time_point deadline) {
+  // Frames of concurrent calls must not interleave.
+  std::lock_guard wlock(write_mutex_);
+  SigpipeGuard guard;
+  std::size_t done = 0;
+  while (done < bytes.size() && request_.get() >= 0) {
+    const ssize_t n = ::write(request_.get(), bytes.data() + done, bytes.size() - done);
+    if (n > 0) {
+      done += static_cast<std::size_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && errno == EAGAIN) {
+      const auto left = std::chrono::ceil<milliseconds>(deadline - Clock::now());
+      if (left.count() <= 0) return false;
+      std::array<pollfd, 2> fds{{{request_.get(), POLLOUT, 0}, {pidfd_.get(), POLLIN, 0}}};
+      ::poll(fds.data(), fds.size(), static_cast<int>(std::min<long long>(left.count(), 1 << 30)));
+      if (fds[1].revents != 0) break;  // it died: the instance thread tells why
+      continue;
+    }
+    if (n < 0 && errno == EPIPE) guard.raised();
+    break;  // the instance is gone; the verdict is the instance thread's
+  }
+  return true;
+}
+
+InvocationResult SandboxInstance::result_of(v1::InstanceResponse& response,
+                                            const std::string& function,
+                                            Clock::time_point sent) const {
+  const auto duration = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - sent);
+  if (!response.error().empty() || !response.error_type().empty()) {
+    const std::string type = response.error_type().empty() ? "Error" : response.error_type();
+    throw Error(errc::handler_failed, type + ": " + response.error());
+  }
+  if (response.result().size() > max_payload_) {
+    throw Error(errc::payload_too_large,
+                "response of '" + function + "' is " + std::to_string(response.result().size()) +
+                    " bytes, over the limit of " + std::to_string(max_payload_));
+  }
+  InvocationResult out;
+  out.result = response.result().empty() ? "null" : std::move(*response.mutable_result());
+  out.duration = duration;
+  out.cold_start = false;
+  return out;
+}
+
 InvocationResult SandboxInstance::call(const Invocation& inv) {
   check_payload(inv);
   const milliseconds timeout = spec_timeout(inv.spec, inv.timeout);
@@ -1018,63 +1204,37 @@ InvocationResult SandboxInstance::call(const Invocation& inv) {
                   "request_id");
     }
   }
-  v1::InstanceFrame frame;
-  auto* req = frame.mutable_request();
-  req->set_request_id(inv.request_id);
-  req->set_payload(inv.payload);
-  req->set_function(inv.function);
-  req->set_memory_limit_mib(inv.spec.memory_mib());
-  req->set_deadline_unix_ms(std::chrono::duration_cast<milliseconds>(
-                                (std::chrono::system_clock::now() + timeout).time_since_epoch())
-                                .count());
-  const std::string bytes = encode_frame(frame);
+  const std::string bytes = request_frame(inv, timeout);
   const auto sent = Clock::now();
   const auto deadline = sent + timeout;
-
-  bool timed_out = false;
-  {
-    // Frames of concurrent calls must not interleave.
-    std::lock_guard wlock(write_mutex_);
-    SigpipeGuard guard;
-    std::size_t done = 0;
-    while (done < bytes.size() && request_.get() >= 0) {
-      const ssize_t n = ::write(request_.get(), bytes.data() + done, bytes.size() - done);
-      if (n > 0) {
-        done += static_cast<std::size_t>(n);
-        continue;
-      }
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0 && errno == EAGAIN) {
-        const auto left = std::chrono::ceil<milliseconds>(deadline - Clock::now());
-        if (left.count() <= 0) {
-          timed_out = true;
-          break;
-        }
-        pollfd fds[2] = {{request_.get(), POLLOUT, 0}, {pidfd_.get(), POLLIN, 0}};
-        ::poll(fds, 2, static_cast<int>(std::min<long long>(left.count(), 1 << 30)));
-        if (fds[1].revents != 0) break;  // it died: the thread tells us why
-        continue;
-      }
-      if (n < 0 && errno == EPIPE) guard.raised();
-      break;  // the instance is gone; wait below for the verdict
-    }
-  }
+  bool timed_out = !write_request(bytes, deadline);
 
   std::unique_lock lock(mutex_);
+  ++role_waiters_;
+  bool waiting = true;  // counted in role_waiters_
   while (!timed_out && !pending.done && state_ != State::exited) {
     if (!reader_busy_) {
       reader_busy_ = true;
+      --role_waiters_;
+      waiting = false;
       lock.unlock();
       const ReadEnd end = read_until_answered(pending, deadline);
       lock.lock();
-      reader_busy_ = false;
-      changed_.notify_all();  // a call still waiting reads next, or drain() (free when none waits)
+      hand_over_reader(lock);
       if (end == ReadEnd::timed_out) timed_out = !pending.done;
-      if (end == ReadEnd::gone) break;  // the verdict is the instance thread's, below
-      continue;
+      break;  // answered, timed out, or gone (then the verdict is the instance thread's, below)
     }
     timed_out = !changed_.wait_until(
         lock, deadline, [&] { return pending.done || state_ == State::exited || !reader_busy_; });
+  }
+  if (waiting) {
+    --role_waiters_;
+    // Answered (or timed out) while waiting: the role this caller was woken for may now be free
+    // with async calls still to read for.
+    if (!reader_busy_) {
+      reader_busy_ = true;
+      hand_over_reader(lock);
+    }
   }
   if (!pending.done) {
     pending_.erase(inv.request_id);
@@ -1091,9 +1251,7 @@ InvocationResult SandboxInstance::call(const Invocation& inv) {
     }
     if (timed_out) {
       if (driver_.shut_down()) throw Error(errc::unavailable, "the sandbox driver is shut down");
-      throw Error(errc::timeout,
-                  "function '" + inv.function + "' timed out after " + format_duration(timeout) +
-                      (inv.request_id.empty() ? "" : " (request " + inv.request_id + ")"));
+      throw timeout_error(inv.function, timeout, inv.request_id);
     }
     Error e = failure("while handling the request");
     if (e.code() == errc::handler_failed && !inv.request_id.empty()) {
@@ -1102,23 +1260,214 @@ InvocationResult SandboxInstance::call(const Invocation& inv) {
     throw e;
   }
   lock.unlock();
-  const auto duration = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - sent);
-  auto& response = pending.response;
-  if (!response.error().empty() || !response.error_type().empty()) {
-    const std::string type = response.error_type().empty() ? "Error" : response.error_type();
-    throw Error(errc::handler_failed, type + ": " + response.error());
+  return result_of(pending.response, inv.function, sent);
+}
+
+void SandboxInstance::call_async(const Invocation& inv, const asio::any_io_executor& executor,
+                                 CallCompletion complete) {
+  check_payload(inv);
+  auto owned = std::make_unique<Pending>();
+  owned->async = std::make_unique<Pending::Async>();
+  Pending::Async& a = *owned->async;
+  a.complete = std::move(complete);
+  a.executor = executor;
+  a.function = inv.function;
+  a.request_id = inv.request_id;
+  a.timeout = spec_timeout(inv.spec, inv.timeout);
+  const std::string bytes = request_frame(inv, a.timeout);
+  a.sent = Clock::now();
+  a.deadline = a.sent + a.timeout;
+  const auto deadline = a.deadline;
+  bool wake = false;
+  {
+    std::lock_guard lock(mutex_);
+    if (state_ != State::ready || kill_reason_ != KillReason::none) {
+      throw Error(errc::unavailable,
+                  "instance " + name_ + " of '" + inv.function + "' is no longer running");
+    }
+    if (!pending_.emplace(inv.request_id, owned.get()).second) {
+      throw Error(errc::invalid_spec, "request id '" + inv.request_id + "' is already in flight",
+                  "request_id");
+    }
+    owned.release();  // pending_'s now: from here on whoever ends the call owns it
+    ++async_calls_;
+    if (deadline < planned_wake_) {
+      planned_wake_ = deadline;
+      wake = true;
+    }
   }
-  if (response.result().size() > max_payload_) {
-    throw Error(errc::payload_too_large, "response of '" + inv.function + "' is " +
-                                             std::to_string(response.result().size()) +
-                                             " bytes, over the limit of " +
-                                             std::to_string(max_payload_));
+  if (wake) {
+    const std::uint64_t one = 1;
+    [[maybe_unused]] const ssize_t n = ::write(wake_.get(), &one, sizeof one);
   }
+  // Not written by its deadline: the instance thread times it out.
+  write_request(bytes, deadline);
+  std::unique_lock lock(mutex_);
+  if (!reader_busy_) {
+    reader_busy_ = true;
+    hand_over_reader(lock);  // to this call's reactor, unless a caller waits for the pipe
+  }
+}
+
+void SandboxInstance::hand_over_reader(std::unique_lock<std::mutex>& lock) {
+  if (role_waiters_ == 0 && !draining_ && state_ == State::ready) {
+    const asio::any_io_executor* executor = nullptr;
+    for (const auto& [id, p] : pending_) {
+      if (p->async) {
+        executor = &p->async->executor;
+        break;
+      }
+    }
+    if (executor != nullptr) {
+      try {
+        read_async(*executor);
+        return;
+      } catch (const std::exception& e) {
+        // The pipe cannot be watched there: nobody could read these answers.
+        spdlog::error("sandbox: instance {}: cannot read its responses: {}", name_, e.what());
+        async_reading_ = false;
+        drop_registration();
+        lock.unlock();
+        signal_kill();
+        lock.lock();
+      }
+    }
+  }
+  reader_busy_ = false;
+  changed_.notify_all();
+}
+
+void SandboxInstance::read_async(const asio::any_io_executor& executor) {
+  auto& context = asio::query(executor, asio::execution::context);
+  if (async_reader_ &&
+      &asio::query(async_reader_->get_executor(), asio::execution::context) != &context) {
+    drop_registration();  // another reactor reads it now
+  }
+  if (!async_reader_) {
+    async_reader_ =
+        std::make_unique<asio::posix::stream_descriptor>(plain(executor), response_.get());
+    registered_with_ = &asio::use_service<PipeReaders>(context);
+    registered_with_->add(shared_from_this());
+    if (!async_buffer_) async_buffer_ = std::make_unique<std::array<char, 16 * 1024>>();
+  }
+  async_reading_ = true;
+  async_reader_->async_read_some(
+      asio::buffer(*async_buffer_),
+      [self = shared_from_this()](const boost::system::error_code& ec, std::size_t n) {
+        self->on_async_read(ec, n);
+      });
+}
+
+void SandboxInstance::on_async_read(const boost::system::error_code& ec, std::size_t n) {
+  if (!ec) {
+    decoder_.feed({async_buffer_->data(), n});
+    process_frames();  // runs the answered async calls' completions, here
+  } else if (ec != asio::error::operation_aborted) {
+    signal_kill();  // EOF or a broken pipe: it cannot answer any more
+  }
+  std::unique_lock lock(mutex_);
+  if (!async_reading_) return;  // its reactor went away meanwhile (forget_reactor)
+  if (!ec && role_waiters_ == 0 && !draining_ && state_ == State::ready) {
+    // Go on while calls of this reactor wait for their answers.
+    const auto& mine = asio::query(async_reader_->get_executor(), asio::execution::context);
+    for (const auto& [id, p] : pending_) {
+      if (p->async && &asio::query(p->async->executor, asio::execution::context) == &mine) {
+        async_reader_->async_read_some(
+            asio::buffer(*async_buffer_),
+            [self = shared_from_this()](const boost::system::error_code& ec, std::size_t n) {
+              self->on_async_read(ec, n);
+            });
+        return;
+      }
+    }
+  }
+  async_reading_ = false;
+  if (ec && ec != asio::error::operation_aborted) drop_registration();  // the pipe is done
+  hand_over_reader(lock);
+}
+
+void SandboxInstance::drop_registration() {
+  if (async_reader_) {
+    async_reader_->release();  // deregisters; the pipe stays open: it is response_
+    async_reader_.reset();
+  }
+  if (registered_with_ != nullptr) {
+    registered_with_->remove(this);
+    registered_with_ = nullptr;
+  }
+}
+
+void SandboxInstance::forget_reactor(PipeReaders& readers) {
+  std::lock_guard lock(mutex_);
+  if (registered_with_ != &readers) return;
+  registered_with_ = nullptr;  // its list is being emptied: no remove()
+  if (async_reader_) {
+    async_reader_->release();
+    async_reader_.reset();
+  }
+  if (async_reading_) {
+    // Its context was destroyed with a call of ours in flight, so that read never completes. Let
+    // go of the role; the calls left time out (or a caller reading takes them over).
+    async_reading_ = false;
+    reader_busy_ = false;
+    changed_.notify_all();
+  }
+}
+
+void PipeReaders::add(const std::shared_ptr<SandboxInstance>& instance) {
+  std::lock_guard lock(mutex_);
+  instances_[instance.get()] = instance;
+}
+
+void PipeReaders::remove(const SandboxInstance* instance) {
+  std::lock_guard lock(mutex_);
+  instances_.erase(instance);
+}
+
+void PipeReaders::shutdown() {
+  std::map<const SandboxInstance*, std::weak_ptr<SandboxInstance>> instances;
+  {
+    std::lock_guard lock(mutex_);
+    instances.swap(instances_);
+  }
+  for (auto& [raw, weak] : instances) {
+    if (auto instance = weak.lock()) instance->forget_reactor(*this);
+  }
+}
+
+void SandboxInstance::finish_async(std::unique_ptr<Pending> p, std::exception_ptr error) {
   InvocationResult out;
-  out.result = response.result().empty() ? "null" : std::move(*response.mutable_result());
-  out.duration = duration;
-  out.cold_start = false;
-  return out;
+  if (!error) {
+    try {
+      out = result_of(p->response, p->async->function, p->async->sent);
+    } catch (...) {
+      error = std::current_exception();
+    }
+  }
+  p->async->complete(error, std::move(out));
+}
+
+bool SandboxInstance::expire_async_calls() {
+  planned_wake_ = Clock::time_point::max();
+  if (async_calls_ == 0) return false;
+  const auto now = Clock::now();
+  bool expired = false;
+  for (auto it = pending_.begin(); it != pending_.end();) {
+    Pending* p = it->second;
+    if (!p->async) {
+      ++it;
+    } else if (p->async->deadline <= now) {
+      timed_out_.emplace_back(p);
+      it = pending_.erase(it);
+      --async_calls_;
+      expired = true;
+    } else {
+      planned_wake_ = std::min(planned_wake_, p->async->deadline);
+      ++it;
+    }
+  }
+  if (expired && kill_reason_ == KillReason::none) kill_reason_ = KillReason::timeout;
+  return expired;
 }
 
 SandboxInstance::ReadEnd SandboxInstance::read_until_answered(const Pending& mine,

@@ -39,7 +39,10 @@ bool wait_for(std::condition_variable& cv, std::unique_lock<std::mutex>& lock, P
 //   echo   returns its payload;  sleepy throws timeout;  slow waits until release_slow();
 //   gather waits until `gather_expected` calls are in flight together;  respond returns what
 //   respond_with() set;  busy throws throttled;  crashy throws handler_failed;  nap sleeps for
-//   its payload's milliseconds (longer than the server's handoff time) and returns the payload.
+//   its payload's milliseconds (longer than the server's handoff time) and returns the payload;
+//   held is asynchronous (try_invoke_async): no thread waits, and the calls held are answered
+//   together, last first, from a thread of their own once `held_expected` are in or on
+//   release_held().
 // Logs and events are in-memory sequences that add_log()/add_event() extend; their long polls
 // wait on a condition variable as the real ones do, and events take after < 0 as "from now".
 class FakeBackend final : public detail::Backend {
@@ -165,6 +168,25 @@ class FakeBackend final : public detail::Backend {
     out.mutable_duration()->set_nanos(234'000);
     return out;
   }
+
+  bool try_invoke_async(const v1::InvokeRequest& request, const boost::asio::any_io_executor&,
+                        InvokeCompletion complete) override {
+    if (request.function() != "held") return false;
+    std::lock_guard lock(mu_);
+    held_.emplace_back(request.payload(), std::move(complete));
+    ++held_total_;
+    if (static_cast<int>(held_.size()) >= held_expected) answer_held();
+    return true;
+  }
+  void release_held() {
+    std::lock_guard lock(mu_);
+    answer_held();
+  }
+  int held_total() {
+    std::lock_guard lock(mu_);
+    return held_total_;
+  }
+  int held_expected = 1;
 
   v1::ServerInfo info() override {
     v1::ServerInfo out;
@@ -316,6 +338,28 @@ class FakeBackend final : public detail::Backend {
   int log_polls_ = 0;
   int event_polls_ = 0;
   std::string respond_with_ = "null";
+  std::vector<std::pair<std::string, InvokeCompletion>> held_;
+  int held_total_ = 0;
+  std::vector<std::thread> answering_;
+
+  // mu_ held.
+  void answer_held() {
+    auto calls = std::move(held_);
+    held_.clear();
+    answering_.emplace_back([calls = std::move(calls)]() mutable {
+      for (auto it = calls.rbegin(); it != calls.rend(); ++it) {
+        v1::InvokeResponse out;
+        out.set_request_id("held-" + it->first);
+        out.set_result(it->first);
+        it->second(nullptr, out);
+      }
+    });
+  }
+
+ public:
+  ~FakeBackend() override {
+    for (auto& t : answering_) t.join();
+  }
 };
 
 struct RawResponse {
@@ -968,6 +1012,59 @@ TEST_F(HttpTest, ConcurrentInvokesRunTogether) {
   // Each call returns only once all n are in flight at the same time.
   for (int i = 0; i < n; ++i)
     EXPECT_EQ(calls[static_cast<std::size_t>(i)].get().result(), std::to_string(i));
+}
+
+TEST_F(HttpTest, AsyncCallsPastTheWorkersAreAllInFlightTogether) {
+  api::HttpServerOptions options;
+  options.workers = 2;
+  server_.reset();
+  start(options);
+  constexpr int n = 8;
+  fake_->held_expected = n;  // answered only once all eight are in: none may wait for a worker
+  add_trigger("held-http", "/held", "held");
+  auto c = client();
+  std::vector<std::future<std::string>> calls;
+  for (int i = 0; i < n; ++i) {
+    calls.push_back(std::async(std::launch::async, [&c, i, this]() -> std::string {
+      if (i % 2 == 0) {
+        v1::InvokeRequest call;
+        call.set_function("held");
+        call.set_payload(std::to_string(i));
+        return c->invoke(call).result();
+      }
+      // Through the gateway: the handler gets (and the fake returns) the event.
+      const auto res =
+          raw_request(server_->port(), http_request("POST", "/held", std::to_string(i)));
+      if (res.status != 200) return "HTTP " + std::to_string(res.status);
+      return boost::json::parse(res.body).as_object().at("body").as_string().c_str();
+    }));
+  }
+  // Answered last first from another thread: each still reaches its own connection.
+  for (int i = 0; i < n; ++i) {
+    EXPECT_EQ(calls[static_cast<std::size_t>(i)].get(), std::to_string(i));
+  }
+}
+
+TEST_F(HttpTest, StopWaitsForAsyncCallsInFlightAndAnswersThem) {
+  fake_->held_expected = 100;  // held until released
+  auto c = client();
+  std::vector<std::future<std::string>> calls;
+  for (int i = 0; i < 3; ++i) {
+    calls.push_back(std::async(std::launch::async, [&c, i] {
+      v1::InvokeRequest call;
+      call.set_function("held");
+      call.set_payload(std::to_string(i));
+      return c->invoke(call).result();
+    }));
+  }
+  ASSERT_TRUE(eventually([&] { return fake_->held_total() == 3; }));
+  // stop() keeps the io threads running while the answers are on their way.
+  auto stopping = std::async(std::launch::async, [this] { server_->stop(); });
+  fake_->release_held();
+  stopping.get();
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(calls[static_cast<std::size_t>(i)].get(), std::to_string(i));
+  }
 }
 
 TEST_F(HttpTest, ClientRejectsBadUrlsAndReportsUnreachableServers) {

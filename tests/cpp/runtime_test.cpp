@@ -15,10 +15,15 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <mutex>
 #include <optional>
 #include <sstream>
 #include <thread>
+
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/strand.hpp>
 
 #include "runtime/cgroup.hpp"
 #include "runtime/driver.hpp"
@@ -594,6 +599,184 @@ TEST_F(SandboxTest, InstanceServesManyCallsMultiplexedAndReportsItsExit) {
   EXPECT_EQ(exit->reason, "exited with status 7");
   EXPECT_FALSE(exit->requested);
   EXPECT_FALSE(instance->alive());
+}
+
+// ---- asynchronous calls: the answer read on an io_context's reactor ----
+
+namespace asio = boost::asio;
+
+// An io_context run by one thread of its own while it lives.
+struct Reactor {
+  asio::io_context ioc;
+  asio::executor_work_guard<asio::io_context::executor_type> work{ioc.get_executor()};
+  std::thread thread{[this] { ioc.run(); }};
+  ~Reactor() {
+    work.reset();
+    ioc.stop();
+    thread.join();
+  }
+};
+
+// One call_async() as a future.
+std::future<InvocationResult> call_async(Instance& instance, const Invocation& inv,
+                                         const asio::any_io_executor& executor) {
+  auto promise = std::make_shared<std::promise<InvocationResult>>();
+  auto future = promise->get_future();
+  instance.call_async(inv, executor, [promise](std::exception_ptr error, InvocationResult out) {
+    if (error) {
+      promise->set_exception(error);
+    } else {
+      promise->set_value(std::move(out));
+    }
+  });
+  return future;
+}
+
+// The Error a future holds (an internal one, after a failure, when it holds a result).
+Error error_of(std::future<InvocationResult>& future) {
+  try {
+    future.get();
+  } catch (const Error& e) {
+    return e;
+  }
+  ADD_FAILURE() << "the call did not fail";
+  return Error(errc::internal, "no error");
+}
+
+Invocation make_call(const v1::FunctionSpec& spec, const std::string& id,
+                     const std::string& payload) {
+  Invocation inv;
+  inv.function = "fn";
+  inv.spec = spec;
+  inv.request_id = id;
+  inv.payload = payload;
+  return inv;
+}
+
+TEST_F(SandboxTest, AsyncCallsMixedWithWaitingCallsEachGetTheirOwnAnswer) {
+  InstanceOptions o;
+  o.function = "fn";
+  o.spec = python_spec("echo:handler");
+  o.spec.mutable_scaling()->set_target_concurrency(8);
+  auto instance = driver_->start(o);
+  // Two reactors, and callers on session-like strands of them, take turns reading the pipe with
+  // threads that wait for their answers.
+  Reactor a, b;
+  const std::vector<asio::any_io_executor> executors = {
+      a.ioc.get_executor(), asio::make_strand(b.ioc), b.ioc.get_executor(),
+      asio::make_strand(a.ioc)};
+  std::atomic<int> right{0};
+  std::vector<std::thread> waiting;
+  for (int t = 0; t < 3; ++t) {
+    waiting.emplace_back([&, t] {
+      for (int i = 0; i < 30; ++i) {
+        const std::string id = "w" + std::to_string(t) + "-" + std::to_string(i);
+        try {
+          if (instance->call(make_call(o.spec, id, "\"" + id + "\"")).result == "\"" + id + "\"") {
+            ++right;
+          }
+        } catch (const Error& e) {
+          ADD_FAILURE() << e.what();
+        }
+      }
+    });
+  }
+  constexpr int k_async = 160;
+  constexpr int k_window = 6;  // async calls in flight at once
+  std::vector<std::pair<std::string, std::future<InvocationResult>>> flying;
+  for (int i = 0; i < k_async || !flying.empty();) {
+    while (i < k_async && static_cast<int>(flying.size()) < k_window) {
+      const std::string id = "a" + std::to_string(i);
+      flying.emplace_back(id,
+                          call_async(*instance, make_call(o.spec, id, "\"" + id + "\""),
+                                     executors[static_cast<std::size_t>(i) % executors.size()]));
+      ++i;
+    }
+    auto& [id, future] = flying.front();
+    try {
+      if (future.get().result == "\"" + id + "\"") ++right;
+    } catch (const Error& e) {
+      ADD_FAILURE() << id << ": " << e.what();
+    }
+    flying.erase(flying.begin());
+  }
+  for (auto& th : waiting) th.join();
+  EXPECT_EQ(right, 3 * 30 + k_async);
+  EXPECT_TRUE(instance->alive());
+}
+
+TEST_F(SandboxTest, AsyncCallPastItsTimeoutKillsTheInstanceAndSaysSo) {
+  InstanceOptions o;
+  o.function = "fn";
+  o.spec = python_spec("sleeper:with_child");
+  auto instance = driver_->start(o);
+  Reactor reactor;
+  auto inv = make_call(o.spec, "late-1", "{}");
+  inv.timeout = std::chrono::milliseconds(600);
+  auto future = call_async(*instance, inv, reactor.ioc.get_executor());
+  const Error e = error_of(future);
+  EXPECT_EQ(e.code(), errc::timeout);
+  EXPECT_THAT(e.message(), HasSubstr("timed out after 600ms (request late-1)"));
+  // The handler and its child are gone when the call is told.
+  EXPECT_EQ(instances_with(token_), 0);
+  EXPECT_FALSE(instance->alive());
+}
+
+TEST_F(SandboxTest, AsyncCallOfACrashingHandlerFailsWithItsExitAndTheOthersToo) {
+  InstanceOptions o;
+  o.function = "fn";
+  o.spec = python_spec("pool:identity");
+  o.spec.mutable_scaling()->set_target_concurrency(2);
+  auto instance = driver_->start(o);
+  Reactor reactor;
+  // The handler serves its requests in turn: the crash comes first, the other is never read.
+  auto crash = call_async(*instance, make_call(o.spec, "boom", R"({"crash": true})"),
+                          reactor.ioc.get_executor());
+  auto slow = call_async(*instance, make_call(o.spec, "slow", R"({"sleep": 30})"),
+                         reactor.ioc.get_executor());
+  const Error crashed = error_of(crash);
+  EXPECT_EQ(crashed.code(), errc::handler_failed);
+  EXPECT_THAT(crashed.message(), HasSubstr("exited with status 7 while handling the request"));
+  EXPECT_THAT(crashed.message(), HasSubstr("(request boom)"));
+  const Error other = error_of(slow);
+  EXPECT_EQ(other.code(), errc::handler_failed);
+  EXPECT_THAT(other.message(), HasSubstr("(request slow)"));
+  EXPECT_EQ(instances_with(token_), 0);
+}
+
+TEST_F(SandboxTest, KillingAnInstanceFailsItsAsyncCallsAsUnavailable) {
+  std::atomic<bool> sleeping{false};
+  InstanceOptions o;
+  o.function = "fn";
+  o.spec = python_spec("sleeper:handler");
+  o.on_log = [&](const std::string&, const std::string&, const std::string& line) {
+    if (line == "sleeping forever") sleeping = true;
+  };
+  auto instance = driver_->start(o);
+  Reactor reactor;
+  auto future = call_async(*instance, make_call(o.spec, "r", "{}"), reactor.ioc.get_executor());
+  ASSERT_TRUE(eventually([&] { return sleeping.load(); }));  // the call is in the handler
+  instance->kill();
+  const Error e = error_of(future);
+  EXPECT_EQ(e.code(), errc::unavailable);
+  EXPECT_THAT(e.message(), HasSubstr("was stopped"));
+}
+
+TEST_F(SandboxTest, AnInstanceOutlivesTheReactorThatReadItsAnswers) {
+  InstanceOptions o;
+  o.function = "fn";
+  o.spec = python_spec("echo:handler");
+  auto instance = driver_->start(o);
+  {
+    Reactor first;
+    auto future = call_async(*instance, make_call(o.spec, "r1", "1"), asio::make_strand(first.ioc));
+    EXPECT_EQ(future.get().result, "1");
+  }  // its io_context is destroyed while the pipe is still registered with it
+  EXPECT_EQ(instance->call(make_call(o.spec, "r2", "2")).result, "2");
+  Reactor second;
+  auto future = call_async(*instance, make_call(o.spec, "r3", "3"), second.ioc.get_executor());
+  EXPECT_EQ(future.get().result, "3");
+  EXPECT_TRUE(instance->alive());
 }
 
 TEST_F(SandboxTest, StoppedInstanceExitsCleanly) {

@@ -4,7 +4,11 @@
 
 #include <chrono>
 #include <cstdint>
+#include <exception>
+#include <functional>
 #include <string>
+
+#include <boost/asio/any_io_executor.hpp>
 
 #include "blixard/v1/api.pb.h"
 #include "blixard/v1/function.pb.h"
@@ -34,6 +38,19 @@ class Backend {
 
   // Runs the function once. Handler failures come back as an Error (timeout, handler_failed, ...).
   virtual v1::InvokeResponse invoke(const v1::InvokeRequest& request) = 0;
+
+  // How try_invoke_async() ends: the Error invoke() would have thrown, or the response.
+  using InvokeCompletion = std::function<void(std::exception_ptr error, v1::InvokeResponse)>;
+  // invoke() without a thread waiting for the handler, where the backend can (a warm instance of
+  // this node has room): true once the call is on its way, and `complete` then runs once, on any
+  // thread, never inside this call. False, having done nothing, when it cannot: the caller calls
+  // invoke(). Throws what invoke() throws before the call starts (bad payload, throttled, ...).
+  // `executor`'s context reads the answer, so it must keep running until `complete` has run.
+  virtual bool try_invoke_async(const v1::InvokeRequest& /*request*/,
+                                const boost::asio::any_io_executor& /*executor*/,
+                                InvokeCompletion /*complete*/) {
+    return false;
+  }
 
   virtual v1::ServerInfo info() = 0;
 
