@@ -751,6 +751,11 @@ class SandboxDriver final : public Driver {
 void SandboxInstance::run(SpawnRequest req, Clock::time_point start_deadline) {
   auto self = shared_from_this();  // outlives everything below
   try {
+    wake_ = UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (wake_.get() < 0) {
+      throw Error(errc::unavailable,
+                  std::string("cannot create an eventfd: ") + std::strerror(errno));
+    }
     auto [req_read, req_write] = make_pipe();
     auto [resp_read, resp_write] = make_pipe();
     auto [out_read, out_write] = make_pipe();
@@ -772,7 +777,6 @@ void SandboxInstance::run(SpawnRequest req, Clock::time_point start_deadline) {
     out_ = std::move(out_read);
     err_ = std::move(err_read);
     for (int fd : {request_.get(), response_.get(), out_.get(), err_.get()}) set_nonblocking(fd);
-    wake_ = UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     // The child's ends close here: its exit shows as EOF on ours.
     driver_.spawned(this, child);
   } catch (const Error& e) {

@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <future>
 #include <mutex>
 #include <optional>
@@ -314,6 +315,20 @@ class SandboxTest : public ::testing::Test {
     EXPECT_TRUE(exited.wait_for(lock, std::chrono::seconds(30), [&] { return exit.has_value(); }));
     if (exit) out.exit = *exit;
     return out;
+  }
+
+  // An instance of `spec` (function "fn"), with its log lines to `on_line` when given.
+  std::shared_ptr<Instance> start_instance(const v1::FunctionSpec& spec,
+                                           std::function<void(const std::string&)> on_line = {}) {
+    InstanceOptions o;
+    o.function = "fn";
+    o.spec = spec;
+    if (on_line) {
+      o.on_log = [on_line](const std::string&, const std::string&, const std::string& line) {
+        on_line(line);
+      };
+    }
+    return driver_->start(o);
   }
 
   std::string token_;
@@ -654,11 +669,9 @@ Invocation make_call(const v1::FunctionSpec& spec, const std::string& id,
 }
 
 TEST_F(SandboxTest, AsyncCallsMixedWithWaitingCallsEachGetTheirOwnAnswer) {
-  InstanceOptions o;
-  o.function = "fn";
-  o.spec = python_spec("echo:handler");
-  o.spec.mutable_scaling()->set_target_concurrency(8);
-  auto instance = driver_->start(o);
+  auto spec = python_spec("echo:handler");
+  spec.mutable_scaling()->set_target_concurrency(8);
+  auto instance = start_instance(spec);
   // Two reactors, and callers on session-like strands of them, take turns reading the pipe with
   // threads that wait for their answers.
   Reactor a, b;
@@ -672,7 +685,7 @@ TEST_F(SandboxTest, AsyncCallsMixedWithWaitingCallsEachGetTheirOwnAnswer) {
       for (int i = 0; i < 30; ++i) {
         const std::string id = "w" + std::to_string(t) + "-" + std::to_string(i);
         try {
-          if (instance->call(make_call(o.spec, id, "\"" + id + "\"")).result == "\"" + id + "\"") {
+          if (instance->call(make_call(spec, id, "\"" + id + "\"")).result == "\"" + id + "\"") {
             ++right;
           }
         } catch (const Error& e) {
@@ -688,7 +701,7 @@ TEST_F(SandboxTest, AsyncCallsMixedWithWaitingCallsEachGetTheirOwnAnswer) {
     while (i < k_async && static_cast<int>(flying.size()) < k_window) {
       const std::string id = "a" + std::to_string(i);
       flying.emplace_back(id,
-                          call_async(*instance, make_call(o.spec, id, "\"" + id + "\""),
+                          call_async(*instance, make_call(spec, id, "\"" + id + "\""),
                                      executors[static_cast<std::size_t>(i) % executors.size()]));
       ++i;
     }
@@ -706,12 +719,10 @@ TEST_F(SandboxTest, AsyncCallsMixedWithWaitingCallsEachGetTheirOwnAnswer) {
 }
 
 TEST_F(SandboxTest, AsyncCallPastItsTimeoutKillsTheInstanceAndSaysSo) {
-  InstanceOptions o;
-  o.function = "fn";
-  o.spec = python_spec("sleeper:with_child");
-  auto instance = driver_->start(o);
+  const auto spec = python_spec("sleeper:with_child");
+  auto instance = start_instance(spec);
   Reactor reactor;
-  auto inv = make_call(o.spec, "late-1", "{}");
+  auto inv = make_call(spec, "late-1", "{}");
   inv.timeout = std::chrono::milliseconds(600);
   auto future = call_async(*instance, inv, reactor.ioc.get_executor());
   const Error e = error_of(future);
@@ -723,16 +734,14 @@ TEST_F(SandboxTest, AsyncCallPastItsTimeoutKillsTheInstanceAndSaysSo) {
 }
 
 TEST_F(SandboxTest, AsyncCallOfACrashingHandlerFailsWithItsExitAndTheOthersToo) {
-  InstanceOptions o;
-  o.function = "fn";
-  o.spec = python_spec("pool:identity");
-  o.spec.mutable_scaling()->set_target_concurrency(2);
-  auto instance = driver_->start(o);
+  auto spec = python_spec("pool:identity");
+  spec.mutable_scaling()->set_target_concurrency(2);
+  auto instance = start_instance(spec);
   Reactor reactor;
   // The handler serves its requests in turn: the crash comes first, the other is never read.
-  auto crash = call_async(*instance, make_call(o.spec, "boom", R"({"crash": true})"),
+  auto crash = call_async(*instance, make_call(spec, "boom", R"({"crash": true})"),
                           reactor.ioc.get_executor());
-  auto slow = call_async(*instance, make_call(o.spec, "slow", R"({"sleep": 30})"),
+  auto slow = call_async(*instance, make_call(spec, "slow", R"({"sleep": 30})"),
                          reactor.ioc.get_executor());
   const Error crashed = error_of(crash);
   EXPECT_EQ(crashed.code(), errc::handler_failed);
@@ -746,15 +755,12 @@ TEST_F(SandboxTest, AsyncCallOfACrashingHandlerFailsWithItsExitAndTheOthersToo) 
 
 TEST_F(SandboxTest, KillingAnInstanceFailsItsAsyncCallsAsUnavailable) {
   std::atomic<bool> sleeping{false};
-  InstanceOptions o;
-  o.function = "fn";
-  o.spec = python_spec("sleeper:handler");
-  o.on_log = [&](const std::string&, const std::string&, const std::string& line) {
+  const auto spec = python_spec("sleeper:handler");
+  auto instance = start_instance(spec, [&](const std::string& line) {
     if (line == "sleeping forever") sleeping = true;
-  };
-  auto instance = driver_->start(o);
+  });
   Reactor reactor;
-  auto future = call_async(*instance, make_call(o.spec, "r", "{}"), reactor.ioc.get_executor());
+  auto future = call_async(*instance, make_call(spec, "r", "{}"), reactor.ioc.get_executor());
   ASSERT_TRUE(eventually([&] { return sleeping.load(); }));  // the call is in the handler
   instance->kill();
   const Error e = error_of(future);
@@ -763,18 +769,16 @@ TEST_F(SandboxTest, KillingAnInstanceFailsItsAsyncCallsAsUnavailable) {
 }
 
 TEST_F(SandboxTest, AnInstanceOutlivesTheReactorThatReadItsAnswers) {
-  InstanceOptions o;
-  o.function = "fn";
-  o.spec = python_spec("echo:handler");
-  auto instance = driver_->start(o);
+  const auto spec = python_spec("echo:handler");
+  auto instance = start_instance(spec);
   {
     Reactor first;
-    auto future = call_async(*instance, make_call(o.spec, "r1", "1"), asio::make_strand(first.ioc));
+    auto future = call_async(*instance, make_call(spec, "r1", "1"), asio::make_strand(first.ioc));
     EXPECT_EQ(future.get().result, "1");
   }  // its io_context is destroyed while the pipe is still registered with it
-  EXPECT_EQ(instance->call(make_call(o.spec, "r2", "2")).result, "2");
+  EXPECT_EQ(instance->call(make_call(spec, "r2", "2")).result, "2");
   Reactor second;
-  auto future = call_async(*instance, make_call(o.spec, "r3", "3"), second.ioc.get_executor());
+  auto future = call_async(*instance, make_call(spec, "r3", "3"), second.ioc.get_executor());
   EXPECT_EQ(future.get().result, "3");
   EXPECT_TRUE(instance->alive());
 }
