@@ -1051,7 +1051,7 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   // A call that needs no thread while it runs (a warm invocation): its answer comes back to this
-  // strand. One the Backend cannot start so runs as a worker call.
+  // strand. A call the Backend cannot start that way runs as a worker call.
   void run_async(Routed routed, unsigned version, std::shared_ptr<const Request> req) {
     if (server_.begin_async()) {
       auto self = shared_from_this();
@@ -1480,7 +1480,7 @@ auto sliced_poll(F poll, milliseconds wait, milliseconds slice_max,
 Routed Core::route(const std::shared_ptr<const Request>& req) {
   if (!is_api_target(req->target())) {
     return async_or_worker(
-        [this, req](const asio::any_io_executor& executor, Answer answer) {
+        [this, req](const asio::any_io_executor& executor, const Answer& answer) {
           v1::InvokeRequest call;
           try {
             if (auto early = gateway_request(*req, call)) {
@@ -1488,7 +1488,7 @@ Routed Core::route(const std::shared_ptr<const Request>& req) {
               return true;
             }
             return backend->try_invoke_async(
-                call, executor, [answer](std::exception_ptr error, v1::InvokeResponse out) {
+                call, executor, [answer](const std::exception_ptr& error, v1::InvokeResponse out) {
                   answer(error ? gateway_failure(error) : gateway_answer(std::move(out)));
                 });
           } catch (...) {
@@ -1706,9 +1706,9 @@ Routed Core::route_kind(const std::shared_ptr<const Request>& req, Kind kind, co
       if (method != http::verb::post) return not_allowed(req, "POST");
       auto call = std::make_shared<v1::InvokeRequest>(invoke_request(*req, name, t));
       return async_or_worker(
-          [backend, call](const asio::any_io_executor& executor, Answer answer) {
+          [backend, call](const asio::any_io_executor& executor, const Answer& answer) {
             return backend->try_invoke_async(
-                *call, executor, [answer](std::exception_ptr error, v1::InvokeResponse out) {
+                *call, executor, [answer](const std::exception_ptr& error, v1::InvokeResponse out) {
                   if (!error) return answer(invoke_response(std::move(out)));
                   try {
                     std::rethrow_exception(error);
@@ -1764,7 +1764,7 @@ Response Core::invoke_response(v1::InvokeResponse out) {
   res.set("X-Blixard-Node", out.node());
   const auto& d = out.duration();
   res.set("X-Blixard-Duration-Us", std::to_string(d.seconds() * 1'000'000 + d.nanos() / 1000));
-  res.body() = out.result();
+  res.body() = std::move(*out.mutable_result());
   return res;
 }
 

@@ -544,7 +544,7 @@ bool Service::try_invoke_async(const v1::InvokeRequest& request,
       version, invocation, executor,
       // Holds what it needs: the service may be closing once the pool let go of the call.
       [node = node_, invocation, complete = std::move(complete)](
-          std::exception_ptr error, runtime::InvocationResult outcome) {
+          const std::exception_ptr& error, runtime::InvocationResult outcome) {
         if (error) return complete(error, {});
         complete(nullptr, response_of(*invocation, std::move(outcome), node->name()));
       });

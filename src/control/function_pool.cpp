@@ -306,9 +306,9 @@ bool FunctionPools::give_place(const std::string& function, Slot& slot) {
 Error FunctionPools::map_error(const std::string& function, const Error& e) const {
   auto it = pools_.find(function);
   if (it == pools_.end() || it->second->deleted) {
-    return Error(errc::unavailable, "function \"" + function + "\" was deleted");
+    return {errc::unavailable, "function \"" + function + "\" was deleted"};
   }
-  if (closed_) return Error(errc::unavailable, "the cluster is shut down");
+  if (closed_) return {errc::unavailable, "the cluster is shut down"};
   return e;
 }
 
@@ -442,7 +442,7 @@ runtime::InvocationResult FunctionPools::invoke_attempt(std::int64_t version,
 }
 
 bool FunctionPools::try_invoke_async(std::int64_t version,
-                                     std::shared_ptr<const runtime::Invocation> inv,
+                                     const std::shared_ptr<const runtime::Invocation>& inv,
                                      const boost::asio::any_io_executor& executor,
                                      runtime::CallCompletion complete) {
   std::shared_ptr<Slot> slot;
@@ -460,10 +460,17 @@ bool FunctionPools::try_invoke_async(std::int64_t version,
   auto call =
       std::make_shared<AsyncCall>(AsyncCall{version, inv, slot, instance, std::move(complete)});
   try {
-    instance->call_async(*inv, executor,
-                         [this, call](std::exception_ptr error, runtime::InvocationResult out) {
-                           async_done(*call, error, std::move(out));
-                         });
+    const bool sent = instance->call_async(
+        *inv, executor,
+        [this, call](const std::exception_ptr& error, runtime::InvocationResult out) {
+          async_done(*call, error, std::move(out));
+        });
+    if (!sent) {
+      // Its pipe is full of calls queued ahead: this one waits on a thread instead.
+      std::lock_guard lock(mutex_);
+      if (give_place(inv->function, *slot)) changed_.notify_all();
+      return false;
+    }
   } catch (const Error& raw) {
     Failure f = call_failed(inv->function, slot, *instance, raw, false, true);
     if (f.retry) return false;  // nothing ran: invoke() finds a live instance
@@ -472,7 +479,7 @@ bool FunctionPools::try_invoke_async(std::int64_t version,
   return true;
 }
 
-void FunctionPools::async_done(const AsyncCall& call, std::exception_ptr error,
+void FunctionPools::async_done(const AsyncCall& call, const std::exception_ptr& error,
                                runtime::InvocationResult out) {
   const std::string& function = call.inv->function;
   if (!error) {

@@ -54,7 +54,8 @@ class FunctionPools {
   // is sent, its answer read on `executor`'s reactor, and `complete` runs once it ends. False,
   // having done nothing, when the call would wait for an instance to start: make it with
   // invoke(). Throws what invoke() throws at once (throttled, unavailable).
-  bool try_invoke_async(std::int64_t version, std::shared_ptr<const runtime::Invocation> invocation,
+  bool try_invoke_async(std::int64_t version,
+                        const std::shared_ptr<const runtime::Invocation>& invocation,
                         const boost::asio::any_io_executor& executor,
                         runtime::CallCompletion complete);
 
@@ -106,7 +107,8 @@ class FunctionPools {
     std::shared_ptr<runtime::Instance> instance;
     runtime::CallCompletion complete;
   };
-  void async_done(const AsyncCall& call, std::exception_ptr error, runtime::InvocationResult out);
+  void async_done(const AsyncCall& call, const std::exception_ptr& error,
+                  runtime::InvocationResult out);
   void background_done();
   // Takes a dead instance out of rotation at once, before its exit is reported; records why.
   void retire(const std::string& function, const std::shared_ptr<Slot>& slot,

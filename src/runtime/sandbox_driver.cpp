@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -62,6 +63,8 @@ constexpr std::size_t k_frame_overhead = 64 * 1024;
 constexpr std::uint64_t k_address_space_headroom = 512ull << 20;
 constexpr std::size_t k_log_tail_lines = 20;
 constexpr std::size_t k_max_log_line = 16 * 1024;
+// How much of the response pipe a caller reads at a time.
+constexpr std::size_t k_read_chunk = std::size_t{16} * 1024;
 // How long a caller whose call timed out waits for the killed instance to be reaped.
 constexpr milliseconds k_reap_wait{10'000};
 constexpr milliseconds k_stop_grace{200};
@@ -250,7 +253,7 @@ class SandboxInstance : public std::enable_shared_from_this<SandboxInstance> {
   void run(SpawnRequest request, Clock::time_point start_deadline);
 
   InvocationResult call(const Invocation& inv);
-  void call_async(const Invocation& inv, const asio::any_io_executor& executor,
+  bool call_async(const Invocation& inv, const asio::any_io_executor& executor,
                   CallCompletion complete);
   void stop(milliseconds grace);
   void kill(KillReason why);
@@ -346,13 +349,14 @@ class SandboxInstance : public std::enable_shared_from_this<SandboxInstance> {
   std::unique_ptr<asio::posix::stream_descriptor> async_reader_;
   PipeReaders* registered_with_ = nullptr;
   bool async_reading_ = false;
-  std::unique_ptr<std::array<char, 16 * 1024>> async_buffer_;
+  std::unique_ptr<std::array<char, k_read_chunk>> async_buffer_;
 
   // Touched by the instance thread only (and the fds by writers under write_mutex_).
   pid_t pid_ = -1;
   UniqueFd pidfd_;
   std::mutex write_mutex_;
-  UniqueFd request_;  // our write end (fd 3 in the handler)
+  UniqueFd request_;                      // our write end (fd 3 in the handler)
+  std::size_t request_pipe_size_ = 4096;  // its capacity (F_GETPIPE_SZ; a page if unknown)
   UniqueFd out_, err_;
   // Touched by the reader only (reader_busy_).
   UniqueFd response_;  // our read end (fd 4 in the handler)
@@ -371,9 +375,9 @@ class SandboxHandle final : public Instance {
   std::chrono::microseconds init_duration() const override { return s_->init_; }
   bool alive() const override { return s_->alive(); }
   InvocationResult call(const Invocation& inv) override { return s_->call(inv); }
-  void call_async(const Invocation& inv, const asio::any_io_executor& executor,
+  bool call_async(const Invocation& inv, const asio::any_io_executor& executor,
                   CallCompletion complete) override {
-    s_->call_async(inv, executor, std::move(complete));
+    return s_->call_async(inv, executor, std::move(complete));
   }
   void stop(milliseconds grace) override { s_->stop(grace); }
   void kill() override { s_->kill(KillReason::stopped); }
@@ -777,6 +781,9 @@ void SandboxInstance::run(SpawnRequest req, Clock::time_point start_deadline) {
     out_ = std::move(out_read);
     err_ = std::move(err_read);
     for (int fd : {request_.get(), response_.get(), out_.get(), err_.get()}) set_nonblocking(fd);
+    if (const int size = ::fcntl(request_.get(), F_GETPIPE_SZ); size > 0) {
+      request_pipe_size_ = static_cast<std::size_t>(size);
+    }
     // The child's ends close here: its exit shows as EOF on ours.
     driver_.spawned(this, child);
   } catch (const Error& e) {
@@ -1267,7 +1274,7 @@ InvocationResult SandboxInstance::call(const Invocation& inv) {
   return result_of(pending.response, inv.function, sent);
 }
 
-void SandboxInstance::call_async(const Invocation& inv, const asio::any_io_executor& executor,
+bool SandboxInstance::call_async(const Invocation& inv, const asio::any_io_executor& executor,
                                  CallCompletion complete) {
   check_payload(inv);
   auto owned = std::make_unique<Pending>();
@@ -1289,11 +1296,20 @@ void SandboxInstance::call_async(const Invocation& inv, const asio::any_io_execu
       throw Error(errc::unavailable,
                   "instance " + name_ + " of '" + inv.function + "' is no longer running");
     }
+    if (!pending_.empty()) {
+      // Requests queued ahead: this one must fit in the pipe, or its write would block the
+      // caller's io thread until the handler reads. (A request alone in the pipe always fits.)
+      int queued = 0;
+      if (::ioctl(request_.get(), FIONREAD, &queued) != 0 ||
+          static_cast<std::size_t>(queued) + bytes.size() > request_pipe_size_) {
+        return false;
+      }
+    }
     if (!pending_.emplace(inv.request_id, owned.get()).second) {
       throw Error(errc::invalid_spec, "request id '" + inv.request_id + "' is already in flight",
                   "request_id");
     }
-    owned.release();  // pending_'s now: from here on whoever ends the call owns it
+    static_cast<void>(owned.release());  // whoever ends the call owns it from here on
     ++async_calls_;
     if (deadline < planned_wake_) {
       planned_wake_ = deadline;
@@ -1311,6 +1327,7 @@ void SandboxInstance::call_async(const Invocation& inv, const asio::any_io_execu
     reader_busy_ = true;
     hand_over_reader(lock);  // to this call's reactor, unless a caller waits for the pipe
   }
+  return true;
 }
 
 void SandboxInstance::hand_over_reader(std::unique_lock<std::mutex>& lock) {
@@ -1352,7 +1369,7 @@ void SandboxInstance::read_async(const asio::any_io_executor& executor) {
         std::make_unique<asio::posix::stream_descriptor>(plain(executor), response_.get());
     registered_with_ = &asio::use_service<PipeReaders>(context);
     registered_with_->add(shared_from_this());
-    if (!async_buffer_) async_buffer_ = std::make_unique<std::array<char, 16 * 1024>>();
+    if (!async_buffer_) async_buffer_ = std::make_unique<std::array<char, k_read_chunk>>();
   }
   async_reading_ = true;
   async_reader_->async_read_some(
@@ -1476,7 +1493,7 @@ bool SandboxInstance::expire_async_calls() {
 
 SandboxInstance::ReadEnd SandboxInstance::read_until_answered(const Pending& mine,
                                                               Clock::time_point deadline) {
-  std::array<char, 16 * 1024> buf;  // not zeroed: on every call's path
+  std::array<char, k_read_chunk> buf;  // not zeroed: on every call's path
   for (;;) {
     // The answer is rarely there yet when the request has just been written: poll first.
     const auto left = std::chrono::ceil<milliseconds>(deadline - Clock::now());

@@ -637,13 +637,15 @@ std::future<InvocationResult> call_async(Instance& instance, const Invocation& i
                                          const asio::any_io_executor& executor) {
   auto promise = std::make_shared<std::promise<InvocationResult>>();
   auto future = promise->get_future();
-  instance.call_async(inv, executor, [promise](std::exception_ptr error, InvocationResult out) {
-    if (error) {
-      promise->set_exception(error);
-    } else {
-      promise->set_value(std::move(out));
-    }
-  });
+  const bool sent =
+      instance.call_async(inv, executor, [promise](std::exception_ptr error, InvocationResult out) {
+        if (error) {
+          promise->set_exception(error);
+        } else {
+          promise->set_value(std::move(out));
+        }
+      });
+  EXPECT_TRUE(sent) << "call_async refused " << inv.request_id;
   return future;
 }
 
@@ -766,6 +768,29 @@ TEST_F(SandboxTest, KillingAnInstanceFailsItsAsyncCallsAsUnavailable) {
   const Error e = error_of(future);
   EXPECT_EQ(e.code(), errc::unavailable);
   EXPECT_THAT(e.message(), HasSubstr("was stopped"));
+}
+
+TEST_F(SandboxTest, AnAsyncCallThatWouldWaitForRoomInTheRequestPipeIsRefused) {
+  auto spec = python_spec("pool:identity");
+  spec.mutable_scaling()->set_target_concurrency(4);
+  std::atomic<bool> served{false};
+  auto instance = start_instance(spec, [&](const std::string& line) {
+    if (line == "served busy") served = true;
+  });
+  Reactor reactor;
+  // The handler takes the first request and sleeps; the next ones queue in its pipe (64 KiB).
+  auto busy = call_async(*instance, make_call(spec, "busy", R"({"sleep": 0.5})"),
+                         reactor.ioc.get_executor());
+  const std::string big = R"({"pad": ")" + std::string(40 << 10, 'x') + R"("})";
+  auto queued = call_async(*instance, make_call(spec, "queued", big), reactor.ioc.get_executor());
+  EXPECT_FALSE(instance->call_async(
+      make_call(spec, "no-room", big), reactor.ioc.get_executor(),
+      [](std::exception_ptr, InvocationResult) { ADD_FAILURE() << "a refused call completed"; }));
+  EXPECT_FALSE(served.load());  // the refusal did not wait for the handler
+  // Refused means nothing was sent: the same request id is free, and the calls sent succeed.
+  EXPECT_THAT(busy.get().result, HasSubstr(instance->name()));
+  EXPECT_THAT(queued.get().result, HasSubstr(instance->name()));
+  EXPECT_THAT(instance->call(make_call(spec, "no-room", big)).result, HasSubstr(instance->name()));
 }
 
 TEST_F(SandboxTest, AnInstanceOutlivesTheReactorThatReadItsAnswers) {

@@ -46,9 +46,9 @@ class Backend {
   // thread, never inside this call. False, having done nothing, when it cannot: the caller calls
   // invoke(). Throws what invoke() throws before the call starts (bad payload, throttled, ...).
   // `executor`'s context reads the answer, so it must keep running until `complete` has run.
-  virtual bool try_invoke_async(const v1::InvokeRequest& /*request*/,
-                                const boost::asio::any_io_executor& /*executor*/,
-                                InvokeCompletion /*complete*/) {
+  virtual bool try_invoke_async(
+      const v1::InvokeRequest& /*request*/, const boost::asio::any_io_executor& /*executor*/,
+      InvokeCompletion /*complete*/) {  // NOLINT(performance-*): moved by overrides
     return false;
   }
 
