@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -66,10 +67,30 @@ class Function {
           auto work = boost::asio::prefer(
               boost::asio::get_associated_executor(handler, pool.get_executor()),
               boost::asio::execution::outstanding_work.tracked);
-          // The work holds the backend, never the AsyncContext: the pool must not own (and so
-          // join) itself when the last handle goes away while a call completes.
+          // Shared, as the completion is a (copyable) std::function and the handler may be
+          // move-only. Neither holds the AsyncContext: the pool must not own (and so join) itself
+          // when the last handle goes away while a call completes.
+          auto shared = std::make_shared<decltype(handler)>(std::move(handler));
+          Completion complete = [shared, work](std::exception_ptr error, InvokeResult result) {
+            boost::asio::dispatch(work, [shared, error, result = std::move(result)]() mutable {
+              std::move (*shared)(error, std::move(result));
+            });
+          };
+          // A warm instance (of an embedded cluster) takes the call with no thread waiting: its
+          // answer is read on the pool's reactor. Anything else waits on a thread of the pool.
+          try {
+            if (start_invoke(*backend, name, payload, timeout, pool.get_executor(), complete)) {
+              return;
+            }
+          } catch (...) {
+            // Not inside the initiating call: a coroutine awaiting this must not resume in it.
+            boost::asio::post(work, [shared, error = std::current_exception()]() mutable {
+              std::move (*shared)(error, InvokeResult{});
+            });
+            return;
+          }
           boost::asio::post(pool, [backend, name, payload = std::move(payload), timeout,
-                                   handler = std::move(handler), work]() mutable {
+                                   complete = std::move(complete)] {
             std::exception_ptr error;
             InvokeResult result;
             try {
@@ -77,10 +98,7 @@ class Function {
             } catch (...) {
               error = std::current_exception();
             }
-            boost::asio::dispatch(
-                work, [handler = std::move(handler), error, result = std::move(result)]() mutable {
-                  std::move(handler)(error, std::move(result));
-                });
+            complete(error, std::move(result));
           });
         },
         token, std::move(payload_json));
@@ -91,8 +109,15 @@ class Function {
   void remove() const;
 
  private:
+  using Completion = std::function<void(std::exception_ptr, InvokeResult)>;
   static InvokeResult invoke_on(detail::Backend& backend, const std::string& name,
                                 const std::string& payload_json, std::chrono::milliseconds timeout);
+  // Starts the call with no thread waiting where the backend can (true); false, having done
+  // nothing, where it cannot. Throws what invoke_on() would before the call starts.
+  static bool start_invoke(detail::Backend& backend, const std::string& name,
+                           const std::string& payload_json, std::chrono::milliseconds timeout,
+                           const boost::asio::any_io_executor& executor,
+                           const Completion& complete);
 
   std::shared_ptr<detail::Backend> backend_;
   std::string name_;

@@ -150,9 +150,8 @@ InvokeResult Function::invoke(const std::string& payload_json,
   return invoke_on(*backend_, name_, payload_json, timeout);
 }
 
-InvokeResult Function::invoke_on(detail::Backend& backend, const std::string& name,
-                                 const std::string& payload_json,
-                                 std::chrono::milliseconds timeout) {
+static v1::InvokeRequest invoke_request(const std::string& name, const std::string& payload_json,
+                                        std::chrono::milliseconds timeout) {
   v1::InvokeRequest request;
   request.set_function(name);
   request.set_payload(payload_json);
@@ -160,7 +159,10 @@ InvokeResult Function::invoke_on(detail::Backend& backend, const std::string& na
     *request.mutable_timeout() =
         google::protobuf::util::TimeUtil::MillisecondsToDuration(timeout.count());
   }
-  auto response = backend.invoke(request);
+  return request;
+}
+
+static InvokeResult invoke_result(const v1::InvokeResponse& response) {
   InvokeResult result;
   result.result = response.result();
   result.cold_start = response.cold_start();
@@ -169,6 +171,24 @@ InvokeResult Function::invoke_on(detail::Backend& backend, const std::string& na
   result.duration = std::chrono::microseconds(
       google::protobuf::util::TimeUtil::DurationToMicroseconds(response.duration()));
   return result;
+}
+
+InvokeResult Function::invoke_on(detail::Backend& backend, const std::string& name,
+                                 const std::string& payload_json,
+                                 std::chrono::milliseconds timeout) {
+  return invoke_result(backend.invoke(invoke_request(name, payload_json, timeout)));
+}
+
+bool Function::start_invoke(detail::Backend& backend, const std::string& name,
+                            const std::string& payload_json, std::chrono::milliseconds timeout,
+                            const boost::asio::any_io_executor& executor,
+                            const Completion& complete) {
+  return backend.try_invoke_async(
+      invoke_request(name, payload_json, timeout), executor,
+      [complete](const std::exception_ptr& error, const v1::InvokeResponse& response) {
+        if (error) return complete(error, {});
+        complete(nullptr, invoke_result(response));
+      });
 }
 
 template <class T>

@@ -267,4 +267,32 @@ TEST_F(ClusterTest, AsyncInvokeTakesAPerCallTimeout) {
   EXPECT_NE(std::string(e.what()).find("timed out after 300ms"), std::string::npos) << e.what();
 }
 
+TEST_F(ClusterTest, AsyncInvokeOnWarmInstancesAnswersAndTimesOut) {
+  auto c = open();
+  blixard::v1::FunctionSpec slow;
+  slow.set_runtime("python");
+  slow.set_handler("funcs:slow");
+  slow.set_code((k_data / "code").string());
+  slow.mutable_timeout()->set_seconds(60);
+  slow.mutable_scaling()->set_min_instances(2);
+  auto fn = c.create_function("slow", slow);
+  ASSERT_TRUE(
+      blixard::test_support::eventually([&] { return fn.get().status().instances_warm() == 2; }));
+  // Warm calls are read on the SDK's own reactor with no thread waiting for them.
+  std::vector<std::future<blixard::InvokeResult>> calls;
+  for (int i = 0; i < 12; ++i) {
+    calls.push_back(fn.async_invoke(R"({"seconds": 0.01})", boost::asio::use_future));
+  }
+  for (auto& call : calls) {
+    const auto r = call.get();
+    EXPECT_EQ(r.result, "\"done\"");
+    EXPECT_FALSE(r.request_id.empty());
+  }
+  auto late = fn.async_invoke(R"({"seconds": 30})", std::chrono::milliseconds(300),
+                              boost::asio::use_future);
+  const auto e = expect_error([&] { late.get(); }, errc::timeout);
+  EXPECT_NE(std::string(e.what()).find("timed out after 300ms"), std::string::npos) << e.what();
+  EXPECT_EQ(fn.metrics().invocations(), 13u);  // twelve answers and the timeout
+}
+
 }  // namespace
