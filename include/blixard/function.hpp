@@ -73,7 +73,8 @@ class Function {
           auto shared = std::make_shared<decltype(handler)>(std::move(handler));
           Completion complete = [shared, work](std::exception_ptr error, InvokeResult result) {
             boost::asio::dispatch(work, [shared, error, result = std::move(result)]() mutable {
-              std::move (*shared)(error, std::move(result));
+              auto handler = std::move(*shared);
+              std::move(handler)(error, std::move(result));
             });
           };
           // A warm instance (of an embedded cluster) takes the call with no thread waiting: its
@@ -85,7 +86,8 @@ class Function {
           } catch (...) {
             // Not inside the initiating call: a coroutine awaiting this must not resume in it.
             boost::asio::post(work, [shared, error = std::current_exception()]() mutable {
-              std::move (*shared)(error, InvokeResult{});
+              auto handler = std::move(*shared);
+              std::move(handler)(error, InvokeResult{});
             });
             return;
           }
