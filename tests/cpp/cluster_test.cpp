@@ -253,14 +253,19 @@ TEST_F(ClusterTest, AsyncInvokeWorksWithEveryCompletionToken) {
   expect_error([&] { std::rethrow_exception(from_callback); }, errc::not_found);
 }
 
-TEST_F(ClusterTest, AsyncInvokeTakesAPerCallTimeout) {
-  auto c = open();
+// funcs:slow, which sleeps event["seconds"], with a timeout of a minute.
+blixard::v1::FunctionSpec slow_spec() {
   blixard::v1::FunctionSpec slow;
   slow.set_runtime("python");
   slow.set_handler("funcs:slow");
   slow.set_code((k_data / "code").string());
   slow.mutable_timeout()->set_seconds(60);
-  auto fn = c.create_function("slow", slow);
+  return slow;
+}
+
+TEST_F(ClusterTest, AsyncInvokeTakesAPerCallTimeout) {
+  auto c = open();
+  auto fn = c.create_function("slow", slow_spec());
   auto future = fn.async_invoke(R"({"seconds": 30})", std::chrono::milliseconds(300),
                                 boost::asio::use_future);
   const auto e = expect_error([&] { future.get(); }, errc::timeout);
@@ -269,11 +274,7 @@ TEST_F(ClusterTest, AsyncInvokeTakesAPerCallTimeout) {
 
 TEST_F(ClusterTest, AsyncInvokeOnWarmInstancesAnswersAndTimesOut) {
   auto c = open();
-  blixard::v1::FunctionSpec slow;
-  slow.set_runtime("python");
-  slow.set_handler("funcs:slow");
-  slow.set_code((k_data / "code").string());
-  slow.mutable_timeout()->set_seconds(60);
+  auto slow = slow_spec();
   slow.mutable_scaling()->set_min_instances(2);
   auto fn = c.create_function("slow", slow);
   ASSERT_TRUE(
