@@ -499,6 +499,8 @@ void FunctionPools::async_done(const AsyncCall& call, const std::exception_ptr& 
     raw = e;
   } catch (const std::exception& e) {
     raw = Error(errc::internal, e.what());
+  } catch (...) {
+    raw = Error(errc::internal, "unknown exception");
   }
   // Counted as a background thread before the place is given back, so shutdown() waits for the
   // retry below too.
