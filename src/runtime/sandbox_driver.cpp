@@ -287,6 +287,7 @@ class SandboxInstance : public std::enable_shared_from_this<SandboxInstance> {
   ReadEnd read_until_answered(const Pending& mine, Clock::time_point deadline);
   // The request frame of `inv`, and writing it (false: still not written at `deadline`).
   static std::string request_frame(const Invocation& inv, milliseconds timeout);
+  // write_mutex_ held (frames of concurrent calls must not interleave).
   bool write_request(const std::string& bytes, Clock::time_point deadline);
   // What a call gets from its handler's response (throws the handler's error).
   InvocationResult result_of(v1::InstanceResponse& response, const std::string& function,
@@ -1155,8 +1156,6 @@ std::string SandboxInstance::request_frame(const Invocation& inv, milliseconds t
 }
 
 bool SandboxInstance::write_request(const std::string& bytes, Clock::time_point deadline) {
-  // Frames of concurrent calls must not interleave.
-  std::lock_guard wlock(write_mutex_);
   SigpipeGuard guard;
   std::size_t done = 0;
   while (done < bytes.size() && request_.get() >= 0) {
@@ -1218,7 +1217,11 @@ InvocationResult SandboxInstance::call(const Invocation& inv) {
   const std::string bytes = request_frame(inv, timeout);
   const auto sent = Clock::now();
   const auto deadline = sent + timeout;
-  bool timed_out = !write_request(bytes, deadline);
+  bool timed_out = false;
+  {
+    std::lock_guard wlock(write_mutex_);
+    timed_out = !write_request(bytes, deadline);
+  }
 
   std::unique_lock lock(mutex_);
   ++role_waiters_;
@@ -1289,6 +1292,11 @@ bool SandboxInstance::call_async(const Invocation& inv, const asio::any_io_execu
   a.sent = Clock::now();
   a.deadline = a.sent + a.timeout;
   const auto deadline = a.deadline;
+  // Held from the room check to the end of the write, so no other frame takes the room first.
+  // Another writer in the middle of a frame (a large one may wait for the handler): this call
+  // waits on a thread instead of this caller's io thread.
+  std::unique_lock wlock(write_mutex_, std::try_to_lock);
+  if (!wlock.owns_lock()) return false;
   bool wake = false;
   {
     std::lock_guard lock(mutex_);
@@ -1322,6 +1330,7 @@ bool SandboxInstance::call_async(const Invocation& inv, const asio::any_io_execu
   }
   // Not written by its deadline: the instance thread times it out.
   write_request(bytes, deadline);
+  wlock.unlock();
   std::unique_lock lock(mutex_);
   if (!reader_busy_) {
     reader_busy_ = true;

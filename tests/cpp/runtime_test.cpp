@@ -632,20 +632,25 @@ struct Reactor {
   }
 };
 
-// One call_async() as a future.
+// One call_async() as a future. A refusal because another caller was writing its request at that
+// moment is tried again, as often as a bug would need to be seen.
 std::future<InvocationResult> call_async(Instance& instance, const Invocation& inv,
                                          const asio::any_io_executor& executor) {
   auto promise = std::make_shared<std::promise<InvocationResult>>();
   auto future = promise->get_future();
-  const bool sent =
-      instance.call_async(inv, executor, [promise](std::exception_ptr error, InvocationResult out) {
-        if (error) {
-          promise->set_exception(error);
-        } else {
-          promise->set_value(std::move(out));
-        }
-      });
-  EXPECT_TRUE(sent) << "call_async refused " << inv.request_id;
+  auto complete = [promise](std::exception_ptr error, InvocationResult out) {
+    if (error) {
+      promise->set_exception(error);
+    } else {
+      promise->set_value(std::move(out));
+    }
+  };
+  bool sent = false;
+  for (int tries = 0; !sent && tries < 100'000; ++tries) {
+    sent = instance.call_async(inv, executor, complete);
+    if (!sent) std::this_thread::yield();
+  }
+  EXPECT_TRUE(sent) << "call_async kept refusing " << inv.request_id;
   return future;
 }
 
