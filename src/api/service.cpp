@@ -32,9 +32,6 @@ constexpr const char* k_triggers_prefix = "/registry/triggers/";
 // Label that marks a trigger generated from a function's inline `triggers` list.
 constexpr const char* k_owner_label = "blixard.dev/function";
 constexpr std::size_t k_default_max_payload = 6u << 20;
-// Payloads up to this go to the handler without a thread waiting: the request frame fits in the
-// handler's empty request pipe (64 KiB), so writing it never blocks the caller's io thread.
-constexpr std::size_t k_async_payload_max = 48u << 10;
 constexpr int k_apply_attempts = 5;
 
 std::string random_hex(std::size_t bytes) {
@@ -536,8 +533,6 @@ v1::InvokeResponse Service::invoke(const v1::InvokeRequest& request) {
 bool Service::try_invoke_async(const v1::InvokeRequest& request,
                                const boost::asio::any_io_executor& executor,
                                InvokeCompletion complete) {
-  // A payload bigger than the pipe's buffer could block its writer: that one waits on a thread.
-  if (request.payload().size() > k_async_payload_max) return false;
   std::int64_t version = 0;
   std::shared_ptr<const runtime::Invocation> invocation = invocation_of(request, version);
   return pools_->try_invoke_async(

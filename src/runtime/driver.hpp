@@ -72,9 +72,10 @@ class Instance {
   // `executor`'s reactor (so an io thread serves other work while the handler runs) and
   // `complete` runs once, on that executor's thread or another reader's, never inside this call.
   // What call() would throw before sending (no longer running, payload too large) is thrown
-  // here. False, having done nothing, when the request would have to wait to be written (calls
-  // queued ahead fill the handler's request pipe, or another frame is being written): make it
-  // with call(). `executor`'s context must keep running until `complete` has run.
+  // here. False, having done nothing, when the request would have to wait to be written (it
+  // does not fit in the handler's request pipe beside the requests queued ahead, or another frame
+  // is being written): make it with call(). `executor`'s context must keep running until `complete`
+  // has run.
   virtual bool call_async(const Invocation& invocation,
                           const boost::asio::any_io_executor& executor,
                           CallCompletion complete) = 0;

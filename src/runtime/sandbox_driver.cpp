@@ -285,6 +285,10 @@ class SandboxInstance : public std::enable_shared_from_this<SandboxInstance> {
   enum class ReadEnd { answered, timed_out, gone };
   // As the reader (reader_busy_ taken): reads responses until `mine` is answered.
   ReadEnd read_until_answered(const Pending& mine, Clock::time_point deadline);
+  // mutex_ held: a call may start (unavailable otherwise), and it is in flight under its id
+  // (invalid_spec when the id already is).
+  void check_running(const std::string& function) const;
+  void add_pending(const std::string& request_id, Pending* pending);
   // The request frame of `inv`, and writing it (false: still not written at `deadline`).
   static std::string request_frame(const Invocation& inv, milliseconds timeout);
   // write_mutex_ held (frames of concurrent calls must not interleave).
@@ -1199,20 +1203,28 @@ InvocationResult SandboxInstance::result_of(v1::InstanceResponse& response,
   return out;
 }
 
+void SandboxInstance::check_running(const std::string& function) const {
+  if (state_ != State::ready || kill_reason_ != KillReason::none) {
+    throw Error(errc::unavailable,
+                "instance " + name_ + " of '" + function + "' is no longer running");
+  }
+}
+
+void SandboxInstance::add_pending(const std::string& request_id, Pending* pending) {
+  if (!pending_.emplace(request_id, pending).second) {
+    throw Error(errc::invalid_spec, "request id '" + request_id + "' is already in flight",
+                "request_id");
+  }
+}
+
 InvocationResult SandboxInstance::call(const Invocation& inv) {
   check_payload(inv);
   const milliseconds timeout = spec_timeout(inv.spec, inv.timeout);
   Pending pending;
   {
     std::lock_guard lock(mutex_);
-    if (state_ != State::ready || kill_reason_ != KillReason::none) {
-      throw Error(errc::unavailable,
-                  "instance " + name_ + " of '" + inv.function + "' is no longer running");
-    }
-    if (!pending_.emplace(inv.request_id, &pending).second) {
-      throw Error(errc::invalid_spec, "request id '" + inv.request_id + "' is already in flight",
-                  "request_id");
-    }
+    check_running(inv.function);
+    add_pending(inv.request_id, &pending);
   }
   const std::string bytes = request_frame(inv, timeout);
   const auto sent = Clock::now();
@@ -1300,23 +1312,13 @@ bool SandboxInstance::call_async(const Invocation& inv, const asio::any_io_execu
   bool wake = false;
   {
     std::lock_guard lock(mutex_);
-    if (state_ != State::ready || kill_reason_ != KillReason::none) {
-      throw Error(errc::unavailable,
-                  "instance " + name_ + " of '" + inv.function + "' is no longer running");
-    }
-    if (!pending_.empty()) {
-      // Requests queued ahead: this one must fit in the pipe, or its write would block the
-      // caller's io thread until the handler reads. (A request alone in the pipe always fits.)
-      int queued = 0;
-      if (::ioctl(request_.get(), FIONREAD, &queued) != 0 ||
-          static_cast<std::size_t>(queued) + bytes.size() > request_pipe_size_) {
-        return false;
-      }
-    }
-    if (!pending_.emplace(inv.request_id, owned.get()).second) {
-      throw Error(errc::invalid_spec, "request id '" + inv.request_id + "' is already in flight",
-                  "request_id");
-    }
+    check_running(inv.function);
+    // The frame must fit in the pipe beside the requests queued ahead (none when no call is in
+    // flight), or its write would block the caller's io thread until the handler reads.
+    int queued = 0;
+    if (!pending_.empty() && ::ioctl(request_.get(), FIONREAD, &queued) != 0) return false;
+    if (static_cast<std::size_t>(queued) + bytes.size() > request_pipe_size_) return false;
+    add_pending(inv.request_id, owned.get());
     static_cast<void>(owned.release());  // whoever ends the call owns it from here on
     ++async_calls_;
     if (deadline < planned_wake_) {
@@ -1402,11 +1404,7 @@ void SandboxInstance::on_async_read(const boost::system::error_code& ec, std::si
     const auto& mine = asio::query(async_reader_->get_executor(), asio::execution::context);
     for (const auto& [id, p] : pending_) {
       if (p->async && &asio::query(p->async->executor, asio::execution::context) == &mine) {
-        async_reader_->async_read_some(
-            asio::buffer(*async_buffer_),
-            [self = shared_from_this()](const boost::system::error_code& ec, std::size_t n) {
-              self->on_async_read(ec, n);
-            });
+        read_async(async_reader_->get_executor());  // still registered there
         return;
       }
     }
