@@ -20,6 +20,7 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/thread_pool.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/core/detail/base64.hpp>
 #include <boost/beast/http.hpp>
@@ -1096,7 +1097,7 @@ class Session : public std::enable_shared_from_this<Session> {
     });
   }
 
-  void write(Response res, unsigned version, std::shared_ptr<const Request> req = nullptr) {
+  void write(Response res, unsigned version, const std::shared_ptr<const Request>& req = nullptr) {
     res.version(version);
     res.set(http::field::server, "blixard");
     res.keep_alive(keep_alive_);
@@ -1112,15 +1113,39 @@ class Session : public std::enable_shared_from_this<Session> {
                    std::string_view(req->target()), res.result_int(), us);
       }
     }
+    close_after_write_ = res.need_eof();
+    head_of(res, head_);
     response_ = std::make_shared<Response>(std::move(res));
     arm(k_write_timeout);
-    http::async_write(stream_, *response_,
+    // Head and body in one gather write. Beast's serializer walks a view over many small buffers
+    // and costs a warm call more instructions than the rest of its HTTP work together.
+    const std::array<asio::const_buffer, 2> wire{asio::buffer(head_),
+                                                 asio::buffer(response_->body())};
+    asio::async_write(stream_, wire,
                       beast::bind_front_handler(&Session::on_write, shared_from_this()));
+  }
+
+  // The status line and fields of `res` (whose payload is prepared: a Content-Length, never
+  // chunked) into `out`.
+  static void head_of(const Response& res, std::string& out) {
+    out.clear();
+    out += res.version() == 10 ? "HTTP/1.0 " : "HTTP/1.1 ";
+    out += std::to_string(res.result_int());
+    out += ' ';
+    out += std::string_view(res.reason());
+    out += "\r\n";
+    for (const auto& field : res) {
+      out += std::string_view(field.name_string());
+      out += ": ";
+      out += std::string_view(field.value());
+      out += "\r\n";
+    }
+    out += "\r\n";
   }
 
   void on_write(beast::error_code ec, std::size_t) {
     disarm();
-    bool close_after = response_->need_eof();
+    const bool close_after = close_after_write_;
     response_.reset();
     if (ec) return close();
     if (close_after) return linger();
@@ -1284,7 +1309,9 @@ class Session : public std::enable_shared_from_this<Session> {
   beast::tcp_stream stream_;
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
-  std::shared_ptr<Response> response_;
+  std::shared_ptr<Response> response_;  // being written, after head_
+  std::string head_;
+  bool close_after_write_ = false;
   std::shared_ptr<http::response<http::empty_body>> continue_;
   std::vector<char> drain_buffer_;
   std::size_t drained_ = 0;

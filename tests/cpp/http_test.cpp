@@ -748,6 +748,28 @@ TEST_F(HttpTest, TokenIsRequiredWhenConfigured) {
   EXPECT_EQ(raw.body, "ok");
 }
 
+// The server formats a response's head itself: the status line in the request's HTTP version,
+// its fields, Content-Length, and the body after; a keep-alive connection takes the next request.
+TEST_F(HttpTest, ResponsesCarryStatusLineFieldsAndBodyInTheRequestsVersion) {
+  auto raw = raw_request(server_->port(), "GET /healthz HTTP/1.0\r\nHost: test\r\n\r\n");
+  EXPECT_EQ(raw.head.substr(0, 17), "HTTP/1.0 200 OK\r\n");
+  EXPECT_EQ(raw.header("Server"), "blixard");
+  EXPECT_EQ(raw.header("Content-Length"), "2");
+  EXPECT_EQ(raw.body, "ok");  // and the server closed the connection (HTTP/1.0)
+
+  const std::string two =
+      "GET /healthz HTTP/1.1\r\nHost: test\r\n\r\n"
+      "GET /v1/nothing HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n";
+  RawStream s(server_->port(), two);
+  auto first = s.head();
+  EXPECT_EQ(first.head.substr(0, 17), "HTTP/1.1 200 OK\r\n");
+  EXPECT_EQ(s.body(first), "ok");
+  auto second = s.head();
+  EXPECT_EQ(second.head.substr(0, 24), "HTTP/1.1 404 Not Found\r\n");
+  EXPECT_EQ(second.header("Connection"), "close");
+  EXPECT_THAT(s.body(second), HasSubstr(R"("code":"not_found")"));
+}
+
 TEST_F(HttpTest, UnknownPathWrongMethodAndMalformedRequests) {
   auto raw = raw_request(server_->port(), http_request("GET", "/v1/nothing"));
   EXPECT_EQ(raw.status, 404);

@@ -1160,6 +1160,37 @@ TEST_F(NativeHandlerTest, EchoAndFailure) {
   EXPECT_EQ(e.message(), "EchoError: asked to fail");
 }
 
+// The helper reads whatever is queued in one go: requests that arrive together (8 in flight from
+// 8 threads), frames split across reads and frames larger than its read buffer each get their
+// own answer, and the handler goes on serving.
+TEST_F(NativeHandlerTest, RequestsQueuedTogetherAndLargeFramesEachGetTheirOwnAnswer) {
+  auto spec = native_spec();
+  spec.mutable_scaling()->set_target_concurrency(8);
+  auto instance = start_instance(spec);
+  constexpr int k_threads = 8;
+  constexpr int k_calls = 50;
+  std::atomic<int> right{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < k_threads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < k_calls; ++i) {
+        const std::string id = "n" + std::to_string(t) + "-" + std::to_string(i);
+        // Every tenth payload is larger than the helper's 64 KiB read buffer.
+        const std::string payload =
+            "\"" + id + std::string(i % 10 == 0 ? 100'000 + 7 * i : i, 'x') + "\"";
+        try {
+          if (instance->call(make_call(spec, id, payload)).result == payload) ++right;
+        } catch (const Error& e) {
+          ADD_FAILURE() << id << ": " << e.what();
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(right, k_threads * k_calls);
+  EXPECT_TRUE(instance->alive());
+}
+
 std::chrono::microseconds median_cold_start(const std::function<void()>& call, int n) {
   std::vector<std::chrono::microseconds> times;
   for (int i = 0; i < n; ++i) {

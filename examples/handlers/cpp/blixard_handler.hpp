@@ -14,6 +14,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
@@ -21,6 +22,7 @@
 #include <stdexcept>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace blixard_handler {
 
@@ -108,27 +110,59 @@ bool for_each_field(const std::string& in, F&& on_field) {
   return true;
 }
 
-// Reads exactly n bytes; false on EOF before the first byte, throws on EOF mid-way.
-inline bool read_exact(std::string& out, std::size_t n) {
-  out.resize(n);
-  std::size_t got = 0;
-  while (got < n) {
-    const ssize_t r = ::read(request_fd, &out[got], n - got);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) {
-      if (got == 0 && r == 0) return false;
-      throw std::runtime_error("request pipe closed mid-frame");
+// The request pipe, read in large chunks: one read takes every request queued so far, so a
+// handler with several calls in flight (targetConcurrency > 1) wakes once for all of them.
+class FrameReader {
+ public:
+  enum class Next { frame, need_more, too_big };
+
+  // The next whole frame's body, if it is buffered.
+  Next next(std::string& body) {
+    const std::size_t have = end_ - start_;
+    if (have < 4) return Next::need_more;
+    std::uint32_t n = 0;
+    for (std::size_t i = 0; i < 4; ++i) {
+      n |= static_cast<std::uint32_t>(static_cast<unsigned char>(buffer_[start_ + i])) << (8 * i);
     }
-    got += static_cast<std::size_t>(r);
+    if (n > max_frame) return Next::too_big;
+    if (have - 4 < n) return Next::need_more;
+    body.assign(buffer_.data() + start_ + 4, n);
+    start_ += 4 + n;
+    return Next::frame;
   }
-  return true;
+
+  // Reads what the pipe holds (waiting for at least a byte); false at its end.
+  bool fill() {
+    if (start_ > 0) {  // keep only the unread part, at the front
+      std::copy(buffer_.begin() + static_cast<std::ptrdiff_t>(start_),
+                buffer_.begin() + static_cast<std::ptrdiff_t>(end_), buffer_.begin());
+      end_ -= start_;
+      start_ = 0;
+    }
+    if (end_ == buffer_.size()) buffer_.resize(buffer_.size() * 2);  // a frame larger than it
+    ssize_t r = 0;
+    do {
+      r = ::read(request_fd, buffer_.data() + end_, buffer_.size() - end_);
+    } while (r < 0 && errno == EINTR);
+    if (r <= 0) return false;
+    end_ += static_cast<std::size_t>(r);
+    return true;
+  }
+
+  bool empty() const { return start_ == end_; }
+
+ private:
+  std::vector<char> buffer_ = std::vector<char>(64 * 1024);
+  std::size_t start_ = 0, end_ = 0;  // the unread bytes
+};
+
+inline void append_frame(std::string& out, const std::string& body) {
+  const auto n = static_cast<std::uint32_t>(body.size());
+  for (int i = 0; i < 4; ++i) out += static_cast<char>((n >> (8 * i)) & 0xff);
+  out += body;
 }
 
-inline void write_frame(const std::string& body) {
-  std::string data;
-  const auto n = static_cast<std::uint32_t>(body.size());
-  for (int i = 0; i < 4; ++i) data += static_cast<char>((n >> (8 * i)) & 0xff);
-  data += body;
+inline void write_all(const std::string& data) {
   std::size_t done = 0;
   while (done < data.size()) {
     const ssize_t w = ::write(response_fd, data.data() + done, data.size() - done);
@@ -148,21 +182,26 @@ inline std::string wrap(int field, const std::string& inner) {
 }  // namespace detail
 
 // Writes `ready`, then answers requests until the agent closes fd 3. Returns the exit status.
+// Each answer is written as soon as it is ready, so a slow call never holds back one before it.
 template <class Handler>
 int serve(Handler&& handler) {
   using namespace detail;
   std::string ready;
   put_varint(ready, 1 << 3);
   put_varint(ready, static_cast<std::uint64_t>(::getpid()));
-  write_frame(wrap(1, ready));
-  std::string header, body;
-  while (read_exact(header, 4)) {
-    std::uint32_t n = 0;
-    for (int i = 0; i < 4; ++i)
-      n |= static_cast<std::uint32_t>(static_cast<unsigned char>(header[i])) << (8 * i);
-    if (n > max_frame) return 3;
-    if (n > 0 && !read_exact(body, n)) return 3;
-    if (n == 0) body.clear();
+  std::string out;
+  append_frame(out, wrap(1, ready));
+  write_all(out);
+  out.clear();
+  FrameReader reader;
+  std::string body;
+  for (;;) {
+    const auto next = reader.next(body);
+    if (next == FrameReader::Next::too_big) return 3;
+    if (next == FrameReader::Next::need_more) {
+      if (!reader.fill()) return reader.empty() ? 0 : 3;  // closed, or closed mid-frame
+      continue;
+    }
     bool is_request = false;
     Request req;
     const bool ok = for_each_field(body, [&](int number, std::uint64_t, const std::string& bytes) {
@@ -189,9 +228,10 @@ int serve(Handler&& handler) {
       put_bytes(response, 3, e.what());
       put_bytes(response, 4, "HandlerError");
     }
-    write_frame(wrap(3, response));
+    out.clear();
+    append_frame(out, wrap(3, response));
+    write_all(out);
   }
-  return 0;
 }
 
 }  // namespace blixard_handler
