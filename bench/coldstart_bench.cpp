@@ -261,21 +261,14 @@ void BM_Baseline_Bwrap(benchmark::State& state, Handler handler) {
   if (bwrap().empty()) {
     return state.SkipWithError("bwrap not installed (Debian package bubblewrap): baseline skipped");
   }
-  std::vector<std::string> argv{bwrap(),
-                                "--unshare-all",
-                                "--die-with-parent",
-                                "--ro-bind",
-                                "/",
-                                "/",
-                                "--dev",
-                                "/dev",
-                                "--proc",
-                                "/proc",
-                                "--tmpfs",
-                                "/tmp",
-                                "--chdir",
-                                handler_cwd(handler),
-                                "--"};
+  std::vector<std::string> argv{bwrap(), "--unshare-all", "--die-with-parent"};
+  argv.insert(argv.end(), {"--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"});
+  argv.insert(argv.end(), {"--tmpfs", "/tmp"});
+  // A checkout under /tmp (a CI clone) would be hidden by the private /tmp: bind it back.
+  for (const std::string& dir : {handler_cwd(handler), std::string(BLIXARD_SOURCE_DIR)}) {
+    if (dir.rfind("/tmp/", 0) == 0) argv.insert(argv.end(), {"--ro-bind", dir, dir});
+  }
+  argv.insert(argv.end(), {"--chdir", handler_cwd(handler), "--"});
   for (auto& a : handler_argv(handler)) argv.push_back(a);
   const auto env = bench::handler_env(handler == Handler::python);
   manual_loop(state, std::string(label(handler)) + ": bwrap --unshare-all", [&] {
