@@ -14,15 +14,15 @@
 
 #include <unistd.h>
 
-#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <exception>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <utility>
-#include <vector>
 
 namespace blixard_handler {
 
@@ -126,7 +126,7 @@ class FrameReader {
     }
     if (n > max_frame) return Next::too_big;
     if (have - 4 < n) return Next::need_more;
-    body.assign(buffer_.data() + start_ + 4, n);
+    body.assign(buffer_.get() + start_ + 4, n);
     start_ += 4 + n;
     return Next::frame;
   }
@@ -134,15 +134,19 @@ class FrameReader {
   // Reads what the pipe holds (waiting for at least a byte); false at its end.
   bool fill() {
     if (start_ > 0) {  // keep only the unread part, at the front
-      std::copy(buffer_.begin() + static_cast<std::ptrdiff_t>(start_),
-                buffer_.begin() + static_cast<std::ptrdiff_t>(end_), buffer_.begin());
+      std::memmove(buffer_.get(), buffer_.get() + start_, end_ - start_);
       end_ -= start_;
       start_ = 0;
     }
-    if (end_ == buffer_.size()) buffer_.resize(buffer_.size() * 2);  // a frame larger than it
+    if (end_ == capacity_) {  // a frame larger than the buffer
+      auto larger = std::unique_ptr<char[]>(new char[capacity_ * 2]);
+      std::memcpy(larger.get(), buffer_.get(), end_);
+      buffer_ = std::move(larger);
+      capacity_ *= 2;
+    }
     ssize_t r = 0;
     do {
-      r = ::read(request_fd, buffer_.data() + end_, buffer_.size() - end_);
+      r = ::read(request_fd, buffer_.get() + end_, capacity_ - end_);
     } while (r < 0 && errno == EINTR);
     if (r <= 0) return false;
     end_ += static_cast<std::size_t>(r);
@@ -152,7 +156,9 @@ class FrameReader {
   bool empty() const { return start_ == end_; }
 
  private:
-  std::vector<char> buffer_ = std::vector<char>(64 * 1024);
+  // Not zero-filled: a start touches only the pages its first requests are read into.
+  std::size_t capacity_ = 64 * 1024;
+  std::unique_ptr<char[]> buffer_{new char[capacity_]};
   std::size_t start_ = 0, end_ = 0;  // the unread bytes
 };
 
