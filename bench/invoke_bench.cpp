@@ -255,6 +255,10 @@ struct Env {
     bare.start();
 
     create("native", native_spec());
+    // Four calls at a time per instance: answers of calls from both io threads share its pipe.
+    auto shared = native_spec();
+    shared.mutable_scaling()->set_target_concurrency(4);
+    create("native-target4", shared);
     if (bench::python().empty()) {
       python_error = "no python3 found (set BLIXARD_BENCH_PYTHON)";
     } else {
@@ -608,6 +612,10 @@ void BM_Load_HttpTrigger(benchmark::State& state, const char* name) {
 BLIXARD_LOAD_BENCH(BENCHMARK(BM_Load_BareHttp));
 BLIXARD_LOAD_BENCH(BENCHMARK(BM_Load_GatewayNoop));
 BLIXARD_LOAD_BENCH(BENCHMARK_CAPTURE(BM_Load_HttpTrigger, native, "native"));
+BENCHMARK_CAPTURE(BM_Load_HttpTrigger, native_target4, "native-target4")
+    ->UseRealTime()
+    ->Iterations(1)
+    ->Arg(16);
 BLIXARD_LOAD_BENCH(BENCHMARK_CAPTURE(BM_Load_HttpTrigger, python, "python"));
 
 #define BLIXARD_LATENCY_BENCH(b) \

@@ -1115,12 +1115,11 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     close_after_write_ = res.need_eof();
     head_of(res, head_);
-    response_ = std::make_shared<Response>(std::move(res));
+    body_ = std::move(res.body());
     arm(k_write_timeout);
     // Head and body in one gather write. Beast's serializer walks a view over many small buffers
     // and costs a warm call more instructions than the rest of its HTTP work together.
-    const std::array<asio::const_buffer, 2> wire{asio::buffer(head_),
-                                                 asio::buffer(response_->body())};
+    const std::array<asio::const_buffer, 2> wire{asio::buffer(head_), asio::buffer(body_)};
     asio::async_write(stream_, wire,
                       beast::bind_front_handler(&Session::on_write, shared_from_this()));
   }
@@ -1145,10 +1144,9 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void on_write(beast::error_code ec, std::size_t) {
     disarm();
-    const bool close_after = close_after_write_;
-    response_.reset();
+    body_ = std::string();  // a large answer's memory goes with it
     if (ec) return close();
-    if (close_after) return linger();
+    if (close_after_write_) return linger();
     read();
   }
 
@@ -1309,8 +1307,7 @@ class Session : public std::enable_shared_from_this<Session> {
   beast::tcp_stream stream_;
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
-  std::shared_ptr<Response> response_;  // being written, after head_
-  std::string head_;
+  std::string head_, body_;  // the response being written
   bool close_after_write_ = false;
   std::shared_ptr<http::response<http::empty_body>> continue_;
   std::vector<char> drain_buffer_;

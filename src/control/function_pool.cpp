@@ -254,8 +254,8 @@ std::shared_ptr<FunctionPools::Slot> FunctionPools::pick_ready(Pool& pool,
   std::shared_ptr<Slot> slot;
   // A ready instance of the current spec with room: one whose pipe the caller's reactor already
   // watches (an answer read on another io thread costs a cross-thread handoff: with four calls
-  // per instance the HTTP trigger went from 14k to 20k calls/s), then the busiest (pack calls,
-  // so the others idle out), then the most recently used (its caches are warm).
+  // per instance the HTTP trigger went from about 16k to 25k calls/s, bench/RESULTS.md), then the
+  // busiest (pack calls, so the others idle out), then the most recently used (warm caches).
   auto better = [reactor](const Slot& a, const Slot& b) {
     const bool a_here = reactor != nullptr && a.reactor == reactor;
     const bool b_here = reactor != nullptr && b.reactor == reactor;

@@ -162,13 +162,11 @@ class FrameReader {
   std::size_t start_ = 0, end_ = 0;  // the unread bytes
 };
 
-inline void append_frame(std::string& out, const std::string& body) {
+inline void write_frame(const std::string& body) {
+  std::string data;
   const auto n = static_cast<std::uint32_t>(body.size());
-  for (int i = 0; i < 4; ++i) out += static_cast<char>((n >> (8 * i)) & 0xff);
-  out += body;
-}
-
-inline void write_all(const std::string& data) {
+  for (int i = 0; i < 4; ++i) data += static_cast<char>((n >> (8 * i)) & 0xff);
+  data += body;
   std::size_t done = 0;
   while (done < data.size()) {
     const ssize_t w = ::write(response_fd, data.data() + done, data.size() - done);
@@ -195,10 +193,7 @@ int serve(Handler&& handler) {
   std::string ready;
   put_varint(ready, 1 << 3);
   put_varint(ready, static_cast<std::uint64_t>(::getpid()));
-  std::string out;
-  append_frame(out, wrap(1, ready));
-  write_all(out);
-  out.clear();
+  write_frame(wrap(1, ready));
   FrameReader reader;
   std::string body;
   for (;;) {
@@ -234,9 +229,7 @@ int serve(Handler&& handler) {
       put_bytes(response, 3, e.what());
       put_bytes(response, 4, "HandlerError");
     }
-    out.clear();
-    append_frame(out, wrap(3, response));
-    write_all(out);
+    write_frame(wrap(3, response));
   }
 }
 
