@@ -1,33 +1,40 @@
 # The two commands of the README: `make demo` and `make test`. Both set up a fresh Debian 12
-# machine first (scripts/bootstrap is idempotent).
+# machine first (scripts/bootstrap is idempotent): Debian packages, then the project venv $(VENV)
+# made from $(PYTHON). Everything Python runs from the venv's own interpreter, so neither command
+# depends on what PATH holds (a pyenv shim, Debian's python3, another venv, a stale `blixard`).
 PYTHON ?= python3
+VENV ?= $(CURDIR)/.venv
 BUILD ?= build/cpp
 JOBS ?= $(shell nproc)
-PY := $(shell $(PYTHON) -c 'import sys; print(sys.executable)' 2>/dev/null || echo $(PYTHON))
+PY := $(VENV)/bin/python
 CMAKE_FLAGS ?=
 
-.PHONY: demo test bootstrap build install test-cpp test-python format clean
+.PHONY: demo test bootstrap build install test-cpp test-python test-stubs format clean
 
 demo: install
-	scripts/demo
+	VENV=$(VENV) scripts/demo
 
 # pytest also executes notebooks/*.ipynb (tests/python/test_notebook.py).
 test: build install
-	$(MAKE) test-cpp test-python
+	$(MAKE) test-cpp test-stubs test-python
 
 bootstrap:
-	PYTHON=$(PY) scripts/bootstrap
+	PYTHON=$(PYTHON) VENV=$(VENV) scripts/bootstrap
 
 build: bootstrap
 	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPython3_EXECUTABLE=$(PY) $(CMAKE_FLAGS)
 	cmake --build $(BUILD) -j $(JOBS)
 
-# Builds the C++ core again as the Python extension (incrementally, under build/py-*).
+# Builds the C++ core again as the Python extension (incrementally, under build/py-*), into the venv.
 install: bootstrap
 	$(PY) -m pip install --no-build-isolation --disable-pip-version-check -q .
 
 test-cpp:
 	ctest --test-dir $(BUILD) --output-on-failure -j $(JOBS)
+
+# The typed surface (python/blixard/_core.pyi) against the built extension.
+test-stubs:
+	$(PY) -m mypy.stubtest blixard._core
 
 test-python:
 	$(PY) -m pytest tests/python
