@@ -177,6 +177,8 @@ int main(int argc, char** argv) {
     options.python = args.python;
     options.logger = logger;
     service = blixard::api::open_local_service(args.data_dir, options);
+    // Only its owner may look inside: it holds the admin token and the store.
+    ::chmod(args.data_dir.c_str(), 0700);
 
     blixard::api::HttpServerOptions http;
     http.address = args.host;

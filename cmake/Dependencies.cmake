@@ -6,6 +6,8 @@ find_package(Boost 1.81 REQUIRED CONFIG COMPONENTS json)
 find_package(spdlog REQUIRED)
 find_package(SQLite3 REQUIRED)
 find_package(yaml-cpp REQUIRED)
+# Instances' seccomp filters (libseccomp-dev); no CMake package, a plain library.
+find_library(BLIXARD_SECCOMP NAMES seccomp REQUIRED)
 if(BLIXARD_BUILD_TESTS)
   find_package(GTest REQUIRED)
 endif()

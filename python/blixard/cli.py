@@ -389,7 +389,8 @@ def up(c: Ctx, listen: str, log_level: Optional[str], deadline: float, output) -
             )
         return
     try:
-        c.data_dir.mkdir(parents=True, exist_ok=True)
+        # Only its owner may look inside: it holds the admin token and the store.
+        c.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         log_path = c.data_dir / "agent.log"
         log = open(log_path, "ab")
     except OSError as e:

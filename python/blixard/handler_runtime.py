@@ -272,14 +272,16 @@ def main(argv):
 # A fresh interpreter costs tens of milliseconds before it runs a line of the handler. The agent
 # (src/runtime/zygote.cpp) keeps one interpreter per driver that has imported this runtime and
 # what it uses, and asks it for each instance: the zygote forks, the child enters a new PID
-# namespace (the zygote unshares it just for that fork), its own mount, IPC and UTS (and network)
-# namespaces and its cgroup, makes the host read-only but for its scratch /tmp, takes the pipes
-# as fds 0-4 and runs main() as if exec'd. The sandbox steps mirror spawn.cpp's child_main.
+# namespace (the zygote unshares it just for that fork), then confines itself with the same code
+# as a natively spawned instance (src/runtime/confine.cpp, loaded from the agent's
+# libblixard-confine.so): its own mount, IPC, UTS and network namespaces and cgroup, a root built
+# for it, its own ids in a user namespace, no capabilities, the seccomp filter. Then it takes the
+# pipes as fds 0-4 and runs main() as if exec'd.
 #
 # Control channel: fd 3 is a SOCK_SEQPACKET socket; each message is one JSON object.
 #   zygote -> agent  {"kind": "hello", "pid": P, "namespaces": bool, "error": "..."}
 #   agent -> zygote  {"kind": "spawn", "id": N, "args": [MODULE:FUNCTION, CODE_DIR?], "env": [...],
-#                     "cwd", "scratch", "keep": [...], "cgroup_join": [...], "as_limit", "net"}
+#                     "cwd", "confine": ["key=value", ...] (confinement_args)}
 #                    with 4 fds (SCM_RIGHTS): request, response, stdout, stderr
 #   zygote -> agent  {"kind": "spawned", "id": N, "pid": P} with the child's pidfd, or
 #                    {"kind": "failed", "id": N, "error": "..."}
@@ -288,11 +290,8 @@ def main(argv):
 
 _CLONE_NEWNS, _CLONE_NEWUTS, _CLONE_NEWIPC = 0x20000, 0x4000000, 0x8000000
 _CLONE_NEWPID, _CLONE_NEWNET = 0x20000000, 0x40000000
-_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 1, 2, 4, 8
-_MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 32, 4096, 16384, 1 << 18
-_MOUNT_ATTR_RDONLY, _MOUNT_ATTR_NOSUID, _MOUNT_ATTR_NODEV = 1, 2, 4
-_AT_FDCWD, _AT_RECURSIVE, _SYS_MOUNT_SETATTR = -100, 0x8000, 442
-_PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS = 1, 38
+_MS_REC, _MS_PRIVATE = 16384, 1 << 18
+_PR_SET_PDEATHSIG = 1
 
 
 class _SetupError(Exception):
@@ -328,93 +327,33 @@ class _Libc:
         enc = lambda s: s.encode() if isinstance(s, str) else s
         self._check(self.lib.mount(enc(source), enc(target), enc(fstype), flags, None), stage)
 
-    def mount_setattr(self, path, flags, attr_set, attr_clr):
-        """mount_setattr(2) (Linux 5.12): a whole mount tree at once. Returns errno (0: done)."""
+    def load_confinement(self):
+        """The agent's confinement library and seccomp program (once, in the zygote)."""
         ctypes = self.ctypes
-        attr = (ctypes.c_uint64 * 4)(attr_set, attr_clr, 0, 0)
-        ret = self.lib.syscall(ctypes.c_long(_SYS_MOUNT_SETATTR), ctypes.c_int(_AT_FDCWD),
-                               ctypes.c_char_p(path.encode()), ctypes.c_uint(flags),
-                               ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
-        return ctypes.get_errno() if ret != 0 else 0
+        self.confine_lib = ctypes.CDLL(os.environ["BLIXARD_CONFINE_LIBRARY"], use_errno=True)
+        self.confine_lib.blixard_confine.argtypes = [
+            ctypes.POINTER(ctypes.c_char_p), ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t,
+            ctypes.c_char_p, ctypes.c_size_t]
+        with open(os.environ["BLIXARD_SECCOMP_FILTER"], "rb") as f:
+            self.seccomp = f.read()
 
-    def sethostname(self, name):
-        self.lib.sethostname(name.encode(), len(name))
-
-
-def _read_only_host(libc, scratch, keep):
-    """The host's tree read-only, `scratch` writable over /tmp, host dirs under /tmp bound back."""
-    stage = "making the host read-only"
-    held = []
-    for path in dict.fromkeys(os.path.normpath(p) for p in keep):
-        if not path.startswith("/tmp/"):
-            continue  # only what the new /tmp hides needs binding back
-        try:
-            held.append((path, os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)))
-        except OSError:
-            pass
-    libc.mount(scratch, "/tmp", None, _MS_BIND, stage)
-    for path, fd in held:
-        parts = path.split("/")
-        for i in range(3, len(parts) + 1):  # "/tmp/a/b": /tmp/a, /tmp/a/b in the new /tmp
-            try:
-                os.mkdir("/".join(parts[:i]), 0o755)
-            except OSError:
-                pass
-        libc.mount("/proc/self/fd/%d" % fd, path, None, _MS_BIND | _MS_REC, stage)
-        os.close(fd)
-    err = libc.mount_setattr("/", _AT_RECURSIVE, _MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID, 0)
-    if err == 38:  # ENOSYS, older kernels: just the root mount itself
-        libc.mount(None, "/", None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY, stage)
-        return
-    if err:
-        raise _SetupError(stage, err)
-    err = libc.mount_setattr("/tmp", 0, _MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NODEV, _MOUNT_ATTR_RDONLY)
-    if err:
-        raise _SetupError(stage, err)
-
-
-def _loopback_up():
-    import fcntl
-    import socket
-    import struct
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        flags = struct.unpack_from("16sh", fcntl.ioctl(s, 0x8913, struct.pack("16sh22x", b"lo", 0)))[1]
-        fcntl.ioctl(s, 0x8914, struct.pack("16sh22x", b"lo", flags | 1))  # SIOCSIFFLAGS, IFF_UP
+    def confine(self, args):
+        ctypes = self.ctypes
+        argv = (ctypes.c_char_p * max(1, len(args)))(*[a.encode() for a in args])
+        error = ctypes.create_string_buffer(256)
+        if self.confine_lib.blixard_confine(argv, len(args), self.seccomp, len(self.seccomp),
+                                            error, len(error)) != 0:
+            raise _SetupError("confining it", error.value.decode(errors="replace"))
 
 
 def _become_instance(libc, req, fds):
     """In the forked child (PID 1 of its new PID namespace): the sandbox, then the handler."""
-    import resource
     import signal
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.setsid()
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # dies with the zygote, which dies with the agent
-    libc.prctl(_PR_SET_NO_NEW_PRIVS, 1)
-    for path in req.get("cgroup_join", []):
-        try:
-            with open(path, "w") as f:
-                f.write("0")
-        except OSError as e:
-            raise _SetupError("joining the cgroup", e.errno)
-    flags = _CLONE_NEWNS | _CLONE_NEWIPC | _CLONE_NEWUTS | (_CLONE_NEWNET if req.get("net") else 0)
-    libc.unshare(flags)
-    libc.mount(None, "/", None, _MS_REC | _MS_PRIVATE, "making mounts private")
-    try:  # our own /proc shows only the namespace's processes; not fatal where it is refused
-        libc.mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, "mounting /proc")
-    except _SetupError:
-        pass
-    if req.get("scratch"):
-        _read_only_host(libc, req["scratch"], req.get("keep", []))
-    libc.sethostname("blixard")
-    if req.get("net"):
-        _loopback_up()
-    try:
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        if req.get("as_limit"):
-            resource.setrlimit(resource.RLIMIT_AS, (req["as_limit"], req["as_limit"]))
-    except (OSError, ValueError) as e:
-        raise _SetupError("setting resource limits", str(e))
+    libc.confine(req.get("confine", []))
 
     # fds: /dev/null, stdout, stderr, request, response; nothing else of the zygote's.
     null = os.open("/dev/null", os.O_RDONLY)
@@ -499,6 +438,7 @@ def _zygote_main():
     import socket
 
     libc = _Libc()
+    libc.load_confinement()
     control = socket.socket(fileno=3)
     own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)

@@ -102,7 +102,8 @@ bool all_empty(const std::vector<fs::path>& dirs) {
 }
 
 // Field 22 of /proc/PID/stat (start time in clock ticks since boot): with the pid, it names one
-// process for as long as the machine is up. Empty when there is no such process.
+// process for as long as the machine is up. Empty when there is no such process, or only its
+// zombie (an agent killed with -9 whose parent does not reap it: a container's PID 1, say).
 std::string start_time(const std::string& pid) {
   const std::string stat = read_file("/proc/" + pid + "/stat");
   const auto paren = stat.rfind(')');
@@ -110,6 +111,7 @@ std::string start_time(const std::string& pid) {
   std::istringstream in(stat.substr(paren + 1));
   std::string field;
   for (int i = 3; i <= 22 && in >> field; ++i) {
+    if (i == 3 && (field == "Z" || field == "X")) return {};
     if (i == 22) return field;
   }
   return {};
@@ -243,10 +245,8 @@ CgroupManager::CgroupManager(std::string parent, fs::path root) {
     reason_ = "no cgroup memory controller under " + root.string();
     return;
   }
-  if (reuse_) {
-    adopt_stale();
-    precreate();
-  }
+  adopt_stale();
+  if (reuse_) precreate();
 }
 
 CgroupManager::~CgroupManager() { close(); }
@@ -455,11 +455,34 @@ void CgroupManager::adopt_stale() {
     }
     park(dirs, std::nullopt);
   }
+  // Instance groups ("<function>-PID-N") of an agent that died (kill -9): its instances died with
+  // it (their PID namespaces' init got SIGKILL), their groups stay. Removed, and anything left in
+  // them killed.
+  auto dead_instance = [](const std::string& name) {
+    const auto last = name.rfind('-');
+    if (last == std::string::npos || last == 0 || name.rfind("idle-", 0) == 0) return false;
+    const auto before = name.rfind('-', last - 1);
+    if (before == std::string::npos) return false;
+    const std::string pid = name.substr(before + 1, last - before - 1);
+    const std::string seq = name.substr(last + 1);
+    auto digits = [](const std::string& t) {
+      return !t.empty() && t.find_first_not_of("0123456789") == std::string::npos;
+    };
+    return digits(pid) && digits(seq) && pid != self_pid() && start_time(pid).empty();
+  };
+  names.clear();
+  for (const auto& entry : fs::directory_iterator(memory_parent_, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (entry.is_directory() && dead_instance(name)) names.push_back(name);
+  }
+  for (const auto& name : names) kill_and_remove(dirs_named(name));
   // Pids groups whose memory group is gone.
   if (pids_parent_.empty()) return;
   std::vector<fs::path> orphans;
   for (const auto& entry : fs::directory_iterator(pids_parent_, ec)) {
-    if (stale(entry.path().filename().string())) orphans.push_back(entry.path());
+    const std::string name = entry.path().filename().string();
+    if (stale(name) || (entry.is_directory() && dead_instance(name)))
+      orphans.push_back(entry.path());
   }
   for (const auto& p : orphans) ::rmdir(p.c_str());
 }

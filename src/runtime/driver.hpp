@@ -100,7 +100,7 @@ class Driver {
 };
 
 struct SandboxOptions {
-  // Per-instance scratch dirs live here.
+  // The agent's runtime files (runtime/) and the instances' mount points (instances/) live here.
   std::filesystem::path work_dir;
   // Interpreter for runtime "python".
   std::string python = "python3";
@@ -111,6 +111,10 @@ struct SandboxOptions {
   // Fork Python instances from a pre-initialised interpreter (runtime/zygote.hpp) where it may
   // create namespaces (as root); otherwise, or when off, each starts a fresh interpreter.
   bool python_zygote = true;
+  // Host ids for instances (uid = gid), one per instance in turn: unprivileged ids no file on the
+  // host belongs to. Used when the agent is root.
+  std::uint32_t uid_base = 1'900'000'000;
+  std::uint32_t uid_count = 65'536;
 };
 
 std::unique_ptr<Driver> make_sandbox_driver(SandboxOptions options);

@@ -35,6 +35,7 @@
 
 #include "common/sigpipe.hpp"
 #include "runtime/cgroup.hpp"
+#include "runtime/confine.hpp"
 #include "runtime/driver.hpp"
 #include "runtime/embedded.hpp"
 #include "runtime/frame.hpp"
@@ -73,6 +74,10 @@ constexpr milliseconds k_zygote_wait{5'000};
 // A zygote that died is started anew by the next Python start, but not more often than this:
 // one that dies at once (a broken interpreter) costs a fresh start every few seconds, not a loop.
 constexpr std::chrono::seconds k_zygote_restart_gap{5};
+constexpr const char* k_confine_library = "libblixard-confine.so";
+constexpr const char* k_seccomp_filter = "seccomp.bpf";
+// An instance's /tmp when its spec names no ephemeralStorage.
+constexpr std::uint64_t k_default_scratch_mib = 64;
 
 class UniqueFd {
  public:
@@ -402,6 +407,7 @@ class SandboxDriver final : public Driver {
       throw Error(errc::unavailable, "cannot create " + (options_.work_dir / "instances").string() +
                                          ": " + ec.message());
     }
+    reclaim_instance_dirs();
     write_runtime();
     python_ = resolve_python(options_.python);
     if (options_.python_zygote && !python_.empty()) zygote_ = new_zygote();
@@ -426,28 +432,47 @@ class SandboxDriver final : public Driver {
   std::shared_ptr<Instance> start(const InstanceOptions& options) override {
     if (shut_down_) throw Error(errc::unavailable, "the sandbox driver is shut down");
     auto in = std::make_shared<SandboxInstance>(*this, options);
-    // The code dir resolved ("..", symlinks): inside the sandbox only the directories themselves
-    // are bound back under /tmp, not the paths that lead to them.
+    // The code dir resolved ("..", symlinks): the instance's root holds the directory itself, not
+    // the paths that lead to it.
+    const std::uint64_t seq = ++counter_;
     v1::FunctionSpec spec = options.spec;
     if (!spec.code().empty()) spec.set_code(resolved_path(spec.code()));
     in->max_payload_ = payload_limit(spec);
     in->start_timeout_ = std::max(spec_timeout(spec, milliseconds(0)), k_min_start_timeout);
-    in->name_ = sanitize(options.function) + "-" + std::to_string(::getpid()) + "-" +
-                std::to_string(++counter_);
+    in->name_ =
+        sanitize(options.function) + "-" + std::to_string(::getpid()) + "-" + std::to_string(seq);
     in->dir_ = options_.work_dir / "instances" / in->name_;
 
     SpawnRequest req;
     req.argv = command_for(options.function, spec);
-    req.cwd = spec.code().empty() ? in->dir_.string() : spec.code();
+    req.cwd = spec.code().empty() ? "/tmp" : spec.code();
     req.env = environment(options.function, spec, in->name_);
-    req.isolate_network = spec.isolate_network();
-    req.scratch_dir = in->dir_.string();
-    req.keep_dirs = {options_.work_dir.string(), req.cwd,
-                     fs::path(req.argv[0]).parent_path().string()};
+    req.new_network = spec.network() != "host";
+    req.seccomp = &seccomp_;
+    Confinement& confine = req.confinement;
+    confine.root = in->dir_.string();
+    confine.keep = program_dirs(req.argv[0]);
+    confine.keep.push_back(spec.code());
+    confine.runtime_dir = runtime_dir().string();
+    if (spec.runtime() == "python") {
+      // What the function puts on its module path is the function's to read.
+      if (const auto it = spec.env().find("PYTHONPATH"); it != spec.env().end()) {
+        std::stringstream dirs(it->second);
+        for (std::string dir; std::getline(dirs, dir, ':');) {
+          if (!dir.empty() && dir.front() == '/') confine.keep.push_back(resolved_path(dir));
+        }
+      }
+    }
+    confine.scratch_bytes = scratch_bytes(spec);
+    // Each instance its own host ids: nothing of one (files, signals, limits per user) is
+    // another's.
+    confine.uid = static_cast<long>(options_.uid_base + seq % options_.uid_count);
+    confine.gid = confine.uid;
 
     std::error_code ec;
     // The parent is made by the constructor: one mkdir, not create_directories' walk up the path.
-    if (::mkdir(in->dir_.c_str(), 0777) != 0) fs::create_directories(in->dir_, ec);
+    // It stays empty: the instance's root is mounted on it inside its own mount namespace.
+    if (::mkdir(in->dir_.c_str(), 0755) != 0) fs::create_directories(in->dir_, ec);
     if (ec) {
       throw Error(errc::unavailable, "cannot create " + in->dir_.string() + ": " + ec.message());
     }
@@ -455,13 +480,15 @@ class SandboxDriver final : public Driver {
     std::string why;
     in->cgroup_ = cgroups_.create(in->name_, memory_bytes, options_.pids_max, &why);
     if (in->cgroup_) {
-      req.cgroup_join = in->cgroup_->join_files();
+      confine.cgroup_join = in->cgroup_->join_files();
     } else {
       if (cgroups_.mode() != CgroupManager::Mode::none) {
         warn_once(cgroup_warned_, "sandbox: cannot create an instance cgroup ({}); using RLIMIT_AS",
                   why);
       }
-      if (memory_bytes != 0) req.address_space_limit = memory_bytes + k_address_space_headroom;
+      if (memory_bytes != 0) {
+        confine.address_space_limit = memory_bytes + k_address_space_headroom;
+      }
     }
     req.namespaces = !namespaces_refused_;
     auto zygote = spec.runtime() == "python" && zygote_can_run(spec) ? current_zygote() : nullptr;
@@ -582,7 +609,9 @@ class SandboxDriver final : public Driver {
       if (site == spec.env().end() || site->second.empty() || site->second == "0") {
         argv.emplace_back("-S");
       }
-      argv.push_back((options_.work_dir / "handler_runtime.py").string());
+      // Where the instance sees it (confine.hpp), or the host's path outside namespaces.
+      argv.push_back((namespaces_refused_ ? runtime_dir() : fs::path(k_runtime_mount)) /
+                     "handler_runtime.py");
       argv.push_back(spec.handler());
       if (!spec.code().empty()) argv.push_back(spec.code());
       return argv;
@@ -631,8 +660,11 @@ class SandboxDriver final : public Driver {
   }
 
   std::shared_ptr<PythonZygote> new_zygote() {
-    return std::make_shared<PythonZygote>(python_, options_.work_dir / "handler_runtime.py",
-                                          inherited_environment());
+    auto env = inherited_environment();
+    env.push_back("BLIXARD_CONFINE_LIBRARY=" + (runtime_dir() / k_confine_library).string());
+    env.push_back("BLIXARD_SECCOMP_FILTER=" + (runtime_dir() / k_seccomp_filter).string());
+    return std::make_shared<PythonZygote>(python_, runtime_dir() / "handler_runtime.py",
+                                          std::move(env));
   }
 
   // The zygote to fork Python instances from: the running one, or a new one when it died (its
@@ -675,10 +707,8 @@ class SandboxDriver final : public Driver {
     vars.emplace_back("BLIXARD_INSTANCE", instance);
     vars.emplace_back("BLIXARD_CONCURRENCY", std::to_string(std::max<std::uint32_t>(
                                                  1, spec.scaling().target_concurrency())));
-    // The instance's scratch dir is its /tmp (the rest of the host is read-only).
-    vars.emplace_back("TMPDIR", namespaces_refused_
-                                    ? (options_.work_dir / "instances" / instance).string()
-                                    : std::string("/tmp"));
+    // Its scratch is a tmpfs at /tmp (the rest of its root is read-only).
+    vars.emplace_back("TMPDIR", "/tmp");
     vars.emplace_back("BLIXARD_REQUEST_FD", "3");
     vars.emplace_back("BLIXARD_RESPONSE_FD", "4");
     // Later entries win, as the spec's env overrides the inherited one.
@@ -690,9 +720,21 @@ class SandboxDriver final : public Driver {
     return out;
   }
 
+  fs::path runtime_dir() const { return options_.work_dir / "runtime"; }
+
+  // What instances read from the agent, in a directory of its own (the only part of the work dir
+  // an instance sees): the Python handler runtime, the confinement library and seccomp filter
+  // the zygote's children apply.
   void write_runtime() {
-    const auto text = detail::embedded_handler_runtime();
-    const fs::path target = options_.work_dir / "handler_runtime.py";
+    std::error_code ec;
+    fs::create_directories(runtime_dir(), ec);
+    ::chmod(runtime_dir().c_str(), 0755);
+    write_file(runtime_dir() / "handler_runtime.py", detail::embedded_handler_runtime());
+    write_file(runtime_dir() / k_confine_library, detail::embedded_confine_library());
+    write_file(runtime_dir() / k_seccomp_filter, seccomp_);
+  }
+
+  static void write_file(const fs::path& target, std::string_view text) {
     {
       std::ifstream in(target, std::ios::binary);
       std::string current((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
@@ -705,9 +747,62 @@ class SandboxDriver final : public Driver {
       out.write(text.data(), static_cast<std::streamsize>(text.size()));
       if (!out) throw Error(errc::unavailable, "cannot write " + tmp.string());
     }
+    ::chmod(tmp.c_str(), 0644);
     std::error_code ec;
     fs::rename(tmp, target, ec);
     if (ec) throw Error(errc::unavailable, "cannot write " + target.string() + ": " + ec.message());
+  }
+
+  // A running process (its zombie, which a container's PID 1 may never reap, is not).
+  static bool alive(pid_t pid) {
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+    std::string text;
+    std::getline(stat, text);
+    const auto paren = text.rfind(')');
+    return paren != std::string::npos && paren + 2 < text.size() && text[paren + 2] != 'Z' &&
+           text[paren + 2] != 'X';
+  }
+
+  // Instance dirs left by an agent that died (named <function>-<pid>-<n>, their pid gone): only
+  // empty mount points now, since scratch is a tmpfs in the instance's own mount namespace.
+  void reclaim_instance_dirs() {
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(options_.work_dir / "instances", ec)) {
+      const std::string name = entry.path().filename().string();
+      const auto last = name.rfind('-');
+      const auto before = last == std::string::npos ? last : name.rfind('-', last - 1);
+      if (before == std::string::npos) continue;
+      const long pid = std::strtol(name.c_str() + before + 1, nullptr, 10);
+      if (pid <= 0 || pid == ::getpid() || alive(static_cast<pid_t>(pid))) continue;
+      std::error_code ignored;
+      fs::remove_all(entry.path(), ignored);
+    }
+  }
+
+  // The directories a program needs besides the system's: its own, and for one in a bin/ (an
+  // interpreter: a pyenv build under /root, say) the prefix holding its lib/, and a venv it
+  // runs from.
+  static std::vector<std::string> program_dirs(const std::string& program) {
+    std::vector<std::string> out;
+    if (program.empty()) return out;
+    const fs::path given(program);
+    out.push_back(given.parent_path().string());
+    if (fs::exists(given.parent_path().parent_path() / "pyvenv.cfg")) {
+      out.push_back(given.parent_path().parent_path().string());
+    }
+    const fs::path real(resolved_path(program));
+    out.push_back(real.parent_path().filename() == "bin" ? real.parent_path().parent_path().string()
+                                                         : real.parent_path().string());
+    return out;
+  }
+
+  // The tmpfs at /tmp: the spec's ephemeralStorage, or a default, never more than its memory
+  // (it is charged to the memory cgroup).
+  static std::uint64_t scratch_bytes(const v1::FunctionSpec& spec) {
+    const std::uint64_t memory = spec.memory_mib() == 0 ? 128 : spec.memory_mib();
+    std::uint64_t mib = spec.ephemeral_storage_mib();
+    if (mib == 0) mib = std::min<std::uint64_t>(k_default_scratch_mib, memory);
+    return std::min(mib, memory) << 20;
   }
 
   // The interpreter's real binary: pyenv-style shims cost ~300 ms per start, so ask them once.
@@ -740,6 +835,7 @@ class SandboxDriver final : public Driver {
   SandboxOptions options_;
   CgroupManager cgroups_;
   std::string python_;
+  std::string seccomp_ = instance_seccomp_filter();
   std::atomic<std::uint64_t> counter_{0};
   std::atomic<bool> shut_down_{false};
   std::atomic<bool> namespaces_refused_{false};

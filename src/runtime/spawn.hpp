@@ -1,8 +1,8 @@
 // Starting a handler process in a sandbox: clone(CLONE_VM | CLONE_VFORK) straight into new PID,
-// mount, IPC and UTS namespaces (plus a user namespace when not root, a network namespace on
-// request), as posix_spawn does, so it is safe from a multi-threaded agent and cheap however large
-// the agent's address space is. Inside, the host's file system is read-only but for the scratch
-// dir, which is the instance's /tmp.
+// mount, IPC, UTS and (unless the function asks for the host's) network namespaces, plus a user
+// namespace when the agent is not root, as posix_spawn does, so it is safe from a multi-threaded
+// agent and cheap however large the agent's address space is. The child then confines itself
+// (confine.hpp: its own root, ids, no capabilities, seccomp) and execs.
 #pragma once
 
 #include <sys/types.h>
@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <string>
 #include <vector>
+
+#include "runtime/confine.hpp"
 
 namespace blixard::runtime {
 
@@ -22,16 +24,13 @@ struct SpawnRequest {
   int stdout_fd = -1;             // becomes stdout; stdin is /dev/null
   int stderr_fd = -1;             // becomes stderr
   bool namespaces = true;         // try the namespaces
-  bool isolate_network = false;   // also a network namespace (loopback only)
-  // With namespaces: the whole host is mounted read-only and this directory (writable) is
-  // mounted over /tmp. Empty: the mounts are only made private.
-  std::string scratch_dir;
-  // Host directories the new /tmp would hide (code, the handler runtime): bound back, read-only.
-  std::vector<std::string> keep_dirs;
-  // Files the child writes "0" to before exec, to join its cgroups (InstanceCgroup::join_files),
-  // so every byte it allocates is charged.
-  std::vector<std::string> cgroup_join;
-  std::uint64_t address_space_limit = 0;  // RLIMIT_AS in bytes, 0: none
+  bool new_network = true;        // a network namespace of its own (loopback only)
+  // What the child does to itself before exec (confine.hpp). Its `root` is used only when the
+  // namespaces are made; `seccomp` is the instance filter's program (instance_seccomp_filter()).
+  Confinement confinement;
+  const std::string* seccomp = nullptr;
+  // False only for the agent's own helper, the Python zygote, which confines each child itself.
+  bool confined = true;
 };
 
 struct Spawned {

@@ -3,6 +3,7 @@
 #include "runtime/zygote.hpp"
 
 #include <fcntl.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -132,6 +133,7 @@ void PythonZygote::run(std::string python, const std::filesystem::path& runtime,
     req.stdout_fd = STDERR_FILENO;
     req.stderr_fd = STDERR_FILENO;
     req.namespaces = false;  // the zygote stays in the host's; each child makes its own
+    req.confined = false;    // and confines itself
     const Spawned child = spawn_sandboxed(req);
     std::lock_guard lock(mutex_);
     pidfd_ = child.pidfd;
@@ -270,11 +272,12 @@ Spawned PythonZygote::spawn(const SpawnRequest& request, const std::vector<std::
   msg["args"] = strings(args);
   msg["env"] = strings(request.env);
   msg["cwd"] = request.cwd;
-  msg["scratch"] = request.scratch_dir;
-  msg["keep"] = strings(request.keep_dirs);
-  msg["cgroup_join"] = strings(request.cgroup_join);
-  msg["as_limit"] = request.address_space_limit;
-  msg["net"] = request.isolate_network;
+  // The child is forked, not cloned into its namespaces: it unshares them itself.
+  Confinement confine = request.confinement;
+  confine.loopback = request.new_network;
+  confine.unshare_flags =
+      CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | (request.new_network ? CLONE_NEWNET : 0);
+  msg["confine"] = strings(confinement_args(confine));
   const Fds fds = {request.request_fd, request.response_fd, request.stdout_fd, request.stderr_fd};
   bool sent = false;
   {

@@ -346,7 +346,7 @@ TEST_F(SandboxTest, PythonEchoReturnsTheEvent) {
 }
 
 TEST_F(SandboxTest, HandlerRuntimeIsWrittenToTheWorkDir) {
-  std::ifstream in(work_ / "handler_runtime.py", std::ios::binary);
+  std::ifstream in(work_ / "runtime" / "handler_runtime.py", std::ios::binary);
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   EXPECT_EQ(text, detail::embedded_handler_runtime());
 }
@@ -970,7 +970,7 @@ TEST_F(SandboxTest, StaleIdleCgroupsOfAGoneProcessAreTakenOver) {
 // The sandbox a zygote fork gets is the one a fresh interpreter gets: compared field by field.
 TEST_F(SandboxTest, ZygoteForkAndFreshInterpreterSeeTheSameSandbox) {
   if (::geteuid() != 0) GTEST_SKIP() << "the zygote needs namespaces (root)";
-  // Under both drivers' work dirs, which their sandboxes keep visible beneath the private /tmp.
+  // On the function's PYTHONPATH, which its instances' roots hold.
   const fs::path lib = work_ / "fresh" / "pylib";
   fs::create_directories(lib);
   std::ofstream(lib / "extra_mod.py") << "VALUE = 42\n";

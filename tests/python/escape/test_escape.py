@@ -1,0 +1,145 @@
+"""The escape suite: a hostile handler against a `blixard up` daemon running as root.
+
+Every attack of issue 11 (and the suite's list: ptrace of another instance, writing to /dev,
+raising rlimits) runs in each way an instance is started: forked from the Python zygote, a fresh
+interpreter, and an `exec` handler (both spawned natively). An attack reports ok=True when it got
+through; each test asserts it did not. This suite is the gate for every sandbox change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+import blixard
+
+from conftest import REPO, Cli
+
+HERE = Path(__file__).resolve().parent
+
+pytestmark = [
+    pytest.mark.cli,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the suite probes a root agent's sandbox"),
+]
+
+KINDS = ["zygote", "fresh", "exec"]
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    """`blixard up` as root, the attack code, and one function per way of starting."""
+    work = tmp_path_factory.mktemp("escape-work")
+    code = work / "code"
+    code.mkdir()
+    shutil.copy(HERE / "attacks.py", code / "attacks.py")
+    shutil.copy(REPO / "python" / "blixard" / "handler_runtime.py", code / "runtime.py")
+    data_dir = tmp_path_factory.mktemp("escape-data") / "blixard"
+    run = Cli(data_dir, work)
+    r = run("up", "--listen", "127.0.0.1:0")
+    assert r.returncode == 0, r.stdout + r.stderr
+    info = json.loads((data_dir / "server.json").read_text())
+    marker = Path("/tmp") / f"blixard-escape-marker-{uuid.uuid4().hex}"
+    marker.write_text("host tmp")
+    client = blixard.connect(info["address"], token=info["token"])
+    common = {"code": str(code), "memory": "128M", "timeout": "20s", "max_instances": 4,
+              "concurrent_executions": 8}
+    client.create_function("zygote", runtime="python", handler="attacks:handler", **common)
+    client.create_function("fresh", runtime="python", handler="attacks:handler",
+                           env={"BLIXARD_PYTHON_SITE": "1"}, **common)
+    client.create_function("exec", runtime="exec",
+                           command=[sys.executable, "runtime.py", "attacks:handler", "."], **common)
+    try:
+        yield {"client": client, "info": info, "data_dir": data_dir, "marker": marker}
+    finally:
+        client.close()
+        marker.unlink()
+        down = run("down")
+        assert down.returncode == 0, down.stdout + down.stderr
+
+
+def attack(daemon, kind, name, **extra):
+    host, port = daemon["info"]["address"].rsplit("//", 1)[1].split(":")
+    event = {
+        "attack": name,
+        "dataDir": str(daemon["data_dir"]),
+        "token": daemon["info"]["token"],
+        "hostTmpMarker": str(daemon["marker"]),
+        "apiHost": host,
+        "apiPort": int(port),
+        **extra,
+    }
+    out = daemon["client"].function(kind).invoke(event)
+    assert set(out) == {"ok", "detail"}, out
+    return out
+
+
+ATTACKS = [
+    "identity",            # uid 0 with every capability and no seccomp filter
+    "read_shadow",         # /etc/shadow
+    "read_root_home",      # /root/.ssh, home dirs
+    "read_data_dir",       # the data dir and server.json's admin token
+    "host_tmp",            # the host's /tmp
+    "remount_root_rw",     # remount / read-write and write a file on the host
+    "umount_tmp",          # unmount the scratch /tmp to see what is below
+    "reach_api",           # the control plane on 127.0.0.1 with the stolen token
+    "network_interfaces",  # any interface but a loopback of its own
+    "cgroup_limits",       # mount the cgroup hierarchy, raise its own memory limit
+    "proc_knobs",          # a fresh /proc, /proc/sys/kernel/core_pattern for writing
+    "write_dev",           # device nodes: disks, /dev/kvm, creating files in /dev
+    "raise_rlimits",       # hard limits above what it was given
+    "syscalls",            # new namespaces, setns, bpf, keyctl, kexec, modules, perf, handles
+]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name", ATTACKS)
+def test_attack_is_contained(daemon, kind, name):
+    out = attack(daemon, kind, name)
+    assert out["ok"] is False, f"{kind}: {name} got through: {out['detail']}"
+
+
+def instance_pids(function: str):
+    """Host pids of the processes of `function`'s instances (by their environment)."""
+    needle = f"BLIXARD_FUNCTION={function}\0".encode()
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if needle in Path(f"/proc/{entry}/environ").read_bytes():
+                pids.append(int(entry))
+        except OSError:
+            pass
+    return pids
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ptrace_of_another_instance_is_refused(daemon, kind):
+    # An exec'd victim: /proc/PID/environ of a zygote fork shows the zygote's environment.
+    victim = "exec" if kind != "exec" else "fresh"
+    daemon["client"].function(victim).invoke({"attack": "pid"})  # a warm victim instance
+    others = instance_pids(victim)
+    assert others, "the victim instance is not running"
+    out = attack(daemon, kind, "ptrace", otherPids=others)
+    assert out["ok"] is False, out["detail"]
+    # The victim is unharmed.
+    assert "pid" in daemon["client"].function(victim).invoke({"attack": "pid"})
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_scratch_has_a_quota_and_the_daemon_goes_on(daemon, kind):
+    out = attack(daemon, kind, "fill_scratch", limitBytes=512 << 20)
+    assert out["ok"] is False, out["detail"]
+    assert "ENOSPC" in out["detail"]
+    # The control plane still writes: a function is created and deleted.
+    c = daemon["client"]
+    c.create_function(f"after-fill-{kind}", runtime="python", handler="attacks:handler",
+                      code=str(Path(c.function("zygote").get()["spec"]["code"])))
+    c.function(f"after-fill-{kind}").delete()
