@@ -34,7 +34,7 @@ test-cpp:
 
 # The typed surface (python/blixard/_core.pyi) against the built extension.
 test-stubs:
-	$(PY) -m mypy.stubtest blixard._core
+	$(PY) -m mypy.stubtest blixard._core --allowlist python/stubtest-allowlist.txt
 
 test-python:
 	$(PY) -m pytest tests/python
