@@ -16,7 +16,7 @@
 namespace blixard::runtime {
 namespace fs = std::filesystem;
 namespace {
-
+// NOLINTBEGIN(modernize-avoid-c-arrays): constant tables and readlink's buffer
 // What every instance sees of the host, read-only. On a merged-/usr host the top-level ones are
 // symlinks into /usr and are made as links.
 constexpr const char* k_system_dirs[] = {"/usr", "/etc",   "/bin",   "/sbin",
@@ -35,6 +35,7 @@ std::string normal(const std::string& path) {
   while (out.size() > 1 && out.back() == '/') out.pop_back();
   return out;
 }
+// NOLINTEND(modernize-avoid-c-arrays)
 
 }  // namespace
 
@@ -47,10 +48,11 @@ std::vector<std::string> confinement_args(const Confinement& c) {
       struct stat st {};
       if (::lstat(dir, &st) != 0) continue;
       if (S_ISLNK(st.st_mode)) {
-        char target[4096];
-        const ssize_t n = ::readlink(dir, target, sizeof target - 1);
+        std::string target(4096, '\0');
+        const ssize_t n = ::readlink(dir, target.data(), target.size() - 1);
         if (n <= 0) continue;
-        out.push_back(std::string("link=") + dir + "=" + std::string(target, std::size_t(n)));
+        target.resize(static_cast<std::size_t>(n));
+        out.push_back(std::string("link=") + dir + "=" + target);
       } else if (S_ISDIR(st.st_mode)) {
         out.push_back(std::string("bind=") + dir);
         bound.emplace_back(dir);
@@ -74,9 +76,9 @@ std::vector<std::string> confinement_args(const Confinement& c) {
     }
     out.push_back("scratch=" + std::to_string(c.scratch_bytes));
   }
-  for (const auto& f : c.cgroup_join) out.push_back("cgroup=" + f);
+  for (const auto& f : c.cgroup_join) out.emplace_back("cgroup=" + f);
   if (c.address_space_limit != 0) out.push_back("as=" + std::to_string(c.address_space_limit));
-  if (c.loopback) out.push_back("lo=1");
+  if (c.loopback) out.emplace_back("lo=1");
   if (c.uid >= 0 && c.gid >= 0) {
     out.push_back("uid=" + std::to_string(c.uid));
     out.push_back("gid=" + std::to_string(c.gid));
@@ -165,8 +167,8 @@ std::string build_filter() {
        {std::uint64_t{CLONE_NEWNS}, std::uint64_t{CLONE_NEWUTS}, std::uint64_t{CLONE_NEWIPC},
         std::uint64_t{CLONE_NEWUSER}, std::uint64_t{CLONE_NEWPID}, std::uint64_t{CLONE_NEWNET},
         std::uint64_t{CLONE_NEWCGROUP}, std::uint64_t{0x80} /* CLONE_NEWTIME */}) {
-    if (::seccomp_rule_add(ctx, deny, SCMP_SYS(clone), 1,
-                           SCMP_A0(SCMP_CMP_MASKED_EQ, flag, flag)) != 0) {
+    const scmp_arg_cmp has_flag{0, SCMP_CMP_MASKED_EQ, flag, flag};  // (flags & flag) == flag
+    if (::seccomp_rule_add(ctx, deny, SCMP_SYS(clone), 1, has_flag) != 0) {
       throw Error(errc::unavailable, "seccomp: cannot filter clone");
     }
   }
