@@ -638,6 +638,11 @@ Response gateway_result(v1::InvokeResponse&& out) {
     }
   } else {
     res.body() = boost::json::serialize(*body);
+    // Boost.JSON reads a number past a double's range as infinity (0e999 as NaN) and prints it
+    // "Infinity" ("NaN"): not JSON, so not served as such (found by tests/fuzz/json_check_fuzz).
+    if (!check_json_text(res.body()).ok()) {
+      throw Error(errc::handler_failed, "the handler's body has a number a double cannot hold");
+    }
     if (!has_type) res.set(http::field::content_type, k_json);
   }
   if (code == 204 || code == 304) res.body().clear();  // these carry no body

@@ -1605,6 +1605,13 @@ TEST_F(HttpTest, GatewayServesTheHandlersStatusWhateverTheNesting) {
   }
   fake_->respond_with(nested_arrays(200));
   EXPECT_THAT(get("/r").body, HasSubstr("nested deeper than 128 levels"));
+  // A number past a double's range would be printed "Infinity", which is not JSON.
+  fake_->respond_with(R"({"statusCode":200,"body":{"n":1e999}})");
+  raw = get("/r");
+  EXPECT_EQ(raw.status, 502);
+  EXPECT_THAT(raw.body, HasSubstr("a number a double cannot hold"));
+  fake_->respond_with(R"({"statusCode":200,"body":[0e999999]})");  // NaN
+  EXPECT_EQ(get("/r").status, 502);
 }
 
 // The head is judged before the body is read: a client that sends only the head of a request
