@@ -58,6 +58,7 @@ struct HeadLimits {
 
 struct HeadVerdict {
   bool gateway = false;        // a trigger gateway path (public: no token)
+  bool authenticated = false;  // an API request with the server's token
   std::size_t body_limit = 0;  // for this request's body
   unsigned status = 0;         // non-zero: answer this at once, reading no body
   std::string message;         // why, when status is set

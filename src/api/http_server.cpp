@@ -716,6 +716,16 @@ struct Core {
   std::atomic<bool> stopping{false};
   std::atomic<std::uint64_t> connections{0};
   std::atomic<std::size_t> open_connections{0};  // sessions alive (max_connections caps them)
+  // Bytes of unauthenticated request bodies being read or held (unauthenticated_buffer_limit).
+  std::atomic<std::size_t> unauthenticated_bytes{0};
+  bool reserve_unauthenticated(std::size_t n) {
+    const std::size_t limit = options.unauthenticated_buffer_limit;
+    std::size_t held = unauthenticated_bytes.load();
+    do {
+      if (held > limit || n > limit - held) return false;
+    } while (!unauthenticated_bytes.compare_exchange_weak(held, held + n));
+    return true;
+  }
   std::atomic<std::uint64_t> requests{0};
   std::atomic<std::size_t> streams{0};
 
@@ -826,6 +836,7 @@ class Session : public std::enable_shared_from_this<Session> {
     ++server_.open_connections;
   }
   ~Session() {
+    release_reserved();
     --server_.open_connections;
     if (!registered_) return;
     std::lock_guard lock(context_.sessions_mu);
@@ -903,6 +914,22 @@ class Session : public std::enable_shared_from_this<Session> {
     parser_->body_limit(limit_);
     if (verdict.status != 0)
       return refuse(verdict.status, verdict.message, parser_->get().version());
+    // What unauthenticated clients may make the server hold is capped server-wide, decided from
+    // the head (a chunked body counts as its limit).
+    if (!verdict.authenticated && !parser_->is_done()) {
+      const auto length = parser_->content_length();
+      const std::size_t want = length ? static_cast<std::size_t>(*length) : limit_;
+      if (want != 0) {
+        if (!server_.reserve_unauthenticated(want)) {
+          return refuse(503,
+                        "the server holds its limit of " +
+                            std::to_string(server_.options.unauthenticated_buffer_limit) +
+                            " bytes of unauthenticated request bodies; retry later",
+                        parser_->get().version());
+        }
+        reserved_ = want;
+      }
+    }
     if (beast::iequals(parser_->get()[http::field::expect], "100-continue")) {
       continue_ = std::make_shared<http::response<http::empty_body>>(http::status::continue_, 11);
       http::async_write(stream_, *continue_,
@@ -934,6 +961,11 @@ class Session : public std::enable_shared_from_this<Session> {
                      beast::bind_front_handler(&Session::on_read, shared_from_this()));
   }
 
+  void release_reserved() {
+    server_.unauthenticated_bytes -= reserved_;
+    reserved_ = 0;
+  }
+
   // Answers a request from its head alone and closes the connection after the answer (the body,
   // if any, is drained unread).
   void refuse(unsigned status, const std::string& message, unsigned version) {
@@ -942,10 +974,12 @@ class Session : public std::enable_shared_from_this<Session> {
     keep_alive_ = false;
     const errc code = status == 401   ? errc::unauthenticated
                       : status == 413 ? errc::payload_too_large
+                      : status == 503 ? errc::unavailable
                                       : errc::invalid_spec;
-    Response res =
-        gateway_ && status == 413 ? gateway_error(code, message) : error_response(code, message);
+    Response res = gateway_ && (status == 413 || status == 503) ? gateway_error(code, message)
+                                                                : error_response(code, message);
     res.result(status);
+    if (status == 503) res.set(http::field::retry_after, "1");
     write(std::move(res), version);
   }
 
@@ -1106,6 +1140,7 @@ class Session : public std::enable_shared_from_this<Session> {
 
   void on_write(beast::error_code ec, std::size_t) {
     disarm();
+    release_reserved();     // the request, body and all, is answered
     body_ = std::string();  // a large answer's memory goes with it
     if (ec) return close();
     if (close_after_write_) return linger();
@@ -1276,8 +1311,9 @@ class Session : public std::enable_shared_from_this<Session> {
   std::vector<char> drain_buffer_;
   std::size_t drained_ = 0;
   bool keep_alive_ = true;
-  bool gateway_ = false;   // the request being read is for the trigger gateway
-  std::size_t limit_ = 0;  // its body limit
+  bool gateway_ = false;      // the request being read is for the trigger gateway
+  std::size_t limit_ = 0;     // its body limit
+  std::size_t reserved_ = 0;  // of Core::unauthenticated_bytes, for the request being served
   std::chrono::steady_clock::time_point started_;
   // Stream state: strand-only except `gone_`, and `poll_`, which the pool calls while the
   // strand leaves it alone (one poll at a time).

@@ -33,6 +33,10 @@ struct HttpServerOptions {
   std::size_t body_limit = 8 << 20;
   // Request bodies sent to an HTTP trigger (gateway paths) larger than this get 413.
   std::size_t gateway_body_limit = 6 << 20;
+  // Request bodies not authenticated by the token (the gateway's, and every one on a server
+  // without a token) buffered at once, server-wide, counted by Content-Length (a chunked body as
+  // its limit); a request that would pass it is answered 503 before its body is read.
+  std::size_t unauthenticated_buffer_limit = 256 << 20;
   // Connections open at once; one more is answered 503 and closed at once, nothing read from it.
   std::size_t max_connections = 1024;
   std::size_t workers = 16;  // Backend calls running at once (more wait their turn)

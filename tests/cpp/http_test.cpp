@@ -444,6 +444,9 @@ class RawStream {
     fd_ = -1;
   }
 
+  // More of the request (a body sent after its head).
+  void send(const std::string& data) { ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL); }
+
   // The status line and headers.
   RawResponse head() {
     RawResponse r;
@@ -1688,6 +1691,45 @@ TEST_F(HttpTest, ConnectionsPastTheCapAreRefused) {
   }
   first.reset();  // the server sees it close, and has a place again
   EXPECT_TRUE(eventually([&] { return get("/healthz").status == 200; }));
+}
+
+// Bodies the token does not vouch for (the public gateway's) share one bounded buffer: past it a
+// request is answered 503 from its head; authenticated bodies do not count.
+TEST_F(HttpTest, UnauthenticatedBodiesShareABoundedBuffer) {
+  api::HttpServerOptions options;
+  options.token = "s3cret-token";
+  options.unauthenticated_buffer_limit = 1000;
+  server_.reset();
+  start(options);
+  add_trigger("hook", "/hook", "echo");
+
+  // The head of a body of 800 bytes, the body still to come: it holds 800 of the 1000.
+  RawStream first(
+      server_->port(),
+      "POST /hook HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 800\r\n\r\n");
+  const std::string body(800, 'x');
+  RawResponse refused;
+  ASSERT_TRUE(eventually([&] {
+    refused = raw_request(server_->port(), http_request("POST", "/hook", body));
+    return refused.status == 503;
+  }));
+  EXPECT_EQ(refused.header("Retry-After"), "1");
+  EXPECT_THAT(refused.body, HasSubstr(R"("error":"unavailable")"));
+  EXPECT_THAT(refused.body, HasSubstr("1000"));
+  // Authenticated bodies are not counted.
+  auto raw = raw_request(server_->port(), http_request("POST", "/v1/functions/echo/invoke",
+                                                       "\"" + std::string(2000, 'y') + "\"",
+                                                       "Authorization: Bearer s3cret-token\r\n"));
+  EXPECT_EQ(raw.status, 200);
+
+  first.send(body);
+  auto head = first.head();
+  EXPECT_EQ(head.status, 200);
+  first.close();
+  // Answered, its bytes are free again.
+  EXPECT_TRUE(eventually([&] {
+    return raw_request(server_->port(), http_request("POST", "/hook", body)).status == 200;
+  }));
 }
 
 }  // namespace
