@@ -43,6 +43,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (v.gateway == is_api_target(target)) std::abort();
   if (v.body_limit != (v.gateway ? 2048u : 1024u)) std::abort();
   if (v.status == 401 && v.gateway) std::abort();  // the gateway is public
+  if (v.authenticated && (v.gateway || v.status == 401)) std::abort();
   if (v.status != 0 && v.status != 401 && v.status != 413) std::abort();
   if (v.status != 0 && v.message.empty()) std::abort();
   if (v.status == 0 && parser.content_length() && *parser.content_length() > v.body_limit) {
