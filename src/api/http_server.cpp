@@ -811,6 +811,9 @@ struct Core {
   std::optional<Response> gateway_request(const Request& req, v1::InvokeRequest& call);
   static Response gateway_answer(v1::InvokeResponse out);
   std::shared_ptr<const RouteTable> route_table(bool missed);
+  // The path of a gateway target no trigger serves; nullopt when one does or the table cannot
+  // be read (the request then takes its usual way, which reports that).
+  std::optional<std::string> unrouted_path(std::string_view target);
 };
 
 std::shared_ptr<StreamSlot> Core::try_stream_slot() {
@@ -917,6 +920,12 @@ class Session : public std::enable_shared_from_this<Session> {
     // What unauthenticated clients may make the server hold is capped server-wide, decided from
     // the head (a chunked body counts as its limit).
     if (!verdict.authenticated && !parser_->is_done()) {
+      // A public body for a path no trigger serves is not read at all.
+      if (gateway_) {
+        if (auto path = server_.unrouted_path(parser_->get().target())) {
+          return refuse(404, "no HTTP trigger serves " + *path, parser_->get().version());
+        }
+      }
       const auto length = parser_->content_length();
       const std::size_t want = length ? static_cast<std::size_t>(*length) : limit_;
       if (want != 0) {
@@ -975,9 +984,11 @@ class Session : public std::enable_shared_from_this<Session> {
     const errc code = status == 401   ? errc::unauthenticated
                       : status == 413 ? errc::payload_too_large
                       : status == 503 ? errc::unavailable
+                      : status == 404 ? errc::not_found
                                       : errc::invalid_spec;
-    Response res = gateway_ && (status == 413 || status == 503) ? gateway_error(code, message)
-                                                                : error_response(code, message);
+    Response res = gateway_ && (status == 404 || status == 413 || status == 503)
+                       ? gateway_error(code, message)
+                       : error_response(code, message);
     res.result(status);
     if (status == 503) res.set(http::field::retry_after, "1");
     write(std::move(res), version);
@@ -1852,6 +1863,18 @@ std::shared_ptr<const RouteTable> Core::route_table(bool missed) {
   std::lock_guard lock(routes_mu);
   routes = table;
   return table;
+}
+
+std::optional<std::string> Core::unrouted_path(std::string_view target) {
+  try {
+    std::string path = normalize_path(percent_decode(target.substr(0, target.find('?')), false));
+    if (route_table(false)->find(path) != nullptr || route_table(true)->find(path) != nullptr) {
+      return std::nullopt;
+    }
+    return path;
+  } catch (...) {
+    return std::nullopt;
+  }
 }
 
 Response Core::gateway(const Request& req) {

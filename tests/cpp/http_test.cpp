@@ -1641,6 +1641,12 @@ TEST_F(HttpTest, AnswersFromTheHeadBeforeReadingTheBody) {
                     "POST /v1/apply HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer s3cret-token\r\n"
                     "Content-Length: 999999999\r\n\r\n");
   EXPECT_EQ(raw.status, 413);
+  // A public body for a path no trigger serves is not read either.
+  raw = raw_request(server_->port(),
+                    "POST /nowhere HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n");
+  EXPECT_EQ(raw.status, 404);
+  EXPECT_THAT(raw.body, HasSubstr(R"("error":"not_found")"));
+  EXPECT_THAT(raw.body, HasSubstr("no HTTP trigger serves /nowhere"));
   // What needs no token still works: health checks and the (public) trigger gateway.
   EXPECT_EQ(get("/healthz").status, 200);
   raw = raw_request(server_->port(), http_request("POST", "/hook", "hi"));
