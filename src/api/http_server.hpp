@@ -27,9 +27,18 @@ struct HttpServerOptions {
   // When set, every /v1 request and /metrics need "Authorization: Bearer <token>". The trigger
   // gateway is public (as Lambda function URLs are): its functions authenticate callers themselves.
   std::string token;
-  std::size_t body_limit = 8 << 20;  // larger request bodies get 413
+  // Larger request bodies get 413, from Content-Length before any is read. Heads are checked
+  // before bodies: a request target over 8 KiB gets 414, a head over 16 KiB 431, and an API
+  // request without the token 401, its body never read.
+  std::size_t body_limit = 8 << 20;
   // Request bodies sent to an HTTP trigger (gateway paths) larger than this get 413.
   std::size_t gateway_body_limit = 6 << 20;
+  // Request bodies not authenticated by the token (the gateway's, and every one on a server
+  // without a token) buffered at once, server-wide, counted by Content-Length (a chunked body as
+  // its limit); a request that would pass it is answered 503 before its body is read.
+  std::size_t unauthenticated_buffer_limit = 256 << 20;
+  // Connections open at once; one more is answered 503 and closed at once, nothing read from it.
+  std::size_t max_connections = 1024;
   std::size_t workers = 16;  // Backend calls running at once (more wait their turn)
   // Streams (?follow=1, ?watch=1) and waiting long polls (wait > 0) open at once, each holding a
   // thread of their own pool; one more gets 503 unavailable.

@@ -19,7 +19,7 @@
 #include "blixard/spec.hpp"
 #include "blixard/version.hpp"
 #include "common/json.hpp"
-#include "common/json_sax.hpp"
+#include "common/json_check.hpp"
 
 namespace blixard::api {
 namespace {
@@ -153,15 +153,6 @@ v1::WatchEvent to_watch_event(const store::WatchEvent& change) {
     event.set_object_json(to_json(decode<v1::Node>(change.kv)));
   }
   return event;
-}
-
-// What boost::json::parse accepts (same default options: strict, depth 32, valid UTF-8).
-boost::system::error_code check_json(std::string_view text) {
-  boost::json::basic_parser<json_sax::Ignore> parser{boost::json::parse_options{}};
-  boost::system::error_code ec;
-  const std::size_t n = parser.write_some(false, text.data(), text.size(), ec);
-  if (!ec && n < text.size()) ec = boost::json::error::extra_data;
-  return ec;
 }
 
 // The highest revision in a batch of watch events (batches hold whole revisions).
@@ -496,8 +487,8 @@ std::shared_ptr<runtime::Invocation> Service::invocation_of(const v1::InvokeRequ
                     std::to_string(max_payload),
                 "payload");
   }
-  if (auto ec = check_json(payload)) {
-    throw Error(errc::invalid_spec, "payload is not JSON: " + ec.message(), "payload");
+  if (auto check = check_json_text(payload); !check.ok()) {
+    throw Error(errc::invalid_spec, json_problem(check, "payload"), "payload");
   }
 
   auto invocation = std::make_shared<runtime::Invocation>();

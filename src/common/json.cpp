@@ -5,6 +5,7 @@
 #include <google/protobuf/util/json_util.h>
 
 #include "blixard/error.hpp"
+#include "common/json_check.hpp"
 
 namespace blixard {
 
@@ -24,6 +25,10 @@ void from_json(std::string_view json, google::protobuf::Message& out, bool ignor
   google::protobuf::util::JsonParseOptions options;
   options.ignore_unknown_fields = ignore_unknown_fields;
   out.Clear();
+  // protobuf's parser takes time quadratic in the nesting: deep input never reaches it.
+  if (auto check = check_json_text(json); check.verdict == JsonVerdict::too_deep) {
+    throw Error(errc::invalid_spec, json_problem(check, "body"));
+  }
   auto status = google::protobuf::util::JsonStringToMessage(
       google::protobuf::StringPiece(json.data(), json.size()), &out, options);
   if (!status.ok()) {

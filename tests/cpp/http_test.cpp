@@ -444,6 +444,9 @@ class RawStream {
     fd_ = -1;
   }
 
+  // More of the request (a body sent after its head).
+  void send(const std::string& data) { ::send(fd_, data.data(), data.size(), MSG_NOSIGNAL); }
+
   // The status line and headers.
   RawResponse head() {
     RawResponse r;
@@ -1524,6 +1527,215 @@ TEST_F(HttpTest, TriggerAddedBecomesRoutableAndRemovedStopsRouting) {
   gone.add_triggers()->mutable_metadata()->set_name("new");
   fake_->apply(gone, ApplyMode::remove);
   EXPECT_TRUE(eventually([&] { return get("/new").status == 404; }));
+}
+
+// ---- Parsers that cannot be made slow (issue 11, point 4) -------------------------------------
+
+std::string nested_arrays(std::size_t depth) {
+  return std::string(depth, '[') + std::string(depth, ']');
+}
+
+// A body 100,000 arrays deep (protobuf's parser took time quadratic in the depth: minutes on an
+// io thread each) is refused in one linear pass, and the server keeps answering meanwhile.
+TEST_F(HttpTest, DeeplyNestedBodiesAreRefusedQuicklyAndTheServerKeepsAnswering) {
+  const std::string deep = nested_arrays(100'000);
+  const auto began = std::chrono::steady_clock::now();
+  std::vector<std::future<RawResponse>> calls;
+  for (int i = 0; i < 3; ++i) {  // more than the io threads
+    calls.push_back(std::async(std::launch::async, [&] {
+      return raw_request(server_->port(), http_request("POST", "/v1/functions/echo/invoke", deep));
+    }));
+  }
+  EXPECT_EQ(get("/healthz").status, 200);
+  for (auto& call : calls) {
+    auto raw = call.get();
+    EXPECT_EQ(raw.status, 400);
+    EXPECT_THAT(raw.body, HasSubstr(R"("code":"invalid_spec")"));
+    EXPECT_THAT(raw.body, HasSubstr("nested deeper than 128 levels"));
+    EXPECT_THAT(raw.body, HasSubstr(R"("field":"payload")"));
+  }
+  // API bodies read by protobuf's JSON parser are checked before it sees them.
+  auto raw = raw_request(server_->port(),
+                         http_request("POST", "/v1/apply", "{\"functions\":" + deep + "}"));
+  EXPECT_EQ(raw.status, 400);
+  EXPECT_THAT(raw.body, HasSubstr("nested deeper than 128 levels"));
+  EXPECT_EQ(get("/healthz").status, 200);
+  EXPECT_LT(std::chrono::steady_clock::now() - began, 15s);  // generous: milliseconds here
+}
+
+TEST_F(HttpTest, TooDeepPayloadsGetTheDepthMessageNotInvalidJson) {
+  auto c = client();
+  v1::InvokeRequest call;
+  call.set_function("echo");
+  call.set_payload(nested_arrays(900));  // valid JSON, too deep
+  auto e = catch_error([&] { c->invoke(call); });
+  EXPECT_EQ(e.code(), errc::invalid_spec);
+  EXPECT_EQ(e.field(), "payload");
+  EXPECT_THAT(e.message(), HasSubstr("nested deeper than 128 levels"));
+  EXPECT_THAT(e.message(), testing::Not(HasSubstr("not valid JSON")));
+  call.set_payload(nested_arrays(129));
+  EXPECT_THAT(catch_error([&] { c->invoke(call); }).message(), HasSubstr("deeper than 128"));
+  // At the limit is fine, and still linear.
+  call.set_payload(nested_arrays(128));
+  EXPECT_EQ(c->invoke(call).result(), nested_arrays(128));
+  call.set_payload("[1,2");  // broken JSON keeps its own message
+  EXPECT_THAT(catch_error([&] { c->invoke(call); }).message(), HasSubstr("not valid JSON"));
+}
+
+// A handler's statusCode is served whatever the nesting of its body (a 403 once became a 200
+// when the body came first, 40 deep); a result the gateway cannot read is a 502, never a 200.
+TEST_F(HttpTest, GatewayServesTheHandlersStatusWhateverTheNesting) {
+  add_trigger("r", "/r", "respond");
+  const std::string body40 = nested_arrays(40);
+  fake_->respond_with(R"({"body":)" + body40 + R"(,"statusCode":403})");
+  auto raw = get("/r");
+  EXPECT_EQ(raw.status, 403);
+  EXPECT_EQ(raw.body, body40);
+  fake_->respond_with(R"({"statusCode":403,"body":)" + body40 + "}");
+  EXPECT_EQ(get("/r").status, 403);
+  fake_->respond_with(R"({"headers":{"a":)" + nested_arrays(120) + R"(},"statusCode":401})");
+  EXPECT_EQ(get("/r").status, 401);
+
+  for (const std::string& unreadable :
+       {R"({"body":)" + nested_arrays(200) + R"(,"statusCode":403})",
+        R"({"statusCode":403,"body":)" + nested_arrays(200) + "}", nested_arrays(200),
+        std::string(R"({"statusCode":403,"body":[1,)"), std::string(R"({"body":[1,)")}) {
+    fake_->respond_with(unreadable);
+    raw = get("/r");
+    EXPECT_EQ(raw.status, 502) << unreadable.substr(0, 40);
+    EXPECT_THAT(raw.body, HasSubstr(R"("error":"handler_failed")"));
+    EXPECT_THAT(raw.body, HasSubstr("the handler's result"));
+  }
+  fake_->respond_with(nested_arrays(200));
+  EXPECT_THAT(get("/r").body, HasSubstr("nested deeper than 128 levels"));
+  // A number past a double's range would be printed "Infinity", which is not JSON.
+  fake_->respond_with(R"({"statusCode":200,"body":{"n":1e999}})");
+  raw = get("/r");
+  EXPECT_EQ(raw.status, 502);
+  EXPECT_THAT(raw.body, HasSubstr("a number a double cannot hold"));
+  fake_->respond_with(R"({"statusCode":200,"body":[0e999999]})");  // NaN
+  EXPECT_EQ(get("/r").status, 502);
+}
+
+// The head is judged before the body is read: a client that sends only the head of a request
+// without the token gets its 401 (it never has to send the body, and the server buffers none).
+TEST_F(HttpTest, AnswersFromTheHeadBeforeReadingTheBody) {
+  api::HttpServerOptions options;
+  options.token = "s3cret-token";
+  server_.reset();
+  start(options);
+  add_trigger("hook", "/hook", "echo");
+
+  const std::string head_only =
+      "POST /v1/apply HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+      "Content-Length: 1000000\r\n\r\n";  // under the body limit: the old server waited for it
+  auto raw = raw_request(server_->port(), head_only);
+  EXPECT_EQ(raw.status, 401);
+  EXPECT_EQ(raw.header("WWW-Authenticate"), "Bearer");
+  EXPECT_THAT(raw.body, HasSubstr(R"("code":"unauthenticated")"));
+  // Unauthenticated clients learn nothing of the limits: 401 before 413.
+  raw = raw_request(server_->port(),
+                    "POST /v1/apply HTTP/1.1\r\nHost: t\r\nContent-Length: 999999999\r\n\r\n");
+  EXPECT_EQ(raw.status, 401);
+  raw = raw_request(server_->port(),
+                    "POST /v1/apply HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer s3cret-token\r\n"
+                    "Content-Length: 999999999\r\n\r\n");
+  EXPECT_EQ(raw.status, 413);
+  // A public body for a path no trigger serves is not read either.
+  raw = raw_request(server_->port(),
+                    "POST /nowhere HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n");
+  EXPECT_EQ(raw.status, 404);
+  EXPECT_THAT(raw.body, HasSubstr(R"("error":"not_found")"));
+  EXPECT_THAT(raw.body, HasSubstr("no HTTP trigger serves /nowhere"));
+  // What needs no token still works: health checks and the (public) trigger gateway.
+  EXPECT_EQ(get("/healthz").status, 200);
+  raw = raw_request(server_->port(), http_request("POST", "/hook", "hi"));
+  EXPECT_EQ(raw.status, 200);
+  raw = raw_request(server_->port(), http_request("POST", "/v1/functions/echo/invoke", "[1]",
+                                                  "Authorization: Bearer s3cret-token\r\n"));
+  EXPECT_EQ(raw.status, 200);
+  EXPECT_EQ(raw.body, "[1]");
+}
+
+TEST_F(HttpTest, HeadsOverTheLimitsAre431AndLongTargets414) {
+  auto raw = get("/healthz", "X-Big: " + std::string(20'000, 'a') + "\r\n");
+  EXPECT_EQ(raw.status, 431);
+  EXPECT_THAT(raw.body, HasSubstr("16384"));
+  // A head under 16 KiB (over Beast's default of 8 KiB) is fine.
+  EXPECT_EQ(get("/healthz", "X-Big: " + std::string(12'000, 'a') + "\r\n").status, 200);
+
+  raw = get("/healthz?x=" + std::string(10'000, 'a'));
+  EXPECT_EQ(raw.status, 414);
+  EXPECT_THAT(raw.body, HasSubstr("8192"));
+  EXPECT_EQ(get("/healthz?x=" + std::string(20'000, 'a')).status, 414);  // over the head too
+  EXPECT_EQ(get("/some/gateway/path?x=" + std::string(10'000, 'a')).status, 414);
+  EXPECT_EQ(get("/healthz?x=" + std::string(7'000, 'a')).status, 200);
+}
+
+// Past max_connections a connection is refused at once (503 or closed), nothing served on it;
+// when one closes, a new one is served again.
+TEST_F(HttpTest, ConnectionsPastTheCapAreRefused) {
+  api::HttpServerOptions options;
+  options.max_connections = 2;
+  server_.reset();
+  start(options);
+  const std::string keep_alive = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n";
+  auto first = std::make_unique<RawStream>(server_->port(), keep_alive);
+  RawStream second(server_->port(), keep_alive);
+  for (RawStream* s : {first.get(), &second}) {
+    auto head = s->head();
+    ASSERT_EQ(head.status, 200);
+    EXPECT_EQ(s->body(head), "ok");
+  }
+  for (int i = 0; i < 3; ++i) {
+    auto raw = get("/healthz");
+    EXPECT_NE(raw.status, 200);
+    if (raw.status != 0) {  // a reset may overtake the answer
+      EXPECT_EQ(raw.status, 503);
+      EXPECT_THAT(raw.body, HasSubstr("connection limit"));
+    }
+  }
+  first.reset();  // the server sees it close, and has a place again
+  EXPECT_TRUE(eventually([&] { return get("/healthz").status == 200; }));
+}
+
+// Bodies the token does not vouch for (the public gateway's) share one bounded buffer: past it a
+// request is answered 503 from its head; authenticated bodies do not count.
+TEST_F(HttpTest, UnauthenticatedBodiesShareABoundedBuffer) {
+  api::HttpServerOptions options;
+  options.token = "s3cret-token";
+  options.unauthenticated_buffer_limit = 1000;
+  server_.reset();
+  start(options);
+  add_trigger("hook", "/hook", "echo");
+
+  // The head of a body of 800 bytes, the body still to come: it holds 800 of the 1000.
+  RawStream first(
+      server_->port(),
+      "POST /hook HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 800\r\n\r\n");
+  const std::string body(800, 'x');
+  RawResponse refused;
+  ASSERT_TRUE(eventually([&] {
+    refused = raw_request(server_->port(), http_request("POST", "/hook", body));
+    return refused.status == 503;
+  }));
+  EXPECT_EQ(refused.header("Retry-After"), "1");
+  EXPECT_THAT(refused.body, HasSubstr(R"("error":"unavailable")"));
+  EXPECT_THAT(refused.body, HasSubstr("1000"));
+  // Authenticated bodies are not counted.
+  auto raw = raw_request(server_->port(), http_request("POST", "/v1/functions/echo/invoke",
+                                                       "\"" + std::string(2000, 'y') + "\"",
+                                                       "Authorization: Bearer s3cret-token\r\n"));
+  EXPECT_EQ(raw.status, 200);
+
+  first.send(body);
+  auto head = first.head();
+  EXPECT_EQ(head.status, 200);
+  first.close();
+  // Answered, its bytes are free again.
+  EXPECT_TRUE(eventually([&] {
+    return raw_request(server_->port(), http_request("POST", "/hook", body)).status == 200;
+  }));
 }
 
 }  // namespace
