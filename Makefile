@@ -8,15 +8,17 @@ BUILD ?= build/cpp
 JOBS ?= $(shell nproc)
 PY := $(VENV)/bin/python
 CMAKE_FLAGS ?=
+# Seconds each libFuzzer target runs in `make test` (tests/fuzz/run; 0 skips them).
+FUZZ_SECONDS ?= 20
 
-.PHONY: demo test bootstrap build install test-cpp test-python test-stubs format clean
+.PHONY: demo test bootstrap build install test-cpp test-python test-stubs test-fuzz format clean
 
 demo: install
 	VENV=$(VENV) scripts/demo
 
 # pytest also executes notebooks/*.ipynb (tests/python/test_notebook.py).
 test: build install
-	$(MAKE) test-cpp test-stubs test-python
+	$(MAKE) test-cpp test-stubs test-python test-fuzz
 
 bootstrap:
 	PYTHON=$(PYTHON) VENV=$(VENV) scripts/bootstrap
@@ -38,6 +40,10 @@ test-stubs:
 
 test-python:
 	$(PY) -m pytest tests/python
+
+# The fuzz targets (clang, build/fuzz) from their committed seeds, a bounded time each.
+test-fuzz:
+	if [ "$(FUZZ_SECONDS)" != 0 ]; then FUZZ_SECONDS=$(FUZZ_SECONDS) JOBS=$(JOBS) tests/fuzz/run; fi
 
 format:
 	clang-format -i $$(git ls-files '*.cpp' '*.hpp')

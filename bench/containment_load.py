@@ -82,7 +82,7 @@ def burst(info):
     def invoke(_):
         t0 = time.perf_counter()
         try:
-            status = call(address, "POST", "/v1/functions/slow:invoke", token, b"{}", timeout=60)
+            status = call(address, "POST", "/v1/functions/slow/invoke", token, b"{}", timeout=60)
         except (OSError, http.client.HTTPException) as e:
             status = type(e).__name__
         return status, time.perf_counter() - t0
@@ -110,7 +110,7 @@ def unauth(info):
     pid = int(info["pid"])
     before = rss_mib(pid)[0]
     body = b"[" * (8 << 20)
-    head = (f"POST /v1/functions/slow:invoke HTTP/1.1\r\nHost: {host}\r\n"
+    head = (f"POST /v1/functions/slow/invoke HTTP/1.1\r\nHost: {host}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
     peak = [before]
 

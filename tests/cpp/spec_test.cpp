@@ -412,6 +412,29 @@ spec:
   EXPECT_EQ(st.column(), 17u);
 }
 
+// Found by tests/fuzz's manifest target: yaml-cpp's LoadAll never returned on a lone ",".
+TEST(Errors, MalformedYamlFailsAndPositionsStayTheFilesAcrossDocuments) {
+  TempDir tmp;
+  const auto comma = tmp.write("comma.yaml", ",");
+  EXPECT_EQ(invalid([&] { blixard::load_manifest(comma); }).file(), comma.string());
+  const auto file = tmp.write("docs.yaml", R"(apiVersion: blixard.dev/v1
+kind: Vm
+metadata: {name: db}
+spec: {replicas: 1}
+--- # the second document
+apiVersion: blixard.dev/v1
+kind: Vm
+metadata: {name: cache}
+spec:
+  replicas: three
+...
+)");
+  const auto st = invalid([&] { blixard::load_manifest(file); });
+  EXPECT_EQ(st.field(), "spec.replicas");
+  EXPECT_EQ(st.line(), 10u);
+  EXPECT_EQ(st.column(), 13u);
+}
+
 TEST(Errors, WrongTypeOfASequenceAndAMapping) {
   TempDir tmp;
   const auto file = tmp.write("f.yaml", R"(apiVersion: blixard.dev/v1
