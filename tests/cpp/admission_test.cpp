@@ -145,6 +145,17 @@ TEST_F(AdmissionTest, ColdBurstPastTheCapIsThrottledAtOnceWhileTheApiAnswers) {
   int ok = 0, throttled = 0, other = 0;
   std::vector<std::string> others;
   std::vector<std::thread> callers;
+  // However the test ends, the callers are released and joined (an ASSERT returns early).
+  struct Release {
+    fs::path gate;
+    std::vector<std::thread>& threads;
+    ~Release() {
+      std::ofstream(gate).put('\n');
+      for (auto& t : threads) {
+        if (t.joinable()) t.join();
+      }
+    }
+  } release{gate_dir(token_) / "burst", callers};
   for (int i = 0; i < k_calls; ++i) {
     callers.emplace_back([&] {
       try {
