@@ -207,8 +207,11 @@ int main(int argc, char** argv) {
   logger->info("received signal {}, stopping", signal_number);
   std::error_code ec;
   fs::remove(state_file, ec);
-  server->stop();
+  // The Service first: calls in flight fail with `unavailable` and their answers (503) go out
+  // while the server still runs; stopping the server first would wait for them to end (a long
+  // handler outlives `blixard down`'s grace and its caller gets an empty reply).
   service->shutdown();
+  server->stop();
   logger->info("stopped");
   return 0;
 }

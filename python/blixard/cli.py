@@ -8,6 +8,7 @@ one as a background daemon (``blixard-agent --server``) for a data directory, wh
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -715,6 +716,10 @@ def function_invoke(c: Ctx, name, data, timeout, output) -> None:
         json.loads(payload)
     except ValueError as e:
         raise InvalidSpec(f"payload is not JSON: {e}", field="--data") from e
+    # 0, negative and nan are not deadlines (0 would silently mean "the function's own").
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise InvalidSpec(f"timeout must be a positive number of seconds, not {timeout}",
+                          field="--timeout")
     r = c.cluster().function(name).invoke_raw(payload, timeout=timeout)
     if _out(c, output) == "json":
         try:
@@ -1213,7 +1218,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except BlixardError as e:
         e = _flag_error(e, ctx_holder.get("obj"))
         text = e.describe()
-        if e.code == "unavailable" and "blixard up" not in text:
+        # Only a server that cannot be reached is helped by `blixard up`; one that answered
+        # (a full disk, a shutdown in progress) is running already.
+        if (e.code == "unavailable" and (e.message or "").startswith("cannot reach ")
+                and "blixard up" not in text):
             text += " (is the server running? start one with `blixard up`)"
         elif e.code == "throttled":
             text += (" (too many calls in flight: retry later, or raise"

@@ -38,6 +38,7 @@
 
 #include "api/http_head.hpp"
 #include "blixard/error.hpp"
+#include "blixard/spec.hpp"
 #include "common/json.hpp"
 #include "common/json_check.hpp"
 #include "common/json_sax.hpp"
@@ -68,38 +69,21 @@ constexpr auto k_monitor_linger = std::chrono::milliseconds(200);
 
 bool wants_protobuf(std::string_view header) { return header.find(k_protobuf) != header.npos; }
 
-// "2s", "500ms", "1.5s", "250us", "2m", "1h"; a bare number is seconds.
+// "2s", "500ms", "1.5s", "2m", "1h", "1m30s"; a bare number is seconds. The spec's parser, so a
+// query parameter reads as a manifest's field does (nan, garbage and negatives are errors).
+// `positive`: zero is an error too (a call's timeout; a wait of 0 means no wait).
 google::protobuf::Duration parse_duration(const std::string& text,
-                                          const std::string& field = "timeout") {
-  auto bad = [&] {
-    return Error(errc::invalid_spec, "not a duration: \"" + text + "\" (use e.g. 30s, 500ms)",
-                 field);
-  };
-  double value = 0;
-  auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (ec != std::errc() || value < 0) throw bad();
-  std::string_view unit(p, text.data() + text.size() - p);
-  double scale = 0;  // to nanoseconds
-  if (unit.empty() || unit == "s")
-    scale = 1e9;
-  else if (unit == "ms")
-    scale = 1e6;
-  else if (unit == "us")
-    scale = 1e3;
-  else if (unit == "ns")
-    scale = 1;
-  else if (unit == "m")
-    scale = 60e9;
-  else if (unit == "h")
-    scale = 3600e9;
-  else
-    throw bad();
-  double ns = value * scale;
-  if (ns > 1e18) throw bad();
-  auto total = static_cast<std::int64_t>(ns);
+                                          const std::string& field = "timeout",
+                                          bool positive = true) {
+  const auto ms = blixard::parse_duration(text, field).count();
+  if (positive && ms <= 0) {
+    throw Error(errc::invalid_spec,
+                field + " must be a positive duration (e.g. 30s, 500ms), not \"" + text + "\"",
+                field);
+  }
   google::protobuf::Duration d;
-  d.set_seconds(total / 1'000'000'000);
-  d.set_nanos(static_cast<std::int32_t>(total % 1'000'000'000));
+  d.set_seconds(ms / 1000);
+  d.set_nanos(static_cast<std::int32_t>((ms % 1000) * 1'000'000));
   return d;
 }
 
@@ -208,7 +192,7 @@ std::int64_t parse_after(const Target& t, bool from_now = false) {
 milliseconds parse_wait(const Target& t, milliseconds max) {
   const std::string* text = t.param("wait");
   if (text == nullptr || text->empty()) return milliseconds(0);
-  auto d = parse_duration(*text, "wait");
+  auto d = parse_duration(*text, "wait", false);
   return std::min(milliseconds(d.seconds() * 1000 + d.nanos() / 1'000'000), max);
 }
 

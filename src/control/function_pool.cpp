@@ -277,8 +277,10 @@ FunctionPools::Pool& FunctionPools::admit(std::int64_t version, const runtime::I
   Pool& pool = pool_for(inv.function);
   apply_spec(pool, version, inv.spec);
   if (pool.deleted) throw Error(errc::unavailable, "function \"" + inv.function + "\" was deleted");
+  // Counted here, at arrival, cold or warm: a call waiting for a start holds its place. Set to 0
+  // (reserved concurrency 0), every call is throttled; unset (an unvalidated spec), no cap.
   const std::uint32_t limit = pool.spec.concurrent_executions();
-  if (limit != 0 && pool.in_flight >= limit) {
+  if (pool.spec.has_concurrent_executions() && pool.in_flight >= limit) {
     throttle(pool, "at its limit of " + std::to_string(limit) + " concurrent executions");
   }
   return pool;
@@ -358,47 +360,60 @@ void FunctionPools::record_failure(const std::string& function, const Error& e, 
   }
 }
 
+// mutex_ held, the call admitted into `pool`: the slot it takes (a ready one with room, a starting
+// one it may share, or a new one it starts), its place taken at once so that a call waiting for a
+// cold start counts toward concurrentExecutions and its instance toward maxInstances.
+FunctionPools::Placement FunctionPools::place(Pool& pool, std::shared_ptr<Slot> ready) {
+  Placement p;
+  p.spec = pool.spec;
+  p.slot = std::move(ready);
+  if (!p.slot && pool.target() > 1) {
+    // Share an instance that is starting, as its other calls will.
+    for (auto& s : pool.slots) {
+      if (s->version == pool.version && s->phase == Slot::Phase::starting &&
+          s->in_flight < pool.target()) {
+        p.slot = s;
+        p.cold = true;
+        break;
+      }
+    }
+  }
+  if (!p.slot) {
+    const std::uint32_t max = p.spec.scaling().max_instances();
+    if (max != 0 && pool.current_instances() >= max) {
+      throttle(pool, "all of its " + std::to_string(max) + " instances are busy (maxInstances)");
+    }
+    // Every caller that finds no room starts its own instance, without waiting for others.
+    p.slot = std::make_shared<Slot>();
+    p.slot->version = pool.version;
+    p.slot->name = pool.name + "-starting-" + std::to_string(++slot_counter_);
+    pool.slots.push_back(p.slot);
+    p.cold = p.starter = true;
+  }
+  take_place(pool, *p.slot);
+  return p;
+}
+
 runtime::InvocationResult FunctionPools::invoke_attempt(std::int64_t version,
                                                         const runtime::Invocation& inv,
                                                         int attempt) {
-  const std::string& function = inv.function;
-  std::shared_ptr<Slot> slot;
-  bool cold = false;
-  bool starter = false;
-  v1::FunctionSpec spec;
+  Placement p;
   {
-    std::unique_lock lock(mutex_);
+    std::lock_guard lock(mutex_);
     Pool& pool = admit(version, inv);
-    spec = pool.spec;
-    slot = pick_ready(pool, nullptr);
-    if (!slot && pool.target() > 1) {
-      // Share an instance that is starting, as its other calls will.
-      for (auto& s : pool.slots) {
-        if (s->version == pool.version && s->phase == Slot::Phase::starting &&
-            s->in_flight < pool.target()) {
-          slot = s;
-          cold = true;
-          break;
-        }
-      }
-    }
-    if (!slot) {
-      const std::uint32_t max = spec.scaling().max_instances();
-      if (max != 0 && pool.current_instances() >= max) {
-        throttle(pool, "all of its " + std::to_string(max) + " instances are busy (maxInstances)");
-      }
-      // Every caller that finds no room starts its own instance, without waiting for others.
-      slot = std::make_shared<Slot>();
-      slot->version = pool.version;
-      slot->name = function + "-starting-" + std::to_string(++slot_counter_);
-      pool.slots.push_back(slot);
-      cold = starter = true;
-    }
-    take_place(pool, *slot);
+    p = place(pool, pick_ready(pool, nullptr));
   }
+  return run_placed(version, inv, p, attempt);
+}
 
-  if (starter) {
-    start_slot(function, slot, spec);
+runtime::InvocationResult FunctionPools::run_placed(std::int64_t version,
+                                                    const runtime::Invocation& inv,
+                                                    const Placement& p, int attempt) {
+  const std::string& function = inv.function;
+  const auto& slot = p.slot;
+  const bool cold = p.cold;
+  if (p.starter) {
+    start_slot(function, slot, p.spec);
   } else if (cold) {
     std::unique_lock lock(mutex_);
     changed_.wait(lock, [&] { return slot->phase != Slot::Phase::starting; });
@@ -448,36 +463,90 @@ bool FunctionPools::try_invoke_async(std::int64_t version,
                                      runtime::CallCompletion complete) {
   std::shared_ptr<Slot> slot;
   std::shared_ptr<runtime::Instance> instance;
+  Placement cold;
   {
     std::lock_guard lock(mutex_);
     Pool& pool = admit(version, *inv);
     const void* reactor = &boost::asio::query(executor, boost::asio::execution::context);
     slot = pick_ready(pool, reactor);
-    if (!slot) return false;  // it would wait for a start
-    slot->reactor = reactor;
-    instance = slot->instance;
-    take_place(pool, *slot);
+    if (slot) {
+      slot->reactor = reactor;
+      instance = slot->instance;
+      take_place(pool, *slot);
+    } else {
+      // Admitted now, before it waits for a start: a burst past the caps is throttled at once
+      // instead of queueing for a thread.
+      cold = place(pool, nullptr);
+    }
+  }
+  if (cold.slot) {
+    detach_call(inv, complete, cold,
+                [this, version, inv, cold] { return run_placed(version, *inv, cold, 0); });
+    return true;
   }
   auto call =
       std::make_shared<AsyncCall>(AsyncCall{version, inv, slot, instance, std::move(complete)});
+  bool sent = false;
   try {
-    const bool sent = instance->call_async(
+    sent = instance->call_async(
         *inv, executor,
         [this, call](const std::exception_ptr& error, runtime::InvocationResult out) {
           async_done(*call, error, std::move(out));
         });
-    if (!sent) {
-      // Its pipe is full of calls queued ahead: this one waits on a thread instead.
-      std::lock_guard lock(mutex_);
-      if (give_place(inv->function, *slot)) changed_.notify_all();
-      return false;
-    }
   } catch (const Error& raw) {
     Failure f = call_failed(inv->function, slot, *instance, raw, false, true);
-    if (f.retry) return false;  // nothing ran: invoke() finds a live instance
-    throw f.error;
+    if (!f.retry) throw f.error;
+    // Nothing ran: a live instance takes it, or a new one (admitted again, on a thread).
+    detach_call(inv, call->complete, {},
+                [this, version, inv] { return invoke_attempt(version, *inv, 1); });
+    return true;
+  }
+  if (!sent) {
+    // Its pipe is full of calls queued ahead: this one keeps its place and waits on a thread.
+    Placement queued;
+    queued.slot = slot;
+    detach_call(inv, call->complete, queued,
+                [this, version, inv, queued] { return run_placed(version, *inv, queued, 0); });
   }
   return true;
+}
+
+void FunctionPools::detach_call(const std::shared_ptr<const runtime::Invocation>& inv,
+                                const runtime::CallCompletion& complete, const Placement& placed,
+                                std::function<runtime::InvocationResult()> body) {
+  {
+    std::lock_guard lock(mutex_);
+    ++background_threads_;  // shutdown() waits for it
+  }
+  try {
+    std::thread([this, body = std::move(body), complete] {
+      std::exception_ptr failed;
+      runtime::InvocationResult out;
+      try {
+        out = body();
+      } catch (...) {
+        failed = std::current_exception();
+      }
+      background_done();
+      complete(failed, std::move(out));
+    }).detach();
+  } catch (const std::system_error& e) {
+    // No thread: the call gives its place (and the start it would make) back and fails now.
+    {
+      std::lock_guard lock(mutex_);
+      --background_threads_;
+      if (placed.slot) {
+        if (placed.starter) {
+          placed.slot->phase = Slot::Phase::gone;
+          auto it = pools_.find(inv->function);
+          if (it != pools_.end()) it->second->slots.remove(placed.slot);
+        }
+        give_place(inv->function, *placed.slot);
+      }
+    }
+    changed_.notify_all();
+    throw Error(errc::unavailable, std::string("cannot run the call: ") + e.what());
+  }
 }
 
 void FunctionPools::async_done(const AsyncCall& call, const std::exception_ptr& error,

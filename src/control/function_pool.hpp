@@ -9,6 +9,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -50,10 +51,12 @@ class FunctionPools {
   // pool knows replaces its spec). Throws Error: throttled, unavailable (deleted, shut down),
   // and the driver's errors (timeout, handler_failed, payload_too_large).
   runtime::InvocationResult invoke(std::int64_t version, const runtime::Invocation& invocation);
-  // The same without a thread waiting for the handler, when a ready instance has room: the call
-  // is sent, its answer read on `executor`'s reactor, and `complete` runs once it ends. False,
-  // having done nothing, when the call would wait for an instance to start: make it with
-  // invoke(). Throws what invoke() throws at once (throttled, unavailable).
+  // The same, admitted at once and answered through `complete` (on any thread, never inside this
+  // call). When a ready instance has room the call is sent and its answer read on `executor`'s
+  // reactor; when it has to wait (a cold start, a full pipe) it takes its place now (counted
+  // toward concurrentExecutions and maxInstances) and waits on a thread of its own, so callers
+  // never hold a thread of theirs for it. Throws what invoke() throws at once (throttled,
+  // unavailable). True once the call is on its way (always, when it does not throw).
   bool try_invoke_async(std::int64_t version,
                         const std::shared_ptr<const runtime::Invocation>& invocation,
                         const boost::asio::any_io_executor& executor,
@@ -77,6 +80,25 @@ class FunctionPools {
   // One try of invoke(); a call that found its instance already dead is retried once.
   runtime::InvocationResult invoke_attempt(std::int64_t version, const runtime::Invocation& inv,
                                            int attempt);
+  // Where an admitted call runs: its slot (its place taken), whether it waits for a start, and
+  // whether it makes that start itself (with `spec`).
+  struct Placement {
+    std::shared_ptr<Slot> slot;
+    v1::FunctionSpec spec;
+    bool cold = false;
+    bool starter = false;
+  };
+  // mutex_ held: places a call admitted into `pool` on `ready`, else on a starting instance or a
+  // new one (throws throttled past maxInstances).
+  Placement place(Pool& pool, std::shared_ptr<Slot> ready);
+  // The rest of a placed call: the start (or the wait for it), then the call.
+  runtime::InvocationResult run_placed(std::int64_t version, const runtime::Invocation& inv,
+                                       const Placement& placed, int attempt);
+  // Runs `body` on a thread of its own and completes with its outcome; without a thread, gives
+  // `placed` back and throws unavailable.
+  void detach_call(const std::shared_ptr<const runtime::Invocation>& inv,
+                   const runtime::CallCompletion& complete, const Placement& placed,
+                   std::function<runtime::InvocationResult()> body);
   // mutex_ held: the pool of a call that may run (throws throttled, unavailable), and a ready
   // instance of it with room (null if none), preferring one `reactor` (an execution context)
   // already reads.

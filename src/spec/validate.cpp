@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <filesystem>
 #include <map>
 #include <set>
 
@@ -20,6 +21,9 @@ constexpr std::int64_t k_max_timeout_s = 15 * 60;
 constexpr std::uint32_t k_default_concurrency = 100;
 constexpr std::int64_t k_default_keep_warm_s = 60;
 constexpr std::uint64_t k_default_vm_memory_mib = 512;
+// Upper bounds for VM sizes: past any host we run on, low enough to catch a typo ("99999999G").
+constexpr std::uint64_t k_max_vm_memory_mib = 1 << 20;               // 1 TiB
+constexpr std::uint64_t k_max_storage_mib = std::uint64_t{1} << 30;  // 1 PiB
 constexpr std::uint32_t k_max_replicas = 1000;
 constexpr std::uint32_t k_max_vcpu = 1024;
 
@@ -121,6 +125,15 @@ void validate_microvm(v1::MicroVm& m, const std::string& field) {
   }
   if (m.vcpu() > k_max_vcpu) {
     invalid(field + ".vcpu", "vcpu must be at most " + std::to_string(k_max_vcpu));
+  }
+  if (m.mem() > k_max_vm_memory_mib) {
+    invalid(field + ".mem", "mem must be at most " + std::to_string(k_max_vm_memory_mib) +
+                                " MiB (1T), got " + std::to_string(m.mem()));
+  }
+  if (m.balloon_mem() > k_max_vm_memory_mib) {
+    invalid(field + ".balloonMem", "balloonMem must be at most " +
+                                       std::to_string(k_max_vm_memory_mib) + " MiB (1T), got " +
+                                       std::to_string(m.balloon_mem()));
   }
 }
 
@@ -236,10 +249,23 @@ void validate_function(v1::Function& fn, const std::string& path) {
             "unknown runtime " + in_quotes(s.runtime()) + " (expected python or exec)");
   }
 
-  if (s.memory_mib() == 0) {
+  // A missing code directory would only show at the first invoke, as a start failure.
+  if (!s.code().empty()) {
+    std::error_code ec;
+    const auto status = std::filesystem::status(s.code(), ec);
+    if (!std::filesystem::exists(status)) {
+      invalid(at.field("code"), "code directory not found: " + s.code());
+    }
+    if (!std::filesystem::is_directory(status)) {
+      invalid(at.field("code"), "code must be a directory: " + s.code());
+    }
+  }
+
+  // Unset takes the default; an explicit 0 is a mistake, not "the default".
+  if (!s.has_memory_mib()) {
     s.set_memory_mib(s.microvm().mem() != 0 ? s.microvm().mem() : k_default_function_memory_mib);
   }
-  if (s.memory_mib() > k_max_function_memory_mib) {
+  if (s.memory_mib() == 0 || s.memory_mib() > k_max_function_memory_mib) {
     invalid(at.field("memory"), "memory must be between 1 and " +
                                     std::to_string(k_max_function_memory_mib) + " MiB, got " +
                                     std::to_string(s.memory_mib()));
@@ -255,9 +281,16 @@ void validate_function(v1::Function& fn, const std::string& path) {
     invalid(at.field("timeout"), "timeout must be at most 15m");
   }
 
-  if (s.concurrent_executions() == 0) s.set_concurrent_executions(k_default_concurrency);
+  // 0 is kept: it throttles every call (Lambda's reserved concurrency 0).
+  if (!s.has_concurrent_executions()) s.set_concurrent_executions(k_default_concurrency);
   auto& sc = *s.mutable_scaling();
-  if (sc.max_instances() == 0) sc.set_max_instances(s.concurrent_executions());
+  if (!sc.has_max_instances()) {
+    sc.set_max_instances(std::max<std::uint32_t>(1, s.concurrent_executions()));
+  }
+  if (sc.max_instances() == 0) {
+    invalid(at.field("scaling.maxInstances"),
+            "maxInstances must be at least 1 (to refuse every call, set concurrentExecutions: 0)");
+  }
   if (sc.target_concurrency() == 0) sc.set_target_concurrency(1);
   if (!sc.has_keep_warm()) set_seconds(sc.mutable_keep_warm(), k_default_keep_warm_s);
   check_duration(sc.keep_warm(), at.field("scaling.keepWarm"));
@@ -292,8 +325,13 @@ void validate_vm(v1::Vm& vm, const std::string& path) {
                                       std::to_string(k_max_replicas) + ", got " +
                                       std::to_string(s.replicas()));
   }
-  if (s.memory_mib() == 0) {
+  if (!s.has_memory_mib()) {
     s.set_memory_mib(s.microvm().mem() != 0 ? s.microvm().mem() : k_default_vm_memory_mib);
+  }
+  if (s.memory_mib() == 0 || s.memory_mib() > k_max_vm_memory_mib) {
+    invalid(at.field("memory"), "memory must be between 1 and " +
+                                    std::to_string(k_max_vm_memory_mib) + " MiB (1T), got " +
+                                    std::to_string(s.memory_mib()) + " MiB");
   }
   if (s.vcpu() == 0) s.set_vcpu(s.microvm().vcpu() != 0 ? s.microvm().vcpu() : 1);
   if (s.vcpu() > k_max_vcpu) {
@@ -309,6 +347,11 @@ void validate_vm(v1::Vm& vm, const std::string& path) {
   if (s.has_storage() && s.storage().size_mib() == 0 &&
       (!s.storage().pool().empty() || !s.storage().class_().empty())) {
     invalid(at.field("storage.size"), "storage needs a size (e.g. 100G)");
+  }
+  if (s.storage().size_mib() > k_max_storage_mib) {
+    invalid(at.field("storage.size"), "size must be at most " + std::to_string(k_max_storage_mib) +
+                                          " MiB (1P), got " +
+                                          std::to_string(s.storage().size_mib()) + " MiB");
   }
   std::set<std::uint32_t> ports;
   for (int i = 0; i < s.ports_size(); ++i) {

@@ -6,11 +6,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <condition_variable>
 #include <exception>
 #include <filesystem>
 #include <list>
 #include <mutex>
+#include <optional>
 #include <string_view>
 #include <thread>
 #include <unordered_map>
@@ -29,8 +31,24 @@ std::int64_t now_ms() {
       .count();
 }
 
+// A full filesystem says so and where, so that nobody looks for a server that is not running:
+// SQLite reports SQLITE_FULL, or an I/O error whose errno is ENOSPC (a WAL or shm write).
+std::optional<Error> disk_full(sqlite3* db, const std::string& detail) {
+  if (db == nullptr) return std::nullopt;
+  if ((sqlite3_extended_errcode(db) & 0xff) != SQLITE_FULL && sqlite3_system_errno(db) != ENOSPC) {
+    return std::nullopt;
+  }
+  const char* file = sqlite3_db_filename(db, "main");
+  const std::string path = file != nullptr && *file != '\0' ? file : "(unknown path)";
+  return Error(errc::unavailable, "disk full: cannot write the store " + path + " (data dir " +
+                                      std::filesystem::path(path).parent_path().string() +
+                                      "): " + detail + "; free space on its filesystem");
+}
+
 [[noreturn]] void throw_sqlite(sqlite3* db) {
-  throw Error(errc::unavailable, std::string("store: ") + sqlite3_errmsg(db));
+  const std::string detail = sqlite3_errmsg(db);
+  if (auto full = disk_full(db, detail)) throw *full;
+  throw Error(errc::unavailable, "store: " + detail);
 }
 
 // The first key after every key that starts with `prefix`; nullopt when there is none
@@ -134,6 +152,7 @@ class Db {
     if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
       std::string msg = err ? err : sqlite3_errmsg(db_);
       sqlite3_free(err);
+      if (auto full = disk_full(db_, msg)) throw *full;
       throw Error(errc::unavailable, msg);
     }
   }

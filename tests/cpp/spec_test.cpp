@@ -867,4 +867,87 @@ TEST(Validation, VmRules) {
   EXPECT_EQ(invalid([&] { blixard::validate_trigger(trigger); }).field(), "spec.function");
 }
 
+// Issue 11: a zero or out-of-range value is an error naming its field, or means what Lambda
+// means; "unset" and "0" are told apart.
+TEST(Validation, ZeroMeansWhatItSays) {
+  v1::Function fn;
+  fn.mutable_metadata()->set_name("echo");
+  fn.mutable_spec()->add_command("/bin/cat");
+
+  // Reserved concurrency 0: kept (every call is throttled), never replaced by 100.
+  v1::Function closed = fn;
+  closed.mutable_spec()->set_concurrent_executions(0);
+  blixard::validate_function(closed);
+  EXPECT_TRUE(closed.spec().has_concurrent_executions());
+  EXPECT_EQ(closed.spec().concurrent_executions(), 0u);
+  blixard::validate_function(closed);  // idempotent
+  EXPECT_EQ(closed.spec().concurrent_executions(), 0u);
+
+  v1::Function bad = fn;
+  bad.mutable_spec()->mutable_scaling()->set_max_instances(0);
+  EXPECT_EQ(invalid([&] { blixard::validate_function(bad); }).field(), "spec.scaling.maxInstances");
+  bad = fn;
+  bad.mutable_spec()->set_memory_mib(0);
+  EXPECT_EQ(invalid([&] { blixard::validate_function(bad); }).field(), "spec.memory");
+
+  // The same through flags and manifests.
+  v1::FunctionSpec spec;
+  blixard::merge_function_overrides(spec,
+                                    R"({"concurrentExecutions": 0, "command": ["/bin/cat"]})");
+  v1::Function from_flags;
+  from_flags.mutable_metadata()->set_name("f");
+  *from_flags.mutable_spec() = spec;
+  blixard::validate_function(from_flags);
+  EXPECT_EQ(from_flags.spec().concurrent_executions(), 0u);
+  spec.Clear();
+  blixard::merge_function_overrides(spec,
+                                    R"({"scaling": {"maxInstances": 0}, "command": ["/bin/cat"]})");
+  *from_flags.mutable_spec() = spec;
+  EXPECT_EQ(invalid([&] { blixard::validate_function(from_flags); }).field(),
+            "spec.scaling.maxInstances");
+  spec.Clear();
+  EXPECT_EQ(invalid([&] { blixard::merge_function_overrides(spec, R"({"memory": 0})"); }).field(),
+            "memory");
+}
+
+TEST(Validation, CodeMustBeAnExistingDirectory) {
+  TempDir dir;
+  v1::Function fn;
+  fn.mutable_metadata()->set_name("echo");
+  fn.mutable_spec()->set_handler("echo:handler");
+  fn.mutable_spec()->set_code((dir.path() / "missing").string());
+  auto st = invalid([&] { blixard::validate_function(fn); });
+  EXPECT_EQ(st.field(), "spec.code");
+  EXPECT_TRUE(contains(st.message(), (dir.path() / "missing").string())) << st.message();
+  fn.mutable_spec()->set_code(dir.write("file.py", "x = 1\n").string());
+  st = invalid([&] { blixard::validate_function(fn); });
+  EXPECT_EQ(st.field(), "spec.code");
+  EXPECT_TRUE(contains(st.message(), "directory")) << st.message();
+  fn.mutable_spec()->set_code(dir.path().string());
+  EXPECT_NO_THROW(blixard::validate_function(fn));
+}
+
+TEST(Validation, VmSizesHaveBounds) {
+  v1::Vm vm;
+  vm.mutable_metadata()->set_name("db");
+  v1::VmSpec spec;
+  blixard::merge_vm_overrides(spec, R"({"memory": "99999999G"})");
+  *vm.mutable_spec() = spec;
+  auto st = invalid([&] { blixard::validate_vm(vm); });
+  EXPECT_EQ(st.field(), "spec.memory");
+  EXPECT_TRUE(contains(st.message(), "1T")) << st.message();
+  vm.mutable_spec()->set_memory_mib(0);
+  EXPECT_EQ(invalid([&] { blixard::validate_vm(vm); }).field(), "spec.memory");
+  vm.mutable_spec()->set_memory_mib(1 << 20);  // 1 TiB is the largest
+  EXPECT_NO_THROW(blixard::validate_vm(vm));
+  vm.mutable_spec()->mutable_storage()->set_size_mib(std::uint64_t{1} << 40);
+  EXPECT_EQ(invalid([&] { blixard::validate_vm(vm); }).field(), "spec.storage.size");
+  vm.mutable_spec()->mutable_storage()->set_size_mib(100 << 10);
+  vm.mutable_spec()->mutable_microvm()->set_mem(std::uint64_t{1} << 30);
+  EXPECT_EQ(invalid([&] { blixard::validate_vm(vm); }).field(), "spec.microvm.mem");
+  vm.mutable_spec()->mutable_microvm()->set_mem(512);
+  vm.mutable_spec()->mutable_microvm()->set_balloon_mem(std::uint64_t{1} << 30);
+  EXPECT_EQ(invalid([&] { blixard::validate_vm(vm); }).field(), "spec.microvm.balloonMem");
+}
+
 }  // namespace

@@ -1,10 +1,14 @@
 // The SQLite store: the shared conformance suite, plus what only an embedded file store has to
 // prove (open errors naming the path, acknowledged writes surviving kill -9, group commit).
+#include <sched.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <fstream>
+#include <optional>
 
 #include "store_conformance.hpp"
 
@@ -185,4 +189,39 @@ TEST(SqliteStore, AcknowledgedWritesSurviveKill9) {
 }
 
 }  // namespace
+// A full filesystem is named as such, with the store's path, not as a store that is not there.
+TEST(SqliteStore, AFullDiskSaysDiskFullAndWhere) {
+  // A 1 MiB tmpfs in a mount namespace of this process's own: needs root (or CAP_SYS_ADMIN).
+  if (::unshare(CLONE_NEWNS) != 0 ||
+      ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
+    GTEST_SKIP() << "cannot make a mount namespace to fill a filesystem in";
+  }
+  TempDir dir;
+  ASSERT_EQ(::mount("tmpfs", dir.path().c_str(), "tmpfs", 0, "size=1m"), 0) << strerror(errno);
+  {
+    auto s = open_for_test(dir.path());
+    s->put("before", "v");
+    {
+      // Fill the rest of the filesystem.
+      std::ofstream filler(dir.path() + "/filler", std::ios::binary);
+      const std::string chunk(4096, 'x');
+      while (filler.write(chunk.data(), chunk.size()) && filler.flush()) {
+      }
+    }
+    std::optional<Error> failure;
+    for (int i = 0; i < 64 && !failure; ++i) {
+      try {
+        s->put("big/" + std::to_string(i), std::string(64 << 10, 'y'));
+      } catch (const Error& e) {
+        failure = e;
+      }
+    }
+    ASSERT_TRUE(failure.has_value()) << "writes kept succeeding on a full filesystem";
+    const std::string message = failure->message();
+    EXPECT_EQ(message.rfind("disk full: ", 0), 0u) << message;
+    EXPECT_NE(message.find(dir.path() + "/store.db"), std::string::npos) << message;
+  }
+  ::umount2(dir.path().c_str(), MNT_DETACH);
+}
+
 }  // namespace blixard::store::testing

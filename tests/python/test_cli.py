@@ -576,3 +576,79 @@ def test_sdk_over_http_async_invoke_logs_and_watch(cli, work):
                     c.delete_function(name)
                 except blixard.NotFound:
                     pass
+
+
+# ---- issue 11: values mean what they say; a full disk says so ----
+
+
+def test_zero_and_out_of_range_values_are_errors_naming_the_field(cli, work):
+    err = fail(cli, EXIT_INVALID, "function", "create", "z", "--config", "echo.yaml",
+               "--max-instances", "0")
+    assert "--max-instances" in err or "maxInstances" in err, err
+    err = fail(cli, EXIT_INVALID, "function", "create", "z", "--config", "echo.yaml",
+               "--memory", "0")
+    assert "--memory" in err, err
+    missing = work / "no-such-code"
+    err = fail(cli, EXIT_INVALID, "function", "create", "z", "--config", "echo.yaml",
+               "--code", str(missing))
+    assert "code" in err and str(missing) in err, err
+    err = fail(cli, EXIT_INVALID, "vm", "create", "huge", "--memory", "99999999G")
+    assert "--memory" in err, err
+    assert names(cli.json("function", "list")["items"]) == []
+    assert "huge" not in names(cli.json("vm", "list")["items"])
+
+
+def test_concurrent_executions_zero_throttles_every_call(cli, work):
+    created = cli.json("function", "create", "closed", "--config", "echo.yaml",
+                       "--concurrent-executions", "0")
+    try:
+        assert created["spec"].get("concurrentExecutions", 0) == 0
+        err = fail(cli, EXIT_THROTTLED, "function", "invoke", "closed", "--data", "{}")
+        assert "throttled" in err, err
+    finally:
+        cli.ok("function", "delete", "closed")
+
+
+def test_invoke_timeout_must_be_positive(cli, work):
+    cli.ok("function", "create", "t", "--config", "echo.yaml")
+    try:
+        for bad in ("0", "-1", "nan"):
+            err = fail(cli, EXIT_INVALID, "function", "invoke", "t", "--data", "{}",
+                       "--timeout", bad)
+            assert "--timeout" in err, err
+        cli.ok("function", "invoke", "t", "--data", "{}", "--timeout", "30")
+    finally:
+        cli.ok("function", "delete", "t")
+
+
+def test_full_disk_says_disk_full_without_the_server_hint(tmp_path, work):
+    """The data dir on a small tmpfs, filled: even `function delete` fails, and says why."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)]).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    run = Cli(mnt / "blixard", work)
+    try:
+        r = run("up", "--listen", "127.0.0.1:0")
+        assert r.returncode == 0, r.stdout + r.stderr
+        try:
+            run.ok("function", "create", "victim", "--config", "echo.yaml")
+            with open(mnt / "filler", "wb") as f:
+                try:
+                    while True:
+                        f.write(b"x" * 65536)
+                        f.flush()
+                except OSError:
+                    pass
+            err = fail(run, EXIT_UNAVAILABLE, "function", "delete", "victim")
+            assert "disk full: " in err and str(mnt / "blixard") in err, err
+            assert "is the server running" not in err, err
+        finally:
+            (mnt / "filler").unlink(missing_ok=True)
+            run("down")
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)])
