@@ -588,6 +588,8 @@ FUNCTION_FLAGS = {
     "scaling.maxInstances": "--max-instances",
     "minInstances": "--min-instances",
     "maxInstances": "--max-instances",
+    "network": "--network",
+    "ephemeralStorage": "--ephemeral-storage",
 }
 VM_FLAGS = {
     "replicas": "--replicas",
@@ -623,6 +625,10 @@ def _config_path(config: Optional[str]) -> Optional[str]:
 @click.option("--concurrent-executions", type=int, metavar="N", help="Cap on calls in flight.")
 @click.option("--min-instances", type=int, metavar="N", help="Instances kept warm.")
 @click.option("--max-instances", type=int, metavar="N", help="Cap on instances.")
+@click.option("--network", metavar="none|host",
+              help="none (default): a loopback of the instance's own; host: the host's network.")
+@click.option("--ephemeral-storage", metavar="SIZE",
+              help="Size of the instance's /tmp (in its memory), e.g. 64M; at most --memory.")
 @output_option
 @pass_ctx
 def function_create(c: Ctx, name, config, output, **flags) -> None:

@@ -76,8 +76,6 @@ constexpr milliseconds k_zygote_wait{5'000};
 constexpr std::chrono::seconds k_zygote_restart_gap{5};
 constexpr const char* k_confine_library = "libblixard-confine.so";
 constexpr const char* k_seccomp_filter = "seccomp.bpf";
-// An instance's /tmp when its spec names no ephemeralStorage.
-constexpr std::uint64_t k_default_scratch_mib = 64;
 
 class UniqueFd {
  public:
@@ -796,12 +794,13 @@ class SandboxDriver final : public Driver {
     return out;
   }
 
-  // The tmpfs at /tmp: the spec's ephemeralStorage, or a default, never more than its memory
-  // (it is charged to the memory cgroup).
+  // The tmpfs at /tmp: the spec's ephemeralStorage (validated: at most its memory, which the
+  // tmpfs is charged to), or the same default for a spec that skipped validation.
   static std::uint64_t scratch_bytes(const v1::FunctionSpec& spec) {
     const std::uint64_t memory = spec.memory_mib() == 0 ? 128 : spec.memory_mib();
-    std::uint64_t mib = spec.ephemeral_storage_mib();
-    if (mib == 0) mib = std::min<std::uint64_t>(k_default_scratch_mib, memory);
+    const std::uint64_t mib = spec.has_ephemeral_storage_mib()
+                                  ? spec.ephemeral_storage_mib()
+                                  : std::min<std::uint64_t>(64, memory);
     return std::min(mib, memory) << 20;
   }
 

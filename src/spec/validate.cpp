@@ -16,6 +16,7 @@ namespace {
 
 constexpr std::uint64_t k_default_function_memory_mib = 128;
 constexpr std::uint64_t k_max_function_memory_mib = 65536;
+constexpr std::uint64_t k_default_scratch_mib = 64;
 constexpr std::int64_t k_default_timeout_s = 30;
 constexpr std::int64_t k_max_timeout_s = 15 * 60;
 constexpr std::uint32_t k_default_concurrency = 100;
@@ -272,6 +273,23 @@ void validate_function(v1::Function& fn, const std::string& path) {
   }
   if (s.vcpu() > k_max_vcpu) {
     invalid(at.field("vcpu"), "vcpu must be at most " + std::to_string(k_max_vcpu));
+  }
+  // The scratch /tmp is a tmpfs charged to the instance's memory: it cannot be larger.
+  if (!s.has_ephemeral_storage_mib()) {
+    s.set_ephemeral_storage_mib(std::min(k_default_scratch_mib, s.memory_mib()));
+  }
+  if (s.ephemeral_storage_mib() == 0 || s.ephemeral_storage_mib() > s.memory_mib()) {
+    invalid(at.field("ephemeralStorage"),
+            "ephemeralStorage must be between 1 MiB and the function's memory (" +
+                std::to_string(s.memory_mib()) + " MiB): it lives in memory; got " +
+                std::to_string(s.ephemeral_storage_mib()) + " MiB");
+  }
+  if (s.network().empty()) s.set_network("none");
+  if (s.network() != "none" && s.network() != "host") {
+    invalid(at.field("network"),
+            "network must be \"none\" (the default: a loopback of the "
+            "instance's own) or \"host\", got \"" +
+                s.network() + "\"");
   }
 
   if (!s.has_timeout()) set_seconds(s.mutable_timeout(), k_default_timeout_s);

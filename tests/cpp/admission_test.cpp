@@ -39,7 +39,8 @@ namespace {
 
 const fs::path k_handlers = fs::path(BLIXARD_TEST_DATA) / "handlers";
 
-// Gates live outside /tmp: each instance has a private /tmp of its own.
+// Gates live in a directory of the test's: an instance sees only its own root, which holds the
+// directories on its PYTHONPATH (bound live, so a gate opened later shows).
 fs::path gate_dir(const std::string& token) {
   return fs::path(BLIXARD_BINARY_DIR) / "admission-gates" / token;
 }
@@ -58,6 +59,7 @@ blixard::v1::FunctionSpec gate_spec(const std::string& token) {
   s.mutable_timeout()->set_seconds(120);
   (*s.mutable_env())["TEST_TOKEN"] = token;
   (*s.mutable_env())["PYTHONDONTWRITEBYTECODE"] = "1";
+  (*s.mutable_env())["PYTHONPATH"] = gate_dir(token).string();
   return s;
 }
 

@@ -143,3 +143,32 @@ def test_scratch_has_a_quota_and_the_daemon_goes_on(daemon, kind):
     c.create_function(f"after-fill-{kind}", runtime="python", handler="attacks:handler",
                       code=str(Path(c.function("zygote").get()["spec"]["code"])))
     c.function(f"after-fill-{kind}").delete()
+
+
+def test_host_network_is_opt_in(daemon):
+    """`network: host` is the documented way out: with it the API is reachable (which is what
+    makes the default's refusal above meaningful)."""
+    c = daemon["client"]
+    code = c.function("zygote").get()["spec"]["code"]
+    c.create_function("hostnet", runtime="python", handler="attacks:handler", code=code,
+                      network="host")
+    try:
+        assert c.function("hostnet").get()["spec"]["network"] == "host"
+        assert c.function("zygote").get()["spec"]["network"] == "none"
+        assert attack(daemon, "hostnet", "reach_api")["ok"] is True
+    finally:
+        c.function("hostnet").delete()
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("network", "bridge", 'network must be "none"'),
+    ("ephemeral_storage", "0", "ephemeralStorage: size must be greater than zero"),
+    ("ephemeral_storage", "1G", "ephemeralStorage must be between 1 MiB"),  # over memory 128M
+])
+def test_sandbox_fields_are_validated(daemon, field, value, message):
+    c = daemon["client"]
+    code = c.function("zygote").get()["spec"]["code"]
+    with pytest.raises(blixard.errors.InvalidSpec) as e:
+        c.create_function("bad-" + field.replace("_", "-"), runtime="python",
+                          handler="attacks:handler", code=code, memory="128M", **{field: value})
+    assert message in str(e.value)
