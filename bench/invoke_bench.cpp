@@ -512,18 +512,28 @@ class LoadDriver {
     char chunk[65536];
     while (in_flight > 0) {
       const int n = ::epoll_wait(epoll_, events.data(), static_cast<int>(events.size()), 5000);
-      if (n <= 0) return false;  // nothing for 5 s: a call hangs
+      if (n <= 0) {  // nothing for 5 s: a call hangs
+        std::fprintf(stderr, "load driver: %zu calls unanswered for 5 s\n", in_flight);
+        return false;
+      }
       const auto now = Clock::now();
       for (int e = 0; e < n; ++e) {
         Conn& c = conns_[events[static_cast<std::size_t>(e)].data.u32];
         const ssize_t r = ::recv(c.client->fd(), chunk, sizeof chunk, 0);
-        if (r <= 0) return false;
+        if (r <= 0) {
+          std::fprintf(stderr, "load driver: the server closed a connection (%zd)\n", r);
+          return false;
+        }
         c.buf.append(chunk, static_cast<std::size_t>(r));
         const auto end = c.buf.find("\r\n\r\n");
         if (end == std::string::npos) continue;
         const std::size_t need = end + 4 + content_length(c.buf.substr(0, end + 2));
         if (c.buf.size() < need) continue;
-        if (c.buf.compare(0, 12, "HTTP/1.1 200") != 0) return false;
+        if (c.buf.compare(0, 12, "HTTP/1.1 200") != 0) {
+          std::fprintf(stderr, "load driver: a call was answered %s\n",
+                       c.buf.substr(0, std::min<std::size_t>(need, 400)).c_str());
+          return false;
+        }
         c.buf.erase(0, need);
         if (us != nullptr)
           us->push_back(std::chrono::duration<double, std::micro>(now - c.sent).count());

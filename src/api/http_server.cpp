@@ -6,6 +6,8 @@
 // turn. Long polls and NDJSON streams run on a capped pool of their own.
 #include "api/http_server.hpp"
 
+#include <sys/socket.h>
+
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -25,6 +27,7 @@
 #include <boost/beast/http.hpp>
 #include <boost/json.hpp>
 #include <cctype>
+#include <cerrno>
 #include <charconv>
 #include <condition_variable>
 #include <deque>
@@ -245,7 +248,9 @@ struct StreamSlot {
 // Where an asynchronous call's answer goes (any thread; the session takes it to its strand).
 using Answer = std::function<void(Response)>;
 // Starts a call that answers through Answer later (true), or does nothing (false).
-using AsyncStart = std::function<bool(const asio::any_io_executor&, Answer)>;
+// `caller` notices the client hang up while the call waits to start (Session::watch_caller).
+using CallerPtr = std::shared_ptr<detail::Caller>;
+using AsyncStart = std::function<bool(const asio::any_io_executor&, Answer, CallerPtr)>;
 
 // How a routed request is answered.
 struct Routed {
@@ -1056,7 +1061,8 @@ class Session : public std::enable_shared_from_this<Session> {
       };
       bool started = false;
       try {
-        started = routed.start(stream_.get_executor(), std::move(answer));
+        started = routed.start(stream_.get_executor(), std::move(answer),
+                               std::make_shared<Caller>(weak_from_this(), call_generation_));
       } catch (...) {
         server_.end_async();
         return write(error_from_current(), version, req);
@@ -1065,6 +1071,61 @@ class Session : public std::enable_shared_from_this<Session> {
       server_.end_async();
     }
     run_call(std::move(routed.job), version, std::move(req));
+  }
+
+  // The client of this connection's call, for a call that has to wait before it starts.
+  class Caller final : public detail::Caller, public std::enable_shared_from_this<Caller> {
+   public:
+    Caller(std::weak_ptr<Session> session, std::uint64_t generation)
+        : session_(std::move(session)), generation_(generation) {}
+    void watch() override {
+      auto session = session_.lock();
+      if (!session) return hung_up();
+      asio::post(session->executor(),
+                 [session, generation = generation_, self = shared_from_this()]() mutable {
+                   session->watch_caller(generation, std::move(self));
+                 });
+    }
+    void noticed_hang_up() { hung_up(); }
+
+   private:
+    std::weak_ptr<Session> session_;
+    std::uint64_t generation_;
+  };
+
+  // Nothing reads this connection while its call waits: a wait for it to become readable shows
+  // a client that hung up (EOF or reset), so the call is not started. Readable with data is a
+  // pipelined request, left for after the answer. (A client that half-closes after its request
+  // counts as gone, as nginx counts it.) Only a call that waits asks: a warm call costs nothing.
+  void watch_caller(std::uint64_t generation, std::shared_ptr<Caller> caller) {
+    if (generation != call_generation_ || !caller) return;  // answered already
+    watching_ = true;
+    stream_.socket().async_wait(
+        tcp::socket::wait_read, [self = shared_from_this(), caller = std::move(caller),
+                                 generation](beast::error_code ec) mutable {
+          if (generation != self->call_generation_) return;  // the answer came first
+          self->watching_ = false;
+          if (ec) {
+            if (ec != asio::error::operation_aborted) caller->noticed_hang_up();
+            return;
+          }
+          char byte = 0;
+          const ssize_t n =
+              ::recv(self->stream_.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+          if (n > 0) return;
+          if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+            return self->watch_caller(generation, std::move(caller));
+          }
+          caller->noticed_hang_up();
+        });
+  }
+  // An answer is about to be written: a watch of the call it answers ends.
+  void unwatch_caller() {
+    ++call_generation_;
+    if (!watching_) return;
+    watching_ = false;
+    beast::error_code ignored;
+    stream_.socket().cancel(ignored);
   }
 
   // Runs a call that holds one of the `workers` places, then answers.
@@ -1089,6 +1150,7 @@ class Session : public std::enable_shared_from_this<Session> {
   }
 
   void write(Response res, unsigned version, const std::shared_ptr<const Request>& req = nullptr) {
+    unwatch_caller();
     res.version(version);
     res.set(http::field::server, "blixard");
     res.keep_alive(keep_alive_);
@@ -1302,6 +1364,10 @@ class Session : public std::enable_shared_from_this<Session> {
   std::optional<http::request_parser<http::string_body>> parser_;
   std::string head_, body_;  // the response being written
   bool close_after_write_ = false;
+  // A wait for the client to hang up while its call waits (watch_caller). The generation counts
+  // answers written: a watch for an answered call is moot.
+  bool watching_ = false;
+  std::uint64_t call_generation_ = 0;
   std::shared_ptr<http::response<http::empty_body>> continue_;
   std::vector<char> drain_buffer_;
   std::size_t drained_ = 0;
@@ -1508,7 +1574,7 @@ auto sliced_poll(F poll, milliseconds wait, milliseconds slice_max,
 Routed Core::route(const std::shared_ptr<const Request>& req) {
   if (!is_api_target(req->target())) {
     return async_or_worker(
-        [this, req](const asio::any_io_executor& executor, const Answer& answer) {
+        [this, req](const asio::any_io_executor& executor, const Answer& answer, CallerPtr caller) {
           v1::InvokeRequest call;
           try {
             if (auto early = gateway_request(*req, call)) {
@@ -1516,9 +1582,11 @@ Routed Core::route(const std::shared_ptr<const Request>& req) {
               return true;
             }
             return backend->try_invoke_async(
-                call, executor, [answer](const std::exception_ptr& error, v1::InvokeResponse out) {
+                call, executor,
+                [answer](const std::exception_ptr& error, v1::InvokeResponse out) {
                   answer(error ? gateway_failure(error) : gateway_answer(std::move(out)));
-                });
+                },
+                std::move(caller));
           } catch (...) {
             answer(gateway_failure(std::current_exception()));
             return true;
@@ -1734,16 +1802,19 @@ Routed Core::route_kind(const std::shared_ptr<const Request>& req, Kind kind, co
       if (method != http::verb::post) return not_allowed(req, "POST");
       auto call = std::make_shared<v1::InvokeRequest>(invoke_request(*req, name, t));
       return async_or_worker(
-          [backend, call](const asio::any_io_executor& executor, const Answer& answer) {
+          [backend, call](const asio::any_io_executor& executor, const Answer& answer,
+                          CallerPtr caller) {
             return backend->try_invoke_async(
-                *call, executor, [answer](const std::exception_ptr& error, v1::InvokeResponse out) {
+                *call, executor,
+                [answer](const std::exception_ptr& error, v1::InvokeResponse out) {
                   if (!error) return answer(invoke_response(std::move(out)));
                   try {
                     std::rethrow_exception(error);
                   } catch (...) {
                     answer(error_from_current());
                   }
-                });
+                },
+                std::move(caller));
           },
           [backend, call] { return invoke_response(backend->invoke(*call)); });
     }

@@ -523,9 +523,10 @@ v1::InvokeResponse Service::invoke(const v1::InvokeRequest& request) {
 
 bool Service::try_invoke_async(const v1::InvokeRequest& request,
                                const boost::asio::any_io_executor& executor,
-                               InvokeCompletion complete) {
+                               InvokeCompletion complete, std::shared_ptr<detail::Caller> caller) {
   std::int64_t version = 0;
-  std::shared_ptr<const runtime::Invocation> invocation = invocation_of(request, version);
+  auto invocation = invocation_of(request, version);
+  invocation->caller = std::move(caller);
   return pools_->try_invoke_async(
       version, invocation, executor,
       // Holds what it needs: the service may be closing once the pool let go of the call.

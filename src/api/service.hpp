@@ -41,8 +41,8 @@ class Service final : public detail::Backend {
   v1::NodeList list_nodes() override;
   v1::InvokeResponse invoke(const v1::InvokeRequest& request) override;
   bool try_invoke_async(const v1::InvokeRequest& request,
-                        const boost::asio::any_io_executor& executor,
-                        InvokeCompletion complete) override;
+                        const boost::asio::any_io_executor& executor, InvokeCompletion complete,
+                        std::shared_ptr<detail::Caller> caller) override;
   v1::ServerInfo info() override;
   v1::FunctionMetrics function_metrics(const std::string& name) override;
   std::string prometheus_metrics() override;

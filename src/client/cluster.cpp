@@ -188,7 +188,8 @@ bool Function::start_invoke(detail::Backend& backend, const std::string& name,
       [complete](const std::exception_ptr& error, const v1::InvokeResponse& response) {
         if (error) return complete(error, {});
         complete(nullptr, invoke_result(response));
-      });
+      },
+      nullptr);
 }
 
 template <class T>

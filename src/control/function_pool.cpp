@@ -438,6 +438,18 @@ runtime::InvocationResult FunctionPools::run_placed(std::int64_t version,
                                   std::chrono::microseconds(0), true);
     throw e;
   }
+  if (inv.abandoned()) {
+    // Its client hung up while it waited: the instance stays (warm) for the next call, this one
+    // is not started.
+    bool wake = false;
+    {
+      std::lock_guard lock(mutex_);
+      wake = give_place(function, *slot);
+    }
+    if (wake) changed_.notify_all();
+    telemetry_->record_invocation(function, Outcome::abandoned, std::chrono::microseconds(0), cold);
+    throw Error(errc::unavailable, "the caller went away before the call started");
+  }
 
   try {
     auto out = instance->call(inv);
@@ -514,6 +526,7 @@ bool FunctionPools::try_invoke_async(std::int64_t version,
 void FunctionPools::detach_call(const std::shared_ptr<const runtime::Invocation>& inv,
                                 const runtime::CallCompletion& complete, const Placement& placed,
                                 std::function<runtime::InvocationResult()> body) {
+  if (inv->caller) inv->caller->watch();  // it waits: a caller that hangs up meanwhile is noticed
   {
     std::lock_guard lock(mutex_);
     ++background_threads_;  // shutdown() waits for it

@@ -180,7 +180,8 @@ class MinuteRing {
 };
 
 struct FunctionStats {
-  std::atomic<std::uint64_t> invocations{0}, errors{0}, throttles{0}, timeouts{0}, cold_starts{0};
+  std::atomic<std::uint64_t> invocations{0}, errors{0}, throttles{0}, timeouts{0}, cold_starts{0},
+      abandoned{0};
   MinuteRing per_minute;
   Histogram duration;
   Histogram init;
@@ -402,6 +403,10 @@ void Telemetry::record_invocation(const std::string& function, Outcome outcome,
     s->throttles.fetch_add(1, relaxed);
     return;
   }
+  if (outcome == Outcome::abandoned) {
+    s->abandoned.fetch_add(1, relaxed);
+    return;
+  }
   s->invocations.fetch_add(1, relaxed);
   if (outcome != Outcome::ok) s->errors.fetch_add(1, relaxed);
   if (outcome == Outcome::timeout) s->timeouts.fetch_add(1, relaxed);
@@ -492,6 +497,7 @@ v1::FunctionMetrics Telemetry::metrics(const std::string& function) const {
   m.set_errors(s->errors.load(relaxed));
   m.set_throttles(s->throttles.load(relaxed));
   m.set_timeouts(s->timeouts.load(relaxed));
+  m.set_abandoned(s->abandoned.load(relaxed));
   m.set_cold_starts(s->cold_starts.load(relaxed));
   *m.mutable_cold_start() = summarize(s->init.snapshot());
   *m.mutable_duration() = summarize(s->duration.snapshot());
@@ -566,6 +572,9 @@ std::string Telemetry::prometheus() const {
           &FunctionStats::errors);
   counter("blixard_function_throttles_total",
           "Calls refused past maxInstances or concurrentExecutions.", &FunctionStats::throttles);
+  counter("blixard_function_abandoned_total",
+          "Calls not started because their caller had gone while they waited for an instance.",
+          &FunctionStats::abandoned);
   counter("blixard_function_timeouts_total", "Invocations that ran past their timeout.",
           &FunctionStats::timeouts);
   counter("blixard_function_cold_starts_total", "Invocations that waited for a new instance.",

@@ -16,7 +16,9 @@
 
 namespace blixard::control {
 
-enum class Outcome { ok, error, timeout, throttled };
+// How a call ended: ran (ok, error, timeout), refused at admission (throttled), or dropped
+// before it started because its caller had gone (abandoned).
+enum class Outcome { ok, error, timeout, throttled, abandoned };
 
 struct TelemetryOptions {
   std::size_t log_lines_per_function = 10000;     // older lines are dropped

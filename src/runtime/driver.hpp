@@ -13,6 +13,7 @@
 
 #include <boost/asio/any_io_executor.hpp>
 
+#include "blixard/detail/caller.hpp"
 #include "blixard/error.hpp"
 #include "blixard/v1/function.pb.h"
 
@@ -24,6 +25,10 @@ struct Invocation {
   std::string payload;    // JSON text
   std::string request_id;
   std::chrono::milliseconds timeout{0};  // 0: the spec's timeout
+  // Who waits for the answer, watched while the call waits to start; null: somebody always does.
+  std::shared_ptr<detail::Caller> caller;
+
+  bool abandoned() const { return caller && caller->gone(); }
 };
 
 struct InvocationResult {

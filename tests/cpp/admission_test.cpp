@@ -240,6 +240,53 @@ TEST_F(AdmissionTest, InvokeTimeoutMustBeAPositiveDuration) {
   EXPECT_EQ(res.rfind("HTTP/1.1 404", 0), 0u) << res;
 }
 
+// The client of a call hangs up while the call waits for its cold start: the call is not run, and
+// the instance started for it serves the next call warm.
+TEST_F(AdmissionTest, ACallWhoseClientHungUpDuringItsColdStartIsNotRun) {
+  Cluster remote = serve();
+  blixard::v1::FunctionSpec spec = gate_spec(token_);
+  spec.set_handler("slow_start:count");
+  spec.mutable_scaling()->set_max_instances(1);
+  (*spec.mutable_env())["START_GATE"] = (gate_dir(token_) / "start").string();
+  remote.create_function("slow", spec);
+
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(server_->port());
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  const std::string req =
+      "POST /v1/functions/slow/invoke HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+      "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";
+  ASSERT_EQ(::write(fd, req.data(), req.size()), static_cast<ssize_t>(req.size()));
+  // Admitted, and waiting for the instance it started.
+  ASSERT_TRUE(eventually(
+      [&] {
+        const auto fn = remote.function("slow").get();  // the loop below reads into it
+        for (const auto& in : fn.status().instances()) {
+          if (in.in_flight() == 1) return true;
+        }
+        return false;
+      },
+      30s));
+  ::close(fd);
+  open_gate("start");
+  ASSERT_TRUE(eventually(
+      [&] {
+        const auto m = remote.function("slow").metrics();
+        return m.abandoned() + m.invocations() >= 1;
+      },
+      30s));
+  const auto m = remote.function("slow").metrics();
+  EXPECT_EQ(m.abandoned(), 1u);
+  EXPECT_EQ(m.invocations(), 0u) << "the call of a client that had gone was run";
+
+  const auto next = remote.function("slow").invoke("{}");
+  EXPECT_TRUE(std::regex_search(next.result, std::regex(R"("calls"\s*:\s*1\b)"))) << next.result;
+  EXPECT_FALSE(next.cold_start) << "the instance started for the gone caller was not kept";
+}
+
 // The agent as `blixard down` stops it: SIGTERM with a call in flight.
 TEST_F(AdmissionTest, AgentSigtermAnswersCallsInFlightWithUnavailable) {
   const fs::path agent = fs::path(BLIXARD_BINARY_DIR) / "blixard-agent";

@@ -170,10 +170,14 @@ class FakeBackend final : public detail::Backend {
   }
 
   bool try_invoke_async(const v1::InvokeRequest& request, const boost::asio::any_io_executor&,
-                        InvokeCompletion complete) override {
+                        InvokeCompletion complete,
+                        std::shared_ptr<detail::Caller> caller) override {
     if (request.function() != "held") return false;
     std::lock_guard lock(mu_);
     held_.emplace_back(request.payload(), std::move(complete));
+    // Held as a cold start is: it asks to be told of a hang-up.
+    if (caller) caller->watch();
+    held_callers_[request.payload()] = std::move(caller);
     ++held_total_;
     if (static_cast<int>(held_.size()) >= held_expected) answer_held();
     return true;
@@ -181,6 +185,12 @@ class FakeBackend final : public detail::Backend {
   void release_held() {
     std::lock_guard lock(mu_);
     answer_held();
+  }
+  // Whether the server told the held call with this payload that its caller has gone.
+  bool held_caller_gone(const std::string& payload) {
+    std::lock_guard lock(mu_);
+    auto it = held_callers_.find(payload);
+    return it != held_callers_.end() && it->second && it->second->gone();
   }
   int held_total() {
     std::lock_guard lock(mu_);
@@ -340,6 +350,7 @@ class FakeBackend final : public detail::Backend {
   std::string respond_with_ = "null";
   std::vector<std::pair<std::string, InvokeCompletion>> held_;
   int held_total_ = 0;
+  std::map<std::string, std::shared_ptr<detail::Caller>> held_callers_;
   std::vector<std::thread> answering_;
 
   // mu_ held.
@@ -1090,6 +1101,49 @@ TEST_F(HttpTest, StopWaitsForAsyncCallsInFlightAndAnswersThem) {
   for (int i = 0; i < 3; ++i) {
     EXPECT_EQ(calls[static_cast<std::size_t>(i)].get(), std::to_string(i));
   }
+}
+
+// A call waits (a cold start) while its client hangs up: the backend is told, so the call is not
+// started. A client that stays, even one that pipelines its next request meanwhile, is not "gone".
+TEST_F(HttpTest, ACallIsToldWhenItsClientHangsUpAndOnlyThen) {
+  fake_->held_expected = 100;  // held until released
+  // However the test ends (an ASSERT returns early), the held calls are answered, or stopping the
+  // server would wait for them.
+  struct Release {
+    FakeBackend& fake;
+    ~Release() { fake.release_held(); }
+  } release{*fake_};
+  const std::string invoke_path = "/v1/functions/held/invoke";
+  // One client stays, and pipelines its next request while its call is held.
+  std::string stays_call = http_request("POST", invoke_path, "\"stays\"");
+  stays_call.replace(stays_call.find("Connection: close"), 17, "Connection: keep-alive");
+  stays_call += "GET /healthz HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n";
+  const int stays = connect_raw(server_->port());
+  ASSERT_EQ(::send(stays, stays_call.data(), stays_call.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(stays_call.size()));
+  // The other hangs up while its call is held.
+  const std::string leaves_call = http_request("POST", invoke_path, "\"leaves\"");
+  const int leaves = connect_raw(server_->port());
+  ASSERT_EQ(::send(leaves, leaves_call.data(), leaves_call.size(), MSG_NOSIGNAL),
+            static_cast<ssize_t>(leaves_call.size()));
+  ASSERT_TRUE(eventually([&] { return fake_->held_total() == 2; }, 30s)) << fake_->held_total();
+  EXPECT_FALSE(fake_->held_caller_gone("\"leaves\""));
+  ::close(leaves);
+  EXPECT_TRUE(eventually([&] { return fake_->held_caller_gone("\"leaves\""); }, 30s))
+      << "the server did not notice the client hang up";
+  EXPECT_FALSE(fake_->held_caller_gone("\"stays\"")) << "a pipelined request counted as gone";
+
+  fake_->release_held();
+  std::string got;
+  char buf[4096];
+  for (ssize_t n; (n = ::recv(stays, buf, sizeof buf, 0)) > 0;) {
+    got.append(buf, static_cast<std::size_t>(n));
+  }
+  ::close(stays);
+  // Its answer, then the pipelined one.
+  EXPECT_EQ(got.rfind("HTTP/1.1 200", 0), 0u) << got;
+  EXPECT_NE(got.find("\r\n\r\n\"stays\"HTTP/1.1 200"), std::string::npos) << got;
+  EXPECT_EQ(got.substr(got.size() - 2), "ok") << got;
 }
 
 TEST_F(HttpTest, ClientRejectsBadUrlsAndReportsUnreachableServers) {

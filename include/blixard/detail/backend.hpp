@@ -10,6 +10,7 @@
 
 #include <boost/asio/any_io_executor.hpp>
 
+#include "blixard/detail/caller.hpp"
 #include "blixard/v1/api.pb.h"
 #include "blixard/v1/function.pb.h"
 
@@ -46,9 +47,12 @@ class Backend {
   // thread, never inside this call. False, having done nothing, when it cannot: the caller calls
   // invoke(). Throws what invoke() throws before the call starts (bad payload, throttled, ...).
   // `executor`'s context reads the answer, so it must keep running until `complete` has run.
+  // `caller`, when given, is watched while the call waits for its instance: a call whose caller
+  // hung up is then not started, and completes with `unavailable`.
   virtual bool try_invoke_async(
       const v1::InvokeRequest& /*request*/, const boost::asio::any_io_executor& /*executor*/,
-      InvokeCompletion /*complete*/) {  // NOLINT(performance-*): moved by overrides
+      InvokeCompletion /*complete*/,         // NOLINT(performance-*): moved by overrides
+      std::shared_ptr<Caller> /*caller*/) {  // NOLINT(performance-*): moved by overrides
     return false;
   }
 
