@@ -514,6 +514,7 @@ class LoadDriver {
       const int n = ::epoll_wait(epoll_, events.data(), static_cast<int>(events.size()), 5000);
       if (n <= 0) {  // nothing for 5 s: a call hangs
         std::fprintf(stderr, "load driver: %zu calls unanswered for 5 s\n", in_flight);
+        if (on_hang) on_hang();
         return false;
       }
       const auto now = Clock::now();
@@ -562,6 +563,9 @@ class LoadDriver {
   std::string request_;
   int epoll_;
   std::vector<Conn> conns_;
+
+ public:
+  std::function<void()> on_hang;  // tells what the server holds when calls go unanswered
 };
 
 double process_cpu_seconds() {
@@ -577,6 +581,12 @@ void load_bench(benchmark::State& state, const std::string& label, unsigned shor
                 const std::string& path) {
   const int connections = static_cast<int>(state.range(0));
   LoadDriver driver(port, path, connections);
+  driver.on_hang = [] {
+    for (const auto& fn : Env::get().cluster->functions()) {
+      std::fprintf(stderr, "  %s: %s\n", fn.metadata().name().c_str(),
+                   fn.status().ShortDebugString().c_str());
+    }
+  };
   double seconds = 0;
   if (!driver.run(std::chrono::milliseconds(500), nullptr, &seconds)) {
     return state.SkipWithError("a warm-up call failed");

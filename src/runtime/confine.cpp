@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <linux/capability.h>
+#include <linux/futex.h>
 #include <net/if.h>
 #include <sched.h>
 #include <sys/ioctl.h>
@@ -20,6 +21,7 @@
 #include <linux/seccomp.h>
 #include <linux/securebits.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 
@@ -350,8 +352,36 @@ void format_id_map(char* out, long id) {
   std::memcpy(o, " 1", 3);
 }
 
-// Host root -> the instance's own ids, then a user namespace mapping them to 0.
-bool change_identity(const Plan& p, Failure& f) {
+// A child spawned with CLONE_VM shares the agent's mm, and with it the "dumpable" flag: an id
+// change resets it, and it decides who owns /proc/self, so who may write its uid_map. Two children
+// changing ids at once undo each other's PR_SET_DUMPABLE (uid_map: EACCES), so the id change and
+// the maps are one critical section across them: a futex word in the memory they share, holding
+// the holder's pid. A waiter that finds the holder gone (killed mid-spawn) takes the word over.
+std::atomic<int> g_identity_holder{0};
+
+void lock_identity() {
+  const int self = static_cast<int>(::syscall(SYS_gettid));
+  for (;;) {
+    int holder = 0;
+    if (g_identity_holder.compare_exchange_strong(holder, self)) return;
+    const timespec wait{0, 1'000'000};
+    ::syscall(SYS_futex, reinterpret_cast<int*>(&g_identity_holder), FUTEX_WAIT_PRIVATE, holder,
+              &wait, nullptr, 0);
+    if (::kill(holder, 0) != 0 && errno == ESRCH) {
+      g_identity_holder.compare_exchange_strong(holder, 0);
+    }
+  }
+}
+
+void unlock_identity() {
+  const int saved = errno;  // the failure being reported, if any
+  g_identity_holder.store(0);
+  ::syscall(SYS_futex, reinterpret_cast<int*>(&g_identity_holder), FUTEX_WAKE_PRIVATE, 1, nullptr,
+            nullptr, 0);
+  errno = saved;
+}
+
+bool change_identity_locked(const Plan& p, Failure& f) {
   f.stage = "changing to the instance's ids";
   if (::syscall(SYS_setgroups, 0, nullptr) != 0) return false;
   if (::syscall(SYS_setresgid, p.gid, p.gid, p.gid) != 0) return false;
@@ -366,6 +396,14 @@ bool change_identity(const Plan& p, Failure& f) {
   if (!write_text("/proc/self/uid_map", map)) return false;
   format_id_map(map, p.gid);
   return write_text("/proc/self/gid_map", map);
+}
+
+// Host root -> the instance's own ids, then a user namespace mapping them to 0.
+bool change_identity(const Plan& p, Failure& f) {
+  lock_identity();
+  const bool ok = change_identity_locked(p, f);
+  unlock_identity();
+  return ok;
 }
 
 bool drop_capabilities(Failure& f) {

@@ -144,6 +144,41 @@ def test_invoke_exec_handler(cluster, tmp_path, code_dir):
     assert fn.invoke([1, 2, 3])["echo"] == {"value": [1, 2, 3]}
 
 
+def test_concurrent_exec_cold_starts_all_succeed(cluster, tmp_path, code_dir):
+    # Exec instances are spawned with CLONE_VM from the agent's threads: concurrent starts share
+    # the agent's "dumpable" flag while they change ids, which once failed some of them with
+    # "creating the user namespace: Permission denied". Every call needs its own instance here.
+    import asyncio
+    import shutil
+
+    import blixard.handler_runtime as rt
+
+    shutil.copy(rt.__file__, code_dir / "runtime.py")
+    write(tmp_path / "exec.yaml", f"""\
+    runtime: exec
+    command: ["{sys.executable}", "runtime.py", "echo:handler", "."]
+    code: ./code
+    timeout: 30s
+    """)
+    calls = 12
+    for round in range(3):
+        fn = cluster.create_function(
+            f"burst{round}", config=tmp_path / "exec.yaml", concurrent_executions=calls,
+            max_instances=calls,
+        )
+
+        async def main():
+            return await asyncio.gather(
+                *(fn.invoke_async({"i": i, "sleep": 0.5}) for i in range(calls)),
+                return_exceptions=True,
+            )
+
+        results = asyncio.run(main())
+        failures = [repr(r) for r in results if isinstance(r, BaseException)]
+        assert not failures, f"round {round}: {len(failures)} of {calls} failed: {failures[0]}"
+        assert sorted(r["echo"]["i"] for r in results) == list(range(calls))
+
+
 def test_handler_crash_is_handler_failed_and_instance_replaced(cluster, echo_config):
     fn = cluster.create_function("echo", config=echo_config)
     with pytest.raises(errors.HandlerFailed) as e:
