@@ -497,6 +497,9 @@ class LoadDriver {
   LoadDriver(const LoadDriver&) = delete;
   LoadDriver& operator=(const LoadDriver&) = delete;
 
+  // Tells what the server holds when calls go unanswered.
+  std::function<void()> on_hang;
+
   // Every connection sends a call, and each answer is followed by the next call on its
   // connection until `duration` has passed; the calls then in flight are answered before it
   // returns. Latencies go to `us` (when not null). False: a call failed or went unanswered.
@@ -563,9 +566,6 @@ class LoadDriver {
   std::string request_;
   int epoll_;
   std::vector<Conn> conns_;
-
- public:
-  std::function<void()> on_hang;  // tells what the server holds when calls go unanswered
 };
 
 double process_cpu_seconds() {

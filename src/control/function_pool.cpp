@@ -306,6 +306,15 @@ bool FunctionPools::give_place(const std::string& function, Slot& slot) {
   return closed_ || pool.deleted || (slot.in_flight == 0 && slot.version != pool.version);
 }
 
+void FunctionPools::release_place(const std::string& function, Slot& slot) {
+  bool wake = false;
+  {
+    std::lock_guard lock(mutex_);
+    wake = give_place(function, slot);
+  }
+  if (wake) changed_.notify_all();
+}
+
 Error FunctionPools::map_error(const std::string& function, const Error& e) const {
   auto it = pools_.find(function);
   if (it == pools_.end() || it->second->deleted) {
@@ -441,12 +450,7 @@ runtime::InvocationResult FunctionPools::run_placed(std::int64_t version,
   if (inv.abandoned()) {
     // Its client hung up while it waited: the instance stays (warm) for the next call, this one
     // is not started.
-    bool wake = false;
-    {
-      std::lock_guard lock(mutex_);
-      wake = give_place(function, *slot);
-    }
-    if (wake) changed_.notify_all();
+    release_place(function, *slot);
     telemetry_->record_invocation(function, Outcome::abandoned, std::chrono::microseconds(0), cold);
     throw Error(errc::unavailable, "the caller went away before the call started");
   }
@@ -454,12 +458,7 @@ runtime::InvocationResult FunctionPools::run_placed(std::int64_t version,
   try {
     auto out = instance->call(inv);
     out.cold_start = cold;
-    bool wake = false;
-    {
-      std::lock_guard lock(mutex_);
-      wake = give_place(function, *slot);
-    }
-    if (wake) changed_.notify_all();
+    release_place(function, *slot);
     record_success(function, inv.request_id, *instance, out);
     return out;
   } catch (const Error& raw) {

@@ -107,6 +107,8 @@ class FunctionPools {
   // mutex_ held: a call takes its place on a slot, and gives it back (true: wake changed_).
   void take_place(Pool& pool, Slot& slot);
   bool give_place(const std::string& function, Slot& slot);
+  // The same with mutex_ not held: takes it, and wakes changed_ when needed.
+  void release_place(const std::string& function, Slot& slot);
   // mutex_ held: what the caller is told of `e` (unavailable once deleted or shut down).
   Error map_error(const std::string& function, const Error& e) const;
   void record_success(const std::string& function, const std::string& request_id,

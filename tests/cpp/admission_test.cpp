@@ -63,9 +63,8 @@ blixard::v1::FunctionSpec gate_spec(const std::string& token) {
   return s;
 }
 
-// One HTTP/1.1 request on a fresh connection: the whole response as text.
-std::string http_request(unsigned short port, const std::string& method, const std::string& target,
-                         const std::string& body = "") {
+// A connection to 127.0.0.1:port, or -1.
+int connect_loopback(unsigned short port) {
   const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
@@ -73,8 +72,16 @@ std::string http_request(unsigned short port, const std::string& method, const s
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
     ::close(fd);
-    return {};
+    return -1;
   }
+  return fd;
+}
+
+// One HTTP/1.1 request on a fresh connection: the whole response as text.
+std::string http_request(unsigned short port, const std::string& method, const std::string& target,
+                         const std::string& body = "") {
+  const int fd = connect_loopback(port);
+  if (fd < 0) return {};
   const std::string req = method + " " + target +
                           " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
                           "Content-Type: application/json\r\nContent-Length: " +
@@ -250,12 +257,8 @@ TEST_F(AdmissionTest, ACallWhoseClientHungUpDuringItsColdStartIsNotRun) {
   (*spec.mutable_env())["START_GATE"] = (gate_dir(token_) / "start").string();
   remote.create_function("slow", spec);
 
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(server_->port());
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  const int fd = connect_loopback(server_->port());
+  ASSERT_GE(fd, 0);
   const std::string req =
       "POST /v1/functions/slow/invoke HTTP/1.1\r\nHost: 127.0.0.1\r\n"
       "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}";

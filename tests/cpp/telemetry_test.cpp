@@ -351,6 +351,7 @@ TEST(TelemetryTest, PrometheusTextParsesAndAgrees) {
   }
   t.record_invocation("echo", Outcome::error, milliseconds(2), false);
   t.record_invocation("echo", Outcome::throttled, microseconds(0), false);
+  t.record_invocation("echo", Outcome::abandoned, microseconds(0), true);  // not an invocation
   t.record_cold_start("echo", milliseconds(3));
   const std::string odd = "we\"ird\\na\nme";  // label escaping
   t.record_invocation(odd, Outcome::timeout, std::chrono::seconds(2), false);
@@ -370,6 +371,7 @@ TEST(TelemetryTest, PrometheusTextParsesAndAgrees) {
   EXPECT_EQ(value_of(e, "blixard_function_invocations_total", echo), 101);
   EXPECT_EQ(value_of(e, "blixard_function_errors_total", echo), 1);
   EXPECT_EQ(value_of(e, "blixard_function_throttles_total", echo), 1);
+  EXPECT_EQ(value_of(e, "blixard_function_abandoned_total", echo), 1);
   EXPECT_EQ(value_of(e, "blixard_function_timeouts_total", echo), 0);
   EXPECT_EQ(value_of(e, "blixard_function_cold_starts_total", echo), 1);
   EXPECT_EQ(value_of(e, "blixard_function_duration_seconds_count", echo), 101);

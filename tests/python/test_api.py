@@ -125,21 +125,24 @@ def test_invoke_async_runs_calls_concurrently(cluster, echo_config):
     assert [r["echo"] for r in results] == [{"i": i} for i in range(4)]
 
 
-def test_invoke_exec_handler(cluster, tmp_path, code_dir):
-    # An exec handler is any program speaking the instance protocol; the package's standalone
-    # handler runtime is one. It runs in its code directory.
+def exec_config(tmp_path, code_dir):
+    """An exec function config: the package's standalone handler runtime (any program speaking the
+    instance protocol is an exec handler) serving echo:handler from its code directory."""
     import shutil
 
     import blixard.handler_runtime as rt
 
     shutil.copy(rt.__file__, code_dir / "runtime.py")
-    write(tmp_path / "exec.yaml", f"""\
+    return write(tmp_path / "exec.yaml", f"""\
     runtime: exec
     command: ["{sys.executable}", "runtime.py", "echo:handler", "."]
     code: ./code
-    timeout: 10s
+    timeout: 30s
     """)
-    fn = cluster.create_function("ex", config=tmp_path / "exec.yaml")
+
+
+def test_invoke_exec_handler(cluster, tmp_path, code_dir):
+    fn = cluster.create_function("ex", config=exec_config(tmp_path, code_dir))
     assert fn.get()["spec"]["runtime"] == "exec"
     assert fn.invoke([1, 2, 3])["echo"] == {"value": [1, 2, 3]}
 
@@ -149,22 +152,12 @@ def test_concurrent_exec_cold_starts_all_succeed(cluster, tmp_path, code_dir):
     # the agent's "dumpable" flag while they change ids, which once failed some of them with
     # "creating the user namespace: Permission denied". Every call needs its own instance here.
     import asyncio
-    import shutil
 
-    import blixard.handler_runtime as rt
-
-    shutil.copy(rt.__file__, code_dir / "runtime.py")
-    write(tmp_path / "exec.yaml", f"""\
-    runtime: exec
-    command: ["{sys.executable}", "runtime.py", "echo:handler", "."]
-    code: ./code
-    timeout: 30s
-    """)
+    config = exec_config(tmp_path, code_dir)
     calls = 12
     for round in range(3):
         fn = cluster.create_function(
-            f"burst{round}", config=tmp_path / "exec.yaml", concurrent_executions=calls,
-            max_instances=calls,
+            f"burst{round}", config=config, concurrent_executions=calls, max_instances=calls
         )
 
         async def main():
