@@ -10,18 +10,24 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <random>
 #include <string>
 #include <string_view>
+#include <thread>
 
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <boost/json.hpp>
 
+#include "agent/join.hpp"
+#include "agent/local_node.hpp"
 #include "api/http_server.hpp"
-#include "api/service.hpp"
 #include "blixard/error.hpp"
 #include "blixard/version.hpp"
+#include "runtime/driver.hpp"
+#include "server/local.hpp"
+#include "spec/units.hpp"
 
 namespace fs = std::filesystem;
 
@@ -36,7 +42,6 @@ options:
   --server              host the control plane (required: joining a remote server comes later)
   --data-dir DIR        state, logs and instance scratch dirs (default: ~/.blixard)
   --listen HOST:PORT    API address (default 127.0.0.1:7070; port 0 picks a free one)
-  --node-name NAME      this node's name (default: local)
   --python PATH         interpreter for Python handlers (default: python3)
   --log-level LEVEL     trace, debug, info, warn, error (default: info)
   --version             print the version and exit
@@ -48,10 +53,16 @@ exit codes: 0 stopped cleanly, 1 could not start, 2 bad usage.
 
 struct Args {
   bool server = false;
+  std::string join;
+  std::string token;
+  bool local_node = true;
+  std::chrono::milliseconds node_lease{5000};
+  std::map<std::string, std::string> labels;
+  std::map<std::string, std::string> capacity;
   fs::path data_dir;
   std::string host = "127.0.0.1";
   unsigned short port = 7070;
-  std::string node_name = "local";
+  std::string node_name;
   std::string python = "python3";
   std::string log_level = "info";
 };
@@ -59,6 +70,22 @@ struct Args {
 [[noreturn]] void usage_error(const std::string& message) {
   std::cerr << "blixard-agent: " << message << "\n(see blixard-agent --help)\n";
   std::exit(2);
+}
+
+// "k=v,k2=v2" as a map; a pair without '=' or with an empty key is a usage error.
+std::map<std::string, std::string> parse_pairs(const std::string& flag, const std::string& text) {
+  std::map<std::string, std::string> out;
+  std::size_t at = 0;
+  while (at <= text.size()) {
+    const auto comma = std::min(text.find(',', at), text.size());
+    const std::string pair = text.substr(at, comma - at);
+    const auto eq = pair.find('=');
+    if (eq == std::string::npos || eq == 0)
+      usage_error(flag + ": expected KEY=VALUE, got \"" + pair + "\"");
+    out[pair.substr(0, eq)] = pair.substr(eq + 1);
+    at = comma + 1;
+  }
+  return out;
 }
 
 Args parse_args(int argc, char** argv) {
@@ -93,8 +120,27 @@ Args parse_args(int argc, char** argv) {
       } catch (...) {
         usage_error("--listen: bad port in " + listen);
       }
-    } else if (a == "--node-name") {
+    } else if (a == "--node-name" || a == "--name") {
       args.node_name = value();
+    } else if (a == "--join") {
+      args.join = value();
+    } else if (a == "--token") {
+      args.token = value();
+    } else if (a == "--labels") {
+      args.labels = parse_pairs(a, value());
+    } else if (a == "--capacity") {
+      args.capacity = parse_pairs(a, value());
+      for (const auto& [k, v] : args.capacity) {
+        if (k != "memory" && k != "vcpu")
+          usage_error("--capacity: unknown key " + k + " (memory, vcpu)");
+      }
+    } else if (a == "--no-local-node") {
+      args.local_node = false;
+    } else if (a == "--node-lease") {
+      auto d = blixard::spec_detail::duration(value());
+      if (!d.error.empty() || d.value.count() <= 0)
+        usage_error("--node-lease: " + (d.error.empty() ? "must be positive" : d.error));
+      args.node_lease = d.value;
     } else if (a == "--python") {
       args.python = value();
     } else if (a == "--log-level") {
@@ -103,8 +149,20 @@ Args parse_args(int argc, char** argv) {
       usage_error("unknown option " + a);
     }
   }
-  if (!args.server)
-    usage_error("--server is required (joining a remote server is not supported yet)");
+  if (args.server == !args.join.empty()) usage_error("give one of --server and --join");
+  if (!args.join.empty() && args.token.empty()) {
+    if (const char* t = std::getenv("BLIXARD_TOKEN")) args.token = t;
+    if (args.token.empty()) usage_error("--join needs --token (or $BLIXARD_TOKEN)");
+  }
+  if (args.node_name.empty()) {
+    if (args.server) {
+      args.node_name = "local";
+    } else {
+      char host[256] = {};
+      ::gethostname(host, sizeof host - 1);
+      args.node_name = host;
+    }
+  }
   if (args.data_dir.empty()) usage_error("--data-dir is required when HOME is not set");
   return args;
 }
@@ -150,6 +208,58 @@ void write_atomically(const fs::path& path, const std::string& content) {
   fs::rename(tmp, path);
 }
 
+// --join: this machine as a node of the server there, until a signal.
+int run_joined(const Args& args, const std::shared_ptr<spdlog::logger>& logger,
+               const sigset_t& signals) {
+  std::shared_ptr<blixard::agent::LocalNode> node;
+  std::unique_ptr<blixard::agent::Joiner> joiner;
+  std::unique_ptr<blixard::server::DataDirLock> lock;
+  try {
+    lock = std::make_unique<blixard::server::DataDirLock>(args.data_dir);
+    ::chmod(args.data_dir.c_str(), 0700);
+    auto spec = blixard::agent::describe_this_machine();
+    for (const auto& [k, v] : args.labels) (*spec.mutable_labels())[k] = v;
+    if (auto it = args.capacity.find("memory"); it != args.capacity.end()) {
+      auto mib = blixard::spec_detail::size_mib(it->second);
+      if (!mib.error.empty() || mib.value == 0) {
+        usage_error("--capacity memory: " + (mib.error.empty() ? "must be positive" : mib.error));
+      }
+      spec.set_memory_mib(mib.value);
+    }
+    if (auto it = args.capacity.find("vcpu"); it != args.capacity.end()) {
+      try {
+        spec.set_vcpu(static_cast<std::uint32_t>(std::stoul(it->second)));
+      } catch (...) {
+        usage_error("--capacity vcpu: expected a number, got " + it->second);
+      }
+    }
+    blixard::runtime::SandboxOptions sandbox;
+    sandbox.work_dir = args.data_dir / "instances";
+    sandbox.python = args.python;
+    node = std::make_shared<blixard::agent::LocalNode>(
+        args.node_name, spec, blixard::runtime::make_sandbox_driver(sandbox));
+    blixard::agent::JoinOptions options;
+    options.server = args.join;
+    options.token = args.token;
+    options.logger = logger;
+    joiner = std::make_unique<blixard::agent::Joiner>(node, options);
+  } catch (const std::exception& e) {
+    std::cerr << "blixard-agent: error: " << e.what() << "\n";
+    return 1;
+  }
+  logger->info("blixard-agent {} joining {} as {} (data dir {})", blixard::version(), args.join,
+               args.node_name, args.data_dir.string());
+  std::thread serving([&] { joiner->run(); });
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  logger->info("received signal {}, stopping", signal_number);
+  joiner->stop();
+  serving.join();
+  node->shutdown();
+  logger->info("stopped");
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -167,16 +277,19 @@ int main(int argc, char** argv) {
 
   auto logger = spdlog::stderr_color_mt("blixard");
   logger->set_level(spdlog::level::from_str(args.log_level));
+  if (!args.join.empty()) return run_joined(args, logger, signals);
 
   std::shared_ptr<blixard::api::Service> service;
   std::unique_ptr<blixard::api::HttpServer> server;
   const auto state_file = args.data_dir / "server.json";
   try {
-    blixard::api::LocalServiceOptions options;
+    blixard::server::LocalServiceOptions options;
     options.node_name = args.node_name;
     options.python = args.python;
     options.logger = logger;
-    service = blixard::api::open_local_service(args.data_dir, options);
+    options.local_node = args.local_node;
+    options.nodes.lease = args.node_lease;
+    service = blixard::server::open_local_service(args.data_dir, options);
     // Only its owner may look inside: it holds the admin token and the store.
     ::chmod(args.data_dir.c_str(), 0700);
 

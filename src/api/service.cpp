@@ -164,9 +164,12 @@ std::int64_t last_revision(const std::vector<store::WatchEvent>& changes) {
 
 }  // namespace
 
-Service::Service(std::shared_ptr<store::Store> store, std::shared_ptr<control::LocalNode> node,
-                 std::shared_ptr<spdlog::logger> logger)
-    : store_(std::move(store)), node_(std::move(node)), logger_(std::move(logger)) {
+Service::Service(std::shared_ptr<store::Store> store, std::shared_ptr<control::NodeRegistry> nodes,
+                 std::string node_name, std::shared_ptr<spdlog::logger> logger)
+    : store_(std::move(store)),
+      nodes_(std::move(nodes)),
+      node_name_(std::move(node_name)),
+      logger_(std::move(logger)) {
   if (!logger_) logger_ = std::make_shared<spdlog::logger>("blixard");
   registry_watch_ = store_->watch(k_registry_prefix, 0, [this](const auto& changes) {
     for (const auto& change : changes) {
@@ -178,7 +181,7 @@ Service::Service(std::shared_ptr<store::Store> store, std::shared_ptr<control::L
       }
     }
   });
-  pools_ = std::make_unique<control::FunctionPools>(node_->driver(), telemetry_, node_->name());
+  pools_ = std::make_unique<control::FunctionPools>(nodes_, telemetry_);
   // Functions stored before this start (their minInstances), then every change from here on.
   auto existing = store_->list(k_functions_prefix);
   for (const auto& kv : existing.kvs) {
@@ -247,10 +250,12 @@ void Service::shutdown() {
   if (closed_.exchange(true)) return;
   registry_watch_.reset();
   functions_watch_.reset();
-  // Fails calls in flight with `unavailable` and kills every instance.
+  // New calls fail, then the nodes stop their instances (starts in progress fail at once), then
+  // the calls in flight fail with `unavailable`.
+  pools_->close();
+  nodes_->shutdown();
   pools_->shutdown();
   telemetry_->close();  // wakes long polls of logs and events
-  node_->shutdown();
 }
 
 v1::ApplyResult Service::apply(const v1::ObjectSet& input, detail::ApplyMode mode) {
@@ -504,13 +509,12 @@ std::shared_ptr<runtime::Invocation> Service::invocation_of(const v1::InvokeRequ
 }
 
 v1::InvokeResponse Service::response_of(const runtime::Invocation& invocation,
-                                        runtime::InvocationResult outcome,
-                                        const std::string& node) {
+                                        runtime::InvocationResult outcome) {
   v1::InvokeResponse response;
   response.set_request_id(invocation.request_id);
   response.set_result(std::move(outcome.result));
   response.set_cold_start(outcome.cold_start);
-  response.set_node(node);
+  response.set_node(std::move(outcome.node));
   *response.mutable_duration() = TimeUtil::MicrosecondsToDuration(outcome.duration.count());
   return response;
 }
@@ -518,7 +522,7 @@ v1::InvokeResponse Service::response_of(const runtime::Invocation& invocation,
 v1::InvokeResponse Service::invoke(const v1::InvokeRequest& request) {
   std::int64_t version = 0;
   const auto invocation = invocation_of(request, version);
-  return response_of(*invocation, pools_->invoke(version, *invocation), node_->name());
+  return response_of(*invocation, pools_->invoke(version, *invocation));
 }
 
 bool Service::try_invoke_async(const v1::InvokeRequest& request,
@@ -530,17 +534,17 @@ bool Service::try_invoke_async(const v1::InvokeRequest& request,
   return pools_->try_invoke_async(
       version, invocation, executor,
       // Holds what it needs: the service may be closing once the pool let go of the call.
-      [node = node_, invocation, complete = std::move(complete)](
-          const std::exception_ptr& error, runtime::InvocationResult outcome) {
+      [invocation, complete = std::move(complete)](const std::exception_ptr& error,
+                                                   runtime::InvocationResult outcome) {
         if (error) return complete(error, {});
-        complete(nullptr, response_of(*invocation, std::move(outcome), node->name()));
+        complete(nullptr, response_of(*invocation, std::move(outcome)));
       });
 }
 
 v1::ServerInfo Service::info() {
   v1::ServerInfo info;
   info.set_version(std::string(version()));
-  info.set_node(node_->name());
+  info.set_node(node_name_);
   info.set_revision(store_->revision());
   return info;
 }
@@ -562,51 +566,6 @@ v1::WatchEventList Service::events(const std::string& kind, const std::string& n
                                    std::int64_t after, std::chrono::milliseconds wait) {
   // After shutdown this answers at once with what is kept (telemetry is closed).
   return telemetry_->events(kind, name, after, wait);
-}
-
-std::shared_ptr<Service> open_local_service(const std::filesystem::path& dir,
-                                            const LocalServiceOptions& options) {
-  std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec) {
-    throw Error(errc::unavailable, "cannot use data dir " + dir.string() + ": " + ec.message(),
-                "dir");
-  }
-  const auto lock_path = dir / "lock";
-  int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    throw Error(errc::unavailable,
-                "data dir " + dir.string() + " is not writable: " + std::strerror(errno), "dir");
-  }
-  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
-    std::array<char, 32> pid{};
-    auto n = ::pread(fd, pid.data(), pid.size() - 1, 0);
-    ::close(fd);
-    throw Error(errc::unavailable,
-                "data dir " + dir.string() + " is in use by another blixard process" +
-                    (n > 0 ? " (pid " + std::string(pid.data()) + ")" : ""),
-                "dir");
-  }
-  auto pid = std::to_string(::getpid());
-  if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, pid.data(), pid.size(), 0) < 0) {
-    // The pid is only a hint for the message above; the lock itself is what matters.
-  }
-
-  try {
-    std::shared_ptr<store::Store> store = store::open_sqlite((dir / "store.db").string());
-    runtime::SandboxOptions sandbox;
-    sandbox.work_dir = dir / "instances";
-    sandbox.python = options.python;
-    auto node = std::make_shared<control::LocalNode>(store, runtime::make_sandbox_driver(sandbox),
-                                                     options.node_name);
-    return {new Service(store, node, options.logger), [fd](Service* service) {
-              delete service;
-              ::close(fd);
-            }};
-  } catch (...) {
-    ::close(fd);
-    throw;
-  }
 }
 
 }  // namespace blixard::api

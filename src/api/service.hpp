@@ -15,7 +15,7 @@
 
 #include "blixard/detail/backend.hpp"
 #include "control/function_pool.hpp"
-#include "control/local_node.hpp"
+#include "control/node_registry.hpp"
 #include "control/telemetry.hpp"
 #include "store/store.hpp"
 
@@ -27,8 +27,9 @@ namespace blixard::api {
 
 class Service final : public detail::Backend {
  public:
-  Service(std::shared_ptr<store::Store> store, std::shared_ptr<control::LocalNode> node,
-          std::shared_ptr<spdlog::logger> logger);
+  // `nodes` run the functions' instances; `node_name` is the server's own node (its info()).
+  Service(std::shared_ptr<store::Store> store, std::shared_ptr<control::NodeRegistry> nodes,
+          std::string node_name, std::shared_ptr<spdlog::logger> logger);
   ~Service() override;
 
   v1::ApplyResult apply(const v1::ObjectSet& set, detail::ApplyMode mode) override;
@@ -51,11 +52,14 @@ class Service final : public detail::Backend {
   v1::WatchEventList events(const std::string& kind, const std::string& name, std::int64_t after,
                             std::chrono::milliseconds wait) override;
 
-  // Stops running handlers and the node's heartbeat; later calls fail with `unavailable`.
+  // Stops running handlers and gives up the nodes; later calls fail with `unavailable`.
   void shutdown();
 
   // Where the HTTP gateway serves triggers ("http://127.0.0.1:7070"), for trigger status URLs.
   void set_public_url(std::string url);
+
+  // The cluster's nodes (to join agents to it, cordon them).
+  const std::shared_ptr<control::NodeRegistry>& nodes() const noexcept { return nodes_; }
 
   // Metrics, logs and events of this server; the function pools record into it.
   const std::shared_ptr<control::Telemetry>& telemetry() const noexcept { return telemetry_; }
@@ -78,11 +82,12 @@ class Service final : public detail::Backend {
   std::shared_ptr<runtime::Invocation> invocation_of(const v1::InvokeRequest& request,
                                                      std::int64_t& version);
   static v1::InvokeResponse response_of(const runtime::Invocation& invocation,
-                                        runtime::InvocationResult outcome, const std::string& node);
+                                        runtime::InvocationResult outcome);
   void cache_spec(const std::string& function, std::int64_t version, v1::FunctionSpec spec);
 
   std::shared_ptr<store::Store> store_;
-  std::shared_ptr<control::LocalNode> node_;
+  std::shared_ptr<control::NodeRegistry> nodes_;
+  std::string node_name_;
   std::shared_ptr<spdlog::logger> logger_;
   // Made first so every later member (the pools) can record into it.
   std::shared_ptr<control::Telemetry> telemetry_ = std::make_shared<control::Telemetry>();
@@ -104,17 +109,5 @@ class Service final : public detail::Backend {
   std::mutex public_url_mutex_;
   std::string public_url_;
 };
-
-struct LocalServiceOptions {
-  std::string node_name = "local";
-  std::string python = "python3";
-  std::shared_ptr<spdlog::logger> logger;
-};
-
-// Server + agent on one machine: the SQLite store under `dir`, the sandbox driver, this node.
-// Holds an exclusive lock on `dir`; throws Error(unavailable) naming the dir when it is not
-// writable or already in use by another process.
-std::shared_ptr<Service> open_local_service(const std::filesystem::path& dir,
-                                            const LocalServiceOptions& options);
 
 }  // namespace blixard::api

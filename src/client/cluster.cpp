@@ -4,8 +4,8 @@
 
 #include <google/protobuf/util/time_util.h>
 
-#include "api/service.hpp"
 #include "client/http_backend.hpp"
+#include "server/local.hpp"
 
 namespace blixard {
 
@@ -19,13 +19,13 @@ Cluster::Cluster(std::shared_ptr<detail::Backend> backend, std::shared_ptr<State
     : backend_(std::move(backend)), state_(std::move(state)) {}
 
 Cluster Cluster::local(const std::filesystem::path& dir, const LocalOptions& options) {
-  api::LocalServiceOptions service_options;
+  server::LocalServiceOptions service_options;
   service_options.node_name = options.node_name;
   service_options.python = options.python;
   service_options.logger = options.logger;
   auto state = std::make_shared<State>();
   state->spec = options.spec;
-  state->service = api::open_local_service(dir, service_options);
+  state->service = server::open_local_service(dir, service_options);
   return {state->service, state};
 }
 

@@ -73,6 +73,7 @@ class ConcurrencyWindow {
 struct FunctionPools::Slot {
   enum class Phase { starting, ready, stopping, gone };
   std::string name;  // the instance's name once started
+  std::string node;  // where it runs, once placed
   std::int64_t version = 0;
   Phase phase = Phase::starting;
   std::shared_ptr<runtime::Instance> instance;
@@ -116,9 +117,15 @@ struct FunctionPools::Pool {
   }
 };
 
-FunctionPools::FunctionPools(runtime::Driver& driver, std::shared_ptr<Telemetry> telemetry,
-                             std::string node, PoolOptions options)
-    : driver_(driver), telemetry_(std::move(telemetry)), node_(std::move(node)), options_(options) {
+FunctionPools::FunctionPools(std::shared_ptr<NodeRegistry> nodes,
+                             std::shared_ptr<Telemetry> telemetry, PoolOptions options, Place place)
+    : nodes_(std::move(nodes)),
+      telemetry_(std::move(telemetry)),
+      options_(options),
+      place_(std::move(place)) {
+  if (!place_) {
+    place_ = [registry = nodes_.get()](const PlacementRequest& r) { return registry->place(r); };
+  }
   maintenance_ = std::thread([this] { maintenance_loop(); });
 }
 
@@ -188,14 +195,14 @@ void FunctionPools::remove(const std::string& function) {
 }
 
 void FunctionPools::record(const std::string& function, const char* reason,
-                           const std::string& message) {
+                           const std::string& message, const std::string& node) {
   v1::WatchEvent e;
   e.set_type("record");
   e.set_kind("functions");
   e.set_name(function);
   e.set_reason(reason);
   e.set_message(message);
-  e.set_node(node_);
+  e.set_node(node);
   telemetry_->publish(std::move(e));
 }
 
@@ -222,7 +229,9 @@ void FunctionPools::publish_gauges(const Pool& pool) {
     }
   }
   std::map<std::string, std::uint32_t> by_node;
-  if (busy + warm > 0) by_node[node_] = busy + warm;
+  for (const auto& s : pool.slots) {
+    if (s->phase == Slot::Phase::ready || s->phase == Slot::Phase::stopping) ++by_node[s->node];
+  }
   telemetry_->set_gauges(pool.name, pool.in_flight, busy, warm, by_node);
 }
 
@@ -240,7 +249,7 @@ void FunctionPools::retire(const std::string& function, const std::shared_ptr<Sl
     auto it = pools_.find(function);
     if (it != pools_.end()) {
       if (!why.empty() && !it->second->deleted && !closed_) {
-        record(function, "Failed", "instance " + slot->name + " " + why);
+        record(function, "Failed", "instance " + slot->name + " " + why, slot->node);
       }
       publish_gauges(*it->second);
     }
@@ -325,13 +334,13 @@ Error FunctionPools::map_error(const std::string& function, const Error& e) cons
 }
 
 void FunctionPools::record_success(const std::string& function, const std::string& request_id,
-                                   const runtime::Instance& instance,
-                                   const runtime::InvocationResult& out) {
+                                   const Slot& slot, const runtime::InvocationResult& out) {
   telemetry_->record_invocation(function, Outcome::ok, out.duration, out.cold_start);
   // `function watch` shows where each call ran; about a microsecond beside tens per call.
   record(function, out.cold_start ? "ColdStart" : "Invoked",
-         "request " + request_id + " served by " + instance.name() + " in " +
-             std::to_string(out.duration.count()) + " us");
+         "request " + request_id + " served by " + slot.name + " in " +
+             std::to_string(out.duration.count()) + " us",
+         slot.node);
 }
 
 FunctionPools::Failure FunctionPools::call_failed(const std::string& function,
@@ -458,8 +467,9 @@ runtime::InvocationResult FunctionPools::run_placed(std::int64_t version,
   try {
     auto out = instance->call(inv);
     out.cold_start = cold;
+    out.node = slot->node;
     release_place(function, *slot);
-    record_success(function, inv.request_id, *instance, out);
+    record_success(function, inv.request_id, *slot, out);
     return out;
   } catch (const Error& raw) {
     Failure f = call_failed(function, slot, *instance, raw, cold, attempt == 0);
@@ -566,7 +576,8 @@ void FunctionPools::async_done(const AsyncCall& call, const std::exception_ptr& 
   const std::string& function = call.inv->function;
   if (!error) {
     out.cold_start = false;
-    record_success(function, call.inv->request_id, *call.instance, out);
+    out.node = call.slot->node;
+    record_success(function, call.inv->request_id, *call.slot, out);
     // The last touch of this object: shutdown() may end it once the place is given back.
     std::unique_lock lock(mutex_);
     if (give_place(function, *call.slot)) changed_.notify_all();
@@ -636,8 +647,26 @@ void FunctionPools::start_slot(const std::string& function, const std::shared_pt
   };
   std::shared_ptr<runtime::Instance> instance;
   std::optional<Error> error;
+  Placed placed;
   try {
-    instance = driver_.start(options);
+    PlacementRequest request;
+    request.function = function;
+    request.spec = &spec;
+    {
+      std::lock_guard lock(mutex_);
+      if (auto it = pools_.find(function); it != pools_.end()) {
+        for (const auto& s : it->second->slots) {
+          if (!s->node.empty() && s->phase != Slot::Phase::gone)
+            ++request.instances_per_node[s->node];
+        }
+      }
+    }
+    placed = place_(request);
+    {
+      std::lock_guard lock(mutex_);
+      slot->node = placed.node->name();
+    }
+    instance = placed.node->start({placed.epoch, options});
   } catch (const Error& e) {
     error = e;
   }
@@ -667,7 +696,9 @@ void FunctionPools::start_slot(const std::string& function, const std::shared_pt
       }
       const auto init = instance->init_duration();
       telemetry_->record_cold_start(function, init);
-      record(function, "Placed", "instance " + slot->name + " placed on node " + node_);
+      record(function, "Placed",
+             "instance " + slot->name + " placed on node " + slot->node + ": " + placed.reasons,
+             slot->node);
       if (pool != nullptr) {
         record(function, "ScaledUp",
                "instance " + slot->name + " ready in " +
@@ -729,12 +760,35 @@ void FunctionPools::on_instance_exit(const std::string& function, const std::wea
     if (it != pools_.end()) {
       it->second->slots.remove(slot);
       if (!expected && !it->second->deleted && !closed_) {
-        record(function, "Failed", "instance " + exit.instance + " " + exit.reason);
+        record(function, "Failed", "instance " + exit.instance + " " + exit.reason, slot->node);
       }
       publish_gauges(*it->second);
     }
   }
   changed_.notify_all();
+}
+
+std::uint32_t FunctionPools::drain_node(const std::string& node) {
+  std::uint32_t count = 0;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& [name, pool] : pools_) {
+      std::uint32_t here = 0;
+      for (auto& s : pool->slots) {
+        if (s->node != node || s->phase == Slot::Phase::gone) continue;
+        ++here;
+        if (s->phase == Slot::Phase::ready) s->phase = Slot::Phase::stopping;
+      }
+      if (here > 0) {
+        record(name, "ScaledDown",
+               "draining " + std::to_string(here) + " instance(s) off node " + node, node);
+        publish_gauges(*pool);
+      }
+      count += here;
+    }
+  }
+  changed_.notify_all();  // the maintenance loop stops the idle ones and starts replacements
+  return count;
 }
 
 void FunctionPools::fill_status(const std::string& function, v1::FunctionStatus& status) const {
@@ -750,7 +804,7 @@ void FunctionPools::fill_status(const std::string& function, v1::FunctionStatus&
     auto* in = status.add_instances();
     in->set_name(s->name);
     in->set_function(function);
-    in->set_node(node_);
+    in->set_node(s->node);
     in->set_in_flight(s->in_flight);
     *in->mutable_started_at() = s->started_at;
     if (s->phase == Slot::Phase::starting) {
@@ -875,14 +929,21 @@ void FunctionPools::tick(std::vector<std::shared_ptr<runtime::Instance>>& to_sto
   }
 }
 
+void FunctionPools::close() {
+  {
+    std::lock_guard lock(mutex_);
+    closed_ = true;
+  }
+  changed_.notify_all();
+}
+
 void FunctionPools::shutdown() {
   std::vector<std::shared_ptr<runtime::Instance>> kill;
   {
     std::lock_guard lock(mutex_);
-    if (closed_) return;
+    if (shut_down_) return;
+    shut_down_ = true;
     closed_ = true;
-    // Starts in progress fail at once too, instead of finishing first.
-    driver_.shutdown();
     for (auto& [name, pool] : pools_) {
       for (auto& s : pool->slots) {
         if (s->instance) kill.push_back(s->instance);

@@ -20,8 +20,9 @@
 #include <boost/asio/any_io_executor.hpp>
 
 #include "blixard/v1/function.pb.h"
+#include "control/node_registry.hpp"
 #include "control/telemetry.hpp"
-#include "runtime/driver.hpp"
+#include "runtime/instance.hpp"
 
 namespace blixard::control {
 
@@ -41,8 +42,11 @@ struct PoolOptions {
 
 class FunctionPools {
  public:
-  FunctionPools(runtime::Driver& driver, std::shared_ptr<Telemetry> telemetry, std::string node,
-                PoolOptions options = {});
+  // Where a new instance starts; the default is NodeRegistry::place.
+  using Place = std::function<Placed(const PlacementRequest&)>;
+  // Instances start on the registry's nodes, where `place` says; each records its node.
+  FunctionPools(std::shared_ptr<NodeRegistry> nodes, std::shared_ptr<Telemetry> telemetry,
+                PoolOptions options = {}, Place place = {});
   ~FunctionPools();
   FunctionPools(const FunctionPools&) = delete;
   FunctionPools& operator=(const FunctionPools&) = delete;
@@ -68,10 +72,19 @@ class FunctionPools {
   // The function was deleted: its instances are killed, its calls fail.
   void remove(const std::string& function);
 
+  // Moves work off a node (`node drain`): its idle instances stop now, busy ones once their calls
+  // end; new instances start elsewhere as long as the registry keeps the node cordoned. Returns
+  // how many instances were running there.
+  std::uint32_t drain_node(const std::string& node);
+
   // Fills instances_running (busy), instances_warm and instances[].
   void fill_status(const std::string& function, v1::FunctionStatus& status) const;
 
-  // Kills every instance, fails calls in flight, waits for the instance threads' callbacks.
+  // New calls and starts fail with unavailable ("shut down"); what runs keeps running.
+  void close();
+  // Kills every instance, fails calls in flight, waits for the instance threads' callbacks. The
+  // nodes (and their drivers) belong to their owner: shut them down first, so starts in
+  // progress fail at once instead of finishing.
   void shutdown();
 
  private:
@@ -111,8 +124,8 @@ class FunctionPools {
   void release_place(const std::string& function, Slot& slot);
   // mutex_ held: what the caller is told of `e` (unavailable once deleted or shut down).
   Error map_error(const std::string& function, const Error& e) const;
-  void record_success(const std::string& function, const std::string& request_id,
-                      const runtime::Instance& instance, const runtime::InvocationResult& out);
+  void record_success(const std::string& function, const std::string& request_id, const Slot& slot,
+                      const runtime::InvocationResult& out);
   void record_failure(const std::string& function, const Error& e, bool cold);
   // A call on `instance` failed with `raw`: its place is given back and the failure recorded,
   // unless it is to be retried (the instance died before the call reached it).
@@ -149,20 +162,22 @@ class FunctionPools {
                         const runtime::InstanceExit& exit);
   void note_concurrency(Pool& pool);
   void publish_gauges(const Pool& pool);
-  void record(const std::string& function, const char* reason, const std::string& message);
+  void record(const std::string& function, const char* reason, const std::string& message,
+              const std::string& node = {});
   [[noreturn]] void throttle(Pool& pool, const std::string& why);
   void maintenance_loop();
   void tick(std::vector<std::shared_ptr<runtime::Instance>>& to_stop);
 
-  runtime::Driver& driver_;
+  std::shared_ptr<NodeRegistry> nodes_;
   std::shared_ptr<Telemetry> telemetry_;
-  std::string node_;
   PoolOptions options_;
+  Place place_;
 
   mutable std::mutex mutex_;
   std::condition_variable changed_;
   std::map<std::string, std::unique_ptr<Pool>> pools_;
   bool closed_ = false;
+  bool shut_down_ = false;
   std::size_t background_threads_ = 0;
   std::uint64_t slot_counter_ = 0;
   std::thread maintenance_;

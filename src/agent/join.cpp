@@ -1,0 +1,168 @@
+// Dialing the server and staying joined (see join.hpp).
+#include "agent/join.hpp"
+
+#include <future>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/use_future.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/field.hpp>
+#include <boost/beast/websocket.hpp>
+
+#include "agent/session.hpp"
+#include "blixard/error.hpp"
+#include "blixard/version.hpp"
+#include "common/frame_socket.hpp"
+
+namespace blixard::agent {
+
+namespace net = boost::asio;
+namespace beast = boost::beast;
+namespace websocket = beast::websocket;
+using std::chrono::milliseconds;
+
+struct Joiner::Impl {
+  std::shared_ptr<LocalNode> node;
+  JoinOptions options;
+  std::string host, port;
+  net::io_context io;
+  net::executor_work_guard<net::io_context::executor_type> guard{io.get_executor()};
+  std::vector<std::thread> threads;
+  std::mutex mutex;
+  std::condition_variable wake;
+  bool stopping = false;
+  std::shared_ptr<FrameSocket> socket;
+
+  // One connection, from dial to its end. Returns why it ended; true in `joined` once welcomed.
+  std::string serve_once(bool& joined) {
+    auto ws = std::make_unique<FrameSocket::Stream>(net::make_strand(io));
+    net::ip::tcp::resolver resolver(io);
+    beast::get_lowest_layer(*ws).expires_after(std::chrono::seconds(5));
+    auto endpoints = resolver.async_resolve(host, port, net::use_future).get();
+    beast::get_lowest_layer(*ws).async_connect(endpoints, net::use_future).get();
+    beast::get_lowest_layer(*ws).expires_never();
+    ws->set_option(websocket::stream_base::decorator([token = options.token](auto& req) {
+      req.set(beast::http::field::authorization, "Bearer " + token);
+      req.set(beast::http::field::user_agent, "blixard-agent/" + std::string(version()));
+    }));
+    ws->async_handshake(host + ":" + port, "/v1/agent", net::use_future).get();
+
+    auto s = std::make_shared<FrameSocket>(std::move(*ws));
+    auto ended = std::make_shared<std::promise<std::string>>();
+    auto end = ended->get_future();
+    auto session = std::make_shared<Session>(node, io.get_executor(),
+                                             [weak = std::weak_ptr(s)](const v1::AgentFrame& f) {
+                                               auto sock = weak.lock();
+                                               return sock && sock->send(f);
+                                             });
+    auto heartbeat = std::make_shared<std::atomic<std::int64_t>>(0);
+    auto refused = std::make_shared<std::string>();
+    s->start({[session, heartbeat, refused, this](v1::AgentFrame& f) {
+                if (f.has_welcome()) {
+                  heartbeat->store(std::max<std::int64_t>(50, f.welcome().heartbeat_ms()));
+                  options.logger->info("joined as {} (epoch {})", node->name(),
+                                       f.welcome().epoch());
+                } else if (f.has_error()) {
+                  *refused = f.error().message();
+                }
+                session->receive(f);
+              },
+              [ended](const std::string& why) { ended->set_value(why); }});
+    {
+      std::lock_guard lock(mutex);
+      socket = s;
+      if (stopping) s->close("the agent is stopping");
+    }
+    s->send(session->hello(std::string(version())));
+    std::uint64_t sequence = 0;
+    for (;;) {
+      const auto every = heartbeat->load();
+      if (every > 0) joined = true;
+      if (end.wait_for(milliseconds(every > 0 ? every : 100)) == std::future_status::ready) break;
+      if (every > 0) {
+        v1::AgentFrame beat;
+        beat.mutable_heartbeat()->set_sequence(++sequence);
+        s->send(beat);
+      }
+    }
+    session->close();  // the server gave this connection's instances up
+    {
+      std::lock_guard lock(mutex);
+      socket.reset();
+    }
+    std::string why = end.get();
+    if (!refused->empty()) why = "refused: " + *refused;
+    return why;
+  }
+};
+
+Joiner::Joiner(std::shared_ptr<LocalNode> node, JoinOptions options)
+    : impl_(std::make_unique<Impl>()) {
+  impl_->node = std::move(node);
+  impl_->options = std::move(options);
+  if (!impl_->options.logger) impl_->options.logger = std::make_shared<spdlog::logger>("agent");
+  std::string address = impl_->options.server;
+  if (address.rfind("http://", 0) == 0) address = address.substr(7);
+  while (!address.empty() && address.back() == '/') address.pop_back();
+  const auto colon = address.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == address.size()) {
+    throw Error(errc::invalid_spec,
+                "server address \"" + impl_->options.server + "\" is not HOST:PORT", "join");
+  }
+  impl_->host = address.substr(0, colon);
+  impl_->port = address.substr(colon + 1);
+  for (int i = 0; i < 2; ++i) impl_->threads.emplace_back([this] { impl_->io.run(); });
+}
+
+Joiner::~Joiner() {
+  stop();
+  impl_->guard.reset();
+  impl_->io.stop();
+  for (auto& t : impl_->threads) t.join();
+}
+
+void Joiner::run() {
+  auto& in = *impl_;
+  std::mt19937 jitter(std::random_device{}());
+  milliseconds backoff(100);
+  for (;;) {
+    {
+      std::lock_guard lock(in.mutex);
+      if (in.stopping) return;
+    }
+    bool joined = false;
+    std::string why;
+    try {
+      why = in.serve_once(joined);
+    } catch (const std::exception& e) {
+      why = e.what();
+    }
+    if (joined) backoff = milliseconds(100);
+    std::unique_lock lock(in.mutex);
+    if (in.stopping) return;
+    // Full jitter: many agents that lost one server do not dial it back in step.
+    const auto wait = milliseconds(
+        std::uniform_int_distribution<long>(backoff.count() / 2, backoff.count())(jitter));
+    in.options.logger->warn("connection to {}:{} ended ({}); dialing again in {} ms", in.host,
+                            in.port, why, wait.count());
+    in.wake.wait_for(lock, wait, [&] { return in.stopping; });
+    backoff = std::min(in.options.max_backoff, backoff * 2);
+  }
+}
+
+void Joiner::stop() {
+  std::lock_guard lock(impl_->mutex);
+  impl_->stopping = true;
+  if (impl_->socket) impl_->socket->close("the agent is stopping");
+  impl_->wake.notify_all();
+}
+
+}  // namespace blixard::agent

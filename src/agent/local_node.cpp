@@ -1,0 +1,93 @@
+// This machine as a node (see local_node.hpp).
+#include "agent/local_node.hpp"
+
+#include <sys/sysinfo.h>
+#include <sys/utsname.h>
+#include <unistd.h>
+
+#include "blixard/error.hpp"
+
+namespace blixard::agent {
+
+v1::NodeSpec describe_this_machine() {
+  v1::NodeSpec spec;
+  auto& labels = *spec.mutable_labels();
+  utsname uts{};
+  if (uname(&uts) == 0) {
+    labels["arch"] = uts.machine;
+    labels["hostname"] = uts.nodename;
+  }
+  labels["kvm"] = access("/dev/kvm", R_OK | W_OK) == 0 ? "true" : "false";
+  struct sysinfo info {};
+  if (sysinfo(&info) == 0) {
+    spec.set_memory_mib(static_cast<std::uint64_t>(info.totalram) * info.mem_unit >> 20);
+  }
+  spec.set_vcpu(static_cast<std::uint32_t>(sysconf(_SC_NPROCESSORS_ONLN)));
+  return spec;
+}
+
+LocalNode::LocalNode(std::string name, v1::NodeSpec spec, std::unique_ptr<runtime::Driver> driver)
+    : name_(std::move(name)), spec_(std::move(spec)), driver_(std::move(driver)) {
+  spec_.add_drivers(driver_->name());
+}
+
+LocalNode::~LocalNode() { shutdown(); }
+
+std::shared_ptr<runtime::Instance> LocalNode::start(const control::Assignment& assignment) {
+  {
+    std::lock_guard lock(mutex_);
+    if (assignment.epoch < epoch_) {
+      throw Error(errc::unavailable, "node " + name_ + " refuses an assignment of epoch " +
+                                         std::to_string(assignment.epoch) + " (it is at epoch " +
+                                         std::to_string(epoch_) + ")");
+    }
+  }
+  auto instance = driver_->start(assignment.instance);
+  std::lock_guard lock(mutex_);
+  for (auto it = running_.begin(); it != running_.end();) {
+    it = it->second.instance.expired() ? running_.erase(it) : std::next(it);
+  }
+  running_[instance->name()] = {instance, assignment.epoch};
+  return instance;
+}
+
+std::vector<std::string> LocalNode::instances() const {
+  std::vector<std::string> out;
+  std::lock_guard lock(mutex_);
+  for (const auto& [name, r] : running_) {
+    auto in = r.instance.lock();
+    if (in && in->alive()) out.push_back(name);
+  }
+  return out;
+}
+
+std::vector<v1::RunningInstance> LocalNode::running() const {
+  std::vector<v1::RunningInstance> out;
+  std::lock_guard lock(mutex_);
+  for (const auto& [name, r] : running_) {
+    auto in = r.instance.lock();
+    if (!in || !in->alive()) continue;
+    auto& ri = out.emplace_back();
+    ri.set_instance(name);
+    ri.set_epoch(r.epoch);
+  }
+  return out;
+}
+
+void LocalNode::set_epoch(std::int64_t epoch) {
+  std::vector<std::shared_ptr<runtime::Instance>> stale;
+  {
+    std::lock_guard lock(mutex_);
+    epoch_ = epoch;
+    for (auto it = running_.begin(); it != running_.end();) {
+      auto in = it->second.instance.lock();
+      if (in && it->second.epoch < epoch) stale.push_back(std::move(in));
+      it = !in || it->second.epoch < epoch ? running_.erase(it) : std::next(it);
+    }
+  }
+  for (auto& in : stale) in->kill();
+}
+
+void LocalNode::shutdown() { driver_->shutdown(); }
+
+}  // namespace blixard::agent

@@ -1,0 +1,52 @@
+// This machine as a node: a control::Node straight over the Driver it owns. The server's own
+// node uses it in-process; a joined agent serves the agent channel with it (agent/session.hpp).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "blixard/v1/agent.pb.h"
+#include "control/node.hpp"
+#include "runtime/driver.hpp"
+
+namespace blixard::agent {
+
+class LocalNode final : public control::Node {
+ public:
+  LocalNode(std::string name, v1::NodeSpec spec, std::unique_ptr<runtime::Driver> driver);
+  ~LocalNode() override;
+
+  const std::string& name() const override { return name_; }
+  v1::NodeSpec describe() const override { return spec_; }
+  // Refuses (unavailable) an assignment older than the node's epoch.
+  std::shared_ptr<runtime::Instance> start(const control::Assignment& assignment) override;
+  std::vector<std::string> instances() const override;
+  // Kills every instance; later starts fail with unavailable.
+  void shutdown() override;
+
+  // The epoch the server gave this node; instances of older epochs are stopped (fenced).
+  void set_epoch(std::int64_t epoch);
+  // What runs, with the epoch each was assigned under (for the agent's hello).
+  std::vector<v1::RunningInstance> running() const;
+
+ private:
+  struct Running {
+    std::weak_ptr<runtime::Instance> instance;
+    std::int64_t epoch = 0;
+  };
+  std::string name_;
+  v1::NodeSpec spec_;
+  std::unique_ptr<runtime::Driver> driver_;
+  mutable std::mutex mutex_;
+  std::int64_t epoch_ = 0;
+  std::map<std::string, Running> running_;
+};
+
+// Capacity (memory, vcpus) and detected labels (arch, hostname, kvm) of this machine.
+v1::NodeSpec describe_this_machine();
+
+}  // namespace blixard::agent

@@ -1,0 +1,210 @@
+// The agent's end of the agent channel (see session.hpp).
+#include "agent/session.hpp"
+
+#include <thread>
+
+#include "blixard/error.hpp"
+
+namespace blixard::agent {
+namespace {
+
+v1::Status status_of(const std::exception_ptr& error) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const Error& e) {
+    return e.status();
+  } catch (const std::exception& e) {
+    return Error(errc::internal, e.what()).status();
+  }
+}
+
+}  // namespace
+
+Session::Session(std::shared_ptr<LocalNode> node, boost::asio::any_io_executor executor, Send send)
+    : node_(std::move(node)), executor_(std::move(executor)), send_(std::move(send)) {}
+
+Session::~Session() { close(); }
+
+bool Session::send(const v1::AgentFrame& frame) {
+  {
+    std::lock_guard lock(mutex_);
+    if (closed_) return false;
+  }
+  return send_(frame);
+}
+
+v1::AgentFrame Session::hello(const std::string& version) const {
+  v1::AgentFrame frame;
+  auto& hello = *frame.mutable_hello();
+  hello.set_name(node_->name());
+  *hello.mutable_spec() = node_->describe();
+  hello.set_version(version);
+  for (auto& r : node_->running()) *hello.add_running() = std::move(r);
+  return frame;
+}
+
+void Session::receive(v1::AgentFrame& frame) {
+  switch (frame.kind_case()) {
+    case v1::AgentFrame::kWelcome:
+      node_->set_epoch(frame.welcome().epoch());  // fences what ran under older epochs
+      return;
+    case v1::AgentFrame::kAssign:
+      assign(frame.assign());
+      return;
+    case v1::AgentFrame::kInvoke:
+      invoke(*frame.mutable_invoke());
+      return;
+    case v1::AgentFrame::kStop:
+      stop(frame.stop());
+      return;
+    default:
+      return;
+  }
+}
+
+void Session::assign(const v1::Assign& assign) {
+  {
+    std::lock_guard lock(mutex_);
+    if (closed_) return;
+  }
+  // A start blocks until the handler is ready: on a thread of its own, so calls keep flowing.
+  std::thread([self = shared_from_this(), assign] {
+    control::Assignment a;
+    a.epoch = assign.epoch();
+    a.instance.function = assign.function();
+    a.instance.spec = assign.spec();
+    std::weak_ptr<Session> weak = self;
+    a.instance.on_log = [weak](const std::string& instance, const std::string& stream,
+                               std::string line) {
+      auto s = weak.lock();
+      if (!s) return;
+      v1::AgentFrame f;
+      auto& log = *f.mutable_log();
+      log.set_instance(instance);
+      log.set_stream(stream);
+      log.set_line(std::move(line));
+      s->send(f);
+    };
+    a.instance.on_exit = [weak](const runtime::InstanceExit& exit) {
+      auto s = weak.lock();
+      if (!s) return;
+      {
+        std::lock_guard lock(s->mutex_);
+        s->instances_.erase(exit.instance);
+      }
+      v1::AgentFrame f;
+      auto& e = *f.mutable_exited();
+      e.set_instance(exit.instance);
+      e.set_reason(exit.reason);
+      e.set_requested(exit.requested);
+      e.set_oom(exit.oom);
+      s->send(f);
+    };
+    v1::AgentFrame f;
+    auto& started = *f.mutable_started();
+    started.set_id(assign.id());
+    std::shared_ptr<runtime::Instance> instance;
+    try {
+      instance = self->node_->start(a);
+      started.set_instance(instance->name());
+      started.set_init_us(instance->init_duration().count());
+    } catch (...) {
+      *started.mutable_error() = status_of(std::current_exception());
+    }
+    bool keep = false;
+    {
+      std::lock_guard lock(self->mutex_);
+      if (instance && !self->closed_) {
+        self->instances_[instance->name()] = {
+            instance, std::make_shared<const v1::FunctionSpec>(assign.spec()), assign.function()};
+        keep = true;
+      }
+    }
+    if (instance && !keep) instance->kill();  // closed meanwhile: nobody will call it
+    if (keep || !instance) self->send(f);
+  }).detach();
+}
+
+void Session::answer(std::uint64_t id, const std::exception_ptr& error,
+                     runtime::InvocationResult result) {
+  v1::AgentFrame f;
+  auto& r = *f.mutable_result();
+  r.set_id(id);
+  if (error) {
+    *r.mutable_error() = status_of(error);
+  } else {
+    r.set_result(std::move(result.result));
+    r.set_duration_us(result.duration.count());
+  }
+  send(f);
+}
+
+void Session::invoke(v1::Invoke& invoke) {
+  const std::uint64_t id = invoke.id();
+  Started started;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = instances_.find(invoke.instance());
+    if (it != instances_.end()) started = it->second;
+  }
+  if (!started.instance) {
+    answer(id,
+           std::make_exception_ptr(
+               Error(errc::unavailable, "instance " + invoke.instance() + " is no longer running")),
+           {});
+    return;
+  }
+  auto inv = std::make_shared<runtime::Invocation>();
+  inv->function = started.function;
+  inv->spec = *started.spec;
+  inv->payload = std::move(*invoke.mutable_payload());
+  inv->request_id = invoke.request_id();
+  inv->timeout = std::chrono::milliseconds(invoke.timeout_ms());
+  std::weak_ptr<Session> weak = shared_from_this();
+  auto complete = [weak, id](const std::exception_ptr& error, runtime::InvocationResult result) {
+    if (auto s = weak.lock()) s->answer(id, error, std::move(result));
+  };
+  try {
+    if (started.instance->call_async(*inv, executor_, complete)) return;
+  } catch (...) {
+    answer(id, std::current_exception(), {});
+    return;
+  }
+  // Its pipe is full: the call waits for room on a thread of its own.
+  std::thread([instance = started.instance, inv, complete] {
+    try {
+      complete(nullptr, instance->call(*inv));
+    } catch (...) {
+      complete(std::current_exception(), {});
+    }
+  }).detach();
+}
+
+void Session::stop(const v1::StopInstance& stop) {
+  std::shared_ptr<runtime::Instance> instance;
+  {
+    std::lock_guard lock(mutex_);
+    auto it = instances_.find(stop.instance());
+    if (it == instances_.end()) return;
+    instance = it->second.instance;
+  }
+  if (stop.kill()) {
+    instance->kill();
+    return;
+  }
+  std::thread([instance, grace = std::chrono::milliseconds(stop.grace_ms())] {
+    instance->stop(grace);
+  }).detach();
+}
+
+void Session::close() {
+  std::map<std::string, Started> instances;
+  {
+    std::lock_guard lock(mutex_);
+    closed_ = true;
+    instances.swap(instances_);
+  }
+  for (auto& [name, s] : instances) s.instance->kill();
+}
+
+}  // namespace blixard::agent

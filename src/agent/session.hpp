@@ -1,0 +1,61 @@
+// The agent's end of the agent channel: frames from the server (welcome, assign, invoke, stop) run
+// on this machine's LocalNode, and what happens comes back as frames (started, result, exited,
+// log). Transport-free like control::RemoteNode, its counterpart: the WebSocket client
+// (agent/join.hpp) and the tests' loopback both drive it.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include <boost/asio/any_io_executor.hpp>
+
+#include "agent/local_node.hpp"
+#include "blixard/v1/agent.pb.h"
+
+namespace blixard::agent {
+
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  // Queues one frame to the server; thread-safe. False once the connection is closed.
+  using Send = std::function<bool(const v1::AgentFrame&)>;
+
+  // Calls' answers are read on `executor`'s reactor (it must keep running until close()).
+  // Held by a shared_ptr: instances' callbacks hold it weakly.
+  Session(std::shared_ptr<LocalNode> node, boost::asio::any_io_executor executor, Send send);
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  // The first frame up: who this node is and what it still runs.
+  v1::AgentFrame hello(const std::string& version) const;
+  // A frame from the server. A welcome fences what older epochs started.
+  void receive(v1::AgentFrame& frame);
+  // The connection is gone: nothing more is sent; the instances this session started are
+  // killed (the server has given them up) and starts in progress end.
+  void close();
+
+ private:
+  struct Started {
+    std::shared_ptr<runtime::Instance> instance;
+    std::shared_ptr<const v1::FunctionSpec> spec;
+    std::string function;
+  };
+  void assign(const v1::Assign& assign);
+  void invoke(v1::Invoke& invoke);
+  void stop(const v1::StopInstance& stop);
+  void answer(std::uint64_t id, const std::exception_ptr& error, runtime::InvocationResult result);
+  bool send(const v1::AgentFrame& frame);
+
+  std::shared_ptr<LocalNode> node_;
+  boost::asio::any_io_executor executor_;
+  Send send_;
+  mutable std::mutex mutex_;
+  bool closed_ = false;
+  std::map<std::string, Started> instances_;
+};
+
+}  // namespace blixard::agent

@@ -1,0 +1,115 @@
+// The server's end of the agent channel (see agent_channel.hpp).
+#include "api/agent_channel.hpp"
+
+#include <spdlog/spdlog.h>
+#include <boost/asio/steady_timer.hpp>
+
+#include "control/remote_node.hpp"
+
+namespace blixard::api {
+namespace {
+
+// A name a node may have: what a hostname may be, so it reads well in `node list` and logs.
+bool valid_node_name(const std::string& name) {
+  if (name.empty() || name.size() > 63) return false;
+  for (char c : name) {
+    if (!(std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) {
+      return false;
+    }
+  }
+  return true;
+}
+
+class AgentConnection : public std::enable_shared_from_this<AgentConnection> {
+ public:
+  AgentConnection(FrameSocket::Stream ws, std::shared_ptr<control::NodeRegistry> nodes,
+                  std::shared_ptr<spdlog::logger> logger)
+      : socket_(std::make_shared<FrameSocket>(std::move(ws))),
+        nodes_(std::move(nodes)),
+        logger_(std::move(logger)),
+        hello_timer_(socket_->executor()) {}
+
+  void start() {
+    auto self = shared_from_this();
+    socket_->start({[self](v1::AgentFrame& f) { self->on_frame(f); },
+                    [self](const std::string& why) { self->on_closed(why); }});
+    // An agent says hello at once; a connection that does not is not an agent.
+    hello_timer_.expires_after(std::chrono::seconds(10));
+    hello_timer_.async_wait([self](boost::system::error_code ec) {
+      if (!ec && !self->node_) self->refuse(errc::invalid_spec, "no hello within 10 s");
+    });
+  }
+
+ private:
+  void refuse(errc code, const std::string& why) {
+    logger_->warn("agent connection refused: {}", why);
+    v1::AgentFrame f;
+    *f.mutable_error() = Error(code, why).status();
+    socket_->send(f);
+    socket_->close(why);
+  }
+
+  void on_frame(v1::AgentFrame& frame) {
+    if (!node_) return on_hello(frame);
+    nodes_->heard(node_->name());
+    if (frame.has_hello()) return refuse(errc::invalid_spec, "a second hello");
+    node_->receive(frame);
+  }
+
+  void on_hello(v1::AgentFrame& frame) {
+    if (!frame.has_hello()) return refuse(errc::invalid_spec, "the first frame must be a hello");
+    hello_timer_.cancel();
+    const auto& hello = frame.hello();
+    if (!valid_node_name(hello.name())) {
+      return refuse(errc::invalid_spec, "node name \"" + hello.name().substr(0, 64) +
+                                            "\" is not 1-63 letters, digits, '-', '_' or '.'");
+    }
+    std::weak_ptr<FrameSocket> weak = socket_;
+    control::RemoteNode::Link link;
+    link.send = [weak](const v1::AgentFrame& f) {
+      auto s = weak.lock();
+      return s && s->send(f);
+    };
+    link.close = [weak] {
+      if (auto s = weak.lock()) s->close("the server gave the node up");
+    };
+    auto node = std::make_shared<control::RemoteNode>(hello.name(), hello.spec(), link);
+    std::int64_t epoch = 0;
+    try {
+      epoch = nodes_->join(node, /*in_process=*/false);
+    } catch (const Error& e) {
+      return refuse(e.code(), e.message());
+    }
+    node_ = node;
+    v1::AgentFrame welcome;
+    auto& w = *welcome.mutable_welcome();
+    w.set_epoch(epoch);
+    w.set_heartbeat_ms(nodes_->options().heartbeat.count());
+    w.set_lease_ms(nodes_->options().lease.count());
+    socket_->send(welcome);
+    logger_->info("node {} joined (epoch {}, {} instance(s) from before to fence)", hello.name(),
+                  epoch, hello.running_size());
+  }
+
+  void on_closed(const std::string& why) {
+    hello_timer_.cancel();
+    if (!node_) return;
+    logger_->warn("node {} disconnected: {}", node_->name(), why);
+    nodes_->disconnected(node_, "disconnected: " + why);
+  }
+
+  std::shared_ptr<FrameSocket> socket_;
+  std::shared_ptr<control::NodeRegistry> nodes_;
+  std::shared_ptr<spdlog::logger> logger_;
+  boost::asio::steady_timer hello_timer_;
+  std::shared_ptr<control::RemoteNode> node_;
+};
+
+}  // namespace
+
+void serve_agent(FrameSocket::Stream ws, std::shared_ptr<control::NodeRegistry> nodes,
+                 std::shared_ptr<spdlog::logger> logger) {
+  std::make_shared<AgentConnection>(std::move(ws), std::move(nodes), std::move(logger))->start();
+}
+
+}  // namespace blixard::api

@@ -1,0 +1,43 @@
+// The control plane's view of a machine that runs instances (DESIGN §1, §2): a `Node`. Control
+// talks to nodes only through this interface; two implementations carry it: the in-process node
+// of an agent hosting the server (`agent::LocalNode`, straight over its Driver) and `RemoteNode`,
+// an agent on the other end of the agent channel (control/remote_node.hpp). Instances come back
+// as runtime::Instance handles (runtime/instance.hpp, the contract both sides share), so a pool
+// calls a remote instance exactly as a local one.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "blixard/v1/node.pb.h"
+#include "runtime/instance.hpp"
+
+namespace blixard::control {
+
+// What a node is asked to run: one instance of a function, under the node's fencing epoch. Its
+// state and logs come back through `instance.on_exit` and `instance.on_log` (the node's event
+// stream for this instance).
+struct Assignment {
+  std::int64_t epoch = 0;
+  runtime::InstanceOptions instance;
+};
+
+class Node {
+ public:
+  virtual ~Node() = default;
+  virtual const std::string& name() const = 0;
+  // The node as its agent describes it: labels, capacity, drivers, address (spec only).
+  virtual v1::NodeSpec describe() const = 0;
+  // Starts the assignment's instance and returns once it is ready. Throws blixard::Error as
+  // runtime::Driver::start does, and unavailable when the node is gone or shut down.
+  virtual std::shared_ptr<runtime::Instance> start(const Assignment& assignment) = 0;
+  // Names of the instances it runs for the control plane.
+  virtual std::vector<std::string> instances() const = 0;
+  // Ends the node's service: its instances are killed (a local node) or given up (a remote one:
+  // they exit as lost), starts and calls in flight fail with unavailable, later starts too.
+  virtual void shutdown() = 0;
+};
+
+}  // namespace blixard::control

@@ -1,0 +1,191 @@
+// Nodes: joins, epochs, leases and the default placement (see node_registry.hpp).
+#include "control/node_registry.hpp"
+
+#include <algorithm>
+#include <tuple>
+
+#include <google/protobuf/util/time_util.h>
+
+#include "blixard/error.hpp"
+
+namespace blixard::control {
+
+using Clock = std::chrono::steady_clock;
+
+NodeRegistry::NodeRegistry(std::shared_ptr<store::Store> store, NodeRegistryOptions options)
+    : store_(std::move(store)), options_(options) {
+  // Nodes stored by an earlier run: their agents get a lease's time to come back, then are Lost.
+  for (const auto& kv : store_->list(k_nodes_prefix).kvs) {
+    v1::Node node;
+    if (!node.ParseFromString(kv.value)) continue;
+    const std::string name = node.metadata().name();
+    stored_[name] = node;
+    if (node.status().phase() == "Lost") continue;
+    Entry e;
+    e.epoch = node.status().epoch();
+    e.cordoned = node.status().unschedulable();
+    e.last_heard = Clock::now();
+    e.phase = "NotReady";
+    nodes_[name] = e;
+  }
+  leases_ = std::thread([this] { lease_loop(); });
+}
+
+NodeRegistry::~NodeRegistry() { shutdown(); }
+
+void NodeRegistry::write(const std::string& name, const Entry& entry, const std::string& reason) {
+  v1::Node& node = stored_[name];
+  node.mutable_metadata()->set_name(name);
+  if (entry.node) *node.mutable_spec() = entry.node->describe();
+  auto& st = *node.mutable_status();
+  st.set_phase(entry.phase);
+  st.set_epoch(entry.epoch);
+  st.set_unschedulable(entry.cordoned);
+  st.set_message(reason);
+  *st.mutable_last_heartbeat() = google::protobuf::util::TimeUtil::GetCurrentTime();
+  store_->put(k_nodes_prefix + name, node.SerializeAsString());
+}
+
+std::int64_t NodeRegistry::join(std::shared_ptr<Node> node, bool in_process) {
+  std::lock_guard lock(mutex_);
+  if (closed_) throw Error(errc::unavailable, "the server is shutting down");
+  const std::string name = node->name();
+  if (name.empty()) throw Error(errc::invalid_spec, "a node needs a name", "name");
+  auto& e = nodes_[name];
+  if (e.node && e.phase == "Ready") {
+    throw Error(errc::already_exists, "node name \"" + name + "\" is in use by a connected node",
+                "name");
+  }
+  std::int64_t last = e.epoch;
+  if (auto it = stored_.find(name); it != stored_.end()) {
+    last = std::max(last, it->second.status().epoch());
+  }
+  e.node = std::move(node);
+  e.in_process = in_process;
+  e.epoch = last + 1;
+  e.last_heard = Clock::now();
+  e.phase = "Ready";
+  write(name, e, "joined");
+  return e.epoch;
+}
+
+void NodeRegistry::heard(const std::string& name) {
+  std::lock_guard lock(mutex_);
+  if (auto it = nodes_.find(name); it != nodes_.end()) it->second.last_heard = Clock::now();
+}
+
+void NodeRegistry::disconnected(const std::shared_ptr<Node>& node, const std::string& why) {
+  {
+    std::lock_guard lock(mutex_);
+    auto it = nodes_.find(node->name());
+    if (it == nodes_.end() || it->second.node != node) return;
+    it->second.node.reset();
+    if (!closed_) {
+      it->second.phase = "NotReady";
+      write(it->first, it->second, why);
+    }
+  }
+  node->shutdown();  // its instances exit as lost; their pools let go of them
+}
+
+void NodeRegistry::cordon(const std::string& name, bool cordoned) {
+  std::lock_guard lock(mutex_);
+  auto it = nodes_.find(name);
+  if (it == nodes_.end()) throw Error(errc::not_found, "node \"" + name + "\" not found", "name");
+  it->second.cordoned = cordoned;
+  write(name, it->second, cordoned ? "cordoned" : "uncordoned");
+}
+
+std::shared_ptr<Node> NodeRegistry::find(const std::string& name) const {
+  std::lock_guard lock(mutex_);
+  auto it = nodes_.find(name);
+  return it == nodes_.end() ? nullptr : it->second.node;
+}
+
+std::int64_t NodeRegistry::epoch(const std::string& name) const {
+  std::lock_guard lock(mutex_);
+  auto it = nodes_.find(name);
+  return it == nodes_.end() || !it->second.node ? 0 : it->second.epoch;
+}
+
+Placed NodeRegistry::place(const PlacementRequest& request) const {
+  std::lock_guard lock(mutex_);
+  if (closed_) throw Error(errc::unavailable, "the server is shutting down");
+  const Entry* best = nullptr;
+  std::tuple<std::uint32_t, std::size_t> best_load{};
+  std::size_t not_ready = 0, cordoned = 0;
+  for (const auto& [name, e] : nodes_) {
+    if (!e.node || e.phase != "Ready") {
+      ++not_ready;
+      continue;
+    }
+    if (e.cordoned) {
+      ++cordoned;
+      continue;
+    }
+    auto it = request.instances_per_node.find(name);
+    const std::uint32_t here = it == request.instances_per_node.end() ? 0 : it->second;
+    const std::tuple load{here, e.node->instances().size()};
+    if (best == nullptr || load < best_load) {
+      best = &e;
+      best_load = load;
+    }
+  }
+  if (best == nullptr) {
+    std::string why = "no node can run function \"" + request.function + "\": ";
+    if (nodes_.empty()) {
+      why += "no node has joined";
+    } else {
+      why += "0 of " + std::to_string(nodes_.size()) + " nodes fit";
+      if (not_ready > 0) why += ", " + std::to_string(not_ready) + " not ready";
+      if (cordoned > 0) why += ", " + std::to_string(cordoned) + " cordoned";
+    }
+    throw Error(errc::unavailable, why);
+  }
+  return {best->node, best->epoch,
+          "least loaded: " + std::to_string(std::get<0>(best_load)) + " of its instances, " +
+              std::to_string(std::get<1>(best_load)) + " in all"};
+}
+
+void NodeRegistry::lease_loop() {
+  std::unique_lock lock(mutex_);
+  while (!closed_) {
+    wake_.wait_for(lock, std::min(options_.heartbeat, options_.lease / 4));
+    if (closed_) break;
+    const auto now = Clock::now();
+    std::vector<std::shared_ptr<Node>> lost;
+    for (auto& [name, e] : nodes_) {
+      if (e.in_process || e.phase == "Lost" || now - e.last_heard < options_.lease) continue;
+      if (e.node) lost.push_back(std::move(e.node));
+      e.phase = "Lost";
+      try {
+        write(
+            name, e,
+            "not heard from for " + std::to_string(options_.lease.count()) + " ms (lease lapsed)");
+      } catch (const std::exception&) {
+        // The store is closing or failing: the phase is kept here and written on the next change.
+      }
+    }
+    if (lost.empty()) continue;
+    lock.unlock();
+    for (auto& node : lost) node->shutdown();
+    lock.lock();
+  }
+}
+
+void NodeRegistry::shutdown() {
+  std::vector<std::shared_ptr<Node>> nodes;
+  {
+    std::lock_guard lock(mutex_);
+    if (closed_) return;
+    closed_ = true;
+    for (auto& [name, e] : nodes_) {
+      if (e.node) nodes.push_back(e.node);
+    }
+  }
+  wake_.notify_all();
+  if (leases_.joinable()) leases_.join();
+  for (auto& node : nodes) node->shutdown();
+}
+
+}  // namespace blixard::control

@@ -1,0 +1,111 @@
+// The nodes of the cluster as the control plane knows them (DESIGN §3): which are connected, their
+// fencing epochs, their liveness, and where a new instance goes. Each node is a stored object
+// (`/registry/nodes/NAME`) written on a change of phase (join, NotReady, Lost, cordon), never per
+// heartbeat: liveness is kept here, in memory, so a server holds many agents at little cost.
+//
+// An agent's node is Ready while its channel is up and it heartbeats; when the channel drops it
+// is NotReady (its instances are given up at once, so calls on them fail fast and new ones go
+// elsewhere), and Lost once it has not been heard from for the lease (a link cut looks the same
+// from here). An in-process node never lapses. A node that joins again gets a new epoch: its
+// assignments from before are stale, and its agent stops them before it takes new work.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "blixard/v1/function.pb.h"
+#include "blixard/v1/node.pb.h"
+#include "control/node.hpp"
+#include "store/store.hpp"
+
+namespace blixard::control {
+
+inline constexpr const char* k_nodes_prefix = "/registry/nodes/";
+
+struct NodeRegistryOptions {
+  // A node not heard from for this long is Lost.
+  std::chrono::milliseconds lease{5000};
+  // How often agents heartbeat (told in their welcome), and how often leases are checked.
+  std::chrono::milliseconds heartbeat{1000};
+};
+
+// Where an instance of a function should start: the function and, per node, how many of its
+// instances run there now (for spreading).
+struct PlacementRequest {
+  std::string function;
+  const v1::FunctionSpec* spec = nullptr;
+  std::map<std::string, std::uint32_t> instances_per_node;
+};
+
+// A placement: the node, the epoch to assign under, and why it was chosen ("least loaded").
+struct Placed {
+  std::shared_ptr<Node> node;
+  std::int64_t epoch = 0;
+  std::string reasons;
+};
+
+class NodeRegistry {
+ public:
+  NodeRegistry(std::shared_ptr<store::Store> store, NodeRegistryOptions options = {});
+  ~NodeRegistry();
+  NodeRegistry(const NodeRegistry&) = delete;
+  NodeRegistry& operator=(const NodeRegistry&) = delete;
+
+  const NodeRegistryOptions& options() const noexcept { return options_; }
+
+  // A node joins (or joins again): stored as Ready with the next epoch, which is returned.
+  // `in_process` nodes never lapse. Throws already_exists when a connected node has the name.
+  std::int64_t join(std::shared_ptr<Node> node, bool in_process);
+  // The node's agent was heard from (any frame, a heartbeat).
+  void heard(const std::string& name);
+  // The node's channel is gone (`node` is the one that joined; a newer join is left alone): its
+  // instances are given up now; it is NotReady until its lease lapses, then Lost.
+  void disconnected(const std::shared_ptr<Node>& node, const std::string& why);
+  // New work avoids a cordoned node; what runs there stays.
+  void cordon(const std::string& name, bool cordoned);
+
+  // A connected node by name (null if none).
+  std::shared_ptr<Node> find(const std::string& name) const;
+  // The epoch of a connected node (0 if none).
+  std::int64_t epoch(const std::string& name) const;
+  // The node for a new instance: among Ready, schedulable nodes, the one with the fewest
+  // instances of the function, then the fewest of all, then by name. Throws unavailable saying
+  // why no node fits.
+  Placed place(const PlacementRequest& request) const;
+
+  // Gives every node up (shutdown()) and stops checking leases.
+  void shutdown();
+
+ private:
+  struct Entry {
+    std::shared_ptr<Node> node;  // null once disconnected
+    bool in_process = false;
+    std::int64_t epoch = 0;
+    bool cordoned = false;
+    std::chrono::steady_clock::time_point last_heard;
+    std::string phase;
+  };
+  // Stores the node's object with its phase (and the spec from `entry.node` when connected).
+  void write(const std::string& name, const Entry& entry, const std::string& reason);
+  void lease_loop();
+
+  std::shared_ptr<store::Store> store_;
+  NodeRegistryOptions options_;
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;
+  std::map<std::string, Entry> nodes_;
+  // Last stored description per node, so a phase change keeps its spec after it disconnected.
+  std::map<std::string, v1::Node> stored_;
+  bool closed_ = false;
+  std::thread leases_;
+};
+
+}  // namespace blixard::control

@@ -1,0 +1,265 @@
+// A node over the agent channel (see remote_node.hpp).
+#include "control/remote_node.hpp"
+
+#include <future>
+
+namespace blixard::control {
+
+using std::chrono::milliseconds;
+
+// A started instance on the agent: calls become Invoke frames, stop and kill StopInstance frames;
+// its exit comes back as an InstanceExited frame (or the node's loss).
+class RemoteNode::Instance final : public runtime::Instance {
+ public:
+  Instance(std::shared_ptr<RemoteNode> node, std::string name, std::chrono::microseconds init,
+           runtime::InstanceOptions options)
+      : node_(std::move(node)), name_(std::move(name)), init_(init), options_(std::move(options)) {}
+
+  const std::string& name() const override { return name_; }
+  std::chrono::microseconds init_duration() const override { return init_; }
+  bool alive() const override { return alive_.load(); }
+
+  runtime::InvocationResult call(const runtime::Invocation& invocation) override {
+    auto done = std::make_shared<std::promise<runtime::InvocationResult>>();
+    auto answer = done->get_future();
+    node_->call(*this, invocation,
+                [done](const std::exception_ptr& error, runtime::InvocationResult result) {
+                  if (error) {
+                    done->set_exception(error);
+                  } else {
+                    done->set_value(std::move(result));
+                  }
+                });
+    return answer.get();
+  }
+
+  bool call_async(const runtime::Invocation& invocation, const boost::asio::any_io_executor&,
+                  runtime::CallCompletion complete) override {
+    node_->call(*this, invocation, std::move(complete));
+    return true;
+  }
+
+  void stop(milliseconds grace) override {
+    node_->stop_instance(name_, grace, false);
+    // Returns once the agent says it is gone (or the node is), as a local stop does.
+    std::unique_lock lock(node_->mutex_);
+    node_->changed_.wait_for(lock, grace + std::chrono::seconds(5), [&] { return !alive(); });
+  }
+
+  void kill() override { node_->stop_instance(name_, milliseconds(0), true); }
+
+  // The instance is gone: reported once.
+  void exited(const runtime::InstanceExit& exit) {
+    if (!alive_.exchange(false)) return;
+    if (options_.on_exit) options_.on_exit(exit);
+  }
+  void log(const std::string& stream, std::string line) {
+    if (options_.on_log) options_.on_log(name_, stream, std::move(line));
+  }
+
+ private:
+  std::shared_ptr<RemoteNode> node_;
+  std::string name_;
+  std::chrono::microseconds init_;
+  runtime::InstanceOptions options_;
+  std::atomic<bool> alive_{true};
+};
+
+RemoteNode::RemoteNode(std::string name, v1::NodeSpec spec, Link link)
+    : name_(std::move(name)), spec_(std::move(spec)), link_(std::move(link)) {}
+
+RemoteNode::~RemoteNode() = default;
+
+Error RemoteNode::gone_error() const {
+  return {errc::unavailable, "node " + name_ + " is gone: " + lost_why_};
+}
+
+std::shared_ptr<runtime::Instance> RemoteNode::start(const Assignment& assignment) {
+  PendingStart pending;
+  pending.options = assignment.instance;
+  const std::uint64_t id = ++next_id_;
+  v1::AgentFrame frame;
+  auto& assign = *frame.mutable_assign();
+  assign.set_id(id);
+  assign.set_epoch(assignment.epoch);
+  assign.set_function(assignment.instance.function);
+  *assign.mutable_spec() = assignment.instance.spec;
+  std::unique_lock lock(mutex_);
+  if (lost_) throw gone_error();
+  starts_[id] = &pending;
+  lock.unlock();
+  const bool sent = send(frame);
+  lock.lock();
+  if (!sent && !lost_) {
+    starts_.erase(id);
+    throw Error(errc::unavailable, "node " + name_ + " is not connected");
+  }
+  // The agent's driver bounds the start itself; this bounds an agent that stops answering.
+  const auto& t = assignment.instance.spec.timeout();
+  const auto limit =
+      milliseconds(t.seconds() * 1000 + t.nanos() / 1'000'000) + std::chrono::seconds(60);
+  if (!changed_.wait_for(lock, limit, [&] { return pending.done; })) {
+    starts_.erase(id);
+    throw Error(errc::timeout, "node " + name_ + " did not answer a start within " +
+                                   std::to_string(limit.count()) + " ms");
+  }
+  if (pending.error) throw *pending.error;
+  return pending.instance;
+}
+
+std::vector<std::string> RemoteNode::instances() const {
+  std::vector<std::string> out;
+  std::lock_guard lock(mutex_);
+  out.reserve(instances_.size());
+  for (const auto& [name, in] : instances_) out.push_back(name);
+  return out;
+}
+
+void RemoteNode::call(Instance& instance, const runtime::Invocation& invocation,
+                      runtime::CallCompletion complete) {
+  const std::uint64_t id = ++next_id_;
+  v1::AgentFrame frame;
+  auto& invoke = *frame.mutable_invoke();
+  invoke.set_id(id);
+  invoke.set_instance(instance.name());
+  invoke.set_request_id(invocation.request_id);
+  invoke.set_payload(invocation.payload);
+  invoke.set_timeout_ms(invocation.timeout.count());
+  {
+    std::lock_guard lock(mutex_);
+    if (lost_) throw gone_error();
+    if (!instance.alive()) {
+      throw Error(errc::unavailable, "instance " + instance.name() + " is no longer running");
+    }
+    calls_[id] = {instance.name(), std::move(complete)};
+  }
+  if (!send(frame)) {
+    std::lock_guard lock(mutex_);
+    // Unless lose() took it (and completes it), nothing was sent: say so here.
+    if (calls_.erase(id) != 0)
+      throw Error(errc::unavailable, "node " + name_ + " is not connected");
+  }
+}
+
+void RemoteNode::stop_instance(const std::string& instance, milliseconds grace, bool kill) {
+  v1::AgentFrame frame;
+  auto& stop = *frame.mutable_stop();
+  stop.set_instance(instance);
+  stop.set_grace_ms(grace.count());
+  stop.set_kill(kill);
+  send(frame);  // a closed connection has stopped it already, as far as we are concerned
+}
+
+void RemoteNode::receive(v1::AgentFrame& frame) {
+  switch (frame.kind_case()) {
+    case v1::AgentFrame::kStarted: {
+      auto& started = *frame.mutable_started();
+      std::lock_guard lock(mutex_);
+      auto it = starts_.find(started.id());
+      if (it == starts_.end()) {
+        // Its start timed out here meanwhile: nobody holds it, so it must not run.
+        if (!started.instance().empty()) stop_instance(started.instance(), milliseconds(0), true);
+        return;
+      }
+      PendingStart& pending = *it->second;
+      starts_.erase(it);
+      if (started.has_error()) {
+        pending.error = Error(started.error());
+      } else {
+        pending.instance = std::make_shared<Instance>(shared_from_this(), started.instance(),
+                                                      std::chrono::microseconds(started.init_us()),
+                                                      pending.options);
+        instances_[started.instance()] = pending.instance;
+      }
+      pending.done = true;
+      changed_.notify_all();
+      return;
+    }
+    case v1::AgentFrame::kResult: {
+      auto& result = *frame.mutable_result();
+      runtime::CallCompletion complete;
+      {
+        std::lock_guard lock(mutex_);
+        auto it = calls_.find(result.id());
+        if (it == calls_.end()) return;
+        complete = std::move(it->second.complete);
+        calls_.erase(it);
+      }
+      if (result.has_error()) {
+        complete(std::make_exception_ptr(Error(result.error())), {});
+      } else {
+        runtime::InvocationResult out;
+        out.result = std::move(*result.mutable_result());
+        out.duration = std::chrono::microseconds(result.duration_us());
+        out.cold_start = false;
+        complete(nullptr, std::move(out));
+      }
+      return;
+    }
+    case v1::AgentFrame::kExited: {
+      const auto& exited = frame.exited();
+      std::shared_ptr<Instance> instance;
+      {
+        std::lock_guard lock(mutex_);
+        auto it = instances_.find(exited.instance());
+        if (it == instances_.end()) return;
+        instance = std::move(it->second);
+        instances_.erase(it);
+      }
+      runtime::InstanceExit exit;
+      exit.instance = exited.instance();
+      exit.reason = exited.reason();
+      exit.requested = exited.requested();
+      exit.oom = exited.oom();
+      instance->exited(exit);
+      { std::lock_guard lock(mutex_); }  // a stop() waiting sees alive() false, or is woken
+      changed_.notify_all();
+      return;
+    }
+    case v1::AgentFrame::kLog: {
+      auto& log = *frame.mutable_log();
+      std::shared_ptr<Instance> instance;
+      {
+        std::lock_guard lock(mutex_);
+        auto it = instances_.find(log.instance());
+        if (it != instances_.end()) instance = it->second;
+      }
+      if (instance) instance->log(log.stream(), std::move(*log.mutable_line()));
+      return;
+    }
+    default:
+      return;  // heartbeats are the channel's; anything else is ignored
+  }
+}
+
+void RemoteNode::lose(const std::string& why) {
+  std::map<std::uint64_t, PendingCall> calls;
+  std::map<std::string, std::shared_ptr<Instance>> instances;
+  {
+    std::lock_guard lock(mutex_);
+    if (lost_) return;
+    lost_ = true;
+    lost_why_ = why;
+    for (auto& [id, pending] : starts_) {
+      pending->error = gone_error();
+      pending->done = true;
+    }
+    starts_.clear();
+    calls.swap(calls_);
+    instances.swap(instances_);
+  }
+  changed_.notify_all();
+  if (link_.close) link_.close();
+  const Error gone = gone_error();
+  for (auto& [id, call] : calls) call.complete(std::make_exception_ptr(gone), {});
+  for (auto& [name, instance] : instances) {
+    runtime::InstanceExit exit;
+    exit.instance = name;
+    exit.reason = "was lost with node " + name_ + " (" + why + ")";
+    instance->exited(exit);
+  }
+  { std::lock_guard lock(mutex_); }
+  changed_.notify_all();
+}
+
+}  // namespace blixard::control

@@ -1,0 +1,71 @@
+// The server assembly (see local.hpp).
+#include "server/local.hpp"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <cstring>
+
+#include "agent/local_node.hpp"
+#include "blixard/error.hpp"
+#include "runtime/driver.hpp"
+#include "store/store.hpp"
+
+namespace blixard::server {
+
+DataDirLock::DataDirLock(const std::filesystem::path& dir) {
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) {
+    throw Error(errc::unavailable, "cannot use data dir " + dir.string() + ": " + ec.message(),
+                "dir");
+  }
+  const auto lock_path = dir / "lock";
+  fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd_ < 0) {
+    throw Error(errc::unavailable,
+                "data dir " + dir.string() + " is not writable: " + std::strerror(errno), "dir");
+  }
+  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+    std::array<char, 32> pid{};
+    auto n = ::pread(fd_, pid.data(), pid.size() - 1, 0);
+    ::close(fd_);
+    throw Error(errc::unavailable,
+                "data dir " + dir.string() + " is in use by another blixard process" +
+                    (n > 0 ? " (pid " + std::string(pid.data()) + ")" : ""),
+                "dir");
+  }
+  auto pid = std::to_string(::getpid());
+  if (::ftruncate(fd_, 0) != 0 || ::pwrite(fd_, pid.data(), pid.size(), 0) < 0) {
+    // The pid is only a hint for the message above; the lock itself is what matters.
+  }
+}
+
+DataDirLock::~DataDirLock() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+std::shared_ptr<api::Service> open_local_service(const std::filesystem::path& dir,
+                                                 const LocalServiceOptions& options) {
+  // Released with the service, after it (and so the store) closed.
+  auto lock = std::make_shared<DataDirLock>(dir);
+  std::shared_ptr<store::Store> store = store::open_sqlite((dir / "store.db").string());
+  auto nodes = std::make_shared<control::NodeRegistry>(store, options.nodes);
+  if (options.local_node) {
+    runtime::SandboxOptions sandbox;
+    sandbox.work_dir = dir / "instances";
+    sandbox.python = options.python;
+    // The registry owns the node (and so its driver) from here; Service::shutdown ends it.
+    nodes->join(
+        std::make_shared<agent::LocalNode>(options.node_name, agent::describe_this_machine(),
+                                           runtime::make_sandbox_driver(sandbox)),
+        /*in_process=*/true);
+  }
+  return {new api::Service(store, nodes, options.node_name, options.logger),
+          [lock](api::Service* service) { delete service; }};
+}
+
+}  // namespace blixard::server

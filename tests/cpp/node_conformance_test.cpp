@@ -1,0 +1,347 @@
+// The Node seam's conformance suite (as store_conformance.hpp is the Store's): every
+// implementation of control::Node passes the same tests. Two run here: the in-process
+// agent::LocalNode over the sandbox driver, and control::RemoteNode talking to an agent::Session
+// over a loopback channel that serializes every frame and delivers it on another thread, as the
+// WebSocket does. Then what only a remote node does: losing its connection.
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <future>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+
+#include "agent/local_node.hpp"
+#include "agent/session.hpp"
+#include "control/remote_node.hpp"
+#include "runtime/driver.hpp"
+#include "test_support.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+using blixard::errc;
+using blixard::Error;
+using blixard::test_support::eventually;
+using blixard::test_support::processes_with;
+using blixard::test_support::python;
+using ::testing::HasSubstr;
+namespace v1 = blixard::v1;
+namespace runtime = blixard::runtime;
+namespace control = blixard::control;
+namespace agent = blixard::agent;
+
+const fs::path k_handlers = fs::path(BLIXARD_TEST_DATA) / "handlers";
+
+// A node under test and what it runs on.
+class NodeUnderTest {
+ public:
+  virtual ~NodeUnderTest() = default;
+  virtual control::Node& node() = 0;
+};
+
+std::shared_ptr<agent::LocalNode> make_local_node(const fs::path& work, const std::string& name) {
+  runtime::SandboxOptions o;
+  o.work_dir = work;
+  o.python = python();
+  v1::NodeSpec spec;
+  (*spec.mutable_labels())["zone"] = "az1";
+  return std::make_shared<agent::LocalNode>(name, spec, runtime::make_sandbox_driver(o));
+}
+
+class Local final : public NodeUnderTest {
+ public:
+  explicit Local(const fs::path& work) : node_(make_local_node(work, "local")) {}
+  control::Node& node() override { return *node_; }
+
+ private:
+  std::shared_ptr<agent::LocalNode> node_;
+};
+
+// RemoteNode <-> Session, each direction through bytes and a thread of its own reading them.
+class Loopback final : public NodeUnderTest {
+ public:
+  explicit Loopback(const fs::path& work) : agent_node_(make_local_node(work, "remote")) {
+    for (auto* io : {&up_, &down_}) threads_.emplace_back([io] { io->run(); });
+    session_ = std::make_shared<agent::Session>(
+        agent_node_, down_.get_executor(),
+        [this](const v1::AgentFrame& f) { return deliver(up_, f, /*up=*/true); });
+    control::RemoteNode::Link link;
+    link.send = [this](const v1::AgentFrame& f) { return deliver(down_, f, /*up=*/false); };
+    link.close = [this] { cut(); };
+    remote_ = std::make_shared<control::RemoteNode>("remote", agent_node_->describe(), link);
+    v1::AgentFrame welcome;
+    welcome.mutable_welcome()->set_epoch(1);
+    deliver(down_, welcome, false);
+  }
+
+  ~Loopback() override {
+    remote_->lose("test over");
+    session_->close();
+    agent_node_->shutdown();
+    up_guard_.reset();
+    down_guard_.reset();
+    for (auto& t : threads_) t.join();
+  }
+
+  control::Node& node() override { return *remote_; }
+  control::RemoteNode& remote() { return *remote_; }
+  // The connection breaks, as a reset would: nothing more passes either way.
+  void cut() {
+    if (connected_.exchange(false)) session_->close();
+  }
+  std::size_t frames_up() const { return frames_up_; }
+
+ private:
+  bool deliver(boost::asio::io_context& io, const v1::AgentFrame& frame, bool up) {
+    if (!connected_) return false;
+    if (up) ++frames_up_;
+    boost::asio::post(io, [this, bytes = frame.SerializeAsString(), up] {
+      if (!connected_) return;
+      v1::AgentFrame f;
+      ASSERT_TRUE(f.ParseFromString(bytes));
+      if (up) {
+        remote_->receive(f);
+      } else {
+        session_->receive(f);
+      }
+    });
+    return true;
+  }
+
+  boost::asio::io_context up_, down_;
+  boost::asio::executor_work_guard<boost::asio::io_context::executor_type> up_guard_{
+      up_.get_executor()};
+  boost::asio::executor_work_guard<boost::asio::io_context::executor_type> down_guard_{
+      down_.get_executor()};
+  std::vector<std::thread> threads_;
+  std::shared_ptr<agent::LocalNode> agent_node_;
+  std::shared_ptr<agent::Session> session_;
+  std::shared_ptr<control::RemoteNode> remote_;
+  std::atomic<bool> connected_{true};
+  std::atomic<std::size_t> frames_up_{0};
+};
+
+enum class Kind { local, remote };
+
+// What an instance reported: its exit and its log lines.
+struct Events {
+  std::mutex mutex;
+  std::vector<runtime::InstanceExit> exits;
+  std::vector<std::string> lines;
+
+  std::size_t exit_count() {
+    std::lock_guard lock(mutex);
+    return exits.size();
+  }
+  bool has_line(const std::string& text) {
+    std::lock_guard lock(mutex);
+    for (const auto& l : lines) {
+      if (l.find(text) != std::string::npos) return true;
+    }
+    return false;
+  }
+};
+
+class NodeConformance : public ::testing::TestWithParam<Kind> {
+ protected:
+  void SetUp() override {
+    token_ = "blixard-node-test-" + std::to_string(::getpid()) + "-" +
+             std::to_string(GetParam() == Kind::local) +
+             ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    for (char& c : token_) {
+      if (c == '/') c = '-';
+    }
+    work_ = fs::temp_directory_path() / token_;
+    fs::create_directories(work_);
+    if (GetParam() == Kind::local) {
+      under_ = std::make_unique<Local>(work_);
+    } else {
+      under_ = std::make_unique<Loopback>(work_);
+    }
+  }
+
+  void TearDown() override {
+    under_.reset();
+    EXPECT_EQ(processes_with(token_), 0) << "leaked handler processes";
+    fs::remove_all(work_);
+  }
+
+  control::Node& node() { return under_->node(); }
+
+  control::Assignment assignment(const std::string& handler, Events& events) {
+    control::Assignment a;
+    a.epoch = 1;
+    a.instance.function = "fn";
+    auto& s = a.instance.spec;
+    s.set_runtime("python");
+    s.set_handler(handler);
+    s.set_code(k_handlers.string());
+    s.set_memory_mib(128);
+    s.mutable_timeout()->set_seconds(30);
+    (*s.mutable_env())["TEST_TOKEN"] = token_;
+    (*s.mutable_env())["PYTHONDONTWRITEBYTECODE"] = "1";
+    a.instance.on_exit = [&events](const runtime::InstanceExit& exit) {
+      std::lock_guard lock(events.mutex);
+      events.exits.push_back(exit);
+    };
+    a.instance.on_log = [&events](const std::string&, const std::string&, std::string line) {
+      std::lock_guard lock(events.mutex);
+      events.lines.push_back(std::move(line));
+    };
+    return a;
+  }
+
+  static runtime::Invocation invocation(const control::Assignment& a, std::string payload) {
+    runtime::Invocation inv;
+    inv.function = a.instance.function;
+    inv.spec = a.instance.spec;
+    inv.payload = std::move(payload);
+    inv.request_id = "req-1";
+    return inv;
+  }
+
+  std::string token_;
+  fs::path work_;
+  // Outlives the node: instances report their exits into it until the node is gone.
+  Events events_;
+  std::unique_ptr<NodeUnderTest> under_;
+};
+
+TEST_P(NodeConformance, StartsAnInstanceThatAnswersCallsAndListsIt) {
+  Events& events = events_;
+  auto a = assignment("echo:handler", events);
+  auto instance = node().start(a);
+  ASSERT_TRUE(instance);
+  EXPECT_TRUE(instance->alive());
+  EXPECT_GT(instance->init_duration().count(), 0);
+  EXPECT_THAT(node().instances(), ::testing::Contains(instance->name()));
+  EXPECT_EQ(instance->call(invocation(a, R"({"x": 1})")).result, R"({"x": 1})");
+  // The same through call_async, answered on another thread.
+  boost::asio::io_context io;
+  auto guard = boost::asio::make_work_guard(io);
+  std::thread reader([&] { io.run(); });
+  std::promise<std::string> answer;
+  const bool sent =
+      instance->call_async(invocation(a, R"([2])"), io.get_executor(),
+                           [&](const std::exception_ptr& e, runtime::InvocationResult r) {
+                             if (e) {
+                               answer.set_exception(e);
+                             } else {
+                               answer.set_value(r.result);
+                             }
+                           });
+  ASSERT_TRUE(sent);
+  EXPECT_EQ(answer.get_future().get(), "[2]");
+  guard.reset();
+  reader.join();
+}
+
+TEST_P(NodeConformance, AHandlerErrorComesBackAsHandlerFailedWithItsMessage) {
+  Events& events = events_;
+  auto a = assignment("raises:handler", events);
+  auto instance = node().start(a);
+  try {
+    instance->call(invocation(a, "{}"));
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), errc::handler_failed);
+    EXPECT_THAT(e.message(), HasSubstr("ValueError: boom"));
+  }
+  EXPECT_TRUE(eventually([&] { return events.has_line("about to raise"); }));
+}
+
+TEST_P(NodeConformance, AStartThatFailsThrowsWhy) {
+  Events& events = events_;
+  auto a = assignment("broken_import:handler", events);
+  try {
+    node().start(a);
+    FAIL() << "started";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), errc::handler_failed);
+    EXPECT_FALSE(e.message().empty());
+  }
+  EXPECT_TRUE(node().instances().empty());
+}
+
+TEST_P(NodeConformance, AStoppedInstanceReportsARequestedExit) {
+  Events& events = events_;
+  auto a = assignment("echo:handler", events);
+  auto instance = node().start(a);
+  instance->stop(200ms);
+  EXPECT_FALSE(instance->alive());
+  ASSERT_TRUE(eventually([&] { return events.exit_count() == 1; }));
+  EXPECT_TRUE(events.exits[0].requested);
+  EXPECT_TRUE(eventually([&] { return node().instances().empty(); }));
+}
+
+TEST_P(NodeConformance, ACrashReportsAnUnrequestedExitAndFailsTheCall) {
+  Events& events = events_;
+  auto a = assignment("crash:handler", events);
+  auto instance = node().start(a);
+  EXPECT_THROW(instance->call(invocation(a, "{}")), Error);
+  ASSERT_TRUE(eventually([&] { return events.exit_count() == 1; }));
+  EXPECT_FALSE(events.exits[0].requested);
+  EXPECT_THAT(events.exits[0].reason, HasSubstr("exited with status 3"));
+}
+
+TEST_P(NodeConformance, ShutdownFailsLaterStartsWithUnavailable) {
+  Events& events = events_;
+  auto a = assignment("echo:handler", events);
+  auto instance = node().start(a);
+  node().shutdown();
+  ASSERT_TRUE(eventually([&] { return events.exit_count() == 1; }));
+  try {
+    node().start(a);
+    FAIL() << "started after shutdown";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), errc::unavailable);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Nodes, NodeConformance, ::testing::Values(Kind::local, Kind::remote),
+                         [](const auto& info) {
+                           return info.param == Kind::local ? "LocalNode" : "RemoteNode";
+                         });
+
+// ---- only a remote node: its connection can break ----
+
+class RemoteNodeTest : public NodeConformance {};
+
+TEST_P(RemoteNodeTest, ALostConnectionFailsCallsInFlightAndReportsItsInstancesLost) {
+  Events& events = events_;
+  auto a = assignment("sleeper:handler", events);
+  auto& loop = static_cast<Loopback&>(*under_);
+  auto instance = node().start(a);
+  auto pending =
+      std::async(std::launch::async, [&] { return instance->call(invocation(a, "{}")); });
+  // The call is on its way (an invoke went down) before the link breaks.
+  ASSERT_TRUE(eventually([&] { return events.has_line("sleeping"); }, 10s));
+  loop.cut();
+  loop.remote().lose("connection reset");
+  try {
+    pending.get();
+    FAIL() << "the call returned";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), errc::unavailable);
+    EXPECT_THAT(e.message(), HasSubstr("node remote is gone: connection reset"));
+  }
+  ASSERT_EQ(events.exit_count(), 1u);
+  EXPECT_FALSE(events.exits[0].requested);
+  EXPECT_THAT(events.exits[0].reason, HasSubstr("lost with node remote"));
+  // The agent's end killed what the server gave up.
+  EXPECT_TRUE(eventually([&] { return processes_with(token_, false) == 0; }));
+}
+
+INSTANTIATE_TEST_SUITE_P(Nodes, RemoteNodeTest, ::testing::Values(Kind::remote),
+                         [](const auto&) { return "RemoteNode"; });
+
+}  // namespace
