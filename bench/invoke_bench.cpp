@@ -215,6 +215,8 @@ class NoopBackend final : public blixard::detail::Backend {
   blixard::v1::FunctionList list_functions() override { fail(); }
   blixard::v1::VmList list_vms() override { fail(); }
   blixard::v1::NodeList list_nodes() override { fail(); }
+  blixard::v1::Node get_node(const std::string&) override { fail(); }
+  blixard::v1::Node change_node(const std::string&, NodeAction) override { fail(); }
   blixard::v1::ServerInfo info() override { fail(); }
   blixard::v1::FunctionMetrics function_metrics(const std::string&) override { fail(); }
   std::string prometheus_metrics() override { fail(); }

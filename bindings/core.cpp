@@ -344,6 +344,15 @@ class PyCluster {
   void delete_trigger(const std::string& name) { cluster().delete_trigger(name); }
 
   std::string nodes() { return to_list_json<blixard::v1::NodeList>(cluster().nodes()); }
+  std::string node(const std::string& name) { return blixard::to_json(cluster().node(name)); }
+  std::string change_node(const std::string& name, const std::string& action) {
+    if (action == "cordon") return blixard::to_json(cluster().cordon_node(name));
+    if (action == "uncordon") return blixard::to_json(cluster().uncordon_node(name));
+    if (action == "drain") return blixard::to_json(cluster().drain_node(name));
+    throw blixard::Error(blixard::errc::invalid_spec,
+                         "node action must be cordon, uncordon or drain, not \"" + action + "\"",
+                         "action");
+  }
   std::string info() { return blixard::to_json(cluster().info()); }
 
   std::string apply(const std::string& manifest) {
@@ -537,6 +546,9 @@ PYBIND11_MODULE(_core, m) {
       .def("triggers", &PyCluster::triggers, release_gil())
       .def("delete_trigger", &PyCluster::delete_trigger, py::arg("name"), release_gil())
       .def("nodes", &PyCluster::nodes, release_gil())
+      .def("node", &PyCluster::node, py::arg("name"), release_gil())
+      .def("change_node", &PyCluster::change_node, py::arg("name"), py::arg("action"),
+           release_gil())
       .def("info", &PyCluster::info, release_gil())
       .def("apply", &PyCluster::apply, py::arg("manifest"), release_gil())
       .def("apply_objects", &PyCluster::apply_objects, py::arg("objects_json"),

@@ -65,6 +65,11 @@ class Cluster {
   void delete_trigger(const std::string& name);
 
   std::vector<v1::Node> nodes();
+  v1::Node node(const std::string& name);
+  // Cordon (new work avoids it), uncordon, or drain (cordon and move its instances off).
+  v1::Node cordon_node(const std::string& name);
+  v1::Node uncordon_node(const std::string& name);
+  v1::Node drain_node(const std::string& name);
   v1::ServerInfo info();
 
   // kubectl-style: create or update every object of the manifest in one transaction.

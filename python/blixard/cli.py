@@ -1129,21 +1129,71 @@ def node_list(c: Ctx, output) -> None:
     if _out(c, output) == "json":
         print_json(_list_json(raw))
         return
-    rows = []
-    for n in json.loads(raw).get("items", []):
-        spec, st = n.get("spec", {}), n.get("status", {})
-        labels = ",".join(f"{k}={v}" for k, v in sorted(spec.get("labels", {}).items()))
-        rows.append(
-            (
-                _name(n),
-                st.get("phase", ""),
-                spec.get("address") or "-",
-                f"{_mib(st.get('allocatedMemoryMib'))}/{_mib(spec.get('memoryMib'))}",
-                f"{_int(st.get('allocatedVcpu'))}/{_int(spec.get('vcpu'))}",
-                labels or "-",
-            )
-        )
-    print_table(("NAME", "PHASE", "ADDRESS", "MEMORY", "VCPU", "LABELS"), rows, empty="No nodes.")
+    rows = [_node_row(n) for n in json.loads(raw).get("items", [])]
+    print_table(("NAME", "STATE", "ADDRESS", "MEMORY", "VCPU", "INSTANCES", "LABELS"), rows,
+                empty="No nodes.")
+
+
+def _node_row(n: Dict[str, Any]) -> tuple:
+    spec, st = n.get("spec", {}), n.get("status", {})
+    labels = ",".join(f"{k}={v}" for k, v in sorted(spec.get("labels", {}).items()))
+    state = st.get("phase", "")
+    if st.get("unschedulable"):
+        state += ",SchedulingDisabled"  # kubectl's word for a cordoned node
+    return (
+        _name(n),
+        state,
+        spec.get("address") or "-",
+        f"{_mib(st.get('allocatedMemoryMib'))}/{_mib(spec.get('memoryMib'))}",
+        f"{_int(st.get('allocatedVcpu'))}/{_int(spec.get('vcpu'))}",
+        str(_int(st.get("instances"))),
+        labels or "-",
+    )
+
+
+@node.command("get")
+@click.argument("name")
+@output_option
+@pass_ctx
+def node_get(c: Ctx, name, output) -> None:
+    """Show node NAME: state, address, capacity, allocation, labels, epoch, last change."""
+    n = c.cluster().node(name)
+    if _out(c, output) == "json":
+        print_json(n)
+        return
+    row = _node_row(n)
+    st = n.get("status", {})
+    for key, value in zip(("Name", "State", "Address", "Memory", "VCPU", "Instances", "Labels"),
+                          row):
+        click.echo(f"{key + ':':<11}{value}")
+    click.echo(f"{'Drivers:':<11}{', '.join(n.get('spec', {}).get('drivers', [])) or '-'}")
+    click.echo(f"{'Epoch:':<11}{_int(st.get('epoch'))}")
+    click.echo(f"{'Changed:':<11}{st.get('lastHeartbeat', '-')} ({st.get('message') or '-'})")
+
+
+def _node_action(verb: str, done: str):
+    @node.command(verb)
+    @click.argument("name")
+    @output_option
+    @pass_ctx
+    def command(c: Ctx, name, output) -> None:
+        n = getattr(c.cluster(), f"{verb}_node")(name)
+        if _out(c, output) == "json":
+            print_json(n)
+            return
+        click.echo(f"node {name} {done}")
+
+    command.__doc__ = {
+        "cordon": "New work avoids node NAME; what runs there stays.",
+        "uncordon": "Node NAME takes new work again.",
+        "drain": "Cordon node NAME and move its instances off (idle now, busy when done).",
+    }[verb]
+    return command
+
+
+node_cordon = _node_action("cordon", "cordoned")
+node_uncordon = _node_action("uncordon", "uncordoned")
+node_drain = _node_action("drain", "drained")
 
 
 # ---- apply / delete ----

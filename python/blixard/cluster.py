@@ -585,6 +585,21 @@ class Cluster:
     def nodes(self) -> List[Dict[str, Any]]:
         return _items(self._core.nodes())
 
+    def node(self, name: str) -> Dict[str, Any]:
+        """One node: labels, capacity, phase, epoch, what it runs."""
+        return json.loads(self._core.node(name))
+
+    def cordon_node(self, name: str) -> Dict[str, Any]:
+        """New work avoids the node; what runs there stays."""
+        return json.loads(self._core.change_node(name, "cordon"))
+
+    def uncordon_node(self, name: str) -> Dict[str, Any]:
+        return json.loads(self._core.change_node(name, "uncordon"))
+
+    def drain_node(self, name: str) -> Dict[str, Any]:
+        """Cordon the node and move its instances off (idle ones now, busy ones when done)."""
+        return json.loads(self._core.change_node(name, "drain"))
+
     def info(self) -> Dict[str, Any]:
         """``version``, ``node``, ``address`` and current ``revision`` of the server."""
         return json.loads(self._core.info())

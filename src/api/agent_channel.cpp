@@ -73,7 +73,9 @@ class AgentConnection : public std::enable_shared_from_this<AgentConnection> {
     link.close = [weak] {
       if (auto s = weak.lock()) s->close("the server gave the node up");
     };
-    auto node = std::make_shared<control::RemoteNode>(hello.name(), hello.spec(), link);
+    v1::NodeSpec spec = hello.spec();
+    if (spec.address().empty()) spec.set_address(socket_->peer_address());
+    auto node = std::make_shared<control::RemoteNode>(hello.name(), spec, link);
     std::int64_t epoch = 0;
     try {
       epoch = nodes_->join(node, /*in_process=*/false);

@@ -472,7 +472,29 @@ v1::TriggerList Service::list_triggers() {
 }
 
 v1::NodeList Service::list_nodes() {
-  return list_objects<v1::NodeList>(*store_, control::k_nodes_prefix);
+  auto list = list_objects<v1::NodeList>(*store_, control::k_nodes_prefix);
+  for (auto& node : *list.mutable_items()) fill_status(node);
+  return list;
+}
+
+v1::Node Service::get_node(const std::string& name) {
+  auto node = read_object<v1::Node>(*store_, control::k_nodes_prefix, "node", name);
+  fill_status(node);
+  return node;
+}
+
+void Service::fill_status(v1::Node& node) {
+  const auto load = pools_->load_on(node.metadata().name());
+  node.mutable_status()->set_instances(load.instances);
+  node.mutable_status()->set_allocated_memory_mib(load.memory_mib);
+}
+
+v1::Node Service::change_node(const std::string& name, NodeAction action) {
+  if (closed_) throw Error(errc::unavailable, "the cluster is closed");
+  read_object<v1::Node>(*store_, control::k_nodes_prefix, "node", name);  // not_found
+  nodes_->cordon(name, action != NodeAction::uncordon);
+  if (action == NodeAction::drain) pools_->drain_node(name);
+  return get_node(name);
 }
 
 std::shared_ptr<runtime::Invocation> Service::invocation_of(const v1::InvokeRequest& request,

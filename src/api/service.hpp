@@ -40,6 +40,8 @@ class Service final : public detail::Backend {
   v1::VmList list_vms() override;
   v1::TriggerList list_triggers() override;
   v1::NodeList list_nodes() override;
+  v1::Node get_node(const std::string& name) override;
+  v1::Node change_node(const std::string& name, NodeAction action) override;
   v1::InvokeResponse invoke(const v1::InvokeRequest& request) override;
   bool try_invoke_async(const v1::InvokeRequest& request,
                         const boost::asio::any_io_executor& executor, InvokeCompletion complete,
@@ -69,6 +71,7 @@ class Service final : public detail::Backend {
   void fill_status(v1::Function& fn);
   void fill_status(v1::Vm& vm);
   void fill_status(v1::Trigger& trigger);
+  void fill_status(v1::Node& node);
 
   // A function's stored spec as invoke needs it: resource version and spec (validated at apply).
   struct StoredSpec {

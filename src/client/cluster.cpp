@@ -125,6 +125,17 @@ std::vector<v1::Node> Cluster::nodes() {
   return {list.items().begin(), list.items().end()};
 }
 
+v1::Node Cluster::node(const std::string& name) { return backend_->get_node(name); }
+v1::Node Cluster::cordon_node(const std::string& name) {
+  return backend_->change_node(name, detail::Backend::NodeAction::cordon);
+}
+v1::Node Cluster::uncordon_node(const std::string& name) {
+  return backend_->change_node(name, detail::Backend::NodeAction::uncordon);
+}
+v1::Node Cluster::drain_node(const std::string& name) {
+  return backend_->change_node(name, detail::Backend::NodeAction::drain);
+}
+
 v1::ServerInfo Cluster::info() { return backend_->info(); }
 
 v1::ApplyResult Cluster::apply(const std::filesystem::path& manifest) {

@@ -229,6 +229,15 @@ class HttpBackend final : public detail::Backend {
     return call<v1::TriggerList>(http::verb::get, "/v1/triggers");
   }
   v1::NodeList list_nodes() override { return call<v1::NodeList>(http::verb::get, "/v1/nodes"); }
+  v1::Node get_node(const std::string& name) override {
+    return call<v1::Node>(http::verb::get, "/v1/nodes/" + percent_encode(name));
+  }
+  v1::Node change_node(const std::string& name, NodeAction action) override {
+    const char* verb = action == NodeAction::cordon     ? "cordon"
+                       : action == NodeAction::uncordon ? "uncordon"
+                                                        : "drain";
+    return call<v1::Node>(http::verb::post, "/v1/nodes/" + percent_encode(name) + "/" + verb);
+  }
   v1::ServerInfo info() override { return call<v1::ServerInfo>(http::verb::get, "/v1/info"); }
 
   v1::FunctionMetrics function_metrics(const std::string& name) override {

@@ -26,6 +26,12 @@ FrameSocket::FrameSocket(Stream ws, std::shared_ptr<void> keep)
 
 FrameSocket::~FrameSocket() = default;
 
+std::string FrameSocket::peer_address() {
+  beast::error_code ec;
+  auto endpoint = beast::get_lowest_layer(ws_).socket().remote_endpoint(ec);
+  return ec ? std::string() : endpoint.address().to_string();
+}
+
 void FrameSocket::start(Handlers handlers) {
   handlers_ = std::move(handlers);
   beast::get_lowest_layer(ws_).expires_never();

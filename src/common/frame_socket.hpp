@@ -47,6 +47,8 @@ class FrameSocket : public std::enable_shared_from_this<FrameSocket> {
   void close(const std::string& why);
 
   boost::asio::any_io_executor executor() { return ws_.get_executor(); }
+  // The peer's IP address ("" once unknown).
+  std::string peer_address();
 
  private:
   void read();

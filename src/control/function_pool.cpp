@@ -768,6 +768,19 @@ void FunctionPools::on_instance_exit(const std::string& function, const std::wea
   changed_.notify_all();
 }
 
+FunctionPools::Load FunctionPools::load_on(const std::string& node) const {
+  Load load;
+  std::lock_guard lock(mutex_);
+  for (const auto& [name, pool] : pools_) {
+    for (const auto& s : pool->slots) {
+      if (s->node != node || s->phase == Slot::Phase::gone) continue;
+      ++load.instances;
+      load.memory_mib += pool->spec.memory_mib();
+    }
+  }
+  return load;
+}
+
 std::uint32_t FunctionPools::drain_node(const std::string& node) {
   std::uint32_t count = 0;
   {

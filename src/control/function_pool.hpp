@@ -76,6 +76,12 @@ class FunctionPools {
   // end; new instances start elsewhere as long as the registry keeps the node cordoned. Returns
   // how many instances were running there.
   std::uint32_t drain_node(const std::string& node);
+  // What this node runs of the pools: instances (starting or running) and their memory.
+  struct Load {
+    std::uint32_t instances = 0;
+    std::uint64_t memory_mib = 0;
+  };
+  Load load_on(const std::string& node) const;
 
   // Fills instances_running (busy), instances_warm and instances[].
   void fill_status(const std::string& function, v1::FunctionStatus& status) const;

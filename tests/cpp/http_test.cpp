@@ -122,6 +122,17 @@ class FakeBackend final : public detail::Backend {
     out.set_revision(revision());
     return out;
   }
+  v1::Node get_node(const std::string& name) override {
+    if (name != "node-1") throw Error(errc::not_found, "node \"" + name + "\" not found");
+    v1::Node n;
+    n.mutable_metadata()->set_name(name);
+    return n;
+  }
+  v1::Node change_node(const std::string& name, NodeAction action) override {
+    auto n = get_node(name);
+    n.mutable_status()->set_unschedulable(action != NodeAction::uncordon);
+    return n;
+  }
 
   v1::InvokeResponse invoke(const v1::InvokeRequest& request) override {
     {

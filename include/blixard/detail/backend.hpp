@@ -36,6 +36,11 @@ class Backend {
   virtual v1::VmList list_vms() = 0;
   virtual v1::TriggerList list_triggers() = 0;
   virtual v1::NodeList list_nodes() = 0;
+  virtual v1::Node get_node(const std::string& name) = 0;
+  // cordon: new work avoids the node; uncordon: it takes work again; drain: cordon and move
+  // its instances off (idle ones stop now, busy ones after their calls). Returns the node.
+  enum class NodeAction { cordon, uncordon, drain };
+  virtual v1::Node change_node(const std::string& name, NodeAction action) = 0;
 
   // Runs the function once. Handler failures come back as an Error (timeout, handler_failed, ...).
   virtual v1::InvokeResponse invoke(const v1::InvokeRequest& request) = 0;

@@ -1,0 +1,169 @@
+"""Real processes: a `blixard-agent --server` and agents that join it, each agent in a network
+namespace of its own with its own address on a bridge the test makes (DESIGN §1).
+
+Everything is made here and always removed: the bridge, the namespaces, the processes. The server
+listens on the bridge's address only, so no traffic leaves the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import pytest
+
+import blixard
+from blixard.cli import find_agent
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
+
+
+def poll(condition: Callable[[], object], timeout: float = 20.0, interval: float = 0.05):
+    """The first truthy value of `condition` within `timeout` seconds, else AssertionError."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = condition()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"not within {timeout}s (last value {last!r})")
+
+
+@dataclass
+class Agent:
+    name: str
+    netns: str
+    address: str
+    veth: str
+    data_dir: Path
+    labels: Dict[str, str]
+    proc: Optional[subprocess.Popen] = None
+    log: Optional[Path] = None
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log and self.log.exists() else ""
+
+    def cut(self) -> None:
+        """The agent's link goes down (as a pulled cable: no FIN, no RST)."""
+        _ip("link", "set", self.veth, "down")
+
+    def restore(self) -> None:
+        _ip("link", "set", self.veth, "up")
+
+
+@dataclass
+class Cluster:
+    address: str
+    token: str
+    server: subprocess.Popen
+    server_dir: Path
+    agents: Dict[str, Agent] = field(default_factory=dict)
+    start_agent: Callable[..., Agent] = None  # type: ignore[assignment]
+
+    def client(self) -> blixard.Cluster:
+        return blixard.connect(self.address, token=self.token)
+
+    def nodes(self) -> Dict[str, dict]:
+        return {n["metadata"]["name"]: n for n in self.client().nodes()}
+
+    def phase(self, name: str) -> str:
+        return self.nodes().get(name, {}).get("status", {}).get("phase", "")
+
+    def server_log(self) -> str:
+        p = self.server_dir / "server.log"
+        return p.read_text(errors="replace") if p.exists() else ""
+
+
+def _stop(proc: Optional[subprocess.Popen]) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path):
+    """A server on a bridge and a way to start agents in namespaces behind it."""
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    tag = f"{os.getpid() % 10000}"
+    bridge = f"bxb{tag}"
+    subnet = f"10.{200 + os.getpid() % 50}.{os.getpid() % 250}"
+    made: List[str] = []
+    agents: Dict[str, Agent] = {}
+    server: Optional[subprocess.Popen] = None
+    try:
+        _ip("link", "add", bridge, "type", "bridge")
+        made.append(bridge)
+        _ip("addr", "add", f"{subnet}.1/24", "dev", bridge)
+        _ip("link", "set", bridge, "up")
+        server_dir = tmp_path / "server"
+        server_dir.mkdir()
+        with open(server_dir / "server.log", "wb") as log:
+            server = subprocess.Popen(
+                [find_agent(), "--server", "--no-local-node", "--listen", f"{subnet}.1:0",
+                 "--data-dir", str(server_dir), "--node-lease", "2s"],
+                stdout=log, stderr=subprocess.STDOUT)
+        state = server_dir / "server.json"
+        poll(lambda: state.exists() or server.poll() is not None, timeout=30)
+        assert state.exists(), (server_dir / "server.log").read_text()
+        info = json.loads(state.read_text())
+        c = Cluster(address=info["address"], token=info["token"], server=server,
+                    server_dir=server_dir, agents=agents)
+
+        def start_agent(name: str, labels: Optional[Dict[str, str]] = None,
+                        token: Optional[str] = None, wait: bool = True,
+                        node_name: Optional[str] = None) -> Agent:
+            index = len(agents) + 2
+            agent = agents.get(name)
+            if agent is None:
+                netns = f"bxn{tag}-{index}"
+                veth = f"bxv{tag}-{index}"
+                _ip("netns", "add", netns)
+                made.append("netns:" + netns)
+                _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns)
+                _ip("link", "set", veth, "master", bridge, "up")
+                _ip("-n", netns, "addr", "add", f"{subnet}.{index}/24", "dev", "eth0")
+                _ip("-n", netns, "link", "set", "eth0", "up")
+                _ip("-n", netns, "link", "set", "lo", "up")
+                agent = Agent(name=name, netns=netns, address=f"{subnet}.{index}", veth=veth,
+                              data_dir=tmp_path / name, labels=labels or {})
+                agents[name] = agent
+            agent.data_dir.mkdir(exist_ok=True)
+            agent.log = agent.data_dir / "agent.log"
+            label_arg = ",".join(f"{k}={v}" for k, v in agent.labels.items())
+            argv = ["ip", "netns", "exec", agent.netns, find_agent(), "--join",
+                    info["address"], "--token", token or c.token, "--name", node_name or name,
+                    "--data-dir", str(agent.data_dir)]
+            if label_arg:
+                argv += ["--labels", label_arg]
+            with open(agent.log, "ab") as log:
+                agent.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+            if wait:
+                poll(lambda: c.phase(name) == "Ready", timeout=20)
+            return agent
+
+        c.start_agent = start_agent
+        yield c
+    finally:
+        for a in agents.values():
+            _stop(a.proc)
+        _stop(server)
+        for thing in reversed(made):
+            if thing.startswith("netns:"):
+                _ip("netns", "del", thing[6:], check=False)
+            else:
+                _ip("link", "del", thing, check=False)

@@ -1,0 +1,186 @@
+"""Many nodes on real processes: agents join over the network, functions run across them, a
+killed agent's work moves, a cut link is fenced and rejoins, bad peers are refused."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+import blixard
+from conftest import poll
+
+HANDLER = '''\
+import os
+import time
+
+
+def handler(event, context):
+    if event.get("sleep"):
+        time.sleep(float(event["sleep"]))
+    return {"pid": os.getpid(), "instance": os.environ.get("BLIXARD_INSTANCE")}
+'''
+
+
+@pytest.fixture
+def code(tmp_path: Path) -> Path:
+    d = tmp_path / "code"
+    d.mkdir()
+    (d / "nodes.py").write_text(HANDLER)
+    return d
+
+
+def create(c, name: str, code: Path, **extra):
+    spec = {"runtime": "python", "handler": "nodes:handler", "code": str(code),
+            "memory": "64M", "timeout": "30s", "env": {"E2E_TOKEN": f"e2e-{os.getpid()}-{name}"}}
+    spec.update(extra)
+    return c.create_function(name, **spec)
+
+
+def instances_on(fn) -> dict:
+    out: dict = {}
+    for i in fn.status().get("instances", []):
+        if i.get("phase") in ("Warm", "Busy"):
+            out[i["node"]] = out.get(i["node"], 0) + 1
+    return out
+
+
+def test_agents_join_with_labels_and_capacity(cluster):
+    cluster.start_agent("node1", {"zone": "az1"})
+    cluster.start_agent("node2", {"zone": "az2", "gpu": "available"})
+    nodes = cluster.nodes()
+    assert set(nodes) == {"node1", "node2"}
+    n2 = nodes["node2"]
+    assert n2["status"]["phase"] == "Ready"
+    assert n2["spec"]["labels"]["gpu"] == "available"
+    assert n2["spec"]["labels"]["zone"] == "az2"
+    assert "arch" in n2["spec"]["labels"] and "kvm" in n2["spec"]["labels"]
+    assert int(n2["spec"]["memoryMib"]) > 0 and n2["spec"]["vcpu"] >= 1
+    assert int(n2["status"]["epoch"]) >= 1
+
+
+def test_a_second_agent_with_a_taken_name_is_refused(cluster):
+    cluster.start_agent("node1")
+    impostor = cluster.start_agent("impostor", node_name="node1", wait=False)
+    poll(lambda: "is in use" in impostor.log_text(), timeout=15)
+    assert 'node name "node1" is in use' in impostor.log_text()
+    assert cluster.phase("node1") == "Ready"
+    assert "impostor" not in cluster.nodes()
+
+
+def test_calls_run_on_agents_and_spread_over_them(cluster, code):
+    cluster.start_agent("node1", {"zone": "az1"})
+    cluster.start_agent("node2", {"zone": "az2"})
+    c = cluster.client()
+    fn = create(c, "spread", code)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: fn.invoke({"sleep": 0.5}), range(8)))
+    assert {r.node for r in results} == {"node1", "node2"}
+    assert set(instances_on(fn)) == {"node1", "node2"}
+    # A warm call goes to a warm instance, wherever it runs.
+    again = fn.invoke({})
+    assert not again.cold_start and again.node in ("node1", "node2")
+    listed = c.function("spread").status()
+    assert all(i["node"] in ("node1", "node2") for i in listed["instances"])
+
+
+def test_a_killed_agent_is_lost_its_calls_fail_and_new_calls_go_elsewhere(cluster, code):
+    a1 = cluster.start_agent("node1")
+    c = cluster.client()
+    fn = create(c, "moves", code)
+    assert fn.invoke({}).node == "node1"
+    cluster.start_agent("node2")
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(fn.invoke, {"sleep": 30})
+        poll(lambda: instances_on(fn).get("node1"), timeout=10)
+        time.sleep(0.3)  # the call is on node1's instance: nothing else can say so from outside
+        killed = time.monotonic()
+        os.kill(a1.proc.pid, signal.SIGKILL)
+        with pytest.raises(blixard.errors.UnavailableError) as e:
+            pending.result(timeout=10)
+        failed_after = time.monotonic() - killed
+    assert "node1" in str(e.value)
+    assert failed_after < 5, failed_after
+    poll(lambda: cluster.phase("node1") == "Lost", timeout=10)
+    lost_after = time.monotonic() - killed
+    assert lost_after < 5, lost_after
+    r = fn.invoke({})
+    assert r.node == "node2"
+
+
+def test_a_cut_link_is_fenced_and_the_agent_rejoins_without_its_stale_instance(cluster, code):
+    a1 = cluster.start_agent("node1")
+    c = cluster.client()
+    fn = create(c, "fenced", code)
+    first = fn.invoke({})
+    assert first.node == "node1"
+    stale = first.result["instance"]
+    epoch = int(cluster.nodes()["node1"]["status"]["epoch"])
+    cluster.start_agent("node2")
+    a1.cut()
+    poll(lambda: cluster.phase("node1") == "Lost", timeout=10)
+    assert fn.invoke({}).node == "node2"
+    a1.restore()
+    poll(lambda: cluster.phase("node1") == "Ready", timeout=30)
+    assert int(cluster.nodes()["node1"]["status"]["epoch"]) > epoch
+
+    # Its instance from before the cut is gone (each instance has a cgroup of its own name).
+    def stale_alive():
+        for pid in os.listdir("/proc"):
+            try:
+                if pid.isdigit() and stale in Path(f"/proc/{pid}/cgroup").read_text():
+                    return True
+            except OSError:
+                pass
+        return False
+
+    poll(lambda: not stale_alive(), timeout=10)
+    assert fn.invoke({}).result["instance"] != stale
+
+
+def _ws_connect(address: str, token: str) -> socket.socket:
+    u = urlparse(address)
+    s = socket.create_connection((u.hostname, u.port), timeout=5)
+    key = base64.b64encode(os.urandom(16)).decode()
+    s.sendall((f"GET /v1/agent HTTP/1.1\r\nHost: {u.hostname}\r\nUpgrade: websocket\r\n"
+               f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+               f"Sec-WebSocket-Version: 13\r\nAuthorization: Bearer {token}\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    s.head = head  # type: ignore[attr-defined]
+    return s
+
+
+def test_a_wrong_token_gets_401_and_no_node(cluster):
+    s = _ws_connect(cluster.address, "not-the-token")
+    assert s.head.startswith(b"HTTP/1.1 401")  # type: ignore[attr-defined]
+    s.close()
+    bad = cluster.start_agent("intruder", token="wrong", wait=False)
+    poll(lambda: "401" in bad.log_text() or "nauthorized" in bad.log_text(), timeout=10)
+    assert "intruder" not in cluster.nodes()
+
+
+def test_a_malformed_frame_closes_that_connection_only(cluster):
+    cluster.start_agent("node1")
+    s = _ws_connect(cluster.address, cluster.token)
+    assert s.head.startswith(b"HTTP/1.1 101")  # type: ignore[attr-defined]
+    payload = b"\xff\xfe not a protobuf frame"
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    s.sendall(bytes([0x82, 0x80 | len(payload)]) + mask + masked)
+    reply = s.recv(4096)
+    assert reply[:1] == b"\x88", reply  # a close frame
+    s.close()
+    assert cluster.phase("node1") == "Ready"
+    assert cluster.server.poll() is None
