@@ -767,7 +767,9 @@ def _ms(v: Any) -> str:
 @output_option
 @pass_ctx
 def function_metrics(c: Ctx, name, output) -> None:
-    """Invocations, errors, throttles, cold starts and latencies of function NAME."""
+    """Invocations, errors, throttles, abandoned calls, cold starts and latencies of function NAME.
+
+    A call is abandoned when its client hung up while it waited for an instance: it was not run."""
     m = c.cluster().function(name).metrics()
     if _out(c, output) == "json":
         print_json(m)
@@ -781,14 +783,15 @@ def function_metrics(c: Ctx, name, output) -> None:
     click.echo("")
     by_node = m.get("instancesByNode", {})
     print_table(
-        ("INVOCATIONS", "LAST HOUR", "ERRORS", "THROTTLES", "TIMEOUTS", "COLD STARTS", "IN FLIGHT",
-         "BUSY", "WARM"),
+        ("INVOCATIONS", "LAST HOUR", "ERRORS", "THROTTLES", "TIMEOUTS", "ABANDONED", "COLD STARTS",
+         "IN FLIGHT", "BUSY", "WARM"),
         [(
             _int(m.get("invocations")),
             _int(m.get("invocationsLastHour")),
             _int(m.get("errors")),
             _int(m.get("throttles")),
             _int(m.get("timeouts")),
+            _int(m.get("abandoned")),
             _int(m.get("coldStarts")),
             _int(m.get("concurrentExecutions")),
             _int(m.get("instancesBusy")),

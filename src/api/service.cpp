@@ -10,12 +10,11 @@
 #include <cerrno>
 #include <cstring>
 #include <random>
-#include <set>
 
-#include <google/protobuf/util/message_differencer.h>
 #include <google/protobuf/util/time_util.h>
 #include <spdlog/spdlog.h>
 
+#include "api/apply_plan.hpp"
 #include "blixard/spec.hpp"
 #include "blixard/version.hpp"
 #include "common/json.hpp"
@@ -26,11 +25,6 @@ namespace {
 
 using google::protobuf::util::TimeUtil;
 
-constexpr const char* k_functions_prefix = "/registry/functions/";
-constexpr const char* k_vms_prefix = "/registry/vms/";
-constexpr const char* k_triggers_prefix = "/registry/triggers/";
-// Label that marks a trigger generated from a function's inline `triggers` list.
-constexpr const char* k_owner_label = "blixard.dev/function";
 constexpr std::size_t k_default_max_payload = 6u << 20;
 constexpr int k_apply_attempts = 5;
 
@@ -75,58 +69,6 @@ List list_objects(store::Store& store, const char* prefix) {
   }
   list.set_revision(range.revision);
   return list;
-}
-
-v1::ObjectMeta* metadata_of_any(google::protobuf::Message& m) {
-  auto* field = m.GetDescriptor()->FindFieldByName("metadata");
-  return static_cast<v1::ObjectMeta*>(m.GetReflection()->MutableMessage(&m, field));
-}
-
-// True when two stored forms differ only in bookkeeping (creation time).
-bool same_content(google::protobuf::Message& a, google::protobuf::Message& b) {
-  auto ca = std::unique_ptr<google::protobuf::Message>(a.New());
-  auto cb = std::unique_ptr<google::protobuf::Message>(b.New());
-  ca->CopyFrom(a);
-  cb->CopyFrom(b);
-  for (auto* m : {ca.get(), cb.get()}) {
-    auto* meta = metadata_of_any(*m);
-    meta->clear_created_at();
-    meta->clear_resource_version();
-    meta->clear_create_revision();
-  }
-  return google::protobuf::util::MessageDifferencer::Equals(*ca, *cb);
-}
-
-// Inline `triggers` of a function become Trigger objects it owns, named <function>-<type>[-<n>].
-void expand_inline_triggers(v1::ObjectSet& set) {
-  std::set<std::string> explicit_names;
-  for (const auto& t : set.triggers()) explicit_names.insert(t.metadata().name());
-  for (int i = 0; i < set.functions_size(); ++i) {
-    const auto& fn = set.functions(i);
-    std::map<std::string, int> per_type;
-    for (const auto& t : fn.spec().triggers()) per_type[t.type()]++;
-    std::map<std::string, int> seen;
-    for (int j = 0; j < fn.spec().triggers_size(); ++j) {
-      const auto& spec = fn.spec().triggers(j);
-      std::string name = fn.metadata().name() + "-" + spec.type();
-      int n = seen[spec.type()]++;
-      if (per_type[spec.type()] > 1) name += "-" + std::to_string(n);
-      if (explicit_names.count(name) != 0) {
-        throw Error(
-            errc::invalid_spec,
-            "trigger name \"" + name +
-                "\" is generated for this inline trigger and is "
-                "also declared explicitly",
-            "spec.functions[" + std::to_string(i) + "].triggers[" + std::to_string(j) + "]");
-      }
-      auto* trigger = set.add_triggers();
-      trigger->mutable_metadata()->set_name(name);
-      (*trigger->mutable_metadata()->mutable_labels())[k_owner_label] = fn.metadata().name();
-      trigger->mutable_metadata()->set_stack(fn.metadata().stack());
-      *trigger->mutable_spec() = spec;
-      trigger->mutable_spec()->set_function(fn.metadata().name());
-    }
-  }
 }
 
 constexpr const char* k_registry_prefix = "/registry/";
@@ -260,133 +202,37 @@ void Service::shutdown() {
 
 v1::ApplyResult Service::apply(const v1::ObjectSet& input, detail::ApplyMode mode) {
   if (closed_) throw Error(errc::unavailable, "the cluster is closed");
-  v1::ObjectSet set = input;
-  if (mode != detail::ApplyMode::remove) {
-    validate_object_set(set);
-    expand_inline_triggers(set);
-  }
+  const PreparedApply prepared = prepare_apply(input, mode);
+  const SnapshotQuery query = snapshot_query(prepared);
 
   for (int attempt = 0; attempt < k_apply_attempts; ++attempt) {
-    store::Txn txn;
-    v1::ApplyResult result;
-    std::set<std::string> touched;
-    auto now = TimeUtil::GetCurrentTime();
-
-    auto plan = [&](const char* kind, const char* prefix, google::protobuf::Message& object,
-                    const std::string& field) {
-      auto* meta = metadata_of_any(object);
-      const std::string key = prefix + meta->name();
-      if (!touched.insert(key).second) {
-        throw Error(errc::invalid_spec, "duplicate name \"" + meta->name() + "\"", field);
-      }
-      auto existing = store_->get(key);
-      auto* item = result.add_items();
-      item->set_kind(kind);
-      item->set_name(meta->name());
-      txn.compares.push_back({key, store::Compare::Target::mod_revision, store::Compare::Op::equal,
-                              existing ? existing->mod_revision : 0});
-      if (mode == detail::ApplyMode::remove) {
-        if (!existing) {
-          throw Error(errc::not_found, std::string(kind) + " \"" + meta->name() + "\" not found",
-                      field);
-        }
-        txn.success.push_back({store::Operation::Type::erase, key, {}, 0});
-        item->set_action("deleted");
-        return;
-      }
-      if (existing && mode == detail::ApplyMode::create) {
-        throw Error(errc::already_exists,
-                    std::string(kind) + " \"" + meta->name() + "\" already exists", field);
-      }
-      // Status is observed, not declared; store-owned metadata comes from the key's revisions.
-      auto* status = object.GetDescriptor()->FindFieldByName("status");
-      if (status != nullptr) object.GetReflection()->ClearField(&object, status);
-      meta->clear_resource_version();
-      meta->clear_create_revision();
-      if (existing) {
-        auto stored = std::unique_ptr<google::protobuf::Message>(object.New());
-        stored->ParseFromString(existing->value);
-        *meta->mutable_created_at() = metadata_of_any(*stored)->created_at();
-        if (same_content(object, *stored)) {
-          item->set_action("unchanged");
-          return;
-        }
-        item->set_action("configured");
-      } else {
-        *meta->mutable_created_at() = now;
-        item->set_action("created");
-      }
-      txn.success.push_back({store::Operation::Type::put, key, object.SerializeAsString(), 0});
+    Snapshot snapshot;
+    auto keep = [&](store::KeyValue& kv) {
+      snapshot.insert_or_assign(std::move(kv.key),
+                                StoredObject{std::move(kv.value), kv.mod_revision});
     };
-
-    for (int i = 0; i < set.functions_size(); ++i) {
-      plan("function", k_functions_prefix, *set.mutable_functions(i),
-           "functions[" + std::to_string(i) + "].metadata.name");
+    for (const auto& key : query.keys) {
+      if (auto kv = store_->get(key)) keep(*kv);
     }
-    for (int i = 0; i < set.vms_size(); ++i) {
-      plan("vm", k_vms_prefix, *set.mutable_vms(i), "vms[" + std::to_string(i) + "].metadata.name");
+    for (const auto& prefix : query.prefixes) {
+      for (auto& kv : store_->list(prefix).kvs) keep(kv);
     }
-
-    // Triggers a function owned but no longer declares go with the new version of the function.
-    std::set<std::string> applied_functions;
-    for (const auto& f : set.functions()) applied_functions.insert(f.metadata().name());
-    auto existing_triggers = list_objects<v1::TriggerList>(*store_, k_triggers_prefix);
-    std::set<std::string> declared_triggers;
-    for (const auto& t : set.triggers()) declared_triggers.insert(t.metadata().name());
-    for (const auto& t : existing_triggers.items()) {
-      auto owner = t.metadata().labels().find(k_owner_label);
-      if (owner == t.metadata().labels().end() || applied_functions.count(owner->second) == 0) {
-        continue;
-      }
-      if (mode == detail::ApplyMode::remove || declared_triggers.count(t.metadata().name()) == 0) {
-        const std::string key = k_triggers_prefix + t.metadata().name();
-        if (!touched.insert(key).second) continue;
-        txn.compares.push_back({key, store::Compare::Target::mod_revision,
-                                store::Compare::Op::equal, t.metadata().resource_version()});
-        txn.success.push_back({store::Operation::Type::erase, key, {}, 0});
-        auto* item = result.add_items();
-        item->set_kind("trigger");
-        item->set_name(t.metadata().name());
-        item->set_action("deleted");
-      }
-    }
-
-    if (mode != detail::ApplyMode::remove) {
-      // A trigger needs its function, and an HTTP path belongs to one trigger.
-      std::map<std::string, std::string> paths;
-      for (const auto& t : existing_triggers.items()) {
-        if (t.spec().type() == "http" && declared_triggers.count(t.metadata().name()) == 0 &&
-            touched.count(k_triggers_prefix + t.metadata().name()) == 0) {
-          paths[t.spec().path()] = t.metadata().name();
-        }
-      }
-      for (int i = 0; i < set.triggers_size(); ++i) {
-        const auto& t = set.triggers(i);
-        const std::string field = "triggers[" + std::to_string(i) + "]";
-        if (applied_functions.count(t.spec().function()) == 0 &&
-            !store_->get(k_functions_prefix + t.spec().function())) {
-          throw Error(errc::invalid_spec, "function \"" + t.spec().function() + "\" does not exist",
-                      field + ".spec.function");
-        }
-        if (t.spec().type() == "http") {
-          auto [it, fresh] = paths.emplace(t.spec().path(), t.metadata().name());
-          if (!fresh && it->second != t.metadata().name()) {
-            throw Error(
-                errc::invalid_spec,
-                "path " + t.spec().path() + " is already served by trigger \"" + it->second + "\"",
-                field + ".spec.path");
-          }
-        }
-      }
-    }
-    for (int i = 0; i < set.triggers_size(); ++i) {
-      plan("trigger", k_triggers_prefix, *set.mutable_triggers(i),
-           "triggers[" + std::to_string(i) + "].metadata.name");
-    }
-
-    if (txn.success.empty()) {
+    ApplyPlan plan = plan_apply(prepared, snapshot, TimeUtil::GetCurrentTime());
+    v1::ApplyResult& result = plan.result;
+    if (plan.writes.empty()) {
       result.set_revision(store_->revision());
       return result;
+    }
+
+    store::Txn txn;
+    for (const auto& e : plan.expected) {
+      txn.compares.push_back({e.key, store::Compare::Target::mod_revision,
+                              store::Compare::Op::equal, e.resource_version});
+    }
+    for (auto& w : plan.writes) {
+      txn.success.push_back(
+          {w.type == Write::Type::put ? store::Operation::Type::put : store::Operation::Type::erase,
+           std::move(w.key), std::move(w.value), 0});
     }
     auto outcome = store_->txn(txn);
     if (outcome.succeeded) {

@@ -135,6 +135,20 @@ TEST_F(ClusterTest, ApplyReportsCreatedUnchangedConfigured) {
   EXPECT_TRUE(c.triggers().empty());
 }
 
+// Only a declaration change reconfigures: the same objects read from another file are unchanged.
+TEST_F(ClusterTest, AMovedManifestLeavesItsObjectsUnchanged) {
+  auto c = open();
+  auto first = c.apply(k_data / "platform.yaml");
+  auto set = blixard::load_manifest(k_data / "platform.yaml", c.spec_options());
+  const std::string source = set.functions(0).metadata().source();
+  for (auto& fn : *set.mutable_functions()) fn.mutable_metadata()->set_source("/moved/p.yaml");
+  for (auto& vm : *set.mutable_vms()) vm.mutable_metadata()->set_source("/moved/p.yaml");
+  auto moved = c.apply(set);
+  for (const auto& item : moved.items()) EXPECT_EQ(item.action(), "unchanged") << item.name();
+  EXPECT_EQ(moved.revision(), first.revision()) << "nothing was rewritten";
+  EXPECT_EQ(c.function("echo").get().metadata().source(), source);
+}
+
 TEST_F(ClusterTest, BadManifestChangesNothing) {
   auto c = open();
   auto e = expect_error([&] { c.apply(k_data / "bad-platform.yaml"); }, errc::invalid_spec);

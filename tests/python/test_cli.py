@@ -509,6 +509,55 @@ def test_function_watch_terminated_mid_stream(cli):
         cli.ok("function", "delete", "watched2")
 
 
+SLOW_START_PY = """\
+import time
+
+time.sleep(3)  # imported before the instance says ready: a slow cold start
+
+
+def handler(event, context):
+    return event
+"""
+
+
+def _column(table: str, name: str) -> str:
+    """The value under column `name` in the first row of a rich table (columns align left)."""
+    lines = table.splitlines()
+    head = next(i for i, line in enumerate(lines) if name in line)
+    at = lines[head].index(name)
+    row = next(line for line in lines[head + 1:] if line.strip() and set(line.strip()) != {"─"})
+    return row[at:].split()[0]
+
+
+def test_function_metrics_table_counts_abandoned_calls(cli, work):
+    import socket
+    from urllib.parse import urlparse
+
+    write(work / "slow-code" / "slow_start.py", SLOW_START_PY)
+    write(work / "slow.yaml", "runtime: python\nhandler: slow_start:handler\ncode: ./slow-code\n")
+    cli.ok("function", "create", "gone", "--config", "slow.yaml")
+    try:
+        assert _column(cli.ok("function", "metrics", "gone").stdout, "ABANDONED") == "0"
+        info = json.loads((cli.data_dir / "server.json").read_text())
+        url = urlparse(info["address"])
+        body = b"{}"
+        request = (f"POST /v1/functions/gone/invoke HTTP/1.1\r\nHost: {url.hostname}\r\n"
+                   f"Authorization: Bearer {info['token']}\r\n"
+                   f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                   ).encode() + body
+        with socket.create_connection((url.hostname, url.port), timeout=30) as s:
+            s.sendall(request)
+            # Admitted and waiting for its cold start; then the client hangs up.
+            _poll(lambda: int(cli.json("function", "metrics", "gone")
+                              .get("concurrentExecutions", 0)) >= 1)
+        _poll(lambda: int(cli.json("function", "metrics", "gone").get("abandoned", 0)) >= 1)
+        out = cli.ok("function", "metrics", "gone").stdout
+        assert _column(out, "ABANDONED") == "1", out
+        assert _column(out, "INVOCATIONS") == "0", out
+    finally:
+        cli.ok("function", "delete", "gone")
+
+
 def test_throttled_invoke_exits_7(cli):
     import subprocess
 

@@ -1,0 +1,399 @@
+// apply's planner as a pure function: object sets and snapshots in, store writes and per-object
+// actions out. No store: a map that takes the planned writes stands in for one.
+#include "api/apply_plan.hpp"
+
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <string>
+
+#include "blixard/error.hpp"
+
+namespace {
+
+namespace v1 = blixard::v1;
+using blixard::errc;
+using blixard::Error;
+using blixard::api::ApplyPlan;
+using blixard::api::plan_apply;
+using blixard::api::prepare_apply;
+using blixard::api::Snapshot;
+using blixard::api::snapshot_query;
+using blixard::api::StoredObject;
+using blixard::api::Write;
+using Mode = blixard::detail::ApplyMode;
+
+google::protobuf::Timestamp at(std::int64_t seconds) {
+  google::protobuf::Timestamp t;
+  t.set_seconds(seconds);
+  return t;
+}
+
+v1::Function* add_function(v1::ObjectSet& set, const std::string& name,
+                           const std::string& source = "/work/a/app.yaml") {
+  auto* fn = set.add_functions();
+  fn->mutable_metadata()->set_name(name);
+  fn->mutable_metadata()->set_source(source);
+  fn->mutable_spec()->set_runtime("python");
+  fn->mutable_spec()->set_handler("app:handler");
+  return fn;
+}
+
+void add_inline_trigger(v1::Function& fn, const std::string& type, const std::string& where) {
+  auto* t = fn.mutable_spec()->add_triggers();
+  t->set_type(type);
+  if (type == "http") {
+    t->set_path(where);
+  } else {
+    t->set_source(where);
+  }
+}
+
+v1::Trigger* add_http_trigger(v1::ObjectSet& set, const std::string& name,
+                              const std::string& function, const std::string& path) {
+  auto* t = set.add_triggers();
+  t->mutable_metadata()->set_name(name);
+  t->mutable_spec()->set_type("http");
+  t->mutable_spec()->set_function(function);
+  t->mutable_spec()->set_path(path);
+  return t;
+}
+
+// A store in miniature: commits a plan's writes at the next revision, after checking its
+// expectations as the store's compare-and-swap would.
+class FakeStore {
+ public:
+  ApplyPlan plan(const v1::ObjectSet& set, Mode mode = Mode::apply, std::int64_t now = 1000) {
+    return plan_apply(prepare_apply(set, mode), snapshot_, at(now));
+  }
+
+  // Plans and commits; the plan as planned.
+  ApplyPlan apply(const v1::ObjectSet& set, Mode mode = Mode::apply, std::int64_t now = 1000) {
+    ApplyPlan p = plan(set, mode, now);
+    commit(p);
+    return p;
+  }
+
+  void commit(const ApplyPlan& p) {
+    for (const auto& e : p.expected) {
+      auto it = snapshot_.find(e.key);
+      const std::int64_t actual = it == snapshot_.end() ? 0 : it->second.resource_version;
+      ASSERT_EQ(actual, e.resource_version) << e.key;
+    }
+    if (p.writes.empty()) return;
+    ++revision_;
+    for (const auto& w : p.writes) {
+      if (w.type == Write::Type::put) {
+        snapshot_[w.key] = StoredObject{w.value, revision_};
+      } else {
+        snapshot_.erase(w.key);
+      }
+    }
+  }
+
+  template <class T>
+  T get(const std::string& key) const {
+    T object;
+    EXPECT_TRUE(object.ParseFromString(snapshot_.at(key).value)) << key;
+    return object;
+  }
+
+  Snapshot& snapshot() { return snapshot_; }
+  std::int64_t revision() const { return revision_; }
+
+ private:
+  Snapshot snapshot_;
+  std::int64_t revision_ = 0;
+};
+
+// "kind/name=action" for each item, in order.
+std::vector<std::string> actions(const ApplyPlan& p) {
+  std::vector<std::string> out;
+  for (const auto& item : p.result.items()) {
+    out.push_back(item.kind() + "/" + item.name() + "=" + item.action());
+  }
+  return out;
+}
+
+Error expect_error(const std::function<void()>& f, errc code) {
+  try {
+    f();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), code) << e.what();
+    return e;
+  }
+  ADD_FAILURE() << "no error thrown";
+  return {errc::internal, "no error"};
+}
+
+v1::ObjectSet platform() {
+  v1::ObjectSet set;
+  auto* echo = add_function(set, "echo");
+  add_inline_trigger(*echo, "http", "/api/echo");
+  auto* vm = set.add_vms();
+  vm->mutable_metadata()->set_name("web");
+  vm->mutable_metadata()->set_source("/work/a/app.yaml");
+  vm->mutable_spec()->set_replicas(2);
+  return set;
+}
+
+TEST(ApplyPlan, CreatesEveryObjectOfANewSet) {
+  FakeStore store;
+  const auto p = store.plan(platform(), Mode::apply, 1234);
+  EXPECT_EQ(actions(p), (std::vector<std::string>{"function/echo=created", "vm/web=created",
+                                                  "trigger/echo-http=created"}));
+  ASSERT_EQ(p.writes.size(), 3u);
+  for (const auto& w : p.writes) EXPECT_EQ(w.type, Write::Type::put);
+  // Each key is expected absent: a concurrent create makes the transaction fail, not overwrite.
+  ASSERT_EQ(p.expected.size(), 3u);
+  for (const auto& e : p.expected) EXPECT_EQ(e.resource_version, 0) << e.key;
+  EXPECT_EQ(p.result.revision(), 0) << "the revision is the committer's";
+
+  store.commit(p);
+  const auto fn = store.get<v1::Function>("/registry/functions/echo");
+  EXPECT_EQ(fn.metadata().created_at().seconds(), 1234);
+  EXPECT_EQ(fn.metadata().source(), "/work/a/app.yaml");
+  const auto trigger = store.get<v1::Trigger>("/registry/triggers/echo-http");
+  EXPECT_EQ(trigger.spec().function(), "echo");
+  EXPECT_EQ(trigger.spec().path(), "/api/echo");
+  EXPECT_EQ(trigger.metadata().labels().at(blixard::api::k_owner_label), "echo");
+}
+
+TEST(ApplyPlan, TheSameSetAgainIsUnchangedAndWritesNothing) {
+  FakeStore store;
+  store.apply(platform());
+  const auto p = store.plan(platform(), Mode::apply, 2000);
+  EXPECT_EQ(actions(p), (std::vector<std::string>{"function/echo=unchanged", "vm/web=unchanged",
+                                                  "trigger/echo-http=unchanged"}));
+  EXPECT_TRUE(p.writes.empty());
+}
+
+TEST(ApplyPlan, AMovedManifestIsUnchanged) {
+  FakeStore store;
+  store.apply(platform());
+  v1::ObjectSet moved = platform();
+  moved.mutable_functions(0)->mutable_metadata()->set_source("/elsewhere/app.yaml");
+  moved.mutable_vms(0)->mutable_metadata()->set_source("/elsewhere/app.yaml");
+  const auto p = store.plan(moved);
+  EXPECT_EQ(actions(p), (std::vector<std::string>{"function/echo=unchanged", "vm/web=unchanged",
+                                                  "trigger/echo-http=unchanged"}));
+  EXPECT_TRUE(p.writes.empty()) << "a new source path alone rewrote objects";
+}
+
+TEST(ApplyPlan, AChangedSpecOrLabelIsConfigured) {
+  FakeStore store;
+  store.apply(platform(), Mode::apply, 100);
+  const std::int64_t first = store.revision();
+
+  v1::ObjectSet changed = platform();
+  changed.mutable_functions(0)->mutable_spec()->set_memory_mib(256);
+  (*changed.mutable_vms(0)->mutable_metadata()->mutable_labels())["tier"] = "front";
+  changed.mutable_vms(0)->mutable_metadata()->set_source("/elsewhere/app.yaml");
+  const auto p = store.plan(changed, Mode::apply, 200);
+  EXPECT_EQ(actions(p), (std::vector<std::string>{"function/echo=configured", "vm/web=configured",
+                                                  "trigger/echo-http=unchanged"}));
+  ASSERT_EQ(p.writes.size(), 2u);
+  // Guarded by the revisions they were planned against, the unchanged trigger's too.
+  for (const auto& e : p.expected) EXPECT_EQ(e.resource_version, first) << e.key;
+  EXPECT_EQ(p.expected.size(), 3u);
+
+  store.commit(p);
+  const auto fn = store.get<v1::Function>("/registry/functions/echo");
+  EXPECT_EQ(fn.spec().memory_mib(), 256u);
+  EXPECT_EQ(fn.metadata().created_at().seconds(), 100) << "created_at is the first apply's";
+  // A rewritten object names the manifest it now comes from.
+  EXPECT_EQ(store.get<v1::Vm>("/registry/vms/web").metadata().source(), "/elsewhere/app.yaml");
+}
+
+TEST(ApplyPlan, StatusAndStoreOwnedMetadataAreNotDeclared) {
+  FakeStore store;
+  v1::ObjectSet set;
+  auto* fn = add_function(set, "echo");
+  fn->mutable_metadata()->set_resource_version(77);
+  fn->mutable_metadata()->set_create_revision(70);
+  fn->mutable_status()->set_instances_running(2);
+  store.apply(set);
+  const auto stored = store.get<v1::Function>("/registry/functions/echo");
+  EXPECT_FALSE(stored.has_status());
+  EXPECT_EQ(stored.metadata().resource_version(), 0);
+  EXPECT_EQ(stored.metadata().create_revision(), 0);
+  // Nor do they make a difference on the next apply.
+  fn->mutable_status()->set_instances_warm(1);
+  EXPECT_EQ(actions(store.plan(set)), std::vector<std::string>{"function/echo=unchanged"});
+}
+
+TEST(ApplyPlan, OwnedTriggersAreReplacedWithTheirFunction) {
+  FakeStore store;
+  store.apply(platform());
+  // Another function's explicit trigger is not the echo function's to delete.
+  v1::ObjectSet other;
+  add_function(other, "other");
+  add_http_trigger(other, "other-web", "other", "/api/other");
+  store.apply(other);
+
+  v1::ObjectSet set;
+  auto* echo = add_function(set, "echo");
+  add_inline_trigger(*echo, "queue", "orders");
+  add_inline_trigger(*echo, "event", "a");
+  add_inline_trigger(*echo, "event", "b");
+  const auto p = store.plan(set);
+  EXPECT_EQ(actions(p),
+            (std::vector<std::string>{"function/echo=configured", "trigger/echo-http=deleted",
+                                      "trigger/echo-queue=created", "trigger/echo-event-0=created",
+                                      "trigger/echo-event-1=created"}));
+  store.commit(p);
+  EXPECT_EQ(store.snapshot().count("/registry/triggers/echo-http"), 0u);
+  EXPECT_EQ(store.get<v1::Trigger>("/registry/triggers/echo-event-1").spec().source(), "b");
+  EXPECT_EQ(store.snapshot().count("/registry/triggers/other-web"), 1u);
+}
+
+TEST(ApplyPlan, OwnedTriggersAreDeletedWithTheirFunction) {
+  FakeStore store;
+  store.apply(platform());
+  const std::int64_t rev = store.revision();
+  // remove names the objects as a manifest does; inline triggers are found by their owner label.
+  const auto p = store.plan(platform(), Mode::remove);
+  EXPECT_EQ(actions(p), (std::vector<std::string>{"function/echo=deleted", "vm/web=deleted",
+                                                  "trigger/echo-http=deleted"}));
+  ASSERT_EQ(p.writes.size(), 3u);
+  for (const auto& w : p.writes) EXPECT_EQ(w.type, Write::Type::erase) << w.key;
+  for (const auto& e : p.expected) EXPECT_EQ(e.resource_version, rev) << e.key;
+  store.commit(p);
+  EXPECT_TRUE(store.snapshot().empty());
+}
+
+TEST(ApplyPlan, TheHttpPathOfADeletedTriggerIsFreeInTheSameApply) {
+  FakeStore store;
+  v1::ObjectSet before;
+  add_inline_trigger(*add_function(before, "old"), "http", "/api/x");
+  store.apply(before);
+
+  v1::ObjectSet after;
+  add_function(after, "old");
+  add_inline_trigger(*add_function(after, "new"), "http", "/api/x");
+  const auto p = store.plan(after);
+  EXPECT_EQ(actions(p),
+            (std::vector<std::string>{"function/old=configured", "function/new=created",
+                                      "trigger/old-http=deleted", "trigger/new-http=created"}));
+}
+
+TEST(ApplyPlan, ATriggerNeedsItsFunctionAndHoldsItToItsRevision) {
+  FakeStore store;
+  v1::ObjectSet missing;
+  add_http_trigger(missing, "web", "nobody", "/api/web");
+  auto e = expect_error([&] { store.plan(missing); }, errc::invalid_spec);
+  EXPECT_EQ(e.field(), "triggers[0].spec.function");
+
+  v1::ObjectSet fn;
+  add_function(fn, "nobody");
+  store.apply(fn);
+  const auto p = store.plan(missing);
+  EXPECT_EQ(actions(p), std::vector<std::string>{"trigger/web=created"});
+  // Deleting the function meanwhile fails the commit instead of leaving the trigger orphaned.
+  bool held = false;
+  for (const auto& x : p.expected) {
+    if (x.key == "/registry/functions/nobody") held = x.resource_version == store.revision();
+  }
+  EXPECT_TRUE(held);
+}
+
+TEST(ApplyPlan, AnHttpPathBelongsToOneTrigger) {
+  FakeStore store;
+  v1::ObjectSet first;
+  add_function(first, "a");
+  add_http_trigger(first, "a-web", "a", "/api/x");
+  store.apply(first);
+
+  v1::ObjectSet second;
+  add_function(second, "b");
+  add_http_trigger(second, "b-web", "b", "/api/x");
+  auto e = expect_error([&] { store.plan(second); }, errc::invalid_spec);
+  EXPECT_EQ(e.field(), "triggers[0].spec.path");
+  EXPECT_NE(std::string(e.what()).find("a-web"), std::string::npos) << e.what();
+
+  // Re-declaring the trigger that holds the path is fine.
+  EXPECT_EQ(actions(store.plan(first)),
+            (std::vector<std::string>{"function/a=unchanged", "trigger/a-web=unchanged"}));
+}
+
+TEST(ApplyPlan, AnInlineTriggerMustNotShadowAnExplicitOne) {
+  FakeStore store;
+  v1::ObjectSet set;
+  add_inline_trigger(*add_function(set, "echo"), "http", "/api/echo");
+  add_http_trigger(set, "echo-http", "echo", "/api/other");
+  auto e = expect_error([&] { store.plan(set); }, errc::invalid_spec);
+  EXPECT_EQ(e.field(), "spec.functions[0].triggers[0]");
+}
+
+TEST(ApplyPlan, InvalidObjectsAreRefusedByField) {
+  FakeStore store;
+  v1::ObjectSet set;
+  add_function(set, "echo");
+  add_function(set, "echo");
+  auto dup = expect_error([&] { store.plan(set); }, errc::invalid_spec);
+  EXPECT_EQ(dup.field(), "functions[1].metadata.name");
+
+  v1::ObjectSet bad;
+  add_function(bad, "echo")->mutable_spec()->set_runtime("cobol");
+  auto runtime = expect_error([&] { store.plan(bad); }, errc::invalid_spec);
+  EXPECT_NE(runtime.field().find("runtime"), std::string::npos) << runtime.field();
+
+  // remove is not validated, yet one object is named once.
+  v1::ObjectSet web;
+  web.add_vms()->mutable_metadata()->set_name("web");
+  store.apply(web);
+  v1::ObjectSet twice;
+  twice.add_vms()->mutable_metadata()->set_name("web");
+  twice.add_vms()->mutable_metadata()->set_name("web");
+  auto removed = expect_error([&] { store.plan(twice, Mode::remove); }, errc::invalid_spec);
+  EXPECT_EQ(removed.field(), "vms[1].metadata.name");
+}
+
+TEST(ApplyPlan, CreateRefusesWhatExistsAndRemoveWhatDoesNot) {
+  FakeStore store;
+  v1::ObjectSet set;
+  add_function(set, "one");
+  add_function(set, "two");
+  auto missing = expect_error([&] { store.plan(set, Mode::remove); }, errc::not_found);
+  EXPECT_EQ(missing.field(), "functions[0].metadata.name");
+
+  v1::ObjectSet one;
+  add_function(one, "one");
+  EXPECT_EQ(actions(store.apply(one, Mode::create)),
+            std::vector<std::string>{"function/one=created"});
+  auto exists = expect_error([&] { store.plan(set, Mode::create); }, errc::already_exists);
+  EXPECT_EQ(exists.field(), "functions[0].metadata.name");
+  missing = expect_error([&] { store.plan(set, Mode::remove); }, errc::not_found);
+  EXPECT_EQ(missing.field(), "functions[1].metadata.name");
+  // apply creates or updates.
+  EXPECT_EQ(actions(store.plan(set)),
+            (std::vector<std::string>{"function/one=unchanged", "function/two=created"}));
+}
+
+TEST(ApplyPlan, ACorruptStoredObjectIsRepairedAndACorruptTriggerReported) {
+  FakeStore store;
+  store.apply(platform());
+  store.snapshot()["/registry/vms/web"].value = "\xff\xff not a message";
+  auto p = store.plan(platform());
+  EXPECT_EQ(actions(p)[1], "vm/web=configured");
+
+  store.snapshot()["/registry/triggers/zzz"] = StoredObject{"\xff\xff", 9};
+  auto e = expect_error([&] { store.plan(platform()); }, errc::internal);
+  EXPECT_NE(std::string(e.what()).find("/registry/triggers/zzz"), std::string::npos);
+}
+
+TEST(ApplyPlan, TheSnapshotQueryNamesWhatThePlanReads) {
+  v1::ObjectSet set = platform();
+  add_http_trigger(set, "ext", "stored-fn", "/api/ext");
+  const auto q = snapshot_query(prepare_apply(set, Mode::apply));
+  EXPECT_EQ(q.keys,
+            (std::vector<std::string>{"/registry/functions/echo", "/registry/functions/stored-fn",
+                                      "/registry/vms/web"}));
+  EXPECT_EQ(q.prefixes, std::vector<std::string>{"/registry/triggers/"});
+
+  v1::ObjectSet vms_only;
+  vms_only.add_vms()->mutable_metadata()->set_name("web");
+  EXPECT_TRUE(snapshot_query(prepare_apply(vms_only, Mode::apply)).prefixes.empty());
+}
+
+}  // namespace
