@@ -8,6 +8,9 @@ find_package(SQLite3 REQUIRED)
 find_package(yaml-cpp REQUIRED)
 # Instances' seccomp filters (libseccomp-dev); no CMake package, a plain library.
 find_library(BLIXARD_SECCOMP NAMES seccomp REQUIRED)
+# The scheduler's bitmaps (libroaring-dev, CRoaring 0.2.66). Found as a plain library, as seccomp
+# is, so the installed package's link line needs no find_dependency of CRoaring's CMake file.
+find_library(BLIXARD_ROARING NAMES roaring REQUIRED)
 if(BLIXARD_BUILD_TESTS)
   find_package(GTest REQUIRED)
 endif()
