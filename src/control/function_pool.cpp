@@ -72,8 +72,9 @@ class ConcurrencyWindow {
 
 struct FunctionPools::Slot {
   enum class Phase { starting, ready, stopping, gone };
-  std::string name;  // the instance's name once started
-  std::string node;  // where it runs, once placed
+  std::string name;           // the instance's name once started
+  std::string node;           // where it runs, once placed
+  sched::Resources reserved;  // what its placement reserved there
   std::int64_t version = 0;
   Phase phase = Phase::starting;
   std::shared_ptr<runtime::Instance> instance;
@@ -130,6 +131,12 @@ FunctionPools::FunctionPools(std::shared_ptr<NodeRegistry> nodes,
 }
 
 FunctionPools::~FunctionPools() { shutdown(); }
+
+void FunctionPools::end_slot(Slot& slot) {
+  if (slot.phase == Slot::Phase::gone) return;
+  slot.phase = Slot::Phase::gone;
+  if (!slot.node.empty()) nodes_->release(slot.node, slot.reserved);
+}
 
 FunctionPools::Pool& FunctionPools::pool_for(const std::string& function) {
   auto& p = pools_[function];
@@ -559,7 +566,7 @@ void FunctionPools::detach_call(const std::shared_ptr<const runtime::Invocation>
       --background_threads_;
       if (placed.slot) {
         if (placed.starter) {
-          placed.slot->phase = Slot::Phase::gone;
+          end_slot(*placed.slot);
           auto it = pools_.find(inv->function);
           if (it != pools_.end()) it->second->slots.remove(placed.slot);
         }
@@ -665,6 +672,7 @@ void FunctionPools::start_slot(const std::string& function, const std::shared_pt
     {
       std::lock_guard lock(mutex_);
       slot->node = placed.node->name();
+      slot->reserved = placed.reserved;
     }
     instance = placed.node->start({placed.epoch, options});
   } catch (const Error& e) {
@@ -677,7 +685,7 @@ void FunctionPools::start_slot(const std::string& function, const std::shared_pt
     Pool* pool = it == pools_.end() ? nullptr : it->second.get();
     if (error) {
       slot->start_error = *error;
-      slot->phase = Slot::Phase::gone;
+      end_slot(*slot);
       if (pool != nullptr) {
         pool->slots.remove(slot);
         record(function, "Failed", "instance did not start: " + error->message());
@@ -755,7 +763,7 @@ void FunctionPools::on_instance_exit(const std::string& function, const std::wea
     auto slot = weak.lock();
     if (!slot) return;
     const bool expected = exit.requested || slot->phase == Slot::Phase::stopping;
-    slot->phase = Slot::Phase::gone;
+    end_slot(*slot);
     auto it = pools_.find(function);
     if (it != pools_.end()) {
       it->second->slots.remove(slot);
@@ -903,7 +911,7 @@ void FunctionPools::tick(std::vector<std::shared_ptr<runtime::Instance>>& to_sto
     for (auto s = pool.slots.begin(); s != pool.slots.end();) {
       if ((*s)->phase == Slot::Phase::stopping && (*s)->in_flight == 0 && (*s)->instance) {
         to_stop.push_back((*s)->instance);
-        (*s)->phase = Slot::Phase::gone;
+        end_slot(**s);
         s = pool.slots.erase(s);
       } else {
         ++s;
@@ -923,7 +931,7 @@ void FunctionPools::tick(std::vector<std::shared_ptr<runtime::Instance>>& to_sto
     for (auto& s : idle) {
       if (current <= floor) break;
       to_stop.push_back(s->instance);
-      s->phase = Slot::Phase::gone;
+      end_slot(*s);
       pool.slots.remove(s);
       --current;
       ++stopped;

@@ -159,6 +159,8 @@ class FunctionPools {
   using Clock = std::chrono::steady_clock;
 
   Pool& pool_for(const std::string& function);
+  // mutex_ held: the slot is gone; what its placement reserved is given back.
+  void end_slot(Slot& slot);
   void apply_spec(Pool& pool, std::int64_t version, const v1::FunctionSpec& spec);
   // Starts the instance of a slot in phase Starting; mutex_ is not held.
   void start_slot(const std::string& function, const std::shared_ptr<Slot>& slot,

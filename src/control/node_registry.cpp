@@ -7,6 +7,8 @@
 #include <google/protobuf/util/time_util.h>
 
 #include "blixard/error.hpp"
+#include "sched/place.hpp"
+#include "sched/proto.hpp"
 
 namespace blixard::control {
 
@@ -26,12 +28,29 @@ NodeRegistry::NodeRegistry(std::shared_ptr<store::Store> store, NodeRegistryOpti
     e.cordoned = node.status().unschedulable();
     e.last_heard = Clock::now();
     e.phase = "NotReady";
-    nodes_[name] = e;
+    index(name, nodes_[name] = e);
   }
   leases_ = std::thread([this] { lease_loop(); });
 }
 
 NodeRegistry::~NodeRegistry() { shutdown(); }
+
+void NodeRegistry::index(const std::string& name, Entry& entry) {
+  v1::Node node = stored_[name];
+  node.mutable_metadata()->set_name(name);
+  if (entry.node) *node.mutable_spec() = entry.node->describe();
+  auto info = sched::node_from(node);
+  info.ready = entry.node != nullptr && entry.phase == "Ready";
+  info.cordoned = entry.cordoned;
+  if (auto id = index_.find(name)) {
+    info.allocated = index_.node(*id).allocated;  // what runs there stays reserved
+    index_.update_node(*id, std::move(info));
+    entry.id = *id;
+  } else {
+    info.allocated = {};
+    entry.id = index_.add_node(std::move(info));
+  }
+}
 
 void NodeRegistry::write(const std::string& name, const Entry& entry, const std::string& reason) {
   v1::Node& node = stored_[name];
@@ -66,6 +85,7 @@ std::int64_t NodeRegistry::join(std::shared_ptr<Node> node, bool in_process) {
   e.last_heard = Clock::now();
   e.phase = "Ready";
   write(name, e, "joined");
+  index(name, e);
   return e.epoch;
 }
 
@@ -83,6 +103,7 @@ void NodeRegistry::disconnected(const std::shared_ptr<Node>& node, const std::st
     if (!closed_) {
       it->second.phase = "NotReady";
       write(it->first, it->second, why);
+      index(it->first, it->second);
     }
   }
   node->shutdown();  // its instances exit as lost; their pools let go of them
@@ -94,6 +115,7 @@ void NodeRegistry::cordon(const std::string& name, bool cordoned) {
   if (it == nodes_.end()) throw Error(errc::not_found, "node \"" + name + "\" not found", "name");
   it->second.cordoned = cordoned;
   write(name, it->second, cordoned ? "cordoned" : "uncordoned");
+  index(name, it->second);
 }
 
 std::shared_ptr<Node> NodeRegistry::find(const std::string& name) const {
@@ -108,43 +130,29 @@ std::int64_t NodeRegistry::epoch(const std::string& name) const {
   return it == nodes_.end() || !it->second.node ? 0 : it->second.epoch;
 }
 
-Placed NodeRegistry::place(const PlacementRequest& request) const {
+Placed NodeRegistry::place(const PlacementRequest& request) {
   std::lock_guard lock(mutex_);
   if (closed_) throw Error(errc::unavailable, "the server is shutting down");
-  const Entry* best = nullptr;
-  std::tuple<std::uint32_t, std::size_t> best_load{};
-  std::size_t not_ready = 0, cordoned = 0;
-  for (const auto& [name, e] : nodes_) {
-    if (!e.node || e.phase != "Ready") {
-      ++not_ready;
-      continue;
-    }
-    if (e.cordoned) {
-      ++cordoned;
-      continue;
-    }
-    auto it = request.instances_per_node.find(name);
-    const std::uint32_t here = it == request.instances_per_node.end() ? 0 : it->second;
-    const std::tuple load{here, e.node->instances().size()};
-    if (best == nullptr || load < best_load) {
-      best = &e;
-      best_load = load;
-    }
+  auto req = request.spec != nullptr ? sched::request_from(*request.spec) : sched::Request{};
+  for (const auto& [name, count] : request.instances_per_node) {
+    if (auto id = index_.find(name)) req.group.emplace_back(*id, count);
   }
-  if (best == nullptr) {
-    std::string why = "no node can run function \"" + request.function + "\": ";
-    if (nodes_.empty()) {
-      why += "no node has joined";
-    } else {
-      why += "0 of " + std::to_string(nodes_.size()) + " nodes fit";
-      if (not_ready > 0) why += ", " + std::to_string(not_ready) + " not ready";
-      if (cordoned > 0) why += ", " + std::to_string(cordoned) + " cordoned";
-    }
-    throw Error(errc::unavailable, why);
+  const auto decision = sched::place(index_, req);
+  if (!decision.placed()) {
+    throw Error(errc::unavailable,
+                "no node can run function \"" + request.function +
+                    "\": " + (index_.size() == 0 ? "no node has joined" : decision.summary()));
   }
-  return {best->node, best->epoch,
-          "least loaded: " + std::to_string(std::get<0>(best_load)) + " of its instances, " +
-              std::to_string(std::get<1>(best_load)) + " in all"};
+  const Entry& e = nodes_.at(decision.node_name);
+  index_.allocate(*decision.node, req.resources());
+  std::string reasons;
+  for (const auto& r : decision.reasons) reasons += (reasons.empty() ? "" : ", ") + r;
+  return {e.node, e.epoch, reasons, req.resources()};
+}
+
+void NodeRegistry::release(const std::string& node, sched::Resources reserved) {
+  std::lock_guard lock(mutex_);
+  if (auto id = index_.find(node)) index_.release(*id, reserved);
 }
 
 void NodeRegistry::lease_loop() {
@@ -158,6 +166,7 @@ void NodeRegistry::lease_loop() {
       if (e.in_process || e.phase == "Lost" || now - e.last_heard < options_.lease) continue;
       if (e.node) lost.push_back(std::move(e.node));
       e.phase = "Lost";
+      index(name, e);
       try {
         write(
             name, e,

@@ -24,6 +24,7 @@
 #include "blixard/v1/function.pb.h"
 #include "blixard/v1/node.pb.h"
 #include "control/node.hpp"
+#include "sched/cluster.hpp"
 #include "store/store.hpp"
 
 namespace blixard::control {
@@ -45,11 +46,14 @@ struct PlacementRequest {
   std::map<std::string, std::uint32_t> instances_per_node;
 };
 
-// A placement: the node, the epoch to assign under, and why it was chosen ("least loaded").
+// A placement: the node, the epoch to assign under, why it was chosen ("gpu=available, holds
+// /data, binpack: 14% allocated after placement"), and what it reserved there (given back with
+// NodeRegistry::release when the instance is gone).
 struct Placed {
   std::shared_ptr<Node> node;
   std::int64_t epoch = 0;
   std::string reasons;
+  sched::Resources reserved;
 };
 
 class NodeRegistry {
@@ -76,10 +80,12 @@ class NodeRegistry {
   std::shared_ptr<Node> find(const std::string& name) const;
   // The epoch of a connected node (0 if none).
   std::int64_t epoch(const std::string& name) const;
-  // The node for a new instance: among Ready, schedulable nodes, the one with the fewest
-  // instances of the function, then the fewest of all, then by name. Throws unavailable saying
-  // why no node fits.
-  Placed place(const PlacementRequest& request) const;
+  // The node for a new instance, by the scheduler (src/sched: resources, selectors, affinity,
+  // taints, cordons, spread over the function's instances, binpack), its resources reserved
+  // there. Throws unavailable saying why no node fits ("0 of 3 nodes fit: 2 cordoned, ...").
+  Placed place(const PlacementRequest& request);
+  // An instance placed on `node` is gone: what it reserved is free again.
+  void release(const std::string& node, sched::Resources reserved);
 
   // Gives every node up (shutdown()) and stops checking leases.
   void shutdown();
@@ -92,7 +98,10 @@ class NodeRegistry {
     bool cordoned = false;
     std::chrono::steady_clock::time_point last_heard;
     std::string phase;
+    sched::NodeId id = 0;  // in index_
   };
+  // Keeps the scheduler's index in step with an entry (mutex_ held).
+  void index(const std::string& name, Entry& entry);
   // Stores the node's object with its phase (and the spec from `entry.node` when connected).
   void write(const std::string& name, const Entry& entry, const std::string& reason);
   void lease_loop();
@@ -102,6 +111,8 @@ class NodeRegistry {
   mutable std::mutex mutex_;
   std::condition_variable wake_;
   std::map<std::string, Entry> nodes_;
+  // Every known node by dense id, with its labels, capacity, readiness and allocation.
+  sched::Cluster index_;
   // Last stored description per node, so a phase change keeps its spec after it disconnected.
   std::map<std::string, v1::Node> stored_;
   bool closed_ = false;
