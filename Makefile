@@ -11,14 +11,14 @@ CMAKE_FLAGS ?=
 # Seconds each libFuzzer target runs in `make test` (tests/fuzz/run; 0 skips them).
 FUZZ_SECONDS ?= 20
 
-.PHONY: demo test bootstrap build install test-cpp test-python test-stubs test-fuzz format clean
+.PHONY: demo test bootstrap build install test-cpp test-python test-e2e test-stubs test-fuzz format clean
 
 demo: install
 	VENV=$(VENV) scripts/demo
 
 # pytest also executes notebooks/*.ipynb (tests/python/test_notebook.py).
 test: build install
-	$(MAKE) test-cpp test-stubs test-python test-fuzz
+	$(MAKE) test-cpp test-stubs test-python test-e2e test-fuzz
 
 bootstrap:
 	PYTHON=$(PYTHON) VENV=$(VENV) scripts/bootstrap
@@ -40,6 +40,10 @@ test-stubs:
 
 test-python:
 	$(PY) -m pytest tests/python
+
+# Real processes: a server and agents in network namespaces on a bridge the tests make.
+test-e2e:
+	$(PY) -m pytest tests/e2e
 
 # The fuzz targets (clang, build/fuzz) from their committed seeds, a bounded time each.
 test-fuzz:

@@ -22,6 +22,7 @@
 
 #include "agent/join.hpp"
 #include "agent/local_node.hpp"
+#include "api/agent_channel.hpp"
 #include "api/http_server.hpp"
 #include "blixard/error.hpp"
 #include "blixard/version.hpp"
@@ -298,6 +299,9 @@ int main(int argc, char** argv) {
     http.port = args.port;
     http.token = load_or_create_token(args.data_dir);
     http.logger = logger;
+    http.agent_channel = [nodes = service->nodes(), logger](blixard::FrameSocket::Stream ws) {
+      blixard::api::serve_agent(std::move(ws), nodes, logger);
+    };
     server = std::make_unique<blixard::api::HttpServer>(service, http);
     server->start();
     service->set_public_url(server->url());

@@ -25,6 +25,7 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/core/detail/base64.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/websocket.hpp>
 #include <boost/json.hpp>
 #include <cctype>
 #include <cerrno>
@@ -906,6 +907,10 @@ class Session : public std::enable_shared_from_this<Session> {
     parser_->body_limit(limit_);
     if (verdict.status != 0)
       return refuse(verdict.status, verdict.message, parser_->get().version());
+    if (verdict.authenticated && server_.options.agent_channel &&
+        parser_->get().target() == "/v1/agent" && beast::websocket::is_upgrade(parser_->get())) {
+      return upgrade_agent();
+    }
     // What unauthenticated clients may make the server hold is capped server-wide, decided from
     // the head (a chunked body counts as its limit).
     if (!verdict.authenticated && !parser_->is_done()) {
@@ -939,6 +944,21 @@ class Session : public std::enable_shared_from_this<Session> {
       return;
     }
     read_body();
+  }
+
+  // The agent channel: the WebSocket handshake is answered here, the stream handed over.
+  void upgrade_agent() {
+    disarm();
+    ++server_.requests;
+    auto ws = std::make_shared<beast::websocket::stream<beast::tcp_stream>>(std::move(stream_));
+    beast::get_lowest_layer(*ws).expires_after(std::chrono::seconds(10));
+    auto req = std::make_shared<http::request<http::empty_body>>(parser_->get().base());
+    ws->async_accept(*req,
+                     [ws, req, handler = server_.options.agent_channel](beast::error_code ec) {
+                       if (ec) return;
+                       beast::get_lowest_layer(*ws).expires_never();
+                       handler(std::move(*ws));
+                     });
   }
 
   void read_body() {
@@ -1639,6 +1659,24 @@ Routed Core::route(const std::shared_ptr<const Request>& req) {
   if (s.size() == 2 && what == "nodes") {
     if (method != http::verb::get) return not_allowed(req, "GET");
     return worker([req, backend] { return message_response(*req, backend->list_nodes()); });
+  }
+  if (what == "nodes" && (s.size() == 3 || s.size() == 4)) {
+    const std::string name = s[2];
+    if (s.size() == 3) {
+      if (method != http::verb::get) return not_allowed(req, "GET");
+      return worker(
+          [req, backend, name] { return message_response(*req, backend->get_node(name)); });
+    }
+    using Action = detail::Backend::NodeAction;
+    std::optional<Action> action;
+    if (s[3] == "cordon") action = Action::cordon;
+    if (s[3] == "uncordon") action = Action::uncordon;
+    if (s[3] == "drain") action = Action::drain;
+    if (!action) return not_found(req);
+    if (method != http::verb::post) return not_allowed(req, "POST");
+    return worker([req, backend, name, a = *action] {
+      return message_response(*req, backend->change_node(name, a));
+    });
   }
   if (s.size() == 2 && what == "events") {
     if (method != http::verb::get) return not_allowed(req, "GET");

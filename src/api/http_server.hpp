@@ -13,6 +13,9 @@
 #include <memory>
 #include <string>
 
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/websocket/stream.hpp>
+
 #include "blixard/detail/backend.hpp"
 
 namespace spdlog {
@@ -22,6 +25,9 @@ class logger;
 namespace blixard::api {
 
 struct HttpServerOptions {
+  // Takes the agent channel's connections: a WebSocket upgrade of GET /v1/agent with the token
+  // is accepted and its stream handed over (on its strand); without it /v1/agent is 404.
+  std::function<void(boost::beast::websocket::stream<boost::beast::tcp_stream>)> agent_channel;
   std::string address = "127.0.0.1";
   unsigned short port = 0;  // 0: any free port; port() tells which
   // When set, every /v1 request and /metrics need "Authorization: Bearer <token>". The trigger

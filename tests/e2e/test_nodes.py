@@ -85,7 +85,7 @@ def test_calls_run_on_agents_and_spread_over_them(cluster, code):
     cluster.start_agent("node1", {"zone": "az1"})
     cluster.start_agent("node2", {"zone": "az2"})
     c = cluster.client()
-    fn = create(c, "spread", code)
+    fn = create(c, "spread", code, placement={"strategy": "spread"})
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda _: call(fn, {"sleep": 0.5}), range(8)))
     assert {r.node for r in results} == {"node1", "node2"}
@@ -150,7 +150,8 @@ def test_a_cut_link_is_fenced_and_the_agent_rejoins_without_its_stale_instance(c
     assert call(fn).json()["instance"] != stale
 
 
-def _ws_connect(address: str, token: str) -> socket.socket:
+def _ws_connect(address: str, token: str):
+    """A raw WebSocket upgrade of /v1/agent: the socket and the response head."""
     u = urlparse(address)
     s = socket.create_connection((u.hostname, u.port), timeout=5)
     key = base64.b64encode(os.urandom(16)).decode()
@@ -163,13 +164,12 @@ def _ws_connect(address: str, token: str) -> socket.socket:
         if not chunk:
             break
         head += chunk
-    s.head = head  # type: ignore[attr-defined]
-    return s
+    return s, head
 
 
 def test_a_wrong_token_gets_401_and_no_node(cluster):
-    s = _ws_connect(cluster.address, "not-the-token")
-    assert s.head.startswith(b"HTTP/1.1 401")  # type: ignore[attr-defined]
+    s, head = _ws_connect(cluster.address, "not-the-token")
+    assert head.startswith(b"HTTP/1.1 401"), head
     s.close()
     bad = cluster.start_agent("intruder", token="wrong", wait=False)
     poll(lambda: "401" in bad.log_text() or "nauthorized" in bad.log_text(), timeout=10)
@@ -178,8 +178,8 @@ def test_a_wrong_token_gets_401_and_no_node(cluster):
 
 def test_a_malformed_frame_closes_that_connection_only(cluster):
     cluster.start_agent("node1")
-    s = _ws_connect(cluster.address, cluster.token)
-    assert s.head.startswith(b"HTTP/1.1 101")  # type: ignore[attr-defined]
+    s, head = _ws_connect(cluster.address, cluster.token)
+    assert head.startswith(b"HTTP/1.1 101"), head
     payload = b"\xff\xfe not a protobuf frame"
     mask = os.urandom(4)
     masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
