@@ -35,9 +35,16 @@
 
 #include <boost/asio/use_future.hpp>
 
+#include <spdlog/spdlog.h>
+
+#include "agent/join.hpp"
+#include "agent/local_node.hpp"
+#include "api/agent_channel.hpp"
 #include "api/http_server.hpp"
 #include "blixard/blixard.hpp"
 #include "handlers/direct.hpp"
+#include "runtime/driver.hpp"
+#include "server/local.hpp"
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
@@ -241,6 +248,13 @@ struct Env {
   std::unique_ptr<blixard::api::HttpServer> gateway;
   std::unique_ptr<blixard::api::HttpServer> noop_gateway;  // over NoopBackend
   BareHttpServer bare;
+  // The same function on an agent that joined over the agent channel (a server with no node of
+  // its own): an HTTP trigger's call then crosses the WebSocket both ways.
+  std::shared_ptr<blixard::api::Service> remote_service;
+  std::unique_ptr<blixard::api::HttpServer> remote_gateway;
+  std::unique_ptr<blixard::agent::Joiner> joiner;
+  std::thread joined;
+  std::optional<blixard::Cluster> remote;
   std::string python_error;  // why the Python benchmarks are skipped, if they are
 
   Env() {
@@ -256,16 +270,18 @@ struct Env {
     noop_gateway->start();
     bare.start();
 
-    create("native", native_spec());
+    create(*cluster, "native", native_spec());
+    start_remote();
+    create(*remote, "native-remote", native_spec());
     // Four calls at a time per instance: answers of calls from both io threads share its pipe.
     auto shared = native_spec();
     shared.mutable_scaling()->set_target_concurrency(4);
-    create("native-target4", shared);
+    create(*cluster, "native-target4", shared);
     if (bench::python().empty()) {
       python_error = "no python3 found (set BLIXARD_BENCH_PYTHON)";
     } else {
       try {
-        create("python", python_spec());
+        create(*cluster, "python", python_spec());
       } catch (const std::exception& e) {
         python_error = std::string("python echo failed: ") + e.what();
       }
@@ -297,8 +313,38 @@ struct Env {
     return s;
   }
 
-  void create(const std::string& name, const blixard::v1::FunctionSpec& spec) {
-    auto fn = cluster->create_function(name, spec);
+  void start_remote() {
+    blixard::server::LocalServiceOptions o;
+    o.local_node = false;
+    remote_service = blixard::server::open_local_service(dir / "remote", o);
+    blixard::api::HttpServerOptions http;
+    http.agent_channel = [nodes = remote_service->nodes()](blixard::FrameSocket::Stream ws) {
+      blixard::api::serve_agent(std::move(ws), nodes, std::make_shared<spdlog::logger>("bench"));
+    };
+    remote_gateway = std::make_unique<blixard::api::HttpServer>(remote_service, http);
+    remote_gateway->start();
+    blixard::runtime::SandboxOptions sandbox;
+    sandbox.work_dir = dir / "agent";
+    sandbox.python = bench::python();
+    auto node = std::make_shared<blixard::agent::LocalNode>(
+        "agent1", blixard::agent::describe_this_machine(),
+        blixard::runtime::make_sandbox_driver(sandbox));
+    blixard::agent::JoinOptions join;
+    join.server = remote_gateway->url();
+    joiner = std::make_unique<blixard::agent::Joiner>(node, join);
+    joined = std::thread([this] { joiner->run(); });
+    remote.emplace(blixard::Cluster::connect(remote_gateway->url()));
+    const auto deadline = Clock::now() + std::chrono::seconds(10);
+    while (Clock::now() < deadline) {
+      auto nodes = remote->nodes();
+      if (!nodes.empty() && nodes[0].status().phase() == "Ready") break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+
+  void create(blixard::Cluster& on, const std::string& name,
+              const blixard::v1::FunctionSpec& spec) {
+    auto fn = on.create_function(name, spec);
     fn.invoke(k_payload);  // fails loudly here if the handler does not work
     // Every minInstance up before any timing (they start in the background).
     const auto deadline = Clock::now() + std::chrono::seconds(30);
@@ -309,10 +355,15 @@ struct Env {
     trigger.set_type("http");
     trigger.set_function(name);
     trigger.set_path("/bench/" + name);
-    cluster->create_trigger(name + "-http", trigger);
+    on.create_trigger(name + "-http", trigger);
   }
 
   ~Env() {
+    remote_service->shutdown();
+    joiner->stop();
+    joined.join();
+    remote_gateway->stop();
+    remote.reset();
     bare.stop();
     noop_gateway->stop();
     gateway->stop();
@@ -625,7 +676,9 @@ void BM_Load_HttpTrigger(benchmark::State& state, const char* name) {
   if (std::string(name) == "python" && !env.python_error.empty()) {
     return state.SkipWithError(env.python_error.c_str());
   }
-  load_bench(state, std::string("http-trigger-") + name, env.gateway->port(),
+  const bool remote = std::string(name) == "native-remote";
+  load_bench(state, std::string("http-trigger-") + name,
+             remote ? env.remote_gateway->port() : env.gateway->port(),
              std::string("/bench/") + name);
 }
 
@@ -634,6 +687,7 @@ void BM_Load_HttpTrigger(benchmark::State& state, const char* name) {
 BLIXARD_LOAD_BENCH(BENCHMARK(BM_Load_BareHttp));
 BLIXARD_LOAD_BENCH(BENCHMARK(BM_Load_GatewayNoop));
 BLIXARD_LOAD_BENCH(BENCHMARK_CAPTURE(BM_Load_HttpTrigger, native, "native"));
+BLIXARD_LOAD_BENCH(BENCHMARK_CAPTURE(BM_Load_HttpTrigger, native_remote, "native-remote"));
 BENCHMARK_CAPTURE(BM_Load_HttpTrigger, native_target4, "native-target4")
     ->UseRealTime()
     ->Iterations(1)

@@ -907,8 +907,10 @@ class Session : public std::enable_shared_from_this<Session> {
     parser_->body_limit(limit_);
     if (verdict.status != 0)
       return refuse(verdict.status, verdict.message, parser_->get().version());
-    if (verdict.authenticated && server_.options.agent_channel &&
-        parser_->get().target() == "/v1/agent" && beast::websocket::is_upgrade(parser_->get())) {
+    // The token was checked with the head (401 without it); a server without one is open.
+    if (!verdict.gateway && (verdict.authenticated || server_.options.token.empty()) &&
+        server_.options.agent_channel && parser_->get().target() == "/v1/agent" &&
+        beast::websocket::is_upgrade(parser_->get())) {
       return upgrade_agent();
     }
     // What unauthenticated clients may make the server hold is capped server-wide, decided from
