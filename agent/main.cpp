@@ -35,12 +35,23 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr const char* k_usage = R"(usage: blixard-agent --server [options]
+       blixard-agent --join HOST:PORT --token TOKEN [options]
 
 Runs a Blixard node. With --server the node also hosts the control plane (HTTP API,
-scheduler, controllers, SQLite store) in this process.
+scheduler, controllers, SQLite store) in this process; with --join it runs instances for
+the server at HOST:PORT, dialing it over one WebSocket and dialing again when it drops.
 
 options:
-  --server              host the control plane (required: joining a remote server comes later)
+  --server              host the control plane
+  --join HOST:PORT      join the server there as a node
+  --token TOKEN         the token to join with (default: $BLIXARD_TOKEN)
+  --name NAME           this node's name, unique in the cluster (default: local with
+                        --server, the hostname with --join); --node-name is the same
+  --labels K=V,...      labels the scheduler matches (zone=az1,gpu=available)
+  --capacity K=V,...    override the detected capacity: memory=4G,vcpu=2
+  --no-local-node       with --server: run instances only on joined agents
+  --node-lease DURATION with --server: a node not heard from for this long is Lost
+                        (default 4s)
   --data-dir DIR        state, logs and instance scratch dirs (default: ~/.blixard)
   --listen HOST:PORT    API address (default 127.0.0.1:7070; port 0 picks a free one)
   --python PATH         interpreter for Python handlers (default: python3)
@@ -48,7 +59,7 @@ options:
   --version             print the version and exit
   -h, --help            this text
 
-On start it writes DIR/server.json {"address", "token", "pid"}; SIGTERM or SIGINT stop it.
+With --server it writes DIR/server.json {"address", "token", "pid"}; SIGTERM or SIGINT stop it.
 exit codes: 0 stopped cleanly, 1 could not start, 2 bad usage.
 )";
 
@@ -57,7 +68,7 @@ struct Args {
   std::string join;
   std::string token;
   bool local_node = true;
-  std::chrono::milliseconds node_lease{5000};
+  std::chrono::milliseconds node_lease{4000};
   std::map<std::string, std::string> labels;
   std::map<std::string, std::string> capacity;
   fs::path data_dir;

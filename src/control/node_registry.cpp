@@ -158,7 +158,7 @@ void NodeRegistry::release(const std::string& node, sched::Resources reserved) {
 void NodeRegistry::lease_loop() {
   std::unique_lock lock(mutex_);
   while (!closed_) {
-    wake_.wait_for(lock, std::min(options_.heartbeat, options_.lease / 4));
+    wake_.wait_for(lock, std::min(options_.heartbeat, options_.lease / 8));
     if (closed_) break;
     const auto now = Clock::now();
     std::vector<std::shared_ptr<Node>> lost;
