@@ -701,3 +701,26 @@ def test_full_disk_says_disk_full_without_the_server_hint(tmp_path, work):
             run("down")
     finally:
         subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_node_list_get_cordon_uncordon_drain(cli):
+    name = _node_name(cli)
+    listed = cli.ok("node", "list").stdout
+    assert "STATE" in listed and "INSTANCES" in listed and "Ready" in listed
+    got = cli.ok("node", "get", name).stdout
+    assert f"Name:      {name}" in got and "Epoch:" in got and "sandbox" in got
+    assert f"node {name} cordoned" in cli.ok("node", "cordon", name).stdout
+    assert "Ready,SchedulingDisabled" in cli.ok("node", "list").stdout
+    cli.ok("function", "create", "on-cordoned", "--config", "echo.yaml")
+    try:
+        out = fail(cli, EXIT_UNAVAILABLE, "function", "invoke", "on-cordoned", "--data", "{}")
+        assert "1 cordoned" in out
+        assert f"node {name} uncordoned" in cli.ok("node", "uncordon", name).stdout
+        cli.ok("function", "invoke", "on-cordoned", "--data", "{}")
+        assert f"node {name} drained" in cli.ok("node", "drain", name).stdout
+        _poll(lambda: not cli.json("function", "get", "on-cordoned").get("status", {})
+              .get("instances"))
+    finally:
+        cli.ok("node", "uncordon", name)
+        cli.ok("function", "delete", "on-cordoned")
+    fail(cli, EXIT_NOT_FOUND, "node", "get", "no-such-node")
