@@ -24,6 +24,7 @@
 #include "agent/local_node.hpp"
 #include "api/agent_channel.hpp"
 #include "api/http_server.hpp"
+#include "api/websocket.hpp"
 #include "blixard/error.hpp"
 #include "blixard/version.hpp"
 #include "runtime/driver.hpp"
@@ -310,10 +311,11 @@ int main(int argc, char** argv) {
     http.port = args.port;
     http.token = load_or_create_token(args.data_dir);
     http.logger = logger;
-    http.agent_channel = [nodes = service->nodes(), logger](blixard::FrameSocket::Stream ws) {
-      blixard::api::serve_agent(std::move(ws), nodes, logger);
-    };
     server = std::make_unique<blixard::api::HttpServer>(service, http);
+    server->add_websocket("/v1/agent", blixard::api::Scope::node,
+                          [nodes = service->nodes(), logger](auto connection) {
+                            blixard::api::serve_agent(std::move(connection), nodes, logger);
+                          });
     server->start();
     service->set_public_url(server->url());
 

@@ -41,6 +41,7 @@
 #include "agent/local_node.hpp"
 #include "api/agent_channel.hpp"
 #include "api/http_server.hpp"
+#include "api/websocket.hpp"
 #include "blixard/blixard.hpp"
 #include "handlers/direct.hpp"
 #include "runtime/driver.hpp"
@@ -317,11 +318,12 @@ struct Env {
     blixard::server::LocalServiceOptions o;
     o.local_node = false;
     remote_service = blixard::server::open_local_service(dir / "remote", o);
-    blixard::api::HttpServerOptions http;
-    http.agent_channel = [nodes = remote_service->nodes()](blixard::FrameSocket::Stream ws) {
-      blixard::api::serve_agent(std::move(ws), nodes, std::make_shared<spdlog::logger>("bench"));
-    };
-    remote_gateway = std::make_unique<blixard::api::HttpServer>(remote_service, http);
+    remote_gateway = std::make_unique<blixard::api::HttpServer>(remote_service);
+    remote_gateway->add_websocket(
+        "/v1/agent", blixard::api::Scope::node, [nodes = remote_service->nodes()](auto connection) {
+          blixard::api::serve_agent(std::move(connection), nodes,
+                                    std::make_shared<spdlog::logger>("bench"));
+        });
     remote_gateway->start();
     blixard::runtime::SandboxOptions sandbox;
     sandbox.work_dir = dir / "agent";

@@ -4,6 +4,8 @@
 #include <spdlog/spdlog.h>
 #include <boost/asio/steady_timer.hpp>
 
+#include "api/websocket.hpp"
+#include "common/frame_socket.hpp"
 #include "control/remote_node.hpp"
 
 namespace blixard::api {
@@ -22,9 +24,9 @@ bool valid_node_name(const std::string& name) {
 
 class AgentConnection : public std::enable_shared_from_this<AgentConnection> {
  public:
-  AgentConnection(FrameSocket::Stream ws, std::shared_ptr<control::NodeRegistry> nodes,
+  AgentConnection(std::shared_ptr<FrameSocket> socket, std::shared_ptr<control::NodeRegistry> nodes,
                   std::shared_ptr<spdlog::logger> logger)
-      : socket_(std::make_shared<FrameSocket>(std::move(ws))),
+      : socket_(std::move(socket)),
         nodes_(std::move(nodes)),
         logger_(std::move(logger)),
         hello_timer_(socket_->executor()) {}
@@ -109,9 +111,14 @@ class AgentConnection : public std::enable_shared_from_this<AgentConnection> {
 
 }  // namespace
 
-void serve_agent(FrameSocket::Stream ws, std::shared_ptr<control::NodeRegistry> nodes,
+void serve_agent(std::unique_ptr<WebSocketConnection> connection,
+                 std::shared_ptr<control::NodeRegistry> nodes,
                  std::shared_ptr<spdlog::logger> logger) {
-  std::make_shared<AgentConnection>(std::move(ws), std::move(nodes), std::move(logger))->start();
+  // The connection keeps its place under the server's connection cap while the socket lives.
+  std::shared_ptr<WebSocketConnection> held(std::move(connection));
+  auto socket = std::make_shared<FrameSocket>(std::move(held->ws), held);
+  std::make_shared<AgentConnection>(std::move(socket), std::move(nodes), std::move(logger))
+      ->start();
 }
 
 }  // namespace blixard::api

@@ -9,7 +9,7 @@
 
 #include <memory>
 
-#include "common/frame_socket.hpp"
+#include "api/websocket_fwd.hpp"
 #include "control/node_registry.hpp"
 
 namespace spdlog {
@@ -18,7 +18,9 @@ class logger;
 
 namespace blixard::api {
 
-void serve_agent(FrameSocket::Stream ws, std::shared_ptr<control::NodeRegistry> nodes,
+// The HTTP server's hook for /v1/agent (HttpServer::add_websocket with Scope::node).
+void serve_agent(std::unique_ptr<WebSocketConnection> connection,
+                 std::shared_ptr<control::NodeRegistry> nodes,
                  std::shared_ptr<spdlog::logger> logger);
 
 }  // namespace blixard::api

@@ -1,9 +1,13 @@
-// The /v1 HTTP API and the HTTP trigger gateway over Beast: one session per connection (keep-alive,
-// a strand each) on one of `io_threads` io_contexts. A Backend call runs on the thread that read
-// its request, so a call costs no cross-thread wakeup beyond the Backend's own; when a call runs
-// longer than k_call_handoff, a monitor hands that io_context to a spare thread, so a slow call
-// never holds up other connections for long. At most `workers` calls run at once; more wait their
-// turn. Long polls and NDJSON streams run on a capped pool of their own.
+// The HTTP transport over Beast: one session per connection (keep-alive, a strand each) on one of
+// `io_threads` io_contexts; heads judged before bodies (api/http_head), the connection cap, the
+// buffer bound on unauthenticated bodies, responses as one gather write, NDJSON streams, and
+// WebSocket upgrades handed to their hooks. What a request means is the route table's
+// (api/route_table, api/routes_*) or, off /v1, the trigger gateway's (api/trigger_gateway). A
+// Backend call runs on the thread that read its request, so a call costs no cross-thread wakeup
+// beyond the Backend's own; when a call runs longer than k_call_handoff, a monitor hands that
+// io_context to a spare thread, so a slow call never holds up other connections for long. At most
+// `workers` calls run at once; more wait their turn. Long polls and NDJSON streams run on a capped
+// pool of their own.
 #include "api/http_server.hpp"
 
 #include <sys/socket.h>
@@ -23,29 +27,25 @@
 #include <boost/asio/thread_pool.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core.hpp>
-#include <boost/beast/core/detail/base64.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/beast/websocket.hpp>
-#include <boost/json.hpp>
-#include <cctype>
 #include <cerrno>
-#include <charconv>
 #include <condition_variable>
 #include <deque>
 #include <functional>
 #include <list>
-#include <map>
 #include <mutex>
 #include <optional>
 #include <thread>
 #include <vector>
 
 #include "api/http_head.hpp"
+#include "api/http_message.hpp"
+#include "api/route_table.hpp"
+#include "api/routes.hpp"
+#include "api/trigger_gateway.hpp"
+#include "api/websocket.hpp"
 #include "blixard/error.hpp"
-#include "blixard/spec.hpp"
-#include "common/json.hpp"
-#include "common/json_check.hpp"
-#include "common/json_sax.hpp"
 #include "common/sigpipe.hpp"
 
 namespace blixard::api {
@@ -53,13 +53,8 @@ namespace {
 
 namespace asio = boost::asio;
 namespace beast = boost::beast;
-namespace http = beast::http;
 using tcp = asio::ip::tcp;
-using Request = http::request<http::string_body>;
-using Response = http::response<http::string_body>;
-
-constexpr std::string_view k_json = "application/json";
-constexpr std::string_view k_protobuf = "application/x-protobuf";
+namespace websocket = beast::websocket;
 // After an answer that closes the connection, unread request bytes are drained (bounded) so the
 // client sees the answer instead of a reset.
 constexpr std::size_t k_drain_limit = 64 << 20;
@@ -71,172 +66,6 @@ constexpr auto k_call_handoff = std::chrono::milliseconds(1);
 // The call monitor checks every k_call_handoff while calls come, and sleeps once none has for this.
 constexpr auto k_monitor_linger = std::chrono::milliseconds(200);
 
-bool wants_protobuf(std::string_view header) { return header.find(k_protobuf) != header.npos; }
-
-// "2s", "500ms", "1.5s", "2m", "1h", "1m30s"; a bare number is seconds. The spec's parser, so a
-// query parameter reads as a manifest's field does (nan, garbage and negatives are errors).
-// `positive`: zero is an error too (a call's timeout; a wait of 0 means no wait).
-google::protobuf::Duration parse_duration(const std::string& text,
-                                          const std::string& field = "timeout",
-                                          bool positive = true) {
-  const auto ms = blixard::parse_duration(text, field).count();
-  if (positive && ms <= 0) {
-    throw Error(errc::invalid_spec,
-                field + " must be a positive duration (e.g. 30s, 500ms), not \"" + text + "\"",
-                field);
-  }
-  google::protobuf::Duration d;
-  d.set_seconds(ms / 1000);
-  d.set_nanos(static_cast<std::int32_t>((ms % 1000) * 1'000'000));
-  return d;
-}
-
-Response error_response(const v1::Status& status) {
-  Response res;
-  res.result(http_status(errc_from_string(status.code()).value_or(errc::internal)));
-  res.set(http::field::content_type, k_json);
-  res.body() = to_json(status);
-  if (status.code() == "unauthenticated") res.set(http::field::www_authenticate, "Bearer");
-  return res;
-}
-
-Response error_response(errc code, const std::string& message, std::string field = {}) {
-  return error_response(Error(code, message, std::move(field)).status());
-}
-
-Response method_not_allowed(const Request& req, std::string_view allow) {
-  auto res = error_response(
-      errc::invalid_spec, std::string(req.method_string()) + " is not allowed on " +
-                              std::string(req.target()) + " (allowed: " + std::string(allow) + ")");
-  res.result(http::status::method_not_allowed);
-  res.set(http::field::allow, allow);
-  return res;
-}
-
-Response message_response(const Request& req, const google::protobuf::Message& m,
-                          http::status status = http::status::ok) {
-  Response res;
-  res.result(status);
-  if (wants_protobuf(req[http::field::accept])) {
-    res.set(http::field::content_type, k_protobuf);
-    m.SerializeToString(&res.body());
-  } else {
-    res.set(http::field::content_type, k_json);
-    res.body() = to_json(m);
-  }
-  return res;
-}
-
-template <class M>
-M decode_body(const Request& req) {
-  M m;
-  if (wants_protobuf(req[http::field::content_type])) {
-    if (!m.ParseFromString(req.body())) {
-      throw Error(errc::invalid_spec, "body is not a valid " + m.GetTypeName() + " in protobuf");
-    }
-  } else {
-    from_json(req.body(), m);  // JSON is the default, whatever else the client claims
-  }
-  return m;
-}
-
-detail::ApplyMode parse_mode(const Target& t) {
-  const std::string* mode = t.param("mode");
-  if (mode == nullptr || *mode == "apply") return detail::ApplyMode::apply;
-  if (*mode == "create") return detail::ApplyMode::create;
-  if (*mode == "remove") return detail::ApplyMode::remove;
-  throw Error(errc::invalid_spec, "mode must be create, apply or remove, not \"" + *mode + "\"",
-              "mode");
-}
-
-// The kinds that share list/get/create/delete routes.
-enum class Kind { function, vm, trigger };
-
-std::optional<Kind> parse_kind(const std::string& s) {
-  if (s == "functions") return Kind::function;
-  if (s == "vms") return Kind::vm;
-  if (s == "triggers") return Kind::trigger;
-  return std::nullopt;
-}
-
-// One object of `kind` named `name` in a set, for create (full object) or remove (name only).
-template <class M>
-void require_name(const M& m) {
-  if (m.metadata().name().empty()) {
-    throw Error(errc::invalid_spec, "a name is required", "metadata.name");
-  }
-}
-
-using Job = std::function<Response()>;
-using Clock = std::chrono::steady_clock;
-using std::chrono::milliseconds;
-
-constexpr std::string_view k_ndjson = "application/x-ndjson";
-constexpr std::string_view k_prometheus = "text/plain; version=0.0.4; charset=utf-8";
-
-// ?after=N (a sequence of the log or event stream); ?from=N is after=N-1 (DESIGN §4's watch form).
-// With `from_now`, after=-1 is taken too: only what comes after the stream's current position
-// (the Backend resolves a negative `after` to it).
-std::int64_t parse_after(const Target& t, bool from_now = false) {
-  const char* key = t.param("after") ? "after" : "from";
-  const std::string* text = t.param(key);
-  if (text == nullptr || text->empty()) return 0;
-  std::int64_t value = 0;
-  auto [p, ec] = std::from_chars(text->data(), text->data() + text->size(), value);
-  const bool now = from_now && key[0] == 'a' && value == -1;
-  if (ec != std::errc() || p != text->data() + text->size() || (value < 0 && !now)) {
-    throw Error(errc::invalid_spec,
-                std::string(key) + " must be a sequence number (0 or more" +
-                    (from_now ? ", or -1 for from now" : "") + "), not \"" + *text + "\"",
-                key);
-  }
-  return key[0] == 'f' ? std::max<std::int64_t>(value - 1, 0) : value;
-}
-
-milliseconds parse_wait(const Target& t, milliseconds max) {
-  const std::string* text = t.param("wait");
-  if (text == nullptr || text->empty()) return milliseconds(0);
-  auto d = parse_duration(*text, "wait", false);
-  return std::min(milliseconds(d.seconds() * 1000 + d.nanos() / 1'000'000), max);
-}
-
-bool parse_flag(const Target& t, const char* key) {
-  const std::string* v = t.param(key);
-  if (v == nullptr || *v == "0" || *v == "false") return false;
-  if (v->empty() || *v == "1" || *v == "true") return true;  // a bare "?watch" counts
-  throw Error(errc::invalid_spec, std::string(key) + " must be 1 or 0, not \"" + *v + "\"", key);
-}
-
-// The answer for whatever exception is being handled.
-Response error_from_current() {
-  try {
-    throw;
-  } catch (const Error& e) {
-    return error_response(e.status());
-  } catch (const std::exception& e) {
-    return error_response(errc::internal, e.what());
-  } catch (...) {
-    return error_response(errc::internal, "unknown exception");
-  }
-}
-
-Response run_job(const Job& job) {
-  try {
-    return job();
-  } catch (...) {
-    return error_from_current();
-  }
-}
-
-// ---- Streams ------------------------------------------------------------------------------
-
-// One batch of a stream: NDJSON lines (each ending in '\n') and the sequence to continue after.
-struct Batch {
-  std::string lines;
-  std::int64_t next = 0;
-};
-using Poll = std::function<Batch(std::int64_t after, milliseconds wait)>;
-
 // Holds one of the `max_streams` places while a stream or a waiting long poll is open.
 struct StreamSlot {
   explicit StreamSlot(std::atomic<std::size_t>& count) : open(count) {}
@@ -245,399 +74,6 @@ struct StreamSlot {
   ~StreamSlot() { --open; }
   std::atomic<std::size_t>& open;
 };
-
-// Where an asynchronous call's answer goes (any thread; the session takes it to its strand).
-using Answer = std::function<void(Response)>;
-// Starts a call that answers through Answer later (true), or does nothing (false).
-// `caller` notices the client hang up while the call waits to start (Session::watch_caller).
-using CallerPtr = std::shared_ptr<detail::Caller>;
-using AsyncStart = std::function<bool(const asio::any_io_executor&, Answer, CallerPtr)>;
-
-// How a routed request is answered.
-struct Routed {
-  enum class Mode {
-    now,     // cheap: answered on the io thread
-    worker,  // a Backend call on the worker pool
-    async,   // `start` without a thread waiting, else `job` as a worker call
-    waiter,  // a long poll that may wait: on the stream pool, holding a stream slot
-    stream,  // an NDJSON stream: `poll` in a loop on the stream pool, holding a slot
-  };
-  Mode mode = Mode::now;
-  Job job;
-  Poll poll;
-  std::int64_t after = 0;
-  AsyncStart start;
-};
-
-// ---- The trigger gateway ------------------------------------------------------------------
-
-// Gateway errors are {"error": code, "message": ...}: what an HTTP client of a function expects.
-Response gateway_error(unsigned status, std::string_view code, const std::string& message) {
-  Response res;
-  res.result(status);
-  res.set(http::field::content_type, k_json);
-  boost::json::object body;
-  body["error"] = code;
-  body["message"] = message;
-  res.body() = boost::json::serialize(body);
-  if (status == 429 || status == 503) res.set(http::field::retry_after, "1");
-  return res;
-}
-
-Response gateway_error(errc code, const std::string& message) {
-  return gateway_error(static_cast<unsigned>(http_status(code)), to_string(code), message);
-}
-
-// The gateway's answer for a failed call.
-Response gateway_failure(const std::exception_ptr& error) {
-  try {
-    std::rethrow_exception(error);
-  } catch (const Error& e) {
-    return gateway_error(e.code(), e.message());
-  } catch (const std::exception& e) {
-    return gateway_error(errc::internal, e.what());
-  } catch (...) {
-    return gateway_error(errc::internal, "unknown exception");
-  }
-}
-
-// "/a/b/" and "/a/b" are one path; "/" stays itself.
-std::string normalize_path(std::string path) {
-  while (path.size() > 1 && path.back() == '/') path.pop_back();
-  return path;
-}
-
-struct GatewayRoute {
-  std::string trigger;
-  std::string function;
-  std::string path;  // a prefix route's path without its "/*"
-  std::vector<std::string> methods;
-  bool prefix = false;
-};
-
-// The http triggers as read at `fetched`.
-struct RouteTable {
-  Clock::time_point fetched;
-  std::map<std::string, GatewayRoute> exact;
-  std::vector<GatewayRoute> prefixes;  // longest first
-
-  const GatewayRoute* find(const std::string& path) const {
-    if (auto it = exact.find(path); it != exact.end()) return &it->second;
-    for (const auto& r : prefixes) {
-      if (path == r.path || (path.starts_with(r.path) && path.size() > r.path.size() &&
-                             (path[r.path.size()] == '/' || r.path.empty()))) {
-        return &r;
-      }
-    }
-    return nullptr;
-  }
-};
-
-bool valid_utf8(std::string_view s) {
-  for (std::size_t i = 0; i < s.size();) {
-    auto c = static_cast<unsigned char>(s[i]);
-    if (c < 0x80) {
-      ++i;
-      continue;
-    }
-    std::size_t len = 0;
-    std::uint32_t cp = 0;
-    if ((c & 0xE0) == 0xC0) {
-      len = 2, cp = c & 0x1F;
-    } else if ((c & 0xF0) == 0xE0) {
-      len = 3, cp = c & 0x0F;
-    } else if ((c & 0xF8) == 0xF0) {
-      len = 4, cp = c & 0x07;
-    } else {
-      return false;
-    }
-    if (i + len > s.size()) return false;
-    for (std::size_t k = 1; k < len; ++k) {
-      auto cc = static_cast<unsigned char>(s[i + k]);
-      if ((cc & 0xC0) != 0x80) return false;
-      cp = (cp << 6) | (cc & 0x3F);
-    }
-    const bool overlong =
-        (len == 2 && cp < 0x80) || (len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000);
-    if (overlong || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
-    i += len;
-  }
-  return true;
-}
-
-std::string base64_encode(std::string_view s) {
-  namespace b64 = beast::detail::base64;
-  std::string out(b64::encoded_size(s.size()), '\0');
-  out.resize(b64::encode(out.data(), s.data(), s.size()));
-  return out;
-}
-
-std::optional<std::string> base64_decode(std::string_view s) {
-  namespace b64 = beast::detail::base64;
-  for (int i = 0; i < 2 && !s.empty() && s.back() == '='; ++i) s.remove_suffix(1);
-  std::string out(b64::decoded_size(s.size()) + 3, '\0');
-  auto [written, read] = b64::decode(out.data(), s.data(), s.size());
-  if (read != s.size()) return std::nullopt;
-  out.resize(written);
-  return out;
-}
-
-bool valid_header(std::string_view name, std::string_view value) {
-  if (name.empty()) return false;
-  for (unsigned char c : name) {
-    if (!std::isalnum(c) &&
-        std::string_view("!#$%&'*+-.^_`|~").find(static_cast<char>(c)) == std::string_view::npos) {
-      return false;
-    }
-  }
-  return value.find_first_of(std::string_view("\r\n\0", 3)) == std::string_view::npos;
-}
-
-// Headers the server owns: a handler cannot frame the response itself.
-bool hop_by_hop(std::string_view name) {
-  for (std::string_view h : {"content-length", "transfer-encoding", "connection", "keep-alive",
-                             "upgrade", "te", "trailer", "proxy-connection"}) {
-    if (beast::iequals(name, h)) return true;
-  }
-  return false;
-}
-
-// Appends `s` as a JSON string, escaped as boost::json::serialize does.
-void append_json_string(std::string& out, std::string_view s) {
-  static constexpr char k_hex[] = "0123456789abcdef";
-  out.push_back('"');
-  std::size_t plain = 0;  // start of the run not yet copied
-  for (std::size_t i = 0; i < s.size(); ++i) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    if (c >= 0x20 && c != '"' && c != '\\') continue;
-    out.append(s.data() + plain, i - plain);
-    plain = i + 1;
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\b':
-        out += "\\b";
-        break;
-      case '\f':
-        out += "\\f";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default: {
-        const char escaped[] = {'\\', 'u', '0', '0', k_hex[c >> 4], k_hex[c & 15]};
-        out.append(escaped, sizeof escaped);
-      }
-    }
-  }
-  out.append(s.data() + plain, s.size() - plain);
-  out.push_back('"');
-}
-
-// Name/value pairs in first-seen order; the values of a repeated name joined by a separator.
-class JoinedPairs {
- public:
-  void add(std::string name, std::string_view value, std::string_view separator) {
-    for (auto& e : entries_) {
-      if (e.name != name) continue;
-      if (!e.repeated) e.joined.assign(e.first), e.repeated = true;
-      e.joined.append(separator);
-      e.joined.append(value);
-      return;
-    }
-    entries_.push_back({std::move(name), value, {}, false});
-  }
-
-  // As a JSON object of strings.
-  void append_json(std::string& out) const {
-    out.push_back('{');
-    for (std::size_t i = 0; i < entries_.size(); ++i) {
-      const auto& e = entries_[i];
-      if (i != 0) out.push_back(',');
-      append_json_string(out, e.name);
-      out.push_back(':');
-      append_json_string(out, e.repeated ? std::string_view(e.joined) : e.first);
-    }
-    out.push_back('}');
-  }
-
- private:
-  struct Entry {
-    std::string name;
-    std::string_view first;  // the first value (in the request or the decoded query)
-    std::string joined;      // all values, once the name repeats
-    bool repeated;
-  };
-  std::vector<Entry> entries_;
-};
-
-// The event an HTTP trigger's function gets: Lambda function URL's shape, trimmed (headers
-// lower-case, repeats joined). Written straight to text: no JSON DOM per request.
-std::string gateway_event(const Request& req, std::string_view raw_path, std::string_view raw_query,
-                          std::string_view path) {
-  const std::string& body = req.body();
-  const bool text = valid_utf8(body);
-  std::string out;
-  out.reserve(256 + req.target().size() * 2 + body.size() +
-              (text ? body.size() / 8 : body.size() / 3));
-  out += "{\"method\":";
-  append_json_string(out, req.method_string());
-  out += ",\"path\":";
-  append_json_string(out, path);
-  out += ",\"rawPath\":";
-  append_json_string(out, raw_path);
-  out += ",\"rawQueryString\":";
-  append_json_string(out, raw_query);
-
-  JoinedPairs headers;
-  for (const auto& field : req) {
-    std::string name(field.name_string());
-    for (auto& c : name) c = c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
-    const std::string_view separator = name == "cookie" ? "; " : ", ";
-    headers.add(std::move(name), field.value(), separator);
-  }
-  out += ",\"headers\":";
-  headers.append_json(out);
-
-  const auto query_pairs = parse_query(raw_query);  // owns the decoded text `query` points into
-  JoinedPairs query;
-  for (const auto& [key, value] : query_pairs) query.add(key, value, ",");
-  out += ",\"query\":";
-  query.append_json(out);
-
-  out += ",\"body\":";
-  if (text) {
-    append_json_string(out, body);
-  } else {
-    append_json_string(out, base64_encode(body));
-  }
-  out += text ? ",\"isBase64Encoded\":false}" : ",\"isBase64Encoded\":true}";
-  return out;
-}
-
-// Looks for a "statusCode" member of a top-level object without building a DOM; stops there.
-struct StatusCodeFinder : json_sax::Ignore {
-  int depth = 0;
-  bool found = false;
-  std::string key;  // the top-level key being read, when it comes in parts
-
-  bool on_array_begin(ec&) { return ++depth, true; }
-  bool on_array_end(std::size_t, ec&) { return --depth, true; }
-  bool on_object_begin(ec&) { return ++depth, true; }
-  bool on_object_end(std::size_t, ec&) { return --depth, true; }
-  bool on_key_part(sv s, std::size_t, ec&) {
-    if (depth == 1) key.append(s.data(), s.size());
-    return true;
-  }
-  bool on_key(sv s, std::size_t, ec&) {
-    if (depth != 1) return true;
-    key.append(s.data(), s.size());
-    found = key == "statusCode";
-    key.clear();
-    return !found;  // found: no need to read on
-  }
-};
-
-// Whether a result has a top-level "statusCode". The scan checks the result as far as it reads
-// (depth included, the same options as the DOM parse after it), so a result it cannot read is the
-// handler's fault, never a 200 that hides the status it meant.
-bool has_status_code(std::string_view json) {
-  boost::json::basic_parser<StatusCodeFinder> parser{json_parse_options()};
-  boost::system::error_code ec;
-  const std::size_t n = parser.write_some(false, json.data(), json.size(), ec);
-  if (parser.handler().found) return true;  // the DOM parse checks the rest
-  if (!ec && n < json.size()) ec = boost::json::error::extra_data;
-  if (ec) throw Error(errc::handler_failed, json_problem(json_verdict(ec), "the handler's result"));
-  return false;
-}
-
-// The handler's result as an HTTP answer: {"statusCode", "headers", "body", "isBase64Encoded"}
-// maps field by field; any other JSON result is a 200 with that JSON; a result that is not JSON
-// (or nested too deep to read) is a 502.
-Response gateway_result(v1::InvokeResponse&& out) {
-  Response res{http::status::ok, 11};
-  if (!out.request_id().empty()) res.set("X-Blixard-Request-Id", out.request_id());
-  // Most results either are the answer's JSON or carry a statusCode: only these need a DOM.
-  if (out.result().empty() || !has_status_code(out.result())) {
-    res.set(http::field::content_type, k_json);
-    res.body() = out.result().empty() ? std::string("null") : std::move(*out.mutable_result());
-    return res;
-  }
-  boost::system::error_code ec;
-  boost::json::value v = boost::json::parse(out.result(), ec, {}, json_parse_options());
-  if (ec) throw Error(errc::handler_failed, json_problem(json_verdict(ec), "the handler's result"));
-  const boost::json::object* obj = v.is_object() ? &v.as_object() : nullptr;
-  const boost::json::value* status = obj ? obj->if_contains("statusCode") : nullptr;
-  if (status == nullptr) {
-    res.set(http::field::content_type, k_json);
-    res.body() = out.result();
-    return res;
-  }
-  std::int64_t code = 0;
-  if (status->is_int64()) {
-    code = status->as_int64();
-  } else if (status->is_uint64()) {
-    code = static_cast<std::int64_t>(std::min<std::uint64_t>(status->as_uint64(), 1000));
-  } else if (status->is_double() && status->as_double() == static_cast<int>(status->as_double())) {
-    code = static_cast<int>(status->as_double());
-  }
-  if (code < 200 || code > 599) {
-    throw Error(errc::handler_failed, "the handler returned statusCode " +
-                                          boost::json::serialize(*status) +
-                                          ", which is not an HTTP status (200-599)");
-  }
-  res.result(static_cast<unsigned>(code));
-  bool has_type = false;
-  if (const auto* headers = obj->if_contains("headers"); headers && headers->is_object()) {
-    for (const auto& [key, val] : headers->as_object()) {
-      if (val.is_null()) continue;
-      std::string value =
-          val.is_string() ? std::string(val.as_string()) : boost::json::serialize(val);
-      if (hop_by_hop(key) || !valid_header(key, value)) continue;
-      if (beast::iequals(key, "content-type")) has_type = true;
-      res.set(std::string_view(key), value);
-    }
-  }
-  const boost::json::value* body = obj->if_contains("body");
-  const boost::json::value* b64 = obj->if_contains("isBase64Encoded");
-  const bool base64 = b64 != nullptr && b64->is_bool() && b64->as_bool();
-  if (body == nullptr || body->is_null()) {
-    // no body
-  } else if (body->is_string()) {
-    std::string_view text = body->as_string();
-    if (base64) {
-      auto bytes = base64_decode(text);
-      if (!bytes) throw Error(errc::handler_failed, "the handler's body is not valid base64");
-      res.body() = std::move(*bytes);
-    } else {
-      res.body() = std::string(text);
-    }
-    if (!has_type) {
-      res.set(http::field::content_type,
-              base64 ? "application/octet-stream" : "text/plain; charset=utf-8");
-    }
-  } else {
-    res.body() = boost::json::serialize(*body);
-    // Boost.JSON reads a number past a double's range as infinity (0e999 as NaN) and prints it
-    // "Infinity" ("NaN"): not JSON, so not served as such (found by tests/fuzz/json_check_fuzz).
-    if (!check_json_text(res.body()).ok()) {
-      throw Error(errc::handler_failed, "the handler's body has a number a double cannot hold");
-    }
-    if (!has_type) res.set(http::field::content_type, k_json);
-  }
-  if (code == 204 || code == 304) res.body().clear();  // these carry no body
-  return res;
-}
 
 // ---- The server core ----------------------------------------------------------------------
 
@@ -719,9 +155,8 @@ struct Core {
   std::atomic<std::uint64_t> requests{0};
   std::atomic<std::size_t> streams{0};
 
-  std::mutex routes_mu;  // guards `routes`
-  std::shared_ptr<const RouteTable> routes;
-  std::mutex refresh_mu;  // one routing-table read at a time
+  RouteTable table;                         // the /v1 routes, fixed once started
+  std::unique_ptr<TriggerGateway> gateway;  // every other path
 
   // Asynchronous calls whose answer has not come back: their reads run on the contexts, which
   // stop() keeps running until there are none.
@@ -783,27 +218,21 @@ struct Core {
   // Closes the connections of `context` whose read or write is past its deadline, every
   // k_deadline_sweep.
   void sweep_deadlines(IoContext& context);
-  Routed route(const std::shared_ptr<const Request>& req);
-  Routed route_kind(const std::shared_ptr<const Request>& req, Kind kind, const Target& t);
-  Routed route_logs(const std::shared_ptr<const Request>& req, const std::string& name,
-                    const Target& t);
-  Routed route_events(const std::shared_ptr<const Request>& req, const Target& t);
-  // POST /v1/functions/NAME/invoke: the call and its answer.
-  v1::InvokeRequest invoke_request(const Request& req, const std::string& name,
-                                   const Target& t) const;
-  static Response invoke_response(v1::InvokeResponse out);
-  bool authorized(const Request& req) const;
+  // How a request is answered: by the trigger gateway off /v1, else by the route table.
+  // `principal`: who the request's token says (nullopt: no good token).
+  Routed route(const std::shared_ptr<const Request>& req,
+               const std::optional<Principal>& principal);
   std::shared_ptr<StreamSlot> try_stream_slot();
   Response streams_busy() const;
+};
 
-  Response gateway(const Request& req);
-  // The call a gateway request makes, or (returned) the answer when it makes none (405).
-  std::optional<Response> gateway_request(const Request& req, v1::InvokeRequest& call);
-  static Response gateway_answer(v1::InvokeResponse out);
-  std::shared_ptr<const RouteTable> route_table(bool missed);
-  // The path of a gateway target no trigger serves; nullopt when one does or the table cannot
-  // be read (the request then takes its usual way, which reports that).
-  std::optional<std::string> unrouted_path(std::string_view target);
+// A connection's place under max_connections, held by a WebSocket after its session is gone.
+struct ConnectionPlace {
+  explicit ConnectionPlace(std::atomic<std::size_t>& count) : open(count) {}
+  ConnectionPlace(const ConnectionPlace&) = delete;
+  ConnectionPlace& operator=(const ConnectionPlace&) = delete;
+  ~ConnectionPlace() { --open; }
+  std::atomic<std::size_t>& open;
 };
 
 std::shared_ptr<StreamSlot> Core::try_stream_slot() {
@@ -830,7 +259,7 @@ class Session : public std::enable_shared_from_this<Session> {
   }
   ~Session() {
     release_reserved();
-    --server_.open_connections;
+    if (!handed_over_) --server_.open_connections;
     if (!registered_) return;
     std::lock_guard lock(context_.sessions_mu);
     context_.sessions.erase(entry_);
@@ -904,21 +333,18 @@ class Session : public std::enable_shared_from_this<Session> {
         {server_.options.token, server_.options.body_limit, server_.options.gateway_body_limit});
     gateway_ = verdict.gateway;
     limit_ = verdict.body_limit;
+    // A server without a token is open: everyone may do everything.
+    principal_.reset();
+    if (server_.options.token.empty() || verdict.authenticated) principal_ = Principal::admin();
     parser_->body_limit(limit_);
     if (verdict.status != 0)
       return refuse(verdict.status, verdict.message, parser_->get().version());
-    // The token was checked with the head (401 without it); a server without one is open.
-    if (!verdict.gateway && (verdict.authenticated || server_.options.token.empty()) &&
-        server_.options.agent_channel && parser_->get().target() == "/v1/agent" &&
-        beast::websocket::is_upgrade(parser_->get())) {
-      return upgrade_agent();
-    }
     // What unauthenticated clients may make the server hold is capped server-wide, decided from
     // the head (a chunked body counts as its limit).
     if (!verdict.authenticated && !parser_->is_done()) {
       // A public body for a path no trigger serves is not read at all.
       if (gateway_) {
-        if (auto path = server_.unrouted_path(parser_->get().target())) {
+        if (auto path = server_.gateway->unrouted_path(parser_->get().target())) {
           return refuse(404, "no HTTP trigger serves " + *path, parser_->get().version());
         }
       }
@@ -946,21 +372,6 @@ class Session : public std::enable_shared_from_this<Session> {
       return;
     }
     read_body();
-  }
-
-  // The agent channel: the WebSocket handshake is answered here, the stream handed over.
-  void upgrade_agent() {
-    disarm();
-    ++server_.requests;
-    auto ws = std::make_shared<beast::websocket::stream<beast::tcp_stream>>(std::move(stream_));
-    beast::get_lowest_layer(*ws).expires_after(std::chrono::seconds(10));
-    auto req = std::make_shared<http::request<http::empty_body>>(parser_->get().base());
-    ws->async_accept(*req,
-                     [ws, req, handler = server_.options.agent_channel](beast::error_code ec) {
-                       if (ec) return;
-                       beast::get_lowest_layer(*ws).expires_never();
-                       handler(std::move(*ws));
-                     });
   }
 
   void read_body() {
@@ -1033,7 +444,7 @@ class Session : public std::enable_shared_from_this<Session> {
     started_ = std::chrono::steady_clock::now();
     Routed routed;
     try {
-      routed = server_.route(req);
+      routed = server_.route(req, principal_);
     } catch (...) {
       return write(error_from_current(), version, req);
     }
@@ -1053,7 +464,40 @@ class Session : public std::enable_shared_from_this<Session> {
         }
         return start_stream(std::move(routed), std::move(slot), version, req);
       }
+      case Routed::Mode::upgrade:
+        return upgrade(std::move(routed.upgrade), req);
     }
+  }
+
+  // A WebSocket route: the handshake is answered here, then the connection is the hook's (its
+  // place under max_connections with it). A plain request to such a route gets 426.
+  void upgrade(std::shared_ptr<const WebSocketHandler> handler,
+               const std::shared_ptr<const Request>& req) {
+    if (!websocket::is_upgrade(*req)) {
+      auto res = error_response(errc::invalid_spec, std::string(req->target()) +
+                                                        " takes WebSocket connections only "
+                                                        "(send \"Upgrade: websocket\")");
+      res.result(http::status::upgrade_required);
+      res.set(http::field::upgrade, "websocket");
+      return write(std::move(res), req->version(), req);
+    }
+    if (auto& log = server_.options.logger) {
+      log->debug("{} {} -> WebSocket", std::string_view(req->method_string()),
+                 std::string_view(req->target()));
+    }
+    handed_over_ = true;
+    auto place = std::make_shared<ConnectionPlace>(server_.open_connections);
+    auto conn = std::make_unique<WebSocketConnection>(std::move(stream_), *req,
+                                                      principal_.value_or(Principal{}), place);
+    WebSocketConnection& c = *conn;
+    c.ws.set_option(websocket::stream_base::timeout::suggested(beast::role_type::server));
+    c.ws.set_option(websocket::stream_base::decorator(
+        [](websocket::response_type& res) { res.set(http::field::server, "blixard"); }));
+    c.ws.async_accept(c.request, [conn = std::move(conn),
+                                  handler = std::move(handler)](beast::error_code ec) mutable {
+      if (ec) return;  // the client went away during the handshake
+      (*handler)(std::move(conn));
+    });
   }
 
   // A Backend call runs here, on this io thread, while fewer than `workers` run; otherwise it waits
@@ -1394,8 +838,10 @@ class Session : public std::enable_shared_from_this<Session> {
   std::vector<char> drain_buffer_;
   std::size_t drained_ = 0;
   bool keep_alive_ = true;
-  bool gateway_ = false;      // the request being read is for the trigger gateway
-  std::size_t limit_ = 0;     // its body limit
+  bool gateway_ = false;                // the request being read is for the trigger gateway
+  std::optional<Principal> principal_;  // who its token says; nullopt: no good token
+  bool handed_over_ = false;            // to a WebSocket hook, with the connection's place
+  std::size_t limit_ = 0;               // its body limit
   std::size_t reserved_ = 0;  // of Core::unauthenticated_bytes, for the request being served
   std::chrono::steady_clock::time_point started_;
   // Stream state: strand-only except `gone_`, and `poll_`, which the pool calls while the
@@ -1555,474 +1001,10 @@ void Core::monitor_loop() {
   }
 }
 
-bool Core::authorized(const Request& req) const {
-  return bearer_matches(req[http::field::authorization], options.token);
-}
-
-namespace {
-
-Routed immediate(Job job) { return {Routed::Mode::now, std::move(job), {}, 0, {}}; }
-Routed worker(Job job) { return {Routed::Mode::worker, std::move(job), {}, 0, {}}; }
-Routed async_or_worker(AsyncStart start, Job job) {
-  return {Routed::Mode::async, std::move(job), {}, 0, std::move(start)};
-}
-Routed waiter(Job job) { return {Routed::Mode::waiter, std::move(job), {}, 0, {}}; }
-
-Routed not_found(const std::shared_ptr<const Request>& req) {
-  return immediate([req] {
-    return error_response(errc::not_found, "no such endpoint: " + std::string(req->target()));
-  });
-}
-
-Routed not_allowed(const std::shared_ptr<const Request>& req, std::string_view allow) {
-  return immediate([req, allow] { return method_not_allowed(*req, allow); });
-}
-
-// Calls `poll(slice)` with slices of at most `slice_max` until it has something or `wait` is
-// over, so a waiting long poll notices the server stopping.
-template <class F, class Empty>
-auto sliced_poll(F poll, milliseconds wait, milliseconds slice_max,
-                 const std::atomic<bool>& stopping, Empty empty) {
-  const auto deadline = Clock::now() + wait;
-  for (;;) {
-    auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
-    auto m = poll(std::clamp(left, milliseconds(0), slice_max));
-    if (!empty(m) || Clock::now() >= deadline || stopping) return m;
-  }
-}
-
-}  // namespace
-
-Routed Core::route(const std::shared_ptr<const Request>& req) {
-  if (!is_api_target(req->target())) {
-    return async_or_worker(
-        [this, req](const asio::any_io_executor& executor, const Answer& answer, CallerPtr caller) {
-          v1::InvokeRequest call;
-          try {
-            if (auto early = gateway_request(*req, call)) {
-              answer(std::move(*early));
-              return true;
-            }
-            return backend->try_invoke_async(
-                call, executor,
-                [answer](const std::exception_ptr& error, v1::InvokeResponse out) {
-                  answer(error ? gateway_failure(error) : gateway_answer(std::move(out)));
-                },
-                std::move(caller));
-          } catch (...) {
-            answer(gateway_failure(std::current_exception()));
-            return true;
-          }
-        },
-        [this, req] { return gateway(*req); });
-  }
-  const Target t = parse_target(req->target());
-  const auto method = req->method();
-  const auto& s = t.segments;
-
-  if (s.size() == 1 && s[0] == "healthz") {
-    if (method != http::verb::get) return not_allowed(req, "GET");
-    return immediate([] {
-      Response res{http::status::ok, 11};
-      res.set(http::field::content_type, "text/plain");
-      res.body() = "ok";
-      return res;
-    });
-  }
-  if (!authorized(*req)) {
-    return immediate([] {
-      return error_response(errc::unauthenticated,
-                            "this server needs a token: send \"Authorization: Bearer <token>\"");
-    });
-  }
-  auto backend = this->backend;
-  if (s.size() == 1 && s[0] == "metrics") {
-    if (method != http::verb::get) return not_allowed(req, "GET");
-    return worker([backend] {
-      Response res{http::status::ok, 11};
-      res.set(http::field::content_type, k_prometheus);
-      res.body() = backend->prometheus_metrics();
-      return res;
-    });
-  }
-  if (s.size() < 2) return not_found(req);
-  const std::string& what = s[1];
-
-  if (s.size() == 2 && what == "info") {
-    if (method != http::verb::get) return not_allowed(req, "GET");
-    return worker([req, backend] { return message_response(*req, backend->info()); });
-  }
-  if (s.size() == 2 && what == "apply") {
-    if (method != http::verb::post) return not_allowed(req, "POST");
-    return worker([req, backend, mode = parse_mode(t)] {
-      return message_response(*req, backend->apply(decode_body<v1::ObjectSet>(*req), mode));
-    });
-  }
-  if (s.size() == 2 && what == "nodes") {
-    if (method != http::verb::get) return not_allowed(req, "GET");
-    return worker([req, backend] { return message_response(*req, backend->list_nodes()); });
-  }
-  if (what == "nodes" && (s.size() == 3 || s.size() == 4)) {
-    const std::string name = s[2];
-    if (s.size() == 3) {
-      if (method != http::verb::get) return not_allowed(req, "GET");
-      return worker(
-          [req, backend, name] { return message_response(*req, backend->get_node(name)); });
-    }
-    using Action = detail::Backend::NodeAction;
-    std::optional<Action> action;
-    if (s[3] == "cordon") action = Action::cordon;
-    if (s[3] == "uncordon") action = Action::uncordon;
-    if (s[3] == "drain") action = Action::drain;
-    if (!action) return not_found(req);
-    if (method != http::verb::post) return not_allowed(req, "POST");
-    return worker([req, backend, name, a = *action] {
-      return message_response(*req, backend->change_node(name, a));
-    });
-  }
-  if (s.size() == 2 && what == "events") {
-    if (method != http::verb::get) return not_allowed(req, "GET");
-    return route_events(req, t);
-  }
-  if (auto kind = parse_kind(what)) return route_kind(req, *kind, t);
-  return not_found(req);
-}
-
-Routed Core::route_events(const std::shared_ptr<const Request>& req, const Target& t) {
-  auto backend = this->backend;
-  const std::string kind = t.param("kind") ? *t.param("kind") : "";
-  const std::string name = t.param("name") ? *t.param("name") : "";
-  const std::int64_t after = parse_after(t, true);
-  if (parse_flag(t, "watch")) {
-    Routed r;
-    r.mode = Routed::Mode::stream;
-    r.after = after;
-    r.poll = [backend, kind, name](std::int64_t from, milliseconds wait) {
-      auto list = backend->events(kind, name, from, wait);
-      Batch b;
-      for (const auto& e : list.events()) b.lines += to_json(e) + "\n";
-      b.next = list.next();
-      return b;
-    };
-    return r;
-  }
-  const milliseconds wait = parse_wait(t, options.max_wait);
-  Job job = [this, req, backend, kind, name, after, wait] {
-    // Each slice goes on from where the last ended: after=-1 ("from now") is resolved once.
-    std::int64_t from = after;
-    auto list = sliced_poll(
-        [&](milliseconds w) {
-          auto l = backend->events(kind, name, from, w);
-          from = l.next();
-          return l;
-        },
-        wait, options.stream_poll_wait, stopping,
-        [](const v1::WatchEventList& l) { return l.events_size() == 0; });
-    return message_response(*req, list);
-  };
-  return wait.count() > 0 ? waiter(std::move(job)) : worker(std::move(job));
-}
-
-Routed Core::route_logs(const std::shared_ptr<const Request>& req, const std::string& name,
-                        const Target& t) {
-  auto backend = this->backend;
-  const std::int64_t after = parse_after(t);
-  if (parse_flag(t, "follow")) {
-    Routed r;
-    r.mode = Routed::Mode::stream;
-    r.after = after;
-    r.poll = [backend, name](std::int64_t from, milliseconds wait) {
-      auto chunk = backend->function_logs(name, from, wait);
-      Batch b;
-      for (const auto& line : chunk.lines()) b.lines += to_json(line) + "\n";
-      b.next = chunk.next();
-      return b;
-    };
-    return r;
-  }
-  const milliseconds wait = parse_wait(t, options.max_wait);
-  Job job = [this, req, backend, name, after, wait] {
-    auto chunk = sliced_poll([&](milliseconds w) { return backend->function_logs(name, after, w); },
-                             wait, options.stream_poll_wait, stopping,
-                             [](const v1::LogChunk& c) { return c.lines_size() == 0; });
-    return message_response(*req, chunk);
-  };
-  return wait.count() > 0 ? waiter(std::move(job)) : worker(std::move(job));
-}
-
-Routed Core::route_kind(const std::shared_ptr<const Request>& req, Kind kind, const Target& t) {
-  const auto method = req->method();
-  const auto& s = t.segments;
-  auto backend = this->backend;
-
-  if (s.size() == 2) {
-    if (method == http::verb::get) {
-      return worker([req, backend, kind]() -> Response {
-        switch (kind) {
-          case Kind::function:
-            return message_response(*req, backend->list_functions());
-          case Kind::vm:
-            return message_response(*req, backend->list_vms());
-          case Kind::trigger:
-            return message_response(*req, backend->list_triggers());
-        }
-        return error_response(errc::internal, "unknown kind");
-      });
-    }
-    if (method == http::verb::post) {
-      // Create = apply(create) of a one-object set, then read back what the store holds.
-      return worker([req, backend, kind]() -> Response {
-        v1::ObjectSet set;
-        switch (kind) {
-          case Kind::function: {
-            auto& f = *set.add_functions() = decode_body<v1::Function>(*req);
-            require_name(f);
-            backend->apply(set, detail::ApplyMode::create);
-            return message_response(*req, backend->get_function(f.metadata().name()),
-                                    http::status::created);
-          }
-          case Kind::vm: {
-            auto& v = *set.add_vms() = decode_body<v1::Vm>(*req);
-            require_name(v);
-            backend->apply(set, detail::ApplyMode::create);
-            return message_response(*req, backend->get_vm(v.metadata().name()),
-                                    http::status::created);
-          }
-          case Kind::trigger: {
-            auto& tr = *set.add_triggers() = decode_body<v1::Trigger>(*req);
-            require_name(tr);
-            backend->apply(set, detail::ApplyMode::create);
-            return message_response(*req, backend->get_trigger(tr.metadata().name()),
-                                    http::status::created);
-          }
-        }
-        return error_response(errc::internal, "unknown kind");
-      });
-    }
-    return not_allowed(req, "GET, POST");
-  }
-
-  const std::string name = s[2];
-  if (s.size() == 3) {
-    if (method == http::verb::get) {
-      return worker([req, backend, kind, name]() -> Response {
-        switch (kind) {
-          case Kind::function:
-            return message_response(*req, backend->get_function(name));
-          case Kind::vm:
-            return message_response(*req, backend->get_vm(name));
-          case Kind::trigger:
-            return message_response(*req, backend->get_trigger(name));
-        }
-        return error_response(errc::internal, "unknown kind");
-      });
-    }
-    if (method == http::verb::delete_) {
-      return worker([req, backend, kind, name]() -> Response {
-        v1::ObjectSet set;
-        switch (kind) {
-          case Kind::function:
-            set.add_functions()->mutable_metadata()->set_name(name);
-            break;
-          case Kind::vm:
-            set.add_vms()->mutable_metadata()->set_name(name);
-            break;
-          case Kind::trigger:
-            set.add_triggers()->mutable_metadata()->set_name(name);
-            break;
-        }
-        return message_response(*req, backend->apply(set, detail::ApplyMode::remove));
-      });
-    }
-    return not_allowed(req, "GET, DELETE");
-  }
-
-  if (s.size() == 4 && kind == Kind::function) {
-    if (s[3] == "invoke") {
-      if (method != http::verb::post) return not_allowed(req, "POST");
-      auto call = std::make_shared<v1::InvokeRequest>(invoke_request(*req, name, t));
-      return async_or_worker(
-          [backend, call](const asio::any_io_executor& executor, const Answer& answer,
-                          CallerPtr caller) {
-            return backend->try_invoke_async(
-                *call, executor,
-                [answer](const std::exception_ptr& error, v1::InvokeResponse out) {
-                  if (!error) return answer(invoke_response(std::move(out)));
-                  try {
-                    std::rethrow_exception(error);
-                  } catch (...) {
-                    answer(error_from_current());
-                  }
-                },
-                std::move(caller));
-          },
-          [backend, call] { return invoke_response(backend->invoke(*call)); });
-    }
-    if (s[3] == "metrics") {
-      if (method != http::verb::get) return not_allowed(req, "GET");
-      return worker(
-          [req, backend, name] { return message_response(*req, backend->function_metrics(name)); });
-    }
-    if (s[3] == "logs") {
-      if (method != http::verb::get) return not_allowed(req, "GET");
-      return route_logs(req, name, t);
-    }
-  }
-  return not_found(req);
-}
-
-v1::InvokeRequest Core::invoke_request(const Request& req, const std::string& name,
-                                       const Target& t) const {
-  v1::InvokeRequest call;
-  call.set_function(name);
-  std::string_view body = req.body();
-  if (body.find_first_not_of(" \t\r\n") == body.npos) {
-    call.set_payload("null");  // no body: the handler gets a JSON null
-  } else {
-    // One linear pass (protobuf's Value parser took time quadratic in the nesting).
-    if (auto check = check_json_text(body); !check.ok()) {
-      throw Error(errc::invalid_spec, json_problem(check, "the invocation payload"), "payload");
-    }
-    call.set_payload(std::string(body));
-  }
-  call.set_request_id(std::string(req["X-Blixard-Request-Id"]));
-  if (const std::string* timeout = t.param("timeout")) {
-    *call.mutable_timeout() = parse_duration(*timeout);
-  }
-  return call;
-}
-
-Response Core::invoke_response(v1::InvokeResponse out) {
-  if (out.has_error() && !out.error().code().empty()) return error_response(out.error());
-  Response res{http::status::ok, 11};
-  res.set(http::field::content_type, k_json);
-  res.set("X-Blixard-Request-Id", out.request_id());
-  res.set("X-Blixard-Cold-Start", out.cold_start() ? "true" : "false");
-  res.set("X-Blixard-Node", out.node());
-  const auto& d = out.duration();
-  res.set("X-Blixard-Duration-Us", std::to_string(d.seconds() * 1'000'000 + d.nanos() / 1000));
-  res.body() = std::move(*out.mutable_result());
-  return res;
-}
-
-// ---- Gateway ------------------------------------------------------------------------------
-
-// The routing table, re-read when older than `route_refresh` (a quarter of it after a miss, so
-// a trigger just created routes soon). One thread reads it; the others wait and share the result.
-std::shared_ptr<const RouteTable> Core::route_table(bool missed) {
-  const auto max_age = missed ? options.route_refresh / 4 : options.route_refresh;
-  const auto now = Clock::now();
-  {
-    std::lock_guard lock(routes_mu);
-    if (routes && now - routes->fetched < max_age) return routes;
-  }
-  std::lock_guard refresh(refresh_mu);
-  {
-    std::lock_guard lock(routes_mu);
-    if (routes && routes->fetched >= now) return routes;  // read afresh while this one waited
-  }
-  auto table = std::make_shared<RouteTable>();
-  table->fetched = Clock::now();
-  v1::TriggerList list;
-  try {
-    list = backend->list_triggers();
-  } catch (const std::exception& e) {
-    std::lock_guard lock(routes_mu);
-    if (!routes) throw;
-    if (options.logger) options.logger->warn("gateway routes not refreshed: {}", e.what());
-    return routes;  // a stale table beats none
-  }
-  for (const auto& trigger : list.items()) {
-    const auto& spec = trigger.spec();
-    if (spec.type() != "http" || spec.path().empty()) continue;
-    GatewayRoute r;
-    r.trigger = trigger.metadata().name();
-    r.function = spec.function();
-    r.methods.assign(spec.methods().begin(), spec.methods().end());
-    for (auto& m : r.methods) {
-      for (auto& c : m) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-    }
-    std::string path = spec.path();
-    if (path.ends_with("/*")) {
-      r.prefix = true;
-      path.resize(path.size() - 2);
-      r.path = path.empty() ? path : normalize_path(path);
-      table->prefixes.push_back(std::move(r));
-    } else {
-      r.path = normalize_path(path);
-      table->exact.emplace(r.path, std::move(r));
-    }
-  }
-  std::sort(table->prefixes.begin(), table->prefixes.end(),
-            [](const auto& a, const auto& b) { return a.path.size() > b.path.size(); });
-  std::lock_guard lock(routes_mu);
-  routes = table;
-  return table;
-}
-
-std::optional<std::string> Core::unrouted_path(std::string_view target) {
-  try {
-    std::string path = normalize_path(percent_decode(target.substr(0, target.find('?')), false));
-    if (route_table(false)->find(path) != nullptr || route_table(true)->find(path) != nullptr) {
-      return std::nullopt;
-    }
-    return path;
-  } catch (...) {
-    return std::nullopt;
-  }
-}
-
-Response Core::gateway(const Request& req) {
-  try {
-    v1::InvokeRequest call;
-    if (auto early = gateway_request(req, call)) return std::move(*early);
-    return gateway_answer(backend->invoke(call));
-  } catch (...) {
-    return gateway_failure(std::current_exception());
-  }
-}
-
-Response Core::gateway_answer(v1::InvokeResponse out) {
-  try {
-    if (out.has_error() && !out.error().code().empty()) throw Error(out.error());
-    return gateway_result(std::move(out));
-  } catch (...) {
-    return gateway_failure(std::current_exception());
-  }
-}
-
-std::optional<Response> Core::gateway_request(const Request& req, v1::InvokeRequest& call) {
-  std::string_view target = req.target();
-  const auto q = target.find('?');
-  const std::string_view raw_path = target.substr(0, q);
-  const std::string_view raw_query = q == target.npos ? "" : target.substr(q + 1);
-  const std::string decoded_path = percent_decode(raw_path, false);
-  const std::string path = normalize_path(decoded_path);
-
-  auto table = route_table(false);
-  const GatewayRoute* route = table->find(path);
-  if (route == nullptr) {
-    table = route_table(true);
-    route = table->find(path);
-  }
-  if (route == nullptr) throw Error(errc::not_found, "no HTTP trigger serves " + path);
-
-  const std::string_view method = req.method_string();
-  if (!route->methods.empty() &&
-      std::find(route->methods.begin(), route->methods.end(), method) == route->methods.end()) {
-    std::string allow;
-    for (const auto& m : route->methods) allow += (allow.empty() ? "" : ", ") + m;
-    auto res = gateway_error(
-        405, "method_not_allowed",
-        std::string(method) + " is not allowed on " + path + " (allowed: " + allow + ")");
-    res.set(http::field::allow, allow);
-    return res;
-  }
-
-  call.set_function(route->function);
-  call.set_payload(gateway_event(req, raw_path, raw_query, decoded_path));
-  call.set_request_id(std::string(req["X-Blixard-Request-Id"]));
-  return std::nullopt;
+Routed Core::route(const std::shared_ptr<const Request>& req,
+                   const std::optional<Principal>& principal) {
+  if (!is_api_target(req->target())) return gateway->route(req, principal);
+  return table.dispatch(req, parse_target(req->target()), principal ? &*principal : nullptr);
 }
 
 HttpServer::HttpServer(std::shared_ptr<detail::Backend> backend, HttpServerOptions options)
@@ -2034,8 +1016,24 @@ HttpServer::HttpServer(std::shared_ptr<detail::Backend> backend, HttpServerOptio
   if (impl_->options.io_threads == 0) impl_->options.io_threads = 1;
   if (impl_->options.max_streams == 0) impl_->options.max_streams = 1;
   if (impl_->options.stream_poll_wait <= std::chrono::milliseconds(0)) {
-    impl_->options.stream_poll_wait = std::chrono::milliseconds(1000);
+    impl_->options.stream_poll_wait = HttpServerOptions{}.stream_poll_wait;
   }
+  auto& im = *impl_;
+  add_api_routes(im.table,
+                 {im.backend, im.options.max_wait, im.options.stream_poll_wait, &im.stopping});
+  im.gateway =
+      std::make_unique<TriggerGateway>(im.backend, im.options.route_refresh, im.options.logger);
+}
+
+void HttpServer::add_websocket(const std::string& path, Scope scope, WebSocketHandler handler) {
+  if (impl_->started) throw Error(errc::internal, "HttpServer::add_websocket after start()");
+  if (!is_api_target(path)) {
+    throw Error(errc::invalid_spec, "a WebSocket path is under /v1, not \"" + path + "\"", "path");
+  }
+  if (!handler) throw Error(errc::invalid_spec, "a WebSocket hook needs a handler", "handler");
+  auto hook = std::make_shared<const WebSocketHandler>(std::move(handler));
+  impl_->table.add(http::verb::get, path, scope,
+                   [hook](const RouteRequest&) { return upgrade(hook); });
 }
 
 HttpServer::~HttpServer() { stop(); }

@@ -1,5 +1,7 @@
-// The HTTP/1.1 API server (DESIGN §4): maps /v1 requests onto a detail::Backend, serves /metrics,
-// and is the gateway of HTTP triggers (any other path). Beast stays in the .cpp. A Backend call
+// The HTTP/1.1 API server (DESIGN §4): maps /v1 requests onto a detail::Backend through its route
+// table (api/route_table.hpp, api/routes.hpp), serves /metrics, is the gateway of HTTP triggers
+// (any other path, api/trigger_gateway.hpp), and hands WebSocket upgrades on the paths given to
+// add_websocket() to their hooks (api/websocket.hpp). Beast stays in the .cpp files. A Backend call
 // blocks (an invoke runs a handler); it runs on the io thread that read its request, which saves
 // two thread handoffs per call, and when it runs long (past about a millisecond) a spare thread
 // takes that io thread's other connections over, so a slow invocation does not hold up other
@@ -13,10 +15,10 @@
 #include <memory>
 #include <string>
 
-#include <boost/beast/core/tcp_stream.hpp>
-#include <boost/beast/websocket/stream.hpp>
-
+#include "api/auth.hpp"
+#include "api/websocket_fwd.hpp"
 #include "blixard/detail/backend.hpp"
+#include "common/defaults.hpp"
 
 namespace spdlog {
 class logger;
@@ -25,9 +27,6 @@ class logger;
 namespace blixard::api {
 
 struct HttpServerOptions {
-  // Takes the agent channel's connections: a WebSocket upgrade of GET /v1/agent with the token
-  // is accepted and its stream handed over (on its strand); without it /v1/agent is 404.
-  std::function<void(boost::beast::websocket::stream<boost::beast::tcp_stream>)> agent_channel;
   std::string address = "127.0.0.1";
   unsigned short port = 0;  // 0: any free port; port() tells which
   // When set, every /v1 request and /metrics need "Authorization: Bearer <token>". The trigger
@@ -37,8 +36,9 @@ struct HttpServerOptions {
   // before bodies: a request target over 8 KiB gets 414, a head over 16 KiB 431, and an API
   // request without the token 401, its body never read.
   std::size_t body_limit = 8 << 20;
-  // Request bodies sent to an HTTP trigger (gateway paths) larger than this get 413.
-  std::size_t gateway_body_limit = 6 << 20;
+  // Request bodies sent to an HTTP trigger (gateway paths) larger than this get 413: a function's
+  // default payload limit (its own maxPayloadBytes is checked when it is called).
+  std::size_t gateway_body_limit = k_default_max_payload_bytes;
   // Request bodies not authenticated by the token (the gateway's, and every one on a server
   // without a token) buffered at once, server-wide, counted by Content-Length (a chunked body as
   // its limit); a request that would pass it is answered 503 before its body is read.
@@ -79,6 +79,15 @@ class HttpServer {
   ~HttpServer();  // stop()s
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;
+
+  // Before start(): WebSocket connections to `path` (a route pattern under /v1, e.g. "/v1/agent";
+  // {name} captures allowed) are upgraded once the request passed the route table's checks (401
+  // without a good token, 403 without `scope`; a plain GET gets 426): the server answers the
+  // handshake, then calls `handler` on the connection's strand with the accepted stream, the
+  // upgrade request and the token's principal (api/websocket.hpp says what the hook owes).
+  // Throws Error(invalid_spec) for a path off /v1, Error(internal) after start() or for a path
+  // already routed.
+  void add_websocket(const std::string& path, Scope scope, WebSocketHandler handler);
 
   // Binds and starts serving. Throws Error(unavailable) naming the address when it cannot bind.
   void start();

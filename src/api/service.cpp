@@ -17,6 +17,7 @@
 #include "api/apply_plan.hpp"
 #include "blixard/spec.hpp"
 #include "blixard/version.hpp"
+#include "common/defaults.hpp"
 #include "common/json.hpp"
 #include "common/json_check.hpp"
 
@@ -25,7 +26,6 @@ namespace {
 
 using google::protobuf::util::TimeUtil;
 
-constexpr std::size_t k_default_max_payload = 6u << 20;
 constexpr int k_apply_attempts = 5;
 
 std::string random_hex(std::size_t bytes) {
@@ -353,7 +353,7 @@ std::shared_ptr<runtime::Invocation> Service::invocation_of(const v1::InvokeRequ
 
   std::string payload = request.payload().empty() ? "{}" : request.payload();
   const std::size_t max_payload =
-      spec.max_payload_bytes() != 0 ? spec.max_payload_bytes() : k_default_max_payload;
+      spec.max_payload_bytes() != 0 ? spec.max_payload_bytes() : k_default_max_payload_bytes;
   if (payload.size() > max_payload) {
     throw Error(errc::payload_too_large,
                 "payload is " + std::to_string(payload.size()) + " bytes; the limit is " +

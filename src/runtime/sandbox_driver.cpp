@@ -33,6 +33,7 @@
 #include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/strand.hpp>
 
+#include "common/defaults.hpp"
 #include "common/sigpipe.hpp"
 #include "runtime/cgroup.hpp"
 #include "runtime/confine.hpp"
@@ -54,7 +55,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
-constexpr std::uint64_t k_default_max_payload = 6u << 20;
 constexpr milliseconds k_default_timeout{30'000};
 // A handler gets at least this long to import its code and say ready (as Lambda's init phase).
 constexpr milliseconds k_min_start_timeout{10'000};
@@ -154,7 +154,7 @@ milliseconds spec_timeout(const v1::FunctionSpec& spec, milliseconds override_ti
 }
 
 std::uint64_t payload_limit(const v1::FunctionSpec& spec) {
-  return spec.max_payload_bytes() != 0 ? spec.max_payload_bytes() : k_default_max_payload;
+  return spec.max_payload_bytes() != 0 ? spec.max_payload_bytes() : k_default_max_payload_bytes;
 }
 
 void check_payload(const Invocation& inv) {

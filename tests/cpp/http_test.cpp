@@ -18,7 +18,16 @@
 #include <optional>
 #include <thread>
 
+#include <boost/asio/connect.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core/buffers_to_string.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/websocket.hpp>
+
 #include "api/http_server.hpp"
+#include "api/route_table.hpp"
+#include "api/routes.hpp"
+#include "api/websocket.hpp"
 #include "blixard/error.hpp"
 #include "client/http_backend.hpp"
 
@@ -730,6 +739,27 @@ TEST_F(HttpTest, ErrorsKeepCodeFieldAndPosition) {
     EXPECT_EQ(timeout.code(), errc::timeout);
     EXPECT_THAT(timeout.message(), HasSubstr("past its timeout"));
   }
+}
+
+// ?timeout= and ?wait= read durations with blixard::parse_duration, as a manifest's fields are.
+TEST_F(HttpTest, QueryDurationsAreReadByTheSpecsParser) {
+  auto raw = raw_request(server_->port(),
+                         http_request("POST", "/v1/functions/echo/invoke?timeout=1m30s", "1"));
+  EXPECT_EQ(raw.status, 200);
+  EXPECT_EQ(fake_->last_invoke().timeout().seconds(), 90);
+  raw = raw_request(server_->port(),
+                    http_request("POST", "/v1/functions/echo/invoke?timeout=250ms", "1"));
+  EXPECT_EQ(fake_->last_invoke().timeout().nanos(), 250'000'000);
+  raw = raw_request(server_->port(),
+                    http_request("POST", "/v1/functions/echo/invoke?timeout=0s", "1"));
+  EXPECT_EQ(raw.status, 400);
+  EXPECT_THAT(raw.body, HasSubstr("positive duration"));
+  fake_->add_log("one");
+  EXPECT_EQ(get("/v1/functions/echo/logs?wait=1.5s").status, 200);
+  raw = get("/v1/functions/echo/logs?wait=5parsecs");
+  EXPECT_EQ(raw.status, 400);
+  EXPECT_THAT(raw.body, HasSubstr(R"("field":"wait")"));
+  EXPECT_THAT(raw.body, HasSubstr("unknown unit"));
 }
 
 TEST_F(HttpTest, InvalidInvokePayloadIsInvalidSpec) {
@@ -1801,6 +1831,211 @@ TEST_F(HttpTest, UnauthenticatedBodiesShareABoundedBuffer) {
   EXPECT_TRUE(eventually([&] {
     return raw_request(server_->port(), http_request("POST", "/hook", body)).status == 200;
   }));
+}
+
+// ---- The route table ------------------------------------------------------------------------
+
+api::Routed answer_with(std::string text) {
+  return api::immediate([text] {
+    api::Response res{boost::beast::http::status::ok, 11};
+    res.body() = text;
+    return res;
+  });
+}
+
+api::Response run(const api::RouteTable& table, boost::beast::http::verb verb,
+                  const std::string& target, const api::Principal* who) {
+  auto req = std::make_shared<api::Request>(verb, target, 11);
+  auto routed = table.dispatch(req, api::parse_target(target), who);
+  EXPECT_EQ(routed.mode, api::Routed::Mode::now);
+  return api::run_job(routed.job);
+}
+
+TEST(RouteTable, MatchesCapturesAnswers405WithAllowAnd404) {
+  using boost::beast::http::verb;
+  api::RouteTable table;
+  table.add(verb::get, "/v1/things", api::Scope::read,
+            [](const api::RouteRequest&) { return answer_with("list"); });
+  table.add(verb::post, "/v1/things", api::Scope::admin,
+            [](const api::RouteRequest&) { return answer_with("create"); });
+  table.add(verb::get, "/v1/things/{name}/parts/{part}", api::Scope::read,
+            [](const api::RouteRequest& r) {
+              return answer_with(r.param("name") + "/" + r.param("part"));
+            });
+  const auto admin = api::Principal::admin();
+
+  EXPECT_EQ(run(table, verb::get, "/v1/things", &admin).body(), "list");
+  EXPECT_EQ(run(table, verb::post, "/v1/things/", &admin).body(), "create");
+  EXPECT_EQ(run(table, verb::get, "/v1/things/a%20b/parts/x?q=1", &admin).body(), "a b/x");
+
+  auto res = run(table, verb::delete_, "/v1/things", &admin);
+  EXPECT_EQ(res.result_int(), 405);
+  EXPECT_EQ(res[boost::beast::http::field::allow], "GET, POST");
+  EXPECT_THAT(res.body(), HasSubstr("DELETE is not allowed on /v1/things (allowed: GET, POST)"));
+  EXPECT_EQ(run(table, verb::get, "/v1/things/a/parts", &admin).result_int(), 404);
+  EXPECT_EQ(run(table, verb::get, "/v1/other", &admin).result_int(), 404);
+
+  // The same verb and pattern twice is a bug of the routes.
+  EXPECT_EQ(catch_error([&] {
+              table.add(verb::get, "/v1/things/{other}/parts/{x}", api::Scope::read,
+                        [](const api::RouteRequest&) { return answer_with(""); });
+            }).code(),
+            errc::internal);
+  EXPECT_EQ(catch_error([&] {
+              table.add(verb::get, "/v1/bad/{open", api::Scope::read,
+                        [](const api::RouteRequest&) { return answer_with(""); });
+            }).code(),
+            errc::internal);
+}
+
+TEST(RouteTable, ChecksTheRoutesScopeBeforeTheHandlerRuns) {
+  using boost::beast::http::verb;
+  api::RouteTable table;
+  int ran = 0;
+  table.add(verb::post, "/v1/things", api::Scope::admin, [&](const api::RouteRequest&) {
+    ++ran;
+    return answer_with("create");
+  });
+  table.add(verb::get, "/healthz", api::Scope::none, [&](const api::RouteRequest&) {
+    ++ran;
+    return answer_with("ok");
+  });
+  api::Principal reader{api::Principal::bit(api::Scope::read), {}, "ci-reader"};
+
+  auto res = run(table, verb::post, "/v1/things", &reader);
+  EXPECT_EQ(res.result_int(), 403);
+  EXPECT_THAT(res.body(), HasSubstr(R"("code":"permission_denied")"));
+  EXPECT_THAT(res.body(), HasSubstr("ci-reader"));
+  EXPECT_THAT(res.body(), HasSubstr("admin scope"));
+  res = run(table, verb::post, "/v1/things", nullptr);
+  EXPECT_EQ(res.result_int(), 401);
+  EXPECT_EQ(res[boost::beast::http::field::www_authenticate], "Bearer");
+  EXPECT_EQ(ran, 0);
+  // A public route needs no principal.
+  EXPECT_EQ(run(table, verb::get, "/healthz", nullptr).body(), "ok");
+  EXPECT_EQ(ran, 1);
+}
+
+// Every route the server has declares a scope, and only /healthz is public.
+TEST(RouteTable, EveryApiRouteDeclaresAScope) {
+  api::RouteTable table;
+  std::atomic<bool> stopping{false};
+  api::add_api_routes(table, {std::make_shared<FakeBackend>(), 1s, 1s, &stopping});
+  ASSERT_FALSE(table.routes().empty());
+  for (const auto& r : table.routes()) {
+    const bool get = r.verb == boost::beast::http::verb::get;
+    if (r.pattern == "/healthz") {
+      EXPECT_EQ(r.scope, api::Scope::none);
+    } else if (r.pattern.ends_with("/invoke")) {
+      EXPECT_EQ(r.scope, api::Scope::invoke) << r.pattern;
+    } else {
+      EXPECT_EQ(r.scope, get ? api::Scope::read : api::Scope::admin) << r.pattern;
+    }
+  }
+}
+
+// ---- The WebSocket hook -----------------------------------------------------------------------
+
+// Echoes every frame back, prefixed with the name of the token the peer connected with.
+class EchoSocket : public std::enable_shared_from_this<EchoSocket> {
+ public:
+  explicit EchoSocket(std::unique_ptr<api::WebSocketConnection> c) : c_(std::move(c)) {}
+  void read() {
+    c_->ws.async_read(buffer_,
+                      [self = shared_from_this()](boost::beast::error_code ec, std::size_t) {
+                        if (ec) return;
+                        self->out_ = self->c_->principal.name + ":" +
+                                     boost::beast::buffers_to_string(self->buffer_.data());
+                        self->buffer_.consume(self->buffer_.size());
+                        self->c_->ws.binary(self->c_->ws.got_binary());
+                        self->c_->ws.async_write(boost::asio::buffer(self->out_),
+                                                 [self](boost::beast::error_code ec, std::size_t) {
+                                                   if (!ec) self->read();
+                                                 });
+                      });
+  }
+
+ private:
+  std::unique_ptr<api::WebSocketConnection> c_;
+  boost::beast::flat_buffer buffer_;
+  std::string out_;
+};
+
+// A client's WebSocket handshake to `target`; the server's answer when it declined.
+struct WsClient {
+  boost::asio::io_context ioc;
+  boost::beast::websocket::stream<boost::asio::ip::tcp::socket> ws{ioc};
+  boost::beast::websocket::response_type declined;
+
+  bool connect(unsigned short port, const std::string& target, const std::string& token) {
+    boost::asio::ip::tcp::endpoint at(boost::asio::ip::make_address("127.0.0.1"), port);
+    ws.next_layer().connect(at);
+    ws.set_option(boost::beast::websocket::stream_base::decorator(
+        [token](boost::beast::websocket::request_type& req) {
+          if (!token.empty()) req.set(boost::beast::http::field::authorization, "Bearer " + token);
+        }));
+    boost::beast::error_code ec;
+    ws.handshake(declined, "127.0.0.1", target, ec);
+    return !ec;
+  }
+};
+
+TEST_F(HttpTest, AWebSocketHookGetsTheUpgradedConnectionAfterTheScopeCheck) {
+  api::HttpServerOptions options;
+  options.token = "s3cret-token";
+  fake_ = std::make_shared<FakeBackend>();
+  server_ = std::make_unique<api::HttpServer>(fake_, options);
+  std::atomic<int> accepted{0};
+  server_->add_websocket("/v1/echo/{channel}", api::Scope::node,
+                         [&](std::unique_ptr<api::WebSocketConnection> c) {
+                           EXPECT_EQ(c->request.target(), "/v1/echo/one");
+                           ++accepted;
+                           std::make_shared<EchoSocket>(std::move(c))->read();
+                         });
+  server_->start();
+  EXPECT_EQ(catch_error([&] {
+              server_->add_websocket("/v1/late", api::Scope::node,
+                                     [](std::unique_ptr<api::WebSocketConnection>) {});
+            }).code(),
+            errc::internal);
+
+  WsClient client;
+  ASSERT_TRUE(client.connect(server_->port(), "/v1/echo/one", "s3cret-token"));
+  client.ws.binary(true);
+  const std::string frame(
+      "\x08\x01\x12\x03"
+      "abc",
+      7);
+  client.ws.write(boost::asio::buffer(frame));
+  boost::beast::flat_buffer got;
+  client.ws.read(got);
+  EXPECT_TRUE(client.ws.got_binary());
+  EXPECT_EQ(boost::beast::buffers_to_string(got.data()), "admin:" + frame);
+  client.ws.close(boost::beast::websocket::close_code::normal);
+  EXPECT_EQ(accepted.load(), 1);
+
+  // No token: 401 from the head, the hook never sees it; a plain GET is told to upgrade.
+  WsClient anonymous;
+  EXPECT_FALSE(anonymous.connect(server_->port(), "/v1/echo/one", ""));
+  EXPECT_EQ(anonymous.declined.result_int(), 401);
+  auto raw = get("/v1/echo/one", "Authorization: Bearer s3cret-token\r\n");
+  EXPECT_EQ(raw.status, 426);
+  EXPECT_EQ(raw.header("Upgrade"), "websocket");
+  EXPECT_THAT(raw.body, HasSubstr(R"("code":"invalid_spec")"));
+  raw = raw_request(server_->port(), http_request("POST", "/v1/echo/one", {},
+                                                  "Authorization: Bearer s3cret-token\r\n"));
+  EXPECT_EQ(raw.status, 405);
+  EXPECT_EQ(raw.header("Allow"), "GET");
+  EXPECT_EQ(accepted.load(), 1);
+}
+
+TEST_F(HttpTest, WebSocketPathsAreUnderV1) {
+  EXPECT_EQ(catch_error([&] {
+              api::HttpServer server(fake_);
+              server.add_websocket("/agent", api::Scope::node,
+                                   [](std::unique_ptr<api::WebSocketConnection>) {});
+            }).field(),
+            "path");
 }
 
 }  // namespace

@@ -1,0 +1,127 @@
+// Answers, bodies and query parameters of the /v1 API (see http_message.hpp).
+#include "api/http_message.hpp"
+
+#include <google/protobuf/message.h>
+
+#include <charconv>
+
+#include "blixard/spec.hpp"
+#include "common/json.hpp"
+
+namespace blixard::api {
+namespace {
+
+bool wants_protobuf(std::string_view header) { return header.find(k_protobuf) != header.npos; }
+
+}  // namespace
+
+Response error_response(const v1::Status& status) {
+  Response res;
+  res.result(http_status(errc_from_string(status.code()).value_or(errc::internal)));
+  res.set(http::field::content_type, k_json);
+  res.body() = to_json(status);
+  if (status.code() == "unauthenticated") res.set(http::field::www_authenticate, "Bearer");
+  return res;
+}
+
+Response error_response(errc code, const std::string& message, std::string field) {
+  return error_response(Error(code, message, std::move(field)).status());
+}
+
+Response error_from_current() {
+  try {
+    throw;
+  } catch (const Error& e) {
+    return error_response(e.status());
+  } catch (const std::exception& e) {
+    return error_response(errc::internal, e.what());
+  } catch (...) {
+    return error_response(errc::internal, "unknown exception");
+  }
+}
+
+Response run_job(const Job& job) {
+  try {
+    return job();
+  } catch (...) {
+    return error_from_current();
+  }
+}
+
+Response message_response(const Request& req, const google::protobuf::Message& m,
+                          http::status status) {
+  Response res;
+  res.result(status);
+  if (wants_protobuf(req[http::field::accept])) {
+    res.set(http::field::content_type, k_protobuf);
+    m.SerializeToString(&res.body());
+  } else {
+    res.set(http::field::content_type, k_json);
+    res.body() = to_json(m);
+  }
+  return res;
+}
+
+void decode_body(const Request& req, google::protobuf::Message& m) {
+  if (wants_protobuf(req[http::field::content_type])) {
+    if (!m.ParseFromString(req.body())) {
+      throw Error(errc::invalid_spec, "body is not a valid " + m.GetTypeName() + " in protobuf");
+    }
+  } else {
+    from_json(req.body(), m);  // JSON is the default, whatever else the client claims
+  }
+}
+
+google::protobuf::Duration duration_param(const std::string& text, const std::string& field,
+                                          bool positive) {
+  const auto ms = parse_duration(text, field).count();
+  if (positive && ms <= 0) {
+    throw Error(errc::invalid_spec,
+                field + " must be a positive duration (e.g. 30s, 500ms), not \"" + text + "\"",
+                field);
+  }
+  google::protobuf::Duration d;
+  d.set_seconds(ms / 1000);
+  d.set_nanos(static_cast<std::int32_t>((ms % 1000) * 1'000'000));
+  return d;
+}
+
+std::int64_t parse_after(const Target& t, bool from_now) {
+  const char* key = t.param("after") ? "after" : "from";
+  const std::string* text = t.param(key);
+  if (text == nullptr || text->empty()) return 0;
+  std::int64_t value = 0;
+  auto [p, ec] = std::from_chars(text->data(), text->data() + text->size(), value);
+  const bool now = from_now && key[0] == 'a' && value == -1;
+  if (ec != std::errc() || p != text->data() + text->size() || (value < 0 && !now)) {
+    throw Error(errc::invalid_spec,
+                std::string(key) + " must be a sequence number (0 or more" +
+                    (from_now ? ", or -1 for from now" : "") + "), not \"" + *text + "\"",
+                key);
+  }
+  return key[0] == 'f' ? std::max<std::int64_t>(value - 1, 0) : value;
+}
+
+milliseconds parse_wait(const Target& t, milliseconds max) {
+  const std::string* text = t.param("wait");
+  if (text == nullptr || text->empty()) return milliseconds(0);
+  return std::min(parse_duration(*text, "wait"), max);
+}
+
+bool parse_flag(const Target& t, const char* key) {
+  const std::string* v = t.param(key);
+  if (v == nullptr || *v == "0" || *v == "false") return false;
+  if (v->empty() || *v == "1" || *v == "true") return true;  // a bare "?watch" counts
+  throw Error(errc::invalid_spec, std::string(key) + " must be 1 or 0, not \"" + *v + "\"", key);
+}
+
+detail::ApplyMode parse_mode(const Target& t) {
+  const std::string* mode = t.param("mode");
+  if (mode == nullptr || *mode == "apply") return detail::ApplyMode::apply;
+  if (*mode == "create") return detail::ApplyMode::create;
+  if (*mode == "remove") return detail::ApplyMode::remove;
+  throw Error(errc::invalid_spec, "mode must be create, apply or remove, not \"" + *mode + "\"",
+              "mode");
+}
+
+}  // namespace blixard::api

@@ -1,0 +1,13 @@
+// Defaults that more than one layer applies, each written once.
+#pragma once
+
+#include <cstdint>
+
+namespace blixard {
+
+// A function's request and response limit when its spec sets no maxPayloadBytes: the API checks
+// the payload against it, the driver the instance's answer, and the HTTP trigger gateway takes
+// it as its body limit (gateway_body_limit). Lambda's synchronous limit.
+inline constexpr std::uint64_t k_default_max_payload_bytes = 6U << 20;
+
+}  // namespace blixard
