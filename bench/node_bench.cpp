@@ -6,6 +6,8 @@
 //   build/cpp/bench/node_bench --benchmark_min_time=3
 #include <benchmark/benchmark.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <filesystem>
 #include <future>
@@ -42,9 +44,14 @@ v1::FunctionSpec echo_spec() {
   return s;
 }
 
+fs::path work_dir(const std::string& name) {
+  return fs::temp_directory_path() /
+         ("blixard-node-bench-" + std::to_string(::getpid()) + "-" + name);
+}
+
 std::shared_ptr<blixard::agent::LocalNode> make_node(const std::string& name) {
   blixard::runtime::SandboxOptions o;
-  o.work_dir = fs::temp_directory_path() / ("blixard-node-bench-" + name);
+  o.work_dir = work_dir(name);
   return std::make_shared<blixard::agent::LocalNode>(name, v1::NodeSpec{},
                                                      blixard::runtime::make_sandbox_driver(o));
 }
@@ -129,14 +136,20 @@ void run_calls(benchmark::State& state, blixard::control::Node& node) {
 }
 
 void BM_WarmCall_LocalNode(benchmark::State& state) {
-  auto node = make_node("local");
-  run_calls(state, *node);
-  node->shutdown();
+  {
+    auto node = make_node("local");
+    run_calls(state, *node);
+    node->shutdown();
+  }
+  fs::remove_all(work_dir("local"));
 }
 
 void BM_WarmCall_RemoteNode(benchmark::State& state) {
-  Channel channel;
-  run_calls(state, *channel.remote);
+  {
+    Channel channel;
+    run_calls(state, *channel.remote);
+  }
+  fs::remove_all(work_dir("remote"));
 }
 
 BENCHMARK(BM_WarmCall_LocalNode)->UseRealTime()->Unit(benchmark::kMicrosecond);

@@ -1,14 +1,8 @@
 // The control plane's API semantics (see service.hpp).
 #include "api/service.hpp"
 
-#include <fcntl.h>
-#include <sys/file.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <array>
-#include <cerrno>
-#include <cstring>
 #include <random>
 
 #include <google/protobuf/util/time_util.h>
