@@ -39,3 +39,35 @@ struct Principal {
 };
 
 }  // namespace blixard::api
+
+#include <memory>
+#include <optional>
+
+namespace blixard::detail {
+class Backend;
+}
+
+namespace blixard::api {
+
+// Turns an Authorization header into a principal: the server's own token (compared in constant
+// time) is admin; any other bearer secret is looked up through Backend::verify_token (hashed
+// there) and must not have expired.
+class Authenticator {
+ public:
+  Authenticator(std::string admin_token, std::shared_ptr<detail::Backend> backend);
+
+  // A server without a token of its own is open: everyone is admin.
+  bool required() const noexcept { return !admin_token_.empty(); }
+
+  struct Result {
+    std::optional<Principal> principal;
+    std::string why;  // when there is none: missing, unknown or revoked, expired
+  };
+  Result authenticate(std::string_view authorization) const;
+
+ private:
+  std::string admin_token_;
+  std::shared_ptr<detail::Backend> backend_;
+};
+
+}  // namespace blixard::api

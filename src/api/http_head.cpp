@@ -104,14 +104,15 @@ HeadVerdict check_head(const boost::beast::http::request_header<>& head,
   }
   v.gateway = !is_api_target(target);
   v.body_limit = v.gateway ? limits.gateway_body_limit : limits.body_limit;
-  // The same rule as routing: every API path but /healthz needs the token.
-  v.authenticated = !v.gateway && !limits.token.empty() &&
-                    bearer_matches(head[http::field::authorization], limits.token);
-  if (!v.gateway && !limits.token.empty() && !v.authenticated) {
+  // The same rule as routing: every API path but /healthz needs a good token.
+  v.authenticated = !v.gateway && limits.token_required && limits.authenticated;
+  if (!v.gateway && limits.token_required && !v.authenticated) {
     const Target t = parse_target(target);
     if (!(t.segments.size() == 1 && t.segments[0] == "healthz")) {
       v.status = 401;
-      v.message = "this server needs a token: send \"Authorization: Bearer <token>\"";
+      v.message = limits.why.empty()
+                      ? "this server needs a token: send \"Authorization: Bearer <token>\""
+                      : std::string(limits.why);
       return v;
     }
   }

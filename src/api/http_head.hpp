@@ -51,7 +51,9 @@ bool constant_time_equal(std::string_view given, std::string_view expected);
 bool bearer_matches(std::string_view authorization, std::string_view token);
 
 struct HeadLimits {
-  std::string_view token;  // empty: no token needed
+  bool token_required = false;  // the server has a token: API paths but /healthz need a good one
+  bool authenticated = false;   // the request's token is good (the caller checked it)
+  std::string_view why;         // when not: what was wrong, for the 401
   std::size_t body_limit = 0;
   std::size_t gateway_body_limit = 0;
 };

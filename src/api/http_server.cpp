@@ -155,6 +155,7 @@ struct Core {
   std::atomic<std::uint64_t> requests{0};
   std::atomic<std::size_t> streams{0};
 
+  std::unique_ptr<Authenticator> auth;
   RouteTable table;                         // the /v1 routes, fixed once started
   std::unique_ptr<TriggerGateway> gateway;  // every other path
 
@@ -328,14 +329,19 @@ class Session : public std::enable_shared_from_this<Session> {
       }
       return on_read(ec, 0);
     }
-    auto verdict = check_head(
-        parser_->get(), parser_->content_length(),
-        {server_.options.token, server_.options.body_limit, server_.options.gateway_body_limit});
+    // The token, when the request carries one (a gateway request without any costs nothing).
+    const std::string_view authorization = parser_->get()[http::field::authorization];
+    Authenticator::Result who;
+    if (!server_.auth->required() || !authorization.empty() ||
+        is_api_target(parser_->get().target())) {
+      who = server_.auth->authenticate(authorization);
+    }
+    auto verdict = check_head(parser_->get(), parser_->content_length(),
+                              {server_.auth->required(), who.principal.has_value(), who.why,
+                               server_.options.body_limit, server_.options.gateway_body_limit});
     gateway_ = verdict.gateway;
     limit_ = verdict.body_limit;
-    // A server without a token is open: everyone may do everything.
-    principal_.reset();
-    if (server_.options.token.empty() || verdict.authenticated) principal_ = Principal::admin();
+    principal_ = std::move(who.principal);
     parser_->body_limit(limit_);
     if (verdict.status != 0)
       return refuse(verdict.status, verdict.message, parser_->get().version());
@@ -1019,6 +1025,7 @@ HttpServer::HttpServer(std::shared_ptr<detail::Backend> backend, HttpServerOptio
     impl_->options.stream_poll_wait = HttpServerOptions{}.stream_poll_wait;
   }
   auto& im = *impl_;
+  im.auth = std::make_unique<Authenticator>(im.options.token, im.backend);
   add_api_routes(im.table,
                  {im.backend, im.options.max_wait, im.options.stream_poll_wait, &im.stopping});
   im.gateway =

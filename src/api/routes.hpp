@@ -27,6 +27,9 @@ void add_function_routes(RouteTable& table, const RouteContext& context);
 // GET /v1/events (long poll, ?watch=1 stream).
 void add_event_routes(RouteTable& table, const RouteContext& context);
 
+// /v1/tokens: GET (list), POST (create, 201 with the secret); /{name}: DELETE (revoke). Admin.
+void add_token_routes(RouteTable& table, const RouteContext& context);
+
 // All of the above.
 void add_api_routes(RouteTable& table, const RouteContext& context);
 

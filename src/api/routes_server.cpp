@@ -56,6 +56,7 @@ void add_api_routes(RouteTable& table, const RouteContext& context) {
   add_object_routes(table, context);
   add_function_routes(table, context);
   add_event_routes(table, context);
+  add_token_routes(table, context);
 }
 
 }  // namespace blixard::api

@@ -107,6 +107,7 @@ Service::Service(std::shared_ptr<store::Store> store, std::shared_ptr<control::N
       node_name_(std::move(node_name)),
       logger_(std::move(logger)) {
   if (!logger_) logger_ = std::make_shared<spdlog::logger>("blixard");
+  tokens_ = std::make_unique<TokenRegistry>(store_);
   registry_watch_ = store_->watch(k_registry_prefix, 0, [this](const auto& changes) {
     for (const auto& change : changes) {
       try {
@@ -428,6 +429,18 @@ v1::WatchEventList Service::events(const std::string& kind, const std::string& n
                                    std::int64_t after, std::chrono::milliseconds wait) {
   // After shutdown this answers at once with what is kept (telemetry is closed).
   return telemetry_->events(kind, name, after, wait);
+}
+
+// Tokens: the registry's (api/token_registry.cpp).
+v1::TokenCreated Service::create_token(const v1::TokenRequest& request) {
+  return tokens_->create(request);
+}
+v1::TokenList Service::list_tokens() { return tokens_->list(); }
+v1::Token Service::revoke_token(const std::string& name_or_id) {
+  return tokens_->revoke(name_or_id);
+}
+std::optional<v1::Token> Service::verify_token(std::string_view secret) {
+  return tokens_->verify(secret);
 }
 
 }  // namespace blixard::api

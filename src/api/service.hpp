@@ -13,6 +13,7 @@
 #include <string>
 #include <unordered_map>
 
+#include "api/token_registry.hpp"
 #include "blixard/detail/backend.hpp"
 #include "control/function_pool.hpp"
 #include "control/node_registry.hpp"
@@ -51,6 +52,10 @@ class Service final : public detail::Backend {
   std::string prometheus_metrics() override;
   v1::LogChunk function_logs(const std::string& name, std::int64_t after,
                              std::chrono::milliseconds wait) override;
+  v1::TokenCreated create_token(const v1::TokenRequest& request) override;
+  v1::TokenList list_tokens() override;
+  v1::Token revoke_token(const std::string& name_or_id) override;
+  std::optional<v1::Token> verify_token(std::string_view secret) override;
   v1::WatchEventList events(const std::string& kind, const std::string& name, std::int64_t after,
                             std::chrono::milliseconds wait) override;
 
@@ -109,6 +114,7 @@ class Service final : public detail::Backend {
   // Tells the pools about created, changed and deleted functions (minInstances, draining).
   std::unique_ptr<store::Watch> functions_watch_;
   std::atomic<bool> closed_{false};
+  std::unique_ptr<TokenRegistry> tokens_;
   std::mutex public_url_mutex_;
   std::string public_url_;
 };

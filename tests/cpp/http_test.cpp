@@ -218,6 +218,25 @@ class FakeBackend final : public detail::Backend {
   }
   int held_expected = 1;
 
+  // Tokens the fake knows by secret (Service keeps them hashed in the store).
+  std::optional<v1::Token> verify_token(std::string_view secret) override {
+    std::lock_guard lock(mu_);
+    auto it = tokens_.find(std::string(secret));
+    if (it == tokens_.end()) return std::nullopt;
+    return it->second;
+  }
+  void add_token(const std::string& secret, const std::string& name, const std::string& role,
+                 const std::string& function = {}, bool expired = false) {
+    std::lock_guard lock(mu_);
+    v1::Token t;
+    t.mutable_metadata()->set_name(name);
+    t.mutable_spec()->add_scopes(role);
+    t.mutable_spec()->set_function(function);
+    if (expired) t.mutable_spec()->mutable_expires_at()->set_seconds(1);
+    tokens_[secret] = t;
+  }
+  std::map<std::string, v1::Token> tokens_;
+
   v1::ServerInfo info() override {
     v1::ServerInfo out;
     out.set_version("test-version");
@@ -1926,6 +1945,8 @@ TEST(RouteTable, EveryApiRouteDeclaresAScope) {
     const bool get = r.verb == boost::beast::http::verb::get;
     if (r.pattern == "/healthz") {
       EXPECT_EQ(r.scope, api::Scope::none);
+    } else if (r.pattern.starts_with("/v1/tokens")) {
+      EXPECT_EQ(r.scope, api::Scope::admin) << r.pattern;  // reading tokens is admin's too
     } else if (r.pattern.ends_with("/invoke")) {
       EXPECT_EQ(r.scope, api::Scope::invoke) << r.pattern;
     } else {
@@ -2036,6 +2057,47 @@ TEST_F(HttpTest, WebSocketPathsAreUnderV1) {
                                    [](std::unique_ptr<api::WebSocketConnection>) {});
             }).field(),
             "path");
+}
+
+// Scoped tokens: 401 for a missing, unknown or expired one, 403 for a missing scope, both as a
+// Status; an invoke token for one function invokes only that one; the server's token is admin.
+TEST_F(HttpTest, ScopedTokensAreCheckedAgainstEveryRoutesScope) {
+  api::HttpServerOptions options;
+  options.token = "s3cret-token";
+  server_.reset();
+  start(options);
+  fake_->add_token("blx_reader", "ci-reader", "read");
+  fake_->add_token("blx_echo", "echo-only", "invoke", "echo");
+  fake_->add_token("blx_old", "old", "read", {}, true);
+  auto auth = [](const std::string& t) { return "Authorization: Bearer " + t + "\r\n"; };
+
+  EXPECT_EQ(get("/v1/functions", auth("blx_reader")).status, 200);
+  auto raw =
+      raw_request(server_->port(), http_request("POST", "/v1/apply", "{}", auth("blx_reader")));
+  EXPECT_EQ(raw.status, 403);
+  EXPECT_THAT(raw.body, HasSubstr(R"("code":"permission_denied")"));
+  EXPECT_THAT(raw.body, HasSubstr("admin scope"));
+  raw = raw_request(server_->port(),
+                    http_request("POST", "/v1/functions/echo/invoke", "1", auth("blx_reader")));
+  EXPECT_EQ(raw.status, 403);
+
+  raw = raw_request(server_->port(),
+                    http_request("POST", "/v1/functions/echo/invoke", "1", auth("blx_echo")));
+  EXPECT_EQ(raw.status, 200);
+  raw = raw_request(server_->port(),
+                    http_request("POST", "/v1/functions/crashy/invoke", "1", auth("blx_echo")));
+  EXPECT_EQ(raw.status, 403);
+  EXPECT_THAT(raw.body, HasSubstr("for anything but echo"));
+  EXPECT_EQ(get("/v1/functions", auth("blx_echo")).status, 403);
+
+  raw = get("/v1/functions", auth("blx_old"));
+  EXPECT_EQ(raw.status, 401);
+  EXPECT_THAT(raw.body, HasSubstr("expired"));
+  raw = get("/v1/functions", auth("blx_unknown"));
+  EXPECT_EQ(raw.status, 401);
+  EXPECT_THAT(raw.body, HasSubstr("unknown or revoked"));
+  EXPECT_EQ(get("/v1/tokens", auth("s3cret-token")).status, 503);  // the fake keeps no tokens
+  EXPECT_EQ(get("/v1/tokens", auth("blx_reader")).status, 403);
 }
 
 }  // namespace

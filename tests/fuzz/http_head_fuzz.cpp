@@ -34,7 +34,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   // The fast path and the full parse agree on who owns a path.
   if (is_api_target(target) != is_api_path(parse_target(target))) std::abort();
 
-  const HeadLimits limits{"t0ken", 1024, 2048};
+  const bool good = bearer_matches(head[http::field::authorization], "t0ken");
+  const HeadLimits limits{true, good, {}, 1024, 2048};
   const HeadVerdict v = check_head(head, parser.content_length(), limits);
   if (target.size() > k_max_target) {
     if (v.status != 414) std::abort();
@@ -50,7 +51,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     std::abort();
   }
   // Without a token nothing is unauthenticated.
-  const HeadVerdict open = check_head(head, parser.content_length(), {"", 1024, 2048});
+  const HeadVerdict open =
+      check_head(head, parser.content_length(), {false, false, {}, 1024, 2048});
   if (open.status == 401) std::abort();
   return 0;
 }

@@ -6,13 +6,17 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <optional>
 #include <string>
+#include <string_view>
 
 #include <boost/asio/any_io_executor.hpp>
 
 #include "blixard/detail/caller.hpp"
+#include "blixard/error.hpp"
 #include "blixard/v1/api.pb.h"
 #include "blixard/v1/function.pb.h"
+#include "blixard/v1/token.pb.h"
 
 namespace blixard::detail {
 
@@ -76,6 +80,23 @@ class Backend {
   // A negative `after` means "from now": only events newer than the call.
   virtual v1::WatchEventList events(const std::string& kind, const std::string& name,
                                     std::int64_t after, std::chrono::milliseconds wait) = 0;
+
+  // Tokens (DESIGN §4): create answers with the secret, the only time it is shown (the store
+  // keeps its SHA-256); list answers without hashes; revoke takes a name or an id (not_found).
+  // A backend that keeps no tokens answers unavailable.
+  virtual v1::TokenCreated create_token(const v1::TokenRequest& /*request*/) { throw_no_tokens(); }
+  virtual v1::TokenList list_tokens() { throw_no_tokens(); }
+  virtual v1::Token revoke_token(const std::string& /*name_or_id*/) { throw_no_tokens(); }
+  // Server side, no endpoint: the stored token whose secret this is (hash compared in constant
+  // time), expired or not; nullopt for an unknown or revoked secret.
+  virtual std::optional<v1::Token> verify_token(std::string_view /*secret*/) {
+    return std::nullopt;
+  }
+
+ private:
+  [[noreturn]] static void throw_no_tokens() {
+    throw Error(errc::unavailable, "this backend keeps no tokens");
+  }
 };
 
 }  // namespace blixard::detail
