@@ -355,6 +355,26 @@ class PyCluster {
   }
   std::string info() { return blixard::to_json(cluster().info()); }
 
+  // Tokens: the TokenCreated (with its secret) as JSON. `ttl` is a duration ("24h", "30d";
+  // empty: never expires), read by the one duration parser so its errors name "ttl".
+  std::string create_token(const std::string& role, const std::string& function,
+                           const std::string& ttl, const std::string& name) {
+    blixard::v1::TokenRequest request;
+    request.set_role(role);
+    request.set_function(function);
+    request.set_name(name);
+    if (!ttl.empty()) {
+      const auto ms = blixard::parse_duration(ttl, "ttl").count();
+      request.mutable_ttl()->set_seconds(ms / 1000);
+      request.mutable_ttl()->set_nanos(static_cast<std::int32_t>(ms % 1000) * 1'000'000);
+    }
+    return blixard::to_json(cluster().create_token(request));
+  }
+  std::string tokens() { return to_list_json<blixard::v1::TokenList>(cluster().tokens()); }
+  std::string revoke_token(const std::string& name_or_id) {
+    return blixard::to_json(cluster().revoke_token(name_or_id));
+  }
+
   std::string apply(const std::string& manifest) {
     return blixard::to_json(cluster().apply(std::filesystem::path(manifest)));
   }
@@ -550,6 +570,10 @@ PYBIND11_MODULE(_core, m) {
       .def("change_node", &PyCluster::change_node, py::arg("name"), py::arg("action"),
            release_gil())
       .def("info", &PyCluster::info, release_gil())
+      .def("create_token", &PyCluster::create_token, py::arg("role"), py::arg("function") = "",
+           py::arg("ttl") = "", py::arg("name") = "", release_gil())
+      .def("tokens", &PyCluster::tokens, release_gil())
+      .def("revoke_token", &PyCluster::revoke_token, py::arg("name_or_id"), release_gil())
       .def("apply", &PyCluster::apply, py::arg("manifest"), release_gil())
       .def("apply_objects", &PyCluster::apply_objects, py::arg("objects_json"),
            py::arg("mode") = "apply", release_gil())

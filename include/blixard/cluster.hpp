@@ -72,6 +72,12 @@ class Cluster {
   v1::Node drain_node(const std::string& name);
   v1::ServerInfo info();
 
+  // Bearer tokens (admin): the secret is in the answer to create and nowhere else; list shows no
+  // hashes; revoke takes a name or an id.
+  v1::TokenCreated create_token(const v1::TokenRequest& request);
+  std::vector<v1::Token> tokens();
+  v1::Token revoke_token(const std::string& name_or_id);
+
   // kubectl-style: create or update every object of the manifest in one transaction.
   v1::ApplyResult apply(const std::filesystem::path& manifest);
   v1::ApplyResult apply(const v1::ObjectSet& set,

@@ -1199,6 +1199,71 @@ node_uncordon = _node_action("uncordon", "uncordoned")
 node_drain = _node_action("drain", "drained")
 
 
+# ---- tokens ----
+
+
+@cli.group()
+def token() -> None:
+    """Bearer tokens: create (the secret is shown once), list, revoke."""
+
+
+@token.command("create")
+@click.option("--role", required=True, type=click.Choice(["admin", "read", "invoke", "node"]),
+              help="admin: everything; read: GETs; invoke: calls; node: joining agents.")
+@click.option("--function", "function", metavar="NAME", help="Limit an invoke token to NAME.")
+@click.option("--ttl", metavar="DURATION", help="Expire after DURATION, e.g. 12h, 30d.")
+@click.option("--name", metavar="NAME", help="Token name (default token-<id>).")
+@output_option
+@pass_ctx
+def token_create(c: Ctx, role, function, ttl, name, output) -> None:
+    """Create a token and print its secret (the server keeps only its hash)."""
+    if function and role != "invoke":
+        raise InvalidSpec("--function limits an invoke token: use it with --role invoke",
+                          field="function")
+    created = c.cluster().create_token(role, function=function, ttl=ttl, name=name)
+    if _out(c, output) == "json":
+        print_json(created)
+        return
+    t = created.get("token", {})
+    click.echo(f"token {t.get('metadata', {}).get('name')} created ({_token_scope(t)}); "
+               "its secret, shown only now:", err=True)
+    click.echo(created.get("secret", ""))
+
+
+def _token_scope(t: Dict[str, Any]) -> str:
+    spec = t.get("spec", {})
+    role = ",".join(spec.get("scopes", [])) or "-"
+    return f"{role} {spec['function']}" if spec.get("function") else role
+
+
+@token.command("list")
+@output_option
+@pass_ctx
+def token_list(c: Ctx, output) -> None:
+    """List tokens (never their secrets)."""
+    items = c.cluster().tokens()
+    if _out(c, output) == "json":
+        print_json({"items": items})
+        return
+    rows = [(t.get("metadata", {}).get("name"), t.get("spec", {}).get("id"), _token_scope(t),
+             t.get("spec", {}).get("expiresAt", "never"),
+             t.get("metadata", {}).get("createdAt", "-")) for t in items]
+    print_table(("NAME", "ID", "ROLE", "EXPIRES", "CREATED"), rows, empty="No tokens.")
+
+
+@token.command("revoke")
+@click.argument("name")
+@output_option
+@pass_ctx
+def token_revoke(c: Ctx, name, output) -> None:
+    """Revoke token NAME (a name or an id) at once."""
+    t = c.cluster().revoke_token(name)
+    if _out(c, output) == "json":
+        print_json(t)
+        return
+    click.echo(f"token {t.get('metadata', {}).get('name')} revoked")
+
+
 # ---- apply / delete ----
 
 

@@ -604,6 +604,32 @@ class Cluster:
         """``version``, ``node``, ``address`` and current ``revision`` of the server."""
         return json.loads(self._core.info())
 
+    # ---- tokens (admin) ----
+    def create_token(
+        self,
+        role: str,
+        *,
+        function: Optional[str] = None,
+        ttl: Any = None,
+        name: Optional[str] = None,
+    ) -> Dict[str, Any]:
+        """A bearer token with one role: ``admin``, ``read``, ``invoke`` or ``node``.
+
+        ``function`` limits an invoke token to that function; ``ttl`` (seconds, a timedelta or
+        "24h") makes it expire. Returns ``{"token": {...}, "secret": "blx_..."}``: the secret is
+        shown this once (the server keeps only its hash).
+        """
+        ttl_text = "" if ttl is None else str(_duration(ttl))
+        return json.loads(self._core.create_token(role, function or "", ttl_text, name or ""))
+
+    def tokens(self) -> List[Dict[str, Any]]:
+        """Every token: name, id, scopes, function, expiry (never a secret or a hash)."""
+        return _items(self._core.tokens())
+
+    def revoke_token(self, name_or_id: str) -> Dict[str, Any]:
+        """Revokes a token at once, by name or id; returns what it was."""
+        return json.loads(self._core.revoke_token(name_or_id))
+
     def apply(self, manifest: PathLike) -> Dict[str, Any]:
         """Creates or updates every object of a manifest in one transaction (kubectl apply).
 

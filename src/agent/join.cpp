@@ -21,6 +21,7 @@
 #include "blixard/error.hpp"
 #include "blixard/version.hpp"
 #include "common/frame_socket.hpp"
+#include "common/json.hpp"
 
 namespace blixard::agent {
 
@@ -28,6 +29,24 @@ namespace net = boost::asio;
 namespace beast = boost::beast;
 namespace websocket = beast::websocket;
 using std::chrono::milliseconds;
+
+// "HTTP 403: the token \"reader\" lacks the node scope" from the answer to a declined handshake
+// (its body is the API's Status, when the server sent one).
+std::string refusal(const websocket::response_type& answer) {
+  std::string text = "HTTP " + std::to_string(answer.result_int());
+  v1::Status status;
+  try {
+    from_json(answer.body(), status, true);
+  } catch (const std::exception&) {
+    status.Clear();
+  }
+  if (!status.message().empty()) text += ": " + status.message();
+  if (answer.result() == beast::http::status::unauthorized ||
+      answer.result() == beast::http::status::forbidden) {
+    text += " (give --token a token with the node scope: blixard token create --role node)";
+  }
+  return text;
+}
 
 struct Joiner::Impl {
   std::shared_ptr<LocalNode> node;
@@ -53,7 +72,13 @@ struct Joiner::Impl {
       req.set(beast::http::field::authorization, "Bearer " + token);
       req.set(beast::http::field::user_agent, "blixard-agent/" + std::string(version()));
     }));
-    ws->async_handshake(host + ":" + port, "/v1/agent", net::use_future).get();
+    websocket::response_type answer;
+    try {
+      ws->async_handshake(answer, host + ":" + port, "/v1/agent", net::use_future).get();
+    } catch (const boost::system::system_error&) {
+      if (answer.result() == beast::http::status::switching_protocols) throw;
+      throw std::runtime_error("the server refused the join: " + refusal(answer));
+    }
 
     auto s = std::make_shared<FrameSocket>(std::move(*ws));
     auto ended = std::make_shared<std::promise<std::string>>();

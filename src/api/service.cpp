@@ -66,6 +66,7 @@ List list_objects(store::Store& store, const char* prefix) {
 }
 
 constexpr const char* k_registry_prefix = "/registry/";
+constexpr std::string_view k_tokens_prefix = "/registry/tokens/";
 
 // A store change under /registry/<kind>/<name> as an event of the watch stream.
 v1::WatchEvent to_watch_event(const store::WatchEvent& change) {
@@ -109,7 +110,13 @@ Service::Service(std::shared_ptr<store::Store> store, std::shared_ptr<control::N
   if (!logger_) logger_ = std::make_shared<spdlog::logger>("blixard");
   tokens_ = std::make_unique<TokenRegistry>(store_);
   registry_watch_ = store_->watch(k_registry_prefix, 0, [this](const auto& changes) {
+    bool tokens_changed = false;
     for (const auto& change : changes) {
+      // Tokens are nobody's business but an admin's: not even their names go to the stream.
+      if (change.kv.key.starts_with(k_tokens_prefix)) {
+        tokens_changed = true;
+        continue;
+      }
       try {
         telemetry_->publish(to_watch_event(change));
       } catch (const std::exception& e) {
@@ -117,6 +124,8 @@ Service::Service(std::shared_ptr<store::Store> store, std::shared_ptr<control::N
         logger_->warn("cannot publish the change of {}: {}", change.kv.key, e.what());
       }
     }
+    // A token revoked through another server stops working here too, not at the next miss.
+    if (tokens_changed) tokens_->refresh();
   });
   pools_ = std::make_unique<control::FunctionPools>(nodes_, telemetry_);
   // Functions stored before this start (their minInstances), then every change from here on.

@@ -171,6 +171,11 @@ v1::Token TokenRegistry::revoke(const std::string& name_or_id) {
   return *found;
 }
 
+void TokenRegistry::refresh() {
+  std::lock_guard lock(mu_);
+  reload();
+}
+
 std::optional<v1::Token> TokenRegistry::verify(std::string_view secret) {
   const std::string id(id_of(secret));
   if (id.empty()) return std::nullopt;

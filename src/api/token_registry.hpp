@@ -29,6 +29,8 @@ class TokenRegistry {
   // By name, else by id; not_found otherwise.
   v1::Token revoke(const std::string& name_or_id);
   std::optional<v1::Token> verify(std::string_view secret);
+  // Re-reads the cache from the store: a token another server created or revoked.
+  void refresh();
 
  private:
   void reload();  // mu_ held

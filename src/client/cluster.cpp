@@ -136,6 +136,18 @@ v1::Node Cluster::drain_node(const std::string& name) {
   return backend_->change_node(name, detail::Backend::NodeAction::drain);
 }
 
+v1::TokenCreated Cluster::create_token(const v1::TokenRequest& request) {
+  return backend_->create_token(request);
+}
+std::vector<v1::Token> Cluster::tokens() {
+  auto list = backend_->list_tokens();
+  return {std::make_move_iterator(list.mutable_items()->begin()),
+          std::make_move_iterator(list.mutable_items()->end())};
+}
+v1::Token Cluster::revoke_token(const std::string& name_or_id) {
+  return backend_->revoke_token(name_or_id);
+}
+
 v1::ServerInfo Cluster::info() { return backend_->info(); }
 
 v1::ApplyResult Cluster::apply(const std::filesystem::path& manifest) {

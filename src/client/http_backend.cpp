@@ -14,6 +14,7 @@
 #include <limits>
 #include <mutex>
 #include <optional>
+#include <thread>
 #include <vector>
 
 #include "blixard/error.hpp"
@@ -29,6 +30,9 @@ using tcp = asio::ip::tcp;
 using Request = http::request<http::string_body>;
 using Response = http::response<http::string_body>;
 using Clock = std::chrono::steady_clock;
+// Retries of an idempotent request that found no server: 50, 100, 200, 400 ms apart.
+constexpr int k_retries = 4;
+constexpr std::chrono::milliseconds k_first_retry{50};
 
 constexpr std::string_view k_json = "application/json";
 constexpr std::string_view k_protobuf = "application/x-protobuf";
@@ -240,6 +244,16 @@ class HttpBackend final : public detail::Backend {
   }
   v1::ServerInfo info() override { return call<v1::ServerInfo>(http::verb::get, "/v1/info"); }
 
+  v1::TokenCreated create_token(const v1::TokenRequest& request) override {
+    return call<v1::TokenCreated>(http::verb::post, "/v1/tokens", &request);
+  }
+  v1::TokenList list_tokens() override {
+    return call<v1::TokenList>(http::verb::get, "/v1/tokens");
+  }
+  v1::Token revoke_token(const std::string& name_or_id) override {
+    return call<v1::Token>(http::verb::delete_, "/v1/tokens/" + percent_encode(name_or_id));
+  }
+
   v1::FunctionMetrics function_metrics(const std::string& name) override {
     return call<v1::FunctionMetrics>(http::verb::get,
                                      "/v1/functions/" + percent_encode(name) + "/metrics");
@@ -346,24 +360,38 @@ class HttpBackend final : public detail::Backend {
   }
 
   // Sends on a pooled connection; a reused connection the server has closed meanwhile is
-  // reopened once. Non-2xx answers become the Error they carry.
+  // reopened once. An idempotent request (GET, HEAD, PUT, DELETE) is also retried, with backoff
+  // and within its deadline, when the server cannot be reached or drops the connection (a
+  // server restarting); a POST never is, past that stale connection: it may have taken effect.
+  // Non-2xx answers become the Error they carry.
   Response send(Request& req, std::chrono::milliseconds timeout) {
     req.prepare_payload();
     const auto deadline = Clock::now() + timeout;
+    const auto method = req.method();
+    const bool idempotent = method == http::verb::get || method == http::verb::head ||
+                            method == http::verb::put || method == http::verb::delete_;
     std::unique_ptr<Connection> conn = acquire();
     Response res;
+    auto backoff = k_first_retry;
     for (int attempt = 0;; ++attempt) {
       const bool reused = conn->is_open();
-      if (!reused) {
-        if (auto ec = conn->connect(url_, deadline)) throw transport_error(ec, timeout);
-      }
-      auto ec = conn->exchange(req, res, deadline);
+      beast::error_code ec;
+      if (!reused) ec = conn->connect(url_, deadline);
+      if (!ec) ec = conn->exchange(req, res, deadline);
       if (!ec) break;
       conn->close();
-      const bool stale = ec == http::error::end_of_stream || ec == asio::error::eof ||
-                         ec == asio::error::connection_reset || ec == asio::error::broken_pipe ||
-                         ec == asio::error::connection_aborted;
-      if (!(reused && stale && attempt == 0)) throw transport_error(ec, timeout);
+      const bool dropped = ec == http::error::end_of_stream || ec == asio::error::eof ||
+                           ec == asio::error::connection_reset || ec == asio::error::broken_pipe ||
+                           ec == asio::error::connection_aborted;
+      if (reused && dropped && attempt == 0) continue;
+      const bool unreachable = dropped || ec == asio::error::connection_refused;
+      if (!idempotent || !unreachable || attempt >= k_retries ||
+          Clock::now() + backoff >= deadline) {
+        throw transport_error(ec, timeout);
+      }
+      std::this_thread::sleep_for(backoff);
+      backoff *= 2;
+      res = {};
     }
     if (res.need_eof()) conn->close();
     release(std::move(conn));

@@ -2102,3 +2102,41 @@ TEST_F(HttpTest, ScopedTokensAreCheckedAgainstEveryRoutesScope) {
 
 }  // namespace
 }  // namespace blixard
+
+namespace blixard {
+namespace {
+
+// A port nothing listens on (yet): bound, read and released.
+unsigned short free_port() {
+  boost::asio::io_context io;
+  boost::asio::ip::tcp::acceptor a(io, {boost::asio::ip::make_address("127.0.0.1"), 0});
+  return a.local_endpoint().port();
+}
+
+TEST(HttpClientRetry, AReadWaitsForAServerThatIsComingUpAndAPostDoesNot) {
+  const auto port = free_port();
+  client::HttpBackendOptions options;
+  options.timeout = 10s;
+  auto c = client::make_http_backend("http://127.0.0.1:" + std::to_string(port), options);
+
+  // A POST may have taken effect: it is not retried, and says whom it could not reach.
+  try {
+    c->apply(v1::ObjectSet{}, ApplyMode::apply);
+    ADD_FAILURE() << "a POST to nothing succeeded";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), errc::unavailable) << e.what();
+    EXPECT_THAT(e.message(), HasSubstr(std::to_string(port)));
+  }
+
+  // A GET made before the server is up is answered once it is (retried with backoff).
+  auto read = std::async(std::launch::async, [c] { return c->list_functions(); });
+  auto fake = std::make_shared<FakeBackend>();
+  api::HttpServerOptions server_options;
+  server_options.port = port;
+  api::HttpServer server(fake, server_options);
+  server.start();
+  EXPECT_EQ(read.get().items_size(), fake->list_functions().items_size());
+}
+
+}  // namespace
+}  // namespace blixard

@@ -172,8 +172,23 @@ def test_a_wrong_token_gets_401_and_no_node(cluster):
     assert head.startswith(b"HTTP/1.1 401"), head
     s.close()
     bad = cluster.start_agent("intruder", token="wrong", wait=False)
-    poll(lambda: "401" in bad.log_text() or "nauthorized" in bad.log_text(), timeout=10)
+    poll(lambda: "refused the join: HTTP 401" in bad.log_text(), timeout=10)
     assert "intruder" not in cluster.nodes()
+
+
+def test_an_agent_joins_with_a_node_token_and_a_read_token_gets_403(cluster):
+    admin = cluster.client()
+    node_secret = admin.create_token("node", name="agents")["secret"]
+    cluster.start_agent("node1", token=node_secret)
+    assert cluster.phase("node1") == "Ready"
+    read_secret = admin.create_token("read", name="reader")["secret"]
+    s, head = _ws_connect(cluster.address, read_secret)
+    assert head.startswith(b"HTTP/1.1 403"), head
+    s.close()
+    reader = cluster.start_agent("reader-agent", token=read_secret, wait=False)
+    poll(lambda: "refused the join: HTTP 403" in reader.log_text(), timeout=10)
+    assert "blixard token create --role node" in reader.log_text()
+    assert "reader-agent" not in cluster.nodes()
 
 
 def test_a_malformed_frame_closes_that_connection_only(cluster):

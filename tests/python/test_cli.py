@@ -724,3 +724,30 @@ def test_node_list_get_cordon_uncordon_drain(cli):
         cli.ok("node", "uncordon", name)
         cli.ok("function", "delete", "on-cordoned")
     fail(cli, EXIT_NOT_FOUND, "node", "get", "no-such-node")
+
+
+EXIT_AUTH = 10
+
+
+def test_token_create_list_revoke_and_what_a_read_token_may_do(cli):
+    secret = cli.ok("token", "create", "--role", "read", "--name", "cli-reader").stdout.strip()
+    assert secret.startswith("blx_")
+    try:
+        listed = cli.ok("token", "list").stdout
+        assert "cli-reader" in listed and "read" in listed and secret not in listed
+        as_reader = ("--token", secret)
+        cli.ok(*as_reader, "function", "list")
+        out = fail(cli, EXIT_AUTH, *as_reader, "function", "create", "nope", "--config",
+                   "echo.yaml")
+        assert "admin" in out
+        fail(cli, EXIT_AUTH, *as_reader, "token", "list")
+    finally:
+        assert "token cli-reader revoked" in cli.ok("token", "revoke", "cli-reader").stdout
+    assert "unknown or revoked" in fail(cli, EXIT_AUTH, "--token", secret, "function", "list")
+    fail(cli, EXIT_NOT_FOUND, "token", "revoke", "cli-reader")
+    assert "function" in fail(cli, EXIT_INVALID, "token", "create", "--role", "read",
+                              "--function", "echo")
+    assert "ttl" in fail(cli, EXIT_INVALID, "token", "create", "--role", "read", "--ttl", "soon")
+    made = cli.json("token", "create", "--role", "invoke", "--function", "echo", "--ttl", "12h")
+    assert made["token"]["spec"]["function"] == "echo" and made["token"]["spec"]["expiresAt"]
+    cli.ok("token", "revoke", made["token"]["metadata"]["name"])
