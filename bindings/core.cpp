@@ -247,6 +247,15 @@ class PyCluster {
     });
   }
 
+  std::string changes(const std::string& kind, const std::string& name, std::int64_t from_revision,
+                      std::int64_t wait_ms) {
+    auto backend = cluster().backend();
+    auto wait = std::chrono::milliseconds(std::max<std::int64_t>(wait_ms, 0));
+    return call_interruptibly([backend, kind, name, from_revision, wait] {
+      return blixard::to_json(backend->changes(kind, name, from_revision, wait));
+    });
+  }
+
   // Synchronous invoke (called with the GIL held): runs through async_invoke and waits
   // interruptibly. On Ctrl-C it raises KeyboardInterrupt; the call goes on server-side.
   PyInvokeResult invoke(const std::string& name, std::string payload_json, double timeout_s) {
@@ -548,7 +557,9 @@ PYBIND11_MODULE(_core, m) {
            py::arg("wait_ms") = 0)
       .def("events", &PyCluster::events, py::arg("kind") = "", py::arg("name") = "",
            py::arg("after") = -1, py::arg("wait_ms") = 0)
-      // invoke, function_logs and events release the GIL themselves (to check for Ctrl-C).
+      .def("changes", &PyCluster::changes, py::arg("kind") = "", py::arg("name") = "",
+           py::arg("from_revision") = 1, py::arg("wait_ms") = 0)
+      // invoke, function_logs, events and changes release the GIL themselves (to check for Ctrl-C).
       .def("invoke", &PyCluster::invoke, py::arg("name"), py::arg("payload_json"),
            py::arg("timeout") = 0.0)
       .def("invoke_async", &PyCluster::invoke_async, py::arg("name"), py::arg("payload_json"),

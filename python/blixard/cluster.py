@@ -560,17 +560,30 @@ class Cluster:
         name: Optional[str] = None,
         *,
         after: Optional[int] = None,
+        from_revision: Optional[int] = None,
         timeout: Optional[float] = None,
         poll: float = _POLL_S,
     ) -> Watch:
         """Events as an iterator: object changes (``type`` "put"/"delete") and records
         (``type`` "record": ScaledUp, ScaledDown, Placed, Throttled, TimedOut, Failed, ...).
 
-        ``kind`` ("functions", "vms", "triggers"; singular works too) and ``name`` filter them.
-        From now on by default; ``after=N`` resumes after sequence N (``after=0``: everything the
-        server keeps). Iteration blocks until an event comes (Ctrl-C interrupts it) and ends on
-        ``close()`` or after ``timeout`` seconds.
+        ``kind`` ("functions", "vms", "triggers", "nodes", "instances"; singular works too) and
+        ``name`` filter them. From now on by default; ``after=N`` resumes after sequence N of
+        this server's stream (``after=0``: everything the server keeps). ``from_revision=R``
+        watches the store instead: every object change with store revision R or later (each
+        event's ``storeRevision``; an object's ``metadata.resourceVersion`` + 1 starts after it), the
+        same from any server; records are not in the store. Iteration blocks until an event
+        comes (Ctrl-C interrupts it) and ends on ``close()`` or after ``timeout`` seconds.
         """
+        if from_revision is not None:
+            if after is not None:
+                raise ValueError("watch takes after= or from_revision=, not both")
+
+            def changes(pos: int, wait_ms: int):
+                batch = json.loads(self._core.changes(kind or "", name or "", pos, wait_ms))
+                return [_event(e) for e in batch.get("events", [])], int(batch.get("next", pos))
+
+            return Watch(changes, from_revision, follow=True, timeout=timeout, poll=poll)
 
         def fetch(pos: int, wait_ms: int):
             batch = json.loads(self._core.events(kind or "", name or "", pos, wait_ms))

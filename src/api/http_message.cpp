@@ -87,19 +87,30 @@ google::protobuf::Duration duration_param(const std::string& text, const std::st
 }
 
 std::int64_t parse_after(const Target& t, bool from_now) {
-  const char* key = t.param("after") ? "after" : "from";
-  const std::string* text = t.param(key);
+  const std::string* text = t.param("after");
   if (text == nullptr || text->empty()) return 0;
   std::int64_t value = 0;
   auto [p, ec] = std::from_chars(text->data(), text->data() + text->size(), value);
-  const bool now = from_now && key[0] == 'a' && value == -1;
+  const bool now = from_now && value == -1;
   if (ec != std::errc() || p != text->data() + text->size() || (value < 0 && !now)) {
     throw Error(errc::invalid_spec,
-                std::string(key) + " must be a sequence number (0 or more" +
+                std::string("after must be a sequence number (0 or more") +
                     (from_now ? ", or -1 for from now" : "") + "), not \"" + *text + "\"",
-                key);
+                "after");
   }
-  return key[0] == 'f' ? std::max<std::int64_t>(value - 1, 0) : value;
+  return value;
+}
+
+std::optional<std::int64_t> parse_from_revision(const Target& t) {
+  const std::string* text = t.param("from");
+  if (text == nullptr) return std::nullopt;
+  std::int64_t value = 0;
+  auto [p, ec] = std::from_chars(text->data(), text->data() + text->size(), value);
+  if (text->empty() || ec != std::errc() || p != text->data() + text->size() || value < 1) {
+    throw Error(errc::invalid_spec,
+                "from must be a store revision (1 or more), not \"" + *text + "\"", "from");
+  }
+  return value;
 }
 
 milliseconds parse_wait(const Target& t, milliseconds max) {

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -114,9 +115,11 @@ M decode_body(const Request& req) {
 // as a protobuf Duration; `positive`: zero is an error too (a call's timeout).
 google::protobuf::Duration duration_param(const std::string& text, const std::string& field,
                                           bool positive);
-// ?after=N (a sequence of the log or event stream); ?from=N is after=N-1 (DESIGN §4's watch form).
+// ?after=N: a sequence of the server's log or event stream.
 // With `from_now`, after=-1 is taken too: only what comes after the stream's current position.
 std::int64_t parse_after(const Target& t, bool from_now = false);
+// `from`: a store revision (DESIGN §4's watch), 1 or more; nullopt when absent.
+std::optional<std::int64_t> parse_from_revision(const Target& t);
 // ?wait=DURATION, cut to `max`; none: 0.
 milliseconds parse_wait(const Target& t, milliseconds max);
 // ?KEY=1|0|true|false; a bare "?KEY" counts as 1.

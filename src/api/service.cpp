@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <array>
+#include <condition_variable>
+#include <mutex>
 #include <random>
 
 #include <google/protobuf/util/time_util.h>
@@ -21,6 +23,10 @@ namespace {
 using google::protobuf::util::TimeUtil;
 
 constexpr int k_apply_attempts = 5;
+// changes(): at most this many events per answer (whole revisions: it may hold a few more), and
+// how long it waits for the store's watch to deliver the history it asked for.
+constexpr std::size_t k_changes_per_answer = 1000;
+constexpr auto k_changes_catch_up = std::chrono::seconds(5);
 
 std::string random_hex(std::size_t bytes) {
   static thread_local std::mt19937_64 rng{std::random_device{}()};
@@ -88,6 +94,9 @@ v1::WatchEvent to_watch_event(const store::WatchEvent& change) {
     event.set_object_json(to_json(decode<v1::Trigger>(change.kv)));
   } else if (event.kind() == "nodes") {
     event.set_object_json(to_json(decode<v1::Node>(change.kv)));
+  } else if (event.kind() == "instances") {
+    v1::FunctionInstance instance;
+    if (instance.ParseFromString(change.kv.value)) event.set_object_json(to_json(instance));
   }
   return event;
 }
@@ -109,6 +118,10 @@ Service::Service(std::shared_ptr<store::Store> store, std::shared_ptr<control::N
       logger_(std::move(logger)) {
   if (!logger_) logger_ = std::make_shared<spdlog::logger>("blixard");
   tokens_ = std::make_unique<TokenRegistry>(store_);
+  // The instances a previous run recorded are gone with it (a joined agent's are fenced when it
+  // joins again): start from none.
+  records_ = std::make_unique<control::InstanceRecords>(store_, logger_);
+  records_->clear();
   registry_watch_ = store_->watch(k_registry_prefix, 0, [this](const auto& changes) {
     bool tokens_changed = false;
     for (const auto& change : changes) {
@@ -128,6 +141,13 @@ Service::Service(std::shared_ptr<store::Store> store, std::shared_ptr<control::N
     if (tokens_changed) tokens_->refresh();
   });
   pools_ = std::make_unique<control::FunctionPools>(nodes_, telemetry_);
+  pools_->observe([records = records_.get()](const v1::FunctionInstance& instance, bool gone) {
+    if (gone) {
+      records->forget(instance.function(), instance.node(), instance.name());
+    } else {
+      records->record(instance);
+    }
+  });
   // Functions stored before this start (their minInstances), then every change from here on.
   auto existing = store_->list(k_functions_prefix);
   for (const auto& kv : existing.kvs) {
@@ -269,8 +289,32 @@ v1::Function Service::get_function(const std::string& name) {
   return fn;
 }
 
+// The stored instances, with what only the pools' memory knows (busy, calls in flight, an
+// instance still starting or stopping) laid over them.
 void Service::fill_status(v1::Function& fn) {
-  pools_->fill_status(fn.metadata().name(), *fn.mutable_status());
+  v1::FunctionStatus live;
+  pools_->fill_status(fn.metadata().name(), live);
+  std::unordered_map<std::string, const v1::FunctionInstance*> by_name;
+  for (const auto& in : live.instances()) by_name.emplace(in.node() + "/" + in.name(), &in);
+  auto& status = *fn.mutable_status();
+  status.clear_instances();
+  std::uint32_t busy = 0, warm = 0;
+  for (auto& stored : records_->list(fn.metadata().name())) {
+    auto* in = status.add_instances();
+    *in = std::move(stored);
+    if (auto it = by_name.find(in->node() + "/" + in->name()); it != by_name.end()) {
+      in->set_phase(it->second->phase());
+      in->set_in_flight(it->second->in_flight());
+      by_name.erase(it);
+    }
+    busy += in->phase() == "Busy" ? 1 : 0;
+    warm += in->phase() == "Warm" ? 1 : 0;
+  }
+  for (const auto& in : live.instances()) {  // starting: not stored until ready
+    if (by_name.contains(in.node() + "/" + in.name())) *status.add_instances() = in;
+  }
+  status.set_instances_running(busy);
+  status.set_instances_warm(warm);
 }
 
 v1::Vm Service::get_vm(const std::string& name) {
@@ -438,6 +482,72 @@ v1::WatchEventList Service::events(const std::string& kind, const std::string& n
                                    std::int64_t after, std::chrono::milliseconds wait) {
   // After shutdown this answers at once with what is kept (telemetry is closed).
   return telemetry_->events(kind, name, after, wait);
+}
+
+// A watch on the whole keyspace, not just /registry/: every revision then has an event, so the
+// watch is known to have caught up once it saw the revision the store had at the call.
+v1::WatchEventList Service::changes(const std::string& kind, const std::string& name,
+                                    std::int64_t from_revision, std::chrono::milliseconds wait) {
+  if (from_revision < 1) {
+    throw Error(errc::invalid_spec,
+                "from must be a store revision (1 or more), not " + std::to_string(from_revision),
+                "from");
+  }
+  struct Collected {
+    std::mutex mutex;
+    std::condition_variable changed;
+    std::vector<v1::WatchEvent> events;
+    std::int64_t seen = 0;  // the last whole revision taken in
+    bool full = false;      // the answer holds enough: later batches wait for the next call
+  };
+  auto c = std::make_shared<Collected>();
+  const std::string name_prefix = name + "/";
+  const std::int64_t current = store_->revision();
+  std::unique_ptr<store::Watch> watch;
+  try {
+    watch = store_->watch("", from_revision, [c, kind, name, name_prefix](const auto& batch) {
+      std::lock_guard lock(c->mutex);
+      if (c->full) return;
+      for (const auto& change : batch) {
+        c->seen = std::max(c->seen, change.kv.mod_revision);
+        const std::string_view key = change.kv.key;
+        if (!key.starts_with(k_registry_prefix) || key.starts_with(k_tokens_prefix)) continue;
+        auto event = to_watch_event(change);
+        if (!kind.empty() && event.kind() != kind && event.kind() != kind + "s") continue;
+        if (!name.empty() && event.name() != name && !event.name().starts_with(name_prefix)) {
+          continue;
+        }
+        c->events.push_back(std::move(event));
+      }
+      c->full = c->events.size() >= k_changes_per_answer;
+      c->changed.notify_all();
+    });
+  } catch (const Error& e) {
+    if (e.code() != errc::conflict) throw;
+    throw Error(errc::conflict,
+                "revision " + std::to_string(from_revision) +
+                    " was compacted away: list again and watch from the list's revision",
+                "from");
+  }
+  std::unique_lock lock(c->mutex);
+  // What the store kept comes first (bounded, should the store's watch thread be slow)...
+  c->changed.wait_for(lock, k_changes_catch_up,
+                      [&] { return c->full || c->seen >= current || from_revision > current; });
+  // ...then, when there was none, the first change within `wait`.
+  // (In slices, so that a shutdown ends the wait.)
+  const auto deadline = std::chrono::steady_clock::now() + wait;
+  while (c->events.empty() && !closed_ && std::chrono::steady_clock::now() < deadline) {
+    c->changed.wait_until(
+        lock, std::min(deadline, std::chrono::steady_clock::now() + std::chrono::milliseconds(100)),
+        [&] { return !c->events.empty(); });
+  }
+  v1::WatchEventList list;
+  for (auto& e : c->events) *list.add_events() = std::move(e);
+  list.set_next(std::max(from_revision, c->seen + 1));
+  c->full = true;  // the watch's later batches are not this answer's
+  lock.unlock();
+  watch.reset();
+  return list;
 }
 
 // Tokens: the registry's (api/token_registry.cpp).

@@ -16,6 +16,7 @@
 #include "api/token_registry.hpp"
 #include "blixard/detail/backend.hpp"
 #include "control/function_pool.hpp"
+#include "control/instance_records.hpp"
 #include "control/node_registry.hpp"
 #include "control/telemetry.hpp"
 #include "store/store.hpp"
@@ -58,6 +59,8 @@ class Service final : public detail::Backend {
   std::optional<v1::Token> verify_token(std::string_view secret) override;
   v1::WatchEventList events(const std::string& kind, const std::string& name, std::int64_t after,
                             std::chrono::milliseconds wait) override;
+  v1::WatchEventList changes(const std::string& kind, const std::string& name,
+                             std::int64_t from_revision, std::chrono::milliseconds wait) override;
 
   // Stops running handlers and gives up the nodes; later calls fail with `unavailable`.
   void shutdown();
@@ -107,6 +110,8 @@ class Service final : public detail::Backend {
   std::unordered_map<std::string, std::shared_ptr<const StoredSpec>> specs_;
   std::atomic<std::int64_t> functions_seen_{0};
   std::atomic<std::int64_t> functions_written_{0};
+  // Function instances as stored objects; the pools tell it, so it outlives them.
+  std::unique_ptr<control::InstanceRecords> records_;
   // Publishes object changes under /registry/ to telemetry_'s event stream.
   std::unique_ptr<store::Watch> registry_watch_;
   // Warm instances, throttling and scaling of functions on this node.

@@ -281,6 +281,14 @@ class HttpBackend final : public detail::Backend {
     return call<v1::WatchEventList>(http::verb::get, target, nullptr, long_poll_timeout(wait));
   }
 
+  v1::WatchEventList changes(const std::string& kind, const std::string& name,
+                             std::int64_t from_revision, std::chrono::milliseconds wait) override {
+    std::string target = "/v1/events?from=" + std::to_string(from_revision) + wait_param(wait);
+    if (!kind.empty()) target += "&kind=" + percent_encode(kind);
+    if (!name.empty()) target += "&name=" + percent_encode(name);
+    return call<v1::WatchEventList>(http::verb::get, target, nullptr, long_poll_timeout(wait));
+  }
+
   v1::InvokeResponse invoke(const v1::InvokeRequest& request) override {
     std::string target = "/v1/functions/" + percent_encode(request.function()) + "/invoke";
     auto timeout = options_.timeout;

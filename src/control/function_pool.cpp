@@ -72,9 +72,12 @@ class ConcurrencyWindow {
 
 struct FunctionPools::Slot {
   enum class Phase { starting, ready, stopping, gone };
-  std::string name;           // the instance's name once started
+  std::string name;  // the instance's name once started
+  std::string function;
   std::string node;           // where it runs, once placed
   sched::Resources reserved;  // what its placement reserved there
+  std::int64_t epoch = 0;     // its node's fencing epoch at placement
+  bool recorded = false;      // the observer was told it is ready (and is told when it ends)
   std::int64_t version = 0;
   Phase phase = Phase::starting;
   std::shared_ptr<runtime::Instance> instance;
@@ -136,6 +139,18 @@ void FunctionPools::end_slot(Slot& slot) {
   if (slot.phase == Slot::Phase::gone) return;
   slot.phase = Slot::Phase::gone;
   if (!slot.node.empty()) nodes_->release(slot.node, slot.reserved);
+  if (slot.recorded && observer_) {
+    v1::FunctionInstance gone;
+    gone.set_name(slot.name);
+    gone.set_function(slot.function);
+    gone.set_node(slot.node);
+    observer_(gone, true);
+  }
+}
+
+void FunctionPools::observe(InstanceObserver observer) {
+  std::lock_guard lock(mutex_);
+  observer_ = std::move(observer);
 }
 
 FunctionPools::Pool& FunctionPools::pool_for(const std::string& function) {
@@ -410,6 +425,7 @@ FunctionPools::Placement FunctionPools::place(Pool& pool, std::shared_ptr<Slot> 
     }
     // Every caller that finds no room starts its own instance, without waiting for others.
     p.slot = std::make_shared<Slot>();
+    p.slot->function = pool.name;
     p.slot->version = pool.version;
     p.slot->name = pool.name + "-starting-" + std::to_string(++slot_counter_);
     pool.slots.push_back(p.slot);
@@ -673,6 +689,7 @@ void FunctionPools::start_slot(const std::string& function, const std::shared_pt
       std::lock_guard lock(mutex_);
       slot->node = placed.node->name();
       slot->reserved = placed.reserved;
+      slot->epoch = placed.epoch;
     }
     instance = placed.node->start({placed.epoch, options});
   } catch (const Error& e) {
@@ -702,6 +719,21 @@ void FunctionPools::start_slot(const std::string& function, const std::shared_pt
       } else if (!dead) {
         slot->phase = slot->version == pool->version ? Slot::Phase::ready : Slot::Phase::stopping;
       }
+      if (!dead && observer_) {
+        v1::FunctionInstance ready;
+        ready.set_name(slot->name);
+        ready.set_function(function);
+        ready.set_node(slot->node);
+        ready.set_phase("Warm");
+        *ready.mutable_started_at() = slot->started_at;
+        ready.set_epoch(slot->epoch);
+        ready.set_memory_mib(slot->reserved.memory_mib);
+        ready.set_cold_start_us(
+            std::chrono::duration_cast<std::chrono::microseconds>(instance->init_duration())
+                .count());
+        slot->recorded = true;
+        observer_(ready, false);
+      }
       const auto init = instance->init_duration();
       telemetry_->record_cold_start(function, init);
       record(function, "Placed",
@@ -723,6 +755,7 @@ void FunctionPools::start_slot(const std::string& function, const std::shared_pt
 void FunctionPools::start_in_background(Pool& pool, std::uint32_t count) {
   for (std::uint32_t i = 0; i < count; ++i) {
     auto slot = std::make_shared<Slot>();
+    slot->function = pool.name;
     slot->version = pool.version;
     slot->name = pool.name + "-starting-" + std::to_string(++slot_counter_);
     pool.slots.push_back(slot);

@@ -40,6 +40,10 @@ struct PoolOptions {
   std::chrono::milliseconds stop_grace{200};
 };
 
+// Told, under the pools' lock, when an instance became ready (gone false) and when it ended
+// (gone true: name, function and node only). It must only queue (InstanceRecords does).
+using InstanceObserver = std::function<void(const v1::FunctionInstance&, bool gone)>;
+
 class FunctionPools {
  public:
   // Where a new instance starts; the default is NodeRegistry::place.
@@ -50,6 +54,9 @@ class FunctionPools {
   ~FunctionPools();
   FunctionPools(const FunctionPools&) = delete;
   FunctionPools& operator=(const FunctionPools&) = delete;
+
+  // Sets who is told of instances becoming ready and ending (before the first call).
+  void observe(InstanceObserver observer);
 
   // Runs one invocation. `version` is the function's resource_version (a newer one than the
   // pool knows replaces its spec). Throws Error: throttled, unavailable (deleted, shut down),
@@ -161,6 +168,7 @@ class FunctionPools {
   Pool& pool_for(const std::string& function);
   // mutex_ held: the slot is gone; what its placement reserved is given back.
   void end_slot(Slot& slot);
+  InstanceObserver observer_;
   void apply_spec(Pool& pool, std::int64_t version, const v1::FunctionSpec& spec);
   // Starts the instance of a slot in phase Starting; mutex_ is not held.
   void start_slot(const std::string& function, const std::shared_ptr<Slot>& slot,

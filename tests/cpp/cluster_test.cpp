@@ -310,4 +310,66 @@ TEST_F(ClusterTest, AsyncInvokeOnWarmInstancesAnswersAndTimesOut) {
   EXPECT_EQ(fn.metrics().invocations(), 13u);  // twelve answers and the timeout
 }
 
+// Status from the store (DESIGN §4): a ready instance is a stored object, so status reads it from
+// the store and a watch from a store revision sees it come, and go when the next run starts.
+TEST_F(ClusterTest, InstancesAreStoredObjectsWatchedFromAStoreRevision) {
+  using namespace std::chrono_literals;
+  std::int64_t created = 0;
+  std::string instance;
+  {
+    auto c = open();
+    auto fn = c.create_function("echo", k_data / "echo.yaml");
+    created = fn.get().metadata().resource_version();
+    ASSERT_TRUE(fn.invoke("{}").cold_start);
+    const auto status = fn.get().status();
+    ASSERT_EQ(status.instances_size(), 1);
+    const auto& in = status.instances(0);
+    instance = in.name();
+    EXPECT_EQ(in.function(), "echo");
+    EXPECT_EQ(in.node(), "local");
+    EXPECT_EQ(in.phase(), "Warm");
+    EXPECT_GT(in.epoch(), 0);
+    EXPECT_EQ(in.memory_mib(), 64u);
+    EXPECT_GT(in.cold_start_us(), 0);
+    EXPECT_EQ(status.instances_warm(), 1u);
+
+    // From the function's own revision: its put first, then its instance's.
+    auto changes = c.backend()->changes("", "echo", created, 0ms);
+    ASSERT_GE(changes.events_size(), 2) << changes.DebugString();
+    EXPECT_EQ(changes.events(0).kind(), "functions");
+    EXPECT_EQ(changes.events(0).store_revision(), created);
+    const auto& put = changes.events(changes.events_size() - 1);
+    EXPECT_EQ(put.type(), "put");
+    EXPECT_EQ(put.kind(), "instances");
+    EXPECT_EQ(put.name(), "echo/local/" + instance);
+    EXPECT_GT(put.store_revision(), created);
+    EXPECT_NE(put.object_json().find(R"("node":"local")"), std::string::npos) << put.object_json();
+    // The kind filter keeps only instances; nothing is left after `next`.
+    auto only = c.backend()->changes("instance", "echo", created, 0ms);
+    ASSERT_EQ(only.events_size(), 1);
+    EXPECT_EQ(only.events(0).name(), put.name());
+    EXPECT_EQ(c.backend()->changes("", "", only.next(), 0ms).events_size(), 0);
+    // A long poll from there answers with nothing when nothing changes...
+    const auto began = std::chrono::steady_clock::now();
+    EXPECT_EQ(c.backend()->changes("", "", only.next(), 300ms).events_size(), 0);
+    EXPECT_GE(std::chrono::steady_clock::now() - began, 300ms);
+    // ...and a watch from the instance's revision on sees the next object change.
+    c.create_function("other", k_data / "echo.yaml");
+    auto next = c.backend()->changes("functions", "", only.next(), 5s);
+    ASSERT_EQ(next.events_size(), 1);
+    EXPECT_EQ(next.events(0).name(), "other");
+
+    const auto bad =
+        expect_error([&] { c.backend()->changes("", "", 0, 0ms); }, errc::invalid_spec);
+    EXPECT_EQ(bad.field(), "from");
+  }
+  // The instance ended with its server: the next one starts from none, and says so in the store.
+  auto c = open();
+  EXPECT_EQ(c.function("echo").get().status().instances_size(), 0);
+  auto gone = c.backend()->changes("instances", "", created, 0ms);
+  ASSERT_FALSE(gone.events().empty());
+  EXPECT_EQ(gone.events(gone.events_size() - 1).type(), "delete");
+  EXPECT_EQ(gone.events(gone.events_size() - 1).name(), "echo/local/" + instance);
+}
+
 }  // namespace

@@ -296,6 +296,15 @@ class FakeBackend final : public detail::Backend {
     return out;
   }
 
+  // The store's changes: the same events, each one's sequence standing in for its revision.
+  v1::WatchEventList changes(const std::string& kind, const std::string& name,
+                             std::int64_t from_revision, std::chrono::milliseconds wait) override {
+    auto list = events(kind, name, from_revision - 1, wait);
+    for (auto& e : *list.mutable_events()) e.set_store_revision(e.sequence());
+    list.set_next(list.next() + 1);
+    return list;
+  }
+
   // Test controls.
   void add_log(const std::string& text) {
     std::lock_guard lock(mu_);
@@ -1322,6 +1331,15 @@ TEST_F(HttpTest, EventsLongPollFiltersByKindAndName) {
   ASSERT_EQ(got.events_size(), 1);
   EXPECT_EQ(got.events(0).reason(), "ScaledDown");
   EXPECT_EQ(got.next(), 4);
+
+  // from=REV is the store's watch: changes from that revision on, `next` a revision too.
+  auto store = c->changes("functions", "", 3, 0ms);
+  ASSERT_EQ(store.events_size(), 1);
+  EXPECT_EQ(store.events(0).store_revision(), 3);
+  EXPECT_EQ(store.next(), 5);
+  auto bad = get("/v1/events?from=0");
+  EXPECT_EQ(bad.status, 400);
+  EXPECT_THAT(bad.body, HasSubstr(R"("field":"from")"));
 }
 
 TEST_F(HttpTest, EventsAfterMinusOneStartFromNow) {
@@ -1437,7 +1455,7 @@ TEST_F(HttpTest, WatchStreamsEventsAndEndsWhenTheServerStops) {
   EXPECT_EQ(events[0].at("reason").as_string(), "Invoked");
   EXPECT_EQ(events[0].at("kind").as_string(), "functions");
 
-  // from=N is DESIGN's watch form: events from sequence N on.
+  // from=REV (DESIGN's watch form) streams the store's changes from that revision on.
   RawStream from(server_->port(), http_request("GET", "/v1/events?watch=1&from=4"));
   ASSERT_EQ(from.head().status, 200);
   auto tail = from.chunk();

@@ -58,6 +58,12 @@ def instances_on(fn) -> dict:
     return out
 
 
+def busy_on(fn, node: str) -> bool:
+    return any(
+        i["node"] == node and i.get("phase") == "Busy" for i in fn.status().get("instances", [])
+    )
+
+
 def test_agents_join_with_labels_and_capacity(cluster):
     cluster.start_agent("node1", {"zone": "az1"})
     cluster.start_agent("node2", {"zone": "az2", "gpu": "available"})
@@ -95,6 +101,17 @@ def test_calls_run_on_agents_and_spread_over_them(cluster, code):
     assert not again.cold_start and again.node in ("node1", "node2")
     listed = c.function("spread").status()
     assert all(i["node"] in ("node1", "node2") for i in listed["instances"])
+    # The instances are stored objects: a watch of the store from the function's revision sees
+    # them come up on both agents.
+    rev = int(c.function("spread").get()["metadata"]["resourceVersion"])
+    seen = set()
+    with c.watch("instances", "spread", from_revision=rev + 1, timeout=10) as w:
+        for e in w:
+            if e["type"] == "put":
+                seen.add(e["object"]["node"])
+            if seen == {"node1", "node2"}:
+                break
+    assert seen == {"node1", "node2"}
 
 
 def test_a_killed_agent_is_lost_its_calls_fail_and_new_calls_go_elsewhere(cluster, code):
@@ -105,8 +122,8 @@ def test_a_killed_agent_is_lost_its_calls_fail_and_new_calls_go_elsewhere(cluste
     cluster.start_agent("node2")
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         pending = pool.submit(call, fn, {"sleep": 30})
-        poll(lambda: instances_on(fn).get("node1"), timeout=10)
-        time.sleep(0.3)  # the call is on node1's instance: nothing else can say so from outside
+        # The call is on node1's instance once that instance is busy.
+        poll(lambda: busy_on(fn, "node1"), timeout=10)
         killed = time.monotonic()
         os.kill(a1.proc.pid, signal.SIGKILL)
         with pytest.raises(blixard.errors.Unavailable) as e:

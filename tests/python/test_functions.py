@@ -183,6 +183,29 @@ def test_watch_resumes_from_a_position(echo, cluster):
     assert next(iter(again))["sequence"] == first["sequence"]
 
 
+def test_instances_are_stored_objects_watched_from_a_store_revision(echo, cluster):
+    rev = int(echo.get()["metadata"]["resourceVersion"])
+    echo.invoke({})
+    with cluster.watch("instances", "echo", from_revision=rev + 1, timeout=10) as w:
+        put = next(w)
+    assert put["type"] == "put" and put["kind"] == "instances"
+    assert put["name"].startswith("echo/local/") and put["storeRevision"] > rev
+    assert put["object"]["node"] == "local" and put["object"]["phase"] == "Warm"
+    [instance] = echo.status()["instances"]
+    assert put["name"] == f"echo/local/{instance['name']}"
+    # The function's own put is at its revision: a watch from there starts with it.
+    with cluster.watch("functions", from_revision=rev, timeout=10) as w:
+        assert next(w)["storeRevision"] == rev
+
+
+def test_a_store_watch_names_a_bad_revision(cluster):
+    with pytest.raises(errors.InvalidSpec) as info:
+        cluster.watch(from_revision=0)
+    assert info.value.field == "from"
+    with pytest.raises(ValueError):
+        cluster.watch(after=0, from_revision=1)
+
+
 def test_watch_on_closed_cluster_is_unavailable(tmp_path):
     import blixard
 

@@ -81,6 +81,17 @@ class Backend {
   virtual v1::WatchEventList events(const std::string& kind, const std::string& name,
                                     std::int64_t after, std::chrono::milliseconds wait) = 0;
 
+  // The store's object changes from store revision `from_revision` (1 or more) on, DESIGN §4's
+  // watch: what the store kept since then at once, or up to `wait` for the next. `next` is the
+  // revision to go on from. conflict when that revision was compacted away (list again and watch
+  // from the list's revision). `kind`/`name` filter as in events(); a name also matches the
+  // objects under it (kind "instances", name "echo": every instance of echo).
+  virtual v1::WatchEventList changes(const std::string& /*kind*/, const std::string& /*name*/,
+                                     std::int64_t /*from_revision*/,
+                                     std::chrono::milliseconds /*wait*/) {
+    throw Error(errc::unavailable, "this backend keeps no store to watch");
+  }
+
   // Tokens (DESIGN §4): create answers with the secret, the only time it is shown (the store
   // keeps its SHA-256); list answers without hashes; revoke takes a name or an id (not_found).
   // A backend that keeps no tokens answers unavailable.
