@@ -21,14 +21,16 @@ v1::Status status_of(const std::exception_ptr& error) {
 }  // namespace
 
 Session::Session(std::shared_ptr<LocalNode> node, boost::asio::any_io_executor executor, Send send)
-    : node_(std::move(node)), executor_(std::move(executor)), send_(std::move(send)) {}
+    : node_(std::move(node)),
+      executor_(std::move(executor)),
+      out_(std::make_shared<Outbox>(std::move(send))) {}
 
 Session::~Session() { close(); }
 
-bool Session::send(const v1::AgentFrame& frame) {
+bool Session::Outbox::send(const v1::AgentFrame& frame) {
   {
-    std::lock_guard lock(mutex_);
-    if (closed_) return false;
+    std::lock_guard lock(mutex);
+    if (closed) return false;
   }
   return send_(frame);
 }
@@ -64,33 +66,37 @@ void Session::receive(v1::AgentFrame& frame) {
 
 void Session::assign(const v1::Assign& assign) {
   {
-    std::lock_guard lock(mutex_);
-    if (closed_) return;
+    std::lock_guard lock(out_->mutex);
+    if (out_->closed) return;
   }
   // A start blocks until the handler is ready: on a thread of its own, so calls keep flowing.
-  std::thread([self = shared_from_this(), assign] {
+  std::thread([node = node_, out = out_, assign] {
     control::Assignment a;
     a.epoch = assign.epoch();
     a.instance.function = assign.function();
     a.instance.spec = assign.spec();
-    std::weak_ptr<Session> weak = self;
+    std::weak_ptr<Outbox> weak = out;
     a.instance.on_log = [weak](const std::string& instance, const std::string& stream,
                                std::string line) {
-      auto s = weak.lock();
-      if (!s) return;
+      auto o = weak.lock();
+      if (!o) return;
       v1::AgentFrame f;
       auto& log = *f.mutable_log();
       log.set_instance(instance);
       log.set_stream(stream);
       log.set_line(std::move(line));
-      s->send(f);
+      o->send(f);
     };
     a.instance.on_exit = [weak](const runtime::InstanceExit& exit) {
-      auto s = weak.lock();
-      if (!s) return;
+      auto o = weak.lock();
+      if (!o) return;
+      std::shared_ptr<runtime::Instance> gone;  // released after the lock
       {
-        std::lock_guard lock(s->mutex_);
-        s->instances_.erase(exit.instance);
+        std::lock_guard lock(o->mutex);
+        if (auto it = o->instances.find(exit.instance); it != o->instances.end()) {
+          gone = std::move(it->second.instance);
+          o->instances.erase(it);
+        }
       }
       v1::AgentFrame f;
       auto& e = *f.mutable_exited();
@@ -98,14 +104,14 @@ void Session::assign(const v1::Assign& assign) {
       e.set_reason(exit.reason);
       e.set_requested(exit.requested);
       e.set_oom(exit.oom);
-      s->send(f);
+      o->send(f);
     };
     v1::AgentFrame f;
     auto& started = *f.mutable_started();
     started.set_id(assign.id());
     std::shared_ptr<runtime::Instance> instance;
     try {
-      instance = self->node_->start(a);
+      instance = node->start(a);
       started.set_instance(instance->name());
       started.set_init_us(instance->init_duration().count());
     } catch (...) {
@@ -113,20 +119,20 @@ void Session::assign(const v1::Assign& assign) {
     }
     bool keep = false;
     {
-      std::lock_guard lock(self->mutex_);
-      if (instance && !self->closed_) {
-        self->instances_[instance->name()] = {
+      std::lock_guard lock(out->mutex);
+      if (instance && !out->closed) {
+        out->instances[instance->name()] = {
             instance, std::make_shared<const v1::FunctionSpec>(assign.spec()), assign.function()};
         keep = true;
       }
     }
     if (instance && !keep) instance->kill();  // closed meanwhile: nobody will call it
-    if (keep || !instance) self->send(f);
+    if (keep || !instance) out->send(f);
   }).detach();
 }
 
-void Session::answer(std::uint64_t id, const std::exception_ptr& error,
-                     runtime::InvocationResult result) {
+void Session::Outbox::answer(std::uint64_t id, const std::exception_ptr& error,
+                             runtime::InvocationResult result) {
   v1::AgentFrame f;
   auto& r = *f.mutable_result();
   r.set_id(id);
@@ -143,15 +149,15 @@ void Session::invoke(v1::Invoke& invoke) {
   const std::uint64_t id = invoke.id();
   Started started;
   {
-    std::lock_guard lock(mutex_);
-    auto it = instances_.find(invoke.instance());
-    if (it != instances_.end()) started = it->second;
+    std::lock_guard lock(out_->mutex);
+    auto it = out_->instances.find(invoke.instance());
+    if (it != out_->instances.end()) started = it->second;
   }
   if (!started.instance) {
-    answer(id,
-           std::make_exception_ptr(
-               Error(errc::unavailable, "instance " + invoke.instance() + " is no longer running")),
-           {});
+    out_->answer(id,
+                 std::make_exception_ptr(Error(
+                     errc::unavailable, "instance " + invoke.instance() + " is no longer running")),
+                 {});
     return;
   }
   auto inv = std::make_shared<runtime::Invocation>();
@@ -160,14 +166,14 @@ void Session::invoke(v1::Invoke& invoke) {
   inv->payload = std::move(*invoke.mutable_payload());
   inv->request_id = invoke.request_id();
   inv->timeout = std::chrono::milliseconds(invoke.timeout_ms());
-  std::weak_ptr<Session> weak = shared_from_this();
+  std::weak_ptr<Outbox> weak = out_;
   auto complete = [weak, id](const std::exception_ptr& error, runtime::InvocationResult result) {
-    if (auto s = weak.lock()) s->answer(id, error, std::move(result));
+    if (auto o = weak.lock()) o->answer(id, error, std::move(result));
   };
   try {
     if (started.instance->call_async(*inv, executor_, complete)) return;
   } catch (...) {
-    answer(id, std::current_exception(), {});
+    out_->answer(id, std::current_exception(), {});
     return;
   }
   // Its pipe is full: the call waits for room on a thread of its own.
@@ -183,9 +189,9 @@ void Session::invoke(v1::Invoke& invoke) {
 void Session::stop(const v1::StopInstance& stop) {
   std::shared_ptr<runtime::Instance> instance;
   {
-    std::lock_guard lock(mutex_);
-    auto it = instances_.find(stop.instance());
-    if (it == instances_.end()) return;
+    std::lock_guard lock(out_->mutex);
+    auto it = out_->instances.find(stop.instance());
+    if (it == out_->instances.end()) return;
     instance = it->second.instance;
   }
   if (stop.kill()) {
@@ -200,9 +206,9 @@ void Session::stop(const v1::StopInstance& stop) {
 void Session::close() {
   std::map<std::string, Started> instances;
   {
-    std::lock_guard lock(mutex_);
-    closed_ = true;
-    instances.swap(instances_);
+    std::lock_guard lock(out_->mutex);
+    out_->closed = true;
+    instances.swap(out_->instances);
   }
   for (auto& [name, s] : instances) s.instance->kill();
 }

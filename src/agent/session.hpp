@@ -18,13 +18,12 @@
 
 namespace blixard::agent {
 
-class Session : public std::enable_shared_from_this<Session> {
+class Session {
  public:
   // Queues one frame to the server; thread-safe. False once the connection is closed.
   using Send = std::function<bool(const v1::AgentFrame&)>;
 
   // Calls' answers are read on `executor`'s reactor (it must keep running until close()).
-  // Held by a shared_ptr: instances' callbacks hold it weakly.
   Session(std::shared_ptr<LocalNode> node, boost::asio::any_io_executor executor, Send send);
   ~Session();
   Session(const Session&) = delete;
@@ -44,18 +43,28 @@ class Session : public std::enable_shared_from_this<Session> {
     std::shared_ptr<const v1::FunctionSpec> spec;
     std::string function;
   };
+  // What the instances' callbacks (exits, logs, answers) reach: the way up and the instances
+  // started. It does not own the node: a callback runs on a thread of the node's driver, so if it
+  // held the last reference to the Session it would destroy the driver from one of the driver's
+  // own threads, and the driver's destructor would wait for that thread forever.
+  struct Outbox {
+    explicit Outbox(Send send) : send_(std::move(send)) {}
+    bool send(const v1::AgentFrame& frame);
+    void answer(std::uint64_t id, const std::exception_ptr& error,
+                runtime::InvocationResult result);
+
+    Send send_;
+    std::mutex mutex;
+    bool closed = false;
+    std::map<std::string, Started> instances;
+  };
   void assign(const v1::Assign& assign);
   void invoke(v1::Invoke& invoke);
   void stop(const v1::StopInstance& stop);
-  void answer(std::uint64_t id, const std::exception_ptr& error, runtime::InvocationResult result);
-  bool send(const v1::AgentFrame& frame);
 
   std::shared_ptr<LocalNode> node_;
   boost::asio::any_io_executor executor_;
-  Send send_;
-  mutable std::mutex mutex_;
-  bool closed_ = false;
-  std::map<std::string, Started> instances_;
+  std::shared_ptr<Outbox> out_;
 };
 
 }  // namespace blixard::agent
