@@ -27,6 +27,7 @@
 #include "api/websocket.hpp"
 #include "blixard/error.hpp"
 #include "blixard/version.hpp"
+#include "client/http_backend.hpp"
 #include "runtime/driver.hpp"
 #include "server/local.hpp"
 #include "spec/units.hpp"
@@ -249,8 +250,20 @@ int run_joined(const Args& args, const std::shared_ptr<spdlog::logger>& logger,
     blixard::runtime::SandboxOptions sandbox;
     sandbox.work_dir = args.data_dir / "instances";
     sandbox.python = args.python;
+    // Functions' code comes from the server's blob store, by digest, with this node's token.
+    const std::string url = args.join.starts_with("http://") ? args.join : "http://" + args.join;
+    auto server = blixard::client::make_http_backend(url, args.token, std::chrono::minutes(2));
+    auto code = std::make_shared<blixard::agent::CodeCache>(
+        args.data_dir / "code", [server](const std::string& digest) {
+          auto bytes = server->get_blob(digest);
+          if (!bytes) {
+            throw blixard::Error(blixard::errc::not_found,
+                                 "the server holds no code archive " + digest);
+          }
+          return std::move(*bytes);
+        });
     node = std::make_shared<blixard::agent::LocalNode>(
-        args.node_name, spec, blixard::runtime::make_sandbox_driver(sandbox));
+        args.node_name, spec, blixard::runtime::make_sandbox_driver(sandbox), code);
     blixard::agent::JoinOptions options;
     options.server = args.join;
     options.token = args.token;

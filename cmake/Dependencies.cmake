@@ -8,6 +8,8 @@ find_package(SQLite3 REQUIRED)
 find_package(yaml-cpp REQUIRED)
 # SHA-256 of token secrets and their random bytes (libssl-dev: libcrypto only).
 find_package(OpenSSL REQUIRED COMPONENTS Crypto)
+# Functions' code travels as a tar.zst archive (libarchive-dev; Debian's is built with zstd).
+find_package(LibArchive 3.3 REQUIRED)
 # Instances' seccomp filters (libseccomp-dev); no CMake package, a plain library.
 find_library(BLIXARD_SECCOMP NAMES seccomp REQUIRED)
 # The scheduler's bitmaps (libroaring-dev, CRoaring 0.2.66). Found as a plain library, as seccomp

@@ -670,7 +670,7 @@ def function_get(c: Ctx, name, output) -> None:
     print_table(FUNCTION_COLUMNS, _function_rows([obj]))
     details = [
         ("handler", spec.get("handler") or " ".join(spec.get("command", [])) or "-"),
-        ("code", spec.get("code") or "-"),
+        ("code", spec.get("codeDigest") or "-"),
         ("config", spec.get("config") or "-"),
         ("concurrent executions", spec.get("concurrentExecutions") or "-"),
         ("min/max instances", "{}/{}".format(

@@ -26,8 +26,12 @@ v1::NodeSpec describe_this_machine() {
   return spec;
 }
 
-LocalNode::LocalNode(std::string name, v1::NodeSpec spec, std::unique_ptr<runtime::Driver> driver)
-    : name_(std::move(name)), spec_(std::move(spec)), driver_(std::move(driver)) {
+LocalNode::LocalNode(std::string name, v1::NodeSpec spec, std::unique_ptr<runtime::Driver> driver,
+                     std::shared_ptr<CodeCache> code)
+    : name_(std::move(name)),
+      spec_(std::move(spec)),
+      driver_(std::move(driver)),
+      code_(std::move(code)) {
   spec_.add_drivers(driver_->name());
 }
 
@@ -42,7 +46,17 @@ std::shared_ptr<runtime::Instance> LocalNode::start(const control::Assignment& a
                                          std::to_string(epoch_) + ")");
     }
   }
-  auto instance = driver_->start(assignment.instance);
+  std::shared_ptr<runtime::Instance> instance;
+  if (const auto& digest = assignment.instance.spec.code_digest(); !digest.empty()) {
+    if (!code_) {
+      throw Error(errc::unavailable, "node " + name_ + " has no code cache to fetch " + digest);
+    }
+    runtime::InstanceOptions options = assignment.instance;
+    options.spec.set_code(code_->directory(digest).string());
+    instance = driver_->start(options);
+  } else {
+    instance = driver_->start(assignment.instance);
+  }
   std::lock_guard lock(mutex_);
   for (auto it = running_.begin(); it != running_.end();) {
     it = it->second.instance.expired() ? running_.erase(it) : std::next(it);

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "agent/code_cache.hpp"
 #include "blixard/v1/agent.pb.h"
 #include "control/node.hpp"
 #include "runtime/driver.hpp"
@@ -17,7 +18,11 @@ namespace blixard::agent {
 
 class LocalNode final : public control::Node {
  public:
-  LocalNode(std::string name, v1::NodeSpec spec, std::unique_ptr<runtime::Driver> driver);
+  // An assignment whose spec carries a code digest runs in the directory `code` unpacked it to;
+  // without a cache such assignments are refused (a spec's own `code` path is used as it is,
+  // for drivers' tests and in-process callers).
+  LocalNode(std::string name, v1::NodeSpec spec, std::unique_ptr<runtime::Driver> driver,
+            std::shared_ptr<CodeCache> code = nullptr);
   ~LocalNode() override;
 
   const std::string& name() const override { return name_; }
@@ -41,6 +46,7 @@ class LocalNode final : public control::Node {
   std::string name_;
   v1::NodeSpec spec_;
   std::unique_ptr<runtime::Driver> driver_;
+  std::shared_ptr<CodeCache> code_;
   mutable std::mutex mutex_;
   std::int64_t epoch_ = 0;
   std::map<std::string, Running> running_;

@@ -111,6 +111,14 @@ void Session::assign(const v1::Assign& assign) {
     started.set_id(assign.id());
     std::shared_ptr<runtime::Instance> instance;
     try {
+      // A path names a directory of the client's (or of this machine, for a server gone wrong):
+      // an agent runs only code it fetched by digest.
+      if (!a.instance.spec.code().empty()) {
+        throw Error(errc::invalid_spec,
+                    "the assignment names a code path (" + a.instance.spec.code() +
+                        "); an agent runs code fetched by its digest only",
+                    "code");
+      }
       instance = node->start(a);
       started.set_instance(instance->name());
       started.set_init_us(instance->init_duration().count());

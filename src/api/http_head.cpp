@@ -104,6 +104,9 @@ HeadVerdict check_head(const boost::beast::http::request_header<>& head,
   }
   v.gateway = !is_api_target(target);
   v.body_limit = v.gateway ? limits.gateway_body_limit : limits.body_limit;
+  if (limits.admin && head.method() == http::verb::put && target.starts_with("/v1/blobs/")) {
+    v.body_limit = limits.blob_body_limit;
+  }
   // The same rule as routing: every API path but /healthz needs a good token.
   v.authenticated = !v.gateway && limits.token_required && limits.authenticated;
   if (!v.gateway && limits.token_required && !v.authenticated) {

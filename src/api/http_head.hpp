@@ -56,6 +56,9 @@ struct HeadLimits {
   std::string_view why;         // when not: what was wrong, for the 401
   std::size_t body_limit = 0;
   std::size_t gateway_body_limit = 0;
+  // PUT /v1/blobs/... by an admin (a code archive's upload): this limit instead of body_limit.
+  bool admin = false;
+  std::size_t blob_body_limit = 0;
 };
 
 struct HeadVerdict {

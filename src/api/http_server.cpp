@@ -336,9 +336,12 @@ class Session : public std::enable_shared_from_this<Session> {
         is_api_target(parser_->get().target())) {
       who = server_.auth->authenticate(authorization);
     }
-    auto verdict = check_head(parser_->get(), parser_->content_length(),
-                              {server_.auth->required(), who.principal.has_value(), who.why,
-                               server_.options.body_limit, server_.options.gateway_body_limit});
+    const bool admin =
+        !server_.auth->required() || (who.principal && who.principal->has(Scope::admin));
+    auto verdict = check_head(
+        parser_->get(), parser_->content_length(),
+        {server_.auth->required(), who.principal.has_value(), who.why, server_.options.body_limit,
+         server_.options.gateway_body_limit, admin, server_.options.blob_body_limit});
     gateway_ = verdict.gateway;
     limit_ = verdict.body_limit;
     principal_ = std::move(who.principal);

@@ -39,6 +39,8 @@ struct HttpServerOptions {
   // Request bodies sent to an HTTP trigger (gateway paths) larger than this get 413: a function's
   // default payload limit (its own maxPayloadBytes is checked when it is called).
   std::size_t gateway_body_limit = k_default_max_payload_bytes;
+  // A code archive uploaded by an admin (PUT /v1/blobs/{digest}) may be this large.
+  std::size_t blob_body_limit = k_max_code_archive_bytes;
   // Request bodies not authenticated by the token (the gateway's, and every one on a server
   // without a token) buffered at once, server-wide, counted by Content-Length (a chunked body as
   // its limit); a request that would pass it is answered 503 before its body is read.

@@ -30,6 +30,9 @@ void add_event_routes(RouteTable& table, const RouteContext& context);
 // /v1/tokens: GET (list), POST (create, 201 with the secret); /{name}: DELETE (revoke). Admin.
 void add_token_routes(RouteTable& table, const RouteContext& context);
 
+// /v1/blobs/{digest}: PUT (admin; 201), GET (node: the bytes), HEAD (read: 200 or 404).
+void add_blob_routes(RouteTable& table, const RouteContext& context);
+
 // All of the above.
 void add_api_routes(RouteTable& table, const RouteContext& context);
 

@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <mutex>
 #include <random>
+#include <set>
 
 #include <google/protobuf/util/time_util.h>
 #include <spdlog/spdlog.h>
@@ -23,6 +24,8 @@ namespace {
 using google::protobuf::util::TimeUtil;
 
 constexpr int k_apply_attempts = 5;
+// A blob no function names is removed once older than this: an upload's apply comes within it.
+constexpr auto k_unnamed_blob_grace = std::chrono::minutes(15);
 // changes(): at most this many events per answer (whole revisions: it may hold a few more), and
 // how long it waits for the store's watch to deliver the history it asked for.
 constexpr std::size_t k_changes_per_answer = 1000;
@@ -110,9 +113,11 @@ std::int64_t last_revision(const std::vector<store::WatchEvent>& changes) {
 
 }  // namespace
 
-Service::Service(std::shared_ptr<store::Store> store, std::shared_ptr<control::NodeRegistry> nodes,
-                 std::string node_name, std::shared_ptr<spdlog::logger> logger)
+Service::Service(std::shared_ptr<store::Store> store, std::shared_ptr<store::BlobStore> blobs,
+                 std::shared_ptr<control::NodeRegistry> nodes, std::string node_name,
+                 std::shared_ptr<spdlog::logger> logger)
     : store_(std::move(store)),
+      blobs_(std::move(blobs)),
       nodes_(std::move(nodes)),
       node_name_(std::move(node_name)),
       logger_(std::move(logger)) {
@@ -160,6 +165,7 @@ Service::Service(std::shared_ptr<store::Store> store, std::shared_ptr<control::N
     }
   }
   functions_seen_ = existing.revision;
+  collect_blobs();
   functions_watch_ =
       store_->watch(k_functions_prefix, existing.revision + 1, [this](const auto& changes) {
         for (const auto& change : changes) {
@@ -212,6 +218,71 @@ std::shared_ptr<const Service::StoredSpec> Service::stored_spec(const std::strin
 
 Service::~Service() { shutdown(); }
 
+void Service::check_code(const v1::ObjectSet& set) {
+  const bool platform = !set.stack().empty();
+  for (int i = 0; i < set.functions_size(); ++i) {
+    const auto& spec = set.functions(i).spec();
+    const std::string at = platform ? "spec.functions[" + std::to_string(i) + "]." : "spec.";
+    if (!spec.code().empty()) {
+      throw Error(errc::invalid_spec,
+                  "the server does not read code paths (" + spec.code() +
+                      "): pack the directory, upload it to PUT /v1/blobs/{digest} and set "
+                      "codeDigest (the SDK and the CLI do this for you)",
+                  at + "code");
+    }
+    const auto& digest = spec.code_digest();
+    if (digest.empty()) continue;
+    if (!blobs_) throw Error(errc::unavailable, "this server keeps no code", at + "codeDigest");
+    if (!blobs_->has(digest)) {
+      throw Error(errc::invalid_spec,
+                  "no code archive " + digest + " on the server: upload it first (PUT /v1/blobs/" +
+                      digest + ")",
+                  at + "codeDigest");
+    }
+  }
+}
+
+bool Service::has_blob(const std::string& digest) {
+  if (!blobs_) throw Error(errc::unavailable, "this server keeps no blobs");
+  return blobs_->has(digest);
+}
+
+v1::Blob Service::put_blob(const std::string& digest, const std::string& bytes) {
+  if (!blobs_) throw Error(errc::unavailable, "this server keeps no blobs");
+  if (bytes.size() > k_max_code_archive_bytes) {
+    throw Error(errc::payload_too_large,
+                "a code archive may be at most " + std::to_string(k_max_code_archive_bytes >> 20) +
+                    " MiB, this one is " + std::to_string(bytes.size()) + " bytes");
+  }
+  blobs_->put(digest, bytes);
+  v1::Blob blob;
+  blob.set_digest(digest);
+  blob.set_size(bytes.size());
+  return blob;
+}
+
+std::optional<std::string> Service::get_blob(const std::string& digest) {
+  if (!blobs_) throw Error(errc::unavailable, "this server keeps no blobs");
+  return blobs_->get(digest);
+}
+
+void Service::collect_blobs() {
+  if (!blobs_) return;
+  try {
+    std::set<std::string> named;
+    for (const auto& kv : store_->list(k_functions_prefix).kvs) {
+      v1::Function fn;
+      if (fn.ParseFromString(kv.value)) named.insert(fn.spec().code_digest());
+    }
+    const auto before = std::chrono::system_clock::now() - k_unnamed_blob_grace;
+    for (const auto& blob : blobs_->list()) {
+      if (!named.contains(blob.digest) && blob.stored_at < before) blobs_->remove(blob.digest);
+    }
+  } catch (const std::exception& e) {
+    logger_->warn("collecting unused code archives: {}", e.what());
+  }
+}
+
 void Service::shutdown() {
   if (closed_.exchange(true)) return;
   registry_watch_.reset();
@@ -227,6 +298,7 @@ void Service::shutdown() {
 v1::ApplyResult Service::apply(const v1::ObjectSet& input, detail::ApplyMode mode) {
   if (closed_) throw Error(errc::unavailable, "the cluster is closed");
   const PreparedApply prepared = prepare_apply(input, mode);
+  if (mode != detail::ApplyMode::remove) check_code(prepared.set);
   const SnapshotQuery query = snapshot_query(prepared);
 
   for (int attempt = 0; attempt < k_apply_attempts; ++attempt) {
@@ -271,11 +343,14 @@ v1::ApplyResult Service::apply(const v1::ObjectSet& input, detail::ApplyMode mod
         }
       }
       result.set_revision(outcome.revision);
+      bool dropped_code = false;
       for (const auto& item : result.items()) {
         if (item.action() != "unchanged") {
           logger_->info("{} {} {}", item.kind(), item.name(), item.action());
+          dropped_code |= item.kind() == "function" && item.action() != "created";
         }
       }
+      if (dropped_code) collect_blobs();
       return result;
     }
     // Someone wrote one of these keys meanwhile: plan again from what is stored now.

@@ -19,6 +19,7 @@
 #include "control/instance_records.hpp"
 #include "control/node_registry.hpp"
 #include "control/telemetry.hpp"
+#include "store/blob_store.hpp"
 #include "store/store.hpp"
 
 namespace spdlog {
@@ -29,9 +30,11 @@ namespace blixard::api {
 
 class Service final : public detail::Backend {
  public:
-  // `nodes` run the functions' instances; `node_name` is the server's own node (its info()).
-  Service(std::shared_ptr<store::Store> store, std::shared_ptr<control::NodeRegistry> nodes,
-          std::string node_name, std::shared_ptr<spdlog::logger> logger);
+  // `nodes` run the functions' instances; `node_name` is the server's own node (its info());
+  // `blobs` keeps the functions' code archives.
+  Service(std::shared_ptr<store::Store> store, std::shared_ptr<store::BlobStore> blobs,
+          std::shared_ptr<control::NodeRegistry> nodes, std::string node_name,
+          std::shared_ptr<spdlog::logger> logger);
   ~Service() override;
 
   v1::ApplyResult apply(const v1::ObjectSet& set, detail::ApplyMode mode) override;
@@ -57,6 +60,9 @@ class Service final : public detail::Backend {
   v1::TokenList list_tokens() override;
   v1::Token revoke_token(const std::string& name_or_id) override;
   std::optional<v1::Token> verify_token(std::string_view secret) override;
+  bool has_blob(const std::string& digest) override;
+  v1::Blob put_blob(const std::string& digest, const std::string& bytes) override;
+  std::optional<std::string> get_blob(const std::string& digest) override;
   v1::WatchEventList events(const std::string& kind, const std::string& name, std::int64_t after,
                             std::chrono::milliseconds wait) override;
   v1::WatchEventList changes(const std::string& kind, const std::string& name,
@@ -95,8 +101,14 @@ class Service final : public detail::Backend {
   static v1::InvokeResponse response_of(const runtime::Invocation& invocation,
                                         runtime::InvocationResult outcome);
   void cache_spec(const std::string& function, std::int64_t version, v1::FunctionSpec spec);
+  // Every function of `set` names its code by a digest the blob store holds, never by a path.
+  void check_code(const v1::ObjectSet& set);
+  // Removes blobs no stored function names that are older than a grace period (an upload
+  // waiting for its apply is younger).
+  void collect_blobs();
 
   std::shared_ptr<store::Store> store_;
+  std::shared_ptr<store::BlobStore> blobs_;
   std::shared_ptr<control::NodeRegistry> nodes_;
   std::string node_name_;
   std::shared_ptr<spdlog::logger> logger_;

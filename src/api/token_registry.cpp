@@ -3,7 +3,6 @@
 
 #include <google/protobuf/util/time_util.h>
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
 #include <openssl/rand.h>
 
 #include <algorithm>
@@ -11,6 +10,7 @@
 
 #include "blixard/error.hpp"
 #include "blixard/spec.hpp"
+#include "common/digest.hpp"
 
 namespace blixard::api {
 namespace {
@@ -22,23 +22,12 @@ constexpr std::string_view k_secret_prefix = "blx_";
 constexpr std::size_t k_id_hex = 16;
 constexpr auto k_reload_every = std::chrono::seconds(1);
 
-std::string hex(const unsigned char* data, std::size_t n) {
-  static constexpr char k_digits[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(n * 2);
-  for (std::size_t i = 0; i < n; ++i) {
-    out.push_back(k_digits[data[i] >> 4]);
-    out.push_back(k_digits[data[i] & 15]);
-  }
-  return out;
-}
-
 std::string random_hex(std::size_t bytes) {
   std::array<unsigned char, 64> buf{};
   if (bytes > buf.size() || RAND_bytes(buf.data(), static_cast<int>(bytes)) != 1) {
     throw Error(errc::internal, "the system's random source failed");
   }
-  return hex(buf.data(), bytes);
+  return to_hex(buf.data(), bytes);
 }
 
 // "blx_<id>_<secret>" -> id; empty for anything else.
@@ -55,15 +44,6 @@ v1::Token without_hash(v1::Token t) {
 }
 
 }  // namespace
-
-std::string sha256_hex(std::string_view text) {
-  std::array<unsigned char, EVP_MAX_MD_SIZE> md{};
-  unsigned int n = 0;
-  if (EVP_Digest(text.data(), text.size(), md.data(), &n, EVP_sha256(), nullptr) != 1) {
-    throw Error(errc::internal, "SHA-256 failed");
-  }
-  return hex(md.data(), n);
-}
 
 TokenRegistry::TokenRegistry(std::shared_ptr<store::Store> store) : store_(std::move(store)) {
   std::lock_guard lock(mu_);

@@ -41,7 +41,4 @@ class TokenRegistry {
   std::chrono::steady_clock::time_point loaded_;
 };
 
-// The SHA-256 of `text`, hex.
-std::string sha256_hex(std::string_view text);
-
 }  // namespace blixard::api

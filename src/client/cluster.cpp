@@ -4,13 +4,27 @@
 
 #include <google/protobuf/util/time_util.h>
 
+#include <map>
+#include <mutex>
+
 #include "client/http_backend.hpp"
+#include "common/code_archive.hpp"
 #include "server/local.hpp"
 
 namespace blixard {
 
+namespace {
+// The digest of each code directory this client packed, under the tree's fingerprint: applying
+// the same code again walks the tree rather than packing it.
+struct PackedCode {
+  std::mutex mutex;
+  std::map<std::string, std::pair<std::string, std::string>> by_path;  // fingerprint, digest
+};
+}  // namespace
+
 struct Cluster::State {
   SpecOptions spec;
+  PackedCode packed;
   std::shared_ptr<detail::AsyncContext> async = std::make_shared<detail::AsyncContext>();
   std::shared_ptr<api::Service> service;  // set for an embedded cluster
 };
@@ -43,6 +57,52 @@ void Cluster::close() {
 
 namespace {
 
+// Packs each function's `code` directory, uploads the archive unless the server has it already
+// and names the code by that digest: neither the server nor any agent reads the client's paths
+// (DESIGN §5). A directory several functions name is packed once.
+std::string upload_dir(detail::Backend& backend, PackedCode& packed, const std::string& dir) {
+  const std::string fingerprint = code_fingerprint(dir);
+  if (!fingerprint.empty()) {
+    std::string digest;
+    {
+      std::lock_guard lock(packed.mutex);
+      if (auto it = packed.by_path.find(dir);
+          it != packed.by_path.end() && it->second.first == fingerprint) {
+        digest = it->second.second;
+      }
+    }
+    // Unless the server dropped it meanwhile (it keeps only what functions name).
+    if (!digest.empty() && backend.has_blob(digest)) return digest;
+  }
+  const CodeArchive archive = pack_code(dir);
+  if (!backend.has_blob(archive.digest)) backend.put_blob(archive.digest, archive.bytes);
+  if (!fingerprint.empty()) {
+    std::lock_guard lock(packed.mutex);
+    packed.by_path[dir] = {fingerprint, archive.digest};
+  }
+  return archive.digest;
+}
+
+void upload_code(detail::Backend& backend, PackedCode& packed, v1::ObjectSet& set) {
+  std::map<std::string, std::string> digests;
+  for (int i = 0; i < set.functions_size(); ++i) {
+    auto& spec = *set.mutable_functions(i)->mutable_spec();
+    if (spec.code().empty()) continue;
+    auto [known, fresh] = digests.try_emplace(spec.code());
+    if (fresh) {
+      try {
+        known->second = upload_dir(backend, packed, spec.code());
+      } catch (const Error& e) {
+        const std::string at =
+            !set.stack().empty() ? "spec.functions[" + std::to_string(i) + "]." : "spec.";
+        throw Error(e.code(), e.message(), e.field().empty() ? "" : at + e.field());
+      }
+    }
+    spec.set_code_digest(known->second);
+    spec.clear_code();
+  }
+}
+
 template <class T>
 T named(const std::string& name) {
   T object;
@@ -57,7 +117,7 @@ Function Cluster::create_function(const std::string& name, const v1::FunctionSpe
   auto* fn = set.add_functions();
   *fn = named<v1::Function>(name);
   *fn->mutable_spec() = spec;
-  backend_->apply(set, detail::ApplyMode::create);
+  apply(set, detail::ApplyMode::create);
   return function(name);
 }
 
@@ -151,11 +211,14 @@ v1::Token Cluster::revoke_token(const std::string& name_or_id) {
 v1::ServerInfo Cluster::info() { return backend_->info(); }
 
 v1::ApplyResult Cluster::apply(const std::filesystem::path& manifest) {
-  return backend_->apply(load_manifest(manifest, state_->spec), detail::ApplyMode::apply);
+  return apply(load_manifest(manifest, state_->spec), detail::ApplyMode::apply);
 }
 
 v1::ApplyResult Cluster::apply(const v1::ObjectSet& set, detail::ApplyMode mode) {
-  return backend_->apply(set, mode);
+  if (mode == detail::ApplyMode::remove) return backend_->apply(set, mode);
+  v1::ObjectSet packed = set;
+  upload_code(*backend_, state_->packed, packed);
+  return backend_->apply(packed, mode);
 }
 
 v1::ApplyResult Cluster::remove(const std::filesystem::path& manifest) {

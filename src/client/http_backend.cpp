@@ -195,6 +195,7 @@ struct Connection {
     if (result) return result;
     http::response_parser<http::string_body> parser;
     parser.body_limit(std::numeric_limits<std::uint64_t>::max());
+    if (req.method() == http::verb::head) parser.skip(true);  // its Content-Length is GET's
     http::async_read(*stream, buffer, parser,
                      [&](beast::error_code ec, std::size_t) { result = ec; });
     run();
@@ -252,6 +253,39 @@ class HttpBackend final : public detail::Backend {
   }
   v1::Token revoke_token(const std::string& name_or_id) override {
     return call<v1::Token>(http::verb::delete_, "/v1/tokens/" + percent_encode(name_or_id));
+  }
+
+  bool has_blob(const std::string& digest) override {
+    Request req = make_request(http::verb::head, "/v1/blobs/" + percent_encode(digest));
+    try {
+      send(req, options_.timeout);
+      return true;
+    } catch (const Error& e) {
+      if (e.code() == errc::not_found) return false;
+      throw;
+    }
+  }
+  v1::Blob put_blob(const std::string& digest, const std::string& bytes) override {
+    Request req = make_request(http::verb::put, "/v1/blobs/" + percent_encode(digest));
+    req.set(http::field::content_type, "application/octet-stream");
+    req.set(http::field::accept, k_protobuf);
+    req.body() = bytes;
+    Response res = send(req, options_.timeout);
+    v1::Blob blob;
+    if (!is_protobuf(res) || !blob.ParseFromString(res.body())) {
+      throw Error(errc::internal, "cannot read the answer of " + url_.text + ": not a Blob");
+    }
+    return blob;
+  }
+  std::optional<std::string> get_blob(const std::string& digest) override {
+    Request req = make_request(http::verb::get, "/v1/blobs/" + percent_encode(digest));
+    req.set(http::field::accept, "application/octet-stream");
+    try {
+      return std::move(send(req, options_.timeout).body());
+    } catch (const Error& e) {
+      if (e.code() == errc::not_found) return std::nullopt;
+      throw;
+    }
   }
 
   v1::FunctionMetrics function_metrics(const std::string& name) override {

@@ -10,4 +10,8 @@ namespace blixard {
 // it as its body limit (gateway_body_limit). Lambda's synchronous limit.
 inline constexpr std::uint64_t k_default_max_payload_bytes = 6U << 20;
 
+// The largest code archive (compressed) a client may pack and the server keeps: the packer's
+// limit, the blob store's and the HTTP body limit of PUT /v1/blobs (Lambda takes 50 MB zipped).
+inline constexpr std::uint64_t k_max_code_archive_bytes = 64U << 20;
+
 }  // namespace blixard

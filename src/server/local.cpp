@@ -12,6 +12,7 @@
 #include "agent/local_node.hpp"
 #include "blixard/error.hpp"
 #include "runtime/driver.hpp"
+#include "store/blob_store.hpp"
 #include "store/store.hpp"
 
 namespace blixard::server {
@@ -53,18 +54,26 @@ std::shared_ptr<api::Service> open_local_service(const std::filesystem::path& di
   // Released with the service, after it (and so the store) closed.
   auto lock = std::make_shared<DataDirLock>(dir);
   std::shared_ptr<store::Store> store = store::open_sqlite((dir / "store.db").string());
+  auto blobs = store::open_blob_dir(dir / "blobs");
   auto nodes = std::make_shared<control::NodeRegistry>(store, options.nodes);
   if (options.local_node) {
     runtime::SandboxOptions sandbox;
     sandbox.work_dir = dir / "instances";
     sandbox.python = options.python;
+    // This node reads the server's blob store directly; a joined agent fetches over HTTP.
+    auto code =
+        std::make_shared<agent::CodeCache>(dir / "code", [blobs](const std::string& digest) {
+          auto bytes = blobs->get(digest);
+          if (!bytes) throw Error(errc::not_found, "the server holds no code archive " + digest);
+          return std::move(*bytes);
+        });
     // The registry owns the node (and so its driver) from here; Service::shutdown ends it.
     nodes->join(
         std::make_shared<agent::LocalNode>(options.node_name, agent::describe_this_machine(),
-                                           runtime::make_sandbox_driver(sandbox)),
+                                           runtime::make_sandbox_driver(sandbox), code),
         /*in_process=*/true);
   }
-  return {new api::Service(store, nodes, options.node_name, options.logger),
+  return {new api::Service(store, blobs, nodes, options.node_name, options.logger),
           [lock](api::Service* service) { delete service; }};
 }
 

@@ -10,6 +10,7 @@
 
 #include "blixard/error.hpp"
 #include "blixard/spec.hpp"
+#include "common/digest.hpp"
 
 namespace blixard {
 namespace {
@@ -260,6 +261,11 @@ void validate_function(v1::Function& fn, const std::string& path) {
     if (!std::filesystem::is_directory(status)) {
       invalid(at.field("code"), "code must be a directory: " + s.code());
     }
+  }
+
+  if (!s.code_digest().empty() && !is_sha256_digest(s.code_digest())) {
+    invalid(at.field("codeDigest"), "codeDigest " + in_quotes(s.code_digest().substr(0, 80)) +
+                                        " is not of the form sha256:<64 hex digits>");
   }
 
   // Unset takes the default; an explicit 0 is a mistake, not "the default".

@@ -29,6 +29,7 @@ namespace fs = std::filesystem;
 using blixard::Cluster;
 using blixard::errc;
 using blixard::Error;
+using blixard::test_support::connect_loopback;
 using blixard::test_support::eventually;
 using blixard::test_support::processes_with;
 using blixard::test_support::python;
@@ -61,20 +62,6 @@ blixard::v1::FunctionSpec gate_spec(const std::string& token) {
   (*s.mutable_env())["PYTHONDONTWRITEBYTECODE"] = "1";
   (*s.mutable_env())["PYTHONPATH"] = gate_dir(token).string();
   return s;
-}
-
-// A connection to 127.0.0.1:port, or -1.
-int connect_loopback(unsigned short port) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  return fd;
 }
 
 // One HTTP/1.1 request on a fresh connection: the whole response as text.

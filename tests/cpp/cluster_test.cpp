@@ -149,6 +149,84 @@ TEST_F(ClusterTest, AMovedManifestLeavesItsObjectsUnchanged) {
   EXPECT_EQ(c.function("echo").get().metadata().source(), source);
 }
 
+// Code travels as an archive named by its digest (DESIGN §5): what runs is the code as it was
+// when the function was created, wherever the client kept it; the server never reads a path.
+TEST_F(ClusterTest, CodeIsKeptByDigestAndRunsAsItWasWhenApplied) {
+  const fs::path src = dir_.string() + "-src";
+  const fs::path copy = dir_.string() + "-copy";
+  struct Cleanup {
+    std::vector<fs::path> dirs;
+    ~Cleanup() {
+      for (const auto& d : dirs) fs::remove_all(d);
+    }
+  } cleanup{{src, copy}};
+  auto write_handler = [&](const fs::path& d, int v) {
+    fs::create_directories(d);
+    std::ofstream(d / "version.py") << "def handler(e, c):\n    return {'v': " << v << "}\n";
+  };
+  write_handler(src, 1);
+  auto c = open();
+  blixard::v1::FunctionSpec spec;
+  spec.set_runtime("python");
+  spec.set_handler("version:handler");
+  spec.set_code(src.string());
+  auto fn = c.create_function("version", spec);
+  const auto stored = fn.get().spec();
+  EXPECT_TRUE(stored.code().empty()) << "the server kept the client's path";
+  ASSERT_TRUE(stored.code_digest().starts_with("sha256:")) << stored.code_digest();
+
+  write_handler(src, 2);  // after create: the function does not change under it
+  EXPECT_EQ(fn.invoke("{}").result, R"({"v": 1})");
+
+  // Applying it again: the same code from another directory is unchanged, new code configures.
+  blixard::v1::ObjectSet set;
+  auto* f = set.add_functions();
+  f->mutable_metadata()->set_name("version");
+  *f->mutable_spec() = spec;
+  fs::create_directories(copy);
+  fs::copy(src, copy, fs::copy_options::recursive);
+  write_handler(copy, 1);
+  f->mutable_spec()->set_code(copy.string());
+  EXPECT_EQ(c.apply(set).items(0).action(), "unchanged");
+  f->mutable_spec()->set_code(src.string());
+  EXPECT_EQ(c.apply(set).items(0).action(), "configured");
+  EXPECT_NE(fn.get().spec().code_digest(), stored.code_digest());
+  EXPECT_EQ(fn.invoke("{}").result, R"({"v": 2})") << "new calls run the new code";
+}
+
+TEST_F(ClusterTest, TheServerRefusesCodePathsAndUnknownDigests) {
+  auto c = open();
+  blixard::v1::ObjectSet set;
+  auto* f = set.add_functions();
+  f->mutable_metadata()->set_name("raw");
+  f->mutable_spec()->set_runtime("python");
+  f->mutable_spec()->set_handler("echo:handler");
+  f->mutable_spec()->set_code(k_data.string());
+  // Straight to the server, past the SDK that packs: a path is refused, naming the field.
+  auto e = expect_error([&] { c.backend()->apply(set, blixard::detail::ApplyMode::apply); },
+                        errc::invalid_spec);
+  EXPECT_EQ(e.field(), "spec.code");
+  EXPECT_NE(e.message().find("PUT /v1/blobs"), std::string::npos) << e.message();
+
+  f->mutable_spec()->clear_code();
+  f->mutable_spec()->set_code_digest("sha256:" + std::string(64, '0'));
+  e = expect_error([&] { c.backend()->apply(set, blixard::detail::ApplyMode::apply); },
+                   errc::invalid_spec);
+  EXPECT_EQ(e.field(), "spec.codeDigest");
+  EXPECT_NE(e.message().find("upload it first"), std::string::npos) << e.message();
+  f->mutable_spec()->set_code_digest("sha256:short");
+  e = expect_error([&] { c.backend()->apply(set, blixard::detail::ApplyMode::apply); },
+                   errc::invalid_spec);
+  EXPECT_EQ(e.field(), "spec.codeDigest");
+
+  // Through the SDK a missing directory is the client's error, naming the field.
+  f->mutable_spec()->clear_code_digest();
+  f->mutable_spec()->set_code((dir_ / "no-such-dir").string());
+  e = expect_error([&] { c.apply(set); }, errc::invalid_spec);
+  EXPECT_NE(e.field().find("code"), std::string::npos) << e.field();
+  EXPECT_TRUE(c.functions().empty());
+}
+
 TEST_F(ClusterTest, BadManifestChangesNothing) {
   auto c = open();
   auto e = expect_error([&] { c.apply(k_data / "bad-platform.yaml"); }, errc::invalid_spec);

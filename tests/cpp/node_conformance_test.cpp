@@ -8,18 +8,23 @@
 #include <atomic>
 #include <filesystem>
 #include <future>
+#include <map>
 #include <mutex>
 #include <thread>
 #include <vector>
 
 #include <gmock/gmock.h>
+#include <google/protobuf/struct.pb.h>
 #include <gtest/gtest.h>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 
+#include "agent/code_cache.hpp"
 #include "agent/local_node.hpp"
 #include "agent/session.hpp"
+#include "common/code_archive.hpp"
+#include "common/json.hpp"
 #include "control/remote_node.hpp"
 #include "runtime/driver.hpp"
 #include "test_support.hpp"
@@ -41,6 +46,18 @@ namespace agent = blixard::agent;
 
 const fs::path k_handlers = fs::path(BLIXARD_TEST_DATA) / "handlers";
 
+// The test handlers as the server keeps them: one archive, fetched by digest.
+const blixard::CodeArchive& handlers_archive() {
+  static const blixard::CodeArchive archive = blixard::pack_code(k_handlers);
+  return archive;
+}
+
+// How often a node fetched code, by digest: what the server's blob store would have served.
+struct Fetches {
+  std::mutex mutex;
+  std::map<std::string, int> count;
+};
+
 // A node under test and what it runs on.
 class NodeUnderTest {
  public:
@@ -48,18 +65,30 @@ class NodeUnderTest {
   virtual control::Node& node() = 0;
 };
 
-std::shared_ptr<agent::LocalNode> make_local_node(const fs::path& work, const std::string& name) {
+std::shared_ptr<agent::LocalNode> make_local_node(const fs::path& work, const std::string& name,
+                                                  Fetches& fetches) {
   runtime::SandboxOptions o;
   o.work_dir = work;
   o.python = python();
   v1::NodeSpec spec;
   (*spec.mutable_labels())["zone"] = "az1";
-  return std::make_shared<agent::LocalNode>(name, spec, runtime::make_sandbox_driver(o));
+  auto code =
+      std::make_shared<agent::CodeCache>(work / "code", [&fetches](const std::string& digest) {
+        {
+          std::lock_guard lock(fetches.mutex);
+          ++fetches.count[digest];
+        }
+        if (digest != handlers_archive().digest) {
+          throw Error(errc::not_found, "the server holds no code archive " + digest);
+        }
+        return handlers_archive().bytes;
+      });
+  return std::make_shared<agent::LocalNode>(name, spec, runtime::make_sandbox_driver(o), code);
 }
 
 class Local final : public NodeUnderTest {
  public:
-  explicit Local(const fs::path& work) : node_(make_local_node(work, "local")) {}
+  Local(const fs::path& work, Fetches& fetches) : node_(make_local_node(work, "local", fetches)) {}
   control::Node& node() override { return *node_; }
 
  private:
@@ -69,7 +98,8 @@ class Local final : public NodeUnderTest {
 // RemoteNode <-> Session, each direction through bytes and a thread of its own reading them.
 class Loopback final : public NodeUnderTest {
  public:
-  explicit Loopback(const fs::path& work) : agent_node_(make_local_node(work, "remote")) {
+  Loopback(const fs::path& work, Fetches& fetches)
+      : agent_node_(make_local_node(work, "remote", fetches)) {
     for (auto* io : {&up_, &down_}) threads_.emplace_back([io] { io->run(); });
     session_ = std::make_shared<agent::Session>(
         agent_node_, down_.get_executor(),
@@ -163,9 +193,9 @@ class NodeConformance : public ::testing::TestWithParam<Kind> {
     work_ = fs::temp_directory_path() / token_;
     fs::create_directories(work_);
     if (GetParam() == Kind::local) {
-      under_ = std::make_unique<Local>(work_);
+      under_ = std::make_unique<Local>(work_, fetches_);
     } else {
-      under_ = std::make_unique<Loopback>(work_);
+      under_ = std::make_unique<Loopback>(work_, fetches_);
     }
   }
 
@@ -187,7 +217,7 @@ class NodeConformance : public ::testing::TestWithParam<Kind> {
     auto& s = a.instance.spec;
     s.set_runtime("python");
     s.set_handler(handler);
-    s.set_code(k_handlers.string());
+    s.set_code_digest(handlers_archive().digest);
     s.set_memory_mib(128);
     s.mutable_timeout()->set_seconds(30);
     (*s.mutable_env())["TEST_TOKEN"] = token_;
@@ -212,8 +242,14 @@ class NodeConformance : public ::testing::TestWithParam<Kind> {
     return inv;
   }
 
+  int fetches(const std::string& digest) {
+    std::lock_guard lock(fetches_.mutex);
+    return fetches_.count[digest];
+  }
+
   std::string token_;
   fs::path work_;
+  Fetches fetches_;
   // Outlives the node: instances report their exits into it until the node is gone.
   Events events_;
   std::unique_ptr<NodeUnderTest> under_;
@@ -310,6 +346,39 @@ TEST_P(NodeConformance, ShutdownFailsLaterStartsWithUnavailable) {
   }
 }
 
+TEST_P(NodeConformance, RunsItsCodeFromAReadOnlyCopyFetchedOnceByDigest) {
+  Events& events = events_;
+  auto a = assignment("where:handler", events);
+  std::vector<std::shared_ptr<runtime::Instance>> instances;
+  for (int i = 0; i < 3; ++i) instances.push_back(node().start(a));
+  EXPECT_EQ(fetches(handlers_archive().digest), 1);
+  google::protobuf::Struct seen;
+  blixard::from_json(instances[0]->call(invocation(a, "{}")).result, seen, true);
+  const std::string dir = seen.fields().at("dir").string_value();
+  // The node's copy under its own code cache, never the directory the client packed.
+  EXPECT_THAT(dir, HasSubstr((work_ / "code").string()));
+  EXPECT_THAT(dir, HasSubstr(handlers_archive().digest.substr(7)));
+  EXPECT_NE(dir, k_handlers.string());
+  const auto& writes = seen.fields().at("writes").struct_value().fields();
+  ASSERT_EQ(writes.size(), 1u);
+  EXPECT_NE(writes.begin()->second.string_value(), "written") << "the code is writable";
+}
+
+TEST_P(NodeConformance, AStartWhoseCodeCannotBeFetchedSaysWhichDigest) {
+  Events& events = events_;
+  auto a = assignment("echo:handler", events);
+  const std::string missing = "sha256:" + std::string(64, 'e');
+  a.instance.spec.set_code_digest(missing);
+  try {
+    node().start(a);
+    FAIL() << "started without its code";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), errc::not_found);
+    EXPECT_THAT(e.message(), HasSubstr(missing));
+  }
+  EXPECT_TRUE(node().instances().empty());
+}
+
 INSTANTIATE_TEST_SUITE_P(Nodes, NodeConformance, ::testing::Values(Kind::local, Kind::remote),
                          [](const auto& info) {
                            return info.param == Kind::local ? "LocalNode" : "RemoteNode";
@@ -342,6 +411,22 @@ TEST_P(RemoteNodeTest, ALostConnectionFailsCallsInFlightAndReportsItsInstancesLo
   EXPECT_THAT(events.exits[0].reason, HasSubstr("lost with node remote"));
   // The agent's end killed what the server gave up.
   EXPECT_TRUE(eventually([&] { return processes_with(token_, false) == 0; }));
+}
+
+// A path would name a directory of the agent's machine: an agent runs only code fetched by digest.
+TEST_P(RemoteNodeTest, AnAssignmentNamingACodePathIsRefused) {
+  Events& events = events_;
+  auto a = assignment("echo:handler", events);
+  a.instance.spec.clear_code_digest();
+  a.instance.spec.set_code(k_handlers.string());
+  try {
+    node().start(a);
+    FAIL() << "started from a path";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), errc::invalid_spec);
+    EXPECT_THAT(e.message(), HasSubstr("runs code fetched by its digest only"));
+  }
+  EXPECT_EQ(processes_with(token_, false), 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Nodes, RemoteNodeTest, ::testing::Values(Kind::remote),

@@ -1,7 +1,11 @@
 // Helpers shared by the C++ suites: the real Python binary, leaked-process checks, polling.
 #pragma once
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -71,6 +75,35 @@ inline int processes_with(const std::string& token, bool count_zygotes = true) {
 
 // Instances (and what they started) only, not a live driver's zygote.
 inline int instances_with(const std::string& token) { return processes_with(token, false); }
+
+// A connection to 127.0.0.1:port, or -1.
+inline int connect_loopback(unsigned short port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Sends `text` (a request head, perhaps without the body it announces) on a fresh connection and
+// returns what the server answers until it closes (or 10 s pass).
+inline std::string http_head_only(unsigned short port, const std::string& text) {
+  const int fd = connect_loopback(port);
+  if (fd < 0) return {};
+  timeval limit{10, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
+  (void)!::write(fd, text.data(), text.size());
+  std::string out;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) out.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  return out;
+}
 
 // Polls `condition` until it holds or `limit` passes; returns its last value.
 template <class F>

@@ -1,5 +1,6 @@
 // Tokens and scopes through the public SDK: an embedded cluster (its SQLite store) served over
 // HTTP with an admin token, and clients connected with tokens the admin made (Cluster::connect).
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <google/protobuf/util/time_util.h>
@@ -11,6 +12,7 @@
 
 #include "api/http_server.hpp"
 #include "blixard/blixard.hpp"
+#include "common/digest.hpp"
 #include "test_support.hpp"
 
 namespace fs = std::filesystem;
@@ -171,6 +173,48 @@ TEST_F(TokenTest, ATtlSetsTheExpiry) {
   const auto left = created.token().spec().expires_at() - before;
   EXPECT_GE(left.seconds(), 86'400 - 1);
   EXPECT_LE(left.seconds(), 86'400 + 60);
+}
+
+// Code archives (DESIGN §5): an admin uploads, the agents that run the code (node) fetch it, a
+// reader may only ask whether one is there.
+TEST_F(TokenTest, BlobsAreUploadedByAdminsAndFetchedByNodes) {
+  auto c = admin();
+  std::string bytes(10 << 20, '\0');  // past the 8 MiB of other API bodies
+  for (std::size_t i = 0; i < bytes.size(); ++i)
+    bytes[i] = static_cast<char>(i * 2654435761U >> 24);
+  const std::string digest = blixard::sha256_digest(bytes);
+  EXPECT_FALSE(c.backend()->has_blob(digest));
+  EXPECT_EQ(c.backend()->put_blob(digest, bytes).size(), bytes.size());
+  EXPECT_TRUE(c.backend()->has_blob(digest));
+
+  auto node = as(c.create_token(request("node", "agent-1")).secret());
+  EXPECT_EQ(node.backend()->get_blob(digest), bytes);
+  EXPECT_FALSE(node.backend()->get_blob("sha256:" + std::string(64, 'a')).has_value());
+
+  auto reader = as(c.create_token(request("read", "reader")).secret());
+  EXPECT_TRUE(reader.backend()->has_blob(digest));
+  expect_error([&] { reader.backend()->get_blob(digest); }, errc::permission_denied);
+  expect_error([&] { reader.backend()->put_blob(digest, "x"); }, errc::permission_denied);
+
+  auto e =
+      expect_error([&] { c.backend()->put_blob(digest, "not those bytes"); }, errc::invalid_spec);
+  EXPECT_EQ(e.field(), "digest");
+  e = expect_error([&] { c.backend()->put_blob("sha256:nope", "x"); }, errc::invalid_spec);
+  EXPECT_EQ(e.field(), "digest");
+}
+
+// A body larger than the API's usual limit is for an admin's upload only: anyone else gets 413
+// from the head, before any of it is read.
+TEST_F(TokenTest, OnlyAnAdminMaySendALargeBlob) {
+  const auto reader = admin().create_token(request("read", "reader")).secret();
+  auto head = [&](const std::string& token, std::uint64_t length) {
+    return blixard::test_support::http_head_only(
+        server_->port(), "PUT /v1/blobs/sha256:" + std::string(64, 'b') +
+                             " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token +
+                             "\r\nContent-Length: " + std::to_string(length) + "\r\n\r\n");
+  };
+  EXPECT_THAT(head(reader, 9 << 20), ::testing::StartsWith("HTTP/1.1 413"));
+  EXPECT_THAT(head(k_admin, 65 << 20), ::testing::StartsWith("HTTP/1.1 413"));
 }
 
 }  // namespace

@@ -66,6 +66,9 @@ class Cluster:
     token: str
     server: subprocess.Popen
     server_dir: Path
+    # The client's files (functions' code): the server and the agents run in mount namespaces
+    # where this directory is an empty tmpfs, so code can reach them only as an archive.
+    client_dir: Path
     agents: Dict[str, Agent] = field(default_factory=dict)
     start_agent: Callable[..., Agent] = None  # type: ignore[assignment]
 
@@ -81,6 +84,14 @@ class Cluster:
     def server_log(self) -> str:
         p = self.server_dir / "server.log"
         return p.read_text(errors="replace") if p.exists() else ""
+
+
+def hidden(directory: Path, argv: List[str]) -> List[str]:
+    """`argv` in a mount namespace of its own where `directory` is an empty tmpfs (the command
+    keeps its pid: unshare and sh exec it)."""
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            'mount -t tmpfs -o size=64k,mode=0755 blixard-hidden "$0" && exec "$@"',
+            str(directory), *argv]
 
 
 def _stop(proc: Optional[subprocess.Popen]) -> None:
@@ -112,17 +123,20 @@ def cluster(tmp_path: Path):
         _ip("link", "set", bridge, "up")
         server_dir = tmp_path / "server"
         server_dir.mkdir()
+        client_dir = tmp_path / "client"
+        client_dir.mkdir()
         with open(server_dir / "server.log", "wb") as log:
             server = subprocess.Popen(
-                [find_agent(), "--server", "--no-local-node", "--listen", f"{subnet}.1:0",
-                 "--data-dir", str(server_dir), "--node-lease", "2s"],
+                hidden(client_dir,
+                       [find_agent(), "--server", "--no-local-node", "--listen", f"{subnet}.1:0",
+                        "--data-dir", str(server_dir), "--node-lease", "2s"]),
                 stdout=log, stderr=subprocess.STDOUT)
         state = server_dir / "server.json"
         poll(lambda: state.exists() or server.poll() is not None, timeout=30)
         assert state.exists(), (server_dir / "server.log").read_text()
         info = json.loads(state.read_text())
         c = Cluster(address=info["address"], token=info["token"], server=server,
-                    server_dir=server_dir, agents=agents)
+                    server_dir=server_dir, client_dir=client_dir, agents=agents)
 
         def start_agent(name: str, labels: Optional[Dict[str, str]] = None,
                         token: Optional[str] = None, wait: bool = True,
@@ -145,11 +159,11 @@ def cluster(tmp_path: Path):
             agent.data_dir.mkdir(exist_ok=True)
             agent.log = agent.data_dir / "agent.log"
             label_arg = ",".join(f"{k}={v}" for k, v in agent.labels.items())
-            argv = ["ip", "netns", "exec", agent.netns, find_agent(), "--join",
-                    info["address"], "--token", token or c.token, "--name", node_name or name,
-                    "--data-dir", str(agent.data_dir)]
+            argv = [find_agent(), "--join", info["address"], "--token", token or c.token,
+                    "--name", node_name or name, "--data-dir", str(agent.data_dir)]
             if label_arg:
                 argv += ["--labels", label_arg]
+            argv = ["ip", "netns", "exec", agent.netns, *hidden(client_dir, argv)]
             with open(agent.log, "ab") as log:
                 agent.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
             if wait:

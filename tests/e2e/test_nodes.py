@@ -31,8 +31,9 @@ def handler(event, context):
 
 
 @pytest.fixture
-def code(tmp_path: Path) -> Path:
-    d = tmp_path / "code"
+def code(cluster) -> Path:
+    """The functions' code, in the client's directory: neither the server nor an agent sees it."""
+    d = cluster.client_dir / "code"
     d.mkdir()
     (d / "nodes.py").write_text(HANDLER)
     return d
@@ -221,3 +222,34 @@ def test_a_malformed_frame_closes_that_connection_only(cluster):
     s.close()
     assert cluster.phase("node1") == "Ready"
     assert cluster.server.poll() is None
+
+
+def test_code_travels_as_an_archive_to_agents_that_cannot_see_the_client(cluster, code):
+    a1 = cluster.start_agent("node1")
+    cluster.start_agent("node2")
+    # Where the client keeps the code, the server and the agents see an empty directory.
+    assert (code / "nodes.py").exists()
+    for pid in (cluster.server.pid, a1.proc.pid):
+        assert os.listdir(f"/proc/{pid}/root{cluster.client_dir}") == []
+
+    c = cluster.client()
+    fn = create(c, "travels", code, placement={"strategy": "spread"})
+    digest = fn.get()["spec"]["codeDigest"]
+    assert digest.startswith("sha256:") and "code" not in fn.get()["spec"]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: call(fn, {"sleep": 0.5}), range(8)))
+    assert {r.node for r in results} == {"node1", "node2"}
+    # Each agent fetched the archive once and keeps it unpacked under its own data dir.
+    for name in ("node1", "node2"):
+        kept = cluster.agents[name].data_dir / "code" / digest.split(":", 1)[1]
+        assert (kept / "nodes.py").read_text() == HANDLER
+
+    # New code is a new digest: applied, new instances run it on the agents.
+    (code / "nodes.py").write_text(HANDLER.replace('"pid"', '"version": 2, "pid"'))
+    result = c.apply_objects({"functions": [{"metadata": {"name": "travels"}, "spec": {
+        "runtime": "python", "handler": "nodes:handler", "code": str(code), "memory": 64,
+        "timeout": "30s", "env": {"E2E_TOKEN": f"e2e-{os.getpid()}-travels"},
+        "placement": {"strategy": "spread"}}}]})
+    assert [i["action"] for i in result["items"]] == ["configured"]
+    assert fn.get()["spec"]["codeDigest"] != digest
+    poll(lambda: call(fn).json().get("version") == 2, timeout=20)

@@ -98,6 +98,16 @@ class Backend {
   virtual v1::TokenCreated create_token(const v1::TokenRequest& /*request*/) { throw_no_tokens(); }
   virtual v1::TokenList list_tokens() { throw_no_tokens(); }
   virtual v1::Token revoke_token(const std::string& /*name_or_id*/) { throw_no_tokens(); }
+  // Code archives by digest (DESIGN §5): a client uploads the archive it packed before the apply
+  // that names it (put_blob checks the bytes against the digest and is idempotent); agents fetch
+  // it by digest. A backend that keeps no blobs answers unavailable.
+  virtual bool has_blob(const std::string& /*digest*/) { throw_no_blobs(); }
+  virtual v1::Blob put_blob(const std::string& /*digest*/, const std::string& /*bytes*/) {
+    throw_no_blobs();
+  }
+  // nullopt when there is none.
+  virtual std::optional<std::string> get_blob(const std::string& /*digest*/) { throw_no_blobs(); }
+
   // Server side, no endpoint: the stored token whose secret this is (hash compared in constant
   // time), expired or not; nullopt for an unknown or revoked secret.
   virtual std::optional<v1::Token> verify_token(std::string_view /*secret*/) {
@@ -107,6 +117,9 @@ class Backend {
  private:
   [[noreturn]] static void throw_no_tokens() {
     throw Error(errc::unavailable, "this backend keeps no tokens");
+  }
+  [[noreturn]] static void throw_no_blobs() {
+    throw Error(errc::unavailable, "this backend keeps no blobs");
   }
 };
 
