@@ -12,9 +12,11 @@
 #include <iostream>
 #include <map>
 #include <random>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <thread>
+#include <vector>
 
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
@@ -51,11 +53,15 @@ options:
                         --server, the hostname with --join); --node-name is the same
   --labels K=V,...      labels the scheduler matches (zone=az1,gpu=available)
   --capacity K=V,...    override the detected capacity: memory=4G,vcpu=2
+  --data-paths P,...    data this node holds (/data,/srv/media): a cold start whose input
+                        path (placement.dataPathFrom) lies under one prefers this node
   --no-local-node       with --server: run instances only on joined agents
   --node-lease DURATION with --server: a node not heard from for this long is Lost
                         (default 4s)
   --data-dir DIR        state, logs and instance scratch dirs (default: ~/.blixard)
   --listen HOST:PORT    API address (default 127.0.0.1:7070; port 0 picks a free one)
+  --max-connections N   with --server: connections open at once, agents' included
+                        (default 1024)
   --python PATH         interpreter for Python handlers (default: python3)
   --log-level LEVEL     trace, debug, info, warn, error (default: info)
   --version             print the version and exit
@@ -73,6 +79,8 @@ struct Args {
   std::chrono::milliseconds node_lease{4000};
   std::map<std::string, std::string> labels;
   std::map<std::string, std::string> capacity;
+  std::vector<std::string> data_paths;
+  std::size_t max_connections = 1024;
   fs::path data_dir;
   std::string host = "127.0.0.1";
   unsigned short port = 7070;
@@ -147,6 +155,24 @@ Args parse_args(int argc, char** argv) {
       for (const auto& [k, v] : args.capacity) {
         if (k != "memory" && k != "vcpu")
           usage_error("--capacity: unknown key " + k + " (memory, vcpu)");
+      }
+    } else if (a == "--data-paths") {
+      std::stringstream list(value());
+      for (std::string path; std::getline(list, path, ',');) {
+        if (path.empty() || path.front() != '/') {
+          usage_error("--data-paths: \"" + path + "\" is not an absolute path");
+        }
+        args.data_paths.push_back(path);
+      }
+    } else if (a == "--max-connections") {
+      const std::string v = value();
+      try {
+        std::size_t used = 0;
+        const long n = std::stol(v, &used);
+        if (used != v.size() || n < 1) throw 0;
+        args.max_connections = static_cast<std::size_t>(n);
+      } catch (...) {
+        usage_error("--max-connections: expected a positive number, got " + v);
       }
     } else if (a == "--no-local-node") {
       args.local_node = false;
@@ -233,6 +259,7 @@ int run_joined(const Args& args, const std::shared_ptr<spdlog::logger>& logger,
     ::chmod(args.data_dir.c_str(), 0700);
     auto spec = blixard::agent::describe_this_machine();
     for (const auto& [k, v] : args.labels) (*spec.mutable_labels())[k] = v;
+    for (const auto& path : args.data_paths) spec.add_data_paths(path);
     if (auto it = args.capacity.find("memory"); it != args.capacity.end()) {
       auto mib = blixard::spec_detail::size_mib(it->second);
       if (!mib.error.empty() || mib.value == 0) {
@@ -314,6 +341,8 @@ int main(int argc, char** argv) {
     options.python = args.python;
     options.logger = logger;
     options.local_node = args.local_node;
+    options.labels = args.labels;
+    options.data_paths = args.data_paths;
     options.nodes.lease = args.node_lease;
     service = blixard::server::open_local_service(args.data_dir, options);
     // Only its owner may look inside: it holds the admin token and the store.
@@ -323,6 +352,7 @@ int main(int argc, char** argv) {
     http.address = args.host;
     http.port = args.port;
     http.token = load_or_create_token(args.data_dir);
+    http.max_connections = args.max_connections;
     http.logger = logger;
     server = std::make_unique<blixard::api::HttpServer>(service, http);
     server->add_websocket("/v1/agent", blixard::api::Scope::node,

@@ -1170,6 +1170,9 @@ def node_get(c: Ctx, name, output) -> None:
                           row):
         click.echo(f"{key + ':':<11}{value}")
     click.echo(f"{'Drivers:':<11}{', '.join(n.get('spec', {}).get('drivers', [])) or '-'}")
+    click.echo(f"{'Data:':<11}{', '.join(n.get('spec', {}).get('dataPaths', [])) or '-'}")
+    rtt = st.get("rttUs")
+    click.echo(f"{'RTT:':<11}{'%.2f ms' % (int(rtt) / 1000) if rtt else '-'} (to this server)")
     click.echo(f"{'Epoch:':<11}{_int(st.get('epoch'))}")
     click.echo(f"{'Changed:':<11}{st.get('lastHeartbeat', '-')} ({st.get('message') or '-'})")
 

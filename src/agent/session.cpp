@@ -59,6 +59,13 @@ void Session::receive(v1::AgentFrame& frame) {
     case v1::AgentFrame::kStop:
       stop(frame.stop());
       return;
+    case v1::AgentFrame::kPing: {
+      // At once, on the reading thread: the server times this round trip to place work.
+      v1::AgentFrame pong;
+      pong.mutable_pong()->set_sent_us(frame.ping().sent_us());
+      out_->send(pong);
+      return;
+    }
     default:
       return;
   }

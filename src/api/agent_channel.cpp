@@ -29,7 +29,8 @@ class AgentConnection : public std::enable_shared_from_this<AgentConnection> {
       : socket_(std::move(socket)),
         nodes_(std::move(nodes)),
         logger_(std::move(logger)),
-        hello_timer_(socket_->executor()) {}
+        hello_timer_(socket_->executor()),
+        ping_timer_(socket_->executor()) {}
 
   void start() {
     auto self = shared_from_this();
@@ -55,7 +56,33 @@ class AgentConnection : public std::enable_shared_from_this<AgentConnection> {
     if (!node_) return on_hello(frame);
     nodes_->heard(node_->name());
     if (frame.has_hello()) return refuse(errc::invalid_spec, "a second hello");
+    if (frame.has_pong()) return on_pong(frame.pong());
     node_->receive(frame);
+  }
+
+  static std::int64_t now_us() {
+    return std::chrono::duration_cast<std::chrono::microseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
+
+  // Times the round trip to the agent every heartbeat interval, the first at once.
+  void ping() {
+    v1::AgentFrame f;
+    f.mutable_ping()->set_sent_us(now_us());
+    if (!socket_->send(f)) return;
+    ping_timer_.expires_after(nodes_->options().heartbeat);
+    ping_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
+      if (!ec) self->ping();
+    });
+  }
+
+  void on_pong(const v1::Pong& pong) {
+    const std::int64_t sent = pong.sent_us();
+    const std::int64_t now = now_us();
+    // Only a value this server sent, and not from the future: an agent cannot make itself near.
+    if (sent <= 0 || sent > now || now - sent > 60'000'000) return;
+    nodes_->measured(node_->name(), std::chrono::microseconds(now - sent));
   }
 
   void on_hello(v1::AgentFrame& frame) {
@@ -91,12 +118,14 @@ class AgentConnection : public std::enable_shared_from_this<AgentConnection> {
     w.set_heartbeat_ms(nodes_->options().heartbeat.count());
     w.set_lease_ms(nodes_->options().lease.count());
     socket_->send(welcome);
+    ping();
     logger_->info("node {} joined (epoch {}, {} instance(s) from before to fence)", hello.name(),
                   epoch, hello.running_size());
   }
 
   void on_closed(const std::string& why) {
     hello_timer_.cancel();
+    ping_timer_.cancel();
     if (!node_) return;
     logger_->warn("node {} disconnected: {}", node_->name(), why);
     nodes_->disconnected(node_, "disconnected: " + why);
@@ -106,6 +135,7 @@ class AgentConnection : public std::enable_shared_from_this<AgentConnection> {
   std::shared_ptr<control::NodeRegistry> nodes_;
   std::shared_ptr<spdlog::logger> logger_;
   boost::asio::steady_timer hello_timer_;
+  boost::asio::steady_timer ping_timer_;
   std::shared_ptr<control::RemoteNode> node_;
 };
 

@@ -456,6 +456,9 @@ void Service::fill_status(v1::Node& node) {
   const auto load = pools_->load_on(node.metadata().name());
   node.mutable_status()->set_instances(load.instances);
   node.mutable_status()->set_allocated_memory_mib(load.memory_mib);
+  if (auto rtt = nodes_->round_trip(node.metadata().name())) {
+    node.mutable_status()->set_rtt_us(rtt->count());
+  }
 }
 
 v1::Node Service::change_node(const std::string& name, NodeAction action) {

@@ -3,6 +3,9 @@
 // starts, runs a call or stops, so a burst of cold calls starts its instances in parallel.
 #include "control/function_pool.hpp"
 
+#include <boost/json/parse.hpp>
+#include <boost/json/value.hpp>
+
 #include <algorithm>
 #include <cmath>
 #include <deque>
@@ -67,6 +70,27 @@ class ConcurrencyWindow {
   double current_ = 0;
   std::deque<std::pair<double, double>> buckets_;  // (start second, concurrency x seconds)
 };
+
+// The string at `field` ("imagePath", "body.path") of a call's JSON event: its input path, for
+// placement. Empty when the function names no field or the event has no string there.
+std::string data_path_of(const std::string& payload, const std::string& field) {
+  if (field.empty()) return {};
+  boost::system::error_code ec;
+  boost::json::value event = boost::json::parse(payload, ec);
+  if (ec) return {};
+  const boost::json::value* at = &event;
+  std::size_t start = 0;
+  while (start <= field.size()) {
+    const std::size_t dot = std::min(field.find('.', start), field.size());
+    const auto* object = at->if_object();
+    if (object == nullptr) return {};
+    at = object->if_contains(std::string_view(field).substr(start, dot - start));
+    if (at == nullptr) return {};
+    start = dot + 1;
+  }
+  const auto* path = at->if_string();
+  return path != nullptr ? std::string(*path) : std::string();
+}
 
 }  // namespace
 
@@ -454,7 +478,8 @@ runtime::InvocationResult FunctionPools::run_placed(std::int64_t version,
   const auto& slot = p.slot;
   const bool cold = p.cold;
   if (p.starter) {
-    start_slot(function, slot, p.spec);
+    start_slot(function, slot, p.spec,
+               data_path_of(inv.payload, p.spec.placement().data_path_from()));
   } else if (cold) {
     std::unique_lock lock(mutex_);
     changed_.wait(lock, [&] { return slot->phase != Slot::Phase::starting; });
@@ -655,7 +680,7 @@ void FunctionPools::background_done() {
 }
 
 void FunctionPools::start_slot(const std::string& function, const std::shared_ptr<Slot>& slot,
-                               const v1::FunctionSpec& spec) {
+                               const v1::FunctionSpec& spec, const std::string& data_path) {
   runtime::InstanceOptions options;
   options.function = function;
   options.spec = spec;
@@ -675,6 +700,7 @@ void FunctionPools::start_slot(const std::string& function, const std::shared_pt
     PlacementRequest request;
     request.function = function;
     request.spec = &spec;
+    request.data_path = data_path;
     {
       std::lock_guard lock(mutex_);
       if (auto it = pools_.find(function); it != pools_.end()) {

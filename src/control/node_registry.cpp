@@ -50,6 +50,9 @@ void NodeRegistry::index(const std::string& name, Entry& entry) {
     info.allocated = {};
     entry.id = index_.add_node(std::move(info));
   }
+  if (entry.round_trip) {
+    index_.set_server_latency(entry.id, static_cast<std::uint32_t>(entry.round_trip->count()));
+  }
 }
 
 void NodeRegistry::write(const std::string& name, const Entry& entry, const std::string& reason) {
@@ -84,6 +87,9 @@ std::int64_t NodeRegistry::join(std::shared_ptr<Node> node, bool in_process) {
   e.epoch = last + 1;
   e.last_heard = Clock::now();
   e.phase = "Ready";
+  // A new connection: its round trip is measured anew (the in-process node is the server's own).
+  e.round_trip.reset();
+  if (in_process) e.round_trip = std::chrono::microseconds(0);
   write(name, e, "joined");
   index(name, e);
   return e.epoch;
@@ -92,6 +98,23 @@ std::int64_t NodeRegistry::join(std::shared_ptr<Node> node, bool in_process) {
 void NodeRegistry::heard(const std::string& name) {
   std::lock_guard lock(mutex_);
   if (auto it = nodes_.find(name); it != nodes_.end()) it->second.last_heard = Clock::now();
+}
+
+void NodeRegistry::measured(const std::string& name, std::chrono::microseconds round_trip) {
+  std::lock_guard lock(mutex_);
+  auto it = nodes_.find(name);
+  if (it == nodes_.end() || !it->second.node) return;
+  // A minute is "far"; the scheduler counts microseconds in 32 bits.
+  it->second.round_trip = std::clamp(round_trip, std::chrono::microseconds(0),
+                                     std::chrono::microseconds(std::chrono::minutes(1)));
+  index_.set_server_latency(it->second.id,
+                            static_cast<std::uint32_t>(it->second.round_trip->count()));
+}
+
+std::optional<std::chrono::microseconds> NodeRegistry::round_trip(const std::string& name) const {
+  std::lock_guard lock(mutex_);
+  auto it = nodes_.find(name);
+  return it == nodes_.end() ? std::nullopt : it->second.round_trip;
 }
 
 void NodeRegistry::disconnected(const std::shared_ptr<Node>& node, const std::string& why) {
@@ -134,6 +157,8 @@ Placed NodeRegistry::place(const PlacementRequest& request) {
   std::lock_guard lock(mutex_);
   if (closed_) throw Error(errc::unavailable, "the server is shutting down");
   auto req = request.spec != nullptr ? sched::request_from(*request.spec) : sched::Request{};
+  req.data_path = request.data_path;
+  req.from_server = true;  // the calls this instance serves come through this server
   for (const auto& [name, count] : request.instances_per_node) {
     if (auto id = index_.find(name)) req.group.emplace_back(*id, count);
   }

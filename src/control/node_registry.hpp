@@ -17,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -45,6 +46,9 @@ struct PlacementRequest {
   std::string function;
   const v1::FunctionSpec* spec = nullptr;
   std::map<std::string, std::uint32_t> instances_per_node;
+  // The input path of the call that needs the instance (its event's placement.dataPathFrom
+  // field): nodes holding it score higher.
+  std::string data_path;
 };
 
 // A placement: the node, the epoch to assign under, why it was chosen ("gpu=available, holds
@@ -71,6 +75,10 @@ class NodeRegistry {
   std::int64_t join(std::shared_ptr<Node> node, bool in_process);
   // The node's agent was heard from (any frame, a heartbeat).
   void heard(const std::string& name);
+  // The server's round trip to the node's agent, just measured: nearer nodes score higher.
+  void measured(const std::string& name, std::chrono::microseconds round_trip);
+  // The last round trip measured to the node (0 for an in-process node; nullopt if none yet).
+  std::optional<std::chrono::microseconds> round_trip(const std::string& name) const;
   // The node's channel is gone (`node` is the one that joined; a newer join is left alone): its
   // instances are given up now; it is NotReady until its lease lapses, then Lost.
   void disconnected(const std::shared_ptr<Node>& node, const std::string& why);
@@ -100,6 +108,7 @@ class NodeRegistry {
     std::chrono::steady_clock::time_point last_heard;
     std::string phase;
     sched::NodeId id = 0;  // in index_
+    std::optional<std::chrono::microseconds> round_trip;
   };
   // Keeps the scheduler's index in step with an entry (mutex_ held).
   void index(const std::string& name, Entry& entry);

@@ -47,6 +47,7 @@ constexpr std::size_t k_path_max = 4096;
 struct Plan {
   const char* root = nullptr;
   const char* runtime = nullptr;  // bound at k_runtime_mount
+  const char* code = nullptr;     // bound at k_code_mount
   const char* binds[k_max_binds]{};
   std::size_t bind_count = 0;
   const char* links[k_max_links]{};  // "PATH=TARGET"
@@ -123,6 +124,8 @@ bool parse(const char* const* args, std::size_t count, Plan& p) {
       p.root = v;
     } else if (starts(a, "runtime=", &v)) {
       p.runtime = v;
+    } else if (starts(a, "code=", &v)) {
+      p.code = v;
     } else if (starts(a, "bind=", &v)) {
       if (p.bind_count == k_max_binds) return false;
       p.binds[p.bind_count++] = v;
@@ -290,6 +293,10 @@ bool build_root(const Plan& p, Failure& f) {
   if (p.runtime != nullptr) {
     if (!join(path, p.root, blixard::runtime::k_runtime_mount) || !make_dirs(path)) return false;
     if (!bind_read_only(p.runtime, path)) return false;
+  }
+  if (p.code != nullptr) {
+    if (!join(path, p.root, blixard::runtime::k_code_mount) || !make_dirs(path)) return false;
+    if (!bind_read_only(p.code, path)) return false;
   }
   f.stage = "linking the system directories";
   for (std::size_t i = 0; i < p.link_count; ++i) {

@@ -37,6 +37,9 @@ struct Confinement {
   // The agent's runtime files (handler runtime), bound read-only at k_runtime_mount, so no path
   // of the agent's data dir shows inside.
   std::string runtime_dir;
+  // The function's code (a node keeps it under its data dir), bound read-only at k_code_mount
+  // for the same reason.
+  std::string code_dir;
   std::uint64_t scratch_bytes = 64ull << 20;  // the tmpfs at /tmp
   std::vector<std::string> cgroup_join;       // files to write "0" to (InstanceCgroup::join_files)
   std::uint64_t address_space_limit = 0;      // RLIMIT_AS in bytes, 0: none
@@ -51,6 +54,8 @@ struct Confinement {
 
 // Where an instance sees Confinement::runtime_dir.
 inline constexpr const char* k_runtime_mount = "/run/blixard";
+// Where an instance sees its code, Confinement::code_dir (Lambda's place for it).
+inline constexpr const char* k_code_mount = "/var/task";
 
 // The plan as the confine entry points read it: "key=value" strings.
 std::vector<std::string> confinement_args(const Confinement& c);

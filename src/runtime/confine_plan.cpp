@@ -71,6 +71,7 @@ std::vector<std::string> confinement_args(const Confinement& c) {
       bound.push_back(path);
     }
     if (!c.runtime_dir.empty()) out.push_back("runtime=" + normal(c.runtime_dir));
+    if (!c.code_dir.empty()) out.push_back("code=" + normal(c.code_dir));
     for (const char* f : k_masked_files) {
       if (::access(f, F_OK) == 0) out.push_back(std::string("mask=") + f);
     }

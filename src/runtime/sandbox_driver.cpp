@@ -443,14 +443,18 @@ class SandboxDriver final : public Driver {
 
     SpawnRequest req;
     req.argv = command_for(options.function, spec);
-    req.cwd = spec.code().empty() ? "/tmp" : spec.code();
     req.env = environment(options.function, spec, in->name_);
     req.new_network = spec.network() != "host";
     req.seccomp = &seccomp_;
     Confinement& confine = req.confinement;
     confine.root = in->dir_.string();
-    confine.keep = program_dirs(req.argv[0]);
-    confine.keep.push_back(spec.code());
+    // The code is bound at k_code_mount: the instance sees neither the node's path to it (under
+    // the data dir) nor the directories on the way. A program inside it is run from there.
+    if (!under_dir(req.argv[0], spec.code())) confine.keep = program_dirs(req.argv[0]);
+    confine.code_dir = spec.code();
+    const std::string code = inside(spec, spec.code());
+    for (auto& arg : req.argv) arg = inside(spec, arg);
+    req.cwd = code.empty() ? "/tmp" : code;
     confine.runtime_dir = runtime_dir().string();
     if (spec.runtime() == "python") {
       // What the function puts on its module path is the function's to read.
@@ -495,7 +499,7 @@ class SandboxDriver final : public Driver {
       if (zygote->ready(k_zygote_wait, &why)) {
         in->zygote_ = std::move(zygote);
         in->zygote_args_ = {spec.handler()};
-        if (!spec.code().empty()) in->zygote_args_.push_back(spec.code());
+        if (!code.empty()) in->zygote_args_.push_back(code);
       } else {
         warn_once(zygote_warned_, "sandbox: Python instances start fresh interpreters ({})", why);
       }
@@ -780,6 +784,21 @@ class SandboxDriver final : public Driver {
   // The directories a program needs besides the system's: its own, and for one in a bin/ (an
   // interpreter: a pyenv build under /root, say) the prefix holding its lib/, and a venv it
   // runs from.
+  static bool under_dir(const std::string& path, const std::string& dir) {
+    return !dir.empty() && path.size() > dir.size() && path.compare(0, dir.size(), dir) == 0 &&
+           path[dir.size()] == '/';
+  }
+
+  // Where the instance sees a host path of the function's code (k_code_mount inside its root;
+  // the host's path where namespaces were refused); any other path as it is.
+  std::string inside(const v1::FunctionSpec& spec, const std::string& path) const {
+    const std::string& code = spec.code();
+    if (code.empty() || namespaces_refused_) return path;
+    if (path == code) return k_code_mount;
+    if (under_dir(path, code)) return k_code_mount + path.substr(code.size());
+    return path;
+  }
+
   static std::vector<std::string> program_dirs(const std::string& program) {
     std::vector<std::string> out;
     if (program.empty()) return out;

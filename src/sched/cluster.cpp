@@ -139,6 +139,10 @@ void Cluster::set_latency(NodeId a, NodeId b, std::uint32_t micros) {
   slot(b).latency[a] = micros;
 }
 
+void Cluster::set_server_latency(NodeId id, std::uint32_t micros) {
+  slot(id).server_latency = micros;
+}
+
 bool Cluster::contains(NodeId id) const { return id < slots_.size() && slots_[id].live; }
 
 const NodeInfo& Cluster::node(NodeId id) const { return slot(id).info; }
@@ -155,6 +159,10 @@ std::optional<std::uint32_t> Cluster::latency(NodeId a, NodeId b) const {
   auto it = row.find(b);
   if (it == row.end()) return std::nullopt;
   return it->second;
+}
+
+std::optional<std::uint32_t> Cluster::server_latency(NodeId id) const {
+  return slot(id).server_latency;
 }
 
 Resources Cluster::free(NodeId id) const {

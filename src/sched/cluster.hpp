@@ -43,12 +43,16 @@ class Cluster {
   void set_draining(NodeId id, bool draining);
   // A measured round trip between two nodes, in microseconds (symmetric).
   void set_latency(NodeId a, NodeId b, std::uint32_t micros);
+  // A measured round trip between the node and the server that places work (and takes the calls
+  // a placement serves), in microseconds; requests `from_server` score by it.
+  void set_server_latency(NodeId id, std::uint32_t micros);
 
   bool contains(NodeId id) const;
   // Throws std::out_of_range for an unknown id.
   const NodeInfo& node(NodeId id) const;
   std::optional<NodeId> find(std::string_view name) const;
   std::optional<std::uint32_t> latency(NodeId a, NodeId b) const;
+  std::optional<std::uint32_t> server_latency(NodeId id) const;
   Resources free(NodeId id) const;
   std::size_t size() const { return names_.size(); }
   // One past the highest id in use: ids are dense in [0, id_bound()).
@@ -61,6 +65,7 @@ class Cluster {
     bool live = false;
     NodeInfo info;
     std::unordered_map<NodeId, std::uint32_t> latency;  // peer -> round trip (µs)
+    std::optional<std::uint32_t> server_latency;        // round trip to the server (µs)
   };
 
   Slot& slot(NodeId id);

@@ -75,7 +75,11 @@ std::int64_t fit_points(const Resources& capacity, const Resources& allocated,
 }
 
 std::int64_t latency_points(std::uint32_t micros) {
-  return k_latency_points * 1000 / (1000 + std::int64_t{micros});
+  // Whole milliseconds, rounded up: round trips within one (a host, a LAN) score alike, so
+  // tenths of a millisecond of jitter never outweigh the resource score; past that the points
+  // fall as the round trip grows (2 ms: half, 10 ms: a tenth).
+  const std::int64_t ms = std::max<std::int64_t>(1, (std::int64_t{micros} + 999) / 1000);
+  return k_latency_points / ms;
 }
 
 std::int64_t affinity_points(std::uint64_t matched_weight, std::uint64_t total_weight) {

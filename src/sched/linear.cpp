@@ -139,6 +139,8 @@ Decision place_linear(const Cluster& cluster, const Request& request) {
     if (!path.empty() && held_path(n, path)) score += k_locality_points;
     if (caller) {
       if (auto us = cluster.latency(*r.caller, id)) score += detail::latency_points(*us);
+    } else if (r.from_server) {
+      if (auto us = cluster.server_latency(id)) score += detail::latency_points(*us);
     }
     if (score > best) {
       best = score;
@@ -159,6 +161,10 @@ Decision place_linear(const Cluster& cluster, const Request& request) {
   if (caller) {
     if (auto us = cluster.latency(*r.caller, winner)) {
       d.reasons.push_back(detail::latency_reason(*us, winner == *r.caller));
+    }
+  } else if (r.from_server) {
+    if (auto us = cluster.server_latency(winner)) {
+      d.reasons.push_back(detail::latency_reason(*us, *us == 0));
     }
   }
   if (spread) {

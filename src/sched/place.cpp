@@ -322,6 +322,12 @@ Decision place(const Cluster& cluster, const Request& request) {
         }
       }
     }
+  } else if (r.from_server) {
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+      if (const auto& us = cluster.slots_[ids[i]].server_latency) {
+        score[i] += detail::latency_points(*us);
+      }
+    }
   }
 
   // Highest score; ties to the lowest id (the first, as ids ascend).
@@ -349,6 +355,10 @@ Decision place(const Cluster& cluster, const Request& request) {
       d.reasons.push_back(detail::latency_reason(0, true));
     } else if (auto it = peers->find(winner); it != peers->end()) {
       d.reasons.push_back(detail::latency_reason(it->second, false));
+    }
+  } else if (r.from_server) {
+    if (const auto& us = cluster.slots_[winner].server_latency) {
+      d.reasons.push_back(detail::latency_reason(*us, *us == 0));
     }
   }
   if (domains != nullptr) {

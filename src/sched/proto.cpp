@@ -61,6 +61,7 @@ NodeInfo node_from(const v1::Node& node) {
   for (const auto& t : node.spec().taints()) n.taints.push_back({t.key(), t.value()});
   n.capacity = {node.spec().memory_mib(), node.spec().vcpu()};
   n.allocated = {node.status().allocated_memory_mib(), node.status().allocated_vcpu()};
+  n.data_paths.assign(node.spec().data_paths().begin(), node.spec().data_paths().end());
   const std::string& phase = node.status().phase();
   n.ready = phase == "Ready" || phase == "Draining";
   n.draining = phase == "Draining";

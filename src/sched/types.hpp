@@ -84,6 +84,9 @@ struct Request {
   std::vector<std::pair<NodeId, std::uint32_t>> group;
   std::string data_path;         // nodes holding it (or a prefix of it) score higher
   std::optional<NodeId> caller;  // nodes nearer the caller (measured latency) score higher
+  // No caller node: the caller is the server (it takes the calls the instance will serve), and
+  // nodes nearer it (Cluster::set_server_latency) score higher.
+  bool from_server = false;
 
   Resources resources() const { return {memory_mib, vcpu}; }
 };
@@ -128,7 +131,8 @@ struct Decision {
 //   resources     0..100  binpack: % of the node allocated after placement; spread: 100 minus that
 //   affinity      0..200  share of the preferred terms' weight that the node matches
 //   data locality 0 | 200 node holds the request's data path
-//   latency       0..100  100 * 1 ms / (1 ms + latency to the caller); the caller's node is 100
+//   latency       0..100  100 / the round trip to the caller in whole ms, rounded up (under 1 ms:
+//                         100); the caller's node is 100
 inline constexpr std::int64_t k_affinity_points = 200;
 inline constexpr std::int64_t k_locality_points = 200;
 inline constexpr std::int64_t k_latency_points = 100;

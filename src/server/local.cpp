@@ -68,10 +68,12 @@ std::shared_ptr<api::Service> open_local_service(const std::filesystem::path& di
           return std::move(*bytes);
         });
     // The registry owns the node (and so its driver) from here; Service::shutdown ends it.
-    nodes->join(
-        std::make_shared<agent::LocalNode>(options.node_name, agent::describe_this_machine(),
-                                           runtime::make_sandbox_driver(sandbox), code),
-        /*in_process=*/true);
+    auto spec = agent::describe_this_machine();
+    for (const auto& [key, value] : options.labels) (*spec.mutable_labels())[key] = value;
+    for (const auto& path : options.data_paths) spec.add_data_paths(path);
+    nodes->join(std::make_shared<agent::LocalNode>(options.node_name, std::move(spec),
+                                                   runtime::make_sandbox_driver(sandbox), code),
+                /*in_process=*/true);
   }
   return {new api::Service(store, blobs, nodes, options.node_name, options.logger),
           [lock](api::Service* service) { delete service; }};

@@ -4,8 +4,10 @@
 #pragma once
 
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "api/service.hpp"
 #include "control/node_registry.hpp"
@@ -22,6 +24,9 @@ struct LocalServiceOptions {
   std::shared_ptr<spdlog::logger> logger;
   // Run instances on this machine too (the embedded default); off, only joined agents do.
   bool local_node = true;
+  // This machine's node: labels beside the detected ones, and the data paths it holds.
+  std::map<std::string, std::string> labels;
+  std::vector<std::string> data_paths;
   control::NodeRegistryOptions nodes;
 };
 

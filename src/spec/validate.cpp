@@ -116,6 +116,20 @@ void validate_placement(v1::Placement& p, const std::string& field) {
   for (const auto& [key, value] : p.node_selector()) {
     if (key.empty()) invalid(field + ".nodeSelector", "empty label key");
   }
+  // A field of the event, through objects: "imagePath", "body.input.path".
+  const std::string& from = p.data_path_from();
+  if (!from.empty()) {
+    const bool well_formed =
+        from.size() <= 256 && from.front() != '.' && from.back() != '.' &&
+        from.find("..") == std::string::npos && std::all_of(from.begin(), from.end(), [](char c) {
+          return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-' || c == '.';
+        });
+    if (!well_formed) {
+      invalid(field + ".dataPathFrom",
+              "dataPathFrom " + in_quotes(from.substr(0, 64)) +
+                  " is not an event field (letters, digits, '_', '-', dotted through objects)");
+    }
+  }
 }
 
 void validate_microvm(v1::MicroVm& m, const std::string& field) {

@@ -1013,7 +1013,8 @@ TEST_F(SandboxTest, ZygoteForkAndFreshInterpreterSeeTheSameSandbox) {
   const std::string forked = view(*driver_);
   const std::string exec = view(*fresh);
   EXPECT_EQ(forked, exec);
-  const std::string code = fs::weakly_canonical(k_handlers).string();
+  // The code is seen at /var/task, wherever the node keeps it.
+  const std::string code = "/var/task";
   EXPECT_THAT(forked, HasSubstr(R"("pid": 1, "hostname": "blixard", "cwd": ")" + code + "\""));
   EXPECT_THAT(forked, HasSubstr(R"("/tmp/written": "written")"));
   EXPECT_THAT(forked, HasSubstr("\"" + code + "/written\": 30"));  // EROFS

@@ -321,6 +321,33 @@ TEST(SchedScore, NodesNearerTheCallerScoreHigher) {
   EXPECT_FALSE(c.latency(caller, 2));
 }
 
+TEST(SchedScore, WithoutACallerNodeTheServersRoundTripsCount) {
+  // The server that takes the calls runs no node of its own (or the work does not fit it): each
+  // node's measured round trip to it decides between equals, and a node not measured yet scores
+  // as the farthest.
+  Cluster c;
+  const NodeId unmeasured = c.add_node(node("unmeasured"));
+  const NodeId far = c.add_node(node("far"));
+  const NodeId near = c.add_node(node("near"));
+  c.set_server_latency(far, 20'000);
+  c.set_server_latency(near, 300);
+  Request r = ask();
+  EXPECT_EQ(place_both(c, r).node, unmeasured) << "latency counted though not asked for";
+  r.from_server = true;
+  Decision d = place_both(c, r);
+  EXPECT_EQ(d.node, near);
+  EXPECT_TRUE(has_reason(d, "0.3 ms from caller")) << d.summary();
+  c.set_server_latency(near, 0);  // the server's own node
+  d = place_both(c, r);
+  EXPECT_TRUE(has_reason(d, "on the caller's node")) << d.summary();
+  // A caller node, when there is one, is what counts.
+  r.caller = far;
+  EXPECT_EQ(place_both(c, r).node, far);
+  c.remove_node(near);
+  EXPECT_EQ(c.add_node(node("again")), near);
+  EXPECT_FALSE(c.server_latency(near)) << "a new node kept its predecessor's measurement";
+}
+
 TEST(SchedScore, DataLocalityAndLatencyDecideWhenAllElseIsEqual) {
   // Scenario 0: the node holding /data and nearest the caller wins; the reasons say why.
   Cluster c;
@@ -505,6 +532,9 @@ struct World {
       cluster.set_latency(ids[uniform(0, nodes - 1)], ids[uniform(0, nodes - 1)],
                           static_cast<std::uint32_t>(uniform(20, 20000)));
     }
+    for (NodeId id : ids) {
+      if (chance(70)) cluster.set_server_latency(id, static_cast<std::uint32_t>(uniform(0, 20000)));
+    }
   }
 
   Request random_request(const std::map<NodeId, std::uint32_t>& group) {
@@ -535,6 +565,7 @@ struct World {
       auto ids = live();
       if (!ids.empty()) r.caller = ids[uniform(0, static_cast<int>(ids.size()) - 1)];
     }
+    r.from_server = chance(40);
     r.group.assign(group.begin(), group.end());
     return r;
   }

@@ -20,6 +20,7 @@ import pytest
 
 import blixard
 from blixard.cli import find_agent
+from delay_proxy import DelayProxy
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -115,6 +116,7 @@ def cluster(tmp_path: Path):
     subnet = f"10.{200 + os.getpid() % 50}.{os.getpid() % 250}"
     made: List[str] = []
     agents: Dict[str, Agent] = {}
+    proxies: List[DelayProxy] = []
     server: Optional[subprocess.Popen] = None
     try:
         _ip("link", "add", bridge, "type", "bridge")
@@ -140,7 +142,10 @@ def cluster(tmp_path: Path):
 
         def start_agent(name: str, labels: Optional[Dict[str, str]] = None,
                         token: Optional[str] = None, wait: bool = True,
-                        node_name: Optional[str] = None) -> Agent:
+                        node_name: Optional[str] = None,
+                        data_paths: Optional[List[str]] = None, delay: float = 0.0) -> Agent:
+            """An agent in a namespace of its own; `delay` seconds farther from the server
+            (each way, through a relay) when asked."""
             index = len(agents) + 2
             agent = agents.get(name)
             if agent is None:
@@ -159,10 +164,18 @@ def cluster(tmp_path: Path):
             agent.data_dir.mkdir(exist_ok=True)
             agent.log = agent.data_dir / "agent.log"
             label_arg = ",".join(f"{k}={v}" for k, v in agent.labels.items())
-            argv = [find_agent(), "--join", info["address"], "--token", token or c.token,
+            join = info["address"]
+            if delay:
+                server_host, server_port = join.rsplit("//", 1)[1].rsplit(":", 1)
+                proxy = DelayProxy((f"{subnet}.1", 0), (server_host, int(server_port)), delay)
+                proxies.append(proxy)
+                join = "http://%s:%d" % tuple(proxy.address)
+            argv = [find_agent(), "--join", join, "--token", token or c.token,
                     "--name", node_name or name, "--data-dir", str(agent.data_dir)]
             if label_arg:
                 argv += ["--labels", label_arg]
+            if data_paths:
+                argv += ["--data-paths", ",".join(data_paths)]
             argv = ["ip", "netns", "exec", agent.netns, *hidden(client_dir, argv)]
             with open(agent.log, "ab") as log:
                 agent.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
@@ -176,6 +189,8 @@ def cluster(tmp_path: Path):
         for a in agents.values():
             _stop(a.proc)
         _stop(server)
+        for proxy in proxies:
+            proxy.close()
         for thing in reversed(made):
             if thing.startswith("netns:"):
                 _ip("netns", "del", thing[6:], check=False)

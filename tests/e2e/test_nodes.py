@@ -253,3 +253,40 @@ def test_code_travels_as_an_archive_to_agents_that_cannot_see_the_client(cluster
     assert [i["action"] for i in result["items"]] == ["configured"]
     assert fn.get()["spec"]["codeDigest"] != digest
     poll(lambda: call(fn).json().get("version") == 2, timeout=20)
+
+
+def placement(c, function: str) -> str:
+    """The first placement decision recorded for `function` ("placed on ...: reasons")."""
+    with c.watch("functions", function, after=0, timeout=10) as w:
+        for e in w:
+            if e["type"] == "record" and e["reason"] == "Placed":
+                return e["message"]
+    raise AssertionError(f"no placement of {function} recorded")
+
+
+def test_scenario0_data_locality_and_latency_win_when_all_else_is_equal(cluster, code):
+    # Three alike nodes but for where they are and what they hold: "near" is next to the server,
+    # "far" and "holder" 15 ms away each way, and "holder" holds /data. "near" joins last, so
+    # ties (equal scores go to the first node) would not pick it.
+    cluster.start_agent("far", {"zone": "az1"}, delay=0.015)
+    cluster.start_agent("holder", {"zone": "az1"}, data_paths=["/data"], delay=0.015)
+    cluster.start_agent("near", {"zone": "az1"})
+    nodes = poll(lambda: (lambda n: n if all(int(n[x]["status"].get("rttUs", 0)) > 0
+                                             for x in ("near", "far", "holder")) else None)(
+        cluster.nodes()), timeout=10)
+    assert int(nodes["far"]["status"]["rttUs"]) > 25_000 > int(nodes["near"]["status"]["rttUs"])
+    assert nodes["holder"]["spec"]["dataPaths"] == ["/data"]
+
+    c = cluster.client()
+    # Scenario 0: the image's path comes in the event; the node holding it wins over a nearer one.
+    images = create(c, "image-processor", code, placement={"dataPathFrom": "imagePath"})
+    first = call(images, {"imagePath": "/data/input.jpg"})
+    assert first.node == "holder" and first.cold_start
+    assert "holds /data" in placement(c, "image-processor")
+    # Without data to be near, the nearest node wins; the decision says how near.
+    other = create(c, "resizer", code)
+    assert call(other).node == "near"
+    assert "ms from caller" in placement(c, "resizer")
+    # A path no node holds leaves latency to decide.
+    elsewhere = create(c, "elsewhere", code, placement={"dataPathFrom": "input.path"})
+    assert call(elsewhere, {"input": {"path": "/srv/none.jpg"}}).node == "near"

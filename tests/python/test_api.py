@@ -56,8 +56,13 @@ def test_function_create_get_list_delete(cluster, echo_config):
     assert spec["scaling"]["maxInstances"] == 3
     assert spec["handler"] == "echo:handler"
     assert spec["runtime"] == "python"
-    # `code` is resolved relative to the config file.
-    assert Path(spec["code"]) == echo_config.parent / "code"
+    # `code` is resolved relative to the config file, and travels as an archive: the spec names
+    # its digest, the same as that of the directory named outright.
+    assert "code" not in spec and spec["codeDigest"].startswith("sha256:")
+    named = cluster.create_function("echo-abs", config=echo_config,
+                                    code=str(echo_config.parent / "code"))
+    assert named.get()["spec"]["codeDigest"] == spec["codeDigest"]
+    named.delete()
 
     cluster.create_function("echo2", config=echo_config)
     assert names(cluster.functions()) == ["echo", "echo2"]

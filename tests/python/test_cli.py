@@ -709,6 +709,7 @@ def test_node_list_get_cordon_uncordon_drain(cli):
     assert "STATE" in listed and "INSTANCES" in listed and "Ready" in listed
     got = cli.ok("node", "get", name).stdout
     assert f"Name:      {name}" in got and "Epoch:" in got and "sandbox" in got
+    assert "Data:" in got and "RTT:" in got
     assert f"node {name} cordoned" in cli.ok("node", "cordon", name).stdout
     assert "Ready,SchedulingDisabled" in cli.ok("node", "list").stdout
     cli.ok("function", "create", "on-cordoned", "--config", "echo.yaml")

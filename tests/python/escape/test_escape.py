@@ -56,7 +56,8 @@ def daemon(tmp_path_factory):
     client.create_function("exec", runtime="exec",
                            command=[sys.executable, "runtime.py", "attacks:handler", "."], **common)
     try:
-        yield {"client": client, "info": info, "data_dir": data_dir, "marker": marker}
+        yield {"client": client, "info": info, "data_dir": data_dir, "marker": marker,
+               "code": code}
     finally:
         client.close()
         marker.unlink()
@@ -141,7 +142,7 @@ def test_scratch_has_a_quota_and_the_daemon_goes_on(daemon, kind):
     # The control plane still writes: a function is created and deleted.
     c = daemon["client"]
     c.create_function(f"after-fill-{kind}", runtime="python", handler="attacks:handler",
-                      code=str(Path(c.function("zygote").get()["spec"]["code"])))
+                      code=str(daemon["code"]))
     c.function(f"after-fill-{kind}").delete()
 
 
@@ -149,7 +150,7 @@ def test_host_network_is_opt_in(daemon):
     """`network: host` is the documented way out: with it the API is reachable (which is what
     makes the default's refusal above meaningful)."""
     c = daemon["client"]
-    code = c.function("zygote").get()["spec"]["code"]
+    code = str(daemon["code"])
     c.create_function("hostnet", runtime="python", handler="attacks:handler", code=code,
                       network="host")
     try:
@@ -167,7 +168,7 @@ def test_host_network_is_opt_in(daemon):
 ])
 def test_sandbox_fields_are_validated(daemon, field, value, message):
     c = daemon["client"]
-    code = c.function("zygote").get()["spec"]["code"]
+    code = str(daemon["code"])
     with pytest.raises(blixard.errors.InvalidSpec) as e:
         c.create_function("bad-" + field.replace("_", "-"), runtime="python",
                           handler="attacks:handler", code=code, memory="128M", **{field: value})
