@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -162,11 +163,14 @@ Args parse(int argc, char** argv) {
 
 int main(int argc, char** argv) {
   const Args args = parse(argc, argv);
-  // Two descriptors per agent on this machine (the driver's end and the server's), and some.
-  rlimit files{static_cast<rlim_t>(args.agents) * 2 + 1024,
-               static_cast<rlim_t>(args.agents) * 2 + 1024};
-  if (setrlimit(RLIMIT_NOFILE, &files) != 0) {
-    std::perror("setrlimit(RLIMIT_NOFILE)");
+  // A descriptor per agent in this process and in the server (a child: it inherits the limit).
+  rlimit files{};
+  getrlimit(RLIMIT_NOFILE, &files);
+  files.rlim_cur = std::min<rlim_t>(files.rlim_max, static_cast<rlim_t>(args.agents) + 1024);
+  if (setrlimit(RLIMIT_NOFILE, &files) != 0 ||
+      files.rlim_cur < static_cast<rlim_t>(args.agents) + 256) {
+    std::fprintf(stderr, "cannot open %d descriptors (hard limit %llu)\n", args.agents + 1024,
+                 static_cast<unsigned long long>(files.rlim_max));
     return 1;
   }
   const fs::path dir = fs::temp_directory_path() / ("blixard-swarm-" + std::to_string(getpid()));

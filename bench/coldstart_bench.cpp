@@ -110,7 +110,8 @@ blixard::v1::FunctionSpec spec_for(Handler handler, bool isolate_network = false
     (*s.mutable_env())["PYTHONDONTWRITEBYTECODE"] = "1";
   } else {
     s.set_runtime("exec");
-    s.add_command(echo_binary(handler));
+    // The binary from the function's code directory (which travels as an archive), as a user's.
+    s.add_command(fs::path(echo_binary(handler)).filename().string());
     s.set_code(fs::path(echo_binary(handler)).parent_path().string());
   }
   return s;

@@ -37,12 +37,14 @@
 
 #include <spdlog/spdlog.h>
 
+#include "agent/code_cache.hpp"
 #include "agent/join.hpp"
 #include "agent/local_node.hpp"
 #include "api/agent_channel.hpp"
 #include "api/http_server.hpp"
 #include "api/websocket.hpp"
 #include "blixard/blixard.hpp"
+#include "client/http_backend.hpp"
 #include "handlers/direct.hpp"
 #include "runtime/driver.hpp"
 #include "server/local.hpp"
@@ -301,7 +303,7 @@ struct Env {
   static blixard::v1::FunctionSpec native_spec() {
     auto s = base_spec();
     s.set_runtime("exec");
-    s.add_command(BLIXARD_BENCH_ECHO);
+    s.add_command(fs::path(BLIXARD_BENCH_ECHO).filename().string());  // from its code directory
     s.set_code(fs::path(BLIXARD_BENCH_ECHO).parent_path().string());
     return s;
   }
@@ -328,9 +330,16 @@ struct Env {
     blixard::runtime::SandboxOptions sandbox;
     sandbox.work_dir = dir / "agent";
     sandbox.python = bench::python();
+    // Code by digest from the server, as a joined agent fetches it.
+    auto code = std::make_shared<blixard::agent::CodeCache>(
+        dir / "agent-code",
+        [server = blixard::client::make_http_backend(
+             remote_gateway->url(), "", std::chrono::seconds(60))](const std::string& digest) {
+          return server->get_blob(digest).value_or("");
+        });
     auto node = std::make_shared<blixard::agent::LocalNode>(
         "agent1", blixard::agent::describe_this_machine(),
-        blixard::runtime::make_sandbox_driver(sandbox));
+        blixard::runtime::make_sandbox_driver(sandbox), code);
     blixard::agent::JoinOptions join;
     join.server = remote_gateway->url();
     joiner = std::make_unique<blixard::agent::Joiner>(node, join);

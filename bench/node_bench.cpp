@@ -21,8 +21,10 @@
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/websocket.hpp>
 
+#include "agent/code_cache.hpp"
 #include "agent/local_node.hpp"
 #include "agent/session.hpp"
+#include "common/code_archive.hpp"
 #include "common/frame_socket.hpp"
 #include "control/remote_node.hpp"
 #include "runtime/driver.hpp"
@@ -34,11 +36,18 @@ namespace net = boost::asio;
 namespace v1 = blixard::v1;
 using tcp = net::ip::tcp;
 
+// The echo handler's directory as the server would keep it: an archive nodes fetch by digest.
+const blixard::CodeArchive& echo_code() {
+  static const blixard::CodeArchive archive =
+      blixard::pack_code(fs::path(BLIXARD_BENCH_ECHO).parent_path());
+  return archive;
+}
+
 v1::FunctionSpec echo_spec() {
   v1::FunctionSpec s;
   s.set_runtime("exec");
-  s.add_command(BLIXARD_BENCH_ECHO);
-  s.set_code(fs::path(BLIXARD_BENCH_ECHO).parent_path().string());
+  s.add_command(fs::path(BLIXARD_BENCH_ECHO).filename().string());
+  s.set_code_digest(echo_code().digest);
   s.set_memory_mib(64);
   s.mutable_timeout()->set_seconds(30);
   return s;
@@ -52,8 +61,10 @@ fs::path work_dir(const std::string& name) {
 std::shared_ptr<blixard::agent::LocalNode> make_node(const std::string& name) {
   blixard::runtime::SandboxOptions o;
   o.work_dir = work_dir(name);
-  return std::make_shared<blixard::agent::LocalNode>(name, v1::NodeSpec{},
-                                                     blixard::runtime::make_sandbox_driver(o));
+  auto code = std::make_shared<blixard::agent::CodeCache>(
+      work_dir(name) / "code", [](const std::string&) { return echo_code().bytes; });
+  return std::make_shared<blixard::agent::LocalNode>(
+      name, v1::NodeSpec{}, blixard::runtime::make_sandbox_driver(o), std::move(code));
 }
 
 // A server end and an agent end joined by a WebSocket on 127.0.0.1, each on an io thread.

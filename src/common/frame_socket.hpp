@@ -1,8 +1,9 @@
-// One end of the agent channel's WebSocket (DESIGN §4): binary messages, each one serialized
-// AgentFrame. Reads run a loop on the socket's executor and hand each frame on; writes from any
-// thread queue up and go out one message at a time, in order. A frame that does not parse (or a
-// text message) closes this connection only. Both the server (api/agent_channel) and the agent
-// (agent/join) use it.
+// One end of the agent channel's WebSocket (DESIGN §4): binary messages, each holding one or more
+// serialized AgentFrames, every one preceded by its length as a varint (protobuf's delimited
+// form). Reads run a loop on the socket's executor and hand each frame on; writes from any
+// thread queue up and go out in order, all the frames queued behind a write in the next message.
+// A frame that does not parse (or a text message) closes this connection only. Both the server
+// (api/agent_channel) and the agent (agent/join) use it.
 #pragma once
 
 #include <cstddef>
@@ -11,6 +12,10 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
+#include <vector>
+
+#include <boost/asio/buffer.hpp>
 
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
@@ -30,7 +35,7 @@ class FrameSocket : public std::enable_shared_from_this<FrameSocket> {
     std::function<void(const std::string& why)> closed;
   };
 
-  // Largest frame read or written (an invocation's payload and result travel in one).
+  // Largest message read or written (an invocation's payload and result travel in one frame).
   static constexpr std::size_t k_max_frame = 64u << 20;
 
   // `ws` has completed its handshake. Its executor must be a strand when its io_context runs on
@@ -63,6 +68,12 @@ class FrameSocket : public std::enable_shared_from_this<FrameSocket> {
   boost::beast::flat_buffer buffer_;
   std::mutex mutex_;
   std::deque<std::string> queue_;
+  // The message being written (touched by the write in flight only): its frames, their length
+  // prefixes and the buffers over both.
+  static constexpr std::size_t k_max_prefix = 5;
+  std::vector<std::string> batch_;
+  std::vector<std::uint8_t> prefixes_;
+  std::vector<boost::asio::const_buffer> buffers_;
   bool writing_ = false;
   bool closing_ = false;
   bool finished_ = false;

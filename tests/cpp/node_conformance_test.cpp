@@ -23,6 +23,7 @@
 #include "agent/code_cache.hpp"
 #include "agent/local_node.hpp"
 #include "agent/session.hpp"
+#include "common/agent_message.hpp"
 #include "common/code_archive.hpp"
 #include "common/json.hpp"
 #include "control/remote_node.hpp"
@@ -431,5 +432,39 @@ TEST_P(RemoteNodeTest, AnAssignmentNamingACodePathIsRefused) {
 
 INSTANTIATE_TEST_SUITE_P(Nodes, RemoteNodeTest, ::testing::Values(Kind::remote),
                          [](const auto&) { return "RemoteNode"; });
+
+}  // namespace
+
+namespace {
+
+// The agent channel's messages: several frames each, in order (a write carries what queued).
+TEST(AgentMessage, HoldsFramesInOrderAndRefusesAMalformedOneAfterThoseBefore) {
+  auto delimited = [](const v1::AgentFrame& f) {
+    std::string bytes = f.SerializeAsString();
+    std::string out;
+    for (std::size_t n = bytes.size(); n >= 0x80; n >>= 7) {
+      out.push_back(static_cast<char>((n & 0x7f) | 0x80));
+    }
+    out.push_back(static_cast<char>(bytes.size() >> (7 * (out.size()))));
+    return out + bytes;
+  };
+  v1::AgentFrame a, b;
+  a.mutable_heartbeat()->set_sequence(1);
+  b.mutable_ping()->set_sent_us(42);
+  std::vector<v1::AgentFrame> seen;
+  auto collect = [&](v1::AgentFrame& f) { seen.push_back(f); };
+  const std::string message = delimited(a) + delimited(b);
+  ASSERT_TRUE(blixard::decode_frames(message, collect));
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[0].heartbeat().sequence(), 1u);
+  EXPECT_EQ(seen[1].ping().sent_us(), 42);
+
+  seen.clear();
+  EXPECT_FALSE(blixard::decode_frames(message + "\x05xx", collect)) << "a frame cut short";
+  EXPECT_EQ(seen.size(), 2u);
+  EXPECT_FALSE(blixard::decode_frames(std::string("\x00", 1), collect)) << "a frame of no kind";
+  EXPECT_FALSE(blixard::decode_frames("", collect));
+  EXPECT_FALSE(blixard::decode_frames("\xff\xff\xff\xff\x7f", collect)) << "a length past the end";
+}
 
 }  // namespace
