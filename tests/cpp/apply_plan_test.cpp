@@ -8,8 +8,11 @@
 #include <string>
 
 #include "blixard/error.hpp"
+#include "test_support.hpp"
 
 namespace {
+
+using blixard::test_support::expect_error;
 
 namespace v1 = blixard::v1;
 using blixard::errc;
@@ -113,17 +116,6 @@ std::vector<std::string> actions(const ApplyPlan& p) {
     out.push_back(item.kind() + "/" + item.name() + "=" + item.action());
   }
   return out;
-}
-
-Error expect_error(const std::function<void()>& f, errc code) {
-  try {
-    f();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), code) << e.what();
-    return e;
-  }
-  ADD_FAILURE() << "no error thrown";
-  return {errc::internal, "no error"};
 }
 
 v1::ObjectSet platform() {

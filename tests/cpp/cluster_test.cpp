@@ -21,6 +21,7 @@ namespace fs = std::filesystem;
 using blixard::Cluster;
 using blixard::errc;
 using blixard::Error;
+using blixard::test_support::expect_error;
 using blixard::test_support::python;
 
 namespace {
@@ -53,18 +54,6 @@ class ClusterTest : public ::testing::Test {
     blixard::LocalOptions options;
     options.python = python();
     return Cluster::local(dir_, options);
-  }
-
-  template <class F>
-  static Error expect_error(F&& f, errc code) {
-    try {
-      f();
-    } catch (const Error& e) {
-      EXPECT_EQ(e.code(), code) << e.what();
-      return e;
-    }
-    ADD_FAILURE() << "no error thrown";
-    return Error(errc::internal, "none");
   }
 
   fs::path dir_;

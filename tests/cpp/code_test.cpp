@@ -23,6 +23,7 @@
 #include "common/code_archive.hpp"
 #include "common/digest.hpp"
 #include "store/blob_store.hpp"
+#include "test_support.hpp"
 
 namespace {
 
@@ -30,6 +31,7 @@ namespace fs = std::filesystem;
 using blixard::ArchiveLimits;
 using blixard::errc;
 using blixard::Error;
+using blixard::test_support::expect_error;
 using ::testing::HasSubstr;
 
 void write_file(const fs::path& path, const std::string& text, fs::perms perms = fs::perms(0644)) {
@@ -41,18 +43,6 @@ void write_file(const fs::path& path, const std::string& text, fs::perms perms =
 std::string read_file(const fs::path& path) {
   std::ifstream in(path);
   return {std::istreambuf_iterator<char>(in), {}};
-}
-
-template <class F>
-Error expect_error(F&& f, errc code) {
-  try {
-    f();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), code) << e.what();
-    return e;
-  }
-  ADD_FAILURE() << "no error thrown";
-  return Error(errc::internal, "none");
 }
 
 class CodeTest : public ::testing::Test {

@@ -30,6 +30,7 @@
 #include "api/websocket.hpp"
 #include "blixard/error.hpp"
 #include "client/http_backend.hpp"
+#include "test_support.hpp"
 
 namespace blixard {
 namespace {
@@ -436,15 +437,8 @@ struct RawResponse {
 
 // A connected socket to the server, with a receive timeout far above any deadline under test.
 int connect_raw(unsigned short port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    ::close(fd);
-    throw std::runtime_error("connect failed");
-  }
+  const int fd = blixard::test_support::connect_loopback(port);
+  if (fd < 0) throw std::runtime_error("connect failed");
   timeval tv{20, 0};
   ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   return fd;

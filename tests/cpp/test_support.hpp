@@ -14,7 +14,10 @@
 #include <string>
 #include <thread>
 
+#include <gtest/gtest.h>
+
 #include "../support/process.hpp"
+#include "blixard/error.hpp"
 
 namespace blixard::test_support {
 
@@ -103,6 +106,19 @@ inline std::string http_head_only(unsigned short port, const std::string& text) 
   for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) out.append(buf, static_cast<size_t>(n));
   ::close(fd);
   return out;
+}
+
+// The Error `f` throws, checked to carry `code`; a test failure when it throws none.
+template <class F>
+Error expect_error(F&& f, errc code) {
+  try {
+    f();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), code) << e.what();
+    return e;
+  }
+  ADD_FAILURE() << "no error thrown";
+  return {errc::internal, "no error thrown"};
 }
 
 // Polls `condition` until it holds or `limit` passes; returns its last value.

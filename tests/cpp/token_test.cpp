@@ -19,6 +19,7 @@ namespace fs = std::filesystem;
 using blixard::Cluster;
 using blixard::errc;
 using blixard::Error;
+using blixard::test_support::expect_error;
 using blixard::test_support::python;
 
 namespace {
@@ -63,18 +64,6 @@ class TokenTest : public ::testing::Test {
     r.set_name(name);
     r.set_function(function);
     return r;
-  }
-
-  template <class F>
-  static Error expect_error(F&& f, errc code) {
-    try {
-      f();
-    } catch (const Error& e) {
-      EXPECT_EQ(e.code(), code) << e.what();
-      return e;
-    }
-    ADD_FAILURE() << "no error thrown";
-    return Error(errc::internal, "none");
   }
 
   fs::path dir_;
