@@ -33,7 +33,7 @@ fs::path CodeCache::directory(const std::string& digest) {
     throw Error(errc::invalid_spec, "\"" + digest.substr(0, 80) + "\" is not a sha256:<hex> digest",
                 "codeDigest");
   }
-  const fs::path target = dir_ / digest.substr(k_sha256_prefix.size());
+  fs::path target = dir_ / digest.substr(k_sha256_prefix.size());
   std::unique_lock lock(mutex_);
   changed_.wait(lock, [&] { return !fetching_.contains(digest); });
   if (ready_.contains(digest)) return target;

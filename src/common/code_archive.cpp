@@ -5,13 +5,13 @@
 #include <archive_entry.h>
 #include <fcntl.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstring>
+#include <ctime>
 #include <memory>
 #include <vector>
 
@@ -115,7 +115,7 @@ std::uint64_t copy_file(archive* a, const fs::path& file, std::uint64_t size) {
     throw Error(errc::unavailable, "cannot read " + file.string() + ": " + std::strerror(errno),
                 "code");
   }
-  std::array<char, 64 * 1024> buf{};
+  std::array<char, std::size_t{64} * 1024> buf{};
   std::uint64_t left = size;
   while (left > 0) {
     const ssize_t n = ::read(fd, buf.data(), std::min<std::uint64_t>(buf.size(), left));

@@ -10,7 +10,7 @@
 namespace blixard {
 
 std::string to_hex(const unsigned char* data, std::size_t n) {
-  static constexpr char k_digits[] = "0123456789abcdef";
+  static constexpr std::string_view k_digits = "0123456789abcdef";
   std::string out;
   out.reserve(n * 2);
   for (std::size_t i = 0; i < n; ++i) {

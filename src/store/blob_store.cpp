@@ -48,7 +48,7 @@ void sync_dir(const fs::path& dir) {
 
 class BlobDir final : public BlobStore {
  public:
-  explicit BlobDir(fs::path dir) : blobs_(std::move(dir) / "sha256"), tmp_(blobs_ / ".tmp") {
+  explicit BlobDir(const fs::path& dir) : blobs_(dir / "sha256"), tmp_(blobs_ / ".tmp") {
     std::error_code ec;
     fs::create_directories(tmp_, ec);
     if (ec) {

@@ -290,3 +290,68 @@ def test_scenario0_data_locality_and_latency_win_when_all_else_is_equal(cluster,
     # A path no node holds leaves latency to decide.
     elsewhere = create(c, "elsewhere", code, placement={"dataPathFrom": "input.path"})
     assert call(elsewhere, {"input": {"path": "/srv/none.jpg"}}).node == "near"
+
+
+def test_scenario3_placement_rules_land_where_they_should(cluster, code):
+    # Scenario 3's cluster: zones az1..az3, one node with a GPU, one with fast storage.
+    cluster.start_agent("node1", {"zone": "az1", "storage": "fast"})
+    cluster.start_agent("node2", {"zone": "az2"})
+    cluster.start_agent("node3", {"zone": "az3", "gpu": "available"})
+    c = cluster.client()
+    # image-resizer: "run on any node, prefer those with GPU".
+    resizer = create(c, "image-resizer", code, memory="64M",
+                     placement={"nodeAffinity": {"preferred": {"gpu": "available"}}})
+    assert call(resizer).node == "node3"
+    assert "gpu=available" in placement(c, "image-resizer")
+    # postgres-db's rule, for a function: only nodes with storage=fast.
+    pinned = create(c, "pinned", code, placement={"nodeSelector": {"storage": "fast"}})
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        nodes = {r.node for r in pool.map(lambda _: call(pinned, {"sleep": 0.5}), range(3))}
+    assert nodes == {"node1"}
+    # redis-cache's rule: spread across availability zones, one instance per zone.
+    spread = create(c, "spread-zones", code, placement={"spreadAcross": "availability-zones"})
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        nodes = [r.node for r in pool.map(lambda _: call(spread, {"sleep": 1.0}), range(3))]
+    assert sorted(nodes) == ["node1", "node2", "node3"], nodes
+    # No node fits: the refusal says why, kube-style.
+    nowhere = create(c, "nowhere", code, placement={"nodeSelector": {"storage": "tape"}})
+    with pytest.raises(blixard.errors.Unavailable) as e:
+        call(nowhere)
+    assert "0 of 3 nodes fit" in str(e.value)
+
+
+def _rss_kib(pid: int, field: str = "VmRSS") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def test_a_100_mb_body_is_refused_without_the_server_growing_by_it(cluster):
+    host, port = urlparse(cluster.address).hostname, urlparse(cluster.address).port
+    before = _rss_kib(cluster.server.pid)
+    chunk = b"x" * (1 << 20)
+    # An API body past its limit: 413; a gateway body for a path no trigger serves: 404.
+    for target, token, status in (("/v1/apply", cluster.token, b"413"),
+                                  ("/api/anything", None, b"404")):
+        s = socket.create_connection((host, port), timeout=10)
+        head = f"POST {target} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        if token:
+            head += f"Authorization: Bearer {token}\r\n"
+        s.sendall((head + "\r\n").encode())
+        answer = b""
+        try:
+            for _ in range(100):  # 100 MiB, chunked: no length to refuse it by up front
+                s.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused mid-way and closed: what the server was meant to do
+        try:
+            answer = s.recv(4096)
+        except (ConnectionResetError, socket.timeout):
+            pass
+        s.close()
+        assert answer.startswith(b"HTTP/1.1 " + status), (target, answer[:200])
+        assert cluster.server.poll() is None
+    grown = _rss_kib(cluster.server.pid) - before
+    assert grown < 32 * 1024, f"the server grew by {grown} KiB"
+    assert cluster.client().functions() == []
