@@ -77,7 +77,7 @@ BENCHMARK(BM_SetGauges);
 void BM_AppendLog(benchmark::State& state) {
   auto& t = telemetry();
   const std::string text(80, 'x');
-  for (auto _ : state) t.append_log("echo", "i-1", "stdout", text);
+  for (auto _ : state) t.append_log("echo", "i-1", "node1", "stdout", text);
   state.SetItemsProcessed(state.iterations());
 }
 BENCHMARK(BM_AppendLog);

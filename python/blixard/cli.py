@@ -919,7 +919,9 @@ def function_logs(c: Ctx, name, follow, prefix, output) -> None:
             if as_json:
                 _print_json_line(line)
             elif prefix:
-                click.echo(f"[{line.get('instance')} {line.get('stream')}] {line.get('text')}")
+                where = f"{line['node']}/" if line.get("node") else ""
+                click.echo(f"[{where}{line.get('instance')} {line.get('stream')}] "
+                           f"{line.get('text')}")
             else:
                 click.echo(line.get("text", ""))
     except KeyboardInterrupt:

@@ -203,6 +203,7 @@ def _log_line(line: Dict[str, Any]) -> Dict[str, Any]:
     line = dict(line)
     line["sequence"] = int(line.get("sequence", 0))
     line.setdefault("instance", "")
+    line.setdefault("node", "")
     line.setdefault("stream", "stdout")
     line.setdefault("text", "")
     return line
@@ -299,7 +300,7 @@ class Function:
         poll: float = _POLL_S,
     ) -> LogStream:
         """What the function's instances wrote to stdout/stderr, as an iterator of dicts
-        (``sequence``, ``instance``, ``stream``, ``text``, ``time``), oldest first.
+        (``sequence``, ``instance``, ``node``, ``stream``, ``text``, ``time``), oldest first.
 
         ``after``: a line's ``sequence`` to continue after (0: every line kept).
         ``follow=True`` keeps waiting for new lines until the function is deleted, the

@@ -66,12 +66,14 @@ class AgentConnection : public std::enable_shared_from_this<AgentConnection> {
         .count();
   }
 
-  // Times the round trip to the agent every heartbeat interval, the first at once.
+  // Times the round trip to the agent every heartbeat interval; the first few 100 ms apart from
+  // the join, so a node's latency (the least of recent samples) settles before much is placed.
   void ping() {
     v1::AgentFrame f;
     f.mutable_ping()->set_sent_us(now_us());
     if (!socket_->send(f)) return;
-    ping_timer_.expires_after(nodes_->options().heartbeat);
+    ping_timer_.expires_after(++pings_ <= 3 ? std::chrono::milliseconds(100)
+                                            : nodes_->options().heartbeat);
     ping_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {
       if (!ec) self->ping();
     });
@@ -136,6 +138,7 @@ class AgentConnection : public std::enable_shared_from_this<AgentConnection> {
   std::shared_ptr<spdlog::logger> logger_;
   boost::asio::steady_timer hello_timer_;
   boost::asio::steady_timer ping_timer_;
+  int pings_ = 0;
   std::shared_ptr<control::RemoteNode> node_;
 };
 

@@ -24,7 +24,8 @@ namespace {
 using google::protobuf::util::TimeUtil;
 
 constexpr int k_apply_attempts = 5;
-// A blob no function names is removed once older than this: an upload's apply comes within it.
+// A blob no function names is removed once unused for this long (stored, or asked after): the
+// apply that names an upload comes well within it.
 constexpr auto k_unnamed_blob_grace = std::chrono::minutes(15);
 // changes(): at most this many events per answer (whole revisions: it may hold a few more), and
 // how long it waits for the store's watch to deliver the history it asked for.
@@ -276,7 +277,7 @@ void Service::collect_blobs() {
     }
     const auto before = std::chrono::system_clock::now() - k_unnamed_blob_grace;
     for (const auto& blob : blobs_->list()) {
-      if (!named.contains(blob.digest) && blob.stored_at < before) blobs_->remove(blob.digest);
+      if (!named.contains(blob.digest) && blob.used_at < before) blobs_->remove(blob.digest);
     }
   } catch (const std::exception& e) {
     logger_->warn("collecting unused code archives: {}", e.what());

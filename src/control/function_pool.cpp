@@ -684,11 +684,6 @@ void FunctionPools::start_slot(const std::string& function, const std::shared_pt
   runtime::InstanceOptions options;
   options.function = function;
   options.spec = spec;
-  auto telemetry = telemetry_;
-  options.on_log = [telemetry, function](const std::string& instance, const std::string& stream,
-                                         std::string line) {
-    telemetry->append_log(function, instance, stream, std::move(line));
-  };
   std::weak_ptr<Slot> weak = slot;
   options.on_exit = [this, function, weak](const runtime::InstanceExit& exit) {
     on_instance_exit(function, weak, exit);
@@ -702,21 +697,29 @@ void FunctionPools::start_slot(const std::string& function, const std::shared_pt
     request.spec = &spec;
     request.data_path = data_path;
     {
-      std::lock_guard lock(mutex_);
-      if (auto it = pools_.find(function); it != pools_.end()) {
-        for (const auto& s : it->second->slots) {
-          if (!s->node.empty() && s->phase != Slot::Phase::gone)
-            ++request.instances_per_node[s->node];
+      // One placement at a time, from counting the function's instances per node to recording
+      // where this one goes: concurrent cold starts each see the others (spreadAcross).
+      std::lock_guard placing(placement_mutex_);
+      {
+        std::lock_guard lock(mutex_);
+        if (auto it = pools_.find(function); it != pools_.end()) {
+          for (const auto& s : it->second->slots) {
+            if (!s->node.empty() && s->phase != Slot::Phase::gone)
+              ++request.instances_per_node[s->node];
+          }
         }
       }
-    }
-    placed = place_(request);
-    {
+      placed = place_(request);
       std::lock_guard lock(mutex_);
       slot->node = placed.node->name();
       slot->reserved = placed.reserved;
       slot->epoch = placed.epoch;
     }
+    // Each line says where it was written.
+    options.on_log = [telemetry = telemetry_, function, node = placed.node->name()](
+                         const std::string& instance, const std::string& stream, std::string line) {
+      telemetry->append_log(function, instance, node, stream, std::move(line));
+    };
     instance = placed.node->start({placed.epoch, options});
   } catch (const Error& e) {
     error = e;

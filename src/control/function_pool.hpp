@@ -191,6 +191,8 @@ class FunctionPools {
   Place place_;
 
   mutable std::mutex mutex_;
+  // Held across one cold start's placement (taken before mutex_, never while it is held).
+  std::mutex placement_mutex_;
   std::condition_variable changed_;
   std::map<std::string, std::unique_ptr<Pool>> pools_;
   bool closed_ = false;

@@ -13,6 +13,8 @@
 namespace blixard::control {
 
 using Clock = std::chrono::steady_clock;
+// A node's latency is the least of this many recent round trips (one a heartbeat interval).
+constexpr std::size_t k_round_trip_samples = 10;
 
 NodeRegistry::NodeRegistry(std::shared_ptr<store::Store> store, NodeRegistryOptions options)
     : store_(std::move(store)), options_(options) {
@@ -89,6 +91,7 @@ std::int64_t NodeRegistry::join(std::shared_ptr<Node> node, bool in_process) {
   e.phase = "Ready";
   // A new connection: its round trip is measured anew (the in-process node is the server's own).
   e.round_trip.reset();
+  e.round_trips.clear();
   if (in_process) e.round_trip = std::chrono::microseconds(0);
   write(name, e, "joined");
   index(name, e);
@@ -105,8 +108,11 @@ void NodeRegistry::measured(const std::string& name, std::chrono::microseconds r
   auto it = nodes_.find(name);
   if (it == nodes_.end() || !it->second.node) return;
   // A minute is "far"; the scheduler counts microseconds in 32 bits.
-  it->second.round_trip = std::clamp(round_trip, std::chrono::microseconds(0),
-                                     std::chrono::microseconds(std::chrono::minutes(1)));
+  auto& samples = it->second.round_trips;
+  samples.push_back(std::clamp(round_trip, std::chrono::microseconds(0),
+                               std::chrono::microseconds(std::chrono::minutes(1))));
+  if (samples.size() > k_round_trip_samples) samples.pop_front();
+  it->second.round_trip = *std::min_element(samples.begin(), samples.end());
   index_.set_server_latency(it->second.id,
                             static_cast<std::uint32_t>(it->second.round_trip->count()));
 }

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -108,7 +109,10 @@ class NodeRegistry {
     std::chrono::steady_clock::time_point last_heard;
     std::string phase;
     sched::NodeId id = 0;  // in index_
+    // The least of the last few round trips measured: the path's latency without the queueing
+    // a busy moment adds to one sample.
     std::optional<std::chrono::microseconds> round_trip;
+    std::deque<std::chrono::microseconds> round_trips;
   };
   // Keeps the scheduler's index in step with an entry (mutex_ held).
   void index(const std::string& name, Entry& entry);

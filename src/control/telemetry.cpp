@@ -451,13 +451,14 @@ void Telemetry::forget(const std::string& function) {
 }
 
 void Telemetry::append_log(const std::string& function, const std::string& instance,
-                           const std::string& stream, std::string text) {
+                           const std::string& node, const std::string& stream, std::string text) {
   truncate_utf8(text, k_max_log_line);
   text = sanitize_utf8(std::move(text));
   truncate_utf8(text, k_max_log_line);  // replacement characters are longer than what they replace
 
   v1::LogLine line;
   line.set_instance(sanitize_utf8(instance));
+  line.set_node(node);
   line.set_stream(stream);
   line.set_text(std::move(text));
   *line.mutable_time() = google::protobuf::util::TimeUtil::GetCurrentTime();

@@ -51,8 +51,8 @@ class Telemetry {
   // Forgets a deleted function's metrics and logs.
   void forget(const std::string& function);
 
-  // One line an instance wrote (without its newline). Invalid UTF-8 becomes U+FFFD.
-  void append_log(const std::string& function, const std::string& instance,
+  // One line an instance (on `node`) wrote, without its newline. Invalid UTF-8 becomes U+FFFD.
+  void append_log(const std::string& function, const std::string& instance, const std::string& node,
                   const std::string& stream, std::string text);
 
   // A record (type "record") or an object change (type "put"/"delete"); the sequence and time

@@ -44,21 +44,23 @@ bool tolerates(const std::vector<Toleration>& tolerations, std::string_view key,
 
 namespace {
 
-std::int64_t percent(std::uint64_t used, std::uint64_t capacity) {
-  if (used >= capacity) return 100;
-  return static_cast<std::int64_t>(used * 100 / capacity);
+// Shares in units of k_score_unit per whole (basis points at 10,000): a 64 MiB instance on a
+// 24 GiB node is 26 of them, so spreading small instances over big nodes sees each one.
+std::int64_t share(std::uint64_t used, std::uint64_t capacity) {
+  if (used >= capacity) return k_score_unit;
+  return static_cast<std::int64_t>(used * k_score_unit / capacity);
 }
 
-std::int64_t used_percent(const Resources& capacity, const Resources& allocated,
-                          const Request& request) {
+std::int64_t used_share(const Resources& capacity, const Resources& allocated,
+                        const Request& request) {
   std::int64_t sum = 0;
   int parts = 0;
   if (capacity.memory_mib > 0) {
-    sum += percent(allocated.memory_mib + request.memory_mib, capacity.memory_mib);
+    sum += share(allocated.memory_mib + request.memory_mib, capacity.memory_mib);
     ++parts;
   }
   if (capacity.vcpu > 0) {
-    sum += percent(std::uint64_t{allocated.vcpu} + request.vcpu, capacity.vcpu);
+    sum += share(std::uint64_t{allocated.vcpu} + request.vcpu, capacity.vcpu);
     ++parts;
   }
   return parts == 0 ? 0 : sum / parts;
@@ -70,16 +72,17 @@ const char* verb(std::uint32_t n, const char* one, const char* many) { return n 
 
 std::int64_t fit_points(const Resources& capacity, const Resources& allocated,
                         const Request& request) {
-  const std::int64_t used = used_percent(capacity, allocated, request);
-  return request.strategy == Strategy::binpack ? used : 100 - used;
+  const std::int64_t used = used_share(capacity, allocated, request);
+  return request.strategy == Strategy::binpack ? used : k_score_unit - used;
 }
 
 std::int64_t latency_points(std::uint32_t micros) {
-  // Whole milliseconds, rounded up: round trips within one (a host, a LAN) score alike, so
-  // tenths of a millisecond of jitter never outweigh the resource score; past that the points
-  // fall as the round trip grows (2 ms: half, 10 ms: a tenth).
-  const std::int64_t ms = std::max<std::int64_t>(1, (std::int64_t{micros} + 999) / 1000);
-  return k_latency_points / ms;
+  // Whole milliseconds, rounded up. Round trips within k_near_ms (one host, one LAN) score alike,
+  // so jitter there never outweighs the resource score or a spread; past it the points fall as
+  // the round trip grows (10 ms: half, 50 ms: a tenth). A busy agent answers a ping late by a
+  // few ms: that must not undo a spread over nodes on one LAN.
+  const std::int64_t ms = (std::int64_t{micros} + 999) / 1000;
+  return ms <= k_near_ms ? k_latency_points : k_latency_points * k_near_ms / ms;
 }
 
 std::int64_t affinity_points(std::uint64_t matched_weight, std::uint64_t total_weight) {
@@ -110,7 +113,8 @@ std::string term_reason(const MatchExpression& m) {
 std::string fit_reason(const Resources& capacity, const Resources& allocated,
                        const Request& request) {
   return std::string(request.strategy == Strategy::binpack ? "binpack" : "spread") + ": " +
-         std::to_string(used_percent(capacity, allocated, request)) + "% allocated after placement";
+         std::to_string(used_share(capacity, allocated, request) * 100 / k_score_unit) +
+         "% allocated after placement";
 }
 
 std::string latency_reason(std::uint32_t micros, bool callers_node) {

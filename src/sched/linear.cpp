@@ -140,7 +140,7 @@ Decision place_linear(const Cluster& cluster, const Request& request) {
     if (caller) {
       if (auto us = cluster.latency(*r.caller, id)) score += detail::latency_points(*us);
     } else if (r.from_server) {
-      if (auto us = cluster.server_latency(id)) score += detail::latency_points(*us);
+      score += detail::latency_points(cluster.server_latency(id).value_or(0));
     }
     if (score > best) {
       best = score;

@@ -323,10 +323,9 @@ Decision place(const Cluster& cluster, const Request& request) {
       }
     }
   } else if (r.from_server) {
+    // A node not measured yet (it joined a moment ago) is not taken to be far.
     for (std::size_t i = 0; i < ids.size(); ++i) {
-      if (const auto& us = cluster.slots_[ids[i]].server_latency) {
-        score[i] += detail::latency_points(*us);
-      }
+      score[i] += detail::latency_points(cluster.slots_[ids[i]].server_latency.value_or(0));
     }
   }
 

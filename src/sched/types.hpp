@@ -85,7 +85,8 @@ struct Request {
   std::string data_path;         // nodes holding it (or a prefix of it) score higher
   std::optional<NodeId> caller;  // nodes nearer the caller (measured latency) score higher
   // No caller node: the caller is the server (it takes the calls the instance will serve), and
-  // nodes nearer it (Cluster::set_server_latency) score higher.
+  // nodes nearer it (Cluster::set_server_latency) score higher; one not measured yet scores as
+  // near (it joined a moment ago: no evidence it is far).
   bool from_server = false;
 
   Resources resources() const { return {memory_mib, vcpu}; }
@@ -127,14 +128,19 @@ struct Decision {
   std::string summary() const;
 };
 
-// Score scale (a sum; higher wins, ties go to the lowest node id):
-//   resources     0..100  binpack: % of the node allocated after placement; spread: 100 minus that
-//   affinity      0..200  share of the preferred terms' weight that the node matches
-//   data locality 0 | 200 node holds the request's data path
-//   latency       0..100  100 / the round trip to the caller in whole ms, rounded up (under 1 ms:
-//                         100); the caller's node is 100
-inline constexpr std::int64_t k_affinity_points = 200;
-inline constexpr std::int64_t k_locality_points = 200;
-inline constexpr std::int64_t k_latency_points = 100;
+// Score scale (a sum; higher wins, ties go to the lowest node id), in units of k_score_unit
+// (10,000: the resource score counts basis points, so spreading small instances over large nodes
+// sees every instance):
+//   resources     0..1x   binpack: the share of the node allocated after placement; spread: 1x
+//                         minus that (memory and vcpu averaged)
+//   affinity      0..2x   share of the preferred terms' weight that the node matches
+//   data locality 0 | 2x  node holds the request's data path
+//   latency       0..1x   1x within k_near_ms of the caller, else 1x * k_near_ms / the round trip
+//                         in whole ms, rounded up; the caller's node is 1x
+inline constexpr std::int64_t k_score_unit = 10'000;
+inline constexpr std::int64_t k_affinity_points = 2 * k_score_unit;
+inline constexpr std::int64_t k_locality_points = 2 * k_score_unit;
+inline constexpr std::int64_t k_latency_points = k_score_unit;
+inline constexpr std::int64_t k_near_ms = 5;
 
 }  // namespace blixard::sched

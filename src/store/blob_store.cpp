@@ -61,7 +61,10 @@ class BlobDir final : public BlobStore {
 
   bool has(std::string_view digest) override {
     if (!is_sha256_digest(digest)) return false;
-    return ::access(path_of(digest).c_str(), F_OK) == 0;
+    const fs::path path = path_of(digest);
+    // Its modification time is its last use: now.
+    if (::utimensat(AT_FDCWD, path.c_str(), nullptr, 0) == 0) return true;
+    return errno != ENOENT && ::access(path.c_str(), F_OK) == 0;
   }
 
   void put(std::string_view digest, std::string_view bytes) override {

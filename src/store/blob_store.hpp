@@ -18,13 +18,15 @@ namespace blixard::store {
 struct BlobInfo {
   std::string digest;
   std::uint64_t size = 0;
-  std::chrono::system_clock::time_point stored_at;
+  std::chrono::system_clock::time_point used_at;  // stored, or last asked after by has()
 };
 
 class BlobStore {
  public:
   virtual ~BlobStore() = default;
 
+  // Whether the blob is here; asking counts as a use (the server collects a blob no object names
+  // only once it went unused for a while, so one a client was just told about stays).
   virtual bool has(std::string_view digest) = 0;
   // Keeps `bytes` under `digest`, durably once it returns; a blob already there is left as it
   // is. Throws Error(invalid_spec, field "digest") for a malformed digest or bytes that do not

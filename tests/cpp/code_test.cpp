@@ -285,6 +285,12 @@ TEST_F(CodeTest, TheBlobStoreKeepsBlobsByTheirDigestOnly) {
   EXPECT_EQ(*blobs->get(digest), bytes);
   ASSERT_EQ(blobs->list().size(), 1u);
   EXPECT_EQ(blobs->list()[0].size, bytes.size());
+  // Asking after a blob is a use: the server collects only blobs unused for a while.
+  const fs::path file = dir_ / "blobs/sha256" / digest.substr(7);
+  fs::last_write_time(file, fs::file_time_type::clock::now() - std::chrono::hours(24));
+  EXPECT_LT(blobs->list()[0].used_at, std::chrono::system_clock::now() - std::chrono::hours(23));
+  EXPECT_TRUE(blobs->has(digest));
+  EXPECT_GT(blobs->list()[0].used_at, std::chrono::system_clock::now() - std::chrono::minutes(1));
 
   auto e = expect_error([&] { blobs->put(digest, "other bytes"); }, errc::invalid_spec);
   EXPECT_EQ(e.field(), "digest");

@@ -26,8 +26,10 @@
 #include "common/agent_message.hpp"
 #include "common/code_archive.hpp"
 #include "common/json.hpp"
+#include "control/node_registry.hpp"
 #include "control/remote_node.hpp"
 #include "runtime/driver.hpp"
+#include "store/store.hpp"
 #include "test_support.hpp"
 
 namespace {
@@ -465,6 +467,32 @@ TEST(AgentMessage, HoldsFramesInOrderAndRefusesAMalformedOneAfterThoseBefore) {
   EXPECT_FALSE(blixard::decode_frames(std::string("\x00", 1), collect)) << "a frame of no kind";
   EXPECT_FALSE(blixard::decode_frames("", collect));
   EXPECT_FALSE(blixard::decode_frames("\xff\xff\xff\xff\x7f", collect)) << "a length past the end";
+}
+
+}  // namespace
+
+namespace {
+
+// A node's latency is the least of its recent round trips: one busy moment does not make it far,
+// and a path that got slower shows once its fast samples age out.
+TEST(NodeRegistryLatency, TheLeastOfRecentRoundTripsCounts) {
+  const fs::path dir =
+      fs::temp_directory_path() / ("blixard-registry-test-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  {
+    blixard::control::NodeRegistry nodes(blixard::store::open_sqlite((dir / "s.db").string()));
+    Fetches fetches;
+    nodes.join(make_local_node(dir / "node", "n1", fetches), /*in_process=*/false);
+    EXPECT_FALSE(nodes.round_trip("n1")) << "measured before any ping";
+    nodes.measured("n1", 5ms);
+    nodes.measured("n1", 300us);
+    nodes.measured("n1", 8ms);
+    EXPECT_EQ(*nodes.round_trip("n1"), 300us);
+    for (int i = 0; i < 10; ++i) nodes.measured("n1", 2ms);
+    EXPECT_EQ(*nodes.round_trip("n1"), 2ms);
+    nodes.shutdown();
+  }
+  fs::remove_all(dir);
 }
 
 }  // namespace

@@ -305,7 +305,7 @@ TEST(SchedScore, NodesNearerTheCallerScoreHigher) {
   const NodeId caller = c.add_node(node("caller", 64));  // too small to take the work
   const NodeId far = c.add_node(node("far"));
   const NodeId near = c.add_node(node("near"));
-  c.set_latency(caller, far, 4000);
+  c.set_latency(caller, far, 40'000);  // within 5 ms all are near: this one is not
   c.set_latency(caller, near, 300);
   Request r = ask();
   r.caller = caller;
@@ -323,18 +323,21 @@ TEST(SchedScore, NodesNearerTheCallerScoreHigher) {
 
 TEST(SchedScore, WithoutACallerNodeTheServersRoundTripsCount) {
   // The server that takes the calls runs no node of its own (or the work does not fit it): each
-  // node's measured round trip to it decides between equals, and a node not measured yet scores
-  // as the farthest.
+  // node's measured round trip to it decides between equals. A node not measured yet (it just
+  // joined) is taken as near, not far.
   Cluster c;
-  const NodeId unmeasured = c.add_node(node("unmeasured"));
   const NodeId far = c.add_node(node("far"));
+  const NodeId unmeasured = c.add_node(node("unmeasured"));
   const NodeId near = c.add_node(node("near"));
   c.set_server_latency(far, 20'000);
   c.set_server_latency(near, 300);
   Request r = ask();
-  EXPECT_EQ(place_both(c, r).node, unmeasured) << "latency counted though not asked for";
+  EXPECT_EQ(place_both(c, r).node, far) << "latency counted though not asked for";
   r.from_server = true;
   Decision d = place_both(c, r);
+  EXPECT_EQ(d.node, unmeasured) << "a new node lost to its unknown latency";
+  c.set_cordoned(unmeasured, true);
+  d = place_both(c, r);
   EXPECT_EQ(d.node, near);
   EXPECT_TRUE(has_reason(d, "0.3 ms from caller")) << d.summary();
   c.set_server_latency(near, 0);  // the server's own node

@@ -246,7 +246,7 @@ TEST(TelemetryTest, GaugesAndForget) {
   EXPECT_EQ(m.instances_by_node().size(), 1u);
 
   t.record_invocation("f", Outcome::ok, microseconds(5), false);
-  t.append_log("f", "i1", "stdout", "hello");
+  t.append_log("f", "i1", "node1", "stdout", "hello");
   t.forget("f");
   EXPECT_EQ(t.metrics("f").invocations(), 0u);
   EXPECT_EQ(t.metrics("f").instances_warm(), 0u);
@@ -407,9 +407,9 @@ TEST(TelemetryTest, PrometheusTextParsesAndAgrees) {
 
 TEST(TelemetryTest, LogsReturnAtOnceAndContinue) {
   Telemetry t;
-  t.append_log("f", "i1", "stdout", "one");
-  t.append_log("g", "i2", "stdout", "other function");
-  t.append_log("f", "i1", "stderr", "two");
+  t.append_log("f", "i1", "node1", "stdout", "one");
+  t.append_log("g", "i2", "node1", "stdout", "other function");
+  t.append_log("f", "i1", "node1", "stderr", "two");
   auto chunk = t.logs("f", 0, milliseconds(0));
   ASSERT_EQ(chunk.lines_size(), 2);
   EXPECT_EQ(chunk.lines(0).text(), "one");
@@ -422,7 +422,7 @@ TEST(TelemetryTest, LogsReturnAtOnceAndContinue) {
   auto rest = t.logs("f", chunk.next(), milliseconds(0));
   EXPECT_EQ(rest.lines_size(), 0);
   EXPECT_EQ(rest.next(), chunk.next());
-  t.append_log("f", "i1", "stdout", "three");
+  t.append_log("f", "i1", "node1", "stdout", "three");
   rest = t.logs("f", chunk.next(), milliseconds(0));
   ASSERT_EQ(rest.lines_size(), 1);
   EXPECT_EQ(rest.lines(0).text(), "three");
@@ -446,10 +446,10 @@ TEST(TelemetryTest, LogLongPollWakesOnAppendAndTimesOut) {
   auto waiting =
       std::async(std::launch::async, [&] { return t.logs("f", 0, milliseconds(30000)); });
   EXPECT_EQ(waiting.wait_for(milliseconds(50)), std::future_status::timeout);
-  t.append_log("other", "i", "stdout", "not this one");
+  t.append_log("other", "i", "node1", "stdout", "not this one");
   EXPECT_EQ(waiting.wait_for(milliseconds(50)), std::future_status::timeout);
   const auto appended = Clock::now();
-  t.append_log("f", "i", "stdout", "wake up");
+  t.append_log("f", "i", "node1", "stdout", "wake up");
   ASSERT_EQ(waiting.wait_for(milliseconds(10000)), std::future_status::ready);
   EXPECT_LT(Clock::now() - appended, milliseconds(5000));
   auto chunk = waiting.get();
@@ -462,7 +462,8 @@ TEST(TelemetryTest, LogRingOverflowTruncationAndUtf8) {
   options.log_lines_per_function = 5;
   options.max_batch = 3;
   Telemetry t(options);
-  for (int i = 0; i < 12; ++i) t.append_log("f", "i", "stdout", "line " + std::to_string(i));
+  for (int i = 0; i < 12; ++i)
+    t.append_log("f", "i", "node1", "stdout", "line " + std::to_string(i));
   auto first = t.logs("f", 0, milliseconds(0));  // the oldest kept, in batches
   ASSERT_EQ(first.lines_size(), 3);
   EXPECT_EQ(first.lines(0).text(), "line 7");
@@ -472,8 +473,8 @@ TEST(TelemetryTest, LogRingOverflowTruncationAndUtf8) {
 
   std::string big(40000, 'x');
   big.replace(k_max_log_line - 1, 3, "\xE2\x82\xAC");  // a 3-byte character across the cut
-  t.append_log("f", "i", "stdout", big);
-  t.append_log("f", "i", "stdout", "bad \xFF\xC0 bytes \xE2\x82");
+  t.append_log("f", "i", "node1", "stdout", big);
+  t.append_log("f", "i", "node1", "stdout", "bad \xFF\xC0 bytes \xE2\x82");
   auto lines = t.logs("f", second.next(), milliseconds(0));
   ASSERT_EQ(lines.lines_size(), 2);
   EXPECT_EQ(lines.lines(0).text(), std::string(k_max_log_line - 1, 'x'));
@@ -488,7 +489,8 @@ TEST(TelemetryTest, LogBytesBound) {
   TelemetryOptions options;
   options.log_bytes_per_function = 100 * 1024;
   Telemetry t(options);
-  for (int i = 0; i < 100; ++i) t.append_log("f", "i", "stdout", std::string(10 * 1024, 'a'));
+  for (int i = 0; i < 100; ++i)
+    t.append_log("f", "i", "node1", "stdout", std::string(10 * 1024, 'a'));
   auto chunk = t.logs("f", 0, milliseconds(0));
   EXPECT_EQ(chunk.lines_size(), 10);
 }

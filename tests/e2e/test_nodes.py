@@ -95,7 +95,9 @@ def test_calls_run_on_agents_and_spread_over_them(cluster, code):
     fn = create(c, "spread", code, placement={"strategy": "spread"})
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda _: call(fn, {"sleep": 0.5}), range(8)))
-    assert {r.node for r in results} == {"node1", "node2"}
+    assert {r.node for r in results} == {"node1", "node2"}, (
+        "\n".join(placements(c, "spread")), {n: (v["status"].get("rttUs"), v["status"].get(
+            "allocatedMemoryMib")) for n, v in cluster.nodes().items()})
     assert set(instances_on(fn)) == {"node1", "node2"}
     # A warm call goes to a warm instance, wherever it runs.
     again = call(fn)
@@ -238,7 +240,8 @@ def test_code_travels_as_an_archive_to_agents_that_cannot_see_the_client(cluster
     assert digest.startswith("sha256:") and "code" not in fn.get()["spec"]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda _: call(fn, {"sleep": 0.5}), range(8)))
-    assert {r.node for r in results} == {"node1", "node2"}
+    assert {r.node for r in results} == {"node1", "node2"}, (
+        [r.cold_start for r in results], placements(c, "travels"))
     # Each agent fetched the archive once and keeps it unpacked under its own data dir.
     for name in ("node1", "node2"):
         kept = cluster.agents[name].data_dir / "code" / digest.split(":", 1)[1]
@@ -253,6 +256,16 @@ def test_code_travels_as_an_archive_to_agents_that_cannot_see_the_client(cluster
     assert [i["action"] for i in result["items"]] == ["configured"]
     assert fn.get()["spec"]["codeDigest"] != digest
     poll(lambda: call(fn).json().get("version") == 2, timeout=20)
+
+
+def placements(c, function: str) -> list:
+    """Every placement decision recorded for `function` so far (for failure messages)."""
+    out = []
+    with c.watch("functions", function, after=0, timeout=2) as w:
+        for e in w:
+            if e["type"] == "record" and e["reason"] == "Placed":
+                out.append(e["message"])
+    return out
 
 
 def placement(c, function: str) -> str:

@@ -428,6 +428,8 @@ def test_function_logs_and_follow(cli):
         lines = [json.loads(x) for x in cli.ok("function", "logs", "talker", "-o", "json")
                  .stdout.splitlines()]
         assert any(x["text"] == "first words" and x["stream"] == "stdout" for x in lines)
+        node = _node_name(cli)
+        assert all(x["node"] == node for x in lines), lines  # every line says where it ran
 
         follow = subprocess.Popen([*cli.cmd, "function", "logs", "talker", "--follow"],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
