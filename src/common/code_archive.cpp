@@ -101,11 +101,14 @@ la_ssize_t append_to_string(archive*, void* out, const void* data, size_t size) 
   return static_cast<la_ssize_t>(size);
 }
 
+// What libarchive says went wrong; it does not always say (a null string).
+std::string why(archive* a) {
+  const char* text = archive_error_string(a);
+  return text != nullptr ? text : "libarchive gave no reason";
+}
+
 void check(archive* a, int rc, const std::string& doing) {
-  if (rc != ARCHIVE_OK) {
-    const char* why = archive_error_string(a);
-    throw Error(errc::internal, doing + ": " + (why ? why : "libarchive failed"));
-  }
+  if (rc != ARCHIVE_OK) throw Error(errc::internal, doing + ": " + why(a));
 }
 
 // Writes the contents of the regular file `file` (already described by its header).
@@ -254,7 +257,7 @@ void unpack_code(std::string_view bytes, const fs::path& into, const ArchiveLimi
     archive_read_support_format_tar(r.a);
     archive_read_support_filter_zstd(r.a);
     if (archive_read_open_memory(r.a, bytes.data(), bytes.size()) != ARCHIVE_OK) {
-      throw bad_code(std::string("not a code archive: ") + archive_error_string(r.a));
+      throw bad_code(std::string("not a code archive: ") + why(r.a));
     }
     DiskArchive w;
     archive_write_disk_set_options(w.a, ARCHIVE_EXTRACT_SECURE_SYMLINKS |
@@ -266,7 +269,7 @@ void unpack_code(std::string_view bytes, const fs::path& into, const ArchiveLimi
       const int rc = archive_read_next_header(r.a, &e);
       if (rc == ARCHIVE_EOF) break;
       if (rc != ARCHIVE_OK) {
-        throw bad_code(std::string("a malformed code archive: ") + archive_error_string(r.a));
+        throw bad_code(std::string("a malformed code archive: ") + why(r.a));
       }
       if (++entries > limits.max_entries) {
         throw bad_code("the archive holds more than " + std::to_string(limits.max_entries) +
@@ -297,7 +300,7 @@ void unpack_code(std::string_view bytes, const fs::path& into, const ArchiveLimi
       }
       archive_entry_set_pathname(e, (root / path).c_str());
       if (archive_write_header(w.a, e) != ARCHIVE_OK) {
-        throw bad_code("cannot unpack " + path + ": " + archive_error_string(w.a));
+        throw bad_code("cannot unpack " + path + ": " + why(w.a));
       }
       if (type == AE_IFREG) {
         const void* block = nullptr;
@@ -307,20 +310,20 @@ void unpack_code(std::string_view bytes, const fs::path& into, const ArchiveLimi
         while ((data_rc = archive_read_data_block(r.a, &block, &size, &offset)) == ARCHIVE_OK) {
           if (archive_write_data_block(w.a, block, size, offset) != ARCHIVE_OK) {
             throw Error(errc::unavailable,
-                        "cannot write " + path + ": " + archive_error_string(w.a));
+                        "cannot write " + path + ": " + why(w.a));
           }
         }
         if (data_rc != ARCHIVE_EOF) {
-          throw bad_code("a malformed code archive at " + path + ": " + archive_error_string(r.a));
+          throw bad_code("a malformed code archive at " + path + ": " + why(r.a));
         }
       }
       if (archive_write_finish_entry(w.a) != ARCHIVE_OK) {
-        throw Error(errc::unavailable, "cannot finish " + path + ": " + archive_error_string(w.a));
+        throw Error(errc::unavailable, "cannot finish " + path + ": " + why(w.a));
       }
     }
     if (archive_write_close(w.a) != ARCHIVE_OK) {
       throw Error(errc::unavailable,
-                  std::string("cannot finish unpacking: ") + archive_error_string(w.a));
+                  std::string("cannot finish unpacking: ") + why(w.a));
     }
   } catch (...) {
     fs::remove_all(root, ec);
