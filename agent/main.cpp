@@ -21,6 +21,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <boost/json.hpp>
+#include <google/protobuf/stubs/logging.h>
 
 #include "agent/join.hpp"
 #include "agent/local_node.hpp"
@@ -330,6 +331,12 @@ int main(int argc, char** argv) {
 
   auto logger = spdlog::stderr_color_mt("blixard");
   logger->set_level(spdlog::level::from_str(args.log_level));
+  // libprotobuf logs each string it refuses as invalid UTF-8 (a hostile peer's frame or body,
+  // refused anyway): into our log at debug, not onto stderr once per message.
+  google::protobuf::SetLogHandler(
+      [](google::protobuf::LogLevel, const char*, int, const std::string& message) {
+        if (auto log = spdlog::get("blixard")) log->debug("protobuf: {}", message);
+      });
   if (!args.join.empty()) return run_joined(args, logger, signals);
 
   std::shared_ptr<blixard::api::Service> service;
