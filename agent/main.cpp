@@ -18,10 +18,10 @@
 #include <thread>
 #include <vector>
 
+#include <google/protobuf/stubs/logging.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 #include <boost/json.hpp>
-#include <google/protobuf/stubs/logging.h>
 
 #include "agent/join.hpp"
 #include "agent/local_node.hpp"
@@ -56,6 +56,8 @@ options:
   --capacity K=V,...    override the detected capacity: memory=4G,vcpu=2
   --data-paths P,...    data this node holds (/data,/srv/media): a cold start whose input
                         path (placement.dataPathFrom) lies under one prefers this node
+  --probe-port PORT     with --join: the UDP port other agents time their round trips to
+                        (default 0: any free one; "off": none)
   --no-local-node       with --server: run instances only on joined agents
   --node-lease DURATION with --server: a node not heard from for this long is Lost
                         (default 4s)
@@ -82,6 +84,7 @@ struct Args {
   std::map<std::string, std::string> capacity;
   std::vector<std::string> data_paths;
   std::size_t max_connections = 1024;
+  int probe_port = 0;  // -1: off
   fs::path data_dir;
   std::string host = "127.0.0.1";
   unsigned short port = 7070;
@@ -164,6 +167,20 @@ Args parse_args(int argc, char** argv) {
           usage_error("--data-paths: \"" + path + "\" is not an absolute path");
         }
         args.data_paths.push_back(path);
+      }
+    } else if (a == "--probe-port") {
+      const std::string v = value();
+      if (v == "off") {
+        args.probe_port = -1;
+      } else {
+        try {
+          std::size_t used = 0;
+          const int n = std::stoi(v, &used);
+          if (used != v.size() || n < 0 || n > 65535) throw 0;
+          args.probe_port = n;
+        } catch (...) {
+          usage_error("--probe-port: expected a port (0-65535) or off, got " + v);
+        }
       }
     } else if (a == "--max-connections") {
       const std::string v = value();
@@ -296,6 +313,8 @@ int run_joined(const Args& args, const std::shared_ptr<spdlog::logger>& logger,
     options.server = args.join;
     options.token = args.token;
     options.logger = logger;
+    options.probe = args.probe_port >= 0;
+    options.probe_port = static_cast<std::uint16_t>(std::max(args.probe_port, 0));
     joiner = std::make_unique<blixard::agent::Joiner>(node, options);
   } catch (const std::exception& e) {
     std::cerr << "blixard-agent: error: " << e.what() << "\n";

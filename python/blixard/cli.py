@@ -1175,6 +1175,9 @@ def node_get(c: Ctx, name, output) -> None:
     click.echo(f"{'Data:':<11}{', '.join(n.get('spec', {}).get('dataPaths', [])) or '-'}")
     rtt = st.get("rttUs")
     click.echo(f"{'RTT:':<11}{'%.2f ms' % (int(rtt) / 1000) if rtt else '-'} (to this server)")
+    peers = st.get("peerRttUs", {})
+    click.echo(f"{'Peers:':<11}" + (", ".join(f"{p} {int(us) / 1000:.2f} ms"
+                                              for p, us in sorted(peers.items())) or "-"))
     click.echo(f"{'Epoch:':<11}{_int(st.get('epoch'))}")
     click.echo(f"{'Changed:':<11}{st.get('lastHeartbeat', '-')} ({st.get('message') or '-'})")
 

@@ -17,6 +17,7 @@
 #include <boost/beast/http/field.hpp>
 #include <boost/beast/websocket.hpp>
 
+#include "agent/probe.hpp"
 #include "agent/session.hpp"
 #include "blixard/error.hpp"
 #include "blixard/version.hpp"
@@ -59,6 +60,30 @@ struct Joiner::Impl {
   std::condition_variable wake;
   bool stopping = false;
   std::shared_ptr<FrameSocket> socket;
+  // Times round trips to the peers the server names, and answers theirs.
+  std::unique_ptr<LatencyProbe> probe;
+
+  // Probes the peers a Peers frame names; their round trips go up on `weak`.
+  void measure_peers(const v1::Peers& peers, const std::weak_ptr<FrameSocket>& weak) {
+    if (!probe) return;
+    std::vector<LatencyProbe::Peer> targets;
+    for (const auto& p : peers.peers()) {
+      if (p.probe_port() > 0 && p.probe_port() <= 65535) {
+        targets.push_back({p.node(), p.address(), static_cast<std::uint16_t>(p.probe_port())});
+      }
+    }
+    probe->measure(std::move(targets), [weak](const std::vector<LatencyProbe::RoundTrip>& trips) {
+      auto s = weak.lock();
+      if (!s || trips.empty()) return;
+      v1::AgentFrame f;
+      for (const auto& t : trips) {
+        auto& out = *f.mutable_peer_round_trips()->add_peers();
+        out.set_node(t.node);
+        out.set_rtt_us(t.rtt.count());
+      }
+      s->send(f);
+    });
+  }
 
   // One connection, from dial to its end. Returns why it ended; true in `joined` once welcomed.
   std::string serve_once(bool& joined) {
@@ -90,7 +115,8 @@ struct Joiner::Impl {
                                              });
     auto heartbeat = std::make_shared<std::atomic<std::int64_t>>(0);
     auto refused = std::make_shared<std::string>();
-    s->start({[session, heartbeat, refused, this](v1::AgentFrame& f) {
+    s->start({[session, heartbeat, refused, weak = std::weak_ptr(s), this](v1::AgentFrame& f) {
+                if (f.has_peers()) return measure_peers(f.peers(), weak);
                 if (f.has_welcome()) {
                   heartbeat->store(std::max<std::int64_t>(50, f.welcome().heartbeat_ms()));
                   options.logger->info("joined as {} (epoch {})", node->name(),
@@ -106,7 +132,9 @@ struct Joiner::Impl {
       socket = s;
       if (stopping) s->close("the agent is stopping");
     }
-    s->send(session->hello(std::string(version())));
+    auto hello = session->hello(std::string(version()));
+    if (probe) hello.mutable_hello()->mutable_spec()->set_probe_port(probe->port());
+    s->send(hello);
     std::uint64_t sequence = 0;
     for (;;) {
       const auto every = heartbeat->load();
@@ -144,11 +172,16 @@ Joiner::Joiner(std::shared_ptr<LocalNode> node, JoinOptions options)
   }
   impl_->host = address.substr(0, colon);
   impl_->port = address.substr(colon + 1);
+  if (impl_->options.probe) {
+    impl_->probe =
+        std::make_unique<LatencyProbe>(impl_->io.get_executor(), impl_->options.probe_port);
+  }
   for (int i = 0; i < 2; ++i) impl_->threads.emplace_back([this] { impl_->io.run(); });
 }
 
 Joiner::~Joiner() {
   stop();
+  if (impl_->probe) impl_->probe->close();
   impl_->guard.reset();
   impl_->io.stop();
   for (auto& t : impl_->threads) t.join();

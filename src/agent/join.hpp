@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -24,6 +25,10 @@ struct JoinOptions {
   std::string server;
   std::string token;
   std::chrono::milliseconds max_backoff{5000};
+  // The UDP port other agents time their round trips to (0: one the system picks); `probe`
+  // false: none (the scheduler then knows this node's distance to the server only).
+  bool probe = true;
+  std::uint16_t probe_port = 0;
   std::shared_ptr<spdlog::logger> logger;
 };
 

@@ -11,6 +11,10 @@
 namespace blixard::api {
 namespace {
 
+// How many peers an agent times at once, and every how many pings it is told which.
+constexpr std::size_t k_probe_peers = 16;
+constexpr int k_peers_every = 10;
+
 // A name a node may have: what a hostname may be, so it reads well in `node list` and logs.
 bool valid_node_name(const std::string& name) {
   if (name.empty() || name.size() > 63) return false;
@@ -57,7 +61,27 @@ class AgentConnection : public std::enable_shared_from_this<AgentConnection> {
     nodes_->heard(node_->name());
     if (frame.has_hello()) return refuse(errc::invalid_spec, "a second hello");
     if (frame.has_pong()) return on_pong(frame.pong());
+    if (frame.has_peer_round_trips()) {
+      for (const auto& p : frame.peer_round_trips().peers()) {
+        if (p.rtt_us() > 0) {
+          nodes_->peer_measured(node_->name(), p.node(), std::chrono::microseconds(p.rtt_us()));
+        }
+      }
+      return;
+    }
     node_->receive(frame);
+  }
+
+  // Names a few other nodes for the agent to time its round trips to.
+  void send_peers() {
+    v1::AgentFrame f;
+    for (auto& t : nodes_->probe_targets(node_->name(), k_probe_peers)) {
+      auto& p = *f.mutable_peers()->add_peers();
+      p.set_node(std::move(t.node));
+      p.set_address(std::move(t.address));
+      p.set_probe_port(t.probe_port);
+    }
+    if (f.peers().peers_size() > 0) socket_->send(f);
   }
 
   static std::int64_t now_us() {
@@ -72,6 +96,8 @@ class AgentConnection : public std::enable_shared_from_this<AgentConnection> {
     v1::AgentFrame f;
     f.mutable_ping()->set_sent_us(now_us());
     if (!socket_->send(f)) return;
+    // Peers to time: soon after the join, then every k_peers_every pings.
+    if (pings_ % k_peers_every == 3) send_peers();
     ping_timer_.expires_after(++pings_ <= 3 ? std::chrono::milliseconds(100)
                                             : nodes_->options().heartbeat);
     ping_timer_.async_wait([self = shared_from_this()](boost::system::error_code ec) {

@@ -257,6 +257,9 @@ class Session : public std::enable_shared_from_this<Session> {
   Session(tcp::socket&& socket, Core& server, IoContext& context)
       : server_(server), context_(context), stream_(std::move(socket)) {
     ++server_.open_connections;
+    boost::system::error_code ec;
+    const auto peer = stream_.socket().remote_endpoint(ec);
+    if (!ec) peer_address_ = peer.address().to_string();
   }
   ~Session() {
     release_reserved();
@@ -553,6 +556,10 @@ class Session : public std::enable_shared_from_this<Session> {
    public:
     Caller(std::weak_ptr<Session> session, std::uint64_t generation)
         : session_(std::move(session)), generation_(generation) {}
+    std::string address() const override {
+      auto session = session_.lock();
+      return session ? session->peer_address_ : std::string();
+    }
     void watch() override {
       auto session = session_.lock();
       if (!session) return hung_up();
@@ -836,6 +843,7 @@ class Session : public std::enable_shared_from_this<Session> {
   beast::tcp_stream stream_;
   // Bounded, so a connection holds at most this much before its head is judged.
   beast::flat_buffer buffer_{k_max_header + (16 << 10)};
+  std::string peer_address_;  // the client's IP address (cold starts prefer nodes near it)
   std::optional<http::request_parser<http::string_body>> parser_;
   std::string head_, body_;  // the response being written
   bool close_after_write_ = false;

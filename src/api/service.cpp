@@ -460,6 +460,10 @@ void Service::fill_status(v1::Node& node) {
   if (auto rtt = nodes_->round_trip(node.metadata().name())) {
     node.mutable_status()->set_rtt_us(rtt->count());
   }
+  auto& peers = *node.mutable_status()->mutable_peer_rtt_us();
+  for (const auto& [peer, rtt] : nodes_->peer_round_trips(node.metadata().name())) {
+    peers[peer] = rtt.count();
+  }
 }
 
 v1::Node Service::change_node(const std::string& name, NodeAction action) {

@@ -479,7 +479,8 @@ runtime::InvocationResult FunctionPools::run_placed(std::int64_t version,
   const bool cold = p.cold;
   if (p.starter) {
     start_slot(function, slot, p.spec,
-               data_path_of(inv.payload, p.spec.placement().data_path_from()));
+               data_path_of(inv.payload, p.spec.placement().data_path_from()),
+               inv.caller ? inv.caller->address() : std::string());
   } else if (cold) {
     std::unique_lock lock(mutex_);
     changed_.wait(lock, [&] { return slot->phase != Slot::Phase::starting; });
@@ -680,7 +681,8 @@ void FunctionPools::background_done() {
 }
 
 void FunctionPools::start_slot(const std::string& function, const std::shared_ptr<Slot>& slot,
-                               const v1::FunctionSpec& spec, const std::string& data_path) {
+                               const v1::FunctionSpec& spec, const std::string& data_path,
+                               const std::string& caller_address) {
   runtime::InstanceOptions options;
   options.function = function;
   options.spec = spec;
@@ -696,6 +698,7 @@ void FunctionPools::start_slot(const std::string& function, const std::shared_pt
     request.function = function;
     request.spec = &spec;
     request.data_path = data_path;
+    request.caller_address = caller_address;
     {
       // One placement at a time, from counting the function's instances per node to recording
       // where this one goes: concurrent cold starts each see the others (spreadAcross).

@@ -170,10 +170,12 @@ class FunctionPools {
   void end_slot(Slot& slot);
   InstanceObserver observer_;
   void apply_spec(Pool& pool, std::int64_t version, const v1::FunctionSpec& spec);
-  // Starts the instance of a slot in phase Starting; mutex_ is not held. `data_path`: the input
-  // path of the call it starts for (placement prefers a node holding it).
+  // Starts the instance of a slot in phase Starting; mutex_ is not held. `data_path` and
+  // `caller_address`: the input path and the origin of the call it starts for (placement prefers
+  // a node holding the one and near the other).
   void start_slot(const std::string& function, const std::shared_ptr<Slot>& slot,
-                  const v1::FunctionSpec& spec, const std::string& data_path = {});
+                  const v1::FunctionSpec& spec, const std::string& data_path = {},
+                  const std::string& caller_address = {});
   void start_in_background(Pool& pool, std::uint32_t count);
   void on_instance_exit(const std::string& function, const std::weak_ptr<Slot>& slot,
                         const runtime::InstanceExit& exit);

@@ -13,8 +13,10 @@
 namespace blixard::control {
 
 using Clock = std::chrono::steady_clock;
-// A node's latency is the least of this many recent round trips (one a heartbeat interval).
+// A node's latency is the least of this many recent round trips (one a heartbeat interval),
+// known once there are k_round_trip_samples_needed of them (about 3 s after a join).
 constexpr std::size_t k_round_trip_samples = 10;
+constexpr std::size_t k_round_trip_samples_needed = 5;
 
 NodeRegistry::NodeRegistry(std::shared_ptr<store::Store> store, NodeRegistryOptions options)
     : store_(std::move(store)), options_(options) {
@@ -84,6 +86,16 @@ std::int64_t NodeRegistry::join(std::shared_ptr<Node> node, bool in_process) {
   if (auto it = stored_.find(name); it != stored_.end()) {
     last = std::max(last, it->second.status().epoch());
   }
+  // Calls from an agent's address come from its node. (Calls from the server's own machine are
+  // the server's: its own node is at no distance from it, the others at their round trips.)
+  if (!in_process) {
+    if (auto address = node->describe().address(); !address.empty()) {
+      auto [first, last] = by_address_.equal_range(address);
+      if (std::none_of(first, last, [&](const auto& kv) { return kv.second == name; })) {
+        by_address_.emplace(address, name);
+      }
+    }
+  }
   e.node = std::move(node);
   e.in_process = in_process;
   e.epoch = last + 1;
@@ -112,6 +124,9 @@ void NodeRegistry::measured(const std::string& name, std::chrono::microseconds r
   samples.push_back(std::clamp(round_trip, std::chrono::microseconds(0),
                                std::chrono::microseconds(std::chrono::minutes(1))));
   if (samples.size() > k_round_trip_samples) samples.pop_front();
+  // Too few samples may all have met a busy moment: until there are enough the node counts as
+  // near (unmeasured), as it did when it joined.
+  if (samples.size() < k_round_trip_samples_needed) return;
   it->second.round_trip = *std::min_element(samples.begin(), samples.end());
   index_.set_server_latency(it->second.id,
                             static_cast<std::uint32_t>(it->second.round_trip->count()));
@@ -121,6 +136,44 @@ std::optional<std::chrono::microseconds> NodeRegistry::round_trip(const std::str
   std::lock_guard lock(mutex_);
   auto it = nodes_.find(name);
   return it == nodes_.end() ? std::nullopt : it->second.round_trip;
+}
+
+std::vector<ProbeTarget> NodeRegistry::probe_targets(const std::string& name, std::size_t max) {
+  std::lock_guard lock(mutex_);
+  std::vector<ProbeTarget> all;
+  for (const auto& [peer, e] : nodes_) {
+    if (peer == name || !e.node || e.phase != "Ready") continue;
+    const auto spec = e.node->describe();
+    if (spec.probe_port() == 0 || spec.address().empty()) continue;
+    all.push_back({peer, spec.address(), spec.probe_port()});
+  }
+  if (all.size() <= max) return all;
+  std::vector<ProbeTarget> some;
+  for (std::size_t i = 0; i < max; ++i) some.push_back(all[(probe_cursor_ + i) % all.size()]);
+  probe_cursor_ += max;
+  return some;
+}
+
+void NodeRegistry::peer_measured(const std::string& name, const std::string& peer,
+                                 std::chrono::microseconds round_trip) {
+  std::lock_guard lock(mutex_);
+  auto a = nodes_.find(name);
+  auto b = nodes_.find(peer);
+  if (a == nodes_.end() || b == nodes_.end() || a == b || !a->second.node || !b->second.node) {
+    return;
+  }
+  round_trip = std::clamp(round_trip, std::chrono::microseconds(1),
+                          std::chrono::microseconds(std::chrono::minutes(1)));
+  a->second.peers[peer] = round_trip;
+  b->second.peers[name] = round_trip;
+  index_.set_latency(a->second.id, b->second.id, static_cast<std::uint32_t>(round_trip.count()));
+}
+
+std::map<std::string, std::chrono::microseconds> NodeRegistry::peer_round_trips(
+    const std::string& name) const {
+  std::lock_guard lock(mutex_);
+  auto it = nodes_.find(name);
+  return it == nodes_.end() ? std::map<std::string, std::chrono::microseconds>{} : it->second.peers;
 }
 
 void NodeRegistry::disconnected(const std::shared_ptr<Node>& node, const std::string& why) {
@@ -164,7 +217,11 @@ Placed NodeRegistry::place(const PlacementRequest& request) {
   if (closed_) throw Error(errc::unavailable, "the server is shutting down");
   auto req = request.spec != nullptr ? sched::request_from(*request.spec) : sched::Request{};
   req.data_path = request.data_path;
-  req.from_server = true;  // the calls this instance serves come through this server
+  if (const auto* caller = caller_node(request.caller_address)) {
+    req.caller = caller->id;
+  } else {
+    req.from_server = true;  // the calls this instance serves come through this server
+  }
   for (const auto& [name, count] : request.instances_per_node) {
     if (auto id = index_.find(name)) req.group.emplace_back(*id, count);
   }
@@ -179,6 +236,20 @@ Placed NodeRegistry::place(const PlacementRequest& request) {
   std::string reasons;
   for (const auto& r : decision.reasons) reasons += (reasons.empty() ? "" : ", ") + r;
   return {e.node, e.epoch, reasons, req.resources()};
+}
+
+const NodeRegistry::Entry* NodeRegistry::caller_node(const std::string& address) const {
+  if (address.empty()) return nullptr;
+  const Entry* found = nullptr;
+  auto [first, last] = by_address_.equal_range(address);
+  for (auto it = first; it != last; ++it) {
+    auto e = nodes_.find(it->second);
+    if (e == nodes_.end() || !e->second.node) continue;
+    // Several nodes behind one address (a NAT, a proxy): which one called is not known.
+    if (found != nullptr) return nullptr;
+    found = &e->second;
+  }
+  return found;
 }
 
 void NodeRegistry::release(const std::string& node, sched::Resources reserved) {

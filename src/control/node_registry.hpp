@@ -50,6 +50,16 @@ struct PlacementRequest {
   // The input path of the call that needs the instance (its event's placement.dataPathFrom
   // field): nodes holding it score higher.
   std::string data_path;
+  // Where the call came from (an IP address): when it is a node's, that node is the caller and
+  // nodes nearer it score higher; otherwise the server is, and nodes nearer it do.
+  std::string caller_address;
+};
+
+// A node another one may time its round trips to (its agent's probe).
+struct ProbeTarget {
+  std::string node;
+  std::string address;
+  std::uint32_t probe_port = 0;
 };
 
 // A placement: the node, the epoch to assign under, why it was chosen ("gpu=available, holds
@@ -80,6 +90,14 @@ class NodeRegistry {
   void measured(const std::string& name, std::chrono::microseconds round_trip);
   // The last round trip measured to the node (0 for an in-process node; nullopt if none yet).
   std::optional<std::chrono::microseconds> round_trip(const std::string& name) const;
+  // Up to `max` other connected nodes with a probe for `name`'s agent to time (a different few
+  // each time when there are more).
+  std::vector<ProbeTarget> probe_targets(const std::string& name, std::size_t max);
+  // `name`'s agent measured a round trip to `peer`'s.
+  void peer_measured(const std::string& name, const std::string& peer,
+                     std::chrono::microseconds round_trip);
+  // What other agents measured to the node, by their names.
+  std::map<std::string, std::chrono::microseconds> peer_round_trips(const std::string& name) const;
   // The node's channel is gone (`node` is the one that joined; a newer join is left alone): its
   // instances are given up now; it is NotReady until its lease lapses, then Lost.
   void disconnected(const std::shared_ptr<Node>& node, const std::string& why);
@@ -113,7 +131,11 @@ class NodeRegistry {
     // a busy moment adds to one sample.
     std::optional<std::chrono::microseconds> round_trip;
     std::deque<std::chrono::microseconds> round_trips;
+    std::map<std::string, std::chrono::microseconds> peers;  // measured by (or to) each peer
   };
+  // The connected node a call from `address` came from (mutex_ held): the one agent's node with
+  // that address; null when none or several (the call is then the server's).
+  const Entry* caller_node(const std::string& address) const;
   // Keeps the scheduler's index in step with an entry (mutex_ held).
   void index(const std::string& name, Entry& entry);
   // Stores the node's object with its phase (and the spec from `entry.node` when connected).
@@ -130,6 +152,9 @@ class NodeRegistry {
   // Last stored description per node, so a phase change keeps its spec after it disconnected.
   std::map<std::string, v1::Node> stored_;
   bool closed_ = false;
+  std::size_t probe_cursor_ = 0;  // where the next probe_targets() list starts
+  // Node names by the address their agent connected from (several behind a NAT or a proxy).
+  std::multimap<std::string, std::string> by_address_;
   std::thread leases_;
 };
 

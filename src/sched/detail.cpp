@@ -77,12 +77,13 @@ std::int64_t fit_points(const Resources& capacity, const Resources& allocated,
 }
 
 std::int64_t latency_points(std::uint32_t micros) {
-  // Whole milliseconds, rounded up. Round trips within k_near_ms (one host, one LAN) score alike,
-  // so jitter there never outweighs the resource score or a spread; past it the points fall as
-  // the round trip grows (10 ms: half, 50 ms: a tenth). A busy agent answers a ping late by a
-  // few ms: that must not undo a spread over nodes on one LAN.
+  // No network between (the caller's own node) beats any. Round trips within k_near_ms (one
+  // host, one LAN) score alike, so jitter there, or a busy agent answering a ping some ms late,
+  // never outweighs the resource score or a spread; past it the points fall as the round trip
+  // grows (10 ms: half, 50 ms: a tenth).
+  if (micros == 0) return k_latency_points;
   const std::int64_t ms = (std::int64_t{micros} + 999) / 1000;
-  return ms <= k_near_ms ? k_latency_points : k_latency_points * k_near_ms / ms;
+  return ms <= k_near_ms ? k_near_points : k_near_points * k_near_ms / ms;
 }
 
 std::int64_t affinity_points(std::uint64_t matched_weight, std::uint64_t total_weight) {

@@ -140,7 +140,8 @@ Decision place_linear(const Cluster& cluster, const Request& request) {
     if (caller) {
       if (auto us = cluster.latency(*r.caller, id)) score += detail::latency_points(*us);
     } else if (r.from_server) {
-      score += detail::latency_points(cluster.server_latency(id).value_or(0));
+      const auto us = cluster.server_latency(id);
+      score += us ? detail::latency_points(*us) : k_near_points;
     }
     if (score > best) {
       best = score;

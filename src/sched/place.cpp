@@ -323,9 +323,10 @@ Decision place(const Cluster& cluster, const Request& request) {
       }
     }
   } else if (r.from_server) {
-    // A node not measured yet (it joined a moment ago) is not taken to be far.
+    // A node not measured yet (it joined a moment ago) is taken as near, not far.
     for (std::size_t i = 0; i < ids.size(); ++i) {
-      score[i] += detail::latency_points(cluster.slots_[ids[i]].server_latency.value_or(0));
+      const auto& us = cluster.slots_[ids[i]].server_latency;
+      score[i] += us ? detail::latency_points(*us) : k_near_points;
     }
   }
 

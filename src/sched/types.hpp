@@ -131,16 +131,18 @@ struct Decision {
 // Score scale (a sum; higher wins, ties go to the lowest node id), in units of k_score_unit
 // (10,000: the resource score counts basis points, so spreading small instances over large nodes
 // sees every instance):
-//   resources     0..1x   binpack: the share of the node allocated after placement; spread: 1x
-//                         minus that (memory and vcpu averaged)
-//   affinity      0..2x   share of the preferred terms' weight that the node matches
-//   data locality 0 | 2x  node holds the request's data path
-//   latency       0..1x   1x within k_near_ms of the caller, else 1x * k_near_ms / the round trip
-//                         in whole ms, rounded up; the caller's node is 1x
+//   resources     0..1x    binpack: the share of the node allocated after placement; spread: 1x
+//                          minus that (memory and vcpu averaged)
+//   affinity      0..2x    share of the preferred terms' weight that the node matches
+//   data locality 0 | 2x   node holds the request's data path
+//   latency       0..1x    the caller's own node (no network between): 1x; within k_near_ms of
+//                          the caller, or not measured yet: 0.9x; farther: 0.9x * k_near_ms / the
+//                          round trip in whole ms, rounded up
 inline constexpr std::int64_t k_score_unit = 10'000;
 inline constexpr std::int64_t k_affinity_points = 2 * k_score_unit;
 inline constexpr std::int64_t k_locality_points = 2 * k_score_unit;
 inline constexpr std::int64_t k_latency_points = k_score_unit;
+inline constexpr std::int64_t k_near_points = k_score_unit * 9 / 10;
 inline constexpr std::int64_t k_near_ms = 5;
 
 }  // namespace blixard::sched

@@ -18,10 +18,12 @@
 #include <gtest/gtest.h>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/udp.hpp>
 #include <boost/asio/post.hpp>
 
 #include "agent/code_cache.hpp"
 #include "agent/local_node.hpp"
+#include "agent/probe.hpp"
 #include "agent/session.hpp"
 #include "common/agent_message.hpp"
 #include "common/code_archive.hpp"
@@ -487,9 +489,113 @@ TEST(NodeRegistryLatency, TheLeastOfRecentRoundTripsCounts) {
     nodes.measured("n1", 5ms);
     nodes.measured("n1", 300us);
     nodes.measured("n1", 8ms);
+    nodes.measured("n1", 9ms);
+    EXPECT_FALSE(nodes.round_trip("n1")) << "known from four samples";
+    nodes.measured("n1", 7ms);
     EXPECT_EQ(*nodes.round_trip("n1"), 300us);
     for (int i = 0; i < 10; ++i) nodes.measured("n1", 2ms);
     EXPECT_EQ(*nodes.round_trip("n1"), 2ms);
+    nodes.shutdown();
+  }
+  fs::remove_all(dir);
+}
+
+}  // namespace
+
+namespace {
+
+// Agents time their round trips to each other over UDP probes; only probes get an answer.
+TEST(LatencyProbe, TimesRoundTripsToPeersThatAnswerAndAnswersOnlyProbes) {
+  boost::asio::io_context io;
+  auto guard = boost::asio::make_work_guard(io);
+  std::thread runner([&] { io.run(); });
+  {
+    blixard::agent::LatencyProbe a(io.get_executor()), b(io.get_executor());
+    ASSERT_NE(b.port(), 0);
+    // A port nobody answers on: a socket bound and never read.
+    boost::asio::ip::udp::socket silent(io, {boost::asio::ip::udp::v4(), 0});
+    std::promise<std::vector<blixard::agent::LatencyProbe::RoundTrip>> done;
+    a.measure(
+        {{"b", "127.0.0.1", b.port()},
+         {"silent", "127.0.0.1", silent.local_endpoint().port()},
+         {"bad-address", "not an address", 9}},
+        [&](auto trips) { done.set_value(std::move(trips)); }, 300ms);
+    const auto trips = done.get_future().get();
+    ASSERT_EQ(trips.size(), 1u);
+    EXPECT_EQ(trips[0].node, "b");
+    EXPECT_GT(trips[0].rtt.count(), 0);
+    EXPECT_LT(trips[0].rtt, 300ms);
+
+    // Anything but a 16-byte probe question goes unanswered.
+    boost::asio::ip::udp::socket client(io, {boost::asio::ip::udp::v4(), 0});
+    const boost::asio::ip::udp::endpoint to(boost::asio::ip::make_address("127.0.0.1"), b.port());
+    for (const std::string& junk :
+         {std::string("BLXPA\0\0\0\0\0\0\0\0\0\0\0", 16), std::string(16, 'x'),
+          std::string("BLXPQ") + std::string(30, 0)}) {
+      client.send_to(boost::asio::buffer(junk), to);
+    }
+    timeval wait{0, 300'000};
+    ::setsockopt(client.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
+    char reply[64];
+    EXPECT_LT(::recv(client.native_handle(), reply, sizeof reply, 0), 0) << "junk was answered";
+    // A question is answered with itself, marked as an answer.
+    client.send_to(boost::asio::buffer(std::string("BLXPQ\0\0\0\0\0\0\0\0\0\0\1", 16)), to);
+    ASSERT_EQ(::recv(client.native_handle(), reply, sizeof reply, 0), 16);
+    EXPECT_EQ(std::string(reply, 16), std::string("BLXPA\0\0\0\0\0\0\0\0\0\0\1", 16));
+    a.close();
+    b.close();
+  }
+  guard.reset();
+  runner.join();
+}
+
+// The caller's node is known by the address a call came from: its own node first, then the nodes
+// its agent measured nearest; a call from anywhere else is the server's.
+TEST(NodeRegistryLatency, ACallFromANodesAddressPrefersThatNodeThenItsNearPeers) {
+  const fs::path dir =
+      fs::temp_directory_path() / ("blixard-caller-test-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  {
+    blixard::control::NodeRegistry nodes(blixard::store::open_sqlite((dir / "s.db").string()));
+    auto remote = [](const std::string& name, const std::string& address) {
+      v1::NodeSpec spec;
+      spec.set_address(address);
+      spec.set_memory_mib(4096);
+      spec.set_vcpu(4);
+      spec.set_probe_port(7000);
+      control::RemoteNode::Link link;
+      link.send = [](const v1::AgentFrame&) { return true; };
+      return std::make_shared<control::RemoteNode>(name, spec, link);
+    };
+    for (const auto& [name, address] :
+         {std::pair{"a", "10.9.0.1"}, std::pair{"b", "10.9.0.2"}, std::pair{"c", "10.9.0.3"}}) {
+      nodes.join(remote(name, address), /*in_process=*/false);
+    }
+    nodes.peer_measured("a", "b", 40ms);
+    nodes.peer_measured("a", "c", 300us);
+    EXPECT_EQ(nodes.peer_round_trips("c").at("a"), 300us);
+    EXPECT_EQ(nodes.probe_targets("a", 16).size(), 2u);
+    EXPECT_EQ(nodes.probe_targets("a", 1).size(), 1u);
+
+    v1::FunctionSpec spec;
+    spec.set_memory_mib(64);
+    control::PlacementRequest request{"fn", &spec, {}, {}, "10.9.0.1"};
+    auto placed = nodes.place(request);
+    EXPECT_EQ(placed.node->name(), "a");
+    EXPECT_THAT(placed.reasons, HasSubstr("on the caller's node"));
+    nodes.cordon("a", true);
+    placed = nodes.place(request);
+    EXPECT_EQ(placed.node->name(), "c");
+    EXPECT_THAT(placed.reasons, HasSubstr("0.3 ms from caller"));
+    // Two nodes behind one address (a NAT): which one called is not known, the server is.
+    nodes.join(remote("d", "10.9.0.4"), false);
+    nodes.join(remote("e", "10.9.0.4"), false);
+    request.caller_address = "10.9.0.4";
+    EXPECT_THAT(nodes.place(request).reasons, ::testing::Not(HasSubstr("caller")));
+    request.caller_address = "192.0.2.7";  // no node's: the server is the caller
+    placed = nodes.place(request);
+    EXPECT_EQ(placed.node->name(), "c") << "binpack: the fullest of equals";
+    EXPECT_THAT(placed.reasons, ::testing::Not(HasSubstr("caller"))) << "none measured to it";
     nodes.shutdown();
   }
   fs::remove_all(dir);

@@ -9,6 +9,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -368,3 +370,30 @@ def test_a_100_mb_body_is_refused_without_the_server_growing_by_it(cluster):
     grown = _rss_kib(cluster.server.pid) - before
     assert grown < 32 * 1024, f"the server grew by {grown} KiB"
     assert cluster.client().functions() == []
+
+
+def test_agents_time_each_other_and_a_call_from_a_node_lands_on_it(cluster, code):
+    for name in ("node1", "node2", "node3"):
+        cluster.start_agent(name, {"zone": "az1"})
+    # Each agent times its round trips to the others over UDP probes (soon after it joins).
+    def peers_measured():
+        nodes = cluster.nodes()
+        return all(set(nodes[n]["status"].get("peerRttUs", {})) == {"node1", "node2", "node3"} - {n}
+                   for n in nodes)
+    poll(peers_measured, timeout=20)
+    rtts = [int(v) for n in cluster.nodes().values() for v in n["status"]["peerRttUs"].values()]
+    assert all(0 < v < 5_000_000 for v in rtts), rtts
+
+    # A client in node2's network namespace: the server knows the call comes from node2, and
+    # the cold start lands there ("on the caller's node"), though node1 would win a tie.
+    c = cluster.client()
+    create(c, "local-first", code)
+    script = ("import sys, blixard\n"
+              "c = blixard.connect(sys.argv[1], token=sys.argv[2])\n"
+              "print(c.function('local-first').invoke_raw('{}').node)\n")
+    out = subprocess.run(
+        ["ip", "netns", "exec", cluster.agents["node2"].netns, sys.executable, "-c", script,
+         cluster.address, cluster.token], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "node2"
+    assert "on the caller's node" in placement(c, "local-first")

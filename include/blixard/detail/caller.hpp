@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <memory>
+#include <string>
 
 namespace blixard::detail {
 
@@ -15,6 +16,8 @@ class Caller {
   virtual void watch() = 0;
   // The caller hung up (noticed since watch()).
   bool gone() const { return gone_.load(std::memory_order_relaxed); }
+  // Where the call came from (an IP address), when known: a cold start prefers nodes near it.
+  virtual std::string address() const { return {}; }
 
  protected:
   void hung_up() { gone_.store(true, std::memory_order_relaxed); }
