@@ -23,6 +23,12 @@ const fs::path& work() {
   static const fs::path dir = [] {
     auto d = fs::temp_directory_path() / ("blixard-code-fuzz-" + std::to_string(::getpid()));
     fs::create_directories(d / "outside");
+    // libFuzzer ends with exit(): the directory goes then.
+    std::atexit([] {
+      std::error_code ec;
+      fs::remove_all(
+          fs::temp_directory_path() / ("blixard-code-fuzz-" + std::to_string(::getpid())), ec);
+    });
     return d;
   }();
   return dir;

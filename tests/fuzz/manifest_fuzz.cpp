@@ -21,6 +21,13 @@ const std::filesystem::path& manifest_path() {
     const auto dir = std::filesystem::temp_directory_path() /
                      ("blixard-manifest-fuzz-" + std::to_string(::getpid()));
     std::filesystem::create_directories(dir);
+    // libFuzzer ends with exit(): the directory goes then.
+    std::atexit([] {
+      std::error_code ec;
+      std::filesystem::remove_all(std::filesystem::temp_directory_path() /
+                                      ("blixard-manifest-fuzz-" + std::to_string(::getpid())),
+                                  ec);
+    });
     return dir / "manifest.yaml";
   }();
   return path;
