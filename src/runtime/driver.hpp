@@ -14,6 +14,7 @@
 #include <boost/asio/any_io_executor.hpp>
 
 #include "runtime/instance.hpp"
+#include "runtime/replica.hpp"
 
 namespace blixard::runtime {
 
@@ -27,6 +28,12 @@ class Driver {
   virtual std::shared_ptr<Instance> start(const InstanceOptions& options) = 0;
   // One invocation on a fresh instance (start, call, stop): a cold start every time.
   virtual InvocationResult invoke(const Invocation& invocation) = 0;
+  // Starts a VM replica (runtime/replica.hpp) and returns once it is ready. Throws as start()
+  // does; Error(unavailable) from a driver that runs no VMs.
+  virtual std::shared_ptr<Replica> start_replica(const ReplicaOptions& options) {
+    throw Error(errc::unavailable,
+                "the " + name() + " driver runs no VM replica (" + options.name + ")");
+  }
   // Kills every instance this driver started; later starts fail with unavailable.
   virtual void shutdown() = 0;
 };

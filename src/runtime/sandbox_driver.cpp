@@ -40,6 +40,8 @@
 #include "runtime/driver.hpp"
 #include "runtime/embedded.hpp"
 #include "runtime/frame.hpp"
+#include "runtime/process.hpp"
+#include "runtime/sandbox_replica.hpp"
 #include "runtime/spawn.hpp"
 #include "runtime/zygote.hpp"
 
@@ -77,36 +79,6 @@ constexpr std::chrono::seconds k_zygote_restart_gap{5};
 constexpr const char* k_confine_library = "libblixard-confine.so";
 constexpr const char* k_seccomp_filter = "seccomp.bpf";
 
-class UniqueFd {
- public:
-  UniqueFd() = default;
-  explicit UniqueFd(int fd) : fd_(fd) {}
-  UniqueFd(UniqueFd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
-  UniqueFd& operator=(UniqueFd&& o) noexcept {
-    reset(std::exchange(o.fd_, -1));
-    return *this;
-  }
-  ~UniqueFd() { reset(); }
-  int get() const noexcept { return fd_; }
-  void reset(int fd = -1) noexcept {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = fd;
-  }
-
- private:
-  int fd_ = -1;
-};
-
-std::pair<UniqueFd, UniqueFd> make_pipe() {
-  int fds[2];
-  if (::pipe2(fds, O_CLOEXEC) != 0) {
-    throw Error(errc::unavailable, std::string("pipe: ") + std::strerror(errno));
-  }
-  return {UniqueFd(fds[0]), UniqueFd(fds[1])};
-}
-
-void set_nonblocking(int fd) { ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK); }
-
 std::string format_duration(milliseconds d) {
   if (d.count() % 1000 == 0) return std::to_string(d.count() / 1000) + "s";
   return std::to_string(d.count()) + "ms";
@@ -116,33 +88,6 @@ std::string sanitize(const std::string& name) {
   std::string out;
   for (char c : name) out += (std::isalnum(static_cast<unsigned char>(c)) || c == '-') ? c : '_';
   return out.empty() ? "fn" : out.substr(0, 48);
-}
-
-// `path` with symlinks and ".." resolved. realpath(3) looks each component up once, where
-// std::filesystem::weakly_canonical re-resolves every prefix (0.15 ms of a 4 ms cold start);
-// weakly_canonical remains for a path that does not exist.
-std::string resolved_path(const std::string& path) {
-  if (char* real = ::realpath(path.c_str(), nullptr)) {
-    std::string out(real);
-    std::free(real);  // NOLINT(cppcoreguidelines-no-malloc): realpath's buffer
-    return out;
-  }
-  std::error_code ignored;
-  return fs::weakly_canonical(path, ignored).string();
-}
-
-// A PATH lookup done in the parent (execvpe would allocate between clone and exec).
-std::optional<fs::path> find_executable(const std::string& name) {
-  const char* path = std::getenv("PATH");
-  std::istringstream ss(path != nullptr ? path : "/usr/local/bin:/usr/bin:/bin");
-  for (std::string dir; std::getline(ss, dir, ':');) {
-    if (dir.empty()) dir = ".";
-    fs::path candidate = fs::path(dir) / name;
-    if (::access(candidate.c_str(), X_OK) == 0 && !fs::is_directory(candidate)) {
-      return fs::absolute(candidate);
-    }
-  }
-  return std::nullopt;
 }
 
 milliseconds spec_timeout(const v1::FunctionSpec& spec, milliseconds override_timeout) {
@@ -165,14 +110,6 @@ void check_payload(const Invocation& inv) {
                     " bytes, over the limit of " + std::to_string(limit),
                 "payload");
   }
-}
-
-std::string describe_exit(const siginfo_t& info) {
-  if (info.si_code == CLD_EXITED) return "exited with status " + std::to_string(info.si_status);
-  const char* abbrev = sigabbrev_np(info.si_status);
-  std::string sig =
-      abbrev != nullptr ? std::string("SIG") + abbrev : std::to_string(info.si_status);
-  return "was killed by signal " + std::to_string(info.si_status) + " (" + sig + ")";
 }
 
 // Why the agent ended an instance; decides what its calls in flight are told.
@@ -535,16 +472,46 @@ class SandboxDriver final : public Driver {
     return out;
   }
 
+  std::shared_ptr<Replica> start_replica(const ReplicaOptions& options) override {
+    if (shut_down_) throw Error(errc::unavailable, "the sandbox driver is shut down");
+    const std::uint64_t seq = ++counter_;
+    SandboxReplicaContext context;
+    context.root = options_.work_dir / "instances" /
+                   ("vm-" + sanitize(options.name) + "-" + std::to_string(::getpid()) + "-" +
+                    std::to_string(seq));
+    if (cgroups_.mode() != CgroupManager::Mode::none) context.cgroups = &cgroups_;
+    context.seccomp = &seccomp_;
+    context.uid = static_cast<long>(options_.uid_base + seq % options_.uid_count);
+    context.gid = context.uid;
+    context.namespaces = !namespaces_refused_;
+    {
+      std::lock_guard lock(mutex_);
+      ++threads_;
+    }
+    context.done = [this] { thread_done(nullptr); };
+    auto replica = start_sandbox_replica(options, std::move(context));
+    std::lock_guard lock(mutex_);
+    std::erase_if(replicas_, [](const auto& r) { return r.expired(); });
+    replicas_.push_back(replica);
+    if (shut_down_) replica->kill();
+    return replica;
+  }
+
   void shutdown() override {
     shut_down_ = true;
     std::vector<std::shared_ptr<SandboxInstance>> live;
+    std::vector<std::shared_ptr<Replica>> replicas;
     {
       std::lock_guard lock(mutex_);
       for (auto* in : live_) {
         if (auto p = in->weak_from_this().lock()) live.push_back(std::move(p));
       }
+      for (auto& r : replicas_) {
+        if (auto p = r.lock()) replicas.push_back(std::move(p));
+      }
     }
     for (auto& in : live) in->kill(KillReason::shutdown);
+    for (auto& r : replicas) r->kill();
     // Idle cgroups go now; the killed instances' groups are removed as they exit.
     cgroups_.close();
   }
@@ -866,6 +833,7 @@ class SandboxDriver final : public Driver {
   std::mutex mutex_;
   std::condition_variable drained_;
   std::set<SandboxInstance*> live_;
+  std::vector<std::weak_ptr<Replica>> replicas_;  // VM replicas started, for shutdown()
   std::size_t threads_ = 0;
 };
 

@@ -552,6 +552,196 @@ TEST_F(SandboxTest, ShutdownKillsInFlightInstancesAndRefusesNewCalls) {
   EXPECT_EQ(invoke_error(python_spec("echo:handler"), "{}").code(), errc::unavailable);
 }
 
+// ---- VM replicas (long-lived processes serving their own ports) ----
+
+// A replica that serves HTTP on $PORT and says so on its console; `extra` runs before it serves.
+v1::VmSpec http_replica_spec(const std::string& token, const std::string& extra = "") {
+  v1::VmSpec s;
+  s.add_command(python());
+  s.add_command("-c");
+  s.add_command(extra +
+                "import http.server as h, os, signal, sys\n"
+                "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+                "s = h.HTTPServer(('127.0.0.1', int(os.environ['PORT'])), "
+                "h.SimpleHTTPRequestHandler)\n"
+                "print('serving', os.environ['BLIXARD_REPLICA'], flush=True)\n"
+                "s.serve_forever()\n");
+  s.add_ports(8080);
+  s.set_memory_mib(128);
+  (*s.mutable_env())["TEST_TOKEN"] = token;
+  return s;
+}
+
+struct ReplicaEvents {
+  std::mutex m;
+  std::condition_variable cv;
+  std::vector<std::string> lines;
+  std::optional<ReplicaExit> exit;
+
+  ReplicaOptions options(std::string name, v1::VmSpec spec) {
+    ReplicaOptions o;
+    o.vm = "web";
+    o.name = std::move(name);
+    o.spec = std::move(spec);
+    o.on_log = [this](const std::string&, const std::string& stream, std::string line) {
+      std::lock_guard lock(m);
+      lines.push_back(stream + ": " + line);
+      cv.notify_all();
+    };
+    o.on_exit = [this](const ReplicaExit& e) {
+      std::lock_guard lock(m);
+      exit = e;
+      cv.notify_all();
+    };
+    return o;
+  }
+  bool wait_exit() {
+    std::unique_lock lock(m);
+    return cv.wait_for(lock, std::chrono::seconds(15), [&] { return exit.has_value(); });
+  }
+  bool logged(const std::string& text) {
+    std::unique_lock lock(m);
+    return cv.wait_for(lock, std::chrono::seconds(15), [&] {
+      return std::any_of(lines.begin(), lines.end(),
+                         [&](const auto& l) { return l.find(text) != std::string::npos; });
+    });
+  }
+};
+
+TEST_F(SandboxTest, ReplicaServesItsPortOnAHostPortUntilStopped) {
+  ReplicaEvents events;
+  auto replica = driver_->start_replica(events.options("web-1", http_replica_spec(token_)));
+  ASSERT_TRUE(replica->alive());
+  const auto ports = replica->ports();
+  ASSERT_EQ(ports.size(), 1U);
+  ASSERT_EQ(ports.count(8080), 1U);
+  EXPECT_NE(ports.at(8080), 8080U);  // a host port the driver chose
+  const int fd = test_support::connect_loopback(static_cast<unsigned short>(ports.at(8080)));
+  ASSERT_GE(fd, 0) << "the replica does not accept on its host port";
+  ::close(fd);
+  EXPECT_TRUE(events.logged("stdout: serving web-1"));
+  EXPECT_GT(replica->start_duration().count(), 0);
+  replica->stop(std::chrono::seconds(5));
+  ASSERT_TRUE(events.wait_exit());
+  EXPECT_TRUE(events.exit->requested);
+  EXPECT_EQ(events.exit->replica, "web-1");
+  EXPECT_FALSE(replica->alive());
+  EXPECT_TRUE(eventually([&] { return instances_with(token_) == 0; }));
+}
+
+TEST_F(SandboxTest, ReplicaKilledFromOutsideReportsAnUnrequestedExit) {
+  ReplicaEvents events;
+  auto replica = driver_->start_replica(events.options("web-2", http_replica_spec(token_)));
+  // Something other than the agent kills it (the OOM killer, an operator).
+  for (const auto& entry : fs::directory_iterator("/proc")) {
+    const std::string pid = entry.path().filename();
+    if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
+    if (test_support::read_proc_file(entry.path() / "environ").find(token_) != std::string::npos) {
+      ::kill(std::stoi(pid), SIGKILL);
+    }
+  }
+  ASSERT_TRUE(events.wait_exit());
+  EXPECT_FALSE(events.exit->requested);
+  EXPECT_THAT(events.exit->reason, ::testing::HasSubstr("SIGKILL"));
+  EXPECT_FALSE(replica->alive());
+}
+
+TEST_F(SandboxTest, ReplicaThatExitsBeforeReadyFailsWithItsConsoleTail) {
+  ReplicaEvents events;
+  try {
+    driver_->start_replica(events.options(
+        "web-3", http_replica_spec(token_,
+                                   "import sys\nprint('no config for you', flush=True)\n"
+                                   "sys.exit(3)\n")));
+    FAIL() << "a replica that exits at once started";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), errc::handler_failed);
+    EXPECT_THAT(e.what(), ::testing::HasSubstr("exited with status 3"));
+    EXPECT_THAT(e.what(), ::testing::HasSubstr("no config for you"));
+  }
+  EXPECT_FALSE(events.exit.has_value());  // a failed start is the caller's error, not an exit
+}
+
+TEST_F(SandboxTest, ReplicaWithoutACommandIsInvalidSpecNamingTheField) {
+  ReplicaEvents events;
+  v1::VmSpec spec;
+  spec.add_ports(80);
+  try {
+    driver_->start_replica(events.options("web-4", spec));
+    FAIL() << "started a replica with no command";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), errc::invalid_spec);
+    EXPECT_EQ(e.field(), "command");
+  }
+  spec.add_command("no-such-program-anywhere");
+  try {
+    driver_->start_replica(events.options("web-4", spec));
+    FAIL() << "started a replica whose command does not exist";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), errc::invalid_spec);
+    EXPECT_THAT(e.what(), ::testing::HasSubstr("no-such-program-anywhere"));
+  }
+}
+
+TEST_F(SandboxTest, ReplicaIsConfinedLikeAnInstance) {
+  // It cannot write outside its scratch, sees only its own processes, and is no host root.
+  ReplicaEvents events;
+  auto replica = driver_->start_replica(events.options(
+      "web-5",
+      http_replica_spec(token_,
+                        "import os, sys\n"
+                        "try:\n  open('/etc/blixard-escape', 'w'); print('WROTE', flush=True)\n"
+                        "except OSError as e: print('etc refused', flush=True)\n"
+                        "print('pids', len([p for p in os.listdir('/proc') "
+                        "if p.isdigit()]), flush=True)\n")));
+  EXPECT_TRUE(events.logged("etc refused"));
+  EXPECT_TRUE(events.logged("pids 1"));
+  {
+    std::lock_guard lock(events.m);
+    for (const auto& l : events.lines)
+      EXPECT_THAT(l, ::testing::Not(::testing::HasSubstr("WROTE")));
+  }
+  EXPECT_FALSE(fs::exists("/etc/blixard-escape"));
+  if (::geteuid() == 0) {
+    // Its host uid (the second field of Uid: effective) is one of the driver's, not 0.
+    int found = 0;
+    for (const auto& entry : fs::directory_iterator("/proc")) {
+      const std::string pid = entry.path().filename();
+      if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
+      const auto environ = test_support::read_proc_file(entry.path() / "environ");
+      if (environ.find("TEST_TOKEN=" + token_) == std::string::npos) continue;
+      std::ifstream status(entry.path() / "status");
+      for (std::string line; std::getline(status, line);) {
+        if (line.rfind("Uid:", 0) != 0) continue;
+        std::istringstream fields(line.substr(4));
+        long real = -1, effective = -1;
+        fields >> real >> effective;
+        EXPECT_NE(effective, 0) << line;
+        ++found;
+      }
+    }
+    EXPECT_GT(found, 0);
+  }
+  replica->kill();
+  ASSERT_TRUE(events.wait_exit());
+  EXPECT_TRUE(events.exit->requested);
+}
+
+TEST_F(SandboxTest, ShutdownKillsReplicasAndRefusesNewOnes) {
+  ReplicaEvents events;
+  auto replica = driver_->start_replica(events.options("web-6", http_replica_spec(token_)));
+  driver_->shutdown();
+  ASSERT_TRUE(events.wait_exit());
+  EXPECT_TRUE(events.exit->requested);
+  EXPECT_TRUE(eventually([&] { return instances_with(token_) == 0; }));
+  try {
+    driver_->start_replica(events.options("web-7", http_replica_spec(token_)));
+    FAIL() << "a shut-down driver started a replica";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), errc::unavailable);
+  }
+}
+
 // ---- the instance-level API (what warm pools use) ----
 
 TEST_F(SandboxTest, InstanceServesManyCallsMultiplexedAndReportsItsExit) {

@@ -1,0 +1,57 @@
+// The replica contract both sides of a node share (as instance.hpp is for functions): one replica
+// of a VM set (DESIGN §6), a long-lived guest (libvirt driver) or process (sandbox driver). Unlike
+// a function instance it takes no calls from us: it serves its own ports, and we start it, watch it
+// and stop it. The control plane holds replicas through this header only.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "blixard/v1/vm.pb.h"
+
+namespace blixard::runtime {
+
+// How a replica ended, for its exit callback.
+struct ReplicaExit {
+  std::string replica;
+  // Why: "exited with status 3", "was killed by signal 9 (SIGKILL)", "ran out of memory ...".
+  std::string reason;
+  bool requested = false;  // stopped or killed by us
+  bool oom = false;
+};
+
+struct ReplicaOptions {
+  std::string vm;    // the set
+  std::string name;  // the replica, unique on the node ("webapp-2")
+  v1::VmSpec spec;   // validated, defaults applied
+  // Each line the replica writes to its console (stdout/stderr), without its newline; on a
+  // thread of the replica's: must not block for long.
+  std::function<void(const std::string& replica, const std::string& stream, std::string line)>
+      on_log;
+  // Once, when a started replica is gone (whatever the reason).
+  std::function<void(const ReplicaExit&)> on_exit;
+};
+
+class Replica {
+ public:
+  virtual ~Replica() = default;
+  virtual const std::string& name() const = 0;
+  // Started and not known to have ended.
+  virtual bool alive() const = 0;
+  // The replica's declared ports, each with the host port it is reached on.
+  virtual std::map<std::uint32_t, std::uint32_t> ports() const = 0;
+  // How long it took to be ready.
+  virtual std::chrono::microseconds start_duration() const = 0;
+  // A shutdown request (SIGTERM, an ACPI power button), then kill after `grace`; returns once it
+  // is gone. Idempotent. A sandboxed replica is PID 1 of its namespace, where a signal without a
+  // handler is ignored: a workload that should stop cleanly handles SIGTERM (nginx, postgres do).
+  virtual void stop(std::chrono::milliseconds grace) = 0;
+  // At once; its exit is reported as requested.
+  virtual void kill() = 0;
+};
+
+}  // namespace blixard::runtime

@@ -1,0 +1,357 @@
+// VM replicas as sandboxed processes (see sandbox_replica.hpp).
+#include "runtime/sandbox_replica.hpp"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+
+#include "blixard/error.hpp"
+#include "runtime/process.hpp"
+#include "runtime/spawn.hpp"
+
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
+
+namespace blixard::runtime {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+constexpr std::size_t k_log_tail_lines = 20;
+constexpr std::size_t k_max_log_line = 16 * 1024;
+constexpr std::uint64_t k_replica_pids = 1024;
+constexpr std::uint64_t k_max_scratch = 256ULL << 20;
+constexpr milliseconds k_ready_poll{20};
+
+// A TCP port free on every address now (the replica binds it a moment later).
+std::uint32_t free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  socklen_t len = sizeof addr;
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    if (fd >= 0) ::close(fd);
+    throw Error(errc::unavailable,
+                std::string("no free port for a replica: ") + std::strerror(errno));
+  }
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+bool accepts(std::uint32_t port) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<std::uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  const bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  ::close(fd);
+  return ok;
+}
+
+// The directories a program needs beside the system's: its own, and its prefix (a pyenv or venv
+// interpreter lives outside /usr).
+std::vector<std::string> program_dirs(const fs::path& program) {
+  std::vector<std::string> out{program.parent_path().string()};
+  const fs::path real(resolved_path(program.string()));
+  out.push_back(real.parent_path().filename() == "bin" ? real.parent_path().parent_path().string()
+                                                       : real.parent_path().string());
+  return out;
+}
+
+class SandboxReplica final : public Replica, public std::enable_shared_from_this<SandboxReplica> {
+ public:
+  SandboxReplica(ReplicaOptions options, SandboxReplicaContext context)
+      : options_(std::move(options)), context_(std::move(context)) {}
+  ~SandboxReplica() override {
+    std::error_code ec;
+    fs::remove(context_.root, ec);
+  }
+
+  const std::string& name() const override { return options_.name; }
+  bool alive() const override {
+    std::lock_guard lock(mutex_);
+    return state_ == State::ready && !kill_requested_;
+  }
+  std::map<std::uint32_t, std::uint32_t> ports() const override { return ports_; }
+  std::chrono::microseconds start_duration() const override { return started_in_; }
+
+  void stop(milliseconds grace) override {
+    {
+      std::lock_guard lock(mutex_);
+      if (state_ == State::exited) return;
+      requested_ = true;
+    }
+    signal(SIGTERM);
+    std::unique_lock lock(mutex_);
+    if (!changed_.wait_for(lock, grace, [&] { return state_ == State::exited; })) {
+      lock.unlock();
+      kill();
+      lock.lock();
+      changed_.wait(lock, [&] { return state_ == State::exited; });
+    }
+  }
+
+  void kill() override {
+    {
+      std::lock_guard lock(mutex_);
+      if (state_ == State::exited) return;
+      requested_ = kill_requested_ = true;
+    }
+    signal(SIGKILL);
+    if (cgroup_) cgroup_->kill_all();
+  }
+
+  // Spawns, starts the thread, waits until ready. context.done runs once either way: from the
+  // thread, or here when it fails before the thread starts.
+  void start() {
+    try {
+      launch();
+    } catch (...) {
+      if (!thread_started_ && context_.done) context_.done();
+      throw;
+    }
+  }
+
+ private:
+  enum class State { starting, ready, exited };
+
+  void signal(int sig) const { ::syscall(SYS_pidfd_send_signal, pidfd_.get(), sig, nullptr, 0); }
+  void launch();
+  void run();
+  void line(const std::string& stream, std::string text);
+  std::string tail() const;
+
+  ReplicaOptions options_;
+  SandboxReplicaContext context_;
+  std::map<std::uint32_t, std::uint32_t> ports_;
+  std::unique_ptr<InstanceCgroup> cgroup_;
+  UniqueFd pidfd_, out_, err_;
+  pid_t pid_ = -1;
+  std::chrono::microseconds started_in_{0};
+  bool thread_started_ = false;
+
+  mutable std::mutex mutex_;
+  std::condition_variable changed_;
+  State state_ = State::starting;
+  bool requested_ = false;
+  bool kill_requested_ = false;
+  std::string exit_reason_;
+  std::deque<std::string> tail_;
+};
+
+void SandboxReplica::line(const std::string& stream, std::string text) {
+  if (text.size() > k_max_log_line) text.resize(k_max_log_line);
+  {
+    std::lock_guard lock(mutex_);
+    tail_.push_back(stream + ": " + text);
+    if (tail_.size() > k_log_tail_lines) tail_.pop_front();
+  }
+  if (options_.on_log) options_.on_log(options_.name, stream, std::move(text));
+}
+
+std::string SandboxReplica::tail() const {
+  std::lock_guard lock(mutex_);
+  std::string out;
+  for (const auto& l : tail_) out += "\n  " + l;
+  return out.empty() ? "" : "; last log lines:" + out;
+}
+
+void SandboxReplica::launch() {
+  const auto& spec = options_.spec;
+  if (spec.command_size() == 0 || spec.command(0).empty()) {
+    throw Error(errc::invalid_spec,
+                "the sandbox driver runs a VM's command, and " + options_.vm + " names none",
+                "command");
+  }
+  std::vector<std::string> argv(spec.command().begin(), spec.command().end());
+  fs::path program = argv[0];
+  if (!program.is_absolute()) {
+    auto found = find_executable(argv[0]);
+    if (!found) {
+      throw Error(errc::invalid_spec, "cannot find the command '" + argv[0] + "' on PATH",
+                  "command");
+    }
+    program = *found;
+  } else if (::access(program.c_str(), X_OK) != 0) {
+    throw Error(errc::invalid_spec, "the command " + program.string() + " is not executable here",
+                "command");
+  }
+  argv[0] = program.string();
+
+  std::vector<std::string> env{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                               "HOME=/tmp",
+                               "TMPDIR=/tmp",
+                               "LANG=C.UTF-8",
+                               "BLIXARD_VM=" + options_.vm,
+                               "BLIXARD_REPLICA=" + options_.name};
+  for (const auto port : spec.ports()) {
+    const std::uint32_t host = free_port();
+    if (ports_.empty()) env.push_back("PORT=" + std::to_string(host));
+    ports_[port] = host;
+    env.push_back("PORT_" + std::to_string(port) + "=" + std::to_string(host));
+  }
+  for (const auto& [key, value] : spec.env()) env.push_back(key + "=" + value);
+
+  auto [out_read, out_write] = make_pipe();
+  auto [err_read, err_write] = make_pipe();
+  UniqueFd null(::open("/dev/null", O_RDWR | O_CLOEXEC));
+  SpawnRequest req;
+  req.argv = argv;
+  req.env = env;
+  req.cwd = "/tmp";
+  req.request_fd = null.get();
+  req.response_fd = null.get();
+  req.stdout_fd = out_write.get();
+  req.stderr_fd = err_write.get();
+  req.namespaces = context_.namespaces;
+  req.new_network = false;  // its ports are host ports
+  req.seccomp = context_.seccomp;
+  Confinement& confine = req.confinement;
+  confine.root = context_.root.string();
+  confine.keep = program_dirs(program);
+  const std::uint64_t memory_bytes = spec.memory_mib() << 20;
+  confine.scratch_bytes =
+      std::min<std::uint64_t>(k_max_scratch, memory_bytes != 0 ? memory_bytes : k_max_scratch);
+  confine.uid = context_.uid;
+  confine.gid = context_.gid;
+  if (context_.cgroups != nullptr) {
+    cgroup_ =
+        context_.cgroups->create(context_.root.filename().string(), memory_bytes, k_replica_pids);
+    if (cgroup_) confine.cgroup_join = cgroup_->join_files();
+  }
+  std::error_code ec;
+  fs::create_directories(context_.root, ec);
+  const auto began = Clock::now();
+  Spawned child;
+  try {
+    child = spawn_sandboxed(req);
+  } catch (...) {
+    if (cgroup_ && context_.cgroups != nullptr) context_.cgroups->release(std::move(cgroup_));
+    throw;
+  }
+  pid_ = child.pid;
+  pidfd_.reset(child.pidfd);
+  out_ = std::move(out_read);
+  err_ = std::move(err_read);
+  out_write.reset();
+  err_write.reset();
+  std::thread([self = shared_from_this()] { self->run(); }).detach();
+  thread_started_ = true;
+
+  // Ready: the first declared port accepts connections.
+  const auto deadline = began + context_.ready_timeout;
+  for (;;) {
+    std::string exited;
+    {
+      std::lock_guard lock(mutex_);
+      if (state_ == State::exited) exited = exit_reason_;
+    }
+    if (!exited.empty()) {
+      throw Error(errc::handler_failed,
+                  "replica " + options_.name + " " + exited + " before it was ready" + tail());
+    }
+    if (ports_.empty() || accepts(ports_.begin()->second)) break;
+    if (Clock::now() >= deadline) {
+      kill();
+      throw Error(errc::timeout, "replica " + options_.name + " did not accept connections on " +
+                                     std::to_string(ports_.begin()->second) + " within " +
+                                     std::to_string(context_.ready_timeout.count()) + " ms" +
+                                     tail());
+    }
+    std::unique_lock lock(mutex_);
+    changed_.wait_for(lock, k_ready_poll, [&] { return state_ == State::exited; });
+  }
+  started_in_ = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - began);
+  std::lock_guard lock(mutex_);
+  if (state_ == State::starting) state_ = State::ready;
+}
+
+void SandboxReplica::run() {
+  std::array<std::string, 2> partial;
+  const std::array<const char*, 2> streams{"stdout", "stderr"};
+  std::array<int, 2> fds{out_.get(), err_.get()};
+  std::array<char, 4096> buf{};
+  // Console lines until both pipes close (every process of the replica is gone or closed them).
+  while (fds[0] >= 0 || fds[1] >= 0) {
+    std::array<pollfd, 2> p{{{fds[0], POLLIN, 0}, {fds[1], POLLIN, 0}}};
+    if (::poll(p.data(), p.size(), -1) < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    for (std::size_t i = 0; i < 2; ++i) {
+      if (fds[i] < 0 || p[i].revents == 0) continue;
+      const ssize_t n = ::read(fds[i], buf.data(), buf.size());
+      if (n <= 0) {
+        if (!partial[i].empty()) line(streams[i], std::move(partial[i]));
+        partial[i].clear();
+        fds[i] = -1;
+        continue;
+      }
+      partial[i].append(buf.data(), static_cast<std::size_t>(n));
+      for (std::size_t nl; (nl = partial[i].find('\n')) != std::string::npos;) {
+        line(streams[i], partial[i].substr(0, nl));
+        partial[i].erase(0, nl + 1);
+      }
+      if (partial[i].size() > k_max_log_line) {
+        line(streams[i], std::move(partial[i]));
+        partial[i].clear();
+      }
+    }
+  }
+  siginfo_t info{};
+  while (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd_.get()), &info,
+                  WEXITED) != 0 &&
+         errno == EINTR) {
+  }
+  bool oom = false;
+  if (cgroup_) {
+    cgroup_->kill_all();  // what it left behind
+    oom = cgroup_->oom_killed();
+    if (context_.cgroups != nullptr) context_.cgroups->release(std::move(cgroup_));
+  }
+  ReplicaExit exit;
+  exit.replica = options_.name;
+  exit.oom = oom;
+  exit.reason = oom ? "ran out of memory (" + std::to_string(options_.spec.memory_mib()) + " MiB)"
+                    : describe_exit(info);
+  bool was_ready = false;
+  {
+    std::lock_guard lock(mutex_);
+    exit.requested = requested_;
+    exit_reason_ = exit.reason;
+    was_ready = state_ == State::ready;
+    state_ = State::exited;
+  }
+  changed_.notify_all();
+  // A replica that never got ready was a failed start: its caller got the error instead.
+  if (was_ready && options_.on_exit) options_.on_exit(exit);
+  if (context_.done) context_.done();
+}
+
+}  // namespace
+
+std::shared_ptr<Replica> start_sandbox_replica(const ReplicaOptions& options,
+                                               SandboxReplicaContext context) {
+  auto replica = std::make_shared<SandboxReplica>(options, std::move(context));
+  replica->start();
+  return replica;
+}
+
+}  // namespace blixard::runtime
