@@ -37,14 +37,39 @@ LocalNode::LocalNode(std::string name, v1::NodeSpec spec, std::unique_ptr<runtim
 
 LocalNode::~LocalNode() { shutdown(); }
 
+void LocalNode::check_epoch(std::int64_t epoch) const {
+  if (epoch < epoch_) {
+    throw Error(errc::unavailable, "node " + name_ + " refuses an assignment of epoch " +
+                                       std::to_string(epoch) + " (it is at epoch " +
+                                       std::to_string(epoch_) + ")");
+  }
+}
+
+std::shared_ptr<runtime::Replica> LocalNode::start_replica(
+    const control::ReplicaAssignment& assignment) {
+  const std::string& name = assignment.replica.name;
+  {
+    std::lock_guard lock(mutex_);
+    check_epoch(assignment.epoch);
+    auto it = replicas_.find(name);
+    if (it != replicas_.end()) {
+      auto r = it->second.replica.lock();
+      if (r && r->alive()) {
+        throw Error(errc::already_exists, "node " + name_ + " already runs replica " + name);
+      }
+    }
+  }
+  auto replica = driver_->start_replica(assignment.replica);
+  std::lock_guard lock(mutex_);
+  std::erase_if(replicas_, [](const auto& kv) { return kv.second.replica.expired(); });
+  replicas_[name] = {replica, assignment.epoch};
+  return replica;
+}
+
 std::shared_ptr<runtime::Instance> LocalNode::start(const control::Assignment& assignment) {
   {
     std::lock_guard lock(mutex_);
-    if (assignment.epoch < epoch_) {
-      throw Error(errc::unavailable, "node " + name_ + " refuses an assignment of epoch " +
-                                         std::to_string(assignment.epoch) + " (it is at epoch " +
-                                         std::to_string(epoch_) + ")");
-    }
+    check_epoch(assignment.epoch);
   }
   std::shared_ptr<runtime::Instance> instance;
   if (const auto& digest = assignment.instance.spec.code_digest(); !digest.empty()) {
@@ -72,6 +97,10 @@ std::vector<std::string> LocalNode::instances() const {
     auto in = r.instance.lock();
     if (in && in->alive()) out.push_back(name);
   }
+  for (const auto& [name, r] : replicas_) {
+    auto replica = r.replica.lock();
+    if (replica && replica->alive()) out.push_back(name);
+  }
   return out;
 }
 
@@ -85,11 +114,19 @@ std::vector<v1::RunningInstance> LocalNode::running() const {
     ri.set_instance(name);
     ri.set_epoch(r.epoch);
   }
+  for (const auto& [name, r] : replicas_) {
+    auto replica = r.replica.lock();
+    if (!replica || !replica->alive()) continue;
+    auto& ri = out.emplace_back();
+    ri.set_instance(name);
+    ri.set_epoch(r.epoch);
+  }
   return out;
 }
 
 void LocalNode::set_epoch(std::int64_t epoch) {
   std::vector<std::shared_ptr<runtime::Instance>> stale;
+  std::vector<std::shared_ptr<runtime::Replica>> stale_replicas;
   {
     std::lock_guard lock(mutex_);
     epoch_ = epoch;
@@ -98,8 +135,14 @@ void LocalNode::set_epoch(std::int64_t epoch) {
       if (in && it->second.epoch < epoch) stale.push_back(std::move(in));
       it = !in || it->second.epoch < epoch ? running_.erase(it) : std::next(it);
     }
+    for (auto it = replicas_.begin(); it != replicas_.end();) {
+      auto r = it->second.replica.lock();
+      if (r && it->second.epoch < epoch) stale_replicas.push_back(std::move(r));
+      it = !r || it->second.epoch < epoch ? replicas_.erase(it) : std::next(it);
+    }
   }
   for (auto& in : stale) in->kill();
+  for (auto& r : stale_replicas) r->kill();
 }
 
 void LocalNode::shutdown() { driver_->shutdown(); }

@@ -29,6 +29,9 @@ class LocalNode final : public control::Node {
   v1::NodeSpec describe() const override { return spec_; }
   // Refuses (unavailable) an assignment older than the node's epoch.
   std::shared_ptr<runtime::Instance> start(const control::Assignment& assignment) override;
+  // Refuses an assignment older than the node's epoch, and a second replica of one name.
+  std::shared_ptr<runtime::Replica> start_replica(
+      const control::ReplicaAssignment& assignment) override;
   std::vector<std::string> instances() const override;
   // Kills every instance; later starts fail with unavailable.
   void shutdown() override;
@@ -43,6 +46,11 @@ class LocalNode final : public control::Node {
     std::weak_ptr<runtime::Instance> instance;
     std::int64_t epoch = 0;
   };
+  struct RunningReplica {
+    std::weak_ptr<runtime::Replica> replica;
+    std::int64_t epoch = 0;
+  };
+  void check_epoch(std::int64_t epoch) const;  // mutex_ held
   std::string name_;
   v1::NodeSpec spec_;
   std::unique_ptr<runtime::Driver> driver_;
@@ -50,6 +58,7 @@ class LocalNode final : public control::Node {
   mutable std::mutex mutex_;
   std::int64_t epoch_ = 0;
   std::map<std::string, Running> running_;
+  std::map<std::string, RunningReplica> replicas_;
 };
 
 // Capacity (memory, vcpus) and detected labels (arch, hostname, kvm) of this machine.

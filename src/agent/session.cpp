@@ -53,6 +53,9 @@ void Session::receive(v1::AgentFrame& frame) {
     case v1::AgentFrame::kAssign:
       assign(frame.assign());
       return;
+    case v1::AgentFrame::kAssignReplica:
+      assign_replica(frame.assign_replica());
+      return;
     case v1::AgentFrame::kInvoke:
       invoke(*frame.mutable_invoke());
       return;
@@ -146,6 +149,74 @@ void Session::assign(const v1::Assign& assign) {
   }).detach();
 }
 
+void Session::assign_replica(const v1::AssignReplica& assign) {
+  {
+    std::lock_guard lock(out_->mutex);
+    if (out_->closed) return;
+  }
+  // Readiness may take a guest's boot: on a thread of its own.
+  std::thread([node = node_, out = out_, assign] {
+    control::ReplicaAssignment a;
+    a.epoch = assign.epoch();
+    a.replica.vm = assign.vm();
+    a.replica.name = assign.replica();
+    a.replica.spec = assign.spec();
+    std::weak_ptr<Outbox> weak = out;
+    a.replica.on_log = [weak](const std::string& replica, const std::string& stream,
+                              std::string line) {
+      auto o = weak.lock();
+      if (!o) return;
+      v1::AgentFrame f;
+      auto& log = *f.mutable_log();
+      log.set_instance(replica);
+      log.set_stream(stream);
+      log.set_line(std::move(line));
+      o->send(f);
+    };
+    a.replica.on_exit = [weak](const runtime::ReplicaExit& exit) {
+      auto o = weak.lock();
+      if (!o) return;
+      std::shared_ptr<runtime::Replica> gone;  // released after the lock
+      {
+        std::lock_guard lock(o->mutex);
+        if (auto it = o->replicas.find(exit.replica); it != o->replicas.end()) {
+          gone = std::move(it->second);
+          o->replicas.erase(it);
+        }
+      }
+      v1::AgentFrame f;
+      auto& e = *f.mutable_exited();
+      e.set_instance(exit.replica);
+      e.set_reason(exit.reason);
+      e.set_requested(exit.requested);
+      e.set_oom(exit.oom);
+      o->send(f);
+    };
+    v1::AgentFrame f;
+    auto& started = *f.mutable_replica_started();
+    started.set_id(assign.id());
+    started.set_replica(assign.replica());
+    std::shared_ptr<runtime::Replica> replica;
+    try {
+      replica = node->start_replica(a);
+      started.set_start_us(replica->start_duration().count());
+      for (const auto& [port, host] : replica->ports()) (*started.mutable_ports())[port] = host;
+    } catch (...) {
+      *started.mutable_error() = status_of(std::current_exception());
+    }
+    bool keep = false;
+    {
+      std::lock_guard lock(out->mutex);
+      if (replica && !out->closed) {
+        out->replicas[replica->name()] = replica;
+        keep = true;
+      }
+    }
+    if (replica && !keep) replica->kill();  // closed meanwhile: the server placed it elsewhere
+    if (keep || !replica) out->send(f);
+  }).detach();
+}
+
 void Session::Outbox::answer(std::uint64_t id, const std::exception_ptr& error,
                              runtime::InvocationResult result) {
   v1::AgentFrame f;
@@ -203,11 +274,26 @@ void Session::invoke(v1::Invoke& invoke) {
 
 void Session::stop(const v1::StopInstance& stop) {
   std::shared_ptr<runtime::Instance> instance;
+  std::shared_ptr<runtime::Replica> replica;
   {
     std::lock_guard lock(out_->mutex);
-    auto it = out_->instances.find(stop.instance());
-    if (it == out_->instances.end()) return;
-    instance = it->second.instance;
+    if (auto it = out_->instances.find(stop.instance()); it != out_->instances.end()) {
+      instance = it->second.instance;
+    } else if (auto r = out_->replicas.find(stop.instance()); r != out_->replicas.end()) {
+      replica = r->second;
+    } else {
+      return;
+    }
+  }
+  if (replica) {
+    if (stop.kill()) {
+      replica->kill();
+      return;
+    }
+    std::thread([replica, grace = std::chrono::milliseconds(stop.grace_ms())] {
+      replica->stop(grace);
+    }).detach();
+    return;
   }
   if (stop.kill()) {
     instance->kill();
@@ -220,12 +306,15 @@ void Session::stop(const v1::StopInstance& stop) {
 
 void Session::close() {
   std::map<std::string, Started> instances;
+  std::map<std::string, std::shared_ptr<runtime::Replica>> replicas;
   {
     std::lock_guard lock(out_->mutex);
     out_->closed = true;
     instances.swap(out_->instances);
+    replicas.swap(out_->replicas);
   }
   for (auto& [name, s] : instances) s.instance->kill();
+  for (auto& [name, r] : replicas) r->kill();
 }
 
 }  // namespace blixard::agent

@@ -33,8 +33,9 @@ class Session {
   v1::AgentFrame hello(const std::string& version) const;
   // A frame from the server. A welcome fences what older epochs started.
   void receive(v1::AgentFrame& frame);
-  // The connection is gone: nothing more is sent; the instances this session started are
-  // killed (the server has given them up) and starts in progress end.
+  // The connection is gone: nothing more is sent; the instances and replicas this session
+  // started are killed (the server has given them up and places them again) and starts in
+  // progress end.
   void close();
 
  private:
@@ -57,8 +58,10 @@ class Session {
     std::mutex mutex;
     bool closed = false;
     std::map<std::string, Started> instances;
+    std::map<std::string, std::shared_ptr<runtime::Replica>> replicas;
   };
   void assign(const v1::Assign& assign);
+  void assign_replica(const v1::AssignReplica& assign);
   void invoke(v1::Invoke& invoke);
   void stop(const v1::StopInstance& stop);
 

@@ -13,6 +13,7 @@
 
 #include "blixard/v1/node.pb.h"
 #include "runtime/instance.hpp"
+#include "runtime/replica.hpp"
 
 namespace blixard::control {
 
@@ -24,6 +25,13 @@ struct Assignment {
   runtime::InstanceOptions instance;
 };
 
+// What a node is asked to run for a VM set: one replica, under the node's fencing epoch. Its exit
+// and console come back through `replica.on_exit` and `replica.on_log`.
+struct ReplicaAssignment {
+  std::int64_t epoch = 0;
+  runtime::ReplicaOptions replica;
+};
+
 class Node {
  public:
   virtual ~Node() = default;
@@ -33,7 +41,9 @@ class Node {
   // Starts the assignment's instance and returns once it is ready. Throws blixard::Error as
   // runtime::Driver::start does, and unavailable when the node is gone or shut down.
   virtual std::shared_ptr<runtime::Instance> start(const Assignment& assignment) = 0;
-  // Names of the instances it runs for the control plane.
+  // Starts the assignment's replica and returns once it is ready; throws as start() does.
+  virtual std::shared_ptr<runtime::Replica> start_replica(const ReplicaAssignment& assignment) = 0;
+  // Names of the instances (and replicas) it runs for the control plane.
   virtual std::vector<std::string> instances() const = 0;
   // Ends the node's service: its instances are killed (a local node) or given up (a remote one:
   // they exit as lost), starts and calls in flight fail with unavailable, later starts too.

@@ -65,6 +65,47 @@ class RemoteNode::Instance final : public runtime::Instance {
   std::atomic<bool> alive_{true};
 };
 
+// A replica on the agent: stop and kill become StopInstance frames; its exit comes back as an
+// InstanceExited frame (or the node's loss).
+class RemoteNode::Replica final : public runtime::Replica {
+ public:
+  Replica(std::shared_ptr<RemoteNode> node, const v1::ReplicaStarted& started,
+          runtime::ReplicaOptions options)
+      : node_(std::move(node)),
+        name_(started.replica()),
+        ports_(started.ports().begin(), started.ports().end()),
+        started_in_(started.start_us()),
+        options_(std::move(options)) {}
+
+  const std::string& name() const override { return name_; }
+  bool alive() const override { return alive_.load(); }
+  std::map<std::uint32_t, std::uint32_t> ports() const override { return ports_; }
+  std::chrono::microseconds start_duration() const override { return started_in_; }
+
+  void stop(milliseconds grace) override {
+    node_->stop_instance(name_, grace, false);
+    std::unique_lock lock(node_->mutex_);
+    node_->changed_.wait_for(lock, grace + std::chrono::seconds(5), [&] { return !alive(); });
+  }
+  void kill() override { node_->stop_instance(name_, milliseconds(0), true); }
+
+  void exited(const runtime::ReplicaExit& exit) {
+    if (!alive_.exchange(false)) return;
+    if (options_.on_exit) options_.on_exit(exit);
+  }
+  void log(const std::string& stream, std::string line) {
+    if (options_.on_log) options_.on_log(name_, stream, std::move(line));
+  }
+
+ private:
+  std::shared_ptr<RemoteNode> node_;
+  std::string name_;
+  std::map<std::uint32_t, std::uint32_t> ports_;
+  std::chrono::microseconds started_in_;
+  runtime::ReplicaOptions options_;
+  std::atomic<bool> alive_{true};
+};
+
 RemoteNode::RemoteNode(std::string name, v1::NodeSpec spec, Link link)
     : name_(std::move(name)), spec_(std::move(spec)), link_(std::move(link)) {}
 
@@ -107,11 +148,44 @@ std::shared_ptr<runtime::Instance> RemoteNode::start(const Assignment& assignmen
   return pending.instance;
 }
 
+std::shared_ptr<runtime::Replica> RemoteNode::start_replica(const ReplicaAssignment& assignment) {
+  PendingReplica pending;
+  pending.options = assignment.replica;
+  const std::uint64_t id = ++next_id_;
+  v1::AgentFrame frame;
+  auto& assign = *frame.mutable_assign_replica();
+  assign.set_id(id);
+  assign.set_epoch(assignment.epoch);
+  assign.set_vm(assignment.replica.vm);
+  assign.set_replica(assignment.replica.name);
+  *assign.mutable_spec() = assignment.replica.spec;
+  std::unique_lock lock(mutex_);
+  if (lost_) throw gone_error();
+  replica_starts_[id] = &pending;
+  lock.unlock();
+  const bool sent = send(frame);
+  lock.lock();
+  if (!sent && !lost_) {
+    replica_starts_.erase(id);
+    throw Error(errc::unavailable, "node " + name_ + " is not connected");
+  }
+  // The agent's driver bounds readiness itself; this bounds an agent that stops answering.
+  const auto limit = std::chrono::minutes(3);
+  if (!changed_.wait_for(lock, limit, [&] { return pending.done; })) {
+    replica_starts_.erase(id);
+    throw Error(errc::timeout, "node " + name_ + " did not answer the start of replica " +
+                                   assignment.replica.name + " within 3 minutes");
+  }
+  if (pending.error) throw *pending.error;
+  return pending.replica;
+}
+
 std::vector<std::string> RemoteNode::instances() const {
   std::vector<std::string> out;
   std::lock_guard lock(mutex_);
-  out.reserve(instances_.size());
+  out.reserve(instances_.size() + replicas_.size());
   for (const auto& [name, in] : instances_) out.push_back(name);
+  for (const auto& [name, r] : replicas_) out.push_back(name);
   return out;
 }
 
@@ -175,6 +249,26 @@ void RemoteNode::receive(v1::AgentFrame& frame) {
       changed_.notify_all();
       return;
     }
+    case v1::AgentFrame::kReplicaStarted: {
+      const auto& started = frame.replica_started();
+      std::lock_guard lock(mutex_);
+      auto it = replica_starts_.find(started.id());
+      if (it == replica_starts_.end()) {
+        if (!started.has_error()) stop_instance(started.replica(), milliseconds(0), true);
+        return;
+      }
+      PendingReplica& pending = *it->second;
+      replica_starts_.erase(it);
+      if (started.has_error()) {
+        pending.error = Error(started.error());
+      } else {
+        pending.replica = std::make_shared<Replica>(shared_from_this(), started, pending.options);
+        replicas_[started.replica()] = pending.replica;
+      }
+      pending.done = true;
+      changed_.notify_all();
+      return;
+    }
     case v1::AgentFrame::kResult: {
       auto& result = *frame.mutable_result();
       runtime::CallCompletion complete;
@@ -199,12 +293,29 @@ void RemoteNode::receive(v1::AgentFrame& frame) {
     case v1::AgentFrame::kExited: {
       const auto& exited = frame.exited();
       std::shared_ptr<Instance> instance;
+      std::shared_ptr<Replica> replica;
       {
         std::lock_guard lock(mutex_);
-        auto it = instances_.find(exited.instance());
-        if (it == instances_.end()) return;
-        instance = std::move(it->second);
-        instances_.erase(it);
+        if (auto it = instances_.find(exited.instance()); it != instances_.end()) {
+          instance = std::move(it->second);
+          instances_.erase(it);
+        } else if (auto r = replicas_.find(exited.instance()); r != replicas_.end()) {
+          replica = std::move(r->second);
+          replicas_.erase(r);
+        } else {
+          return;
+        }
+      }
+      if (replica) {
+        runtime::ReplicaExit exit;
+        exit.replica = exited.instance();
+        exit.reason = exited.reason();
+        exit.requested = exited.requested();
+        exit.oom = exited.oom();
+        replica->exited(exit);
+        { std::lock_guard lock(mutex_); }
+        changed_.notify_all();
+        return;
       }
       runtime::InstanceExit exit;
       exit.instance = exited.instance();
@@ -219,12 +330,23 @@ void RemoteNode::receive(v1::AgentFrame& frame) {
     case v1::AgentFrame::kLog: {
       auto& log = *frame.mutable_log();
       std::shared_ptr<Instance> instance;
+      std::shared_ptr<Replica> replica;
+      runtime::ReplicaOptions::LogCallback starting;  // a replica's console before it is ready
       {
         std::lock_guard lock(mutex_);
-        auto it = instances_.find(log.instance());
-        if (it != instances_.end()) instance = it->second;
+        if (auto it = instances_.find(log.instance()); it != instances_.end()) {
+          instance = it->second;
+        } else if (auto r = replicas_.find(log.instance()); r != replicas_.end()) {
+          replica = r->second;
+        } else {
+          for (const auto& [id, pending] : replica_starts_) {
+            if (pending->options.name == log.instance()) starting = pending->options.on_log;
+          }
+        }
       }
       if (instance) instance->log(log.stream(), std::move(*log.mutable_line()));
+      if (replica) replica->log(log.stream(), std::move(*log.mutable_line()));
+      if (starting) starting(log.instance(), log.stream(), std::move(*log.mutable_line()));
       return;
     }
     default:
@@ -235,6 +357,7 @@ void RemoteNode::receive(v1::AgentFrame& frame) {
 void RemoteNode::lose(const std::string& why) {
   std::map<std::uint64_t, PendingCall> calls;
   std::map<std::string, std::shared_ptr<Instance>> instances;
+  std::map<std::string, std::shared_ptr<Replica>> replicas;
   {
     std::lock_guard lock(mutex_);
     if (lost_) return;
@@ -245,8 +368,14 @@ void RemoteNode::lose(const std::string& why) {
       pending->done = true;
     }
     starts_.clear();
+    for (auto& [id, pending] : replica_starts_) {
+      pending->error = gone_error();
+      pending->done = true;
+    }
+    replica_starts_.clear();
     calls.swap(calls_);
     instances.swap(instances_);
+    replicas.swap(replicas_);
   }
   changed_.notify_all();
   if (link_.close) link_.close();
@@ -257,6 +386,12 @@ void RemoteNode::lose(const std::string& why) {
     exit.instance = name;
     exit.reason = "was lost with node " + name_ + " (" + why + ")";
     instance->exited(exit);
+  }
+  for (auto& [name, replica] : replicas) {
+    runtime::ReplicaExit exit;
+    exit.replica = name;
+    exit.reason = "was lost with node " + name_ + " (" + why + ")";
+    replica->exited(exit);
   }
   { std::lock_guard lock(mutex_); }
   changed_.notify_all();

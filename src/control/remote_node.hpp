@@ -35,6 +35,7 @@ class RemoteNode final : public Node, public std::enable_shared_from_this<Remote
   const std::string& name() const override { return name_; }
   v1::NodeSpec describe() const override { return spec_; }
   std::shared_ptr<runtime::Instance> start(const Assignment& assignment) override;
+  std::shared_ptr<runtime::Replica> start_replica(const ReplicaAssignment& assignment) override;
   std::vector<std::string> instances() const override;
   // The node is given up (lost, disconnected, server shutting down): the connection is closed,
   // starts and calls in flight fail with unavailable, instances exit as lost.
@@ -47,10 +48,17 @@ class RemoteNode final : public Node, public std::enable_shared_from_this<Remote
 
  private:
   class Instance;
+  class Replica;
   struct PendingStart {
     runtime::InstanceOptions options;
     bool done = false;
     std::shared_ptr<Instance> instance;
+    std::optional<Error> error;
+  };
+  struct PendingReplica {
+    runtime::ReplicaOptions options;
+    bool done = false;
+    std::shared_ptr<Replica> replica;
     std::optional<Error> error;
   };
   struct PendingCall {
@@ -73,8 +81,10 @@ class RemoteNode final : public Node, public std::enable_shared_from_this<Remote
   bool lost_ = false;
   std::string lost_why_;
   std::map<std::uint64_t, PendingStart*> starts_;
+  std::map<std::uint64_t, PendingReplica*> replica_starts_;
   std::map<std::uint64_t, PendingCall> calls_;
   std::map<std::string, std::shared_ptr<Instance>> instances_;
+  std::map<std::string, std::shared_ptr<Replica>> replicas_;
 };
 
 }  // namespace blixard::control

@@ -30,8 +30,9 @@ struct ReplicaOptions {
   v1::VmSpec spec;   // validated, defaults applied
   // Each line the replica writes to its console (stdout/stderr), without its newline; on a
   // thread of the replica's: must not block for long.
-  std::function<void(const std::string& replica, const std::string& stream, std::string line)>
-      on_log;
+  using LogCallback =
+      std::function<void(const std::string& replica, const std::string& stream, std::string line)>;
+  LogCallback on_log;
   // Once, when a started replica is gone (whatever the reason).
   std::function<void(const ReplicaExit&)> on_exit;
 };

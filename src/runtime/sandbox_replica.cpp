@@ -239,20 +239,40 @@ void SandboxReplica::launch() {
   std::error_code ec;
   fs::create_directories(context_.root, ec);
   const auto began = Clock::now();
-  Spawned child;
-  try {
-    child = spawn_sandboxed(req);
-  } catch (...) {
-    if (cgroup_ && context_.cgroups != nullptr) context_.cgroups->release(std::move(cgroup_));
-    throw;
-  }
-  pid_ = child.pid;
-  pidfd_.reset(child.pidfd);
+  // The replica's own thread spawns it, reads its console and reaps it: PR_SET_PDEATHSIG follows
+  // the spawning thread, so the replica must not outlive it (a caller's thread may end at once).
   out_ = std::move(out_read);
   err_ = std::move(err_read);
-  out_write.reset();
-  err_write.reset();
-  std::thread([self = shared_from_this()] { self->run(); }).detach();
+  std::exception_ptr spawn_error;
+  bool spawned = false;
+  std::thread([self = shared_from_this(), &req, &out_write, &err_write, &spawn_error, &spawned] {
+    bool ok = true;
+    try {
+      Spawned child = spawn_sandboxed(req);
+      self->pid_ = child.pid;
+      self->pidfd_.reset(child.pidfd);
+    } catch (...) {
+      spawn_error = std::current_exception();
+      ok = false;
+    }
+    out_write.reset();
+    err_write.reset();
+    {
+      // The caller's stack (req, spawn_error) is not touched after this.
+      std::lock_guard lock(self->mutex_);
+      spawned = true;
+      self->changed_.notify_all();
+    }
+    if (ok) self->run();
+  }).detach();
+  {
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [&] { return spawned; });
+  }
+  if (spawn_error) {
+    if (cgroup_ && context_.cgroups != nullptr) context_.cgroups->release(std::move(cgroup_));
+    std::rethrow_exception(spawn_error);
+  }
   thread_started_ = true;
 
   // Ready: the first declared port accepts connections.

@@ -186,6 +186,21 @@ struct Events {
   }
 };
 
+struct ReplicaEvents {
+  std::mutex mutex;
+  std::vector<runtime::ReplicaExit> exits;
+  std::vector<std::string> lines;
+  std::size_t exit_count() {
+    std::lock_guard lock(mutex);
+    return exits.size();
+  }
+  bool has_line(const std::string& text) {
+    std::lock_guard lock(mutex);
+    return std::any_of(lines.begin(), lines.end(),
+                       [&](const auto& l) { return l.find(text) != std::string::npos; });
+  }
+};
+
 class NodeConformance : public ::testing::TestWithParam<Kind> {
  protected:
   void SetUp() override {
@@ -255,8 +270,9 @@ class NodeConformance : public ::testing::TestWithParam<Kind> {
   std::string token_;
   fs::path work_;
   Fetches fetches_;
-  // Outlives the node: instances report their exits into it until the node is gone.
+  // Outlive the node: instances report their exits into them until the node is gone.
   Events events_;
+  ReplicaEvents replica_events_;
   std::unique_ptr<NodeUnderTest> under_;
 };
 
@@ -384,6 +400,89 @@ TEST_P(NodeConformance, AStartWhoseCodeCannotBeFetchedSaysWhichDigest) {
   EXPECT_TRUE(node().instances().empty());
 }
 
+// ---- VM replicas ----
+
+control::ReplicaAssignment replica_assignment(const std::string& token, const std::string& name,
+                                              ReplicaEvents& events,
+                                              const std::string& extra = "") {
+  control::ReplicaAssignment a;
+  a.epoch = 1;
+  a.replica.vm = "web";
+  a.replica.name = name;
+  auto& s = a.replica.spec;
+  s.add_command(python());
+  s.add_command("-c");
+  s.add_command(extra +
+                "import http.server as h, os, signal, sys\n"
+                "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+                "s = h.HTTPServer(('127.0.0.1', int(os.environ['PORT_80'])), "
+                "h.SimpleHTTPRequestHandler)\n"
+                "print('serving', os.environ['BLIXARD_REPLICA'], flush=True)\n"
+                "s.serve_forever()\n");
+  s.add_ports(80);
+  s.set_memory_mib(128);
+  (*s.mutable_env())["TEST_TOKEN"] = token;
+  a.replica.on_exit = [&events](const runtime::ReplicaExit& exit) {
+    std::lock_guard lock(events.mutex);
+    events.exits.push_back(exit);
+  };
+  a.replica.on_log = [&events](const std::string&, const std::string&, std::string line) {
+    std::lock_guard lock(events.mutex);
+    events.lines.push_back(std::move(line));
+  };
+  return a;
+}
+
+TEST_P(NodeConformance, StartsAReplicaServingItsPortAndStopsIt) {
+  auto a = replica_assignment(token_, "web-1", replica_events_);
+  auto replica = node().start_replica(a);
+  ASSERT_TRUE(replica);
+  EXPECT_EQ(replica->name(), "web-1");
+  EXPECT_TRUE(replica->alive());
+  ASSERT_EQ(replica->ports().count(80), 1U);
+  const int fd =
+      blixard::test_support::connect_loopback(static_cast<unsigned short>(replica->ports().at(80)));
+  EXPECT_GE(fd, 0);
+  if (fd >= 0) ::close(fd);
+  EXPECT_THAT(node().instances(), ::testing::Contains("web-1"));
+  EXPECT_TRUE(eventually([&] { return replica_events_.has_line("serving web-1"); }));
+  // A second replica of the same name on the node is refused.
+  try {
+    node().start_replica(replica_assignment(token_, "web-1", replica_events_));
+    FAIL() << "two replicas named web-1";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), errc::already_exists);
+  }
+  replica->stop(5s);
+  EXPECT_FALSE(replica->alive());
+  ASSERT_TRUE(eventually([&] { return replica_events_.exit_count() == 1; }));
+  EXPECT_TRUE(replica_events_.exits[0].requested);
+  EXPECT_TRUE(eventually([&] { return node().instances().empty(); }));
+}
+
+TEST_P(NodeConformance, AReplicaThatCrashesReportsAnUnrequestedExit) {
+  auto a = replica_assignment(token_, "web-2", replica_events_,
+                              "import threading, os\n"
+                              "threading.Timer(0.3, lambda: os._exit(7)).start()\n");
+  auto replica = node().start_replica(a);
+  ASSERT_TRUE(eventually([&] { return replica_events_.exit_count() == 1; }));
+  EXPECT_FALSE(replica_events_.exits[0].requested);
+  EXPECT_THAT(replica_events_.exits[0].reason, HasSubstr("exited with status 7"));
+  EXPECT_FALSE(replica->alive());
+}
+
+TEST_P(NodeConformance, AReplicaThatCannotStartThrowsWhy) {
+  auto a = replica_assignment(token_, "web-3", replica_events_, "import sys\nsys.exit(4)\n");
+  try {
+    node().start_replica(a);
+    FAIL() << "started";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), errc::handler_failed);
+    EXPECT_THAT(e.message(), HasSubstr("exited with status 4"));
+  }
+  EXPECT_TRUE(node().instances().empty());
+}
+
 INSTANTIATE_TEST_SUITE_P(Nodes, NodeConformance, ::testing::Values(Kind::local, Kind::remote),
                          [](const auto& info) {
                            return info.param == Kind::local ? "LocalNode" : "RemoteNode";
@@ -415,6 +514,18 @@ TEST_P(RemoteNodeTest, ALostConnectionFailsCallsInFlightAndReportsItsInstancesLo
   EXPECT_FALSE(events.exits[0].requested);
   EXPECT_THAT(events.exits[0].reason, HasSubstr("lost with node remote"));
   // The agent's end killed what the server gave up.
+  EXPECT_TRUE(eventually([&] { return processes_with(token_, false) == 0; }));
+}
+
+TEST_P(RemoteNodeTest, ALostConnectionReportsItsReplicasLostAndTheAgentKillsThem) {
+  auto& loop = static_cast<Loopback&>(*under_);
+  auto replica = node().start_replica(replica_assignment(token_, "web-9", replica_events_));
+  loop.cut();
+  loop.remote().lose("connection reset");
+  ASSERT_EQ(replica_events_.exit_count(), 1u);
+  EXPECT_FALSE(replica_events_.exits[0].requested);
+  EXPECT_THAT(replica_events_.exits[0].reason, HasSubstr("lost with node remote"));
+  EXPECT_FALSE(replica->alive());
   EXPECT_TRUE(eventually([&] { return processes_with(token_, false) == 0; }));
 }
 
