@@ -17,6 +17,13 @@ class Vm {
   const std::string& name() const noexcept { return name_; }
   v1::Vm get() const;
   v1::VmStatus status() const { return get().status(); }
+  // The set's wanted replicas (1 or more), placed by the scheduler; returns the set as stored.
+  // Throws Error(invalid_spec, field "replicas") for 0 or more than the limit.
+  v1::Vm scale(std::uint32_t replicas) const;
+  // Runs the set's replicas again after stop().
+  v1::Vm start() const;
+  // Stops every replica; the set, its spec and its volumes stay.
+  v1::Vm stop() const;
   void remove() const;
 
  private:

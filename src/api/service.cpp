@@ -167,6 +167,30 @@ Service::Service(std::shared_ptr<store::Store> store, std::shared_ptr<store::Blo
   }
   functions_seen_ = existing.revision;
   collect_blobs();
+  vm_sets_ = std::make_unique<control::VmSets>(nodes_, telemetry_);
+  auto vms = store_->list(k_vms_prefix);
+  for (const auto& kv : vms.kvs) {
+    try {
+      auto vm = decode<v1::Vm>(kv);
+      vm_sets_->update(vm.metadata().name(), kv.mod_revision, vm.spec());
+    } catch (const Error& e) {
+      logger_->warn("vm at {}: {}", kv.key, e.what());
+    }
+  }
+  vms_watch_ = store_->watch(k_vms_prefix, vms.revision + 1, [this](const auto& changes) {
+    for (const auto& change : changes) {
+      const std::string name = change.kv.key.substr(std::string_view(k_vms_prefix).size());
+      try {
+        if (change.type == store::WatchEvent::Type::put) {
+          vm_sets_->update(name, change.kv.mod_revision, decode<v1::Vm>(change.kv).spec());
+        } else {
+          vm_sets_->remove(name);
+        }
+      } catch (const std::exception& e) {
+        logger_->warn("vm {}: {}", name, e.what());
+      }
+    }
+  });
   functions_watch_ =
       store_->watch(k_functions_prefix, existing.revision + 1, [this](const auto& changes) {
         for (const auto& change : changes) {
@@ -288,10 +312,12 @@ void Service::shutdown() {
   if (closed_.exchange(true)) return;
   registry_watch_.reset();
   functions_watch_.reset();
+  vms_watch_.reset();
   // New calls fail, then the nodes stop their instances (starts in progress fail at once), then
   // the calls in flight fail with `unavailable`.
   pools_->close();
   nodes_->shutdown();
+  vm_sets_->shutdown();
   pools_->shutdown();
   telemetry_->close();  // wakes long polls of logs and events
 }
@@ -400,9 +426,7 @@ v1::Vm Service::get_vm(const std::string& name) {
 }
 
 void Service::fill_status(v1::Vm& vm) {
-  // No VM driver places replicas yet; say so instead of pretending they run.
-  vm.mutable_status()->set_phase("Pending");
-  vm.mutable_status()->set_message("waiting for a node with a VM driver");
+  vm_sets_->fill_status(vm.metadata().name(), vm.spec(), *vm.mutable_status());
 }
 
 void Service::fill_status(v1::Trigger& trigger) {

@@ -19,6 +19,7 @@
 #include "control/instance_records.hpp"
 #include "control/node_registry.hpp"
 #include "control/telemetry.hpp"
+#include "control/vm_sets.hpp"
 #include "store/blob_store.hpp"
 #include "store/store.hpp"
 
@@ -77,6 +78,9 @@ class Service final : public detail::Backend {
   // The cluster's nodes (to join agents to it, cordon them).
   const std::shared_ptr<control::NodeRegistry>& nodes() const noexcept { return nodes_; }
 
+  // The VM sets' replicas (the server's load balancer asks where a set's ports are served).
+  const std::unique_ptr<control::VmSets>& vm_sets() const noexcept { return vm_sets_; }
+
   // Metrics, logs and events of this server; the function pools record into it.
   const std::shared_ptr<control::Telemetry>& telemetry() const noexcept { return telemetry_; }
 
@@ -130,6 +134,9 @@ class Service final : public detail::Backend {
   std::unique_ptr<control::FunctionPools> pools_;
   // Tells the pools about created, changed and deleted functions (minInstances, draining).
   std::unique_ptr<store::Watch> functions_watch_;
+  // Keeps the VM sets' replicas running; told of the sets' changes by vms_watch_.
+  std::unique_ptr<control::VmSets> vm_sets_;
+  std::unique_ptr<store::Watch> vms_watch_;
   std::atomic<bool> closed_{false};
   std::unique_ptr<TokenRegistry> tokens_;
   std::mutex public_url_mutex_;

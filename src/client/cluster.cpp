@@ -289,6 +289,41 @@ static void remove_one(detail::Backend& backend, const std::string& name,
 void Function::remove() const { remove_one(*backend_, name_, &v1::ObjectSet::add_functions); }
 
 v1::Vm Vm::get() const { return backend_->get_vm(name_); }
+
+namespace {
+
+// Reads the set, changes its spec, applies it back (as `kubectl apply` of an edited manifest).
+template <typename Change>
+v1::Vm change_vm(detail::Backend& backend, const std::string& name, Change change) {
+  v1::Vm vm = backend.get_vm(name);
+  v1::ObjectSet set;
+  auto& out = *set.add_vms();
+  out.mutable_metadata()->set_name(name);
+  *out.mutable_metadata()->mutable_labels() = vm.metadata().labels();
+  *out.mutable_spec() = vm.spec();
+  change(*out.mutable_spec());
+  backend.apply(set, detail::ApplyMode::apply);
+  return backend.get_vm(name);
+}
+
+}  // namespace
+
+v1::Vm Vm::scale(std::uint32_t replicas) const {
+  if (replicas == 0) {
+    throw Error(errc::invalid_spec,
+                "replicas must be at least 1 (`vm stop` stops every replica and keeps the set)",
+                "replicas");
+  }
+  return change_vm(*backend_, name_, [&](v1::VmSpec& spec) { spec.set_replicas(replicas); });
+}
+
+v1::Vm Vm::start() const {
+  return change_vm(*backend_, name_, [](v1::VmSpec& spec) { spec.set_stopped(false); });
+}
+
+v1::Vm Vm::stop() const {
+  return change_vm(*backend_, name_, [](v1::VmSpec& spec) { spec.set_stopped(true); });
+}
 void Vm::remove() const { remove_one(*backend_, name_, &v1::ObjectSet::add_vms); }
 
 v1::Trigger Trigger::get() const { return backend_->get_trigger(name_); }

@@ -215,7 +215,9 @@ std::int64_t NodeRegistry::epoch(const std::string& name) const {
 Placed NodeRegistry::place(const PlacementRequest& request) {
   std::lock_guard lock(mutex_);
   if (closed_) throw Error(errc::unavailable, "the server is shutting down");
-  auto req = request.spec != nullptr ? sched::request_from(*request.spec) : sched::Request{};
+  auto req = request.vm_spec != nullptr ? sched::request_from(*request.vm_spec)
+             : request.spec != nullptr  ? sched::request_from(*request.spec)
+                                        : sched::Request{};
   req.data_path = request.data_path;
   if (const auto* caller = caller_node(request.caller_address)) {
     req.caller = caller->id;
@@ -228,7 +230,9 @@ Placed NodeRegistry::place(const PlacementRequest& request) {
   const auto decision = sched::place(index_, req);
   if (!decision.placed()) {
     throw Error(errc::unavailable,
-                "no node can run function \"" + request.function +
+                std::string("no node can run ") +
+                    (request.vm_spec != nullptr ? "a replica of vm \"" : "function \"") +
+                    request.function +
                     "\": " + (index_.size() == 0 ? "no node has joined" : decision.summary()));
   }
   const Entry& e = nodes_.at(decision.node_name);

@@ -25,6 +25,7 @@
 
 #include "blixard/v1/function.pb.h"
 #include "blixard/v1/node.pb.h"
+#include "blixard/v1/vm.pb.h"
 #include "control/node.hpp"
 #include "sched/cluster.hpp"
 #include "store/store.hpp"
@@ -44,7 +45,7 @@ struct NodeRegistryOptions {
 // Where an instance of a function should start: the function and, per node, how many of its
 // instances run there now (for spreading).
 struct PlacementRequest {
-  std::string function;
+  std::string function;  // or the VM set, with vm_spec
   const v1::FunctionSpec* spec = nullptr;
   std::map<std::string, std::uint32_t> instances_per_node;
   // The input path of the call that needs the instance (its event's placement.dataPathFrom
@@ -53,6 +54,9 @@ struct PlacementRequest {
   // Where the call came from (an IP address): when it is a node's, that node is the caller and
   // nodes nearer it score higher; otherwise the server is, and nodes nearer it do.
   std::string caller_address;
+  // A replica of a VM set instead of a function (its resources and placement rules; spread
+  // over the set's replicas in instances_per_node).
+  const v1::VmSpec* vm_spec = nullptr;
 };
 
 // A node another one may time its round trips to (its agent's probe).

@@ -59,7 +59,9 @@ NodeInfo node_from(const v1::Node& node) {
   n.name = node.metadata().name();
   n.labels.insert(node.spec().labels().begin(), node.spec().labels().end());
   for (const auto& t : node.spec().taints()) n.taints.push_back({t.key(), t.value()});
-  n.capacity = {node.spec().memory_mib(), node.spec().vcpu()};
+  // vCPUs are time-shared, memory is not: a node takes k_vcpu_allocation_ratio vCPUs per core
+  // (OpenStack's initial cpu_allocation_ratio), and its memory once.
+  n.capacity = {node.spec().memory_mib(), node.spec().vcpu() * k_vcpu_allocation_ratio};
   n.allocated = {node.status().allocated_memory_mib(), node.status().allocated_vcpu()};
   n.data_paths.assign(node.spec().data_paths().begin(), node.spec().data_paths().end());
   const std::string& phase = node.status().phase();

@@ -20,8 +20,11 @@ Request request_from(const v1::Placement& placement, std::uint64_t memory_mib, s
 Request request_from(const v1::FunctionSpec& spec);
 Request request_from(const v1::VmSpec& spec);
 
-// Labels, taints, capacity, allocation; phase "Ready" is ready, "Draining" ready and draining,
-// anything else not ready.
+// vCPUs a node may allocate per core it has: vCPUs are time-shared (an idle guest's cost little).
+inline constexpr std::uint32_t k_vcpu_allocation_ratio = 4;
+
+// Labels, taints, capacity (vcpu times the ratio above), allocation; phase "Ready" is ready,
+// "Draining" ready and draining, anything else not ready.
 NodeInfo node_from(const v1::Node& node);
 
 }  // namespace blixard::sched

@@ -478,7 +478,8 @@ TEST(SchedProto, MapsAStoredNode) {
   const NodeInfo info = node_from(n);
   EXPECT_EQ(info.name, "node1");
   EXPECT_EQ(info.labels.at("zone"), "az1");
-  EXPECT_EQ(info.capacity, (Resources{8192, 8}));
+  // vCPUs are overcommitted (k_vcpu_allocation_ratio per core), memory is not.
+  EXPECT_EQ(info.capacity, (Resources{8192, 8 * k_vcpu_allocation_ratio}));
   EXPECT_EQ(info.allocated, (Resources{1024, 0}));
   EXPECT_EQ(info.taints, (std::vector<Taint>{{"dedicated", "db"}}));
   EXPECT_TRUE(info.ready);

@@ -1,0 +1,175 @@
+// VM sets on the sandbox driver, through the public C++ SDK on an embedded cluster: replicas
+// placed and kept running, scaled, replaced when killed, stopped, started and deleted.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <string>
+
+#include "blixard/cluster.hpp"
+#include "blixard/error.hpp"
+#include "test_support.hpp"
+
+namespace fs = std::filesystem;
+using blixard::Cluster;
+using blixard::errc;
+using blixard::Error;
+using blixard::test_support::connect_loopback;
+using blixard::test_support::eventually;
+using blixard::test_support::instances_with;
+using blixard::test_support::python;
+using blixard::test_support::read_proc_file;
+using ::testing::HasSubstr;
+namespace v1 = blixard::v1;
+using namespace std::chrono_literals;
+
+namespace {
+
+class VmSetTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    token_ = "blixard-vm-test-" + std::to_string(::getpid()) + "-" +
+             ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    dir_ = fs::temp_directory_path() / token_;
+    fs::remove_all(dir_);
+    blixard::LocalOptions options;
+    options.python = python();
+    cluster_.emplace(Cluster::local(dir_, options));
+  }
+  void TearDown() override {
+    cluster_->close();
+    cluster_.reset();
+    EXPECT_TRUE(eventually([&] { return instances_with(token_) == 0; }, 5s)) << "leaked replicas";
+    fs::remove_all(dir_);
+  }
+
+  // Replicas that serve HTTP on their port 80 (the host port in PORT_80) until SIGTERM.
+  v1::VmSpec web_spec(std::uint32_t replicas) {
+    v1::VmSpec s;
+    s.add_command(python());
+    s.add_command("-c");
+    s.add_command(
+        "import http.server as h, os, signal, sys\n"
+        "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+        "h.HTTPServer(('127.0.0.1', int(os.environ['PORT_80'])), "
+        "h.SimpleHTTPRequestHandler).serve_forever()\n");
+    s.add_ports(80);
+    s.set_memory_mib(64);
+    s.set_replicas(replicas);
+    (*s.mutable_env())["TEST_TOKEN"] = token_;
+    return s;
+  }
+
+  v1::VmStatus status(const std::string& vm) { return cluster_->vm(vm).status(); }
+  bool running(const std::string& vm, std::uint32_t ready) {
+    const auto st = status(vm);
+    return st.phase() == "Running" && st.ready_replicas() == ready &&
+           st.instances_size() == static_cast<int>(ready);
+  }
+
+  // The host pid of one replica (by its BLIXARD_REPLICA and our token), or -1.
+  pid_t pid_of(const std::string& replica) {
+    for (const auto& entry : fs::directory_iterator("/proc")) {
+      const std::string pid = entry.path().filename();
+      if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
+      const auto env = read_proc_file(entry.path() / "environ");
+      if (env.find("TEST_TOKEN=" + token_) != std::string::npos &&
+          env.find(std::string("BLIXARD_REPLICA=") + replica + '\0') != std::string::npos) {
+        return std::stoi(pid);
+      }
+    }
+    return -1;
+  }
+
+  std::string token_;
+  fs::path dir_;
+  std::optional<Cluster> cluster_;
+};
+
+TEST_F(VmSetTest, ReplicasRunServeTheirPortsAndScale) {
+  auto vm = cluster_->create_vm("web", web_spec(3));
+  ASSERT_TRUE(eventually([&] { return running("web", 3); }, 20s)) << status("web").DebugString();
+  const auto st = status("web");
+  std::set<std::string> names;
+  for (const auto& in : st.instances()) {
+    names.insert(in.name());
+    EXPECT_EQ(in.node(), "local");
+    EXPECT_EQ(in.driver(), "sandbox");
+    EXPECT_EQ(in.phase(), "Running");
+    ASSERT_EQ(in.host_ports().count(80), 1U);
+    const int fd = connect_loopback(static_cast<unsigned short>(in.host_ports().at(80)));
+    EXPECT_GE(fd, 0) << in.name() << " does not serve its port";
+    if (fd >= 0) ::close(fd);
+  }
+  EXPECT_EQ(names, (std::set<std::string>{"web-1", "web-2", "web-3"}));
+  EXPECT_EQ(instances_with(token_), 3);
+
+  vm.scale(5);
+  ASSERT_TRUE(eventually([&] { return running("web", 5); }, 20s)) << status("web").DebugString();
+  vm.scale(1);
+  ASSERT_TRUE(eventually([&] { return running("web", 1); }, 20s)) << status("web").DebugString();
+  EXPECT_EQ(status("web").instances(0).name(), "web-1");  // the highest ordinals went first
+  EXPECT_TRUE(eventually([&] { return instances_with(token_) == 1; }));
+  EXPECT_EQ(vm.get().spec().replicas(), 1U);
+}
+
+TEST_F(VmSetTest, AKilledReplicaIsReplaced) {
+  cluster_->create_vm("web", web_spec(2));
+  ASSERT_TRUE(eventually([&] { return running("web", 2); }, 20s));
+  const pid_t victim = pid_of("web-2");
+  ASSERT_GT(victim, 0);
+  ::kill(victim, SIGKILL);
+  ASSERT_TRUE(eventually(
+      [&] {
+        const auto st = status("web");
+        return running("web", 2) && st.instances(1).restarts() == 1;
+      },
+      20s))
+      << status("web").DebugString();
+  const pid_t replacement = pid_of("web-2");
+  EXPECT_GT(replacement, 0);
+  EXPECT_NE(replacement, victim);
+}
+
+TEST_F(VmSetTest, StopStartAndDelete) {
+  auto vm = cluster_->create_vm("web", web_spec(2));
+  ASSERT_TRUE(eventually([&] { return running("web", 2); }, 20s));
+  vm.stop();
+  ASSERT_TRUE(eventually([&] { return status("web").phase() == "Stopped"; }, 20s))
+      << status("web").DebugString();
+  EXPECT_TRUE(eventually([&] { return instances_with(token_) == 0; }));
+  EXPECT_TRUE(vm.get().spec().stopped());
+  vm.start();
+  ASSERT_TRUE(eventually([&] { return running("web", 2); }, 20s));
+  vm.remove();
+  EXPECT_TRUE(eventually([&] { return instances_with(token_) == 0; }));
+  EXPECT_THROW(vm.get(), Error);
+}
+
+TEST_F(VmSetTest, BadScaleAndAnUnrunnableSpecSayWhy) {
+  auto vm = cluster_->create_vm("web", web_spec(1));
+  try {
+    vm.scale(0);
+    FAIL() << "scaled to 0";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), errc::invalid_spec);
+    EXPECT_EQ(e.field(), "replicas");
+  }
+  // No command and no image the sandbox driver can run: the replica fails, and says why.
+  v1::VmSpec none;
+  none.set_memory_mib(64);
+  cluster_->create_vm("nothing", none);
+  ASSERT_TRUE(eventually([&] { return status("nothing").phase() == "Failed"; }, 20s))
+      << status("nothing").DebugString();
+  EXPECT_THAT(status("nothing").message(), HasSubstr("command"));
+  // More memory than any node has: not placed, and the scheduler's reason is shown.
+  auto huge = web_spec(1);
+  huge.set_memory_mib(1 << 19);
+  cluster_->create_vm("huge", huge);
+  ASSERT_TRUE(eventually([&] { return status("huge").phase() == "Failed"; }, 20s));
+  EXPECT_THAT(status("huge").message(), HasSubstr("no node can run a replica of vm \"huge\""));
+}
+
+}  // namespace
