@@ -27,10 +27,12 @@
 #include "agent/local_node.hpp"
 #include "api/agent_channel.hpp"
 #include "api/http_server.hpp"
+#include "api/vm_balancer.hpp"
 #include "api/websocket.hpp"
 #include "blixard/error.hpp"
 #include "blixard/version.hpp"
 #include "client/http_backend.hpp"
+#include "control/vm_sets.hpp"
 #include "runtime/driver.hpp"
 #include "server/local.hpp"
 #include "spec/units.hpp"
@@ -360,6 +362,7 @@ int main(int argc, char** argv) {
 
   std::shared_ptr<blixard::api::Service> service;
   std::unique_ptr<blixard::api::HttpServer> server;
+  std::unique_ptr<blixard::api::VmBalancer> balancer;
   const auto state_file = args.data_dir / "server.json";
   try {
     blixard::server::LocalServiceOptions options;
@@ -387,6 +390,9 @@ int main(int argc, char** argv) {
                           });
     server->start();
     service->set_public_url(server->url());
+    blixard::api::VmBalancerOptions lb;
+    lb.address = args.host;
+    balancer = std::make_unique<blixard::api::VmBalancer>(*service->vm_sets(), lb, logger);
 
     boost::json::object state;
     state["address"] = server->url();
@@ -410,6 +416,7 @@ int main(int argc, char** argv) {
   // while the server still runs; stopping the server first would wait for them to end (a long
   // handler outlives `blixard down`'s grace and its caller gets an empty reply).
   service->shutdown();
+  balancer->stop();
   server->stop();
   logger->info("stopped");
   return 0;

@@ -340,6 +340,15 @@ class PyCluster {
   std::string get_vm(const std::string& name) { return blixard::to_json(cluster().vm(name).get()); }
   std::string vms() { return to_list_json<blixard::v1::VmList>(cluster().vms()); }
   void delete_vm(const std::string& name) { cluster().delete_vm(name); }
+  std::string scale_vm(const std::string& name, std::uint32_t replicas) {
+    return blixard::to_json(cluster().vm(name).scale(replicas));
+  }
+  std::string start_vm(const std::string& name) {
+    return blixard::to_json(cluster().vm(name).start());
+  }
+  std::string stop_vm(const std::string& name) {
+    return blixard::to_json(cluster().vm(name).stop());
+  }
 
   // Triggers.
   std::string create_trigger(const std::string& name, const std::string& spec_json) {
@@ -571,6 +580,9 @@ PYBIND11_MODULE(_core, m) {
       .def("get_vm", &PyCluster::get_vm, py::arg("name"), release_gil())
       .def("vms", &PyCluster::vms, release_gil())
       .def("delete_vm", &PyCluster::delete_vm, py::arg("name"), release_gil())
+      .def("scale_vm", &PyCluster::scale_vm, py::arg("name"), py::arg("replicas"), release_gil())
+      .def("start_vm", &PyCluster::start_vm, py::arg("name"), release_gil())
+      .def("stop_vm", &PyCluster::stop_vm, py::arg("name"), release_gil())
       .def("create_trigger", &PyCluster::create_trigger, py::arg("name"), py::arg("spec_json"),
            release_gil())
       .def("get_trigger", &PyCluster::get_trigger, py::arg("name"), release_gil())

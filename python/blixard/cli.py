@@ -969,7 +969,7 @@ def function_delete(c: Ctx, name, output) -> None:
 
 @cli.group()
 def vm() -> None:
-    """Long-lived replicated microVMs: create, list, status, delete."""
+    """Long-lived replicated microVMs: create, start, stop, scale, list, status, delete."""
 
 
 VM_COLUMNS = ("NAME", "PHASE", "READY", "MEMORY", "VCPU", "PRIMARY")
@@ -1050,21 +1050,74 @@ def vm_status(c: Ctx, name, output) -> None:
     click.echo(line)
     if st.get("message"):
         click.echo(f"  {st['message']}")
+    for e in st.get("endpoints", []):
+        click.echo(f"  port {e.get('port')}: {e.get('address')}")
     if instances:
         click.echo("")
         print_table(
-            ("INSTANCE", "NODE", "PHASE", "PRIMARY", "MESSAGE"),
+            ("INSTANCE", "NODE", "PHASE", "DRIVER", "PORTS", "RESTARTS", "MESSAGE"),
             (
                 (
                     i.get("name"),
                     i.get("node") or "-",
                     i.get("phase"),
-                    "yes" if i.get("primary") else "",
+                    i.get("driver") or "-",
+                    _ports(i) or "-",
+                    _int(i.get("restarts")),
                     i.get("message", ""),
                 )
                 for i in instances
             ),
         )
+
+
+def _ports(instance: Dict[str, Any]) -> str:
+    """"80->41235" per declared port, at the replica's node address when it has one."""
+    address = instance.get("address")
+    ports = sorted((int(k), v) for k, v in (instance.get("hostPorts") or {}).items())
+    return ", ".join(f"{p}->{address + ':' if address else ''}{h}" for p, h in ports)
+
+
+@vm.command("start")
+@click.argument("name")
+@output_option
+@pass_ctx
+def vm_start(c: Ctx, name, output) -> None:
+    """Run VM set NAME's replicas (again, after `vm stop`)."""
+    v = c.cluster().vm(name).start()
+    if _out(c, output) == "json":
+        print_json(v)
+    else:
+        click.echo(f"vm {name} starting {_int(v.get('spec', {}).get('replicas'))} replicas")
+
+
+@vm.command("stop")
+@click.argument("name")
+@output_option
+@pass_ctx
+def vm_stop(c: Ctx, name, output) -> None:
+    """Stop every replica of VM set NAME (the set and its spec stay)."""
+    v = c.cluster().vm(name).stop()
+    if _out(c, output) == "json":
+        print_json(v)
+    else:
+        click.echo(f"vm {name} stopping")
+
+
+@vm.command("scale")
+@click.argument("name")
+@click.option("--replicas", type=int, metavar="N", required=True, help="Replicas wanted (1+).")
+@output_option
+@pass_ctx
+def vm_scale(c: Ctx, name, replicas, output) -> None:
+    """Set VM set NAME's replicas; new ones are placed by the scheduler, the highest ordinals
+    stop first."""
+    c.flag_for_field = {"replicas": "--replicas"}
+    v = c.cluster().vm(name).scale(replicas)
+    if _out(c, output) == "json":
+        print_json(v)
+    else:
+        click.echo(f"vm {name} scaled to {replicas} replicas")
 
 
 @vm.command("delete")

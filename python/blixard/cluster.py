@@ -367,6 +367,18 @@ class Vm:
         """``phase``, ``readyReplicas``, ``primary``, ``instances``, ... ({} before any report)."""
         return self.get().get("status", {})
 
+    def scale(self, replicas: int) -> Dict[str, Any]:
+        """Sets the wanted replicas (1 or more; the scheduler places new ones); returns the set."""
+        return json.loads(self._cluster._core.scale_vm(self.name, replicas))
+
+    def start(self) -> Dict[str, Any]:
+        """Runs the set's replicas again after :meth:`stop`."""
+        return json.loads(self._cluster._core.start_vm(self.name))
+
+    def stop(self) -> Dict[str, Any]:
+        """Stops every replica; the set and its spec stay."""
+        return json.loads(self._cluster._core.stop_vm(self.name))
+
     def delete(self) -> None:
         self._cluster._core.delete_vm(self.name)
 

@@ -103,9 +103,10 @@ void VmSets::shutdown() {
   }
   wake_.notify_all();
   if (loop_.joinable()) loop_.join();
-  // Starts in flight end when the nodes are shut down (the server does that next, or did).
+  // Starts in flight end when the nodes are shut down (the server did that first); their
+  // threads use this object until they are counted out.
   std::unique_lock lock(mutex_);
-  idle_.wait_for(lock, std::chrono::seconds(30), [&] { return workers_ == 0; });
+  idle_.wait(lock, [&] { return workers_ == 0; });
 }
 
 void VmSets::loop() {
@@ -158,7 +159,13 @@ void VmSets::start(const std::string& vm, Set& set, Slot& slot) {
   slot.remove = false;
   const std::uint64_t generation = ++slot.generation;
   ++workers_;
-  auto spec = std::make_shared<const v1::VmSpec>(set.spec);
+  auto placed_spec = set.spec;
+  // A set's replicas spread over nodes unless its placement says otherwise: one node's loss
+  // should not take the whole set (Kubernetes' default topology spread does the same).
+  if (placed_spec.placement().strategy().empty()) {
+    placed_spec.mutable_placement()->set_strategy("spread");
+  }
+  auto spec = std::make_shared<const v1::VmSpec>(std::move(placed_spec));
   std::thread([this, vm, name = slot.name, ordinal = slot.ordinal, generation, spec] {
     std::shared_ptr<runtime::Replica> replica;
     Placed placed;
@@ -236,13 +243,15 @@ void VmSets::start(const std::string& vm, Set& set, Slot& slot) {
         if (placed.node) nodes_->release(placed.node->name(), placed.reserved);
         if (slot != nullptr) failed(*slot, "did not start: " + error);
       }
-      --workers_;
     }
     if (replica && !stop_now) {
       publish(vm, "ReplicaStarted", name + " is running on " + placed.node->name());
     }
     if (!replica) publish(vm, "ReplicaFailed", name + " did not start: " + error);
     if (stop_now) replica->stop(options_.stop_grace);
+    // Last: once the count is down, shutdown() may return and this object go.
+    std::lock_guard lock(mutex_);
+    --workers_;
     idle_.notify_all();
     wake_.notify_all();
   }).detach();
@@ -255,10 +264,8 @@ void VmSets::stop(Slot& slot) {
   ++workers_;
   std::thread([this, replica] {
     replica->stop(options_.stop_grace);
-    {
-      std::lock_guard lock(mutex_);
-      --workers_;
-    }
+    std::lock_guard lock(mutex_);
+    --workers_;
     idle_.notify_all();
   }).detach();
 }
@@ -348,6 +355,13 @@ void VmSets::fill_status(const std::string& vm, const v1::VmSpec& spec,
     }
   }
   status.set_ready_replicas(ready);
+  if (auto b = balanced_.find(vm); b != balanced_.end()) {
+    for (const auto& [port, address] : b->second) {
+      auto& e = *status.add_endpoints();
+      e.set_port(port);
+      e.set_address(address);
+    }
+  }
   if (desired == 0) {
     status.set_phase(status.instances_size() == 0 ? "Stopped" : "Stopping");
   } else if (static_cast<int>(ready) >= desired) {
@@ -372,6 +386,32 @@ std::vector<VmEndpoint> VmSets::endpoints(const std::string& vm, std::uint32_t p
     out.push_back({slot->name, slot->address, p->second});
   }
   return out;
+}
+
+}  // namespace blixard::control
+
+namespace blixard::control {
+
+std::map<std::string, std::vector<std::uint32_t>> VmSets::exposed() const {
+  std::map<std::string, std::vector<std::uint32_t>> out;
+  std::lock_guard lock(mutex_);
+  for (const auto& [vm, set] : sets_) {
+    if (set->deleted) continue;
+    out[vm].assign(set->spec.ports().begin(), set->spec.ports().end());
+  }
+  return out;
+}
+
+void VmSets::set_balanced(const std::string& vm, std::uint32_t port, const std::string& address) {
+  std::lock_guard lock(mutex_);
+  if (address.empty()) {
+    auto it = balanced_.find(vm);
+    if (it == balanced_.end()) return;
+    it->second.erase(port);
+    if (it->second.empty()) balanced_.erase(it);
+  } else {
+    balanced_[vm][port] = address;
+  }
 }
 
 }  // namespace blixard::control

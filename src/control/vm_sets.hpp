@@ -56,6 +56,11 @@ class VmSets {
   void fill_status(const std::string& vm, const v1::VmSpec& spec, v1::VmStatus& status) const;
   // The ready replicas serving `port` of the set, in ordinal order.
   std::vector<VmEndpoint> endpoints(const std::string& vm, std::uint32_t port) const;
+  // Every set's declared ports (what the load balancer listens for).
+  std::map<std::string, std::vector<std::uint32_t>> exposed() const;
+  // Where the load balancer serves `port` of the set ("host:port"; empty: nowhere any more), for
+  // its status.
+  void set_balanced(const std::string& vm, std::uint32_t port, const std::string& address);
   // Ends the controller: nothing more starts or restarts (the nodes, shut down next, end the
   // replicas); waits for starts in flight. Later updates are ignored.
   void shutdown();
@@ -87,6 +92,7 @@ class VmSets {
   std::condition_variable wake_;
   std::condition_variable idle_;  // a start or stop thread finished
   std::map<std::string, std::shared_ptr<Set>> sets_;
+  std::map<std::string, std::map<std::uint32_t, std::string>> balanced_;
   std::size_t workers_ = 0;  // start and stop threads running
   bool closed_ = false;
   std::mutex placement_mutex_;  // one placement at a time

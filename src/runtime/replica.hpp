@@ -48,8 +48,8 @@ class Replica {
   // How long it took to be ready.
   virtual std::chrono::microseconds start_duration() const = 0;
   // A shutdown request (SIGTERM, an ACPI power button), then kill after `grace`; returns once it
-  // is gone. Idempotent. A sandboxed replica is PID 1 of its namespace, where a signal without a
-  // handler is ignored: a workload that should stop cleanly handles SIGTERM (nginx, postgres do).
+  // is gone. Idempotent. (A sandboxed replica is PID 1 of its namespace, which ignores a SIGTERM
+  // it does not handle: one without a handler is killed at once, as SIGTERM would have.)
   virtual void stop(std::chrono::milliseconds grace) = 0;
   // At once; its exit is reported as requested.
   virtual void kill() = 0;

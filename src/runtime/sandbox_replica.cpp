@@ -13,6 +13,7 @@
 #include <array>
 #include <condition_variable>
 #include <deque>
+#include <fstream>
 #include <mutex>
 #include <thread>
 
@@ -65,6 +66,17 @@ bool accepts(std::uint32_t port) {
   return ok;
 }
 
+// Whether process `pid` has a handler for `sig` (SigCgt in its status).
+bool catches(pid_t pid, int sig) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("SigCgt:", 0) != 0) continue;
+    const std::uint64_t mask = std::stoull(line.substr(7), nullptr, 16);
+    return (mask >> (sig - 1) & 1U) != 0;
+  }
+  return true;  // unknown: ask politely
+}
+
 // The directories a program needs beside the system's: its own, and its prefix (a pyenv or venv
 // interpreter lives outside /usr).
 std::vector<std::string> program_dirs(const fs::path& program) {
@@ -98,7 +110,9 @@ class SandboxReplica final : public Replica, public std::enable_shared_from_this
       if (state_ == State::exited) return;
       requested_ = true;
     }
-    signal(SIGTERM);
+    // As PID 1 of its namespace it ignores a SIGTERM it does not catch, where any other process
+    // would die of it: then SIGKILL is the same ending, without waiting out the grace.
+    signal(catches(pid_, SIGTERM) ? SIGTERM : SIGKILL);
     std::unique_lock lock(mutex_);
     if (!changed_.wait_for(lock, grace, [&] { return state_ == State::exited; })) {
       lock.unlock();

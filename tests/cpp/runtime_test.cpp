@@ -629,6 +629,26 @@ TEST_F(SandboxTest, ReplicaServesItsPortOnAHostPortUntilStopped) {
   EXPECT_TRUE(eventually([&] { return instances_with(token_) == 0; }));
 }
 
+TEST_F(SandboxTest, StoppingAReplicaUsesSigtermOnlyWhenItHandlesIt) {
+  // With a handler: it exits on its own (status 0). Without one, SIGTERM would do nothing to a
+  // PID 1, so it is killed at once, as SIGTERM would have killed any other process.
+  ReplicaEvents handles;
+  driver_->start_replica(handles.options("web-8", http_replica_spec(token_)))
+      ->stop(std::chrono::seconds(30));
+  ASSERT_TRUE(handles.wait_exit());
+  EXPECT_EQ(handles.exit->reason, "exited with status 0");
+  ReplicaEvents ignores;
+  auto spec = http_replica_spec(token_);
+  spec.set_command(2, "import os, socket, time\n"
+                      "s = socket.socket(); s.bind(('127.0.0.1', int(os.environ['PORT']))); "
+                      "s.listen()\n"
+                      "time.sleep(600)\n");
+  driver_->start_replica(ignores.options("web-9", spec))->stop(std::chrono::seconds(30));
+  ASSERT_TRUE(ignores.wait_exit());
+  EXPECT_TRUE(ignores.exit->requested);
+  EXPECT_THAT(ignores.exit->reason, ::testing::HasSubstr("SIGKILL"));
+}
+
 TEST_F(SandboxTest, ReplicaKilledFromOutsideReportsAnUnrequestedExit) {
   ReplicaEvents events;
   auto replica = driver_->start_replica(events.options("web-2", http_replica_spec(token_)));

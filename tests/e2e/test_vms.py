@@ -1,0 +1,165 @@
+"""Scenario 1 on the sandbox driver, through the CLI, on three agents in network namespaces: a VM
+set's replicas placed one per node, served through the server's load balancer, scaled, and
+replaced when one is killed from the host. (Real guests under libvirt are the next step.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from conftest import poll
+
+# A replica: an HTTP server on its port 80 (the host port in PORT_80), answering with its name.
+WEBAPP = """\
+type: long-lived
+memory: 64M
+vcpu: 2
+ports: [80]
+command:
+  - /usr/bin/python3
+  - -c
+  - |
+    import http.server, os, signal, sys
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    name = os.environ["BLIXARD_REPLICA"].encode()
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(name)))
+            self.end_headers()
+            self.wfile.write(name)
+        def log_message(self, *args):
+            pass
+    http.server.ThreadingHTTPServer(("", int(os.environ["PORT_80"])), Page).serve_forever()
+"""
+
+
+def cli(cluster, *args: str) -> str:
+    env = dict(os.environ, BLIXARD_ADDR=cluster.address, BLIXARD_TOKEN=cluster.token)
+    out = subprocess.run([sys.executable, "-m", "blixard", *args], env=env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr + out.stdout
+    return out.stdout
+
+
+def status(cluster, name: str) -> dict:
+    return json.loads(cli(cluster, "vm", "status", name, "-o", "json"))["status"]
+
+
+def ready(cluster, name: str, count: int):
+    st = status(cluster, name)
+    return st if st.get("phase") == "Running" and st.get("readyReplicas") == count and len(
+        st.get("instances", [])) == count else None
+
+
+def get(address: str) -> str:
+    with urllib.request.urlopen(f"http://{address}/", timeout=5) as r:
+        return r.read().decode()
+
+
+def three_agents(cluster):
+    for name in ("node1", "node2", "node3"):
+        cluster.start_agent(name)
+
+
+def test_scenario1_replicas_spread_serve_through_the_balancer_scale_and_are_replaced(
+        cluster, tmp_path: Path):
+    three_agents(cluster)
+    config = cluster.client_dir / "webapp.yaml"
+    config.write_text(WEBAPP)
+    cli(cluster, "vm", "create", "webapp", "--config", str(config), "--replicas", "3")
+    cli(cluster, "vm", "start", "webapp")
+    st = poll(lambda: ready(cluster, "webapp", 3), timeout=30)
+    nodes = sorted(i["node"] for i in st["instances"])
+    assert nodes == ["node1", "node2", "node3"], st
+    assert all(i["driver"] == "sandbox" for i in st["instances"]), st
+    text = cli(cluster, "vm", "status", "webapp")
+    assert "running on [node1, node2, node3]" in text, text
+
+    # The balancer: one address, round robin over the three replicas.
+    lb = poll(lambda: status(cluster, "webapp").get("endpoints"), timeout=10)[0]
+    assert lb["port"] == 80
+    seen = {get(lb["address"]) for _ in range(9)}
+    assert seen == {"webapp-1", "webapp-2", "webapp-3"}, seen
+
+    # Scale to 5 and back to 3 through the CLI.
+    cli(cluster, "vm", "scale", "webapp", "--replicas", "5")
+    poll(lambda: ready(cluster, "webapp", 5), timeout=30)
+    poll(lambda: {get(lb["address"]) for _ in range(15)} == {f"webapp-{i}" for i in range(1, 6)},
+         timeout=10)
+    cli(cluster, "vm", "scale", "webapp", "--replicas", "3")
+    poll(lambda: ready(cluster, "webapp", 3), timeout=30)
+
+    # A replica killed from the host is replaced, and a client polling the balancer meanwhile
+    # sees at most the connections that were on the killed one fail.
+    failures, answers, stop = [], [], threading.Event()
+
+    def client():
+        while not stop.is_set():
+            try:
+                answers.append(get(lb["address"]))
+            except OSError as e:
+                failures.append(repr(e))
+            time.sleep(0.01)
+
+    poller = threading.Thread(target=client)
+    poller.start()
+    try:
+        victim = next(i for i in status(cluster, "webapp")["instances"] if i["name"] == "webapp-2")
+        pid = _replica_pid("webapp-2")
+        assert pid, "webapp-2's process not found"
+        os.kill(pid, signal.SIGKILL)
+        st = poll(lambda: (s := ready(cluster, "webapp", 3)) and next(
+            i for i in s["instances"] if i["name"] == "webapp-2").get("restarts") == 1 and s,
+            timeout=30)
+        poll(lambda: "webapp-2" in {get(lb["address"]) for _ in range(6)}, timeout=10)
+    finally:
+        stop.set()
+        poller.join()
+    assert len(answers) > 20, answers
+    # A connection already on its way to the killed replica may fail; nothing after it did.
+    assert len(failures) <= 2, failures
+    assert victim["node"] in ("node1", "node2", "node3")
+
+    cli(cluster, "vm", "stop", "webapp")
+    poll(lambda: status(cluster, "webapp").get("phase") == "Stopped", timeout=30)
+    assert _replica_pid("webapp-1") is None
+    cli(cluster, "vm", "delete", "webapp")
+
+
+def test_naming_a_vm_that_does_not_exist_or_a_bad_scale_says_so(cluster):
+    env = dict(os.environ, BLIXARD_ADDR=cluster.address, BLIXARD_TOKEN=cluster.token)
+    out = subprocess.run([sys.executable, "-m", "blixard", "vm", "scale", "nothing",
+                          "--replicas", "2"], env=env, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "nothing" in out.stderr and "not found" in out.stderr.lower(), out.stderr
+    cluster.start_agent("node1")
+    config = cluster.client_dir / "webapp.yaml"
+    config.write_text(WEBAPP)
+    cli(cluster, "vm", "create", "webapp", "--config", str(config), "--replicas", "1")
+    out = subprocess.run([sys.executable, "-m", "blixard", "vm", "scale", "webapp",
+                          "--replicas", "0"], env=env, capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "--replicas" in out.stderr and "vm stop" in out.stderr, out.stderr
+
+
+def _replica_pid(replica: str):
+    """The host pid of a replica's process (its BLIXARD_REPLICA), or None."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        if f"BLIXARD_REPLICA={replica}".encode() in env:
+            return int(entry)
+    return None
