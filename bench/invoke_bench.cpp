@@ -234,6 +234,10 @@ class NoopBackend final : public blixard::detail::Backend {
                                       std::chrono::milliseconds) override {
     fail();
   }
+  blixard::v1::LogChunk vm_logs(const std::string&, std::int64_t,
+                                std::chrono::milliseconds) override {
+    fail();
+  }
   blixard::v1::WatchEventList events(const std::string&, const std::string&, std::int64_t,
                                      std::chrono::milliseconds) override {
     fail();

@@ -238,6 +238,13 @@ class PyCluster {
       return blixard::to_json(backend->function_logs(name, after, wait));
     });
   }
+  std::string vm_logs(const std::string& name, std::int64_t after, std::int64_t wait_ms) {
+    auto backend = cluster().backend();
+    auto wait = std::chrono::milliseconds(std::max<std::int64_t>(wait_ms, 0));
+    return call_interruptibly([backend, name, after, wait] {
+      return blixard::to_json(backend->vm_logs(name, after, wait));
+    });
+  }
   std::string events(const std::string& kind, const std::string& name, std::int64_t after,
                      std::int64_t wait_ms) {
     auto backend = cluster().backend();
@@ -563,6 +570,8 @@ PYBIND11_MODULE(_core, m) {
       .def("delete_function", &PyCluster::delete_function, py::arg("name"), release_gil())
       .def("function_metrics", &PyCluster::function_metrics, py::arg("name"), release_gil())
       .def("function_logs", &PyCluster::function_logs, py::arg("name"), py::arg("after") = 0,
+           py::arg("wait_ms") = 0)
+      .def("vm_logs", &PyCluster::vm_logs, py::arg("name"), py::arg("after") = 0,
            py::arg("wait_ms") = 0)
       .def("events", &PyCluster::events, py::arg("kind") = "", py::arg("name") = "",
            py::arg("after") = -1, py::arg("wait_ms") = 0)

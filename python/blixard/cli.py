@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 import click
 
 from . import errors
-from .errors import BlixardError, InvalidSpec, Unavailable
+from .errors import BlixardError, InvalidSpec, NotFound, Unavailable
 
 # ---- exit codes -------------------------------------------------------------------------------
 
@@ -1076,6 +1076,43 @@ def _ports(instance: Dict[str, Any]) -> str:
     address = instance.get("address")
     ports = sorted((int(k), v) for k, v in (instance.get("hostPorts") or {}).items())
     return ", ".join(f"{p}->{address + ':' if address else ''}{h}" for p, h in ports)
+
+
+@vm.command("logs")
+@click.argument("name")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until Ctrl-C.")
+@click.option("--prefix", is_flag=True, help="Start each line with its replica and stream.")
+@output_option
+@pass_ctx
+def vm_logs(c: Ctx, name, follow, prefix, output) -> None:
+    """Print the console of VM set NAME's replicas, or of one replica (NAME-N)."""
+    as_json = _out(c, output) == "json"
+    cl = c.cluster()
+    vm_name, replica = name, None
+    try:
+        cl.vm(name).get()
+    except NotFound:
+        # "webapp-2": replica 2 of webapp.
+        base, _, ordinal = name.rpartition("-")
+        if not base or not ordinal.isdigit():
+            raise
+        cl.vm(base).get()  # not_found names the set when it does not exist either
+        vm_name, replica = base, name
+    stream = cl.vm(vm_name).logs(follow=follow, replica=replica)
+    try:
+        for line in stream:
+            if as_json:
+                _print_json_line(line)
+            elif prefix or replica is None:
+                where = f"{line['node']}/" if line.get("node") else ""
+                click.echo(f"[{where}{line.get('instance')} {line.get('stream')}] "
+                           f"{line.get('text')}")
+            else:
+                click.echo(line.get("text", ""))
+    except KeyboardInterrupt:
+        pass  # the way to stop --follow: not an error
+    finally:
+        stream.close()
 
 
 @vm.command("start")

@@ -307,22 +307,8 @@ class Function:
         iterator is closed, or ``timeout`` seconds have passed. Raises NotFound at once for an
         unknown function.
         """
-        cluster, name = self._cluster, self.name
-        started = False
-
-        def fetch(pos: int, wait_ms: int):
-            nonlocal started
-            try:
-                chunk = json.loads(cluster._core.function_logs(name, pos, wait_ms))
-            except NotFound:
-                # Unknown at the start: an error. Deleted since: the stream ends.
-                if not started:
-                    raise
-                raise _End() from None
-            started = True
-            return [_log_line(x) for x in chunk.get("lines", [])], int(chunk.get("next", pos))
-
-        return LogStream(fetch, after, follow=follow, timeout=timeout, poll=poll)
+        read = self._cluster._core.function_logs
+        return _log_stream(read, self.name, after, follow=follow, timeout=timeout, poll=poll)
 
     def watch(
         self, *, after: Optional[int] = None, timeout: Optional[float] = None,
@@ -353,6 +339,30 @@ class Function:
         return hash(("function", self.name))
 
 
+def _log_stream(read, name: str, after: int, *, follow: bool, timeout: Optional[float],
+                poll: float, instance: Optional[str] = None) -> LogStream:
+    """Lines from ``read(name, after, wait_ms)`` (a function's or a VM set's); only
+    ``instance``'s when given."""
+    started = False
+
+    def fetch(pos: int, wait_ms: int):
+        nonlocal started
+        try:
+            chunk = json.loads(read(name, pos, wait_ms))
+        except NotFound:
+            # Unknown at the start: an error. Deleted since: the stream ends.
+            if not started:
+                raise
+            raise _End() from None
+        started = True
+        lines = [_log_line(x) for x in chunk.get("lines", [])]
+        if instance is not None:
+            lines = [x for x in lines if x.get("instance") == instance]
+        return lines, int(chunk.get("next", pos))
+
+    return LogStream(fetch, after, follow=follow, timeout=timeout, poll=poll)
+
+
 class Vm:
     """A handle on one replicated VM set."""
 
@@ -366,6 +376,21 @@ class Vm:
     def status(self) -> Dict[str, Any]:
         """``phase``, ``readyReplicas``, ``primary``, ``instances``, ... ({} before any report)."""
         return self.get().get("status", {})
+
+    def logs(
+        self,
+        follow: bool = False,
+        *,
+        replica: Optional[str] = None,
+        after: int = 0,
+        timeout: Optional[float] = None,
+        poll: float = _POLL_S,
+    ) -> LogStream:
+        """The replicas' console lines (``instance`` names the replica), as ``Function.logs``;
+        only ``replica``'s (e.g. ``"webapp-2"``) when given."""
+        read = self._cluster._core.vm_logs
+        return _log_stream(read, self.name, after, follow=follow, timeout=timeout, poll=poll,
+                           instance=replica)
 
     def scale(self, replicas: int) -> Dict[str, Any]:
         """Sets the wanted replicas (1 or more; the scheduler places new ones); returns the set."""

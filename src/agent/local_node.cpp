@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "blixard/error.hpp"
+#include "runtime/accel.hpp"
 
 namespace blixard::agent {
 
@@ -17,7 +18,8 @@ v1::NodeSpec describe_this_machine() {
     labels["arch"] = uts.machine;
     labels["hostname"] = uts.nodename;
   }
-  labels["kvm"] = access("/dev/kvm", R_OK | W_OK) == 0 ? "true" : "false";
+  // By a probe, not by /dev/kvm's presence (runtime/accel.hpp).
+  labels["kvm"] = runtime::probe_accel().kvm ? "true" : "false";
   struct sysinfo info {};
   if (sysinfo(&info) == 0) {
     spec.set_memory_mib(static_cast<std::uint64_t>(info.totalram) * info.mem_unit >> 20);

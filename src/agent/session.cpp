@@ -160,6 +160,7 @@ void Session::assign_replica(const v1::AssignReplica& assign) {
     a.epoch = assign.epoch();
     a.replica.vm = assign.vm();
     a.replica.name = assign.replica();
+    a.replica.slot = assign.slot();
     a.replica.spec = assign.spec();
     std::weak_ptr<Outbox> weak = out;
     a.replica.on_log = [weak](const std::string& replica, const std::string& stream,

@@ -68,14 +68,18 @@ Routed route_invoke(const RouteRequest& r, const std::shared_ptr<detail::Backend
       [backend, call] { return invoke_response(backend->invoke(*call)); });
 }
 
-Routed route_logs(const RouteRequest& r, const RouteContext& context) {
+// A function's or a VM set's lines (`of` reads them from the backend).
+using LogSource = v1::LogChunk (detail::Backend::*)(const std::string&, std::int64_t,
+                                                    std::chrono::milliseconds);
+
+Routed route_logs(const RouteRequest& r, const RouteContext& context, LogSource of) {
   auto backend = context.backend;
   const std::string& name = r.param("name");
   const std::int64_t after = parse_after(r.target);
   if (parse_flag(r.target, "follow")) {
     return stream(
-        [backend, name](std::int64_t from, milliseconds wait) {
-          auto chunk = backend->function_logs(name, from, wait);
+        [backend, name, of](std::int64_t from, milliseconds wait) {
+          auto chunk = ((*backend).*of)(name, from, wait);
           Batch b;
           for (const auto& line : chunk.lines()) b.lines += to_json(line) + "\n";
           b.next = chunk.next();
@@ -84,10 +88,10 @@ Routed route_logs(const RouteRequest& r, const RouteContext& context) {
         after);
   }
   const milliseconds wait = parse_wait(r.target, context.max_wait);
-  Job job = [req = r.req, context, name, after, wait] {
+  Job job = [req = r.req, context, name, after, wait, of] {
     auto chunk =
-        sliced_poll([&](milliseconds w) { return context.backend->function_logs(name, after, w); },
-                    wait, context.stream_poll_wait, *context.stopping,
+        sliced_poll([&](milliseconds w) { return ((*context.backend).*of)(name, after, w); }, wait,
+                    context.stream_poll_wait, *context.stopping,
                     [](const v1::LogChunk& c) { return c.lines_size() == 0; });
     return message_response(*req, chunk);
   };
@@ -107,7 +111,12 @@ void add_function_routes(RouteTable& table, const RouteContext& context) {
               });
             });
   table.add(http::verb::get, "/v1/functions/{name}/logs", Scope::read,
-            [context](const RouteRequest& r) { return route_logs(r, context); });
+            [context](const RouteRequest& r) {
+              return route_logs(r, context, &detail::Backend::function_logs);
+            });
+  table.add(http::verb::get, "/v1/vms/{name}/logs", Scope::read, [context](const RouteRequest& r) {
+    return route_logs(r, context, &detail::Backend::vm_logs);
+  });
 }
 
 }  // namespace blixard::api

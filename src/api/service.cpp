@@ -585,6 +585,12 @@ v1::LogChunk Service::function_logs(const std::string& name, std::int64_t after,
   return telemetry_->logs(name, after, wait);
 }
 
+v1::LogChunk Service::vm_logs(const std::string& name, std::int64_t after,
+                              std::chrono::milliseconds wait) {
+  read_object<v1::Vm>(*store_, k_vms_prefix, "vm", name);  // not_found
+  return telemetry_->logs(control::VmSets::log_key(name), after, wait);
+}
+
 v1::WatchEventList Service::events(const std::string& kind, const std::string& name,
                                    std::int64_t after, std::chrono::milliseconds wait) {
   // After shutdown this answers at once with what is kept (telemetry is closed).

@@ -57,6 +57,8 @@ class Service final : public detail::Backend {
   std::string prometheus_metrics() override;
   v1::LogChunk function_logs(const std::string& name, std::int64_t after,
                              std::chrono::milliseconds wait) override;
+  v1::LogChunk vm_logs(const std::string& name, std::int64_t after,
+                       std::chrono::milliseconds wait) override;
   v1::TokenCreated create_token(const v1::TokenRequest& request) override;
   v1::TokenList list_tokens() override;
   v1::Token revoke_token(const std::string& name_or_id) override;

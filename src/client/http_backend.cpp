@@ -307,6 +307,14 @@ class HttpBackend final : public detail::Backend {
                               nullptr, long_poll_timeout(wait));
   }
 
+  v1::LogChunk vm_logs(const std::string& name, std::int64_t after,
+                       std::chrono::milliseconds wait) override {
+    return call<v1::LogChunk>(http::verb::get,
+                              "/v1/vms/" + percent_encode(name) +
+                                  "/logs?after=" + std::to_string(after) + wait_param(wait),
+                              nullptr, long_poll_timeout(wait));
+  }
+
   v1::WatchEventList events(const std::string& kind, const std::string& name, std::int64_t after,
                             std::chrono::milliseconds wait) override {
     std::string target = "/v1/events?after=" + std::to_string(after) + wait_param(wait);

@@ -158,6 +158,7 @@ std::shared_ptr<runtime::Replica> RemoteNode::start_replica(const ReplicaAssignm
   assign.set_epoch(assignment.epoch);
   assign.set_vm(assignment.replica.vm);
   assign.set_replica(assignment.replica.name);
+  assign.set_slot(assignment.replica.slot);
   *assign.mutable_spec() = assignment.replica.spec;
   std::unique_lock lock(mutex_);
   if (lost_) throw gone_error();

@@ -26,7 +26,10 @@ struct ReplicaExit {
 
 struct ReplicaOptions {
   std::string vm;    // the set
-  std::string name;  // the replica, unique on the node ("webapp-2")
+  std::string name;  // this start of the replica, unique on the node ("webapp-2.4")
+  // The set's replica it runs ("webapp-2", its BLIXARD_REPLICA); empty: `name`. During a rolling
+  // update the old and the new start of one replica run side by side under different names.
+  std::string slot;
   v1::VmSpec spec;   // validated, defaults applied
   // Each line the replica writes to its console (stdout/stderr), without its newline; on a
   // thread of the replica's: must not block for long.

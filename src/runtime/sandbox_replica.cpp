@@ -214,7 +214,8 @@ void SandboxReplica::launch() {
                                "TMPDIR=/tmp",
                                "LANG=C.UTF-8",
                                "BLIXARD_VM=" + options_.vm,
-                               "BLIXARD_REPLICA=" + options_.name};
+                               "BLIXARD_REPLICA=" +
+                                   (options_.slot.empty() ? options_.name : options_.slot)};
   for (const auto port : spec.ports()) {
     const std::uint32_t host = free_port();
     if (ports_.empty()) env.push_back("PORT=" + std::to_string(host));

@@ -262,6 +262,9 @@ class FakeBackend final : public detail::Backend {
            "blixard_function_invocations_total{function=\"echo\"} 3\n";
   }
 
+  v1::LogChunk vm_logs(const std::string& name, std::int64_t, std::chrono::milliseconds) override {
+    throw Error(errc::not_found, "vm " + name + " not found");
+  }
   v1::LogChunk function_logs(const std::string& name, std::int64_t after,
                              std::chrono::milliseconds wait) override {
     if (name != "echo") throw Error(errc::not_found, "function " + name + " not found");

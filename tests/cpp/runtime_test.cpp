@@ -26,6 +26,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/strand.hpp>
 
+#include "runtime/accel.hpp"
 #include "runtime/cgroup.hpp"
 #include "runtime/driver.hpp"
 #include "runtime/embedded.hpp"
@@ -127,6 +128,30 @@ TEST(EmbeddedRuntime, IsThePackagesHandlerRuntime) {
   std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
   EXPECT_FALSE(text.empty());
   EXPECT_EQ(detail::embedded_handler_runtime(), text);
+}
+
+// ---- the accelerator probe ----
+
+TEST(AccelProbe, KvmNeedsAHardwareFlagAndAWorkingDevice) {
+  const fs::path dir = fs::temp_directory_path() / ("blixard-accel-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  auto write = [&](const std::string& name, const std::string& text) {
+    std::ofstream(dir / name) << text;
+    return (dir / name).string();
+  };
+  // KVM-PVM: the device works, the CPU shows no vmx/svm.
+  const auto pvm = write("pvm", "processor\t: 0\nflags\t\t: fpu vme sse2 hypervisor\n");
+  auto probe = probe_accel(pvm, "/dev/kvm");
+  EXPECT_FALSE(probe.kvm);
+  EXPECT_THAT(probe.why, ::testing::HasSubstr("no vmx/svm"));
+  const auto intel = write("intel", "flags\t\t: fpu vmx sse2\n");
+  probe = probe_accel(intel, (dir / "no-such-device").string());
+  EXPECT_FALSE(probe.kvm);
+  EXPECT_THAT(probe.why, ::testing::HasSubstr("cannot be opened"));
+  probe = probe_accel(intel, "/dev/null");  // opens, but is no KVM
+  EXPECT_FALSE(probe.kvm);
+  EXPECT_THAT(probe.why, ::testing::HasSubstr("KVM_CREATE_VM failed"));
+  fs::remove_all(dir);
 }
 
 // ---- the sandbox driver ----
@@ -639,10 +664,11 @@ TEST_F(SandboxTest, StoppingAReplicaUsesSigtermOnlyWhenItHandlesIt) {
   EXPECT_EQ(handles.exit->reason, "exited with status 0");
   ReplicaEvents ignores;
   auto spec = http_replica_spec(token_);
-  spec.set_command(2, "import os, socket, time\n"
-                      "s = socket.socket(); s.bind(('127.0.0.1', int(os.environ['PORT']))); "
-                      "s.listen()\n"
-                      "time.sleep(600)\n");
+  spec.set_command(2,
+                   "import os, socket, time\n"
+                   "s = socket.socket(); s.bind(('127.0.0.1', int(os.environ['PORT']))); "
+                   "s.listen()\n"
+                   "time.sleep(600)\n");
   driver_->start_replica(ignores.options("web-9", spec))->stop(std::chrono::seconds(30));
   ASSERT_TRUE(ignores.wait_exit());
   EXPECT_TRUE(ignores.exit->requested);

@@ -29,6 +29,7 @@ command:
     import http.server, os, signal, sys
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     name = os.environ["BLIXARD_REPLICA"].encode()
+    print("serving", name.decode(), "on", os.environ["PORT_80"], flush=True)
     class Page(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
             self.send_response(200)
@@ -82,6 +83,13 @@ def test_scenario1_replicas_spread_serve_through_the_balancer_scale_and_are_repl
     assert all(i["driver"] == "sandbox" for i in st["instances"]), st
     text = cli(cluster, "vm", "status", "webapp")
     assert "running on [node1, node2, node3]" in text, text
+
+    # Each replica's console, all of them or one.
+    logs = poll(lambda: (t := cli(cluster, "vm", "logs", "webapp")).count("serving") == 3 and t,
+                timeout=10)
+    assert "webapp-1 stdout] serving webapp-1" in logs, logs
+    one = cli(cluster, "vm", "logs", "webapp-2")
+    assert one.startswith("serving webapp-2 on ") and "webapp-1" not in one, one
 
     # The balancer: one address, round robin over the three replicas.
     lb = poll(lambda: status(cluster, "webapp").get("endpoints"), timeout=10)[0]

@@ -76,6 +76,9 @@ class Backend {
   // (an empty answer when nothing came). Callers continue from the returned `next`.
   virtual v1::LogChunk function_logs(const std::string& name, std::int64_t after,
                                      std::chrono::milliseconds wait) = 0;
+  // A VM set's console lines (each replica's, `instance` naming it).
+  virtual v1::LogChunk vm_logs(const std::string& name, std::int64_t after,
+                               std::chrono::milliseconds wait) = 0;
   // Object changes and records (scaling, placement, invocations); `kind`/`name` empty: all.
   // A negative `after` means "from now": only events newer than the call.
   virtual v1::WatchEventList events(const std::string& kind, const std::string& name,
