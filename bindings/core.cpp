@@ -347,6 +347,10 @@ class PyCluster {
   std::string get_vm(const std::string& name) { return blixard::to_json(cluster().vm(name).get()); }
   std::string vms() { return to_list_json<blixard::v1::VmList>(cluster().vms()); }
   void delete_vm(const std::string& name) { cluster().delete_vm(name); }
+  std::string update_vm(const std::string& name, const std::string& config,
+                        const std::string& overrides_json) {
+    return blixard::to_json(cluster().update_vm(name, config, overrides_json).get());
+  }
   std::string scale_vm(const std::string& name, std::uint32_t replicas) {
     return blixard::to_json(cluster().vm(name).scale(replicas));
   }
@@ -589,6 +593,8 @@ PYBIND11_MODULE(_core, m) {
       .def("get_vm", &PyCluster::get_vm, py::arg("name"), release_gil())
       .def("vms", &PyCluster::vms, release_gil())
       .def("delete_vm", &PyCluster::delete_vm, py::arg("name"), release_gil())
+      .def("update_vm", &PyCluster::update_vm, py::arg("name"), py::arg("config"),
+           py::arg("overrides_json"), release_gil())
       .def("scale_vm", &PyCluster::scale_vm, py::arg("name"), py::arg("replicas"), release_gil())
       .def("start_vm", &PyCluster::start_vm, py::arg("name"), release_gil())
       .def("stop_vm", &PyCluster::stop_vm, py::arg("name"), release_gil())

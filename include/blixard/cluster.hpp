@@ -55,6 +55,9 @@ class Cluster {
   Vm create_vm(const std::string& name, const v1::VmSpec& spec);
   Vm create_vm(const std::string& name, const std::filesystem::path& config,
                const std::string& overrides_json = "{}");
+  // A new config for an existing set, with the same overrides as create (see Vm::update).
+  Vm update_vm(const std::string& name, const std::filesystem::path& config,
+               const std::string& overrides_json = "{}");
   Vm vm(const std::string& name);
   std::vector<v1::Vm> vms();
   void delete_vm(const std::string& name);

@@ -20,6 +20,9 @@ class Vm {
   // The set's wanted replicas (1 or more), placed by the scheduler; returns the set as stored.
   // Throws Error(invalid_spec, field "replicas") for 0 or more than the limit.
   v1::Vm scale(std::uint32_t replicas) const;
+  // A new spec for the set (its update strategy rolls it out); `replicas` 0 keeps the set's
+  // count, and whether it is stopped is kept. Returns the set as stored.
+  v1::Vm update(v1::VmSpec spec) const;
   // Runs the set's replicas again after stop().
   v1::Vm start() const;
   // Stops every replica; the set, its spec and its volumes stay.

@@ -1115,6 +1115,61 @@ def vm_logs(c: Ctx, name, follow, prefix, output) -> None:
         stream.close()
 
 
+@vm.command("update")
+@click.argument("name")
+@click.option("--config", metavar="FILE", required=True, help="The new config.")
+@click.option("--strategy", type=click.Choice(["rolling", "recreate"]),
+              help="rolling (default): one replica at a time, the new one healthy before the "
+                   "old one stops; recreate: stop, then start.")
+@click.option("--memory", metavar="SIZE", help="Memory per replica, e.g. 512M, 2G.")
+@click.option("--vcpu", type=int, metavar="N", help="vCPUs per replica.")
+@click.option("--detach", is_flag=True, help="Return once the new revision is stored.")
+@output_option
+@pass_ctx
+def vm_update(c: Ctx, name, config, strategy, memory, vcpu, detach, output) -> None:
+    """Roll VM set NAME to a new config; shows the rollout live unless --detach (Ctrl-C stops
+    watching, not the rollout). Exit 9 when the rollout halts (the set keeps serving the last
+    revision that ran)."""
+    c.flag_for_field = VM_FLAGS
+    cl = c.cluster()
+    vm = cl.update_vm(name, _config_path(config), strategy=strategy, memory=memory, vcpu=vcpu)
+    stored = _int(vm.get().get("metadata", {}).get("resourceVersion"))
+    # Until the controller has seen the update, its status is the old one's.
+    deadline = time.monotonic() + 30
+    while _int((st := vm.status()).get("observedVersion")) < stored and (
+            time.monotonic() < deadline):
+        time.sleep(0.05)
+    as_json = _out(c, output) == "json"
+    revision = _int(st.get("revision"))
+    if detach:
+        if as_json:
+            print_json(vm.get())
+        else:
+            click.echo(f"vm {name}: revision {revision} stored; `blixard vm status {name}` "
+                       "shows the rollout")
+        return
+    last = None
+    try:
+        while True:
+            st = vm.status()
+            rollout = st.get("rollout", "")
+            if rollout and rollout != last and not as_json:
+                click.echo(f"vm {name}: {rollout}")
+            last = rollout
+            if "halted" in rollout:
+                raise errors.HandlerFailed(rollout)
+            if not rollout:
+                break
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        return  # the rollout goes on without us
+    if as_json:
+        print_json(vm.get())
+    else:
+        click.echo(f"vm {name}: revision {_int(st.get('revision'))} is out "
+                   f"({_int(st.get('readyReplicas'))} replicas ready)")
+
+
 @vm.command("start")
 @click.argument("name")
 @output_option

@@ -534,6 +534,17 @@ class Cluster:
         self._core.create_vm(name, _path(config), json.dumps(spec))
         return Vm(self, name)
 
+    def update_vm(self, name: str, config: PathLike, **overrides: Any) -> Vm:
+        """A new config for VM set ``name`` (keywords as ``create_vm``; ``strategy`` "rolling" or
+        "recreate"); its replicas are replaced by the set's update strategy (``Vm.status()``'s
+        ``rollout`` tells how far). The replica count and stopped state are kept."""
+        strategy = overrides.pop("strategy", None)
+        spec = overrides_to_spec(overrides, _VM_NESTED)
+        if strategy:
+            spec.setdefault("updateStrategy", {})["type"] = strategy
+        self._core.update_vm(name, os.fspath(config), json.dumps(spec))
+        return Vm(self, name)
+
     def vm(self, name: str) -> Vm:
         return Vm(self, name)
 

@@ -153,6 +153,14 @@ Vm Cluster::create_vm(const std::string& name, const std::filesystem::path& conf
   return create_vm(name, spec);
 }
 
+Vm Cluster::update_vm(const std::string& name, const std::filesystem::path& config,
+                      const std::string& overrides_json) {
+  auto spec = load_vm_config(config, state_->spec);
+  merge_vm_overrides(spec, overrides_json);
+  vm(name).update(std::move(spec));
+  return vm(name);
+}
+
 Vm Cluster::vm(const std::string& name) { return {backend_, name}; }
 
 std::vector<v1::Vm> Cluster::vms() {
@@ -315,6 +323,14 @@ v1::Vm Vm::scale(std::uint32_t replicas) const {
                 "replicas");
   }
   return change_vm(*backend_, name_, [&](v1::VmSpec& spec) { spec.set_replicas(replicas); });
+}
+
+v1::Vm Vm::update(v1::VmSpec spec) const {
+  return change_vm(*backend_, name_, [&](v1::VmSpec& stored) {
+    if (spec.replicas() == 0) spec.set_replicas(stored.replicas());
+    spec.set_stopped(stored.stopped());
+    stored = std::move(spec);
+  });
 }
 
 v1::Vm Vm::start() const {

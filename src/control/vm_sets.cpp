@@ -1,6 +1,9 @@
 // The VM set controller (see vm_sets.hpp).
 #include "control/vm_sets.hpp"
 
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
+
 #include <algorithm>
 
 #include "blixard/error.hpp"
@@ -13,7 +16,7 @@ using std::chrono::milliseconds;
 namespace {
 
 std::string phase_name(int phase) {
-  static const char* const names[] = {"Starting", "Running", "Stopping", "Failed"};
+  static const char* const names[] = {"Starting", "Running", "Stopping"};
   return names[phase];
 }
 
@@ -27,28 +30,55 @@ std::string driver_of(const v1::NodeSpec& node) {
 
 }  // namespace
 
-struct VmSets::Slot {
-  enum Phase { starting, running, stopping, failed };
-  int ordinal = 0;
-  std::string name;
+// One start of a slot's replica.
+struct VmSets::Run {
+  enum Phase { starting, running, stopping };
+  std::uint64_t generation = 0;  // unique in the slot: an exit names the run by it
+  std::int64_t revision = 0;
   Phase phase = starting;
-  std::uint64_t generation = 0;  // one per start: an exit of an older start is ignored
   std::shared_ptr<runtime::Replica> replica;
   std::string node, address, driver;
   sched::Resources reserved;
   std::map<std::uint32_t, std::uint32_t> ports;
+  std::chrono::system_clock::time_point started_at;
+  Clock::time_point ready_at;
+};
+
+// One of the set's replicas ("webapp-2"): the run that serves it and, during a rolling update,
+// the new run that will replace it; runs being stopped stay listed until they are gone.
+struct VmSets::Slot {
+  int ordinal = 0;
+  std::string name;
+  std::shared_ptr<Run> current, next;
+  std::vector<std::shared_ptr<Run>> retiring;
+  std::uint64_t generations = 0;
+  bool failed = false;  // its last run failed: started again at retry_at
   std::string message;
   std::uint32_t restarts = 0;
   int failures_in_row = 0;
-  bool remove = false;  // stopping for good (scaled down, stopped, deleted)
+  bool remove = false;  // going away (scaled down, stopped, deleted)
   Clock::time_point retry_at;
-  std::chrono::system_clock::time_point started_at;
+
+  std::shared_ptr<Run>* find(std::uint64_t generation) {
+    if (current && current->generation == generation) return &current;
+    if (next && next->generation == generation) return &next;
+    for (auto& r : retiring) {
+      if (r->generation == generation) return &r;
+    }
+    return nullptr;
+  }
+  bool empty() const { return !current && !next && retiring.empty(); }
 };
 
 struct VmSets::Set {
-  v1::VmSpec spec;
+  v1::VmSpec spec;  // as stored, newest
   std::int64_t version = 0;
   bool deleted = false;
+  // Each revision's spec (what `replicas` and `stopped` aside), the newest and the one new runs
+  // start from (older while a rollout is halted).
+  std::map<std::int64_t, v1::VmSpec> revisions;
+  std::int64_t revision = 0, serving = 0;
+  std::string rollout;  // progress or why it halted
   std::map<int, std::shared_ptr<Slot>> slots;
 };
 
@@ -75,15 +105,43 @@ VmSets::~VmSets() {
   hub_->self = nullptr;
 }
 
+namespace {
+
+constexpr std::size_t k_revisions_kept = 10;
+
+// The part of a spec a revision is made of: everything but how many run and whether they do.
+std::string revision_key(v1::VmSpec spec) {
+  spec.clear_replicas();
+  spec.clear_stopped();
+  std::string out;
+  google::protobuf::io::StringOutputStream stream(&out);
+  google::protobuf::io::CodedOutputStream coded(&stream);
+  coded.SetSerializationDeterministic(true);
+  spec.SerializeToCodedStream(&coded);
+  return out;
+}
+
+}  // namespace
+
 void VmSets::update(const std::string& vm, std::int64_t version, const v1::VmSpec& spec) {
   std::lock_guard lock(mutex_);
   if (closed_) return;
   auto& set = sets_[vm];
   if (!set) set = std::make_shared<Set>();
   if (version < set->version) return;
+  const bool new_revision =
+      set->revisions.empty() || revision_key(set->revisions.rbegin()->second) != revision_key(spec);
   set->spec = spec;
   set->version = version;
   set->deleted = false;
+  if (new_revision) {
+    set->revision = set->revisions.empty() ? 1 : set->revision + 1;
+    set->revisions[set->revision] = spec;
+    set->serving = set->revision;  // new runs start from it (unless its rollout halts)
+    // Keep the last few (a rollback names one of them).
+    while (set->revisions.size() > k_revisions_kept) set->revisions.erase(set->revisions.begin());
+    if (set->revision > 1) set->rollout = "rolling out revision " + std::to_string(set->revision);
+  }
   wake_.notify_all();
 }
 
@@ -112,12 +170,12 @@ void VmSets::shutdown() {
 void VmSets::loop() {
   std::unique_lock lock(mutex_);
   while (!closed_) {
-    reconcile(lock);
+    reconcile();
     wake_.wait_for(lock, options_.tick);
   }
 }
 
-void VmSets::reconcile(std::unique_lock<std::mutex>& lock) {
+void VmSets::reconcile() {
   const auto now = Clock::now();
   for (auto it = sets_.begin(); it != sets_.end();) {
     const std::string& vm = it->first;
@@ -130,43 +188,99 @@ void VmSets::reconcile(std::unique_lock<std::mutex>& lock) {
         slot = std::make_shared<Slot>();
         slot->ordinal = ordinal;
         slot->name = vm + "-" + std::to_string(ordinal);
-        start(vm, set, *slot);
-      } else if (slot->phase == Slot::failed && now >= slot->retry_at) {
-        start(vm, set, *slot);
+      }
+      slot->remove = false;
+      // (Once what it ran before is gone: a recreate stops, then starts.)
+      if (!slot->current && slot->retiring.empty() && (!slot->failed || now >= slot->retry_at)) {
+        start(vm, set, *slot, false);
       }
     }
     for (auto s = set.slots.upper_bound(desired); s != set.slots.end();) {
       Slot& slot = *s->second;
       slot.remove = true;
-      if (slot.phase == Slot::failed) {
+      if (slot.empty()) {
         s = set.slots.erase(s);
         continue;
       }
-      if (slot.phase == Slot::running) stop(slot);
-      ++s;  // a starting one is stopped once it is ready
+      // A starting run is stopped once it is ready (start() sees `remove`).
+      if (slot.next && slot.next->phase == Run::running) retire(slot, slot.next, {});
+      if (slot.current && slot.current->phase == Run::running) retire(slot, slot.current, {});
+      ++s;
     }
+    roll(vm, set, desired);
     if (set.deleted && set.slots.empty()) {
       it = sets_.erase(it);
     } else {
       ++it;
     }
   }
-  (void)lock;
 }
 
-void VmSets::start(const std::string& vm, Set& set, Slot& slot) {
-  slot.phase = Slot::starting;
-  slot.remove = false;
-  const std::uint64_t generation = ++slot.generation;
-  ++workers_;
-  auto placed_spec = set.spec;
+void VmSets::roll(const std::string& vm, Set& set, int desired) {
+  if (set.serving == set.revision && set.rollout.empty()) return;
+  const auto& strategy = set.revisions.at(set.revision).update_strategy();
+  const auto& mht = strategy.min_healthy_time();
+  const auto min_healthy = strategy.has_min_healthy_time()
+                               ? milliseconds(mht.seconds() * 1000 + mht.nanos() / 1'000'000)
+                               : options_.min_healthy_time;
+  const auto now = Clock::now();
+  int updated = 0, total = 0;
+  bool in_flight = false;
+  for (auto& [ordinal, slot] : set.slots) {
+    if (ordinal > desired) continue;
+    ++total;
+    if (slot->next) {
+      in_flight = true;
+      // The new run took over once it stayed up for minHealthyTime: the old one goes.
+      if (slot->next->phase == Run::running && now - slot->next->ready_at >= min_healthy) {
+        if (slot->current) retire(*slot, slot->current, options_.drain);
+        slot->current = std::move(slot->next);
+        publish(vm, "ReplicaUpdated",
+                slot->name + " runs revision " + std::to_string(slot->current->revision));
+      }
+    }
+    if (slot->current && slot->current->revision == set.revision && !slot->next) ++updated;
+  }
+  if (set.serving != set.revision) return;  // halted: nothing more rolls
+  if (updated == total) {
+    if (!set.rollout.empty()) {
+      publish(vm, "RolloutComplete", "revision " + std::to_string(set.revision) + " is out");
+      set.rollout.clear();
+    }
+    return;
+  }
+  set.rollout = "rolling out revision " + std::to_string(set.revision) + ": " +
+                std::to_string(updated) + "/" + std::to_string(total) + " replicas updated";
+  if (in_flight) return;
+  for (auto& [ordinal, slot] : set.slots) {
+    if (ordinal > desired || !slot->current || slot->current->phase != Run::running ||
+        slot->current->revision == set.revision) {
+      continue;
+    }
+    if (strategy.type() == "recreate") {
+      retire(*slot, slot->current, {});  // started again with the new revision when it is gone
+      continue;
+    }
+    start(vm, set, *slot, true);
+    return;  // one at a time
+  }
+}
+
+void VmSets::start(const std::string& vm, Set& set, Slot& slot, bool next) {
+  auto run = std::make_shared<Run>();
+  run->generation = ++slot.generations;
+  run->revision = set.serving;
+  (next ? slot.next : slot.current) = run;
+  auto placed_spec = set.revisions.at(set.serving);
+  placed_spec.set_replicas(set.spec.replicas());
   // A set's replicas spread over nodes unless its placement says otherwise: one node's loss
   // should not take the whole set (Kubernetes' default topology spread does the same).
   if (placed_spec.placement().strategy().empty()) {
     placed_spec.mutable_placement()->set_strategy("spread");
   }
   auto spec = std::make_shared<const v1::VmSpec>(std::move(placed_spec));
-  std::thread([this, vm, name = slot.name, ordinal = slot.ordinal, generation, spec] {
+  ++workers_;
+  std::thread([this, vm, slot_name = slot.name, ordinal = slot.ordinal, run, spec] {
     std::shared_ptr<runtime::Replica> replica;
     Placed placed;
     std::string error;
@@ -181,73 +295,96 @@ void VmSets::start(const std::string& vm, Set& set, Slot& slot) {
           std::lock_guard lock(mutex_);
           if (auto s = sets_.find(vm); s != sets_.end()) {
             for (const auto& [o, other] : s->second->slots) {
-              if (o != ordinal && !other->node.empty() && other->phase != Slot::failed) {
-                ++request.instances_per_node[other->node];
+              for (const auto* r : {&other->current, &other->next}) {
+                if (*r && *r != run && !(*r)->node.empty())
+                  ++request.instances_per_node[(*r)->node];
               }
             }
           }
         }
         placed = nodes_->place(request);
+        const auto described = placed.node->describe();
         std::lock_guard lock(mutex_);
-        if (auto slot = find(vm, ordinal, generation)) {
-          slot->node = placed.node->name();
-          const auto described = placed.node->describe();
-          slot->address = described.address();
-          slot->driver = driver_of(described);
-        }
+        run->node = placed.node->name();
+        run->address = described.address();
+        run->driver = driver_of(described);
+        run->reserved = placed.reserved;
       }
       ReplicaAssignment assignment;
       assignment.epoch = placed.epoch;
       assignment.replica.vm = vm;
-      assignment.replica.name = name;
+      assignment.replica.slot = slot_name;
+      assignment.replica.name = slot_name + "." + std::to_string(run->generation);
       assignment.replica.spec = *spec;
       std::weak_ptr<Hub> hub = hub_;
-      assignment.replica.on_exit = [hub, vm, ordinal, generation](const runtime::ReplicaExit& e) {
+      assignment.replica.on_exit = [hub, vm, ordinal,
+                                    generation = run->generation](const runtime::ReplicaExit& e) {
         auto h = hub.lock();
         if (!h) return;
         std::lock_guard lock(h->mutex);
         if (h->self != nullptr) h->self->exited(vm, ordinal, generation, e);
       };
-      assignment.replica.on_log = [telemetry = telemetry_, vm, node = placed.node->name()](
-                                      const std::string& replica, const std::string& stream,
-                                      std::string line) {
-        telemetry->append_log(log_key(vm), replica, node, stream, std::move(line));
-      };
+      assignment.replica.on_log =
+          [telemetry = telemetry_, vm, slot_name, node = placed.node->name()](
+              const std::string&, const std::string& stream, std::string line) {
+            telemetry->append_log(log_key(vm), slot_name, node, stream, std::move(line));
+          };
       replica = placed.node->start_replica(assignment);
     } catch (const std::exception& e) {
       error = e.what();
     }
     bool stop_now = false;
+    std::string event, reason;
     {
       std::lock_guard lock(mutex_);
-      Slot* slot = find(vm, ordinal, generation);
-      if (replica && slot != nullptr && slot->phase == Slot::starting && !slot->remove &&
-          !closed_) {
-        slot->phase = Slot::running;
-        slot->replica = replica;
-        slot->reserved = placed.reserved;
-        slot->ports = replica->ports();
-        slot->failures_in_row = 0;
-        slot->message.clear();
-        slot->started_at = std::chrono::system_clock::now();
+      auto s = sets_.find(vm);
+      std::shared_ptr<Slot> sl;
+      if (s != sets_.end()) {
+        if (auto found = s->second->slots.find(ordinal); found != s->second->slots.end()) {
+          sl = found->second;
+        }
+      }
+      const bool ours = sl && sl->find(run->generation) != nullptr;
+      if (replica && ours && !sl->remove && !closed_) {
+        run->phase = Run::running;
+        run->replica = replica;
+        run->ports = replica->ports();
+        run->started_at = std::chrono::system_clock::now();
+        run->ready_at = Clock::now();
+        sl->failed = false;
+        sl->failures_in_row = 0;
+        sl->message.clear();
+        reason = "ReplicaStarted";
+        event = slot_name + " (revision " + std::to_string(run->revision) + ") is running on " +
+                run->node;
       } else if (replica) {
         stop_now = true;  // scaled down, stopped or deleted while it started
-        if (slot != nullptr) {
-          slot->phase = Slot::stopping;
-          slot->replica = replica;
-          slot->reserved = placed.reserved;
-        } else if (placed.node) {
-          nodes_->release(placed.node->name(), placed.reserved);
-        }
+        run->phase = Run::stopping;
+        run->replica = replica;
+        if (!ours && placed.node) nodes_->release(placed.node->name(), placed.reserved);
       } else {
         if (placed.node) nodes_->release(placed.node->name(), placed.reserved);
-        if (slot != nullptr) failed(*slot, "did not start: " + error);
+        reason = "ReplicaFailed";
+        event = slot_name + " did not start: " + error;
+        if (ours) {
+          Set& set = *s->second;
+          if (sl->next == run) {
+            // The new revision does not start: the rollout halts, the old run keeps serving.
+            sl->next.reset();
+            set.serving = sl->current ? sl->current->revision : set.serving;
+            set.rollout = "rollout of revision " + std::to_string(set.revision) +
+                          " halted: " + slot_name + " did not start: " + error +
+                          "; serving revision " + std::to_string(set.serving);
+            reason = "RolloutHalted";
+            event = set.rollout;
+          } else {
+            if (sl->current == run) sl->current.reset();
+            failed(*sl, "did not start: " + error);
+          }
+        }
       }
     }
-    if (replica && !stop_now) {
-      publish(vm, "ReplicaStarted", name + " is running on " + placed.node->name());
-    }
-    if (!replica) publish(vm, "ReplicaFailed", name + " did not start: " + error);
+    if (!event.empty()) publish(vm, reason, event);
     if (stop_now) replica->stop(options_.stop_grace);
     // Last: once the count is down, shutdown() may return and this object go.
     std::lock_guard lock(mutex_);
@@ -257,12 +394,20 @@ void VmSets::start(const std::string& vm, Set& set, Slot& slot) {
   }).detach();
 }
 
-void VmSets::stop(Slot& slot) {
-  slot.phase = Slot::stopping;
-  auto replica = slot.replica;
+void VmSets::retire(Slot& slot, std::shared_ptr<Run> run, milliseconds drain) {
+  if (!run || run->phase == Run::stopping) return;
+  run->phase = Run::stopping;  // out of the load balancer from now on
+  if (slot.current == run) slot.current.reset();
+  if (slot.next == run) slot.next.reset();
+  slot.retiring.push_back(run);
+  auto replica = run->replica;
   if (!replica) return;
   ++workers_;
-  std::thread([this, replica] {
+  std::thread([this, replica, drain] {
+    if (drain.count() > 0) {
+      std::unique_lock lock(mutex_);
+      wake_.wait_for(lock, drain, [&] { return closed_; });
+    }
     replica->stop(options_.stop_grace);
     std::lock_guard lock(mutex_);
     --workers_;
@@ -271,8 +416,7 @@ void VmSets::stop(Slot& slot) {
 }
 
 void VmSets::failed(Slot& slot, const std::string& why) {
-  slot.phase = Slot::failed;
-  slot.replica.reset();
+  slot.failed = true;
   slot.message = why;
   ++slot.failures_in_row;
   auto backoff = options_.restart_backoff * (1 << std::min(slot.failures_in_row - 1, 10));
@@ -280,33 +424,44 @@ void VmSets::failed(Slot& slot, const std::string& why) {
   slot.retry_at = Clock::now() + backoff;
 }
 
-VmSets::Slot* VmSets::find(const std::string& vm, int ordinal, std::uint64_t generation) {
-  auto s = sets_.find(vm);
-  if (s == sets_.end()) return nullptr;
-  auto slot = s->second->slots.find(ordinal);
-  if (slot == s->second->slots.end() || slot->second->generation != generation) return nullptr;
-  return slot->second.get();
-}
-
 void VmSets::exited(const std::string& vm, int ordinal, std::uint64_t generation,
                     const runtime::ReplicaExit& exit) {
   std::string event, reason;
   {
     std::lock_guard lock(mutex_);
-    Slot* slot = find(vm, ordinal, generation);
-    if (slot == nullptr) return;
-    if (!slot->node.empty()) nodes_->release(slot->node, slot->reserved);
-    slot->reserved = {};
-    if (slot->remove || slot->phase == Slot::stopping) {
-      sets_.at(vm)->slots.erase(ordinal);
-      event = exit.replica + " stopped";
+    auto s = sets_.find(vm);
+    if (s == sets_.end()) return;
+    Set& set = *s->second;
+    auto sl = set.slots.find(ordinal);
+    if (sl == set.slots.end()) return;
+    Slot& slot = *sl->second;
+    auto* found = slot.find(generation);
+    if (found == nullptr) return;
+    std::shared_ptr<Run> run = *found;
+    if (!run->node.empty()) nodes_->release(run->node, run->reserved);
+    const std::string what = slot.name + " (revision " + std::to_string(run->revision) + ") ";
+    if (run->phase == Run::stopping) {
+      std::erase(slot.retiring, run);
+      if (slot.current == run) slot.current.reset();
+      event = what + "stopped";
       reason = "ReplicaStopped";
+    } else if (slot.next == run) {
+      // The new revision failed before it took over: halt, keep the old run.
+      slot.next.reset();
+      set.serving = slot.current ? slot.current->revision : set.serving;
+      set.rollout = "rollout of revision " + std::to_string(set.revision) +
+                    " halted: " + slot.name + " " + exit.reason + "; serving revision " +
+                    std::to_string(set.serving);
+      event = set.rollout;
+      reason = "RolloutHalted";
     } else {
-      ++slot->restarts;
-      failed(*slot, exit.replica + " " + exit.reason + "; replaced");
-      event = exit.replica + " " + exit.reason + " on " + slot->node + "; starting it again";
+      slot.current.reset();
+      ++slot.restarts;
+      failed(slot, slot.name + " " + exit.reason + "; replaced");
+      event = what + exit.reason + " on " + run->node + "; starting it again";
       reason = "ReplicaFailed";
     }
+    if (slot.remove && slot.empty()) set.slots.erase(sl);
   }
   publish(vm, reason, event);
   wake_.notify_all();
@@ -330,28 +485,45 @@ void VmSets::fill_status(const std::string& vm, const v1::VmSpec& spec,
   const int desired = spec.stopped() ? 0 : static_cast<int>(spec.replicas());
   std::uint32_t ready = 0, failed_count = 0;
   std::string last_failure;
+  auto add = [&](const Slot& slot, const Run* run, const std::string& phase) {
+    auto& in = *status.add_instances();
+    in.set_name(slot.name);
+    in.set_vm(vm);
+    in.set_phase(phase);
+    in.set_message(slot.message);
+    in.set_restarts(slot.restarts);
+    if (run == nullptr) return;
+    in.set_node(run->node);
+    in.set_driver(run->driver);
+    in.set_address(run->address);
+    in.set_revision(run->revision);
+    for (const auto& [port, host] : run->ports) (*in.mutable_host_ports())[port] = host;
+    if (run->phase == Run::running) {
+      const auto since = run->started_at.time_since_epoch();
+      in.mutable_started_at()->set_seconds(
+          std::chrono::duration_cast<std::chrono::seconds>(since).count());
+    }
+  };
   if (auto it = sets_.find(vm); it != sets_.end()) {
-    for (const auto& [ordinal, slot] : it->second->slots) {
-      auto& in = *status.add_instances();
-      in.set_name(slot->name);
-      in.set_vm(vm);
-      in.set_node(slot->node);
-      in.set_phase(phase_name(slot->phase));
-      in.set_driver(slot->driver);
-      in.set_address(slot->address);
-      in.set_message(slot->message);
-      in.set_restarts(slot->restarts);
-      for (const auto& [port, host] : slot->ports) (*in.mutable_host_ports())[port] = host;
-      if (slot->phase == Slot::running) {
-        ++ready;
-        const auto since = slot->started_at.time_since_epoch();
-        in.mutable_started_at()->set_seconds(
-            std::chrono::duration_cast<std::chrono::seconds>(since).count());
-      }
-      if (slot->phase == Slot::failed) {
+    const Set& set = *it->second;
+    status.set_revision(set.revision);
+    status.set_serving_revision(set.serving);
+    status.set_rollout(set.rollout);
+    status.set_observed_version(set.version);
+    for (const auto& [ordinal, slot] : set.slots) {
+      const Run* run = slot->current.get();
+      if (run != nullptr) {
+        add(*slot, run, phase_name(run->phase));
+        if (run->phase == Run::running) ++ready;
+      } else if (slot->failed) {
+        add(*slot, nullptr, "Failed");
         ++failed_count;
         last_failure = slot->message;
+      } else if (slot->retiring.empty()) {
+        add(*slot, nullptr, "Pending");
       }
+      if (slot->next) add(*slot, slot->next.get(), phase_name(slot->next->phase) + " (update)");
+      for (const auto& r : slot->retiring) add(*slot, r.get(), "Stopping");
     }
   }
   status.set_ready_replicas(ready);
@@ -380,10 +552,13 @@ std::vector<VmEndpoint> VmSets::endpoints(const std::string& vm, std::uint32_t p
   auto it = sets_.find(vm);
   if (it == sets_.end()) return out;
   for (const auto& [ordinal, slot] : it->second->slots) {
-    if (slot->phase != Slot::running || !slot->replica || !slot->replica->alive()) continue;
-    auto p = slot->ports.find(port);
-    if (p == slot->ports.end()) continue;
-    out.push_back({slot->name, slot->address, p->second});
+    // A new revision's run serves beside the old one until it takes over.
+    for (const auto* run : {slot->current.get(), slot->next.get()}) {
+      if (run == nullptr || run->phase != Run::running || !run->replica->alive()) continue;
+      auto p = run->ports.find(port);
+      if (p == run->ports.end()) continue;
+      out.push_back({slot->name, run->address, p->second});
+    }
   }
   return out;
 }

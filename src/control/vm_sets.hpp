@@ -4,6 +4,13 @@
 // (control/node.hpp). A replica that fails, or is lost with its node, is started again (elsewhere
 // if the scheduler says so) after a backoff; scaling down stops the highest ordinals first; a
 // deleted set's replicas stop. Its status (each replica's node, phase, ports) comes from here.
+//
+// Each change of the spec other than `replicas` and `stopped` is a new revision, rolled out by
+// the set's update strategy: "rolling" starts a replica's new revision beside its old one, and
+// once the new one has been ready for minHealthyTime, takes the old one out of the load balancer,
+// lets its connections drain and stops it; then the next replica. A new start that fails halts
+// the rollout: the set keeps serving (and restarting, and scaling) the last revision that ran.
+// "recreate" stops each old replica, then starts the new one.
 #pragma once
 
 #include <chrono>
@@ -30,6 +37,11 @@ struct VmSetsOptions {
   std::chrono::milliseconds max_restart_backoff{std::chrono::seconds(30)};
   // How long a stopping replica has after SIGTERM (or the guest after ACPI power off).
   std::chrono::milliseconds stop_grace{std::chrono::seconds(10)};
+  // How long a replica replaced by a rollout keeps its connections after the load balancer
+  // stopped sending it new ones (Kubernetes users add a preStop sleep for the same reason).
+  std::chrono::milliseconds drain{std::chrono::seconds(1)};
+  // A rollout's minHealthyTime when the spec gives none.
+  std::chrono::milliseconds min_healthy_time{std::chrono::seconds(1)};
 };
 
 // A ready replica's declared port as reached from the server.
@@ -71,16 +83,19 @@ class VmSets {
  private:
   struct Set;
   struct Slot;
+  struct Run;
   struct Hub;
   void loop();
-  // One pass over the sets (mutex_ held by `lock`): starts what is missing or due a restart,
-  // stops what is past the wanted count.
-  void reconcile(std::unique_lock<std::mutex>& lock);
-  // Places and starts the slot's replica on a thread of its own (mutex_ held).
-  void start(const std::string& vm, Set& set, Slot& slot);
-  void stop(Slot& slot);                            // mutex_ held
+  // One pass over the sets (mutex_ held): starts what is missing or due a restart, stops what is
+  // past the wanted count, moves rollouts on.
+  void reconcile();
+  void roll(const std::string& vm, Set& set, int desired);  // mutex_ held
+  // Places and starts a run of the slot's replica (its current one, or `next` in a rolling
+  // update) on a thread of its own (mutex_ held).
+  void start(const std::string& vm, Set& set, Slot& slot, bool next);
+  // Takes the run out of the load balancer, waits `drain`, stops it (mutex_ held).
+  void retire(Slot& slot, std::shared_ptr<Run> run, std::chrono::milliseconds drain);
   void failed(Slot& slot, const std::string& why);  // mutex_ held: backoff, then again
-  Slot* find(const std::string& vm, int ordinal, std::uint64_t generation);  // mutex_ held
   void exited(const std::string& vm, int ordinal, std::uint64_t generation,
               const runtime::ReplicaExit& exit);
   void publish(const std::string& vm, const std::string& reason, const std::string& what);

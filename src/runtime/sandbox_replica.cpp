@@ -129,6 +129,7 @@ class SandboxReplica final : public Replica, public std::enable_shared_from_this
       requested_ = kill_requested_ = true;
     }
     signal(SIGKILL);
+    std::lock_guard lock(mutex_);  // the replica's thread releases the cgroup under it
     if (cgroup_) cgroup_->kill_all();
   }
 
@@ -209,13 +210,13 @@ void SandboxReplica::launch() {
   }
   argv[0] = program.string();
 
-  std::vector<std::string> env{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                               "HOME=/tmp",
-                               "TMPDIR=/tmp",
-                               "LANG=C.UTF-8",
-                               "BLIXARD_VM=" + options_.vm,
-                               "BLIXARD_REPLICA=" +
-                                   (options_.slot.empty() ? options_.name : options_.slot)};
+  std::vector<std::string> env{
+      "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+      "HOME=/tmp",
+      "TMPDIR=/tmp",
+      "LANG=C.UTF-8",
+      "BLIXARD_VM=" + options_.vm,
+      "BLIXARD_REPLICA=" + (options_.slot.empty() ? options_.name : options_.slot)};
   for (const auto port : spec.ports()) {
     const std::uint32_t host = free_port();
     if (ports_.empty()) env.push_back("PORT=" + std::to_string(host));
@@ -356,10 +357,15 @@ void SandboxReplica::run() {
          errno == EINTR) {
   }
   bool oom = false;
-  if (cgroup_) {
-    cgroup_->kill_all();  // what it left behind
-    oom = cgroup_->oom_killed();
-    if (context_.cgroups != nullptr) context_.cgroups->release(std::move(cgroup_));
+  std::unique_ptr<InstanceCgroup> cgroup;
+  {
+    std::lock_guard lock(mutex_);  // kill() may be using it
+    cgroup = std::move(cgroup_);
+  }
+  if (cgroup) {
+    cgroup->kill_all();  // what it left behind
+    oom = cgroup->oom_killed();
+    if (context_.cgroups != nullptr) context_.cgroups->release(std::move(cgroup));
   }
   ReplicaExit exit;
   exit.replica = options_.name;

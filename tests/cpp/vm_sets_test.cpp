@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <string>
 
@@ -60,6 +61,32 @@ class VmSetTest : public ::testing::Test {
     s.set_replicas(replicas);
     (*s.mutable_env())["TEST_TOKEN"] = token_;
     return s;
+  }
+
+  // Serves "<revision text> <replica>" on its port 80.
+  v1::VmSpec page_spec(std::uint32_t replicas, const std::string& text, bool broken = false) {
+    auto s = web_spec(replicas);
+    s.set_command(2, std::string(broken ? "import sys\nsys.exit(5)\n" : "") +
+                         "import http.server as h, os, signal, sys\n"
+                         "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+                         "body = ('" +
+                         text +
+                         " ' + os.environ['BLIXARD_REPLICA']).encode()\n"
+                         "class P(h.BaseHTTPRequestHandler):\n"
+                         "  def do_GET(self):\n"
+                         "    self.send_response(200); self.send_header('Content-Length', "
+                         "str(len(body))); self.end_headers(); self.wfile.write(body)\n"
+                         "  def log_message(self, *a): pass\n"
+                         "h.ThreadingHTTPServer(('127.0.0.1', int(os.environ['PORT_80'])), P)"
+                         ".serve_forever()\n");
+    s.mutable_update_strategy()->mutable_min_healthy_time()->set_nanos(200'000'000);
+    return s;
+  }
+
+  // Whether the status reflects the stored spec (the controller saw the last update).
+  bool observed(const std::string& vm) {
+    const auto v = cluster_->vm(vm).get();
+    return v.status().observed_version() >= v.metadata().resource_version();
   }
 
   v1::VmStatus status(const std::string& vm) { return cluster_->vm(vm).status(); }
@@ -170,6 +197,105 @@ TEST_F(VmSetTest, BadScaleAndAnUnrunnableSpecSayWhy) {
   cluster_->create_vm("huge", huge);
   ASSERT_TRUE(eventually([&] { return status("huge").phase() == "Failed"; }, 20s));
   EXPECT_THAT(status("huge").message(), HasSubstr("no node can run a replica of vm \"huge\""));
+}
+
+// Every replica's page, over one connection each (what a client of the set sees).
+std::string page(std::uint32_t port) {
+  const int fd = connect_loopback(static_cast<unsigned short>(port));
+  if (fd < 0) return "";
+  const std::string req = "GET / HTTP/1.0\r\n\r\n";
+  if (::write(fd, req.data(), req.size()) < 0) {
+    ::close(fd);
+    return "";
+  }
+  std::string out;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) out.append(buf, n);
+  ::close(fd);
+  const auto body = out.find("\r\n\r\n");
+  return body == std::string::npos ? "" : out.substr(body + 4);
+}
+
+TEST_F(VmSetTest, ARollingUpdateReplacesEachReplicaNewBeforeOld) {
+  auto vm = cluster_->create_vm("web", page_spec(3, "v1"));
+  ASSERT_TRUE(eventually([&] { return running("web", 3); }, 20s));
+  EXPECT_EQ(status("web").revision(), 1);
+  vm.update(page_spec(0, "v2"));
+  ASSERT_TRUE(eventually([&] { return observed("web"); }));
+  EXPECT_EQ(status("web").revision(), 2);
+  EXPECT_EQ(vm.get().spec().replicas(), 3U);  // 0 kept the count
+  // Never fewer than 3 serving while it rolls; then all at revision 2.
+  std::uint32_t least_ready = 3;
+  ASSERT_TRUE(eventually(
+      [&] {
+        const auto st = status("web");
+        least_ready = std::min(least_ready, st.ready_replicas());
+        if (!st.rollout().empty()) return false;
+        return std::all_of(st.instances().begin(), st.instances().end(),
+                           [](const auto& in) { return in.revision() == 2; }) &&
+               st.instances_size() == 3;
+      },
+      30s))
+      << status("web").DebugString();
+  EXPECT_EQ(least_ready, 3U);
+  const auto done = status("web");
+  for (const auto& in : done.instances()) {
+    EXPECT_EQ(page(in.host_ports().at(80)), "v2 " + in.name());
+  }
+  EXPECT_TRUE(eventually([&] { return instances_with(token_) == 3; }));
+}
+
+TEST_F(VmSetTest, ARolloutWhoseNewReplicaFailsHaltsAndTheOldOnesKeepServing) {
+  auto vm = cluster_->create_vm("web", page_spec(2, "v1"));
+  ASSERT_TRUE(eventually([&] { return running("web", 2); }, 20s));
+  vm.update(page_spec(0, "v2", /*broken=*/true));
+  ASSERT_TRUE(
+      eventually([&] { return status("web").rollout().find("halted") != std::string::npos; }, 20s))
+      << status("web").DebugString();
+  const auto st = status("web");
+  EXPECT_THAT(st.rollout(), HasSubstr("exited with status 5"));
+  EXPECT_THAT(st.rollout(), HasSubstr("serving revision 1"));
+  EXPECT_EQ(st.serving_revision(), 1);
+  EXPECT_TRUE(running("web", 2));
+  for (const auto& in : st.instances()) {
+    EXPECT_EQ(in.revision(), 1);
+    EXPECT_EQ(page(in.host_ports().at(80)), "v1 " + in.name());
+  }
+  // A replica that fails now comes back as revision 1, the one that ran.
+  vm.scale(3);
+  ASSERT_TRUE(eventually([&] { return running("web", 3); }, 20s)) << status("web").DebugString();
+  EXPECT_EQ(status("web").instances(2).revision(), 1);
+  // A fixed revision 3 rolls out.
+  vm.update(page_spec(0, "v3"));
+  ASSERT_TRUE(eventually(
+      [&] {
+        const auto s = status("web");
+        return observed("web") && s.rollout().empty() && s.instances_size() == 3 &&
+               std::all_of(s.instances().begin(), s.instances().end(),
+                           [](const auto& in) { return in.revision() == 3; });
+      },
+      30s))
+      << status("web").DebugString();
+}
+
+TEST_F(VmSetTest, RecreateStopsThenStarts) {
+  auto vm = cluster_->create_vm("web", page_spec(2, "v1"));
+  ASSERT_TRUE(eventually([&] { return running("web", 2); }, 20s));
+  auto v2 = page_spec(0, "v2");
+  v2.mutable_update_strategy()->set_type("recreate");
+  vm.update(v2);
+  ASSERT_TRUE(eventually(
+      [&] {
+        const auto s = status("web");
+        return observed("web") && s.rollout().empty() && running("web", 2) &&
+               s.instances(0).revision() == 2 && s.instances(1).revision() == 2;
+      },
+      30s))
+      << status("web").DebugString();
+  const auto done = status("web");
+  for (const auto& in : done.instances()) {
+    EXPECT_EQ(page(in.host_ports().at(80)), "v2 " + in.name());
+  }
 }
 
 }  // namespace
