@@ -171,3 +171,79 @@ def _replica_pid(replica: str):
         if f"BLIXARD_REPLICA={replica}".encode() in env:
             return int(entry)
     return None
+
+
+def _page_config(path: Path, text: str, broken: bool = False) -> Path:
+    """WEBAPP serving `text` instead of its name (a broken one exits before it serves)."""
+    body = WEBAPP.replace('name = os.environ["BLIXARD_REPLICA"].encode()',
+                          f'name = b"{text} " + os.environ["BLIXARD_REPLICA"].encode()')
+    if broken:
+        body = body.replace("import http.server, os, signal, sys",
+                            "import sys; sys.exit('no config for v2')")
+    body = body.replace("vcpu: 2", "vcpu: 2\nupdateStrategy: {minHealthyTime: 300ms}")
+    path.write_text(body)
+    return path
+
+
+class Poller:
+    """A client polling the balancer (a new connection per request) until stopped."""
+
+    def __init__(self, address: str):
+        self.address, self.answers, self.failures = address, [], []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                self.answers.append(get(self.address))
+            except OSError as e:
+                self.failures.append(repr(e))
+            time.sleep(0.005)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+
+
+def test_scenario1_rolling_update_serves_every_request_and_a_broken_one_halts(cluster):
+    three_agents(cluster)
+    v1 = _page_config(cluster.client_dir / "webapp.yaml", "v1")
+    cli(cluster, "vm", "create", "webapp", "--config", str(v1), "--replicas", "3")
+    poll(lambda: ready(cluster, "webapp", 3), timeout=30)
+    lb = poll(lambda: status(cluster, "webapp").get("endpoints"), timeout=10)[0]["address"]
+
+    # A rolling update to v2 while a client polls the balancer: no request fails.
+    poller = Poller(lb)
+    try:
+        v2 = _page_config(cluster.client_dir / "webapp-v2.yaml", "v2")
+        out = cli(cluster, "vm", "update", "webapp", "--config", str(v2), "--strategy", "rolling")
+    finally:
+        poller.stop()
+    assert "rolling out revision 2" in out and "revision 2 is out" in out, out
+    assert poller.failures == [], poller.failures[:5]
+    assert len(poller.answers) > 50, len(poller.answers)
+    assert any(a.startswith("v1 ") for a in poller.answers)
+    assert {get(lb).split()[0] for _ in range(9)} == {"v2"}
+    # The old ones drain, then go; what serves is revision 2.
+    st = poll(lambda: (s := status(cluster, "webapp")) and len(s["instances"]) == 3 and s,
+              timeout=15)
+    assert [int(i["revision"]) for i in st["instances"]] == [2, 2, 2], st
+
+    # A broken v3: the rollout halts, the command says so (exit 9), v2 is served throughout.
+    poller = Poller(lb)
+    try:
+        broken = _page_config(cluster.client_dir / "webapp-v3.yaml", "v3", broken=True)
+        env = dict(os.environ, BLIXARD_ADDR=cluster.address, BLIXARD_TOKEN=cluster.token)
+        out = subprocess.run([sys.executable, "-m", "blixard", "vm", "update", "webapp",
+                              "--config", str(broken)], env=env, capture_output=True, text=True,
+                             timeout=60)
+    finally:
+        poller.stop()
+    assert out.returncode == 9, out.stdout + out.stderr
+    assert "halted" in out.stderr and "no config for v2" in out.stderr, out.stderr
+    assert poller.failures == [], poller.failures[:5]
+    assert {a.split()[0] for a in poller.answers} == {"v2"}, set(poller.answers)
+    st = status(cluster, "webapp")
+    assert st["phase"] == "Running" and int(st["servingRevision"]) == 2, st
