@@ -975,6 +975,33 @@ def vm() -> None:
 VM_COLUMNS = ("NAME", "PHASE", "READY", "MEMORY", "VCPU", "PRIMARY")
 
 
+wait_option = click.option(
+    "--wait", is_flag=True,
+    help="Return once every replica is ready (exit 8 after 2 minutes, with why not).")
+
+
+def _wait_ready(c: Ctx, name: str, timeout: float = 120.0) -> Dict[str, Any]:
+    """Polls VM set NAME until its ready replicas reach its wanted count (or it is stopped)."""
+    vm = c.cluster().vm(name)
+    stored = _int(vm.get().get("metadata", {}).get("resourceVersion"))
+    deadline = time.monotonic() + timeout
+    while True:
+        obj = vm.get()
+        st, spec = obj.get("status", {}), obj.get("spec", {})
+        seen = _int(st.get("observedVersion")) >= stored
+        wanted = 0 if spec.get("stopped") else _int(spec.get("replicas"))
+        if seen and st.get("phase") in ("Running", "Stopped") and not st.get("rollout") and (
+                len(st.get("instances", [])) == wanted):
+            return obj
+        if time.monotonic() >= deadline:
+            why = st.get("rollout") or st.get("message") or st.get("phase", "Pending")
+            raise errors.Timeout(f"vm {name}: {_int(st.get('readyReplicas'))}/{wanted} ready "
+                                 f"after {timeout:.0f}s: {why}")
+        time.sleep(0.1)
+
+
+
+
 def _vm_rows(items: List[Dict[str, Any]]):
     for v in items:
         spec, st = v.get("spec", {}), v.get("status", {})
@@ -1004,14 +1031,19 @@ def _vm_rows(items: List[Dict[str, Any]]):
     metavar="POLICY",
     help="oldest-first (default) or newest-first.",
 )
+@wait_option
 @output_option
 @pass_ctx
-def vm_create(c: Ctx, name, config, replicas, output, **flags) -> None:
-    """Create VM set NAME from --config and/or flags (flags win over the file)."""
+def vm_create(c: Ctx, name, config, replicas, wait, output, **flags) -> None:
+    """Create VM set NAME from --config and/or flags (flags win over the file); its replicas
+    start at once (placed by the scheduler)."""
     c.flag_for_field = VM_FLAGS
     v = c.cluster().create_vm(name, _config_path(config), replicas=replicas, **flags)
+    obj = _wait_ready(c, name) if wait else v.get()
     if _out(c, output) == "json":
-        print_json(v.get())
+        print_json(obj)
+    elif wait:
+        click.echo(f"vm {name} created: {_int(obj['status'].get('readyReplicas'))} replicas ready")
     else:
         click.echo(f"vm {name} created")
 
@@ -1172,11 +1204,14 @@ def vm_update(c: Ctx, name, config, strategy, memory, vcpu, detach, output) -> N
 
 @vm.command("start")
 @click.argument("name")
+@wait_option
 @output_option
 @pass_ctx
-def vm_start(c: Ctx, name, output) -> None:
+def vm_start(c: Ctx, name, wait, output) -> None:
     """Run VM set NAME's replicas (again, after `vm stop`)."""
     v = c.cluster().vm(name).start()
+    if wait:
+        v = _wait_ready(c, name)
     if _out(c, output) == "json":
         print_json(v)
     else:
@@ -1199,13 +1234,16 @@ def vm_stop(c: Ctx, name, output) -> None:
 @vm.command("scale")
 @click.argument("name")
 @click.option("--replicas", type=int, metavar="N", required=True, help="Replicas wanted (1+).")
+@wait_option
 @output_option
 @pass_ctx
-def vm_scale(c: Ctx, name, replicas, output) -> None:
+def vm_scale(c: Ctx, name, replicas, wait, output) -> None:
     """Set VM set NAME's replicas; new ones are placed by the scheduler, the highest ordinals
     stop first."""
     c.flag_for_field = {"replicas": "--replicas"}
     v = c.cluster().vm(name).scale(replicas)
+    if wait:
+        v = _wait_ready(c, name)
     if _out(c, output) == "json":
         print_json(v)
     else:

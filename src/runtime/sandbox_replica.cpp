@@ -192,7 +192,9 @@ void SandboxReplica::launch() {
   const auto& spec = options_.spec;
   if (spec.command_size() == 0 || spec.command(0).empty()) {
     throw Error(errc::invalid_spec,
-                "the sandbox driver runs a VM's command, and " + options_.vm + " names none",
+                "the sandbox driver runs a VM's `command`, and " + options_.vm +
+                    " gives none (a Nix config's services need a guest image, which this node "
+                    "cannot build yet)",
                 "command");
   }
   std::vector<std::string> argv(spec.command().begin(), spec.command().end());
