@@ -912,8 +912,13 @@ def _print_json_line(obj: Any) -> None:
 @pass_ctx
 def function_logs(c: Ctx, name, follow, prefix, output) -> None:
     """Print what function NAME's instances wrote to stdout and stderr."""
-    as_json = _out(c, output) == "json"
-    stream = c.cluster().function(name).logs(follow=follow)
+    _print_logs(c.cluster().function(name).logs(follow=follow), _out(c, output) == "json",
+                prefix)
+
+
+def _print_logs(stream, as_json: bool, prefix: bool) -> None:
+    """Lines of a LogStream: JSON lines, "[node/instance stream] text" or the text alone; Ctrl-C
+    ends a --follow without an error."""
     try:
         for line in stream:
             if as_json:
@@ -1130,21 +1135,9 @@ def vm_logs(c: Ctx, name, follow, prefix, output) -> None:
             raise
         cl.vm(base).get()  # not_found names the set when it does not exist either
         vm_name, replica = base, name
-    stream = cl.vm(vm_name).logs(follow=follow, replica=replica)
-    try:
-        for line in stream:
-            if as_json:
-                _print_json_line(line)
-            elif prefix or replica is None:
-                where = f"{line['node']}/" if line.get("node") else ""
-                click.echo(f"[{where}{line.get('instance')} {line.get('stream')}] "
-                           f"{line.get('text')}")
-            else:
-                click.echo(line.get("text", ""))
-    except KeyboardInterrupt:
-        pass  # the way to stop --follow: not an error
-    finally:
-        stream.close()
+    # A set's lines are prefixed with their replica; one replica's need not be.
+    _print_logs(cl.vm(vm_name).logs(follow=follow, replica=replica), as_json,
+                prefix or replica is None)
 
 
 @vm.command("update")

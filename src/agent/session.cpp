@@ -88,14 +88,7 @@ void Session::assign(const v1::Assign& assign) {
     std::weak_ptr<Outbox> weak = out;
     a.instance.on_log = [weak](const std::string& instance, const std::string& stream,
                                std::string line) {
-      auto o = weak.lock();
-      if (!o) return;
-      v1::AgentFrame f;
-      auto& log = *f.mutable_log();
-      log.set_instance(instance);
-      log.set_stream(stream);
-      log.set_line(std::move(line));
-      o->send(f);
+      if (auto o = weak.lock()) o->log(instance, stream, std::move(line));
     };
     a.instance.on_exit = [weak](const runtime::InstanceExit& exit) {
       auto o = weak.lock();
@@ -108,13 +101,7 @@ void Session::assign(const v1::Assign& assign) {
           o->instances.erase(it);
         }
       }
-      v1::AgentFrame f;
-      auto& e = *f.mutable_exited();
-      e.set_instance(exit.instance);
-      e.set_reason(exit.reason);
-      e.set_requested(exit.requested);
-      e.set_oom(exit.oom);
-      o->send(f);
+      o->exited(exit.instance, exit.reason, exit.requested, exit.oom);
     };
     v1::AgentFrame f;
     auto& started = *f.mutable_started();
@@ -165,14 +152,7 @@ void Session::assign_replica(const v1::AssignReplica& assign) {
     std::weak_ptr<Outbox> weak = out;
     a.replica.on_log = [weak](const std::string& replica, const std::string& stream,
                               std::string line) {
-      auto o = weak.lock();
-      if (!o) return;
-      v1::AgentFrame f;
-      auto& log = *f.mutable_log();
-      log.set_instance(replica);
-      log.set_stream(stream);
-      log.set_line(std::move(line));
-      o->send(f);
+      if (auto o = weak.lock()) o->log(replica, stream, std::move(line));
     };
     a.replica.on_exit = [weak](const runtime::ReplicaExit& exit) {
       auto o = weak.lock();
@@ -185,13 +165,7 @@ void Session::assign_replica(const v1::AssignReplica& assign) {
           o->replicas.erase(it);
         }
       }
-      v1::AgentFrame f;
-      auto& e = *f.mutable_exited();
-      e.set_instance(exit.replica);
-      e.set_reason(exit.reason);
-      e.set_requested(exit.requested);
-      e.set_oom(exit.oom);
-      o->send(f);
+      o->exited(exit.replica, exit.reason, exit.requested, exit.oom);
     };
     v1::AgentFrame f;
     auto& started = *f.mutable_replica_started();
@@ -216,6 +190,27 @@ void Session::assign_replica(const v1::AssignReplica& assign) {
     if (replica && !keep) replica->kill();  // closed meanwhile: the server placed it elsewhere
     if (keep || !replica) out->send(f);
   }).detach();
+}
+
+void Session::Outbox::log(const std::string& instance, const std::string& stream,
+                          std::string line) {
+  v1::AgentFrame f;
+  auto& log = *f.mutable_log();
+  log.set_instance(instance);
+  log.set_stream(stream);
+  log.set_line(std::move(line));
+  send(f);
+}
+
+void Session::Outbox::exited(const std::string& instance, const std::string& reason, bool requested,
+                             bool oom) {
+  v1::AgentFrame f;
+  auto& e = *f.mutable_exited();
+  e.set_instance(instance);
+  e.set_reason(reason);
+  e.set_requested(requested);
+  e.set_oom(oom);
+  send(f);
 }
 
 void Session::Outbox::answer(std::uint64_t id, const std::exception_ptr& error,

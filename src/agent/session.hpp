@@ -53,6 +53,9 @@ class Session {
     bool send(const v1::AgentFrame& frame);
     void answer(std::uint64_t id, const std::exception_ptr& error,
                 runtime::InvocationResult result);
+    // An instance's or replica's console line, and its exit (by its name on the node).
+    void log(const std::string& instance, const std::string& stream, std::string line);
+    void exited(const std::string& instance, const std::string& reason, bool requested, bool oom);
 
     Send send_;
     std::mutex mutex;

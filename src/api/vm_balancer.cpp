@@ -26,7 +26,7 @@ using boost::system::error_code;
 
 namespace {
 
-constexpr std::size_t k_buffer = 64 * 1024;
+constexpr std::size_t k_buffer = std::size_t{64} * 1024;
 
 // Bytes one way until EOF or an error, then the write side of `to` is shut (a half-close
 // passes through); the pair ends when both ways have.

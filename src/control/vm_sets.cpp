@@ -5,6 +5,7 @@
 #include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 
 #include <algorithm>
+#include <array>
 
 #include "blixard/error.hpp"
 
@@ -16,8 +17,8 @@ using std::chrono::milliseconds;
 namespace {
 
 std::string phase_name(int phase) {
-  static const char* const names[] = {"Starting", "Running", "Stopping"};
-  return names[phase];
+  static const std::array<const char*, 3> names{"Starting", "Running", "Stopping"};
+  return names.at(static_cast<std::size_t>(phase));
 }
 
 std::string driver_of(const v1::NodeSpec& node) {
@@ -394,7 +395,9 @@ void VmSets::start(const std::string& vm, Set& set, Slot& slot, bool next) {
   }).detach();
 }
 
-void VmSets::retire(Slot& slot, std::shared_ptr<Run> run, milliseconds drain) {
+void VmSets::retire(Slot& slot, const std::shared_ptr<Run>& which, milliseconds drain) {
+  // A copy: `which` may be the slot's own pointer, reset below.
+  const std::shared_ptr<Run> run = which;  // NOLINT(performance-unnecessary-copy-initialization)
   if (!run || run->phase == Run::stopping) return;
   run->phase = Run::stopping;  // out of the load balancer from now on
   if (slot.current == run) slot.current.reset();

@@ -94,7 +94,7 @@ class VmSets {
   // update) on a thread of its own (mutex_ held).
   void start(const std::string& vm, Set& set, Slot& slot, bool next);
   // Takes the run out of the load balancer, waits `drain`, stops it (mutex_ held).
-  void retire(Slot& slot, std::shared_ptr<Run> run, std::chrono::milliseconds drain);
+  void retire(Slot& slot, const std::shared_ptr<Run>& run, std::chrono::milliseconds drain);
   void failed(Slot& slot, const std::string& why);  // mutex_ held: backoff, then again
   void exited(const std::string& vm, int ordinal, std::uint64_t generation,
               const runtime::ReplicaExit& exit);

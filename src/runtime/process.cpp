@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 
+#include <array>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -15,8 +16,8 @@ namespace blixard::runtime {
 namespace fs = std::filesystem;
 
 std::pair<UniqueFd, UniqueFd> make_pipe() {
-  int fds[2];
-  if (::pipe2(fds, O_CLOEXEC) != 0) {
+  std::array<int, 2> fds{};
+  if (::pipe2(fds.data(), O_CLOEXEC) != 0) {
     throw Error(errc::unavailable, std::string("pipe: ") + std::strerror(errno));
   }
   return {UniqueFd(fds[0]), UniqueFd(fds[1])};

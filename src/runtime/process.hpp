@@ -2,8 +2,9 @@
 // descriptor, pipes, path and executable lookup, and the words for how a process ended.
 #pragma once
 
-#include <signal.h>
 #include <unistd.h>
+
+#include <csignal>
 
 #include <filesystem>
 #include <optional>

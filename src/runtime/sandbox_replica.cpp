@@ -33,7 +33,7 @@ using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
 constexpr std::size_t k_log_tail_lines = 20;
-constexpr std::size_t k_max_log_line = 16 * 1024;
+constexpr std::size_t k_max_log_line = std::size_t{16} * 1024;
 constexpr std::uint64_t k_replica_pids = 1024;
 constexpr std::uint64_t k_max_scratch = 256ULL << 20;
 constexpr milliseconds k_ready_poll{20};
@@ -223,12 +223,19 @@ void SandboxReplica::launch() {
     const std::uint32_t host = free_port();
     if (ports_.empty()) env.push_back("PORT=" + std::to_string(host));
     ports_[port] = host;
-    env.push_back("PORT_" + std::to_string(port) + "=" + std::to_string(host));
+    env.push_back("PORT_" + std::to_string(port) + "=");
+    env.back() += std::to_string(host);
   }
-  for (const auto& [key, value] : spec.env()) env.push_back(key + "=" + value);
+  for (const auto& [key, value] : spec.env())
+    env.push_back(std::string(key).append("=").append(value));
 
-  auto [out_read, out_write] = make_pipe();
-  auto [err_read, err_write] = make_pipe();
+  auto out_pipe = make_pipe();
+  auto err_pipe = make_pipe();
+  // (Named, not structured bindings: the spawning thread below captures the write ends.)
+  UniqueFd& out_read = out_pipe.first;
+  UniqueFd& out_write = out_pipe.second;
+  UniqueFd& err_read = err_pipe.first;
+  UniqueFd& err_write = err_pipe.second;
   UniqueFd null(::open("/dev/null", O_RDWR | O_CLOEXEC));
   SpawnRequest req;
   req.argv = argv;
