@@ -8,6 +8,7 @@
 #include <array>
 
 #include "blixard/error.hpp"
+#include "common/health_check.hpp"
 
 namespace blixard::control {
 
@@ -43,6 +44,12 @@ struct VmSets::Run {
   std::map<std::uint32_t, std::uint32_t> ports;
   std::chrono::system_clock::time_point started_at;
   Clock::time_point ready_at;
+  // Health (proto Readiness): what is checked, when next, failures in a row, why it failed.
+  v1::Readiness readiness;
+  std::uint32_t check_port = 0;  // the declared port checked; 0: no health check
+  Clock::time_point next_check;
+  std::uint32_t failures = 0;
+  std::string unhealthy;
 };
 
 // One of the set's replicas ("webapp-2"): the run that serves it and, during a rolling update,
@@ -98,6 +105,7 @@ VmSets::VmSets(std::shared_ptr<NodeRegistry> nodes, std::shared_ptr<Telemetry> t
       hub_(std::make_shared<Hub>()) {
   hub_->self = this;
   loop_ = std::thread([this] { loop(); });
+  health_ = std::thread([this] { health_loop(); });
 }
 
 VmSets::~VmSets() {
@@ -109,6 +117,7 @@ VmSets::~VmSets() {
 namespace {
 
 constexpr std::size_t k_revisions_kept = 10;
+constexpr milliseconds k_check_timeout{1000};
 
 // The part of a spec a revision is made of: everything but how many run and whether they do.
 std::string revision_key(v1::VmSpec spec) {
@@ -162,10 +171,71 @@ void VmSets::shutdown() {
   }
   wake_.notify_all();
   if (loop_.joinable()) loop_.join();
+  if (health_.joinable()) health_.join();
   // Starts in flight end when the nodes are shut down (the server did that first); their
   // threads use this object until they are counted out.
   std::unique_lock lock(mutex_);
   idle_.wait(lock, [&] { return workers_ == 0; });
+}
+
+milliseconds VmSets::check_interval(const v1::Readiness& r) {
+  const auto& i = r.interval();
+  const milliseconds given(i.seconds() * 1000 + i.nanos() / 1'000'000);
+  return given.count() > 0 ? given : milliseconds(5000);
+}
+
+void VmSets::health_loop() {
+  struct Due {
+    std::shared_ptr<Run> run;
+    std::string vm, slot;
+  };
+  std::unique_lock lock(mutex_);
+  while (!closed_) {
+    const auto now = Clock::now();
+    std::vector<Due> due;
+    for (const auto& [vm, set] : sets_) {
+      for (const auto& [ordinal, slot] : set->slots) {
+        for (const auto& run : {slot->current, slot->next}) {
+          if (run && run->phase == Run::running && run->check_port != 0 && now >= run->next_check) {
+            due.push_back({run, vm, slot->name});
+          }
+        }
+      }
+    }
+    lock.unlock();
+    for (auto& d : due) {
+      // The run's fields below are set before it is running and not changed after: read here
+      // without the lock, as the checks block.
+      const auto& r = d.run->readiness;
+      const auto host = d.run->ports.find(d.run->check_port);
+      const bool ok = host != d.run->ports.end() &&
+                      (r.http_path().empty()
+                           ? tcp_accepts(d.run->address, host->second, k_check_timeout)
+                           : http_ok(d.run->address, host->second, r.http_path(), k_check_timeout));
+      std::shared_ptr<runtime::Replica> kill;
+      std::string why;
+      {
+        std::lock_guard relock(mutex_);
+        d.run->next_check = Clock::now() + check_interval(r);
+        d.run->failures = ok ? 0 : d.run->failures + 1;
+        const std::uint32_t threshold = r.failure_threshold() != 0 ? r.failure_threshold() : 3;
+        if (!ok && d.run->failures >= threshold && d.run->phase == Run::running) {
+          why = "failed its health check (" +
+                (r.http_path().empty() ? "TCP port " + std::to_string(d.run->check_port)
+                                       : "GET " + r.http_path()) +
+                ") " + std::to_string(d.run->failures) + " times in a row";
+          d.run->unhealthy = why;
+          kill = d.run->replica;
+        }
+      }
+      if (kill) {
+        publish(d.vm, "ReplicaUnhealthy", d.slot + " " + why);
+        kill->kill();  // its exit replaces it (VmSets::exited)
+      }
+    }
+    lock.lock();
+    wake_.wait_for(lock, options_.tick, [&] { return closed_; });
+  }
 }
 
 void VmSets::loop() {
@@ -271,6 +341,14 @@ void VmSets::start(const std::string& vm, Set& set, Slot& slot, bool next) {
   auto run = std::make_shared<Run>();
   run->generation = ++slot.generations;
   run->revision = set.serving;
+  const auto& serving = set.revisions.at(set.serving);
+  run->readiness = serving.readiness();
+  if (run->readiness.console_marker().empty() && serving.ports_size() > 0) {
+    run->check_port = run->readiness.tcp_port() != 0 ? run->readiness.tcp_port()
+                      : !run->readiness.http_path().empty() && run->readiness.http_port() != 0
+                          ? run->readiness.http_port()
+                          : serving.ports(0);
+  }
   (next ? slot.next : slot.current) = run;
   auto placed_spec = set.revisions.at(set.serving);
   placed_spec.set_replicas(set.spec.replicas());
@@ -352,6 +430,7 @@ void VmSets::start(const std::string& vm, Set& set, Slot& slot, bool next) {
         run->ports = replica->ports();
         run->started_at = std::chrono::system_clock::now();
         run->ready_at = Clock::now();
+        run->next_check = run->ready_at + check_interval(run->readiness);
         sl->failed = false;
         sl->failures_in_row = 0;
         sl->message.clear();
@@ -458,10 +537,11 @@ void VmSets::exited(const std::string& vm, int ordinal, std::uint64_t generation
       event = set.rollout;
       reason = "RolloutHalted";
     } else {
+      const std::string why = run->unhealthy.empty() ? exit.reason : run->unhealthy;
       slot.current.reset();
       ++slot.restarts;
-      failed(slot, slot.name + " " + exit.reason + "; replaced");
-      event = what + exit.reason + " on " + run->node + "; starting it again";
+      failed(slot, slot.name + " " + why + "; replaced");
+      event = what + why + " on " + run->node + "; starting it again";
       reason = "ReplicaFailed";
     }
     if (slot.remove && slot.empty()) set.slots.erase(sl);

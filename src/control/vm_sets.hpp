@@ -86,6 +86,10 @@ class VmSets {
   struct Run;
   struct Hub;
   void loop();
+  // Checks running replicas' health (TCP or HTTP, per their Readiness); kills one that failed
+  // it failure_threshold times in a row, and the controller replaces it.
+  void health_loop();
+  static std::chrono::milliseconds check_interval(const v1::Readiness& readiness);
   // One pass over the sets (mutex_ held): starts what is missing or due a restart, stops what is
   // past the wanted count, moves rollouts on.
   void reconcile();
@@ -113,6 +117,7 @@ class VmSets {
   std::mutex placement_mutex_;  // one placement at a time
   std::shared_ptr<Hub> hub_;
   std::thread loop_;
+  std::thread health_;
 };
 
 }  // namespace blixard::control

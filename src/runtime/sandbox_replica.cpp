@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "blixard/error.hpp"
+#include "common/health_check.hpp"
 #include "runtime/process.hpp"
 #include "runtime/spawn.hpp"
 
@@ -37,6 +38,7 @@ constexpr std::size_t k_max_log_line = std::size_t{16} * 1024;
 constexpr std::uint64_t k_replica_pids = 1024;
 constexpr std::uint64_t k_max_scratch = 256ULL << 20;
 constexpr milliseconds k_ready_poll{20};
+constexpr milliseconds k_check_timeout{1000};
 
 // A TCP port free on every address now (the replica binds it a moment later).
 std::uint32_t free_port() {
@@ -52,18 +54,6 @@ std::uint32_t free_port() {
   }
   ::close(fd);
   return ntohs(addr.sin_port);
-}
-
-bool accepts(std::uint32_t port) {
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return false;
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<std::uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  const bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
-  ::close(fd);
-  return ok;
 }
 
 // Whether process `pid` has a handler for `sig` (SigCgt in its status).
@@ -152,6 +142,9 @@ class SandboxReplica final : public Replica, public std::enable_shared_from_this
   void run();
   void line(const std::string& stream, std::string text);
   std::string tail() const;
+  // The spec's readiness (proto Readiness), in words and checked once.
+  std::string readiness() const;
+  bool ready_now();
 
   ReplicaOptions options_;
   SandboxReplicaContext context_;
@@ -167,6 +160,7 @@ class SandboxReplica final : public Replica, public std::enable_shared_from_this
   State state_ = State::starting;
   bool requested_ = false;
   bool kill_requested_ = false;
+  bool marker_seen_ = false;
   std::string exit_reason_;
   std::deque<std::string> tail_;
 };
@@ -177,8 +171,42 @@ void SandboxReplica::line(const std::string& stream, std::string text) {
     std::lock_guard lock(mutex_);
     tail_.push_back(stream + ": " + text);
     if (tail_.size() > k_log_tail_lines) tail_.pop_front();
+    const auto& marker = options_.spec.readiness().console_marker();
+    if (!marker.empty() && !marker_seen_ && text.find(marker) != std::string::npos) {
+      marker_seen_ = true;
+      changed_.notify_all();
+    }
   }
   if (options_.on_log) options_.on_log(options_.name, stream, std::move(text));
+}
+
+std::string SandboxReplica::readiness() const {
+  const auto& r = options_.spec.readiness();
+  if (!r.console_marker().empty()) return "a console line with \"" + r.console_marker() + "\"";
+  if (ports_.empty()) return "at once";
+  const std::uint32_t declared = !r.http_path().empty()
+                                     ? (r.http_port() != 0 ? r.http_port() : ports_.begin()->first)
+                                 : r.tcp_port() != 0 ? r.tcp_port()
+                                                     : ports_.begin()->first;
+  const std::string where = "port " + std::to_string(declared) + " (host port " +
+                            std::to_string(ports_.at(declared)) + ")";
+  return !r.http_path().empty() ? "GET " + r.http_path() + " on " + where + " answering 2xx/3xx"
+                                : where + " accepting connections";
+}
+
+bool SandboxReplica::ready_now() {
+  const auto& r = options_.spec.readiness();
+  if (!r.console_marker().empty()) {
+    std::lock_guard lock(mutex_);
+    return marker_seen_;
+  }
+  if (ports_.empty()) return true;
+  if (!r.http_path().empty()) {
+    const std::uint32_t declared = r.http_port() != 0 ? r.http_port() : ports_.begin()->first;
+    return http_ok("", ports_.at(declared), r.http_path(), k_check_timeout);
+  }
+  const std::uint32_t declared = r.tcp_port() != 0 ? r.tcp_port() : ports_.begin()->first;
+  return tcp_accepts("", ports_.at(declared), k_check_timeout);
 }
 
 std::string SandboxReplica::tail() const {
@@ -300,7 +328,7 @@ void SandboxReplica::launch() {
   }
   thread_started_ = true;
 
-  // Ready: the first declared port accepts connections.
+  // Ready by the spec's readiness (readiness()).
   const auto deadline = began + context_.ready_timeout;
   for (;;) {
     std::string exited;
@@ -312,16 +340,15 @@ void SandboxReplica::launch() {
       throw Error(errc::handler_failed,
                   "replica " + options_.name + " " + exited + " before it was ready" + tail());
     }
-    if (ports_.empty() || accepts(ports_.begin()->second)) break;
+    if (ready_now()) break;
     if (Clock::now() >= deadline) {
       kill();
-      throw Error(errc::timeout, "replica " + options_.name + " did not accept connections on " +
-                                     std::to_string(ports_.begin()->second) + " within " +
-                                     std::to_string(context_.ready_timeout.count()) + " ms" +
-                                     tail());
+      throw Error(errc::timeout, "replica " + options_.name + " was not ready (" + readiness() +
+                                     ") within " + std::to_string(context_.ready_timeout.count()) +
+                                     " ms" + tail());
     }
     std::unique_lock lock(mutex_);
-    changed_.wait_for(lock, k_ready_poll, [&] { return state_ == State::exited; });
+    changed_.wait_for(lock, k_ready_poll, [&] { return state_ == State::exited || marker_seen_; });
   }
   started_in_ = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - began);
   std::lock_guard lock(mutex_);

@@ -347,6 +347,31 @@ void validate_function(v1::Function& fn, const std::string& path) {
   }
 }
 
+void validate_readiness(const v1::Readiness& r, const std::set<std::uint32_t>& ports,
+                        const std::string& field) {
+  const int kinds = (r.tcp_port() != 0 ? 1 : 0) + (!r.http_path().empty() ? 1 : 0) +
+                    (!r.console_marker().empty() ? 1 : 0);
+  if (kinds > 1) {
+    invalid(field, "give one of tcpPort, httpPath and consoleMarker, not " + std::to_string(kinds));
+  }
+  for (const auto& [name, port] :
+       {std::pair{"tcpPort", r.tcp_port()}, {"httpPort", r.http_port()}}) {
+    if (port != 0 && !ports.contains(port)) {
+      invalid(field + "." + name, "port " + std::to_string(port) + " is not one of the VM's ports");
+    }
+  }
+  if (!r.http_path().empty() && r.http_path().front() != '/') {
+    invalid(field + ".httpPath", "a path starts with /, got " + in_quotes(r.http_path()));
+  }
+  if ((r.tcp_port() != 0 || !r.http_path().empty() || r.console_marker().empty()) &&
+      ports.empty()) {
+    invalid(field, "a TCP or HTTP check needs a declared port (ports), or give consoleMarker");
+  }
+  if (r.console_marker().size() > 256) invalid(field + ".consoleMarker", "at most 256 bytes");
+  if (r.http_path().size() > 1024) invalid(field + ".httpPath", "at most 1024 bytes");
+  if (r.failure_threshold() > 100) invalid(field + ".failureThreshold", "at most 100");
+}
+
 void validate_vm(v1::Vm& vm, const std::string& path) {
   const Paths at = paths_for(path);
   check_name(vm.metadata().name(), at.name);
@@ -410,6 +435,7 @@ void validate_vm(v1::Vm& vm, const std::string& path) {
   if (s.has_placement()) validate_placement(*s.mutable_placement(), at.field("placement"));
   if (s.has_microvm()) validate_microvm(*s.mutable_microvm(), at.field("microvm"));
   validate_env(s.env(), at.field("env"));
+  if (s.has_readiness()) validate_readiness(s.readiness(), ports, at.field("readiness"));
 }
 
 void validate_trigger(v1::Trigger& trigger, const std::string& path) {

@@ -675,6 +675,31 @@ TEST_F(SandboxTest, StoppingAReplicaUsesSigtermOnlyWhenItHandlesIt) {
   EXPECT_THAT(ignores.exit->reason, ::testing::HasSubstr("SIGKILL"));
 }
 
+TEST_F(SandboxTest, ReplicaReadyByAConsoleMarkerOrAnHttpPath) {
+  // No port at all: only its console says when it is ready.
+  ReplicaEvents marker;
+  auto spec = http_replica_spec(token_);
+  spec.clear_ports();
+  spec.set_command(2,
+                   "import time, signal, sys\n"
+                   "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+                   "time.sleep(0.2)\nprint('ALL SYSTEMS GO', flush=True)\ntime.sleep(600)\n");
+  spec.mutable_readiness()->set_console_marker("SYSTEMS GO");
+  auto r = driver_->start_replica(marker.options("web-10", spec));
+  {
+    std::lock_guard lock(marker.m);  // ready no sooner than the line came
+    EXPECT_THAT(marker.lines, ::testing::Contains("stdout: ALL SYSTEMS GO"));
+  }
+  r->stop(std::chrono::seconds(5));
+
+  ReplicaEvents http;
+  auto web = http_replica_spec(token_);
+  web.mutable_readiness()->set_http_path("/");
+  auto h = driver_->start_replica(http.options("web-11", web));
+  EXPECT_TRUE(h->alive());
+  h->stop(std::chrono::seconds(5));
+}
+
 TEST_F(SandboxTest, ReplicaKilledFromOutsideReportsAnUnrequestedExit) {
   ReplicaEvents events;
   auto replica = driver_->start_replica(events.options("web-2", http_replica_spec(token_)));

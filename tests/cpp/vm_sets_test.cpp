@@ -298,4 +298,53 @@ TEST_F(VmSetTest, RecreateStopsThenStarts) {
   }
 }
 
+TEST_F(VmSetTest, AReplicaFailingItsHealthCheckIsReplaced) {
+  // /health answers 200 twice, then 500: ready, then unhealthy.
+  auto spec = web_spec(1);
+  spec.set_command(2,
+                   "import http.server as h, os, signal, sys\n"
+                   "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+                   "n = [0]\n"
+                   "class P(h.BaseHTTPRequestHandler):\n"
+                   "  def do_GET(self):\n"
+                   "    n[0] += 1\n"
+                   "    self.send_response(200 if n[0] <= 2 else 500); self.end_headers()\n"
+                   "  def log_message(self, *a): pass\n"
+                   "h.HTTPServer(('127.0.0.1', int(os.environ['PORT_80'])), P).serve_forever()\n");
+  auto& r = *spec.mutable_readiness();
+  r.set_http_path("/health");
+  r.mutable_interval()->set_nanos(50'000'000);
+  r.set_failure_threshold(3);
+  cluster_->create_vm("web", spec);
+  ASSERT_TRUE(eventually(
+      [&] {
+        const auto st = status("web");
+        return st.instances_size() == 1 && st.instances(0).restarts() >= 1;
+      },
+      20s))
+      << status("web").DebugString();
+  EXPECT_THAT(status("web").instances(0).message(),
+              HasSubstr("failed its health check (GET /health) 3 times in a row"));
+}
+
+TEST_F(VmSetTest, ReadinessNamesADeclaredPortAndOneKind) {
+  auto spec = web_spec(1);
+  spec.mutable_readiness()->set_tcp_port(81);
+  try {
+    cluster_->create_vm("bad", spec);
+    FAIL() << "a readiness port that is not declared was taken";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), errc::invalid_spec);
+    EXPECT_EQ(e.field(), "spec.readiness.tcpPort");
+  }
+  spec.mutable_readiness()->set_tcp_port(80);
+  spec.mutable_readiness()->set_console_marker("up");
+  try {
+    cluster_->create_vm("bad", spec);
+    FAIL() << "two kinds of readiness were taken";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.field(), "spec.readiness");
+  }
+}
+
 }  // namespace
