@@ -89,7 +89,7 @@ class SandboxReplica final : public Replica, public std::enable_shared_from_this
   const std::string& name() const override { return options_.name; }
   bool alive() const override {
     std::lock_guard lock(mutex_);
-    return state_ == State::ready && !kill_requested_;
+    return state_ == State::ready && !kill_requested_ && !exiting_;
   }
   std::map<std::uint32_t, std::uint32_t> ports() const override { return ports_; }
   std::chrono::microseconds start_duration() const override { return started_in_; }
@@ -161,23 +161,27 @@ class SandboxReplica final : public Replica, public std::enable_shared_from_this
   bool requested_ = false;
   bool kill_requested_ = false;
   bool marker_seen_ = false;
+  bool exiting_ = false;  // its process is gone, its exit being reported
   std::string exit_reason_;
   std::deque<std::string> tail_;
 };
 
 void SandboxReplica::line(const std::string& stream, std::string text) {
   if (text.size() > k_max_log_line) text.resize(k_max_log_line);
+  const auto& marker = options_.spec.readiness().console_marker();
+  const bool is_marker = !marker.empty() && text.find(marker) != std::string::npos;
   {
     std::lock_guard lock(mutex_);
     tail_.push_back(stream + ": " + text);
     if (tail_.size() > k_log_tail_lines) tail_.pop_front();
-    const auto& marker = options_.spec.readiness().console_marker();
-    if (!marker.empty() && !marker_seen_ && text.find(marker) != std::string::npos) {
-      marker_seen_ = true;
-      changed_.notify_all();
-    }
   }
+  // The line goes out before the replica is ready by it: its log never trails its readiness.
   if (options_.on_log) options_.on_log(options_.name, stream, std::move(text));
+  if (is_marker) {
+    std::lock_guard lock(mutex_);
+    marker_seen_ = true;
+    changed_.notify_all();
+  }
 }
 
 std::string SandboxReplica::readiness() const {
@@ -324,6 +328,8 @@ void SandboxReplica::launch() {
   }
   if (spawn_error) {
     if (cgroup_ && context_.cgroups != nullptr) context_.cgroups->release(std::move(cgroup_));
+    std::error_code ignored;
+    fs::remove(context_.root, ignored);
     std::rethrow_exception(spawn_error);
   }
   thread_started_ = true;
@@ -334,7 +340,7 @@ void SandboxReplica::launch() {
     std::string exited;
     {
       std::lock_guard lock(mutex_);
-      if (state_ == State::exited) exited = exit_reason_;
+      if (exiting_ || state_ == State::exited) exited = exit_reason_;
     }
     if (!exited.empty()) {
       throw Error(errc::handler_failed,
@@ -351,8 +357,20 @@ void SandboxReplica::launch() {
     changed_.wait_for(lock, k_ready_poll, [&] { return state_ == State::exited || marker_seen_; });
   }
   started_in_ = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - began);
-  std::lock_guard lock(mutex_);
-  if (state_ == State::starting) state_ = State::ready;
+  std::string gone;
+  {
+    std::lock_guard lock(mutex_);
+    // Its process may have ended since the check: then it never was ready (no exit follows).
+    if (exiting_ || state_ == State::exited) {
+      gone = exit_reason_;
+    } else {
+      state_ = State::ready;
+    }
+  }
+  if (!gone.empty()) {
+    throw Error(errc::handler_failed,
+                "replica " + options_.name + " " + gone + " as it became ready" + tail());
+  }
 }
 
 void SandboxReplica::run() {
@@ -414,11 +432,20 @@ void SandboxReplica::run() {
     exit.requested = requested_;
     exit_reason_ = exit.reason;
     was_ready = state_ == State::ready;
+    exiting_ = true;
+  }
+  // Its root's mount point goes before the driver hears it is done (the driver may be destroyed
+  // right after, and this object later).
+  std::error_code ignored;
+  fs::remove(context_.root, ignored);
+  // Its exit is reported before stop() returns. A replica that never got ready was a failed
+  // start: its caller got the error instead.
+  if (was_ready && options_.on_exit) options_.on_exit(exit);
+  {
+    std::lock_guard lock(mutex_);
     state_ = State::exited;
   }
   changed_.notify_all();
-  // A replica that never got ready was a failed start: its caller got the error instead.
-  if (was_ready && options_.on_exit) options_.on_exit(exit);
   if (context_.done) context_.done();
 }
 
