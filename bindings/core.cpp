@@ -351,6 +351,9 @@ class PyCluster {
                         const std::string& overrides_json) {
     return blixard::to_json(cluster().update_vm(name, config, overrides_json).get());
   }
+  std::string rollback_vm(const std::string& name, std::int64_t revision) {
+    return blixard::to_json(cluster().vm(name).rollback(revision));
+  }
   std::string scale_vm(const std::string& name, std::uint32_t replicas) {
     return blixard::to_json(cluster().vm(name).scale(replicas));
   }
@@ -595,6 +598,8 @@ PYBIND11_MODULE(_core, m) {
       .def("delete_vm", &PyCluster::delete_vm, py::arg("name"), release_gil())
       .def("update_vm", &PyCluster::update_vm, py::arg("name"), py::arg("config"),
            py::arg("overrides_json"), release_gil())
+      .def("rollback_vm", &PyCluster::rollback_vm, py::arg("name"), py::arg("revision") = 0,
+           release_gil())
       .def("scale_vm", &PyCluster::scale_vm, py::arg("name"), py::arg("replicas"), release_gil())
       .def("start_vm", &PyCluster::start_vm, py::arg("name"), release_gil())
       .def("stop_vm", &PyCluster::stop_vm, py::arg("name"), release_gil())

@@ -23,6 +23,10 @@ class Vm {
   // A new spec for the set (its update strategy rolls it out); `replicas` 0 keeps the set's
   // count, and whether it is stopped is kept. Returns the set as stored.
   v1::Vm update(v1::VmSpec spec) const;
+  // Rolls the set back to a kept revision's spec (status().revisions(); 0: the one before the
+  // newest) as a new revision. Throws not_found for a revision no longer kept, invalid_spec when
+  // there is none before.
+  v1::Vm rollback(std::int64_t revision = 0) const;
   // Runs the set's replicas again after stop().
   v1::Vm start() const;
   // Stops every replica; the set, its spec and its volumes stay.

@@ -1158,13 +1158,18 @@ def vm_update(c: Ctx, name, config, strategy, memory, vcpu, detach, output) -> N
     c.flag_for_field = VM_FLAGS
     cl = c.cluster()
     vm = cl.update_vm(name, _config_path(config), strategy=strategy, memory=memory, vcpu=vcpu)
+    _follow_rollout(c, vm, name, detach, _out(c, output) == "json")
+
+
+def _follow_rollout(c: Ctx, vm, name: str, detach: bool, as_json: bool) -> None:
+    """After an update or rollback: prints the rollout's progress until it is out, or raises
+    HandlerFailed (exit 9) when it halts; returns at once with --detach."""
     stored = _int(vm.get().get("metadata", {}).get("resourceVersion"))
     # Until the controller has seen the update, its status is the old one's.
     deadline = time.monotonic() + 30
     while _int((st := vm.status()).get("observedVersion")) < stored and (
             time.monotonic() < deadline):
         time.sleep(0.05)
-    as_json = _out(c, output) == "json"
     revision = _int(st.get("revision"))
     if detach:
         if as_json:
@@ -1193,6 +1198,53 @@ def vm_update(c: Ctx, name, config, strategy, memory, vcpu, detach, output) -> N
     else:
         click.echo(f"vm {name}: revision {_int(st.get('revision'))} is out "
                    f"({_int(st.get('readyReplicas'))} replicas ready)")
+
+
+@vm.command("rollback")
+@click.argument("name")
+@click.option("--to-revision", type=int, metavar="N",
+              help="A revision `vm history` lists (default: the one before the newest).")
+@click.option("--detach", is_flag=True, help="Return once the new revision is stored.")
+@output_option
+@pass_ctx
+def vm_rollback(c: Ctx, name, to_revision, detach, output) -> None:
+    """Roll VM set NAME back to an earlier revision's spec (as a new revision, by its update
+    strategy); progress as `vm update`."""
+    c.flag_for_field = {"revision": "--to-revision"}
+    vm = c.cluster().vm(name)
+    vm.rollback(to_revision)
+    _follow_rollout(c, vm, name, detach, _out(c, output) == "json")
+
+
+@vm.command("history")
+@click.argument("name")
+@output_option
+@pass_ctx
+def vm_history(c: Ctx, name, output) -> None:
+    """VM set NAME's kept revisions: when each was made and what it changed."""
+    st = c.cluster().vm(name).status()
+    revisions = st.get("revisions", [])
+    if _out(c, output) == "json":
+        print_json({"items": revisions})
+        return
+    newest, serving = _int(st.get("revision")), _int(st.get("servingRevision"))
+    rows, previous = [], None
+    for r in revisions:
+        spec = r.get("spec", {})
+        changed = sorted(k for k in set(spec) | set(previous or {})
+                         if previous is not None and spec.get(k) != previous.get(k))
+        mark = []
+        if _int(r.get("revision")) == newest:
+            mark.append("newest")
+        if _int(r.get("revision")) == serving:
+            mark.append("serving")
+        rows.append((r.get("revision"), r.get("createdAt", "-"),
+                     spec.get("updateStrategy", {}).get("type", "rolling"),
+                     ", ".join(changed) if previous is not None else "(first kept)",
+                     ", ".join(mark)))
+        previous = spec
+    print_table(("REVISION", "CREATED", "STRATEGY", "CHANGED", ""), rows,
+                empty=f"vm {name} has no revisions yet.")
 
 
 @vm.command("start")

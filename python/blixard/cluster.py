@@ -392,6 +392,11 @@ class Vm:
         return _log_stream(read, self.name, after, follow=follow, timeout=timeout, poll=poll,
                            instance=replica)
 
+    def rollback(self, revision: Optional[int] = None) -> Dict[str, Any]:
+        """Rolls back to a kept revision's spec (``status()["revisions"]``; default: the one
+        before the newest), as a new revision; returns the set."""
+        return json.loads(self._cluster._core.rollback_vm(self.name, revision or 0))
+
     def scale(self, replicas: int) -> Dict[str, Any]:
         """Sets the wanted replicas (1 or more; the scheduler places new ones); returns the set."""
         return json.loads(self._cluster._core.scale_vm(self.name, replicas))

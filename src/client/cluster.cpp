@@ -333,6 +333,29 @@ v1::Vm Vm::update(v1::VmSpec spec) const {
   });
 }
 
+v1::Vm Vm::rollback(std::int64_t revision) const {
+  const auto status = get().status();
+  const v1::VmRevision* target = nullptr;
+  for (const auto& r : status.revisions()) {
+    if (revision != 0 ? r.revision() == revision : r.revision() < status.revision()) target = &r;
+  }
+  if (target == nullptr) {
+    std::string kept;
+    for (const auto& r : status.revisions()) {
+      kept += (kept.empty() ? "" : ", ") + std::to_string(r.revision());
+    }
+    if (revision == 0) {
+      throw Error(errc::invalid_spec,
+                  "vm " + name_ + " has no revision before " + std::to_string(status.revision()) +
+                      " to roll back to",
+                  "revision");
+    }
+    throw Error(errc::not_found, "vm " + name_ + " keeps no revision " + std::to_string(revision) +
+                                     " (kept: " + kept + ")");
+  }
+  return update(target->spec());
+}
+
 v1::Vm Vm::start() const {
   return change_vm(*backend_, name_, [](v1::VmSpec& spec) { spec.set_stopped(false); });
 }

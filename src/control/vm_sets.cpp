@@ -85,6 +85,7 @@ struct VmSets::Set {
   // Each revision's spec (what `replicas` and `stopped` aside), the newest and the one new runs
   // start from (older while a rollout is halted).
   std::map<std::int64_t, v1::VmSpec> revisions;
+  std::map<std::int64_t, std::chrono::system_clock::time_point> revised_at;
   std::int64_t revision = 0, serving = 0;
   std::string rollout;  // progress or why it halted
   std::map<int, std::shared_ptr<Slot>> slots;
@@ -147,9 +148,13 @@ void VmSets::update(const std::string& vm, std::int64_t version, const v1::VmSpe
   if (new_revision) {
     set->revision = set->revisions.empty() ? 1 : set->revision + 1;
     set->revisions[set->revision] = spec;
+    set->revised_at[set->revision] = std::chrono::system_clock::now();
     set->serving = set->revision;  // new runs start from it (unless its rollout halts)
     // Keep the last few (a rollback names one of them).
-    while (set->revisions.size() > k_revisions_kept) set->revisions.erase(set->revisions.begin());
+    while (set->revisions.size() > k_revisions_kept) {
+      set->revised_at.erase(set->revisions.begin()->first);
+      set->revisions.erase(set->revisions.begin());
+    }
     if (set->revision > 1) set->rollout = "rolling out revision " + std::to_string(set->revision);
   }
   wake_.notify_all();
@@ -593,6 +598,16 @@ void VmSets::fill_status(const std::string& vm, const v1::VmSpec& spec,
     status.set_serving_revision(set.serving);
     status.set_rollout(set.rollout);
     status.set_observed_version(set.version);
+    for (const auto& [revision, revised] : set.revisions) {
+      auto& r = *status.add_revisions();
+      r.set_revision(revision);
+      *r.mutable_spec() = revised;
+      r.mutable_spec()->clear_replicas();  // not part of a revision
+      r.mutable_spec()->clear_stopped();
+      const auto at = set.revised_at.at(revision).time_since_epoch();
+      r.mutable_created_at()->set_seconds(
+          std::chrono::duration_cast<std::chrono::seconds>(at).count());
+    }
     for (const auto& [ordinal, slot] : set.slots) {
       const Run* run = slot->current.get();
       if (run != nullptr) {

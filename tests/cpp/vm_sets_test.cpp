@@ -278,6 +278,41 @@ TEST_F(VmSetTest, ARolloutWhoseNewReplicaFailsHaltsAndTheOldOnesKeepServing) {
       << status("web").DebugString();
 }
 
+TEST_F(VmSetTest, RollbackReturnsToAKeptRevisionAsANewOne) {
+  auto vm = cluster_->create_vm("web", page_spec(2, "v1"));
+  ASSERT_TRUE(eventually([&] { return running("web", 2); }, 20s));
+  EXPECT_THROW(vm.rollback(), Error);  // nothing before revision 1
+  vm.update(page_spec(0, "v2", /*broken=*/true));
+  ASSERT_TRUE(
+      eventually([&] { return status("web").rollout().find("halted") != std::string::npos; }, 20s));
+  const auto halted = status("web");
+  ASSERT_EQ(halted.revisions_size(), 2);
+  EXPECT_EQ(halted.revisions(1).revision(), 2);
+  EXPECT_EQ(halted.revisions(1).spec().replicas(), 0U);  // the count is not part of a revision
+  try {
+    vm.rollback(99);
+    FAIL() << "rolled back to a revision that never was";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), errc::not_found);
+    EXPECT_THAT(e.what(), HasSubstr("kept: 1, 2"));
+  }
+  vm.rollback();  // to revision 1's spec, as revision 3
+  ASSERT_TRUE(eventually(
+      [&] {
+        const auto s = status("web");
+        return observed("web") && s.revision() == 3 && s.rollout().empty() &&
+               s.instances_size() == 2 &&
+               std::all_of(s.instances().begin(), s.instances().end(),
+                           [](const auto& in) { return in.revision() == 3; });
+      },
+      30s))
+      << status("web").DebugString();
+  const auto done = status("web");
+  for (const auto& in : done.instances()) {
+    EXPECT_EQ(page(in.host_ports().at(80)), "v1 " + in.name());
+  }
+}
+
 TEST_F(VmSetTest, RecreateStopsThenStarts) {
   auto vm = cluster_->create_vm("web", page_spec(2, "v1"));
   ASSERT_TRUE(eventually([&] { return running("web", 2); }, 20s));

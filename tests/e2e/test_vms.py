@@ -247,3 +247,11 @@ def test_scenario1_rolling_update_serves_every_request_and_a_broken_one_halts(cl
     assert {a.split()[0] for a in poller.answers} == {"v2"}, set(poller.answers)
     st = status(cluster, "webapp")
     assert st["phase"] == "Running" and int(st["servingRevision"]) == 2, st
+
+    # History lists the revisions; rollback returns to v2's spec as revision 4, served by all.
+    history = cli(cluster, "vm", "history", "webapp")
+    assert "newest" in history and "serving" in history, history
+    out = cli(cluster, "vm", "rollback", "webapp")
+    assert "revision 4 is out" in out, out
+    assert {get(lb).split()[0] for _ in range(9)} == {"v2"}
+    assert int(status(cluster, "webapp")["revision"]) == 4
