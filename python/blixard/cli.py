@@ -985,15 +985,26 @@ wait_option = click.option(
     help="Return once every replica is ready (exit 8 after 2 minutes, with why not).")
 
 
+def _stored_version(vm) -> int:
+    """The resource version of the set's spec as stored now."""
+    return _int(vm.get().get("metadata", {}).get("resourceVersion"))
+
+
+def _observed(status: Dict[str, Any], stored: int) -> bool:
+    """Whether the controller has acted on the spec stored at version `stored` (before, the
+    status is the previous spec's)."""
+    return _int(status.get("observedVersion")) >= stored
+
+
 def _wait_ready(c: Ctx, name: str, timeout: float = 120.0) -> Dict[str, Any]:
     """Polls VM set NAME until its ready replicas reach its wanted count (or it is stopped)."""
     vm = c.cluster().vm(name)
-    stored = _int(vm.get().get("metadata", {}).get("resourceVersion"))
+    stored = _stored_version(vm)
     deadline = time.monotonic() + timeout
     while True:
         obj = vm.get()
         st, spec = obj.get("status", {}), obj.get("spec", {})
-        seen = _int(st.get("observedVersion")) >= stored
+        seen = _observed(st, stored)
         wanted = 0 if spec.get("stopped") else _int(spec.get("replicas"))
         if seen and st.get("phase") in ("Running", "Stopped") and not st.get("rollout") and (
                 len(st.get("instances", [])) == wanted):
@@ -1003,8 +1014,6 @@ def _wait_ready(c: Ctx, name: str, timeout: float = 120.0) -> Dict[str, Any]:
             raise errors.Timeout(f"vm {name}: {_int(st.get('readyReplicas'))}/{wanted} ready "
                                  f"after {timeout:.0f}s: {why}")
         time.sleep(0.1)
-
-
 
 
 def _vm_rows(items: List[Dict[str, Any]]):
@@ -1158,17 +1167,15 @@ def vm_update(c: Ctx, name, config, strategy, memory, vcpu, detach, output) -> N
     c.flag_for_field = VM_FLAGS
     cl = c.cluster()
     vm = cl.update_vm(name, _config_path(config), strategy=strategy, memory=memory, vcpu=vcpu)
-    _follow_rollout(c, vm, name, detach, _out(c, output) == "json")
+    _follow_rollout(vm, name, detach, _out(c, output) == "json")
 
 
-def _follow_rollout(c: Ctx, vm, name: str, detach: bool, as_json: bool) -> None:
+def _follow_rollout(vm, name: str, detach: bool, as_json: bool) -> None:
     """After an update or rollback: prints the rollout's progress until it is out, or raises
     HandlerFailed (exit 9) when it halts; returns at once with --detach."""
-    stored = _int(vm.get().get("metadata", {}).get("resourceVersion"))
-    # Until the controller has seen the update, its status is the old one's.
+    stored = _stored_version(vm)
     deadline = time.monotonic() + 30
-    while _int((st := vm.status()).get("observedVersion")) < stored and (
-            time.monotonic() < deadline):
+    while not _observed(st := vm.status(), stored) and time.monotonic() < deadline:
         time.sleep(0.05)
     revision = _int(st.get("revision"))
     if detach:
@@ -1213,7 +1220,7 @@ def vm_rollback(c: Ctx, name, to_revision, detach, output) -> None:
     c.flag_for_field = {"revision": "--to-revision"}
     vm = c.cluster().vm(name)
     vm.rollback(to_revision)
-    _follow_rollout(c, vm, name, detach, _out(c, output) == "json")
+    _follow_rollout(vm, name, detach, _out(c, output) == "json")
 
 
 @vm.command("history")
