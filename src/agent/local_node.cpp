@@ -1,9 +1,12 @@
 // This machine as a node (see local_node.hpp).
 #include "agent/local_node.hpp"
 
+#include <sched.h>
 #include <sys/sysinfo.h>
 #include <sys/utsname.h>
 #include <unistd.h>
+
+#include <algorithm>
 
 #include "blixard/error.hpp"
 #include "runtime/accel.hpp"
@@ -24,7 +27,13 @@ v1::NodeSpec describe_this_machine() {
   if (sysinfo(&info) == 0) {
     spec.set_memory_mib(static_cast<std::uint64_t>(info.totalram) * info.mem_unit >> 20);
   }
-  spec.set_vcpu(static_cast<std::uint32_t>(sysconf(_SC_NPROCESSORS_ONLN)));
+  // The CPUs this agent may run on (a container's cpuset, taskset), not all the host has.
+  cpu_set_t allowed;
+  CPU_ZERO(&allowed);
+  const int cpus = sched_getaffinity(0, sizeof allowed, &allowed) == 0
+                       ? CPU_COUNT(&allowed)
+                       : static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
+  spec.set_vcpu(static_cast<std::uint32_t>(std::max(cpus, 1)));
   return spec;
 }
 

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <array>
+#include <utility>
 
 #include "blixard/error.hpp"
 #include "common/health_check.hpp"
@@ -50,6 +51,9 @@ struct VmSets::Run {
   Clock::time_point next_check;
   std::uint32_t failures = 0;
   std::string unhealthy;
+  // A rolling update's run started in place of the revision it names (no room beside it): it
+  // proves itself for minHealthyTime as a `next` run does; 0 once it has, or if it never did.
+  std::int64_t replaces = 0;
 };
 
 // One of the set's replicas ("webapp-2"): the run that serves it and, during a rolling update,
@@ -66,6 +70,7 @@ struct VmSets::Slot {
   int failures_in_row = 0;
   bool remove = false;  // going away (scaled down, stopped, deleted)
   Clock::time_point retry_at;
+  std::int64_t replacing = 0;  // the revision its next start replaces in place (Run::replaces)
 
   std::shared_ptr<Run>* find(std::uint64_t generation) {
     if (current && current->generation == generation) return &current;
@@ -305,6 +310,17 @@ void VmSets::roll(const std::string& vm, Set& set, int desired) {
   for (auto& [ordinal, slot] : set.slots) {
     if (ordinal > desired) continue;
     ++total;
+    // One replica in transition at a time (maxParallel 1), until what it replaced is gone: a
+    // rollout needs room for one replica more than the set, not two.
+    if (!slot->retiring.empty() || slot->replacing != 0) in_flight = true;
+    if (auto& run = slot->current; run && run->replaces != 0) {
+      in_flight = true;
+      if (run->phase == Run::running && now - run->ready_at >= min_healthy) {
+        run->replaces = 0;
+        publish(vm, "ReplicaUpdated",
+                slot->name + " runs revision " + std::to_string(run->revision));
+      }
+    }
     if (slot->next) {
       in_flight = true;
       // The new run took over once it stayed up for minHealthyTime: the old one goes.
@@ -315,7 +331,10 @@ void VmSets::roll(const std::string& vm, Set& set, int desired) {
                 slot->name + " runs revision " + std::to_string(slot->current->revision));
       }
     }
-    if (slot->current && slot->current->revision == set.revision && !slot->next) ++updated;
+    if (slot->current && slot->current->revision == set.revision && !slot->next &&
+        slot->current->replaces == 0) {
+      ++updated;
+    }
   }
   if (set.serving != set.revision) return;  // halted: nothing more rolls
   if (updated == total) {
@@ -346,6 +365,7 @@ void VmSets::start(const std::string& vm, Set& set, Slot& slot, bool next) {
   auto run = std::make_shared<Run>();
   run->generation = ++slot.generations;
   run->revision = set.serving;
+  if (!next) run->replaces = std::exchange(slot.replacing, 0);
   const auto& serving = set.revisions.at(set.serving);
   run->readiness = serving.readiness();
   if (run->readiness.console_marker().empty() && serving.ports_size() > 0) {
@@ -368,6 +388,7 @@ void VmSets::start(const std::string& vm, Set& set, Slot& slot, bool next) {
     std::shared_ptr<runtime::Replica> replica;
     Placed placed;
     std::string error;
+    bool no_room = false;  // no node fits it (rather than a start that failed)
     try {
       {
         // One placement at a time, each seeing where the set's replicas went: spread holds.
@@ -386,7 +407,9 @@ void VmSets::start(const std::string& vm, Set& set, Slot& slot, bool next) {
             }
           }
         }
+        no_room = true;
         placed = nodes_->place(request);
+        no_room = false;
         const auto described = placed.node->describe();
         std::lock_guard lock(mutex_);
         run->node = placed.node->name();
@@ -453,17 +476,33 @@ void VmSets::start(const std::string& vm, Set& set, Slot& slot, bool next) {
         event = slot_name + " did not start: " + error;
         if (ours) {
           Set& set = *s->second;
-          if (sl->next == run) {
+          if (sl->next == run && no_room && sl->current && ready_beside(set, *sl)) {
+            // No room for the new run beside the old one: the others serve while this slot's
+            // old run makes way for it (Nomad's in-place replacement; Kubernetes' maxSurge 0).
+            sl->next.reset();
+            sl->replacing = sl->current->revision;
+            retire(*sl, sl->current, options_.drain);
+            reason = "ReplicaReplacedInPlace";
+            event = "no room for " + slot_name + "'s revision " + std::to_string(run->revision) +
+                    " beside the old one (" + error + "): replacing it in place";
+          } else if (sl->next == run) {
             // The new revision does not start: the rollout halts, the old run keeps serving.
             sl->next.reset();
-            set.serving = sl->current ? sl->current->revision : set.serving;
-            set.rollout = "rollout of revision " + std::to_string(set.revision) +
-                          " halted: " + slot_name + " did not start: " + error +
-                          "; serving revision " + std::to_string(set.serving);
+            event = halt(set, sl->current ? sl->current->revision : set.serving,
+                         slot_name + " did not start: " + error +
+                             (no_room ? " (a rolling update needs room for one replica more; "
+                                        "free some, or update with strategy recreate)"
+                                      : ""));
             reason = "RolloutHalted";
-            event = set.rollout;
+          } else if (run->replaces != 0 && !no_room && set.serving == run->revision) {
+            // Started in place of the old revision and failed: the slot goes back to it.
+            if (sl->current == run) sl->current.reset();
+            event = halt(set, run->replaces, slot_name + " did not start: " + error);
+            reason = "RolloutHalted";
           } else {
             if (sl->current == run) sl->current.reset();
+            // Still to replace the old revision in place once there is room.
+            if (no_room && run->replaces != 0) sl->replacing = run->replaces;
             failed(*sl, "did not start: " + error);
           }
         }
@@ -502,6 +541,23 @@ void VmSets::retire(Slot& slot, const std::shared_ptr<Run>& which, milliseconds 
   }).detach();
 }
 
+std::string VmSets::halt(Set& set, std::int64_t back_to, const std::string& why) {
+  set.serving = back_to;
+  set.rollout = "rollout of revision " + std::to_string(set.revision) + " halted: " + why +
+                "; serving revision " + std::to_string(set.serving);
+  return set.rollout;
+}
+
+bool VmSets::ready_beside(const Set& set, const Slot& slot) {
+  for (const auto& [ordinal, other] : set.slots) {
+    if (other.get() != &slot && other->current && other->current->phase == Run::running &&
+        !other->remove) {
+      return true;
+    }
+  }
+  return false;
+}
+
 void VmSets::failed(Slot& slot, const std::string& why) {
   slot.failed = true;
   slot.message = why;
@@ -535,11 +591,14 @@ void VmSets::exited(const std::string& vm, int ordinal, std::uint64_t generation
     } else if (slot.next == run) {
       // The new revision failed before it took over: halt, keep the old run.
       slot.next.reset();
-      set.serving = slot.current ? slot.current->revision : set.serving;
-      set.rollout = "rollout of revision " + std::to_string(set.revision) +
-                    " halted: " + slot.name + " " + exit.reason + "; serving revision " +
-                    std::to_string(set.serving);
-      event = set.rollout;
+      event = halt(set, slot.current ? slot.current->revision : set.serving,
+                   slot.name + " " + exit.reason);
+      reason = "RolloutHalted";
+    } else if (run->replaces != 0 && set.serving == run->revision) {
+      // Started in place of the old revision and failed before it proved itself: the slot
+      // starts the old revision again at once (it ran; the new one is what failed).
+      slot.current.reset();
+      event = halt(set, run->replaces, slot.name + " " + exit.reason);
       reason = "RolloutHalted";
     } else {
       const std::string why = run->unhealthy.empty() ? exit.reason : run->unhealthy;

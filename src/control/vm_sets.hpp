@@ -100,6 +100,10 @@ class VmSets {
   // Takes the run out of the load balancer, waits `drain`, stops it (mutex_ held).
   void retire(Slot& slot, const std::shared_ptr<Run>& run, std::chrono::milliseconds drain);
   void failed(Slot& slot, const std::string& why);  // mutex_ held: backoff, then again
+  // Halts the set's rollout: new runs start from `back_to` again; returns what happened.
+  static std::string halt(Set& set, std::int64_t back_to, const std::string& why);
+  // Whether a replica other than `slot`'s is running (it serves while `slot` is replaced).
+  static bool ready_beside(const Set& set, const Slot& slot);
   void exited(const std::string& vm, int ordinal, std::uint64_t generation,
               const runtime::ReplicaExit& exit);
   void publish(const std::string& vm, const std::string& reason, const std::string& what);
