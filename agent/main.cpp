@@ -34,6 +34,7 @@
 #include "client/http_backend.hpp"
 #include "control/vm_sets.hpp"
 #include "runtime/driver.hpp"
+#include "runtime/libvirt_driver.hpp"
 #include "server/local.hpp"
 #include "spec/units.hpp"
 
@@ -68,6 +69,9 @@ options:
   --max-connections N   with --server: connections open at once, agents' included
                         (default 1024)
   --python PATH         interpreter for Python handlers (default: python3)
+  --vm-driver DRIVER    what runs VM replicas: sandbox (a confined process, the default)
+                        or libvirt (real guests: KVM where the CPU has it, else TCG)
+  --libvirt-uri URI     with --vm-driver libvirt (default: qemu:///system)
   --log-level LEVEL     trace, debug, info, warn, error (default: info)
   --version             print the version and exit
   -h, --help            this text
@@ -93,6 +97,8 @@ struct Args {
   std::string node_name;
   std::string python = "python3";
   std::string log_level = "info";
+  std::string vm_driver = "sandbox";
+  std::string libvirt_uri = "qemu:///system";
 };
 
 [[noreturn]] void usage_error(const std::string& message) {
@@ -201,6 +207,13 @@ Args parse_args(int argc, char** argv) {
       if (!d.error.empty() || d.value.count() <= 0)
         usage_error("--node-lease: " + (d.error.empty() ? "must be positive" : d.error));
       args.node_lease = d.value;
+    } else if (a == "--vm-driver") {
+      args.vm_driver = value();
+      if (args.vm_driver != "sandbox" && args.vm_driver != "libvirt") {
+        usage_error("--vm-driver: expected sandbox or libvirt, got " + args.vm_driver);
+      }
+    } else if (a == "--libvirt-uri") {
+      args.libvirt_uri = value();
     } else if (a == "--python") {
       args.python = value();
     } else if (a == "--log-level") {
@@ -309,8 +322,16 @@ int run_joined(const Args& args, const std::shared_ptr<spdlog::logger>& logger,
           }
           return std::move(*bytes);
         });
+    std::unique_ptr<blixard::runtime::Driver> vm_driver;
+    if (args.vm_driver == "libvirt") {
+      blixard::runtime::LibvirtOptions libvirt;
+      libvirt.uri = args.libvirt_uri;
+      libvirt.work_dir = blixard::runtime::libvirt_work_dir(args.data_dir);
+      vm_driver = blixard::runtime::make_libvirt_driver(libvirt);
+    }
     node = std::make_shared<blixard::agent::LocalNode>(
-        args.node_name, spec, blixard::runtime::make_sandbox_driver(sandbox), code);
+        args.node_name, spec, blixard::runtime::make_sandbox_driver(sandbox), code,
+        std::move(vm_driver));
     blixard::agent::JoinOptions options;
     options.server = args.join;
     options.token = args.token;
@@ -373,6 +394,7 @@ int main(int argc, char** argv) {
     options.labels = args.labels;
     options.data_paths = args.data_paths;
     options.nodes.lease = args.node_lease;
+    if (args.vm_driver == "libvirt") options.libvirt_uri = args.libvirt_uri;
     service = blixard::server::open_local_service(args.data_dir, options);
     // Only its owner may look inside: it holds the admin token and the store.
     ::chmod(args.data_dir.c_str(), 0700);

@@ -15,6 +15,8 @@ find_library(BLIXARD_SECCOMP NAMES seccomp REQUIRED)
 # The scheduler's bitmaps (libroaring-dev, CRoaring 0.2.66). Found as a plain library, as seccomp
 # is, so the installed package's link line needs no find_dependency of CRoaring's CMake file.
 find_library(BLIXARD_ROARING NAMES roaring REQUIRED)
+# The libvirt driver's C API (libvirt-dev, libvirt 9.0); a plain library as seccomp is.
+find_library(BLIXARD_LIBVIRT NAMES virt REQUIRED)
 if(BLIXARD_BUILD_TESTS)
   find_package(GTest REQUIRED)
 endif()

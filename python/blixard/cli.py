@@ -367,6 +367,15 @@ def cli(ctx: click.Context, addr, token, data_dir, output) -> None:
 )
 @click.option("--log-level", default=None, help="Agent log level (debug, info, warn, error).")
 @click.option(
+    "--vm-driver",
+    type=click.Choice(["sandbox", "libvirt"]),
+    default="sandbox",
+    show_default=True,
+    help="What runs VM replicas: a confined process, or a real guest through libvirtd "
+    "(KVM where the CPU has it, TCG otherwise).",
+)
+@click.option("--libvirt-uri", default=None, help="libvirt to use (default qemu:///system).")
+@click.option(
     "--timeout",
     "deadline",
     type=float,
@@ -376,7 +385,8 @@ def cli(ctx: click.Context, addr, token, data_dir, output) -> None:
 )
 @output_option
 @pass_ctx
-def up(c: Ctx, listen: str, log_level: Optional[str], deadline: float, output) -> None:
+def up(c: Ctx, listen: str, log_level: Optional[str], vm_driver: str,
+       libvirt_uri: Optional[str], deadline: float, output) -> None:
     """Start a server + local agent as a background daemon for --data-dir."""
     out = _out(c, output)
     running = running_server(c.data_dir)
@@ -405,7 +415,9 @@ def up(c: Ctx, listen: str, log_level: Optional[str], deadline: float, output) -
         pass
 
     argv = [find_agent(), "--server", "--data-dir", str(c.data_dir), "--listen", listen]
-    argv += ["--python", sys.executable]
+    argv += ["--python", sys.executable, "--vm-driver", vm_driver]
+    if libvirt_uri:
+        argv += ["--libvirt-uri", libvirt_uri]
     if log_level:
         argv += ["--log-level", log_level]
     with log:
@@ -1107,7 +1119,7 @@ def vm_status(c: Ctx, name, output) -> None:
                     i.get("name"),
                     i.get("node") or "-",
                     i.get("phase"),
-                    i.get("driver") or "-",
+                    "/".join(x for x in (i.get("driver"), i.get("accel")) if x) or "-",
                     _ports(i) or "-",
                     _int(i.get("restarts")),
                     i.get("message", ""),

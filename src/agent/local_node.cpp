@@ -38,12 +38,17 @@ v1::NodeSpec describe_this_machine() {
 }
 
 LocalNode::LocalNode(std::string name, v1::NodeSpec spec, std::unique_ptr<runtime::Driver> driver,
-                     std::shared_ptr<CodeCache> code)
+                     std::shared_ptr<CodeCache> code, std::unique_ptr<runtime::Driver> vm_driver)
     : name_(std::move(name)),
       spec_(std::move(spec)),
       driver_(std::move(driver)),
-      code_(std::move(code)) {
-  spec_.add_drivers(driver_->name());
+      code_(std::move(code)),
+      vm_driver_(std::move(vm_driver)) {
+  for (const auto* d : {driver_.get(), vm_driver_.get()}) {
+    if (d == nullptr) continue;
+    spec_.add_drivers(d->name());
+    (*spec_.mutable_labels())[control::driver_label(d->name())] = "true";
+  }
 }
 
 LocalNode::~LocalNode() { shutdown(); }
@@ -70,7 +75,15 @@ std::shared_ptr<runtime::Replica> LocalNode::start_replica(
       }
     }
   }
-  auto replica = driver_->start_replica(assignment.replica);
+  const std::string which = control::replica_driver(assignment.replica.spec, spec_);
+  runtime::Driver* driver = vm_driver_ && vm_driver_->name() == which ? vm_driver_.get()
+                            : driver_->name() == which                ? driver_.get()
+                                                                      : nullptr;
+  if (driver == nullptr) {
+    throw Error(errc::unavailable, "node " + name_ + " has no " + assignment.replica.spec.driver() +
+                                       " driver for replica " + name);
+  }
+  auto replica = driver->start_replica(assignment.replica);
   std::lock_guard lock(mutex_);
   std::erase_if(replicas_, [](const auto& kv) { return kv.second.replica.expired(); });
   replicas_[name] = {replica, assignment.epoch};
@@ -156,6 +169,9 @@ void LocalNode::set_epoch(std::int64_t epoch) {
   for (auto& r : stale_replicas) r->kill();
 }
 
-void LocalNode::shutdown() { driver_->shutdown(); }
+void LocalNode::shutdown() {
+  if (vm_driver_) vm_driver_->shutdown();
+  driver_->shutdown();
+}
 
 }  // namespace blixard::agent

@@ -21,8 +21,11 @@ class LocalNode final : public control::Node {
   // An assignment whose spec carries a code digest runs in the directory `code` unpacked it to;
   // without a cache such assignments are refused (a spec's own `code` path is used as it is,
   // for drivers' tests and in-process callers).
+  // `vm_driver` (the libvirt driver, where this node runs one) runs VM replicas whose spec does
+  // not ask for `driver` by name (control::replica_driver).
   LocalNode(std::string name, v1::NodeSpec spec, std::unique_ptr<runtime::Driver> driver,
-            std::shared_ptr<CodeCache> code = nullptr);
+            std::shared_ptr<CodeCache> code = nullptr,
+            std::unique_ptr<runtime::Driver> vm_driver = nullptr);
   ~LocalNode() override;
 
   const std::string& name() const override { return name_; }
@@ -55,6 +58,7 @@ class LocalNode final : public control::Node {
   v1::NodeSpec spec_;
   std::unique_ptr<runtime::Driver> driver_;
   std::shared_ptr<CodeCache> code_;
+  std::unique_ptr<runtime::Driver> vm_driver_;
   mutable std::mutex mutex_;
   std::int64_t epoch_ = 0;
   std::map<std::string, Running> running_;

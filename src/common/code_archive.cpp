@@ -17,30 +17,17 @@
 
 #include "blixard/error.hpp"
 #include "common/digest.hpp"
+#include "common/libarchive.hpp"
 
 namespace blixard {
 namespace {
 
 namespace fs = std::filesystem;
 
-struct EntryFree {
-  void operator()(archive_entry* e) const { archive_entry_free(e); }
-};
-using Entry = std::unique_ptr<archive_entry, EntryFree>;
-
-// A writer and a reader are freed by different functions; each owner knows which it holds.
-struct WriteArchive {
-  archive* a = archive_write_new();
-  ~WriteArchive() { archive_write_free(a); }
-};
-struct ReadArchive {
-  archive* a = archive_read_new();
-  ~ReadArchive() { archive_read_free(a); }
-};
-struct DiskArchive {
-  archive* a = archive_write_disk_new();
-  ~DiskArchive() { archive_write_free(a); }
-};
+using libarchive::DiskArchive;
+using libarchive::Entry;
+using libarchive::ReadArchive;
+using libarchive::WriteArchive;
 
 Error bad_code(const std::string& message) { return {errc::invalid_spec, message, "code"}; }
 
@@ -309,8 +296,7 @@ void unpack_code(std::string_view bytes, const fs::path& into, const ArchiveLimi
         int data_rc = ARCHIVE_OK;
         while ((data_rc = archive_read_data_block(r.a, &block, &size, &offset)) == ARCHIVE_OK) {
           if (archive_write_data_block(w.a, block, size, offset) != ARCHIVE_OK) {
-            throw Error(errc::unavailable,
-                        "cannot write " + path + ": " + why(w.a));
+            throw Error(errc::unavailable, "cannot write " + path + ": " + why(w.a));
           }
         }
         if (data_rc != ARCHIVE_EOF) {
@@ -322,8 +308,7 @@ void unpack_code(std::string_view bytes, const fs::path& into, const ArchiveLimi
       }
     }
     if (archive_write_close(w.a) != ARCHIVE_OK) {
-      throw Error(errc::unavailable,
-                  std::string("cannot finish unpacking: ") + why(w.a));
+      throw Error(errc::unavailable, std::string("cannot finish unpacking: ") + why(w.a));
     }
   } catch (...) {
     fs::remove_all(root, ec);

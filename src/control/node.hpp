@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "blixard/v1/node.pb.h"
+#include "blixard/v1/vm.pb.h"
 #include "runtime/instance.hpp"
 #include "runtime/replica.hpp"
 
@@ -49,5 +50,13 @@ class Node {
   // they exit as lost), starts and calls in flight fail with unavailable, later starts too.
   virtual void shutdown() = 0;
 };
+
+// The label a node carries for each of its drivers ("driver.libvirt": "true"): a spec naming a
+// driver is placed by it.
+std::string driver_label(const std::string& driver);
+
+// The driver that runs a replica of `spec` on `node`: the one the spec names, else the node's VM
+// driver (libvirt where its agent runs one, the sandbox otherwise); "" when the node lacks it.
+std::string replica_driver(const v1::VmSpec& spec, const v1::NodeSpec& node);
 
 }  // namespace blixard::control

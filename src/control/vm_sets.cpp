@@ -23,14 +23,6 @@ std::string phase_name(int phase) {
   return names.at(static_cast<std::size_t>(phase));
 }
 
-std::string driver_of(const v1::NodeSpec& node) {
-  // The node's VM-capable driver (the libvirt driver when a node has it, DESIGN §6).
-  for (const auto& d : node.drivers()) {
-    if (d == "libvirt") return d;
-  }
-  return node.drivers().empty() ? "" : node.drivers(0);
-}
-
 }  // namespace
 
 // One start of a slot's replica.
@@ -40,7 +32,7 @@ struct VmSets::Run {
   std::int64_t revision = 0;
   Phase phase = starting;
   std::shared_ptr<runtime::Replica> replica;
-  std::string node, address, driver;
+  std::string node, address, driver, accel;
   sched::Resources reserved;
   std::map<std::uint32_t, std::uint32_t> ports;
   std::chrono::system_clock::time_point started_at;
@@ -414,7 +406,11 @@ void VmSets::start(const std::string& vm, Set& set, Slot& slot, bool next) {
         std::lock_guard lock(mutex_);
         run->node = placed.node->name();
         run->address = described.address();
-        run->driver = driver_of(described);
+        run->driver = replica_driver(*spec, described);
+        if (run->driver == "libvirt") {
+          const auto kvm = described.labels().find("kvm");
+          run->accel = kvm != described.labels().end() && kvm->second == "true" ? "kvm" : "tcg";
+        }
         run->reserved = placed.reserved;
       }
       ReplicaAssignment assignment;
@@ -642,6 +638,7 @@ void VmSets::fill_status(const std::string& vm, const v1::VmSpec& spec,
     if (run == nullptr) return;
     in.set_node(run->node);
     in.set_driver(run->driver);
+    in.set_accel(run->accel);
     in.set_address(run->address);
     in.set_revision(run->revision);
     for (const auto& [port, host] : run->ports) (*in.mutable_host_ports())[port] = host;

@@ -1,7 +1,10 @@
 // Process helpers (see process.hpp).
 #include "runtime/process.hpp"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 
 #include <array>
 #include <cerrno>
@@ -14,6 +17,22 @@
 namespace blixard::runtime {
 
 namespace fs = std::filesystem;
+
+// A port free on every address now: bound, read back, closed (its user binds it a moment later).
+std::uint32_t free_port() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  socklen_t len = sizeof addr;
+  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+    if (fd >= 0) ::close(fd);
+    throw Error(errc::unavailable,
+                std::string("no free port for a replica: ") + std::strerror(errno));
+  }
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
 
 std::pair<UniqueFd, UniqueFd> make_pipe() {
   std::array<int, 2> fds{};

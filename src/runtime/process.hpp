@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <csignal>
+#include <cstdint>
 
 #include <filesystem>
 #include <optional>
@@ -40,6 +41,9 @@ void set_nonblocking(int fd);
 std::string resolved_path(const std::string& path);
 // A PATH lookup done in the parent (execvpe would allocate between clone and exec).
 std::optional<std::filesystem::path> find_executable(const std::string& name);
+// A TCP port free on all of the host's addresses now, for a replica's host port (another process
+// may take it before the replica binds it). Throws Error(unavailable).
+std::uint32_t free_port();
 // "exited with status 3", "was killed by signal 9 (SIGKILL)".
 std::string describe_exit(const siginfo_t& info);
 

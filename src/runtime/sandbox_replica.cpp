@@ -40,22 +40,6 @@ constexpr std::uint64_t k_max_scratch = 256ULL << 20;
 constexpr milliseconds k_ready_poll{20};
 constexpr milliseconds k_check_timeout{1000};
 
-// A TCP port free on every address now (the replica binds it a moment later).
-std::uint32_t free_port() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  socklen_t len = sizeof addr;
-  if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-    if (fd >= 0) ::close(fd);
-    throw Error(errc::unavailable,
-                std::string("no free port for a replica: ") + std::strerror(errno));
-  }
-  ::close(fd);
-  return ntohs(addr.sin_port);
-}
-
 // Whether process `pid` has a handler for `sig` (SigCgt in its status).
 bool catches(pid_t pid, int sig) {
   std::ifstream status("/proc/" + std::to_string(pid) + "/status");
@@ -222,12 +206,20 @@ std::string SandboxReplica::tail() const {
 
 void SandboxReplica::launch() {
   const auto& spec = options_.spec;
+  if (!spec.untranslated().empty() && spec.command_size() == 0) {
+    throw Error(errc::invalid_spec, spec.untranslated(), "config");
+  }
   if (spec.command_size() == 0 || spec.command(0).empty()) {
     throw Error(errc::invalid_spec,
-                "the sandbox driver runs a VM's `command`, and " + options_.vm +
-                    " gives none (a Nix config's services need a guest image, which this node "
-                    "cannot build yet)",
+                "the sandbox driver runs a VM's `command`, and " + options_.vm + " gives none",
                 "command");
+  }
+  if (spec.files_size() > 0) {
+    throw Error(errc::invalid_spec,
+                "vm " + options_.vm +
+                    " runs services from its config, which need a real guest: start the agent "
+                    "with --vm-driver libvirt (or set `driver: libvirt`)",
+                "files");
   }
   std::vector<std::string> argv(spec.command().begin(), spec.command().end());
   fs::path program = argv[0];

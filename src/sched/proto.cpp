@@ -51,7 +51,10 @@ Request request_from(const v1::VmSpec& spec) {
   const std::uint32_t vcpu = spec.vcpu() != 0             ? spec.vcpu()
                              : spec.microvm().vcpu() != 0 ? spec.microvm().vcpu()
                                                           : 1;
-  return request_from(spec.placement(), memory, vcpu);
+  auto r = request_from(spec.placement(), memory, vcpu);
+  // Nodes label their drivers (control::driver_label).
+  if (!spec.driver().empty()) r.node_selector["driver." + spec.driver()] = "true";
+  return r;
 }
 
 NodeInfo node_from(const v1::Node& node) {

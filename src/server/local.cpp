@@ -12,6 +12,7 @@
 #include "agent/local_node.hpp"
 #include "blixard/error.hpp"
 #include "runtime/driver.hpp"
+#include "runtime/libvirt_driver.hpp"
 #include "store/blob_store.hpp"
 #include "store/store.hpp"
 
@@ -71,8 +72,16 @@ std::shared_ptr<api::Service> open_local_service(const std::filesystem::path& di
     auto spec = agent::describe_this_machine();
     for (const auto& [key, value] : options.labels) (*spec.mutable_labels())[key] = value;
     for (const auto& path : options.data_paths) spec.add_data_paths(path);
+    std::unique_ptr<runtime::Driver> vm_driver;
+    if (!options.libvirt_uri.empty()) {
+      runtime::LibvirtOptions libvirt;
+      libvirt.uri = options.libvirt_uri;
+      libvirt.work_dir = runtime::libvirt_work_dir(dir);
+      vm_driver = runtime::make_libvirt_driver(libvirt);
+    }
     nodes->join(std::make_shared<agent::LocalNode>(options.node_name, std::move(spec),
-                                                   runtime::make_sandbox_driver(sandbox), code),
+                                                   runtime::make_sandbox_driver(sandbox), code,
+                                                   std::move(vm_driver)),
                 /*in_process=*/true);
   }
   return {new api::Service(store, blobs, nodes, options.node_name, options.logger),

@@ -28,6 +28,8 @@ struct LocalServiceOptions {
   std::map<std::string, std::string> labels;
   std::vector<std::string> data_paths;
   control::NodeRegistryOptions nodes;
+  // Set: this machine's node runs VM replicas as libvirt guests there (runtime/libvirt_driver.hpp).
+  std::string libvirt_uri;
 };
 
 // An exclusive lock on a data dir (created if missing), held while the object lives. Throws

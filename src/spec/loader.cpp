@@ -10,6 +10,7 @@
 #include "blixard/spec.hpp"
 #include "spec/convert.hpp"
 #include "spec/nix.hpp"
+#include "spec/nixos_services.hpp"
 
 namespace blixard {
 namespace {
@@ -60,6 +61,9 @@ Spec load_config(const fs::path& file, spec_detail::NixKind kind, const SpecOpti
       fail(name, {}, {}, "cannot read nix-instantiate's output: " + e.msg);
     }
     spec_detail::read_message(data["spec"], spec, "", source);
+    if constexpr (std::is_same_v<Spec, v1::VmSpec>) {
+      spec_detail::translate_nixos_services(data["services"], spec, name);
+    }
   } else if (ext == ".yaml" || ext == ".yml" || ext == ".json") {
     const std::string text = spec_detail::read_text_file(name, "config file");
     const auto docs = spec_detail::parse_documents(text, name);

@@ -50,6 +50,10 @@ std::string expression(const std::string& file, NixKind kind) {
                                 : nix_list({"command", "env"});
   const std::string ports =
       kind == NixKind::vm ? "{ ports = m.networking.firewall.allowedTCPPorts or null; }" : "{ }";
+  // A VM's services as plain data (spec/nixos_services.hpp): what cannot be had without nixpkgs
+  // (pkgs.*) reads as "<unavailable>", a package as "<package>", a function as null.
+  const std::string services =
+      kind == NixKind::vm ? "  services = data (m.services or { });\n" : "";
   return "let\n"
          "  f = import " +
          nix_string(file) +
@@ -65,6 +69,11 @@ std::string expression(const std::string& file, NixKind kind) {
          "  microvm = if builtins.isAttrs mv then pick [ \"mem\" \"vcpu\" \"balloonMem\" "
          "\"bootTime\" \"hypervisor\" ] mv // (if mv ? shares then { shares = if builtins.isList "
          "mv.shares then map share mv.shares else mv.shares; } else { }) else mv;\n"
+         "  data = v: let r = builtins.tryEval v; in if !r.success then \"<unavailable>\" "
+         "else if builtins.isFunction r.value then null else if builtins.isAttrs r.value then "
+         "(if (r.value.type or null) == \"derivation\" then \"<package>\" else "
+         "builtins.mapAttrs (_: data) r.value) else if builtins.isList r.value then map data "
+         "r.value else str r.value;\n"
          "  h = m.handler or null;\n"
          "  plain = builtins.mapAttrs (n: v: if n == \"handler\" then (if builtins.isFunction v "
          "then null else v) else if builtins.isList v then map str v else str v) (pick " +
@@ -72,8 +81,8 @@ std::string expression(const std::string& file, NixKind kind) {
          " m);\n"
          "in if !(builtins.isAttrs m) then throw \"the config must evaluate to an attribute set "
          "(or a function returning one)\" else {\n"
-         "  handlerIsFunction = builtins.isFunction h;\n"
-         "  spec = plain // (if m ? microvm then { inherit microvm; } else { }) // " +
+         "  handlerIsFunction = builtins.isFunction h;\n" +
+         services + "  spec = plain // (if m ? microvm then { inherit microvm; } else { }) // " +
          ports +
          ";\n"
          "}\n";

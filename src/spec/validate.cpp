@@ -400,6 +400,10 @@ void validate_vm(v1::Vm& vm, const std::string& path) {
   if (s.vcpu() > k_max_vcpu) {
     invalid(at.field("vcpu"), "vcpu must be at most " + std::to_string(k_max_vcpu));
   }
+  if (!s.driver().empty() && s.driver() != "libvirt" && s.driver() != "sandbox") {
+    invalid(at.field("driver"), "unknown driver " + in_quotes(s.driver()) +
+                                    " (expected libvirt or sandbox, or none: the node's)");
+  }
   if (s.primary_election_policy().empty()) s.set_primary_election_policy("oldest-first");
   if (s.primary_election_policy() != "oldest-first" &&
       s.primary_election_policy() != "newest-first") {

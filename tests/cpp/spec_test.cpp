@@ -180,6 +180,18 @@ TEST(Scenario1, WebappNixLoads) {
   EXPECT_EQ(spec.microvm().shares(0).proto(), "virtiofs");
   ASSERT_EQ(spec.ports_size(), 1);
   EXPECT_EQ(spec.ports(0), 80u);
+  // services.nginx, translated to the host's nginx with a config of its own and a first page.
+  EXPECT_EQ(
+      std::vector<std::string>(spec.command().begin(), spec.command().end()),
+      (std::vector<std::string>{"/usr/sbin/nginx", "-e", "stderr", "-c", "/etc/nginx/nginx.conf"}));
+  ASSERT_EQ(spec.files().count("/etc/nginx/nginx.conf"), 1u);
+  const auto& conf = spec.files().at("/etc/nginx/nginx.conf");
+  EXPECT_TRUE(contains(conf, "listen 80;")) << conf;
+  EXPECT_TRUE(contains(conf, "root /var/www;")) << conf;
+  EXPECT_TRUE(contains(conf, "index index.html;")) << conf;
+  EXPECT_TRUE(contains(conf, "daemon off;")) << conf;
+  EXPECT_EQ(spec.files().count("/var/www/index.html"), 1u);
+  EXPECT_TRUE(spec.untranslated().empty()) << spec.untranslated();
 
   blixard::merge_vm_overrides(
       spec, R"({"replicas":3,"storage":{"pool":"ssd-pool"},"network":"web-vlan"})");
@@ -207,6 +219,9 @@ TEST(Scenario2, PostgresNixLoads) {
   EXPECT_EQ(spec.microvm().vcpu(), 4u);
   ASSERT_EQ(spec.ports_size(), 1);
   EXPECT_EQ(spec.ports(0), 5432u);
+  // Stored, and its replicas say why they cannot run (until stateful sets run PostgreSQL).
+  EXPECT_EQ(spec.command_size(), 0);
+  EXPECT_TRUE(contains(spec.untranslated(), "services.postgresql")) << spec.untranslated();
   blixard::merge_vm_overrides(spec, R"({"replicas":3,"storage":{"class":"replicated",)"
                                     R"("size":"100G"},"primaryElectionPolicy":"oldest-first"})");
   v1::Vm vm;
@@ -647,6 +662,51 @@ TEST(Errors, NixFileThatDoesNotEvaluate) {
   const auto uses_pkgs = tmp.write("pkgs.nix", "{ pkgs, ... }: { memory = pkgs.foo; }\n");
   EXPECT_TRUE(contains(invalid([&] { blixard::load_function_config(uses_pkgs); }).message(),
                        "pkgs is not available when Blixard reads a config"));
+}
+
+TEST(NixServices, RedisAndNginxTranslateAndWhatCannotBeHonouredIsNamed) {
+  REQUIRE_NIX();
+  TempDir tmp;
+  const auto redis = blixard::load_vm_config(
+      tmp.write("redis.nix",
+                "{ pkgs, ... }: { services.redis.servers.cache = { enable = true; port = 6380; "
+                "}; }\n"));
+  EXPECT_EQ(redis.command(0), "/usr/bin/redis-server");
+  ASSERT_EQ(redis.ports_size(), 1);
+  EXPECT_EQ(redis.ports(0), 6380u);
+  EXPECT_TRUE(contains(redis.files().at("/etc/redis/cache.conf"), "port 6380")) << "";
+
+  const auto page = blixard::load_vm_config(
+      tmp.write("page.nix",
+                "{ services.nginx = { enable = true; virtualHosts.site = { listen = [ { addr = "
+                "\"0.0.0.0\"; port = 8080; } ]; locations.\"/\".return = \"200 'v1'\"; }; "
+                "}; }\n"));
+  EXPECT_EQ(page.ports(0), 8080u);
+  EXPECT_TRUE(contains(page.files().at("/etc/nginx/nginx.conf"), "return 200 'v1';"));
+  EXPECT_EQ(page.files().size(), 1u);  // a page of its own: no welcome page
+
+  const auto tls = tmp.write("tls.nix",
+                             "{ services.nginx = { enable = true; virtualHosts.x.forceSSL = true; "
+                             "}; }\n");
+  const auto st = invalid([&] { blixard::load_vm_config(tls); });
+  EXPECT_EQ(st.field(), "services.nginx.virtualHosts.\"x\".forceSSL") << st.message();
+
+  const auto package = tmp.write(
+      "pkg.nix", "{ pkgs, ... }: { services.nginx = { enable = true; package = pkgs.nginx; }; }\n");
+  EXPECT_EQ(invalid([&] { blixard::load_vm_config(package); }).field(), "services.nginx.package");
+
+  const auto two = tmp.write("two.nix",
+                             "{ services.nginx.enable = true; services.redis.servers.a.enable = "
+                             "true; }\n");
+  EXPECT_TRUE(contains(invalid([&] { blixard::load_vm_config(two); }).message(), "one service"));
+
+  const auto other =
+      blixard::load_vm_config(tmp.write("other.nix", "{ services.openssh.enable = true; }\n"));
+  EXPECT_TRUE(contains(other.untranslated(), "services.openssh")) << other.untranslated();
+
+  const auto both =
+      tmp.write("both.nix", "{ command = [ \"/usr/bin/true\" ]; services.nginx.enable = true; }\n");
+  EXPECT_TRUE(contains(invalid([&] { blixard::load_vm_config(both); }).message(), "not both"));
 }
 
 TEST(Errors, NixValueOfTheWrongType) {

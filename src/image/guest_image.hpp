@@ -1,0 +1,57 @@
+// What a real microVM guest boots from (docs/guest-images.md): the host's own Debian kernel,
+// uncompressed so qemu's microvm machine can enter it directly (PVH, no firmware, no
+// decompressor), and an initramfs holding busybox, the kernel's virtio and 9p modules, our init
+// (guest/init) and the replica's workload. Everything else the workload runs comes from the host's
+// /usr, which the VMM shares read-only over 9p; the guest never sees the rest of the host.
+//
+// Built on the node from what the node has installed: nothing is downloaded, and the
+// costly parts (the kernel, the base archive) are made once into a cache directory.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace blixard::image {
+
+struct GuestKernel {
+  std::filesystem::path vmlinux;  // an ELF with a PVH entry note, in the cache directory
+  std::string version;            // "6.1.0-57-amd64": its modules are /lib/modules/<version>
+};
+
+// The newest /boot/vmlinuz-* whose modules can mount the shared /usr (9p over virtio): Debian's
+// cloud kernel cannot (built without CONFIG_NET_9P), its generic kernel can. Its compressed
+// payload is unpacked once into cache_dir (written aside, then renamed; reused while the vmlinuz
+// is the same file). Throws Error(unavailable) naming the package to install when there is none.
+GuestKernel find_guest_kernel(const std::filesystem::path& cache_dir);
+
+// The kernel command line for a fast microvm boot on this host. tsc_early_khz (this host's TSC
+// rate, which a TCG guest's TSC runs at) spares the guest a calibration that can hang without
+// timers; lpj does the same for the delay loop.
+std::string guest_cmdline();
+
+struct Workload {
+  // argv; [0] is an absolute path in the guest, where the host's /usr is (/usr/bin/python3).
+  std::vector<std::string> command;
+  std::map<std::string, std::string> env;
+  // The TCP ports it serves, as the guest sees them: PORT and PORT_<n> say them, and the first
+  // one accepting connections makes the guest ready (at once when there are none).
+  std::vector<std::uint32_t> ports;
+  std::string replica;  // BLIXARD_REPLICA, and the guest's host name
+  // Absolute path -> content, put in place by the init before the workload starts (under /etc,
+  // /var or /srv: the rest of the guest's tree is the host's /usr or the init's own).
+  std::map<std::string, std::string> files;
+};
+
+// The initramfs of one replica, written to `out` (aside, then renamed) and returned: the cached
+// base archive (busybox, modules, /init) followed by a small archive holding /blixard/workload;
+// the kernel unpacks concatenated cpio archives one after the other. Throws
+// Error(invalid_spec) for a workload the guest could not run, Error(unavailable) when
+// busybox-static or a module is missing or the disk refuses.
+std::filesystem::path build_initramfs(const GuestKernel& kernel, const Workload& workload,
+                                      const std::filesystem::path& cache_dir,
+                                      const std::filesystem::path& out);
+
+}  // namespace blixard::image

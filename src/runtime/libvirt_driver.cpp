@@ -1,0 +1,517 @@
+// VM replicas as libvirt guests (see libvirt_driver.hpp).
+#include "runtime/libvirt_driver.hpp"
+
+#include <libvirt/libvirt.h>
+#include <libvirt/virterror.h>
+#include <poll.h>
+#include <pwd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <array>
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <set>
+#include <string_view>
+#include <thread>
+
+#include "blixard/error.hpp"
+#include "common/health_check.hpp"
+#include "image/guest_image.hpp"
+#include "runtime/accel.hpp"
+#include "runtime/domain_xml.hpp"
+#include "runtime/process.hpp"
+
+namespace blixard::runtime {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+constexpr std::size_t k_log_tail_lines = 20;
+constexpr std::size_t k_max_log_line = std::size_t{16} * 1024;
+constexpr milliseconds k_check_timeout{1000};
+constexpr milliseconds k_http_ready_poll{100};
+constexpr std::string_view k_ready_line = "BLIXARD-READY";
+constexpr std::string_view k_exit_line = "BLIXARD-EXIT ";
+const fs::path k_socket_root = "/run/blixard";
+constexpr std::uint64_t k_min_guest_mib = 128;
+
+std::string libvirt_error(const std::string& what) {
+  const char* message = virGetLastErrorMessage();
+  return what + ": " + (message != nullptr ? message : "unknown libvirt error");
+}
+
+struct ConnectionDeleter {
+  void operator()(virConnectPtr c) const { virConnectClose(c); }
+};
+using Connection = std::unique_ptr<virConnect, ConnectionDeleter>;
+struct DomainDeleter {
+  void operator()(virDomainPtr d) const { virDomainFree(d); }
+};
+using Domain = std::unique_ptr<virDomain, DomainDeleter>;
+
+// Connects to a unix socket qemu listens on (it exists once the domain was created).
+UniqueFd connect_unix(const fs::path& path) {
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  const std::string p = path.string();
+  if (fd.get() < 0 || p.size() >= sizeof addr.sun_path) return {};
+  std::copy(p.begin(), p.end(), addr.sun_path);
+  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return {};
+  return fd;
+}
+
+// Splits a stream into lines (the last, unterminated one on flush).
+class LineSplitter {
+ public:
+  explicit LineSplitter(std::function<void(std::string)> emit) : emit_(std::move(emit)) {}
+  void feed(const char* data, std::size_t n) {
+    partial_.append(data, n);
+    for (std::size_t nl; (nl = partial_.find('\n')) != std::string::npos;) {
+      std::string line = partial_.substr(0, nl);
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      partial_.erase(0, nl + 1);
+      emit_(std::move(line));
+    }
+    if (partial_.size() > k_max_log_line) flush();
+  }
+  void flush() {
+    if (!partial_.empty()) emit_(std::exchange(partial_, {}));
+  }
+
+ private:
+  std::function<void(std::string)> emit_;
+  std::string partial_;
+};
+
+class LibvirtReplica final : public Replica, public std::enable_shared_from_this<LibvirtReplica> {
+ public:
+  // `dir` holds its files, `sockets` (a short path: a unix socket's is at most 107 bytes) its
+  // console and agent sockets; both are removed when it is gone.
+  LibvirtReplica(ReplicaOptions options, virConnectPtr conn, std::string domain, fs::path dir,
+                 fs::path sockets, std::function<void()> done)
+      : options_(std::move(options)),
+        conn_(conn),
+        domain_(std::move(domain)),
+        dir_(std::move(dir)),
+        sockets_(std::move(sockets)),
+        done_(std::move(done)) {}
+
+  const std::string& name() const override { return options_.name; }
+  bool alive() const override {
+    std::lock_guard lock(mutex_);
+    return state_ == State::ready && !requested_;
+  }
+  std::map<std::uint32_t, std::uint32_t> ports() const override { return ports_; }
+  std::chrono::microseconds start_duration() const override { return started_in_; }
+
+  void stop(milliseconds grace) override {
+    {
+      std::lock_guard lock(mutex_);
+      if (state_ == State::exited) return;
+      requested_ = true;
+    }
+    // The guest init stops the workload (SIGTERM, then its own grace) and powers off.
+    const std::string stop = "STOP\n";
+    if (agent_.get() >= 0) (void)!::send(agent_.get(), stop.data(), stop.size(), MSG_NOSIGNAL);
+    std::unique_lock lock(mutex_);
+    if (!changed_.wait_for(lock, grace, [&] { return state_ == State::exited; })) {
+      lock.unlock();
+      kill();
+      lock.lock();
+      changed_.wait(lock, [&] { return state_ == State::exited; });
+    }
+  }
+
+  void kill() override {
+    {
+      std::lock_guard lock(mutex_);
+      if (state_ == State::exited) return;
+      requested_ = true;
+    }
+    destroy_domain();
+  }
+
+  void start(const LibvirtOptions& driver, const image::GuestKernel& kernel, bool kvm);
+  // Whether its thread runs (and will call `done` once the guest is gone), after start().
+  bool watching() const { return watching_; }
+
+ private:
+  enum class State { starting, ready, exited };
+
+  void destroy_domain() const {
+    Domain dom(virDomainLookupByName(conn_, domain_.c_str()));
+    if (dom) virDomainDestroy(dom.get());
+  }
+  void run();
+  void console_line(std::string text);
+  void agent_line(const std::string& text);
+  std::string tail() const;
+
+  ReplicaOptions options_;
+  virConnectPtr conn_;
+  std::string domain_;
+  fs::path dir_, sockets_;
+  std::function<void()> done_;
+  std::map<std::uint32_t, std::uint32_t> ports_;
+  UniqueFd console_, agent_;
+  std::chrono::microseconds started_in_{0};
+  bool watching_ = false;
+
+  mutable std::mutex mutex_;
+  std::condition_variable changed_;
+  State state_ = State::starting;
+  bool requested_ = false;
+  bool guest_ready_ = false;  // the guest init said so (its first port accepts inside)
+  bool marker_seen_ = false;
+  bool gone_ = false;  // qemu closed both sockets
+  std::optional<int> exit_status_;
+  std::deque<std::string> tail_;
+};
+
+void LibvirtReplica::console_line(std::string text) {
+  if (text.size() > k_max_log_line) text.resize(k_max_log_line);
+  std::optional<int> status;
+  if (text.rfind(k_exit_line, 0) == 0) {
+    try {
+      status = std::stoi(text.substr(k_exit_line.size()));
+    } catch (const std::exception&) {
+    }
+  }
+  const auto& marker = options_.spec.readiness().console_marker();
+  const bool is_marker = !marker.empty() && text.find(marker) != std::string::npos;
+  {
+    std::lock_guard lock(mutex_);
+    tail_.push_back("console: " + text);
+    if (tail_.size() > k_log_tail_lines) tail_.pop_front();
+  }
+  if (options_.on_log) options_.on_log(options_.name, "console", std::move(text));
+  {
+    std::lock_guard lock(mutex_);
+    if (status) exit_status_ = status;
+    if (is_marker) marker_seen_ = true;
+    changed_.notify_all();
+  }
+  // The guest init's last word: whatever the guest does next (power off, halt), it is done.
+  if (status) destroy_domain();
+}
+
+void LibvirtReplica::agent_line(const std::string& text) {
+  if (std::string_view(text) != k_ready_line) return;
+  std::lock_guard lock(mutex_);
+  guest_ready_ = true;
+  changed_.notify_all();
+}
+
+std::string LibvirtReplica::tail() const {
+  std::lock_guard lock(mutex_);
+  std::string out;
+  for (const auto& l : tail_) out += "\n  " + l;
+  return out.empty() ? "" : "; last console lines:" + out;
+}
+
+void LibvirtReplica::start(const LibvirtOptions& driver, const image::GuestKernel& kernel,
+                           bool kvm) {
+  const auto& spec = options_.spec;
+  if (!spec.untranslated().empty() && spec.command_size() == 0) {
+    throw Error(errc::invalid_spec, spec.untranslated(), "config");
+  }
+  if (spec.command_size() == 0 || spec.command(0).empty()) {
+    throw Error(errc::invalid_spec,
+                "vm " + options_.vm + " gives no `command` (or service) for its guest to run",
+                "command");
+  }
+  // Below this the guest kernel runs out of memory unpacking its initramfs, silently (`quiet`).
+  if (spec.memory_mib() < k_min_guest_mib) {
+    throw Error(errc::invalid_spec,
+                "a guest needs at least " + std::to_string(k_min_guest_mib) +
+                    " MiB of memory; vm " + options_.vm + " gives it " +
+                    std::to_string(spec.memory_mib()) + " MiB",
+                "memory");
+  }
+  const auto began = Clock::now();
+  const std::string replica = options_.slot.empty() ? options_.name : options_.slot;
+  image::Workload workload;
+  workload.command.assign(spec.command().begin(), spec.command().end());
+  workload.env.insert(spec.env().begin(), spec.env().end());
+  workload.env["BLIXARD_VM"] = options_.vm;
+  workload.ports.assign(spec.ports().begin(), spec.ports().end());
+  workload.replica = replica;
+  workload.files.insert(spec.files().begin(), spec.files().end());
+  for (const auto port : spec.ports()) ports_[port] = free_port();
+
+  DomainConfig config;
+  config.name = domain_;
+  config.memory_mib = spec.memory_mib();
+  config.balloon_mib = spec.microvm().balloon_mem();
+  config.vcpus = spec.vcpu() != 0 ? spec.vcpu() : 1;
+  config.kvm = kvm;
+  config.kernel = kernel.vmlinux;
+  config.initrd =
+      image::build_initramfs(kernel, workload, driver.work_dir / "images", dir_ / "initramfs.img");
+  config.cmdline = image::guest_cmdline();
+  config.shares.push_back({"usr", driver.program_tree, true});
+  config.console_socket = sockets_ / "console";
+  config.agent_socket = sockets_ / "agent";
+  config.forwards = ports_;
+  const std::string xml = domain_xml(config);
+
+  Domain dom(virDomainCreateXML(conn_, xml.c_str(), 0));
+  if (!dom) {
+    throw Error(errc::unavailable, libvirt_error("libvirt did not start " + options_.name));
+  }
+  console_ = connect_unix(config.console_socket);
+  agent_ = connect_unix(config.agent_socket);
+  if (console_.get() < 0 || agent_.get() < 0) {
+    destroy_domain();
+    throw Error(errc::unavailable, "cannot reach the console or agent socket of " + options_.name +
+                                       " in " + sockets_.string());
+  }
+  std::thread([self = shared_from_this()] { self->run(); }).detach();
+  watching_ = true;
+
+  // Ready: the console marker, or the guest init's word (its first port accepts inside the
+  // guest: the forwarded host port accepts before that, qemu's user network answers for it),
+  // then the HTTP path through the forwarded port where the spec asks for one.
+  const auto& r = spec.readiness();
+  const auto deadline = began + driver.ready_timeout;
+  std::unique_lock lock(mutex_);
+  for (;;) {
+    if (gone_ || state_ == State::exited) {
+      const std::string why =
+          exit_status_ ? "exited with status " + std::to_string(*exit_status_) : "stopped";
+      lock.unlock();
+      throw Error(errc::handler_failed,
+                  "replica " + options_.name + "'s guest " + why + " before it was ready" + tail());
+    }
+    bool ready = !r.console_marker().empty() ? marker_seen_ : guest_ready_;
+    if (ready && !r.http_path().empty() && !ports_.empty()) {
+      const auto port = ports_.at(r.http_port() != 0 ? r.http_port() : ports_.begin()->first);
+      lock.unlock();
+      ready = http_ok("", port, r.http_path(), k_check_timeout);
+      lock.lock();
+    }
+    if (ready) break;
+    if (Clock::now() >= deadline) {
+      lock.unlock();
+      kill();
+      throw Error(errc::timeout, "replica " + options_.name + "'s guest was not ready within " +
+                                     std::to_string(driver.ready_timeout.count()) + " ms" + tail());
+    }
+    changed_.wait_for(lock, k_http_ready_poll);
+  }
+  state_ = State::ready;
+  started_in_ = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - began);
+}
+
+void LibvirtReplica::run() {
+  LineSplitter console([this](std::string l) { console_line(std::move(l)); });
+  LineSplitter agent([this](const std::string& l) { agent_line(l); });
+  std::array<int, 2> fds{console_.get(), agent_.get()};
+  std::array<char, 4096> buf{};
+  // Until qemu closes both (the guest powered off, crashed or was destroyed).
+  while (fds[0] >= 0 || fds[1] >= 0) {
+    std::array<pollfd, 2> p{{{fds[0], POLLIN, 0}, {fds[1], POLLIN, 0}}};
+    if (::poll(p.data(), p.size(), -1) < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    for (std::size_t i = 0; i < 2; ++i) {
+      if (fds[i] < 0 || p[i].revents == 0) continue;
+      const ssize_t n = ::read(fds[i], buf.data(), buf.size());
+      auto& split = i == 0 ? console : agent;
+      if (n <= 0) {
+        split.flush();
+        fds[i] = -1;
+        continue;
+      }
+      split.feed(buf.data(), static_cast<std::size_t>(n));
+    }
+  }
+  destroy_domain();  // a guest that closed its sockets some other way is gone all the same
+  ReplicaExit exit;
+  exit.replica = options_.name;
+  bool was_ready = false;
+  {
+    std::lock_guard lock(mutex_);
+    exit.requested = requested_;
+    exit.reason = exit_status_ ? "exited with status " + std::to_string(*exit_status_)
+                  : requested_ ? "was stopped"
+                               : "stopped (its guest powered off or crashed)";
+    was_ready = state_ == State::ready;
+    gone_ = true;
+    changed_.notify_all();
+  }
+  std::error_code ignored;
+  fs::remove_all(dir_, ignored);
+  fs::remove_all(sockets_, ignored);
+  if (was_ready && options_.on_exit) options_.on_exit(exit);
+  {
+    std::lock_guard lock(mutex_);
+    state_ = State::exited;
+  }
+  changed_.notify_all();
+  if (done_) done_();
+}
+
+// The user qemu runs as under libvirt's system instance (Debian: libvirt-qemu), which must be
+// able to create the replica's sockets.
+void hand_to_qemu(const fs::path& dir) {
+  if (const passwd* pw = ::getpwnam("libvirt-qemu")) {
+    (void)!::chown(dir.c_str(), pw->pw_uid, pw->pw_gid);
+  }
+}
+
+class LibvirtDriver final : public Driver {
+ public:
+  explicit LibvirtDriver(LibvirtOptions options) : options_(std::move(options)) {
+    virSetErrorFunc(nullptr, [](void*, virErrorPtr) {});  // errors are ours to report
+    conn_.reset(virConnectOpen(options_.uri.c_str()));
+    if (!conn_) {
+      throw Error(errc::unavailable,
+                  libvirt_error("cannot connect to libvirt at " + options_.uri) +
+                      " (is libvirtd running? start `virtlogd -d` and `libvirtd -d`)");
+    }
+    kvm_ = options_.kvm ? *options_.kvm : probe_accel().kvm;
+    const auto h = std::hash<std::string>{}(fs::absolute(options_.work_dir).string());
+    std::array<char, 9> hex{};
+    std::snprintf(hex.data(), hex.size(), "%08x", static_cast<unsigned>(h));
+    prefix_ = std::string("blixard-") + hex.data() + "-";
+    destroy_leftovers();
+    std::error_code ec;
+    fs::create_directories(options_.work_dir / "replicas", ec);
+    for (auto d = options_.work_dir.parent_path(); d.has_relative_path(); d = d.parent_path()) {
+      if (d == "/tmp" || d == "/var/lib") break;
+      fs::permissions(d, fs::perms::others_exec, fs::perm_options::add, ec);
+    }
+    fs::create_directories(k_socket_root, ec);
+    fs::permissions(k_socket_root, fs::perms::others_exec, fs::perm_options::add, ec);
+    fs::create_directories(options_.work_dir / "images", ec);
+    // qemu (another user) reaches the replicas' directories through these.
+    fs::permissions(options_.work_dir, fs::perms::others_exec, fs::perm_options::add, ec);
+    fs::permissions(options_.work_dir / "replicas", fs::perms::others_exec, fs::perm_options::add,
+                    ec);
+    fs::permissions(options_.work_dir / "images", fs::perms::others_exec | fs::perms::others_read,
+                    fs::perm_options::add, ec);
+  }
+  ~LibvirtDriver() override { shutdown(); }
+
+  std::string name() const override { return "libvirt"; }
+  bool kvm() const { return kvm_; }
+
+  std::shared_ptr<Instance> start(const InstanceOptions&) override {
+    throw Error(errc::unavailable, "the libvirt driver runs VM replicas; functions run sandboxed");
+  }
+  InvocationResult invoke(const Invocation&) override {
+    throw Error(errc::unavailable, "the libvirt driver runs VM replicas; functions run sandboxed");
+  }
+
+  std::shared_ptr<Replica> start_replica(const ReplicaOptions& options) override {
+    {
+      std::lock_guard lock(mutex_);
+      if (closed_) throw Error(errc::unavailable, "the libvirt driver is shut down");
+      if (!names_.insert(options.name).second) {
+        throw Error(errc::already_exists, "replica " + options.name + " runs here already");
+      }
+      ++running_;
+    }
+    auto done = [this, name = options.name] {
+      std::lock_guard lock(mutex_);
+      names_.erase(name);
+      --running_;
+      idle_.notify_all();
+    };
+    const fs::path dir = options_.work_dir / "replicas" / options.name;
+    const fs::path sockets = k_socket_root / (prefix_ + std::to_string(++started_));
+    std::shared_ptr<LibvirtReplica> replica;
+    try {
+      std::error_code ec;
+      for (const auto& d : {dir, sockets}) {
+        fs::remove_all(d, ec);
+        fs::create_directories(d);
+        hand_to_qemu(d);
+      }
+      const auto kernel = image::find_guest_kernel(options_.work_dir / "images");
+      replica = std::make_shared<LibvirtReplica>(options, conn_.get(), prefix_ + options.name, dir,
+                                                 sockets, done);
+      std::weak_ptr<LibvirtReplica> weak = replica;
+      replica->start(options_, kernel, kvm_);
+      std::lock_guard lock(mutex_);
+      replicas_.push_back(weak);
+      return replica;
+    } catch (...) {
+      // A replica whose thread runs calls `done` itself once its guest is gone.
+      if (!replica || !replica->watching()) {
+        std::error_code ec;
+        fs::remove_all(dir, ec);
+        fs::remove_all(sockets, ec);
+        done();
+      }
+      throw;
+    }
+  }
+
+  void shutdown() override {
+    std::vector<std::shared_ptr<LibvirtReplica>> live;
+    {
+      std::lock_guard lock(mutex_);
+      if (closed_) return;
+      closed_ = true;
+      for (auto& w : replicas_) {
+        if (auto r = w.lock()) live.push_back(std::move(r));
+      }
+    }
+    for (auto& r : live) r->kill();
+    destroy_leftovers();  // starts that failed half-way
+    std::unique_lock lock(mutex_);
+    idle_.wait(lock, [&] { return running_ == 0; });
+  }
+
+ private:
+  void destroy_leftovers() {
+    virDomainPtr* domains = nullptr;
+    const int n = virConnectListAllDomains(conn_.get(), &domains, VIR_CONNECT_LIST_DOMAINS_ACTIVE);
+    for (int i = 0; i < n; ++i) {
+      const char* name = virDomainGetName(domains[i]);
+      if (name != nullptr && std::string(name).rfind(prefix_, 0) == 0) {
+        virDomainDestroy(domains[i]);
+      }
+      virDomainFree(domains[i]);
+    }
+    ::free(domains);  // NOLINT(cppcoreguidelines-no-malloc): libvirt's allocation
+  }
+
+  LibvirtOptions options_;
+  Connection conn_;
+  bool kvm_ = false;
+  std::string prefix_;
+  std::mutex mutex_;
+  std::condition_variable idle_;
+  std::set<std::string> names_;
+  std::vector<std::weak_ptr<LibvirtReplica>> replicas_;
+  std::size_t running_ = 0;
+  std::atomic<std::uint64_t> started_{0};
+  bool closed_ = false;
+};
+
+}  // namespace
+
+fs::path libvirt_work_dir(const fs::path& data_dir) {
+  std::array<char, 9> hex{};
+  std::snprintf(hex.data(), hex.size(), "%08x",
+                static_cast<unsigned>(std::hash<std::string>{}(fs::absolute(data_dir).string())));
+  return fs::path("/var/lib/blixard") / (std::string("guests-") + hex.data());
+}
+
+std::unique_ptr<Driver> make_libvirt_driver(LibvirtOptions options) {
+  return std::make_unique<LibvirtDriver>(std::move(options));
+}
+
+}  // namespace blixard::runtime

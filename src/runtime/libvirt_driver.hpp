@@ -1,0 +1,38 @@
+// The libvirt driver (DESIGN §6): a VM replica as a real guest, a microvm domain booting our guest
+// kernel and initramfs (image/guest_image.hpp) through libvirt's C API, under KVM where a probe
+// shows hardware virtualisation (runtime/accel.hpp) and TCG where not. Its readiness and exit come
+// from the guest init over a virtio-serial channel and from the serial console, both unix sockets
+// the driver reads; its ports are host ports forwarded by qemu's user network. Functions stay on
+// the sandbox driver: this one runs replicas only.
+#pragma once
+
+#include <chrono>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "runtime/driver.hpp"
+
+namespace blixard::runtime {
+
+struct LibvirtOptions {
+  std::string uri = "qemu:///system";
+  // Per-replica files (initramfs, sockets) under replicas/, the guest kernel under images/.
+  std::filesystem::path work_dir;
+  // Where the guest's /usr comes from (the host's program tree, shared read-only).
+  std::filesystem::path program_tree = "/usr";
+  // Unset: by the probe (runtime/accel.hpp).
+  std::optional<bool> kvm;
+  std::chrono::milliseconds ready_timeout{120'000};
+};
+
+// Where an agent whose data dir is `data_dir` keeps its guests' files: qemu runs as another user
+// (libvirt-qemu) that must reach them, and the data dir is its owner's only (0700).
+std::filesystem::path libvirt_work_dir(const std::filesystem::path& data_dir);
+
+// Connects to `uri` (Error(unavailable) naming it and how to start libvirtd when it cannot) and
+// destroys what an earlier agent with this work_dir left running (domains "blixard-<hash>-...").
+std::unique_ptr<Driver> make_libvirt_driver(LibvirtOptions options);
+
+}  // namespace blixard::runtime

@@ -1,0 +1,235 @@
+// The libvirt driver: the domain XML it writes is accepted by libvirt's qemu driver, and replicas
+// boot as real guests (qemu TCG here, KVM where a probe finds it) that serve their ports through
+// host ports, report ready and exit, stop when asked and are killed when not. libvirtd runs as a
+// ctest fixture (libvirtd.sh).
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <libvirt/libvirt.h>
+#include <libvirt/virterror.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <filesystem>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "blixard/error.hpp"
+#include "common/health_check.hpp"
+#include "runtime/domain_xml.hpp"
+#include "runtime/libvirt_driver.hpp"
+#include "test_support.hpp"
+
+namespace fs = std::filesystem;
+using blixard::errc;
+using blixard::Error;
+using blixard::test_support::eventually;
+using ::testing::HasSubstr;
+namespace rt = blixard::runtime;
+namespace v1 = blixard::v1;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr const char* k_uri = "qemu:///system";
+
+rt::DomainConfig sample_domain(const fs::path& dir) {
+  rt::DomainConfig c;
+  c.name = "blixard-test-" + std::to_string(::getpid());
+  c.memory_mib = 128;
+  c.balloon_mib = 64;
+  c.kernel = "/boot/vmlinuz";
+  c.initrd = "/boot/initrd.img";
+  c.cmdline = "console=ttyS0 quiet";
+  c.shares.push_back({"usr", "/usr", true});
+  c.console_socket = dir / "console.sock";
+  c.agent_socket = dir / "agent.sock";
+  c.forwards = {{80, 18080}, {443, 18443}};
+  return c;
+}
+
+TEST(DomainXml, LibvirtsQemuDriverAcceptsIt) {
+  const auto xml = rt::domain_xml(sample_domain(fs::temp_directory_path()));
+  EXPECT_THAT(xml, HasSubstr("machine='microvm'"));
+  EXPECT_THAT(xml, HasSubstr("<domain type='qemu'"));  // TCG unless told kvm
+  EXPECT_THAT(xml, HasSubstr("restrict=on,hostfwd=tcp::18080-:80,hostfwd=tcp::18443-:443"));
+  EXPECT_THAT(xml, HasSubstr("<readonly/>"));
+  virConnectPtr conn = virConnectOpen(k_uri);
+  ASSERT_NE(conn, nullptr) << virGetLastErrorMessage();
+  virDomainPtr dom = virDomainDefineXML(conn, xml.c_str());
+  EXPECT_NE(dom, nullptr) << virGetLastErrorMessage() << "\n" << xml;
+  if (dom != nullptr) {
+    virDomainUndefine(dom);
+    virDomainFree(dom);
+  }
+  virConnectClose(conn);
+}
+
+TEST(DomainXml, EscapesWhatItQuotes) {
+  auto c = sample_domain("/tmp/it's <here>");
+  c.cmdline = "a & b";
+  const auto xml = rt::domain_xml(c);
+  EXPECT_THAT(xml, HasSubstr("/tmp/it&apos;s &lt;here&gt;/console.sock"));
+  EXPECT_THAT(xml, HasSubstr("<cmdline>a &amp; b</cmdline>"));
+}
+
+// What a replica reported: its console lines and its exit.
+struct Events {
+  std::mutex mutex;
+  std::condition_variable changed;
+  std::vector<std::string> lines;
+  std::optional<rt::ReplicaExit> exit;
+
+  bool saw(const std::string& text) {
+    std::lock_guard lock(mutex);
+    for (const auto& l : lines) {
+      if (l.find(text) != std::string::npos) return true;
+    }
+    return false;
+  }
+  std::optional<rt::ReplicaExit> exited() {
+    std::lock_guard lock(mutex);
+    return exit;
+  }
+};
+
+class LibvirtDriverTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("blixard-libvirt-" + std::to_string(::getpid()) + "-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    rt::LibvirtOptions options;
+    options.uri = k_uri;
+    options.work_dir = dir_;
+    driver_ = rt::make_libvirt_driver(options);
+  }
+  void TearDown() override {
+    driver_->shutdown();
+    driver_.reset();
+    fs::remove_all(dir_);
+  }
+
+  rt::ReplicaOptions replica(const std::string& name, std::vector<std::string> command,
+                             std::vector<std::uint32_t> ports = {}) {
+    rt::ReplicaOptions o;
+    o.vm = "web";
+    o.name = name + ".1";
+    o.slot = name;
+    o.spec.set_memory_mib(128);
+    o.spec.set_vcpu(1);
+    for (auto& c : command) o.spec.add_command(std::move(c));
+    for (auto p : ports) o.spec.add_ports(p);
+    o.on_log = [this](const std::string&, const std::string&, std::string line) {
+      std::lock_guard lock(events_.mutex);
+      events_.lines.push_back(std::move(line));
+    };
+    o.on_exit = [this](const rt::ReplicaExit& e) {
+      std::lock_guard lock(events_.mutex);
+      events_.exit = e;
+      events_.changed.notify_all();
+    };
+    return o;
+  }
+
+  // A page server on guest port 8080 that says which replica it is and whether it can read the
+  // host's secrets.
+  std::vector<std::string> page_server() {
+    return {"/usr/bin/python3", "-c",
+            "import http.server as h, os, signal, sys\n"
+            "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+            "secret = os.path.exists('/etc/shadow') or os.path.exists('/root')\n"
+            "body = f\"{os.environ['BLIXARD_REPLICA']} uid={os.getuid()} secrets={secret}\"\n"
+            "class P(h.BaseHTTPRequestHandler):\n"
+            "  def do_GET(self):\n"
+            "    b = body.encode(); self.send_response(200)\n"
+            "    self.send_header('Content-Length', str(len(b))); self.end_headers()\n"
+            "    self.wfile.write(b)\n"
+            "print('serving', os.environ['PORT'], flush=True)\n"
+            "h.HTTPServer(('', int(os.environ['PORT'])), P).serve_forever()\n"};
+  }
+
+  fs::path dir_;
+  std::unique_ptr<rt::Driver> driver_;
+  Events events_;
+};
+
+// The body of GET / on 127.0.0.1:port.
+std::string get(std::uint32_t port) {
+  const auto reply = blixard::test_support::http_head_only(static_cast<unsigned short>(port),
+                                                           "GET / HTTP/1.0\r\n\r\n");
+  const auto body = reply.find("\r\n\r\n");
+  return body == std::string::npos ? reply : reply.substr(body + 4);
+}
+
+TEST_F(LibvirtDriverTest, AGuestServesItsPortThroughAHostPortAsNobodyWithoutTheHostsSecrets) {
+  auto r = driver_->start_replica(replica("web-1", page_server(), {8080}));
+  ASSERT_TRUE(r->alive());
+  const auto ports = r->ports();
+  ASSERT_EQ(ports.count(8080), 1U);
+  EXPECT_EQ(get(ports.at(8080)), "web-1 uid=65534 secrets=False");
+  EXPECT_TRUE(events_.saw("serving 8080")) << "the console reaches on_log";
+  std::cout << "guest ready in " << r->start_duration().count() / 1000 << " ms\n";
+  r->stop(10s);
+  const auto exit = events_.exited();
+  ASSERT_TRUE(exit.has_value()) << "the exit is reported before stop() returns";
+  EXPECT_TRUE(exit->requested);
+  EXPECT_FALSE(r->alive());
+}
+
+TEST_F(LibvirtDriverTest, AKilledGuestIsReportedAndAWorkloadThatExitsSaysItsStatus) {
+  auto r = driver_->start_replica(replica("k-1", {"/usr/bin/sleep", "600"}));
+  r->kill();
+  ASSERT_TRUE(eventually([&] { return events_.exited().has_value(); }, 20s));
+  EXPECT_TRUE(events_.exited()->requested);
+
+  events_.exit.reset();
+  auto ends =
+      driver_->start_replica(replica("e-1", {"/usr/bin/sh", "-c", "sleep 1; echo bye; exit 3"}));
+  ASSERT_TRUE(eventually([&] { return events_.exited().has_value(); }, 30s));
+  EXPECT_EQ(events_.exited()->reason, "exited with status 3");
+  EXPECT_FALSE(events_.exited()->requested);
+  EXPECT_TRUE(events_.saw("bye"));
+}
+
+TEST_F(LibvirtDriverTest, AGuestWhoseWorkloadFailsBeforeReadyFailsItsStart) {
+  try {
+    driver_->start_replica(replica("f-1", {"/usr/bin/false"}, {8080}));
+    FAIL() << "a workload that exits before ready started";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), errc::handler_failed) << e.what();
+    EXPECT_THAT(e.what(), HasSubstr("exited with status 1"));
+  }
+  try {
+    driver_->start_replica(replica("n-1", {}));
+    FAIL() << "a replica with no command started";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), errc::invalid_spec) << e.what();
+  }
+  auto small = replica("s-1", {"/usr/bin/true"});
+  small.spec.set_memory_mib(64);
+  try {
+    driver_->start_replica(small);
+    FAIL() << "a guest too small to boot started";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), errc::invalid_spec) << e.what();
+    EXPECT_THAT(e.what(), HasSubstr("at least 128 MiB"));
+  }
+}
+
+TEST(LibvirtDriver, AnUnreachableLibvirtSaysHowToStartIt) {
+  rt::LibvirtOptions options;
+  options.uri = "qemu:///system?socket=/nonexistent/libvirt-sock";
+  options.work_dir = fs::temp_directory_path() / "blixard-libvirt-unreachable";
+  try {
+    rt::make_libvirt_driver(options);
+    FAIL() << "connected to nothing";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), errc::unavailable);
+    EXPECT_THAT(e.what(), HasSubstr("libvirtd -d"));
+  }
+}
+
+}  // namespace
