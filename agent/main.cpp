@@ -327,6 +327,7 @@ int run_joined(const Args& args, const std::shared_ptr<spdlog::logger>& logger,
       blixard::runtime::LibvirtOptions libvirt;
       libvirt.uri = args.libvirt_uri;
       libvirt.work_dir = blixard::runtime::libvirt_work_dir(args.data_dir);
+      libvirt.image_cache = blixard::runtime::shared_image_cache();
       vm_driver = blixard::runtime::make_libvirt_driver(libvirt);
     }
     node = std::make_shared<blixard::agent::LocalNode>(

@@ -255,7 +255,7 @@ void LibvirtReplica::start(const LibvirtOptions& driver, const image::GuestKerne
   config.kvm = kvm;
   config.kernel = kernel.vmlinux;
   config.initrd =
-      image::build_initramfs(kernel, workload, driver.work_dir / "images", dir_ / "initramfs.img");
+      image::build_initramfs(kernel, workload, driver.image_cache, dir_ / "initramfs.img");
   config.cmdline = image::guest_cmdline();
   config.shares.push_back({"usr", driver.program_tree, true});
   config.console_socket = sockets_ / "console";
@@ -393,12 +393,13 @@ class LibvirtDriver final : public Driver {
     }
     fs::create_directories(k_socket_root, ec);
     fs::permissions(k_socket_root, fs::perms::others_exec, fs::perm_options::add, ec);
-    fs::create_directories(options_.work_dir / "images", ec);
+    if (options_.image_cache.empty()) options_.image_cache = options_.work_dir / "images";
+    fs::create_directories(options_.image_cache, ec);
     // qemu (another user) reaches the replicas' directories through these.
     fs::permissions(options_.work_dir, fs::perms::others_exec, fs::perm_options::add, ec);
     fs::permissions(options_.work_dir / "replicas", fs::perms::others_exec, fs::perm_options::add,
                     ec);
-    fs::permissions(options_.work_dir / "images", fs::perms::others_exec | fs::perms::others_read,
+    fs::permissions(options_.image_cache, fs::perms::others_exec | fs::perms::others_read,
                     fs::perm_options::add, ec);
   }
   ~LibvirtDriver() override { shutdown(); }
@@ -438,7 +439,7 @@ class LibvirtDriver final : public Driver {
         fs::create_directories(d);
         hand_to_qemu(d);
       }
-      const auto kernel = image::find_guest_kernel(options_.work_dir / "images");
+      const auto kernel = image::find_guest_kernel(options_.image_cache);
       replica = std::make_shared<LibvirtReplica>(options, conn_.get(), prefix_ + options.name, dir,
                                                  sockets, done);
       std::weak_ptr<LibvirtReplica> weak = replica;
@@ -472,6 +473,10 @@ class LibvirtDriver final : public Driver {
     destroy_leftovers();  // starts that failed half-way
     std::unique_lock lock(mutex_);
     idle_.wait(lock, [&] { return running_ == 0; });
+    // The replicas' files went with them; the images stay for the next start.
+    std::error_code ec;
+    fs::remove_all(options_.work_dir / "replicas", ec);
+    fs::remove(options_.work_dir, ec);  // unless it holds the image cache
   }
 
  private:
@@ -502,6 +507,8 @@ class LibvirtDriver final : public Driver {
 };
 
 }  // namespace
+
+fs::path shared_image_cache() { return "/var/lib/blixard/images"; }
 
 fs::path libvirt_work_dir(const fs::path& data_dir) {
   std::array<char, 9> hex{};

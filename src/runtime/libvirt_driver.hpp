@@ -18,8 +18,11 @@ namespace blixard::runtime {
 
 struct LibvirtOptions {
   std::string uri = "qemu:///system";
-  // Per-replica files (initramfs, sockets) under replicas/, the guest kernel under images/.
+  // Per-replica files (an initramfs each) under replicas/, removed with the driver.
   std::filesystem::path work_dir;
+  // The guest kernel and base archive (content-addressed, shared by agents); empty: work_dir's
+  // images/.
+  std::filesystem::path image_cache;
   // Where the guest's /usr comes from (the host's program tree, shared read-only).
   std::filesystem::path program_tree = "/usr";
   // Unset: by the probe (runtime/accel.hpp).
@@ -27,9 +30,11 @@ struct LibvirtOptions {
   std::chrono::milliseconds ready_timeout{120'000};
 };
 
-// Where an agent whose data dir is `data_dir` keeps its guests' files: qemu runs as another user
-// (libvirt-qemu) that must reach them, and the data dir is its owner's only (0700).
+// Where an agent whose data dir is `data_dir` keeps its guests' files, and where every agent on
+// the host shares its guest images: qemu runs as another user (libvirt-qemu) that must reach
+// them, and the data dir is its owner's only (0700).
 std::filesystem::path libvirt_work_dir(const std::filesystem::path& data_dir);
+std::filesystem::path shared_image_cache();
 
 // Connects to `uri` (Error(unavailable) naming it and how to start libvirtd when it cannot) and
 // destroys what an earlier agent with this work_dir left running (domains "blixard-<hash>-...").

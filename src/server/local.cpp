@@ -77,6 +77,7 @@ std::shared_ptr<api::Service> open_local_service(const std::filesystem::path& di
       runtime::LibvirtOptions libvirt;
       libvirt.uri = options.libvirt_uri;
       libvirt.work_dir = runtime::libvirt_work_dir(dir);
+      libvirt.image_cache = runtime::shared_image_cache();
       vm_driver = runtime::make_libvirt_driver(libvirt);
     }
     nodes->join(std::make_shared<agent::LocalNode>(options.node_name, std::move(spec),

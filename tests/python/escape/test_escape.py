@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 import uuid
@@ -225,5 +226,75 @@ def test_attacks_from_a_vm_replica_are_contained(daemon):
         assert escaped == {}, escaped
         # The known gap is still the known gap (this fails, as it should, once it is closed).
         assert all(results[n]["ok"] for n in REPLICA_ON_HOST_NETWORK), results
+    finally:
+        client.delete_vm("hostile")
+
+
+# ---- VM replicas as real guests (the libvirt driver): the same attacks from inside a guest ----
+
+# In a guest the boundary is the hypervisor: the workload runs as nobody under the guest's own
+# kernel, so what it may do to that kernel (its own namespaces, no seccomp filter, its own NIC on
+# qemu's restricted network) is not a way out. What must hold is everything that reaches the host:
+# its files, its data dir and tokens, its /tmp, a write to its disk, its network and API.
+HOST_REACHING = {"read_shadow", "read_root_home", "read_data_dir", "host_tmp", "remount_root_rw",
+                 "reach_api", "reach_api_via_gateway"}
+
+
+@pytest.fixture(scope="module")
+def guest_daemon(tmp_path_factory):
+    """`blixard up --vm-driver libvirt` as root (libvirtd started for it, and stopped)."""
+    work = tmp_path_factory.mktemp("escape-guest-work")
+    state = work / "libvirtd.state"
+    subprocess.run([str(REPO / "scripts" / "libvirtd"), "start", str(state)], check=True)
+    data_dir = tmp_path_factory.mktemp("escape-guest-data") / "blixard"
+    run = Cli(data_dir, work)
+    try:
+        r = run("up", "--listen", "127.0.0.1:0", "--vm-driver", "libvirt")
+        assert r.returncode == 0, r.stdout + r.stderr
+        info = json.loads((data_dir / "server.json").read_text())
+        marker = Path("/tmp") / f"blixard-escape-marker-{uuid.uuid4().hex}"
+        marker.write_text("host tmp")
+        client = blixard.connect(info["address"], token=info["token"])
+        try:
+            yield {"client": client, "info": info, "data_dir": data_dir, "marker": marker}
+        finally:
+            client.close()
+            marker.unlink()
+            run("down")
+    finally:
+        subprocess.run([str(REPO / "scripts" / "libvirtd"), "stop", str(state)], check=False)
+
+
+def test_attacks_from_a_guest_do_not_reach_the_host(guest_daemon):
+    client = guest_daemon["client"]
+    host, port = guest_daemon["info"]["address"].rsplit("//", 1)[1].split(":")
+    event = {"dataDir": str(guest_daemon["data_dir"]), "token": guest_daemon["info"]["token"],
+             "hostTmpMarker": str(guest_daemon["marker"]), "apiHost": host, "apiPort": int(port)}
+    # Also the host as qemu's user network names it (10.0.2.2): restrict=on must drop it.
+    runner = REPLICA_RUNNER.replace(
+        "\ns = socket.socket()",
+        '\nout = handler(dict(json.loads(os.environ["EVENT"]), attack="reach_api", apiHost="10.0.2.2"),'
+        ' None)\nprint("RESULT " + json.dumps({"name": "reach_api_via_gateway", **out}), flush=True)'
+        "\ns = socket.socket()", 1)
+    source = (HERE / "attacks.py").read_text() + runner
+    client.apply_objects({"vms": [{"metadata": {"name": "hostile"}, "spec": {
+        "type": "long-lived", "memory": 256, "ports": [80], "replicas": 1,
+        "command": ["/usr/bin/python3", "-c", source],
+        "env": {"ATTACKS": json.dumps(ATTACKS), "EVENT": json.dumps(event)}}}]})
+    try:
+        wanted = set(ATTACKS) | {"reach_api_via_gateway"}
+        deadline = time.monotonic() + 180
+        results = {}
+        while time.monotonic() < deadline and len(results) < len(wanted):
+            for line in client.vm("hostile").logs():
+                if line["text"].startswith("RESULT "):
+                    r = json.loads(line["text"][len("RESULT "):])
+                    results[r["name"]] = r
+            time.sleep(0.5)
+        assert set(results) == wanted, (sorted(results), client.vm("hostile").status())
+        escaped = {n: r["detail"] for n, r in results.items() if r["ok"] and n in HOST_REACHING}
+        assert escaped == {}, escaped
+        st = client.vm("hostile").status()
+        assert st["instances"][0]["driver"] == "libvirt", st
     finally:
         client.delete_vm("hostile")
