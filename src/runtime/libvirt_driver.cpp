@@ -3,7 +3,6 @@
 
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
-#include <poll.h>
 #include <pwd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -12,7 +11,6 @@
 #include <array>
 #include <atomic>
 #include <condition_variable>
-#include <deque>
 #include <functional>
 #include <mutex>
 #include <set>
@@ -23,6 +21,7 @@
 #include "common/health_check.hpp"
 #include "image/guest_image.hpp"
 #include "runtime/accel.hpp"
+#include "runtime/console.hpp"
 #include "runtime/domain_xml.hpp"
 #include "runtime/process.hpp"
 
@@ -33,8 +32,6 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
-constexpr std::size_t k_log_tail_lines = 20;
-constexpr std::size_t k_max_log_line = std::size_t{16} * 1024;
 constexpr milliseconds k_check_timeout{1000};
 constexpr milliseconds k_http_ready_poll{100};
 constexpr std::string_view k_ready_line = "BLIXARD-READY";
@@ -67,29 +64,6 @@ UniqueFd connect_unix(const fs::path& path) {
   if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return {};
   return fd;
 }
-
-// Splits a stream into lines (the last, unterminated one on flush).
-class LineSplitter {
- public:
-  explicit LineSplitter(std::function<void(std::string)> emit) : emit_(std::move(emit)) {}
-  void feed(const char* data, std::size_t n) {
-    partial_.append(data, n);
-    for (std::size_t nl; (nl = partial_.find('\n')) != std::string::npos;) {
-      std::string line = partial_.substr(0, nl);
-      if (!line.empty() && line.back() == '\r') line.pop_back();
-      partial_.erase(0, nl + 1);
-      emit_(std::move(line));
-    }
-    if (partial_.size() > k_max_log_line) flush();
-  }
-  void flush() {
-    if (!partial_.empty()) emit_(std::exchange(partial_, {}));
-  }
-
- private:
-  std::function<void(std::string)> emit_;
-  std::string partial_;
-};
 
 class LibvirtReplica final : public Replica, public std::enable_shared_from_this<LibvirtReplica> {
  public:
@@ -153,7 +127,6 @@ class LibvirtReplica final : public Replica, public std::enable_shared_from_this
   void run();
   void console_line(std::string text);
   void agent_line(const std::string& text);
-  std::string tail() const;
 
   ReplicaOptions options_;
   virConnectPtr conn_;
@@ -173,11 +146,10 @@ class LibvirtReplica final : public Replica, public std::enable_shared_from_this
   bool marker_seen_ = false;
   bool gone_ = false;  // qemu closed both sockets
   std::optional<int> exit_status_;
-  std::deque<std::string> tail_;
+  ConsoleTail tail_;
 };
 
 void LibvirtReplica::console_line(std::string text) {
-  if (text.size() > k_max_log_line) text.resize(k_max_log_line);
   std::optional<int> status;
   if (text.rfind(k_exit_line, 0) == 0) {
     try {
@@ -187,11 +159,7 @@ void LibvirtReplica::console_line(std::string text) {
   }
   const auto& marker = options_.spec.readiness().console_marker();
   const bool is_marker = !marker.empty() && text.find(marker) != std::string::npos;
-  {
-    std::lock_guard lock(mutex_);
-    tail_.push_back("console: " + text);
-    if (tail_.size() > k_log_tail_lines) tail_.pop_front();
-  }
+  tail_.add("console", text);
   if (options_.on_log) options_.on_log(options_.name, "console", std::move(text));
   {
     std::lock_guard lock(mutex_);
@@ -208,13 +176,6 @@ void LibvirtReplica::agent_line(const std::string& text) {
   std::lock_guard lock(mutex_);
   guest_ready_ = true;
   changed_.notify_all();
-}
-
-std::string LibvirtReplica::tail() const {
-  std::lock_guard lock(mutex_);
-  std::string out;
-  for (const auto& l : tail_) out += "\n  " + l;
-  return out.empty() ? "" : "; last console lines:" + out;
 }
 
 void LibvirtReplica::start(const LibvirtOptions& driver, const image::GuestKernel& kernel,
@@ -288,8 +249,8 @@ void LibvirtReplica::start(const LibvirtOptions& driver, const image::GuestKerne
       const std::string why =
           exit_status_ ? "exited with status " + std::to_string(*exit_status_) : "stopped";
       lock.unlock();
-      throw Error(errc::handler_failed,
-                  "replica " + options_.name + "'s guest " + why + " before it was ready" + tail());
+      throw Error(errc::handler_failed, "replica " + options_.name + "'s guest " + why +
+                                            " before it was ready" + tail_.describe());
     }
     bool ready = !r.console_marker().empty() ? marker_seen_ : guest_ready_;
     if (ready && !r.http_path().empty() && !ports_.empty()) {
@@ -303,7 +264,8 @@ void LibvirtReplica::start(const LibvirtOptions& driver, const image::GuestKerne
       lock.unlock();
       kill();
       throw Error(errc::timeout, "replica " + options_.name + "'s guest was not ready within " +
-                                     std::to_string(driver.ready_timeout.count()) + " ms" + tail());
+                                     std::to_string(driver.ready_timeout.count()) + " ms" +
+                                     tail_.describe());
     }
     changed_.wait_for(lock, k_http_ready_poll);
   }
@@ -312,29 +274,14 @@ void LibvirtReplica::start(const LibvirtOptions& driver, const image::GuestKerne
 }
 
 void LibvirtReplica::run() {
-  LineSplitter console([this](std::string l) { console_line(std::move(l)); });
-  LineSplitter agent([this](const std::string& l) { agent_line(l); });
-  std::array<int, 2> fds{console_.get(), agent_.get()};
-  std::array<char, 4096> buf{};
   // Until qemu closes both (the guest powered off, crashed or was destroyed).
-  while (fds[0] >= 0 || fds[1] >= 0) {
-    std::array<pollfd, 2> p{{{fds[0], POLLIN, 0}, {fds[1], POLLIN, 0}}};
-    if (::poll(p.data(), p.size(), -1) < 0) {
-      if (errno == EINTR) continue;
-      break;
+  read_console({console_.get(), agent_.get()}, [this](std::size_t which, std::string text) {
+    if (which == 0) {
+      console_line(std::move(text));
+    } else {
+      agent_line(text);
     }
-    for (std::size_t i = 0; i < 2; ++i) {
-      if (fds[i] < 0 || p[i].revents == 0) continue;
-      const ssize_t n = ::read(fds[i], buf.data(), buf.size());
-      auto& split = i == 0 ? console : agent;
-      if (n <= 0) {
-        split.flush();
-        fds[i] = -1;
-        continue;
-      }
-      split.feed(buf.data(), static_cast<std::size_t>(n));
-    }
-  }
+  });
   destroy_domain();  // a guest that closed its sockets some other way is gone all the same
   ReplicaExit exit;
   exit.replica = options_.name;

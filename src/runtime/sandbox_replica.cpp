@@ -4,7 +4,6 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -12,13 +11,13 @@
 
 #include <array>
 #include <condition_variable>
-#include <deque>
 #include <fstream>
 #include <mutex>
 #include <thread>
 
 #include "blixard/error.hpp"
 #include "common/health_check.hpp"
+#include "runtime/console.hpp"
 #include "runtime/process.hpp"
 #include "runtime/spawn.hpp"
 
@@ -33,8 +32,6 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
-constexpr std::size_t k_log_tail_lines = 20;
-constexpr std::size_t k_max_log_line = std::size_t{16} * 1024;
 constexpr std::uint64_t k_replica_pids = 1024;
 constexpr std::uint64_t k_max_scratch = 256ULL << 20;
 constexpr milliseconds k_ready_poll{20};
@@ -125,7 +122,6 @@ class SandboxReplica final : public Replica, public std::enable_shared_from_this
   void launch();
   void run();
   void line(const std::string& stream, std::string text);
-  std::string tail() const;
   // The spec's readiness (proto Readiness), in words and checked once.
   std::string readiness() const;
   bool ready_now();
@@ -147,18 +143,13 @@ class SandboxReplica final : public Replica, public std::enable_shared_from_this
   bool marker_seen_ = false;
   bool exiting_ = false;  // its process is gone, its exit being reported
   std::string exit_reason_;
-  std::deque<std::string> tail_;
+  ConsoleTail tail_;
 };
 
 void SandboxReplica::line(const std::string& stream, std::string text) {
-  if (text.size() > k_max_log_line) text.resize(k_max_log_line);
   const auto& marker = options_.spec.readiness().console_marker();
   const bool is_marker = !marker.empty() && text.find(marker) != std::string::npos;
-  {
-    std::lock_guard lock(mutex_);
-    tail_.push_back(stream + ": " + text);
-    if (tail_.size() > k_log_tail_lines) tail_.pop_front();
-  }
+  tail_.add(stream, text);
   // The line goes out before the replica is ready by it: its log never trails its readiness.
   if (options_.on_log) options_.on_log(options_.name, stream, std::move(text));
   if (is_marker) {
@@ -195,13 +186,6 @@ bool SandboxReplica::ready_now() {
   }
   const std::uint32_t declared = r.tcp_port() != 0 ? r.tcp_port() : ports_.begin()->first;
   return tcp_accepts("", ports_.at(declared), k_check_timeout);
-}
-
-std::string SandboxReplica::tail() const {
-  std::lock_guard lock(mutex_);
-  std::string out;
-  for (const auto& l : tail_) out += "\n  " + l;
-  return out.empty() ? "" : "; last log lines:" + out;
 }
 
 void SandboxReplica::launch() {
@@ -335,15 +319,15 @@ void SandboxReplica::launch() {
       if (exiting_ || state_ == State::exited) exited = exit_reason_;
     }
     if (!exited.empty()) {
-      throw Error(errc::handler_failed,
-                  "replica " + options_.name + " " + exited + " before it was ready" + tail());
+      throw Error(errc::handler_failed, "replica " + options_.name + " " + exited +
+                                            " before it was ready" + tail_.describe());
     }
     if (ready_now()) break;
     if (Clock::now() >= deadline) {
       kill();
       throw Error(errc::timeout, "replica " + options_.name + " was not ready (" + readiness() +
                                      ") within " + std::to_string(context_.ready_timeout.count()) +
-                                     " ms" + tail());
+                                     " ms" + tail_.describe());
     }
     std::unique_lock lock(mutex_);
     changed_.wait_for(lock, k_ready_poll, [&] { return state_ == State::exited || marker_seen_; });
@@ -361,42 +345,15 @@ void SandboxReplica::launch() {
   }
   if (!gone.empty()) {
     throw Error(errc::handler_failed,
-                "replica " + options_.name + " " + gone + " as it became ready" + tail());
+                "replica " + options_.name + " " + gone + " as it became ready" + tail_.describe());
   }
 }
 
 void SandboxReplica::run() {
-  std::array<std::string, 2> partial;
-  const std::array<const char*, 2> streams{"stdout", "stderr"};
-  std::array<int, 2> fds{out_.get(), err_.get()};
-  std::array<char, 4096> buf{};
   // Console lines until both pipes close (every process of the replica is gone or closed them).
-  while (fds[0] >= 0 || fds[1] >= 0) {
-    std::array<pollfd, 2> p{{{fds[0], POLLIN, 0}, {fds[1], POLLIN, 0}}};
-    if (::poll(p.data(), p.size(), -1) < 0) {
-      if (errno == EINTR) continue;
-      break;
-    }
-    for (std::size_t i = 0; i < 2; ++i) {
-      if (fds[i] < 0 || p[i].revents == 0) continue;
-      const ssize_t n = ::read(fds[i], buf.data(), buf.size());
-      if (n <= 0) {
-        if (!partial[i].empty()) line(streams[i], std::move(partial[i]));
-        partial[i].clear();
-        fds[i] = -1;
-        continue;
-      }
-      partial[i].append(buf.data(), static_cast<std::size_t>(n));
-      for (std::size_t nl; (nl = partial[i].find('\n')) != std::string::npos;) {
-        line(streams[i], partial[i].substr(0, nl));
-        partial[i].erase(0, nl + 1);
-      }
-      if (partial[i].size() > k_max_log_line) {
-        line(streams[i], std::move(partial[i]));
-        partial[i].clear();
-      }
-    }
-  }
+  const std::array<const char*, 2> streams{"stdout", "stderr"};
+  read_console({out_.get(), err_.get()},
+               [&](std::size_t which, std::string text) { line(streams[which], std::move(text)); });
   siginfo_t info{};
   while (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd_.get()), &info,
                   WEXITED) != 0 &&
