@@ -66,6 +66,40 @@ TEST(DomainXml, LibvirtsQemuDriverAcceptsIt) {
   virConnectClose(conn);
 }
 
+// libvirt's test driver (no daemon): the domain runs (in its model) and is destroyed by name, as
+// the driver does; a driver on it connects and cleans what an earlier one left.
+TEST(DomainXml, LibvirtsTestDriverRunsItAndADriverCleansUpLeftovers) {
+  auto config = sample_domain(fs::temp_directory_path());
+  virConnectPtr conn = virConnectOpen("test:///default");
+  ASSERT_NE(conn, nullptr) << virGetLastErrorMessage();
+  virDomainPtr dom = virDomainCreateXML(conn, rt::domain_xml(config).c_str(), 0);
+  ASSERT_NE(dom, nullptr) << virGetLastErrorMessage();
+  int state = 0;
+  int reason = 0;
+  EXPECT_EQ(virDomainGetState(dom, &state, &reason, 0), 0);
+  EXPECT_EQ(state, VIR_DOMAIN_RUNNING);
+  EXPECT_EQ(virDomainDestroy(dom), 0);
+  virDomainFree(dom);
+  EXPECT_EQ(virDomainLookupByName(conn, config.name.c_str()), nullptr) << "a transient domain";
+  virConnectClose(conn);
+
+  rt::LibvirtOptions options;
+  options.uri = "test:///default";
+  options.work_dir =
+      fs::temp_directory_path() / ("blixard-libvirt-test-" + std::to_string(::getpid()));
+  auto driver = rt::make_libvirt_driver(options);
+  EXPECT_EQ(driver->name(), "libvirt");
+  try {
+    driver->start(rt::InstanceOptions{});
+    FAIL() << "the libvirt driver ran a function";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), errc::unavailable);
+  }
+  driver->shutdown();
+  EXPECT_FALSE(fs::exists(options.work_dir / "replicas"));
+  fs::remove_all(options.work_dir);
+}
+
 TEST(DomainXml, EscapesWhatItQuotes) {
   auto c = sample_domain("/tmp/it's <here>");
   c.cmdline = "a & b";
