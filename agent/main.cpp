@@ -324,11 +324,8 @@ int run_joined(const Args& args, const std::shared_ptr<spdlog::logger>& logger,
         });
     std::unique_ptr<blixard::runtime::Driver> vm_driver;
     if (args.vm_driver == "libvirt") {
-      blixard::runtime::LibvirtOptions libvirt;
-      libvirt.uri = args.libvirt_uri;
-      libvirt.work_dir = blixard::runtime::libvirt_work_dir(args.data_dir);
-      libvirt.image_cache = blixard::runtime::shared_image_cache();
-      vm_driver = blixard::runtime::make_libvirt_driver(libvirt);
+      vm_driver = blixard::runtime::make_libvirt_driver(
+          blixard::runtime::libvirt_options(args.data_dir, args.libvirt_uri));
     }
     node = std::make_shared<blixard::agent::LocalNode>(
         args.node_name, spec, blixard::runtime::make_sandbox_driver(sandbox), code,

@@ -5,8 +5,6 @@
 
 namespace blixard::control {
 
-std::string driver_label(const std::string& driver) { return "driver." + driver; }
-
 std::string replica_driver(const v1::VmSpec& spec, const v1::NodeSpec& node) {
   const auto has = [&](const std::string& d) {
     return std::find(node.drivers().begin(), node.drivers().end(), d) != node.drivers().end();

@@ -15,6 +15,7 @@
 #include "blixard/v1/vm.pb.h"
 #include "runtime/instance.hpp"
 #include "runtime/replica.hpp"
+#include "sched/proto.hpp"
 
 namespace blixard::control {
 
@@ -51,9 +52,8 @@ class Node {
   virtual void shutdown() = 0;
 };
 
-// The label a node carries for each of its drivers ("driver.libvirt": "true"): a spec naming a
-// driver is placed by it.
-std::string driver_label(const std::string& driver);
+// The label a node carries for each of its drivers ("driver.libvirt": "true").
+using sched::driver_label;
 
 // The driver that runs a replica of `spec` on `node`: the one the spec names, else the node's VM
 // driver (libvirt where its agent runs one, the sandbox otherwise); "" when the node lacks it.

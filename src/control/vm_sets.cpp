@@ -79,10 +79,13 @@ struct VmSets::Set {
   v1::VmSpec spec;  // as stored, newest
   std::int64_t version = 0;
   bool deleted = false;
-  // Each revision's spec (what `replicas` and `stopped` aside), the newest and the one new runs
-  // start from (older while a rollout is halted).
-  std::map<std::int64_t, v1::VmSpec> revisions;
-  std::map<std::int64_t, std::chrono::system_clock::time_point> revised_at;
+  struct Revision {
+    v1::VmSpec spec;  // without `replicas` and `stopped` (revision_key)
+    std::chrono::system_clock::time_point created;
+  };
+  // The last few revisions; the newest, and the one new runs start from (older while a rollout
+  // is halted).
+  std::map<std::int64_t, Revision> revisions;
   std::int64_t revision = 0, serving = 0;
   std::string rollout;  // progress or why it halted
   std::map<int, std::shared_ptr<Slot>> slots;
@@ -118,14 +121,18 @@ constexpr std::size_t k_revisions_kept = 10;
 constexpr milliseconds k_check_timeout{1000};
 
 // The part of a spec a revision is made of: everything but how many run and whether they do.
-std::string revision_key(v1::VmSpec spec) {
+v1::VmSpec revision_of(v1::VmSpec spec) {
   spec.clear_replicas();
   spec.clear_stopped();
+  return spec;
+}
+
+std::string revision_key(const v1::VmSpec& revision) {
   std::string out;
   google::protobuf::io::StringOutputStream stream(&out);
   google::protobuf::io::CodedOutputStream coded(&stream);
   coded.SetSerializationDeterministic(true);
-  spec.SerializeToCodedStream(&coded);
+  revision.SerializeToCodedStream(&coded);
   return out;
 }
 
@@ -137,21 +144,19 @@ void VmSets::update(const std::string& vm, std::int64_t version, const v1::VmSpe
   auto& set = sets_[vm];
   if (!set) set = std::make_shared<Set>();
   if (version < set->version) return;
+  auto revision = revision_of(spec);
   const bool new_revision =
-      set->revisions.empty() || revision_key(set->revisions.rbegin()->second) != revision_key(spec);
+      set->revisions.empty() ||
+      revision_key(set->revisions.rbegin()->second.spec) != revision_key(revision);
   set->spec = spec;
   set->version = version;
   set->deleted = false;
   if (new_revision) {
     set->revision = set->revisions.empty() ? 1 : set->revision + 1;
-    set->revisions[set->revision] = spec;
-    set->revised_at[set->revision] = std::chrono::system_clock::now();
+    set->revisions[set->revision] = {std::move(revision), std::chrono::system_clock::now()};
     set->serving = set->revision;  // new runs start from it (unless its rollout halts)
     // Keep the last few (a rollback names one of them).
-    while (set->revisions.size() > k_revisions_kept) {
-      set->revised_at.erase(set->revisions.begin()->first);
-      set->revisions.erase(set->revisions.begin());
-    }
+    while (set->revisions.size() > k_revisions_kept) set->revisions.erase(set->revisions.begin());
     if (set->revision > 1) set->rollout = "rolling out revision " + std::to_string(set->revision);
   }
   wake_.notify_all();
@@ -291,7 +296,7 @@ void VmSets::reconcile() {
 
 void VmSets::roll(const std::string& vm, Set& set, int desired) {
   if (set.serving == set.revision && set.rollout.empty()) return;
-  const auto& strategy = set.revisions.at(set.revision).update_strategy();
+  const auto& strategy = set.revisions.at(set.revision).spec.update_strategy();
   const auto& mht = strategy.min_healthy_time();
   const auto min_healthy = strategy.has_min_healthy_time()
                                ? milliseconds(mht.seconds() * 1000 + mht.nanos() / 1'000'000)
@@ -358,7 +363,7 @@ void VmSets::start(const std::string& vm, Set& set, Slot& slot, bool next) {
   run->generation = ++slot.generations;
   run->revision = set.serving;
   if (!next) run->replaces = std::exchange(slot.replacing, 0);
-  const auto& serving = set.revisions.at(set.serving);
+  const auto& serving = set.revisions.at(set.serving).spec;
   run->readiness = serving.readiness();
   if (run->readiness.console_marker().empty() && serving.ports_size() > 0) {
     run->check_port = run->readiness.tcp_port() != 0 ? run->readiness.tcp_port()
@@ -367,7 +372,7 @@ void VmSets::start(const std::string& vm, Set& set, Slot& slot, bool next) {
                           : serving.ports(0);
   }
   (next ? slot.next : slot.current) = run;
-  auto placed_spec = set.revisions.at(set.serving);
+  auto placed_spec = set.revisions.at(set.serving).spec;
   placed_spec.set_replicas(set.spec.replicas());
   // A set's replicas spread over nodes unless its placement says otherwise: one node's loss
   // should not take the whole set (Kubernetes' default topology spread does the same).
@@ -654,13 +659,11 @@ void VmSets::fill_status(const std::string& vm, const v1::VmSpec& spec,
     status.set_serving_revision(set.serving);
     status.set_rollout(set.rollout);
     status.set_observed_version(set.version);
-    for (const auto& [revision, revised] : set.revisions) {
+    for (const auto& [number, revision] : set.revisions) {
       auto& r = *status.add_revisions();
-      r.set_revision(revision);
-      *r.mutable_spec() = revised;
-      r.mutable_spec()->clear_replicas();  // not part of a revision
-      r.mutable_spec()->clear_stopped();
-      const auto at = set.revised_at.at(revision).time_since_epoch();
+      r.set_revision(number);
+      *r.mutable_spec() = revision.spec;
+      const auto at = revision.created.time_since_epoch();
       r.mutable_created_at()->set_seconds(
           std::chrono::duration_cast<std::chrono::seconds>(at).count());
     }
@@ -716,10 +719,6 @@ std::vector<VmEndpoint> VmSets::endpoints(const std::string& vm, std::uint32_t p
   }
   return out;
 }
-
-}  // namespace blixard::control
-
-namespace blixard::control {
 
 std::map<std::string, std::vector<std::uint32_t>> VmSets::exposed() const {
   std::map<std::string, std::vector<std::uint32_t>> out;

@@ -39,6 +39,14 @@ constexpr std::string_view k_exit_line = "BLIXARD-EXIT ";
 const fs::path k_socket_root = "/run/blixard";
 constexpr std::uint64_t k_min_guest_mib = 128;
 
+// A short, stable name for a directory: its domains' and sockets' prefix.
+std::string path_hash(const fs::path& path) {
+  std::array<char, 9> hex{};
+  std::snprintf(hex.data(), hex.size(), "%08x",
+                static_cast<unsigned>(std::hash<std::string>{}(fs::absolute(path).string())));
+  return hex.data();
+}
+
 std::string libvirt_error(const std::string& what) {
   const char* message = virGetLastErrorMessage();
   return what + ": " + (message != nullptr ? message : "unknown libvirt error");
@@ -327,32 +335,22 @@ class LibvirtDriver final : public Driver {
                       " (is libvirtd running? start `virtlogd -d` and `libvirtd -d`)");
     }
     kvm_ = options_.kvm ? *options_.kvm : probe_accel().kvm;
-    const auto h = std::hash<std::string>{}(fs::absolute(options_.work_dir).string());
-    std::array<char, 9> hex{};
-    std::snprintf(hex.data(), hex.size(), "%08x", static_cast<unsigned>(h));
-    prefix_ = std::string("blixard-") + hex.data() + "-";
+    prefix_ = "blixard-" + path_hash(options_.work_dir) + "-";
     destroy_leftovers();
-    std::error_code ec;
-    fs::create_directories(options_.work_dir / "replicas", ec);
-    for (auto d = options_.work_dir.parent_path(); d.has_relative_path(); d = d.parent_path()) {
-      if (d == "/tmp" || d == "/var/lib") break;
-      fs::permissions(d, fs::perms::others_exec, fs::perm_options::add, ec);
-    }
-    fs::create_directories(k_socket_root, ec);
-    fs::permissions(k_socket_root, fs::perms::others_exec, fs::perm_options::add, ec);
     if (options_.image_cache.empty()) options_.image_cache = options_.work_dir / "images";
-    fs::create_directories(options_.image_cache, ec);
-    // qemu (another user) reaches the replicas' directories through these.
-    fs::permissions(options_.work_dir, fs::perms::others_exec, fs::perm_options::add, ec);
-    fs::permissions(options_.work_dir / "replicas", fs::perms::others_exec, fs::perm_options::add,
-                    ec);
-    fs::permissions(options_.image_cache, fs::perms::others_exec | fs::perms::others_read,
-                    fs::perm_options::add, ec);
+    // qemu (another user) reaches the replicas' files, sockets and images through these.
+    std::error_code ec;
+    for (const auto& d : {options_.work_dir / "replicas", k_socket_root, options_.image_cache}) {
+      fs::create_directories(d, ec);
+      for (const auto& traversed : {d, d.parent_path()}) {
+        fs::permissions(traversed, fs::perms::others_exec, fs::perm_options::add, ec);
+      }
+    }
+    fs::permissions(options_.image_cache, fs::perms::others_read, fs::perm_options::add, ec);
   }
   ~LibvirtDriver() override { shutdown(); }
 
   std::string name() const override { return "libvirt"; }
-  bool kvm() const { return kvm_; }
 
   std::shared_ptr<Instance> start(const InstanceOptions&) override {
     throw Error(errc::unavailable, "the libvirt driver runs VM replicas; functions run sandboxed");
@@ -368,12 +366,10 @@ class LibvirtDriver final : public Driver {
       if (!names_.insert(options.name).second) {
         throw Error(errc::already_exists, "replica " + options.name + " runs here already");
       }
-      ++running_;
     }
     auto done = [this, name = options.name] {
       std::lock_guard lock(mutex_);
       names_.erase(name);
-      --running_;
       idle_.notify_all();
     };
     const fs::path dir = options_.work_dir / "replicas" / options.name;
@@ -392,6 +388,7 @@ class LibvirtDriver final : public Driver {
       std::weak_ptr<LibvirtReplica> weak = replica;
       replica->start(options_, kernel, kvm_);
       std::lock_guard lock(mutex_);
+      std::erase_if(replicas_, [](const auto& r) { return r.expired(); });
       replicas_.push_back(weak);
       return replica;
     } catch (...) {
@@ -419,7 +416,7 @@ class LibvirtDriver final : public Driver {
     for (auto& r : live) r->kill();
     destroy_leftovers();  // starts that failed half-way
     std::unique_lock lock(mutex_);
-    idle_.wait(lock, [&] { return running_ == 0; });
+    idle_.wait(lock, [&] { return names_.empty(); });
     // The replicas' files went with them; the images stay for the next start.
     std::error_code ec;
     fs::remove_all(options_.work_dir / "replicas", ec);
@@ -446,22 +443,22 @@ class LibvirtDriver final : public Driver {
   std::string prefix_;
   std::mutex mutex_;
   std::condition_variable idle_;
-  std::set<std::string> names_;
+  std::set<std::string> names_;  // starting or running: a name leaves once its guest is gone
   std::vector<std::weak_ptr<LibvirtReplica>> replicas_;
-  std::size_t running_ = 0;
   std::atomic<std::uint64_t> started_{0};
   bool closed_ = false;
 };
 
 }  // namespace
 
-fs::path shared_image_cache() { return "/var/lib/blixard/images"; }
-
-fs::path libvirt_work_dir(const fs::path& data_dir) {
-  std::array<char, 9> hex{};
-  std::snprintf(hex.data(), hex.size(), "%08x",
-                static_cast<unsigned>(std::hash<std::string>{}(fs::absolute(data_dir).string())));
-  return fs::path("/var/lib/blixard") / (std::string("guests-") + hex.data());
+LibvirtOptions libvirt_options(const fs::path& data_dir, std::string uri) {
+  // Not under /var/lib/blixard: that is a data dir in docs/nodes.md, and data dirs are 0700.
+  const fs::path root = "/var/lib/blixard-guests";
+  LibvirtOptions options;
+  options.uri = std::move(uri);
+  options.work_dir = root / path_hash(data_dir);
+  options.image_cache = root / "images";
+  return options;
 }
 
 std::unique_ptr<Driver> make_libvirt_driver(LibvirtOptions options) {

@@ -30,11 +30,11 @@ struct LibvirtOptions {
   std::chrono::milliseconds ready_timeout{120'000};
 };
 
-// Where an agent whose data dir is `data_dir` keeps its guests' files, and where every agent on
-// the host shares its guest images: qemu runs as another user (libvirt-qemu) that must reach
-// them, and the data dir is its owner's only (0700).
-std::filesystem::path libvirt_work_dir(const std::filesystem::path& data_dir);
-std::filesystem::path shared_image_cache();
+// The options of an agent whose data dir is `data_dir`: its guests' files under
+// /var/lib/blixard-guests (qemu runs as another user, libvirt-qemu, that must reach them, and the
+// data dir is its owner's only), and the guest images every agent on the host shares beside them
+// (images/).
+LibvirtOptions libvirt_options(const std::filesystem::path& data_dir, std::string uri);
 
 // Connects to `uri` (Error(unavailable) naming it and how to start libvirtd when it cannot) and
 // destroys what an earlier agent with this work_dir left running (domains "blixard-<hash>-...").

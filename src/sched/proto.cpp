@@ -44,6 +44,8 @@ Request request_from(const v1::FunctionSpec& spec) {
   return request_from(spec.placement(), memory, vcpu);
 }
 
+std::string driver_label(const std::string& driver) { return "driver." + driver; }
+
 Request request_from(const v1::VmSpec& spec) {
   const std::uint64_t memory = spec.has_memory_mib()       ? spec.memory_mib()
                                : spec.microvm().mem() != 0 ? spec.microvm().mem()
@@ -52,8 +54,7 @@ Request request_from(const v1::VmSpec& spec) {
                              : spec.microvm().vcpu() != 0 ? spec.microvm().vcpu()
                                                           : 1;
   auto r = request_from(spec.placement(), memory, vcpu);
-  // Nodes label their drivers (control::driver_label).
-  if (!spec.driver().empty()) r.node_selector["driver." + spec.driver()] = "true";
+  if (!spec.driver().empty()) r.node_selector[driver_label(spec.driver())] = "true";
   return r;
 }
 

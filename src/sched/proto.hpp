@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "blixard/v1/common.pb.h"
 #include "blixard/v1/function.pb.h"
@@ -18,6 +19,8 @@ namespace blixard::sched {
 Request request_from(const v1::Placement& placement, std::uint64_t memory_mib, std::uint32_t vcpu);
 // A validated spec's memory and vcpu (unset fields as validation defaults them) and placement.
 Request request_from(const v1::FunctionSpec& spec);
+// A spec naming a `driver` is placed on nodes labelled with it: this label, "true".
+std::string driver_label(const std::string& driver);
 Request request_from(const v1::VmSpec& spec);
 
 // vCPUs a node may allocate per core it has: vCPUs are time-shared (an idle guest's cost little).
