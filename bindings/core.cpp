@@ -375,6 +375,29 @@ class PyCluster {
   std::string triggers() { return to_list_json<blixard::v1::TriggerList>(cluster().triggers()); }
   void delete_trigger(const std::string& name) { cluster().delete_trigger(name); }
 
+  // Storage pools and volumes.
+  std::string create_storage_pool(const std::string& name, const std::string& spec_json) {
+    auto spec = from_json_as<blixard::v1::StoragePoolSpec>(spec_json);
+    return blixard::to_json(cluster().create_storage_pool(name, spec));
+  }
+  std::string storage_pool(const std::string& name) {
+    return blixard::to_json(cluster().storage_pool(name));
+  }
+  std::string storage_pools() {
+    return to_list_json<blixard::v1::StoragePoolList>(cluster().storage_pools());
+  }
+  void delete_storage_pool(const std::string& name) { cluster().delete_storage_pool(name); }
+  std::string volumes() { return to_list_json<blixard::v1::VolumeList>(cluster().volumes()); }
+  void delete_volume(const std::string& name) { cluster().delete_volume(name); }
+
+  std::string create_network(const std::string& name, const std::string& spec_json) {
+    auto spec = from_json_as<blixard::v1::NetworkSpec>(spec_json);
+    return blixard::to_json(cluster().create_network(name, spec));
+  }
+  std::string network(const std::string& name) { return blixard::to_json(cluster().network(name)); }
+  std::string networks() { return to_list_json<blixard::v1::NetworkList>(cluster().networks()); }
+  void delete_network(const std::string& name) { cluster().delete_network(name); }
+
   std::string nodes() { return to_list_json<blixard::v1::NodeList>(cluster().nodes()); }
   std::string node(const std::string& name) { return blixard::to_json(cluster().node(name)); }
   std::string change_node(const std::string& name, const std::string& action) {
@@ -608,6 +631,18 @@ PYBIND11_MODULE(_core, m) {
       .def("get_trigger", &PyCluster::get_trigger, py::arg("name"), release_gil())
       .def("triggers", &PyCluster::triggers, release_gil())
       .def("delete_trigger", &PyCluster::delete_trigger, py::arg("name"), release_gil())
+      .def("create_storage_pool", &PyCluster::create_storage_pool, py::arg("name"),
+           py::arg("spec_json"), release_gil())
+      .def("storage_pool", &PyCluster::storage_pool, py::arg("name"), release_gil())
+      .def("storage_pools", &PyCluster::storage_pools, release_gil())
+      .def("delete_storage_pool", &PyCluster::delete_storage_pool, py::arg("name"), release_gil())
+      .def("volumes", &PyCluster::volumes, release_gil())
+      .def("delete_volume", &PyCluster::delete_volume, py::arg("name"), release_gil())
+      .def("create_network", &PyCluster::create_network, py::arg("name"), py::arg("spec_json"),
+           release_gil())
+      .def("network", &PyCluster::network, py::arg("name"), release_gil())
+      .def("networks", &PyCluster::networks, release_gil())
+      .def("delete_network", &PyCluster::delete_network, py::arg("name"), release_gil())
       .def("nodes", &PyCluster::nodes, release_gil())
       .def("node", &PyCluster::node, py::arg("name"), release_gil())
       .def("change_node", &PyCluster::change_node, py::arg("name"), py::arg("action"),

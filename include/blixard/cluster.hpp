@@ -67,6 +67,21 @@ class Cluster {
   std::vector<v1::Trigger> triggers();
   void delete_trigger(const std::string& name);
 
+  // Storage pools, where VM sets with storage get a volume per replica (docs/vms.md, "Volumes"),
+  // and those volumes: kept until deleted here (not with their set).
+  v1::StoragePool create_storage_pool(const std::string& name, const v1::StoragePoolSpec& spec);
+  v1::StoragePool storage_pool(const std::string& name);
+  std::vector<v1::StoragePool> storage_pools();
+  void delete_storage_pool(const std::string& name);
+  std::vector<v1::Volume> volumes();
+  void delete_volume(const std::string& name);
+
+  // Private networks VM sets' replicas join (`spec.network`): a subnet, an address per replica.
+  v1::Network create_network(const std::string& name, const v1::NetworkSpec& spec);
+  v1::Network network(const std::string& name);
+  std::vector<v1::Network> networks();
+  void delete_network(const std::string& name);
+
   std::vector<v1::Node> nodes();
   v1::Node node(const std::string& name);
   // Cordon (new work avoids it), uncordon, or drain (cordon and move its instances off).

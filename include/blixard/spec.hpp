@@ -41,6 +41,8 @@ bool is_valid_name(std::string_view name) noexcept;
 void validate_function(v1::Function& fn, const std::string& path = "");
 void validate_vm(v1::Vm& vm, const std::string& path = "");
 void validate_trigger(v1::Trigger& trigger, const std::string& path = "");
+void validate_storage_pool(v1::StoragePool& pool, const std::string& path = "");
+void validate_network(v1::Network& network, const std::string& path = "");
 // All of the above, plus duplicate names within the set.
 void validate_object_set(v1::ObjectSet& set);
 

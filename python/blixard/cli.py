@@ -1048,10 +1048,13 @@ def _vm_rows(items: List[Dict[str, Any]]):
 @click.option("--replicas", type=int, metavar="N", help="Number of replicas.")
 @click.option("--memory", metavar="SIZE", help="Memory per replica, e.g. 512M, 2G.")
 @click.option("--vcpu", type=int, metavar="N", help="vCPUs per replica.")
-@click.option("--storage-pool", metavar="POOL", help="Storage pool of the volumes.")
-@click.option("--storage-class", metavar="CLASS", help="Storage class of the volumes.")
-@click.option("--storage-size", metavar="SIZE", help="Volume size, e.g. 100G.")
-@click.option("--network", metavar="NET", help="Network to attach to.")
+@click.option("--storage-pool", metavar="POOL",
+              help="Storage pool of the replicas' volumes (`blixard storage pool create`).")
+@click.option("--storage-class", metavar="CLASS",
+              help="Storage class of the volumes: a pool serving it is used.")
+@click.option("--storage-size", metavar="SIZE", help="Volume size, e.g. 100G (default 1G).")
+@click.option("--network", metavar="NET",
+              help="Network its replicas join (`blixard network create`).")
 @click.option(
     "--primary-election-policy",
     metavar="POLICY",
@@ -1112,18 +1115,21 @@ def vm_status(c: Ctx, name, output) -> None:
         click.echo(f"  port {e.get('port')}: {e.get('address')}")
     if instances:
         click.echo("")
+        # ADDRESS: each replica's on the set's network, when it has one.
+        networked = any(i.get("networkAddress") for i in instances)
         print_table(
-            ("INSTANCE", "NODE", "PHASE", "DRIVER", "PORTS", "RESTARTS", "MESSAGE"),
+            ("INSTANCE", "NODE", "PHASE", "DRIVER")
+            + (("ADDRESS",) if networked else ())
+            + ("PORTS", "RESTARTS", "MESSAGE"),
             (
                 (
                     i.get("name"),
                     i.get("node") or "-",
                     i.get("phase"),
                     "/".join(x for x in (i.get("driver"), i.get("accel")) if x) or "-",
-                    _ports(i) or "-",
-                    _int(i.get("restarts")),
-                    i.get("message", ""),
                 )
+                + ((i.get("networkAddress") or "-",) if networked else ())
+                + (_ports(i) or "-", _int(i.get("restarts")), i.get("message", ""))
                 for i in instances
             ),
         )
@@ -1169,16 +1175,33 @@ def vm_logs(c: Ctx, name, follow, prefix, output) -> None:
                    "old one stops; recreate: stop, then start.")
 @click.option("--memory", metavar="SIZE", help="Memory per replica, e.g. 512M, 2G.")
 @click.option("--vcpu", type=int, metavar="N", help="vCPUs per replica.")
+@click.option("--healthy-deadline", metavar="DURATION",
+              help="How long each new replica has to be ready and healthy for minHealthyTime "
+                   "(default 5m); past it, it is stopped and the rollout halts.")
+@click.option("--progress-deadline", metavar="DURATION",
+              help="Halt the rollout when no replica became healthy within this (default 10m; "
+                   "0: no deadline).")
+@click.option("--auto-revert/--no-auto-revert", default=None,
+              help="On a halt, roll every replica back to the last revision all of them ran.")
 @click.option("--detach", is_flag=True, help="Return once the new revision is stored.")
 @output_option
 @pass_ctx
-def vm_update(c: Ctx, name, config, strategy, memory, vcpu, detach, output) -> None:
+def vm_update(c: Ctx, name, config, strategy, memory, vcpu, healthy_deadline, progress_deadline,
+              auto_revert, detach, output) -> None:
     """Roll VM set NAME to a new config; shows the rollout live unless --detach (Ctrl-C stops
     watching, not the rollout). Exit 9 when the rollout halts (the set keeps serving the last
-    revision that ran)."""
-    c.flag_for_field = VM_FLAGS
+    revision that ran, or reverts to it with --auto-revert)."""
+    given = {field: (flag, value) for field, flag, value in (
+        ("healthyDeadline", "--healthy-deadline", healthy_deadline),
+        ("progressDeadline", "--progress-deadline", progress_deadline),
+        ("autoRevert", "--auto-revert", auto_revert)) if value is not None}
+    update_strategy = {field: value for field, (_, value) in given.items()} or None
+    # (An error about a timing names its flag only when the flag set it, not the config.)
+    c.flag_for_field = dict(VM_FLAGS, **{f"updateStrategy.{field}": flag
+                                         for field, (flag, _) in given.items()})
     cl = c.cluster()
-    vm = cl.update_vm(name, _config_path(config), strategy=strategy, memory=memory, vcpu=vcpu)
+    vm = cl.update_vm(name, _config_path(config), strategy=strategy, memory=memory, vcpu=vcpu,
+                      update_strategy=update_strategy)
     _follow_rollout(vm, name, detach, _out(c, output) == "json")
 
 
@@ -1319,9 +1342,173 @@ def vm_scale(c: Ctx, name, replicas, wait, output) -> None:
 @output_option
 @pass_ctx
 def vm_delete(c: Ctx, name, output) -> None:
-    """Delete VM set NAME (its replicas stop)."""
+    """Delete VM set NAME (its replicas stop; its volumes are kept: `blixard storage volume
+    delete` removes them)."""
     c.cluster().delete_vm(name)
     click.echo(f"vm {name} deleted")
+    kept = [_name(v) for v in c.cluster().volumes() if v.get("spec", {}).get("vm") == name]
+    if kept:
+        click.echo(f"its volumes are kept: {', '.join(kept)} (`blixard storage volume delete "
+                   "NAME` removes one)")
+
+
+# ---- storage ----
+
+
+@cli.group()
+def storage() -> None:
+    """Storage pools, and the volumes VM sets keep their data on (one per replica)."""
+
+
+@storage.group("pool")
+def storage_pool() -> None:
+    """Storage pools: where volumes are made."""
+
+
+POOL_FLAGS = {"type": "--type", "path": "--path", "class": "--class"}
+
+
+@storage_pool.command("create")
+@click.argument("name")
+@click.option(
+    "--type",
+    "pool_type",
+    type=click.Choice(["dir", "shared-dir"]),
+    default="dir",
+    show_default=True,
+    help="dir: a directory on each node (a volume stays on its node); shared-dir: a directory "
+    "every node mounts (NFS, CephFS), so a volume follows its replica.",
+)
+@click.option("--path", required=True, metavar="DIR", help="The pool's directory on the nodes.")
+@click.option(
+    "--class",
+    "storage_class",
+    metavar="CLASS",
+    help="What --storage-class names it by (default: local for dir, replicated for shared-dir).",
+)
+@output_option
+@pass_ctx
+def storage_pool_create(c: Ctx, name, pool_type, path, storage_class, output) -> None:
+    """Create storage pool NAME."""
+    c.flag_for_field = POOL_FLAGS
+    obj = c.cluster().create_storage_pool(name, path, pool_type, storage_class)
+    if _out(c, output) == "json":
+        print_json(obj)
+    else:
+        spec = obj.get("spec", {})
+        click.echo(f"storage pool {name} created ({spec.get('type')} {spec.get('path')}, "
+                   f"class {spec.get('class')})")
+
+
+@storage_pool.command("list")
+@output_option
+@pass_ctx
+def storage_pool_list(c: Ctx, output) -> None:
+    """List storage pools."""
+    raw = c.cluster()._core.storage_pools()
+    if _out(c, output) == "json":
+        print_json(_list_json(raw))
+        return
+    rows = []
+    for p in json.loads(raw).get("items", []):
+        spec, st = p.get("spec", {}), p.get("status", {})
+        rows.append((_name(p), spec.get("type", ""), spec.get("class", ""), spec.get("path", ""),
+                     _int(st.get("volumes")), _mib(st.get("allocated"))))
+    print_table(("NAME", "TYPE", "CLASS", "PATH", "VOLUMES", "ALLOCATED"), rows,
+                empty="No storage pools.")
+
+
+@storage_pool.command("delete")
+@click.argument("name")
+@pass_ctx
+def storage_pool_delete(c: Ctx, name) -> None:
+    """Delete storage pool NAME (refused while a VM names it or a volume lives in it)."""
+    c.cluster().delete_storage_pool(name)
+    click.echo(f"storage pool {name} deleted")
+
+
+@storage.group("volume")
+def storage_volume() -> None:
+    """Volumes: one per replica of a VM set with storage, kept until deleted."""
+
+
+@storage_volume.command("list")
+@output_option
+@pass_ctx
+def storage_volume_list(c: Ctx, output) -> None:
+    """List volumes: their pool, size, node and the replica writing to them."""
+    raw = c.cluster()._core.volumes()
+    if _out(c, output) == "json":
+        print_json(_list_json(raw))
+        return
+    rows = []
+    for v in json.loads(raw).get("items", []):
+        spec, st = v.get("spec", {}), v.get("status", {})
+        storage = spec.get("storage", {})
+        rows.append((_name(v), spec.get("vm", ""), storage.get("pool", ""),
+                     _mib(storage.get("size")), st.get("phase", ""), st.get("node") or "-",
+                     st.get("attachedTo") or "-"))
+    print_table(("NAME", "VM", "POOL", "SIZE", "PHASE", "NODE", "ATTACHED TO"), rows,
+                empty="No volumes.")
+
+
+@storage_volume.command("delete")
+@click.argument("name")
+@pass_ctx
+def storage_volume_delete(c: Ctx, name) -> None:
+    """Delete volume NAME and its data (refused while its VM set still wants it)."""
+    c.cluster().delete_volume(name)
+    click.echo(f"volume {name} deleted")
+
+
+# ---- network ----
+
+
+@cli.group()
+def network() -> None:
+    """Private networks of VM replicas: a subnet, a bridge per node, an address per replica,
+    a VXLAN overlay between nodes."""
+
+
+@network.command("create")
+@click.argument("name")
+@click.option("--subnet", required=True, metavar="CIDR", help="IPv4 subnet, e.g. 10.88.0.0/24.")
+@output_option
+@pass_ctx
+def network_create(c: Ctx, name, subnet, output) -> None:
+    """Create network NAME (VM sets join it with `vm create --network NAME`)."""
+    c.flag_for_field = {"subnet": "--subnet"}
+    obj = c.cluster().create_network(name, subnet)
+    if _out(c, output) == "json":
+        print_json(obj)
+    else:
+        click.echo(f"network {name} created ({obj.get('spec', {}).get('subnet')})")
+
+
+@network.command("list")
+@output_option
+@pass_ctx
+def network_list(c: Ctx, output) -> None:
+    """List networks: subnet, addresses handed out, the bridge and VXLAN id on each node."""
+    raw = c.cluster()._core.networks()
+    if _out(c, output) == "json":
+        print_json(_list_json(raw))
+        return
+    rows = []
+    for n in json.loads(raw).get("items", []):
+        st = n.get("status", {})
+        rows.append((_name(n), n.get("spec", {}).get("subnet", ""), _int(st.get("addresses")),
+                     st.get("bridge", ""), _int(st.get("vni"))))
+    print_table(("NAME", "SUBNET", "ADDRESSES", "BRIDGE", "VNI"), rows, empty="No networks.")
+
+
+@network.command("delete")
+@click.argument("name")
+@pass_ctx
+def network_delete(c: Ctx, name) -> None:
+    """Delete network NAME (refused while a VM names it)."""
+    c.cluster().delete_network(name)
+    click.echo(f"network {name} deleted")
 
 
 # ---- trigger / node ----

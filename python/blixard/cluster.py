@@ -607,6 +607,56 @@ class Cluster:
     def delete_trigger(self, name: str) -> None:
         self._core.delete_trigger(name)
 
+    # ---- storage ----
+    def create_storage_pool(
+        self,
+        name: str,
+        path: PathLike,
+        pool_type: str = "dir",
+        storage_class: Optional[str] = None,
+    ) -> Dict[str, Any]:
+        """Creates a storage pool: ``pool_type`` "dir" (a directory on each node: a volume stays on
+        the node that made it) or "shared-dir" (a directory every node mounts); ``storage_class``
+        is what VM specs name it by (default "local" for dir, "replicated" for shared-dir)."""
+        spec: Dict[str, Any] = {"type": pool_type, "path": os.fspath(path)}
+        if storage_class is not None:
+            spec["class"] = storage_class
+        return json.loads(self._core.create_storage_pool(name, json.dumps(spec)))
+
+    def storage_pool(self, name: str) -> Dict[str, Any]:
+        return json.loads(self._core.storage_pool(name))
+
+    def storage_pools(self) -> List[Dict[str, Any]]:
+        return _items(self._core.storage_pools())
+
+    def delete_storage_pool(self, name: str) -> None:
+        """Deletes a pool no VM names and no volume lives in."""
+        self._core.delete_storage_pool(name)
+
+    def volumes(self) -> List[Dict[str, Any]]:
+        """The VM sets' volumes ("<vm>-<n>"), kept until deleted."""
+        return _items(self._core.volumes())
+
+    def delete_volume(self, name: str) -> None:
+        """Deletes a volume and its data (refused while a replica uses it or its set wants it)."""
+        self._core.delete_volume(name)
+
+    # ---- networks ----
+    def create_network(self, name: str, subnet: str) -> Dict[str, Any]:
+        """Creates a private network for VM replicas (``create_vm(..., network=name)``): an IPv4
+        ``subnet`` such as "10.88.0.0/24", a bridge per node, an address per replica."""
+        return json.loads(self._core.create_network(name, json.dumps({"subnet": subnet})))
+
+    def network(self, name: str) -> Dict[str, Any]:
+        return json.loads(self._core.network(name))
+
+    def networks(self) -> List[Dict[str, Any]]:
+        return _items(self._core.networks())
+
+    def delete_network(self, name: str) -> None:
+        """Deletes a network no VM names."""
+        self._core.delete_network(name)
+
     # ---- events ----
     def watch(
         self,

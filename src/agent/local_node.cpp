@@ -90,6 +90,12 @@ std::shared_ptr<runtime::Replica> LocalNode::start_replica(
   return replica;
 }
 
+void LocalNode::remove_volume(const v1::VolumeAttachment& volume) {
+  // The VM driver made it (libvirt: through its storage API); the sandbox driver's are plain
+  // directories, which either one removes.
+  (vm_driver_ ? vm_driver_ : driver_)->remove_volume(volume);
+}
+
 std::shared_ptr<runtime::Instance> LocalNode::start(const control::Assignment& assignment) {
   {
     std::lock_guard lock(mutex_);

@@ -35,6 +35,7 @@ class LocalNode final : public control::Node {
   // Refuses an assignment older than the node's epoch, and a second replica of one name.
   std::shared_ptr<runtime::Replica> start_replica(
       const control::ReplicaAssignment& assignment) override;
+  void remove_volume(const v1::VolumeAttachment& volume) override;
   std::vector<std::string> instances() const override;
   // Kills every instance; later starts fail with unavailable.
   void shutdown() override;

@@ -56,6 +56,9 @@ void Session::receive(v1::AgentFrame& frame) {
     case v1::AgentFrame::kAssignReplica:
       assign_replica(frame.assign_replica());
       return;
+    case v1::AgentFrame::kRemoveVolume:
+      remove_volume(frame.remove_volume());
+      return;
     case v1::AgentFrame::kInvoke:
       invoke(*frame.mutable_invoke());
       return;
@@ -136,6 +139,20 @@ void Session::assign(const v1::Assign& assign) {
   }).detach();
 }
 
+void Session::remove_volume(const v1::RemoveVolume& remove) {
+  // Deleting a large volume's files takes a while: off the reading thread.
+  std::thread([node = node_, out = out_, remove] {
+    v1::AgentFrame f;
+    f.mutable_volume_removed()->set_id(remove.id());
+    try {
+      node->remove_volume(remove.volume());
+    } catch (...) {
+      *f.mutable_volume_removed()->mutable_error() = status_of(std::current_exception());
+    }
+    out->send(f);
+  }).detach();
+}
+
 void Session::assign_replica(const v1::AssignReplica& assign) {
   {
     std::lock_guard lock(out_->mutex);
@@ -149,6 +166,8 @@ void Session::assign_replica(const v1::AssignReplica& assign) {
     a.replica.name = assign.replica();
     a.replica.slot = assign.slot();
     a.replica.spec = assign.spec();
+    if (assign.has_volume()) a.replica.volume = assign.volume();
+    if (assign.has_network()) a.replica.network = assign.network();
     std::weak_ptr<Outbox> weak = out;
     a.replica.on_log = [weak](const std::string& replica, const std::string& stream,
                               std::string line) {

@@ -73,15 +73,29 @@ class Planner {
       plan_object("function", k_functions_prefix, set_.functions(i),
                   "functions[" + std::to_string(i) + "].metadata.name");
     }
+    for (int i = 0; i < set_.storage_pools_size(); ++i) {
+      plan_object("storage pool", k_storage_pools_prefix, set_.storage_pools(i),
+                  "storagePools[" + std::to_string(i) + "].metadata.name");
+    }
+    for (int i = 0; i < set_.networks_size(); ++i) {
+      plan_object("network", k_networks_prefix, set_.networks(i),
+                  "networks[" + std::to_string(i) + "].metadata.name");
+    }
     for (int i = 0; i < set_.vms_size(); ++i) {
       plan_object("vm", k_vms_prefix, set_.vms(i), "vms[" + std::to_string(i) + "].metadata.name");
+    }
+    if (mode_ == ApplyMode::remove) {
+      check_pools_unused();
+      check_networks_unused();
+    } else {
+      check_references();
     }
 
     std::set<std::string> applied_functions;
     for (const auto& f : set_.functions()) applied_functions.insert(f.metadata().name());
     std::set<std::string> declared_triggers;
     for (const auto& t : set_.triggers()) declared_triggers.insert(t.metadata().name());
-    const auto existing_triggers = stored_triggers();
+    const auto existing_triggers = stored_all<v1::Trigger>(k_triggers_prefix);
 
     // Triggers a function owned but no longer declares go with the new version of the function.
     for (const auto& [key, t] : existing_triggers) {
@@ -140,6 +154,104 @@ class Planner {
   }
 
  private:
+  // Every stored object of a kind by key (the snapshot's order, the store's).
+  template <class T>
+  std::map<std::string, T> stored_all(const std::string& prefix) const {
+    std::map<std::string, T> out;
+    for (auto it = stored_.lower_bound(prefix);
+         it != stored_.end() && it->first.starts_with(prefix); ++it) {
+      T object;
+      if (!object.ParseFromString(it->second.value)) {
+        throw Error(errc::internal, "stored object at " + it->first + " is corrupt");
+      }
+      object.mutable_metadata()->set_resource_version(it->second.resource_version);
+      out.emplace(it->first, std::move(object));
+    }
+    return out;
+  }
+
+  // A VM's storage pool and network exist (stored, or in this set): their versions are part of
+  // the transaction, so they cannot go meanwhile. (A storage class is resolved when a replica
+  // starts: a set naming one no pool serves yet waits for it, as a Kubernetes claim does.)
+  void check_references() {
+    std::set<std::string> declared;
+    for (const auto& pool : set_.storage_pools()) {
+      declared.insert(k_storage_pools_prefix + pool.metadata().name());
+    }
+    for (const auto& network : set_.networks()) {
+      declared.insert(k_networks_prefix + network.metadata().name());
+    }
+    for (int i = 0; i < set_.vms_size(); ++i) {
+      const auto& spec = set_.vms(i).spec();
+      // As validation names it: a standalone VM's "spec.storage", a Platform entry's by index.
+      const std::string at =
+          set_.stack().empty() ? "spec." : "spec.vms[" + std::to_string(i) + "].";
+      const auto require = [&](const char* prefix, const std::string& name, const char* kind,
+                               const std::string& how, const std::string& field) {
+        const std::string key = prefix + name;
+        if (name.empty() || declared.contains(key)) return;
+        const StoredObject* found = find(key);
+        if (found == nullptr) {
+          std::string why = std::string(kind) + " \"" + name;
+          why.append("\" does not exist: create it with `").append(how).append("`");
+          throw Error(errc::invalid_spec, why, at + field);
+        }
+        expect(key, found->resource_version);
+      };
+      require(k_storage_pools_prefix, spec.storage().pool(), "storage pool",
+              "blixard storage pool create " + spec.storage().pool() +
+                  " --type dir --path /var/lib/blixard-volumes",
+              "storage.pool");
+      require(k_networks_prefix, spec.network(), "network",
+              "blixard network create " + spec.network() + " --subnet 10.88.0.0/24", "network");
+    }
+  }
+
+  // A network goes only once no VM names it.
+  void check_networks_unused() {
+    if (set_.networks_size() == 0) return;
+    for (const auto& [key, vm] : stored_all<v1::Vm>(k_vms_prefix)) {
+      for (const auto& network : set_.networks()) {
+        if (vm.spec().network() == network.metadata().name() && !touched_.contains(key)) {
+          throw Error(errc::conflict, "network \"" + network.metadata().name() +
+                                          "\" is used by vm \"" + vm.metadata().name() +
+                                          "\": delete the vm first");
+        }
+      }
+      expect(key, vm.metadata().resource_version());
+    }
+  }
+
+  // A pool goes only once no VM names it and it holds no volume.
+  void check_pools_unused() {
+    if (set_.storage_pools_size() == 0) return;
+    const auto vms = stored_all<v1::Vm>(k_vms_prefix);
+    const auto volumes = stored_all<v1::Volume>(k_volumes_prefix);
+    for (int i = 0; i < set_.storage_pools_size(); ++i) {
+      const std::string& name = set_.storage_pools(i).metadata().name();
+      for (const auto& [key, vm] : vms) {
+        if (vm.spec().storage().pool() == name && !touched_.contains(key)) {
+          throw Error(errc::conflict, "storage pool \"" + name + "\" is used by vm \"" +
+                                          vm.metadata().name() + "\": delete the vm first");
+        }
+        expect(key, vm.metadata().resource_version());
+      }
+      std::string held;
+      for (const auto& [key, volume] : volumes) {
+        if (volume.spec().storage().pool() == name) {
+          held += (held.empty() ? "" : ", ") + volume.metadata().name();
+        }
+        expect(key, volume.metadata().resource_version());
+      }
+      if (!held.empty()) {
+        std::string why = "storage pool \"" + name;
+        why.append("\" holds volumes (").append(held);
+        throw Error(errc::conflict,
+                    why.append("): delete them first with `blixard storage volume delete NAME`"));
+      }
+    }
+  }
+
   const StoredObject* find(const std::string& key) const {
     auto it = stored_.find(key);
     return it == stored_.end() ? nullptr : &it->second;
@@ -154,22 +266,6 @@ class Planner {
     item->set_kind(kind);
     item->set_name(name);
     item->set_action(action);
-  }
-
-  // Every stored trigger by key (the snapshot's order, the store's), with its resource version.
-  std::map<std::string, v1::Trigger> stored_triggers() const {
-    std::map<std::string, v1::Trigger> out;
-    const std::string prefix = k_triggers_prefix;
-    for (auto it = stored_.lower_bound(prefix);
-         it != stored_.end() && it->first.starts_with(prefix); ++it) {
-      v1::Trigger t;
-      if (!t.ParseFromString(it->second.value)) {
-        throw Error(errc::internal, "stored object at " + it->first + " is corrupt");
-      }
-      t.mutable_metadata()->set_resource_version(it->second.resource_version);
-      out.emplace(it->first, std::move(t));
-    }
-    return out;
   }
 
   template <class T>
@@ -241,10 +337,24 @@ SnapshotQuery snapshot_query(const PreparedApply& prepared) {
   std::set<std::string> keys;
   for (const auto& f : set.functions()) keys.insert(k_functions_prefix + f.metadata().name());
   for (const auto& v : set.vms()) keys.insert(k_vms_prefix + v.metadata().name());
+  for (const auto& p : set.storage_pools())
+    keys.insert(k_storage_pools_prefix + p.metadata().name());
   if (prepared.mode != ApplyMode::remove) {
     for (const auto& t : set.triggers()) keys.insert(k_functions_prefix + t.spec().function());
+    for (const auto& v : set.vms()) {
+      const auto& pool = v.spec().storage().pool();
+      if (!pool.empty()) keys.insert(k_storage_pools_prefix + pool);
+      if (!v.spec().network().empty()) keys.insert(k_networks_prefix + v.spec().network());
+    }
   }
+  for (const auto& n : set.networks()) keys.insert(k_networks_prefix + n.metadata().name());
   SnapshotQuery query{{keys.begin(), keys.end()}, {}};
+  // Pools or networks removed: which VMs (and volumes) use them.
+  if (prepared.mode == ApplyMode::remove &&
+      (set.storage_pools_size() > 0 || set.networks_size() > 0)) {
+    query.prefixes.emplace_back(k_vms_prefix);
+    query.prefixes.emplace_back(k_volumes_prefix);
+  }
   // Triggers: the set's own, those its functions own, and every HTTP path in use.
   if (set.functions_size() > 0 || set.triggers_size() > 0) {
     query.prefixes.emplace_back(k_triggers_prefix);

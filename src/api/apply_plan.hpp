@@ -13,6 +13,7 @@
 
 #include "blixard/detail/backend.hpp"
 #include "blixard/v1/api.pb.h"
+#include "common/registry.hpp"
 
 namespace blixard::api {
 

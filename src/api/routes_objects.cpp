@@ -1,4 +1,5 @@
-// The stored objects with REST routes of their own: functions, vms, triggers. Create is
+// The stored objects with REST routes of their own: functions, vms, triggers, storage pools,
+// networks (and the volumes VM sets make). Create is
 // apply(create) of a one-object set, then a read of what the store holds; delete is apply(remove).
 #include "api/routes.hpp"
 
@@ -32,6 +33,22 @@ struct TriggerKind {
   static auto* add(v1::ObjectSet& set) { return set.add_triggers(); }
   static auto list(detail::Backend& b) { return b.list_triggers(); }
   static auto get(detail::Backend& b, const std::string& name) { return b.get_trigger(name); }
+};
+
+struct StoragePoolKind {
+  static constexpr std::string_view path = "/v1/storagepools";
+  using Object = v1::StoragePool;
+  static auto* add(v1::ObjectSet& set) { return set.add_storage_pools(); }
+  static auto list(detail::Backend& b) { return b.list_storage_pools(); }
+  static auto get(detail::Backend& b, const std::string& name) { return b.get_storage_pool(name); }
+};
+
+struct NetworkKind {
+  static constexpr std::string_view path = "/v1/networks";
+  using Object = v1::Network;
+  static auto* add(v1::ObjectSet& set) { return set.add_networks(); }
+  static auto list(detail::Backend& b) { return b.list_networks(); }
+  static auto get(detail::Backend& b, const std::string& name) { return b.get_network(name); }
 };
 
 template <class K>
@@ -71,6 +88,20 @@ void add_object_routes(RouteTable& table, const RouteContext& context) {
   add_kind<FunctionKind>(table, context.backend);
   add_kind<VmKind>(table, context.backend);
   add_kind<TriggerKind>(table, context.backend);
+  add_kind<StoragePoolKind>(table, context.backend);
+  add_kind<NetworkKind>(table, context.backend);
+  // Volumes are made by their VM sets, not declared: list and delete only.
+  auto backend = context.backend;
+  table.add(http::verb::get, "/v1/volumes", Scope::read, [backend](const RouteRequest& r) {
+    return worker(
+        [req = r.req, backend] { return message_response(*req, backend->list_volumes()); });
+  });
+  table.add(http::verb::delete_, "/v1/volumes/{name}", Scope::admin,
+            [backend](const RouteRequest& r) {
+              return worker([req = r.req, backend, name = r.param("name")] {
+                return message_response(*req, backend->delete_volume(name));
+              });
+            });
 }
 
 }  // namespace blixard::api

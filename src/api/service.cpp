@@ -17,6 +17,7 @@
 #include "common/defaults.hpp"
 #include "common/json.hpp"
 #include "common/json_check.hpp"
+#include "common/subnet.hpp"
 
 namespace blixard::api {
 namespace {
@@ -96,11 +97,20 @@ v1::WatchEvent to_watch_event(const store::WatchEvent& change) {
     event.set_object_json(to_json(decode<v1::Vm>(change.kv)));
   } else if (event.kind() == "triggers") {
     event.set_object_json(to_json(decode<v1::Trigger>(change.kv)));
+  } else if (event.kind() == "storagepools") {
+    event.set_object_json(to_json(decode<v1::StoragePool>(change.kv)));
+  } else if (event.kind() == "networks") {
+    event.set_object_json(to_json(decode<v1::Network>(change.kv)));
+  } else if (event.kind() == "volumes") {
+    event.set_object_json(to_json(decode<v1::Volume>(change.kv)));
   } else if (event.kind() == "nodes") {
     event.set_object_json(to_json(decode<v1::Node>(change.kv)));
   } else if (event.kind() == "instances") {
     v1::FunctionInstance instance;
     if (instance.ParseFromString(change.kv.value)) event.set_object_json(to_json(instance));
+  } else if (event.kind() == "vmrevisions") {  // name "<vm>/<revision>"
+    v1::VmRevision revision;
+    if (revision.ParseFromString(change.kv.value)) event.set_object_json(to_json(revision));
   }
   return event;
 }
@@ -167,7 +177,17 @@ Service::Service(std::shared_ptr<store::Store> store, std::shared_ptr<store::Blo
   }
   functions_seen_ = existing.revision;
   collect_blobs();
-  vm_sets_ = std::make_unique<control::VmSets>(nodes_, telemetry_);
+  volumes_ = std::make_shared<control::Volumes>(store_);
+  networks_ = std::make_shared<control::Networks>(store_);
+  // Each set's revisions as an earlier run stored them (those of sets deleted while no server
+  // watched go first).
+  auto revisions = std::make_shared<control::StoredVmRevisions>(store_);
+  try {
+    revisions->erase_orphans(k_vms_prefix);
+  } catch (const std::exception& e) {
+    logger_->warn("erasing the revisions of deleted vms: {}", e.what());
+  }
+  vm_sets_ = std::make_unique<control::VmSets>(nodes_, telemetry_, volumes_, networks_, revisions);
   auto vms = store_->list(k_vms_prefix);
   for (const auto& kv : vms.kvs) {
     try {
@@ -185,6 +205,7 @@ Service::Service(std::shared_ptr<store::Store> store, std::shared_ptr<store::Blo
           vm_sets_->update(name, change.kv.mod_revision, decode<v1::Vm>(change.kv).spec());
         } else {
           vm_sets_->remove(name);
+          networks_->release(name);  // its replicas' addresses (a set made again gets new ones)
         }
       } catch (const std::exception& e) {
         logger_->warn("vm {}: {}", name, e.what());
@@ -463,6 +484,103 @@ v1::TriggerList Service::list_triggers() {
   auto list = list_objects<v1::TriggerList>(*store_, k_triggers_prefix);
   for (auto& trigger : *list.mutable_items()) fill_status(trigger);
   return list;
+}
+
+v1::StoragePool Service::get_storage_pool(const std::string& name) {
+  auto pool = read_object<v1::StoragePool>(*store_, k_storage_pools_prefix, "storage pool", name);
+  const auto volumes = list_volumes();
+  fill_status(pool, volumes);
+  return pool;
+}
+
+v1::StoragePoolList Service::list_storage_pools() {
+  auto list = list_objects<v1::StoragePoolList>(*store_, k_storage_pools_prefix);
+  const auto volumes = list_volumes();
+  for (auto& pool : *list.mutable_items()) fill_status(pool, volumes);
+  return list;
+}
+
+void Service::fill_status(v1::StoragePool& pool, const v1::VolumeList& volumes) {
+  std::uint32_t count = 0;
+  std::uint64_t allocated = 0;
+  for (const auto& v : volumes.items()) {
+    if (v.spec().storage().pool() != pool.metadata().name()) continue;
+    ++count;
+    allocated += v.spec().storage().size_mib();
+  }
+  pool.mutable_status()->set_volumes(count);
+  pool.mutable_status()->set_allocated_mib(allocated);
+}
+
+v1::Network Service::get_network(const std::string& name) {
+  auto network = read_object<v1::Network>(*store_, k_networks_prefix, "network", name);
+  fill_status(network);
+  return network;
+}
+
+v1::NetworkList Service::list_networks() {
+  auto list = list_objects<v1::NetworkList>(*store_, k_networks_prefix);
+  for (auto& network : *list.mutable_items()) fill_status(network);
+  return list;
+}
+
+void Service::fill_status(v1::Network& network) {
+  const auto& name = network.metadata().name();
+  auto& status = *network.mutable_status();
+  status.set_addresses(networks_->held(name));
+  status.set_bridge(net::bridge_name(name));
+  status.set_vni(net::vni_of(name));
+}
+
+v1::VolumeList Service::list_volumes() {
+  return list_objects<v1::VolumeList>(*store_, k_volumes_prefix);
+}
+
+v1::Volume Service::delete_volume(const std::string& name) {
+  if (closed_) throw Error(errc::unavailable, "the cluster is closed");
+  auto volume = read_object<v1::Volume>(*store_, k_volumes_prefix, "volume", name);
+  const auto& vm_name = volume.spec().vm();
+  if (!volume.status().attached_to().empty()) {
+    throw Error(errc::conflict, "volume " + name + " is in use by replica " +
+                                    volume.status().attached_to() + " of vm " + vm_name +
+                                    ": stop the vm (or scale it below that replica) first");
+  }
+  if (auto kv = store_->get(k_vms_prefix + vm_name)) {
+    const auto vm = decode<v1::Vm>(*kv);
+    if (!vm.spec().stopped() && vm.spec().replicas() >= volume.spec().ordinal()) {
+      throw Error(errc::conflict, "vm " + vm_name + " still wants replica " + name +
+                                      ", which would start again on a new, empty volume: stop "
+                                      "the vm, scale it down or delete it first");
+    }
+  }
+  if (!volume.status().format().empty()) {  // made on a node: its data goes first
+    const auto where = volumes_->removal(volume);
+    std::shared_ptr<control::Node> node;
+    if (!where.node.empty()) {
+      node = nodes_->find(where.node);
+      if (!node) {
+        throw Error(errc::unavailable, "volume " + name + " lives on node " + where.node +
+                                           " (pool " + where.pool +
+                                           " is node-local), which is not connected");
+      }
+    } else {
+      const auto stored = list_objects<v1::NodeList>(*store_, control::k_nodes_prefix);
+      for (const auto& n : stored.items()) {
+        if ((node = nodes_->find(n.metadata().name()))) break;
+      }
+      if (!node) throw Error(errc::unavailable, "no node is connected to remove volume " + name);
+    }
+    node->remove_volume(where.attachment);
+  }
+  store::Txn txn;
+  txn.compares.push_back({k_volumes_prefix + name, store::Compare::Target::mod_revision,
+                          store::Compare::Op::equal, volume.metadata().resource_version()});
+  txn.success.push_back({store::Operation::Type::erase, k_volumes_prefix + name, {}, 0});
+  if (!store_->txn(txn).succeeded) {
+    throw Error(errc::conflict, "volume " + name + " changed while being deleted; try again");
+  }
+  logger_->info("volume {} deleted", name);
+  return volume;
 }
 
 v1::NodeList Service::list_nodes() {

@@ -45,6 +45,12 @@ class Service final : public detail::Backend {
   v1::FunctionList list_functions() override;
   v1::VmList list_vms() override;
   v1::TriggerList list_triggers() override;
+  v1::StoragePool get_storage_pool(const std::string& name) override;
+  v1::StoragePoolList list_storage_pools() override;
+  v1::VolumeList list_volumes() override;
+  v1::Volume delete_volume(const std::string& name) override;
+  v1::Network get_network(const std::string& name) override;
+  v1::NetworkList list_networks() override;
   v1::NodeList list_nodes() override;
   v1::Node get_node(const std::string& name) override;
   v1::Node change_node(const std::string& name, NodeAction action) override;
@@ -90,6 +96,8 @@ class Service final : public detail::Backend {
   // The pools' view of a function: its status filled in.
   void fill_status(v1::Function& fn);
   void fill_status(v1::Vm& vm);
+  void fill_status(v1::StoragePool& pool, const v1::VolumeList& volumes);
+  void fill_status(v1::Network& network);
   void fill_status(v1::Trigger& trigger);
   void fill_status(v1::Node& node);
 
@@ -137,6 +145,8 @@ class Service final : public detail::Backend {
   // Tells the pools about created, changed and deleted functions (minInstances, draining).
   std::unique_ptr<store::Watch> functions_watch_;
   // Keeps the VM sets' replicas running; told of the sets' changes by vms_watch_.
+  std::shared_ptr<control::Volumes> volumes_;
+  std::shared_ptr<control::Networks> networks_;
   std::unique_ptr<control::VmSets> vm_sets_;
   std::unique_ptr<store::Watch> vms_watch_;
   std::atomic<bool> closed_{false};

@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/tcp_pipe.hpp"
 #include "control/vm_sets.hpp"
 
 namespace blixard::api {
@@ -26,53 +27,7 @@ using boost::system::error_code;
 
 namespace {
 
-// Per direction per connection: 10,000 connections hold 320 MiB at most.
-constexpr std::size_t k_buffer = std::size_t{16} * 1024;
-
-// Bytes one way until EOF or an error, then the write side of `to` is shut (a half-close
-// passes through); the pair ends when both ways have.
-struct Pipe : std::enable_shared_from_this<Pipe> {
-  tcp::socket client, replica;
-  std::array<char, k_buffer> up{}, down{};
-  std::atomic<int> open_ways{2};
-  std::atomic<std::size_t>* live;
-
-  Pipe(tcp::socket c, asio::io_context& io, std::atomic<std::size_t>* counter)
-      : client(std::move(c)), replica(io), live(counter) {}
-  ~Pipe() { --*live; }
-
-  void start() {
-    pump(client, replica, up);
-    pump(replica, client, down);
-  }
-
-  void pump(tcp::socket& from, tcp::socket& to, std::array<char, k_buffer>& buf) {
-    from.async_read_some(asio::buffer(buf), [self = shared_from_this(), &from, &to, &buf](
-                                                error_code ec, std::size_t n) {
-      if (ec) {
-        error_code ignored;
-        // EOF: pass the half-close on. A reset: end both ways.
-        if (ec == asio::error::eof) {
-          to.shutdown(tcp::socket::shutdown_send, ignored);
-        } else {
-          self->client.close(ignored);
-          self->replica.close(ignored);
-        }
-        return;
-      }
-      asio::async_write(to, asio::buffer(buf.data(), n),
-                        [self, &from, &to, &buf](error_code wec, std::size_t) {
-                          if (wec) {
-                            error_code ignored;
-                            self->client.close(ignored);
-                            self->replica.close(ignored);
-                            return;
-                          }
-                          self->pump(from, to, buf);
-                        });
-    });
-  }
-};
+using Pipe = TcpPipe;
 
 }  // namespace
 
@@ -185,23 +140,23 @@ struct VmBalancer::Impl : std::enable_shared_from_this<Impl> {
     timer->async_wait([pipe](error_code tec) {
       if (!tec) {
         error_code ignored;
-        pipe->replica.close(ignored);
+        pipe->target.close(ignored);
       }
     });
-    pipe->replica.async_connect(tcp::endpoint(address, static_cast<unsigned short>(target.port)),
-                                [self = shared_from_this(), l, pipe, tried, timer](error_code cec) {
-                                  timer->cancel();
-                                  if (cec) {
-                                    error_code ignored;
-                                    pipe->replica.close(ignored);
-                                    self->connect(l, pipe, tried + 1);
-                                    return;
-                                  }
-                                  error_code ignored;
-                                  pipe->client.set_option(tcp::no_delay(true), ignored);
-                                  pipe->replica.set_option(tcp::no_delay(true), ignored);
-                                  pipe->start();
-                                });
+    pipe->target.async_connect(tcp::endpoint(address, static_cast<unsigned short>(target.port)),
+                               [self = shared_from_this(), l, pipe, tried, timer](error_code cec) {
+                                 timer->cancel();
+                                 if (cec) {
+                                   error_code ignored;
+                                   pipe->target.close(ignored);
+                                   self->connect(l, pipe, tried + 1);
+                                   return;
+                                 }
+                                 error_code ignored;
+                                 pipe->client.set_option(tcp::no_delay(true), ignored);
+                                 pipe->target.set_option(tcp::no_delay(true), ignored);
+                                 pipe->start();
+                               });
   }
 };
 

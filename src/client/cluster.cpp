@@ -188,6 +188,60 @@ std::vector<v1::Trigger> Cluster::triggers() {
 
 void Cluster::delete_trigger(const std::string& name) { trigger(name).remove(); }
 
+v1::StoragePool Cluster::create_storage_pool(const std::string& name,
+                                             const v1::StoragePoolSpec& spec) {
+  v1::ObjectSet set;
+  auto* pool = set.add_storage_pools();
+  *pool = named<v1::StoragePool>(name);
+  *pool->mutable_spec() = spec;
+  backend_->apply(set, detail::ApplyMode::create);
+  return storage_pool(name);
+}
+
+v1::StoragePool Cluster::storage_pool(const std::string& name) {
+  return backend_->get_storage_pool(name);
+}
+
+std::vector<v1::StoragePool> Cluster::storage_pools() {
+  auto list = backend_->list_storage_pools();
+  return {list.items().begin(), list.items().end()};
+}
+
+void Cluster::delete_storage_pool(const std::string& name) {
+  v1::ObjectSet set;
+  *set.add_storage_pools() = named<v1::StoragePool>(name);
+  backend_->apply(set, detail::ApplyMode::remove);
+}
+
+std::vector<v1::Volume> Cluster::volumes() {
+  auto list = backend_->list_volumes();
+  return {list.items().begin(), list.items().end()};
+}
+
+void Cluster::delete_volume(const std::string& name) { backend_->delete_volume(name); }
+
+v1::Network Cluster::create_network(const std::string& name, const v1::NetworkSpec& spec) {
+  v1::ObjectSet set;
+  auto* network = set.add_networks();
+  *network = named<v1::Network>(name);
+  *network->mutable_spec() = spec;
+  backend_->apply(set, detail::ApplyMode::create);
+  return this->network(name);
+}
+
+v1::Network Cluster::network(const std::string& name) { return backend_->get_network(name); }
+
+std::vector<v1::Network> Cluster::networks() {
+  auto list = backend_->list_networks();
+  return {list.items().begin(), list.items().end()};
+}
+
+void Cluster::delete_network(const std::string& name) {
+  v1::ObjectSet set;
+  *set.add_networks() = named<v1::Network>(name);
+  backend_->apply(set, detail::ApplyMode::remove);
+}
+
 std::vector<v1::Node> Cluster::nodes() {
   auto list = backend_->list_nodes();
   return {list.items().begin(), list.items().end()};

@@ -245,6 +245,25 @@ class HttpBackend final : public detail::Backend {
   }
   v1::ServerInfo info() override { return call<v1::ServerInfo>(http::verb::get, "/v1/info"); }
 
+  v1::StoragePool get_storage_pool(const std::string& name) override {
+    return call<v1::StoragePool>(http::verb::get, "/v1/storagepools/" + percent_encode(name));
+  }
+  v1::StoragePoolList list_storage_pools() override {
+    return call<v1::StoragePoolList>(http::verb::get, "/v1/storagepools");
+  }
+  v1::Network get_network(const std::string& name) override {
+    return call<v1::Network>(http::verb::get, "/v1/networks/" + percent_encode(name));
+  }
+  v1::NetworkList list_networks() override {
+    return call<v1::NetworkList>(http::verb::get, "/v1/networks");
+  }
+  v1::VolumeList list_volumes() override {
+    return call<v1::VolumeList>(http::verb::get, "/v1/volumes");
+  }
+  v1::Volume delete_volume(const std::string& name) override {
+    return call<v1::Volume>(http::verb::delete_, "/v1/volumes/" + percent_encode(name));
+  }
+
   v1::TokenCreated create_token(const v1::TokenRequest& request) override {
     return call<v1::TokenCreated>(http::verb::post, "/v1/tokens", &request);
   }

@@ -2,6 +2,7 @@
 #include "control/node_registry.hpp"
 
 #include <algorithm>
+#include <set>
 #include <tuple>
 
 #include <google/protobuf/util/time_util.h>
@@ -154,6 +155,21 @@ std::vector<ProbeTarget> NodeRegistry::probe_targets(const std::string& name, st
   return some;
 }
 
+std::vector<std::string> NodeRegistry::peer_addresses(const std::string& name) const {
+  std::lock_guard lock(mutex_);
+  std::string own;
+  if (auto it = nodes_.find(name); it != nodes_.end() && it->second.node) {
+    own = it->second.node->describe().address();
+  }
+  std::set<std::string> out;
+  for (const auto& [peer, e] : nodes_) {
+    if (peer == name || !e.node) continue;
+    auto address = e.node->describe().address();
+    if (!address.empty() && address != own) out.insert(std::move(address));
+  }
+  return {out.begin(), out.end()};
+}
+
 void NodeRegistry::peer_measured(const std::string& name, const std::string& peer,
                                  std::chrono::microseconds round_trip) {
   std::lock_guard lock(mutex_);
@@ -219,6 +235,7 @@ Placed NodeRegistry::place(const PlacementRequest& request) {
              : request.spec != nullptr  ? sched::request_from(*request.spec)
                                         : sched::Request{};
   req.data_path = request.data_path;
+  if (!request.only_node.empty()) req.node_selector[sched::k_node_name_label] = request.only_node;
   if (const auto* caller = caller_node(request.caller_address)) {
     req.caller = caller->id;
   } else {

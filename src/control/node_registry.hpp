@@ -57,6 +57,8 @@ struct PlacementRequest {
   // A replica of a VM set instead of a function (its resources and placement rules; spread
   // over the set's replicas in instances_per_node).
   const v1::VmSpec* vm_spec = nullptr;
+  // The only node it may go to (a replica whose volume lives there); empty: any.
+  std::string only_node;
 };
 
 // A node another one may time its round trips to (its agent's probe).
@@ -97,6 +99,9 @@ class NodeRegistry {
   // Up to `max` other connected nodes with a probe for `name`'s agent to time (a different few
   // each time when there are more).
   std::vector<ProbeTarget> probe_targets(const std::string& name, std::size_t max);
+  // The addresses of the connected nodes other than `name` (each once; not `name`'s own): the
+  // other ends of its network overlays.
+  std::vector<std::string> peer_addresses(const std::string& name) const;
   // `name`'s agent measured a round trip to `peer`'s.
   void peer_measured(const std::string& name, const std::string& peer,
                      std::chrono::microseconds round_trip);

@@ -160,6 +160,8 @@ std::shared_ptr<runtime::Replica> RemoteNode::start_replica(const ReplicaAssignm
   assign.set_replica(assignment.replica.name);
   assign.set_slot(assignment.replica.slot);
   *assign.mutable_spec() = assignment.replica.spec;
+  if (assignment.replica.volume) *assign.mutable_volume() = *assignment.replica.volume;
+  if (assignment.replica.network) *assign.mutable_network() = *assignment.replica.network;
   std::unique_lock lock(mutex_);
   if (lost_) throw gone_error();
   replica_starts_[id] = &pending;
@@ -179,6 +181,31 @@ std::shared_ptr<runtime::Replica> RemoteNode::start_replica(const ReplicaAssignm
   }
   if (pending.error) throw *pending.error;
   return pending.replica;
+}
+
+void RemoteNode::remove_volume(const v1::VolumeAttachment& volume) {
+  PendingRemoval pending;
+  const std::uint64_t id = ++next_id_;
+  v1::AgentFrame frame;
+  auto& remove = *frame.mutable_remove_volume();
+  remove.set_id(id);
+  *remove.mutable_volume() = volume;
+  std::unique_lock lock(mutex_);
+  if (lost_) throw gone_error();
+  removals_[id] = &pending;
+  lock.unlock();
+  const bool sent = send(frame);
+  lock.lock();
+  if (!sent && !lost_) {
+    removals_.erase(id);
+    throw Error(errc::unavailable, "node " + name_ + " is not connected");
+  }
+  if (!changed_.wait_for(lock, std::chrono::minutes(1), [&] { return pending.done; })) {
+    removals_.erase(id);
+    throw Error(errc::timeout, "node " + name_ + " did not answer the removal of volume " +
+                                   volume.name() + " within a minute");
+  }
+  if (pending.error) throw *pending.error;
 }
 
 std::vector<std::string> RemoteNode::instances() const {
@@ -267,6 +294,17 @@ void RemoteNode::receive(v1::AgentFrame& frame) {
         replicas_[started.replica()] = pending.replica;
       }
       pending.done = true;
+      changed_.notify_all();
+      return;
+    }
+    case v1::AgentFrame::kVolumeRemoved: {
+      const auto& removed = frame.volume_removed();
+      std::lock_guard lock(mutex_);
+      auto it = removals_.find(removed.id());
+      if (it == removals_.end()) return;
+      if (removed.has_error()) it->second->error = Error(removed.error());
+      it->second->done = true;
+      removals_.erase(it);
       changed_.notify_all();
       return;
     }
@@ -374,6 +412,11 @@ void RemoteNode::lose(const std::string& why) {
       pending->done = true;
     }
     replica_starts_.clear();
+    for (auto& [id, pending] : removals_) {
+      pending->error = gone_error();
+      pending->done = true;
+    }
+    removals_.clear();
     calls.swap(calls_);
     instances.swap(instances_);
     replicas.swap(replicas_);

@@ -36,6 +36,7 @@ class RemoteNode final : public Node, public std::enable_shared_from_this<Remote
   v1::NodeSpec describe() const override { return spec_; }
   std::shared_ptr<runtime::Instance> start(const Assignment& assignment) override;
   std::shared_ptr<runtime::Replica> start_replica(const ReplicaAssignment& assignment) override;
+  void remove_volume(const v1::VolumeAttachment& volume) override;
   std::vector<std::string> instances() const override;
   // The node is given up (lost, disconnected, server shutting down): the connection is closed,
   // starts and calls in flight fail with unavailable, instances exit as lost.
@@ -61,6 +62,10 @@ class RemoteNode final : public Node, public std::enable_shared_from_this<Remote
     std::shared_ptr<Replica> replica;
     std::optional<Error> error;
   };
+  struct PendingRemoval {
+    bool done = false;
+    std::optional<Error> error;
+  };
   struct PendingCall {
     std::string instance;
     runtime::CallCompletion complete;
@@ -82,6 +87,7 @@ class RemoteNode final : public Node, public std::enable_shared_from_this<Remote
   std::string lost_why_;
   std::map<std::uint64_t, PendingStart*> starts_;
   std::map<std::uint64_t, PendingReplica*> replica_starts_;
+  std::map<std::uint64_t, PendingRemoval*> removals_;
   std::map<std::uint64_t, PendingCall> calls_;
   std::map<std::string, std::shared_ptr<Instance>> instances_;
   std::map<std::string, std::shared_ptr<Replica>> replicas_;

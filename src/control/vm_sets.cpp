@@ -10,6 +10,7 @@
 
 #include "blixard/error.hpp"
 #include "common/health_check.hpp"
+#include "runtime/volume.hpp"
 
 namespace blixard::control {
 
@@ -23,6 +24,19 @@ std::string phase_name(int phase) {
   return names.at(static_cast<std::size_t>(phase));
 }
 
+milliseconds to_millis(const google::protobuf::Duration& d) {
+  return milliseconds(d.seconds() * 1000 + d.nanos() / 1'000'000);
+}
+
+// As a spec says it: "1h", "5m", "2s", "1500ms".
+std::string duration_text(milliseconds d) {
+  const auto ms = d.count();
+  if (ms != 0 && ms % 3'600'000 == 0) return std::to_string(ms / 3'600'000) + "h";
+  if (ms != 0 && ms % 60'000 == 0) return std::to_string(ms / 60'000) + "m";
+  if (ms % 1000 == 0) return std::to_string(ms / 1000) + "s";
+  return std::to_string(ms) + "ms";
+}
+
 }  // namespace
 
 // One start of a slot's replica.
@@ -33,6 +47,7 @@ struct VmSets::Run {
   Phase phase = starting;
   std::shared_ptr<runtime::Replica> replica;
   std::string node, address, driver, accel;
+  std::string network_address;  // on the set's network, if it has one
   sched::Resources reserved;
   std::map<std::uint32_t, std::uint32_t> ports;
   std::chrono::system_clock::time_point started_at;
@@ -46,6 +61,8 @@ struct VmSets::Run {
   // A rolling update's run started in place of the revision it names (no room beside it): it
   // proves itself for minHealthyTime as a `next` run does; 0 once it has, or if it never did.
   std::int64_t replaces = 0;
+  // When it was asked for: a run proving itself has healthyDeadline from here.
+  Clock::time_point created = Clock::now();
 };
 
 // One of the set's replicas ("webapp-2"): the run that serves it and, during a rolling update,
@@ -89,6 +106,27 @@ struct VmSets::Set {
   std::int64_t revision = 0, serving = 0;
   std::string rollout;  // progress or why it halted
   std::map<int, std::shared_ptr<Slot>> slots;
+  // The last revision all its replicas ran (Nomad's stable version): where autoRevert goes back.
+  std::int64_t stable = 0;
+  // After a halt with autoRevert: the replicas are being rolled back to `serving`.
+  bool reverting = false;
+  std::string halted;  // "rollout of revision 3 halted: why", kept for the status once reverted
+  // The rollout's (or revert's) progress: replicas updated when last counted, and when that count
+  // last rose (or the rollout began): progressDeadline runs from there.
+  int updated = 0;
+  Clock::time_point progress_at;
+
+  // Whether every wanted replica runs revision `number`, and no other is on its way in.
+  bool all_run(std::int64_t number) const {
+    const int desired = deleted || spec.stopped() ? 0 : static_cast<int>(spec.replicas());
+    for (int ordinal = 1; ordinal <= desired; ++ordinal) {
+      const auto it = slots.find(ordinal);
+      if (it == slots.end() || it->second->next) return false;
+      const auto& run = it->second->current;
+      if (!run || run->phase != Run::running || run->revision != number) return false;
+    }
+    return desired > 0;
+  }
 };
 
 // What replicas' callbacks reach: the controller while it lives (a remote node may report an
@@ -99,9 +137,13 @@ struct VmSets::Hub {
 };
 
 VmSets::VmSets(std::shared_ptr<NodeRegistry> nodes, std::shared_ptr<Telemetry> telemetry,
-               VmSetsOptions options)
+               std::shared_ptr<Volumes> volumes, std::shared_ptr<Networks> networks,
+               std::shared_ptr<VmRevisionLog> revisions, VmSetsOptions options)
     : nodes_(std::move(nodes)),
       telemetry_(std::move(telemetry)),
+      volumes_(std::move(volumes)),
+      networks_(std::move(networks)),
+      revisions_(std::move(revisions)),
       options_(options),
       hub_(std::make_shared<Hub>()) {
   hub_->self = this;
@@ -127,6 +169,10 @@ v1::VmSpec revision_of(v1::VmSpec spec) {
   return spec;
 }
 
+bool has_volume(const v1::VmSpec& spec) {
+  return !spec.storage().pool().empty() || !spec.storage().class_().empty();
+}
+
 std::string revision_key(const v1::VmSpec& revision) {
   std::string out;
   google::protobuf::io::StringOutputStream stream(&out);
@@ -139,35 +185,95 @@ std::string revision_key(const v1::VmSpec& revision) {
 }  // namespace
 
 void VmSets::update(const std::string& vm, std::int64_t version, const v1::VmSpec& spec) {
-  std::lock_guard lock(mutex_);
-  if (closed_) return;
-  auto& set = sets_[vm];
-  if (!set) set = std::make_shared<Set>();
-  if (version < set->version) return;
-  auto revision = revision_of(spec);
-  const bool new_revision =
-      set->revisions.empty() ||
-      revision_key(set->revisions.rbegin()->second.spec) != revision_key(revision);
-  set->spec = spec;
-  set->version = version;
-  set->deleted = false;
-  if (new_revision) {
-    set->revision = set->revisions.empty() ? 1 : set->revision + 1;
-    set->revisions[set->revision] = {std::move(revision), std::chrono::system_clock::now()};
-    set->serving = set->revision;  // new runs start from it (unless its rollout halts)
-    // Keep the last few (a rollback names one of them).
-    while (set->revisions.size() > k_revisions_kept) set->revisions.erase(set->revisions.begin());
-    if (set->revision > 1) set->rollout = "rolling out revision " + std::to_string(set->revision);
+  // (Calls come one at a time, from the store's watch: no other update of the set runs between
+  // the reads and the writes below.)
+  bool known = false;
+  {
+    std::lock_guard lock(mutex_);
+    if (closed_) return;
+    known = sets_.contains(vm);
   }
-  wake_.notify_all();
+  std::vector<v1::VmRevision> kept;  // what an earlier run of the server stored
+  if (revisions_ && !known) {
+    try {
+      kept = revisions_->load(vm);  // (not under the controller's lock: the store may be slow)
+    } catch (const std::exception& e) {
+      publish(
+          vm, "RevisionsUnreadable",
+          "its stored revisions cannot be read (" + std::string(e.what()) + "): numbering from 1");
+    }
+  }
+  v1::VmRevision appended;
+  {
+    std::lock_guard lock(mutex_);
+    if (closed_) return;
+    auto& set = sets_[vm];
+    if (!set) {
+      set = std::make_shared<Set>();
+      for (auto& r : kept) {
+        const auto at =
+            std::chrono::system_clock::time_point(std::chrono::seconds(r.created_at().seconds()));
+        set->revisions[r.revision()] = {std::move(*r.mutable_spec()), at};
+        set->revision = set->serving = r.revision();
+      }
+    }
+    if (version < set->version) return;
+    auto revision = revision_of(spec);
+    const bool new_revision =
+        set->revisions.empty() ||
+        revision_key(set->revisions.rbegin()->second.spec) != revision_key(revision);
+    // (Before roll() saw it: the revision every replica runs is the one to revert to.)
+    if (new_revision && set->all_run(set->revision)) set->stable = set->revision;
+    set->spec = spec;
+    set->version = version;
+    set->deleted = false;
+    if (new_revision) {
+      set->revision = set->revisions.empty() ? 1 : set->revision + 1;
+      const auto now = std::chrono::system_clock::now();
+      appended.set_revision(set->revision);
+      appended.mutable_created_at()->set_seconds(
+          std::chrono::duration_cast<std::chrono::seconds>(now.time_since_epoch()).count());
+      *appended.mutable_spec() = revision;
+      set->revisions[set->revision] = {std::move(revision), now};
+      set->serving = set->revision;  // new runs start from it (unless its rollout halts)
+      set->reverting = false;
+      set->halted.clear();
+      set->updated = 0;
+      set->progress_at = Clock::now();
+      // Keep the last few (a rollback names one of them).
+      while (set->revisions.size() > k_revisions_kept) set->revisions.erase(set->revisions.begin());
+      if (set->revision > 1) set->rollout = "rolling out revision " + std::to_string(set->revision);
+    }
+    wake_.notify_all();
+  }
+  if (revisions_ && appended.revision() != 0) {
+    try {
+      revisions_->append(vm, appended, k_revisions_kept);
+    } catch (const std::exception& e) {
+      // The set rolls on; only a restarted server would not know this revision.
+      publish(vm, "RevisionNotStored",
+              "revision " + std::to_string(appended.revision()) + " is not stored: " + e.what());
+    }
+  }
 }
 
 void VmSets::remove(const std::string& vm) {
-  std::lock_guard lock(mutex_);
-  auto it = sets_.find(vm);
-  if (it == sets_.end()) return;
-  it->second->deleted = true;
-  wake_.notify_all();
+  {
+    std::lock_guard lock(mutex_);
+    auto it = sets_.find(vm);
+    if (it != sets_.end()) {
+      it->second->deleted = true;
+      wake_.notify_all();
+    }
+  }
+  if (revisions_) {
+    try {
+      revisions_->erase(vm);
+    } catch (const std::exception& e) {
+      // Erased at the next start of a server (StoredVmRevisions::erase_orphans).
+      publish(vm, "RevisionsNotErased", std::string("its stored revisions stay: ") + e.what());
+    }
+  }
 }
 
 void VmSets::shutdown() {
@@ -295,15 +401,39 @@ void VmSets::reconcile() {
 }
 
 void VmSets::roll(const std::string& vm, Set& set, int desired) {
-  if (set.serving == set.revision && set.rollout.empty()) return;
-  const auto& strategy = set.revisions.at(set.revision).spec.update_strategy();
-  const auto& mht = strategy.min_healthy_time();
-  const auto min_healthy = strategy.has_min_healthy_time()
-                               ? milliseconds(mht.seconds() * 1000 + mht.nanos() / 1'000'000)
-                               : options_.min_healthy_time;
   const auto now = Clock::now();
+  if (set.serving == set.revision && set.rollout.empty()) {
+    // Nothing rolls: once every replica runs the revision, it is where an autoRevert goes back to.
+    if (set.stable != set.revision && set.all_run(set.revision)) set.stable = set.revision;
+    return;
+  }
+  // Where the replicas go: the new revision, or back to the serving one in a revert, which is
+  // rolled out by that revision's own strategy (as Nomad deploys the job version it reverts to).
+  const std::int64_t target = set.reverting ? set.serving : set.revision;
+  const auto& strategy = set.revisions.at(target).spec.update_strategy();
+  const auto min_healthy = strategy.has_min_healthy_time() ? to_millis(strategy.min_healthy_time())
+                                                           : options_.min_healthy_time;
+  const auto healthy_deadline = strategy.has_healthy_deadline()
+                                    ? to_millis(strategy.healthy_deadline())
+                                    : options_.healthy_deadline;
+  const auto progress_deadline = strategy.has_progress_deadline()
+                                     ? to_millis(strategy.progress_deadline())
+                                     : options_.progress_deadline;
+  const bool moving = set.serving == target;  // not halted
+  // A run proving itself is healthy once it has been ready, passing its checks, for
+  // minHealthyTime; it has healthyDeadline from its start to get there.
+  auto healthy = [&](Run& run) {
+    if (run.phase != Run::running) return false;
+    if (run.failures > 0) {
+      run.ready_at = now;  // a failed check: minHealthyTime starts again
+      return false;
+    }
+    return now - run.ready_at >= min_healthy;
+  };
+  auto overdue = [&](const Run& run) { return moving && now - run.created >= healthy_deadline; };
   int updated = 0, total = 0;
   bool in_flight = false;
+  std::shared_ptr<Slot> late;  // its new run is past healthyDeadline
   for (auto& [ordinal, slot] : set.slots) {
     if (ordinal > desired) continue;
     ++total;
@@ -312,46 +442,111 @@ void VmSets::roll(const std::string& vm, Set& set, int desired) {
     if (!slot->retiring.empty() || slot->replacing != 0) in_flight = true;
     if (auto& run = slot->current; run && run->replaces != 0) {
       in_flight = true;
-      if (run->phase == Run::running && now - run->ready_at >= min_healthy) {
+      if (healthy(*run)) {
         run->replaces = 0;
         publish(vm, "ReplicaUpdated",
                 slot->name + " runs revision " + std::to_string(run->revision));
+      } else if (overdue(*run) && !late) {
+        late = slot;
       }
     }
     if (slot->next) {
       in_flight = true;
       // The new run took over once it stayed up for minHealthyTime: the old one goes.
-      if (slot->next->phase == Run::running && now - slot->next->ready_at >= min_healthy) {
+      if (healthy(*slot->next)) {
         if (slot->current) retire(*slot, slot->current, options_.drain);
         slot->current = std::move(slot->next);
         publish(vm, "ReplicaUpdated",
                 slot->name + " runs revision " + std::to_string(slot->current->revision));
+      } else if (overdue(*slot->next) && !late) {
+        late = slot;
       }
     }
-    if (slot->current && slot->current->revision == set.revision && !slot->next &&
-        slot->current->replaces == 0) {
+    if (slot->current && slot->current->revision == target &&
+        slot->current->phase == Run::running && !slot->next && slot->current->replaces == 0) {
       ++updated;
     }
   }
-  if (set.serving != set.revision) return;  // halted: nothing more rolls
+  if (!moving) return;  // halted: nothing more rolls
+  if (late) {
+    // Not healthy in time: stopped (once its start returns, if it is still starting) and the
+    // rollout halts, as when it fails to start.
+    const bool beside = late->next != nullptr;
+    const auto run = beside ? late->next : late->current;
+    const auto back_to =
+        beside ? (late->current ? late->current->revision : set.serving) : run->replaces;
+    retire(*late, run, {});
+    const std::string event = halt(
+        set, back_to,
+        late->name + " (revision " + std::to_string(run->revision) +
+            ") did not become healthy within healthyDeadline " + duration_text(healthy_deadline) +
+            (run->phase == Run::running && run->replica ? "" : " (it was not ready)"));
+    publish(vm, "RolloutHalted", event);
+    return;
+  }
+  if (updated > set.updated) set.progress_at = now;  // a replica became healthy
+  set.updated = updated;
   if (updated == total) {
+    if (set.reverting) {
+      set.reverting = false;
+      set.rollout = set.halted + "; reverted to revision " + std::to_string(set.serving);
+      publish(vm, "RolloutReverted",
+              "revision " + std::to_string(set.serving) + " runs on all " + std::to_string(total) +
+                  " replicas again (" + set.halted + ")");
+      return;
+    }
     if (!set.rollout.empty()) {
       publish(vm, "RolloutComplete", "revision " + std::to_string(set.revision) + " is out");
       set.rollout.clear();
     }
+    set.stable = set.revision;
     return;
   }
-  set.rollout = "rolling out revision " + std::to_string(set.revision) + ": " +
-                std::to_string(updated) + "/" + std::to_string(total) + " replicas updated";
+  if (progress_deadline.count() > 0 && now - set.progress_at >= progress_deadline) {
+    // Where new runs start from unless autoRevert says otherwise: the last revision all ran, or
+    // the newest kept one before this rollout's.
+    std::int64_t back_to =
+        set.stable != target && set.revisions.contains(set.stable) ? set.stable : 0;
+    if (back_to == 0) {
+      for (const auto& [number, revision] : set.revisions) {
+        if (number < target) back_to = number;  // (in order: the newest one before wins)
+      }
+    }
+    if (back_to != 0 || set.reverting) {
+      // What is still proving itself is given up on: the set goes back to what ran before.
+      for (auto& [ordinal, slot] : set.slots) {
+        if (slot->next) retire(*slot, slot->next, {});
+        if (slot->current && slot->current->replaces != 0) retire(*slot, slot->current, {});
+      }
+      const std::string event = halt(
+          set, back_to,
+          "no replica became healthy within progressDeadline " + duration_text(progress_deadline) +
+              " (" + std::to_string(updated) + "/" + std::to_string(total) + " updated)");
+      publish(vm, "RolloutHalted", event);
+      return;
+    }
+  }
+  set.rollout = set.reverting
+                    ? set.halted + "; reverting to revision " + std::to_string(set.serving) + ": " +
+                          std::to_string(updated) + "/" + std::to_string(total) + " replicas back"
+                    : "rolling out revision " + std::to_string(set.revision) + ": " +
+                          std::to_string(updated) + "/" + std::to_string(total) +
+                          " replicas updated";
   if (in_flight) return;
   for (auto& [ordinal, slot] : set.slots) {
     if (ordinal > desired || !slot->current || slot->current->phase != Run::running ||
-        slot->current->revision == set.revision) {
+        slot->current->revision == target) {
       continue;
     }
     if (strategy.type() == "recreate") {
       retire(*slot, slot->current, {});  // started again with the new revision when it is gone
       continue;
+    }
+    if (has_volume(set.revisions.at(target).spec)) {
+      // One writer per volume: the old run goes, then the new one starts on its volume.
+      slot->replacing = slot->current->revision;
+      retire(*slot, slot->current, options_.drain);
+      return;
     }
     start(vm, set, *slot, true);
     return;  // one at a time
@@ -374,6 +569,20 @@ void VmSets::start(const std::string& vm, Set& set, Slot& slot, bool next) {
   (next ? slot.next : slot.current) = run;
   auto placed_spec = set.revisions.at(set.serving).spec;
   placed_spec.set_replicas(set.spec.replicas());
+  if (next || run->replaces != 0) {
+    // A run proving itself has healthyDeadline to be healthy, then roll() gives up on it: its
+    // start waits for ready no longer (and a little more, so that roll() says why first).
+    const auto& u = serving.update_strategy();
+    const auto bound =
+        (u.has_healthy_deadline() ? to_millis(u.healthy_deadline()) : options_.healthy_deadline) +
+        2 * options_.tick;
+    auto& readiness = *placed_spec.mutable_readiness();
+    if (const auto given = to_millis(readiness.timeout()); given.count() <= 0 || given > bound) {
+      readiness.mutable_timeout()->set_seconds(bound.count() / 1000);
+      readiness.mutable_timeout()->set_nanos(static_cast<std::int32_t>(bound.count() % 1000) *
+                                             1'000'000);
+    }
+  }
   // A set's replicas spread over nodes unless its placement says otherwise: one node's loss
   // should not take the whole set (Kubernetes' default topology spread does the same).
   if (placed_spec.placement().strategy().empty()) {
@@ -386,13 +595,24 @@ void VmSets::start(const std::string& vm, Set& set, Slot& slot, bool next) {
     Placed placed;
     std::string error;
     bool no_room = false;  // no node fits it (rather than a start that failed)
+    std::optional<VolumeClaim> volume;
+    std::optional<v1::NetworkAttachment> network;
     try {
+      if (has_volume(*spec)) {
+        if (!volumes_) throw Error(errc::unavailable, "this server keeps no volumes");
+        volume = volumes_->claim(vm, ordinal, spec->storage());
+      }
+      if (!spec->network().empty()) {
+        if (!networks_) throw Error(errc::unavailable, "this server keeps no networks");
+        network = networks_->claim(spec->network(), slot_name);
+      }
       {
         // One placement at a time, each seeing where the set's replicas went: spread holds.
         std::lock_guard placing(placement_mutex_);
         PlacementRequest request;
         request.function = vm;
         request.vm_spec = spec.get();
+        if (volume) request.only_node = volume->node;
         {
           std::lock_guard lock(mutex_);
           if (auto s = sets_.find(vm); s != sets_.end()) {
@@ -405,7 +625,15 @@ void VmSets::start(const std::string& vm, Set& set, Slot& slot, bool next) {
           }
         }
         no_room = true;
-        placed = nodes_->place(request);
+        try {
+          placed = nodes_->place(request);
+        } catch (const Error& e) {
+          if (request.only_node.empty()) throw;
+          throw Error(e.code(), std::string(e.what()) + " (its volume " +
+                                    volume->attachment.name() + " lives on node " +
+                                    request.only_node + ": pool " + volume->pool +
+                                    " is node-local)");
+        }
         no_room = false;
         const auto described = placed.node->describe();
         std::lock_guard lock(mutex_);
@@ -417,6 +645,13 @@ void VmSets::start(const std::string& vm, Set& set, Slot& slot, bool next) {
           run->accel = kvm != described.labels().end() && kvm->second == "true" ? "kvm" : "tcg";
         }
         run->reserved = placed.reserved;
+        if (network) {
+          run->network_address = network->address();
+          network->set_local(described.address());
+          for (auto& peer : nodes_->peer_addresses(placed.node->name())) {
+            network->add_peers(std::move(peer));
+          }
+        }
       }
       ReplicaAssignment assignment;
       assignment.epoch = placed.epoch;
@@ -424,6 +659,8 @@ void VmSets::start(const std::string& vm, Set& set, Slot& slot, bool next) {
       assignment.replica.slot = slot_name;
       assignment.replica.name = slot_name + "." + std::to_string(run->generation);
       assignment.replica.spec = *spec;
+      if (volume) assignment.replica.volume = volume->attachment;
+      if (network) assignment.replica.network = *network;
       std::weak_ptr<Hub> hub = hub_;
       assignment.replica.on_exit = [hub, vm, ordinal,
                                     generation = run->generation](const runtime::ReplicaExit& e) {
@@ -438,6 +675,11 @@ void VmSets::start(const std::string& vm, Set& set, Slot& slot, bool next) {
             telemetry->append_log(log_key(vm), slot_name, node, stream, std::move(line));
           };
       replica = placed.node->start_replica(assignment);
+      if (volume) {
+        volumes_->attached(
+            volume->attachment.name(), placed.node->name(), replica->name(), placed.epoch,
+            run->driver == "libvirt" ? runtime::k_volume_image : runtime::k_volume_directory);
+      }
     } catch (const std::exception& e) {
       error = e.what();
     }
@@ -453,7 +695,9 @@ void VmSets::start(const std::string& vm, Set& set, Slot& slot, bool next) {
         }
       }
       const bool ours = sl && sl->find(run->generation) != nullptr;
-      if (replica && ours && !sl->remove && !closed_) {
+      // Given up on while it started (past its healthyDeadline): listed as stopping.
+      const bool abandoned = ours && run->phase == Run::stopping;
+      if (replica && ours && !abandoned && !sl->remove && !closed_) {
         run->phase = Run::running;
         run->replica = replica;
         run->ports = replica->ports();
@@ -467,7 +711,7 @@ void VmSets::start(const std::string& vm, Set& set, Slot& slot, bool next) {
         event = slot_name + " (revision " + std::to_string(run->revision) + ") is running on " +
                 run->node;
       } else if (replica) {
-        stop_now = true;  // scaled down, stopped or deleted while it started
+        stop_now = true;  // scaled down, stopped, deleted or given up on while it started
         run->phase = Run::stopping;
         run->replica = replica;
         if (!ours && placed.node) nodes_->release(placed.node->name(), placed.reserved);
@@ -475,7 +719,12 @@ void VmSets::start(const std::string& vm, Set& set, Slot& slot, bool next) {
         if (placed.node) nodes_->release(placed.node->name(), placed.reserved);
         reason = "ReplicaFailed";
         event = slot_name + " did not start: " + error;
-        if (ours) {
+        if (abandoned) {
+          std::erase(sl->retiring, run);
+          reason = "ReplicaStopped";
+          event = slot_name + " (revision " + std::to_string(run->revision) +
+                  "), given up on, did not start either: " + error;
+        } else if (ours) {
           Set& set = *s->second;
           if (sl->next == run && no_room && sl->current && ready_beside(set, *sl)) {
             // No room for the new run beside the old one: the others serve while this slot's
@@ -543,9 +792,25 @@ void VmSets::retire(Slot& slot, const std::shared_ptr<Run>& which, milliseconds 
 }
 
 std::string VmSets::halt(Set& set, std::int64_t back_to, const std::string& why) {
+  if (set.reverting) {
+    // The revision it went back to fails too: the revert stops where it is.
+    set.reverting = false;
+    set.rollout = set.halted + "; the revert to revision " + std::to_string(set.serving) +
+                  " halted too: " + why;
+    return set.rollout;
+  }
+  set.halted = "rollout of revision " + std::to_string(set.revision) + " halted: " + why;
+  if (set.revisions.at(set.revision).spec.update_strategy().auto_revert() && set.stable != 0 &&
+      set.stable != set.revision && set.revisions.contains(set.stable)) {
+    set.serving = set.stable;
+    set.reverting = true;  // roll() brings the updated replicas back
+    set.updated = 0;
+    set.progress_at = Clock::now();
+    set.rollout = set.halted + "; reverting to revision " + std::to_string(set.serving);
+    return set.rollout;
+  }
   set.serving = back_to;
-  set.rollout = "rollout of revision " + std::to_string(set.revision) + " halted: " + why +
-                "; serving revision " + std::to_string(set.serving);
+  set.rollout = set.halted + "; serving revision " + std::to_string(set.serving);
   return set.rollout;
 }
 
@@ -571,6 +836,7 @@ void VmSets::failed(Slot& slot, const std::string& why) {
 void VmSets::exited(const std::string& vm, int ordinal, std::uint64_t generation,
                     const runtime::ReplicaExit& exit) {
   std::string event, reason;
+  std::pair<std::string, std::string> detach;  // the volume and the run that wrote to it
   {
     std::lock_guard lock(mutex_);
     auto s = sets_.find(vm);
@@ -583,6 +849,11 @@ void VmSets::exited(const std::string& vm, int ordinal, std::uint64_t generation
     if (found == nullptr) return;
     std::shared_ptr<Run> run = *found;
     if (!run->node.empty()) nodes_->release(run->node, run->reserved);
+    if (volumes_ && run->replica &&
+        has_volume(set.revisions.count(run->revision) != 0 ? set.revisions.at(run->revision).spec
+                                                           : set.spec)) {
+      detach = {slot.name, run->replica->name()};
+    }
     const std::string what = slot.name + " (revision " + std::to_string(run->revision) + ") ";
     if (run->phase == Run::stopping) {
       std::erase(slot.retiring, run);
@@ -611,6 +882,7 @@ void VmSets::exited(const std::string& vm, int ordinal, std::uint64_t generation
     }
     if (slot.remove && slot.empty()) set.slots.erase(sl);
   }
+  if (!detach.first.empty()) volumes_->detached(detach.first, detach.second);
   publish(vm, reason, event);
   wake_.notify_all();
 }
@@ -645,6 +917,7 @@ void VmSets::fill_status(const std::string& vm, const v1::VmSpec& spec,
     in.set_driver(run->driver);
     in.set_accel(run->accel);
     in.set_address(run->address);
+    in.set_network_address(run->network_address);
     in.set_revision(run->revision);
     for (const auto& [port, host] : run->ports) (*in.mutable_host_ports())[port] = host;
     if (run->phase == Run::running) {

@@ -10,7 +10,18 @@
 // once the new one has been ready for minHealthyTime, takes the old one out of the load balancer,
 // lets its connections drain and stops it; then the next replica. A new start that fails halts
 // the rollout: the set keeps serving (and restarting, and scaling) the last revision that ran.
-// "recreate" stops each old replica, then starts the new one.
+// So does a new run not ready and healthy for minHealthyTime within healthyDeadline (it is
+// stopped), and a rollout where no replica became healthy within progressDeadline (Nomad's update
+// block). With autoRevert, a halted rollout goes back to the last revision all replicas ran: new
+// runs start from it and the replicas already updated are rolled back to it.
+// "recreate" stops each old replica, then starts the new one. A set with storage is rolled in
+// place whatever its strategy (a volume has one writer at a time): each replica stops, then its
+// new revision starts on the same volume. The last 10 revisions are kept through a VmRevisionLog
+// (control/vm_revisions.hpp): read when a set is first seen, so a restarted server numbers on.
+//
+// A replica of a set with storage gets its volume (control/volumes.hpp) with each start, and
+// goes back to the node holding it when the pool is node-local; one of a set on a network, its
+// address there (control/networks.hpp) and the nodes its node's overlay reaches.
 #pragma once
 
 #include <chrono>
@@ -24,8 +35,12 @@
 #include <vector>
 
 #include "blixard/v1/vm.pb.h"
+#include "common/defaults.hpp"
+#include "control/networks.hpp"
 #include "control/node_registry.hpp"
 #include "control/telemetry.hpp"
+#include "control/vm_revisions.hpp"
+#include "control/volumes.hpp"
 
 namespace blixard::control {
 
@@ -40,8 +55,10 @@ struct VmSetsOptions {
   // How long a replica replaced by a rollout keeps its connections after the load balancer
   // stopped sending it new ones (Kubernetes users add a preStop sleep for the same reason).
   std::chrono::milliseconds drain{std::chrono::seconds(1)};
-  // A rollout's minHealthyTime when the spec gives none.
-  std::chrono::milliseconds min_healthy_time{std::chrono::seconds(1)};
+  // A rollout's minHealthyTime, healthyDeadline and progressDeadline when the spec gives none.
+  std::chrono::milliseconds min_healthy_time{k_default_min_healthy_time};
+  std::chrono::milliseconds healthy_deadline{k_default_healthy_deadline};
+  std::chrono::milliseconds progress_deadline{k_default_progress_deadline};
 };
 
 // A ready replica's declared port as reached from the server.
@@ -53,8 +70,12 @@ struct VmEndpoint {
 
 class VmSets {
  public:
+  // `volumes`: where sets with storage get their volumes; `networks`: where sets on a network get
+  // their replicas' addresses (none: such sets' replicas fail); `revisions`: where each set's
+  // revisions are kept across restarts (none: in memory only).
   VmSets(std::shared_ptr<NodeRegistry> nodes, std::shared_ptr<Telemetry> telemetry,
-         VmSetsOptions options = {});
+         std::shared_ptr<Volumes> volumes, std::shared_ptr<Networks> networks,
+         std::shared_ptr<VmRevisionLog> revisions, VmSetsOptions options = {});
   ~VmSets();
   VmSets(const VmSets&) = delete;
   VmSets& operator=(const VmSets&) = delete;
@@ -100,7 +121,8 @@ class VmSets {
   // Takes the run out of the load balancer, waits `drain`, stops it (mutex_ held).
   void retire(Slot& slot, const std::shared_ptr<Run>& run, std::chrono::milliseconds drain);
   void failed(Slot& slot, const std::string& why);  // mutex_ held: backoff, then again
-  // Halts the set's rollout: new runs start from `back_to` again; returns what happened.
+  // Halts the set's rollout: new runs start from `back_to` again, or with autoRevert from the last
+  // revision all replicas ran (those updated are rolled back to it); returns what happened.
   static std::string halt(Set& set, std::int64_t back_to, const std::string& why);
   // Whether a replica other than `slot`'s is running (it serves while `slot` is replaced).
   static bool ready_beside(const Set& set, const Slot& slot);
@@ -110,6 +132,9 @@ class VmSets {
 
   std::shared_ptr<NodeRegistry> nodes_;
   std::shared_ptr<Telemetry> telemetry_;
+  std::shared_ptr<Volumes> volumes_;
+  std::shared_ptr<Networks> networks_;
+  std::shared_ptr<VmRevisionLog> revisions_;
   VmSetsOptions options_;
   mutable std::mutex mutex_;
   std::condition_variable wake_;

@@ -47,16 +47,18 @@ using runtime::UniqueFd;
 const fs::path k_boot_dir = "/boot";
 const fs::path k_modules_dir = "/lib/modules";
 constexpr std::string_view k_kernel_package_hint = "apt-get install linux-image-amd64";
-// The drivers of qemu's microvm devices (virtio-mmio): network, the agent's serial port and the
-// 9p share of /usr. modules.dep adds what they need.
-constexpr std::array<std::string_view, 5> k_guest_modules = {
-    "virtio_mmio", "virtio_net", "virtio_console", "9pnet_virtio", "9p"};
+// The drivers of qemu's microvm devices (virtio-mmio): network, the agent's serial port, the 9p
+// share of /usr and the volume's disk (ext4, whose checksums need crc32c). modules.dep adds what
+// they need.
+constexpr std::array<std::string_view, 8> k_guest_modules = {
+    "virtio_mmio", "virtio_net", "virtio_console", "9pnet_virtio",
+    "9p",          "virtio_blk", "crc32c_generic", "ext4"};
 // Debian's kernels tick at 250 Hz, and lpj counts delay loops per tick.
 constexpr std::uint64_t k_guest_hz = 250;
 // XEN_ELFNOTE_PHYS32_ENTRY: the 32-bit entry point qemu jumps to when it boots an ELF kernel.
 constexpr std::uint32_t k_pvh_entry_note = 18;
 // Bump when the base archive's layout changes, so caches built by an older binary are not used.
-constexpr std::string_view k_base_layout = "blixard initramfs base 1";
+constexpr std::string_view k_base_layout = "blixard initramfs base 2";
 
 Error unavailable(const std::string& message) { return {errc::unavailable, message}; }
 
@@ -486,6 +488,23 @@ std::string workload_file(const Workload& w) {
     env.back().append("=").append(value);
   }
   env.push_back("BLIXARD_REPLICA=" + w.replica);
+  if (!w.network_address.empty()) {
+    const auto plain = [](const std::string& v, const char* allowed) {
+      return !v.empty() && v.find_first_not_of(allowed) == std::string::npos;
+    };
+    if (!plain(w.network_address, "0123456789./") || !plain(w.network_mac, "0123456789abcdef:")) {
+      throw Error(errc::invalid_spec, "not a network address and MAC: " + w.network_address,
+                  "network");
+    }
+    env.push_back("BLIXARD_ADDRESS=" + w.network_address.substr(0, w.network_address.find('/')));
+  }
+  if (!w.volume_mount.empty()) {
+    if (!w.volume_mount.starts_with('/') || has_nul(w.volume_mount)) {
+      throw Error(errc::invalid_spec, "a volume's mount point must be an absolute path",
+                  "storage.mountPoint");
+    }
+    env.push_back("BLIXARD_VOLUME=" + w.volume_mount);
+  }
   std::string ports;
   for (const auto port : w.ports) {
     if (port == 0 || port > 65535) {
@@ -496,7 +515,10 @@ std::string workload_file(const Workload& w) {
     ports += (ports.empty() ? "" : " ") + std::to_string(port);
   }
   std::string file = "blixard_hostname=" + sh_quote(host_name(w.replica)) + "\n" +
-                     "blixard_ports=" + sh_quote(ports) + "\nset --";
+                     "blixard_ports=" + sh_quote(ports) + "\n" +
+                     "blixard_volume=" + sh_quote(w.volume_mount) + "\n" +
+                     "blixard_network_mac=" + sh_quote(w.network_mac) + "\n" +
+                     "blixard_network_address=" + sh_quote(w.network_address) + "\nset --";
   for (const auto& item : env) file += " " + sh_quote(item);
   for (const auto& arg : w.command) file += " " + sh_quote(arg);
   return file + "\n";

@@ -43,6 +43,11 @@ struct Workload {
   // Absolute path -> content, put in place by the init before the workload starts (under /etc,
   // /var or /srv: the rest of the guest's tree is the host's /usr or the init's own).
   std::map<std::string, std::string> files;
+  // Where the replica's volume (the first disk, /dev/vda, ext4) is mounted; empty: none.
+  std::string volume_mount;
+  // Its interface on a VM network: the MAC the init finds it by and its address ("10.88.0.2/24");
+  // empty: none.
+  std::string network_mac, network_address;
 };
 
 // The initramfs of one replica, written to `out` (aside, then renamed) and returned: the cached

@@ -48,6 +48,7 @@ struct Plan {
   const char* root = nullptr;
   const char* runtime = nullptr;  // bound at k_runtime_mount
   const char* code = nullptr;     // bound at k_code_mount
+  const char* volume = nullptr;   // "HOST_DIR=MOUNT_POINT", bound writable
   const char* binds[k_max_binds]{};
   std::size_t bind_count = 0;
   const char* links[k_max_links]{};  // "PATH=TARGET"
@@ -59,6 +60,7 @@ struct Plan {
   const char* scratch = "67108864";
   std::uint64_t address_space = 0;
   bool loopback = false;
+  bool low_ports = false;  // its own network: any port is its to bind
   long uid = -1, gid = -1;
   int unshare_flags = 0;
 };
@@ -126,6 +128,8 @@ bool parse(const char* const* args, std::size_t count, Plan& p) {
       p.runtime = v;
     } else if (starts(a, "code=", &v)) {
       p.code = v;
+    } else if (starts(a, "volume=", &v)) {
+      p.volume = v;
     } else if (starts(a, "bind=", &v)) {
       if (p.bind_count == k_max_binds) return false;
       p.binds[p.bind_count++] = v;
@@ -144,6 +148,8 @@ bool parse(const char* const* args, std::size_t count, Plan& p) {
       p.address_space = to_u64(v);
     } else if (starts(a, "lo=", &v)) {
       p.loopback = *v == '1';
+    } else if (starts(a, "lowports=", &v)) {
+      p.low_ports = *v == '1';
     } else if (starts(a, "uid=", &v)) {
       p.uid = to_long(v);
     } else if (starts(a, "gid=", &v)) {
@@ -298,6 +304,25 @@ bool build_root(const Plan& p, Failure& f) {
     if (!join(path, p.root, blixard::runtime::k_code_mount) || !make_dirs(path)) return false;
     if (!bind_read_only(p.code, path)) return false;
   }
+  if (p.volume != nullptr) {
+    // Writable, but nothing on it runs setuid or opens a device: the files are the replica's.
+    f.stage = "binding the volume";
+    const char* eq = std::strchr(p.volume, '=');
+    if (eq == nullptr || static_cast<std::size_t>(eq - p.volume) >= k_path_max) return false;
+    char source[k_path_max];
+    std::memcpy(source, p.volume, static_cast<std::size_t>(eq - p.volume));
+    source[eq - p.volume] = '\0';
+    if (!join(path, p.root, eq + 1) || !make_dirs(path)) return false;
+    if (::mount(source, path, nullptr, MS_BIND, nullptr) != 0) return false;
+    // mount_setattr changes just these two; a remount would have to repeat the flags the mount
+    // has, which a user namespace may not change.
+    MountAttr attr{k_attr_nosuid | k_attr_nodev, 0, 0, 0};
+    if (::syscall(SYS_mount_setattr, AT_FDCWD, path, 0, &attr, sizeof attr) != 0 &&
+        (errno != ENOSYS || ::mount(nullptr, path, nullptr,
+                                    MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV, nullptr) != 0)) {
+      return false;
+    }
+  }
   f.stage = "linking the system directories";
   for (std::size_t i = 0; i < p.link_count; ++i) {
     const char* eq = std::strchr(p.links[i], '=');
@@ -436,6 +461,12 @@ int apply(const Plan& p, const void* bpf, std::size_t bpf_len, Failure& f) {
   f.stage = "joining the cgroup";
   for (std::size_t i = 0; i < p.cgroup_count; ++i) {
     if (!write_text(p.cgroups[i], "0")) return -1;
+  }
+  if (p.low_ports) {
+    // Before the root is built: its /proc/sys is read-only there. The namespace is its own, so
+    // the setting is too (as a guest may serve port 80 as nobody).
+    f.stage = "allowing ports below 1024";
+    if (!write_text("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0")) return -1;
   }
   if (p.root != nullptr) {
     f.stage = "making mounts private";

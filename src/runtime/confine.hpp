@@ -40,10 +40,14 @@ struct Confinement {
   // The function's code (a node keeps it under its data dir), bound read-only at k_code_mount
   // for the same reason.
   std::string code_dir;
+  // A VM replica's volume: the host directory bound writable (nosuid, nodev) at the mount point.
+  std::string volume_dir, volume_mount;
   std::uint64_t scratch_bytes = 64ull << 20;  // the tmpfs at /tmp
   std::vector<std::string> cgroup_join;       // files to write "0" to (InstanceCgroup::join_files)
   std::uint64_t address_space_limit = 0;      // RLIMIT_AS in bytes, 0: none
   bool loopback = false;                      // bring up `lo` (a new network namespace)
+  // Any port may be bound without privilege (a VM replica in a network namespace of its own).
+  bool low_ports = false;
   // Host ids the instance runs as, mapped to 0 in a user namespace of its own. Only a root agent
   // may change ids; -1: keep the caller's (an unprivileged agent's user namespace already maps it).
   long uid = -1, gid = -1;

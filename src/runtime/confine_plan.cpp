@@ -72,6 +72,9 @@ std::vector<std::string> confinement_args(const Confinement& c) {
     }
     if (!c.runtime_dir.empty()) out.push_back("runtime=" + normal(c.runtime_dir));
     if (!c.code_dir.empty()) out.push_back("code=" + normal(c.code_dir));
+    if (!c.volume_dir.empty()) {
+      out.push_back("volume=" + normal(c.volume_dir) + "=" + normal(c.volume_mount));
+    }
     for (const char* f : k_masked_files) {
       if (::access(f, F_OK) == 0) out.push_back(std::string("mask=") + f);
     }
@@ -80,6 +83,7 @@ std::vector<std::string> confinement_args(const Confinement& c) {
   for (const auto& f : c.cgroup_join) out.emplace_back("cgroup=" + f);
   if (c.address_space_limit != 0) out.push_back("as=" + std::to_string(c.address_space_limit));
   if (c.loopback) out.emplace_back("lo=1");
+  if (c.low_ports) out.emplace_back("lowports=1");
   if (c.uid >= 0 && c.gid >= 0) {
     out.push_back("uid=" + std::to_string(c.uid));
     out.push_back("gid=" + std::to_string(c.gid));

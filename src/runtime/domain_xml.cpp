@@ -2,9 +2,8 @@
 #include "runtime/domain_xml.hpp"
 
 namespace blixard::runtime {
-namespace {
 
-std::string escaped(const std::string& in) {
+std::string xml_escaped(const std::string& in) {
   std::string out;
   out.reserve(in.size());
   for (const char c : in) {
@@ -31,7 +30,9 @@ std::string escaped(const std::string& in) {
   return out;
 }
 
-std::string attr(const std::string& value) { return "'" + escaped(value) + "'"; }
+namespace {
+
+std::string attr(const std::string& value) { return "'" + xml_escaped(value) + "'"; }
 
 }  // namespace
 
@@ -40,16 +41,16 @@ std::string domain_xml(const DomainConfig& c) {
   std::string x;
   x += "<domain type=" + attr(c.kvm ? "kvm" : "qemu") +
        " xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>\n";
-  x += "  <name>" + escaped(c.name) + "</name>\n";
+  x += "  <name>" + xml_escaped(c.name) + "</name>\n";
   x += "  <memory unit='MiB'>" + memory + "</memory>\n";
   x += "  <currentMemory unit='MiB'>" + memory + "</currentMemory>\n";
   x += "  <vcpu>" + std::to_string(c.vcpus) + "</vcpu>\n";
   // microvm: no PCI, no firmware, no legacy devices to probe (ENVIRONMENT.md: about 1 s faster
   // to boot under TCG than q35).
   x += "  <os>\n    <type arch='x86_64' machine='microvm'>hvm</type>\n";
-  x += "    <kernel>" + escaped(c.kernel.string()) + "</kernel>\n";
-  x += "    <initrd>" + escaped(c.initrd.string()) + "</initrd>\n";
-  x += "    <cmdline>" + escaped(c.cmdline) + "</cmdline>\n  </os>\n";
+  x += "    <kernel>" + xml_escaped(c.kernel.string()) + "</kernel>\n";
+  x += "    <initrd>" + xml_escaped(c.initrd.string()) + "</initrd>\n";
+  x += "    <cmdline>" + xml_escaped(c.cmdline) + "</cmdline>\n  </os>\n";
   // ACPI describes the virtio-mmio devices to the guest and lets it power off.
   x += "  <features><acpi/></features>\n";
   x += c.kvm ? "  <cpu mode='host-passthrough'/>\n" : "  <cpu mode='maximum'/>\n";
@@ -68,6 +69,17 @@ std::string domain_xml(const DomainConfig& c) {
     x += "      <target dir=" + attr(s.tag) + "/>\n";
     if (s.read_only) x += "      <readonly/>\n";
     x += mmio + "    </filesystem>\n";
+  }
+  for (std::size_t i = 0; i < c.disks.size(); ++i) {
+    x += "    <disk type='file' device='disk'>\n      <driver name='qemu' type='raw'/>\n";
+    x += "      <source file=" + attr(c.disks[i].string()) + "/>\n";
+    x += "      <target dev=" + attr(std::string("vd") + static_cast<char>('a' + i)) +
+         " bus='virtio'/>\n" + mmio + "    </disk>\n";
+  }
+  if (!c.bridge.empty()) {
+    x += "    <interface type='bridge'>\n      <source bridge=" + attr(c.bridge) + "/>\n";
+    x += "      <mac address=" + attr(c.bridge_mac) + "/>\n      <model type='virtio'/>\n" + mmio +
+         "    </interface>\n";
   }
   x += "    <serial type='unix'>\n      <source mode='bind' path=" +
        attr(c.console_socket.string()) + "/>\n      <target port='0'/>\n    </serial>\n";
@@ -88,8 +100,9 @@ std::string domain_xml(const DomainConfig& c) {
     netdev += ",hostfwd=tcp::" + std::to_string(host) + "-:" + std::to_string(guest);
   }
   x += "  <qemu:commandline>\n";
-  for (const std::string& arg : {std::string("-netdev"), netdev, std::string("-device"),
-                                 std::string("virtio-net-device,netdev=bxnet0")}) {
+  for (const std::string& arg :
+       {std::string("-netdev"), netdev, std::string("-device"),
+        std::string("virtio-net-device,netdev=bxnet0,mac=") + k_user_net_mac}) {
     x += "    <qemu:arg value=" + attr(arg) + "/>\n";
   }
   x += "  </qemu:commandline>\n</domain>\n";

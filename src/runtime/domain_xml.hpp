@@ -1,8 +1,8 @@
 // The libvirt domain of one VM replica (DESIGN §6): a microvm machine booting our guest kernel
 // and initramfs directly (PVH entry, no firmware, no disk), the host's program tree shared
 // read-only, a virtio-net on qemu's user network restricted to the forwarded ports, the serial
-// console and the guest agent's virtio-serial channel on unix sockets the driver reads. A pure
-// function of its config, so it is tested without a hypervisor.
+// console and the guest agent's virtio-serial channel, and the volume's disk image on unix sockets
+// the driver reads. A pure function of its config, so it is tested without a hypervisor.
 #pragma once
 
 #include <cstdint>
@@ -28,15 +28,25 @@ struct DomainConfig {
   std::filesystem::path kernel, initrd;
   std::string cmdline;
   std::vector<DomainShare> shares;
+  // Raw disk images the guest sees as /dev/vda, /dev/vdb... (virtio-blk), in this order.
+  std::vector<std::filesystem::path> disks;
   std::filesystem::path console_socket;  // the serial console (ttyS0)
   std::filesystem::path agent_socket;    // the guest init's channel: "BLIXARD-READY", "STOP"
   // Declared guest port -> host port (all of the host's addresses, as sandbox replicas).
   std::map<std::uint32_t, std::uint32_t> forwards;
+  // A second interface on this bridge (a VM network), with this MAC; empty: none.
+  std::string bridge, bridge_mac;
 };
+
+// The MAC of the guest's interface on qemu's user network (the init finds it by it).
+inline constexpr const char* k_user_net_mac = "52:54:00:12:34:56";
 
 // The virtio-serial port name the guest init writes to.
 inline constexpr const char* k_agent_channel = "org.blixard.agent";
 
 std::string domain_xml(const DomainConfig& config);
+
+// `text` with XML's five special characters escaped (for libvirt's other XML documents too).
+std::string xml_escaped(const std::string& text);
 
 }  // namespace blixard::runtime

@@ -15,6 +15,7 @@
 
 #include "runtime/instance.hpp"
 #include "runtime/replica.hpp"
+#include "runtime/volume.hpp"
 
 namespace blixard::runtime {
 
@@ -34,6 +35,8 @@ class Driver {
     throw Error(errc::unavailable,
                 "the " + name() + " driver runs no VM replica (" + options.name + ")");
   }
+  // Removes a volume's data from the node (runtime/volume.hpp); idempotent.
+  virtual void remove_volume(const v1::VolumeAttachment& volume) { remove_volume_data(volume); }
   // Kills every instance this driver started; later starts fail with unavailable.
   virtual void shutdown() = 0;
 };

@@ -1,16 +1,20 @@
 // VM replicas as libvirt guests (see libvirt_driver.hpp).
 #include "runtime/libvirt_driver.hpp"
 
+#include <fcntl.h>
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
 #include <pwd.h>
+#include <spawn.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <array>
 #include <atomic>
 #include <condition_variable>
+#include <cstring>
 #include <functional>
 #include <mutex>
 #include <set>
@@ -24,6 +28,8 @@
 #include "runtime/console.hpp"
 #include "runtime/domain_xml.hpp"
 #include "runtime/process.hpp"
+#include "runtime/replica_network.hpp"
+#include "runtime/volume.hpp"
 
 namespace blixard::runtime {
 namespace {
@@ -60,6 +66,44 @@ struct DomainDeleter {
   void operator()(virDomainPtr d) const { virDomainFree(d); }
 };
 using Domain = std::unique_ptr<virDomain, DomainDeleter>;
+struct PoolDeleter {
+  void operator()(virStoragePoolPtr p) const { virStoragePoolFree(p); }
+};
+using Pool = std::unique_ptr<virStoragePool, PoolDeleter>;
+struct VolumeDeleter {
+  void operator()(virStorageVolPtr v) const { virStorageVolFree(v); }
+};
+using StorageVolume = std::unique_ptr<virStorageVol, VolumeDeleter>;
+
+// Runs a program to its end (no shell), its output kept for an error; false if it failed.
+bool run_program(const std::vector<std::string>& argv, std::string& output) {
+  auto [read_end, write_end] = make_pipe();
+  std::vector<char*> args;
+  args.reserve(argv.size() + 1);
+  for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_adddup2(&actions, write_end.get(), 1);
+  posix_spawn_file_actions_adddup2(&actions, write_end.get(), 2);
+  pid_t pid = -1;
+  const int spawned = ::posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  write_end.reset();
+  if (spawned != 0) {
+    output = argv[0] + ": " + std::strerror(spawned);
+    return false;
+  }
+  std::array<char, 4096> buffer{};
+  for (ssize_t n; (n = ::read(read_end.get(), buffer.data(), buffer.size())) > 0;) {
+    output.append(buffer.data(), static_cast<std::size_t>(n));
+  }
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
 
 // Connects to a unix socket qemu listens on (it exists once the domain was created).
 UniqueFd connect_unix(const fs::path& path) {
@@ -121,7 +165,9 @@ class LibvirtReplica final : public Replica, public std::enable_shared_from_this
     destroy_domain();
   }
 
-  void start(const LibvirtOptions& driver, const image::GuestKernel& kernel, bool kvm);
+  // `volume_image`: the volume's disk image when it has one (attached as /dev/vda).
+  void start(const LibvirtOptions& driver, const image::GuestKernel& kernel, bool kvm,
+             const fs::path& volume_image);
   // Whether its thread runs (and will call `done` once the guest is gone), after start().
   bool watching() const { return watching_; }
 
@@ -142,6 +188,7 @@ class LibvirtReplica final : public Replica, public std::enable_shared_from_this
   fs::path dir_, sockets_;
   std::function<void()> done_;
   std::map<std::uint32_t, std::uint32_t> ports_;
+  std::unique_ptr<NetworkMembership> network_;  // while on a network
   UniqueFd console_, agent_;
   std::chrono::microseconds started_in_{0};
   bool watching_ = false;
@@ -186,8 +233,8 @@ void LibvirtReplica::agent_line(const std::string& text) {
   changed_.notify_all();
 }
 
-void LibvirtReplica::start(const LibvirtOptions& driver, const image::GuestKernel& kernel,
-                           bool kvm) {
+void LibvirtReplica::start(const LibvirtOptions& driver, const image::GuestKernel& kernel, bool kvm,
+                           const fs::path& volume_image) {
   const auto& spec = options_.spec;
   if (!spec.untranslated().empty() && spec.command_size() == 0) {
     throw Error(errc::invalid_spec, spec.untranslated(), "config");
@@ -214,6 +261,20 @@ void LibvirtReplica::start(const LibvirtOptions& driver, const image::GuestKerne
   workload.ports.assign(spec.ports().begin(), spec.ports().end());
   workload.replica = replica;
   workload.files.insert(spec.files().begin(), spec.files().end());
+  if (!volume_image.empty()) workload.volume_mount = options_.volume->mount_point();
+  std::string bridge, mac;
+  if (options_.network) {
+    const auto [address, subnet] = replica_address(*options_.network);
+    network_ = std::make_unique<NetworkMembership>(*options_.network);
+    bridge = network_->bridge();
+    // Unique on the network as its address is (qemu's own default MACs are 52:54:00:...).
+    std::array<char, 18> text{};
+    std::snprintf(text.data(), text.size(), "52:54:01:%02x:%02x:%02x", (address.value >> 16) & 0xff,
+                  (address.value >> 8) & 0xff, address.value & 0xff);
+    mac = text.data();
+    workload.network_mac = mac;
+    workload.network_address = address.to_string() + "/" + std::to_string(subnet.prefix());
+  }
   for (const auto port : spec.ports()) ports_[port] = free_port();
 
   DomainConfig config;
@@ -230,6 +291,9 @@ void LibvirtReplica::start(const LibvirtOptions& driver, const image::GuestKerne
   config.console_socket = sockets_ / "console";
   config.agent_socket = sockets_ / "agent";
   config.forwards = ports_;
+  if (!volume_image.empty()) config.disks.push_back(volume_image);
+  config.bridge = bridge;
+  config.bridge_mac = mac;
   const std::string xml = domain_xml(config);
 
   Domain dom(virDomainCreateXML(conn_, xml.c_str(), 0));
@@ -250,7 +314,12 @@ void LibvirtReplica::start(const LibvirtOptions& driver, const image::GuestKerne
   // guest: the forwarded host port accepts before that, qemu's user network answers for it),
   // then the HTTP path through the forwarded port where the spec asks for one.
   const auto& r = spec.readiness();
-  const auto deadline = began + driver.ready_timeout;
+  auto ready_timeout = driver.ready_timeout;  // or the spec's shorter one (readiness.timeout)
+  if (const auto& t = r.timeout(); t.seconds() > 0 || t.nanos() > 0) {
+    ready_timeout =
+        std::min(ready_timeout, milliseconds(t.seconds() * 1000 + t.nanos() / 1'000'000));
+  }
+  const auto deadline = began + ready_timeout;
   std::unique_lock lock(mutex_);
   for (;;) {
     if (gone_ || state_ == State::exited) {
@@ -272,7 +341,7 @@ void LibvirtReplica::start(const LibvirtOptions& driver, const image::GuestKerne
       lock.unlock();
       kill();
       throw Error(errc::timeout, "replica " + options_.name + "'s guest was not ready within " +
-                                     std::to_string(driver.ready_timeout.count()) + " ms" +
+                                     std::to_string(ready_timeout.count()) + " ms" +
                                      tail_.describe());
     }
     changed_.wait_for(lock, k_http_ready_poll);
@@ -291,6 +360,7 @@ void LibvirtReplica::run() {
     }
   });
   destroy_domain();  // a guest that closed its sockets some other way is gone all the same
+  network_.reset();  // (set before this thread started)
   ReplicaExit exit;
   exit.replica = options_.name;
   bool was_ready = false;
@@ -383,10 +453,11 @@ class LibvirtDriver final : public Driver {
         hand_to_qemu(d);
       }
       const auto kernel = image::find_guest_kernel(options_.image_cache);
+      const fs::path volume = options.volume ? volume_image(*options.volume) : fs::path();
       replica = std::make_shared<LibvirtReplica>(options, conn_.get(), prefix_ + options.name, dir,
                                                  sockets, done);
       std::weak_ptr<LibvirtReplica> weak = replica;
-      replica->start(options_, kernel, kvm_);
+      replica->start(options_, kernel, kvm_, volume);
       std::lock_guard lock(mutex_);
       std::erase_if(replicas_, [](const auto& r) { return r.expired(); });
       replicas_.push_back(weak);
@@ -401,6 +472,19 @@ class LibvirtDriver final : public Driver {
       }
       throw;
     }
+  }
+
+  void remove_volume(const v1::VolumeAttachment& volume) override {
+    {
+      std::lock_guard lock(storage_mutex_);
+      Pool pool(virStoragePoolLookupByTargetPath(conn_.get(), volume.pool_path().c_str()));
+      const std::string file = volume_path(volume, k_volume_image).filename().string();
+      StorageVolume vol(pool ? virStorageVolLookupByName(pool.get(), file.c_str()) : nullptr);
+      if (vol && virStorageVolDelete(vol.get(), 0) != 0) {
+        throw Error(errc::unavailable, libvirt_error("cannot delete volume " + volume.name()));
+      }
+    }
+    remove_volume_data(volume);  // what libvirt did not make (a sandbox replica's directory)
   }
 
   void shutdown() override {
@@ -424,6 +508,63 @@ class LibvirtDriver final : public Driver {
   }
 
  private:
+  // The volume's disk image, made through libvirt's storage API on first use: a raw file in a
+  // (transient) dir pool on the pool's directory, formatted ext4 here with its root the
+  // workload's (nobody's), sparse until written.
+  fs::path volume_image(const v1::VolumeAttachment& volume) {
+    if (volume.format() == k_volume_directory) {
+      throw Error(errc::invalid_spec,
+                  "volume " + volume.name() +
+                      " was made as a directory for a sandbox replica: a guest cannot mount it; "
+                      "run the set with driver sandbox, or delete the volume",
+                  "storage");
+    }
+    std::lock_guard lock(storage_mutex_);
+    Pool pool = storage_pool(volume.pool_path());
+    const std::string file = volume_path(volume, k_volume_image).filename().string();
+    virStoragePoolRefresh(pool.get(), 0);  // made by another agent sharing the directory
+    StorageVolume vol(virStorageVolLookupByName(pool.get(), file.c_str()));
+    if (!vol) {
+      const std::string xml = "<volume><name>" + xml_escaped(file) +
+                              "</name><capacity unit='MiB'>" + std::to_string(volume.size_mib()) +
+                              "</capacity><allocation>0</allocation><target><format type='raw'/>"
+                              "<permissions><mode>0600</mode></permissions></target></volume>";
+      vol.reset(virStorageVolCreateXML(pool.get(), xml.c_str(), 0));
+      if (!vol) {
+        throw Error(errc::unavailable, libvirt_error("cannot make volume " + volume.name() +
+                                                     " in " + volume.pool_path()));
+      }
+      const fs::path path = volume_path(volume, k_volume_image);
+      std::string output;
+      if (!run_program(
+              {"mkfs.ext4", "-q", "-F", "-m", "0", "-E",
+               "lazy_itable_init=1,lazy_journal_init=1,root_owner=65534:65534", path.string()},
+              output)) {
+        virStorageVolDelete(vol.get(), 0);
+        throw Error(errc::unavailable, "cannot format volume " + volume.name() +
+                                           " (mkfs.ext4, from e2fsprogs): " + output);
+      }
+    }
+    return volume_path(volume, k_volume_image);
+  }
+
+  // The running storage pool on `dir`: libvirt's if it has one, else a transient one of ours.
+  Pool storage_pool(const std::string& dir) {
+    Pool pool(virStoragePoolLookupByTargetPath(conn_.get(), dir.c_str()));
+    if (pool && (virStoragePoolIsActive(pool.get()) == 1 ||
+                 virStoragePoolCreate(pool.get(), VIR_STORAGE_POOL_CREATE_WITH_BUILD) == 0)) {
+      return pool;
+    }
+    const std::string xml = "<pool type='dir'><name>blixard-" + path_hash(dir) +
+                            "</name><target><path>" + xml_escaped(dir) + "</path></target></pool>";
+    pool.reset(
+        virStoragePoolCreateXML(conn_.get(), xml.c_str(), VIR_STORAGE_POOL_CREATE_WITH_BUILD));
+    if (!pool) {
+      throw Error(errc::unavailable, libvirt_error("cannot open the storage pool on " + dir));
+    }
+    return pool;
+  }
+
   void destroy_leftovers() {
     virDomainPtr* domains = nullptr;
     const int n = virConnectListAllDomains(conn_.get(), &domains, VIR_CONNECT_LIST_DOMAINS_ACTIVE);
@@ -442,6 +583,7 @@ class LibvirtDriver final : public Driver {
   bool kvm_ = false;
   std::string prefix_;
   std::mutex mutex_;
+  std::mutex storage_mutex_;  // one pool or volume made at a time
   std::condition_variable idle_;
   std::set<std::string> names_;  // starting or running: a name leaves once its guest is gone
   std::vector<std::weak_ptr<LibvirtReplica>> replicas_;

@@ -9,8 +9,10 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 
+#include "blixard/v1/network.pb.h"
 #include "blixard/v1/vm.pb.h"
 
 namespace blixard::runtime {
@@ -30,7 +32,14 @@ struct ReplicaOptions {
   // The set's replica it runs ("webapp-2", its BLIXARD_REPLICA); empty: `name`. During a rolling
   // update the old and the new start of one replica run side by side under different names.
   std::string slot;
-  v1::VmSpec spec;   // validated, defaults applied
+  v1::VmSpec spec;  // validated, defaults applied
+  // The replica's volume (spec.storage resolved to its pool), attached at
+  // volume->mount_point(); made on first use. Unset: none.
+  std::optional<v1::VolumeAttachment> volume;
+  // The replica's place on its set's network (address, subnet, the node's overlay peers): a
+  // sandbox replica gets a network namespace of its own on the network's bridge, a guest a
+  // second interface there. Unset: none.
+  std::optional<v1::NetworkAttachment> network;
   // Each line the replica writes to its console (stdout/stderr), without its newline; on a
   // thread of the replica's: must not block for long.
   using LogCallback =

@@ -17,9 +17,13 @@
 
 #include "blixard/error.hpp"
 #include "common/health_check.hpp"
+#include "net/links.hpp"
 #include "runtime/console.hpp"
+#include "runtime/port_forward.hpp"
 #include "runtime/process.hpp"
+#include "runtime/replica_network.hpp"
 #include "runtime/spawn.hpp"
+#include "runtime/volume.hpp"
 
 #ifndef P_PIDFD
 #define P_PIDFD 3
@@ -129,6 +133,9 @@ class SandboxReplica final : public Replica, public std::enable_shared_from_this
   ReplicaOptions options_;
   SandboxReplicaContext context_;
   std::map<std::uint32_t, std::uint32_t> ports_;
+  std::string address_;                       // on its network, if it has one
+  std::unique_ptr<PortForwarder> forwarder_;  // its host ports, when on a network
+  std::unique_ptr<NetworkMembership> network_;
   std::unique_ptr<InstanceCgroup> cgroup_;
   UniqueFd pidfd_, out_, err_;
   pid_t pid_ = -1;
@@ -180,12 +187,16 @@ bool SandboxReplica::ready_now() {
     return marker_seen_;
   }
   if (ports_.empty()) return true;
+  // On a network: the replica itself, not the relay in front of it (which accepts regardless).
+  const auto port = [&](std::uint32_t declared) {
+    return address_.empty() ? ports_.at(declared) : declared;
+  };
   if (!r.http_path().empty()) {
     const std::uint32_t declared = r.http_port() != 0 ? r.http_port() : ports_.begin()->first;
-    return http_ok("", ports_.at(declared), r.http_path(), k_check_timeout);
+    return http_ok(address_, port(declared), r.http_path(), k_check_timeout);
   }
   const std::uint32_t declared = r.tcp_port() != 0 ? r.tcp_port() : ports_.begin()->first;
-  return tcp_accepts("", ports_.at(declared), k_check_timeout);
+  return tcp_accepts(address_, port(declared), k_check_timeout);
 }
 
 void SandboxReplica::launch() {
@@ -229,13 +240,28 @@ void SandboxReplica::launch() {
       "BLIXARD_REPLICA=" + (options_.slot.empty() ? options_.name : options_.slot)};
   for (const auto port : spec.ports()) {
     const std::uint32_t host = free_port();
-    if (ports_.empty()) env.push_back("PORT=" + std::to_string(host));
+    // Where it listens: the host port on the host's network; on a network of its own, the
+    // declared port itself (the host port is relayed to it), as in a guest.
+    const std::uint32_t listen = options_.network ? port : host;
+    if (ports_.empty()) env.push_back("PORT=" + std::to_string(listen));
     ports_[port] = host;
     env.push_back("PORT_" + std::to_string(port) + "=");
-    env.back() += std::to_string(host);
+    env.back() += std::to_string(listen);
   }
   for (const auto& [key, value] : spec.env())
     env.push_back(std::string(key).append("=").append(value));
+  std::string bridge;
+  if (options_.network) {
+    address_ = replica_address(*options_.network).first.to_string();
+    network_ = std::make_unique<NetworkMembership>(*options_.network);
+    bridge = network_->bridge();
+    env.push_back("BLIXARD_ADDRESS=" + address_);
+  }
+  std::string volume_dir;
+  if (options_.volume) {
+    volume_dir = prepare_volume_directory(*options_.volume, context_.uid, context_.gid).string();
+    env.push_back("BLIXARD_VOLUME=" + options_.volume->mount_point());
+  }
 
   auto out_pipe = make_pipe();
   auto err_pipe = make_pipe();
@@ -254,11 +280,16 @@ void SandboxReplica::launch() {
   req.stdout_fd = out_write.get();
   req.stderr_fd = err_write.get();
   req.namespaces = context_.namespaces;
-  req.new_network = false;  // its ports are host ports
+  // On a network: a namespace of its own there (its host ports are relayed into it). Otherwise
+  // the host's: its ports are host ports.
+  req.new_network = options_.network.has_value();
   req.seccomp = context_.seccomp;
   Confinement& confine = req.confinement;
   confine.root = context_.root.string();
   confine.keep = program_dirs(program);
+  confine.volume_dir = volume_dir;
+  confine.low_ports = options_.network.has_value();
+  if (options_.volume) confine.volume_mount = options_.volume->mount_point();
   const std::uint64_t memory_bytes = spec.memory_mib() << 20;
   confine.scratch_bytes =
       std::min<std::uint64_t>(k_max_scratch, memory_bytes != 0 ? memory_bytes : k_max_scratch);
@@ -309,9 +340,35 @@ void SandboxReplica::launch() {
     std::rethrow_exception(spawn_error);
   }
   thread_started_ = true;
+  if (options_.network) {
+    // Its interface on the network, then the host ports: set up while it starts (a workload
+    // binding 0.0.0.0 at once is served; one connecting out in its first milliseconds may not be).
+    try {
+      const auto [address, subnet] = replica_address(*options_.network);
+      UniqueFd netns(
+          ::open(("/proc/" + std::to_string(pid_) + "/ns/net").c_str(), O_RDONLY | O_CLOEXEC));
+      if (netns.get() < 0) throw Error(errc::unavailable, "its network namespace is gone");
+      net::connect_netns(bridge, veth_name(options_.name), netns.get(), "eth0", address, subnet);
+      if (!ports_.empty()) {
+        auto forwarder = std::make_unique<PortForwarder>(ports_, address_);
+        std::lock_guard lock(mutex_);
+        if (!exiting_) forwarder_ = std::move(forwarder);
+      }
+    } catch (const Error& e) {
+      kill();
+      throw Error(e.code(), "replica " + options_.name + " cannot join network " +
+                                options_.network->network() + ": " + e.what());
+    }
+  }
 
-  // Ready by the spec's readiness (readiness()).
-  const auto deadline = began + context_.ready_timeout;
+  // Ready by the spec's readiness (readiness()), within the driver's time or the spec's shorter
+  // one (a rollout's healthyDeadline, control/vm_sets.cpp).
+  auto ready_timeout = context_.ready_timeout;
+  if (const auto& t = options_.spec.readiness().timeout(); t.seconds() > 0 || t.nanos() > 0) {
+    ready_timeout =
+        std::min(ready_timeout, milliseconds(t.seconds() * 1000 + t.nanos() / 1'000'000));
+  }
+  const auto deadline = began + ready_timeout;
   for (;;) {
     std::string exited;
     {
@@ -326,8 +383,8 @@ void SandboxReplica::launch() {
     if (Clock::now() >= deadline) {
       kill();
       throw Error(errc::timeout, "replica " + options_.name + " was not ready (" + readiness() +
-                                     ") within " + std::to_string(context_.ready_timeout.count()) +
-                                     " ms" + tail_.describe());
+                                     ") within " + std::to_string(ready_timeout.count()) + " ms" +
+                                     tail_.describe());
     }
     std::unique_lock lock(mutex_);
     changed_.wait_for(lock, k_ready_poll, [&] { return state_ == State::exited || marker_seen_; });
@@ -361,10 +418,14 @@ void SandboxReplica::run() {
   }
   bool oom = false;
   std::unique_ptr<InstanceCgroup> cgroup;
+  std::unique_ptr<PortForwarder> forwarder;  // its host ports close with it
   {
     std::lock_guard lock(mutex_);  // kill() may be using it
     cgroup = std::move(cgroup_);
+    forwarder = std::move(forwarder_);
   }
+  forwarder.reset();
+  network_.reset();  // (set before this thread started)
   if (cgroup) {
     cgroup->kill_all();  // what it left behind
     oom = cgroup->oom_killed();

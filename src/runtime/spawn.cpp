@@ -179,6 +179,7 @@ Spawned spawn_sandboxed(const SpawnRequest& request) {
   plain_confinement.root.clear();
   plain_confinement.uid = plain_confinement.gid = -1;
   plain_confinement.loopback = false;
+  plain_confinement.low_ports = false;  // the host's network: not its to change
   Confinement ns_confinement = request.confinement;
   ns_confinement.loopback = request.new_network;
   if (!root) ns_confinement.uid = ns_confinement.gid = -1;  // its user namespace maps it already

@@ -62,6 +62,7 @@ NodeInfo node_from(const v1::Node& node) {
   NodeInfo n;
   n.name = node.metadata().name();
   n.labels.insert(node.spec().labels().begin(), node.spec().labels().end());
+  n.labels[k_node_name_label] = n.name;
   for (const auto& t : node.spec().taints()) n.taints.push_back({t.key(), t.value()});
   // vCPUs are time-shared, memory is not: a node takes k_vcpu_allocation_ratio vCPUs per core
   // (OpenStack's initial cpu_allocation_ratio), and its memory once.

@@ -21,6 +21,9 @@ Request request_from(const v1::Placement& placement, std::uint64_t memory_mib, s
 Request request_from(const v1::FunctionSpec& spec);
 // A spec naming a `driver` is placed on nodes labelled with it: this label, "true".
 std::string driver_label(const std::string& driver);
+
+// The label every node carries with its own name (a nodeSelector may name one node by it).
+inline constexpr const char* k_node_name_label = "blixard.io/node";
 Request request_from(const v1::VmSpec& spec);
 
 // vCPUs a node may allocate per core it has: vCPUs are time-shared (an idle guest's cost little).

@@ -63,6 +63,17 @@ Spec load_config(const fs::path& file, spec_detail::NixKind kind, const SpecOpti
     spec_detail::read_message(data["spec"], spec, "", source);
     if constexpr (std::is_same_v<Spec, v1::VmSpec>) {
       spec_detail::translate_nixos_services(data["services"], spec, name);
+      // A file system the config mounts for its data (fileSystems."/var/lib/postgresql") is
+      // where the set's volume goes; the root and the store are the guest's own.
+      if (spec.storage().mount_point().empty() && data["fileSystems"].IsSequence()) {
+        for (const auto& mount : data["fileSystems"]) {
+          const auto path = mount.as<std::string>();
+          if (path != "/" && !path.starts_with("/nix") && !path.starts_with("/boot")) {
+            spec.mutable_storage()->set_mount_point(path);
+            break;
+          }
+        }
+      }
     }
   } else if (ext == ".yaml" || ext == ".yml" || ext == ".json") {
     const std::string text = spec_detail::read_text_file(name, "config file");
@@ -160,7 +171,9 @@ class ManifestReader {
            "unknown apiVersion \"" + api_version + "\" (expected " + k_api_version + ")");
     }
     const YAML::Node kind_node = doc["kind"];
-    if (!kind_node) fail(source, doc, "kind", "missing kind (Platform, Vm, Function or Trigger)");
+    if (!kind_node)
+      fail(source, doc, "kind",
+           "missing kind (Platform, Vm, Function, Trigger, StoragePool or Network)");
     const std::string kind = spec_detail::read_string(kind_node, "kind", source);
     const YAML::Node metadata_node = doc["metadata"];
     if (!metadata_node) fail(source, doc, "metadata", "missing metadata (with a name)");
@@ -199,9 +212,22 @@ class ManifestReader {
         spec_detail::read_message(spec, *trigger->mutable_spec(), "spec", source);
       }
       triggers_.push_back({"", marks});
+    } else if (kind == "Network") {
+      auto* network = set_.add_networks();
+      *network->mutable_metadata() = metadata;
+      if (spec && !spec.IsNull()) {
+        spec_detail::read_message(spec, *network->mutable_spec(), "spec", source);
+      }
+    } else if (kind == "StoragePool") {
+      auto* pool = set_.add_storage_pools();
+      *pool->mutable_metadata() = metadata;
+      if (spec && !spec.IsNull()) {
+        spec_detail::read_message(spec, *pool->mutable_spec(), "spec", source);
+      }
     } else {
       fail(source, kind_node, "kind",
-           "unknown kind \"" + kind + "\" (expected Platform, Vm, Function or Trigger)");
+           "unknown kind \"" + kind +
+               "\" (expected Platform, Vm, Function, Trigger, StoragePool or Network)");
     }
   }
 

@@ -52,8 +52,10 @@ std::string expression(const std::string& file, NixKind kind) {
       kind == NixKind::vm ? "{ ports = m.networking.firewall.allowedTCPPorts or null; }" : "{ }";
   // A VM's services as plain data (spec/nixos_services.hpp): what cannot be had without nixpkgs
   // (pkgs.*) reads as "<unavailable>", a package as "<package>", a function as null.
-  const std::string services =
-      kind == NixKind::vm ? "  services = data (m.services or { });\n" : "";
+  const std::string services = kind == NixKind::vm
+                                   ? "  services = data (m.services or { });\n"
+                                     "  fileSystems = builtins.attrNames (m.fileSystems or { });\n"
+                                   : "";
   return "let\n"
          "  f = import " +
          nix_string(file) +

@@ -3,6 +3,7 @@
 #include <google/protobuf/duration.pb.h>
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <filesystem>
 #include <map>
@@ -10,7 +11,9 @@
 
 #include "blixard/error.hpp"
 #include "blixard/spec.hpp"
+#include "common/defaults.hpp"
 #include "common/digest.hpp"
+#include "common/subnet.hpp"
 
 namespace blixard {
 namespace {
@@ -26,6 +29,8 @@ constexpr std::uint64_t k_default_vm_memory_mib = 512;
 // Upper bounds for VM sizes: past any host we run on, low enough to catch a typo ("99999999G").
 constexpr std::uint64_t k_max_vm_memory_mib = 1 << 20;               // 1 TiB
 constexpr std::uint64_t k_max_storage_mib = std::uint64_t{1} << 30;  // 1 PiB
+constexpr std::uint64_t k_default_volume_mib = 1024;
+constexpr const char* k_default_mount_point = "/data";
 constexpr std::uint32_t k_max_replicas = 1000;
 constexpr std::uint32_t k_max_vcpu = 1024;
 
@@ -347,6 +352,66 @@ void validate_function(v1::Function& fn, const std::string& path) {
   }
 }
 
+// A duration as people write one: "24h", "5m", "2s", "1500ms".
+std::string duration_text(std::int64_t ms) {
+  if (ms != 0 && ms % 3'600'000 == 0) return std::to_string(ms / 3'600'000) + "h";
+  if (ms != 0 && ms % 60'000 == 0) return std::to_string(ms / 60'000) + "m";
+  if (ms % 1000 == 0) return std::to_string(ms / 1000) + "s";
+  return std::to_string(ms) + "ms";
+}
+
+// A rollout's timings (Nomad's update block), each within bounds and nested as they are used: a
+// new replica has healthyDeadline to be ready and then healthy for minHealthyTime, and
+// progressDeadline (0: none) leaves room for at least one healthyDeadline.
+void validate_update_strategy(const v1::UpdateStrategy& u, const std::string& at) {
+  struct Timing {
+    const char* name;
+    bool given;
+    const google::protobuf::Duration& value;
+    std::int64_t fallback, max;  // ms
+    std::int64_t ms = 0;
+  };
+  std::array<Timing, 3> timings{{
+      {"minHealthyTime", u.has_min_healthy_time(), u.min_healthy_time(),
+       k_default_min_healthy_time.count(), 3600 * 1000},
+      {"healthyDeadline", u.has_healthy_deadline(), u.healthy_deadline(),
+       k_default_healthy_deadline.count(), 3600 * 1000},
+      {"progressDeadline", u.has_progress_deadline(), u.progress_deadline(),
+       k_default_progress_deadline.count(), 24 * 3600 * 1000},
+  }};
+  for (auto& t : timings) {
+    const std::string field = at + "." + t.name;
+    if (!t.given) {
+      t.ms = t.fallback;
+      continue;
+    }
+    if (t.value.seconds() < 0 || t.value.nanos() < 0) {
+      invalid(field, std::string(t.name) + " must not be negative");
+    }
+    if (t.value.nanos() > 999'999'999 || t.value.seconds() > t.max / 1000 ||
+        millis(t.value) > t.max) {
+      invalid(field, std::string(t.name) + " must be at most " + duration_text(t.max));
+    }
+    t.ms = millis(t.value);
+  }
+  const auto& [min_healthy, healthy, progress] = timings;
+  auto shown = [](const Timing& t) {
+    return duration_text(t.ms) + (t.given ? "" : ", the default");
+  };
+  if (healthy.ms <= min_healthy.ms) {
+    invalid(at + ".healthyDeadline",
+            "healthyDeadline (" + shown(healthy) + ") must exceed minHealthyTime (" +
+                shown(min_healthy) +
+                "): a new replica has healthyDeadline to be ready and then healthy for "
+                "minHealthyTime");
+  }
+  if (progress.ms != 0 && progress.ms <= healthy.ms) {
+    invalid(at + ".progressDeadline", "progressDeadline (" + shown(progress) +
+                                          ") must exceed healthyDeadline (" + shown(healthy) +
+                                          "), or be 0 for no deadline");
+  }
+}
+
 void validate_readiness(const v1::Readiness& r, const std::set<std::uint32_t>& ports,
                         const std::string& field) {
   const int kinds = (r.tcp_port() != 0 ? 1 : 0) + (!r.http_path().empty() ? 1 : 0) +
@@ -370,6 +435,86 @@ void validate_readiness(const v1::Readiness& r, const std::set<std::uint32_t>& p
   if (r.console_marker().size() > 256) invalid(field + ".consoleMarker", "at most 256 bytes");
   if (r.http_path().size() > 1024) invalid(field + ".httpPath", "at most 1024 bytes");
   if (r.failure_threshold() > 100) invalid(field + ".failureThreshold", "at most 100");
+  if (const auto& t = r.timeout(); t.seconds() < 0 || t.nanos() < 0) {
+    invalid(field + ".timeout", "timeout must not be negative");
+  } else if (t.seconds() > 3600 || millis(t) > 3600 * 1000) {
+    invalid(field + ".timeout", "timeout must be at most 1h");
+  }
+}
+
+// A set's volumes: from a pool or a class, sized (1 GiB unless told), mounted somewhere a
+// workload may write (not over the system's directories).
+void validate_storage(v1::StorageSpec& s, const std::string& at) {
+  const std::string field = at + ".";
+  if (s.pool().empty() && s.class_().empty()) {
+    // (A mount point alone is kept: a Nix config's fileSystems say where data would live.)
+    if (s.size_mib() != 0) {
+      invalid(field + "pool", "storage needs a pool (--storage-pool) or a class (--storage-class)");
+    }
+    return;
+  }
+  if (!s.pool().empty()) check_name(s.pool(), field + "pool");
+  if (s.size_mib() == 0) s.set_size_mib(k_default_volume_mib);
+  if (s.size_mib() > k_max_storage_mib) {
+    invalid(field + "size", "size must be at most " + std::to_string(k_max_storage_mib) +
+                                " MiB (1P), got " + std::to_string(s.size_mib()) + " MiB");
+  }
+  if (s.mount_point().empty()) s.set_mount_point(k_default_mount_point);
+  const auto& mount = s.mount_point();
+  const std::string normal = std::filesystem::path(mount).lexically_normal().string();
+  if (mount.front() != '/' || normal != mount || mount.back() == '/' ||
+      mount.find_first_of(" \t\n'\"\\") != std::string::npos) {
+    invalid(field + "mountPoint",
+            "mountPoint must be a plain absolute path such as /data, not " + in_quotes(mount));
+  }
+  for (const char* system : {"/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/proc", "/sys",
+                             "/dev", "/run", "/tmp", "/blixard", "/init"}) {
+    const std::string dir = system;
+    if (mount == dir || mount.starts_with(dir + "/")) {
+      invalid(field + "mountPoint", "a volume cannot be mounted over " + dir + " (" +
+                                        in_quotes(mount) +
+                                        "): use a path such as /data or "
+                                        "/var/lib/<service>");
+    }
+  }
+}
+
+void validate_storage_pool(v1::StoragePool& pool, const std::string& path) {
+  const Paths at = paths_for(path);
+  check_name(pool.metadata().name(), at.name);
+  auto& s = *pool.mutable_spec();
+  if (s.type().empty()) s.set_type("dir");
+  if (s.type() != "dir" && s.type() != "shared-dir") {
+    invalid(at.field("type"), "unknown pool type " + in_quotes(s.type()) +
+                                  " (expected dir: a directory on each node, or shared-dir: one "
+                                  "every node mounts)");
+  }
+  const std::string normal = std::filesystem::path(s.path()).lexically_normal().string();
+  if (s.path().empty() || s.path().front() != '/' || normal != s.path() || s.path() == "/") {
+    invalid(at.field("path"),
+            "path must be an absolute directory such as /var/lib/blixard-volumes" +
+                (s.path().empty() ? std::string() : ", not " + in_quotes(s.path())));
+  }
+  for (const char* system : {"/usr", "/etc", "/bin", "/sbin", "/lib", "/lib64", "/proc", "/sys",
+                             "/dev", "/boot", "/root"}) {
+    const std::string dir = system;
+    if (s.path() == dir || s.path().starts_with(dir + "/")) {
+      invalid(at.field("path"), "a pool cannot live in " + dir + " (" + in_quotes(s.path()) + ")");
+    }
+  }
+  if (s.class_().empty()) s.set_class_(s.type() == "dir" ? "local" : "replicated");
+  if (!is_valid_name(s.class_())) {
+    invalid(at.field("class"),
+            "invalid class " + in_quotes(s.class_()) + ": use lowercase letters, digits and '-'");
+  }
+}
+
+void validate_network(v1::Network& network, const std::string& path) {
+  const Paths at = paths_for(path);
+  check_name(network.metadata().name(), at.name);
+  // The canonical form: "10.88.0.0/24" however it was written.
+  network.mutable_spec()->set_subnet(
+      net::parse_subnet(network.spec().subnet(), at.field("subnet")).to_string());
 }
 
 void validate_vm(v1::Vm& vm, const std::string& path) {
@@ -411,15 +556,8 @@ void validate_vm(v1::Vm& vm, const std::string& path) {
                                                    in_quotes(s.primary_election_policy()) +
                                                    " (expected oldest-first or newest-first)");
   }
-  if (s.has_storage() && s.storage().size_mib() == 0 &&
-      (!s.storage().pool().empty() || !s.storage().class_().empty())) {
-    invalid(at.field("storage.size"), "storage needs a size (e.g. 100G)");
-  }
-  if (s.storage().size_mib() > k_max_storage_mib) {
-    invalid(at.field("storage.size"), "size must be at most " + std::to_string(k_max_storage_mib) +
-                                          " MiB (1P), got " +
-                                          std::to_string(s.storage().size_mib()) + " MiB");
-  }
+  if (s.has_storage()) validate_storage(*s.mutable_storage(), at.field("storage"));
+  if (!s.network().empty()) check_name(s.network(), at.field("network"));
   std::set<std::uint32_t> ports;
   for (int i = 0; i < s.ports_size(); ++i) {
     const std::string f = at.field("ports[" + std::to_string(i) + "]");
@@ -436,6 +574,7 @@ void validate_vm(v1::Vm& vm, const std::string& path) {
     invalid(at.field("updateStrategy.type"), "unknown update strategy " + in_quotes(update.type()) +
                                                  " (expected rolling or recreate)");
   }
+  validate_update_strategy(update, at.field("updateStrategy"));
   if (s.has_placement()) validate_placement(*s.mutable_placement(), at.field("placement"));
   if (s.has_microvm()) validate_microvm(*s.mutable_microvm(), at.field("microvm"));
   validate_env(s.env(), at.field("env"));
@@ -473,7 +612,15 @@ void validate_object_set(v1::ObjectSet& set) {
   for (int i = 0; i < set.triggers_size(); ++i) {
     validate_trigger(*set.mutable_triggers(i), entry("triggers", i));
   }
+  for (int i = 0; i < set.storage_pools_size(); ++i) {
+    validate_storage_pool(*set.mutable_storage_pools(i), entry("storagePools", i));
+  }
+  for (int i = 0; i < set.networks_size(); ++i) {
+    validate_network(*set.mutable_networks(i), entry("networks", i));
+  }
+  check_duplicates("networks", set.networks());
   check_duplicates("functions", set.functions());
+  check_duplicates("storagePools", set.storage_pools());
   check_duplicates("vms", set.vms());
   check_duplicates("triggers", set.triggers());
 }

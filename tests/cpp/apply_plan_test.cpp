@@ -389,3 +389,43 @@ TEST(ApplyPlan, TheSnapshotQueryNamesWhatThePlanReads) {
 }
 
 }  // namespace
+
+namespace {
+
+v1::Vm* add_vm_on_pool(v1::ObjectSet& set, const std::string& name, const std::string& pool) {
+  auto* vm = set.add_vms();
+  vm->mutable_metadata()->set_name(name);
+  vm->mutable_spec()->mutable_storage()->set_pool(pool);
+  return vm;
+}
+
+TEST(ApplyPlan, AVmNamesAPoolThatExistsAndAPoolInUseStays) {
+  FakeStore store;
+  v1::ObjectSet vm_only;
+  add_vm_on_pool(vm_only, "db", "ssd-pool");
+  const auto e = expect_error([&] { store.plan(vm_only); }, errc::invalid_spec);
+  EXPECT_EQ(e.field(), "spec.storage.pool");
+  EXPECT_NE(std::string(e.what()).find("blixard storage pool create ssd-pool"), std::string::npos);
+
+  // Declared in the same set: one transaction makes both.
+  v1::ObjectSet both = vm_only;
+  auto* pool = both.add_storage_pools();
+  pool->mutable_metadata()->set_name("ssd-pool");
+  pool->mutable_spec()->set_path("/srv/ssd");
+  EXPECT_EQ(actions(store.apply(both)),
+            (std::vector<std::string>{"storage pool/ssd-pool=created", "vm/db=created"}));
+  // Once stored, the VM alone applies, guarded by the pool's version.
+  const auto again = store.plan(vm_only);
+  bool guarded = false;
+  for (const auto& x : again.expected) guarded |= x.key == "/registry/storagepools/ssd-pool";
+  EXPECT_TRUE(guarded);
+
+  v1::ObjectSet pool_only;
+  *pool_only.add_storage_pools() = *pool;
+  expect_error([&] { store.plan(pool_only, Mode::remove); }, errc::conflict);
+  // With the VM that uses it: both go.
+  EXPECT_EQ(actions(store.apply(both, Mode::remove)),
+            (std::vector<std::string>{"storage pool/ssd-pool=deleted", "vm/db=deleted"}));
+}
+
+}  // namespace

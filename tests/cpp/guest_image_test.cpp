@@ -457,14 +457,15 @@ TEST(GuestImage, RefusesWorkloadsTheGuestCannotRun) {
     EXPECT_EQ(e.field(), field) << e.what();
   };
   refused(Workload{}, "command");
-  refused(Workload{{"python3", "-m", "http.server"}, {}, {}, "r", {}}, "command");
-  refused(Workload{{"/usr/bin/true"}, {{"BAD-NAME", "x"}}, {}, "r", {}}, "env");
-  refused(Workload{{"/usr/bin/true"}, {{"1ST", "x"}}, {}, "r", {}}, "env");
-  refused(Workload{{"/usr/bin/true"}, {}, {0}, "r", {}}, "ports");
-  refused(Workload{{"/usr/bin/true"}, {}, {70000}, "r", {}}, "ports");
-  refused(Workload{{"/usr/bin/true"}, {}, {}, "r", {{"/usr/bin/sh", "x"}}}, "files");
-  refused(Workload{{"/usr/bin/true"}, {}, {}, "r", {{"/etc/../root/x", "x"}}}, "files");
-  refused(Workload{{"/usr/bin/true"}, {}, {}, "r", {{"/etc", "x"}}}, "files");
+  refused(Workload{{"python3", "-m", "http.server"}, {}, {}, "r", {}, {}, {}, {}}, "command");
+  refused(Workload{{"/usr/bin/true"}, {{"BAD-NAME", "x"}}, {}, "r", {}, {}, {}, {}}, "env");
+  refused(Workload{{"/usr/bin/true"}, {{"1ST", "x"}}, {}, "r", {}, {}, {}, {}}, "env");
+  refused(Workload{{"/usr/bin/true"}, {}, {0}, "r", {}, {}, {}, {}}, "ports");
+  refused(Workload{{"/usr/bin/true"}, {}, {70000}, "r", {}, {}, {}, {}}, "ports");
+  refused(Workload{{"/usr/bin/true"}, {}, {}, "r", {{"/usr/bin/sh", "x"}}, {}, {}, {}}, "files");
+  refused(Workload{{"/usr/bin/true"}, {}, {}, "r", {{"/etc/../root/x", "x"}}, {}, {}, {}}, "files");
+  refused(Workload{{"/usr/bin/true"}, {}, {}, "r", {{"/etc", "x"}}, {}, {}, {}}, "files");
+  refused(Workload{{"/usr/bin/true"}, {}, {}, "r", {}, "data", {}, {}}, "storage.mountPoint");
   EXPECT_FALSE(fs::exists(dir.path / "out.cpio"));
 }
 
@@ -472,10 +473,16 @@ TEST(GuestImage, BootsAServerThatIsReadyServesAndPowersOffWhenItExits) {
   if (!have_qemu()) GTEST_SKIP() << k_qemu << " is missing (scripts/bootstrap installs it)";
   TempDir dir;
   const GuestKernel kernel = find_guest_kernel(shared_cache());
-  const fs::path initramfs = build_initramfs(
-      kernel,
-      Workload{{"/usr/bin/python3", "-c", k_http_workload}, {}, {k_guest_http_port}, "web-1", {}},
-      shared_cache(), dir.path / "web-1.cpio");
+  const fs::path initramfs = build_initramfs(kernel,
+                                             Workload{{"/usr/bin/python3", "-c", k_http_workload},
+                                                      {},
+                                                      {k_guest_http_port},
+                                                      "web-1",
+                                                      {},
+                                                      {},
+                                                      {},
+                                                      {}},
+                                             shared_cache(), dir.path / "web-1.cpio");
 
   Guest guest(kernel, initramfs);
   const auto ready = guest.wait_on_agent_port("BLIXARD-READY", 120s);
@@ -516,9 +523,9 @@ TEST(GuestImage, BootsACommandWithoutPortsThatCannotReadTheHostsSecrets) {
       "echo \"id=$(id -u):$(id -g)\"; cat /etc/shadow; echo \"cat-shadow=$?\"; "
       "ls /root; echo \"ls-root=$?\"; echo \"replica=$BLIXARD_REPLICA\"; "
       "for port in /dev/vport*; do echo forged >\"$port\"; echo \"forge=$?\"; done; exit 7";
-  const fs::path initramfs =
-      build_initramfs(kernel, Workload{{"/bin/sh", "-c", script}, {}, {}, "batch-1", {}},
-                      shared_cache(), dir.path / "batch-1.cpio");
+  const fs::path initramfs = build_initramfs(
+      kernel, Workload{{"/bin/sh", "-c", script}, {}, {}, "batch-1", {}, {}, {}, {}},
+      shared_cache(), dir.path / "batch-1.cpio");
 
   Guest guest(kernel, initramfs);
   const auto ready = guest.wait_on_agent_port("BLIXARD-READY", 120s);

@@ -690,7 +690,10 @@ TEST(NodeRegistryLatency, ACallFromANodesAddressPrefersThatNodeThenItsNearPeers)
 
     v1::FunctionSpec spec;
     spec.set_memory_mib(64);
-    control::PlacementRequest request{"fn", &spec, {}, {}, "10.9.0.1"};
+    control::PlacementRequest request;
+    request.function = "fn";
+    request.spec = &spec;
+    request.caller_address = "10.9.0.1";
     auto placed = nodes.place(request);
     EXPECT_EQ(placed.node->name(), "a");
     EXPECT_THAT(placed.reasons, HasSubstr("on the caller's node"));

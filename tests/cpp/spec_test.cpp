@@ -198,8 +198,9 @@ TEST(Scenario1, WebappNixLoads) {
   v1::Vm vm;
   vm.mutable_metadata()->set_name("webapp");
   *vm.mutable_spec() = spec;
-  const auto st = invalid([&] { blixard::validate_vm(vm); });  // a pool without a size
-  EXPECT_EQ(st.field(), "spec.storage.size");
+  blixard::validate_vm(vm);  // a pool without a size: 1 GiB volumes at /data
+  EXPECT_EQ(vm.spec().storage().size_mib(), 1024u);
+  EXPECT_EQ(vm.spec().storage().mount_point(), "/data");
   blixard::merge_vm_overrides(*vm.mutable_spec(), R"({"storage":{"size":"10G"}})");
   blixard::validate_vm(vm);
   EXPECT_EQ(vm.spec().storage().pool(), "ssd-pool");
@@ -230,6 +231,8 @@ TEST(Scenario2, PostgresNixLoads) {
   blixard::validate_vm(vm);
   EXPECT_EQ(vm.spec().storage().size_mib(), 102400u);
   EXPECT_EQ(vm.spec().storage().class_(), "replicated");
+  // Its fileSystems."/var/lib/postgresql" is where the volume goes.
+  EXPECT_EQ(vm.spec().storage().mount_point(), "/var/lib/postgresql");
   EXPECT_EQ(vm.spec().memory_mib(), 2048u);
   EXPECT_EQ(vm.spec().vcpu(), 4u);
 }
@@ -987,6 +990,48 @@ TEST(Validation, CodeMustBeAnExistingDirectory) {
   EXPECT_NO_THROW(blixard::validate_function(fn));
 }
 
+TEST(Validation, VolumesMountWhereAWorkloadMayWrite) {
+  v1::Vm vm;
+  vm.mutable_metadata()->set_name("db");
+  auto& storage = *vm.mutable_spec()->mutable_storage();
+  storage.set_pool("ssd-pool");
+  blixard::validate_vm(vm);
+  EXPECT_EQ(vm.spec().storage().mount_point(), "/data");
+  for (const char* bad :
+       {"data", "/", "/usr/lib/x", "/etc", "/proc/x", "/data/../etc", "/data/", "/a b", "/tmp/x"}) {
+    vm.mutable_spec()->mutable_storage()->set_mount_point(bad);
+    const auto st = invalid([&] { blixard::validate_vm(vm); });
+    EXPECT_EQ(st.field(), "spec.storage.mountPoint") << bad;
+  }
+  vm.mutable_spec()->mutable_storage()->set_mount_point("/var/lib/postgresql");
+  blixard::validate_vm(vm);
+  vm.mutable_spec()->mutable_storage()->set_pool("Bad_Pool");
+  EXPECT_EQ(invalid([&] { blixard::validate_vm(vm); }).field(), "spec.storage.pool");
+}
+
+TEST(Validation, StoragePools) {
+  v1::StoragePool pool;
+  pool.mutable_metadata()->set_name("ssd-pool");
+  pool.mutable_spec()->set_path("/srv/ssd");
+  blixard::validate_storage_pool(pool);
+  EXPECT_EQ(pool.spec().type(), "dir");
+  EXPECT_EQ(pool.spec().class_(), "local");
+  pool.mutable_spec()->set_type("shared-dir");
+  pool.mutable_spec()->clear_class_();
+  blixard::validate_storage_pool(pool);
+  EXPECT_EQ(pool.spec().class_(), "replicated");
+  pool.mutable_spec()->set_type("ceph");
+  EXPECT_EQ(invalid([&] { blixard::validate_storage_pool(pool); }).field(), "spec.type");
+  pool.mutable_spec()->set_type("dir");
+  for (const char* bad : {"", "srv", "/", "/etc", "/usr/local/x", "/srv/../etc", "/proc"}) {
+    pool.mutable_spec()->set_path(bad);
+    EXPECT_EQ(invalid([&] { blixard::validate_storage_pool(pool); }).field(), "spec.path") << bad;
+  }
+  pool.mutable_spec()->set_path("/srv/ssd");
+  pool.mutable_spec()->set_class_("Fast!");
+  EXPECT_EQ(invalid([&] { blixard::validate_storage_pool(pool); }).field(), "spec.class");
+}
+
 TEST(Validation, VmSizesHaveBounds) {
   v1::Vm vm;
   vm.mutable_metadata()->set_name("db");
@@ -1001,6 +1046,8 @@ TEST(Validation, VmSizesHaveBounds) {
   vm.mutable_spec()->set_memory_mib(1 << 20);  // 1 TiB is the largest
   EXPECT_NO_THROW(blixard::validate_vm(vm));
   vm.mutable_spec()->mutable_storage()->set_size_mib(std::uint64_t{1} << 40);
+  EXPECT_EQ(invalid([&] { blixard::validate_vm(vm); }).field(), "spec.storage.pool");
+  vm.mutable_spec()->mutable_storage()->set_pool("ssd-pool");
   EXPECT_EQ(invalid([&] { blixard::validate_vm(vm); }).field(), "spec.storage.size");
   vm.mutable_spec()->mutable_storage()->set_size_mib(100 << 10);
   vm.mutable_spec()->mutable_microvm()->set_mem(std::uint64_t{1} << 30);
@@ -1008,6 +1055,79 @@ TEST(Validation, VmSizesHaveBounds) {
   vm.mutable_spec()->mutable_microvm()->set_mem(512);
   vm.mutable_spec()->mutable_microvm()->set_balloon_mem(std::uint64_t{1} << 30);
   EXPECT_EQ(invalid([&] { blixard::validate_vm(vm); }).field(), "spec.microvm.balloonMem");
+}
+
+// Nomad's update block: read from a config as written, each timing bounded, and nested as the
+// controller uses them (a new replica has healthyDeadline to be healthy for minHealthyTime;
+// progressDeadline, 0 for none, leaves room for one healthyDeadline).
+TEST(Validation, RolloutTimingsAreReadBoundedAndNested) {
+  TempDir tmp;
+  const auto file = tmp.write("vm.yaml",
+                              "command: [/bin/true]\n"
+                              "updateStrategy:\n"
+                              "  minHealthyTime: 2s\n"
+                              "  healthyDeadline: 30s\n"
+                              "  progressDeadline: 5m\n"
+                              "  autoRevert: true\n");
+  v1::Vm vm;
+  vm.mutable_metadata()->set_name("web");
+  *vm.mutable_spec() = blixard::load_vm_config(file);
+  blixard::validate_vm(vm);
+  const auto& u = vm.spec().update_strategy();
+  EXPECT_EQ(ms(u.min_healthy_time()), 2000);
+  EXPECT_EQ(ms(u.healthy_deadline()), 30'000);
+  EXPECT_EQ(ms(u.progress_deadline()), 300'000);
+  EXPECT_TRUE(u.auto_revert());
+  // Unset: the defaults (1s, 5m, 10m), written nowhere; 0 turns the progress deadline off.
+  v1::Vm plain;
+  plain.mutable_metadata()->set_name("web");
+  blixard::validate_vm(plain);
+  EXPECT_FALSE(plain.spec().update_strategy().has_healthy_deadline());
+  blixard::merge_vm_overrides(*plain.mutable_spec(),
+                              R"({"updateStrategy": {"progressDeadline": 0}})");
+  EXPECT_NO_THROW(blixard::validate_vm(plain));
+
+  auto with = [&](const std::function<void(v1::UpdateStrategy&)>& change) {
+    v1::Vm bad = vm;
+    change(*bad.mutable_spec()->mutable_update_strategy());
+    return invalid([&] { blixard::validate_vm(bad); });
+  };
+  auto st = with([](auto& u) { u.mutable_healthy_deadline()->set_seconds(-5); });
+  EXPECT_EQ(st.field(), "spec.updateStrategy.healthyDeadline");
+  EXPECT_TRUE(contains(st.message(), "must not be negative")) << st.message();
+  st = with([](auto& u) { u.mutable_min_healthy_time()->set_nanos(-1); });
+  EXPECT_EQ(st.field(), "spec.updateStrategy.minHealthyTime");
+  st = with([](auto& u) { u.mutable_progress_deadline()->set_seconds(2 * 24 * 3600); });
+  EXPECT_EQ(st.field(), "spec.updateStrategy.progressDeadline");
+  EXPECT_TRUE(contains(st.message(), "at most 24h")) << st.message();
+  st = with([](auto& u) { u.mutable_healthy_deadline()->set_seconds(2); });
+  EXPECT_EQ(st.field(), "spec.updateStrategy.healthyDeadline");
+  EXPECT_TRUE(contains(st.message(), "healthyDeadline (2s) must exceed minHealthyTime (2s)"))
+      << st.message();
+  st = with([](auto& u) { u.mutable_progress_deadline()->set_seconds(20); });
+  EXPECT_EQ(st.field(), "spec.updateStrategy.progressDeadline");
+  EXPECT_TRUE(contains(st.message(), "must exceed healthyDeadline (30s)")) << st.message();
+  // Against the defaults when the spec gives none, saying so.
+  st = with([](auto& u) {
+    u.clear_min_healthy_time();
+    u.mutable_healthy_deadline()->set_seconds(0);
+    u.mutable_healthy_deadline()->set_nanos(500'000'000);
+  });
+  EXPECT_TRUE(contains(st.message(),
+                       "healthyDeadline (500ms) must exceed minHealthyTime (1s, "
+                       "the default)"))
+      << st.message();
+  st = with([](auto& u) {
+    u.clear_healthy_deadline();
+    u.mutable_progress_deadline()->set_seconds(60);
+  });
+  EXPECT_TRUE(contains(st.message(), "(1m) must exceed healthyDeadline (5m, the default)"))
+      << st.message();
+  // A Platform entry's path.
+  v1::Vm entry = vm;
+  entry.mutable_spec()->mutable_update_strategy()->mutable_healthy_deadline()->set_seconds(7200);
+  EXPECT_EQ(invalid([&] { blixard::validate_vm(entry, "spec.vms[0]"); }).field(),
+            "spec.vms[0].updateStrategy.healthyDeadline");
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -442,6 +443,395 @@ TEST_F(VmSetTest, ReadinessNamesADeclaredPortAndOneKind) {
     FAIL() << "two kinds of readiness were taken";
   } catch (const Error& e) {
     EXPECT_EQ(e.field(), "spec.readiness");
+  }
+}
+
+// ---- Nomad's update block: healthyDeadline, progressDeadline, autoRevert; kept revisions ----
+
+void set_millis(google::protobuf::Duration* d, std::int64_t ms) {
+  d->set_seconds(ms / 1000);
+  d->set_nanos(static_cast<std::int32_t>(ms % 1000) * 1'000'000);
+}
+
+// Whether `count` replicas are Running and all of those run `revision` (replicas being stopped
+// aside).
+bool all_running(const v1::VmStatus& st, std::int64_t revision, int count) {
+  int running = 0;
+  for (const auto& in : st.instances()) {
+    if (in.phase() != "Running") continue;
+    if (in.revision() != revision) return false;
+    ++running;
+  }
+  return running == count;
+}
+
+bool halted(const v1::VmStatus& st) { return st.rollout().find("halted") != std::string::npos; }
+
+// Serves its port 80 with HTTP `code` to every GET after the first `good` (200s).
+std::string answering(int code, int good) {
+  return "import http.server as h, os, signal, sys\n"
+         "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+         "n = [0]\n"
+         "class P(h.BaseHTTPRequestHandler):\n"
+         "  def do_GET(self):\n"
+         "    n[0] += 1\n"
+         "    self.send_response(200 if n[0] <= " +
+         std::to_string(good) + " else " + std::to_string(code) +
+         "); self.end_headers()\n"
+         "  def log_message(self, *a): pass\n"
+         "h.HTTPServer(('127.0.0.1', int(os.environ['PORT_80'])), P).serve_forever()\n";
+}
+
+TEST_F(VmSetTest, ANewRevisionNeverReadyHaltsAtItsHealthyDeadline) {
+  auto vm = cluster_->create_vm("web", page_spec(2, "v1"));
+  ASSERT_TRUE(eventually([&] { return running("web", 2); }, 20s));
+  // Revision 2 starts and answers its readiness path with 500: never ready.
+  auto v2 = page_spec(0, "v2");
+  v2.set_command(2, answering(500, 0));
+  v2.mutable_readiness()->set_http_path("/ready");
+  set_millis(v2.mutable_update_strategy()->mutable_healthy_deadline(), 1500);
+  vm.update(v2);
+  ASSERT_TRUE(eventually([&] { return halted(status("web")); }, 20s))
+      << status("web").DebugString();
+  const auto st = status("web");
+  EXPECT_THAT(st.rollout(),
+              HasSubstr("web-1 (revision 2) did not become healthy within healthyDeadline 1500ms"));
+  EXPECT_THAT(st.rollout(), HasSubstr("serving revision 1"));
+  EXPECT_EQ(st.serving_revision(), 1);
+  EXPECT_EQ(st.revision(), 2);
+  EXPECT_TRUE(all_running(st, 1, 2)) << st.DebugString();
+  for (const auto& in : st.instances()) {
+    if (in.phase() == "Running") {
+      EXPECT_EQ(page(in.host_ports().at(80)), "v1 " + in.name());
+    }
+  }
+  // The new replica, still waiting to be ready, was killed (by its start's readiness timeout).
+  EXPECT_TRUE(eventually(
+      [&] { return instances_with(token_) == 2 && status("web").instances_size() == 2; }, 10s))
+      << status("web").DebugString();
+}
+
+TEST_F(VmSetTest, ANewReplicaFailingItsChecksIsStoppedAtItsHealthyDeadline) {
+  auto vm = cluster_->create_vm("web", page_spec(1, "v1"));
+  ASSERT_TRUE(eventually([&] { return running("web", 1); }, 20s));
+  // Ready (its first answer is 200), then every check fails, too few in a row to fail it before
+  // the deadline: never healthy for minHealthyTime.
+  auto v2 = page_spec(0, "v2");
+  v2.set_command(2, answering(500, 1));
+  auto& r = *v2.mutable_readiness();
+  r.set_http_path("/health");
+  r.mutable_interval()->set_nanos(50'000'000);
+  r.set_failure_threshold(100);
+  // (Long enough for a few checks: the server checks at most every 250 ms.)
+  set_millis(v2.mutable_update_strategy()->mutable_min_healthy_time(), 1000);
+  set_millis(v2.mutable_update_strategy()->mutable_healthy_deadline(), 2000);
+  vm.update(v2);
+  ASSERT_TRUE(eventually([&] { return halted(status("web")); }, 20s))
+      << status("web").DebugString();
+  EXPECT_THAT(status("web").rollout(),
+              HasSubstr("web-1 (revision 2) did not become healthy within healthyDeadline 2s"));
+  // The new replica is stopped; the old one serves on.
+  ASSERT_TRUE(eventually([&] { return instances_with(token_) == 1 && running("web", 1); }, 20s))
+      << status("web").DebugString();
+  EXPECT_EQ(status("web").instances(0).revision(), 1);
+  EXPECT_EQ(page(status("web").instances(0).host_ports().at(80)), "v1 web-1");
+}
+
+TEST_F(VmSetTest, AutoRevertRollsTheUpdatedReplicasBackToTheLastRevisionThatRan) {
+  auto vm = cluster_->create_vm("web", page_spec(2, "v1"));
+  ASSERT_TRUE(eventually([&] { return running("web", 2); }, 20s));
+  // Revision 2 runs on web-1 and exits at once on web-2: web-1 is updated, then the rollout
+  // halts on web-2.
+  auto v2 = page_spec(0, "v2");
+  v2.set_command(2, "import os, sys\nif os.environ['BLIXARD_REPLICA'] == 'web-2': sys.exit(5)\n" +
+                        v2.command(2));
+  v2.mutable_update_strategy()->set_auto_revert(true);
+  vm.update(v2);
+  ASSERT_TRUE(eventually([&] { return halted(status("web")); }, 30s))
+      << status("web").DebugString();
+  const auto halt = status("web");
+  EXPECT_THAT(halt.rollout(), HasSubstr("rollout of revision 2 halted: web-2"));
+  EXPECT_THAT(halt.rollout(), HasSubstr("exited with status 5"));
+  EXPECT_THAT(halt.rollout(), HasSubstr("reverting to revision 1"));
+  EXPECT_EQ(halt.serving_revision(), 1);
+  // web-1, updated to revision 2 before the halt, goes back to revision 1 too.
+  ASSERT_TRUE(eventually(
+      [&] {
+        const auto st = status("web");
+        return st.rollout().find("reverted to revision 1") != std::string::npos &&
+               st.instances_size() == 2 && all_running(st, 1, 2);
+      },
+      30s))
+      << status("web").DebugString();
+  const auto done = status("web");
+  EXPECT_EQ(done.revision(), 2);
+  EXPECT_EQ(done.serving_revision(), 1);
+  for (const auto& in : done.instances()) {
+    EXPECT_EQ(page(in.host_ports().at(80)), "v1 " + in.name());
+  }
+  EXPECT_TRUE(eventually([&] { return instances_with(token_) == 2; }));
+  // The set's events say so, in order.
+  std::vector<std::string> reasons;
+  const auto events = cluster_->backend()->events("vms", "web", 0, 0ms);
+  for (const auto& e : events.events()) {
+    if (e.reason().starts_with("Rollout")) reasons.push_back(e.reason());
+  }
+  EXPECT_EQ(reasons, (std::vector<std::string>{"RolloutHalted", "RolloutReverted"}));
+}
+
+TEST_F(VmSetTest, ARolloutWithNoReplicaHealthyWithinItsProgressDeadlineHalts) {
+  auto vm = cluster_->create_vm("web", page_spec(1, "v1"));
+  ASSERT_TRUE(eventually([&] { return running("web", 1); }, 20s));
+  // Recreate: the old replica stops, and the new revision's crashes are retried (with a backoff)
+  // rather than halting the rollout, until the progress deadline.
+  auto v2 = page_spec(0, "v2", /*broken=*/true);
+  auto& u = *v2.mutable_update_strategy();
+  u.set_type("recreate");
+  set_millis(u.mutable_healthy_deadline(), 1000);
+  set_millis(u.mutable_progress_deadline(), 2000);
+  vm.update(v2);
+  ASSERT_TRUE(eventually([&] { return halted(status("web")); }, 20s))
+      << status("web").DebugString();
+  const auto st = status("web");
+  EXPECT_THAT(st.rollout(), HasSubstr("no replica became healthy within progressDeadline 2s"));
+  EXPECT_THAT(st.rollout(), HasSubstr("serving revision 1"));
+  EXPECT_EQ(st.serving_revision(), 1);
+  // The replica comes back as revision 1, the one that ran.
+  ASSERT_TRUE(eventually(
+      [&] { return running("web", 1) && status("web").instances(0).revision() == 1; }, 20s))
+      << status("web").DebugString();
+  EXPECT_EQ(page(status("web").instances(0).host_ports().at(80)), "v1 web-1");
+}
+
+TEST_F(VmSetTest, RevisionsSurviveARestartOfTheServer) {
+  // (No Vm handle is held across a restart: it keeps its cluster's server.)
+  auto vm = [&] { return cluster_->vm("web"); };
+  cluster_->create_vm("web", page_spec(1, "v1"));
+  ASSERT_TRUE(eventually([&] { return running("web", 1); }, 20s));
+  vm().update(page_spec(0, "v2"));
+  ASSERT_TRUE(eventually([&] { return observed("web"); }));
+  vm().update(page_spec(0, "v3"));
+  ASSERT_TRUE(eventually([&] { return observed("web") && status("web").revision() == 3; }));
+  const auto first = status("web");
+  const auto& before = first.revisions();
+  ASSERT_EQ(before.size(), 3);
+  // Stored, they are in the watch stream as JSON.
+  const auto stored = cluster_->backend()->changes("vmrevisions", "web", 1, 0ms);
+  ASSERT_EQ(stored.events_size(), 3) << stored.DebugString();
+  EXPECT_EQ(stored.events(2).name(), "web/3");
+  EXPECT_THAT(stored.events(2).object_json(), HasSubstr(R"("revision":"3")"));
+
+  auto reopen = [&] {
+    cluster_->close();
+    cluster_.reset();
+    blixard::LocalOptions options;
+    options.python = python();
+    cluster_.emplace(Cluster::local(dir_, options));
+  };
+  auto numbers = [&] {
+    std::vector<std::int64_t> out;
+    const auto st = status("web");
+    for (const auto& r : st.revisions()) out.push_back(r.revision());
+    return out;
+  };
+  reopen();
+  ASSERT_TRUE(eventually([&] { return running("web", 1); }, 20s)) << status("web").DebugString();
+  const auto st = status("web");
+  EXPECT_EQ(numbers(), (std::vector<std::int64_t>{1, 2, 3}));
+  EXPECT_EQ(st.revision(), 3);
+  EXPECT_EQ(st.serving_revision(), 3);
+  EXPECT_TRUE(st.rollout().empty()) << st.rollout();
+  EXPECT_EQ(st.instances(0).revision(), 3);
+  EXPECT_EQ(page(st.instances(0).host_ports().at(80)), "v3 web-1");
+  ASSERT_EQ(st.revisions_size(), 3);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(st.revisions(i).created_at().seconds(), before.Get(i).created_at().seconds());
+    EXPECT_EQ(st.revisions(i).spec().command(2), before.Get(i).spec().command(2));
+  }
+  // Numbered after them; a rollback names a revision from before the restart.
+  vm().update(page_spec(0, "v4"));
+  ASSERT_TRUE(eventually([&] { return observed("web") && status("web").revision() == 4; }));
+  vm().rollback(2);  // revision 5, v2's spec
+  ASSERT_TRUE(eventually(
+      [&] {
+        const auto s = status("web");
+        return observed("web") && s.revision() == 5 && s.rollout().empty() && all_running(s, 5, 1);
+      },
+      30s))
+      << status("web").DebugString();
+  EXPECT_EQ(page(status("web").instances(0).host_ports().at(80)), "v2 web-1");
+
+  // The last 10 are kept (stopped, the updates roll nothing out).
+  vm().stop();
+  for (int n = 6; n <= 12; ++n) vm().update(page_spec(0, "v" + std::to_string(n)));
+  ASSERT_TRUE(eventually([&] { return observed("web") && status("web").revision() == 12; }));
+  reopen();
+  ASSERT_TRUE(eventually([&] { return observed("web"); }));
+  EXPECT_EQ(numbers(), (std::vector<std::int64_t>{3, 4, 5, 6, 7, 8, 9, 10, 11, 12}));
+  // A deleted set's go with it: made again, it starts from 1.
+  cluster_->delete_vm("web");
+  reopen();
+  cluster_->create_vm("web", page_spec(1, "again"));
+  ASSERT_TRUE(eventually([&] { return observed("web"); }));
+  EXPECT_EQ(numbers(), (std::vector<std::int64_t>{1}));
+}
+
+// ---- volumes ----
+
+class VolumeTest : public VmSetTest {
+ protected:
+  // Counts its starts in a file on its volume and serves "<text> count=<n>" on port 80.
+  v1::VmSpec counting_spec(std::uint32_t replicas, const std::string& text) {
+    auto s = page_spec(replicas, text);
+    s.set_command(2,
+                  "import http.server as h, os, signal, sys\n"
+                  "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+                  "p = os.path.join(os.environ['BLIXARD_VOLUME'], 'count')\n"
+                  "n = int(open(p).read()) + 1 if os.path.exists(p) else 1\n"
+                  "open(p, 'w').write(str(n))\n"
+                  "body = ('" +
+                      text +
+                      " count=%d' % n).encode()\n"
+                      "class P(h.BaseHTTPRequestHandler):\n"
+                      "  def do_GET(self):\n"
+                      "    self.send_response(200); self.send_header('Content-Length', "
+                      "str(len(body))); self.end_headers(); self.wfile.write(body)\n"
+                      "  def log_message(self, *a): pass\n"
+                      "h.HTTPServer(('127.0.0.1', int(os.environ['PORT_80'])), P)"
+                      ".serve_forever()\n");
+    s.mutable_storage()->set_pool("disk");
+    s.mutable_storage()->set_size_mib(16);
+    return s;
+  }
+  void make_pool() {
+    v1::StoragePoolSpec pool;
+    pool.set_type("dir");
+    pool.set_path((dir_ / "pool").string());
+    cluster_->create_storage_pool("disk", pool);
+  }
+  std::string page_of(const std::string& vm, int index) {
+    const auto st = status(vm);
+    if (st.instances_size() <= index) return "";
+    const auto& ports = st.instances(index).host_ports();
+    return ports.contains(80) ? page(ports.at(80)) : "";
+  }
+};
+
+TEST_F(VolumeTest, AReplicaKeepsItsVolumeAcrossRestartsAndRollouts) {
+  make_pool();
+  auto vm = cluster_->create_vm("db", counting_spec(2, "v1"));
+  ASSERT_TRUE(eventually([&] { return running("db", 2); }, 20s)) << status("db").DebugString();
+  EXPECT_EQ(page_of("db", 0), "v1 count=1");
+  EXPECT_EQ(page_of("db", 1), "v1 count=1");
+  // Each replica has its own, in the pool's directory, written by the replica (not root).
+  EXPECT_TRUE(fs::exists(dir_ / "pool" / "db-1" / "count"));
+  EXPECT_TRUE(fs::exists(dir_ / "pool" / "db-2" / "count"));
+  struct stat file {};
+  ASSERT_EQ(::stat((dir_ / "pool" / "db-1" / "count").c_str(), &file), 0);
+  if (::getuid() == 0) {
+    EXPECT_NE(file.st_uid, 0U);  // a root agent's replicas are not root
+  }
+  const auto volumes = cluster_->volumes();
+  ASSERT_EQ(volumes.size(), 2U);
+  EXPECT_EQ(volumes[0].metadata().name(), "db-1");
+  EXPECT_EQ(volumes[0].status().phase(), "Attached");
+  EXPECT_EQ(volumes[0].status().format(), "directory");
+  EXPECT_FALSE(volumes[0].status().node().empty());
+  EXPECT_EQ(cluster_->storage_pool("disk").status().volumes(), 2U);
+
+  // Killed: started again on the same volume.
+  ::kill(pid_of("db-2"), SIGKILL);
+  ASSERT_TRUE(eventually([&] { return page_of("db", 1) == "v1 count=2"; }, 20s))
+      << status("db").DebugString();
+  // A rolling update of a set with storage goes in place: one writer per volume, ever.
+  vm.update(counting_spec(0, "v2"));
+  std::uint32_t most = 0;
+  ASSERT_TRUE(eventually(
+      [&] {
+        most = std::max(most, static_cast<std::uint32_t>(instances_with(token_)));
+        const auto st = status("db");
+        return st.rollout().empty() && running("db", 2) && page_of("db", 0) == "v2 count=2" &&
+               page_of("db", 1) == "v2 count=3";
+      },
+      30s))
+      << status("db").DebugString();
+  EXPECT_LE(most, 2U);
+  // Stopped: the volumes stay, no longer attached.
+  vm.stop();
+  ASSERT_TRUE(eventually([&] {
+    const auto v = cluster_->volumes();
+    return v.size() == 2 && v[0].status().phase() == "Available" &&
+           v[1].status().phase() == "Available";
+  }));
+  vm.start();
+  ASSERT_TRUE(eventually([&] { return page_of("db", 0) == "v2 count=3"; }, 20s));
+}
+
+TEST_F(VolumeTest, PoolsAndVolumesGoOnlyWhenNothingUsesThem) {
+  // A pool that does not exist: refused at create, saying how to make one.
+  try {
+    cluster_->create_vm("db", counting_spec(1, "v1"));
+    FAIL() << "a missing pool was taken";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), errc::invalid_spec);
+    EXPECT_EQ(e.field(), "spec.storage.pool");
+    EXPECT_THAT(e.what(), HasSubstr("blixard storage pool create disk"));
+  }
+  // A class no pool serves: the set waits for one, saying how to make it.
+  auto by_class = counting_spec(1, "v1");
+  by_class.mutable_storage()->clear_pool();
+  by_class.mutable_storage()->set_class_("replicated");
+  cluster_->create_vm("shared", by_class);
+  ASSERT_TRUE(eventually([&] {
+    return status("shared").message().find(
+               "no storage pool serves class \"replicated\": create "
+               "one with `blixard storage pool create NAME --type "
+               "shared-dir") != std::string::npos;
+  })) << status("shared").DebugString();
+  v1::StoragePoolSpec shared;
+  shared.set_type("shared-dir");
+  shared.set_path((dir_ / "shared").string());
+  EXPECT_EQ(cluster_->create_storage_pool("nfs", shared).spec().class_(), "replicated");
+  ASSERT_TRUE(eventually([&] { return page_of("shared", 0) == "v1 count=1"; }, 40s))
+      << status("shared").DebugString();
+  EXPECT_TRUE(fs::exists(dir_ / "shared" / "shared-1" / "count"));
+  cluster_->delete_vm("shared");
+  make_pool();
+  auto vm = cluster_->create_vm("db", counting_spec(1, "v1"));
+  ASSERT_TRUE(eventually([&] { return running("db", 1); }, 20s)) << status("db").DebugString();
+  const auto expect_conflict = [](auto&& f, const std::string& words) {
+    try {
+      f();
+      ADD_FAILURE() << "not refused: " << words;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), errc::conflict) << e.what();
+      EXPECT_THAT(e.what(), HasSubstr(words));
+    }
+  };
+  expect_conflict([&] { cluster_->delete_storage_pool("disk"); }, "used by vm \"db\"");
+  expect_conflict([&] { cluster_->delete_volume("db-1"); }, "in use by replica");
+  cluster_->delete_vm("db");
+  // The set is gone, its volume is not (a database outlives its deployment).
+  ASSERT_TRUE(eventually([&] {
+    const auto v = cluster_->volumes();
+    return v.size() == 2 && v[0].status().phase() == "Available" &&
+           v[1].status().phase() == "Available";
+  }));
+  EXPECT_TRUE(fs::exists(dir_ / "pool" / "db-1" / "count"));
+  expect_conflict([&] { cluster_->delete_storage_pool("disk"); }, "holds volumes (db-1)");
+  cluster_->delete_volume("db-1");
+  cluster_->delete_volume("shared-1");
+  EXPECT_FALSE(fs::exists(dir_ / "pool" / "db-1"));
+  EXPECT_FALSE(fs::exists(dir_ / "shared" / "shared-1"));
+  EXPECT_TRUE(cluster_->volumes().empty());
+  cluster_->delete_storage_pool("disk");
+  cluster_->delete_storage_pool("nfs");
+  EXPECT_TRUE(cluster_->storage_pools().empty());
+  try {
+    cluster_->delete_volume("db-1");
+    ADD_FAILURE() << "a deleted volume was found";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), errc::not_found);
   }
 }
 

@@ -255,3 +255,82 @@ def test_scenario1_rolling_update_serves_every_request_and_a_broken_one_halts(cl
     assert "revision 4 is out" in out, out
     assert {get(lb).split()[0] for _ in range(9)} == {"v2"}
     assert int(status(cluster, "webapp")["revision"]) == 4
+
+
+# Scenario 1's replica on a network: its name on "/", and on "/via/<address>" what the replica at
+# that address serves (a request from one replica to another over the network).
+NETWORKED = """\
+type: long-lived
+memory: 64M
+ports: [80]
+command:
+  - /usr/bin/python3
+  - -c
+  - |
+    import http.server, os, signal, socketserver, sys, urllib.request
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    name = os.environ["BLIXARD_REPLICA"]
+    open(os.path.join(os.environ["BLIXARD_VOLUME"], "owner"), "w").write(name)
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path.startswith("/via/"):
+                try:
+                    body = urllib.request.urlopen(f"http://{self.path[5:]}/", timeout=5).read()
+                except OSError as e:
+                    body = f"failed: {e}".encode()
+            else:
+                body = name.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        def log_message(self, *args):
+            pass
+    socketserver.ThreadingTCPServer(("", int(os.environ["PORT_80"])), Page).serve_forever()
+"""
+
+
+def test_scenario1_as_written_a_pool_and_a_network_across_three_nodes(cluster, tmp_path: Path):
+    """The seed's command as written, once ssd-pool and web-vlan exist: each replica gets a
+    volume on its node and an address on web-vlan, and replicas on different nodes reach each
+    other by address through the agents' VXLAN overlay."""
+    three_agents(cluster)
+    config = cluster.client_dir / "webapp.yaml"
+    config.write_text(NETWORKED)
+    cli(cluster, "storage", "pool", "create", "ssd-pool", "--type", "dir",
+        "--path", str(tmp_path / "ssd"))
+    cli(cluster, "network", "create", "web-vlan", "--subnet", "10.88.0.0/24")
+    cli(cluster, "vm", "create", "webapp", "--config", str(config), "--replicas", "3",
+        "--storage-pool", "ssd-pool", "--network", "web-vlan")
+    cli(cluster, "vm", "start", "webapp")
+    st = poll(lambda: ready(cluster, "webapp", 3), timeout=40)
+    assert "running on [node1, node2, node3]" in cli(cluster, "vm", "status", "webapp")
+    by_name = {i["name"]: i for i in st["instances"]}
+    addresses = {name: i["networkAddress"] for name, i in by_name.items()}
+    assert sorted(addresses.values()) == ["10.88.0.2", "10.88.0.3", "10.88.0.4"], st
+    assert "ADDRESS" in cli(cluster, "vm", "status", "webapp")
+
+    # Through the balancer, whichever replica answers fetches webapp-3's page by its address:
+    # from the two other nodes that crosses the overlay.
+    lb = poll(lambda: status(cluster, "webapp").get("endpoints"), timeout=10)[0]["address"]
+    assert {get(lb) for _ in range(6)} == {"webapp-1", "webapp-2", "webapp-3"}
+    for target in ("webapp-1", "webapp-3"):
+        via = [get(f"{lb}/via/{addresses[target]}") for _ in range(6)]
+        assert via == [target] * 6, via
+
+    # Each replica wrote to its own volume, on its node, in the pool's directory.
+    volumes = json.loads(cli(cluster, "storage", "volume", "list", "-o", "json"))["items"]
+    assert {v["metadata"]["name"]: v["status"]["node"] for v in volumes} == {
+        name: i["node"] for name, i in by_name.items()}
+    for name in by_name:
+        assert (tmp_path / "ssd" / name / "owner").read_text() == name
+
+    cli(cluster, "vm", "delete", "webapp")
+    poll(lambda: json.loads(cli(cluster, "network", "list", "-o", "json"))["items"][0].get(
+        "status", {}).get("addresses", 0) == 0, timeout=30)
+    poll(lambda: all(v["status"]["phase"] == "Available" for v in json.loads(
+        cli(cluster, "storage", "volume", "list", "-o", "json"))["items"]), timeout=30)
+    for name in by_name:
+        cli(cluster, "storage", "volume", "delete", name)
+    cli(cluster, "storage", "pool", "delete", "ssd-pool")
+    cli(cluster, "network", "delete", "web-vlan")

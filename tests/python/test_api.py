@@ -249,18 +249,30 @@ def test_vms_create_status_list_delete(cluster, tmp_path):
       vcpu: 1
     command: ["sleep", "600"]
     """)
+    pool = cluster.create_storage_pool("ssd-pool", tmp_path / "pool")
+    assert pool["spec"]["class"] == "local"
+    assert pool.get("status", {}).get("volumes", 0) == 0
+    with pytest.raises(errors.InvalidSpec, match="blixard network create web-vlan"):
+        cluster.create_vm("web", config=cfg, replicas=2, network="web-vlan")
+    net = cluster.create_network("web-vlan", "10.88.0.0/24")
+    assert net["spec"]["subnet"] == "10.88.0.0/24"
+    assert names(cluster.networks()) == ["web-vlan"]
     vm = cluster.create_vm("web", config=cfg, replicas=2, storage_pool="ssd-pool",
-                           storage_size="10G", network="web-vlan")
+                           storage_size="10G", stopped=True, network="web-vlan")
     obj = vm.get()
     assert obj["spec"]["replicas"] == 2
     assert obj["spec"]["storage"]["pool"] == "ssd-pool"
     assert obj["spec"]["network"] == "web-vlan"
     assert isinstance(vm.status(), dict)
     assert names(cluster.vms()) == ["web"]
+    with pytest.raises(errors.Conflict):
+        cluster.delete_network("web-vlan")
     cluster.delete_vm("web")
     assert cluster.vms() == []
     with pytest.raises(errors.NotFound):
         cluster.vm("web").status()
+    cluster.delete_network("web-vlan")
+    assert cluster.networks() == []
 
 
 def test_triggers(cluster, echo_config):

@@ -16,6 +16,7 @@ pytestmark = pytest.mark.cli
 EXIT_NOT_FOUND = 3
 EXIT_INVALID = 4
 EXIT_EXISTS = 5
+EXIT_CONFLICT = 5  # conflict and already exists share a code
 EXIT_UNAVAILABLE = 6
 EXIT_TIMEOUT = 8
 EXIT_HANDLER = 9
@@ -207,8 +208,18 @@ def test_nix_config_that_does_not_evaluate(cli, work):
 
 def test_vm_lifecycle(cli, work):
     write(work / "web.yaml", 'microvm: {mem: 256, vcpu: 1}\ncommand: ["sleep", "600"]\n')
+    # The seed's command names a pool that must exist: the error names the flag and the fix.
+    err = fail(cli, EXIT_INVALID, "vm", "create", "webapp", "--config", "web.yaml",
+               "--storage-pool", "ssd-pool")
+    assert "--storage-pool" in err and "blixard storage pool create ssd-pool" in err, err
+    cli.ok("storage", "pool", "create", "ssd-pool", "--path", str(work / "pool"))
+    err = fail(cli, EXIT_INVALID, "vm", "create", "webapp", "--config", "web.yaml",
+               "--storage-pool", "ssd-pool", "--network", "web-vlan")
+    assert "--network" in err and "blixard network create web-vlan --subnet" in err, err
+    # (Its replicas would make the network's bridge on this host: the e2e tests run networks,
+    # in namespaces of their own.)
     created = cli.json("vm", "create", "webapp", "--config", "web.yaml", "--replicas", "1",
-                       "--storage-pool", "ssd-pool", "--storage-size", "10G", "--network", "web-vlan",
+                       "--storage-pool", "ssd-pool", "--storage-size", "10G",
                        "--primary-election-policy", "oldest-first")
     assert created["spec"]["replicas"] == 1
     assert created["spec"]["storage"]["pool"] == "ssd-pool"
@@ -224,8 +235,73 @@ def test_vm_lifecycle(cli, work):
                    "--storage-size", "-100G")
         assert "--storage-size" in err
     finally:
-        cli.ok("vm", "delete", "webapp")
+        deleted = cli.ok("vm", "delete", "webapp").stdout
     fail(cli, EXIT_NOT_FOUND, "vm", "status", "webapp")
+    assert "its volumes are kept: webapp-1" in deleted, deleted
+    cli.ok("storage", "volume", "delete", "webapp-1")
+    cli.ok("storage", "pool", "delete", "ssd-pool")
+
+
+def test_networks(cli):
+    created = cli.json("network", "create", "web-vlan", "--subnet", "10.88.0.0/24")
+    assert created["spec"]["subnet"] == "10.88.0.0/24"
+    assert created["status"]["bridge"].startswith("bx-") and created["status"]["vni"] > 0
+    err = fail(cli, EXIT_INVALID, "network", "create", "bad", "--subnet", "10.88.0.7/24")
+    assert "--subnet" in err and "10.88.0.0/24" in err, err
+    err = fail(cli, EXIT_INVALID, "network", "create", "bad", "--subnet", "nonsense")
+    assert "--subnet" in err, err
+    fail(cli, EXIT_EXISTS, "network", "create", "web-vlan", "--subnet", "10.89.0.0/24")
+    table = cli.ok("network", "list").stdout.splitlines()
+    assert table[0].split() == ["NAME", "SUBNET", "ADDRESSES", "BRIDGE", "VNI"]
+    assert table[2].split()[:3] == ["web-vlan", "10.88.0.0/24", "0"]
+    cli.ok("network", "delete", "web-vlan")
+    fail(cli, EXIT_NOT_FOUND, "network", "delete", "web-vlan")
+    assert cli.json("network", "list")["items"] == []
+
+
+def test_storage_pools_and_volumes(cli, work):
+    created = cli.json("storage", "pool", "create", "fast", "--path", str(work / "fast"),
+                       "--class", "ssd")
+    assert created["spec"] == {"type": "dir", "path": str(work / "fast"), "class": "ssd"}
+    shared = cli.ok("storage", "pool", "create", "nfs", "--type", "shared-dir",
+                    "--path", str(work / "nfs")).stdout
+    assert "class replicated" in shared
+    table = cli.ok("storage", "pool", "list").stdout.splitlines()
+    assert table[0].split() == ["NAME", "TYPE", "CLASS", "PATH", "VOLUMES", "ALLOCATED"]
+    assert [line.split()[:3] for line in table[2:]] == [
+        ["fast", "dir", "ssd"], ["nfs", "shared-dir", "replicated"]]
+    err = fail(cli, EXIT_INVALID, "storage", "pool", "create", "bad", "--path", "relative/dir")
+    assert "--path" in err
+    err = fail(cli, EXIT_INVALID, "storage", "pool", "create", "bad", "--path", "/etc/x")
+    assert "/etc" in err
+    fail(cli, EXIT_EXISTS, "storage", "pool", "create", "fast", "--path", str(work / "x"))
+    # A set by class: each replica gets a volume in the pool serving it, on the node.
+    write(work / "db.yaml", 'command: ["sh", "-c", "echo hi >$BLIXARD_VOLUME/f; exec sleep 600"]\n')
+    cli.ok("vm", "create", "db", "--config", "db.yaml", "--replicas", "2", "--storage-class",
+           "ssd", "--storage-size", "16M", "--wait")
+    try:
+        volumes = cli.json("storage", "volume", "list")["items"]
+        assert [v["metadata"]["name"] for v in volumes] == ["db-1", "db-2"]
+        assert {v["status"]["phase"] for v in volumes} == {"Attached"}
+        assert (work / "fast" / "db-1" / "f").read_text() == "hi\n"
+        listed = cli.ok("storage", "volume", "list").stdout
+        assert listed.splitlines()[0].split()[:4] == ["NAME", "VM", "POOL", "SIZE"]
+        assert "db-1" in listed and "fast" in listed and "16M" in listed
+        err = fail(cli, EXIT_CONFLICT, "storage", "volume", "delete", "db-1")
+        assert "in use by replica" in err
+        err = fail(cli, EXIT_CONFLICT, "storage", "pool", "delete", "fast")
+        assert "holds volumes (db-1, db-2)" in err
+    finally:
+        cli.ok("vm", "delete", "db")
+    pool = cli.json("storage", "pool", "list")["items"][0]
+    assert pool["status"]["volumes"] == 2
+    for name in ("db-1", "db-2"):
+        cli.ok("storage", "volume", "delete", name)
+    assert not (work / "fast" / "db-1").exists()
+    fail(cli, EXIT_NOT_FOUND, "storage", "volume", "delete", "db-1")
+    cli.ok("storage", "pool", "delete", "fast")
+    cli.ok("storage", "pool", "delete", "nfs")
+    assert cli.json("storage", "pool", "list")["items"] == []
 
 
 def test_apply_delete_and_triggers(cli):

@@ -111,6 +111,18 @@ class Backend {
   // nullopt when there is none.
   virtual std::optional<std::string> get_blob(const std::string& /*digest*/) { throw_no_blobs(); }
 
+  // Storage pools (created and deleted through apply) and the volumes VM sets made in them
+  // (docs/vms.md, "Volumes"): delete_volume removes the data from its node and the record, and
+  // refuses (conflict) while a replica writes to it. A backend that keeps none answers
+  // unavailable.
+  virtual v1::StoragePool get_storage_pool(const std::string& /*name*/) { throw_no_storage(); }
+  virtual v1::StoragePoolList list_storage_pools() { throw_no_storage(); }
+  virtual v1::VolumeList list_volumes() { throw_no_storage(); }
+  virtual v1::Volume delete_volume(const std::string& /*name*/) { throw_no_storage(); }
+  // VM networks (created and deleted through apply), with how many addresses each hands out.
+  virtual v1::Network get_network(const std::string& /*name*/) { throw_no_storage(); }
+  virtual v1::NetworkList list_networks() { throw_no_storage(); }
+
   // Server side, no endpoint: the stored token whose secret this is (hash compared in constant
   // time), expired or not; nullopt for an unknown or revoked secret.
   virtual std::optional<v1::Token> verify_token(std::string_view /*secret*/) {
@@ -120,6 +132,9 @@ class Backend {
  private:
   [[noreturn]] static void throw_no_tokens() {
     throw Error(errc::unavailable, "this backend keeps no tokens");
+  }
+  [[noreturn]] static void throw_no_storage() {
+    throw Error(errc::unavailable, "this backend keeps no storage pools or networks");
   }
   [[noreturn]] static void throw_no_blobs() {
     throw Error(errc::unavailable, "this backend keeps no blobs");
