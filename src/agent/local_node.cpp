@@ -10,6 +10,7 @@
 
 #include "blixard/error.hpp"
 #include "runtime/accel.hpp"
+#include "runtime/replica_network.hpp"
 
 namespace blixard::agent {
 
@@ -94,6 +95,10 @@ void LocalNode::remove_volume(const v1::VolumeAttachment& volume) {
   // The VM driver made it (libvirt: through its storage API); the sandbox driver's are plain
   // directories, which either one removes.
   (vm_driver_ ? vm_driver_ : driver_)->remove_volume(volume);
+}
+
+void LocalNode::overlay_peers(const std::vector<std::string>& addresses) {
+  runtime::set_overlay_peers(addresses);
 }
 
 std::shared_ptr<runtime::Instance> LocalNode::start(const control::Assignment& assignment) {

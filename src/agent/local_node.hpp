@@ -36,6 +36,7 @@ class LocalNode final : public control::Node {
   std::shared_ptr<runtime::Replica> start_replica(
       const control::ReplicaAssignment& assignment) override;
   void remove_volume(const v1::VolumeAttachment& volume) override;
+  void overlay_peers(const std::vector<std::string>& addresses) override;
   std::vector<std::string> instances() const override;
   // Kills every instance; later starts fail with unavailable.
   void shutdown() override;

@@ -59,6 +59,11 @@ void Session::receive(v1::AgentFrame& frame) {
     case v1::AgentFrame::kRemoveVolume:
       remove_volume(frame.remove_volume());
       return;
+    case v1::AgentFrame::kOverlayPeers: {
+      const auto& a = frame.overlay_peers().addresses();
+      node_->overlay_peers({a.begin(), a.end()});
+      return;
+    }
     case v1::AgentFrame::kInvoke:
       invoke(*frame.mutable_invoke());
       return;

@@ -47,6 +47,9 @@ class Node {
   virtual std::shared_ptr<runtime::Replica> start_replica(const ReplicaAssignment& assignment) = 0;
   // Removes a volume's data from the node (runtime::Driver::remove_volume); throws as start().
   virtual void remove_volume(const v1::VolumeAttachment& volume) = 0;
+  // The other nodes' addresses, after one joined or left: what the node's VM network overlays
+  // flood to (runtime/replica_network.hpp).
+  virtual void overlay_peers(const std::vector<std::string>& addresses) = 0;
   // Names of the instances (and replicas) it runs for the control plane.
   virtual std::vector<std::string> instances() const = 0;
   // Ends the node's service: its instances are killed (a local node) or given up (a remote one:

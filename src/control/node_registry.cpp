@@ -74,7 +74,30 @@ void NodeRegistry::write(const std::string& name, const Entry& entry, const std:
 }
 
 std::int64_t NodeRegistry::join(std::shared_ptr<Node> node, bool in_process) {
-  std::lock_guard lock(mutex_);
+  const std::string name = node->name();
+  std::int64_t epoch = 0;
+  {
+    std::lock_guard lock(mutex_);
+    epoch = add(std::move(node), in_process);
+  }
+  // Not the new node itself: its welcome goes first, and its replicas' starts bring the list.
+  tell_overlay_peers(name);
+  return epoch;
+}
+
+void NodeRegistry::tell_overlay_peers(const std::string& except) {
+  std::vector<std::pair<std::shared_ptr<Node>, std::vector<std::string>>> told;
+  {
+    std::lock_guard lock(mutex_);
+    for (const auto& [name, e] : nodes_) {
+      if (e.node && name != except) told.emplace_back(e.node, peer_addresses_locked(name));
+    }
+  }
+  // Outside the lock: a remote node sends a frame, the local one programs netlink.
+  for (auto& [node, peers] : told) node->overlay_peers(peers);
+}
+
+std::int64_t NodeRegistry::add(std::shared_ptr<Node> node, bool in_process) {
   if (closed_) throw Error(errc::unavailable, "the server is shutting down");
   const std::string name = node->name();
   if (name.empty()) throw Error(errc::invalid_spec, "a node needs a name", "name");
@@ -157,6 +180,10 @@ std::vector<ProbeTarget> NodeRegistry::probe_targets(const std::string& name, st
 
 std::vector<std::string> NodeRegistry::peer_addresses(const std::string& name) const {
   std::lock_guard lock(mutex_);
+  return peer_addresses_locked(name);
+}
+
+std::vector<std::string> NodeRegistry::peer_addresses_locked(const std::string& name) const {
   std::string own;
   if (auto it = nodes_.find(name); it != nodes_.end() && it->second.node) {
     own = it->second.node->describe().address();
@@ -193,11 +220,13 @@ std::map<std::string, std::chrono::microseconds> NodeRegistry::peer_round_trips(
 }
 
 void NodeRegistry::disconnected(const std::shared_ptr<Node>& node, const std::string& why) {
+  bool closed = false;
   {
     std::lock_guard lock(mutex_);
     auto it = nodes_.find(node->name());
     if (it == nodes_.end() || it->second.node != node) return;
     it->second.node.reset();
+    closed = closed_;
     if (!closed_) {
       it->second.phase = "NotReady";
       write(it->first, it->second, why);
@@ -205,6 +234,7 @@ void NodeRegistry::disconnected(const std::shared_ptr<Node>& node, const std::st
     }
   }
   node->shutdown();  // its instances exit as lost; their pools let go of them
+  if (!closed) tell_overlay_peers({});
 }
 
 void NodeRegistry::cordon(const std::string& name, bool cordoned) {

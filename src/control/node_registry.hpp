@@ -128,6 +128,12 @@ class NodeRegistry {
   void shutdown();
 
  private:
+  // join() under the lock.
+  std::int64_t add(std::shared_ptr<Node> node, bool in_process);
+  // Every connected node but `except` hears the others' addresses (its VM networks' overlay
+  // peers).
+  void tell_overlay_peers(const std::string& except);
+  std::vector<std::string> peer_addresses_locked(const std::string& name) const;
   struct Entry {
     std::shared_ptr<Node> node;  // null once disconnected
     bool in_process = false;

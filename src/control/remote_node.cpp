@@ -208,6 +208,12 @@ void RemoteNode::remove_volume(const v1::VolumeAttachment& volume) {
   if (pending.error) throw *pending.error;
 }
 
+void RemoteNode::overlay_peers(const std::vector<std::string>& addresses) {
+  v1::AgentFrame frame;
+  for (const auto& a : addresses) frame.mutable_overlay_peers()->add_addresses(a);
+  send(frame);  // not connected: its next replica start brings them
+}
+
 std::vector<std::string> RemoteNode::instances() const {
   std::vector<std::string> out;
   std::lock_guard lock(mutex_);

@@ -37,6 +37,7 @@ class RemoteNode final : public Node, public std::enable_shared_from_this<Remote
   std::shared_ptr<runtime::Instance> start(const Assignment& assignment) override;
   std::shared_ptr<runtime::Replica> start_replica(const ReplicaAssignment& assignment) override;
   void remove_volume(const v1::VolumeAttachment& volume) override;
+  void overlay_peers(const std::vector<std::string>& addresses) override;
   std::vector<std::string> instances() const override;
   // The node is given up (lost, disconnected, server shutting down): the connection is closed,
   // starts and calls in flight fail with unavailable, instances exit as lost.

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "blixard/v1/network.pb.h"
 #include "common/subnet.hpp"
@@ -28,6 +29,10 @@ class NetworkMembership {
  private:
   std::string network_, bridge_;
 };
+
+// The other nodes changed (one joined or left): every network this process has a replica on
+// floods to exactly these now (`addresses`: the other nodes', as the server knows them).
+void set_overlay_peers(const std::vector<std::string>& addresses);
 
 // The replica's address and subnet from the attachment (checked: the address is a host of it).
 std::pair<net::Address, net::Subnet> replica_address(const v1::NetworkAttachment& network);

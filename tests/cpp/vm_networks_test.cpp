@@ -5,6 +5,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <net/if.h>
+#include <netinet/in.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/ioctl.h>
@@ -14,6 +15,7 @@
 #include <filesystem>
 #include <set>
 #include <string>
+#include <thread>
 
 #include "blixard/cluster.hpp"
 #include "blixard/error.hpp"
@@ -91,7 +93,8 @@ class VmNetworkTest : public ::testing::Test {
         "  def do_GET(self):\n"
         "    if self.path.startswith('/via/'):\n"
         "      try:\n"
-        "        b = urllib.request.urlopen('http://' + self.path[5:] + ':80/', timeout=5).read()\n"
+        "        t = self.path[5:] if ':' in self.path[5:] else self.path[5:] + ':80'\n"
+        "        b = urllib.request.urlopen('http://' + t + '/', timeout=2).read()\n"
         "      except Exception as e:\n"
         "        b = ('failed: %s' % e).encode()\n"
         "    else:\n"
@@ -146,6 +149,30 @@ TEST_F(VmNetworkTest, ReplicasOfANetworkReachEachOtherByAddress) {
   EXPECT_EQ(body(port1, "/"), "I am " + a1);
   EXPECT_EQ(body(port1, "/via/" + a2), "I am " + a2);
   EXPECT_EQ(body(st.instances(1).host_ports().at(80), "/via/" + a1), "I am " + a1);
+
+  // Its node is its gateway, and nothing more: a port the host serves on every address (here:
+  // this test's, in its namespace) is not reached from the network.
+  const int listener = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in any{};
+  any.sin_family = AF_INET;
+  ASSERT_EQ(::bind(listener, reinterpret_cast<sockaddr*>(&any), sizeof any), 0);
+  ASSERT_EQ(::listen(listener, 8), 0);
+  socklen_t len = sizeof any;
+  ::getsockname(listener, reinterpret_cast<sockaddr*>(&any), &len);
+  const std::string host_port = "10.77.0.1:" + std::to_string(ntohs(any.sin_port));
+  std::thread server([listener] {  // answers whoever reaches it
+    for (int fd; (fd = ::accept(listener, nullptr, nullptr)) >= 0; ::close(fd)) {
+      const std::string reply = "HTTP/1.0 200 OK\r\nContent-Length: 7\r\n\r\nreached";
+      (void)!::write(fd, reply.data(), reply.size());
+    }
+  });
+  // (From the test itself, on the host's side, it answers.)
+  EXPECT_THAT(http_head_only(ntohs(any.sin_port), "GET / HTTP/1.0\r\n\r\n"), HasSubstr("reached"));
+  const auto from_replica = body(port1, "/via/" + host_port);
+  EXPECT_EQ(from_replica.rfind("failed", 0), 0U) << from_replica;
+  ::shutdown(listener, SHUT_RDWR);
+  server.join();
+  ::close(listener);
 
   // Killed, it comes back with its address.
   const auto before = status("web").instances(1).restarts();

@@ -334,3 +334,29 @@ def test_scenario1_as_written_a_pool_and_a_network_across_three_nodes(cluster, t
         cli(cluster, "storage", "volume", "delete", name)
     cli(cluster, "storage", "pool", "delete", "ssd-pool")
     cli(cluster, "network", "delete", "web-vlan")
+
+
+def test_a_node_that_joins_later_is_reached_over_the_overlay(cluster, tmp_path: Path):
+    """The agents already running hear of a node that joins (their VXLAN flood lists take it in):
+    a replica on an old node reaches one started on the new node, by address."""
+    cluster.start_agent("node1")
+    cluster.start_agent("node2")
+    config = cluster.client_dir / "webapp.yaml"
+    config.write_text(NETWORKED)
+    cli(cluster, "storage", "pool", "create", "ssd-pool", "--path", str(tmp_path / "ssd"))
+    cli(cluster, "network", "create", "web-vlan", "--subnet", "10.88.0.0/24")
+    cli(cluster, "vm", "create", "webapp", "--config", str(config), "--replicas", "2",
+        "--storage-pool", "ssd-pool", "--network", "web-vlan")
+    poll(lambda: ready(cluster, "webapp", 2), timeout=40)
+    cluster.start_agent("node3")
+    cli(cluster, "vm", "scale", "webapp", "--replicas", "3")
+    st = poll(lambda: ready(cluster, "webapp", 3), timeout=40)
+    by_name = {i["name"]: i for i in st["instances"]}
+    assert by_name["webapp-3"]["node"] == "node3", st  # spread: the empty node
+    # From each old node's replica (through its own host port) to the new one's address.
+    target = by_name["webapp-3"]["networkAddress"]
+    for name in ("webapp-1", "webapp-2"):
+        i = by_name[name]
+        port = i["hostPorts"]["80"]
+        poll(lambda: get(f"{i['address']}:{port}/via/{target}") == "webapp-3", timeout=10)
+    cli(cluster, "vm", "delete", "webapp")
