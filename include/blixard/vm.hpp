@@ -21,7 +21,8 @@ class Vm {
   // Throws Error(invalid_spec, field "replicas") for 0 or more than the limit.
   v1::Vm scale(std::uint32_t replicas) const;
   // A new spec for the set (its update strategy rolls it out); `replicas` 0 keeps the set's
-  // count, and whether it is stopped is kept. Returns the set as stored.
+  // count, and whether it is stopped is kept, as are its storage (volumes) and network unless
+  // the spec names others. Returns the set as stored.
   v1::Vm update(v1::VmSpec spec) const;
   // Rolls the set back to a kept revision's spec (status().revisions(); 0: the one before the
   // newest) as a new revision. Throws not_found for a revision no longer kept, invalid_spec when

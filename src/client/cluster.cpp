@@ -383,6 +383,16 @@ v1::Vm Vm::update(v1::VmSpec spec) const {
   return change_vm(*backend_, name_, [&](v1::VmSpec& stored) {
     if (spec.replicas() == 0) spec.set_replicas(stored.replicas());
     spec.set_stopped(stored.stopped());
+    // A new config does not drop what the set was deployed with: its volumes and its network
+    // stay unless the update names others, as its replica count does.
+    const auto& keep = stored.storage();
+    if (spec.storage().pool().empty() && spec.storage().class_().empty() &&
+        (!keep.pool().empty() || !keep.class_().empty())) {
+      const std::string mount = spec.storage().mount_point();
+      *spec.mutable_storage() = keep;
+      if (!mount.empty()) spec.mutable_storage()->set_mount_point(mount);
+    }
+    if (spec.network().empty()) spec.set_network(stored.network());
     stored = std::move(spec);
   });
 }

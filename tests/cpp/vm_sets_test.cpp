@@ -756,6 +756,14 @@ TEST_F(VolumeTest, AReplicaKeepsItsVolumeAcrossRestartsAndRollouts) {
       30s))
       << status("db").DebugString();
   EXPECT_LE(most, 2U);
+  // A new config that does not name the storage keeps it (as the replica count is kept).
+  auto v3 = counting_spec(0, "v3");
+  v3.clear_storage();
+  vm.update(v3);
+  EXPECT_EQ(vm.get().spec().storage().pool(), "disk");
+  ASSERT_TRUE(eventually(
+      [&] { return status("db").rollout().empty() && page_of("db", 1) == "v3 count=4"; }, 30s))
+      << status("db").DebugString();
   // Stopped: the volumes stay, no longer attached.
   vm.stop();
   ASSERT_TRUE(eventually([&] {
@@ -764,7 +772,7 @@ TEST_F(VolumeTest, AReplicaKeepsItsVolumeAcrossRestartsAndRollouts) {
            v[1].status().phase() == "Available";
   }));
   vm.start();
-  ASSERT_TRUE(eventually([&] { return page_of("db", 0) == "v2 count=3"; }, 20s));
+  ASSERT_TRUE(eventually([&] { return page_of("db", 0) == "v3 count=4"; }, 20s));
 }
 
 TEST_F(VolumeTest, PoolsAndVolumesGoOnlyWhenNothingUsesThem) {
