@@ -19,7 +19,11 @@ namespace {
 std::string guard_script(const std::vector<std::string>& bridges) {
   std::string within;
   for (const auto& b : bridges) {
-    within += "    iifname \"" + b + "\" oifname \"" + b + "\" accept\n";
+    within.append("    iifname \"")
+        .append(b)
+        .append("\" oifname \"")
+        .append(b)
+        .append("\" accept\n");
   }
   return R"(table inet blixard_guard
 delete table inet blixard_guard
