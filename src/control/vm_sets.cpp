@@ -882,7 +882,13 @@ void VmSets::exited(const std::string& vm, int ordinal, std::uint64_t generation
     }
     if (slot.remove && slot.empty()) set.slots.erase(sl);
   }
-  if (!detach.first.empty()) volumes_->detached(detach.first, detach.second);
+  if (!detach.first.empty()) {
+    try {
+      volumes_->detached(detach.first, detach.second);
+    } catch (const std::exception&) {
+      // The store is closing with the server: the record says the last writer, as it did.
+    }
+  }
   publish(vm, reason, event);
   wake_.notify_all();
 }
