@@ -47,18 +47,20 @@ using runtime::UniqueFd;
 const fs::path k_boot_dir = "/boot";
 const fs::path k_modules_dir = "/lib/modules";
 constexpr std::string_view k_kernel_package_hint = "apt-get install linux-image-amd64";
-// The drivers of qemu's microvm devices (virtio-mmio): network, the agent's serial port, the 9p
-// share of /usr and the volume's disk (ext4, whose checksums need crc32c). modules.dep adds what
-// they need.
-constexpr std::array<std::string_view, 8> k_guest_modules = {
-    "virtio_mmio", "virtio_net", "virtio_console", "9pnet_virtio",
-    "9p",          "virtio_blk", "crc32c_generic", "ext4"};
+// The drivers of qemu's microvm devices (virtio-mmio): network, the agent's serial port and the
+// 9p share of /usr, loaded by every guest; and the volume's disk (ext4, whose checksums need
+// crc32c), loaded only by a guest with a volume (ext4 and its helpers take a quarter of a second
+// to load under TCG, as long as all the others). modules.dep adds what they need.
+constexpr std::array<std::string_view, 5> k_guest_modules = {
+    "virtio_mmio", "virtio_net", "virtio_console", "9pnet_virtio", "9p"};
+constexpr std::array<std::string_view, 3> k_volume_modules = {"virtio_blk", "crc32c_generic",
+                                                              "ext4"};
 // Debian's kernels tick at 250 Hz, and lpj counts delay loops per tick.
 constexpr std::uint64_t k_guest_hz = 250;
 // XEN_ELFNOTE_PHYS32_ENTRY: the 32-bit entry point qemu jumps to when it boots an ELF kernel.
 constexpr std::uint32_t k_pvh_entry_note = 18;
 // Bump when the base archive's layout changes, so caches built by an older binary are not used.
-constexpr std::string_view k_base_layout = "blixard initramfs base 2";
+constexpr std::string_view k_base_layout = "blixard initramfs base 3";
 
 Error unavailable(const std::string& message) { return {errc::unavailable, message}; }
 
@@ -257,6 +259,7 @@ std::string module_name(std::string_view path) {
 
 struct GuestModules {
   std::vector<fs::path> files;  // in load order: each after what it needs
+  std::size_t always = 0;       // files[0, always): every guest's; the rest: a volume's only
   std::string missing;          // a needed module the kernel neither builds in nor ships
 };
 
@@ -291,6 +294,8 @@ GuestModules guest_modules(const std::string& version) {
     out.files.push_back(dir / found->second.first);
   };
   for (const auto name : k_guest_modules) place(std::string(name));
+  out.always = out.files.size();
+  for (const auto name : k_volume_modules) place(std::string(name));
   return out;
 }
 
@@ -383,8 +388,9 @@ std::optional<fs::path> find_busybox() {
   return std::nullopt;
 }
 
-// busybox, the modules in load order (listed in blixard/modules/order) and our init; the /bin,
-// /sbin and /lib links point into the /usr the init mounts (Debian's /usr is merged).
+// busybox, the modules in load order (listed in blixard/modules/order, and in order-volume what
+// only a volume needs) and our init; the /bin, /sbin and /lib links point into the /usr the init
+// mounts (Debian's /usr is merged).
 fs::path base_archive(const GuestKernel& kernel, const fs::path& cache_dir) {
   const GuestModules modules = guest_modules(kernel.version);
   if (!modules.missing.empty()) {
@@ -419,15 +425,17 @@ fs::path base_archive(const GuestKernel& kernel, const fs::path& cache_dir) {
     cpio.symlink(dir, std::string("usr/") + dir);
   cpio.file("init", detail::embedded_guest_init(), 0755);
   cpio.file("blixard/bin/busybox", busybox_binary, 0755);
-  std::string order;
-  for (const auto& module : modules.files) {
+  std::string order, volume_order;
+  for (std::size_t i = 0; i < modules.files.size(); ++i) {
+    const auto& module = modules.files[i];
     const std::string name = module_name(module.string());
     const std::string bytes = read_file(module);
     cpio.file("blixard/modules/" + name + ".ko",
               module.extension() == ".ko" ? bytes : decompress(bytes, module.string()));
-    order += name + '\n';
+    (i < modules.always ? order : volume_order) += name + '\n';
   }
   cpio.file("blixard/modules/order", order);
+  cpio.file("blixard/modules/order-volume", volume_order);
   write_atomically(cached, {cpio.finish()});
   remove_stale(cache_dir, prefix, cached);
   return cached;
@@ -621,11 +629,13 @@ std::string guest_cmdline() {
   return line;
 }
 
-fs::path build_initramfs(const GuestKernel& kernel, const Workload& workload,
-                         const fs::path& cache_dir, const fs::path& out) {
-  const std::string workload_script = workload_file(workload);  // a bad spec costs no disk work
+fs::path base_initramfs(const GuestKernel& kernel, const fs::path& cache_dir) {
+  return base_archive(kernel, cache_dir);
+}
+
+std::string replica_archive(const Workload& workload) {
+  const std::string workload_script = workload_file(workload);
   for (const auto& [path, content] : workload.files) check_guest_file(path);
-  const std::string base = read_file(base_archive(kernel, cache_dir));
   CpioWriter replica;
   replica.file("blixard/workload", workload_script);
   // Under blixard/files, copied into place by the init once its tmpfs mounts (/var) are up.
@@ -640,7 +650,13 @@ fs::path build_initramfs(const GuestKernel& kernel, const Workload& workload,
   for (const auto& [path, content] : workload.files) {
     replica.file("blixard/files" + path, content);
   }
-  write_atomically(out, {base, replica.finish()});
+  return replica.finish();
+}
+
+fs::path build_initramfs(const GuestKernel& kernel, const Workload& workload,
+                         const fs::path& cache_dir, const fs::path& out) {
+  const std::string replica = replica_archive(workload);  // a bad spec costs no disk work
+  write_atomically(out, {read_file(base_archive(kernel, cache_dir)), replica});
   return out;
 }
 

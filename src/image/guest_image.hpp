@@ -50,11 +50,21 @@ struct Workload {
   std::string network_mac, network_address;
 };
 
-// The initramfs of one replica, written to `out` (aside, then renamed) and returned: the cached
-// base archive (busybox, modules, /init) followed by a small archive holding /blixard/workload;
-// the kernel unpacks concatenated cpio archives one after the other. Throws
-// Error(invalid_spec) for a workload the guest could not run, Error(unavailable) when
-// busybox-static or a module is missing or the disk refuses.
+// The base archive every guest of `kernel` boots (busybox, modules, /init), built once into
+// cache_dir (aside, then renamed) and returned. On its own it is a whole initramfs: its init reads
+// the replica's archive from the host on the agent's port (docs/guest-images.md). Throws
+// Error(unavailable) when busybox-static or a module is missing or the disk refuses.
+std::filesystem::path base_initramfs(const GuestKernel& kernel,
+                                     const std::filesystem::path& cache_dir);
+
+// The replica's own small cpio archive: /blixard/workload and the workload's files under
+// /blixard/files. Throws Error(invalid_spec) for a workload the guest could not run.
+std::string replica_archive(const Workload& workload);
+
+// The initramfs of one replica, written to `out` (aside, then renamed) and returned: the base
+// archive followed by the replica's archive; the kernel unpacks concatenated cpio archives one
+// after the other. For a VMM started by hand (the libvirt driver sends the replica's archive over
+// the agent's port instead, and boots the base as it is). Throws as the two above.
 std::filesystem::path build_initramfs(const GuestKernel& kernel, const Workload& workload,
                                       const std::filesystem::path& cache_dir,
                                       const std::filesystem::path& out);

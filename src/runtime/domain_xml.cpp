@@ -100,8 +100,12 @@ std::string domain_xml(const DomainConfig& c) {
     netdev += ",hostfwd=tcp::" + std::to_string(host) + "-:" + std::to_string(guest);
   }
   x += "  <qemu:commandline>\n";
+  // The microvm machine without what a PVH kernel does not use and libvirt cannot turn off: the
+  // option ROMs (its firmware boots the kernel itself), the legacy PIT and PIC (the guest has an
+  // IOAPIC and LAPIC timers). qemu merges a second -machine into libvirt's.
   for (const std::string& arg :
-       {std::string("-netdev"), netdev, std::string("-device"),
+       {std::string("-machine"), std::string("x-option-roms=off,pit=off,pic=off"),
+        std::string("-netdev"), netdev, std::string("-device"),
         std::string("virtio-net-device,netdev=bxnet0,mac=") + k_user_net_mac}) {
     x += "    <qemu:arg value=" + attr(arg) + "/>\n";
   }

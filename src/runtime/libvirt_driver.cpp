@@ -13,11 +13,13 @@
 
 #include <array>
 #include <atomic>
+#include <cmath>
 #include <condition_variable>
 #include <cstring>
 #include <functional>
 #include <mutex>
 #include <set>
+#include <sstream>
 #include <string_view>
 #include <thread>
 
@@ -41,6 +43,7 @@ using std::chrono::milliseconds;
 constexpr milliseconds k_check_timeout{1000};
 constexpr milliseconds k_http_ready_poll{100};
 constexpr std::string_view k_ready_line = "BLIXARD-READY";
+constexpr std::string_view k_times_line = "BLIXARD-TIMES ";
 constexpr std::string_view k_exit_line = "BLIXARD-EXIT ";
 const fs::path k_socket_root = "/run/blixard";
 constexpr std::uint64_t k_min_guest_mib = 128;
@@ -117,6 +120,47 @@ UniqueFd connect_unix(const fs::path& path) {
   return fd;
 }
 
+// All of `bytes`, or false (the peer is gone, or took longer than the socket's send timeout).
+bool send_all(int fd, std::string_view bytes) {
+  while (!bytes.empty()) {
+    const ssize_t n = ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    bytes.remove_prefix(static_cast<std::size_t>(n));
+  }
+  return true;
+}
+
+// All of `bytes` to a file, or false.
+bool write_all(int fd, std::string_view bytes) {
+  while (!bytes.empty()) {
+    const ssize_t n = ::write(fd, bytes.data(), bytes.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    bytes.remove_prefix(static_cast<std::size_t>(n));
+  }
+  return true;
+}
+
+// "1.23" (seconds, as /proc/uptime says them) in milliseconds; -1 when it is not a number.
+long long uptime_ms(std::string_view text) {
+  const std::string s(text);
+  char* end = nullptr;
+  const double seconds = std::strtod(s.c_str(), &end);
+  return end == s.c_str() ? -1 : std::llround(seconds * 1000);
+}
+
+std::string ms_since(Clock::time_point from, Clock::time_point to) {
+  return std::to_string(std::chrono::duration_cast<milliseconds>(to - from).count()) + " ms";
+}
+
+// What every guest of this driver boots: the kernel and the base initramfs, both in the image
+// cache.
+struct GuestImage {
+  image::GuestKernel kernel;
+  fs::path initramfs;
+};
+
 class LibvirtReplica final : public Replica, public std::enable_shared_from_this<LibvirtReplica> {
  public:
   // `dir` holds its files, `sockets` (a short path: a unix socket's is at most 107 bytes) its
@@ -165,9 +209,10 @@ class LibvirtReplica final : public Replica, public std::enable_shared_from_this
     destroy_domain();
   }
 
-  // `volume_image`: the volume's disk image when it has one (attached as /dev/vda).
-  void start(const LibvirtOptions& driver, const image::GuestKernel& kernel, bool kvm,
-             const fs::path& volume_image);
+  // `volume_image`: the volume's disk image when it has one (attached as /dev/vda); `began`:
+  // when the driver took the request, `prepared`: when it had the guest's image.
+  void start(const LibvirtOptions& driver, const GuestImage& image, bool kvm,
+             const fs::path& volume_image, Clock::time_point began, Clock::time_point prepared);
   // Whether its thread runs (and will call `done` once the guest is gone), after start().
   bool watching() const { return watching_; }
 
@@ -178,9 +223,19 @@ class LibvirtReplica final : public Replica, public std::enable_shared_from_this
     Domain dom(virDomainLookupByName(conn_, domain_.c_str()));
     if (dom) virDomainDestroy(dom.get());
   }
+  // The driver's, or the spec's shorter one (readiness.timeout).
+  milliseconds ready_timeout(const LibvirtOptions& driver) const {
+    const auto& t = options_.spec.readiness().timeout();
+    if (t.seconds() <= 0 && t.nanos() <= 0) return driver.ready_timeout;
+    return std::min(driver.ready_timeout, milliseconds(t.seconds() * 1000 + t.nanos() / 1'000'000));
+  }
   void run();
   void console_line(std::string text);
   void agent_line(const std::string& text);
+  // Where the start's time went, for the replica's log.
+  std::string timeline(Clock::time_point began, Clock::time_point prepared,
+                       Clock::time_point archived, Clock::time_point created,
+                       Clock::time_point ready) const;
 
   ReplicaOptions options_;
   virConnectPtr conn_;
@@ -198,6 +253,8 @@ class LibvirtReplica final : public Replica, public std::enable_shared_from_this
   State state_ = State::starting;
   bool requested_ = false;
   bool guest_ready_ = false;  // the guest init said so (its first port accepts inside)
+  Clock::time_point guest_ready_at_;
+  std::string guest_times_;  // the init's "init=1.02 modules=1.31 ..." (uptime, seconds)
   bool marker_seen_ = false;
   bool gone_ = false;  // qemu closed both sockets
   std::optional<int> exit_status_;
@@ -227,14 +284,57 @@ void LibvirtReplica::console_line(std::string text) {
 }
 
 void LibvirtReplica::agent_line(const std::string& text) {
-  if (std::string_view(text) != k_ready_line) return;
   std::lock_guard lock(mutex_);
+  if (text.rfind(k_times_line, 0) == 0) {
+    guest_times_ = text.substr(k_times_line.size());
+    return;
+  }
+  if (std::string_view(text) != k_ready_line) return;
   guest_ready_ = true;
+  guest_ready_at_ = Clock::now();
   changed_.notify_all();
 }
 
-void LibvirtReplica::start(const LibvirtOptions& driver, const image::GuestKernel& kernel, bool kvm,
-                           const fs::path& volume_image) {
+std::string LibvirtReplica::timeline(Clock::time_point began, Clock::time_point prepared,
+                                     Clock::time_point archived, Clock::time_point created,
+                                     Clock::time_point ready) const {
+  std::string line = "blixard: ready in " + ms_since(began, ready) + ": image " +
+                     ms_since(began, prepared) + ", workload archive " +
+                     ms_since(prepared, archived) + ", libvirt start " +
+                     ms_since(archived, created);
+  // The guest's own clock (seconds since its kernel started) at each step of its init.
+  std::map<std::string, long long> at;
+  std::istringstream words(guest_times_);
+  for (std::string word; words >> word;) {
+    const auto eq = word.find('=');
+    if (eq != std::string::npos) at[word.substr(0, eq)] = uptime_ms(word.substr(eq + 1));
+  }
+  const auto step = [&](const char* from, const char* to) {
+    const auto a = at.find(from), b = at.find(to);
+    return a == at.end() || b == at.end() || a->second < 0 || b->second < 0
+               ? std::string("?")
+               : std::to_string(b->second - a->second) + " ms";
+  };
+  if (const auto init = at.find("init"); init != at.end() && init->second >= 0) {
+    // qemu's start and the kernel's, up to the init: the host's clock from libvirt's return to
+    // the guest's word, less the guest's own time since its kernel started.
+    const auto guest_said = guest_ready_ ? guest_ready_at_ : ready;
+    const auto ready_uptime = at.count("ready") != 0 ? at.at("ready") : -1;
+    if (ready_uptime >= 0) {
+      const auto host_ms = std::chrono::duration_cast<milliseconds>(guest_said - created).count();
+      line += ", to the kernel's start " + std::to_string(host_ms - ready_uptime) + " ms";
+    }
+    line += ", kernel " + std::to_string(init->second) + " ms";
+  }
+  line += ", modules " + step("init", "modules") + ", init " + step("modules", "workload") +
+          ", workload to ready " + step("workload", "ready");
+  if (guest_ready_) line += ", readiness reported " + ms_since(guest_ready_at_, ready);
+  return line;
+}
+
+void LibvirtReplica::start(const LibvirtOptions& driver, const GuestImage& image, bool kvm,
+                           const fs::path& volume_image, Clock::time_point began,
+                           Clock::time_point prepared) {
   const auto& spec = options_.spec;
   if (!spec.untranslated().empty() && spec.command_size() == 0) {
     throw Error(errc::invalid_spec, spec.untranslated(), "config");
@@ -252,7 +352,6 @@ void LibvirtReplica::start(const LibvirtOptions& driver, const image::GuestKerne
                     std::to_string(spec.memory_mib()) + " MiB",
                 "memory");
   }
-  const auto began = Clock::now();
   const std::string replica = options_.slot.empty() ? options_.name : options_.slot;
   image::Workload workload;
   workload.command.assign(spec.command().begin(), spec.command().end());
@@ -276,6 +375,17 @@ void LibvirtReplica::start(const LibvirtOptions& driver, const image::GuestKerne
     workload.network_address = address.to_string() + "/" + std::to_string(subnet.prefix());
   }
   for (const auto port : spec.ports()) ports_[port] = free_port();
+  // Sent to the guest's init over the agent's port once the guest runs: every replica boots the
+  // same cached initramfs, and nothing per replica is written on the way to the boot.
+  const std::string archive = image::replica_archive(workload);
+  {
+    // Kept beside the replica for whoever looks into it (the bench boots it by hand): root's only.
+    // (Made 0600, never readable by others even for a moment: it holds the workload's env.)
+    const UniqueFd keep(::open((dir_ / "workload.cpio").c_str(),
+                               O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
+    if (keep.get() >= 0) (void)write_all(keep.get(), archive);
+  }
+  const auto archived = Clock::now();
 
   DomainConfig config;
   config.name = domain_;
@@ -283,9 +393,8 @@ void LibvirtReplica::start(const LibvirtOptions& driver, const image::GuestKerne
   config.balloon_mib = spec.microvm().balloon_mem();
   config.vcpus = spec.vcpu() != 0 ? spec.vcpu() : 1;
   config.kvm = kvm;
-  config.kernel = kernel.vmlinux;
-  config.initrd =
-      image::build_initramfs(kernel, workload, driver.image_cache, dir_ / "initramfs.img");
+  config.kernel = image.kernel.vmlinux;
+  config.initrd = image.initramfs;
   config.cmdline = image::guest_cmdline();
   config.shares.push_back({"usr", driver.program_tree, true});
   config.console_socket = sockets_ / "console";
@@ -300,6 +409,7 @@ void LibvirtReplica::start(const LibvirtOptions& driver, const image::GuestKerne
   if (!dom) {
     throw Error(errc::unavailable, libvirt_error("libvirt did not start " + options_.name));
   }
+  const auto created = Clock::now();
   console_ = connect_unix(config.console_socket);
   agent_ = connect_unix(config.agent_socket);
   if (console_.get() < 0 || agent_.get() < 0) {
@@ -309,17 +419,25 @@ void LibvirtReplica::start(const LibvirtOptions& driver, const image::GuestKerne
   }
   std::thread([self = shared_from_this()] { self->run(); }).detach();
   watching_ = true;
+  // qemu holds the bytes until the guest's init opens its port (a larger archive than the
+  // socket's buffer waits here for that, within the ready timeout).
+  const auto ready_timeout_s =
+      std::chrono::duration_cast<std::chrono::seconds>(ready_timeout(driver));
+  timeval send_timeout{static_cast<time_t>(std::max<long long>(1, ready_timeout_s.count())), 0};
+  (void)::setsockopt(agent_.get(), SOL_SOCKET, SO_SNDTIMEO, &send_timeout, sizeof send_timeout);
+  if (!send_all(agent_.get(), "WORKLOAD " + std::to_string(archive.size()) + "\n") ||
+      !send_all(agent_.get(), archive)) {
+    const std::string why = std::strerror(errno);
+    kill();
+    throw Error(errc::unavailable, "cannot send replica " + options_.name +
+                                       "'s workload to its guest: " + why + tail_.describe());
+  }
 
   // Ready: the console marker, or the guest init's word (its first port accepts inside the
   // guest: the forwarded host port accepts before that, qemu's user network answers for it),
   // then the HTTP path through the forwarded port where the spec asks for one.
   const auto& r = spec.readiness();
-  auto ready_timeout = driver.ready_timeout;  // or the spec's shorter one (readiness.timeout)
-  if (const auto& t = r.timeout(); t.seconds() > 0 || t.nanos() > 0) {
-    ready_timeout =
-        std::min(ready_timeout, milliseconds(t.seconds() * 1000 + t.nanos() / 1'000'000));
-  }
-  const auto deadline = began + ready_timeout;
+  const auto deadline = began + ready_timeout(driver);
   std::unique_lock lock(mutex_);
   for (;;) {
     if (gone_ || state_ == State::exited) {
@@ -341,13 +459,17 @@ void LibvirtReplica::start(const LibvirtOptions& driver, const image::GuestKerne
       lock.unlock();
       kill();
       throw Error(errc::timeout, "replica " + options_.name + "'s guest was not ready within " +
-                                     std::to_string(ready_timeout.count()) + " ms" +
+                                     std::to_string(ready_timeout(driver).count()) + " ms" +
                                      tail_.describe());
     }
     changed_.wait_for(lock, k_http_ready_poll);
   }
   state_ = State::ready;
-  started_in_ = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - began);
+  const auto ready = Clock::now();
+  started_in_ = std::chrono::duration_cast<std::chrono::microseconds>(ready - began);
+  std::string line = timeline(began, prepared, archived, created, ready);
+  lock.unlock();
+  if (options_.on_log) options_.on_log(options_.name, "blixard", std::move(line));
 }
 
 void LibvirtReplica::run() {
@@ -359,8 +481,11 @@ void LibvirtReplica::run() {
       agent_line(text);
     }
   });
-  destroy_domain();  // a guest that closed its sockets some other way is gone all the same
-  network_.reset();  // (set before this thread started)
+  // qemu closed both: the guest is gone. Its exit is reported before libvirt's clean-up of the
+  // dead qemu (about a second here, which the balancer would keep sending connections to it),
+  // unless it has a volume: then once libvirt has let go of the disk a successor may attach.
+  const bool has_volume = options_.volume.has_value();
+  if (has_volume) destroy_domain();
   ReplicaExit exit;
   exit.replica = options_.name;
   bool was_ready = false;
@@ -374,10 +499,12 @@ void LibvirtReplica::run() {
     gone_ = true;
     changed_.notify_all();
   }
+  if (was_ready && options_.on_exit) options_.on_exit(exit);
+  if (!has_volume) destroy_domain();  // a guest that closed its sockets some other way, too
+  network_.reset();                   // (set before this thread started)
   std::error_code ignored;
   fs::remove_all(dir_, ignored);
   fs::remove_all(sockets_, ignored);
-  if (was_ready && options_.on_exit) options_.on_exit(exit);
   {
     std::lock_guard lock(mutex_);
     state_ = State::exited;
@@ -442,6 +569,7 @@ class LibvirtDriver final : public Driver {
       names_.erase(name);
       idle_.notify_all();
     };
+    const auto began = Clock::now();
     const fs::path dir = options_.work_dir / "replicas" / options.name;
     const fs::path sockets = k_socket_root / (prefix_ + std::to_string(++started_));
     std::shared_ptr<LibvirtReplica> replica;
@@ -452,12 +580,13 @@ class LibvirtDriver final : public Driver {
         fs::create_directories(d);
         hand_to_qemu(d);
       }
-      const auto kernel = image::find_guest_kernel(options_.image_cache);
+      const GuestImage image = guest_image();
       const fs::path volume = options.volume ? volume_image(*options.volume) : fs::path();
+      const auto prepared = Clock::now();
       replica = std::make_shared<LibvirtReplica>(options, conn_.get(), prefix_ + options.name, dir,
                                                  sockets, done);
       std::weak_ptr<LibvirtReplica> weak = replica;
-      replica->start(options_, kernel, kvm_, volume);
+      replica->start(options_, image, kvm_, volume, began, prepared);
       std::lock_guard lock(mutex_);
       std::erase_if(replicas_, [](const auto& r) { return r.expired(); });
       replicas_.push_back(weak);
@@ -508,6 +637,23 @@ class LibvirtDriver final : public Driver {
   }
 
  private:
+  // The kernel and base archive, looked for again (/boot, modules.dep: about 10 ms) at most once
+  // a minute (a kernel upgraded meanwhile is booted from then on) or when a file went.
+  GuestImage guest_image() {
+    std::lock_guard lock(image_mutex_);
+    const auto now = Clock::now();
+    std::error_code ec;
+    if (!image_ || now - image_checked_ > std::chrono::minutes(1) ||
+        !fs::exists(image_->kernel.vmlinux, ec) || !fs::exists(image_->initramfs, ec)) {
+      GuestImage image;
+      image.kernel = image::find_guest_kernel(options_.image_cache);
+      image.initramfs = image::base_initramfs(image.kernel, options_.image_cache);
+      image_ = std::move(image);
+      image_checked_ = now;
+    }
+    return *image_;
+  }
+
   // The volume's disk image, made through libvirt's storage API on first use: a raw file in a
   // (transient) dir pool on the pool's directory, formatted ext4 here with its root the
   // workload's (nobody's), sparse until written.
@@ -584,6 +730,9 @@ class LibvirtDriver final : public Driver {
   std::string prefix_;
   std::mutex mutex_;
   std::mutex storage_mutex_;  // one pool or volume made at a time
+  std::mutex image_mutex_;
+  std::optional<GuestImage> image_;
+  Clock::time_point image_checked_;
   std::condition_variable idle_;
   std::set<std::string> names_;  // starting or running: a name leaves once its guest is gone
   std::vector<std::weak_ptr<LibvirtReplica>> replicas_;

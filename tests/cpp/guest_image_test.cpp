@@ -250,6 +250,13 @@ class Guest {
                                                                  started_);
   }
 
+  // Writes to the agent's port (the host's side of it), connecting first.
+  bool send_on_agent_port(const std::string& bytes) {
+    if (agent_fd_ < 0 && !eventually([&] { return connect_agent(); }, 30s)) return false;
+    return ::send(agent_fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL) ==
+           static_cast<ssize_t>(bytes.size());
+  }
+
   // All the agent's port said, once qemu has exited (and closed it).
   std::string drain_agent_port() {
     std::array<char, 512> buf{};
@@ -420,6 +427,13 @@ TEST(GuestImage, InitramfsIsABaseArchiveAndAReplicaArchive) {
   EXPECT_LT(position("virtio"), position("virtio_mmio"));
   EXPECT_LT(position("9pnet"), position("9pnet_virtio"));
   EXPECT_LT(position("9pnet"), position("9p"));
+  // What only a volume needs is loaded only for one, after the rest.
+  EXPECT_EQ(position("ext4"), static_cast<long>(modules.size())) << "ext4 is loaded by every guest";
+  const CpioEntry* volume_order = find_entry(base, "blixard/modules/order-volume");
+  ASSERT_NE(volume_order, nullptr);
+  EXPECT_NE(volume_order->data.find("ext4\n"), std::string::npos) << volume_order->data;
+  EXPECT_NE(volume_order->data.find("virtio_blk\n"), std::string::npos) << volume_order->data;
+  EXPECT_EQ(volume_order->data.find("virtio_ring\n"), std::string::npos) << volume_order->data;
 
   // The replica's archive holds the workload only, and a shell reads back exactly what was given.
   ASSERT_EQ(replica.entries.size(), 1u);
@@ -435,6 +449,11 @@ TEST(GuestImage, InitramfsIsABaseArchiveAndAReplicaArchive) {
             "[EMPTY=]\n[GREETING=it's \"quoted\"\n$HOME `x`]\n"
             "[BLIXARD_REPLICA=web-1]\n[PORT=8080]\n[PORT_8080=8080]\n[PORT_9090=9090]\n"
             "[/usr/bin/python3]\n[-c]\n[print('it''s $(not run)')]");
+
+  // The two halves on their own: the cached base (what the libvirt driver boots) and the
+  // replica's archive (what it sends over the agent's port).
+  EXPECT_EQ(read_file(base_initramfs(kernel, dir.path / "cache")), base.bytes);
+  EXPECT_EQ(replica_archive(w), replica.bytes);
 
   // A second replica reuses the cached base: only the small archive differs.
   const auto base_file = *fs::directory_iterator(dir.path / "cache");
@@ -544,7 +563,48 @@ TEST(GuestImage, BootsACommandWithoutPortsThatCannotReadTheHostsSecrets) {
   // The agent's port is root's: the workload cannot speak for the guest.
   EXPECT_NE(console.find("Permission denied"), std::string::npos) << console;
   EXPECT_NE(console.find("forge=2"), std::string::npos) << console;
-  EXPECT_EQ(guest.drain_agent_port(), "BLIXARD-READY\n");
+  // The init's word only: when each of its steps ended (the guest's uptime), then ready.
+  const std::string said = guest.drain_agent_port();
+  EXPECT_TRUE(said.starts_with("BLIXARD-TIMES init=")) << said;
+  EXPECT_NE(said.find(" ready="), std::string::npos) << said;
+  EXPECT_EQ(std::count(said.begin(), said.end(), '\n'), 2) << said;
+  EXPECT_TRUE(said.ends_with("\nBLIXARD-READY\n")) << said;
+}
+
+// The libvirt driver's way: every guest boots the cached base archive as it is, and the host
+// sends the replica's own archive on the agent's port ("WORKLOAD <bytes>\n", then the bytes).
+TEST(GuestImage, BootsTheBaseAloneWithTheWorkloadSentOnTheAgentsPort) {
+  if (!have_qemu()) GTEST_SKIP() << k_qemu << " is missing (scripts/bootstrap installs it)";
+  const GuestKernel kernel = find_guest_kernel(shared_cache());
+  Workload w{{"/bin/sh", "-c", "cat /etc/blixard-test/greeting; echo \"replica=$BLIXARD_REPLICA\""},
+             {},
+             {},
+             "sent-1",
+             {{"/etc/blixard-test/greeting", "hello from the host"}},
+             {},
+             {},
+             {}};
+  const std::string archive = replica_archive(w);
+  Guest guest(kernel, base_initramfs(kernel, shared_cache()));
+  // Sent at once, before the guest runs its init: qemu holds it until the init opens the port.
+  ASSERT_TRUE(
+      guest.send_on_agent_port("WORKLOAD " + std::to_string(archive.size()) + "\n" + archive));
+  const auto ready = guest.wait_on_agent_port("BLIXARD-READY", 120s);
+  ASSERT_TRUE(ready) << guest.diagnostics();
+  const auto status = guest.wait_exit(60s);
+  ASSERT_TRUE(status) << guest.diagnostics();
+  const std::string console = guest.console();
+  EXPECT_NE(console.find("hello from the host"), std::string::npos) << console;
+  EXPECT_NE(console.find("replica=sent-1"), std::string::npos) << console;
+  EXPECT_NE(console.find("BLIXARD-EXIT 0"), std::string::npos) << console;
+
+  // Without a workload from anywhere the guest says so and powers off.
+  Guest bare(kernel, base_initramfs(kernel, shared_cache()));
+  ASSERT_TRUE(bare.send_on_agent_port("NONSENSE 12\n"));
+  ASSERT_TRUE(bare.wait_exit(120s)) << bare.diagnostics();
+  EXPECT_NE(bare.console().find("expected WORKLOAD from the host"), std::string::npos)
+      << bare.diagnostics();
+  EXPECT_NE(bare.console().find("BLIXARD-EXIT 255"), std::string::npos) << bare.diagnostics();
 }
 
 }  // namespace

@@ -56,6 +56,7 @@ TEST(DomainXml, LibvirtsQemuDriverAcceptsIt) {
   EXPECT_THAT(xml, HasSubstr("<domain type='qemu'"));  // TCG unless told kvm
   EXPECT_THAT(xml, HasSubstr("restrict=on,hostfwd=tcp::18080-:80,hostfwd=tcp::18443-:443"));
   EXPECT_THAT(xml, HasSubstr("<readonly/>"));
+  EXPECT_THAT(xml, HasSubstr("<qemu:arg value='x-option-roms=off,pit=off,pic=off'/>"));
   virConnectPtr conn = virConnectOpen(k_uri);
   ASSERT_NE(conn, nullptr) << virGetLastErrorMessage();
   virDomainPtr dom = virDomainDefineXML(conn, xml.c_str());
@@ -206,7 +207,13 @@ TEST_F(LibvirtDriverTest, AGuestServesItsPortThroughAHostPortAsNobodyWithoutTheH
   ASSERT_EQ(ports.count(8080), 1U);
   EXPECT_EQ(get(ports.at(8080)), "web-1 uid=65534 secrets=False");
   EXPECT_TRUE(events_.saw("serving 8080")) << "the console reaches on_log";
+  // Where the start's time went, in the replica's log.
+  EXPECT_TRUE(events_.saw("blixard: ready in ")) << "no timeline";
+  EXPECT_TRUE(events_.saw(", libvirt start ")) << "no timeline";
   std::cout << "guest ready in " << r->start_duration().count() / 1000 << " ms\n";
+  for (const auto& line : events_.lines) {
+    if (line.starts_with("blixard: ")) std::cout << line << "\n";
+  }
   r->stop(10s);
   const auto exit = events_.exited();
   ASSERT_TRUE(exit.has_value()) << "the exit is reported before stop() returns";
