@@ -23,6 +23,7 @@
 #include <spdlog/spdlog.h>
 #include <boost/json.hpp>
 
+#include "agent/fence_watchdog.hpp"
 #include "agent/join.hpp"
 #include "agent/local_node.hpp"
 #include "api/agent_channel.hpp"
@@ -336,6 +337,7 @@ int run_joined(const Args& args, const std::shared_ptr<spdlog::logger>& logger,
     options.logger = logger;
     options.probe = args.probe_port >= 0;
     options.probe_port = static_cast<std::uint16_t>(std::max(args.probe_port, 0));
+    options.watchdog_binary = std::filesystem::read_symlink("/proc/self/exe");
     joiner = std::make_unique<blixard::agent::Joiner>(node, options);
   } catch (const std::exception& e) {
     std::cerr << "blixard-agent: error: " << e.what() << "\n";
@@ -357,6 +359,15 @@ int run_joined(const Args& args, const std::shared_ptr<spdlog::logger>& logger,
 }  // namespace
 
 int main(int argc, char** argv) {
+  // The joined agent's own fence watchdog (agent/fence_watchdog.hpp): not a user-facing mode.
+  if (argc == 3 && std::string_view(argv[1]) == "--fence-watchdog") {
+    try {
+      return blixard::agent::run_fence_watchdog(0, std::chrono::milliseconds(std::stol(argv[2])));
+    } catch (const std::exception& e) {
+      std::cerr << "blixard-agent --fence-watchdog: " << e.what() << "\n";
+      return 2;
+    }
+  }
   Args args = parse_args(argc, argv);
 
   // Signals are taken synchronously by the main thread; every thread started later inherits the

@@ -354,6 +354,9 @@ class PyCluster {
   std::string rollback_vm(const std::string& name, std::int64_t revision) {
     return blixard::to_json(cluster().vm(name).rollback(revision));
   }
+  std::string switchover_vm(const std::string& name, const std::string& replica) {
+    return blixard::to_json(cluster().vm(name).switchover(replica));
+  }
   std::string scale_vm(const std::string& name, std::uint32_t replicas) {
     return blixard::to_json(cluster().vm(name).scale(replicas));
   }
@@ -622,6 +625,8 @@ PYBIND11_MODULE(_core, m) {
       .def("update_vm", &PyCluster::update_vm, py::arg("name"), py::arg("config"),
            py::arg("overrides_json"), release_gil())
       .def("rollback_vm", &PyCluster::rollback_vm, py::arg("name"), py::arg("revision") = 0,
+           release_gil())
+      .def("switchover_vm", &PyCluster::switchover_vm, py::arg("name"), py::arg("replica"),
            release_gil())
       .def("scale_vm", &PyCluster::scale_vm, py::arg("name"), py::arg("replicas"), release_gil())
       .def("start_vm", &PyCluster::start_vm, py::arg("name"), release_gil())

@@ -28,6 +28,12 @@ class Vm {
   // newest) as a new revision. Throws not_found for a revision no longer kept, invalid_spec when
   // there is none before.
   v1::Vm rollback(std::int64_t revision = 0) const;
+  // Makes `replica` ("postgres-2", a running standby) the primary of a set with a
+  // primaryElectionPolicy: the old primary stops cleanly, then `replica` is fenced in and
+  // promoted (status().failover() times the steps). Returns the set as stored; the switchover
+  // happens after. Throws Error(invalid_spec, field "primary") for a set without a primary or a
+  // name that is none of its replicas.
+  v1::Vm switchover(const std::string& replica) const;
   // Runs the set's replicas again after stop().
   v1::Vm start() const;
   // Stops every replica; the set, its spec and its volumes stay.

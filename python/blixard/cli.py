@@ -1058,7 +1058,8 @@ def _vm_rows(items: List[Dict[str, Any]]):
 @click.option(
     "--primary-election-policy",
     metavar="POLICY",
-    help="oldest-first (default) or newest-first.",
+    help="Give the set one primary, elected oldest-first, newest-first or lowest-ordinal: the "
+    "only replica with the volume and the load balancer's connections (default: none).",
 )
 @wait_option
 @output_option
@@ -1109,6 +1110,14 @@ def vm_status(c: Ctx, name, output) -> None:
     if nodes:
         line += f", running on [{', '.join(nodes)}]"
     click.echo(line)
+    roles = any(i.get("role") for i in instances)
+    if obj.get("spec", {}).get("primaryElectionPolicy"):
+        # The seed's shape: "postgres primary=postgres-2, replicas=[postgres-2, postgres-3]".
+        running = sorted({i.get("name") for i in instances if i.get("phase") == "Running"},
+                         key=_ordinal)
+        click.echo(f"{name} primary={st.get('primary') or '(none)'}, "
+                   f"replicas=[{', '.join(running)}], epoch {_int(st.get('primaryEpoch'))}")
+        _print_failover(st.get("failover", []))
     if st.get("message"):
         click.echo(f"  {st['message']}")
     for e in st.get("endpoints", []):
@@ -1118,21 +1127,45 @@ def vm_status(c: Ctx, name, output) -> None:
         # ADDRESS: each replica's on the set's network, when it has one.
         networked = any(i.get("networkAddress") for i in instances)
         print_table(
-            ("INSTANCE", "NODE", "PHASE", "DRIVER")
+            ("INSTANCE", "NODE", "PHASE")
+            + (("ROLE",) if roles else ())
+            + ("DRIVER",)
             + (("ADDRESS",) if networked else ())
             + ("PORTS", "RESTARTS", "MESSAGE"),
             (
-                (
-                    i.get("name"),
-                    i.get("node") or "-",
-                    i.get("phase"),
-                    "/".join(x for x in (i.get("driver"), i.get("accel")) if x) or "-",
-                )
+                (i.get("name"), i.get("node") or "-", i.get("phase"))
+                + ((i.get("role") or "-",) if roles else ())
+                + ("/".join(x for x in (i.get("driver"), i.get("accel")) if x) or "-",)
                 + ((i.get("networkAddress") or "-",) if networked else ())
                 + (_ports(i) or "-", _int(i.get("restarts")), i.get("message", ""))
                 for i in instances
             ),
         )
+
+
+def _ordinal(replica: str) -> int:
+    """3 for "postgres-3" (replicas sort by ordinal, not as text)."""
+    tail = replica.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def _elapsed_ms(duration: Any) -> int:
+    """A Duration's JSON ("0.012s") in milliseconds."""
+    text = str(duration or "0s").rstrip("s")
+    try:
+        return round(float(text) * 1000)
+    except ValueError:
+        return 0
+
+
+def _print_failover(steps: List[Dict[str, Any]]) -> None:
+    """The last failover's (or switchover's) steps, each timed from its detection."""
+    if not steps:
+        return
+    click.echo("  last failover:")
+    for step in steps:
+        click.echo(f"    +{_elapsed_ms(step.get('elapsed')):>6} ms  {step.get('step', ''):<18}"
+                   f"{step.get('message', '')}")
 
 
 def _ports(instance: Dict[str, Any]) -> str:
@@ -1256,6 +1289,77 @@ def vm_rollback(c: Ctx, name, to_revision, detach, output) -> None:
     vm = c.cluster().vm(name)
     vm.rollback(to_revision)
     _follow_rollout(vm, name, detach, _out(c, output) == "json")
+
+
+@vm.command("switchover")
+@click.argument("name")
+@click.option("--to", "replica", required=True, metavar="REPLICA",
+              help="The standby to promote, e.g. postgres-2.")
+@click.option("--detach", is_flag=True, help="Return once asked, without waiting.")
+@click.option("--timeout", type=float, default=120.0, show_default=True,
+              help="Seconds to wait for the new primary.")
+@output_option
+@pass_ctx
+def vm_switchover(c: Ctx, name, replica, detach, timeout, output) -> None:
+    """Make REPLICA the primary of VM set NAME on purpose: the old primary stops cleanly (no
+    write lost), then REPLICA is fenced in, promoted and given the volume and the load
+    balancer. Prints each step as it happens."""
+    c.flag_for_field = {"primary": "--to"}
+    vm = c.cluster().vm(name)
+    before = _int(vm.status().get("primaryEpoch"))
+    vm.switchover(replica)
+    as_json = _out(c, output) == "json"
+    if detach:
+        if as_json:
+            print_json(vm.get())
+        else:
+            click.echo(f"vm {name}: switchover to {replica} asked")
+        return
+    shown, deadline = 0, time.monotonic() + timeout
+    while True:
+        st = vm.status()
+        steps = st.get("failover", [])
+        if _int(st.get("primaryEpoch")) > before and not as_json:
+            for step in steps[shown:]:
+                click.echo(f"+{_elapsed_ms(step.get('elapsed')):>6} ms  "
+                           f"{step.get('step', ''):<18}{step.get('message', '')}")
+            shown = len(steps)
+        if st.get("primary") == replica and _int(st.get("primaryEpoch")) > before:
+            break
+        if time.monotonic() > deadline:
+            raise click.ClickException(
+                f"{replica} is not primary after {timeout:g}s (primary: "
+                f"{st.get('primary') or 'none'}); see `blixard vm watch {name}`")
+        time.sleep(0.1)
+    if as_json:
+        print_json(vm.get())
+    else:
+        click.echo(f"vm {name}: primary={replica}, epoch {_int(st.get('primaryEpoch'))}")
+
+
+@vm.command("watch")
+@click.argument("name")
+@click.option("--all", "from_start", is_flag=True, help="Start with the events the server keeps.")
+@output_option
+@pass_ctx
+def vm_watch(c: Ctx, name, from_start, output) -> None:
+    """Stream VM set NAME's events live until Ctrl-C: replicas started, failed and replaced,
+    rollouts, and each step of a failover (detected, fenced, promoted, volume attached,
+    balancer switched) with its time since the failure."""
+    as_json = _out(c, output) == "json"
+    cl = c.cluster()
+    cl.vm(name).get()  # not_found for an unknown set
+    watch = cl.vm(name).watch(after=0 if from_start else None)
+    try:
+        for e in watch:
+            if as_json:
+                _print_json_line(e)
+            else:
+                click.echo(_event_line(e))
+    except KeyboardInterrupt:
+        pass  # Ctrl-C ends a watch: exit 0
+    finally:
+        watch.close()
 
 
 @vm.command("history")

@@ -397,6 +397,20 @@ class Vm:
         before the newest), as a new revision; returns the set."""
         return json.loads(self._cluster._core.rollback_vm(self.name, revision or 0))
 
+    def switchover(self, replica: str) -> Dict[str, Any]:
+        """Makes ``replica`` (e.g. ``"postgres-2"``, a running standby) the primary of a set with
+        a ``primaryElectionPolicy``: the old primary stops cleanly, then ``replica`` is fenced in
+        and promoted; ``status()["failover"]`` times the steps. Returns the set as stored."""
+        return json.loads(self._cluster._core.switchover_vm(self.name, replica))
+
+    def watch(
+        self, *, after: Optional[int] = None, timeout: Optional[float] = None,
+        poll: float = _POLL_S
+    ) -> "Watch":
+        """This set's events (replicas started and failed, rollouts, failover steps) as an
+        iterator; see ``Cluster.watch``."""
+        return self._cluster.watch("vms", self.name, after=after, timeout=timeout, poll=poll)
+
     def scale(self, replicas: int) -> Dict[str, Any]:
         """Sets the wanted replicas (1 or more; the scheduler places new ones); returns the set."""
         return json.loads(self._cluster._core.scale_vm(self.name, replicas))

@@ -17,6 +17,7 @@
 #include <boost/beast/http/field.hpp>
 #include <boost/beast/websocket.hpp>
 
+#include "agent/fence_watchdog.hpp"
 #include "agent/probe.hpp"
 #include "agent/session.hpp"
 #include "blixard/error.hpp"
@@ -62,6 +63,8 @@ struct Joiner::Impl {
   std::shared_ptr<FrameSocket> socket;
   // Times round trips to the peers the server names, and answers theirs.
   std::unique_ptr<LatencyProbe> probe;
+  // Kills this node's primaries when the server is no longer heard from (options.watchdog_binary).
+  std::shared_ptr<FenceWatchdog> watchdog;
 
   // Probes the peers a Peers frame names; their round trips go up on `weak`.
   void measure_peers(const v1::Peers& peers, const std::weak_ptr<FrameSocket>& weak) {
@@ -108,17 +111,24 @@ struct Joiner::Impl {
     auto s = std::make_shared<FrameSocket>(std::move(*ws));
     auto ended = std::make_shared<std::promise<std::string>>();
     auto end = ended->get_future();
-    auto session = std::make_shared<Session>(node, io.get_executor(),
-                                             [weak = std::weak_ptr(s)](const v1::AgentFrame& f) {
-                                               auto sock = weak.lock();
-                                               return sock && sock->send(f);
-                                             });
+    auto session = std::make_shared<Session>(
+        node, io.get_executor(),
+        [weak = std::weak_ptr(s)](const v1::AgentFrame& f) {
+          auto sock = weak.lock();
+          return sock && sock->send(f);
+        },
+        watchdog);
     auto heartbeat = std::make_shared<std::atomic<std::int64_t>>(0);
     auto refused = std::make_shared<std::string>();
     s->start({[session, heartbeat, refused, weak = std::weak_ptr(s), this](v1::AgentFrame& f) {
+                // Any frame (the server pings every heartbeat) says the server still has us.
+                if (watchdog) watchdog->beat();
                 if (f.has_peers()) return measure_peers(f.peers(), weak);
                 if (f.has_welcome()) {
                   heartbeat->store(std::max<std::int64_t>(50, f.welcome().heartbeat_ms()));
+                  if (watchdog && f.welcome().lease_ms() > 0) {
+                    watchdog->set_after(milliseconds(f.welcome().lease_ms() / 2));
+                  }
                   options.logger->info("joined as {} (epoch {})", node->name(),
                                        f.welcome().epoch());
                 } else if (f.has_error()) {
@@ -172,6 +182,11 @@ Joiner::Joiner(std::shared_ptr<LocalNode> node, JoinOptions options)
   }
   impl_->host = address.substr(0, colon);
   impl_->port = address.substr(colon + 1);
+  if (!impl_->options.watchdog_binary.empty()) {
+    // Until the welcome says the lease: the server's default (4 s) / 2.
+    impl_->watchdog =
+        FenceWatchdog::start(impl_->options.watchdog_binary, std::chrono::milliseconds(2000));
+  }
   if (impl_->options.probe) {
     impl_->probe =
         std::make_unique<LatencyProbe>(impl_->io.get_executor(), impl_->options.probe_port);

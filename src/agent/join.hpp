@@ -8,6 +8,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <filesystem>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -30,6 +31,10 @@ struct JoinOptions {
   bool probe = true;
   std::uint16_t probe_port = 0;
   std::shared_ptr<spdlog::logger> logger;
+  // The agent's own binary, run as its fence watchdog (agent/fence_watchdog.hpp): primaries
+  // started here die within half the server's lease once this agent stops hearing from it.
+  // Empty: no watchdog (primaries outlive a paused agent).
+  std::filesystem::path watchdog_binary;
 };
 
 class Joiner {

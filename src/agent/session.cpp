@@ -20,10 +20,11 @@ v1::Status status_of(const std::exception_ptr& error) {
 
 }  // namespace
 
-Session::Session(std::shared_ptr<LocalNode> node, boost::asio::any_io_executor executor, Send send)
+Session::Session(std::shared_ptr<LocalNode> node, boost::asio::any_io_executor executor, Send send,
+                 std::shared_ptr<FenceWatchdog> watchdog)
     : node_(std::move(node)),
       executor_(std::move(executor)),
-      out_(std::make_shared<Outbox>(std::move(send))) {}
+      out_(std::make_shared<Outbox>(std::move(send), std::move(watchdog))) {}
 
 Session::~Session() { close(); }
 
@@ -188,6 +189,10 @@ void Session::assign_replica(const v1::AssignReplica& assign) {
           gone = std::move(it->second);
           o->replicas.erase(it);
         }
+        if (auto it = o->fenced.find(exit.replica); it != o->fenced.end()) {
+          o->watchdog->disarm(it->second);
+          o->fenced.erase(it);
+        }
       }
       o->exited(exit.replica, exit.reason, exit.requested, exit.oom);
     };
@@ -209,6 +214,15 @@ void Session::assign_replica(const v1::AssignReplica& assign) {
       if (replica && !out->closed) {
         out->replicas[replica->name()] = replica;
         keep = true;
+        // A primary (started under a set's fencing epoch) dies with this node's lease, even if
+        // this process cannot act then (agent/fence_watchdog.hpp).
+        if (out->watchdog && assign.volume().writer_epoch() > 0 && replica->alive()) {
+          const auto cgroup = replica->cgroup();
+          if (!cgroup.empty()) {
+            out->watchdog->arm(cgroup);
+            out->fenced[replica->name()] = cgroup;
+          }
+        }
       }
     }
     if (replica && !keep) replica->kill();  // closed meanwhile: the server placed it elsewhere
@@ -333,6 +347,7 @@ void Session::close() {
     instances.swap(out_->instances);
     replicas.swap(out_->replicas);
   }
+  // (Killed below: each exit disarms its replica's cgroup.)
   for (auto& [name, s] : instances) s.instance->kill();
   for (auto& [name, r] : replicas) r->kill();
 }

@@ -13,6 +13,7 @@
 
 #include <boost/asio/any_io_executor.hpp>
 
+#include "agent/fence_watchdog.hpp"
 #include "agent/local_node.hpp"
 #include "blixard/v1/agent.pb.h"
 
@@ -24,7 +25,9 @@ class Session {
   using Send = std::function<bool(const v1::AgentFrame&)>;
 
   // Calls' answers are read on `executor`'s reactor (it must keep running until close()).
-  Session(std::shared_ptr<LocalNode> node, boost::asio::any_io_executor executor, Send send);
+  // `watchdog`: armed with each replica started under a fencing epoch (none: not fenced).
+  Session(std::shared_ptr<LocalNode> node, boost::asio::any_io_executor executor, Send send,
+          std::shared_ptr<FenceWatchdog> watchdog = nullptr);
   ~Session();
   Session(const Session&) = delete;
   Session& operator=(const Session&) = delete;
@@ -49,7 +52,8 @@ class Session {
   // held the last reference to the Session it would destroy the driver from one of the driver's
   // own threads, and the driver's destructor would wait for that thread forever.
   struct Outbox {
-    explicit Outbox(Send send) : send_(std::move(send)) {}
+    Outbox(Send send, std::shared_ptr<FenceWatchdog> watchdog)
+        : send_(std::move(send)), watchdog(std::move(watchdog)) {}
     bool send(const v1::AgentFrame& frame);
     void answer(std::uint64_t id, const std::exception_ptr& error,
                 runtime::InvocationResult result);
@@ -62,6 +66,8 @@ class Session {
     bool closed = false;
     std::map<std::string, Started> instances;
     std::map<std::string, std::shared_ptr<runtime::Replica>> replicas;
+    std::shared_ptr<FenceWatchdog> watchdog;
+    std::map<std::string, std::filesystem::path> fenced;  // replicas armed, by name: their cgroup
   };
   void assign(const v1::Assign& assign);
   void assign_replica(const v1::AssignReplica& assign);

@@ -204,6 +204,26 @@ class Planner {
               "storage.pool");
       require(k_networks_prefix, spec.network(), "network",
               "blixard network create " + spec.network() + " --subnet 10.88.0.0/24", "network");
+      if (!spec.primary_election_policy().empty() && !spec.storage().pool().empty()) {
+        // The set's one volume follows its primary to any node: a node-local pool cannot.
+        std::string type;
+        for (const auto& pool : set_.storage_pools()) {
+          if (pool.metadata().name() == spec.storage().pool()) type = pool.spec().type();
+        }
+        const StoredObject* found = find(k_storage_pools_prefix + spec.storage().pool());
+        v1::StoragePool stored;
+        if (type.empty() && found != nullptr && stored.ParseFromString(found->value)) {
+          type = stored.spec().type();
+        }
+        if (type == "dir") {
+          throw Error(errc::invalid_spec,
+                      "storage pool \"" + spec.storage().pool() +
+                          "\" is node-local (dir), and a set with a primary keeps one volume "
+                          "that follows its primary to any node: use a shared-dir pool "
+                          "(storage class replicated)",
+                      at + "storage.pool");
+        }
+      }
     }
   }
 

@@ -187,7 +187,8 @@ Service::Service(std::shared_ptr<store::Store> store, std::shared_ptr<store::Blo
   } catch (const std::exception& e) {
     logger_->warn("erasing the revisions of deleted vms: {}", e.what());
   }
-  vm_sets_ = std::make_unique<control::VmSets>(nodes_, telemetry_, volumes_, networks_, revisions);
+  vm_sets_ = std::make_unique<control::VmSets>(nodes_, telemetry_, volumes_, networks_, revisions,
+                                               std::make_shared<control::StoredPrimaries>(store_));
   auto vms = store_->list(k_vms_prefix);
   for (const auto& kv : vms.kvs) {
     try {

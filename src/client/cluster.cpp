@@ -397,6 +397,26 @@ v1::Vm Vm::update(v1::VmSpec spec) const {
   });
 }
 
+v1::Vm Vm::switchover(const std::string& replica) const {
+  return change_vm(*backend_, name_, [&](v1::VmSpec& spec) {
+    if (spec.primary_election_policy().empty()) {
+      throw Error(errc::invalid_spec,
+                  "vm " + name_ + " has no primary (it has no primaryElectionPolicy)", "primary");
+    }
+    const std::string prefix = name_ + "-";
+    const std::string ordinal = replica.starts_with(prefix) ? replica.substr(prefix.size()) : "";
+    if (ordinal.empty() || ordinal.size() > 6 ||
+        ordinal.find_first_not_of("0123456789") != std::string::npos || ordinal[0] == '0' ||
+        std::stoul(ordinal) > spec.replicas()) {
+      throw Error(errc::invalid_spec,
+                  "\"" + replica + "\" is not a replica of vm " + name_ + " (" + prefix + "1.." +
+                      prefix + std::to_string(spec.replicas()) + ")",
+                  "primary");
+    }
+    spec.set_primary(replica);
+  });
+}
+
 v1::Vm Vm::rollback(std::int64_t revision) const {
   const auto status = get().status();
   const v1::VmRevision* target = nullptr;

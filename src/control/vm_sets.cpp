@@ -63,6 +63,10 @@ struct VmSets::Run {
   std::int64_t replaces = 0;
   // When it was asked for: a run proving itself has healthyDeadline from here.
   Clock::time_point created = Clock::now();
+  // In a set with a primary: "primary" (with the epoch it was fenced under) or "replica".
+  std::string role;
+  std::int64_t epoch = 0;
+  std::string volume;  // the volume it writes to, once claimed
 };
 
 // One of the set's replicas ("webapp-2"): the run that serves it and, during a rolling update,
@@ -115,6 +119,16 @@ struct VmSets::Set {
   // last rose (or the rollout began): progressDeadline runs from there.
   int updated = 0;
   Clock::time_point progress_at;
+  // With a primary (spec.primary_election_policy): the slot that is primary or being promoted
+  // (0: none yet), the stored epoch, a switchover asked for (a slot), the spec's `primary` last
+  // acted on, and the steps of the last failover with when it was detected.
+  int primary = 0;
+  std::int64_t epoch = 0;
+  int switch_to = 0;
+  std::string primary_asked;
+  std::vector<v1::FailoverStep> failover;
+  Clock::time_point failover_began;
+  bool failing_over = false;  // until the new primary serves
 
   // Whether every wanted replica runs revision `number`, and no other is on its way in.
   bool all_run(std::int64_t number) const {
@@ -138,12 +152,14 @@ struct VmSets::Hub {
 
 VmSets::VmSets(std::shared_ptr<NodeRegistry> nodes, std::shared_ptr<Telemetry> telemetry,
                std::shared_ptr<Volumes> volumes, std::shared_ptr<Networks> networks,
-               std::shared_ptr<VmRevisionLog> revisions, VmSetsOptions options)
+               std::shared_ptr<VmRevisionLog> revisions, std::shared_ptr<PrimaryLog> primaries,
+               VmSetsOptions options)
     : nodes_(std::move(nodes)),
       telemetry_(std::move(telemetry)),
       volumes_(std::move(volumes)),
       networks_(std::move(networks)),
       revisions_(std::move(revisions)),
+      primaries_(std::move(primaries)),
       options_(options),
       hub_(std::make_shared<Hub>()) {
   hub_->self = this;
@@ -194,6 +210,15 @@ void VmSets::update(const std::string& vm, std::int64_t version, const v1::VmSpe
     known = sets_.contains(vm);
   }
   std::vector<v1::VmRevision> kept;  // what an earlier run of the server stored
+  std::optional<v1::VmPrimary> primary;
+  if (primaries_ && !known) {
+    try {
+      primary = primaries_->load(vm);
+    } catch (const std::exception& e) {
+      publish(vm, "PrimaryUnreadable",
+              "its stored primary cannot be read (" + std::string(e.what()) + ")");
+    }
+  }
   if (revisions_ && !known) {
     try {
       kept = revisions_->load(vm);  // (not under the controller's lock: the store may be slow)
@@ -216,8 +241,32 @@ void VmSets::update(const std::string& vm, std::int64_t version, const v1::VmSpe
         set->revisions[r.revision()] = {std::move(*r.mutable_spec()), at};
         set->revision = set->serving = r.revision();
       }
+      if (primary) {
+        // The primary stays where it was (its ordinal), under the epoch stored.
+        set->epoch = primary->epoch();
+        const auto& name = primary->replica();
+        if (name.starts_with(vm + "-")) {
+          try {
+            set->primary = std::stoi(name.substr(vm.size() + 1));
+          } catch (const std::exception&) {
+            set->primary = 0;
+          }
+        }
+      }
+      // A switchover asked for before is done or overtaken: not acted on again.
+      set->primary_asked = spec.primary();
     }
     if (version < set->version) return;
+    if (spec.primary() != set->primary_asked) {
+      set->primary_asked = spec.primary();
+      set->switch_to = -1;  // unknown until elect() reads it (a name that is no replica)
+      const auto& name = spec.primary();
+      if (name.starts_with(vm + "-") &&
+          name.find_first_not_of("0123456789", vm.size() + 1) == std::string::npos &&
+          name.size() > vm.size() + 1 && name.size() < vm.size() + 8) {
+        set->switch_to = std::stoi(name.substr(vm.size() + 1));
+      }
+    }
     auto revision = revision_of(spec);
     const bool new_revision =
         set->revisions.empty() ||
@@ -274,6 +323,8 @@ void VmSets::remove(const std::string& vm) {
       publish(vm, "RevisionsNotErased", std::string("its stored revisions stay: ") + e.what());
     }
   }
+  // (Its stored primary stays, as its volume does: a set made again under the name fences on
+  // from the epoch the volume was last written under.)
 }
 
 void VmSets::shutdown() {
@@ -374,6 +425,25 @@ void VmSets::reconcile() {
         slot->name = vm + "-" + std::to_string(ordinal);
       }
       slot->remove = false;
+    }
+    elect(vm, set, desired);
+    // A primary run starts once no other is left (the old one stopping in a switchover, or
+    // scaled away): one writer, whatever the fence says.
+    bool primary_running = false;
+    for (const auto& [ordinal, slot] : set.slots) {
+      for (const auto* r : {&slot->current, &slot->next}) {
+        if (*r && (*r)->role == "primary") primary_running = true;
+      }
+      for (const auto& r : slot->retiring) {
+        if (r->role == "primary") primary_running = true;
+      }
+    }
+    for (int ordinal = 1; ordinal <= desired; ++ordinal) {
+      auto& slot = set.slots[ordinal];
+      if (ordinal == set.primary && !set.spec.primary_election_policy().empty() &&
+          primary_running) {
+        continue;
+      }
       // (Once what it ran before is gone: a recreate stops, then starts.)
       if (!slot->current && slot->retiring.empty() && (!slot->failed || now >= slot->retry_at)) {
         start(vm, set, *slot, false);
@@ -553,22 +623,199 @@ void VmSets::roll(const std::string& vm, Set& set, int desired) {
   }
 }
 
+void VmSets::failover_step(const std::string& vm, Set& set, const std::string& step,
+                           const std::string& message) {
+  const auto now = std::chrono::system_clock::now();
+  auto& s = set.failover.emplace_back();
+  s.set_step(step);
+  s.set_message(message);
+  const auto since = now.time_since_epoch();
+  s.mutable_at()->set_seconds(std::chrono::duration_cast<std::chrono::seconds>(since).count());
+  s.mutable_at()->set_nanos(static_cast<std::int32_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(since).count() % 1'000'000'000));
+  const auto elapsed =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - set.failover_began);
+  s.mutable_elapsed()->set_seconds(elapsed.count() / 1'000'000'000);
+  s.mutable_elapsed()->set_nanos(static_cast<std::int32_t>(elapsed.count() % 1'000'000'000));
+  static const std::map<std::string, std::string> reasons{
+      {"detected", "FailoverDetected"}, {"promoting", "PrimaryChosen"},
+      {"fenced", "PrimaryFenced"},      {"volume-attached", "VolumeAttached"},
+      {"promoted", "PrimaryPromoted"},  {"balancer-switched", "BalancerSwitched"},
+      {"failed", "FailoverFailed"}};
+  const auto r = reasons.find(step);
+  const auto ms = std::chrono::duration_cast<milliseconds>(elapsed).count();
+  // (Published off the lock would reorder steps; Telemetry::publish only queues.)
+  publish(vm, r != reasons.end() ? r->second : "Failover",
+          message + " (+" + std::to_string(ms) + " ms)");
+}
+
+std::int64_t VmSets::fence(const std::string& vm, Run& run, const std::string& replica,
+                           const std::string& node) {
+  std::int64_t seen = 0;
+  {
+    std::lock_guard lock(mutex_);
+    const auto s = sets_.find(vm);
+    if (s == sets_.end()) throw Error(errc::conflict, "vm " + vm + " was deleted");
+    seen = s->second->epoch;
+  }
+  v1::VmPrimary next;
+  next.set_replica(replica);
+  next.set_node(node);
+  const auto now = std::chrono::system_clock::now().time_since_epoch();
+  next.mutable_since()->set_seconds(std::chrono::duration_cast<std::chrono::seconds>(now).count());
+  std::int64_t epoch = seen + 1;
+  if (primaries_) {
+    try {
+      epoch = primaries_->fence(vm, seen, next).epoch();
+    } catch (const Error& e) {
+      // Fenced by someone else meanwhile: the next attempt starts from the stored epoch.
+      if (e.code() == errc::conflict) {
+        if (const auto stored = primaries_->load(vm)) {
+          std::lock_guard lock(mutex_);
+          if (auto s = sets_.find(vm); s != sets_.end()) {
+            s->second->epoch = std::max(s->second->epoch, stored->epoch());
+          }
+        }
+      }
+      throw;
+    }
+  }
+  std::lock_guard lock(mutex_);
+  run.epoch = epoch;
+  if (auto s = sets_.find(vm); s != sets_.end()) {
+    Set& set = *s->second;
+    set.epoch = std::max(set.epoch, epoch);
+    if (set.failing_over) {
+      failover_step(vm, set, "fenced",
+                    "epoch " + std::to_string(epoch) + " stored for " + replica + " on " + node +
+                        ": no run of an older epoch gets the volume");
+    }
+  }
+  return epoch;
+}
+
+void VmSets::elect(const std::string& vm, Set& set, int desired) {
+  const std::string& policy = set.spec.primary_election_policy();
+  if (policy.empty()) {
+    set.primary = 0;
+    return;
+  }
+  if (desired == 0) return;  // stopped: its primary starts as primary again
+  auto slot_at = [&](int ordinal) -> Slot* {
+    const auto it = set.slots.find(ordinal);
+    return it != set.slots.end() && ordinal <= desired ? it->second.get() : nullptr;
+  };
+  auto standby = [](const Slot* slot) {
+    return slot != nullptr && slot->current && slot->current->phase == Run::running &&
+           slot->current->role == "replica" && !slot->next;
+  };
+  auto begin = [&](const std::string& why) {
+    set.failover.clear();
+    set.failover_began = Clock::now();
+    set.failing_over = true;
+    failover_step(vm, set, "detected", why);
+  };
+  auto promote = [&](Slot& to) {
+    set.primary = to.ordinal;
+    // Its standby run makes way; reconcile() starts it again as primary.
+    if (to.current) retire(to, to.current, {});
+  };
+
+  if (set.switch_to != 0) {
+    const int to = std::exchange(set.switch_to, 0);
+    Slot* target = to > 0 ? slot_at(to) : nullptr;
+    if (to == set.primary) return;  // already
+    if (!standby(target)) {
+      publish(vm, "SwitchoverRefused",
+              "cannot switch the primary to " + set.primary_asked + ": " +
+                  (target == nullptr ? "no such replica (1.." + std::to_string(desired) + ")"
+                                     : "it is not a running standby"));
+      return;
+    }
+    Slot* old = slot_at(set.primary);
+    begin("switchover to " + target->name + " asked" +
+          (old != nullptr ? ": " + old->name + " stops first" : ""));
+    if (old != nullptr && old->current) retire(*old, old->current, {});
+    promote(*target);
+    return;
+  }
+
+  Slot* current = slot_at(set.primary);
+  const bool gone = current == nullptr || (!current->current && current->failed);
+  if (set.primary != 0 && !gone) return;
+  // Who takes over: a running standby as the policy says; with none, the slot itself (after its
+  // backoff), or at the first start the lowest ordinal (the highest for newest-first).
+  Slot* chosen = nullptr;
+  for (auto& [ordinal, slot] : set.slots) {
+    if (ordinal > desired || !standby(slot.get())) continue;
+    if (chosen == nullptr) {
+      chosen = slot.get();
+    } else if (policy == "oldest-first" &&
+               slot->current->started_at < chosen->current->started_at) {
+      chosen = slot.get();
+    } else if (policy == "newest-first" &&
+               slot->current->started_at > chosen->current->started_at) {
+      chosen = slot.get();
+    }  // lowest-ordinal: the first found
+  }
+  if (set.primary == 0 || current == nullptr) {
+    if (chosen == nullptr) chosen = slot_at(policy == "newest-first" ? desired : 1);
+    if (chosen == nullptr) return;
+    const bool was = set.primary != 0;
+    promote(*chosen);
+    publish(vm, "PrimaryElected",
+            chosen->name + " is to be primary (" + policy +
+                (was ? ", the last one was scaled away)" : ")"));
+    return;
+  }
+  if (chosen == nullptr) return;  // the primary's slot starts again in place after its backoff
+  if (!set.failing_over) begin(current->name + " is gone: " + current->message);
+  failover_step(vm, set, "promoting",
+                chosen->name + " is to be primary (" + policy + "); its standby run stops");
+  promote(*chosen);
+}
+
 void VmSets::start(const std::string& vm, Set& set, Slot& slot, bool next) {
   auto run = std::make_shared<Run>();
   run->generation = ++slot.generations;
   run->revision = set.serving;
   if (!next) run->replaces = std::exchange(slot.replacing, 0);
   const auto& serving = set.revisions.at(set.serving).spec;
-  run->readiness = serving.readiness();
-  if (run->readiness.console_marker().empty() && serving.ports_size() > 0) {
+  auto placed_spec = serving;
+  placed_spec.set_replicas(set.spec.replicas());
+  placed_spec.clear_primary();
+  const bool with_primary = !serving.primary_election_policy().empty();
+  if (with_primary) {
+    // The primary's address for a standby to follow (a database's replication source).
+    std::string primary_address;
+    if (const auto p = set.slots.find(set.primary);
+        p != set.slots.end() && p->second->current && p->second->current->role == "primary") {
+      const auto& r = *p->second->current;
+      if (!r.network_address.empty() && serving.ports_size() > 0) {
+        primary_address = r.network_address + ":" + std::to_string(serving.ports(0));
+      } else if (serving.ports_size() > 0 && r.ports.contains(serving.ports(0))) {
+        primary_address = r.address + ":" + std::to_string(r.ports.at(serving.ports(0)));
+      }
+    }
+    run->role = slot.ordinal == set.primary ? "primary" : "replica";
+    auto& env = *placed_spec.mutable_env();
+    env["BLIXARD_ROLE"] = run->role;
+    env["BLIXARD_PRIMARY_ADDR"] = primary_address;
+    if (run->role == "replica") {
+      // A standby: no volume (the primary's only), no ports served, ready once it runs.
+      placed_spec.clear_storage();
+      placed_spec.clear_ports();
+      placed_spec.clear_readiness();
+    }
+  }
+  run->readiness = placed_spec.readiness();
+  if (run->readiness.console_marker().empty() && placed_spec.ports_size() > 0) {
     run->check_port = run->readiness.tcp_port() != 0 ? run->readiness.tcp_port()
                       : !run->readiness.http_path().empty() && run->readiness.http_port() != 0
                           ? run->readiness.http_port()
-                          : serving.ports(0);
+                          : placed_spec.ports(0);
   }
   (next ? slot.next : slot.current) = run;
-  auto placed_spec = set.revisions.at(set.serving).spec;
-  placed_spec.set_replicas(set.spec.replicas());
   if (next || run->replaces != 0) {
     // A run proving itself has healthyDeadline to be healthy, then roll() gives up on it: its
     // start waits for ready no longer (and a little more, so that roll() says why first).
@@ -600,7 +847,10 @@ void VmSets::start(const std::string& vm, Set& set, Slot& slot, bool next) {
     try {
       if (has_volume(*spec)) {
         if (!volumes_) throw Error(errc::unavailable, "this server keeps no volumes");
-        volume = volumes_->claim(vm, ordinal, spec->storage());
+        volume = run->role == "primary" ? volumes_->claim_primary(vm, spec->storage())
+                                        : volumes_->claim(vm, ordinal, spec->storage());
+        std::lock_guard lock(mutex_);
+        run->volume = volume->attachment.name();
       }
       if (!spec->network().empty()) {
         if (!networks_) throw Error(errc::unavailable, "this server keeps no networks");
@@ -653,6 +903,12 @@ void VmSets::start(const std::string& vm, Set& set, Slot& slot, bool next) {
           }
         }
       }
+      if (run->role == "primary") {
+        // The fence: the stored epoch bumped in one compare-and-swap, before the volume is
+        // attached under it; a run of an older epoch is refused the volume from now on.
+        const std::int64_t epoch = fence(vm, *run, slot_name, placed.node->name());
+        if (volume) volume->attachment.set_writer_epoch(epoch);
+      }
       ReplicaAssignment assignment;
       assignment.epoch = placed.epoch;
       assignment.replica.vm = vm;
@@ -676,9 +932,19 @@ void VmSets::start(const std::string& vm, Set& set, Slot& slot, bool next) {
           };
       replica = placed.node->start_replica(assignment);
       if (volume) {
+        const auto epoch =
+            run->role == "primary" ? volume->attachment.writer_epoch() : placed.epoch;
         volumes_->attached(
-            volume->attachment.name(), placed.node->name(), replica->name(), placed.epoch,
+            volume->attachment.name(), placed.node->name(), replica->name(), epoch,
             run->driver == "libvirt" ? runtime::k_volume_image : runtime::k_volume_directory);
+        if (run->role == "primary") {
+          std::lock_guard lock(mutex_);
+          if (auto s = sets_.find(vm); s != sets_.end() && s->second->failing_over) {
+            failover_step(vm, *s->second, "volume-attached",
+                          volume->attachment.name() + " attached to " + slot_name + " on " +
+                              placed.node->name() + " under epoch " + std::to_string(epoch));
+          }
+        }
       }
     } catch (const std::exception& e) {
       error = e.what();
@@ -709,7 +975,19 @@ void VmSets::start(const std::string& vm, Set& set, Slot& slot, bool next) {
         sl->message.clear();
         reason = "ReplicaStarted";
         event = slot_name + " (revision " + std::to_string(run->revision) + ") is running on " +
-                run->node;
+                run->node + (run->role.empty() ? "" : " as " + run->role);
+        if (run->role == "primary") {
+          Set& set = *s->second;
+          if (set.failing_over) {
+            set.failing_over = false;
+            failover_step(vm, set, "promoted",
+                          slot_name + " is primary on " + run->node + " (epoch " +
+                              std::to_string(run->epoch) + ")");
+            // (The balancer reads the ready replicas per connection: from now on it is this one.)
+            failover_step(vm, set, "balancer-switched",
+                          "the load balancer sends the set's ports to " + slot_name);
+          }
+        }
       } else if (replica) {
         stop_now = true;  // scaled down, stopped, deleted or given up on while it started
         run->phase = Run::stopping;
@@ -849,10 +1127,16 @@ void VmSets::exited(const std::string& vm, int ordinal, std::uint64_t generation
     if (found == nullptr) return;
     std::shared_ptr<Run> run = *found;
     if (!run->node.empty()) nodes_->release(run->node, run->reserved);
-    if (volumes_ && run->replica &&
-        has_volume(set.revisions.count(run->revision) != 0 ? set.revisions.at(run->revision).spec
-                                                           : set.spec)) {
-      detach = {slot.name, run->replica->name()};
+    if (volumes_ && run->replica && !run->volume.empty()) {
+      detach = {run->volume, run->replica->name()};
+    }
+    if (run->role == "primary" && run->phase != Run::stopping && !set.failing_over) {
+      // The primary is gone: the failover starts here (elect() picks who takes over).
+      set.failover.clear();
+      set.failover_began = Clock::now();
+      set.failing_over = true;
+      failover_step(vm, set, "detected",
+                    slot.name + " " + (run->unhealthy.empty() ? exit.reason : run->unhealthy));
     }
     const std::string what = slot.name + " (revision " + std::to_string(run->revision) + ") ";
     if (run->phase == Run::stopping) {
@@ -925,6 +1209,9 @@ void VmSets::fill_status(const std::string& vm, const v1::VmSpec& spec,
     in.set_address(run->address);
     in.set_network_address(run->network_address);
     in.set_revision(run->revision);
+    in.set_role(run->role);
+    in.set_primary(run->role == "primary");
+    in.set_epoch(run->epoch);
     for (const auto& [port, host] : run->ports) (*in.mutable_host_ports())[port] = host;
     if (run->phase == Run::running) {
       const auto since = run->started_at.time_since_epoch();
@@ -938,6 +1225,15 @@ void VmSets::fill_status(const std::string& vm, const v1::VmSpec& spec,
     status.set_serving_revision(set.serving);
     status.set_rollout(set.rollout);
     status.set_observed_version(set.version);
+    if (!set.spec.primary_election_policy().empty()) {
+      status.set_primary_epoch(set.epoch);
+      for (const auto& step : set.failover) *status.add_failover() = step;
+      if (const auto p = set.slots.find(set.primary); p != set.slots.end() && p->second->current &&
+                                                      p->second->current->role == "primary" &&
+                                                      p->second->current->phase == Run::running) {
+        status.set_primary(p->second->name);
+      }
+    }
     for (const auto& [number, revision] : set.revisions) {
       auto& r = *status.add_revisions();
       r.set_revision(number);

@@ -22,6 +22,17 @@
 // A replica of a set with storage gets its volume (control/volumes.hpp) with each start, and
 // goes back to the node holding it when the pool is node-local; one of a set on a network, its
 // address there (control/networks.hpp) and the nodes its node's overlay reaches.
+//
+// A set with a primaryElectionPolicy has one primary (docs/vms.md, "Primary and failover"): the
+// only replica with the set's volume ("<vm>-data", on a shared pool) and the only one the load
+// balancer sends to; the others run as standbys (BLIXARD_ROLE=replica, no volume, no ports).
+// When the primary's run is gone (it exited, failed its health check, or was lost with its
+// node), the policy picks a running standby, whose standby run stops; its primary run then
+// (a) fences: bumps the stored epoch in one compare-and-swap (control/primaries.hpp), (b) is
+// placed and started with the volume under that epoch, which its node refuses to an older one,
+// and (c) serves through the balancer once ready. Each step is timed in the set's status and
+// published as an event. A switchover (the spec's `primary` changed) stops the old primary
+// cleanly first, then promotes the same way.
 #pragma once
 
 #include <chrono>
@@ -38,6 +49,7 @@
 #include "common/defaults.hpp"
 #include "control/networks.hpp"
 #include "control/node_registry.hpp"
+#include "control/primaries.hpp"
 #include "control/telemetry.hpp"
 #include "control/vm_revisions.hpp"
 #include "control/volumes.hpp"
@@ -72,10 +84,12 @@ class VmSets {
  public:
   // `volumes`: where sets with storage get their volumes; `networks`: where sets on a network get
   // their replicas' addresses (none: such sets' replicas fail); `revisions`: where each set's
-  // revisions are kept across restarts (none: in memory only).
+  // revisions are kept across restarts, `primaries` its primary and fencing epoch (none: in
+  // memory only).
   VmSets(std::shared_ptr<NodeRegistry> nodes, std::shared_ptr<Telemetry> telemetry,
          std::shared_ptr<Volumes> volumes, std::shared_ptr<Networks> networks,
-         std::shared_ptr<VmRevisionLog> revisions, VmSetsOptions options = {});
+         std::shared_ptr<VmRevisionLog> revisions, std::shared_ptr<PrimaryLog> primaries,
+         VmSetsOptions options = {});
   ~VmSets();
   VmSets(const VmSets&) = delete;
   VmSets& operator=(const VmSets&) = delete;
@@ -115,6 +129,15 @@ class VmSets {
   // past the wanted count, moves rollouts on.
   void reconcile();
   void roll(const std::string& vm, Set& set, int desired);  // mutex_ held
+  // Keeps a set with a primary on one: elects, fails over, switches over (mutex_ held).
+  void elect(const std::string& vm, Set& set, int desired);
+  // Makes `replica` on `node` the set's primary under the next epoch (stored first), for `run`;
+  // returns the epoch. Throws Error(conflict) when the stored epoch moved meanwhile.
+  std::int64_t fence(const std::string& vm, Run& run, const std::string& replica,
+                     const std::string& node);
+  // A step of the set's failover, timed from its detection, published (mutex_ held).
+  void failover_step(const std::string& vm, Set& set, const std::string& step,
+                     const std::string& message);
   // Places and starts a run of the slot's replica (its current one, or `next` in a rolling
   // update) on a thread of its own (mutex_ held).
   void start(const std::string& vm, Set& set, Slot& slot, bool next);
@@ -135,6 +158,7 @@ class VmSets {
   std::shared_ptr<Volumes> volumes_;
   std::shared_ptr<Networks> networks_;
   std::shared_ptr<VmRevisionLog> revisions_;
+  std::shared_ptr<PrimaryLog> primaries_;
   VmSetsOptions options_;
   mutable std::mutex mutex_;
   std::condition_variable wake_;

@@ -61,7 +61,25 @@ v1::StoragePool Volumes::resolve(const v1::StorageSpec& storage, const std::stri
 }
 
 VolumeClaim Volumes::claim(const std::string& vm, int ordinal, const v1::StorageSpec& storage) {
-  const std::string name = vm + "-" + std::to_string(ordinal);
+  return claim(vm + "-" + std::to_string(ordinal), vm, ordinal, storage);
+}
+
+VolumeClaim Volumes::claim_primary(const std::string& vm, const v1::StorageSpec& storage) {
+  auto claimed = claim(vm + "-data", vm, 0, storage);
+  if (claimed.attachment.pool_type() == "dir") {
+    throw Error(errc::invalid_spec,
+                "storage pool \"" + claimed.pool +
+                    "\" is node-local (dir), and a set with a primary keeps one volume that "
+                    "follows its primary to any node: use a pool every node reaches (`blixard "
+                    "storage pool create NAME --type shared-dir --path DIR`, storage class "
+                    "replicated)",
+                storage.pool().empty() ? "storage.class" : "storage.pool");
+  }
+  return claimed;
+}
+
+VolumeClaim Volumes::claim(const std::string& name, const std::string& vm, int ordinal,
+                           const v1::StorageSpec& storage) {
   const std::string key = k_volumes_prefix + name;
   for (int attempt = 0; attempt < k_attempts; ++attempt) {
     if (auto volume = read<v1::Volume>(*store_, key)) {

@@ -3,7 +3,8 @@
 // replica starts and kept across its restarts, rollouts, scale-downs and the set's deletion until
 // deleted on purpose (as a StatefulSet keeps its claims). The record says where it lives (a dir
 // pool's node: the replica goes back there), what the node made it as, and who writes to it with
-// which fencing epoch. The data itself is the node's (runtime/volume.hpp).
+// which fencing epoch. The data itself is the node's (runtime/volume.hpp). A set with a primary
+// has one volume instead, "<vm>-data", on a pool every node reaches, attached to its primary only.
 #pragma once
 
 #include <cstdint>
@@ -31,6 +32,9 @@ class Volumes {
   // The volume of replica `ordinal` of `vm`, recorded if new. Throws invalid_spec (field
   // storage.pool or storage.class) when no pool fits, saying how to make one.
   VolumeClaim claim(const std::string& vm, int ordinal, const v1::StorageSpec& storage);
+  // The one volume of a set with a primary, "<vm>-data", which follows the primary. Throws as
+  // claim(), and invalid_spec when its pool is node-local (dir).
+  VolumeClaim claim_primary(const std::string& vm, const v1::StorageSpec& storage);
   // `run` started with it on `node` under `epoch`, the node holding it as `format`.
   void attached(const std::string& volume, const std::string& node, const std::string& run,
                 std::int64_t epoch, const std::string& format);
@@ -45,6 +49,8 @@ class Volumes {
   VolumeClaim removal(const v1::Volume& volume);
 
  private:
+  VolumeClaim claim(const std::string& name, const std::string& vm, int ordinal,
+                    const v1::StorageSpec& storage);
   // Read-modify-write of a volume's record with compare-and-swap (retried on a conflict).
   template <class Change>
   void change(const std::string& volume, Change&& change);

@@ -581,6 +581,7 @@ class LibvirtDriver final : public Driver {
         hand_to_qemu(d);
       }
       const GuestImage image = guest_image();
+      if (options.volume) fence_volume(*options.volume);  // a fenced start gets no disk
       const fs::path volume = options.volume ? volume_image(*options.volume) : fs::path();
       const auto prepared = Clock::now();
       replica = std::make_shared<LibvirtReplica>(options, conn_.get(), prefix_ + options.name, dir,

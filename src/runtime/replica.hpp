@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
@@ -65,6 +66,9 @@ class Replica {
   virtual void stop(std::chrono::milliseconds grace) = 0;
   // At once; its exit is reported as requested.
   virtual void kill() = 0;
+  // The cgroup holding every process of it (empty: none known), for a watchdog outside this
+  // process to kill it with (agent/fence_watchdog.hpp).
+  virtual std::filesystem::path cgroup() const { return {}; }
 };
 
 }  // namespace blixard::runtime

@@ -23,6 +23,12 @@ std::filesystem::path volume_path(const v1::VolumeAttachment& volume, const std:
 std::filesystem::path prepare_volume_directory(const v1::VolumeAttachment& volume, long uid,
                                                long gid);
 
+// Refuses a start whose fencing epoch (volume.writer_epoch, a set's primary epoch) is older than
+// the newest one that took the volume, recorded beside it in the pool ("<pool>/.<name>.epoch",
+// root's, on the same shared storage as the data: every node sees it), and records it otherwise.
+// Throws Error(conflict) for a fenced start; nothing happens for writer_epoch 0.
+void fence_volume(const v1::VolumeAttachment& volume);
+
 // Removes the volume's data, whichever format it was made as; idempotent.
 void remove_volume_data(const v1::VolumeAttachment& volume);
 

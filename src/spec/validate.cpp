@@ -549,12 +549,18 @@ void validate_vm(v1::Vm& vm, const std::string& path) {
     invalid(at.field("driver"), "unknown driver " + in_quotes(s.driver()) +
                                     " (expected libvirt or sandbox, or none: the node's)");
   }
-  if (s.primary_election_policy().empty()) s.set_primary_election_policy("oldest-first");
-  if (s.primary_election_policy() != "oldest-first" &&
-      s.primary_election_policy() != "newest-first") {
-    invalid(at.field("primaryElectionPolicy"), "unknown policy " +
-                                                   in_quotes(s.primary_election_policy()) +
-                                                   " (expected oldest-first or newest-first)");
+  const auto& policy = s.primary_election_policy();
+  if (!policy.empty() && policy != "oldest-first" && policy != "newest-first" &&
+      policy != "lowest-ordinal") {
+    invalid(at.field("primaryElectionPolicy"),
+            "unknown policy " + in_quotes(policy) +
+                " (expected oldest-first, newest-first or lowest-ordinal; none: no primary)");
+  }
+  if (!s.primary().empty()) {
+    if (policy.empty()) {
+      invalid(at.field("primary"), "only a set with a primaryElectionPolicy has a primary");
+    }
+    check_name(s.primary(), at.field("primary"));
   }
   if (s.has_storage()) validate_storage(*s.mutable_storage(), at.field("storage"));
   if (!s.network().empty()) check_name(s.network(), at.field("network"));

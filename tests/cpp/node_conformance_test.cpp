@@ -483,6 +483,39 @@ TEST_P(NodeConformance, AReplicaThatCannotStartThrowsWhy) {
   EXPECT_TRUE(node().instances().empty());
 }
 
+// The fence at the volume: a start under an older epoch than the last one that took the volume
+// is refused it (a primary given up on cannot come back to the data), on any node.
+TEST_P(NodeConformance, AVolumeIsRefusedToAStartUnderAnOlderEpoch) {
+  v1::VolumeAttachment volume;
+  volume.set_name("db-data");
+  volume.set_pool_type("shared-dir");
+  volume.set_pool_path((work_ / "shared").string());
+  volume.set_size_mib(16);
+  volume.set_mount_point("/data");
+  volume.set_writer_epoch(2);
+  auto a = replica_assignment(token_, "db-1", replica_events_);
+  a.replica.volume = volume;
+  node().start_replica(a)->stop(5s);
+  // Epoch 1 after epoch 2: fenced off, and the record keeps the newer epoch.
+  volume.set_writer_epoch(1);
+  auto stale = replica_assignment(token_, "db-2", replica_events_);
+  stale.replica.volume = volume;
+  try {
+    node().start_replica(stale);
+    FAIL() << "a start under epoch 1 got the volume after epoch 2";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), errc::conflict) << e.what();
+    EXPECT_THAT(e.message(), HasSubstr("fenced"));
+  }
+  EXPECT_EQ(blixard::test_support::read_proc_file(work_ / "shared" / ".db-data.epoch"), "2\n");
+  // A newer one takes it over.
+  volume.set_writer_epoch(3);
+  auto next = replica_assignment(token_, "db-3", replica_events_);
+  next.replica.volume = volume;
+  node().start_replica(next)->stop(5s);
+  EXPECT_EQ(blixard::test_support::read_proc_file(work_ / "shared" / ".db-data.epoch"), "3\n");
+}
+
 INSTANTIATE_TEST_SUITE_P(Nodes, NodeConformance, ::testing::Values(Kind::local, Kind::remote),
                          [](const auto& info) {
                            return info.param == Kind::local ? "LocalNode" : "RemoteNode";

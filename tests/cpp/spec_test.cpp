@@ -210,7 +210,8 @@ TEST(Scenario1, WebappNixLoads) {
   EXPECT_EQ(vm.spec().replicas(), 3u);
   EXPECT_EQ(vm.spec().type(), "long-lived");
   EXPECT_EQ(vm.spec().network(), "web-vlan");
-  EXPECT_EQ(vm.spec().primary_election_policy(), "oldest-first");
+  // No primary unless asked for: every replica of the webapp serves, each with its own volume.
+  EXPECT_EQ(vm.spec().primary_election_policy(), "");
 }
 
 TEST(Scenario2, PostgresNixLoads) {
@@ -912,6 +913,14 @@ TEST(Validation, VmRules) {
   vm.mutable_metadata()->set_name("db");
   vm.mutable_spec()->set_primary_election_policy("random");
   EXPECT_EQ(invalid([&] { blixard::validate_vm(vm); }).field(), "spec.primaryElectionPolicy");
+  vm.mutable_spec()->set_primary_election_policy("lowest-ordinal");
+  // A switchover names a replica, and only a set with a primary has one.
+  vm.mutable_spec()->set_primary("db 2");
+  EXPECT_EQ(invalid([&] { blixard::validate_vm(vm); }).field(), "spec.primary");
+  vm.mutable_spec()->clear_primary_election_policy();
+  vm.mutable_spec()->set_primary("db-2");
+  EXPECT_EQ(invalid([&] { blixard::validate_vm(vm); }).field(), "spec.primary");
+  vm.mutable_spec()->clear_primary();
   vm.mutable_spec()->set_primary_election_policy("newest-first");
   vm.mutable_spec()->set_replicas(1001);
   EXPECT_EQ(invalid([&] { blixard::validate_vm(vm); }).field(), "spec.replicas");

@@ -843,4 +843,187 @@ TEST_F(VolumeTest, PoolsAndVolumesGoOnlyWhenNothingUsesThem) {
   }
 }
 
+// Sets with a primary: one replica holds the set's volume and serves; when it goes, a standby is
+// fenced in (the stored epoch bumped first) and promoted on the same volume.
+class PrimaryTest : public VmSetTest {
+ protected:
+  // The primary appends "<replica> epoch-start" to a log on the volume and serves
+  // "primary <replica> starts=<n>" on port 80; a standby waits for SIGTERM and serves nothing.
+  v1::VmSpec db_spec(std::uint32_t replicas, const std::string& policy) {
+    auto s = page_spec(replicas, "unused");
+    s.set_command(2,
+                  "import http.server as h, os, signal, sys, time\n"
+                  "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+                  "me = os.environ['BLIXARD_REPLICA']\n"
+                  "if os.environ['BLIXARD_ROLE'] != 'primary':\n"
+                  "  assert 'BLIXARD_VOLUME' not in os.environ\n"
+                  "  while True: time.sleep(60)\n"
+                  "p = os.path.join(os.environ['BLIXARD_VOLUME'], 'starts')\n"
+                  "with open(p, 'a') as f: f.write(me + '\\n')\n"
+                  "n = len(open(p).read().split())\n"
+                  "body = ('primary %s starts=%d' % (me, n)).encode()\n"
+                  "class P(h.BaseHTTPRequestHandler):\n"
+                  "  def do_GET(self):\n"
+                  "    self.send_response(200); self.send_header('Content-Length', "
+                  "str(len(body))); self.end_headers(); self.wfile.write(body)\n"
+                  "  def log_message(self, *a): pass\n"
+                  "h.HTTPServer(('127.0.0.1', int(os.environ['PORT_80'])), P).serve_forever()\n");
+    s.mutable_storage()->set_class_("replicated");
+    s.mutable_storage()->set_size_mib(16);
+    s.set_primary_election_policy(policy);
+    return s;
+  }
+  void make_shared_pool() {
+    v1::StoragePoolSpec pool;
+    pool.set_type("shared-dir");
+    pool.set_path((dir_ / "shared").string());
+    cluster_->create_storage_pool("nfs", pool);
+  }
+  // The primary's page (through its host port), or "" when there is none serving.
+  std::string primary_page(const std::string& vm) {
+    const auto st = status(vm);
+    for (const auto& in : st.instances()) {
+      if (in.role() == "primary" && in.phase() == "Running" && in.host_ports().contains(80)) {
+        return page(in.host_ports().at(80));
+      }
+    }
+    return "";
+  }
+  std::map<std::string, std::string> roles(const std::string& vm) {
+    std::map<std::string, std::string> out;
+    const auto st = status(vm);
+    for (const auto& in : st.instances()) {
+      if (in.phase() == "Running") out[in.name()] = in.role();
+    }
+    return out;
+  }
+};
+
+TEST_F(PrimaryTest, OnePrimaryHoldsTheVolumeAndAStandbyIsFencedInWhenItFails) {
+  make_shared_pool();
+  auto vm = cluster_->create_vm("db", db_spec(3, "oldest-first"));
+  const std::map<std::string, std::string> first{
+      {"db-1", "primary"}, {"db-2", "replica"}, {"db-3", "replica"}};
+  ASSERT_TRUE(
+      eventually([&] { return roles("db") == first && status("db").primary() == "db-1"; }, 20s))
+      << status("db").DebugString();
+  EXPECT_EQ(primary_page("db"), "primary db-1 starts=1");
+  auto st = status("db");
+  EXPECT_EQ(st.primary_epoch(), 1);
+  EXPECT_EQ(st.phase(), "Running");
+  for (const auto& in : st.instances()) {
+    // Standbys serve nothing: the balancer sends every connection to the primary.
+    if (in.role() == "replica") {
+      EXPECT_TRUE(in.host_ports().empty()) << in.DebugString();
+    } else {
+      EXPECT_EQ(in.epoch(), 1);
+    }
+  }
+  // One volume for the set, written by the primary under its epoch.
+  auto volumes = cluster_->volumes();
+  ASSERT_EQ(volumes.size(), 1U);
+  EXPECT_EQ(volumes[0].metadata().name(), "db-data");
+  EXPECT_EQ(volumes[0].status().epoch(), 1);
+  EXPECT_THAT(volumes[0].status().attached_to(), HasSubstr("db-1"));
+
+  // The primary dies: a standby takes over on the same volume, under the next epoch, and the
+  // old one comes back as a standby.
+  const pid_t primary = pid_of("db-1");
+  ASSERT_GT(primary, 0);
+  ::kill(primary, SIGKILL);
+  std::string promoted;
+  ASSERT_TRUE(eventually(
+      [&] {
+        const auto s = status("db");
+        promoted = s.primary();
+        return (promoted == "db-2" || promoted == "db-3") && s.primary_epoch() == 2 &&
+               primary_page("db") == "primary " + promoted + " starts=2" &&
+               roles("db").size() == 3 && roles("db").at("db-1") == "replica";
+      },
+      20s))
+      << status("db").DebugString();
+  st = status("db");
+  std::vector<std::string> steps;
+  for (const auto& step : st.failover()) steps.push_back(step.step());
+  EXPECT_EQ(steps, (std::vector<std::string>{"detected", "promoting", "fenced", "volume-attached",
+                                             "promoted", "balancer-switched"}))
+      << st.DebugString();
+  EXPECT_THAT(st.failover(0).message(), HasSubstr("db-1"));
+  // Each step is timed from the detection, in order.
+  for (int i = 1; i < st.failover_size(); ++i) {
+    const auto& a = st.failover(i - 1).elapsed();
+    const auto& b = st.failover(i).elapsed();
+    EXPECT_LE(a.seconds() * 1'000'000'000LL + a.nanos(), b.seconds() * 1'000'000'000LL + b.nanos());
+  }
+  EXPECT_EQ(cluster_->volumes()[0].status().epoch(), 2);
+  // Every start of a primary wrote to the one volume, in order.
+  EXPECT_EQ(read_proc_file(dir_ / "shared" / "db-data" / "starts"), "db-1\n" + promoted + "\n");
+
+  // A switchover on purpose: the old primary stops first, the new one is fenced in after.
+  const std::string other = promoted == "db-2" ? "db-3" : "db-2";
+  vm.switchover(other);
+  ASSERT_TRUE(eventually(
+      [&] {
+        const auto s = status("db");
+        return s.primary() == other && s.primary_epoch() == 3 &&
+               primary_page("db") == "primary " + other + " starts=3" && roles("db").size() == 3 &&
+               roles("db").at(promoted) == "replica";
+      },
+      20s))
+      << status("db").DebugString();
+  EXPECT_THAT(status("db").failover(0).message(), HasSubstr("switchover to " + other));
+  // Refused: a name that is no replica, and a set without a primary.
+  try {
+    vm.switchover("db-9");
+    ADD_FAILURE() << "db-9 accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), errc::invalid_spec);
+    EXPECT_EQ(e.field(), "primary");
+  }
+  auto plain = cluster_->create_vm("plain", web_spec(1));
+  try {
+    plain.switchover("plain-1");
+    ADD_FAILURE() << "a set without a primary accepted a switchover";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), errc::invalid_spec);
+    EXPECT_THAT(e.what(), HasSubstr("no primary"));
+  }
+}
+
+TEST_F(PrimaryTest, PoliciesPickTheFirstPrimaryAndANodeLocalPoolIsRefused) {
+  make_shared_pool();
+  cluster_->create_vm("newest", db_spec(2, "newest-first"));
+  ASSERT_TRUE(eventually([&] { return status("newest").primary() == "newest-2"; }, 20s))
+      << status("newest").DebugString();
+  EXPECT_EQ(roles("newest"),
+            (std::map<std::string, std::string>{{"newest-1", "replica"}, {"newest-2", "primary"}}));
+  cluster_->delete_vm("newest");
+  // A volume that cannot follow its primary to another node: said, naming what to use.
+  v1::StoragePoolSpec local;
+  local.set_type("dir");
+  local.set_path((dir_ / "local").string());
+  cluster_->create_storage_pool("disk", local);
+  auto spec = db_spec(2, "lowest-ordinal");
+  spec.mutable_storage()->clear_class_();
+  spec.mutable_storage()->set_pool("disk");
+  try {
+    cluster_->create_vm("pinned", spec);
+    ADD_FAILURE() << "a set with a primary was given a node-local pool";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), errc::invalid_spec);
+    EXPECT_EQ(e.field(), "spec.storage.pool");
+    EXPECT_THAT(e.what(), HasSubstr("shared-dir"));
+  }
+  // The same through a class that only a dir pool serves: the start says so.
+  local.set_class_("fast");
+  cluster_->create_storage_pool("fast-disk", local);
+  spec.mutable_storage()->clear_pool();
+  spec.mutable_storage()->set_class_("fast");
+  cluster_->create_vm("pinned", spec);
+  ASSERT_TRUE(eventually(
+      [&] { return status("pinned").message().find("node-local") != std::string::npos; }, 20s))
+      << status("pinned").DebugString();
+  EXPECT_THAT(status("pinned").message(), HasSubstr("shared-dir"));
+}
+
 }  // namespace

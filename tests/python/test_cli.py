@@ -219,8 +219,7 @@ def test_vm_lifecycle(cli, work):
     # (Its replicas would make the network's bridge on this host: the e2e tests run networks,
     # in namespaces of their own.)
     created = cli.json("vm", "create", "webapp", "--config", "web.yaml", "--replicas", "1",
-                       "--storage-pool", "ssd-pool", "--storage-size", "10G",
-                       "--primary-election-policy", "oldest-first")
+                       "--storage-pool", "ssd-pool", "--storage-size", "10G")
     assert created["spec"]["replicas"] == 1
     assert created["spec"]["storage"]["pool"] == "ssd-pool"
     try:
@@ -240,6 +239,130 @@ def test_vm_lifecycle(cli, work):
     assert "its volumes are kept: webapp-1" in deleted, deleted
     cli.ok("storage", "volume", "delete", "webapp-1")
     cli.ok("storage", "pool", "delete", "ssd-pool")
+
+
+DB_PY = """
+import http.server as h, os, signal, sys, time
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+me = os.environ["BLIXARD_REPLICA"]
+if os.environ["BLIXARD_ROLE"] != "primary":
+    while True:
+        time.sleep(60)
+log = os.path.join(os.environ["BLIXARD_VOLUME"], "primaries")
+with open(log, "a") as f:
+    f.write(me + "\\n")
+body = ("primary %s after %s" % (me, open(log).read().split()[:-1])).encode()
+class P(h.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+h.HTTPServer(("127.0.0.1", int(os.environ["PORT_5432"])), P).serve_forever()
+"""
+
+
+def _pid_of(replica: str, token: str) -> int:
+    """The host pid of a sandbox replica, by its environment."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"TOKEN={token}".encode() in env and f"BLIXARD_REPLICA={replica}".encode() in env:
+            return int(entry.name)
+    return -1
+
+
+def _get(address: str) -> str:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{address}/", timeout=5) as r:
+            return r.read().decode()
+    except OSError:
+        return ""
+
+
+def test_stateful_set_fails_over_and_switches_over(cli, work):
+    """Scenario 2's shape through the CLI: one primary with the volume behind the balancer, a
+    standby fenced in and promoted when it dies, a switchover on purpose."""
+    token = f"cli-db-{os.getpid()}"
+    write(work / "db.py", DB_PY)
+    write(work / "db.yaml", f"command: [python3, {work / 'db.py'}]\nports: [5432]\n"
+          f"env: {{TOKEN: {token}}}\nmemory: 64\n")
+    cli.ok("storage", "pool", "create", "shared", "--type", "shared-dir",
+           "--path", str(work / "shared"))
+    # A node-local pool cannot follow a primary: refused, naming the flag.
+    cli.ok("storage", "pool", "create", "local", "--path", str(work / "local"))
+    err = fail(cli, EXIT_INVALID, "vm", "create", "db", "--config", "db.yaml", "--replicas", "3",
+               "--storage-pool", "local", "--primary-election-policy", "oldest-first")
+    assert "--storage-pool" in err and "shared-dir" in err, err
+    cli.ok("vm", "create", "db", "--config", "db.yaml", "--replicas", "3",
+           "--storage-class", "replicated", "--storage-size", "1G",
+           "--primary-election-policy", "oldest-first", "--wait")
+    try:
+        out = cli.ok("vm", "status", "db").stdout
+        assert "db primary=db-1, replicas=[db-1, db-2, db-3], epoch 1" in out, out
+        assert "ROLE" in out, out
+        lb = cli.json("vm", "status", "db")["status"]["endpoints"][0]["address"]
+        assert _get(lb) == "primary db-1 after []"
+        # The primary dies: a standby is fenced in on the same volume, the balancer follows.
+        os.kill(_pid_of("db-1", token), 9)
+        deadline = time.monotonic() + 30
+        st = {}
+        while time.monotonic() < deadline:
+            st = cli.json("vm", "status", "db")["status"]
+            if st.get("primary") in ("db-2", "db-3") and st.get("primaryEpoch") == "2":
+                break
+            time.sleep(0.1)
+        new = st.get("primary")
+        assert new in ("db-2", "db-3") and st.get("primaryEpoch") == "2", st
+        assert _get(lb) == f"primary {new} after ['db-1']"
+        out = cli.ok("vm", "status", "db").stdout
+        assert "last failover:" in out and "fenced" in out and "balancer-switched" in out, out
+        # On purpose, to the other standby: each step printed as it happens.
+        other = "db-3" if new == "db-2" else "db-2"
+        out = cli.ok("vm", "switchover", "db", "--to", other).stdout
+        assert "fenced" in out and f"vm db: primary={other}, epoch 3" in out, out
+        assert _get(lb) == f"primary {other} after ['db-1', '{new}']"
+        err = fail(cli, EXIT_INVALID, "vm", "switchover", "db", "--to", "db-9")
+        assert "--to" in err and "db-9" in err, err
+        # The same steps as events, from the ones the server keeps; Ctrl-C ends the watch.
+        import subprocess
+
+        watch = subprocess.Popen([*cli.cmd, "vm", "watch", "db", "--all"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env=cli.env(), cwd=cli.cwd)
+        import threading
+
+        limit = threading.Timer(30, watch.kill)  # what it waits for never came: fail, not hang
+        limit.start()
+        try:
+            seen = []
+            for line in watch.stdout:
+                seen.append(line)
+                if " BalancerSwitched " in line and sum(" PrimaryFenced " in x for x in seen) >= 2:
+                    break
+            assert any(" FailoverDetected " in x and "db-1" in x for x in seen), seen
+            watch.send_signal(2)
+            assert watch.wait(15) == 0, watch.stderr.read()
+        finally:
+            limit.cancel()
+            if watch.poll() is None:
+                watch.kill()
+                watch.wait(10)
+            watch.stdout.close()
+            watch.stderr.close()
+    finally:
+        cli.ok("vm", "delete", "db")
+    cli.ok("storage", "volume", "delete", "db-data")
+    cli.ok("storage", "pool", "delete", "shared")
+    cli.ok("storage", "pool", "delete", "local")
 
 
 def test_networks(cli):
