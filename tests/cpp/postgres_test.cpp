@@ -3,7 +3,9 @@
 // PostgreSQL 15; clients connect over TCP as the initialScript's user; a restart on the same
 // volume keeps the data and does not run the initialScript again; a standby stays up idle.
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,11 +13,14 @@
 #include <condition_variable>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <mutex>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
+#include "blixard/cluster.hpp"
 #include "blixard/spec.hpp"
 #include "runtime/driver.hpp"
 #include "test_support.hpp"
@@ -89,9 +94,10 @@ struct Events {
 
 // Debian's psql over TCP to 127.0.0.1:port as app_user (its password from the initialScript),
 // one command; its output (unaligned, tuples only) with stderr.
-std::string psql(std::uint32_t port, const std::string& sql) {
+std::string psql(std::uint32_t port, const std::string& sql,
+                 const std::string& host = "127.0.0.1") {
   const std::string cmd = "PGPASSWORD=secure_password PGCONNECT_TIMEOUT=10 " +
-                          (k_postgres_bin / "psql").string() + " -X -q -h 127.0.0.1 -p " +
+                          (k_postgres_bin / "psql").string() + " -X -q -h " + host + " -p " +
                           std::to_string(port) +
                           " -U app_user -d app_db -tA -v ON_ERROR_STOP=1 -c \"" + sql + "\" 2>&1";
   std::string out;
@@ -217,7 +223,9 @@ TEST_F(PostgresReplicaTest, ThePrimaryServesTheConfigsDatabaseAndKeepsItsDataOnT
     const fs::path version = work_ / "pool" / "postgres-1" / "15" / "PG_VERSION";
     struct stat st {};
     ASSERT_EQ(::stat(version.c_str(), &st), 0);
-    if (::geteuid() == 0) EXPECT_NE(st.st_uid, 0U);
+    if (::geteuid() == 0) {
+      EXPECT_NE(st.st_uid, 0U);
+    }
 
     replica->stop(30s);
     ASSERT_TRUE(events.wait_exit());
@@ -262,6 +270,91 @@ TEST_F(PostgresReplicaTest, AStandbyRunsNoPostgresAndStaysUpUntilStopped) {
   replica->stop(10s);
   ASSERT_TRUE(events.wait_exit());
   EXPECT_TRUE(events.exit->requested);
+}
+
+// The scenario as a user runs it: `blixard-agent --server` (the server, its local node on the
+// sandbox driver and its load balancer), a storage pool, `vm create postgres --config
+// postgres.nix` through the SDK; clients reach PostgreSQL through the balancer's listener for the
+// set's port 5432 (VmStatus.endpoints).
+TEST_F(PostgresReplicaTest, ClientsReachTheSetThroughTheLoadBalancer) {
+  const fs::path agent = fs::path(BLIXARD_BINARY_DIR) / "blixard-agent";
+  if (!fs::exists(agent)) GTEST_SKIP() << "no " << agent;
+  const fs::path data = work_ / "server";
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    const std::string d = data.string(), a = agent.string();
+    ::execl(a.c_str(), a.c_str(), "--server", "--data-dir", d.c_str(), "--listen", "127.0.0.1:0",
+            "--log-level", "warn", static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  struct Reaper {
+    pid_t pid;
+    ~Reaper() {
+      ::kill(pid, SIGTERM);
+      if (!eventually([&] { return ::waitpid(pid, nullptr, WNOHANG) == pid; }, 30s)) {
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, nullptr, 0);
+      }
+    }
+  } reaper{pid};
+  auto field = [](const std::string& json, const std::string& key) {
+    const auto at = json.find("\"" + key + "\":\"");
+    if (at == std::string::npos) return std::string();
+    const auto start = at + key.size() + 4;
+    return json.substr(start, json.find('"', start) - start);
+  };
+  std::string state;
+  ASSERT_TRUE(eventually(
+      [&] {
+        std::ifstream in(data / "server.json");
+        std::stringstream ss;
+        ss << in.rdbuf();
+        state = ss.str();
+        return !field(state, "token").empty();
+      },
+      30s))
+      << "the server did not start";
+  blixard::ConnectOptions options;
+  options.token = field(state, "token");
+  auto cluster = blixard::Cluster::connect(field(state, "address"), options);
+  v1::StoragePoolSpec pool;
+  pool.set_type("dir");
+  pool.set_path((work_ / "pool").string());
+  cluster.create_storage_pool("disk", pool);
+  // The seed's file with the CLI's flags (a smaller memory: the node's capacity is the test's).
+  cluster.create_vm("postgres", k_specs / "scenario2/postgres.nix",
+                    R"({"replicas":1,"memory":"1G","storage":{"pool":"disk","size":"1G"},)"
+                    R"("env":{"TEST_TOKEN":")" +
+                        token_ + R"("}})");
+  std::string address;
+  ASSERT_TRUE(eventually(
+      [&] {
+        const auto st = cluster.vm("postgres").status();
+        for (const auto& e : st.endpoints()) {
+          if (e.port() == 5432 && st.phase() == "Running") address = e.address();
+        }
+        return !address.empty();
+      },
+      60s))
+      << cluster.vm("postgres").status().DebugString();
+  const auto colon = address.rfind(':');
+  const std::string host = address.substr(0, colon);
+  const auto port = static_cast<std::uint32_t>(std::stoul(address.substr(colon + 1)));
+  EXPECT_TRUE(eventually([&] { return psql(port, "SELECT 1", host) == "1"; }, 20s))
+      << psql(port, "SELECT 1", host);
+  EXPECT_EQ(psql(port, "SHOW max_connections", host), "200");
+  EXPECT_EQ(psql(port, "SHOW shared_buffers", host), "256MB");
+  EXPECT_EQ(psql(port,
+                 "CREATE SCHEMA app; CREATE TABLE app.t (v text); "
+                 "INSERT INTO app.t VALUES ('through the balancer'); SELECT v FROM app.t",
+                 host),
+            "through the balancer");
+  // Its data is on the set's volume, in the pool's directory.
+  EXPECT_TRUE(fs::exists(work_ / "pool" / "postgres-1" / "15" / "PG_VERSION"));
+  cluster.vm("postgres").remove();
+  // (By environment: the server's own command line names this test's directory.)
+  EXPECT_TRUE(eventually([&] { return process_names().empty(); }, 30s));
 }
 
 }  // namespace
