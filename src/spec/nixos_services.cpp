@@ -365,7 +365,7 @@ void postgresql(const Options& o, v1::VmSpec& spec) {
         port = settings.port("port", 5432);
         continue;
       }
-      args.push_back("-c");
+      args.emplace_back("-c");
       args.push_back(name + "=" + postgres_value(settings, name, kv.second));
     }
   }
