@@ -62,6 +62,7 @@ struct Plan {
   bool loopback = false;
   bool low_ports = false;  // its own network: any port is its to bind
   long uid = -1, gid = -1;
+  long inner = 0;  // the ids inside the user namespace
   int unshare_flags = 0;
 };
 
@@ -154,6 +155,8 @@ bool parse(const char* const* args, std::size_t count, Plan& p) {
       p.uid = to_long(v);
     } else if (starts(a, "gid=", &v)) {
       p.gid = to_long(v);
+    } else if (starts(a, "inner=", &v)) {
+      p.inner = to_long(v);
     } else if (starts(a, "unshare=", &v)) {
       p.unshare_flags = static_cast<int>(to_u64(v));
     } else {
@@ -368,19 +371,24 @@ bool loopback_up() {
   return ok;
 }
 
-void format_id_map(char* out, long id) {
-  // "0 <id> 1"
+// Writes the decimal digits of `value` at `o`; returns the end.
+char* put_number(char* o, long value) {
   char digits[24];
   int n = 0;
-  auto v = static_cast<unsigned long>(id);
+  auto v = static_cast<unsigned long>(value);
   do {
     digits[n++] = static_cast<char>('0' + v % 10);
     v /= 10;
   } while (v != 0);
-  char* o = out;
-  *o++ = '0';
-  *o++ = ' ';
   while (n > 0) *o++ = digits[--n];
+  return o;
+}
+
+void format_id_map(char* out, long inner, long id) {
+  // "<inner> <id> 1"
+  char* o = put_number(out, inner);
+  *o++ = ' ';
+  o = put_number(o, id);
   std::memcpy(o, " 1", 3);
 }
 
@@ -424,13 +432,13 @@ bool change_identity_locked(const Plan& p, Failure& f) {
   if (::unshare(CLONE_NEWUSER) != 0) return false;
   char map[40];
   write_text("/proc/self/setgroups", "deny");
-  format_id_map(map, p.uid);
+  format_id_map(map, p.inner, p.uid);
   if (!write_text("/proc/self/uid_map", map)) return false;
-  format_id_map(map, p.gid);
+  format_id_map(map, p.inner, p.gid);
   return write_text("/proc/self/gid_map", map);
 }
 
-// Host root -> the instance's own ids, then a user namespace mapping them to 0.
+// Host root -> the instance's own ids, then a user namespace mapping them to 0 (or nobody).
 bool change_identity(const Plan& p, Failure& f) {
   lock_identity();
   const bool ok = change_identity_locked(p, f);

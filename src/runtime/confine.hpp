@@ -7,7 +7,8 @@
 //     tmpfs at /tmp (its scratch, charged to its memory cgroup); no data dir, /root, /home, host
 //     /tmp or /etc/shadow; pivot_root into it, the host's tree detached;
 //   - as an unprivileged host uid and gid of its own, in a user namespace of its own that maps it
-//     to 0 (when the agent is root; an unprivileged agent's instances are in its user namespace);
+//     to 0, or to nobody for a VM replica (when the agent is root; an unprivileged agent's
+//     instances are in its user namespace);
 //   - every capability dropped (bounding and ambient sets too), no_new_privs, a seccomp filter.
 //
 // Two callers share this one implementation: spawn.cpp's clone child (native and fresh Python
@@ -51,6 +52,9 @@ struct Confinement {
   // Host ids the instance runs as, mapped to 0 in a user namespace of its own. Only a root agent
   // may change ids; -1: keep the caller's (an unprivileged agent's user namespace already maps it).
   long uid = -1, gid = -1;
+  // The uid and gid it has inside that user namespace: 0, or 65534 for a VM replica (nobody, as a
+  // guest's workload runs; a program such as PostgreSQL refuses to run as root).
+  long inner_id = 0;
   // Extra namespaces to unshare first (CLONE_NEW* flags): the zygote's child, which is forked
   // rather than cloned into them.
   int unshare_flags = 0;

@@ -53,6 +53,8 @@ std::vector<std::string> confinement_args(const Confinement& c) {
         if (n <= 0) continue;
         target.resize(static_cast<std::size_t>(n));
         out.push_back(std::string("link=") + dir + "=" + target);
+        // What is under it is under its target, bound already (/bin/sh: /usr/bin/sh).
+        bound.emplace_back(dir);
       } else if (S_ISDIR(st.st_mode)) {
         out.push_back(std::string("bind=") + dir);
         bound.emplace_back(dir);
@@ -88,6 +90,7 @@ std::vector<std::string> confinement_args(const Confinement& c) {
     out.push_back("uid=" + std::to_string(c.uid));
     out.push_back("gid=" + std::to_string(c.gid));
   }
+  if (c.inner_id != 0) out.push_back("inner=" + std::to_string(c.inner_id));
   if (c.unshare_flags != 0) out.push_back("unshare=" + std::to_string(c.unshare_flags));
   return out;
 }

@@ -37,6 +37,7 @@ using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
 constexpr std::uint64_t k_replica_pids = 1024;
+constexpr long k_nobody = 65534;
 constexpr std::uint64_t k_max_scratch = 256ULL << 20;
 constexpr milliseconds k_ready_poll{20};
 constexpr milliseconds k_check_timeout{1000};
@@ -299,6 +300,8 @@ void SandboxReplica::launch() {
       std::min<std::uint64_t>(k_max_scratch, memory_bytes != 0 ? memory_bytes : k_max_scratch);
   confine.uid = context_.uid;
   confine.gid = context_.gid;
+  // Nobody in its namespace, as a guest's workload is (PostgreSQL refuses to run as root).
+  confine.inner_id = k_nobody;
   if (context_.cgroups != nullptr) {
     cgroup_ =
         context_.cgroups->create(context_.root.filename().string(), memory_bytes, k_replica_pids);

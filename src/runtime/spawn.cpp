@@ -171,8 +171,11 @@ Spawned spawn_sandboxed(const SpawnRequest& request) {
   auto envp = c_strings(request.env);
 
   const bool root = ::geteuid() == 0;
-  const std::string uid_map = "0 " + std::to_string(::geteuid()) + " 1";
-  const std::string gid_map = "0 " + std::to_string(::getegid()) + " 1";
+  // An unprivileged agent's user namespace maps its ids to the instance's (0, or a replica's
+  // nobody).
+  const std::string inner = std::to_string(request.confinement.inner_id);
+  const std::string uid_map = inner + " " + std::to_string(::geteuid()) + " 1";
+  const std::string gid_map = inner + " " + std::to_string(::getegid()) + " 1";
   // Two plans: in the namespaces (a root of its own), and plain, for an unprivileged agent on a
   // host that refuses them (no root: only the limits and the lockdown).
   Confinement plain_confinement = request.confinement;

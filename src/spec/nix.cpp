@@ -40,8 +40,12 @@ std::string nix_list(std::initializer_list<const char*> names) {
   return out + " ]";
 }
 
-// The expression: call the module with arguments that throw if used (no pkgs here), then pick the
-// attributes Blixard understands. Paths become strings so nothing is copied into the store.
+// The expression: call the module with arguments that throw if used (no nixpkgs here), then pick
+// the attributes Blixard understands. Paths become strings so nothing is copied into the store.
+// `pkgs` is the exception: the names the file uses as `pkgs.NAME` (found in its text) exist, so
+// pkgs.writeText keeps its text ({ blixardWriteText = name; text = ...; }: an initialScript) and
+// pkgs.postgresql15 reads as "<package:postgresql15>"; any other NAME throws when used. A file
+// that uses pkgs otherwise (`with pkgs;`, `inherit (pkgs)`) gets the throwing pkgs as before.
 std::string expression(const std::string& file, NixKind kind) {
   const std::string names = kind == NixKind::function
                                 ? nix_list({"runtime", "handler", "command", "code", "memory",
@@ -60,8 +64,22 @@ std::string expression(const std::string& file, NixKind kind) {
          "  f = import " +
          nix_string(file) +
          ";\n"
-         "  m = if builtins.isFunction f then f (builtins.mapAttrs (n: _: throw \"${n} is not "
-         "available when Blixard reads a config\") (builtins.functionArgs f)) else f;\n"
+         "  src = builtins.readFile " +
+         nix_string(file) +
+         ";\n"
+         "  used = map builtins.head (builtins.filter builtins.isList (builtins.split "
+         "\"pkgs\\\\.([A-Za-z_][A-Za-z0-9_'-]*)\" src));\n"
+         "  opaque = builtins.length (builtins.split \"with[[:space:]]+pkgs[[:space:]]*;|\\\\([[:"
+         "space:]]*pkgs[[:space:]]*\\\\)\" src) > 1;\n"
+         "  text = name: text: { blixardWriteText = name; inherit text; };\n"
+         "  stub = n: if n == \"writeText\" then text else if n == \"writeTextFile\" then (a: text "
+         "(a.name or \"\") a.text) else if builtins.match \"postgresql(_?[0-9]+)?\" n != null then "
+         "{ type = \"derivation\"; name = n; blixardPackage = n; } else throw \"pkgs is not "
+         "available when Blixard reads a config (it uses pkgs.${n})\";\n"
+         "  pkgs = builtins.listToAttrs (map (n: { name = n; value = stub n; }) used);\n"
+         "  m = if builtins.isFunction f then f (builtins.mapAttrs (n: _: if n == \"pkgs\" && "
+         "!opaque then pkgs else throw \"${n} is not available when Blixard reads a config\") "
+         "(builtins.functionArgs f)) else f;\n"
          "  str = x: if builtins.typeOf x == \"path\" then toString x else x;\n"
          "  pick = names: s: builtins.intersectAttrs (builtins.listToAttrs (map (n: { name = n; "
          "value = null; }) names)) s;\n"
@@ -73,7 +91,8 @@ std::string expression(const std::string& file, NixKind kind) {
          "mv.shares then map share mv.shares else mv.shares; } else { }) else mv;\n"
          "  data = v: let r = builtins.tryEval v; in if !r.success then \"<unavailable>\" "
          "else if builtins.isFunction r.value then null else if builtins.isAttrs r.value then "
-         "(if (r.value.type or null) == \"derivation\" then \"<package>\" else "
+         "(if (r.value.type or null) == \"derivation\" then \"<package${if r.value ? "
+         "blixardPackage then \":\" + r.value.blixardPackage else \"\"}>\" else "
          "builtins.mapAttrs (_: data) r.value) else if builtins.isList r.value then map data "
          "r.value else str r.value;\n"
          "  h = m.handler or null;\n"

@@ -2,7 +2,9 @@
 #include "spec/nixos_services.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <map>
+#include <regex>
 #include <set>
 #include <vector>
 
@@ -46,7 +48,7 @@ class Options {
     const auto v = node_[key];
     if (!v.IsScalar()) refuse(key, "expected a string, got " + describe(v));
     auto s = v.as<std::string>();
-    if (s == "<package>" || s == "<unavailable>") {
+    if (s.starts_with("<package") || s == "<unavailable>") {
       refuse(key, "packages come from the host here (Debian's), not from nixpkgs");
     }
     if (s.find_first_of("\n;{}") != std::string::npos) {
@@ -72,6 +74,7 @@ class Options {
     }
     refuse(key, "expected a TCP port (1-65535), got " + describe(v));
   }
+  const YAML::Node& node() const { return node_; }
   Options child(const std::string& key) const {
     return {has(key) ? node_[key] : YAML::Node(), join_path(path_, key), file_};
   }
@@ -218,6 +221,200 @@ void redis(const Options& o, v1::VmSpec& spec) {
   spec.add_command("/etc/redis/" + name + ".conf");
 }
 
+// The script a postgresql replica runs (sh -c SCRIPT postgresql DATA PORT INITIAL HBA ARGS...):
+// the same under both drivers, with nothing but its arguments and environment (a sandbox replica
+// gets no `files`). A standby (BLIXARD_ROLE=replica) idles until the controller restarts it as
+// the primary with the volume; the primary initialises the data directory when it is empty
+// (initdb, then initialScript exactly once: a marker in the data directory says it is still to
+// run), then execs postgres with the settings as -c arguments, listening on PORT_<port> (the
+// sandbox's host port) or the declared port.
+constexpr const char* k_postgres_script = R"sh(set -eu
+bin=/usr/lib/postgresql/15/bin
+data=$1 port=$2 initial=$3 hba=$4
+shift 4
+if [ "${BLIXARD_ROLE:-primary}" = replica ]; then
+  echo "blixard: PostgreSQL standby${BLIXARD_PRIMARY_ADDR:+ of the primary at $BLIXARD_PRIMARY_ADDR}: idle until it is made the primary"
+  exec sleep infinity
+fi
+if [ ! -x "$bin/postgres" ]; then
+  echo "blixard: $bin/postgres is missing: services.postgresql runs Debian's PostgreSQL 15 (install postgresql-15 on the node)" >&2
+  exit 1
+fi
+case $port in *[!0-9]*|'') echo "blixard: bad port $port" >&2; exit 1 ;; esac
+eval "port=\${PORT_$port:-$port}"
+if [ -n "${BLIXARD_VOLUME:-}" ]; then
+  case "$data/" in
+    "${BLIXARD_VOLUME%/}"/*) ;;
+    *) echo "blixard: dataDir $data is not on the volume (at $BLIXARD_VOLUME): the data goes to ${BLIXARD_VOLUME%/}/postgresql/15"
+       data=${BLIXARD_VOLUME%/}/postgresql/15 ;;
+  esac
+fi
+if ! mkdir -p "$data" 2>/dev/null; then
+  echo "blixard: cannot make $data (no volume there): the data goes to /tmp/postgresql/15 and ends with the replica"
+  data=/tmp/postgresql/15
+  mkdir -p "$data"
+fi
+run=$(mktemp -d /tmp/postgresql.XXXXXX)
+printf '%s\n' "$hba" > "$run/pg_hba.conf"
+own="-c hba_file=$run/pg_hba.conf -c unix_socket_directories=$run -c dynamic_shared_memory_type=sysv"
+if [ ! -s "$data/PG_VERSION" ]; then
+  echo "blixard: initdb $data"
+  "$bin/initdb" -D "$data" -U postgres -E UTF8 --locale=C -A trust >/dev/null
+  : > "$data/blixard-initial-script"
+fi
+if [ -e "$data/blixard-initial-script" ]; then
+  if [ -n "$initial" ]; then
+    echo "blixard: running services.postgresql.initialScript"
+    "$bin/pg_ctl" -D "$data" -w -s -o "-p $port -c listen_addresses= $own" start
+    printf '%s\n' "$initial" | "$bin/psql" -X -q -h "$run" -p "$port" -U postgres -d postgres -f -
+    "$bin/pg_ctl" -D "$data" -w -s -m fast stop
+  fi
+  rm "$data/blixard-initial-script"
+fi
+echo "blixard: postgres -D $data -p $port"
+# shellcheck disable=SC2086
+exec "$bin/postgres" -D "$data" -p "$port" -c listen_addresses='*' $own "$@"
+)sh";
+
+// Settings Blixard gives postgres itself (where it listens, its sockets and its access file).
+const std::set<std::string> k_postgres_own = {
+    "listen_addresses", "unix_socket_directories",    "hba_file",
+    "data_directory",   "dynamic_shared_memory_type", "config_file",
+    "ident_file",       "external_pid_file"};
+
+// A setting's value as postgres -c takes it: a list joined with commas (NixOS's rendering of
+// shared_preload_libraries), no newline, quote or backslash (nothing that could reach a config
+// file's syntax).
+std::string postgres_value(const Options& settings, const std::string& key, const YAML::Node& v) {
+  std::string out;
+  auto one = [&](const YAML::Node& item) {
+    if (!item.IsScalar()) {
+      settings.refuse(
+          key, "expected a string, number, boolean or list of strings, got " + describe(item));
+    }
+    std::string s = item.Scalar();
+    if (s.starts_with("<package") || s == "<unavailable>") {
+      settings.refuse(key, "cannot be read without nixpkgs");
+    }
+    for (const char c : s) {
+      if (c == '\'' || c == '"' || c == '\\' || std::iscntrl(static_cast<unsigned char>(c))) {
+        settings.refuse(key, "must not hold quotes, a backslash or control characters");
+      }
+    }
+    return s;
+  };
+  if (v.IsSequence()) {
+    for (const auto& item : v) {
+      if (!out.empty()) out += ',';
+      out += one(item);
+    }
+  } else {
+    out = one(v);
+  }
+  return out;
+}
+
+// services.postgresql: Debian's PostgreSQL 15 run by k_postgres_script.
+void postgresql(const Options& o, v1::VmSpec& spec) {
+  o.only({"enable", "package", "dataDir", "settings", "authentication", "initialScript",
+          "enableTCPIP"},
+         "services.postgresql");
+  if (o.has("package")) {
+    const auto v = o.node()["package"];
+    const std::string p = v.IsScalar() ? v.Scalar() : "";
+    static const std::regex postgres_package("<package:postgresql_?(1[0-9]|[0-9])?>");
+    std::smatch m;
+    if (!std::regex_match(p, m, postgres_package)) {
+      o.refuse("package",
+               "Blixard runs Debian's PostgreSQL 15 from the host; use pkgs.postgresql15 (or "
+               "pkgs.postgresql_15), not another package or an override of one");
+    }
+    if (m[1].matched && m[1].str() != "15") {
+      o.refuse("package", "asks for PostgreSQL " + m[1].str() +
+                              ", and Blixard runs Debian's PostgreSQL 15: use pkgs.postgresql15");
+    }
+  }
+  if (!o.flag("enableTCPIP", true)) {
+    o.refuse("enableTCPIP", "a replica serves its clients over TCP (through the load balancer)");
+  }
+  const std::string data = o.text("dataDir", "/var/lib/postgresql/15");
+  if (!data.starts_with("/") || data.find_first_of("\"'\\ \t") != std::string::npos) {
+    o.refuse("dataDir", "must be an absolute path without spaces or quotes");
+  }
+
+  std::uint32_t port = 5432;
+  std::vector<std::string> args;
+  const auto settings = o.child("settings");
+  if (o.has("settings") && !settings.node().IsMap()) {
+    o.refuse("settings", "expected an attribute set of PostgreSQL settings");
+  }
+  static const std::regex setting_name("[a-z_][a-z0-9_]*(\\.[a-z_][a-z0-9_]*)?");
+  if (o.has("settings")) {
+    for (const auto& kv : settings.node()) {
+      const auto name = kv.first.as<std::string>();
+      if (kv.second.IsNull()) continue;
+      if (!std::regex_match(name, setting_name)) {
+        settings.refuse("\"" + name + "\"", "is not a PostgreSQL setting name");
+      }
+      if (k_postgres_own.contains(name)) {
+        settings.refuse(name,
+                        "Blixard sets this itself (postgres listens on every address, its "
+                        "socket and access file are the replica's own)");
+      }
+      if (name == "port") {
+        port = settings.port("port", 5432);
+        continue;
+      }
+      args.emplace_back("-c");
+      args.push_back(name + "=" + postgres_value(settings, name, kv.second));
+    }
+  }
+
+  // Access: the script's own over the private socket, then the config's lines, then NixOS's
+  // defaults for TCP from the replica itself.
+  std::string hba =
+      "# Written by Blixard from " + o.path() + ".authentication.\nlocal all postgres trust\n";
+  if (o.has("authentication")) {
+    const auto v = o.node()["authentication"];
+    if (!v.IsScalar() || v.Scalar().starts_with("<")) {
+      o.refuse("authentication", "expected pg_hba.conf lines, got " + describe(v));
+    }
+    hba += v.Scalar();
+    if (!hba.ends_with("\n")) hba += "\n";
+  }
+  hba += "host all all 127.0.0.1/32 md5\nhost all all ::1/128 md5\n";
+
+  // initialScript: pkgs.writeText's text (the loader keeps it), or a file next to the config.
+  std::string initial;
+  if (o.has("initialScript")) {
+    const auto v = o.node()["initialScript"];
+    if (v.IsMap() && v["text"] && v["text"].IsScalar() && v["text"].Scalar() != "<unavailable>") {
+      initial = v["text"].Scalar();
+    } else if (v.IsScalar() && v.Scalar().starts_with("/")) {
+      initial = read_text_file(v.Scalar(), "services.postgresql.initialScript");
+    } else {
+      o.refuse("initialScript",
+               "expected pkgs.writeText \"init.sql\" ''...'' (with no Nix values in the text) or "
+               "a path to an SQL file");
+    }
+  }
+
+  // The service's port first: the replica is ready once it accepts connections there.
+  std::vector<std::uint32_t> ports{port};
+  for (const auto p : spec.ports()) {
+    if (p != port) ports.push_back(p);
+  }
+  spec.clear_ports();
+  for (const auto p : ports) spec.add_ports(p);
+
+  for (const std::string& arg :
+       {std::string("/bin/sh"), std::string("-c"), std::string(k_postgres_script),
+        std::string("postgresql"), data, std::to_string(port), initial, hba}) {
+    spec.add_command(arg);
+  }
+  for (auto& a : args) spec.add_command(std::move(a));
+}
+
 }  // namespace
 
 void translate_nixos_services(const YAML::Node& services, v1::VmSpec& spec,
@@ -246,13 +443,11 @@ void translate_nixos_services(const YAML::Node& services, v1::VmSpec& spec,
   } else if (on.front() == "redis") {
     redis(o, spec);
   } else if (on.front() == "postgresql") {
-    spec.set_untranslated(first +
-                          " is not run in guests yet (stateful VM sets, with volumes and "
-                          "failover, will)");
+    postgresql(o, spec);
   } else {
     spec.set_untranslated(first +
-                          " cannot run without a NixOS build; Blixard translates services.nginx "
-                          "and services.redis, or give the VM a `command`");
+                          " cannot run without a NixOS build; Blixard translates services.nginx, "
+                          "services.redis and services.postgresql, or give the VM a `command`");
   }
 }
 

@@ -2,7 +2,9 @@
 // configs"). Without nixpkgs no NixOS system can be built here, so the few services the seed's
 // configs use are read as plain data and run from the host's Debian programs, which a guest sees
 // in the /usr the node shares with it: `services.nginx` (virtual hosts with root, index, return,
-// proxyPass) and `services.redis.servers.<name>`. Anything else a config enables is an error that
+// proxyPass), `services.redis.servers.<name>` and `services.postgresql` (Debian's PostgreSQL 15,
+// its data on the set's volume, run by a `/bin/sh -c` script of the options that needs no files,
+// so it runs in a sandbox replica too). Anything else a config enables is an error that
 // names the option (kept in the spec's `untranslated`: the set is stored and its replicas fail
 // saying so); an option of a supported service that cannot be honoured fails the load.
 //
@@ -19,7 +21,8 @@
 namespace blixard::spec_detail {
 
 // Fills `spec`'s command, files and ports from `services` (the config's `services` attribute set
-// as JSON, functions and packages replaced by null and "<package>"). A config that gives a
+// as JSON, functions and packages replaced by null and "<package>", pkgs.postgresql15 by
+// "<package:postgresql15>", pkgs.writeText by { blixardWriteText, text }). A config that gives a
 // `command` of its own as well is an error. `file` names the config in errors.
 void translate_nixos_services(const YAML::Node& services, v1::VmSpec& spec,
                               const std::string& file);

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <condition_variable>
+#include <cstdio>
 #include <filesystem>
 #include <mutex>
 #include <optional>
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "blixard/error.hpp"
+#include "blixard/spec.hpp"
 #include "common/health_check.hpp"
 #include "net/links.hpp"
 #include "runtime/domain_xml.hpp"
@@ -305,6 +307,82 @@ TEST_F(LibvirtDriverTest, AGuestKeepsItsVolumeAcrossStartsAndItIsRemovedOnReques
 
 // A guest on a VM network: a second interface on the network's bridge (made here, in libvirtd's
 // network namespace) with its address; the host reaches the guest's port at that address.
+// Debian's psql over TCP to 127.0.0.1:port as the seed's app_user, one command; its output
+// (tuples only) or why it failed.
+std::string psql(std::uint32_t port, const std::string& sql) {
+  const std::string cmd =
+      "PGPASSWORD=secure_password PGCONNECT_TIMEOUT=10 "
+      "/usr/lib/postgresql/15/bin/psql -X -q -h 127.0.0.1 -p " +
+      std::to_string(port) + " -U app_user -d app_db -tA -v ON_ERROR_STOP=1 -c \"" + sql +
+      "\" 2>&1";
+  std::string out;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (p == nullptr) return "popen failed";
+  char buf[4096];
+  for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+  const int status = ::pclose(p);
+  while (!out.empty() && out.back() == '\n') out.pop_back();
+  return status == 0 ? out : "psql failed: " + out;
+}
+
+// Scenario 2's postgres.nix in a guest: the translated services.postgresql (the same command a
+// sandbox replica runs) as the set's primary on its ext4 volume; a second start keeps the data
+// and does not run the initialScript again.
+TEST_F(LibvirtDriverTest, TheSeedsPostgresqlRunsInAGuestOnItsVolume) {
+  if (::access("/usr/lib/postgresql/15/bin/postgres", X_OK) != 0) {
+    GTEST_SKIP() << "Debian's postgresql-15 is not installed (scripts/bootstrap installs it)";
+  }
+  if (::access("/usr/bin/nix-instantiate", X_OK) != 0) GTEST_SKIP() << "no nix-instantiate";
+  v1::Vm vm;
+  vm.mutable_metadata()->set_name("postgres");
+  *vm.mutable_spec() =
+      blixard::load_vm_config(fs::path(BLIXARD_TEST_DATA) / "specs/scenario2/postgres.nix");
+  vm.mutable_spec()->set_memory_mib(1024);  // under TCG: less than the file's 2 GiB, room for
+  vm.mutable_spec()->set_vcpu(1);           // its 256MB shared_buffers
+  vm.mutable_spec()->mutable_storage()->set_pool("disk");
+  vm.mutable_spec()->mutable_storage()->set_size_mib(256);
+  blixard::validate_vm(vm);
+  v1::VolumeAttachment volume;
+  volume.set_name("postgres-1");
+  volume.set_pool_type("dir");
+  volume.set_pool_path((dir_ / "pool").string());
+  volume.set_size_mib(256);
+  volume.set_mount_point(vm.spec().storage().mount_point());
+  for (int start = 1; start <= 2; ++start) {
+    events_.exit.reset();
+    auto o = replica("postgres-1", {});
+    o.vm = "postgres";
+    o.name = "postgres-1." + std::to_string(start);
+    o.spec = vm.spec();
+    (*o.spec.mutable_env())["BLIXARD_ROLE"] = "primary";
+    o.volume = volume;
+    if (start == 2) o.volume->set_format("ext4-image");  // as the server records it
+    auto r = driver_->start_replica(o);
+    ASSERT_EQ(r->ports().count(5432), 1U);
+    const auto port = r->ports().at(5432);
+    ASSERT_TRUE(eventually([&] { return psql(port, "SELECT 1") == "1"; }, 60s))
+        << psql(port, "SELECT 1");
+    EXPECT_EQ(psql(port, "SHOW max_connections"), "200");
+    EXPECT_EQ(psql(port, "SHOW shared_buffers"), "256MB");
+    if (start == 1) {
+      EXPECT_EQ(psql(port,
+                     "CREATE SCHEMA app; CREATE TABLE app.t (v text); "
+                     "INSERT INTO app.t VALUES ('kept'); SELECT v FROM app.t"),
+                "kept");
+      EXPECT_TRUE(events_.saw("running services.postgresql.initialScript"));
+    } else {
+      EXPECT_EQ(psql(port, "SELECT v FROM app.t"), "kept");
+      EXPECT_FALSE(events_.saw("initialScript"));
+    }
+    r->stop(30s);
+    ASSERT_TRUE(events_.exited().has_value());
+    EXPECT_TRUE(events_.exited()->requested);
+    std::lock_guard lock(events_.mutex);
+    events_.lines.clear();
+  }
+  driver_->remove_volume(volume);
+}
+
 TEST_F(LibvirtDriverTest, AGuestOnANetworkIsReachedAtItsAddress) {
   v1::NetworkAttachment network;
   network.set_network("t" + std::to_string(::getpid()));

@@ -221,9 +221,30 @@ TEST(Scenario2, PostgresNixLoads) {
   EXPECT_EQ(spec.microvm().vcpu(), 4u);
   ASSERT_EQ(spec.ports_size(), 1);
   EXPECT_EQ(spec.ports(0), 5432u);
-  // Stored, and its replicas say why they cannot run (until stateful sets run PostgreSQL).
-  EXPECT_EQ(spec.command_size(), 0);
-  EXPECT_TRUE(contains(spec.untranslated(), "services.postgresql")) << spec.untranslated();
+  // services.postgresql, run by a shell script of its options (no files: a sandbox runs it too):
+  // sh -c SCRIPT postgresql DATA PORT INITIAL HBA, then the settings as postgres -c arguments.
+  EXPECT_TRUE(spec.untranslated().empty()) << spec.untranslated();
+  EXPECT_TRUE(spec.files().empty());
+  ASSERT_EQ(spec.command_size(), 14) << spec.DebugString();
+  EXPECT_EQ(spec.command(0), "/bin/sh");
+  EXPECT_EQ(spec.command(1), "-c");
+  EXPECT_TRUE(contains(spec.command(2), "/usr/lib/postgresql/15/bin")) << spec.command(2);
+  EXPECT_TRUE(contains(spec.command(2), "BLIXARD_ROLE")) << spec.command(2);
+  EXPECT_EQ(spec.command(3), "postgresql");
+  EXPECT_EQ(spec.command(4), "/var/lib/postgresql/15");
+  EXPECT_EQ(spec.command(5), "5432");
+  // pkgs.writeText kept its text.
+  EXPECT_EQ(spec.command(6),
+            "CREATE DATABASE app_db;\n"
+            "CREATE USER app_user WITH PASSWORD 'secure_password';\n"
+            "GRANT ALL PRIVILEGES ON DATABASE app_db TO app_user;\n");
+  EXPECT_TRUE(contains(spec.command(7), "local all postgres trust\n")) << spec.command(7);
+  EXPECT_TRUE(contains(spec.command(7), "local all all trust\nhost all all 0.0.0.0/0 md5\n"))
+      << spec.command(7);
+  const std::vector<std::string> settings(spec.command().begin() + 8, spec.command().end());
+  EXPECT_EQ(settings,
+            (std::vector<std::string>{"-c", "max_connections=200", "-c", "shared_buffers=256MB",
+                                      "-c", "shared_preload_libraries=pg_stat_statements"}));
   blixard::merge_vm_overrides(spec, R"({"replicas":3,"storage":{"class":"replicated",)"
                                     R"("size":"100G"},"primaryElectionPolicy":"oldest-first"})");
   v1::Vm vm;
@@ -711,6 +732,64 @@ TEST(NixServices, RedisAndNginxTranslateAndWhatCannotBeHonouredIsNamed) {
   const auto both =
       tmp.write("both.nix", "{ command = [ \"/usr/bin/true\" ]; services.nginx.enable = true; }\n");
   EXPECT_TRUE(contains(invalid([&] { blixard::load_vm_config(both); }).message(), "not both"));
+}
+
+TEST(NixServices, PostgresqlOptionsAreCheckedAndWhatCannotBeHonouredIsNamed) {
+  REQUIRE_NIX();
+  TempDir tmp;
+  auto pg = [&](const std::string& name, const std::string& options) {
+    return tmp.write(
+        name, "{ pkgs, ... }: { services.postgresql = { enable = true; " + options + " }; }\n");
+  };
+  // settings.port is the declared port, and the first (readiness checks the first); the
+  // firewall's 5432 stays declared. pkgs.postgresql_15 and writeTextFile work as well.
+  const auto moved = blixard::load_vm_config(
+      tmp.write("port.nix",
+                "{ pkgs, ... }: { services.postgresql = { enable = true; package = "
+                "pkgs.postgresql_15; settings = { port = 6543; log_min_duration_statement = 250; "
+                "\"pg_stat_statements.max\" = 1000; ssl = false; }; initialScript = "
+                "pkgs.writeTextFile { name = \"i.sql\"; text = \"SELECT 1;\"; }; }; "
+                "networking.firewall.allowedTCPPorts = [ 5432 ]; }\n"));
+  ASSERT_EQ(moved.ports_size(), 2);
+  EXPECT_EQ(moved.ports(0), 6543u);
+  EXPECT_EQ(moved.ports(1), 5432u);
+  EXPECT_EQ(moved.command(5), "6543");
+  EXPECT_EQ(moved.command(6), "SELECT 1;");
+  EXPECT_EQ(std::vector<std::string>(moved.command().begin() + 8, moved.command().end()),
+            (std::vector<std::string>{"-c", "log_min_duration_statement=250", "-c",
+                                      "pg_stat_statements.max=1000", "-c", "ssl=false"}));
+  // Defaults: the data under /var/lib/postgresql/15, no initialScript, port 5432.
+  const auto plain = blixard::load_vm_config(pg("plain.nix", ""));
+  EXPECT_EQ(plain.command(4), "/var/lib/postgresql/15");
+  EXPECT_EQ(plain.command(6), "");
+  ASSERT_EQ(plain.ports_size(), 1);
+  EXPECT_EQ(plain.ports(0), 5432u);
+
+  const auto field = [&](const std::string& name, const std::string& options) {
+    const auto file = pg(name, options);
+    return invalid([&] { blixard::load_vm_config(file); });
+  };
+  auto st = field("unknown.nix", "ensureDatabases = [ \"a\" ];");
+  EXPECT_EQ(st.field(), "services.postgresql.ensureDatabases") << st.message();
+  st = field("v16.nix", "package = pkgs.postgresql_16;");
+  EXPECT_EQ(st.field(), "services.postgresql.package");
+  EXPECT_TRUE(contains(st.message(), "PostgreSQL 16")) << st.message();
+  st = field("other.nix", "package = pkgs.mysql80;");
+  EXPECT_EQ(st.field(), "services.postgresql.package");
+  st = field("inject.nix", "settings.shared_buffers = \"1MB'\\nlisten_addresses = 'x\";");
+  EXPECT_EQ(st.field(), "services.postgresql.settings.shared_buffers") << st.message();
+  EXPECT_TRUE(contains(st.message(), "quotes")) << st.message();
+  st = field("name.nix", "settings.\"a b\" = 1;");
+  EXPECT_EQ(st.field(), "services.postgresql.settings.\"a b\"") << st.message();
+  st = field("own.nix", "settings.listen_addresses = \"localhost\";");
+  EXPECT_EQ(st.field(), "services.postgresql.settings.listen_addresses") << st.message();
+  st = field("script.nix", "initialScript = pkgs.writeText \"i.sql\" \"${pkgs.hello}\";");
+  EXPECT_EQ(st.field(), "services.postgresql.initialScript") << st.message();
+  st = field("tcp.nix", "enableTCPIP = false;");
+  EXPECT_EQ(st.field(), "services.postgresql.enableTCPIP") << st.message();
+  // Another package of pkgs used anywhere still says pkgs is not there.
+  st = field("nginx.nix", "package = pkgs.nginx;");
+  EXPECT_EQ(st.field(), "services.postgresql.package") << st.message();
 }
 
 TEST(Errors, NixValueOfTheWrongType) {
