@@ -1879,6 +1879,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_OK
     except click.exceptions.Exit as e:
         return e.exit_code
+    except BrokenPipeError:
+        # Piped into `head` and the reader left: what was printed is all it wanted (as `ls | head`).
+        # Python would complain flushing stdout on exit too: point it at /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     except click.ClickException as e:
         e.show()
         return e.exit_code

@@ -5,14 +5,14 @@
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
 #include <iostream>
-#include <set>
-#include <string_view>
+#include <map>
 #include <vector>
 
 #include "blixard/error.hpp"
@@ -28,37 +28,7 @@ namespace {
 
 constexpr milliseconds k_beat_every{100};
 
-// Only a cgroup directory, never another file the agent could be tricked into naming.
-bool is_cgroup_dir(const std::string& dir) {
-  return dir.starts_with("/sys/fs/cgroup/") && dir.find("/../") == std::string::npos &&
-         !dir.ends_with("/..") && dir.find('\n') == std::string::npos;
-}
-
-// SIGKILL to every process of the cgroup: cgroup.kill where the kernel has it (5.14), else each
-// listed pid, a few times over (one may fork in between).
-void kill_cgroup(const std::string& dir) {
-  const std::string kill_file = dir + "/cgroup.kill";
-  if (const int fd = ::open(kill_file.c_str(), O_WRONLY | O_CLOEXEC); fd >= 0) {
-    const bool ok = ::write(fd, "1", 1) == 1;
-    ::close(fd);
-    if (ok) return;
-  }
-  for (int round = 0; round < 3; ++round) {
-    const int fd = ::open((dir + "/cgroup.procs").c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return;
-    std::string text;
-    char buf[4096];
-    for (ssize_t n; (n = ::read(fd, buf, sizeof buf)) > 0;) text.append(buf, n);
-    ::close(fd);
-    for (std::size_t at = 0; at < text.size();) {
-      const auto end = text.find('\n', at);
-      const std::string pid = text.substr(at, end - at);
-      if (!pid.empty()) ::kill(static_cast<pid_t>(std::stol(pid)), SIGKILL);
-      if (end == std::string::npos) break;
-      at = end + 1;
-    }
-  }
-}
+int pidfd_open(int pid) { return static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)); }
 
 void say(const std::string& what) {
   std::cerr << "blixard-agent fence-watchdog: " << what << std::endl;
@@ -122,16 +92,16 @@ void FenceWatchdog::set_after(milliseconds after) {
   send("AFTER " + std::to_string(after.count()) + "\n");
 }
 
-void FenceWatchdog::arm(const fs::path& cgroup) {
-  if (cgroup.empty()) return;
+void FenceWatchdog::arm(int pid) {
+  if (pid <= 0) return;
   std::lock_guard lock(mutex_);
-  send("ARM " + cgroup.string() + "\n");
+  send("ARM " + std::to_string(pid) + "\n");
 }
 
-void FenceWatchdog::disarm(const fs::path& cgroup) {
-  if (cgroup.empty()) return;
+void FenceWatchdog::disarm(int pid) {
+  if (pid <= 0) return;
   std::lock_guard lock(mutex_);
-  send("DISARM " + cgroup.string() + "\n");
+  send("DISARM " + std::to_string(pid) + "\n");
 }
 
 void FenceWatchdog::beat() {
@@ -149,13 +119,14 @@ int run_fence_watchdog(int fd, milliseconds after) {
     ::close(adj);
   }
   ::signal(SIGPIPE, SIG_IGN);
-  std::set<std::string> armed;
+  std::map<int, int> armed;  // pid -> its pidfd
   auto last_beat = Clock::now();
   std::string pending;
   const auto fire = [&](const std::string& why) {
-    for (const auto& dir : armed) {
-      kill_cgroup(dir);
-      say("killed " + dir + ": " + why);
+    for (const auto& [pid, pidfd] : armed) {
+      const bool killed = ::syscall(SYS_pidfd_send_signal, pidfd, SIGKILL, nullptr, 0) == 0;
+      ::close(pidfd);
+      if (killed) say("killed pid " + std::to_string(pid) + ": " + why);
     }
     armed.clear();
   };
@@ -194,11 +165,22 @@ int run_fence_watchdog(int fd, milliseconds after) {
           after = milliseconds(std::max(100L, std::stol(arg)));
         } catch (const std::exception&) {
         }
-      } else if (word == "ARM" && is_cgroup_dir(arg)) {
+      } else if (word == "ARM" || word == "DISARM") {
+        int pid = 0;
+        try {
+          pid = std::stoi(arg);
+        } catch (const std::exception&) {
+          continue;
+        }
+        if (const auto it = armed.find(pid); it != armed.end()) {
+          ::close(it->second);
+          armed.erase(it);
+        }
+        if (word == "DISARM" || pid <= 1) continue;
+        const int pidfd = pidfd_open(pid);
+        if (pidfd < 0) continue;                      // gone already
         if (armed.empty()) last_beat = Clock::now();  // timed from here on
-        armed.insert(arg);
-      } else if (word == "DISARM") {
-        armed.erase(arg);
+        armed[pid] = pidfd;
       }
     }
     if (pending.size() > 65536) pending.clear();  // no line is that long

@@ -217,10 +217,9 @@ void Session::assign_replica(const v1::AssignReplica& assign) {
         // A primary (started under a set's fencing epoch) dies with this node's lease, even if
         // this process cannot act then (agent/fence_watchdog.hpp).
         if (out->watchdog && assign.volume().writer_epoch() > 0 && replica->alive()) {
-          const auto cgroup = replica->cgroup();
-          if (!cgroup.empty()) {
-            out->watchdog->arm(cgroup);
-            out->fenced[replica->name()] = cgroup;
+          if (const int pid = replica->fence_pid(); pid > 0) {
+            out->watchdog->arm(pid);
+            out->fenced[replica->name()] = pid;
           }
         }
       }

@@ -67,7 +67,7 @@ class Session {
     std::map<std::string, Started> instances;
     std::map<std::string, std::shared_ptr<runtime::Replica>> replicas;
     std::shared_ptr<FenceWatchdog> watchdog;
-    std::map<std::string, std::filesystem::path> fenced;  // replicas armed, by name: their cgroup
+    std::map<std::string, int> fenced;  // replicas armed, by name: their process
   };
   void assign(const v1::Assign& assign);
   void assign_replica(const v1::AssignReplica& assign);

@@ -626,6 +626,10 @@ void VmSets::roll(const std::string& vm, Set& set, int desired) {
 void VmSets::failover_step(const std::string& vm, Set& set, const std::string& step,
                            const std::string& message) {
   const auto now = std::chrono::system_clock::now();
+  // A failover that keeps failing (no standby starts as primary) keeps its first step and its
+  // latest ones.
+  constexpr std::size_t k_steps_kept = 32;
+  if (set.failover.size() >= k_steps_kept) set.failover.erase(set.failover.begin() + 1);
   auto& s = set.failover.emplace_back();
   s.set_step(step);
   s.set_message(message);
@@ -903,18 +907,20 @@ void VmSets::start(const std::string& vm, Set& set, Slot& slot, bool next) {
           }
         }
       }
+      ReplicaAssignment assignment;
+      assignment.replica.spec = *spec;
       if (run->role == "primary") {
         // The fence: the stored epoch bumped in one compare-and-swap, before the volume is
-        // attached under it; a run of an older epoch is refused the volume from now on.
+        // attached under it; a run of an older epoch is refused the volume from now on. The
+        // workload may stamp its writes with it (BLIXARD_EPOCH).
         const std::int64_t epoch = fence(vm, *run, slot_name, placed.node->name());
         if (volume) volume->attachment.set_writer_epoch(epoch);
+        (*assignment.replica.spec.mutable_env())["BLIXARD_EPOCH"] = std::to_string(epoch);
       }
-      ReplicaAssignment assignment;
       assignment.epoch = placed.epoch;
       assignment.replica.vm = vm;
       assignment.replica.slot = slot_name;
       assignment.replica.name = slot_name + "." + std::to_string(run->generation);
-      assignment.replica.spec = *spec;
       if (volume) assignment.replica.volume = volume->attachment;
       if (network) assignment.replica.network = *network;
       std::weak_ptr<Hub> hub = hub_;

@@ -6,7 +6,6 @@
 
 #include <chrono>
 #include <cstdint>
-#include <filesystem>
 #include <functional>
 #include <map>
 #include <memory>
@@ -66,9 +65,9 @@ class Replica {
   virtual void stop(std::chrono::milliseconds grace) = 0;
   // At once; its exit is reported as requested.
   virtual void kill() = 0;
-  // The cgroup holding every process of it (empty: none known), for a watchdog outside this
-  // process to kill it with (agent/fence_watchdog.hpp).
-  virtual std::filesystem::path cgroup() const { return {}; }
+  // A process whose death ends the replica (a sandboxed one's init: its PID namespace dies with
+  // it), for a watchdog outside this process to kill (agent/fence_watchdog.hpp); 0: none known.
+  virtual int fence_pid() const { return 0; }
 };
 
 }  // namespace blixard::runtime

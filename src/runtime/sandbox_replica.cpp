@@ -79,9 +79,9 @@ class SandboxReplica final : public Replica, public std::enable_shared_from_this
   }
   std::map<std::uint32_t, std::uint32_t> ports() const override { return ports_; }
   std::chrono::microseconds start_duration() const override { return started_in_; }
-  std::filesystem::path cgroup() const override {
+  int fence_pid() const override {
     std::lock_guard lock(mutex_);
-    return cgroup_ && !cgroup_->dirs().empty() ? cgroup_->dirs().front() : fs::path();
+    return state_ == State::exited ? 0 : pid_;
   }
 
   void stop(milliseconds grace) override {
