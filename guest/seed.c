@@ -80,8 +80,7 @@ static int run(int argc, char** argv) {
   pool.info.buf_size = n;
   const long fd = sys3(__NR_open, (long)"/dev/random", O_WRONLY | O_CLOEXEC, 0);
   if (fd < 0) return fail("cannot open /dev/random");
-  if (sys3(__NR_ioctl, fd, RNDADDENTROPY, (long)&pool) != 0)
-    return fail("RNDADDENTROPY failed");
+  if (sys3(__NR_ioctl, fd, RNDADDENTROPY, (long)&pool) != 0) return fail("RNDADDENTROPY failed");
   if (sys3(__NR_ioctl, fd, RNDRESEEDCRNG, 0) != 0) return fail("RNDRESEEDCRNG failed");
   /* The bytes are not left on the stack for whatever runs next in this process (nothing). */
   for (int i = 0; i < MAX_BYTES; ++i) ((volatile unsigned char*)pool.bytes)[i] = 0;

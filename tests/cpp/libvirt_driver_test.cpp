@@ -392,6 +392,7 @@ TEST_F(LibvirtSnapshotTest, ReplicasRestoredFromSnapshotsServeAndDrawDifferentRa
     ASSERT_EQ(::stat((dir_ / "snapshots" / name).c_str(), &st), 0);
     EXPECT_EQ(st.st_mode & 07777, 0600U) << name;
     EXPECT_EQ(st.st_uid, 0U) << name;
+    std::cout << name << ": " << st.st_size / 1'000'000 << " MB\n";
   }
   first->kill();
 
