@@ -520,6 +520,12 @@ void LibvirtReplica::start(const LibvirtOptions& driver, const GuestImage& image
     }
   }
   const auto created = Clock::now();
+  // Said at once (the timeline comes only once it is ready, and a guest may never be).
+  if (restored && options_.on_log) {
+    options_.on_log(options_.name, "blixard",
+                    "blixard: restored from snapshot " + snapshot_->file.filename().string() +
+                        " in " + ms_since(archived, created));
+  }
   console_ = connect_unix(config.console_socket);
   agent_ = connect_unix(config.agent_socket);
   if (console_.get() < 0 || agent_.get() < 0) {

@@ -402,6 +402,7 @@ TEST_F(LibvirtSnapshotTest, ReplicasRestoredFromSnapshotsServeAndDrawDifferentRa
     const auto line = events_.timeline(name);
     EXPECT_THAT(line, HasSubstr(", restored from snapshot: ")) << name;
     EXPECT_THAT(line, HasSubstr(", libvirt restore ")) << name;
+    EXPECT_TRUE(events_.saw("blixard: restored from snapshot blixard-")) << "said at the restore";
     std::cout << name << ": " << line << "\n";
   }
   const auto page_a = lines_of(get(a->ports().at(8080)));
