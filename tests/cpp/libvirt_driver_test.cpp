@@ -297,6 +297,9 @@ TEST_F(LibvirtDriverTest, AGuestKeepsItsVolumeAcrossStartsAndItIsRemovedOnReques
   for (int start = 1; start <= 2; ++start) {
     events_.exit.reset();
     auto o = replica("db-1", count);
+    // Each start its own name, as the controller gives them: the first's name is released only
+    // after its exit is reported.
+    o.name = "db-1." + std::to_string(start);
     o.volume = volume;
     if (start == 2) o.volume->set_format("ext4-image");  // as the server records it
     auto r = driver_->start_replica(o);
