@@ -73,6 +73,8 @@ options:
   --vm-driver DRIVER    what runs VM replicas: sandbox (a confined process, the default)
                         or libvirt (real guests: KVM where the CPU has it, else TCG)
   --libvirt-uri URI     with --vm-driver libvirt (default: qemu:///system)
+  --vm-snapshots N      with --vm-driver libvirt: save images kept per guest shape to
+                        restore replicas from instead of booting them (default 2; 0: off)
   --log-level LEVEL     trace, debug, info, warn, error (default: info)
   --version             print the version and exit
   -h, --help            this text
@@ -100,6 +102,7 @@ struct Args {
   std::string log_level = "info";
   std::string vm_driver = "sandbox";
   std::string libvirt_uri = "qemu:///system";
+  std::size_t vm_snapshots = 2;
 };
 
 [[noreturn]] void usage_error(const std::string& message) {
@@ -215,6 +218,12 @@ Args parse_args(int argc, char** argv) {
       }
     } else if (a == "--libvirt-uri") {
       args.libvirt_uri = value();
+    } else if (a == "--vm-snapshots") {
+      const std::string v = value();
+      if (v.empty() || v.size() > 3 || v.find_first_not_of("0123456789") != std::string::npos) {
+        usage_error("--vm-snapshots: expected a count from 0 to 999, got " + v);
+      }
+      args.vm_snapshots = std::stoul(v);
     } else if (a == "--python") {
       args.python = value();
     } else if (a == "--log-level") {
@@ -326,7 +335,7 @@ int run_joined(const Args& args, const std::shared_ptr<spdlog::logger>& logger,
     std::unique_ptr<blixard::runtime::Driver> vm_driver;
     if (args.vm_driver == "libvirt") {
       vm_driver = blixard::runtime::make_libvirt_driver(
-          blixard::runtime::libvirt_options(args.data_dir, args.libvirt_uri));
+          blixard::runtime::libvirt_options(args.data_dir, args.libvirt_uri, args.vm_snapshots));
     }
     node = std::make_shared<blixard::agent::LocalNode>(
         args.node_name, spec, blixard::runtime::make_sandbox_driver(sandbox), code,
@@ -404,6 +413,7 @@ int main(int argc, char** argv) {
     options.data_paths = args.data_paths;
     options.nodes.lease = args.node_lease;
     if (args.vm_driver == "libvirt") options.libvirt_uri = args.libvirt_uri;
+    options.vm_snapshots = args.vm_snapshots;
     service = blixard::server::open_local_service(args.data_dir, options);
     // Only its owner may look inside: it holds the admin token and the store.
     ::chmod(args.data_dir.c_str(), 0700);

@@ -3,8 +3,14 @@
 services.nginx) on `blixard up --vm-driver libvirt`, created until its page answers through the
 load balancer, beside the same kernel, initramfs and command line booted by qemu directly (what a
 user scripting qemu by hand gets: no libvirt, no image build, no controller) until the page
-answers through a forwarded port. Both under TCG here (no usable KVM), one at a time, the two
-kinds alternating round by round so that both see the same machine.
+answers through a forwarded port. Both under TCG here (no usable KVM), one at a time, the kinds
+alternating round by round so that all see the same machine.
+
+With --snapshots, two servers run side by side: one whose driver restores replicas from save
+images of a template guest (`--vm-snapshots 2`, the default) and one whose guests all boot
+(`--vm-snapshots 0`); the same set is created on each in turn ("snapshot" and "fresh"), beside the
+bare qemu boot. The snapshot server's images are made (in the background, after its first start)
+before the rounds begin, and every one of its counted starts must say "restored from snapshot".
 
 How each side learns that its guest is up, so that neither is flattered or penalised by polling:
 
@@ -29,7 +35,7 @@ Each replica's log carries the driver's timeline ("blixard: ready in ...": image
 archive, libvirt's start, qemu to the kernel, the kernel to the init, modules, the init to the
 workload, the workload to ready); the medians of its phases are printed too.
 
-    .venv/bin/python bench/guests.py --rounds 5 [--agent /path/to/blixard-agent]
+    .venv/bin/python bench/guests.py --rounds 5 [--agent /path/to/blixard-agent] [--snapshots]
 """
 
 from __future__ import annotations
@@ -154,11 +160,12 @@ def bare_boot(image: BareImage, tmp: Path, polled: bool, notes: list | None = No
         qemu.wait()
 
 
-def warm(image: BareImage) -> None:
+def warm(image: BareImage, saves: list[str]) -> None:
     """Reads what every start reads first into the page cache: this host (itself a VM) gives
-    its idle page cache back within seconds, and a start that finds qemu or the 63 MB kernel
-    evicted waits for the disk, whichever side it is on."""
-    for path in (image.kernel, image.initrd, image.base, shutil.which("qemu-system-x86_64")):
+    its idle page cache back within seconds, and a start that finds qemu, the 63 MB kernel or a
+    save image evicted waits for the disk, whichever side it is on."""
+    for path in (image.kernel, image.initrd, image.base, shutil.which("qemu-system-x86_64"),
+                 *saves):
         with open(path, "rb") as f:
             while f.read(1 << 20):
                 pass
@@ -197,14 +204,24 @@ def settle(limit: float = 10.0) -> None:
 PHASE = re.compile(r"([a-z' ]+?) (-?\d+) ms")
 
 
-def timeline(c, vm: str) -> dict[str, float]:
-    """The phases of the driver's "blixard: ready in ..." line, in seconds."""
+def timeline(c, vm: str) -> tuple[dict[str, float], str]:
+    """The phases of the driver's "blixard: ready in ..." line, in seconds, and the line."""
     for line in c.vm(vm).logs():
         text = line.get("text", "")
         if line.get("stream") == "blixard" and text.startswith("blixard: ready in "):
-            return {name.strip(): int(ms) / 1000 for name, ms in
-                    PHASE.findall(text.replace("blixard: ready in", "total").replace(":", ","))}
-    return {}
+            return ({name.strip(): int(ms) / 1000 for name, ms in
+                     PHASE.findall(text.replace("blixard: ready in", "total").replace(":", ","))},
+                    text)
+    return {}, ""
+
+
+def save_images(since: float) -> list[str]:
+    """The save images of the drivers started after `since` (a driver remakes its snapshots/)."""
+    found = []
+    for d in glob.glob(str(GUESTS / "*" / "snapshots")):
+        if os.stat(d).st_mtime >= since:
+            found += glob.glob(os.path.join(d, "*.save"))
+    return sorted(found)
 
 
 def main() -> None:
@@ -212,55 +229,92 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--agent", help="blixard-agent to run (default: the one beside this Python)")
     ap.add_argument("--no-polled", action="store_true", help="skip the polled bare baseline")
+    ap.add_argument("--snapshots", action="store_true",
+                    help="also a server restoring replicas from save images (see above)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="blixard-bench-guests-"))
+    began_at = time.time() - 1
     state = tmp / "libvirtd.state"
     subprocess.run([str(REPO / "scripts/libvirtd"), "start", str(state)], check=True)
-    env = dict(os.environ, BLIXARD_DATA_DIR=str(tmp / "data"))
-    if args.agent:
-        env["BLIXARD_AGENT"] = args.agent
 
-    def cli(*a: str) -> str:
+    def env_for(data: str) -> dict[str, str]:
+        env = dict(os.environ, BLIXARD_DATA_DIR=str(tmp / data))
+        if args.agent:
+            env["BLIXARD_AGENT"] = args.agent
+        return env
+
+    def cli(env: dict[str, str], *a: str) -> str:
         return subprocess.run([sys.executable, "-m", "blixard", *a], env=env, check=True,
                               capture_output=True, text=True).stdout
 
+    def connect(data: str):
+        info = json.loads((tmp / data / "server.json").read_text())
+        return blixard.connect(info["address"], token=info["token"])
+
     config = tmp / "page.nix"
     config.write_text(CONFIG)
-    ours, bare, polled, phases = [], [], [], []
+    results: dict[str, list[float]] = {"ours": [], "snapshot": [], "bare": [], "polled": []}
+    phases: dict[str, list[dict[str, float]]] = {"ours": [], "snapshot": []}
+    not_restored: list[str] = []
     image = None
+    servers = ["data"] + (["snap"] if args.snapshots else [])
     try:
-        cli("up", "--listen", "127.0.0.1:0", "--vm-driver", "libvirt")
-        info = json.loads((tmp / "data" / "server.json").read_text())
-        c = blixard.connect(info["address"], token=info["token"])
-        def run_ours(name: str) -> None:
+        # "data": every guest boots (the driver's fresh boot); "snap": restored from snapshots.
+        cli(env_for("data"), "up", "--listen", "127.0.0.1:0", "--vm-driver", "libvirt",
+            *(["--vm-snapshots", "0"] if args.snapshots else []))
+        c = connect("data")
+        s = None
+        if args.snapshots:
+            cli(env_for("snap"), "up", "--listen", "127.0.0.1:0", "--vm-driver", "libvirt")
+            s = connect("snap")
+
+        def run_ours(client, kind: str, name: str) -> None:
             nonlocal image
             began = time.monotonic()
-            c.create_vm(name, config=str(config))
+            client.create_vm(name, config=str(config))
             while True:
-                st = c.vm(name).status()
+                st = client.vm(name).status()
                 if st.get("readyReplicas") == 1 and st.get("endpoints"):
                     if answers(st["endpoints"][0]["address"]):
                         break
                 time.sleep(0.02)
-            ours.append(time.monotonic() - began)
-            phases.append(timeline(c, name))
+            results[kind].append(time.monotonic() - began)
+            got, text = timeline(client, name)
+            phases[kind].append(got)
+            if kind == "snapshot" and "restored from snapshot" not in text:
+                not_restored.append(f"{name}: {text}")
             if image is None:  # the same image for the baseline
                 names = [d for d in domains() if d.endswith(f"-{name}-1.1")] or domains()
                 image = BareImage(tmp, names[0], f"{name}-1.1")
-            c.delete_vm(name)
+            client.delete_vm(name)
             while domains():
                 time.sleep(0.05)
 
-        run_ours("first")  # the image for the baseline; libvirt's first start (not counted)
-        print(f"first start (not counted): {ours[0]:.2f} s", flush=True)
-        ours.clear()
-        phases.clear()
+        run_ours(c, "ours", "first")  # the image for the baseline; libvirt's first start
+        print(f"first start (not counted): {results['ours'][0]:.2f} s", flush=True)
+        if s is not None:
+            run_ours(s, "snapshot", "first")  # its shape's first start boots; images follow
+            deadline = time.monotonic() + 300
+            while len(save_images(began_at)) < 2:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the snapshot server made no save images in 300 s")
+                time.sleep(0.2)
+            print(f"save images: {', '.join(save_images(began_at))} "
+                  f"({sum(os.path.getsize(p) for p in save_images(began_at)) / 1e6:.0f} MB)",
+                  flush=True)
+        for kind in phases:
+            results[kind].clear()
+            phases[kind].clear()
+        not_restored.clear()
         for i in range(args.rounds):
             notes: list[str] = []
-            kinds = [("ours", lambda: run_ours(f"g{i}")),
-                     ("bare", lambda: bare.append(bare_boot(image, tmp, False, notes)))]
+            kinds = [("ours", lambda: run_ours(c, "ours", f"g{i}")),
+                     ("bare", lambda: results["bare"].append(bare_boot(image, tmp, False, notes)))]
+            if s is not None:
+                kinds.append(("snapshot", lambda: run_ours(s, "snapshot", f"g{i}")))
             if not args.no_polled:
-                kinds.append(("polled", lambda: polled.append(bare_boot(image, tmp, True))))
+                kinds.append(("polled",
+                              lambda: results["polled"].append(bare_boot(image, tmp, True))))
             # Each start once the machine has settled from the last one and 3 s after the last
             # qemu ended, in every order in turn. This host (itself a VM) hands memory freed for
             # a second or two back to its own hypervisor: a qemu started within a second of
@@ -268,38 +322,52 @@ def main() -> None:
             # and a guest stopped through the controller takes longer to end than a bare qemu
             # killed by the bench, so without the gap the bare boots would mostly be the warm ones.
             orders = list(itertools.permutations(kinds))
-            for _, run in orders[i % len(orders)]:
+            for _, run in orders[(i * 7) % len(orders)]:
                 settle()
                 time.sleep(GAP)
-                warm(image)
+                warm(image, save_images(began_at))
                 run()
-            print(f"round {i + 1}: ours {ours[-1]:.2f} s, bare {bare[-1]:.2f} s" +
-                  (f", bare polled {polled[-1]:.2f} s" if polled else "") +
-                  f"; bare: {'; '.join(notes)}", flush=True)
+            print(f"round {i + 1}: " + ", ".join(
+                f"{k} {results[k][-1]:.2f} s" for k, _ in kinds) + f"; bare: {'; '.join(notes)}",
+                flush=True)
     finally:
-        subprocess.run([sys.executable, "-m", "blixard", "down"], env=env, capture_output=True)
+        for server in servers:
+            subprocess.run([sys.executable, "-m", "blixard", "down"], env=env_for(server),
+                           capture_output=True)
         subprocess.run([str(REPO / "scripts/libvirtd"), "stop", str(state)])
         shutil.rmtree(tmp, ignore_errors=True)
 
     def line(name: str, xs: list[float]) -> str:
         return f"{name:<48} p50 {statistics.median(xs):6.2f} s  max {max(xs):6.2f} s  (n={len(xs)})"
 
+    ours, bare, polled = results["ours"], results["bare"], results["polled"]
     print(f"machine: {os.cpu_count()} cpus, affinity {sorted(os.sched_getaffinity(0))}, "
           f"load average {os.getloadavg()[0]:.2f} at the end")
-    print(line("vm create -> page through the balancer", ours))
+    print(line("vm create -> page through the balancer" +
+               (" (fresh boot)" if args.snapshots else ""), ours))
+    if results["snapshot"]:
+        print(line("vm create -> page, restored from a snapshot", results["snapshot"]))
     print(line("bare qemu, same image -> READY -> page", bare))
     if polled:
         print(line("bare qemu, same image, page polled (1 s timeout)", polled))
     print(f"ratio (p50) against bare READY -> page: "
           f"{statistics.median(ours) / statistics.median(bare):.2f}x")
+    if results["snapshot"]:
+        print(f"ratio (p50) snapshot against bare READY -> page: "
+              f"{statistics.median(results['snapshot']) / statistics.median(bare):.2f}x, "
+              f"against the fresh boot: "
+              f"{statistics.median(results['snapshot']) / statistics.median(ours):.2f}x")
+        if not_restored:
+            print("NOT restored (counted anyway): " + "; ".join(not_restored))
     if polled:
         print(f"ratio (p50) against bare polled: "
               f"{statistics.median(ours) / statistics.median(polled):.2f}x")
-    if any(phases):
-        names = [n for n in phases[0] if all(n in p for p in phases)]
-        print("driver timeline, medians: " +
-              ", ".join(f"{n} {statistics.median(p[n] for p in phases) * 1000:.0f} ms"
-                        for n in names))
+    for kind, got in phases.items():
+        if any(got):
+            names = [n for n in got[0] if all(n in p for p in got)]
+            print(f"driver timeline ({kind}), medians: " +
+                  ", ".join(f"{n} {statistics.median(p[n] for p in got) * 1000:.0f} ms"
+                            for n in names))
 
 
 if __name__ == "__main__":

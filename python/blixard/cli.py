@@ -376,6 +376,13 @@ def cli(ctx: click.Context, addr, token, data_dir, output) -> None:
 )
 @click.option("--libvirt-uri", default=None, help="libvirt to use (default qemu:///system).")
 @click.option(
+    "--vm-snapshots",
+    type=click.IntRange(0, 999),
+    default=None,
+    help="With --vm-driver libvirt: save images kept per guest shape to restore replicas from "
+    "instead of booting them (default 2; 0: every guest boots).",
+)
+@click.option(
     "--timeout",
     "deadline",
     type=float,
@@ -386,7 +393,8 @@ def cli(ctx: click.Context, addr, token, data_dir, output) -> None:
 @output_option
 @pass_ctx
 def up(c: Ctx, listen: str, log_level: Optional[str], vm_driver: str,
-       libvirt_uri: Optional[str], deadline: float, output) -> None:
+       libvirt_uri: Optional[str], vm_snapshots: Optional[int], deadline: float,
+       output) -> None:
     """Start a server + local agent as a background daemon for --data-dir."""
     out = _out(c, output)
     running = running_server(c.data_dir)
@@ -418,6 +426,8 @@ def up(c: Ctx, listen: str, log_level: Optional[str], vm_driver: str,
     argv += ["--python", sys.executable, "--vm-driver", vm_driver]
     if libvirt_uri:
         argv += ["--libvirt-uri", libvirt_uri]
+    if vm_snapshots is not None:
+        argv += ["--vm-snapshots", str(vm_snapshots)]
     if log_level:
         argv += ["--log-level", log_level]
     with log:

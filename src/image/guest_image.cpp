@@ -36,6 +36,7 @@
 
 namespace blixard::detail {
 std::string_view embedded_guest_init();  // guest/init, by cmake/Embed.cmake
+std::string_view embedded_guest_seed();  // guest/seed.c, built freestanding at build time
 }  // namespace blixard::detail
 
 namespace blixard::image {
@@ -60,7 +61,7 @@ constexpr std::uint64_t k_guest_hz = 250;
 // XEN_ELFNOTE_PHYS32_ENTRY: the 32-bit entry point qemu jumps to when it boots an ELF kernel.
 constexpr std::uint32_t k_pvh_entry_note = 18;
 // Bump when the base archive's layout changes, so caches built by an older binary are not used.
-constexpr std::string_view k_base_layout = "blixard initramfs base 3";
+constexpr std::string_view k_base_layout = "blixard initramfs base 4";
 
 Error unavailable(const std::string& message) { return {errc::unavailable, message}; }
 
@@ -401,7 +402,8 @@ fs::path base_archive(const GuestKernel& kernel, const fs::path& cache_dir) {
   if (!busybox) throw unavailable("no busybox for guests: apt-get install busybox-static");
 
   std::string inputs = std::string(k_base_layout) + '\n' + kernel.version + '\n' +
-                       std::string(detail::embedded_guest_init()) + file_identity(*busybox);
+                       std::string(detail::embedded_guest_init()) +
+                       std::string(detail::embedded_guest_seed()) + file_identity(*busybox);
   for (const auto& module : modules.files) inputs += file_identity(module);
   const std::string prefix = "initramfs-base-" + kernel.version + "-";
   fs::path cached = cache_dir / (prefix + short_digest(inputs) + ".cpio");
@@ -425,6 +427,8 @@ fs::path base_archive(const GuestKernel& kernel, const fs::path& cache_dir) {
     cpio.symlink(dir, std::string("usr/") + dir);
   cpio.file("init", detail::embedded_guest_init(), 0755);
   cpio.file("blixard/bin/busybox", busybox_binary, 0755);
+  // The init's reseed after a workload arrives (guest/seed.c): root's only, as its ioctls are.
+  cpio.file("blixard/bin/blixard-seed", detail::embedded_guest_seed(), 0700);
   std::string order, volume_order;
   for (std::size_t i = 0; i < modules.files.size(); ++i) {
     const auto& module = modules.files[i];

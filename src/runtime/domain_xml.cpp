@@ -36,6 +36,14 @@ std::string attr(const std::string& value) { return "'" + xml_escaped(value) + "
 
 }  // namespace
 
+std::string user_netdev(const std::map<std::uint32_t, std::uint32_t>& forwards) {
+  std::string netdev = "user,id=bxnet0,restrict=on";
+  for (const auto& [guest, host] : forwards) {
+    netdev += ",hostfwd=tcp::" + std::to_string(host) + "-:" + std::to_string(guest);
+  }
+  return netdev;
+}
+
 std::string domain_xml(const DomainConfig& c) {
   const std::string memory = std::to_string(c.memory_mib);
   std::string x;
@@ -95,10 +103,7 @@ std::string domain_xml(const DomainConfig& c) {
   x += "  </devices>\n";
   // qemu's user network with only the forwarded ports: restrict=on cuts the guest off from the
   // host and everything else (libvirt 9.0 forwards ports only with passt, which Debian 12 lacks).
-  std::string netdev = "user,id=bxnet0,restrict=on";
-  for (const auto& [guest, host] : c.forwards) {
-    netdev += ",hostfwd=tcp::" + std::to_string(host) + "-:" + std::to_string(guest);
-  }
+  const std::string netdev = user_netdev(c.forwards);
   x += "  <qemu:commandline>\n";
   // The microvm machine without what a PVH kernel does not use and libvirt cannot turn off: the
   // option ROMs (its firmware boots the kernel itself), the legacy PIT and PIC (the guest has an

@@ -46,6 +46,10 @@ inline constexpr const char* k_agent_channel = "org.blixard.agent";
 
 std::string domain_xml(const DomainConfig& config);
 
+// qemu's -netdev for the guest's user network with `forwards` (the one thing of a domain's
+// command line that differs between guests of one shape: a restore from a snapshot swaps it).
+std::string user_netdev(const std::map<std::uint32_t, std::uint32_t>& forwards);
+
 // `text` with XML's five special characters escaped (for libvirt's other XML documents too).
 std::string xml_escaped(const std::string& text);
 

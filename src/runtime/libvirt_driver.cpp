@@ -4,9 +4,12 @@
 #include <fcntl.h>
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
+#include <poll.h>
 #include <pwd.h>
 #include <spawn.h>
+#include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -16,6 +19,8 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstring>
+#include <ctime>
+#include <deque>
 #include <functional>
 #include <mutex>
 #include <set>
@@ -24,6 +29,7 @@
 #include <thread>
 
 #include "blixard/error.hpp"
+#include "common/digest.hpp"
 #include "common/health_check.hpp"
 #include "image/guest_image.hpp"
 #include "runtime/accel.hpp"
@@ -45,8 +51,13 @@ constexpr milliseconds k_http_ready_poll{100};
 constexpr std::string_view k_ready_line = "BLIXARD-READY";
 constexpr std::string_view k_times_line = "BLIXARD-TIMES ";
 constexpr std::string_view k_exit_line = "BLIXARD-EXIT ";
+constexpr std::string_view k_waiting_line = "BLIXARD-WAITING";
 const fs::path k_socket_root = "/run/blixard";
 constexpr std::uint64_t k_min_guest_mib = 128;
+// Shapes whose save images are kept at once (the least recently started goes first), and the
+// failed template boots after which a shape stops trying.
+constexpr std::size_t k_snapshot_shapes = 4;
+constexpr std::size_t k_snapshot_attempts = 3;
 
 // A short, stable name for a directory: its domains' and sockets' prefix.
 std::string path_hash(const fs::path& path) {
@@ -154,24 +165,109 @@ std::string ms_since(Clock::time_point from, Clock::time_point to) {
   return std::to_string(std::chrono::duration_cast<milliseconds>(to - from).count()) + " ms";
 }
 
+// Changes whenever the file is replaced (a rebuilt base is a new inode under the same name).
+std::string file_identity(const fs::path& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return path.string() + " missing\n";
+  return path.string() + ' ' + std::to_string(st.st_size) + ' ' + std::to_string(st.st_ino) + ' ' +
+         std::to_string(st.st_mtim.tv_sec) + '.' + std::to_string(st.st_mtim.tv_nsec) + '\n';
+}
+
 // What every guest of this driver boots: the kernel and the base initramfs, both in the image
 // cache.
 struct GuestImage {
   image::GuestKernel kernel;
   fs::path initramfs;
+  std::string identity;  // of both files: a snapshot of a guest that booted others is stale
 };
+
+// The domain every guest of `spec`'s shape starts as, before its name, sockets, ports, disk and
+// network: what a snapshot of a template guest has in common with the replicas restored from it.
+DomainConfig guest_shape(const v1::VmSpec& spec, const GuestImage& image, bool kvm,
+                         const fs::path& program_tree) {
+  DomainConfig config;
+  config.memory_mib = spec.memory_mib();
+  config.balloon_mib = spec.microvm().balloon_mem();
+  config.vcpus = spec.vcpu() != 0 ? spec.vcpu() : 1;
+  config.kvm = kvm;
+  config.kernel = image.kernel.vmlinux;
+  config.initrd = image.initramfs;
+  config.cmdline = image::guest_cmdline();
+  config.shares.push_back({"usr", program_tree, true});
+  return config;
+}
+
+// One save image of a template guest whose init waits for its workload, lent to one replica at
+// a time: libvirt restores it only under the template's domain name and UUID.
+struct SnapshotLease {
+  std::string domain;   // the template's name, which the restored guest runs under
+  fs::path file;        // root's only
+  std::string xml;      // the domain as saved, with the template's sockets
+  fs::path sockets;     // the template's sockets directory, as the XML names it
+  bool failed = false;  // its restore failed: the image goes when it is given back
+};
+
+// The saved domain with a replica's own sockets and forwarded ports (all a restore may change
+// here: libvirt checks the rest against the image's), or nullopt when the XML is not the
+// driver's.
+std::optional<std::string> restore_xml(const SnapshotLease& lease, const fs::path& sockets,
+                                       const std::map<std::uint32_t, std::uint32_t>& forwards) {
+  std::string xml = lease.xml;
+  const std::string from = xml_escaped(lease.sockets.string()) + "/";
+  const std::string to = xml_escaped(sockets.string()) + "/";
+  std::size_t replaced = 0;
+  for (auto at = xml.find(from); at != std::string::npos; at = xml.find(from, at + to.size())) {
+    xml.replace(at, from.size(), to);
+    ++replaced;
+  }
+  const std::string netdev = "'" + xml_escaped(user_netdev({})) + "'";
+  const auto at = xml.find(netdev);
+  if (replaced < 2 || at == std::string::npos) return std::nullopt;
+  xml.replace(at, netdev.size(), "'" + xml_escaped(user_netdev(forwards)) + "'");
+  return xml;
+}
+
+// "WORKLOAD <bytes> <seconds.nanoseconds> <hex>": the init sets the guest's clock from the host's
+// and reseeds its kernel's random generator from the bytes before it unpacks the archive (guests
+// restored from one snapshot would otherwise share both).
+std::string workload_header(std::size_t size) {
+  std::array<unsigned char, 32> random{};
+  for (std::size_t got = 0; got < random.size();) {
+    const ssize_t n = ::getrandom(random.data() + got, random.size() - got, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) throw Error(errc::unavailable, std::string("getrandom: ") + std::strerror(errno));
+    got += static_cast<std::size_t>(n);
+  }
+  timespec now{};
+  ::clock_gettime(CLOCK_REALTIME, &now);
+  std::array<char, 24> ns{};
+  std::snprintf(ns.data(), ns.size(), "%09ld", static_cast<long>(now.tv_nsec));
+  std::string line =
+      "WORKLOAD " + std::to_string(size) + " " + std::to_string(now.tv_sec) + "." + ns.data() + " ";
+  constexpr std::string_view hex = "0123456789abcdef";
+  for (const unsigned char b : random) {
+    line += hex[b >> 4];
+    line += hex[b & 15];
+  }
+  random.fill(0);
+  return line + "\n";
+}
 
 class LibvirtReplica final : public Replica, public std::enable_shared_from_this<LibvirtReplica> {
  public:
   // `dir` holds its files, `sockets` (a short path: a unix socket's is at most 107 bytes) its
   // console and agent sockets; both are removed when it is gone.
+  // `snapshot`: the save image to restore it from (a fresh boot when unset, or when the restore
+  // fails).
   LibvirtReplica(ReplicaOptions options, virConnectPtr conn, std::string domain, fs::path dir,
-                 fs::path sockets, std::function<void()> done)
+                 fs::path sockets, std::shared_ptr<SnapshotLease> snapshot,
+                 std::function<void()> done)
       : options_(std::move(options)),
         conn_(conn),
         domain_(std::move(domain)),
         dir_(std::move(dir)),
         sockets_(std::move(sockets)),
+        snapshot_(std::move(snapshot)),
         done_(std::move(done)) {}
 
   const std::string& name() const override { return options_.name; }
@@ -235,12 +331,16 @@ class LibvirtReplica final : public Replica, public std::enable_shared_from_this
   // Where the start's time went, for the replica's log.
   std::string timeline(Clock::time_point began, Clock::time_point prepared,
                        Clock::time_point archived, Clock::time_point created,
-                       Clock::time_point ready) const;
+                       Clock::time_point ready, bool restored) const;
+  // The guest restored from snapshot_ under `xml`'s sockets and ports, or nullptr (the reason in
+  // the replica's log) for a fresh boot.
+  Domain restore(const DomainConfig& config);
 
   ReplicaOptions options_;
   virConnectPtr conn_;
-  std::string domain_;
+  std::string domain_;  // the template's once restored from its snapshot (set before run())
   fs::path dir_, sockets_;
+  std::shared_ptr<SnapshotLease> snapshot_;
   std::function<void()> done_;
   std::map<std::uint32_t, std::uint32_t> ports_;
   std::unique_ptr<NetworkMembership> network_;  // while on a network
@@ -297,11 +397,12 @@ void LibvirtReplica::agent_line(const std::string& text) {
 
 std::string LibvirtReplica::timeline(Clock::time_point began, Clock::time_point prepared,
                                      Clock::time_point archived, Clock::time_point created,
-                                     Clock::time_point ready) const {
-  std::string line = "blixard: ready in " + ms_since(began, ready) + ": image " +
-                     ms_since(began, prepared) + ", workload archive " +
-                     ms_since(prepared, archived) + ", libvirt start " +
-                     ms_since(archived, created);
+                                     Clock::time_point ready, bool restored) const {
+  std::string line =
+      "blixard: ready in " + ms_since(began, ready) +
+      (restored ? ", restored from snapshot" : ", fresh boot") + ": image " +
+      ms_since(began, prepared) + ", workload archive " + ms_since(prepared, archived) +
+      (restored ? ", libvirt restore " : ", libvirt start ") + ms_since(archived, created);
   // The guest's own clock (seconds since its kernel started) at each step of its init.
   std::map<std::string, long long> at;
   std::istringstream words(guest_times_);
@@ -315,6 +416,21 @@ std::string LibvirtReplica::timeline(Clock::time_point began, Clock::time_point 
                ? std::string("?")
                : std::to_string(b->second - a->second) + " ms";
   };
+  if (restored) {
+    // The guest's clock ran on from the template's boot: only its steps since the workload came
+    // are this start's, and the host's clock says how long the workload took to reach it.
+    const auto got = at.find("got"), done = at.find("ready");
+    if (got != at.end() && done != at.end() && got->second >= 0 && done->second >= 0) {
+      const auto guest_said = guest_ready_ ? guest_ready_at_ : ready;
+      const auto host_ms = std::chrono::duration_cast<milliseconds>(guest_said - created).count();
+      line += ", workload sent and unpacked " +
+              std::to_string(host_ms - (done->second - got->second)) + " ms";
+    }
+    line +=
+        ", init " + step("got", "workload") + ", workload to ready " + step("workload", "ready");
+    if (guest_ready_) line += ", readiness reported " + ms_since(guest_ready_at_, ready);
+    return line;
+  }
   if (const auto init = at.find("init"); init != at.end() && init->second >= 0) {
     // qemu's start and the kernel's, up to the init: the host's clock from libvirt's return to
     // the guest's word, less the guest's own time since its kernel started.
@@ -387,29 +503,29 @@ void LibvirtReplica::start(const LibvirtOptions& driver, const GuestImage& image
   }
   const auto archived = Clock::now();
 
-  DomainConfig config;
+  DomainConfig config = guest_shape(spec, image, kvm, driver.program_tree);
   config.name = domain_;
-  config.memory_mib = spec.memory_mib();
-  config.balloon_mib = spec.microvm().balloon_mem();
-  config.vcpus = spec.vcpu() != 0 ? spec.vcpu() : 1;
-  config.kvm = kvm;
-  config.kernel = image.kernel.vmlinux;
-  config.initrd = image.initramfs;
-  config.cmdline = image::guest_cmdline();
-  config.shares.push_back({"usr", driver.program_tree, true});
   config.console_socket = sockets_ / "console";
   config.agent_socket = sockets_ / "agent";
   config.forwards = ports_;
   if (!volume_image.empty()) config.disks.push_back(volume_image);
   config.bridge = bridge;
   config.bridge_mac = mac;
-  const std::string xml = domain_xml(config);
-
-  Domain dom(virDomainCreateXML(conn_, xml.c_str(), 0));
-  if (!dom) {
-    throw Error(errc::unavailable, libvirt_error("libvirt did not start " + options_.name));
+  Domain dom = restore(config);
+  const bool restored = dom != nullptr;
+  if (!restored) {
+    dom.reset(virDomainCreateXML(conn_, domain_xml(config).c_str(), 0));
+    if (!dom) {
+      throw Error(errc::unavailable, libvirt_error("libvirt did not start " + options_.name));
+    }
   }
   const auto created = Clock::now();
+  // Said at once (the timeline comes only once it is ready, and a guest may never be).
+  if (restored && options_.on_log) {
+    options_.on_log(options_.name, "blixard",
+                    "blixard: restored from snapshot " + snapshot_->file.filename().string() +
+                        " in " + ms_since(archived, created));
+  }
   console_ = connect_unix(config.console_socket);
   agent_ = connect_unix(config.agent_socket);
   if (console_.get() < 0 || agent_.get() < 0) {
@@ -425,7 +541,7 @@ void LibvirtReplica::start(const LibvirtOptions& driver, const GuestImage& image
       std::chrono::duration_cast<std::chrono::seconds>(ready_timeout(driver));
   timeval send_timeout{static_cast<time_t>(std::max<long long>(1, ready_timeout_s.count())), 0};
   (void)::setsockopt(agent_.get(), SOL_SOCKET, SO_SNDTIMEO, &send_timeout, sizeof send_timeout);
-  if (!send_all(agent_.get(), "WORKLOAD " + std::to_string(archive.size()) + "\n") ||
+  if (!send_all(agent_.get(), workload_header(archive.size())) ||
       !send_all(agent_.get(), archive)) {
     const std::string why = std::strerror(errno);
     kill();
@@ -467,9 +583,32 @@ void LibvirtReplica::start(const LibvirtOptions& driver, const GuestImage& image
   state_ = State::ready;
   const auto ready = Clock::now();
   started_in_ = std::chrono::duration_cast<std::chrono::microseconds>(ready - began);
-  std::string line = timeline(began, prepared, archived, created, ready);
+  std::string line = timeline(began, prepared, archived, created, ready, restored);
   lock.unlock();
   if (options_.on_log) options_.on_log(options_.name, "blixard", std::move(line));
+}
+
+Domain LibvirtReplica::restore(const DomainConfig& config) {
+  if (!snapshot_) return nullptr;
+  std::string why;
+  if (const auto xml = restore_xml(*snapshot_, sockets_, config.forwards); !xml) {
+    why = "its domain XML is not the driver's";
+  } else if (virDomainRestoreFlags(conn_, snapshot_->file.c_str(), xml->c_str(),
+                                   VIR_DOMAIN_SAVE_RUNNING) != 0) {
+    why = libvirt_error("libvirt did not restore it");
+  } else if (Domain dom(virDomainLookupByName(conn_, snapshot_->domain.c_str())); !dom) {
+    why = libvirt_error("the restored domain is gone");
+  } else {
+    domain_ = snapshot_->domain;
+    return dom;
+  }
+  snapshot_->failed = true;  // the driver removes the image when it is given back
+  if (options_.on_log) {
+    options_.on_log(options_.name, "blixard",
+                    "blixard: cannot restore from snapshot " + snapshot_->file.filename().string() +
+                        " (" + why + "): booting afresh");
+  }
+  return nullptr;
 }
 
 void LibvirtReplica::run() {
@@ -544,6 +683,14 @@ class LibvirtDriver final : public Driver {
       }
     }
     fs::permissions(options_.image_cache, fs::perms::others_read, fs::perm_options::add, ec);
+    // Save images hold a guest's memory: root's only (qemu never opens them, libvirtd reads them
+    // for it). An earlier driver's are stale (their templates' names are reused).
+    fs::remove_all(snapshot_dir(), ec);
+    if (options_.snapshots > 0) {
+      fs::create_directories(snapshot_dir(), ec);
+      fs::permissions(snapshot_dir(), fs::perms::owner_all, ec);
+      maker_ = std::thread([this] { make_snapshots(); });
+    }
   }
   ~LibvirtDriver() override { shutdown(); }
 
@@ -564,28 +711,38 @@ class LibvirtDriver final : public Driver {
         throw Error(errc::already_exists, "replica " + options.name + " runs here already");
       }
     }
-    auto done = [this, name = options.name] {
+    const auto began = Clock::now();
+    // The save image it is restored from, if any: free again once its guest is gone.
+    auto snapshot = std::make_shared<std::shared_ptr<SnapshotLease>>();
+    auto done = [this, name = options.name, snapshot] {
+      if (*snapshot) give_back(*snapshot);
       std::lock_guard lock(mutex_);
       names_.erase(name);
       idle_.notify_all();
     };
-    const auto began = Clock::now();
     const fs::path dir = options_.work_dir / "replicas" / options.name;
     const fs::path sockets = k_socket_root / (prefix_ + std::to_string(++started_));
     std::shared_ptr<LibvirtReplica> replica;
     try {
+      const GuestImage image = guest_image();
+      // A guest that needs nothing a template lacks (a disk, a second interface) is restored
+      // from a save image of its shape when one is free.
+      if (options_.snapshots > 0 && !options.volume && !options.network &&
+          options.spec.memory_mib() >= k_min_guest_mib) {
+        *snapshot =
+            take_snapshot(guest_shape(options.spec, image, kvm_, options_.program_tree), image);
+      }
       std::error_code ec;
       for (const auto& d : {dir, sockets}) {
         fs::remove_all(d, ec);
         fs::create_directories(d);
         hand_to_qemu(d);
       }
-      const GuestImage image = guest_image();
       if (options.volume) fence_volume(*options.volume);  // a fenced start gets no disk
       const fs::path volume = options.volume ? volume_image(*options.volume) : fs::path();
       const auto prepared = Clock::now();
       replica = std::make_shared<LibvirtReplica>(options, conn_.get(), prefix_ + options.name, dir,
-                                                 sockets, done);
+                                                 sockets, *snapshot, done);
       std::weak_ptr<LibvirtReplica> weak = replica;
       replica->start(options_, image, kvm_, volume, began, prepared);
       std::lock_guard lock(mutex_);
@@ -628,11 +785,20 @@ class LibvirtDriver final : public Driver {
       }
     }
     for (auto& r : live) r->kill();
-    destroy_leftovers();  // starts that failed half-way
+    {
+      std::lock_guard snap_lock(snapshot_mutex_);
+      stopping_ = true;
+    }
+    snapshot_changed_.notify_all();
+    if (maker_.joinable()) maker_.join();  // its template destroyed
+    destroy_leftovers();                   // starts that failed half-way
     std::unique_lock lock(mutex_);
     idle_.wait(lock, [&] { return names_.empty(); });
-    // The replicas' files went with them; the images stay for the next start.
+    lock.unlock();
+    // The replicas' files went with them, and the save images go (a guest's memory each); the
+    // kernel and base stay for the next start.
     std::error_code ec;
+    fs::remove_all(snapshot_dir(), ec);
     fs::remove_all(options_.work_dir / "replicas", ec);
     fs::remove(options_.work_dir, ec);  // unless it holds the image cache
   }
@@ -649,6 +815,7 @@ class LibvirtDriver final : public Driver {
       GuestImage image;
       image.kernel = image::find_guest_kernel(options_.image_cache);
       image.initramfs = image::base_initramfs(image.kernel, options_.image_cache);
+      image.identity = file_identity(image.kernel.vmlinux) + file_identity(image.initramfs);
       image_ = std::move(image);
       image_checked_ = now;
     }
@@ -712,6 +879,191 @@ class LibvirtDriver final : public Driver {
     return pool;
   }
 
+  fs::path snapshot_dir() const { return options_.work_dir / "snapshots"; }
+
+  // Save images of one shape of guest.
+  struct SnapshotPool {
+    DomainConfig shape;
+    std::string identity;  // of the kernel and base the templates booted
+    std::vector<std::shared_ptr<SnapshotLease>> free, lent;
+    std::size_t making = 0;  // queued or booting
+    std::size_t failures = 0;
+    Clock::time_point used;
+  };
+
+  // A free save image of `shape` lent to a replica, or nullptr (it boots afresh). Images of
+  // another kernel or base go, and a shape short of images gets more made in the background.
+  std::shared_ptr<SnapshotLease> take_snapshot(const DomainConfig& shape, const GuestImage& image) {
+    DomainConfig key_config = shape;  // no name, no sockets: the shape alone
+    const std::string key = sha256_hex(domain_xml(key_config) + image.identity).substr(0, 12);
+    std::lock_guard lock(snapshot_mutex_);
+    if (stopping_) return nullptr;
+    for (auto it = pools_.begin(); it != pools_.end();) {
+      it = it->second.identity != image.identity ? retire(it) : std::next(it);
+    }
+    auto [it, added] = pools_.try_emplace(key);
+    SnapshotPool& pool = it->second;
+    if (added) {
+      pool.shape = shape;
+      pool.identity = image.identity;
+      while (pools_.size() > k_snapshot_shapes) {  // the least recently started shape goes
+        auto oldest = pools_.begin();
+        for (auto p = pools_.begin(); p != pools_.end(); ++p) {
+          if (p->first != key && (oldest->first == key || p->second.used < oldest->second.used))
+            oldest = p;
+        }
+        retire(oldest);
+      }
+    }
+    pool.used = Clock::now();
+    std::shared_ptr<SnapshotLease> lease;
+    if (!pool.free.empty()) {
+      lease = pool.free.back();
+      pool.free.pop_back();
+      pool.lent.push_back(lease);
+    }
+    while (pool.free.size() + pool.lent.size() + pool.making < options_.snapshots &&
+           pool.failures < k_snapshot_attempts) {
+      ++pool.making;
+      to_make_.push_back(key);
+    }
+    snapshot_changed_.notify_all();
+    return lease;
+  }
+
+  // A lent image back from its replica (whose guest is gone): free for the next, unless its
+  // restore failed or its shape went meanwhile.
+  void give_back(const std::shared_ptr<SnapshotLease>& lease) {
+    std::lock_guard lock(snapshot_mutex_);
+    for (auto& [key, pool] : pools_) {
+      if (std::erase(pool.lent, lease) == 0) continue;
+      if (!lease->failed && !stopping_) {
+        pool.free.push_back(lease);
+        return;
+      }
+      break;
+    }
+    std::error_code ec;
+    fs::remove(lease->file, ec);
+  }
+
+  // Removes a pool and its free images (a lent one goes when it is given back).
+  std::map<std::string, SnapshotPool>::iterator retire(
+      std::map<std::string, SnapshotPool>::iterator it) {
+    std::error_code ec;
+    for (const auto& lease : it->second.free) fs::remove(lease->file, ec);
+    return pools_.erase(it);
+  }
+
+  // The background maker: one template at a time (each is a guest's boot).
+  void make_snapshots() {
+    std::unique_lock lock(snapshot_mutex_);
+    for (;;) {
+      snapshot_changed_.wait(lock, [&] { return stopping_ || !to_make_.empty(); });
+      if (stopping_) return;
+      const std::string key = to_make_.front();
+      to_make_.pop_front();
+      auto it = pools_.find(key);
+      if (it == pools_.end()) continue;  // retired meanwhile
+      const DomainConfig shape = it->second.shape;
+      const std::string identity = it->second.identity;
+      const std::string name =
+          prefix_ + "snap-" + key.substr(0, 8) + "-" + std::to_string(++snapshots_made_);
+      lock.unlock();
+      std::shared_ptr<SnapshotLease> lease;
+      try {
+        lease = make_snapshot(shape, name);
+      } catch (const std::exception&) {
+        // The shape boots afresh; a few failures and it stops trying.
+      }
+      lock.lock();
+      it = pools_.find(key);
+      if (it != pools_.end() && it->second.identity == identity) {
+        --it->second.making;
+        if (lease && !stopping_) {
+          it->second.free.push_back(std::move(lease));
+          continue;
+        }
+        if (!lease) ++it->second.failures;
+      }
+      std::error_code ec;
+      if (lease) fs::remove(lease->file, ec);
+    }
+  }
+
+  // Boots a template guest of `shape` named `name` until its init waits for its workload, and
+  // saves it. Throws when it does not get there within the ready timeout, or the save fails.
+  std::shared_ptr<SnapshotLease> make_snapshot(const DomainConfig& shape, const std::string& name) {
+    auto lease = std::make_shared<SnapshotLease>();
+    lease->domain = name;
+    lease->sockets = k_socket_root / name;
+    lease->file = snapshot_dir() / (name + ".save");
+    const fs::path partial = snapshot_dir() / ("." + name + ".partial");
+    std::error_code ec;
+    fs::remove_all(lease->sockets, ec);
+    fs::create_directories(lease->sockets);
+    hand_to_qemu(lease->sockets);
+    struct Cleanup {
+      LibvirtDriver& driver;
+      const SnapshotLease& lease;
+      const fs::path& partial;
+      ~Cleanup() {
+        std::error_code ignored;
+        fs::remove_all(lease.sockets, ignored);
+        fs::remove(partial, ignored);
+        Domain dom(virDomainLookupByName(driver.conn_.get(), lease.domain.c_str()));
+        if (dom) virDomainDestroy(dom.get());
+      }
+    } cleanup{*this, *lease, partial};
+
+    DomainConfig config = shape;
+    config.name = name;
+    config.console_socket = lease->sockets / "console";
+    config.agent_socket = lease->sockets / "agent";
+    Domain dom(virDomainCreateXML(conn_.get(), domain_xml(config).c_str(), 0));
+    if (!dom) throw Error(errc::unavailable, libvirt_error("cannot boot template " + name));
+    {
+      // Our init says it waits before it blocks; nothing but it has run in the guest.
+      UniqueFd agent = connect_unix(config.agent_socket);
+      if (agent.get() < 0) throw Error(errc::unavailable, "no agent socket for " + name);
+      const auto deadline = Clock::now() + options_.ready_timeout;
+      std::string said;
+      while (said.find(k_waiting_line) == std::string::npos) {
+        if (Clock::now() >= deadline || said.size() > 4096) {
+          throw Error(errc::timeout, "template " + name + " did not wait for its workload");
+        }
+        {
+          std::lock_guard lock(snapshot_mutex_);
+          if (stopping_) throw Error(errc::unavailable, "the driver stops");
+        }
+        pollfd p{agent.get(), POLLIN, 0};
+        if (::poll(&p, 1, 100) <= 0) continue;
+        std::array<char, 512> buf{};
+        const ssize_t n = ::read(agent.get(), buf.data(), buf.size());
+        if (n <= 0) throw Error(errc::unavailable, "template " + name + " ended before it waited");
+        said.append(buf.data(), static_cast<std::size_t>(n));
+      }
+    }
+    if (virDomainSaveFlags(dom.get(), partial.c_str(), nullptr, 0) != 0) {
+      throw Error(errc::unavailable, libvirt_error("cannot save template " + name));
+    }
+    // Whatever libvirt made it, root's alone before it is used.
+    if (::chown(partial.c_str(), 0, 0) != 0 || ::chmod(partial.c_str(), 0600) != 0 ||
+        ::rename(partial.c_str(), lease->file.c_str()) != 0) {
+      throw Error(errc::unavailable,
+                  "cannot keep " + lease->file.string() + ": " + std::strerror(errno));
+    }
+    char* xml = virDomainSaveImageGetXMLDesc(conn_.get(), lease->file.c_str(),
+                                             VIR_DOMAIN_SAVE_IMAGE_XML_SECURE);
+    if (xml == nullptr) {
+      fs::remove(lease->file, ec);
+      throw Error(errc::unavailable, libvirt_error("cannot read back " + lease->file.string()));
+    }
+    lease->xml = xml;
+    ::free(xml);  // NOLINT(cppcoreguidelines-no-malloc): libvirt's allocation
+    return lease;
+  }
+
   void destroy_leftovers() {
     virDomainPtr* domains = nullptr;
     const int n = virConnectListAllDomains(conn_.get(), &domains, VIR_CONNECT_LIST_DOMAINS_ACTIVE);
@@ -739,17 +1091,26 @@ class LibvirtDriver final : public Driver {
   std::vector<std::weak_ptr<LibvirtReplica>> replicas_;
   std::atomic<std::uint64_t> started_{0};
   bool closed_ = false;
+  // Save images (take_snapshot), made on maker_.
+  std::mutex snapshot_mutex_;
+  std::condition_variable snapshot_changed_;
+  std::map<std::string, SnapshotPool> pools_;  // by shape
+  std::deque<std::string> to_make_;            // shapes short of an image each
+  std::uint64_t snapshots_made_ = 0;
+  bool stopping_ = false;
+  std::thread maker_;
 };
 
 }  // namespace
 
-LibvirtOptions libvirt_options(const fs::path& data_dir, std::string uri) {
+LibvirtOptions libvirt_options(const fs::path& data_dir, std::string uri, std::size_t snapshots) {
   // Not under /var/lib/blixard: that is a data dir in docs/nodes.md, and data dirs are 0700.
   const fs::path root = "/var/lib/blixard-guests";
   LibvirtOptions options;
   options.uri = std::move(uri);
   options.work_dir = root / path_hash(data_dir);
   options.image_cache = root / "images";
+  options.snapshots = snapshots;
   return options;
 }
 

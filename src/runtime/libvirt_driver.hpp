@@ -28,13 +28,20 @@ struct LibvirtOptions {
   // Unset: by the probe (runtime/accel.hpp).
   std::optional<bool> kvm;
   std::chrono::milliseconds ready_timeout{120'000};
+  // Save images per guest shape (memory, vCPUs, balloon, accelerator, kernel and base archive) a
+  // replica without a volume or a VM network is restored from instead of booting; each image
+  // serves one running replica at a time (libvirt restores it under its template's name and
+  // UUID) and about the guest's used memory on disk (root's only, under work_dir/snapshots).
+  // Made in the background once a shape has started; 0: every guest boots afresh.
+  std::size_t snapshots = 2;
 };
 
 // The options of an agent whose data dir is `data_dir`: its guests' files under
 // /var/lib/blixard-guests (qemu runs as another user, libvirt-qemu, that must reach them, and the
 // data dir is its owner's only), and the guest images every agent on the host shares beside them
-// (images/).
-LibvirtOptions libvirt_options(const std::filesystem::path& data_dir, std::string uri);
+// (images/); `snapshots` save images per guest shape (LibvirtOptions::snapshots).
+LibvirtOptions libvirt_options(const std::filesystem::path& data_dir, std::string uri,
+                               std::size_t snapshots = 2);
 
 // Connects to `uri` (Error(unavailable) naming it and how to start libvirtd when it cannot) and
 // destroys what an earlier agent with this work_dir left running (domains "blixard-<hash>-...").

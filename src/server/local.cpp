@@ -74,7 +74,8 @@ std::shared_ptr<api::Service> open_local_service(const std::filesystem::path& di
     for (const auto& path : options.data_paths) spec.add_data_paths(path);
     std::unique_ptr<runtime::Driver> vm_driver;
     if (!options.libvirt_uri.empty()) {
-      vm_driver = runtime::make_libvirt_driver(runtime::libvirt_options(dir, options.libvirt_uri));
+      vm_driver = runtime::make_libvirt_driver(
+          runtime::libvirt_options(dir, options.libvirt_uri, options.vm_snapshots));
     }
     nodes->join(std::make_shared<agent::LocalNode>(options.node_name, std::move(spec),
                                                    runtime::make_sandbox_driver(sandbox), code,

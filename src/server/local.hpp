@@ -30,6 +30,8 @@ struct LocalServiceOptions {
   control::NodeRegistryOptions nodes;
   // Set: this machine's node runs VM replicas as libvirt guests there (runtime/libvirt_driver.hpp).
   std::string libvirt_uri;
+  // With libvirt_uri: save images per guest shape to restore replicas from (0: every guest boots).
+  std::size_t vm_snapshots = 2;
 };
 
 // An exclusive lock on a data dir (created if missing), held while the object lives. Throws

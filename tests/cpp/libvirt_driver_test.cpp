@@ -8,11 +8,17 @@
 #include <libvirt/virterror.h>
 #include <unistd.h>
 
+#include <sys/stat.h>
+
 #include <condition_variable>
 #include <cstdio>
+#include <ctime>
 #include <filesystem>
+#include <map>
 #include <mutex>
 #include <optional>
+#include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -117,6 +123,7 @@ struct Events {
   std::mutex mutex;
   std::condition_variable changed;
   std::vector<std::string> lines;
+  std::map<std::string, std::vector<std::string>> by_replica;
   std::optional<rt::ReplicaExit> exit;
 
   bool saw(const std::string& text) {
@@ -130,6 +137,14 @@ struct Events {
     std::lock_guard lock(mutex);
     return exit;
   }
+  // The driver's "blixard: ready in ..." line for a replica ("" when none).
+  std::string timeline(const std::string& replica) {
+    std::lock_guard lock(mutex);
+    for (const auto& l : by_replica[replica]) {
+      if (l.starts_with("blixard: ready in ")) return l;
+    }
+    return "";
+  }
 };
 
 class LibvirtDriverTest : public ::testing::Test {
@@ -142,8 +157,11 @@ class LibvirtDriverTest : public ::testing::Test {
     rt::LibvirtOptions options;
     options.uri = k_uri;
     options.work_dir = dir_;
+    options.snapshots = snapshots();
     driver_ = rt::make_libvirt_driver(options);
   }
+  // Save images per shape: none here, so that no template boots beside the guests under test.
+  virtual std::size_t snapshots() const { return 0; }
   void TearDown() override {
     driver_->shutdown();
     driver_.reset();
@@ -160,8 +178,9 @@ class LibvirtDriverTest : public ::testing::Test {
     o.spec.set_vcpu(1);
     for (auto& c : command) o.spec.add_command(std::move(c));
     for (auto p : ports) o.spec.add_ports(p);
-    o.on_log = [this](const std::string&, const std::string&, std::string line) {
+    o.on_log = [this](const std::string& replica, const std::string&, std::string line) {
       std::lock_guard lock(events_.mutex);
+      events_.by_replica[replica].push_back(line);
       events_.lines.push_back(std::move(line));
     };
     o.on_exit = [this](const rt::ReplicaExit& e) {
@@ -280,6 +299,9 @@ TEST_F(LibvirtDriverTest, AGuestKeepsItsVolumeAcrossStartsAndItIsRemovedOnReques
   for (int start = 1; start <= 2; ++start) {
     events_.exit.reset();
     auto o = replica("db-1", count);
+    // Each start its own name, as the controller gives them: the first's name is released only
+    // after its exit is reported.
+    o.name = "db-1." + std::to_string(start);
     o.volume = volume;
     if (start == 2) o.volume->set_format("ext4-image");  // as the server records it
     auto r = driver_->start_replica(o);
@@ -402,6 +424,134 @@ TEST_F(LibvirtDriverTest, AGuestOnANetworkIsReachedAtItsAddress) {
   // Its forwarded host port still serves.
   EXPECT_EQ(get(r->ports().at(8080)), "net-1 uid=65534 secrets=False");
   r->stop(10s);
+}
+
+// Replicas restored from save images of a template guest (LibvirtOptions::snapshots).
+class LibvirtSnapshotTest : public LibvirtDriverTest {
+ protected:
+  std::size_t snapshots() const override { return 2; }
+
+  // The save images ready to restore from.
+  std::set<std::string> saves() const {
+    std::set<std::string> names;
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(dir_ / "snapshots", ec)) {
+      if (e.path().extension() == ".save") names.insert(e.path().filename().string());
+    }
+    return names;
+  }
+
+  // A page with what the guest drew from its kernel's random generator (a UUID and 16 bytes of
+  // /dev/urandom) and its clock, served by busybox's httpd on the first declared port.
+  static std::vector<std::string> random_page() {
+    return {"/usr/bin/sh", "-c",
+            "mkdir -p /tmp/w && { cat /proc/sys/kernel/random/uuid; "
+            "od -An -tx1 -N16 /dev/urandom | tr -d ' \\n'; echo; date +%s; } >/tmp/w/index.html "
+            "&& echo \"random $(head -1 /tmp/w/index.html)\" && "
+            "exec /usr/bin/busybox httpd -f -p $PORT -h /tmp/w"};
+  }
+};
+
+// The page's lines: UUID, random hex, the guest's clock.
+std::vector<std::string> lines_of(const std::string& page) {
+  std::vector<std::string> out;
+  std::istringstream in(page);
+  for (std::string l; std::getline(in, l);) out.push_back(l);
+  return out;
+}
+
+TEST_F(LibvirtSnapshotTest, ReplicasRestoredFromSnapshotsServeAndDrawDifferentRandomness) {
+  // The shape's first start boots; its save images are made behind it.
+  auto first = driver_->start_replica(replica("s-0", {"/usr/bin/sleep", "600"}));
+  EXPECT_THAT(events_.timeline("s-0.1"), HasSubstr(", fresh boot: ")) << "no image yet";
+  ASSERT_TRUE(eventually([&] { return saves().size() == 2; }, 180s)) << "no save images made";
+  // A guest's memory: root's alone.
+  struct stat st {};
+  ASSERT_EQ(::stat((dir_ / "snapshots").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0700U);
+  for (const auto& name : saves()) {
+    ASSERT_EQ(::stat((dir_ / "snapshots" / name).c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 07777, 0600U) << name;
+    EXPECT_EQ(st.st_uid, 0U) << name;
+    std::cout << name << ": " << st.st_size / 1'000'000 << " MB\n";
+  }
+  first->kill();
+
+  auto a = driver_->start_replica(replica("s-a", random_page(), {8080}));
+  auto b = driver_->start_replica(replica("s-b", random_page(), {8080}));
+  for (const char* name : {"s-a.1", "s-b.1"}) {
+    const auto line = events_.timeline(name);
+    EXPECT_THAT(line, HasSubstr(", restored from snapshot: ")) << name;
+    EXPECT_THAT(line, HasSubstr(", libvirt restore ")) << name;
+    EXPECT_TRUE(events_.saw("blixard: restored from snapshot blixard-")) << "said at the restore";
+    std::cout << name << ": " << line << "\n";
+  }
+  const auto page_a = lines_of(get(a->ports().at(8080)));
+  const auto page_b = lines_of(get(b->ports().at(8080)));
+  ASSERT_EQ(page_a.size(), 3U) << "no page from a restored guest's forwarded port";
+  ASSERT_EQ(page_b.size(), 3U) << "no page from a restored guest's forwarded port";
+  EXPECT_EQ(page_a[0].size(), 36U) << page_a[0];
+  EXPECT_EQ(page_a[1].size(), 32U) << page_a[1];
+  EXPECT_NE(page_a[0], page_b[0]) << "two restores of one snapshot drew the same UUID";
+  EXPECT_NE(page_a[1], page_b[1]) << "two restores of one snapshot read the same /dev/urandom";
+  // The guest's clock is the host's, not the template's from when it was saved.
+  const long long now = std::time(nullptr);
+  EXPECT_NEAR(std::stoll(page_a[2]), now, 10);
+  EXPECT_NEAR(std::stoll(page_b[2]), now, 10);
+
+  // Both images lent: the next boots afresh.
+  auto c = driver_->start_replica(replica("s-c", {"/usr/bin/sleep", "600"}));
+  EXPECT_THAT(events_.timeline("s-c.1"), HasSubstr(", fresh boot: "));
+  c->kill();
+  // Once a's guest is gone its image is free again, but a guest with a volume boots afresh.
+  a->stop(10s);
+  v1::VolumeAttachment volume;
+  volume.set_name("sv-1");
+  volume.set_pool_type("dir");
+  volume.set_pool_path((dir_ / "pool").string());
+  volume.set_size_mib(64);
+  volume.set_mount_point("/var/lib/db");
+  auto with_volume = replica("s-v", {"/usr/bin/sleep", "600"});
+  with_volume.volume = volume;
+  auto v = driver_->start_replica(with_volume);
+  EXPECT_THAT(events_.timeline("s-v.1"), HasSubstr(", fresh boot: ")) << "a volume in a snapshot";
+  v->kill();
+  auto again = driver_->start_replica(replica("s-d", random_page(), {8080}));
+  EXPECT_THAT(events_.timeline("s-d.1"), HasSubstr(", restored from snapshot: "))
+      << "an image is not free again once its guest is gone";
+  const auto page_d = lines_of(get(again->ports().at(8080)));
+  ASSERT_EQ(page_d.size(), 3U);
+  EXPECT_NE(page_d[0], page_a[0]) << "a second restore of one image drew the first's UUID";
+  EXPECT_EQ(saves().size(), 2U);
+}
+
+TEST_F(LibvirtSnapshotTest, SaveImagesOfAnOldBaseGoAndNewOnesAreMade) {
+  auto first = driver_->start_replica(replica("o-0", {"/usr/bin/sleep", "600"}));
+  ASSERT_TRUE(eventually([&] { return saves().size() == 2; }, 180s)) << "no save images made";
+  first->kill();
+  const auto old = saves();
+  // The base archive rebuilt (as a new init or busybox would have it): the templates booted
+  // the old one.
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir_ / "images")) {
+    if (e.path().filename().string().starts_with("initramfs-base-")) fs::remove(e.path());
+  }
+  auto next = driver_->start_replica(replica("o-1", {"/usr/bin/sleep", "600"}));
+  EXPECT_THAT(events_.timeline("o-1.1"), HasSubstr(", fresh boot: "));
+  for (const auto& name : old) {
+    EXPECT_FALSE(fs::exists(dir_ / "snapshots" / name)) << name << " outlived its base";
+  }
+  ASSERT_TRUE(eventually(
+      [&] {
+        const auto now = saves();
+        return now.size() == 2 && std::none_of(now.begin(), now.end(),
+                                               [&](const auto& n) { return old.count(n) != 0; });
+      },
+      180s))
+      << "no new save images";
+  next->kill();
+  auto restored = driver_->start_replica(replica("o-2", {"/usr/bin/sleep", "600"}));
+  EXPECT_THAT(events_.timeline("o-2.1"), HasSubstr(", restored from snapshot: "));
 }
 
 TEST(LibvirtDriver, AnUnreachableLibvirtSaysHowToStartIt) {
