@@ -15,32 +15,12 @@ Prints p50 and max per kind. Everything made here is removed at the end.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import blixard
-from blixard.cli import find_agent
-
-
-def ip(*args: str, check: bool = True) -> None:
-    subprocess.run(["ip", *args], check=check, capture_output=True)
-
-
-def wait(cond, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.01)
-    raise TimeoutError("condition not met")
+from netns_cluster import NetnsCluster, wait
 
 
 def main() -> int:
@@ -49,51 +29,14 @@ def main() -> int:
     ap.add_argument("--cut-rounds", type=int, default=5)
     ap.add_argument("--lease", default="4s")
     args = ap.parse_args()
-    tag = str(os.getpid() % 10000)
-    subnet = f"10.{150 + os.getpid() % 50}.{os.getpid() % 250}"
-    bridge = f"blb{tag}"
-    work = Path(tempfile.mkdtemp(prefix="blixard-node-loss-"))
-    procs = {}
-    made = []
+    cluster = NetnsCluster(args.lease, "bl")
     try:
-        ip("link", "add", bridge, "type", "bridge")
-        made.append(bridge)
-        ip("addr", "add", f"{subnet}.1/24", "dev", bridge)
-        ip("link", "set", bridge, "up")
-        log = open(work / "server.log", "wb")
-        server = subprocess.Popen([find_agent(), "--server", "--no-local-node", "--listen",
-                                   f"{subnet}.1:0", "--data-dir", str(work / "s"),
-                                   "--node-lease", args.lease], stdout=log, stderr=log)
-        wait(lambda: (work / "s" / "server.json").exists())
-        info = json.loads((work / "s" / "server.json").read_text())
-        c = blixard.connect(info["address"], token=info["token"])
-
-        def netns(i):
-            ns, veth = f"bln{tag}-{i}", f"blv{tag}-{i}"
-            ip("netns", "add", ns)
-            made.append("netns:" + ns)
-            ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
-            ip("link", "set", veth, "master", bridge, "up")
-            ip("-n", ns, "addr", "add", f"{subnet}.{i}/24", "dev", "eth0")
-            ip("-n", ns, "link", "set", "eth0", "up")
-            return ns, veth
-
-        spaces = {name: netns(i) for i, name in ((2, "a"), (3, "b"))}
-
-        def start(name):
-            ns, _ = spaces[name]
-            procs[name] = subprocess.Popen(
-                ["ip", "netns", "exec", ns, find_agent(), "--join", info["address"], "--token",
-                 info["token"], "--name", name, "--data-dir", str(work / name)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            wait(lambda: any(n["metadata"]["name"] == name and n["status"]["phase"] == "Ready"
-                             for n in c.nodes()))
-
-        code = work / "code"
+        c = cluster.client
+        code = cluster.work / "code"
         code.mkdir()
         (code / "h.py").write_text("def handler(e, c):\n    return {}\n")
-        start("a")
-        start("b")
+        cluster.start("a")
+        cluster.start("b")
         figures = {"kill": [], "cut": []}
         for kind, rounds in (("kill", args.rounds), ("cut", args.cut_rounds)):
             for r in range(rounds):
@@ -104,10 +47,9 @@ def main() -> int:
                 other = "b" if on == "a" else "a"
                 t0 = time.monotonic()
                 if kind == "kill":
-                    os.kill(procs[on].pid, signal.SIGKILL)
-                    procs[on].wait()
+                    cluster.kill(on)
                 else:
-                    ip("link", "set", spaces[on][1], "down")
+                    cluster.cut(on)
 
                 def moved():
                     try:
@@ -120,29 +62,17 @@ def main() -> int:
                 print(f"{kind} {r}: {figures[kind][-1]:.0f} ms", flush=True)
                 fn.delete()
                 if kind == "cut":
-                    ip("link", "set", spaces[on][1], "up")
-                    wait(lambda: any(n["metadata"]["name"] == on and
-                                     n["status"]["phase"] == "Ready" for n in c.nodes()), 60)
+                    cluster.restore(on)
+                    wait(lambda: cluster.ready(on), 60)
                 else:
-                    start(on)
+                    cluster.start(on)
         for kind, ms in figures.items():
             if ms:
                 print(f"{kind}: p50 {statistics.median(ms):.0f} ms, max {max(ms):.0f} ms "
                       f"over {len(ms)} (lease {args.lease})")
         return 0
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        if "server" in locals():
-            server.send_signal(signal.SIGTERM)
-            server.wait(10)
-        for thing in reversed(made):
-            if thing.startswith("netns:"):
-                ip("netns", "del", thing[6:], check=False)
-            else:
-                ip("link", "del", thing, check=False)
+        cluster.close()
 
 
 if __name__ == "__main__":

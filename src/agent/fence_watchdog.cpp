@@ -3,13 +3,14 @@
 
 #include <fcntl.h>
 #include <poll.h>
-#include <signal.h>
 #include <spawn.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <cerrno>
+#include <csignal>
 #include <cstring>
 #include <iostream>
 #include <map>
@@ -38,8 +39,8 @@ void say(const std::string& what) {
 
 std::unique_ptr<FenceWatchdog> FenceWatchdog::start(const fs::path& agent_binary,
                                                     milliseconds after) {
-  int fds[2];
-  if (::pipe2(fds, O_CLOEXEC) != 0) {
+  std::array<int, 2> fds{};
+  if (::pipe2(fds.data(), O_CLOEXEC) != 0) {
     throw Error(errc::unavailable,
                 std::string("cannot make the fence watchdog's pipe: ") + std::strerror(errno));
   }
@@ -144,14 +145,14 @@ int run_fence_watchdog(int fd, milliseconds after) {
            " ms (paused, or cut off from the server): its node's lease lapses next");
       continue;
     }
-    char buf[4096];
-    const ssize_t n = ::read(fd, buf, sizeof buf);
+    std::array<char, 4096> buf{};
+    const ssize_t n = ::read(fd, buf.data(), buf.size());
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
       fire("the agent is gone");
       return 0;
     }
-    pending.append(buf, static_cast<std::size_t>(n));
+    pending.append(buf.data(), static_cast<std::size_t>(n));
     for (auto end = pending.find('\n'); end != std::string::npos; end = pending.find('\n')) {
       const std::string line = pending.substr(0, end);
       pending.erase(0, end + 1);

@@ -178,10 +178,12 @@ namespace {
 constexpr std::size_t k_revisions_kept = 10;
 constexpr milliseconds k_check_timeout{1000};
 
-// The part of a spec a revision is made of: everything but how many run and whether they do.
+// The part of a spec a revision is made of: everything but how many run, whether they do and
+// which is asked to be primary (a switchover is no rollout).
 v1::VmSpec revision_of(v1::VmSpec spec) {
   spec.clear_replicas();
   spec.clear_stopped();
+  spec.clear_primary();
   return spec;
 }
 

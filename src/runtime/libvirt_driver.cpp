@@ -21,6 +21,7 @@
 #include <cstring>
 #include <ctime>
 #include <deque>
+#include <fstream>
 #include <functional>
 #include <mutex>
 #include <set>
@@ -311,6 +312,11 @@ class LibvirtReplica final : public Replica, public std::enable_shared_from_this
              const fs::path& volume_image, Clock::time_point began, Clock::time_point prepared);
   // Whether its thread runs (and will call `done` once the guest is gone), after start().
   bool watching() const { return watching_; }
+  // The guest's qemu: killing it ends the guest (0 when libvirt's pid file was not found).
+  int fence_pid() const override {
+    std::lock_guard lock(mutex_);
+    return state_ == State::exited ? 0 : qemu_pid_;
+  }
 
  private:
   enum class State { starting, ready, exited };
@@ -339,6 +345,7 @@ class LibvirtReplica final : public Replica, public std::enable_shared_from_this
   ReplicaOptions options_;
   virConnectPtr conn_;
   std::string domain_;  // the template's once restored from its snapshot (set before run())
+  int qemu_pid_ = 0;    // (set before run())
   fs::path dir_, sockets_;
   std::shared_ptr<SnapshotLease> snapshot_;
   std::function<void()> done_;
@@ -520,6 +527,12 @@ void LibvirtReplica::start(const LibvirtOptions& driver, const GuestImage& image
     }
   }
   const auto created = Clock::now();
+  {
+    // qemu:///system keeps each running domain's qemu pid here (for fence_pid()).
+    std::ifstream pid_file("/run/libvirt/qemu/" + domain_ + ".pid");
+    int pid = 0;
+    if (pid_file >> pid && pid > 1) qemu_pid_ = pid;
+  }
   // Said at once (the timeline comes only once it is ready, and a guest may never be).
   if (restored && options_.on_log) {
     options_.on_log(options_.name, "blixard",

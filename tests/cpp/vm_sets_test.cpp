@@ -972,6 +972,9 @@ TEST_F(PrimaryTest, OnePrimaryHoldsTheVolumeAndAStandbyIsFencedInWhenItFails) {
       20s))
       << status("db").DebugString();
   EXPECT_THAT(status("db").failover(0).message(), HasSubstr("switchover to " + other));
+  // A switchover is no rollout: the set's revision stays, and so do the standbys' runs.
+  EXPECT_EQ(status("db").revision(), 1);
+  EXPECT_TRUE(status("db").rollout().empty()) << status("db").rollout();
   // Refused: a name that is no replica, and a set without a primary.
   try {
     vm.switchover("db-9");
