@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import http.client
 import json
 import os
 import signal
@@ -69,7 +70,8 @@ class Writer(threading.Thread):
                 req = urllib.request.Request(f"http://{self.address}/w", data=b"", method="POST")
                 with urllib.request.urlopen(req, timeout=0.5) as r:
                     self.acks.append((time.monotonic(), int(r.read())))
-            except OSError:
+            except (OSError, http.client.HTTPException, ValueError):
+                # (A connection cut mid-answer by a dying primary: not acknowledged.)
                 self.failed += 1
                 time.sleep(0.005)
 
@@ -112,8 +114,9 @@ def main() -> int:
 
         def settled():
             st = c.vm("db").status()
-            ok = (st.get("primary") and st.get("readyReplicas") == 3 and st.get("endpoints")
-                  and len({i.get("node") for i in st["instances"]}) == 3)
+            # (Spread at first; a slot started again while its node was away stays where it
+            # went: a standby, so that node may hold two.)
+            ok = st.get("primary") and st.get("readyReplicas") == 3 and st.get("endpoints")
             return st if ok else None
 
         st = wait(settled, 60)

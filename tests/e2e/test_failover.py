@@ -12,6 +12,7 @@ even when nothing can reach it."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -85,7 +86,8 @@ class Writer:
                 with urllib.request.urlopen(req, timeout=0.5) as r:
                     replica, epoch = r.read().decode().split()
                 self.acks.append((time.monotonic(), self._seq, replica, int(epoch)))
-            except OSError:
+            except (OSError, http.client.HTTPException, ValueError):
+                # (A connection cut mid-answer by a dying primary: not acknowledged.)
                 self.failed += 1
                 time.sleep(0.01)
 
