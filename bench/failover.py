@@ -13,6 +13,9 @@ to the first write the new primary accepts through the balancer. Kinds:
 
     sudo .venv/bin/python bench/failover.py --rounds 20 --cut-rounds 5 --lease 4s
 
+With --guests N instead: one `blixard-agent --server --vm-driver libvirt` (its own node), a
+2-replica set of real guests (TCG here), and N rounds of SIGKILL to the primary's qemu.
+
 Also counted: writes acknowledged by an old epoch after the new one's first (must be 0).
 """
 
@@ -25,6 +28,7 @@ import json
 import os
 import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -49,7 +53,7 @@ class Db(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
     def log_message(self, *a):
         pass
-http.server.ThreadingHTTPServer(("", int(os.environ["PORT_5432"])), Db).serve_forever()
+http.server.ThreadingHTTPServer(("", int(os.environ.get("PORT_5432", "5432"))), Db).serve_forever()
 """
 
 STEPS = ("detected", "fenced", "volume-attached", "balancer-switched")
@@ -94,12 +98,97 @@ def at(step: dict) -> float:
     return dt.datetime.fromisoformat(step["at"].replace("Z", "+00:00")).timestamp()
 
 
+def qemu_of(replica: str) -> int:
+    """The pid of the qemu running `replica` ("db-1"), by its domain name."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmd and cmd[0].endswith(b"qemu-system-x86_64") and any(
+                a.startswith(b"guest=blixard-") and f"-{replica}.".encode() in a for a in cmd):
+            return int(entry)
+    return -1
+
+
+def guests(rounds: int) -> int:
+    """Failovers of real guests on one node: the primary's qemu killed."""
+    import tempfile
+
+    import blixard
+    from blixard.cli import find_agent
+
+    work = Path(tempfile.mkdtemp(prefix="blixard-failover-guests-"))
+    work.chmod(0o755)  # qemu (libvirt's user) opens the volume's image in the pool below
+    log = open(work / "server.log", "wb")
+    server = subprocess.Popen([find_agent(), "--server", "--listen", "127.0.0.1:0",
+                               "--data-dir", str(work / "s"), "--vm-driver", "libvirt"],
+                              stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait(lambda: (work / "s" / "server.json").exists(), 60)
+        info = json.loads((work / "s" / "server.json").read_text())
+        c = blixard.connect(info["address"], token=info["token"])
+        c.create_storage_pool("shared", str(work / "shared"), pool_type="shared-dir")
+        config = work / "db.yaml"
+        config.write_text(json.dumps({"memory": "256M", "ports": [5432],
+                                      "command": ["/usr/bin/python3", "-c", DB]}))
+        c.create_vm("db", config, replicas=2, storage_class="replicated", storage_size="64M",
+                    primary_election_policy="oldest-first")
+
+        def settled():
+            st = c.vm("db").status()
+            return st if st.get("primary") and st.get("readyReplicas") == 2 and st.get(
+                "endpoints") else None
+
+        st = wait(settled, 300)
+        writer = Writer(st["endpoints"][0]["address"])
+        figures = {s: [] for s in STEPS + ("first write",)}
+        stale = 0
+        for r in range(rounds):
+            st = wait(settled, 300)
+            epoch = int(st["primaryEpoch"])
+            primary = next(i for i in st["instances"] if i.get("role") == "primary")
+            wait(lambda: writer.acks and writer.acks[-1][1] == epoch, 60)
+            wall, t0 = time.time(), time.monotonic()
+            os.kill(qemu_of(primary["name"]), signal.SIGKILL)
+            first = wait(lambda: next((t for t, e in writer.acks if e > epoch and t > t0), None),
+                         120)
+            stale += sum(1 for t, e in writer.acks if t > first and e <= epoch)
+            st = wait(lambda: (lambda s: s if s.get("failover") and s["failover"][-1]["step"]
+                               == "balancer-switched" and int(s["primaryEpoch"]) > epoch
+                               else None)(c.vm("db").status()), 60)
+            steps = {s["step"]: at(s) for s in st["failover"]}
+            for name in STEPS:
+                figures[name].append((steps[name] - wall) * 1000)
+            figures["first write"].append((first - t0) * 1000)
+            print(f"guest {r}: " + ", ".join(f"{k} {v[-1]:.0f} ms" for k, v in figures.items()),
+                  flush=True)
+        writer.stopping = True
+        writer.join(5)
+        print(f"guests ({rounds} failovers, TCG): " + "; ".join(
+            f"{k} p50 {statistics.median(v):.0f} / max {max(v):.0f} ms"
+            for k, v in figures.items()))
+        print(f"writes acknowledged by an old epoch after the new one's first: {stale}")
+        c.delete_vm("db")
+        wait(lambda: not c.vms(), 60)
+        return 0
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--cut-rounds", type=int, default=5)
     ap.add_argument("--lease", default="4s")
+    ap.add_argument("--guests", type=int, default=0, metavar="N",
+                    help="N failovers of real guests on one node instead")
     args = ap.parse_args()
+    if args.guests:
+        return guests(args.guests)
     cluster = NetnsCluster(args.lease, "bf")
     try:
         c = cluster.client

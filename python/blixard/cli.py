@@ -965,10 +965,14 @@ def _print_logs(stream, as_json: bool, prefix: bool) -> None:
 def function_watch(c: Ctx, name, from_start, output) -> None:
     """Stream function NAME's events live until Ctrl-C: scale-up/down, placement, throttles,
     failures and changes, one line each (time, reason, node, message)."""
-    as_json = _out(c, output) == "json"
     cl = c.cluster()
     cl.function(name).get()  # not_found for an unknown function
-    watch = cl.function(name).watch(after=0 if from_start else None)
+    _print_watch(cl.function(name).watch(after=0 if from_start else None),
+                 _out(c, output) == "json")
+
+
+def _print_watch(watch, as_json: bool) -> None:
+    """A watch's events as JSON lines or one line each, until Ctrl-C (exit 0) or its end."""
     try:
         for e in watch:
             if as_json:
@@ -1356,20 +1360,9 @@ def vm_watch(c: Ctx, name, from_start, output) -> None:
     """Stream VM set NAME's events live until Ctrl-C: replicas started, failed and replaced,
     rollouts, and each step of a failover (detected, fenced, promoted, volume attached,
     balancer switched) with its time since the failure."""
-    as_json = _out(c, output) == "json"
     cl = c.cluster()
     cl.vm(name).get()  # not_found for an unknown set
-    watch = cl.vm(name).watch(after=0 if from_start else None)
-    try:
-        for e in watch:
-            if as_json:
-                _print_json_line(e)
-            else:
-                click.echo(_event_line(e))
-    except KeyboardInterrupt:
-        pass  # Ctrl-C ends a watch: exit 0
-    finally:
-        watch.close()
+    _print_watch(cl.vm(name).watch(after=0 if from_start else None), _out(c, output) == "json")
 
 
 @vm.command("history")

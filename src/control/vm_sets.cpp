@@ -1065,12 +1065,18 @@ void VmSets::retire(Slot& slot, const std::shared_ptr<Run>& which, milliseconds 
   auto replica = run->replica;
   if (!replica) return;
   ++workers_;
-  std::thread([this, replica, drain] {
+  // A standby holds no data and serves nothing: it goes at once (a promotion waits for it).
+  const bool standby = run->role == "replica";
+  std::thread([this, replica, drain, standby] {
     if (drain.count() > 0) {
       std::unique_lock lock(mutex_);
       wake_.wait_for(lock, drain, [&] { return closed_; });
     }
-    replica->stop(options_.stop_grace);
+    if (standby) {
+      replica->kill();
+    } else {
+      replica->stop(options_.stop_grace);
+    }
     std::lock_guard lock(mutex_);
     --workers_;
     idle_.notify_all();

@@ -66,14 +66,15 @@ http.server.ThreadingHTTPServer(("", int(os.environ["PORT_5432"])), Db).serve_fo
 
 
 class Writer:
-    """Writes through the balancer in a loop; keeps what was acknowledged, by whom, when."""
+    """Writes to `address` (the balancer, or a replica directly) in a loop; keeps what was
+    acknowledged, by whom, when. Its writes are numbered from `first` + 1."""
 
-    def __init__(self, address: str):
+    def __init__(self, address: str, first: int = 0):
         self.address = address
         self.acks: List[Tuple[float, int, str, int]] = []  # (time, seq, replica, epoch)
         self.failed = 0
         self._stop = threading.Event()
-        self._seq = 0
+        self._seq = first
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
@@ -126,10 +127,9 @@ def _status(client, name: str) -> dict:
     return client.vm(name).status()
 
 
-def _primary_node(client, name: str) -> Tuple[str, str]:
+def _primary(client, name: str) -> dict:
     st = _status(client, name)
-    p = next(i for i in st["instances"] if i.get("role") == "primary")
-    return p["name"], p["node"]
+    return next(i for i in st["instances"] if i.get("role") == "primary")
 
 
 @pytest.mark.parametrize("fault", ["kill", "cut", "pause"])
@@ -147,10 +147,14 @@ def test_primary_failover_is_fenced(cluster, tmp_path, fault):
                      primary_election_policy="oldest-first")
     st = poll(lambda: (lambda s: s if s.get("primary") and s.get("readyReplicas") == 3
                        and s.get("endpoints") else None)(_status(client, "db")), timeout=60)
-    old, node = _primary_node(client, "db")
+    primary = _primary(client, "db")
+    old, node = primary["name"], primary["node"]
     nodes = {i["node"] for i in st["instances"]}
     assert len(nodes) == 3, st  # spread: the standbys are elsewhere
     writer = Writer(st["endpoints"][0]["address"])
+    # And straight to the primary's own port, past the balancer: a primary that outlived its
+    # fence would take these.
+    direct = Writer(f"{primary['address']}:{primary['hostPorts']['5432']}", first=1_000_000)
     try:
         poll(lambda: writer.acks, timeout=20)
         agent = cluster.agents[node]
@@ -164,7 +168,8 @@ def test_primary_failover_is_fenced(cluster, tmp_path, fault):
             agent.proc.send_signal(signal.SIGSTOP)
         first = poll(lambda: writer.first_ack_after(1), timeout=30)
         took = first - began
-        new, new_node = _primary_node(client, "db")
+        promoted = _primary(client, "db")
+        new, new_node = promoted["name"], promoted["node"]
         assert new != old and new_node != node
         # The agent comes back (its link, its process): what it ran under the old epoch is
         # gone, and its slot rejoins as a standby.
@@ -181,12 +186,17 @@ def test_primary_failover_is_fenced(cluster, tmp_path, fault):
         time.sleep(0.5)  # writes after the old one came back: still only the new epoch's
     finally:
         writer.stop()
+        direct.stop()
     st = _status(client, "db")
     epoch = int(st["primaryEpoch"])
     assert st["primary"] == new and epoch >= 2, st
     steps = [s["step"] for s in st["failover"]]
     assert steps[0] == "detected" and steps[-1] == "balancer-switched", steps
-    check_wal(shared / "db-data" / "wal", writer.acks)
+    check_wal(shared / "db-data" / "wal", writer.acks + direct.acks)
+    new_first = writer.first_ack_after(1)
+    late = [a for a in direct.acks if a[0] > new_first]
+    assert not late, f"the old primary took writes after the new one's first: {late[:5]}"
+    assert direct.acks, "the direct writer never reached the primary"
     assert {e for _, _, _, e in writer.acks} == {1, epoch}
     print(f"\n{fault}: first write accepted by the new primary {took * 1000:.0f} ms after the "
           f"fault; {writer.failed} writes failed meanwhile; steps "
