@@ -18,6 +18,7 @@
 #include <atomic>
 #include <cmath>
 #include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <deque>
@@ -673,6 +674,32 @@ void hand_to_qemu(const fs::path& dir) {
   }
 }
 
+// qemu runs as libvirt-qemu and opens a volume's image itself: every directory above the pool
+// must let it through, or the guest fails with qemu's bare "Permission denied". Said first,
+// naming the directory (a pool under a mkdtemp'd 0700 directory is the usual case).
+void check_qemu_reaches(const fs::path& pool) {
+  const passwd* pw = ::getpwnam("libvirt-qemu");
+  if (pw == nullptr) return;  // another setup (qemu:///session, or root): libvirt says
+  for (fs::path dir = pool; !dir.empty(); dir = dir.parent_path()) {
+    struct stat st {};
+    if (::stat(dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) {
+      const bool through = (st.st_mode & S_IXOTH) != 0 ||
+                           (st.st_uid == pw->pw_uid && (st.st_mode & S_IXUSR) != 0) ||
+                           (st.st_gid == pw->pw_gid && (st.st_mode & S_IXGRP) != 0);
+      if (!through) {
+        char mode[8];
+        std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+        throw Error(errc::unavailable,
+                    "qemu (user libvirt-qemu) cannot reach storage pool " + pool.string() + ": " +
+                        dir.string() + " is mode " + mode +
+                        " (let it through with `chmod o+x`, or make the pool elsewhere)",
+                    "storage");
+      }
+    }
+    if (dir == dir.root_path()) break;
+  }
+}
+
 class LibvirtDriver final : public Driver {
  public:
   explicit LibvirtDriver(LibvirtOptions options) : options_(std::move(options)) {
@@ -846,6 +873,7 @@ class LibvirtDriver final : public Driver {
                       "run the set with driver sandbox, or delete the volume",
                   "storage");
     }
+    check_qemu_reaches(volume.pool_path());
     std::lock_guard lock(storage_mutex_);
     Pool pool = storage_pool(volume.pool_path());
     const std::string file = volume_path(volume, k_volume_image).filename().string();

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
+#include <pwd.h>
 #include <unistd.h>
 
 #include <sys/stat.h>
@@ -403,6 +404,32 @@ TEST_F(LibvirtDriverTest, TheSeedsPostgresqlRunsInAGuestOnItsVolume) {
     events_.lines.clear();
   }
   driver_->remove_volume(volume);
+}
+
+// qemu opens a volume's image as libvirt-qemu: a pool under a directory it cannot pass is said
+// before any guest starts, naming the directory, rather than as qemu's bare "Permission denied".
+TEST_F(LibvirtDriverTest, APoolQemuCannotReachIsRefusedNamingTheDirectory) {
+  if (::getpwnam("libvirt-qemu") == nullptr) GTEST_SKIP() << "qemu does not run as libvirt-qemu";
+  const fs::path closed = dir_ / "closed";
+  fs::create_directories(closed);
+  fs::permissions(closed, fs::perms::owner_all);  // 0700, as mkdtemp makes
+  v1::VolumeAttachment volume;
+  volume.set_name("db-data");
+  volume.set_pool_type("shared-dir");
+  volume.set_pool_path((closed / "pool").string());
+  volume.set_size_mib(16);
+  volume.set_mount_point("/data");
+  auto o = replica("db-1", {});
+  o.volume = volume;
+  try {
+    driver_->start_replica(o);
+    FAIL() << "a guest started on a pool qemu cannot reach";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), errc::unavailable);
+    EXPECT_THAT(e.what(), HasSubstr(closed.string() + " is mode 0700"));
+    EXPECT_THAT(e.what(), HasSubstr("chmod o+x"));
+  }
+  EXPECT_FALSE(events_.exited().has_value());
 }
 
 TEST_F(LibvirtDriverTest, AGuestOnANetworkIsReachedAtItsAddress) {
