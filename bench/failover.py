@@ -35,7 +35,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-from netns_cluster import NetnsCluster, wait
+from bench_util import qemu_pid, replica_pid, wait
+from netns_cluster import NetnsCluster
 
 # A replica: a standby idles; the primary acknowledges each POST with its epoch.
 DB = r"""
@@ -80,37 +81,9 @@ class Writer(threading.Thread):
                 time.sleep(0.005)
 
 
-def pid_of(replica: str) -> int:
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            env = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"BLIXARD_REPLICA={replica}".encode() in env and b"BLIXARD_ROLE=primary" in env:
-            return int(entry)
-    return -1
-
-
 def at(step: dict) -> float:
     """A step's wall-clock time (its `at`, RFC 3339)."""
     return dt.datetime.fromisoformat(step["at"].replace("Z", "+00:00")).timestamp()
-
-
-def qemu_of(replica: str) -> int:
-    """The pid of the qemu running `replica` ("db-1"), by its domain name."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if cmd and cmd[0].endswith(b"qemu-system-x86_64") and any(
-                a.startswith(b"guest=blixard-") and f"-{replica}.".encode() in a for a in cmd):
-            return int(entry)
-    return -1
 
 
 def guests(rounds: int) -> int:
@@ -152,7 +125,7 @@ def guests(rounds: int) -> int:
             primary = next(i for i in st["instances"] if i.get("role") == "primary")
             wait(lambda: writer.acks and writer.acks[-1][1] == epoch, 60)
             wall, t0 = time.time(), time.monotonic()
-            os.kill(qemu_of(primary["name"]), signal.SIGKILL)
+            os.kill(qemu_pid(primary["name"]), signal.SIGKILL)
             first = wait(lambda: next((t for t, e in writer.acks if e > epoch and t > t0), None),
                          120)
             stale += sum(1 for t, e in writer.acks if t > first and e <= epoch)
@@ -222,7 +195,7 @@ def main() -> int:
                 wait(lambda: writer.acks and writer.acks[-1][1] == epoch, 20)
                 wall, t0 = time.time(), time.monotonic()
                 if kind == "process":
-                    os.kill(pid_of(primary["name"]), signal.SIGKILL)
+                    os.kill(replica_pid(primary["name"], b"BLIXARD_ROLE=primary"), signal.SIGKILL)
                 elif kind == "agent":
                     cluster.kill(primary["node"])
                 else:

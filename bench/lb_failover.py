@@ -39,6 +39,8 @@ import urllib.request
 from pathlib import Path
 
 import blixard
+from bench_util import qemu_pid, replica_pid
+from bench_util import wait as _wait
 
 REPO = Path(__file__).resolve().parents[1]
 PYTHON = "/usr/bin/python3"
@@ -61,39 +63,7 @@ GUEST = """{ ... }: {
 
 
 def wait(cond, timeout=120.0, step=0.005):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(step)
-    raise TimeoutError("condition not met")
-
-
-def replica_pid(name: str):
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            env = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"BLIXARD_REPLICA={name}".encode() in env:
-            return int(entry)
-    return None
-
-
-def qemu_pid(replica: str):
-    """The qemu of the guest running `replica` ("lbg-2", domain "blixard-<hash>-lbg-2.<n>")."""
-    for pidfile in Path("/run/libvirt/qemu").glob("*.pid"):
-        if pidfile.stem.rsplit(".", 1)[0].endswith("-" + replica):
-            try:
-                pid = int(pidfile.read_text())
-                os.kill(pid, 0)
-                return pid
-            except (OSError, ValueError):
-                continue
-    return None
+    return _wait(cond, timeout, step)
 
 
 class Spy:

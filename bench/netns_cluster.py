@@ -9,26 +9,16 @@ import os
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 import blixard
+from bench_util import wait
 from blixard.cli import find_agent
 
 
 def ip(*args: str, check: bool = True) -> None:
     subprocess.run(["ip", *args], check=check, capture_output=True)
-
-
-def wait(cond, timeout=30.0, step=0.01):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(step)
-    raise TimeoutError("condition not met")
 
 
 class NetnsCluster:

@@ -20,7 +20,8 @@ import sys
 import time
 
 import blixard
-from netns_cluster import NetnsCluster, wait
+from bench_util import wait
+from netns_cluster import NetnsCluster
 
 
 def main() -> int:

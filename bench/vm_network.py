@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import blixard
+from bench_util import pct
 from blixard.cli import find_agent
 
 SERVER = """\
@@ -48,11 +49,6 @@ def get(port: int) -> float:
             reply += chunk
     assert reply.endswith(b"ok"), reply
     return time.perf_counter() - began
-
-
-def pct(values, p):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
 def main() -> int:

@@ -33,6 +33,8 @@ import urllib.request
 from pathlib import Path
 
 import blixard
+from bench_util import pct, replica_pid
+from bench_util import wait as _wait
 from blixard.cli import find_agent
 
 PYTHON = "/usr/bin/python3"
@@ -50,13 +52,7 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), P).serve
 
 
 def wait(cond, timeout=60.0, step=0.002):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(step)
-    raise TimeoutError("condition not met")
+    return _wait(cond, timeout, step)
 
 
 def accepts(port: int) -> bool:
@@ -75,11 +71,6 @@ def free_port() -> int:
     return port
 
 
-def pct(values, p):
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
-
-
 def ms(v):
     return f"{v * 1000:.1f} ms"
 
@@ -94,19 +85,6 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
-
-
-def replica_pid(name: str):
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            env = Path(f"/proc/{entry}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"BLIXARD_REPLICA={name}".encode() in env:
-            return int(entry)
-    return None
 
 
 def main() -> int:
