@@ -30,12 +30,15 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
 from pathlib import Path
 
+import blixard
 from bench_util import qemu_pid, replica_pid, wait
+from blixard.cli import find_agent
 from netns_cluster import NetnsCluster
 
 # A replica: a standby idles; the primary acknowledges each POST with its epoch.
@@ -86,13 +89,69 @@ def at(step: dict) -> float:
     return dt.datetime.fromisoformat(step["at"].replace("Z", "+00:00")).timestamp()
 
 
+def create_set(c, work: Path, replicas: int, memory: str) -> None:
+    c.create_storage_pool("shared", str(work / "shared"), pool_type="shared-dir")
+    config = work / "db.yaml"
+    config.write_text(json.dumps({"memory": memory, "ports": [5432],
+                                  "command": ["/usr/bin/python3", "-c", DB]}))
+    c.create_vm("db", config, replicas=replicas, storage_class="replicated",
+                storage_size="64M", primary_election_policy="oldest-first")
+
+
+class Failovers:
+    """Rounds of a lost primary on set "db": each step's time from the loss, per kind."""
+
+    def __init__(self, c, replicas: int, timeout: float):
+        self.c, self.replicas, self.timeout = c, replicas, timeout
+        self.figures = {}
+        self.stale = 0  # writes acknowledged by an old epoch after the new one's first
+        self.writer = Writer(wait(self.settled, timeout)["endpoints"][0]["address"])
+
+    def settled(self):
+        # (Spread at first; a slot started again while its node was away stays where it went: a
+        # standby, so that node may hold two.)
+        st = self.c.vm("db").status()
+        ok = st.get("primary") and st.get("readyReplicas") == self.replicas and st.get("endpoints")
+        return st if ok else None
+
+    def round(self, kind: str, lose) -> dict:
+        """Loses the primary with `lose(instance)`; returns that instance."""
+        writer = self.writer
+        st = wait(self.settled, self.timeout)
+        epoch = int(st["primaryEpoch"])
+        primary = next(i for i in st["instances"] if i.get("role") == "primary")
+        wait(lambda: writer.acks and writer.acks[-1][1] == epoch, self.timeout)
+        wall, t0 = time.time(), time.monotonic()
+        lose(primary)
+        first = wait(lambda: next((t for t, e in writer.acks if e > epoch and t > t0), None),
+                     self.timeout)
+        self.stale += sum(1 for t, e in writer.acks if t > first and e <= epoch)
+        st = wait(lambda: (lambda s: s if s.get("failover") and s["failover"][-1]["step"]
+                           == "balancer-switched" and int(s["primaryEpoch"]) > epoch
+                           else None)(self.c.vm("db").status()), self.timeout)
+        steps = {s["step"]: at(s) for s in st["failover"]}
+        figures = self.figures.setdefault(kind, {s: [] for s in STEPS + ("first write",)})
+        for name in STEPS:
+            figures[name].append((steps[name] - wall) * 1000)
+        figures["first write"].append((first - t0) * 1000)
+        print(f"{kind} {len(figures['first write']) - 1}: " +
+              ", ".join(f"{k} {v[-1]:.0f} ms" for k, v in figures.items()), flush=True)
+        return primary
+
+    def report(self, what: str) -> None:
+        self.writer.stopping = True
+        self.writer.join(5)
+        for kind, steps in self.figures.items():
+            print(f"{kind} ({len(steps['first write'])} failovers, {what}): " +
+                  "; ".join(f"{k} p50 {statistics.median(v):.0f} / max {max(v):.0f} ms"
+                            for k, v in steps.items()))
+        print(f"writes acknowledged by an old epoch after the new one's first: {self.stale}; "
+              f"writes failed in all: {self.writer.failed} of "
+              f"{self.writer.failed + len(self.writer.acks)}")
+
+
 def guests(rounds: int) -> int:
     """Failovers of real guests on one node: the primary's qemu killed."""
-    import tempfile
-
-    import blixard
-    from blixard.cli import find_agent
-
     work = Path(tempfile.mkdtemp(prefix="blixard-failover-guests-"))
     work.chmod(0o755)  # qemu (libvirt's user) opens the volume's image in the pool below
     log = open(work / "server.log", "wb")
@@ -103,47 +162,11 @@ def guests(rounds: int) -> int:
         wait(lambda: (work / "s" / "server.json").exists(), 60)
         info = json.loads((work / "s" / "server.json").read_text())
         c = blixard.connect(info["address"], token=info["token"])
-        c.create_storage_pool("shared", str(work / "shared"), pool_type="shared-dir")
-        config = work / "db.yaml"
-        config.write_text(json.dumps({"memory": "256M", "ports": [5432],
-                                      "command": ["/usr/bin/python3", "-c", DB]}))
-        c.create_vm("db", config, replicas=2, storage_class="replicated", storage_size="64M",
-                    primary_election_policy="oldest-first")
-
-        def settled():
-            st = c.vm("db").status()
-            return st if st.get("primary") and st.get("readyReplicas") == 2 and st.get(
-                "endpoints") else None
-
-        st = wait(settled, 300)
-        writer = Writer(st["endpoints"][0]["address"])
-        figures = {s: [] for s in STEPS + ("first write",)}
-        stale = 0
-        for r in range(rounds):
-            st = wait(settled, 300)
-            epoch = int(st["primaryEpoch"])
-            primary = next(i for i in st["instances"] if i.get("role") == "primary")
-            wait(lambda: writer.acks and writer.acks[-1][1] == epoch, 60)
-            wall, t0 = time.time(), time.monotonic()
-            os.kill(qemu_pid(primary["name"]), signal.SIGKILL)
-            first = wait(lambda: next((t for t, e in writer.acks if e > epoch and t > t0), None),
-                         120)
-            stale += sum(1 for t, e in writer.acks if t > first and e <= epoch)
-            st = wait(lambda: (lambda s: s if s.get("failover") and s["failover"][-1]["step"]
-                               == "balancer-switched" and int(s["primaryEpoch"]) > epoch
-                               else None)(c.vm("db").status()), 60)
-            steps = {s["step"]: at(s) for s in st["failover"]}
-            for name in STEPS:
-                figures[name].append((steps[name] - wall) * 1000)
-            figures["first write"].append((first - t0) * 1000)
-            print(f"guest {r}: " + ", ".join(f"{k} {v[-1]:.0f} ms" for k, v in figures.items()),
-                  flush=True)
-        writer.stopping = True
-        writer.join(5)
-        print(f"guests ({rounds} failovers, TCG): " + "; ".join(
-            f"{k} p50 {statistics.median(v):.0f} / max {max(v):.0f} ms"
-            for k, v in figures.items()))
-        print(f"writes acknowledged by an old epoch after the new one's first: {stale}")
+        create_set(c, work, 2, "256M")
+        failovers = Failovers(c, 2, 300)
+        for _ in range(rounds):
+            failovers.round("guest", lambda p: os.kill(qemu_pid(p["name"]), signal.SIGKILL))
+        failovers.report("TCG")
         c.delete_vm("db")
         wait(lambda: not c.vms(), 60)
         return 0
@@ -164,68 +187,21 @@ def main() -> int:
         return guests(args.guests)
     cluster = NetnsCluster(args.lease, "bf")
     try:
-        c = cluster.client
         for name in ("n1", "n2", "n3"):
             cluster.start(name)
-        c.create_storage_pool("shared", str(cluster.work / "shared"), pool_type="shared-dir")
-        config = cluster.work / "db.yaml"
-        config.write_text(json.dumps({"memory": "64M", "ports": [5432],
-                                      "command": ["/usr/bin/python3", "-c", DB]}))
-        c.create_vm("db", config, replicas=3, storage_class="replicated", storage_size="1G",
-                    primary_election_policy="oldest-first")
-
-        def settled():
-            st = c.vm("db").status()
-            # (Spread at first; a slot started again while its node was away stays where it
-            # went: a standby, so that node may hold two.)
-            ok = st.get("primary") and st.get("readyReplicas") == 3 and st.get("endpoints")
-            return st if ok else None
-
-        st = wait(settled, 60)
-        writer = Writer(st["endpoints"][0]["address"])
-        figures = {k: {s: [] for s in STEPS + ("first write",)} for k in ("process", "agent",
-                                                                           "cut")}
-        stale = 0
-        for kind, rounds in (("process", args.rounds), ("agent", args.rounds),
-                             ("cut", args.cut_rounds)):
-            for r in range(rounds):
-                st = wait(settled, 60)
-                epoch = int(st["primaryEpoch"])
-                primary = next(i for i in st["instances"] if i.get("role") == "primary")
-                wait(lambda: writer.acks and writer.acks[-1][1] == epoch, 20)
-                wall, t0 = time.time(), time.monotonic()
-                if kind == "process":
-                    os.kill(replica_pid(primary["name"], b"BLIXARD_ROLE=primary"), signal.SIGKILL)
-                elif kind == "agent":
-                    cluster.kill(primary["node"])
-                else:
-                    cluster.cut(primary["node"])
-                first = wait(lambda: next((t for t, e in writer.acks if e > epoch and t > t0),
-                                          None), 60)
-                stale += sum(1 for t, e in writer.acks if t > first and e <= epoch)
-                st = wait(lambda: (lambda s: s if s.get("failover") and s["failover"][-1]["step"]
-                                   == "balancer-switched" and int(s["primaryEpoch"]) > epoch
-                                   else None)(c.vm("db").status()), 30)
-                steps = {s["step"]: at(s) for s in st["failover"]}
-                for name in STEPS:
-                    figures[kind][name].append((steps[name] - wall) * 1000)
-                figures[kind]["first write"].append((first - t0) * 1000)
-                print(f"{kind} {r}: " + ", ".join(
-                    f"{k} {v[-1]:.0f} ms" for k, v in figures[kind].items()), flush=True)
-                if kind == "agent":
-                    cluster.start(primary["node"])
-                elif kind == "cut":
-                    cluster.restore(primary["node"])
-                    wait(lambda: cluster.ready(primary["node"]), 60)
-        writer.stopping = True
-        writer.join(5)
-        for kind, steps in figures.items():
-            if steps["first write"]:
-                print(f"{kind} ({len(steps['first write'])} failovers, lease {args.lease}): " +
-                      "; ".join(f"{k} p50 {statistics.median(v):.0f} / max {max(v):.0f} ms"
-                                for k, v in steps.items()))
-        print(f"writes acknowledged by an old epoch after the new one's first: {stale}; "
-              f"writes failed in all: {writer.failed} of {writer.failed + len(writer.acks)}")
+        create_set(cluster.client, cluster.work, 3, "64M")
+        failovers = Failovers(cluster.client, 3, 60)
+        for _ in range(args.rounds):
+            failovers.round("process", lambda p: os.kill(
+                replica_pid(p["name"], b"BLIXARD_ROLE=primary"), signal.SIGKILL))
+        for _ in range(args.rounds):
+            lost = failovers.round("agent", lambda p: cluster.kill(p["node"]))
+            cluster.start(lost["node"])
+        for _ in range(args.cut_rounds):
+            lost = failovers.round("cut", lambda p: cluster.cut(p["node"]))
+            cluster.restore(lost["node"])
+            wait(lambda: cluster.ready(lost["node"]), 60)
+        failovers.report(f"lease {args.lease}")
         return 0
     finally:
         cluster.close()
