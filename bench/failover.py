@@ -26,6 +26,7 @@ import datetime as dt
 import http.client
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -173,6 +174,7 @@ def guests(rounds: int) -> int:
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(60)
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> int:

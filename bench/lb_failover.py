@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -222,6 +223,7 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "blixard", "down"], env=env, capture_output=True)
         if args.guest_rounds:
             subprocess.run([str(REPO / "scripts/libvirtd"), "stop", str(state)])
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

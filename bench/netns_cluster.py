@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -98,3 +99,4 @@ class NetnsCluster:
                 ip("netns", "del", thing[6:], check=False)
             else:
                 ip("link", "del", thing, check=False)
+        shutil.rmtree(self.work, ignore_errors=True)
