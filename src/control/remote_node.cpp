@@ -210,7 +210,10 @@ void RemoteNode::remove_volume(const v1::VolumeAttachment& volume) {
 
 void RemoteNode::overlay_peers(const std::vector<std::string>& addresses) {
   v1::AgentFrame frame;
-  for (const auto& a : addresses) frame.mutable_overlay_peers()->add_addresses(a);
+  // Set even when empty (the last peer left): a frame of no kind is malformed on the channel,
+  // and the agent would drop its connection, and its instances with it.
+  auto& peers = *frame.mutable_overlay_peers();
+  for (const auto& a : addresses) peers.add_addresses(a);
   send(frame);  // not connected: its next replica start brings them
 }
 
