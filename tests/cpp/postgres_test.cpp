@@ -298,26 +298,17 @@ TEST_F(PostgresReplicaTest, ClientsReachTheSetThroughTheLoadBalancer) {
       }
     }
   } reaper{pid};
-  auto field = [](const std::string& json, const std::string& key) {
-    const auto at = json.find("\"" + key + "\":\"");
-    if (at == std::string::npos) return std::string();
-    const auto start = at + key.size() + 4;
-    return json.substr(start, json.find('"', start) - start);
-  };
-  std::string state;
+  blixard::test_support::ServerState state;
   ASSERT_TRUE(eventually(
       [&] {
-        std::ifstream in(data / "server.json");
-        std::stringstream ss;
-        ss << in.rdbuf();
-        state = ss.str();
-        return !field(state, "token").empty();
+        state = blixard::test_support::read_server_state(data);
+        return !state.token.empty() && !state.address.empty();
       },
       30s))
       << "the server did not start";
   blixard::ConnectOptions options;
-  options.token = field(state, "token");
-  auto cluster = blixard::Cluster::connect(field(state, "address"), options);
+  options.token = state.token;
+  auto cluster = blixard::Cluster::connect(state.address, options);
   v1::StoragePoolSpec pool;
   pool.set_type("dir");
   pool.set_path((work_ / "pool").string());

@@ -45,6 +45,22 @@ inline std::string read_proc_file(const std::filesystem::path& path) {
   return text;
 }
 
+// What a `blixard-agent --server` wrote to <data>/server.json once it serves: its address and
+// admin token (each empty until then; read again on each call).
+struct ServerState {
+  std::string address, token;
+};
+inline ServerState read_server_state(const std::filesystem::path& data) {
+  const std::string json = read_proc_file(data / "server.json");
+  auto field = [&](const std::string& key) {
+    const auto at = json.find("\"" + key + "\":\"");
+    if (at == std::string::npos) return std::string();
+    const auto start = at + key.size() + 4;
+    return json.substr(start, json.find('"', start) - start);
+  };
+  return {field("address"), field("token")};
+}
+
 // The Python zygote itself (not an instance it forked: those live in PID namespaces of their own).
 inline bool is_zygote(const std::filesystem::path& proc) {
   const std::string cmdline = read_proc_file(proc / "cmdline");
