@@ -80,6 +80,9 @@ options:
   -h, --help            this text
 
 With --server it writes DIR/server.json {"address", "token", "pid"}; SIGTERM or SIGINT stop it.
+With --join, SIGTERM or SIGINT stop it and what it runs; SIGUSR2 stops it but leaves its guests
+(libvirt) running for the next agent on its data dir, which takes them back if it joins within
+the node's lease (an upgrade in place; a killed or crashed agent's guests are taken back too).
 exit codes: 0 stopped cleanly, 1 could not start, 2 bad usage.
 )";
 
@@ -334,8 +337,10 @@ int run_joined(const Args& args, const std::shared_ptr<spdlog::logger>& logger,
         });
     std::unique_ptr<blixard::runtime::Driver> vm_driver;
     if (args.vm_driver == "libvirt") {
-      vm_driver = blixard::runtime::make_libvirt_driver(
-          blixard::runtime::libvirt_options(args.data_dir, args.libvirt_uri, args.vm_snapshots));
+      auto options =
+          blixard::runtime::libvirt_options(args.data_dir, args.libvirt_uri, args.vm_snapshots);
+      options.adopt = true;  // the guests of an agent that ended within the lease run on
+      vm_driver = blixard::runtime::make_libvirt_driver(std::move(options));
     }
     node = std::make_shared<blixard::agent::LocalNode>(
         args.node_name, spec, blixard::runtime::make_sandbox_driver(sandbox), code,
@@ -357,9 +362,19 @@ int run_joined(const Args& args, const std::shared_ptr<spdlog::logger>& logger,
   std::thread serving([&] { joiner->run(); });
   int signal_number = 0;
   sigwait(&signals, &signal_number);
-  logger->info("received signal {}, stopping", signal_number);
+  const bool leave_guests = signal_number == SIGUSR2;
+  logger->info("received signal {}, stopping{}", signal_number,
+               leave_guests ? ", leaving its guests for the next agent" : "");
   joiner->stop();
   serving.join();
+  if (leave_guests) {
+    node->detach();
+    logger->info("stopped; its guests run on");
+    logger->flush();
+    // At once: the guests' watchers (blocked reading their consoles) end with the process, not
+    // under a driver being destroyed.
+    std::_Exit(0);
+  }
   node->shutdown();
   logger->info("stopped");
   return 0;
@@ -386,6 +401,7 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGHUP);
+  sigaddset(&signals, SIGUSR2);  // a joined agent: stop, leaving the guests (docs/vms.md)
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
 

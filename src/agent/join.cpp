@@ -65,6 +65,8 @@ struct Joiner::Impl {
   std::unique_ptr<LatencyProbe> probe;
   // Kills this node's primaries when the server is no longer heard from (options.watchdog_binary).
   std::shared_ptr<FenceWatchdog> watchdog;
+  // The replicas that outlive a connection, until the next welcome (Session::Keeper).
+  std::shared_ptr<Session::Keeper> keeper = std::make_shared<Session::Keeper>();
 
   // Probes the peers a Peers frame names; their round trips go up on `weak`.
   void measure_peers(const v1::Peers& peers, const std::weak_ptr<FrameSocket>& weak) {
@@ -117,7 +119,7 @@ struct Joiner::Impl {
           auto sock = weak.lock();
           return sock && sock->send(f);
         },
-        watchdog);
+        watchdog, keeper);
     auto heartbeat = std::make_shared<std::atomic<std::int64_t>>(0);
     auto refused = std::make_shared<std::string>();
     s->start({[session, heartbeat, refused, weak = std::weak_ptr(s), this](v1::AgentFrame& f) {
@@ -129,8 +131,8 @@ struct Joiner::Impl {
                   if (watchdog && f.welcome().lease_ms() > 0) {
                     watchdog->set_after(milliseconds(f.welcome().lease_ms() / 2));
                   }
-                  options.logger->info("joined as {} (epoch {})", node->name(),
-                                       f.welcome().epoch());
+                  options.logger->info("joined as {} (epoch {}, {} replica(s) kept)", node->name(),
+                                       f.welcome().epoch(), f.welcome().adopted_size());
                 } else if (f.has_error()) {
                   *refused = f.error().message();
                 }
@@ -186,6 +188,14 @@ Joiner::Joiner(std::shared_ptr<LocalNode> node, JoinOptions options)
     // Until the welcome says the lease: the server's default (4 s) / 2.
     impl_->watchdog =
         FenceWatchdog::start(impl_->options.watchdog_binary, std::chrono::milliseconds(2000));
+  }
+  // The guests an earlier agent on this node left running: kept until the first welcome says
+  // which the server still holds.
+  auto taken_back = impl_->node->adopt_leftovers(impl_->keeper->on_log(), impl_->keeper->on_exit());
+  impl_->keeper->keep(taken_back);
+  if (!taken_back.empty()) {
+    impl_->options.logger->info("took back {} replica(s) an earlier agent left running",
+                                taken_back.size());
   }
   if (impl_->options.probe) {
     impl_->probe =

@@ -84,7 +84,9 @@ std::shared_ptr<runtime::Replica> LocalNode::start_replica(
     throw Error(errc::unavailable, "node " + name_ + " has no " + assignment.replica.spec.driver() +
                                        " driver for replica " + name);
   }
-  auto replica = driver->start_replica(assignment.replica);
+  runtime::ReplicaOptions options = assignment.replica;
+  options.epoch = assignment.epoch;
+  auto replica = driver->start_replica(options);
   std::lock_guard lock(mutex_);
   std::erase_if(replicas_, [](const auto& kv) { return kv.second.replica.expired(); });
   replicas_[name] = {replica, assignment.epoch};
@@ -159,9 +161,24 @@ std::vector<v1::RunningInstance> LocalNode::running() const {
   return out;
 }
 
-void LocalNode::set_epoch(std::int64_t epoch) {
+std::vector<std::shared_ptr<runtime::Replica>> LocalNode::adopt_leftovers(
+    const runtime::ReplicaOptions::LogCallback& on_log,
+    const std::function<void(const runtime::ReplicaExit&)>& on_exit) {
+  if (!vm_driver_) return {};
+  std::vector<std::shared_ptr<runtime::Replica>> out;
+  auto adopted = vm_driver_->adopt(on_log, on_exit);
+  std::lock_guard lock(mutex_);
+  for (auto& a : adopted) {
+    replicas_[a.replica->name()] = {a.replica, a.epoch};
+    out.push_back(std::move(a.replica));
+  }
+  return out;
+}
+
+void LocalNode::set_epoch(std::int64_t epoch, const std::vector<std::string>& adopted) {
   std::vector<std::shared_ptr<runtime::Instance>> stale;
   std::vector<std::shared_ptr<runtime::Replica>> stale_replicas;
+  std::vector<std::shared_ptr<runtime::Replica>> kept;  // adopted: told so outside the lock
   {
     std::lock_guard lock(mutex_);
     epoch_ = epoch;
@@ -169,6 +186,12 @@ void LocalNode::set_epoch(std::int64_t epoch) {
       auto in = it->second.instance.lock();
       if (in && it->second.epoch < epoch) stale.push_back(std::move(in));
       it = !in || it->second.epoch < epoch ? running_.erase(it) : std::next(it);
+    }
+    for (const auto& name : adopted) {
+      auto it = replicas_.find(name);
+      if (it == replicas_.end()) continue;
+      it->second.epoch = std::max(it->second.epoch, epoch);
+      if (auto r = it->second.replica.lock()) kept.push_back(std::move(r));
     }
     for (auto it = replicas_.begin(); it != replicas_.end();) {
       auto r = it->second.replica.lock();
@@ -178,6 +201,12 @@ void LocalNode::set_epoch(std::int64_t epoch) {
   }
   for (auto& in : stale) in->kill();
   for (auto& r : stale_replicas) r->kill();
+  for (auto& r : kept) r->adopted(epoch);
+}
+
+void LocalNode::detach() {
+  if (vm_driver_) vm_driver_->detach();
+  driver_->shutdown();
 }
 
 void LocalNode::shutdown() {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -40,9 +41,19 @@ class LocalNode final : public control::Node {
   std::vector<std::string> instances() const override;
   // Kills every instance; later starts fail with unavailable.
   void shutdown() override;
+  // As shutdown(), but leaves the guests its VM driver runs for the next agent to take back
+  // (runtime::Driver::detach): an agent upgraded in place.
+  void detach();
 
-  // The epoch the server gave this node; instances of older epochs are stopped (fenced).
-  void set_epoch(std::int64_t epoch);
+  // The epoch the server gave this node; instances of older epochs are stopped (fenced), except
+  // the replicas `adopted` names, which run on under `epoch`.
+  void set_epoch(std::int64_t epoch, const std::vector<std::string>& adopted = {});
+  // Takes back the replicas an earlier agent's VM driver left running (runtime::Driver::adopt),
+  // with these callbacks, under the epochs they were started under; until set_epoch adopts them
+  // they run as from before a reconnect.
+  std::vector<std::shared_ptr<runtime::Replica>> adopt_leftovers(
+      const runtime::ReplicaOptions::LogCallback& on_log,
+      const std::function<void(const runtime::ReplicaExit&)>& on_exit);
   // What runs, with the epoch each was assigned under (for the agent's hello).
   std::vector<v1::RunningInstance> running() const;
 

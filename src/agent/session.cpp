@@ -21,10 +21,54 @@ v1::Status status_of(const std::exception_ptr& error) {
 }  // namespace
 
 Session::Session(std::shared_ptr<LocalNode> node, boost::asio::any_io_executor executor, Send send,
-                 std::shared_ptr<FenceWatchdog> watchdog)
+                 std::shared_ptr<FenceWatchdog> watchdog, std::shared_ptr<Keeper> keeper)
     : node_(std::move(node)),
       executor_(std::move(executor)),
-      out_(std::make_shared<Outbox>(std::move(send), std::move(watchdog))) {}
+      out_(std::make_shared<Outbox>(std::move(send), std::move(watchdog))),
+      keeper_(std::move(keeper)) {
+  if (keeper_) {
+    std::lock_guard lock(keeper_->mutex_);
+    keeper_->current_ = out_;
+  }
+}
+
+runtime::ReplicaOptions::LogCallback Session::Keeper::on_log() {
+  // Weak: a replica's callback must not be what keeps the keeper (and its replicas) alive.
+  return [weak = weak_from_this()](const std::string& replica, const std::string& stream,
+                                   std::string line) {
+    auto keeper = weak.lock();
+    if (!keeper) return;
+    std::shared_ptr<Outbox> out;
+    {
+      std::lock_guard lock(keeper->mutex_);
+      out = keeper->current_.lock();
+    }
+    if (out) out->log(replica, stream, std::move(line));
+  };
+}
+
+std::function<void(const runtime::ReplicaExit&)> Session::Keeper::on_exit() {
+  return [weak = weak_from_this()](const runtime::ReplicaExit& exit) {
+    auto keeper = weak.lock();
+    if (!keeper) return;
+    std::shared_ptr<Outbox> out;
+    std::shared_ptr<runtime::Replica> gone;  // released after the lock
+    {
+      std::lock_guard lock(keeper->mutex_);
+      out = keeper->current_.lock();
+      if (auto it = keeper->kept_.find(exit.replica); it != keeper->kept_.end()) {
+        gone = std::move(it->second);
+        keeper->kept_.erase(it);
+      }
+    }
+    if (out) out->replica_exited(exit);
+  };
+}
+
+void Session::Keeper::keep(const std::vector<std::shared_ptr<runtime::Replica>>& replicas) {
+  std::lock_guard lock(mutex_);
+  for (const auto& r : replicas) kept_[r->name()] = r;
+}
 
 Session::~Session() { close(); }
 
@@ -49,7 +93,7 @@ v1::AgentFrame Session::hello(const std::string& version) const {
 void Session::receive(v1::AgentFrame& frame) {
   switch (frame.kind_case()) {
     case v1::AgentFrame::kWelcome:
-      node_->set_epoch(frame.welcome().epoch());  // fences what ran under older epochs
+      welcome(frame.welcome());
       return;
     case v1::AgentFrame::kAssign:
       assign(frame.assign());
@@ -81,6 +125,24 @@ void Session::receive(v1::AgentFrame& frame) {
     default:
       return;
   }
+}
+
+void Session::welcome(const v1::AgentWelcome& welcome) {
+  const std::vector<std::string> adopted(welcome.adopted().begin(), welcome.adopted().end());
+  // Fences what ran under older epochs: what the keeper holds that the server gave up, too.
+  node_->set_epoch(welcome.epoch(), adopted);
+  if (!keeper_) return;
+  std::map<std::string, std::shared_ptr<runtime::Replica>> given_up;  // killed by set_epoch
+  std::lock_guard keep(keeper_->mutex_);
+  std::lock_guard lock(out_->mutex);
+  for (const auto& name : adopted) {
+    if (auto it = keeper_->kept_.find(name); it != keeper_->kept_.end()) {
+      out_->replicas[name] = std::move(it->second);
+      out_->kept.insert(name);
+      keeper_->kept_.erase(it);
+    }
+  }
+  given_up.swap(keeper_->kept_);
 }
 
 void Session::assign(const v1::Assign& assign) {
@@ -165,7 +227,7 @@ void Session::assign_replica(const v1::AssignReplica& assign) {
     if (out_->closed) return;
   }
   // Readiness may take a guest's boot: on a thread of its own.
-  std::thread([node = node_, out = out_, assign] {
+  std::thread([node = node_, out = out_, keeper = keeper_, assign] {
     control::ReplicaAssignment a;
     a.epoch = assign.epoch();
     a.replica.vm = assign.vm();
@@ -174,35 +236,31 @@ void Session::assign_replica(const v1::AssignReplica& assign) {
     a.replica.spec = assign.spec();
     if (assign.has_volume()) a.replica.volume = assign.volume();
     if (assign.has_network()) a.replica.network = assign.network();
-    std::weak_ptr<Outbox> weak = out;
-    a.replica.on_log = [weak](const std::string& replica, const std::string& stream,
-                              std::string line) {
-      if (auto o = weak.lock()) o->log(replica, stream, std::move(line));
-    };
-    a.replica.on_exit = [weak](const runtime::ReplicaExit& exit) {
-      auto o = weak.lock();
-      if (!o) return;
-      std::shared_ptr<runtime::Replica> gone;  // released after the lock
-      {
-        std::lock_guard lock(o->mutex);
-        if (auto it = o->replicas.find(exit.replica); it != o->replicas.end()) {
-          gone = std::move(it->second);
-          o->replicas.erase(it);
-        }
-        if (auto it = o->fenced.find(exit.replica); it != o->fenced.end()) {
-          o->watchdog->disarm(it->second);
-          o->fenced.erase(it);
-        }
-      }
-      o->exited(exit.replica, exit.reason, exit.requested, exit.oom);
-    };
+    if (keeper) {
+      // Its events go up the connection of the moment: it may outlive this one.
+      a.replica.on_log = keeper->on_log();
+      a.replica.on_exit = keeper->on_exit();
+    } else {
+      std::weak_ptr<Outbox> weak = out;
+      a.replica.on_log = [weak](const std::string& replica, const std::string& stream,
+                                std::string line) {
+        if (auto o = weak.lock()) o->log(replica, stream, std::move(line));
+      };
+      a.replica.on_exit = [weak](const runtime::ReplicaExit& exit) {
+        if (auto o = weak.lock()) o->replica_exited(exit);
+      };
+    }
     v1::AgentFrame f;
     auto& started = *f.mutable_replica_started();
     started.set_id(assign.id());
     started.set_replica(assign.replica());
     std::shared_ptr<runtime::Replica> replica;
+    const bool primary = assign.volume().writer_epoch() > 0;
     try {
       replica = node->start_replica(a);
+      // Kept across a lost connection where the keeper can, and the agent's restart can: a
+      // primary never is (the server fails it over at once).
+      started.set_kept(keeper && !primary && replica->outlives_agent());
       started.set_start_us(replica->start_duration().count());
       for (const auto& [port, host] : replica->ports()) (*started.mutable_ports())[port] = host;
     } catch (...) {
@@ -213,6 +271,7 @@ void Session::assign_replica(const v1::AssignReplica& assign) {
       std::lock_guard lock(out->mutex);
       if (replica && !out->closed) {
         out->replicas[replica->name()] = replica;
+        if (started.kept()) out->kept.insert(replica->name());
         keep = true;
         // A primary (started under a set's fencing epoch) dies with this node's lease, even if
         // this process cannot act then (agent/fence_watchdog.hpp).
@@ -237,6 +296,23 @@ void Session::Outbox::log(const std::string& instance, const std::string& stream
   log.set_stream(stream);
   log.set_line(std::move(line));
   send(f);
+}
+
+void Session::Outbox::replica_exited(const runtime::ReplicaExit& exit) {
+  std::shared_ptr<runtime::Replica> gone;  // released after the lock
+  {
+    std::lock_guard lock(mutex);
+    if (auto it = replicas.find(exit.replica); it != replicas.end()) {
+      gone = std::move(it->second);
+      replicas.erase(it);
+    }
+    if (auto it = fenced.find(exit.replica); it != fenced.end()) {
+      watchdog->disarm(it->second);
+      fenced.erase(it);
+    }
+    kept.erase(exit.replica);
+  }
+  exited(exit.replica, exit.reason, exit.requested, exit.oom);
 }
 
 void Session::Outbox::exited(const std::string& instance, const std::string& reason, bool requested,
@@ -341,10 +417,26 @@ void Session::close() {
   std::map<std::string, Started> instances;
   std::map<std::string, std::shared_ptr<runtime::Replica>> replicas;
   {
+    // (The keeper's lock first, as in welcome().)
+    std::unique_lock keep =
+        keeper_ ? std::unique_lock(keeper_->mutex_) : std::unique_lock<std::mutex>();
     std::lock_guard lock(out_->mutex);
     out_->closed = true;
     instances.swap(out_->instances);
     replicas.swap(out_->replicas);
+    if (keeper_) {
+      // As the server was told at each start (ReplicaStarted.kept): the others it gives up at
+      // once and places again (a primary must be gone by then).
+      for (auto it = replicas.begin(); it != replicas.end();) {
+        if (out_->kept.count(it->first) == 0) {
+          ++it;
+          continue;
+        }
+        keeper_->kept_[it->first] = std::move(it->second);
+        it = replicas.erase(it);
+      }
+      if (keeper_->current_.lock() == out_) keeper_->current_.reset();
+    }
   }
   // (Killed below: each exit disarms its replica's cgroup.)
   for (auto& [name, s] : instances) s.instance->kill();

@@ -134,8 +134,10 @@ class AgentConnection : public std::enable_shared_from_this<AgentConnection> {
     if (spec.address().empty()) spec.set_address(socket_->peer_address());
     auto node = std::make_shared<control::RemoteNode>(hello.name(), spec, link);
     std::int64_t epoch = 0;
+    std::vector<std::string> adopted;
     try {
-      epoch = nodes_->join(node, /*in_process=*/false);
+      epoch = nodes_->join(node, /*in_process=*/false,
+                           {hello.running().begin(), hello.running().end()}, &adopted);
     } catch (const Error& e) {
       return refuse(e.code(), e.message());
     }
@@ -145,10 +147,13 @@ class AgentConnection : public std::enable_shared_from_this<AgentConnection> {
     w.set_epoch(epoch);
     w.set_heartbeat_ms(nodes_->options().heartbeat.count());
     w.set_lease_ms(nodes_->options().lease.count());
+    for (const auto& name : adopted) w.add_adopted(name);
     socket_->send(welcome);
     ping();
-    logger_->info("node {} joined (epoch {}, {} instance(s) from before to fence)", hello.name(),
-                  epoch, hello.running_size());
+    logger_->info(
+        "node {} joined (epoch {}; of {} instance(s) from before, {} adopted, the rest "
+        "to fence)",
+        hello.name(), epoch, hello.running_size(), adopted.size());
   }
 
   void on_closed(const std::string& why) {

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "blixard/v1/agent.pb.h"
 #include "blixard/v1/node.pb.h"
 #include "blixard/v1/vm.pb.h"
 #include "runtime/instance.hpp"
@@ -55,6 +56,26 @@ class Node {
   // Ends the node's service: its instances are killed (a local node) or given up (a remote one:
   // they exit as lost), starts and calls in flight fail with unavailable, later starts too.
   virtual void shutdown() = 0;
+  // The connection to the node is gone, but its agent may be back within the lease: as
+  // shutdown(), except that what its agent keeps across a lost connection (a remote node's
+  // guests that are no set's primary) is held, alive, for adopt() on the node's next
+  // connection, until shutdown(). Default: shutdown().
+  virtual void disconnect(const std::string& why) {
+    (void)why;
+    shutdown();
+  }
+  // This is the node's new connection, whose agent says it still runs `running` (names and the
+  // epochs they were assigned under): takes from `previous` (its last connection) the replicas it
+  // holds that the agent still runs under the epoch they were assigned, from now on under
+  // `epoch`, and returns their names. Default: none (a local node is never disconnected).
+  virtual std::vector<std::string> adopt(Node& previous,
+                                         const std::vector<v1::RunningInstance>& running,
+                                         std::int64_t epoch) {
+    (void)previous;
+    (void)running;
+    (void)epoch;
+    return {};
+  }
 };
 
 // The label a node carries for each of its drivers ("driver.libvirt": "true").

@@ -73,12 +73,23 @@ void NodeRegistry::write(const std::string& name, const Entry& entry, const std:
   store_->put(k_nodes_prefix + name, node.SerializeAsString());
 }
 
-std::int64_t NodeRegistry::join(std::shared_ptr<Node> node, bool in_process) {
+std::int64_t NodeRegistry::join(std::shared_ptr<Node> node, bool in_process,
+                                const std::vector<v1::RunningInstance>& running,
+                                std::vector<std::string>* adopted) {
   const std::string name = node->name();
   std::int64_t epoch = 0;
+  std::shared_ptr<Node> previous;
   {
     std::lock_guard lock(mutex_);
-    epoch = add(std::move(node), in_process);
+    epoch = add(node, in_process, previous);
+  }
+  if (adopted != nullptr) adopted->clear();
+  if (previous) {
+    // Outside the lock: what `previous` held and `node` does not take exits as lost, and the
+    // exits' handlers place work here.
+    auto names = node->adopt(*previous, running, epoch);
+    previous->shutdown();
+    if (adopted != nullptr) *adopted = std::move(names);
   }
   // Not the new node itself: its welcome goes first, and its replicas' starts bring the list.
   tell_overlay_peers(name);
@@ -97,7 +108,8 @@ void NodeRegistry::tell_overlay_peers(const std::string& except) {
   for (auto& [node, peers] : told) node->overlay_peers(peers);
 }
 
-std::int64_t NodeRegistry::add(std::shared_ptr<Node> node, bool in_process) {
+std::int64_t NodeRegistry::add(std::shared_ptr<Node> node, bool in_process,
+                               std::shared_ptr<Node>& previous) {
   if (closed_) throw Error(errc::unavailable, "the server is shutting down");
   const std::string name = node->name();
   if (name.empty()) throw Error(errc::invalid_spec, "a node needs a name", "name");
@@ -120,6 +132,7 @@ std::int64_t NodeRegistry::add(std::shared_ptr<Node> node, bool in_process) {
       }
     }
   }
+  previous = std::move(e.held);
   e.node = std::move(node);
   e.in_process = in_process;
   e.epoch = last + 1;
@@ -229,11 +242,17 @@ void NodeRegistry::disconnected(const std::shared_ptr<Node>& node, const std::st
     closed = closed_;
     if (!closed_) {
       it->second.phase = "NotReady";
+      it->second.held = node;  // until the lease lapses or the node joins again
       write(it->first, it->second, why);
       index(it->first, it->second);
     }
   }
-  node->shutdown();  // its instances exit as lost; their pools let go of them
+  // Its instances exit as lost (their pools let go of them), but for the replicas it holds.
+  if (closed) {
+    node->shutdown();
+  } else {
+    node->disconnect(why);
+  }
   if (!closed) tell_overlay_peers({});
 }
 
@@ -318,6 +337,7 @@ void NodeRegistry::lease_loop() {
     for (auto& [name, e] : nodes_) {
       if (e.in_process || e.phase == "Lost" || now - e.last_heard < options_.lease) continue;
       if (e.node) lost.push_back(std::move(e.node));
+      if (e.held) lost.push_back(std::move(e.held));
       e.phase = "Lost";
       index(name, e);
       try {
@@ -343,6 +363,7 @@ void NodeRegistry::shutdown() {
     closed_ = true;
     for (auto& [name, e] : nodes_) {
       if (e.node) nodes.push_back(e.node);
+      if (e.held) nodes.push_back(std::move(e.held));
     }
   }
   wake_.notify_all();

@@ -4,10 +4,12 @@
 // heartbeat: liveness is kept here, in memory, so a server holds many agents at little cost.
 //
 // An agent's node is Ready while its channel is up and it heartbeats; when the channel drops it
-// is NotReady (its instances are given up at once, so calls on them fail fast and new ones go
-// elsewhere), and Lost once it has not been heard from for the lease (a link cut looks the same
-// from here). An in-process node never lapses. A node that joins again gets a new epoch: its
-// assignments from before are stale, and its agent stops them before it takes new work.
+// is NotReady (its function instances and primaries are given up at once, so calls on them fail
+// fast and new ones go elsewhere; its other VM replicas are held), and Lost once it has not been
+// heard from for the lease (a link cut looks the same from here): then what was held is given up
+// too. An in-process node never lapses. A node that joins again gets a new epoch: its
+// assignments from before are stale, and its agent stops them before it takes new work, except
+// the held replicas it still runs, which the new join adopts (docs/vms.md, "Agent restarts").
 #pragma once
 
 #include <chrono>
@@ -23,6 +25,7 @@
 #include <thread>
 #include <vector>
 
+#include "blixard/v1/agent.pb.h"
 #include "blixard/v1/function.pb.h"
 #include "blixard/v1/node.pb.h"
 #include "blixard/v1/vm.pb.h"
@@ -89,7 +92,11 @@ class NodeRegistry {
 
   // A node joins (or joins again): stored as Ready with the next epoch, which is returned.
   // `in_process` nodes never lapse. Throws already_exists when a connected node has the name.
-  std::int64_t join(std::shared_ptr<Node> node, bool in_process);
+  // `running`: what its agent says it still runs; the replicas among them that the node's last
+  // connection held are adopted by `node` (Node::adopt), their names put in `adopted`.
+  std::int64_t join(std::shared_ptr<Node> node, bool in_process,
+                    const std::vector<v1::RunningInstance>& running = {},
+                    std::vector<std::string>* adopted = nullptr);
   // The node's agent was heard from (any frame, a heartbeat).
   void heard(const std::string& name);
   // The server's round trip to the node's agent, just measured: nearer nodes score higher.
@@ -108,7 +115,8 @@ class NodeRegistry {
   // What other agents measured to the node, by their names.
   std::map<std::string, std::chrono::microseconds> peer_round_trips(const std::string& name) const;
   // The node's channel is gone (`node` is the one that joined; a newer join is left alone): its
-  // instances are given up now; it is NotReady until its lease lapses, then Lost.
+  // instances are given up now, but for the replicas `node` holds (Node::disconnect); it is
+  // NotReady until its lease lapses, then Lost, and what it held is given up.
   void disconnected(const std::shared_ptr<Node>& node, const std::string& why);
   // New work avoids a cordoned node; what runs there stays.
   void cordon(const std::string& name, bool cordoned);
@@ -128,14 +136,15 @@ class NodeRegistry {
   void shutdown();
 
  private:
-  // join() under the lock.
-  std::int64_t add(std::shared_ptr<Node> node, bool in_process);
+  // join() under the lock; `previous` gets the node's last connection, which may hold replicas.
+  std::int64_t add(std::shared_ptr<Node> node, bool in_process, std::shared_ptr<Node>& previous);
   // Every connected node but `except` hears the others' addresses (its VM networks' overlay
   // peers).
   void tell_overlay_peers(const std::string& except);
   std::vector<std::string> peer_addresses_locked(const std::string& name) const;
   struct Entry {
     std::shared_ptr<Node> node;  // null once disconnected
+    std::shared_ptr<Node> held;  // the last connection's, while it holds replicas for a rejoin
     bool in_process = false;
     std::int64_t epoch = 0;
     bool cordoned = false;

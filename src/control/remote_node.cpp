@@ -70,12 +70,14 @@ class RemoteNode::Instance final : public runtime::Instance {
 class RemoteNode::Replica final : public runtime::Replica {
  public:
   Replica(std::shared_ptr<RemoteNode> node, const v1::ReplicaStarted& started,
-          runtime::ReplicaOptions options)
+          runtime::ReplicaOptions options, std::int64_t epoch)
       : node_(std::move(node)),
         name_(started.replica()),
         ports_(started.ports().begin(), started.ports().end()),
         started_in_(started.start_us()),
-        options_(std::move(options)) {}
+        options_(std::move(options)),
+        epoch_(epoch),
+        kept_(started.kept()) {}
 
   const std::string& name() const override { return name_; }
   bool alive() const override { return alive_.load(); }
@@ -83,11 +85,23 @@ class RemoteNode::Replica final : public runtime::Replica {
   std::chrono::microseconds start_duration() const override { return started_in_; }
 
   void stop(milliseconds grace) override {
-    node_->stop_instance(name_, grace, false);
-    std::unique_lock lock(node_->mutex_);
-    node_->changed_.wait_for(lock, grace + std::chrono::seconds(5), [&] { return !alive(); });
+    auto node = this->node();
+    node->stop_instance(name_, grace, false);
+    std::unique_lock lock(node->mutex_);
+    node->changed_.wait_for(lock, grace + std::chrono::seconds(5), [&] { return !alive(); });
   }
-  void kill() override { node_->stop_instance(name_, milliseconds(0), true); }
+  void kill() override { node()->stop_instance(name_, milliseconds(0), true); }
+
+  // Its agent keeps it across a lost connection (ReplicaStarted.kept): held meanwhile.
+  bool kept() const { return kept_; }
+  // The node epoch it runs under (its assignment's, or the join's that adopted it).
+  std::int64_t epoch() const { return epoch_.load(); }
+  // Its node's new connection took it over under `epoch`.
+  void adopted_by(std::shared_ptr<RemoteNode> node, std::int64_t epoch) {
+    std::lock_guard lock(node_mutex_);
+    node_ = std::move(node);
+    epoch_ = epoch;
+  }
 
   void exited(const runtime::ReplicaExit& exit) {
     if (!alive_.exchange(false)) return;
@@ -98,11 +112,19 @@ class RemoteNode::Replica final : public runtime::Replica {
   }
 
  private:
+  std::shared_ptr<RemoteNode> node() const {
+    std::lock_guard lock(node_mutex_);
+    return node_;
+  }
+
+  mutable std::mutex node_mutex_;
   std::shared_ptr<RemoteNode> node_;
   std::string name_;
   std::map<std::uint32_t, std::uint32_t> ports_;
   std::chrono::microseconds started_in_;
   runtime::ReplicaOptions options_;
+  std::atomic<std::int64_t> epoch_;
+  bool kept_;
   std::atomic<bool> alive_{true};
 };
 
@@ -151,6 +173,7 @@ std::shared_ptr<runtime::Instance> RemoteNode::start(const Assignment& assignmen
 std::shared_ptr<runtime::Replica> RemoteNode::start_replica(const ReplicaAssignment& assignment) {
   PendingReplica pending;
   pending.options = assignment.replica;
+  pending.epoch = assignment.epoch;
   const std::uint64_t id = ++next_id_;
   v1::AgentFrame frame;
   auto& assign = *frame.mutable_assign_replica();
@@ -252,7 +275,53 @@ void RemoteNode::call(Instance& instance, const runtime::Invocation& invocation,
   }
 }
 
+std::vector<std::string> RemoteNode::adopt(Node& previous,
+                                           const std::vector<v1::RunningInstance>& running,
+                                           std::int64_t epoch) {
+  auto* last = dynamic_cast<RemoteNode*>(&previous);
+  if (last == nullptr || last == this) return {};
+  std::vector<std::shared_ptr<Replica>> taken;
+  {
+    std::lock_guard lock(last->mutex_);
+    for (const auto& r : running) {
+      auto it = last->held_.find(r.instance());
+      // The same start of it: a replica of that name under another epoch is not the one held.
+      if (it == last->held_.end() || it->second->epoch() != r.epoch()) continue;
+      taken.push_back(std::move(it->second));
+      last->held_.erase(it);
+    }
+  }
+  std::vector<std::string> names;
+  std::lock_guard lock(mutex_);
+  for (auto& replica : taken) {
+    replica->adopted_by(shared_from_this(), epoch);
+    names.push_back(replica->name());
+    replicas_[replica->name()] = std::move(replica);
+  }
+  return names;
+}
+
 void RemoteNode::stop_instance(const std::string& instance, milliseconds grace, bool kill) {
+  std::shared_ptr<Replica> held;
+  {
+    std::lock_guard lock(mutex_);
+    if (auto it = held_.find(instance); it != held_.end()) {
+      held = std::move(it->second);
+      held_.erase(it);
+    }
+  }
+  if (held) {
+    // Its agent is away: given up here, and not adopted when the agent is back, which then
+    // stops it (an older epoch's).
+    runtime::ReplicaExit exit;
+    exit.replica = instance;
+    exit.reason = "was stopped while node " + name_ + " was disconnected";
+    exit.requested = true;
+    held->exited(exit);
+    { std::lock_guard lock(mutex_); }
+    changed_.notify_all();
+    return;
+  }
   v1::AgentFrame frame;
   auto& stop = *frame.mutable_stop();
   stop.set_instance(instance);
@@ -299,7 +368,8 @@ void RemoteNode::receive(v1::AgentFrame& frame) {
       if (started.has_error()) {
         pending.error = Error(started.error());
       } else {
-        pending.replica = std::make_shared<Replica>(shared_from_this(), started, pending.options);
+        pending.replica =
+            std::make_shared<Replica>(shared_from_this(), started, pending.options, pending.epoch);
         replicas_[started.replica()] = pending.replica;
       }
       pending.done = true;
@@ -402,33 +472,54 @@ void RemoteNode::receive(v1::AgentFrame& frame) {
   }
 }
 
-void RemoteNode::lose(const std::string& why) {
+void RemoteNode::lose(const std::string& why, bool hold) {
   std::map<std::uint64_t, PendingCall> calls;
   std::map<std::string, std::shared_ptr<Instance>> instances;
   std::map<std::string, std::shared_ptr<Replica>> replicas;
+  std::string reason;
   {
     std::lock_guard lock(mutex_);
-    if (lost_) return;
-    lost_ = true;
-    lost_why_ = why;
-    for (auto& [id, pending] : starts_) {
-      pending->error = gone_error();
-      pending->done = true;
+    if (lost_) {
+      // Disconnected before: what it held is given up now (its lease lapsed, or its agent came
+      // back without it).
+      if (hold) return;
+      replicas.swap(held_);
+      reason = lost_why_ + ", then " + why;
+    } else {
+      lost_ = true;
+      lost_why_ = why;
+      reason = why;
+      for (auto& [id, pending] : starts_) {
+        pending->error = gone_error();
+        pending->done = true;
+      }
+      starts_.clear();
+      for (auto& [id, pending] : replica_starts_) {
+        pending->error = gone_error();
+        pending->done = true;
+      }
+      replica_starts_.clear();
+      for (auto& [id, pending] : removals_) {
+        pending->error = gone_error();
+        pending->done = true;
+      }
+      removals_.clear();
+      calls.swap(calls_);
+      instances.swap(instances_);
+      replicas.swap(replicas_);
+      if (hold) {
+        // Only what its agent keeps: the rest (a sandboxed process, which dies with its agent; a
+        // primary, which the set fails over at once) is given up now, as the agent gives it up.
+        for (auto it = replicas.begin(); it != replicas.end();) {
+          if (!it->second->kept()) {
+            ++it;
+          } else {
+            held_[it->first] = std::move(it->second);
+            it = replicas.erase(it);
+          }
+        }
+      }
     }
-    starts_.clear();
-    for (auto& [id, pending] : replica_starts_) {
-      pending->error = gone_error();
-      pending->done = true;
-    }
-    replica_starts_.clear();
-    for (auto& [id, pending] : removals_) {
-      pending->error = gone_error();
-      pending->done = true;
-    }
-    removals_.clear();
-    calls.swap(calls_);
-    instances.swap(instances_);
-    replicas.swap(replicas_);
   }
   changed_.notify_all();
   if (link_.close) link_.close();
@@ -437,13 +528,13 @@ void RemoteNode::lose(const std::string& why) {
   for (auto& [name, instance] : instances) {
     runtime::InstanceExit exit;
     exit.instance = name;
-    exit.reason = "was lost with node " + name_ + " (" + why + ")";
+    exit.reason = "was lost with node " + name_ + " (" + reason + ")";
     instance->exited(exit);
   }
   for (auto& [name, replica] : replicas) {
     runtime::ReplicaExit exit;
     exit.replica = name;
-    exit.reason = "was lost with node " + name_ + " (" + why + ")";
+    exit.reason = "was lost with node " + name_ + " (" + reason + ")";
     replica->exited(exit);
   }
   { std::lock_guard lock(mutex_); }

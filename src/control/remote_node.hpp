@@ -40,13 +40,21 @@ class RemoteNode final : public Node, public std::enable_shared_from_this<Remote
   void overlay_peers(const std::vector<std::string>& addresses) override;
   std::vector<std::string> instances() const override;
   // The node is given up (lost, disconnected, server shutting down): the connection is closed,
-  // starts and calls in flight fail with unavailable, instances exit as lost.
-  void shutdown() override { lose("the server gave the node up"); }
+  // starts and calls in flight fail with unavailable, instances exit as lost (and the replicas
+  // held since a disconnect).
+  void shutdown() override { lose("the server gave the node up", false); }
+  // As shutdown(), but the replicas its agent keeps across a lost connection (guests that are no
+  // set's primary: ReplicaStarted.kept) are held, alive, for the node's next connection to adopt;
+  // a stop meanwhile gives one up (its agent, back, stops it).
+  void disconnect(const std::string& why) override { lose(why, true); }
+  std::vector<std::string> adopt(Node& previous, const std::vector<v1::RunningInstance>& running,
+                                 std::int64_t epoch) override;
 
   // A frame from the agent, on the channel's thread: started, result, exited, log.
   void receive(v1::AgentFrame& frame);
-  // The connection is gone: as shutdown(), with `why` in the errors.
-  void lose(const std::string& why);
+  // The connection is gone: as shutdown(), with `why` in the errors (and as disconnect() with
+  // `hold`).
+  void lose(const std::string& why, bool hold = false);
 
  private:
   class Instance;
@@ -59,6 +67,7 @@ class RemoteNode final : public Node, public std::enable_shared_from_this<Remote
   };
   struct PendingReplica {
     runtime::ReplicaOptions options;
+    std::int64_t epoch = 0;
     bool done = false;
     std::shared_ptr<Replica> replica;
     std::optional<Error> error;
@@ -92,6 +101,7 @@ class RemoteNode final : public Node, public std::enable_shared_from_this<Remote
   std::map<std::uint64_t, PendingCall> calls_;
   std::map<std::string, std::shared_ptr<Instance>> instances_;
   std::map<std::string, std::shared_ptr<Replica>> replicas_;
+  std::map<std::string, std::shared_ptr<Replica>> held_;  // since disconnect(), for adopt()
 };
 
 }  // namespace blixard::control

@@ -10,6 +10,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <boost/asio/any_io_executor.hpp>
 
@@ -35,10 +36,24 @@ class Driver {
     throw Error(errc::unavailable,
                 "the " + name() + " driver runs no VM replica (" + options.name + ")");
   }
+  // Takes back the replicas an earlier agent's driver on this node left running (its guests
+  // outlive the agent), each with `on_log` and `on_exit` as its callbacks; destroys the rest of
+  // what it left. Once, before the first start_replica. Default: none taken back (a sandboxed
+  // replica dies with its agent).
+  virtual std::vector<AdoptedReplica> adopt(
+      const ReplicaOptions::LogCallback& on_log,
+      const std::function<void(const ReplicaExit&)>& on_exit) {
+    (void)on_log;
+    (void)on_exit;
+    return {};
+  }
   // Removes a volume's data from the node (runtime/volume.hpp); idempotent.
   virtual void remove_volume(const v1::VolumeAttachment& volume) { remove_volume_data(volume); }
   // Kills every instance this driver started; later starts fail with unavailable.
   virtual void shutdown() = 0;
+  // As shutdown(), but what outlives its agent (Replica::outlives_agent) is left running for
+  // the next agent's adopt() (an agent upgraded in place). Default: shutdown().
+  virtual void detach() { shutdown(); }
 };
 
 struct SandboxOptions {

@@ -30,7 +30,10 @@
 #include <string_view>
 #include <thread>
 
+#include <spdlog/spdlog.h>
+
 #include "blixard/error.hpp"
+#include "blixard/v1/agent.pb.h"
 #include "common/digest.hpp"
 #include "common/health_check.hpp"
 #include "image/guest_image.hpp"
@@ -55,6 +58,8 @@ constexpr std::string_view k_times_line = "BLIXARD-TIMES ";
 constexpr std::string_view k_exit_line = "BLIXARD-EXIT ";
 constexpr std::string_view k_waiting_line = "BLIXARD-WAITING";
 const fs::path k_socket_root = "/run/blixard";
+// A ready guest's record in its directory (LibvirtReplica::keep_record).
+constexpr const char* k_kept_record = "kept.pb";
 constexpr std::uint64_t k_min_guest_mib = 128;
 // Shapes whose save images are kept at once (the least recently started goes first), and the
 // failed template boots after which a shape stops trying.
@@ -311,12 +316,25 @@ class LibvirtReplica final : public Replica, public std::enable_shared_from_this
   // when the driver took the request, `prepared`: when it had the guest's image.
   void start(const LibvirtOptions& driver, const GuestImage& image, bool kvm,
              const fs::path& volume_image, Clock::time_point began, Clock::time_point prepared);
+  // Takes back the running guest an earlier agent started from `kept` (its record, written once
+  // it was ready): reconnects to its console and agent sockets and watches it as start() does.
+  // Throws Error(unavailable) when its sockets cannot be reached.
+  void take_back(const v1::KeptReplica& kept);
   // Whether its thread runs (and will call `done` once the guest is gone), after start().
   bool watching() const { return watching_; }
   // The guest's qemu: killing it ends the guest (0 when libvirt's pid file was not found).
   int fence_pid() const override {
     std::lock_guard lock(mutex_);
     return state_ == State::exited ? 0 : qemu_pid_;
+  }
+  bool outlives_agent() const override { return true; }  // libvirtd runs its qemu
+  void adopted(std::int64_t epoch) override {
+    {
+      std::lock_guard lock(mutex_);
+      if (state_ != State::ready) return;
+      options_.epoch = epoch;
+    }
+    keep_record();
   }
 
  private:
@@ -333,6 +351,8 @@ class LibvirtReplica final : public Replica, public std::enable_shared_from_this
     return std::min(driver.ready_timeout, milliseconds(t.seconds() * 1000 + t.nanos() / 1'000'000));
   }
   void run();
+  // Its record beside it (dir_/kept.pb), for the next agent should this one end first.
+  void keep_record() const;
   void console_line(std::string text);
   void agent_line(const std::string& text);
   // Where the start's time went, for the replica's log.
@@ -599,7 +619,57 @@ void LibvirtReplica::start(const LibvirtOptions& driver, const GuestImage& image
   started_in_ = std::chrono::duration_cast<std::chrono::microseconds>(ready - began);
   std::string line = timeline(began, prepared, archived, created, ready, restored);
   lock.unlock();
+  keep_record();
   if (options_.on_log) options_.on_log(options_.name, "blixard", std::move(line));
+}
+
+void LibvirtReplica::keep_record() const {
+  v1::KeptReplica kept;
+  auto& a = *kept.mutable_assignment();
+  a.set_epoch(options_.epoch);
+  a.set_vm(options_.vm);
+  a.set_replica(options_.name);
+  a.set_slot(options_.slot);
+  *a.mutable_spec() = options_.spec;
+  if (options_.volume) *a.mutable_volume() = *options_.volume;
+  if (options_.network) *a.mutable_network() = *options_.network;
+  kept.set_domain(domain_);
+  kept.set_sockets(sockets_.string());
+  for (const auto& [port, host] : ports_) (*kept.mutable_ports())[port] = host;
+  kept.set_start_us(started_in_.count());
+  // Written aside and renamed: a reader sees the whole record or none. Root's only (the spec's
+  // environment is in it).
+  const fs::path partial = dir_ / ".kept.pb";
+  const UniqueFd out(
+      ::open(partial.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
+  if (out.get() < 0 || !write_all(out.get(), kept.SerializeAsString()) ||
+      ::rename(partial.c_str(), (dir_ / k_kept_record).c_str()) != 0) {
+    if (options_.on_log) {
+      options_.on_log(options_.name, "blixard",
+                      std::string("blixard: cannot keep this guest's record (") +
+                          std::strerror(errno) + "): an agent restarted will not take it back");
+    }
+  }
+}
+
+void LibvirtReplica::take_back(const v1::KeptReplica& kept) {
+  for (const auto& [port, host] : kept.ports()) ports_[port] = host;
+  started_in_ = std::chrono::microseconds(kept.start_us());
+  {
+    std::ifstream pid_file("/run/libvirt/qemu/" + domain_ + ".pid");
+    int pid = 0;
+    if (pid_file >> pid && pid > 1) qemu_pid_ = pid;
+  }
+  if (options_.network) network_ = std::make_unique<NetworkMembership>(*options_.network);
+  console_ = connect_unix(sockets_ / "console");
+  agent_ = connect_unix(sockets_ / "agent");
+  if (console_.get() < 0 || agent_.get() < 0) {
+    throw Error(errc::unavailable, "cannot reach the console or agent socket of " + options_.name +
+                                       " in " + sockets_.string());
+  }
+  state_ = State::ready;  // it was when its record was written; the server checks its health
+  std::thread([self = shared_from_this()] { self->run(); }).detach();
+  watching_ = true;
 }
 
 Domain LibvirtReplica::restore(const DomainConfig& config) {
@@ -712,7 +782,20 @@ class LibvirtDriver final : public Driver {
     }
     kvm_ = options_.kvm ? *options_.kvm : probe_accel().kvm;
     prefix_ = "blixard-" + path_hash(options_.work_dir) + "-";
-    destroy_leftovers();
+    // This driver's own names (sockets, templates) never meet an earlier driver's guests, which
+    // adopt() may take back.
+    std::array<unsigned char, 3> nonce{};
+    if (::getrandom(nonce.data(), nonce.size(), 0) != static_cast<ssize_t>(nonce.size())) {
+      nonce = {static_cast<unsigned char>(::getpid()), static_cast<unsigned char>(::getpid() >> 8),
+               static_cast<unsigned char>(std::time(nullptr))};
+    }
+    for (const unsigned char b : nonce) {
+      static constexpr char hex[] = "0123456789abcdef";
+      nonce_ += hex[b >> 4];
+      nonce_ += hex[b & 15];
+    }
+    nonce_ += '-';
+    if (!options_.adopt) destroy_leftovers();
     if (options_.image_cache.empty()) options_.image_cache = options_.work_dir / "images";
     // qemu (another user) reaches the replicas' files, sockets and images through these.
     std::error_code ec;
@@ -761,7 +844,7 @@ class LibvirtDriver final : public Driver {
       idle_.notify_all();
     };
     const fs::path dir = options_.work_dir / "replicas" / options.name;
-    const fs::path sockets = k_socket_root / (prefix_ + std::to_string(++started_));
+    const fs::path sockets = k_socket_root / (prefix_ + nonce_ + std::to_string(++started_));
     std::shared_ptr<LibvirtReplica> replica;
     try {
       const GuestImage image = guest_image();
@@ -801,6 +884,58 @@ class LibvirtDriver final : public Driver {
     }
   }
 
+  std::vector<AdoptedReplica> adopt(
+      const ReplicaOptions::LogCallback& on_log,
+      const std::function<void(const ReplicaExit&)>& on_exit) override {
+    // The records of the guests an earlier driver had ready, by domain.
+    std::map<std::string, std::pair<fs::path, v1::KeptReplica>> kept;
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(options_.work_dir / "replicas", ec)) {
+      std::ifstream in(entry.path() / k_kept_record, std::ios::binary);
+      v1::KeptReplica record;
+      if (in && record.ParseFromIstream(&in) && !record.domain().empty()) {
+        const std::string domain = record.domain();
+        kept[domain] = {entry.path(), std::move(record)};
+      }
+    }
+    std::vector<AdoptedReplica> adopted;
+    std::set<fs::path> taken;  // their directories and sockets' directories
+    virDomainPtr* domains = nullptr;
+    const int n = virConnectListAllDomains(conn_.get(), &domains, VIR_CONNECT_LIST_DOMAINS_ACTIVE);
+    for (int i = 0; i < n; ++i) {
+      Domain dom(domains[i]);
+      const char* got = virDomainGetName(dom.get());
+      const std::string name = got != nullptr ? got : "";
+      if (name.rfind(prefix_, 0) != 0) continue;  // not this node's
+      auto it = kept.find(name);
+      std::shared_ptr<LibvirtReplica> replica;
+      if (it != kept.end() && !it->second.second.assignment().replica().empty()) {
+        const auto& [dir, record] = it->second;
+        try {
+          replica = take_back(dir, record, on_log, on_exit);
+          adopted.push_back({replica, record.assignment().epoch()});
+          taken.insert(dir);
+          taken.insert(record.sockets());
+        } catch (const std::exception& e) {
+          replica.reset();  // destroyed below: an earlier agent's guest nothing can reach
+          spdlog::warn("libvirt: cannot take back replica {} ({}): destroying its guest",
+                       record.assignment().replica(), e.what());
+        }
+      }
+      if (!replica) virDomainDestroy(dom.get());
+    }
+    ::free(domains);  // NOLINT(cppcoreguidelines-no-malloc): libvirt's allocation
+    // What the guests not taken back left: their files and sockets.
+    for (const auto& root : {options_.work_dir / "replicas", k_socket_root}) {
+      for (const auto& entry : fs::directory_iterator(root, ec)) {
+        const bool ours =
+            root != k_socket_root || entry.path().filename().string().rfind(prefix_, 0) == 0;
+        if (ours && taken.count(entry.path()) == 0) fs::remove_all(entry.path(), ec);
+      }
+    }
+    return adopted;
+  }
+
   void remove_volume(const v1::VolumeAttachment& volume) override {
     {
       std::lock_guard lock(storage_mutex_);
@@ -812,6 +947,24 @@ class LibvirtDriver final : public Driver {
       }
     }
     remove_volume_data(volume);  // what libvirt did not make (a sandbox replica's directory)
+  }
+
+  void detach() override {
+    {
+      std::lock_guard lock(mutex_);
+      if (closed_) return;
+      closed_ = true;  // later starts fail; shutdown() does nothing more
+    }
+    {
+      std::lock_guard snap_lock(snapshot_mutex_);
+      stopping_ = true;
+    }
+    snapshot_changed_.notify_all();
+    if (maker_.joinable()) maker_.join();  // its template destroyed
+    // The guests, their files and sockets stay for the next agent; the save images go (the next
+    // driver removes them anyway).
+    std::error_code ec;
+    fs::remove_all(snapshot_dir(), ec);
   }
 
   void shutdown() override {
@@ -1009,7 +1162,7 @@ class LibvirtDriver final : public Driver {
       const DomainConfig shape = it->second.shape;
       const std::string identity = it->second.identity;
       const std::string name =
-          prefix_ + "snap-" + key.substr(0, 8) + "-" + std::to_string(++snapshots_made_);
+          prefix_ + "snap-" + key.substr(0, 8) + "-" + nonce_ + std::to_string(++snapshots_made_);
       lock.unlock();
       std::shared_ptr<SnapshotLease> lease;
       try {
@@ -1105,6 +1258,46 @@ class LibvirtDriver final : public Driver {
     return lease;
   }
 
+  // One guest of an earlier driver's back under this one (LibvirtReplica::take_back).
+  std::shared_ptr<LibvirtReplica> take_back(
+      const fs::path& dir, const v1::KeptReplica& record, const ReplicaOptions::LogCallback& on_log,
+      const std::function<void(const ReplicaExit&)>& on_exit) {
+    const auto& a = record.assignment();
+    ReplicaOptions options;
+    options.vm = a.vm();
+    options.name = a.replica();
+    options.slot = a.slot();
+    options.spec = a.spec();
+    if (a.has_volume()) options.volume = a.volume();
+    if (a.has_network()) options.network = a.network();
+    options.epoch = a.epoch();
+    options.on_log = on_log;
+    options.on_exit = on_exit;
+    {
+      std::lock_guard lock(mutex_);
+      if (closed_) throw Error(errc::unavailable, "the libvirt driver is shut down");
+      if (!names_.insert(options.name).second) {
+        throw Error(errc::already_exists, "replica " + options.name + " runs here already");
+      }
+    }
+    auto done = [this, name = options.name] {
+      std::lock_guard lock(mutex_);
+      names_.erase(name);
+      idle_.notify_all();
+    };
+    auto replica = std::make_shared<LibvirtReplica>(options, conn_.get(), record.domain(), dir,
+                                                    fs::path(record.sockets()), nullptr, done);
+    try {
+      replica->take_back(record);
+    } catch (...) {
+      done();
+      throw;
+    }
+    std::lock_guard lock(mutex_);
+    replicas_.push_back(replica);
+    return replica;
+  }
+
   void destroy_leftovers() {
     virDomainPtr* domains = nullptr;
     const int n = virConnectListAllDomains(conn_.get(), &domains, VIR_CONNECT_LIST_DOMAINS_ACTIVE);
@@ -1138,6 +1331,7 @@ class LibvirtDriver final : public Driver {
   std::map<std::string, SnapshotPool> pools_;  // by shape
   std::deque<std::string> to_make_;            // shapes short of an image each
   std::uint64_t snapshots_made_ = 0;
+  std::string nonce_;  // this driver's, in its socket directories' and templates' names
   bool stopping_ = false;
   std::thread maker_;
 };

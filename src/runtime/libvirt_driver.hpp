@@ -34,6 +34,10 @@ struct LibvirtOptions {
   // UUID) and about the guest's used memory on disk (root's only, under work_dir/snapshots).
   // Made in the background once a shape has started; 0: every guest boots afresh.
   std::size_t snapshots = 2;
+  // Keep what an earlier driver with this work_dir left running for adopt() to take back (a
+  // joined agent, restarted within its node's lease); false: destroyed at once (the server's own
+  // node, whose control plane starts afresh with it).
+  bool adopt = false;
 };
 
 // The options of an agent whose data dir is `data_dir`: its guests' files under
@@ -44,7 +48,8 @@ LibvirtOptions libvirt_options(const std::filesystem::path& data_dir, std::strin
                                std::size_t snapshots = 2);
 
 // Connects to `uri` (Error(unavailable) naming it and how to start libvirtd when it cannot) and
-// destroys what an earlier agent with this work_dir left running (domains "blixard-<hash>-...").
+// destroys what an earlier agent with this work_dir left running (domains "blixard-<hash>-..."),
+// or with `adopt`, leaves that to Driver::adopt, which takes back the guests it can.
 std::unique_ptr<Driver> make_libvirt_driver(LibvirtOptions options);
 
 }  // namespace blixard::runtime

@@ -40,6 +40,9 @@ struct ReplicaOptions {
   // sandbox replica gets a network namespace of its own on the network's bridge, a guest a
   // second interface there. Unset: none.
   std::optional<v1::NetworkAttachment> network;
+  // The node's fencing epoch it is started under, kept with a guest so that an agent restarted
+  // meanwhile can say which epoch it runs under (Driver::adopt).
+  std::int64_t epoch = 0;
   // Each line the replica writes to its console (stdout/stderr), without its newline; on a
   // thread of the replica's: must not block for long.
   using LogCallback =
@@ -47,6 +50,14 @@ struct ReplicaOptions {
   LogCallback on_log;
   // Once, when a started replica is gone (whatever the reason).
   std::function<void(const ReplicaExit&)> on_exit;
+};
+
+class Replica;
+
+// A replica an earlier agent on this node started that still runs, taken back (Driver::adopt).
+struct AdoptedReplica {
+  std::shared_ptr<Replica> replica;
+  std::int64_t epoch = 0;  // the node's epoch it was started under
 };
 
 class Replica {
@@ -68,6 +79,12 @@ class Replica {
   // A process whose death ends the replica (a sandboxed one's init: its PID namespace dies with
   // it), for a watchdog outside this process to kill (agent/fence_watchdog.hpp); 0: none known.
   virtual int fence_pid() const { return 0; }
+  // It runs on without the agent that started it, which its driver's next agent takes back
+  // (Driver::adopt): a guest does, a sandboxed process dies with its agent.
+  virtual bool outlives_agent() const { return false; }
+  // It runs on under the node's new epoch (its agent reconnected, or restarted and took it back):
+  // what is kept for the next agent says so.
+  virtual void adopted(std::int64_t epoch) { (void)epoch; }
 };
 
 }  // namespace blixard::runtime

@@ -6,10 +6,13 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <filesystem>
+#include <functional>
 #include <future>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -771,6 +774,216 @@ TEST(NodeRegistryLatency, ACallFromANodesAddressPrefersThatNodeThenItsNearPeers)
     nodes.shutdown();
   }
   fs::remove_all(dir);
+}
+
+}  // namespace
+
+namespace {
+
+// The server's end of an agent connection with the agent played by the test: what goes down is
+// recorded, what comes up is handed to the node as the channel would.
+class ScriptedAgent {
+ public:
+  explicit ScriptedAgent(const std::string& name) {
+    // The node may outlive this object (the registry holds it): its link holds the state.
+    control::RemoteNode::Link link;
+    link.send = [wire = wire_](const v1::AgentFrame& f) {
+      std::lock_guard lock(wire->mutex);
+      if (wire->closed) return false;
+      wire->down.push_back(f);
+      wire->changed.notify_all();
+      return true;
+    };
+    link.close = [wire = wire_] {
+      std::lock_guard lock(wire->mutex);
+      wire->closed = true;
+    };
+    node = std::make_shared<control::RemoteNode>(name, v1::NodeSpec(), link);
+  }
+
+  // The first frame down (from `from` on) that `match` accepts, waiting up to 10 s.
+  std::optional<v1::AgentFrame> down(const std::function<bool(const v1::AgentFrame&)>& match,
+                                     std::size_t from = 0) {
+    std::unique_lock lock(wire_->mutex);
+    std::optional<v1::AgentFrame> found;
+    wire_->changed.wait_for(lock, 10s, [&] {
+      for (std::size_t i = from; i < wire_->down.size(); ++i) {
+        if (match(wire_->down[i])) {
+          found = wire_->down[i];
+          return true;
+        }
+      }
+      return false;
+    });
+    return found;
+  }
+  std::size_t sent() {
+    std::lock_guard lock(wire_->mutex);
+    return wire_->down.size();
+  }
+
+  // Starts a replica of `name` through the node; the agent answers that it started, kept across
+  // a lost connection (a guest) or not (a sandboxed process).
+  std::shared_ptr<runtime::Replica> start(const std::string& name, std::int64_t epoch, bool kept,
+                                          ReplicaEvents& events) {
+    control::ReplicaAssignment a;
+    a.epoch = epoch;
+    a.replica.vm = "web";
+    a.replica.name = name;
+    a.replica.on_exit = [&events](const runtime::ReplicaExit& exit) {
+      std::lock_guard lock(events.mutex);
+      events.exits.push_back(exit);
+    };
+    const std::size_t from = sent();
+    auto started = std::async(std::launch::async, [&] { return node->start_replica(a); });
+    auto assign = down([&](const auto& f) { return f.has_assign_replica(); }, from);
+    if (!assign) return nullptr;
+    v1::AgentFrame up;
+    auto& r = *up.mutable_replica_started();
+    r.set_id(assign->assign_replica().id());
+    r.set_replica(name);
+    r.set_kept(kept);
+    node->receive(up);
+    return started.get();
+  }
+
+  std::shared_ptr<control::RemoteNode> node;
+
+ private:
+  struct Wire {
+    std::mutex mutex;
+    std::condition_variable changed;
+    std::vector<v1::AgentFrame> down;
+    bool closed = false;
+  };
+  std::shared_ptr<Wire> wire_ = std::make_shared<Wire>();
+};
+
+std::vector<v1::RunningInstance> running(
+    std::initializer_list<std::pair<const char*, std::int64_t>> names) {
+  std::vector<v1::RunningInstance> out;
+  for (const auto& [name, epoch] : names) {
+    out.emplace_back().set_instance(name);
+    out.back().set_epoch(epoch);
+  }
+  return out;
+}
+
+class NodeRegistryAdoption : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("blixard-adoption-test-" + std::to_string(::getpid()) + "-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::create_directories(dir_);
+    control::NodeRegistryOptions options;
+    options.lease = 300ms;
+    options.heartbeat = 50ms;
+    nodes_ = std::make_unique<control::NodeRegistry>(
+        blixard::store::open_sqlite((dir_ / "s.db").string()), options);
+  }
+  void TearDown() override {
+    nodes_->shutdown();
+    nodes_.reset();
+    fs::remove_all(dir_);
+  }
+  fs::path dir_;
+  std::unique_ptr<control::NodeRegistry> nodes_;
+};
+
+// A guest outlives its agent's connection: the server holds it (alive, no exit) until the agent is
+// back, which adopts it under the new epoch; a sandboxed replica, which dies with its agent, is
+// lost at once. The adopted one is reached over the new connection.
+TEST_F(NodeRegistryAdoption, AKeptReplicaIsHeldThenAdoptedByTheAgentsNextConnection) {
+  ScriptedAgent first("n1");
+  const auto epoch = nodes_->join(first.node, false);
+  ReplicaEvents guest_events, process_events;
+  auto guest = first.start("web-1", epoch, /*kept=*/true, guest_events);
+  auto process = first.start("web-2", epoch, /*kept=*/false, process_events);
+  ASSERT_TRUE(guest && process);
+
+  nodes_->disconnected(first.node, "disconnected: connection reset");
+  EXPECT_TRUE(guest->alive());
+  EXPECT_EQ(guest_events.exit_count(), 0U);
+  EXPECT_FALSE(process->alive());
+  ASSERT_EQ(process_events.exit_count(), 1U);
+  EXPECT_THAT(process_events.exits[0].reason, HasSubstr("lost with node n1"));
+
+  ScriptedAgent second("n1");
+  std::vector<std::string> adopted;
+  const auto next =
+      nodes_->join(second.node, false, running({{"web-1", epoch}, {"web-2", epoch}}), &adopted);
+  EXPECT_GT(next, epoch);
+  EXPECT_THAT(adopted, ::testing::ElementsAre("web-1"));
+  EXPECT_TRUE(guest->alive());
+  EXPECT_EQ(guest_events.exit_count(), 0U);
+
+  const std::size_t before = first.sent();
+  guest->kill();
+  auto stop = second.down([](const auto& f) { return f.has_stop() && f.stop().kill(); });
+  ASSERT_TRUE(stop) << "the kill went nowhere";
+  EXPECT_EQ(stop->stop().instance(), "web-1");
+  EXPECT_EQ(first.sent(), before) << "sent on the old connection";
+  v1::AgentFrame exited;
+  exited.mutable_exited()->set_instance("web-1");
+  exited.mutable_exited()->set_requested(true);
+  second.node->receive(exited);
+  EXPECT_FALSE(guest->alive());
+  ASSERT_EQ(guest_events.exit_count(), 1U);
+  EXPECT_TRUE(guest_events.exits[0].requested);
+
+  // One its agent reports under another epoch than it was started under is not the one held.
+  ReplicaEvents again_events;
+  auto again = second.start("web-3", next, true, again_events);
+  nodes_->disconnected(second.node, "disconnected: reset");
+  ScriptedAgent third("n1");
+  adopted.clear();
+  nodes_->join(third.node, false, running({{"web-3", epoch}}), &adopted);
+  EXPECT_TRUE(adopted.empty()) << "adopted under an epoch it was not started under";
+  EXPECT_FALSE(again->alive());
+  ASSERT_EQ(again_events.exit_count(), 1U);
+  EXPECT_FALSE(again_events.exits[0].requested);
+}
+
+// What the server holds it gives up when the node's lease lapses, and an agent back after that
+// adopts nothing (its agent then stops the guest as an older epoch's).
+TEST_F(NodeRegistryAdoption, AHeldReplicaIsLostWhenTheLeaseLapses) {
+  ScriptedAgent first("n1");
+  const auto epoch = nodes_->join(first.node, false);
+  ReplicaEvents events;
+  auto guest = first.start("web-1", epoch, true, events);
+  ASSERT_TRUE(guest);
+  nodes_->disconnected(first.node, "disconnected: connection reset");
+  EXPECT_TRUE(guest->alive());
+  ASSERT_TRUE(eventually([&] { return events.exit_count() == 1; }, 5s));
+  EXPECT_FALSE(guest->alive());
+  EXPECT_FALSE(events.exits[0].requested);
+  EXPECT_THAT(events.exits[0].reason, HasSubstr("lost with node n1"));
+  ScriptedAgent second("n1");
+  std::vector<std::string> adopted{"sentinel"};
+  nodes_->join(second.node, false, running({{"web-1", epoch}}), &adopted);
+  EXPECT_TRUE(adopted.empty());
+}
+
+// A held replica the control plane stops meanwhile (a scale-down) is given up at once, as
+// stopped, and not adopted when its agent is back.
+TEST_F(NodeRegistryAdoption, AHeldReplicaStoppedMeanwhileIsNotAdopted) {
+  ScriptedAgent first("n1");
+  const auto epoch = nodes_->join(first.node, false);
+  ReplicaEvents events;
+  auto guest = first.start("web-1", epoch, true, events);
+  ASSERT_TRUE(guest);
+  nodes_->disconnected(first.node, "disconnected: connection reset");
+  guest->stop(10s);
+  EXPECT_FALSE(guest->alive());
+  ASSERT_EQ(events.exit_count(), 1U);
+  EXPECT_TRUE(events.exits[0].requested);
+  EXPECT_THAT(events.exits[0].reason, HasSubstr("while node n1 was disconnected"));
+  ScriptedAgent second("n1");
+  std::vector<std::string> adopted{"sentinel"};
+  nodes_->join(second.node, false, running({{"web-1", epoch}}), &adopted);
+  EXPECT_TRUE(adopted.empty());
+  EXPECT_EQ(events.exit_count(), 1U);
 }
 
 }  // namespace

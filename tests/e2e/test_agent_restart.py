@@ -1,0 +1,210 @@
+"""An agent that restarts takes its guests back (docs/vms.md, "Agent restarts"). A server and one
+agent joined to it with the libvirt driver, on loopback; a 2-replica set of real guests serving
+nginx's page through the server's balancer. The agent stopped for an upgrade (SIGUSR2) or killed
+with SIGKILL, and started again within its node's lease, keeps the same guests (the same qemu processes, the same replicas in `vm
+status`), and the balancer serves throughout. An agent back only after the lease lapsed finds its
+guests given up: it destroys them, and the set's replicas start afresh."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+import blixard
+
+from blixard.cli import find_agent
+from conftest import poll
+
+REPO = Path(__file__).resolve().parents[2]
+
+PAGE = """{ pkgs, ... }: {
+  microvm = { mem = 256; vcpu = 1; };
+  services.nginx = {
+    enable = true;
+    virtualHosts.default.locations."/".return = "200 'kept'";
+  };
+  networking.firewall.allowedTCPPorts = [ 80 ];
+}
+"""
+
+
+class Setup:
+    def __init__(self, tmp_path: Path):
+        self.tmp = tmp_path
+        self.server: subprocess.Popen | None = None
+        self.agent: subprocess.Popen | None = None
+        self.address = self.token = ""
+
+    def start_server(self) -> None:
+        data = self.tmp / "server"
+        data.mkdir()
+        with open(data / "server.log", "wb") as log:
+            self.server = subprocess.Popen(
+                [find_agent(), "--server", "--no-local-node", "--listen", "127.0.0.1:0",
+                 "--data-dir", str(data), "--node-lease", "8s"],
+                stdout=log, stderr=subprocess.STDOUT)
+        state = data / "server.json"
+        poll(lambda: state.exists() or self.server.poll() is not None, 30)
+        info = json.loads(state.read_text())
+        self.address, self.token = info["address"], info["token"]
+
+    def start_agent(self) -> None:
+        data = self.tmp / "agent"
+        data.mkdir(exist_ok=True)
+        with open(data / "agent.log", "ab") as log:
+            self.agent = subprocess.Popen(
+                [find_agent(), "--join", self.address, "--token", self.token, "--name", "n1",
+                 "--data-dir", str(data), "--vm-driver", "libvirt", "--vm-snapshots", "0"],
+                stdout=log, stderr=subprocess.STDOUT)
+
+    def agent_log(self) -> str:
+        return (self.tmp / "agent" / "agent.log").read_text(errors="replace")
+
+    def server_log(self) -> str:
+        return (self.tmp / "server" / "server.log").read_text(errors="replace")
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        env = dict(os.environ, BLIXARD_ADDR=self.address, BLIXARD_TOKEN=self.token)
+        out = subprocess.run([sys.executable, "-m", "blixard", *args], env=env,
+                             capture_output=True, text=True, timeout=240)
+        if check:
+            assert out.returncode == 0, out.stderr + out.stdout
+        return out
+
+    def phase(self) -> str:
+        nodes = blixard.connect(self.address, token=self.token).nodes()
+        return next((n.get("status", {}).get("phase", "") for n in nodes
+                     if n["metadata"]["name"] == "n1"), "")
+
+    def status(self) -> dict:
+        return json.loads(self.cli("vm", "status", "web", "-o", "json").stdout)["status"]
+
+
+def _stop(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def setup(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("qemu:///system needs root")
+    state = tmp_path / "libvirtd.state"
+    subprocess.run([str(REPO / "scripts/libvirtd"), "start", str(state)], check=True)
+    s = Setup(tmp_path)
+    try:
+        s.start_server()
+        s.start_agent()
+        poll(lambda: s.phase() == "Ready", 30)
+        yield s
+    finally:
+        _stop(s.agent)  # its guests with it
+        _stop(s.server)
+        subprocess.run([str(REPO / "scripts/libvirtd"), "stop", str(state)], check=False)
+
+
+def guests() -> dict[str, int]:
+    """Our running domains and their qemu processes."""
+    out = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--name"],
+                         capture_output=True, text=True, check=True)
+    found = {}
+    for name in out.stdout.split():
+        if name.startswith("blixard-"):
+            try:
+                found[name] = int(Path(f"/run/libvirt/qemu/{name}.pid").read_text())
+            except (OSError, ValueError):
+                found[name] = 0
+    return found
+
+
+def get(address: str) -> str:
+    with urllib.request.urlopen(f"http://{address}/", timeout=5) as r:
+        return r.read().decode()
+
+
+class Poller(threading.Thread):
+    """GETs the balancer until stopped, counting answers and failures."""
+
+    def __init__(self, address: str):
+        super().__init__(daemon=True)
+        self.address, self.stop, self.ok, self.failed = address, threading.Event(), 0, []
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                assert get(self.address) == "kept"
+                self.ok += 1
+            except Exception as e:  # noqa: BLE001 - every failure counts
+                self.failed.append(repr(e))
+            time.sleep(0.05)
+
+
+def test_a_restarted_agent_takes_its_guests_back(setup, tmp_path):
+    config = tmp_path / "web.nix"
+    config.write_text(PAGE)
+    setup.cli("vm", "create", "web", "--config", str(config), "--replicas", "2", "--wait")
+    before = setup.status()
+    replicas = sorted(i["name"] for i in before["instances"])
+    assert len(replicas) == 2, before
+    running = poll(lambda: len(guests()) == 2 and guests(), 30)
+    assert all(running.values()), running
+    lb = poll(lambda: setup.status().get("endpoints"), 10)[0]["address"]
+    assert get(lb) == "kept"
+
+    poller = Poller(lb)
+    poller.start()
+    try:
+        # Stopped for an upgrade (SIGUSR2), then killed (no goodbye): each time its guests run on
+        # under libvirtd, the server holds them, and the agent started again takes them back.
+        for stop, taken in (("SIGUSR2", 1), ("SIGKILL", 2)):
+            setup.agent.send_signal(getattr(signal, stop))
+            assert setup.agent.wait(timeout=30) == (0 if stop == "SIGUSR2" else -signal.SIGKILL)
+            assert guests() == running, stop
+            setup.start_agent()
+            poll(lambda: setup.phase() == "Ready", 30)
+            poll(lambda: setup.agent_log().count("took back 2 replica(s)") == taken, 10)
+            poll(lambda: setup.server_log().count(", 2 adopted") == taken, 10)
+            ok_after = poller.ok
+            poll(lambda: poller.ok > ok_after + 10, 20)  # served under the new agent too
+    finally:
+        poller.stop.set()
+        poller.join()
+    assert not poller.failed, poller.failed[:5]
+    assert guests() == running, "a guest was restarted"
+    after = setup.status()
+    assert sorted(i["name"] for i in after["instances"]) == replicas, after
+    assert after["readyReplicas"] == 2, after
+
+    # The adopted guests are the agent's again: a scale-down stops one of them.
+    setup.cli("vm", "scale", "web", "--replicas", "1", "--wait")
+    poll(lambda: len(guests()) == 1, 60)
+    assert set(guests().items()) < set(running.items())
+
+    # Back only after the lease lapsed: the server gave the guest up and placed the replica
+    # again (nowhere to go until the node is back); the agent destroys the old guest.
+    kept = guests()
+    setup.agent.kill()
+    setup.agent.wait()
+    poll(lambda: setup.phase() == "Lost", 20)
+    setup.start_agent()
+    poll(lambda: setup.phase() == "Ready", 30)
+    fresh = poll(lambda: setup.status().get("readyReplicas") == 1
+                 and len(guests()) == 1 and guests() != kept and guests(), 120)
+    assert not set(fresh.items()) & set(kept.items())
+    assert get(lb) == "kept"
+    print(f"agent restart: {poller.ok} requests through the balancer, 0 failed")
