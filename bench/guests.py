@@ -112,7 +112,10 @@ class BareImage:
                 out.write(Path(kept).read_bytes())
 
 
-def bare_boot(image: BareImage, tmp: Path, polled: bool, notes: list | None = None) -> float:
+def bare_boot(image: BareImage, tmp: Path, polled: bool, notes: list | None = None,
+              on_ready=None) -> float:
+    """Seconds from qemu's start to the page answering through its forwarded port; `on_ready`
+    (if given) is called with qemu's pid then, before it is killed."""
     port = free_port()
     agent = tmp / f"agent-{port}.sock"
     began = time.monotonic()
@@ -151,10 +154,13 @@ def bare_boot(image: BareImage, tmp: Path, polled: bool, notes: list | None = No
         ready = time.monotonic() - began
         while not answers(f"127.0.0.1:{port}"):
             time.sleep(0.005)
+        took = time.monotonic() - began
         if notes is not None:
             times = [x for x in said.decode().splitlines() if x.startswith("BLIXARD-TIMES")]
             notes.append(f"READY at {ready:.2f} s ({times[0][14:] if times else 'no times'})")
-        return time.monotonic() - began
+        if on_ready is not None:
+            on_ready(qemu.pid)
+        return took
     finally:
         qemu.kill()
         qemu.wait()

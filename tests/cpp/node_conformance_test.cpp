@@ -887,6 +887,29 @@ class NodeRegistryAdoption : public ::testing::Test {
     nodes_.reset();
     fs::remove_all(dir_);
   }
+  // A guest "web-1" started on node n1's first connection, which is then lost: held.
+  struct Held {
+    ScriptedAgent agent{"n1"};
+    std::int64_t epoch = 0;
+    ReplicaEvents events;
+    std::shared_ptr<runtime::Replica> guest;
+  };
+  std::unique_ptr<Held> held_guest() {
+    auto h = std::make_unique<Held>();
+    h->epoch = nodes_->join(h->agent.node, false);
+    h->guest = h->agent.start("web-1", h->epoch, true, h->events);
+    if (h->guest) nodes_->disconnected(h->agent.node, "disconnected: connection reset");
+    return h;
+  }
+  // The names node n1's agent, back on a new connection saying it runs `names`, adopts.
+  std::vector<std::string> rejoin(
+      std::initializer_list<std::pair<const char*, std::int64_t>> names) {
+    ScriptedAgent again("n1");
+    std::vector<std::string> adopted{"sentinel"};
+    nodes_->join(again.node, false, running(names), &adopted);
+    return adopted;
+  }
+
   fs::path dir_;
   std::unique_ptr<control::NodeRegistry> nodes_;
 };
@@ -948,42 +971,28 @@ TEST_F(NodeRegistryAdoption, AKeptReplicaIsHeldThenAdoptedByTheAgentsNextConnect
 // What the server holds it gives up when the node's lease lapses, and an agent back after that
 // adopts nothing (its agent then stops the guest as an older epoch's).
 TEST_F(NodeRegistryAdoption, AHeldReplicaIsLostWhenTheLeaseLapses) {
-  ScriptedAgent first("n1");
-  const auto epoch = nodes_->join(first.node, false);
-  ReplicaEvents events;
-  auto guest = first.start("web-1", epoch, true, events);
-  ASSERT_TRUE(guest);
-  nodes_->disconnected(first.node, "disconnected: connection reset");
-  EXPECT_TRUE(guest->alive());
-  ASSERT_TRUE(eventually([&] { return events.exit_count() == 1; }, 5s));
-  EXPECT_FALSE(guest->alive());
-  EXPECT_FALSE(events.exits[0].requested);
-  EXPECT_THAT(events.exits[0].reason, HasSubstr("lost with node n1"));
-  ScriptedAgent second("n1");
-  std::vector<std::string> adopted{"sentinel"};
-  nodes_->join(second.node, false, running({{"web-1", epoch}}), &adopted);
-  EXPECT_TRUE(adopted.empty());
+  auto h = held_guest();
+  ASSERT_TRUE(h->guest);
+  EXPECT_TRUE(h->guest->alive());
+  ASSERT_TRUE(eventually([&] { return h->events.exit_count() == 1; }, 5s));
+  EXPECT_FALSE(h->guest->alive());
+  EXPECT_FALSE(h->events.exits[0].requested);
+  EXPECT_THAT(h->events.exits[0].reason, HasSubstr("lost with node n1"));
+  EXPECT_TRUE(rejoin({{"web-1", h->epoch}}).empty());
 }
 
 // A held replica the control plane stops meanwhile (a scale-down) is given up at once, as
 // stopped, and not adopted when its agent is back.
 TEST_F(NodeRegistryAdoption, AHeldReplicaStoppedMeanwhileIsNotAdopted) {
-  ScriptedAgent first("n1");
-  const auto epoch = nodes_->join(first.node, false);
-  ReplicaEvents events;
-  auto guest = first.start("web-1", epoch, true, events);
-  ASSERT_TRUE(guest);
-  nodes_->disconnected(first.node, "disconnected: connection reset");
-  guest->stop(10s);
-  EXPECT_FALSE(guest->alive());
-  ASSERT_EQ(events.exit_count(), 1U);
-  EXPECT_TRUE(events.exits[0].requested);
-  EXPECT_THAT(events.exits[0].reason, HasSubstr("while node n1 was disconnected"));
-  ScriptedAgent second("n1");
-  std::vector<std::string> adopted{"sentinel"};
-  nodes_->join(second.node, false, running({{"web-1", epoch}}), &adopted);
-  EXPECT_TRUE(adopted.empty());
-  EXPECT_EQ(events.exit_count(), 1U);
+  auto h = held_guest();
+  ASSERT_TRUE(h->guest);
+  h->guest->stop(10s);
+  EXPECT_FALSE(h->guest->alive());
+  ASSERT_EQ(h->events.exit_count(), 1U);
+  EXPECT_TRUE(h->events.exits[0].requested);
+  EXPECT_THAT(h->events.exits[0].reason, HasSubstr("while node n1 was disconnected"));
+  EXPECT_TRUE(rejoin({{"web-1", h->epoch}}).empty());
+  EXPECT_EQ(h->events.exit_count(), 1U);
 }
 
 }  // namespace

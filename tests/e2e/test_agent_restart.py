@@ -22,7 +22,7 @@ import pytest
 import blixard
 
 from blixard.cli import find_agent
-from conftest import poll
+from conftest import _stop, poll
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -87,17 +87,6 @@ class Setup:
 
     def status(self) -> dict:
         return json.loads(self.cli("vm", "status", "web", "-o", "json").stdout)["status"]
-
-
-def _stop(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.fixture
