@@ -73,7 +73,7 @@ void NodeRegistry::write(const std::string& name, const Entry& entry, const std:
   store_->put(k_nodes_prefix + name, node.SerializeAsString());
 }
 
-std::int64_t NodeRegistry::join(std::shared_ptr<Node> node, bool in_process,
+std::int64_t NodeRegistry::join(const std::shared_ptr<Node>& node, bool in_process,
                                 const std::vector<v1::RunningInstance>& running,
                                 std::vector<std::string>* adopted) {
   const std::string name = node->name();

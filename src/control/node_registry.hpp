@@ -94,7 +94,7 @@ class NodeRegistry {
   // `in_process` nodes never lapse. Throws already_exists when a connected node has the name.
   // `running`: what its agent says it still runs; the replicas among them that the node's last
   // connection held are adopted by `node` (Node::adopt), their names put in `adopted`.
-  std::int64_t join(std::shared_ptr<Node> node, bool in_process,
+  std::int64_t join(const std::shared_ptr<Node>& node, bool in_process,
                     const std::vector<v1::RunningInstance>& running = {},
                     std::vector<std::string>* adopted = nullptr);
   // The node's agent was heard from (any frame, a heartbeat).

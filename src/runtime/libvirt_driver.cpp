@@ -789,12 +789,7 @@ class LibvirtDriver final : public Driver {
       nonce = {static_cast<unsigned char>(::getpid()), static_cast<unsigned char>(::getpid() >> 8),
                static_cast<unsigned char>(std::time(nullptr))};
     }
-    for (const unsigned char b : nonce) {
-      static constexpr char hex[] = "0123456789abcdef";
-      nonce_ += hex[b >> 4];
-      nonce_ += hex[b & 15];
-    }
-    nonce_ += '-';
+    nonce_ = to_hex(nonce.data(), nonce.size()) + "-";
     if (!options_.adopt) destroy_leftovers();
     if (options_.image_cache.empty()) options_.image_cache = options_.work_dir / "images";
     // qemu (another user) reaches the replicas' files, sockets and images through these.
