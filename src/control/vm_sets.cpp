@@ -1217,6 +1217,12 @@ void VmSets::fill_status(const std::string& vm, const v1::VmSpec& spec,
     in.set_message(slot.message);
     in.set_restarts(slot.restarts);
     if (run == nullptr) return;
+    if (run->phase == Run::running && !run->node.empty() && !nodes_->find(run->node)) {
+      // Only a guest runs on without its node's connection (docs/vms.md, "Agent restarts").
+      in.set_message("node " + run->node +
+                     " is disconnected: held while its guest runs on, until its agent is back or "
+                     "the node's lease lapses");
+    }
     in.set_node(run->node);
     in.set_driver(run->driver);
     in.set_accel(run->accel);

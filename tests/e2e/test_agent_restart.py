@@ -164,6 +164,10 @@ def test_a_restarted_agent_takes_its_guests_back(setup, tmp_path):
             setup.agent.send_signal(getattr(signal, stop))
             assert setup.agent.wait(timeout=30) == (0 if stop == "SIGUSR2" else -signal.SIGKILL)
             assert guests() == running, stop
+            # Shown as held while the agent is away.
+            held = poll(lambda: [i for i in setup.status()["instances"]
+                                 if "is disconnected: held" in i.get("message", "")], 10)
+            assert sorted(i["name"] for i in held) == replicas, held
             setup.start_agent()
             poll(lambda: setup.phase() == "Ready", 30)
             poll(lambda: setup.agent_log().count("took back 2 replica(s)") == taken, 10)
