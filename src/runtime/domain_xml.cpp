@@ -82,7 +82,9 @@ std::string domain_xml(const DomainConfig& c) {
     x += "    <disk type='file' device='disk'>\n      <driver name='qemu' type='raw'/>\n";
     x += "      <source file=" + attr(c.disks[i].string()) + "/>\n";
     x += "      <target dev=" + attr(std::string("vd") + static_cast<char>('a' + i)) +
-         " bus='virtio'/>\n" + mmio + "    </disk>\n";
+         " bus='virtio'/>\n";
+    if (c.shared_disks) x += "      <shareable/>\n";
+    x += mmio + "    </disk>\n";
   }
   if (!c.bridge.empty()) {
     x += "    <interface type='bridge'>\n      <source bridge=" + attr(c.bridge) + "/>\n";
