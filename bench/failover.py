@@ -26,6 +26,7 @@ import datetime as dt
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -151,6 +152,25 @@ class Failovers:
               f"{self.writer.failed + len(self.writer.acks)}")
 
 
+def promotions(c) -> None:
+    """Where the guests' promotions in place went, from the driver's line in each new primary's
+    log ("blixard: promoted in place in N ms under epoch E: volume fenced ..., standby workload
+    stopped ..., volume flushed and mounted ..., primary workload to ready ...")."""
+    steps = {}
+    for line in c.vm("db").logs():
+        text = line.get("text", "")
+        if not text.startswith("blixard: promoted in place in "):
+            continue
+        steps.setdefault("promotion", []).append(int(re.search(r"in place in (\d+) ms", text)[1]))
+        for name, ms in re.findall(r"(volume fenced|standby workload stopped|volume flushed and "
+                                   r"mounted|primary workload to ready) (\d+) ms", text):
+            steps.setdefault(name, []).append(int(ms))
+    if steps:
+        print(f"promotions in place ({len(steps['promotion'])}, the node's and the guest's "
+              "clocks): " + "; ".join(f"{k} p50 {statistics.median(v):.0f} / max {max(v)} ms"
+                                      for k, v in steps.items()))
+
+
 def guests(rounds: int) -> int:
     """Failovers of real guests on one node: the primary's qemu killed."""
     work = Path(tempfile.mkdtemp(prefix="blixard-failover-guests-"))
@@ -168,6 +188,7 @@ def guests(rounds: int) -> int:
         for _ in range(rounds):
             failovers.round("guest", lambda p: os.kill(qemu_pid(p["name"]), signal.SIGKILL))
         failovers.report("TCG")
+        promotions(c)
         c.delete_vm("db")
         wait(lambda: not c.vms(), 60)
         return 0
