@@ -684,7 +684,13 @@ void LibvirtReplica::promote(const Promotion& promotion) {
   v1::VolumeAttachment fenced = *options_.volume;
   fenced.set_standby(false);
   fenced.set_writer_epoch(promotion.epoch);
-  fence_volume(fenced);
+  try {
+    fence_volume(fenced);
+  } catch (...) {
+    std::lock_guard lock(mutex_);
+    promoting_ = false;  // the guest was told nothing: still a standby
+    throw;
+  }
   const auto fenced_at = Clock::now();
   // One line, as the init reads it: the address is a word ("-" for none).
   std::string address = promotion.primary_address;
@@ -736,11 +742,17 @@ void LibvirtReplica::promote(const Promotion& promotion) {
                ? std::string("?")
                : std::to_string(b->second - a->second) + " ms";
   };
-  std::string text =
-      "blixard: promoted in place in " + ms_since(asked, ready_at) + " under epoch " +
-      std::to_string(promotion.epoch) + ": volume fenced " + ms_since(asked, fenced_at) +
-      ", standby workload stopped " + step("promote", "stopped") + ", volume flushed and mounted " +
-      step("stopped", "mounted") + ", primary workload to ready " + step("mounted", "ready");
+  // A workload that takes the role while it runs (BLIXARD_PROMOTE_SIGNAL) is signalled, not
+  // stopped and started again.
+  const bool signalled = at.contains("signalled");
+  std::string text = "blixard: promoted in place in " + ms_since(asked, ready_at) +
+                     " under epoch " + std::to_string(promotion.epoch) + ": volume fenced " +
+                     ms_since(asked, fenced_at) +
+                     (signalled ? "" : ", standby workload stopped " + step("promote", "stopped")) +
+                     ", volume flushed and mounted " + step("stopped", "mounted") +
+                     (signalled ? ", workload signalled to take the role, to ready "
+                                : ", primary workload to ready ") +
+                     step("mounted", "ready");
   lock.unlock();
   if (options_.on_log) options_.on_log(options_.name, "blixard", std::move(text));
 }

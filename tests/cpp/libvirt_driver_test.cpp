@@ -463,7 +463,13 @@ TEST_F(LibvirtDriverTest, AStandbyHoldingTheVolumeIsPromotedInPlaceAfterThePrima
       "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
       "if os.environ['BLIXARD_ROLE'] != 'primary':\n"
       "  print('standby volume=' + os.environ.get('BLIXARD_VOLUME', 'none'), flush=True)\n"
-      "  while True: time.sleep(60)\n"
+      "  if not os.environ.get('BLIXARD_PROMOTE_SIGNAL'):\n"
+      "    while True: time.sleep(60)\n"
+      // Takes the role while it runs: told by SIGUSR1, its new environment in the role file.
+      "  signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})\n"
+      "  while not os.path.exists('/run/blixard/role'): signal.sigwait({signal.SIGUSR1})\n"
+      "  os.environ.update(l.split('=', 1) for l in "
+      "open('/run/blixard/role').read().splitlines())\n"
       "log = os.path.join(os.environ['BLIXARD_VOLUME'], 'log')\n"
       "with open(log, 'a') as f:\n"
       "  f.write(os.environ['BLIXARD_EPOCH'] + '\\n'); f.flush(); os.fsync(f.fileno())\n"
@@ -484,7 +490,12 @@ TEST_F(LibvirtDriverTest, AStandbyHoldingTheVolumeIsPromotedInPlaceAfterThePrima
   };
   // The standbys boot first: their kernels scan the disk before the primary writes to it.
   auto second = standby("db-2");
-  auto third = standby("db-3");
+  auto o3 = replica("db-3", db, {8080});
+  (*o3.spec.mutable_env())["BLIXARD_ROLE"] = "replica";
+  (*o3.spec.mutable_env())["BLIXARD_PROMOTE_SIGNAL"] = "USR1";  // takes the role while it runs
+  o3.volume = volume;
+  o3.volume->set_standby(true);
+  auto third = driver_->start_replica(o3);
   EXPECT_TRUE(events_.saw("standby volume=none")) << "a standby sees no volume";
   auto o = replica("db-1", db, {8080});
   (*o.spec.mutable_env())["BLIXARD_ROLE"] = "primary";
@@ -549,7 +560,19 @@ TEST_F(LibvirtDriverTest, AStandbyHoldingTheVolumeIsPromotedInPlaceAfterThePrima
   ASSERT_TRUE(events_.exited().has_value());
   EXPECT_TRUE(events_.exited()->requested);
   EXPECT_TRUE(events_.saw("BLIXARD-EXIT 0")) << "the primary workload ended on SIGTERM";
-  third->kill();
+
+  // A workload that takes the role while it runs is signalled rather than started again.
+  third->promote(promotion(3));
+  EXPECT_EQ(get(third->ports().at(8080)), "db-3 epoch=3 log=1,2,3");
+  EXPECT_TRUE(events_.saw("promoted under epoch 3 (the workload was sent SIGUSR1)"));
+  EXPECT_TRUE(events_.saw("workload signalled to take the role")) << "no promotion timeline";
+  for (const auto& line : events_.by_replica["db-3.1"]) {
+    if (line.starts_with("blixard: promoted")) std::cout << line << "\n";
+  }
+  events_.exit.reset();
+  third->stop(10s);
+  ASSERT_TRUE(events_.exited().has_value());
+  EXPECT_TRUE(events_.exited()->requested);
 }
 
 TEST_F(LibvirtDriverTest, APoolQemuCannotReachIsRefusedNamingTheDirectory) {
