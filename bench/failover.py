@@ -54,9 +54,11 @@ if os.environ.get("BLIXARD_ROLE") != "primary":
     if not os.environ.get("BLIXARD_PROMOTE_SIGNAL"):
         while True:
             time.sleep(60)
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
-    while not os.path.exists("/run/blixard/role"):
-        signal.sigwait({signal.SIGUSR1})
+    import threading
+    told = threading.Event()
+    signal.signal(signal.SIGUSR1, lambda *_: told.set())
+    while not told.wait(1):
+        pass
     os.environ.update(l.split("=", 1) for l in open("/run/blixard/role").read().splitlines())
 body = os.environ["BLIXARD_EPOCH"].encode()
 class Db(http.server.BaseHTTPRequestHandler):

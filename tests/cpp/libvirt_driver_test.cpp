@@ -465,9 +465,12 @@ TEST_F(LibvirtDriverTest, AStandbyHoldingTheVolumeIsPromotedInPlaceAfterThePrima
       "  print('standby volume=' + os.environ.get('BLIXARD_VOLUME', 'none'), flush=True)\n"
       "  if not os.environ.get('BLIXARD_PROMOTE_SIGNAL'):\n"
       "    while True: time.sleep(60)\n"
-      // Takes the role while it runs: told by SIGUSR1, its new environment in the role file.
-      "  signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})\n"
-      "  while not os.path.exists('/run/blixard/role'): signal.sigwait({signal.SIGUSR1})\n"
+      // Takes the role while it runs: told by SIGUSR1 (caught: a process in sigwait() shows
+      // the signal neither blocked nor caught), its new environment in the role file.
+      "  import threading\n"
+      "  told = threading.Event()\n"
+      "  signal.signal(signal.SIGUSR1, lambda *_: told.set())\n"
+      "  while not told.wait(1): pass\n"
       "  os.environ.update(l.split('=', 1) for l in "
       "open('/run/blixard/role').read().splitlines())\n"
       "log = os.path.join(os.environ['BLIXARD_VOLUME'], 'log')\n"
