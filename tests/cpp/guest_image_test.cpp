@@ -476,15 +476,17 @@ TEST(GuestImage, RefusesWorkloadsTheGuestCannotRun) {
     EXPECT_EQ(e.field(), field) << e.what();
   };
   refused(Workload{}, "command");
-  refused(Workload{{"python3", "-m", "http.server"}, {}, {}, "r", {}, {}, {}, {}}, "command");
-  refused(Workload{{"/usr/bin/true"}, {{"BAD-NAME", "x"}}, {}, "r", {}, {}, {}, {}}, "env");
-  refused(Workload{{"/usr/bin/true"}, {{"1ST", "x"}}, {}, "r", {}, {}, {}, {}}, "env");
-  refused(Workload{{"/usr/bin/true"}, {}, {0}, "r", {}, {}, {}, {}}, "ports");
-  refused(Workload{{"/usr/bin/true"}, {}, {70000}, "r", {}, {}, {}, {}}, "ports");
-  refused(Workload{{"/usr/bin/true"}, {}, {}, "r", {{"/usr/bin/sh", "x"}}, {}, {}, {}}, "files");
-  refused(Workload{{"/usr/bin/true"}, {}, {}, "r", {{"/etc/../root/x", "x"}}, {}, {}, {}}, "files");
-  refused(Workload{{"/usr/bin/true"}, {}, {}, "r", {{"/etc", "x"}}, {}, {}, {}}, "files");
-  refused(Workload{{"/usr/bin/true"}, {}, {}, "r", {}, "data", {}, {}}, "storage.mountPoint");
+  refused(Workload{{"python3", "-m", "http.server"}, {}, {}, "r", {}, {}, {}, {}, {}}, "command");
+  refused(Workload{{"/usr/bin/true"}, {{"BAD-NAME", "x"}}, {}, "r", {}, {}, {}, {}, {}}, "env");
+  refused(Workload{{"/usr/bin/true"}, {{"1ST", "x"}}, {}, "r", {}, {}, {}, {}, {}}, "env");
+  refused(Workload{{"/usr/bin/true"}, {}, {0}, "r", {}, {}, {}, {}, {}}, "ports");
+  refused(Workload{{"/usr/bin/true"}, {}, {70000}, "r", {}, {}, {}, {}, {}}, "ports");
+  refused(Workload{{"/usr/bin/true"}, {}, {}, "r", {{"/usr/bin/sh", "x"}}, {}, {}, {}, {}},
+          "files");
+  refused(Workload{{"/usr/bin/true"}, {}, {}, "r", {{"/etc/../root/x", "x"}}, {}, {}, {}, {}},
+          "files");
+  refused(Workload{{"/usr/bin/true"}, {}, {}, "r", {{"/etc", "x"}}, {}, {}, {}, {}}, "files");
+  refused(Workload{{"/usr/bin/true"}, {}, {}, "r", {}, "data", {}, {}, {}}, "storage.mountPoint");
   EXPECT_FALSE(fs::exists(dir.path / "out.cpio"));
 }
 
@@ -497,6 +499,7 @@ TEST(GuestImage, BootsAServerThatIsReadyServesAndPowersOffWhenItExits) {
                                                       {},
                                                       {k_guest_http_port},
                                                       "web-1",
+                                                      {},
                                                       {},
                                                       {},
                                                       {},
@@ -543,7 +546,7 @@ TEST(GuestImage, BootsACommandWithoutPortsThatCannotReadTheHostsSecrets) {
       "ls /root; echo \"ls-root=$?\"; echo \"replica=$BLIXARD_REPLICA\"; "
       "for port in /dev/vport*; do echo forged >\"$port\"; echo \"forge=$?\"; done; exit 7";
   const fs::path initramfs = build_initramfs(
-      kernel, Workload{{"/bin/sh", "-c", script}, {}, {}, "batch-1", {}, {}, {}, {}},
+      kernel, Workload{{"/bin/sh", "-c", script}, {}, {}, "batch-1", {}, {}, {}, {}, {}},
       shared_cache(), dir.path / "batch-1.cpio");
 
   Guest guest(kernel, initramfs);
@@ -581,6 +584,7 @@ TEST(GuestImage, BootsTheBaseAloneWithTheWorkloadSentOnTheAgentsPort) {
              {},
              "sent-1",
              {{"/etc/blixard-test/greeting", "hello from the host"}},
+             {},
              {},
              {},
              {}};
