@@ -79,7 +79,8 @@ std::string domain_xml(const DomainConfig& c) {
     x += mmio + "    </filesystem>\n";
   }
   for (std::size_t i = 0; i < c.disks.size(); ++i) {
-    x += "    <disk type='file' device='disk'>\n      <driver name='qemu' type='raw'/>\n";
+    x += std::string("    <disk type='file' device='disk'>\n      <driver name='qemu' type='raw'") +
+         (c.uncached_disks ? " cache='none'" : "") + "/>\n";
     x += "      <source file=" + attr(c.disks[i].string()) + "/>\n";
     x += "      <target dev=" + attr(std::string("vd") + static_cast<char>('a' + i)) +
          " bus='virtio'/>\n";

@@ -159,6 +159,12 @@ bool write_all(int fd, std::string_view bytes) {
   return true;
 }
 
+// Whether `path` can be opened with O_DIRECT (qemu's cache='none').
+bool opens_direct(const fs::path& path) {
+  const UniqueFd fd(::open(path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC));
+  return fd.get() >= 0;
+}
+
 // "1.23" (seconds, as /proc/uptime says them) in milliseconds; -1 when it is not a number.
 long long uptime_ms(std::string_view text) {
   const std::string s(text);
@@ -538,6 +544,10 @@ void LibvirtReplica::start(const LibvirtOptions& driver, const GuestImage& image
   config.forwards = ports_;
   if (!volume_image.empty()) config.disks.push_back(volume_image);
   config.shared_disks = shared_disk_;
+  // A shared image bypasses the host's page cache where its filesystem allows (a tmpfs does
+  // not, and is no host's but this one's): a standby on another host would otherwise read its
+  // host's cached copy of what the old primary rewrote.
+  config.uncached_disks = shared_disk_ && opens_direct(volume_image);
   config.bridge = bridge;
   config.bridge_mac = mac;
   Domain dom = restore(config);

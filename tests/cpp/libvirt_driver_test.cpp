@@ -122,7 +122,9 @@ TEST(DomainXml, ASharedDiskIsShareable) {
   c.disks.push_back(fs::temp_directory_path() / "shared.img");
   EXPECT_THAT(rt::domain_xml(c), Not(HasSubstr("<shareable/>")));
   c.shared_disks = true;
+  c.uncached_disks = true;
   const auto xml = rt::domain_xml(c);
+  EXPECT_THAT(xml, HasSubstr("<driver name='qemu' type='raw' cache='none'/>"));
   EXPECT_THAT(xml, HasSubstr("<target dev='vda' bus='virtio'/>\n      <shareable/>"));
   virConnectPtr conn = virConnectOpen(k_uri);
   ASSERT_NE(conn, nullptr) << virGetLastErrorMessage();
