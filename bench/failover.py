@@ -14,7 +14,8 @@ to the first write the new primary accepts through the balancer. Kinds:
     sudo .venv/bin/python bench/failover.py --rounds 20 --cut-rounds 5 --lease 4s
 
 With --guests N instead: one `blixard-agent --server --vm-driver libvirt` (its own node), a
-2-replica set of real guests (TCG here), and N rounds of SIGKILL to the primary's qemu.
+2-replica set of real guests (TCG here), and N rounds of SIGKILL to the primary's qemu; with
+--promote-signal the workload takes the primary role while it runs instead of starting again.
 
 Also counted: writes acknowledged by an old epoch after the new one's first (must be 0).
 """
@@ -26,6 +27,7 @@ import datetime as dt
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -42,13 +44,22 @@ from bench_util import qemu_pid, replica_pid, wait
 from blixard.cli import find_agent
 from netns_cluster import NetnsCluster
 
-# A replica: a standby idles; the primary acknowledges each POST with its epoch.
+# A replica: a standby idles; the primary acknowledges each POST with its epoch. With
+# BLIXARD_PROMOTE_SIGNAL (--promote-signal) a standby guest takes the primary role while it runs,
+# told by SIGUSR1, its new environment in /run/blixard/role (docs/vms.md).
 DB = r"""
 import http.server, os, signal, sys, time
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 if os.environ.get("BLIXARD_ROLE") != "primary":
-    while True:
-        time.sleep(60)
+    if not os.environ.get("BLIXARD_PROMOTE_SIGNAL"):
+        while True:
+            time.sleep(60)
+    import threading
+    told = threading.Event()
+    signal.signal(signal.SIGUSR1, lambda *_: told.set())
+    while not told.wait(1):
+        pass
+    os.environ.update(l.split("=", 1) for l in open("/run/blixard/role").read().splitlines())
 body = os.environ["BLIXARD_EPOCH"].encode()
 class Db(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
@@ -90,10 +101,10 @@ def at(step: dict) -> float:
     return dt.datetime.fromisoformat(step["at"].replace("Z", "+00:00")).timestamp()
 
 
-def create_set(c, work: Path, replicas: int, memory: str) -> None:
+def create_set(c, work: Path, replicas: int, memory: str, env: dict | None = None) -> None:
     c.create_storage_pool("shared", str(work / "shared"), pool_type="shared-dir")
     config = work / "db.yaml"
-    config.write_text(json.dumps({"memory": memory, "ports": [5432],
+    config.write_text(json.dumps({"memory": memory, "ports": [5432], "env": env or {},
                                   "command": ["/usr/bin/python3", "-c", DB]}))
     c.create_vm("db", config, replicas=replicas, storage_class="replicated",
                 storage_size="64M", primary_election_policy="oldest-first")
@@ -151,7 +162,27 @@ class Failovers:
               f"{self.writer.failed + len(self.writer.acks)}")
 
 
-def guests(rounds: int) -> int:
+def promotions(c) -> None:
+    """Where the guests' promotions in place went, from the driver's line in each new primary's
+    log ("blixard: promoted in place in N ms under epoch E: volume fenced ..., standby workload
+    stopped ..., volume flushed and mounted ..., primary workload to ready ...")."""
+    steps = {}
+    for line in c.vm("db").logs():
+        text = line.get("text", "")
+        if not text.startswith("blixard: promoted in place in "):
+            continue
+        steps.setdefault("promotion", []).append(int(re.search(r"in place in (\d+) ms", text)[1]))
+        for name, ms in re.findall(r"(volume fenced|standby workload stopped|volume flushed and "
+                                   r"mounted|primary workload to ready|workload signalled to "
+                                   r"take the role, to ready) (\d+) ms", text):
+            steps.setdefault(name, []).append(int(ms))
+    if steps:
+        print(f"promotions in place ({len(steps['promotion'])}, the node's and the guest's "
+              "clocks): " + "; ".join(f"{k} p50 {statistics.median(v):.0f} / max {max(v)} ms"
+                                      for k, v in steps.items()))
+
+
+def guests(rounds: int, promote_signal: bool) -> int:
     """Failovers of real guests on one node: the primary's qemu killed."""
     work = Path(tempfile.mkdtemp(prefix="blixard-failover-guests-"))
     work.chmod(0o755)  # qemu (libvirt's user) opens the volume's image in the pool below
@@ -163,11 +194,13 @@ def guests(rounds: int) -> int:
         wait(lambda: (work / "s" / "server.json").exists(), 60)
         info = json.loads((work / "s" / "server.json").read_text())
         c = blixard.connect(info["address"], token=info["token"])
-        create_set(c, work, 2, "256M")
+        create_set(c, work, 2, "256M",
+                   {"BLIXARD_PROMOTE_SIGNAL": "USR1"} if promote_signal else None)
         failovers = Failovers(c, 2, 300)
         for _ in range(rounds):
             failovers.round("guest", lambda p: os.kill(qemu_pid(p["name"]), signal.SIGKILL))
-        failovers.report("TCG")
+        failovers.report("TCG" + (", the workload signalled" if promote_signal else ""))
+        promotions(c)
         c.delete_vm("db")
         wait(lambda: not c.vms(), 60)
         return 0
@@ -184,9 +217,12 @@ def main() -> int:
     ap.add_argument("--lease", default="4s")
     ap.add_argument("--guests", type=int, default=0, metavar="N",
                     help="N failovers of real guests on one node instead")
+    ap.add_argument("--promote-signal", action="store_true",
+                    help="with --guests: the workload takes the primary role while it runs "
+                         "(BLIXARD_PROMOTE_SIGNAL=USR1) instead of being started again")
     args = ap.parse_args()
     if args.guests:
-        return guests(args.guests)
+        return guests(args.guests, args.promote_signal)
     cluster = NetnsCluster(args.lease, "bf")
     try:
         for name in ("n1", "n2", "n3"):

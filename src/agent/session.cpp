@@ -115,6 +115,9 @@ void Session::receive(v1::AgentFrame& frame) {
     case v1::AgentFrame::kStop:
       stop(frame.stop());
       return;
+    case v1::AgentFrame::kPromoteReplica:
+      promote_replica(frame.promote_replica());
+      return;
     case v1::AgentFrame::kPing: {
       // At once, on the reading thread: the server times this round trip to place work.
       v1::AgentFrame pong;
@@ -285,6 +288,49 @@ void Session::assign_replica(const v1::AssignReplica& assign) {
     }
     if (replica && !keep) replica->kill();  // closed meanwhile: the server placed it elsewhere
     if (keep || !replica) out->send(f);
+  }).detach();
+}
+
+void Session::promote_replica(const v1::PromoteReplica& promote) {
+  // A guest's promotion takes its workload's start: on a thread of its own.
+  std::thread([out = out_, promote] {
+    v1::AgentFrame f;
+    auto& promoted = *f.mutable_replica_promoted();
+    promoted.set_id(promote.id());
+    try {
+      std::shared_ptr<runtime::Replica> replica;
+      {
+        std::lock_guard lock(out->mutex);
+        if (out->closed) return;
+        if (auto it = out->replicas.find(promote.replica()); it != out->replicas.end()) {
+          replica = it->second;
+        }
+        // A primary from now on: never kept across a lost connection (the server fails it over
+        // at once; RemoteNode::Replica::promote stops holding it too).
+        out->kept.erase(promote.replica());
+        // Armed before it mounts the volume: a primary from then on dies with this node's
+        // lease (agent/fence_watchdog.hpp); its exit disarms it, as a primary started so.
+        if (replica && out->watchdog && !out->fenced.contains(promote.replica())) {
+          if (const int pid = replica->fence_pid(); pid > 0) {
+            out->watchdog->arm(pid);
+            out->fenced[promote.replica()] = pid;
+          }
+        }
+      }
+      if (!replica) {
+        throw Error(errc::not_found, "no replica " + promote.replica() + " runs here");
+      }
+      runtime::Promotion p;
+      p.epoch = promote.epoch();
+      p.primary_address = promote.primary_address();
+      p.readiness = promote.readiness();
+      if (promote.timeout_ms() > 0) p.timeout = std::chrono::milliseconds(promote.timeout_ms());
+      replica->promote(p);
+      for (const auto& [port, host] : replica->ports()) (*promoted.mutable_ports())[port] = host;
+    } catch (...) {
+      *promoted.mutable_error() = status_of(std::current_exception());
+    }
+    out->send(f);
   }).detach();
 }
 

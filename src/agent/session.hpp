@@ -102,6 +102,7 @@ class Session {
   void assign(const v1::Assign& assign);
   void assign_replica(const v1::AssignReplica& assign);
   void remove_volume(const v1::RemoveVolume& remove);
+  void promote_replica(const v1::PromoteReplica& promote);
   void invoke(v1::Invoke& invoke);
   void stop(const v1::StopInstance& stop);
 

@@ -81,7 +81,10 @@ class RemoteNode::Replica final : public runtime::Replica {
 
   const std::string& name() const override { return name_; }
   bool alive() const override { return alive_.load(); }
-  std::map<std::uint32_t, std::uint32_t> ports() const override { return ports_; }
+  std::map<std::uint32_t, std::uint32_t> ports() const override {
+    std::lock_guard lock(ports_mutex_);
+    return ports_;
+  }
   std::chrono::microseconds start_duration() const override { return started_in_; }
 
   void stop(milliseconds grace) override {
@@ -102,6 +105,12 @@ class RemoteNode::Replica final : public runtime::Replica {
     node_ = std::move(node);
     epoch_ = epoch;
   }
+  void promote(const runtime::Promotion& promotion) override {
+    kept_ = false;  // a primary is not held across a lost connection (its agent kills it)
+    auto ports = node()->promote_replica(name_, promotion);
+    std::lock_guard lock(ports_mutex_);
+    ports_ = std::move(ports);
+  }
 
   void exited(const runtime::ReplicaExit& exit) {
     if (!alive_.exchange(false)) return;
@@ -120,11 +129,12 @@ class RemoteNode::Replica final : public runtime::Replica {
   mutable std::mutex node_mutex_;
   std::shared_ptr<RemoteNode> node_;
   std::string name_;
-  std::map<std::uint32_t, std::uint32_t> ports_;
+  mutable std::mutex ports_mutex_;
+  std::map<std::uint32_t, std::uint32_t> ports_;  // a promotion may change them
   std::chrono::microseconds started_in_;
   runtime::ReplicaOptions options_;
   std::atomic<std::int64_t> epoch_;
-  bool kept_;
+  std::atomic<bool> kept_;
   std::atomic<bool> alive_{true};
 };
 
@@ -229,6 +239,39 @@ void RemoteNode::remove_volume(const v1::VolumeAttachment& volume) {
                                    volume.name() + " within a minute");
   }
   if (pending.error) throw *pending.error;
+}
+
+std::map<std::uint32_t, std::uint32_t> RemoteNode::promote_replica(
+    const std::string& replica, const runtime::Promotion& promotion) {
+  PendingPromotion pending;
+  const std::uint64_t id = ++next_id_;
+  v1::AgentFrame frame;
+  auto& promote = *frame.mutable_promote_replica();
+  promote.set_id(id);
+  promote.set_replica(replica);
+  promote.set_epoch(promotion.epoch);
+  promote.set_primary_address(promotion.primary_address);
+  *promote.mutable_readiness() = promotion.readiness;
+  promote.set_timeout_ms(promotion.timeout.count());
+  std::unique_lock lock(mutex_);
+  if (lost_) throw gone_error();
+  promotions_[id] = &pending;
+  lock.unlock();
+  const bool sent = send(frame);
+  lock.lock();
+  if (!sent && !lost_) {
+    promotions_.erase(id);
+    throw Error(errc::unavailable, "node " + name_ + " is not connected");
+  }
+  // The agent bounds the promotion by its timeout; this bounds an agent that stops answering.
+  if (!changed_.wait_for(lock, promotion.timeout + std::chrono::seconds(10),
+                         [&] { return pending.done; })) {
+    promotions_.erase(id);
+    throw Error(errc::timeout,
+                "node " + name_ + " did not answer the promotion of replica " + replica);
+  }
+  if (pending.error) throw *pending.error;
+  return pending.ports;
 }
 
 void RemoteNode::overlay_peers(const std::vector<std::string>& addresses) {
@@ -387,6 +430,18 @@ void RemoteNode::receive(v1::AgentFrame& frame) {
       changed_.notify_all();
       return;
     }
+    case v1::AgentFrame::kReplicaPromoted: {
+      const auto& promoted = frame.replica_promoted();
+      std::lock_guard lock(mutex_);
+      auto it = promotions_.find(promoted.id());
+      if (it == promotions_.end()) return;
+      if (promoted.has_error()) it->second->error = Error(promoted.error());
+      it->second->ports.insert(promoted.ports().begin(), promoted.ports().end());
+      it->second->done = true;
+      promotions_.erase(it);
+      changed_.notify_all();
+      return;
+    }
     case v1::AgentFrame::kResult: {
       auto& result = *frame.mutable_result();
       runtime::CallCompletion complete;
@@ -504,6 +559,11 @@ void RemoteNode::lose(const std::string& why, bool hold) {
         pending->done = true;
       }
       removals_.clear();
+      for (auto& [id, pending] : promotions_) {
+        pending->error = gone_error();
+        pending->done = true;
+      }
+      promotions_.clear();
       calls.swap(calls_);
       instances.swap(instances_);
       replicas.swap(replicas_);

@@ -76,6 +76,11 @@ class RemoteNode final : public Node, public std::enable_shared_from_this<Remote
     bool done = false;
     std::optional<Error> error;
   };
+  struct PendingPromotion {
+    bool done = false;
+    std::map<std::uint32_t, std::uint32_t> ports;
+    std::optional<Error> error;
+  };
   struct PendingCall {
     std::string instance;
     runtime::CallCompletion complete;
@@ -85,6 +90,9 @@ class RemoteNode final : public Node, public std::enable_shared_from_this<Remote
   void call(Instance& instance, const runtime::Invocation& invocation,
             runtime::CallCompletion complete);
   void stop_instance(const std::string& instance, std::chrono::milliseconds grace, bool kill);
+  // A PromoteReplica frame, and its answer: the replica's ports as the primary.
+  std::map<std::uint32_t, std::uint32_t> promote_replica(const std::string& replica,
+                                                         const runtime::Promotion& promotion);
   Error gone_error() const;
 
   std::string name_;
@@ -98,6 +106,7 @@ class RemoteNode final : public Node, public std::enable_shared_from_this<Remote
   std::map<std::uint64_t, PendingStart*> starts_;
   std::map<std::uint64_t, PendingReplica*> replica_starts_;
   std::map<std::uint64_t, PendingRemoval*> removals_;
+  std::map<std::uint64_t, PendingPromotion*> promotions_;
   std::map<std::uint64_t, PendingCall> calls_;
   std::map<std::string, std::shared_ptr<Instance>> instances_;
   std::map<std::string, std::shared_ptr<Replica>> replicas_;

@@ -67,6 +67,12 @@ struct VmSets::Run {
   std::string role;
   std::int64_t epoch = 0;
   std::string volume;  // the volume it writes to, once claimed
+  // A standby guest holding the set's volume unmounted (VolumeAttachment.standby): promoted in
+  // place, a role change rather than a fresh boot. Its ports are forwarded but not served
+  // (not in `ports`) until then.
+  std::string held_volume;
+  bool promote_pending = false;  // chosen: promoted once no other primary run is left
+  bool promoting = false;
 };
 
 // One of the set's replicas ("webapp-2"): the run that serves it and, during a rolling update,
@@ -189,6 +195,14 @@ v1::VmSpec revision_of(v1::VmSpec spec) {
 
 bool has_volume(const v1::VmSpec& spec) {
   return !spec.storage().pool().empty() || !spec.storage().class_().empty();
+}
+
+// The declared port a run's health is checked on (0: none), by its readiness and ports.
+std::uint32_t check_port_of(const v1::Readiness& readiness, const v1::VmSpec& spec) {
+  if (!readiness.console_marker().empty() || spec.ports_size() == 0) return 0;
+  if (readiness.tcp_port() != 0) return readiness.tcp_port();
+  if (!readiness.http_path().empty() && readiness.http_port() != 0) return readiness.http_port();
+  return spec.ports(0);
 }
 
 std::string revision_key(const v1::VmSpec& revision) {
@@ -444,6 +458,10 @@ void VmSets::reconcile() {
       auto& slot = set.slots[ordinal];
       if (ordinal == set.primary && !set.spec.primary_election_policy().empty() &&
           primary_running) {
+        continue;
+      }
+      if (ordinal == set.primary && slot->current && slot->current->promote_pending) {
+        promote_in_place(vm, set, *slot);
         continue;
       }
       // (Once what it ran before is gone: a recreate stops, then starts.)
@@ -721,8 +739,18 @@ void VmSets::elect(const std::string& vm, Set& set, int desired) {
     set.failing_over = true;
     failover_step(vm, set, "detected", why);
   };
+  // Whether the slot's standby holds the volume, to be promoted in place.
+  auto in_place = [](const Slot& slot) {
+    return slot.current && slot.current->phase == Run::running &&
+           !slot.current->held_volume.empty();
+  };
   auto promote = [&](Slot& to) {
     set.primary = to.ordinal;
+    if (in_place(to)) {
+      // reconcile() promotes it once no other primary run is left (a switchover's stopping).
+      to.current->promote_pending = true;
+      return;
+    }
     // Its standby run makes way; reconcile() starts it again as primary.
     if (to.current) retire(to, to.current, {});
   };
@@ -776,9 +804,107 @@ void VmSets::elect(const std::string& vm, Set& set, int desired) {
   }
   if (chosen == nullptr) return;  // the primary's slot starts again in place after its backoff
   if (!set.failing_over) begin(current->name + " is gone: " + current->message);
-  failover_step(vm, set, "promoting",
-                chosen->name + " is to be primary (" + policy + "); its standby run stops");
+  failover_step(
+      vm, set, "promoting",
+      chosen->name + " is to be primary (" + policy + "); " +
+          (in_place(*chosen) ? "its standby guest, holding the volume, is promoted in place"
+                             : "its standby run stops"));
   promote(*chosen);
+}
+
+void VmSets::promote_in_place(const std::string& vm, Set& set, Slot& slot) {
+  const std::shared_ptr<Run> run = slot.current;
+  run->promote_pending = false;
+  run->promoting = true;
+  const auto revision = set.revisions.find(run->revision);
+  const v1::VmSpec serving = revision != set.revisions.end() ? revision->second.spec : set.spec;
+  runtime::Promotion promotion;
+  promotion.readiness = serving.readiness();
+  if (const auto given = to_millis(serving.readiness().timeout()); given.count() > 0) {
+    promotion.timeout = given;
+  }
+  // Its own address from now on, as a primary started afresh would be told a standby's.
+  if (serving.ports_size() > 0) {
+    const auto ports = run->replica->ports();
+    if (!run->network_address.empty()) {
+      promotion.primary_address = run->network_address + ":" + std::to_string(serving.ports(0));
+    } else if (const auto p = ports.find(serving.ports(0)); p != ports.end()) {
+      promotion.primary_address = run->address + ":" + std::to_string(p->second);
+    }
+  }
+  ++workers_;
+  std::thread([this, vm, slot_name = slot.name, ordinal = slot.ordinal, run, serving,
+               promotion]() mutable {
+    std::string error;
+    try {
+      // The fence before anything: from here no run of an older epoch gets the volume.
+      promotion.epoch = fence(vm, *run, slot_name, run->node);
+      run->replica->promote(promotion);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+    if (error.empty()) {
+      try {
+        volumes_->attached(run->held_volume, run->node, run->replica->name(), promotion.epoch,
+                           runtime::k_volume_image);
+      } catch (const std::exception&) {
+        // The store is closing with the server (as for a primary started afresh).
+      }
+    }
+    bool kill = false;
+    {
+      std::lock_guard lock(mutex_);
+      run->promoting = false;
+      auto s = sets_.find(vm);
+      Set* set = s != sets_.end() ? s->second.get() : nullptr;
+      Slot* sl = nullptr;
+      if (set != nullptr) {
+        if (auto found = set->slots.find(ordinal); found != set->slots.end()) {
+          sl = found->second.get();
+        }
+      }
+      const bool ours = sl != nullptr && sl->current == run && run->phase == Run::running &&
+                        !sl->remove && set->primary == ordinal && !closed_;
+      if (error.empty() && ours) {
+        run->role = "primary";
+        run->volume = run->held_volume;
+        run->ports = run->replica->ports();
+        run->readiness = serving.readiness();
+        run->check_port = check_port_of(run->readiness, serving);
+        run->next_check = Clock::now() + check_interval(run->readiness);
+        if (set->failing_over) {
+          set->failing_over = false;
+          failover_step(vm, *set, "volume-attached",
+                        run->held_volume + " mounted by " + slot_name + " on " + run->node +
+                            " under epoch " + std::to_string(run->epoch) +
+                            " (held by its standby guest since its start)");
+          failover_step(vm, *set, "promoted",
+                        slot_name + " is primary on " + run->node + " (epoch " +
+                            std::to_string(run->epoch) + "), promoted in place");
+          failover_step(vm, *set, "balancer-switched",
+                        "the load balancer sends the set's ports to " + slot_name);
+        } else {
+          publish(vm, "PrimaryPromoted",
+                  slot_name + " is primary on " + run->node + " (epoch " +
+                      std::to_string(run->epoch) + "), promoted in place");
+        }
+      } else if (ours) {
+        // Not promoted: the standby makes way and its slot starts afresh as the primary.
+        if (set->failing_over) {
+          failover_step(vm, *set, "promoting",
+                        slot_name + " was not promoted in place (" + error +
+                            "): it starts afresh as primary");
+        }
+        retire(*sl, run, {});
+      } else if (error.empty()) {
+        kill = true;  // promoted, but no longer wanted as the primary (deleted, scaled, stopped)
+      }
+      --workers_;
+      idle_.notify_all();
+      wake_.notify_all();
+    }
+    if (kill) run->replica->kill();
+  }).detach();
 }
 
 void VmSets::start(const std::string& vm, Set& set, Slot& slot, bool next) {
@@ -815,11 +941,13 @@ void VmSets::start(const std::string& vm, Set& set, Slot& slot, bool next) {
     }
   }
   run->readiness = placed_spec.readiness();
-  if (run->readiness.console_marker().empty() && placed_spec.ports_size() > 0) {
-    run->check_port = run->readiness.tcp_port() != 0 ? run->readiness.tcp_port()
-                      : !run->readiness.http_path().empty() && run->readiness.http_port() != 0
-                          ? run->readiness.http_port()
-                          : placed_spec.ports(0);
+  run->check_port = check_port_of(run->readiness, placed_spec);
+  // A standby guest holds the set's volume unmounted and its ports forwarded, to be promoted in
+  // place (libvirt driver: a guest takes no disk while it runs); elsewhere a standby holds
+  // nothing and a promotion starts the primary afresh.
+  std::shared_ptr<const v1::VmSpec> standby_of;
+  if (with_primary && run->role == "replica" && has_volume(serving)) {
+    standby_of = std::make_shared<const v1::VmSpec>(serving);
   }
   (next ? slot.next : slot.current) = run;
   if (next || run->replaces != 0) {
@@ -843,7 +971,7 @@ void VmSets::start(const std::string& vm, Set& set, Slot& slot, bool next) {
   }
   auto spec = std::make_shared<const v1::VmSpec>(std::move(placed_spec));
   ++workers_;
-  std::thread([this, vm, slot_name = slot.name, ordinal = slot.ordinal, run, spec] {
+  std::thread([this, vm, slot_name = slot.name, ordinal = slot.ordinal, run, spec, standby_of] {
     std::shared_ptr<runtime::Replica> replica;
     Placed placed;
     std::string error;
@@ -924,6 +1052,19 @@ void VmSets::start(const std::string& vm, Set& set, Slot& slot, bool next) {
       assignment.replica.slot = slot_name;
       assignment.replica.name = slot_name + "." + std::to_string(run->generation);
       if (volume) assignment.replica.volume = volume->attachment;
+      if (standby_of && run->driver == "libvirt" && volumes_) {
+        try {
+          auto held = volumes_->claim_primary(vm, standby_of->storage());
+          held.attachment.set_standby(true);
+          held.attachment.set_writer_epoch(0);
+          assignment.replica.volume = held.attachment;
+          *assignment.replica.spec.mutable_ports() = standby_of->ports();
+          std::lock_guard lock(mutex_);
+          run->held_volume = held.attachment.name();
+        } catch (const std::exception&) {
+          // (A node-local pool: no volume to hold; its promotion starts the primary afresh.)
+        }
+      }
       if (network) assignment.replica.network = *network;
       std::weak_ptr<Hub> hub = hub_;
       assignment.replica.on_exit = [hub, vm, ordinal,
@@ -974,7 +1115,8 @@ void VmSets::start(const std::string& vm, Set& set, Slot& slot, bool next) {
       if (replica && ours && !abandoned && !sl->remove && !closed_) {
         run->phase = Run::running;
         run->replica = replica;
-        run->ports = replica->ports();
+        // (A standby's forwarded ports are served once it is promoted.)
+        if (run->role != "replica") run->ports = replica->ports();
         run->started_at = std::chrono::system_clock::now();
         run->ready_at = Clock::now();
         run->next_check = run->ready_at + check_interval(run->readiness);

@@ -25,14 +25,16 @@
 //
 // A set with a primaryElectionPolicy has one primary (docs/vms.md, "Primary and failover"): the
 // only replica with the set's volume ("<vm>-data", on a shared pool) and the only one the load
-// balancer sends to; the others run as standbys (BLIXARD_ROLE=replica, no volume, no ports).
-// When the primary's run is gone (it exited, failed its health check, or was lost with its
-// node), the policy picks a running standby, whose standby run stops; its primary run then
-// (a) fences: bumps the stored epoch in one compare-and-swap (control/primaries.hpp), (b) is
-// placed and started with the volume under that epoch, which its node refuses to an older one,
-// and (c) serves through the balancer once ready. Each step is timed in the set's status and
-// published as an event. A switchover (the spec's `primary` changed) stops the old primary
-// cleanly first, then promotes the same way.
+// balancer sends to; the others run as standbys (BLIXARD_ROLE=replica, serving and writing
+// nothing). When the primary's run is gone (it exited, failed its health check, or was lost with
+// its node), the policy picks a running standby, whose standby run stops; its primary run then (a)
+// fences: bumps the stored epoch in one compare-and-swap (control/primaries.hpp), (b) is placed and
+// started with the volume under that epoch, which its node refuses to an older one, and (c) serves
+// through the balancer once ready. A standby guest (libvirt driver) holds the volume unmounted from
+// its start: it is promoted in place instead of (b), its node fencing the volume and its guest
+// mounting it and starting the workload as the primary. Each step is timed in the set's status and
+// published as an event. A switchover (the spec's `primary` changed) stops the old primary cleanly
+// first, then promotes the same way.
 #pragma once
 
 #include <chrono>
@@ -135,6 +137,10 @@ class VmSets {
   // returns the epoch. Throws Error(conflict) when the stored epoch moved meanwhile.
   std::int64_t fence(const std::string& vm, Run& run, const std::string& replica,
                      const std::string& node);
+  // Makes the slot's running standby, which holds the volume, the primary in place on a thread
+  // of its own: fenced (the epoch's compare-and-swap), then promoted on its node; when that
+  // fails the standby makes way and reconcile() starts the primary afresh (mutex_ held).
+  void promote_in_place(const std::string& vm, Set& set, Slot& slot);
   // A step of the set's failover, timed from its detection, published (mutex_ held).
   void failover_step(const std::string& vm, Set& set, const std::string& step,
                      const std::string& message);

@@ -515,7 +515,7 @@ std::string workload_file(const Workload& w) {
       throw Error(errc::invalid_spec, "a volume's mount point must be an absolute path",
                   "storage.mountPoint");
     }
-    env.push_back("BLIXARD_VOLUME=" + w.volume_mount);
+    if (!w.volume_standby) env.push_back("BLIXARD_VOLUME=" + w.volume_mount);
   }
   std::string ports;
   for (const auto port : w.ports) {
@@ -529,6 +529,7 @@ std::string workload_file(const Workload& w) {
   std::string file = "blixard_hostname=" + sh_quote(host_name(w.replica)) + "\n" +
                      "blixard_ports=" + sh_quote(ports) + "\n" +
                      "blixard_volume=" + sh_quote(w.volume_mount) + "\n" +
+                     "blixard_volume_standby=" + (w.volume_standby ? "1" : "") + "\n" +
                      "blixard_network_mac=" + sh_quote(w.network_mac) + "\n" +
                      "blixard_network_address=" + sh_quote(w.network_address) + "\nset --";
   for (const auto& item : env) file += " " + sh_quote(item);

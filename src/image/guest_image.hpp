@@ -48,6 +48,9 @@ struct Workload {
   // Its interface on a VM network: the MAC the init finds it by and its address ("10.88.0.2/24");
   // empty: none.
   std::string network_mac, network_address;
+  // A standby of a set with a primary: the volume is attached but mounted only once the host
+  // promotes the guest (guest/init, PROMOTE); BLIXARD_VOLUME is set from then on.
+  bool volume_standby = false;
 };
 
 // The base archive every guest of `kernel` boots (busybox, modules, /init), built once into

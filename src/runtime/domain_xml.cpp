@@ -79,10 +79,13 @@ std::string domain_xml(const DomainConfig& c) {
     x += mmio + "    </filesystem>\n";
   }
   for (std::size_t i = 0; i < c.disks.size(); ++i) {
-    x += "    <disk type='file' device='disk'>\n      <driver name='qemu' type='raw'/>\n";
+    x += std::string("    <disk type='file' device='disk'>\n      <driver name='qemu' type='raw'") +
+         (c.uncached_disks ? " cache='none'" : "") + "/>\n";
     x += "      <source file=" + attr(c.disks[i].string()) + "/>\n";
     x += "      <target dev=" + attr(std::string("vd") + static_cast<char>('a' + i)) +
-         " bus='virtio'/>\n" + mmio + "    </disk>\n";
+         " bus='virtio'/>\n";
+    if (c.shared_disks) x += "      <shareable/>\n";
+    x += mmio + "    </disk>\n";
   }
   if (!c.bridge.empty()) {
     x += "    <interface type='bridge'>\n      <source bridge=" + attr(c.bridge) + "/>\n";

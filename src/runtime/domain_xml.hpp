@@ -30,6 +30,13 @@ struct DomainConfig {
   std::vector<DomainShare> shares;
   // Raw disk images the guest sees as /dev/vda, /dev/vdb... (virtio-blk), in this order.
   std::vector<std::filesystem::path> disks;
+  // The disks are shared with other guests (a set's volume, held by its primary and standbys):
+  // libvirt's <shareable/>, so that qemu lets several guests open them and libvirt does not
+  // give a dead guest's disk back to its old owner under a guest still using it.
+  bool shared_disks = false;
+  // qemu opens the disks with O_DIRECT (cache='none'): no host page cache between guests on
+  // different hosts sharing an image (a standby's would hold what it read before a promotion).
+  bool uncached_disks = false;
   std::filesystem::path console_socket;  // the serial console (ttyS0)
   std::filesystem::path agent_socket;    // the guest init's channel: "BLIXARD-READY", "STOP"
   // Declared guest port -> host port (all of the host's addresses, as sandbox replicas).

@@ -10,6 +10,7 @@
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -57,6 +58,9 @@ constexpr std::string_view k_ready_line = "BLIXARD-READY";
 constexpr std::string_view k_times_line = "BLIXARD-TIMES ";
 constexpr std::string_view k_exit_line = "BLIXARD-EXIT ";
 constexpr std::string_view k_waiting_line = "BLIXARD-WAITING";
+// How long a guest's qemu may take to be gone once it closed its sockets, before libvirt is
+// asked to end it.
+constexpr milliseconds k_qemu_exit_wait{5000};
 const fs::path k_socket_root = "/run/blixard";
 // A ready guest's record in its directory (LibvirtReplica::keep_record).
 constexpr const char* k_kept_record = "kept.pb";
@@ -158,6 +162,12 @@ bool write_all(int fd, std::string_view bytes) {
     bytes.remove_prefix(static_cast<std::size_t>(n));
   }
   return true;
+}
+
+// Whether `path` can be opened with O_DIRECT (qemu's cache='none').
+bool opens_direct(const fs::path& path) {
+  const UniqueFd fd(::open(path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC));
+  return fd.get() >= 0;
 }
 
 // "1.23" (seconds, as /proc/uptime says them) in milliseconds; -1 when it is not a number.
@@ -320,6 +330,7 @@ class LibvirtReplica final : public Replica, public std::enable_shared_from_this
   // it was ready): reconnects to its console and agent sockets and watches it as start() does.
   // Throws Error(unavailable) when its sockets cannot be reached.
   void take_back(const v1::KeptReplica& kept);
+  void promote(const Promotion& promotion) override;
   // Whether its thread runs (and will call `done` once the guest is gone), after start().
   bool watching() const { return watching_; }
   // The guest's qemu: killing it ends the guest (0 when libvirt's pid file was not found).
@@ -353,6 +364,9 @@ class LibvirtReplica final : public Replica, public std::enable_shared_from_this
   void run();
   // Its record beside it (dir_/kept.pb), for the next agent should this one end first.
   void keep_record() const;
+  // Until the guest's qemu has exited (its pidfd, or libvirt's destroy when there is none or it
+  // lingers): a guest sharing its disk has stopped writing to it.
+  void await_qemu_exit() const;
   void console_line(std::string text);
   void agent_line(const std::string& text);
   // Where the start's time went, for the replica's log.
@@ -365,8 +379,12 @@ class LibvirtReplica final : public Replica, public std::enable_shared_from_this
 
   ReplicaOptions options_;
   virConnectPtr conn_;
-  std::string domain_;  // the template's once restored from its snapshot (set before run())
-  int qemu_pid_ = 0;    // (set before run())
+  std::string domain_;   // the template's once restored from its snapshot (set before run())
+  int qemu_pid_ = 0;     // (set before run())
+  UniqueFd qemu_pidfd_;  // (set before run())
+  // Its disk is the set's volume, shared with the set's other guests (DomainConfig::shared_disks),
+  // and, on a standby, held unmounted for a promotion in place (set before run()).
+  bool shared_disk_ = false, holds_standby_volume_ = false;
   fs::path dir_, sockets_;
   std::shared_ptr<SnapshotLease> snapshot_;
   std::function<void()> done_;
@@ -383,6 +401,7 @@ class LibvirtReplica final : public Replica, public std::enable_shared_from_this
   bool guest_ready_ = false;  // the guest init said so (its first port accepts inside)
   Clock::time_point guest_ready_at_;
   std::string guest_times_;  // the init's "init=1.02 modules=1.31 ..." (uptime, seconds)
+  bool promoting_ = false;   // once asked: a replica is promoted once
   bool marker_seen_ = false;
   bool gone_ = false;  // qemu closed both sockets
   std::optional<int> exit_status_;
@@ -504,7 +523,14 @@ void LibvirtReplica::start(const LibvirtOptions& driver, const GuestImage& image
   workload.ports.assign(spec.ports().begin(), spec.ports().end());
   workload.replica = replica;
   workload.files.insert(spec.files().begin(), spec.files().end());
-  if (!volume_image.empty()) workload.volume_mount = options_.volume->mount_point();
+  if (!volume_image.empty()) {
+    workload.volume_mount = options_.volume->mount_point();
+    // A set's volume (with a primary) is shared by its primary and its standbys' guests; a
+    // standby holds it unmounted until promoted.
+    shared_disk_ = options_.volume->standby() || options_.volume->writer_epoch() > 0;
+    holds_standby_volume_ = options_.volume->standby();
+    workload.volume_standby = holds_standby_volume_;
+  }
   std::string bridge, mac;
   if (options_.network) {
     const auto [address, subnet] = replica_address(*options_.network);
@@ -537,6 +563,11 @@ void LibvirtReplica::start(const LibvirtOptions& driver, const GuestImage& image
   config.agent_socket = sockets_ / "agent";
   config.forwards = ports_;
   if (!volume_image.empty()) config.disks.push_back(volume_image);
+  config.shared_disks = shared_disk_;
+  // A shared image bypasses the host's page cache where its filesystem allows (a tmpfs does
+  // not, and is no host's but this one's): a standby on another host would otherwise read its
+  // host's cached copy of what the old primary rewrote.
+  config.uncached_disks = shared_disk_ && opens_direct(volume_image);
   config.bridge = bridge;
   config.bridge_mac = mac;
   Domain dom = restore(config);
@@ -552,7 +583,10 @@ void LibvirtReplica::start(const LibvirtOptions& driver, const GuestImage& image
     // qemu:///system keeps each running domain's qemu pid here (for fence_pid()).
     std::ifstream pid_file("/run/libvirt/qemu/" + domain_ + ".pid");
     int pid = 0;
-    if (pid_file >> pid && pid > 1) qemu_pid_ = pid;
+    if (pid_file >> pid && pid > 1) {
+      qemu_pid_ = pid;
+      qemu_pidfd_.reset(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+    }
   }
   // Said at once (the timeline comes only once it is ready, and a guest may never be).
   if (restored && options_.on_log) {
@@ -658,7 +692,15 @@ void LibvirtReplica::take_back(const v1::KeptReplica& kept) {
   {
     std::ifstream pid_file("/run/libvirt/qemu/" + domain_ + ".pid");
     int pid = 0;
-    if (pid_file >> pid && pid > 1) qemu_pid_ = pid;
+    if (pid_file >> pid && pid > 1) {
+      qemu_pid_ = pid;
+      qemu_pidfd_.reset(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+    }
+  }
+  if (options_.volume) {
+    // As start() had it (a guest once promoted is never kept: see promote()).
+    shared_disk_ = options_.volume->standby() || options_.volume->writer_epoch() > 0;
+    holds_standby_volume_ = options_.volume->standby();
   }
   if (options_.network) network_ = std::make_unique<NetworkMembership>(*options_.network);
   console_ = connect_unix(sockets_ / "console");
@@ -695,6 +737,119 @@ Domain LibvirtReplica::restore(const DomainConfig& config) {
   return nullptr;
 }
 
+void LibvirtReplica::await_qemu_exit() const {
+  if (qemu_pidfd_.get() >= 0) {
+    pollfd p{qemu_pidfd_.get(), POLLIN, 0};
+    const auto until = Clock::now() + k_qemu_exit_wait;
+    for (;;) {
+      const auto left = std::chrono::duration_cast<milliseconds>(until - Clock::now()).count();
+      const int n = ::poll(&p, 1, static_cast<int>(std::max<long long>(0, left)));
+      if (n > 0) return;  // exited (a zombie until libvirtd reaps it: it holds no file)
+      if (n == 0 || errno != EINTR) break;
+    }
+  }
+  destroy_domain();  // returns once libvirt has ended qemu
+}
+
+void LibvirtReplica::promote(const Promotion& promotion) {
+  const auto asked = Clock::now();
+  {
+    std::lock_guard lock(mutex_);
+    if (!holds_standby_volume_) {
+      throw Error(errc::unavailable,
+                  "replica " + options_.name + "'s guest holds no volume to be promoted with");
+    }
+    if (state_ != State::ready || requested_ || gone_) {
+      throw Error(errc::unavailable, "replica " + options_.name + " is not running");
+    }
+    if (promoting_) {
+      throw Error(errc::conflict, "replica " + options_.name + " was promoted already");
+    }
+    promoting_ = true;
+    guest_ready_ = false;
+  }
+  // The node's fence first: refused when a newer epoch took the volume (another primary).
+  v1::VolumeAttachment fenced = *options_.volume;
+  fenced.set_standby(false);
+  fenced.set_writer_epoch(promotion.epoch);
+  try {
+    fence_volume(fenced);
+  } catch (...) {
+    std::lock_guard lock(mutex_);
+    promoting_ = false;  // the guest was told nothing: still a standby
+    throw;
+  }
+  const auto fenced_at = Clock::now();
+  // One line, as the init reads it: the address is a word ("-" for none).
+  std::string address = promotion.primary_address;
+  if (address.empty() || address.find_first_of(" \t\r\n") != std::string::npos) address = "-";
+  const std::string line = "PROMOTE " + std::to_string(promotion.epoch) + " " + address + "\n";
+  {
+    // A primary from now on: no later agent takes it back (its watchdog kills it with this one).
+    std::error_code ignored;
+    fs::remove(dir_ / k_kept_record, ignored);
+  }
+  if (!send_all(agent_.get(), line)) {
+    throw Error(errc::unavailable, "cannot reach replica " + options_.name +
+                                       "'s guest to promote it: " + std::strerror(errno));
+  }
+  const auto deadline = asked + promotion.timeout;
+  const auto& r = promotion.readiness;
+  std::unique_lock lock(mutex_);
+  for (;;) {
+    if (gone_ || state_ == State::exited) {
+      lock.unlock();
+      throw Error(
+          errc::handler_failed,
+          "replica " + options_.name + "'s guest ended while it was promoted" + tail_.describe());
+    }
+    bool ready = guest_ready_;
+    if (ready && !r.http_path().empty() && !ports_.empty()) {
+      const auto port =
+          ports_.at(r.http_port() != 0 && ports_.contains(r.http_port()) ? r.http_port()
+                                                                         : ports_.begin()->first);
+      lock.unlock();
+      ready = http_ok("", port, r.http_path(), k_check_timeout);
+      lock.lock();
+    }
+    if (ready) break;
+    if (Clock::now() >= deadline) {
+      lock.unlock();
+      throw Error(errc::timeout,
+                  "replica " + options_.name + " was not ready as the primary within " +
+                      std::to_string(promotion.timeout.count()) + " ms" + tail_.describe());
+    }
+    changed_.wait_for(lock, k_http_ready_poll);
+  }
+  const auto ready_at = Clock::now();
+  // Where the promotion's time went, by the guest's clock from the word's arrival.
+  std::map<std::string, long long> at;
+  std::istringstream words(guest_times_);
+  for (std::string word; words >> word;) {
+    const auto eq = word.find('=');
+    if (eq != std::string::npos) at[word.substr(0, eq)] = uptime_ms(word.substr(eq + 1));
+  }
+  const auto step = [&](const char* from, const char* to) {
+    const auto a = at.find(from), b = at.find(to);
+    return a == at.end() || b == at.end() || a->second < 0 || b->second < 0
+               ? std::string("?")
+               : std::to_string(b->second - a->second) + " ms";
+  };
+  // A workload that takes the role while it runs (BLIXARD_PROMOTE_SIGNAL) is signalled, not
+  // stopped and started again.
+  const bool signalled = at.contains("signalled");
+  std::string text = "blixard: promoted in place in " + ms_since(asked, ready_at) +
+                     " under epoch " + std::to_string(promotion.epoch) + ": volume fenced " +
+                     ms_since(asked, fenced_at) +
+                     (signalled ? "" : ", standby workload stopped " + step("promote", "stopped")) +
+                     ", volume flushed and mounted " + step("stopped", "mounted") +
+                     (signalled ? ", workload signalled to take the role, to ready "
+                                : ", primary workload to ready ") +
+                     step("mounted", "ready");
+  lock.unlock();
+  if (options_.on_log) options_.on_log(options_.name, "blixard", std::move(text));
+}
+
 void LibvirtReplica::run() {
   // Until qemu closes both (the guest powered off, crashed or was destroyed).
   read_console({console_.get(), agent_.get()}, [this](std::size_t which, std::string text) {
@@ -705,10 +860,14 @@ void LibvirtReplica::run() {
     }
   });
   // qemu closed both: the guest is gone. Its exit is reported before libvirt's clean-up of the
-  // dead qemu (about a second here, which the balancer would keep sending connections to it),
-  // unless it has a volume: then once libvirt has let go of the disk a successor may attach.
-  const bool has_volume = options_.volume.has_value();
+  // dead qemu (about a second and a half here, which the balancer would keep sending connections
+  // to it), unless it has a volume of its own: then once libvirt has let go of the disk a
+  // successor may attach (libvirt gives a dead guest's disk back to its old owner). A disk
+  // shared with the set's other guests is never given back (libvirt's security drivers skip
+  // shared disks): its exit is reported once its qemu is gone, and no longer writes.
+  const bool has_volume = options_.volume.has_value() && !shared_disk_;
   if (has_volume) destroy_domain();
+  if (shared_disk_) await_qemu_exit();
   ReplicaExit exit;
   exit.replica = options_.name;
   bool was_ready = false;
@@ -856,8 +1015,20 @@ class LibvirtDriver final : public Driver {
         fs::create_directories(d);
         hand_to_qemu(d);
       }
-      if (options.volume) fence_volume(*options.volume);  // a fenced start gets no disk
-      const fs::path volume = options.volume ? volume_image(*options.volume) : fs::path();
+      fs::path volume;
+      if (options.volume) {
+        fence_volume(*options.volume);  // a fenced start gets no disk
+        try {
+          volume = volume_image(*options.volume);
+        } catch (const Error& e) {
+          // A standby serves without it: its promotion is then a primary started afresh.
+          if (!options.volume->standby()) throw;
+          if (options.on_log) {
+            options.on_log(options.name, "blixard",
+                           std::string("blixard: the standby holds no volume: ") + e.what());
+          }
+        }
+      }
       const auto prepared = Clock::now();
       replica = std::make_shared<LibvirtReplica>(options, conn_.get(), prefix_ + options.name, dir,
                                                  sockets, *snapshot, done);

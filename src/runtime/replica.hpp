@@ -12,6 +12,7 @@
 #include <optional>
 #include <string>
 
+#include "blixard/error.hpp"
 #include "blixard/v1/network.pb.h"
 #include "blixard/v1/vm.pb.h"
 
@@ -60,6 +61,17 @@ struct AdoptedReplica {
   std::int64_t epoch = 0;  // the node's epoch it was started under
 };
 
+// A running standby made its set's primary in place (Replica::promote): a role change, not a
+// restart.
+struct Promotion {
+  // The set's new fencing epoch, stored by compare-and-swap before this is asked: the node
+  // refuses the volume under an older one (runtime/volume.hpp, fence_volume).
+  std::int64_t epoch = 0;
+  std::string primary_address;  // BLIXARD_PRIMARY_ADDR from now on
+  v1::Readiness readiness;      // what says it serves as the primary
+  std::chrono::milliseconds timeout{60'000};
+};
+
 class Replica {
  public:
   virtual ~Replica() = default;
@@ -85,6 +97,15 @@ class Replica {
   // It runs on under the node's new epoch (its agent reconnected, or restarted and took it back):
   // what is kept for the next agent says so.
   virtual void adopted(std::int64_t epoch) { (void)epoch; }
+  // Makes this standby, which holds its set's volume unmounted (VolumeAttachment.standby), the
+  // primary: fences the volume under `promotion.epoch`, mounts it, and has the workload take the
+  // primary role; returns once it is ready as such. Throws Error: unavailable where the replica
+  // cannot be promoted in place (the caller starts a primary afresh instead), conflict when a
+  // newer epoch took the volume, timeout, handler_failed (it ended meanwhile).
+  virtual void promote(const Promotion& promotion) {
+    (void)promotion;
+    throw Error(errc::unavailable, "replica " + name() + " cannot be promoted in place");
+  }
 };
 
 }  // namespace blixard::runtime

@@ -257,6 +257,13 @@ class Guest {
            static_cast<ssize_t>(bytes.size());
   }
 
+  // Closes the host's side of the agent's port (an agent that stopped); the next send connects
+  // again.
+  void disconnect_agent() {
+    if (agent_fd_ >= 0) ::close(agent_fd_);
+    agent_fd_ = -1;
+  }
+
   // All the agent's port said, once qemu has exited (and closed it).
   std::string drain_agent_port() {
     std::array<char, 512> buf{};
@@ -476,15 +483,17 @@ TEST(GuestImage, RefusesWorkloadsTheGuestCannotRun) {
     EXPECT_EQ(e.field(), field) << e.what();
   };
   refused(Workload{}, "command");
-  refused(Workload{{"python3", "-m", "http.server"}, {}, {}, "r", {}, {}, {}, {}}, "command");
-  refused(Workload{{"/usr/bin/true"}, {{"BAD-NAME", "x"}}, {}, "r", {}, {}, {}, {}}, "env");
-  refused(Workload{{"/usr/bin/true"}, {{"1ST", "x"}}, {}, "r", {}, {}, {}, {}}, "env");
-  refused(Workload{{"/usr/bin/true"}, {}, {0}, "r", {}, {}, {}, {}}, "ports");
-  refused(Workload{{"/usr/bin/true"}, {}, {70000}, "r", {}, {}, {}, {}}, "ports");
-  refused(Workload{{"/usr/bin/true"}, {}, {}, "r", {{"/usr/bin/sh", "x"}}, {}, {}, {}}, "files");
-  refused(Workload{{"/usr/bin/true"}, {}, {}, "r", {{"/etc/../root/x", "x"}}, {}, {}, {}}, "files");
-  refused(Workload{{"/usr/bin/true"}, {}, {}, "r", {{"/etc", "x"}}, {}, {}, {}}, "files");
-  refused(Workload{{"/usr/bin/true"}, {}, {}, "r", {}, "data", {}, {}}, "storage.mountPoint");
+  refused(Workload{{"python3", "-m", "http.server"}, {}, {}, "r", {}, {}, {}, {}, {}}, "command");
+  refused(Workload{{"/usr/bin/true"}, {{"BAD-NAME", "x"}}, {}, "r", {}, {}, {}, {}, {}}, "env");
+  refused(Workload{{"/usr/bin/true"}, {{"1ST", "x"}}, {}, "r", {}, {}, {}, {}, {}}, "env");
+  refused(Workload{{"/usr/bin/true"}, {}, {0}, "r", {}, {}, {}, {}, {}}, "ports");
+  refused(Workload{{"/usr/bin/true"}, {}, {70000}, "r", {}, {}, {}, {}, {}}, "ports");
+  refused(Workload{{"/usr/bin/true"}, {}, {}, "r", {{"/usr/bin/sh", "x"}}, {}, {}, {}, {}},
+          "files");
+  refused(Workload{{"/usr/bin/true"}, {}, {}, "r", {{"/etc/../root/x", "x"}}, {}, {}, {}, {}},
+          "files");
+  refused(Workload{{"/usr/bin/true"}, {}, {}, "r", {{"/etc", "x"}}, {}, {}, {}, {}}, "files");
+  refused(Workload{{"/usr/bin/true"}, {}, {}, "r", {}, "data", {}, {}, {}}, "storage.mountPoint");
   EXPECT_FALSE(fs::exists(dir.path / "out.cpio"));
 }
 
@@ -497,6 +506,7 @@ TEST(GuestImage, BootsAServerThatIsReadyServesAndPowersOffWhenItExits) {
                                                       {},
                                                       {k_guest_http_port},
                                                       "web-1",
+                                                      {},
                                                       {},
                                                       {},
                                                       {},
@@ -543,7 +553,7 @@ TEST(GuestImage, BootsACommandWithoutPortsThatCannotReadTheHostsSecrets) {
       "ls /root; echo \"ls-root=$?\"; echo \"replica=$BLIXARD_REPLICA\"; "
       "for port in /dev/vport*; do echo forged >\"$port\"; echo \"forge=$?\"; done; exit 7";
   const fs::path initramfs = build_initramfs(
-      kernel, Workload{{"/bin/sh", "-c", script}, {}, {}, "batch-1", {}, {}, {}, {}},
+      kernel, Workload{{"/bin/sh", "-c", script}, {}, {}, "batch-1", {}, {}, {}, {}, {}},
       shared_cache(), dir.path / "batch-1.cpio");
 
   Guest guest(kernel, initramfs);
@@ -583,6 +593,7 @@ TEST(GuestImage, BootsTheBaseAloneWithTheWorkloadSentOnTheAgentsPort) {
              {{"/etc/blixard-test/greeting", "hello from the host"}},
              {},
              {},
+             {},
              {}};
   const std::string archive = replica_archive(w);
   Guest guest(kernel, base_initramfs(kernel, shared_cache()));
@@ -605,6 +616,38 @@ TEST(GuestImage, BootsTheBaseAloneWithTheWorkloadSentOnTheAgentsPort) {
   EXPECT_NE(bare.console().find("expected WORKLOAD from the host"), std::string::npos)
       << bare.diagnostics();
   EXPECT_NE(bare.console().find("BLIXARD-EXIT 255"), std::string::npos) << bare.diagnostics();
+}
+
+// The host's side of the agent's port goes (an agent restarted) and comes back: the init keeps
+// serving it, and a STOP sent on the new connection still stops the workload (the guest powers
+// off with the workload's status).
+TEST(GuestImage, AStopSentAfterTheHostReconnectsToTheAgentsPortStillStopsTheWorkload) {
+  if (!have_qemu()) GTEST_SKIP() << k_qemu << " is missing (scripts/bootstrap installs it)";
+  const GuestKernel kernel = find_guest_kernel(shared_cache());
+  Workload w{{"/bin/sh", "-c", "trap 'echo stopped; exit 5' TERM; while :; do sleep 1; done"},
+             {},
+             {},
+             "stop-1",
+             {},
+             {},
+             {},
+             {},
+             {}};
+  const std::string archive = replica_archive(w);
+  Guest guest(kernel, base_initramfs(kernel, shared_cache()));
+  ASSERT_TRUE(
+      guest.send_on_agent_port("WORKLOAD " + std::to_string(archive.size()) + "\n" + archive));
+  ASSERT_TRUE(guest.wait_on_agent_port("BLIXARD-READY", 120s)) << guest.diagnostics();
+  guest.disconnect_agent();
+  ASSERT_TRUE(eventually(
+      [&] { return guest.console().find("the host left the agent port") != std::string::npos; },
+      30s))
+      << guest.diagnostics();
+  ASSERT_TRUE(guest.send_on_agent_port("STOP\n"));
+  const auto status = guest.wait_exit(60s);
+  ASSERT_TRUE(status) << "the STOP after the reconnection was not served\n" << guest.diagnostics();
+  EXPECT_NE(guest.console().find("stopped"), std::string::npos) << guest.diagnostics();
+  EXPECT_NE(guest.console().find("BLIXARD-EXIT 5"), std::string::npos) << guest.diagnostics();
 }
 
 }  // namespace

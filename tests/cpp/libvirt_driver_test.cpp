@@ -11,8 +11,11 @@
 
 #include <sys/stat.h>
 
+#include <chrono>
 #include <condition_variable>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <filesystem>
 #include <map>
@@ -36,6 +39,7 @@ using blixard::errc;
 using blixard::Error;
 using blixard::test_support::eventually;
 using ::testing::HasSubstr;
+using ::testing::Not;
 namespace rt = blixard::runtime;
 namespace v1 = blixard::v1;
 using namespace std::chrono_literals;
@@ -109,6 +113,32 @@ TEST(DomainXml, LibvirtsTestDriverRunsItAndADriverCleansUpLeftovers) {
   driver->shutdown();
   EXPECT_FALSE(fs::exists(options.work_dir / "replicas"));
   fs::remove_all(options.work_dir);
+}
+
+// A set's volume is shared by its primary's and its standbys' guests: <shareable/>, which libvirt's
+// qemu driver accepts for a raw image (qemu then opens it with share-rw).
+TEST(DomainXml, ASharedDiskIsShareable) {
+  auto c = sample_domain(fs::temp_directory_path());
+  c.disks.push_back(fs::temp_directory_path() / "shared.img");
+  EXPECT_THAT(rt::domain_xml(c), Not(HasSubstr("<shareable/>")));
+  c.shared_disks = true;
+  c.uncached_disks = true;
+  const auto xml = rt::domain_xml(c);
+  EXPECT_THAT(xml, HasSubstr("<driver name='qemu' type='raw' cache='none'/>"));
+  EXPECT_THAT(xml, HasSubstr("<target dev='vda' bus='virtio'/>\n      <shareable/>"));
+  virConnectPtr conn = virConnectOpen(k_uri);
+  ASSERT_NE(conn, nullptr) << virGetLastErrorMessage();
+  virDomainPtr dom = virDomainDefineXML(conn, xml.c_str());
+  EXPECT_NE(dom, nullptr) << virGetLastErrorMessage() << "\n" << xml;
+  if (dom != nullptr) {
+    char* back = virDomainGetXMLDesc(dom, 0);
+    ASSERT_NE(back, nullptr);
+    EXPECT_THAT(std::string(back), HasSubstr("<shareable/>"));
+    ::free(back);  // NOLINT(cppcoreguidelines-no-malloc): libvirt's allocation
+    virDomainUndefine(dom);
+    virDomainFree(dom);
+  }
+  virConnectClose(conn);
 }
 
 TEST(DomainXml, EscapesWhatItQuotes) {
@@ -213,6 +243,12 @@ class LibvirtDriverTest : public ::testing::Test {
   std::unique_ptr<rt::Driver> driver_;
   Events events_;
 };
+
+rt::Promotion promotion(std::int64_t epoch) {
+  rt::Promotion p;
+  p.epoch = epoch;
+  return p;
+}
 
 // The body of GET / on 127.0.0.1:port.
 std::string get(std::uint32_t port) {
@@ -408,6 +444,142 @@ TEST_F(LibvirtDriverTest, TheSeedsPostgresqlRunsInAGuestOnItsVolume) {
 
 // qemu opens a volume's image as libvirt-qemu: a pool under a directory it cannot pass is said
 // before any guest starts, naming the directory, rather than as qemu's bare "Permission denied".
+// A set with a primary on guests: its standbys hold the set's volume attached and unmounted, and
+// one is promoted in place once the primary's qemu is killed: the node fences the volume under
+// the new epoch, the guest mounts it (reading what the old primary wrote after the standby
+// booted) and its workload starts again as the primary, serving on the ports it held. The
+// dead primary's exit is reported once its qemu is gone; a promotion under an older epoch is
+// refused, and a guest that holds no standby volume cannot be promoted.
+TEST_F(LibvirtDriverTest, AStandbyHoldingTheVolumeIsPromotedInPlaceAfterThePrimaryIsKilled) {
+  v1::VolumeAttachment volume;
+  volume.set_name("db-data");
+  volume.set_pool_type("shared-dir");
+  volume.set_pool_path((dir_ / "pool").string());
+  volume.set_size_mib(64);
+  volume.set_mount_point("/var/lib/db");
+  // Idle as a standby (saying whether it sees a volume); as the primary, appends its epoch to
+  // a log on the volume and serves who it is and the whole log.
+  const std::vector<std::string> db = {
+      "/usr/bin/python3", "-c",
+      "import http.server as h, os, signal, sys, time\n"
+      "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+      "if os.environ['BLIXARD_ROLE'] != 'primary':\n"
+      "  print('standby volume=' + os.environ.get('BLIXARD_VOLUME', 'none'), flush=True)\n"
+      "  if not os.environ.get('BLIXARD_PROMOTE_SIGNAL'):\n"
+      "    while True: time.sleep(60)\n"
+      // Takes the role while it runs: told by SIGUSR1 (caught: a process in sigwait() shows
+      // the signal neither blocked nor caught), its new environment in the role file.
+      "  import threading\n"
+      "  told = threading.Event()\n"
+      "  signal.signal(signal.SIGUSR1, lambda *_: told.set())\n"
+      "  while not told.wait(1): pass\n"
+      "  os.environ.update(l.split('=', 1) for l in "
+      "open('/run/blixard/role').read().splitlines())\n"
+      "log = os.path.join(os.environ['BLIXARD_VOLUME'], 'log')\n"
+      "with open(log, 'a') as f:\n"
+      "  f.write(os.environ['BLIXARD_EPOCH'] + '\\n'); f.flush(); os.fsync(f.fileno())\n"
+      "body = (os.environ['BLIXARD_REPLICA'] + ' epoch=' + os.environ['BLIXARD_EPOCH'] +\n"
+      "        ' log=' + ','.join(open(log).read().split())).encode()\n"
+      "class P(h.BaseHTTPRequestHandler):\n"
+      "  def do_GET(self):\n"
+      "    self.send_response(200); self.send_header('Content-Length', str(len(body)))\n"
+      "    self.end_headers(); self.wfile.write(body)\n"
+      "print('primary', os.environ['BLIXARD_EPOCH'], flush=True)\n"
+      "h.HTTPServer(('', int(os.environ['PORT'])), P).serve_forever()\n"};
+  auto standby = [&](const std::string& name) {
+    auto o = replica(name, db, {8080});
+    (*o.spec.mutable_env())["BLIXARD_ROLE"] = "replica";
+    o.volume = volume;
+    o.volume->set_standby(true);
+    return driver_->start_replica(o);
+  };
+  // The standbys boot first: their kernels scan the disk before the primary writes to it.
+  auto second = standby("db-2");
+  auto o3 = replica("db-3", db, {8080});
+  (*o3.spec.mutable_env())["BLIXARD_ROLE"] = "replica";
+  (*o3.spec.mutable_env())["BLIXARD_PROMOTE_SIGNAL"] = "USR1";  // takes the role while it runs
+  o3.volume = volume;
+  o3.volume->set_standby(true);
+  auto third = driver_->start_replica(o3);
+  EXPECT_TRUE(events_.saw("standby volume=none")) << "a standby sees no volume";
+  auto o = replica("db-1", db, {8080});
+  (*o.spec.mutable_env())["BLIXARD_ROLE"] = "primary";
+  (*o.spec.mutable_env())["BLIXARD_EPOCH"] = "1";
+  o.volume = volume;
+  o.volume->set_writer_epoch(1);
+  o.volume->set_format("ext4-image");  // the standby made it
+  auto first = driver_->start_replica(o);
+  EXPECT_EQ(get(first->ports().at(8080)), "db-1 epoch=1 log=1");
+  try {
+    first->promote(promotion(2));
+    FAIL() << "a guest without a standby volume was promoted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), errc::unavailable) << e.what();
+  }
+
+  // The primary's qemu dies as on a crash: its exit comes once the process is gone.
+  events_.exit.reset();
+  const int qemu = first->fence_pid();
+  ASSERT_GT(qemu, 1);
+  const auto killed = std::chrono::steady_clock::now();
+  ASSERT_EQ(::kill(qemu, SIGKILL), 0);
+  ASSERT_TRUE(eventually([&] { return events_.exited().has_value(); }, 20s));
+  EXPECT_FALSE(events_.exited()->requested);
+  std::cout << "the killed primary's exit was reported after "
+            << std::chrono::duration_cast<std::chrono::milliseconds>(
+                   std::chrono::steady_clock::now() - killed)
+                   .count()
+            << " ms\n";
+
+  const auto asked = std::chrono::steady_clock::now();
+  second->promote(promotion(2));
+  std::cout << "promoted in "
+            << std::chrono::duration_cast<std::chrono::milliseconds>(
+                   std::chrono::steady_clock::now() - asked)
+                   .count()
+            << " ms\n";
+  EXPECT_TRUE(second->alive());
+  EXPECT_EQ(get(second->ports().at(8080)), "db-2 epoch=2 log=1,2")
+      << "the new primary reads what the old one wrote, and writes under its epoch";
+  EXPECT_TRUE(events_.saw("blixard: promoted in place in ")) << "no promotion timeline";
+  for (const auto& line : events_.lines) {
+    if (line.starts_with("blixard: promoted")) std::cout << line << "\n";
+  }
+  // The fence: a promotion under an older epoch is refused by the node; the guest stays a
+  // standby, its volume unmounted.
+  try {
+    third->promote(promotion(1));
+    FAIL() << "a promotion under an older epoch went through";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), errc::conflict) << e.what();
+  }
+  try {
+    second->promote(promotion(3));
+    FAIL() << "a replica was promoted twice";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), errc::conflict) << e.what();
+  }
+  // A promoted guest stops as any: STOP reaches its new workload.
+  events_.exit.reset();
+  second->stop(10s);
+  ASSERT_TRUE(events_.exited().has_value());
+  EXPECT_TRUE(events_.exited()->requested);
+  EXPECT_TRUE(events_.saw("BLIXARD-EXIT 0")) << "the primary workload ended on SIGTERM";
+
+  // A workload that takes the role while it runs is signalled rather than started again.
+  third->promote(promotion(3));
+  EXPECT_EQ(get(third->ports().at(8080)), "db-3 epoch=3 log=1,2,3");
+  EXPECT_TRUE(events_.saw("promoted under epoch 3 (the workload was sent SIGUSR1)"));
+  EXPECT_TRUE(events_.saw("workload signalled to take the role")) << "no promotion timeline";
+  for (const auto& line : events_.by_replica["db-3.1"]) {
+    if (line.starts_with("blixard: promoted")) std::cout << line << "\n";
+  }
+  events_.exit.reset();
+  third->stop(10s);
+  ASSERT_TRUE(events_.exited().has_value());
+  EXPECT_TRUE(events_.exited()->requested);
+}
+
 TEST_F(LibvirtDriverTest, APoolQemuCannotReachIsRefusedNamingTheDirectory) {
   if (::getpwnam("libvirt-qemu") == nullptr) GTEST_SKIP() << "qemu does not run as libvirt-qemu";
   const fs::path closed = dir_ / "closed";

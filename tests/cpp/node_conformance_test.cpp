@@ -511,6 +511,25 @@ TEST_P(NodeConformance, AnEmptyOverlayPeerListKeepsTheNodeServing) {
   replica->stop(5s);
 }
 
+// A promotion in place reaches the replica's driver (over the agent channel for a remote node)
+// and comes back with its answer: the sandbox driver promotes nothing in place (its replicas
+// restart as primary), and says so as unavailable; the replica keeps running.
+TEST_P(NodeConformance, APromotionTheDriverCannotDoComesBackAsUnavailable) {
+  auto replica = node().start_replica(replica_assignment(token_, "web-6", replica_events_));
+  runtime::Promotion promotion;
+  promotion.epoch = 2;
+  promotion.timeout = 10s;
+  try {
+    replica->promote(promotion);
+    FAIL() << "a sandbox replica was promoted in place";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), errc::unavailable) << e.what();
+    EXPECT_THAT(e.message(), HasSubstr("web-6 cannot be promoted in place"));
+  }
+  EXPECT_TRUE(replica->alive());
+  replica->stop(5s);
+}
+
 // The fence at the volume: a start under an older epoch than the last one that took the volume
 // is refused it (a primary given up on cannot come back to the data), on any node.
 TEST_P(NodeConformance, AVolumeIsRefusedToAStartUnderAnOlderEpoch) {
