@@ -21,6 +21,11 @@ constexpr std::size_t k_round_trip_samples_needed = 5;
 
 NodeRegistry::NodeRegistry(std::shared_ptr<store::Store> store, NodeRegistryOptions options)
     : store_(std::move(store)), options_(options) {
+  // An agent's fence watchdog kills its primaries once it has heard nothing for half the lease:
+  // the server's pings (one a heartbeat) come at least twice within that, or one late ping
+  // under load kills a healthy primary (a 2 s lease with 1 s heartbeats did).
+  options_.heartbeat =
+      std::max(std::chrono::milliseconds(10), std::min(options_.heartbeat, options_.lease / 4));
   // Nodes stored by an earlier run: their agents get a lease's time to come back, then are Lost.
   for (const auto& kv : store_->list(k_nodes_prefix).kvs) {
     v1::Node node;

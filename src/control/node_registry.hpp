@@ -41,7 +41,8 @@ struct NodeRegistryOptions {
   // A node not heard from for this long is Lost; with the checks below a cut link is found, and
   // its work placed again, within 5 s (bench/node_loss.py).
   std::chrono::milliseconds lease{4000};
-  // How often agents heartbeat (told in their welcome), and how often leases are checked.
+  // How often agents heartbeat (told in their welcome) and the server pings them, and how often
+  // leases are checked; at most a quarter of the lease (the fence watchdog acts at half).
   std::chrono::milliseconds heartbeat{1000};
 };
 

@@ -3,15 +3,18 @@ agent joined to it with the libvirt driver, on loopback; a 2-replica set of real
 nginx's page through the server's balancer. The agent stopped for an upgrade (SIGUSR2) or killed
 with SIGKILL, and started again within its node's lease, keeps the same guests (the same qemu processes, the same replicas in `vm
 status`), and the balancer serves throughout. An agent back only after the lease lapsed finds its
-guests given up: it destroys them, and the set's replicas start afresh."""
+guests given up: it destroys them, and the set's replicas start afresh. And a set's standby guest
+on a joined agent is promoted in place over the agent channel."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -23,6 +26,7 @@ import blixard
 
 from blixard.cli import find_agent
 from conftest import _stop, poll
+from test_guests import promote_in_place
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -201,3 +205,14 @@ def test_a_restarted_agent_takes_its_guests_back(setup, tmp_path):
     assert not set(fresh.items()) & set(kept.items())
     assert get(lb) == "kept"
     print(f"agent restart: {poller.ok} requests through the balancer, 0 failed")
+
+
+def test_a_standby_guest_on_a_joined_agent_is_promoted_in_place(setup, tmp_path):
+    """The promotion in place of test_guests.py, over the agent channel: the set's guests run on a
+    joined agent, not the server's own node."""
+    pool = Path(tempfile.mkdtemp(prefix="blixard-e2e-pool-"))
+    pool.chmod(0o755)  # qemu (libvirt's user) opens the volume's image there
+    try:
+        promote_in_place(setup.cli, pool, tmp_path)
+    finally:
+        shutil.rmtree(pool, ignore_errors=True)
