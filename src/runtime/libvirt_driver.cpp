@@ -62,8 +62,14 @@ constexpr std::string_view k_waiting_line = "BLIXARD-WAITING";
 // asked to end it.
 constexpr milliseconds k_qemu_exit_wait{5000};
 const fs::path k_socket_root = "/run/blixard";
-// A ready guest's record in its directory (LibvirtReplica::keep_record).
-constexpr const char* k_kept_record = "kept.pb";
+// Ready guests' records (LibvirtReplica::keep_record), one `<replica>.pb` each, in a directory of
+// the driver's work_dir that only root may enter: not in the replica's own directory, which is
+// qemu's (libvirt-qemu's), so that a compromised qemu cannot write what the next agent acts on.
+constexpr const char* k_kept_dir = "kept";
+
+fs::path kept_record(const fs::path& work_dir, const std::string& replica) {
+  return work_dir / k_kept_dir / (replica + ".pb");
+}
 constexpr std::uint64_t k_min_guest_mib = 128;
 // Shapes whose save images are kept at once (the least recently started goes first), and the
 // failed template boots after which a shape stops trying.
@@ -362,8 +368,10 @@ class LibvirtReplica final : public Replica, public std::enable_shared_from_this
     return std::min(driver.ready_timeout, milliseconds(t.seconds() * 1000 + t.nanos() / 1'000'000));
   }
   void run();
-  // Its record beside it (dir_/kept.pb), for the next agent should this one end first.
+  // Its record (kept_record), for the next agent should this one end first.
   void keep_record() const;
+  // The driver's work_dir (dir_ is its replicas/<name>).
+  fs::path work_dir() const { return dir_.parent_path().parent_path(); }
   // Until the guest's qemu has exited (its pidfd, or libvirt's destroy when there is none or it
   // lingers): a guest sharing its disk has stopped writing to it.
   void await_qemu_exit() const;
@@ -673,11 +681,12 @@ void LibvirtReplica::keep_record() const {
   kept.set_start_us(started_in_.count());
   // Written aside and renamed: a reader sees the whole record or none. Root's only (the spec's
   // environment is in it).
-  const fs::path partial = dir_ / ".kept.pb";
+  const fs::path record = kept_record(work_dir(), options_.name);
+  const fs::path partial = record.string() + ".partial";
   const UniqueFd out(
       ::open(partial.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
   if (out.get() < 0 || !write_all(out.get(), kept.SerializeAsString()) ||
-      ::rename(partial.c_str(), (dir_ / k_kept_record).c_str()) != 0) {
+      ::rename(partial.c_str(), record.c_str()) != 0) {
     if (options_.on_log) {
       options_.on_log(options_.name, "blixard",
                       std::string("blixard: cannot keep this guest's record (") +
@@ -787,7 +796,7 @@ void LibvirtReplica::promote(const Promotion& promotion) {
   {
     // A primary from now on: no later agent takes it back (its watchdog kills it with this one).
     std::error_code ignored;
-    fs::remove(dir_ / k_kept_record, ignored);
+    fs::remove(kept_record(work_dir(), options_.name), ignored);
   }
   if (!send_all(agent_.get(), line)) {
     throw Error(errc::unavailable, "cannot reach replica " + options_.name +
@@ -886,6 +895,7 @@ void LibvirtReplica::run() {
   network_.reset();                   // (set before this thread started)
   std::error_code ignored;
   fs::remove_all(dir_, ignored);
+  fs::remove(kept_record(work_dir(), options_.name), ignored);
   fs::remove_all(sockets_, ignored);
   {
     std::lock_guard lock(mutex_);
@@ -960,6 +970,8 @@ class LibvirtDriver final : public Driver {
       }
     }
     fs::permissions(options_.image_cache, fs::perms::others_read, fs::perm_options::add, ec);
+    fs::create_directories(options_.work_dir / k_kept_dir, ec);
+    fs::permissions(options_.work_dir / k_kept_dir, fs::perms::owner_all, ec);
     // Save images hold a guest's memory: root's only (qemu never opens them, libvirtd reads them
     // for it). An earlier driver's are stale (their templates' names are reused).
     fs::remove_all(snapshot_dir(), ec);
@@ -1056,13 +1068,18 @@ class LibvirtDriver final : public Driver {
     // The records of the guests an earlier driver had ready, by domain.
     std::map<std::string, std::pair<fs::path, v1::KeptReplica>> kept;
     std::error_code ec;
-    for (const auto& entry : fs::directory_iterator(options_.work_dir / "replicas", ec)) {
-      std::ifstream in(entry.path() / k_kept_record, std::ios::binary);
+    for (const auto& entry : fs::directory_iterator(options_.work_dir / k_kept_dir, ec)) {
+      std::ifstream in(entry.path(), std::ios::binary);
       v1::KeptReplica record;
-      if (in && record.ParseFromIstream(&in) && !record.domain().empty()) {
-        const std::string domain = record.domain();
-        kept[domain] = {entry.path(), std::move(record)};
+      if (!in || !record.ParseFromIstream(&in) || record.domain().empty()) continue;
+      const std::string replica = record.assignment().replica();
+      // Named after the replica it keeps (and so a name that is no path).
+      if (replica.empty() || replica.find('/') != std::string::npos ||
+          entry.path() != kept_record(options_.work_dir, replica)) {
+        continue;
       }
+      const std::string domain = record.domain();
+      kept[domain] = {options_.work_dir / "replicas" / replica, std::move(record)};
     }
     std::vector<AdoptedReplica> adopted;
     std::set<fs::path> taken;  // their directories and sockets' directories
@@ -1082,6 +1099,7 @@ class LibvirtDriver final : public Driver {
           adopted.push_back({replica, record.assignment().epoch()});
           taken.insert(dir);
           taken.insert(record.sockets());
+          taken.insert(kept_record(options_.work_dir, record.assignment().replica()));
         } catch (const std::exception& e) {
           replica.reset();  // destroyed below: an earlier agent's guest nothing can reach
           spdlog::warn("libvirt: cannot take back replica {} ({}): destroying its guest",
@@ -1092,7 +1110,8 @@ class LibvirtDriver final : public Driver {
     }
     ::free(domains);  // NOLINT(cppcoreguidelines-no-malloc): libvirt's allocation
     // What the guests not taken back left: their files and sockets.
-    for (const auto& root : {options_.work_dir / "replicas", k_socket_root}) {
+    for (const auto& root :
+         {options_.work_dir / "replicas", options_.work_dir / k_kept_dir, k_socket_root}) {
       for (const auto& entry : fs::directory_iterator(root, ec)) {
         const bool ours =
             root != k_socket_root || entry.path().filename().string().rfind(prefix_, 0) == 0;
@@ -1159,6 +1178,7 @@ class LibvirtDriver final : public Driver {
     std::error_code ec;
     fs::remove_all(snapshot_dir(), ec);
     fs::remove_all(options_.work_dir / "replicas", ec);
+    fs::remove_all(options_.work_dir / k_kept_dir, ec);
     fs::remove(options_.work_dir, ec);  // unless it holds the image cache
   }
 

@@ -29,6 +29,7 @@ from conftest import _stop, poll
 from test_guests import promote_in_place
 
 REPO = Path(__file__).resolve().parents[2]
+GUESTS = Path("/var/lib/blixard-guests")  # the libvirt driver's files
 
 PAGE = """{ pkgs, ... }: {
   microvm = { mem = 256; vcpu = 1; };
@@ -158,6 +159,13 @@ def test_a_restarted_agent_takes_its_guests_back(setup, tmp_path):
     assert all(running.values()), running
     lb = poll(lambda: setup.status().get("endpoints"), 10)[0]["address"]
     assert get(lb) == "kept"
+    # What the next agent acts on is root's alone, apart from what qemu's user may write.
+    records = [p for name in replicas for p in GUESTS.glob(f"*/kept/{name}.*.pb")]
+    assert len(records) == 2, records
+    for record in records:
+        assert record.stat().st_uid == 0 and record.stat().st_mode & 0o077 == 0, record
+        assert record.parent.stat().st_mode & 0o077 == 0, record.parent
+    assert not list(records[0].parent.parent.glob("replicas/*/*.pb"))
 
     poller = Poller(lb)
     poller.start()
