@@ -276,6 +276,26 @@ std::string workload_header(std::size_t size) {
   return line + "\n";
 }
 
+// The guest init's "BLIXARD-TIMES" words ("init=1.02 modules=1.31 ..."): each step's time on
+// the guest's clock, in ms since its kernel started.
+std::map<std::string, long long> guest_clock(const std::string& times) {
+  std::map<std::string, long long> at;
+  std::istringstream words(times);
+  for (std::string word; words >> word;) {
+    const auto eq = word.find('=');
+    if (eq != std::string::npos) at[word.substr(0, eq)] = uptime_ms(word.substr(eq + 1));
+  }
+  return at;
+}
+
+// "<ms> ms" from step `from` to step `to` of guest_clock, or "?" when either is unknown.
+std::string step_ms(const std::map<std::string, long long>& at, const char* from, const char* to) {
+  const auto a = at.find(from), b = at.find(to);
+  return a == at.end() || b == at.end() || a->second < 0 || b->second < 0
+             ? std::string("?")
+             : std::to_string(b->second - a->second) + " ms";
+}
+
 class LibvirtReplica final : public Replica, public std::enable_shared_from_this<LibvirtReplica> {
  public:
   // `dir` holds its files, `sockets` (a short path: a unix socket's is at most 107 bytes) its
@@ -459,18 +479,8 @@ std::string LibvirtReplica::timeline(Clock::time_point began, Clock::time_point 
       ms_since(began, prepared) + ", workload archive " + ms_since(prepared, archived) +
       (restored ? ", libvirt restore " : ", libvirt start ") + ms_since(archived, created);
   // The guest's own clock (seconds since its kernel started) at each step of its init.
-  std::map<std::string, long long> at;
-  std::istringstream words(guest_times_);
-  for (std::string word; words >> word;) {
-    const auto eq = word.find('=');
-    if (eq != std::string::npos) at[word.substr(0, eq)] = uptime_ms(word.substr(eq + 1));
-  }
-  const auto step = [&](const char* from, const char* to) {
-    const auto a = at.find(from), b = at.find(to);
-    return a == at.end() || b == at.end() || a->second < 0 || b->second < 0
-               ? std::string("?")
-               : std::to_string(b->second - a->second) + " ms";
-  };
+  const auto at = guest_clock(guest_times_);
+  const auto step = [&](const char* from, const char* to) { return step_ms(at, from, to); };
   if (restored) {
     // The guest's clock ran on from the template's boot: only its steps since the workload came
     // are this start's, and the host's clock says how long the workload took to reach it.
@@ -832,18 +842,8 @@ void LibvirtReplica::promote(const Promotion& promotion) {
   }
   const auto ready_at = Clock::now();
   // Where the promotion's time went, by the guest's clock from the word's arrival.
-  std::map<std::string, long long> at;
-  std::istringstream words(guest_times_);
-  for (std::string word; words >> word;) {
-    const auto eq = word.find('=');
-    if (eq != std::string::npos) at[word.substr(0, eq)] = uptime_ms(word.substr(eq + 1));
-  }
-  const auto step = [&](const char* from, const char* to) {
-    const auto a = at.find(from), b = at.find(to);
-    return a == at.end() || b == at.end() || a->second < 0 || b->second < 0
-               ? std::string("?")
-               : std::to_string(b->second - a->second) + " ms";
-  };
+  const auto at = guest_clock(guest_times_);
+  const auto step = [&](const char* from, const char* to) { return step_ms(at, from, to); };
   // A workload that takes the role while it runs (BLIXARD_PROMOTE_SIGNAL) is signalled, not
   // stopped and started again.
   const bool signalled = at.contains("signalled");
