@@ -401,6 +401,50 @@ class PyCluster {
   std::string networks() { return to_list_json<blixard::v1::NetworkList>(cluster().networks()); }
   void delete_network(const std::string& name) { cluster().delete_network(name); }
 
+  // Queues, events and async invocations (docs/queues.md): answers as JSON.
+  std::string create_queue(const std::string& name, const std::string& spec_json) {
+    auto spec = from_json_as<blixard::v1::QueueSpec>(spec_json);
+    cluster().create_queue(name, spec);
+    return blixard::to_json(cluster().queue(name).get());
+  }
+  std::string queue(const std::string& name) {
+    return blixard::to_json(cluster().queue(name).get());
+  }
+  std::string queues() { return to_list_json<blixard::v1::QueueList>(cluster().queues()); }
+  void delete_queue(const std::string& name) { cluster().delete_queue(name); }
+  std::vector<std::string> send_messages(const std::string& queue,
+                                         const std::vector<std::string>& bodies) {
+    return cluster().queue(queue).send(bodies);
+  }
+  // `wait` and `visibility` in milliseconds (0: none, the queue's own).
+  std::string receive_messages(const std::string& queue, std::uint32_t max, std::int64_t wait_ms,
+                               std::int64_t visibility_ms) {
+    blixard::v1::QueueMessageList out;
+    for (auto& m : cluster().queue(queue).receive(max, std::chrono::milliseconds(wait_ms),
+                                                  std::chrono::milliseconds(visibility_ms)))
+      *out.add_items() = std::move(m);
+    return blixard::to_json(out);
+  }
+  std::string peek_messages(const std::string& queue, std::uint32_t max) {
+    blixard::v1::QueueMessageList out;
+    for (auto& m : cluster().queue(queue).peek(max)) *out.add_items() = std::move(m);
+    return blixard::to_json(out);
+  }
+  std::uint64_t acknowledge_messages(const std::string& queue,
+                                     const std::vector<std::string>& receipts) {
+    return cluster().queue(queue).acknowledge(receipts);
+  }
+  std::uint64_t purge_queue(const std::string& queue) { return cluster().queue(queue).purge(); }
+  std::string publish_event(const std::string& source, const std::string& data_json) {
+    return blixard::to_json(cluster().publish(source, data_json));
+  }
+  std::string submit_invocation(const std::string& name, const std::string& payload_json) {
+    return blixard::to_json(cluster().function(name).submit(payload_json));
+  }
+  std::string invocation(const std::string& id) {
+    return blixard::to_json(cluster().invocation(id));
+  }
+
   std::string nodes() { return to_list_json<blixard::v1::NodeList>(cluster().nodes()); }
   std::string node(const std::string& name) { return blixard::to_json(cluster().node(name)); }
   std::string change_node(const std::string& name, const std::string& action) {
@@ -648,6 +692,25 @@ PYBIND11_MODULE(_core, m) {
       .def("network", &PyCluster::network, py::arg("name"), release_gil())
       .def("networks", &PyCluster::networks, release_gil())
       .def("delete_network", &PyCluster::delete_network, py::arg("name"), release_gil())
+      .def("create_queue", &PyCluster::create_queue, py::arg("name"), py::arg("spec_json"),
+           release_gil())
+      .def("queue", &PyCluster::queue, py::arg("name"), release_gil())
+      .def("queues", &PyCluster::queues, release_gil())
+      .def("delete_queue", &PyCluster::delete_queue, py::arg("name"), release_gil())
+      .def("send_messages", &PyCluster::send_messages, py::arg("queue"), py::arg("bodies"),
+           release_gil())
+      .def("receive_messages", &PyCluster::receive_messages, py::arg("queue"), py::arg("max"),
+           py::arg("wait_ms"), py::arg("visibility_ms"), release_gil())
+      .def("peek_messages", &PyCluster::peek_messages, py::arg("queue"), py::arg("max"),
+           release_gil())
+      .def("acknowledge_messages", &PyCluster::acknowledge_messages, py::arg("queue"),
+           py::arg("receipts"), release_gil())
+      .def("purge_queue", &PyCluster::purge_queue, py::arg("queue"), release_gil())
+      .def("publish_event", &PyCluster::publish_event, py::arg("source"), py::arg("data_json"),
+           release_gil())
+      .def("submit_invocation", &PyCluster::submit_invocation, py::arg("name"),
+           py::arg("payload_json"), release_gil())
+      .def("invocation", &PyCluster::invocation, py::arg("id"), release_gil())
       .def("nodes", &PyCluster::nodes, release_gil())
       .def("node", &PyCluster::node, py::arg("name"), release_gil())
       .def("change_node", &PyCluster::change_node, py::arg("name"), py::arg("action"),

@@ -11,6 +11,7 @@
 #include "blixard/detail/backend.hpp"
 #include "blixard/error.hpp"
 #include "blixard/function.hpp"
+#include "blixard/queue.hpp"
 #include "blixard/spec.hpp"
 #include "blixard/trigger.hpp"
 #include "blixard/vm.hpp"
@@ -66,6 +67,18 @@ class Cluster {
   Trigger trigger(const std::string& name);
   std::vector<v1::Trigger> triggers();
   void delete_trigger(const std::string& name);
+
+  // Durable queues (docs/queues.md): created with the spec's visibility timeout, maxReceives and
+  // dead-letter queue; deleting one drops its messages.
+  Queue create_queue(const std::string& name, const v1::QueueSpec& spec = {});
+  Queue queue(const std::string& name);
+  // Stored queues and the server's own (`event:<trigger>`, `async:<function>`, their `:dead`).
+  std::vector<v1::Queue> queues();
+  void delete_queue(const std::string& name);
+  // An event (`data_json`: JSON text) to every event trigger on `source`; the triggers reached.
+  v1::PublishResult publish(const std::string& source, const std::string& data_json = "null");
+  // Where an async invocation (Function::submit) is, or what it came to.
+  v1::Invocation invocation(const std::string& id);
 
   // Storage pools, where VM sets with storage get a volume per replica (docs/vms.md, "Volumes"),
   // and those volumes: kept until deleted here (not with their set).

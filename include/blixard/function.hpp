@@ -43,6 +43,9 @@ class Function {
   v1::Function get() const;
   // Runs the handler on `payload_json` and returns its result; throws blixard::Error
   // (invalid_spec for a payload that is not JSON, timeout, handler_failed, throttled, ...).
+  // An async invocation (Lambda's Event type): queued durably on the server, which runs it and
+  // retries a failure twice; its id at once (Cluster::invocation tells how it went).
+  v1::Invocation submit(const std::string& payload_json = "null") const;
   InvokeResult invoke(const std::string& payload_json,
                       std::chrono::milliseconds timeout = std::chrono::milliseconds(0)) const;
 

@@ -11,7 +11,7 @@ Every failure raises a subclass of ``blixard.errors.BlixardError``.
 
 from . import errors
 from ._core import version as _core_version
-from .cluster import Cluster, Function, Invocation, Trigger, Vm, connect
+from .cluster import Cluster, Function, Invocation, Queue, Trigger, Vm, connect
 from .errors import (
     AlreadyExists,
     BlixardError,
@@ -34,6 +34,7 @@ __all__ = [
     "Function",
     "Vm",
     "Trigger",
+    "Queue",
     "Invocation",
     "connect",
     "errors",

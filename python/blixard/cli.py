@@ -735,15 +735,28 @@ def _read_data(data: str) -> str:
     help="The event: JSON text, @file to read it from a file, - for stdin.",
 )
 @click.option("--timeout", type=float, default=None, metavar="SECONDS", help="Client-side deadline.")
+@click.option("--async", "is_async", is_flag=True,
+              help="Queue the call durably and print its invocation id at once; the server runs "
+                   "it and retries a failure twice (see `blixard invocation get ID`).")
 @output_option
 @pass_ctx
-def function_invoke(c: Ctx, name, data, timeout, output) -> None:
+def function_invoke(c: Ctx, name, data, timeout, is_async, output) -> None:
     """Invoke function NAME and print its result (JSON)."""
     payload = _read_data(data)
     try:
         json.loads(payload)
     except ValueError as e:
         raise InvalidSpec(f"payload is not JSON: {e}", field="--data") from e
+    if is_async:
+        if timeout is not None:
+            raise InvalidSpec("--timeout waits for a result; --async does not wait",
+                              field="--timeout")
+        inv = json.loads(c.cluster()._core.submit_invocation(name, payload))
+        if _out(c, output) == "json":
+            print_json(inv)
+        else:
+            click.echo(inv.get("id", ""))
+        return
     # 0, negative and nan are not deadlines (0 would silently mean "the function's own").
     if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
         raise InvalidSpec(f"timeout must be a positive number of seconds, not {timeout}",
@@ -1619,6 +1632,223 @@ def network_delete(c: Ctx, name) -> None:
 
 
 # ---- trigger / node ----
+
+
+def _json_data(data: str, field: str = "--data") -> str:
+    """--data as JSON text (from @file or - too), checked here so the error names the flag."""
+    text = _read_data(data)
+    try:
+        json.loads(text)
+    except ValueError as e:
+        raise InvalidSpec(f"not JSON: {e}", field=field) from e
+    return text
+
+
+def _age(seconds: Any) -> str:
+    s = float(seconds or 0)
+    if s <= 0:
+        return "-"
+    if s < 60:
+        return f"{s:.1f}s"
+    if s < 3600:
+        return f"{s / 60:.1f}m"
+    return f"{s / 3600:.1f}h"
+
+
+@cli.group()
+def queue() -> None:
+    """Durable queues: messages on disk before `send` returns, delivered at least once to queue
+    triggers (or taken with `receive`), dead-lettered after --max-receives failures."""
+
+
+@queue.command("create")
+@click.argument("name")
+@click.option("--visibility-timeout", metavar="DURATION",
+              help="How long a received message stays hidden (default 30s; a trigger's: six "
+                   "times its function's timeout).")
+@click.option("--max-receives", type=int, metavar="N",
+              help="Failed deliveries before a message moves to the dead-letter queue "
+                   "(default: retried forever).")
+@click.option("--dead-letter", "dead_letter", metavar="QUEUE",
+              help="Where a message goes after --max-receives failures.")
+@output_option
+@pass_ctx
+def queue_create(c: Ctx, name, visibility_timeout, max_receives, dead_letter, output) -> None:
+    """Create queue NAME."""
+    c.flag_for_field.update({"visibilityTimeout": "--visibility-timeout",
+                             "maxReceives": "--max-receives",
+                             "deadLetterQueue": "--dead-letter"})
+    q = c.cluster().create_queue(name, visibility_timeout=visibility_timeout,
+                                 max_receives=max_receives, dead_letter_queue=dead_letter)
+    if _out(c, output) == "json":
+        print_json(q.get())
+    else:
+        click.echo(f"queue {name} created")
+
+
+@queue.command("list")
+@click.option("--all", "show_all", is_flag=True,
+              help="Also the server's own queues (event triggers', async invocations' and "
+                   "their dead letters).")
+@output_option
+@pass_ctx
+def queue_list(c: Ctx, show_all, output) -> None:
+    """List queues: depth, in flight, age of the oldest message, dead-lettered."""
+    items = [q for q in c.cluster().queues() if show_all or ":" not in _name(q)]
+    if _out(c, output) == "json":
+        print_json({"items": items})
+        return
+    rows = []
+    for q in items:
+        st = q.get("status", {})
+        spec = q.get("spec", {})
+        rows.append((_name(q), str(_int(st.get("depth"))), str(_int(st.get("inFlight"))),
+                     _age(st.get("oldestAgeSeconds")), str(_int(st.get("deadLettered"))),
+                     spec.get("deadLetterQueue") or "-"))
+    print_table(("NAME", "DEPTH", "IN FLIGHT", "OLDEST", "DEAD-LETTERED", "DEAD-LETTER QUEUE"),
+                rows, empty="No queues.")
+
+
+@queue.command("get")
+@click.argument("name")
+@output_option
+@pass_ctx
+def queue_get(c: Ctx, name, output) -> None:
+    """Show queue NAME: its settings and status."""
+    print_json(c.cluster().queue(name).get())
+
+
+@queue.command("send")
+@click.argument("name")
+@click.option("--data", "-d", default="null", show_default=True, metavar="JSON|@FILE|-",
+              help="The message: JSON text, @file to read it from a file, - for stdin.")
+@output_option
+@pass_ctx
+def queue_send(c: Ctx, name, data, output) -> None:
+    """Send one message to queue NAME; prints its id once it is on the server's disk."""
+    ids = c.cluster()._core.send_messages(name, [_json_data(data)])
+    if _out(c, output) == "json":
+        print_json({"queue": name, "ids": list(ids)})
+    else:
+        click.echo(ids[0])
+
+
+def _print_messages(items: List[Dict[str, Any]], as_json: bool, empty: str) -> None:
+    if as_json:
+        print_json({"items": items})
+        return
+    rows = [(m.get("id", ""), str(_int(m.get("receives"))), m.get("receipt") or "-",
+             m.get("body", "")) for m in items]
+    print_table(("ID", "RECEIVES", "RECEIPT", "BODY"), rows, empty=empty)
+
+
+@queue.command("receive")
+@click.argument("name")
+@click.option("--max", "max_", type=click.IntRange(1, 1000), default=1, show_default=True)
+@click.option("--wait", type=click.FloatRange(0, 20), default=0, metavar="SECONDS",
+              help="Wait up to this long for a message (at most 20).")
+@click.option("--visibility-timeout", metavar="DURATION",
+              help="Hide what is received this long (default: the queue's).")
+@click.option("--ack", is_flag=True, help="Acknowledge what is received at once.")
+@output_option
+@pass_ctx
+def queue_receive(c: Ctx, name, max_, wait, visibility_timeout, ack, output) -> None:
+    """Take messages from queue NAME; acknowledge them with `queue ack NAME RECEIPT...` (or
+    --ack), or they come back after the visibility timeout."""
+    c.flag_for_field.update({"visibility_timeout": "--visibility-timeout",
+                             "visibilityTimeout": "--visibility-timeout"})
+    q = c.cluster().queue(name)
+    items = q.receive(max_, wait=wait, visibility_timeout=visibility_timeout)
+    if ack and items:
+        q.ack([m["receipt"] for m in items])
+    _print_messages(items, _out(c, output) == "json", "No messages.")
+
+
+@queue.command("peek")
+@click.argument("name")
+@click.option("--max", "max_", type=click.IntRange(1, 1000), default=10, show_default=True)
+@output_option
+@pass_ctx
+def queue_peek(c: Ctx, name, max_, output) -> None:
+    """Show messages of queue NAME that a receive could take, without taking them."""
+    _print_messages(c.cluster().queue(name).peek(max_), _out(c, output) == "json", "No messages.")
+
+
+@queue.command("ack")
+@click.argument("name")
+@click.argument("receipts", nargs=-1, required=True)
+@pass_ctx
+def queue_ack(c: Ctx, name, receipts) -> None:
+    """Acknowledge received messages of queue NAME by receipt: they are gone."""
+    n = c.cluster().queue(name).ack(list(receipts))
+    click.echo(f"{n} acknowledged")
+
+
+@queue.command("purge")
+@click.argument("name")
+@pass_ctx
+def queue_purge(c: Ctx, name) -> None:
+    """Remove every message of queue NAME."""
+    n = c.cluster().queue(name).purge()
+    click.echo(f"{n} messages purged from {name}")
+
+
+@queue.command("delete")
+@click.argument("name")
+@pass_ctx
+def queue_delete(c: Ctx, name) -> None:
+    """Delete queue NAME and its messages."""
+    c.cluster().delete_queue(name)
+    click.echo(f"queue {name} deleted")
+
+
+@cli.group()
+def event() -> None:
+    """Named events: each goes durably to every function with an event trigger on its source."""
+
+
+@event.command("publish")
+@click.argument("source")
+@click.option("--data", "-d", default="null", show_default=True, metavar="JSON|@FILE|-",
+              help="The event's data: JSON text, @file, - for stdin.")
+@output_option
+@pass_ctx
+def event_publish(c: Ctx, source, data, output) -> None:
+    """Publish an event on SOURCE (e.g. invoice-created)."""
+    out = json.loads(c.cluster()._core.publish_event(source, _json_data(data)))
+    if _out(c, output) == "json":
+        print_json(out)
+        return
+    triggers = out.get("triggers", [])
+    if triggers:
+        click.echo(f"published to {len(triggers)} trigger(s): {', '.join(triggers)}")
+    else:
+        click.echo(f"published; no event trigger listens on {source}")
+
+
+@cli.group()
+def invocation() -> None:
+    """Async invocations (`function invoke --async`)."""
+
+
+@invocation.command("get")
+@click.argument("id")
+@output_option
+@pass_ctx
+def invocation_get(c: Ctx, id, output) -> None:
+    """Show async invocation ID: queued, running, retrying, succeeded (with its result) or
+    failed (with the last error; the call is in the function's dead-letter queue)."""
+    inv = c.cluster().invocation(id)
+    if _out(c, output) == "json":
+        print_json(inv)
+        return
+    click.echo(f"invocation {inv.get('id')} of {inv.get('function')}: {inv.get('state')} "
+               f"after {_int(inv.get('attempts'))} attempt(s)")
+    if "result" in inv:
+        click.echo(json.dumps(inv["result"]))
+    err = inv.get("error")
+    if err:
+        click.echo(f"error: {err.get('code')}: {err.get('message')}")
 
 
 @cli.group()

@@ -8,6 +8,7 @@ mapped to the spec's field names, and every failure is a ``blixard.errors.Blixar
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import datetime as _dt
 import json
@@ -15,7 +16,8 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Union
+from typing import (Any, Callable, Deque, Dict, Iterable, List, Mapping, Optional, Sequence,
+                    Union)
 
 from . import _core
 from .errors import InvalidSpec, NotFound, Unavailable
@@ -97,6 +99,21 @@ def _payload(data: Any) -> str:
         return json.dumps(data)
     except (TypeError, ValueError) as e:
         raise InvalidSpec(f"payload is not JSON-serializable: {e}", field="payload") from e
+
+
+def _seconds(value: Any, field: str) -> float:
+    """Seconds from a number, a timedelta or a duration text ("30s", "5m")."""
+    if isinstance(value, _dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return float(_core.parse_duration(str(value), field))
+
+
+def _decode_bytes(value: str) -> Any:
+    """A protobuf bytes field (base64 in JSON) holding JSON text, decoded."""
+    text = base64.b64decode(value).decode("utf-8")
+    return json.loads(text) if text.strip() else None
 
 
 def _resolve(fut: "asyncio.Future[Any]", value: Any, exc: Optional[BaseException]) -> None:
@@ -291,6 +308,12 @@ class Function:
         r = self._cluster._core.invoke(self.name, payload, float(timeout or 0))
         return Invocation(r.result, r.cold_start, r.node, r.request_id, r.duration_ms)
 
+    def submit(self, data: Any = None) -> Dict[str, Any]:
+        """Invokes asynchronously (Lambda's Event type): the call is queued durably and run by
+        the server, a failure retried twice; returns ``{"id", "state"}`` at once. Follow it with
+        ``Cluster.invocation(id)``."""
+        return json.loads(self._cluster._core.submit_invocation(self.name, _payload(data)))
+
     def logs(
         self,
         follow: bool = False,
@@ -428,6 +451,65 @@ class Vm:
 
     def __repr__(self) -> str:
         return f"<blixard.Vm {self.name!r}>"
+
+
+class Queue:
+    """A handle on one durable queue, made by ``Cluster.queue`` or ``create_queue``.
+
+    A message is on the server's disk before ``send`` returns; queue triggers deliver it to
+    their function at least once, or a consumer takes it with ``receive`` and acknowledges it
+    with ``ack``.
+    """
+
+    def __init__(self, cluster: "Cluster", name: str) -> None:
+        self._cluster = cluster
+        self.name = name
+
+    def get(self) -> Dict[str, Any]:
+        """The queue (``metadata``, ``spec``, ``status``: depth, inFlight, oldestAgeSeconds)."""
+        return json.loads(self._cluster._core.queue(self.name))
+
+    def status(self) -> Dict[str, Any]:
+        return self.get().get("status", {})
+
+    def send(self, data: Any = None) -> str:
+        """Sends ``data`` (JSON-encoded here) as one message; its id."""
+        return self.send_batch([data])[0]
+
+    def send_batch(self, items: Sequence[Any]) -> List[str]:
+        """Sends each item (JSON-encoded) in one durable write; their ids."""
+        return list(self._cluster._core.send_messages(self.name, [_payload(d) for d in items]))
+
+    def receive(
+        self, max: int = 1, *, wait: Optional[float] = None, visibility_timeout: Any = None
+    ) -> List[Dict[str, Any]]:
+        """Takes up to ``max`` messages (``id``, ``body``, ``receipt``, ``receives``), hidden for
+        ``visibility_timeout`` (the queue's own by default) until acknowledged with ``ack``.
+        Waits up to ``wait`` seconds (at most 20) for the first."""
+        wait_ms = int(round((wait or 0) * 1000))
+        vis_ms = 0 if visibility_timeout is None else int(
+            round(_seconds(visibility_timeout, "visibility_timeout") * 1000))
+        return _items(self._cluster._core.receive_messages(self.name, max, wait_ms, vis_ms))
+
+    def peek(self, max: int = 10) -> List[Dict[str, Any]]:
+        """Messages a receive could take now, without taking them."""
+        return _items(self._cluster._core.peek_messages(self.name, max))
+
+    def ack(self, receipts: Union[str, Sequence[str]]) -> int:
+        """Acknowledges deliveries by receipt (they are gone); how many were still in flight."""
+        if isinstance(receipts, str):
+            receipts = [receipts]
+        return int(self._cluster._core.acknowledge_messages(self.name, list(receipts)))
+
+    def purge(self) -> int:
+        """Removes every message; how many."""
+        return int(self._cluster._core.purge_queue(self.name))
+
+    def delete(self) -> None:
+        self._cluster.delete_queue(self.name)
+
+    def __repr__(self) -> str:
+        return f"Queue({self.name!r})"
 
 
 class Trigger:
@@ -670,6 +752,54 @@ class Cluster:
     def delete_network(self, name: str) -> None:
         """Deletes a network no VM names."""
         self._core.delete_network(name)
+
+    # ---- queues, events, async invocations ----
+    def create_queue(
+        self,
+        name: str,
+        *,
+        visibility_timeout: Any = None,
+        max_receives: Optional[int] = None,
+        dead_letter_queue: Optional[str] = None,
+    ) -> Queue:
+        """Creates a durable queue. ``visibility_timeout`` (seconds or "30s") hides a received
+        message until then; after ``max_receives`` failed deliveries a message moves to
+        ``dead_letter_queue`` (a queue of its own)."""
+        spec: Dict[str, Any] = {}
+        if visibility_timeout is not None:
+            spec["visibilityTimeout"] = (
+                f"{_seconds(visibility_timeout, 'visibility_timeout'):g}s")
+        if max_receives is not None:
+            spec["maxReceives"] = max_receives
+        if dead_letter_queue is not None:
+            spec["deadLetterQueue"] = dead_letter_queue
+        self._core.create_queue(name, json.dumps(spec))
+        return Queue(self, name)
+
+    def queue(self, name: str) -> Queue:
+        return Queue(self, name)
+
+    def queues(self) -> List[Dict[str, Any]]:
+        """Stored queues and the server's own (``event:<trigger>``, ``async:<function>`` and
+        their ``:dead`` letters), each with its status."""
+        return _items(self._core.queues())
+
+    def delete_queue(self, name: str) -> None:
+        """Deletes a queue and the messages it holds."""
+        self._core.delete_queue(name)
+
+    def publish(self, source: str, data: Any = None) -> Dict[str, Any]:
+        """Publishes an event (``data`` JSON-encoded here) to every event trigger on ``source``,
+        durably; the answer names the triggers it reached."""
+        return json.loads(self._core.publish_event(source, _payload(data)))
+
+    def invocation(self, id: str) -> Dict[str, Any]:
+        """Where an async invocation (``Function.submit``) is: ``state`` queued, running,
+        retrying, succeeded (with ``result``) or failed (with ``error``)."""
+        out = json.loads(self._core.invocation(str(id)))
+        if "result" in out:
+            out["result"] = _decode_bytes(out["result"])
+        return out
 
     # ---- events ----
     def watch(

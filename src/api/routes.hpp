@@ -33,6 +33,11 @@ void add_token_routes(RouteTable& table, const RouteContext& context);
 // /v1/blobs/{digest}: PUT (admin; 201), GET (node: the bytes), HEAD (read: 200 or 404).
 void add_blob_routes(RouteTable& table, const RouteContext& context);
 
+// /v1/queues (GET), /{name} (GET), /{name}/messages (POST: send; GET: peek), /{name}/receive,
+// /{name}/ack, /{name}/purge; POST /v1/events (publish); POST /v1/functions/{name}/invocations
+// (async invoke, 202) and GET /v1/invocations/{id}.
+void add_queue_routes(RouteTable& table, const RouteContext& context);
+
 // All of the above.
 void add_api_routes(RouteTable& table, const RouteContext& context);
 

@@ -10,6 +10,7 @@
 
 #include <google/protobuf/util/time_util.h>
 #include <spdlog/spdlog.h>
+#include <boost/json.hpp>
 
 #include "api/apply_plan.hpp"
 #include "blixard/spec.hpp"
@@ -23,6 +24,9 @@ namespace blixard::api {
 namespace {
 
 using google::protobuf::util::TimeUtil;
+
+// The most messages one receive or peek answers with.
+constexpr std::uint32_t k_max_receive = 1000;
 
 constexpr int k_apply_attempts = 5;
 // A blob no function names is removed once unused for this long (stored, or asked after): the
@@ -125,6 +129,7 @@ std::int64_t last_revision(const std::vector<store::WatchEvent>& changes) {
 }  // namespace
 
 Service::Service(std::shared_ptr<store::Store> store, std::shared_ptr<store::BlobStore> blobs,
+                 std::unique_ptr<store::QueueLog> queue_log,
                  std::shared_ptr<control::NodeRegistry> nodes, std::string node_name,
                  std::shared_ptr<spdlog::logger> logger)
     : store_(std::move(store)),
@@ -164,11 +169,14 @@ Service::Service(std::shared_ptr<store::Store> store, std::shared_ptr<store::Blo
       records->record(instance);
     }
   });
+  queues_ = std::make_shared<control::Queues>(std::move(queue_log));
+  start_deliveries();
   // Functions stored before this start (their minInstances), then every change from here on.
   auto existing = store_->list(k_functions_prefix);
   for (const auto& kv : existing.kvs) {
     try {
       auto fn = decode<v1::Function>(kv);
+      deliveries_->function_changed(fn.metadata().name(), fn.spec());
       pools_->update(fn.metadata().name(), kv.mod_revision, fn.spec());
       cache_spec(fn.metadata().name(), kv.mod_revision, fn.spec());
     } catch (const Error& e) {
@@ -221,6 +229,7 @@ Service::Service(std::shared_ptr<store::Store> store, std::shared_ptr<store::Blo
           try {
             if (change.type == store::WatchEvent::Type::put) {
               auto spec = decode<v1::Function>(change.kv).spec();
+              deliveries_->function_changed(name, spec);
               pools_->update(name, change.kv.mod_revision, spec);
               cache_spec(name, change.kv.mod_revision, std::move(spec));
             } else {
@@ -229,6 +238,7 @@ Service::Service(std::shared_ptr<store::Store> store, std::shared_ptr<store::Blo
                 specs_.erase(name);
               }
               pools_->remove(name);
+              deliveries_->function_removed(name);
             }
           } catch (const std::exception& e) {
             // An undecodable put leaves no stale spec behind: invoke reads the store instead.
@@ -240,6 +250,133 @@ Service::Service(std::shared_ptr<store::Store> store, std::shared_ptr<store::Blo
         // After the batch: every change of its revisions is in the cache.
         functions_seen_ = std::max(functions_seen_.load(), last_revision(changes));
       });
+  // Triggers stored before this start, then every change: the queue and event ones poll.
+  auto triggers = store_->list(k_triggers_prefix);
+  for (const auto& kv : triggers.kvs) {
+    try {
+      auto t = decode<v1::Trigger>(kv);
+      deliveries_->trigger_changed(t.metadata().name(), t.spec());
+    } catch (const Error& e) {
+      logger_->warn("trigger at {}: {}", kv.key, e.what());
+    }
+  }
+  triggers_watch_ =
+      store_->watch(k_triggers_prefix, triggers.revision + 1, [this](const auto& changes) {
+        for (const auto& change : changes) {
+          const std::string name = change.kv.key.substr(std::string_view(k_triggers_prefix).size());
+          try {
+            if (change.type == store::WatchEvent::Type::put) {
+              deliveries_->trigger_changed(name, decode<v1::Trigger>(change.kv).spec());
+            } else {
+              deliveries_->trigger_removed(name);
+            }
+          } catch (const std::exception& e) {
+            logger_->warn("trigger {}: {}", name, e.what());
+          }
+        }
+      });
+  // Every queue this server knows of is declared now: messages of any other one (an event
+  // trigger deleted while no server ran) have nobody to go to.
+  queues_->drop_undeclared();
+  cluster_events_ = std::thread([this] { bridge_cluster_events(); });
+}
+
+namespace {
+
+constexpr std::string_view k_cluster_sources = "blixard.";
+
+// The source a stream event is published on, or "" for none. The delivery machinery's own
+// records (Invoked, Retrying, DeadLettered) are not: a trigger on them would feed itself.
+std::string cluster_source(const v1::WatchEvent& e) {
+  if (e.type() == "record") {
+    if (e.reason() == "Invoked" || e.reason() == "Retrying" || e.reason() == "DeadLettered")
+      return {};
+    return std::string(k_cluster_sources) + e.kind() + "." + e.reason();
+  }
+  if (e.type() == "put" && e.kind() == "nodes") {  // stored on a change of phase only
+    try {
+      auto node = boost::json::parse(e.object_json()).as_object();
+      const auto& phase = node.at("status").at("phase").as_string();
+      return std::string(k_cluster_sources) + "nodes." + std::string(phase);
+    } catch (const std::exception&) {
+      return {};
+    }
+  }
+  return {};
+}
+
+}  // namespace
+
+void Service::bridge_cluster_events() {
+  std::int64_t after = -1;
+  while (!closed_) {
+    if (!deliveries_->listens_prefix(std::string(k_cluster_sources))) {
+      std::unique_lock lock(cluster_events_mutex_);
+      cluster_events_cv_.wait_for(lock, std::chrono::milliseconds(500),
+                                  [&] { return closed_.load(); });
+      after = -1;  // nobody listened meanwhile: from now on
+      continue;
+    }
+    auto list = telemetry_->events("", "", after, std::chrono::seconds(1));
+    after = list.next();
+    for (const auto& e : list.events()) {
+      const auto source = cluster_source(e);
+      if (source.empty() || !deliveries_->listens(source)) continue;
+      try {
+        deliveries_->publish(source, to_json(e));
+      } catch (const std::exception& ex) {
+        logger_->warn("publishing {}: {}", source, ex.what());
+      }
+    }
+  }
+}
+
+void Service::start_deliveries() {
+  delivery_thread_ = std::thread([this] {
+    auto work = boost::asio::make_work_guard(delivery_io_);
+    delivery_io_.run();
+  });
+  auto invoke = [this](const std::string& function, std::string payload, control::InvokeDone done) {
+    v1::InvokeRequest request;
+    request.set_function(function);
+    request.set_payload(std::move(payload));
+    try {
+      try_invoke_async(
+          request, delivery_io_.get_executor(),
+          [done](const std::exception_ptr& error, v1::InvokeResponse out) {
+            if (error) return done(error, {});
+            done(nullptr, std::move(*out.mutable_result()));
+          },
+          nullptr);
+    } catch (...) {
+      done(std::current_exception(), {});
+    }
+  };
+  deliveries_ = std::make_unique<control::Deliveries>(queues_, std::move(invoke), telemetry_);
+  // Queues stored before this start, then every change.
+  auto queues = store_->list(k_queues_prefix);
+  for (const auto& kv : queues.kvs) {
+    try {
+      auto q = decode<v1::Queue>(kv);
+      queues_->declare(q.metadata().name(), q.spec());
+    } catch (const Error& e) {
+      logger_->warn("queue at {}: {}", kv.key, e.what());
+    }
+  }
+  queues_watch_ = store_->watch(k_queues_prefix, queues.revision + 1, [this](const auto& changes) {
+    for (const auto& change : changes) {
+      const std::string name = change.kv.key.substr(std::string_view(k_queues_prefix).size());
+      try {
+        if (change.type == store::WatchEvent::Type::put) {
+          queues_->declare(name, decode<v1::Queue>(change.kv).spec());
+        } else {
+          queues_->forget(name);
+        }
+      } catch (const std::exception& e) {
+        logger_->warn("queue {}: {}", name, e.what());
+      }
+    }
+  });
 }
 
 void Service::cache_spec(const std::string& function, std::int64_t version, v1::FunctionSpec spec) {
@@ -335,13 +472,24 @@ void Service::shutdown() {
   registry_watch_.reset();
   functions_watch_.reset();
   vms_watch_.reset();
+  queues_watch_.reset();
+  triggers_watch_.reset();
+  deliveries_->close();  // no new calls from the pollers; those in flight fail below
   // New calls fail, then the nodes stop their instances (starts in progress fail at once), then
   // the calls in flight fail with `unavailable`.
   pools_->close();
   nodes_->shutdown();
   vm_sets_->shutdown();
   pools_->shutdown();
-  telemetry_->close();  // wakes long polls of logs and events
+  {
+    std::lock_guard lock(cluster_events_mutex_);
+    cluster_events_cv_.notify_all();
+  }
+  telemetry_->close();  // wakes the cluster events' long poll too
+  if (cluster_events_.joinable()) cluster_events_.join();
+  queues_->close();  // wakes receives, writes what is pending
+  delivery_io_.stop();
+  if (delivery_thread_.joinable()) delivery_thread_.join();
 }
 
 v1::ApplyResult Service::apply(const v1::ObjectSet& input, detail::ApplyMode mode) {
@@ -681,6 +829,156 @@ bool Service::try_invoke_async(const v1::InvokeRequest& request,
         if (error) return complete(error, {});
         complete(nullptr, response_of(*invocation, std::move(outcome)));
       });
+}
+
+namespace {
+
+// A queue the server made for a trigger or a function ("event:<trigger>", "async:<fn>:dead"):
+// not a stored object, but listed and readable like one so that its dead letters can be seen.
+bool is_internal_queue(const std::string& name) { return name.find(':') != std::string::npos; }
+
+v1::QueueMessageList message_list(const std::string& queue,
+                                  const std::vector<control::QueueMessage>& messages) {
+  v1::QueueMessageList out;
+  out.set_queue(queue);
+  for (const auto& m : messages) {
+    auto& item = *out.add_items();
+    item.set_id(std::to_string(m.id));
+    item.set_body(m.body);
+    item.set_receipt(m.receipt);
+    item.set_receives(m.receives);
+    *item.mutable_sent_at() = TimeUtil::MillisecondsToTimestamp(m.sent_at_ms);
+  }
+  return out;
+}
+
+}  // namespace
+
+void Service::ensure_queue(const std::string& name) {
+  if (closed_) throw Error(errc::unavailable, "the cluster is closed");
+  if (is_internal_queue(name) || queues_->exists(name)) return;
+  // Stored by an apply whose change the queues watch has not delivered yet.
+  auto q = read_object<v1::Queue>(*store_, k_queues_prefix, "queue", name);
+  queues_->declare(name, q.spec());
+}
+
+v1::Queue Service::get_queue(const std::string& name) {
+  v1::Queue q;
+  if (is_internal_queue(name)) {
+    q.mutable_metadata()->set_name(name);
+  } else {
+    q = read_object<v1::Queue>(*store_, k_queues_prefix, "queue", name);
+  }
+  ensure_queue(name);
+  *q.mutable_status() = queues_->status(name);
+  return q;
+}
+
+v1::QueueList Service::list_queues() {
+  auto list = list_objects<v1::QueueList>(*store_, k_queues_prefix);
+  for (auto& q : *list.mutable_items()) {
+    try {
+      *q.mutable_status() = queues_->status(q.metadata().name());
+    } catch (const Error&) {
+      // Stored after the queues watch last ran: nothing sent to it yet.
+    }
+  }
+  for (const auto& name : queues_->names()) {
+    if (!is_internal_queue(name)) continue;
+    auto& q = *list.add_items();
+    q.mutable_metadata()->set_name(name);
+    try {
+      *q.mutable_status() = queues_->status(name);
+    } catch (const Error&) {
+    }
+  }
+  return list;
+}
+
+v1::SendResult Service::send_messages(const std::string& queue, const v1::SendRequest& request) {
+  if (request.bodies_size() == 0)
+    throw Error(errc::invalid_spec, "nothing to send: give at least one message", "bodies");
+  ensure_queue(queue);
+  std::vector<std::string> bodies(request.bodies().begin(), request.bodies().end());
+  v1::SendResult out;
+  out.set_queue(queue);
+  for (auto id : queues_->send(queue, bodies)) out.add_ids(std::to_string(id));
+  return out;
+}
+
+v1::QueueMessageList Service::receive_messages(const std::string& queue,
+                                               const v1::ReceiveRequest& request) {
+  const std::uint32_t max = request.max() == 0 ? 1 : request.max();
+  if (max > k_max_receive)
+    throw Error(errc::invalid_spec, "max must be at most " + std::to_string(k_max_receive), "max");
+  const auto wait = std::chrono::milliseconds(TimeUtil::DurationToMilliseconds(request.wait()));
+  if (wait.count() < 0 || wait > std::chrono::seconds(20))
+    throw Error(errc::invalid_spec, "wait must be between 0s and 20s", "wait");
+  const auto visibility =
+      std::chrono::milliseconds(TimeUtil::DurationToMilliseconds(request.visibility_timeout()));
+  if (visibility.count() < 0 || visibility > std::chrono::hours(12))
+    throw Error(errc::invalid_spec, "visibilityTimeout must be between 0s and 12h",
+                "visibilityTimeout");
+  ensure_queue(queue);
+  return message_list(queue, queues_->receive(queue, max, visibility, wait));
+}
+
+v1::QueueMessageList Service::peek_messages(const std::string& queue, std::uint32_t max) {
+  if (max > k_max_receive)
+    throw Error(errc::invalid_spec, "max must be at most " + std::to_string(k_max_receive), "max");
+  ensure_queue(queue);
+  return message_list(queue, queues_->peek(queue, max == 0 ? 10 : max));
+}
+
+v1::QueueCount Service::acknowledge_messages(const std::string& queue,
+                                             const v1::AckRequest& request) {
+  ensure_queue(queue);
+  std::vector<std::string> receipts(request.receipts().begin(), request.receipts().end());
+  v1::QueueCount out;
+  out.set_queue(queue);
+  out.set_count(queues_->acknowledge(queue, receipts));
+  return out;
+}
+
+v1::QueueCount Service::purge_queue(const std::string& queue) {
+  ensure_queue(queue);
+  v1::QueueCount out;
+  out.set_queue(queue);
+  out.set_count(queues_->purge(queue));
+  return out;
+}
+
+v1::PublishResult Service::publish_event(const v1::PublishRequest& request) {
+  if (closed_) throw Error(errc::unavailable, "the cluster is closed");
+  const auto& source = request.source();
+  if (source.empty() || source.size() > 256 ||
+      std::any_of(source.begin(), source.end(),
+                  [](char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; }))
+    throw Error(errc::invalid_spec, "an event needs a source: one word of up to 256 bytes",
+                "source");
+  v1::PublishResult out;
+  out.set_source(source);
+  for (auto& t : deliveries_->publish(source, request.data().empty() ? "null" : request.data()))
+    out.add_triggers(std::move(t));
+  return out;
+}
+
+v1::Invocation Service::submit_invocation(const v1::InvokeRequest& request) {
+  std::int64_t version = 0;
+  const auto invocation = invocation_of(request, version);  // not_found, payload checks
+  const auto stored = stored_spec(request.function());
+  if (!queues_->exists(control::Deliveries::async_queue(request.function())))
+    deliveries_->function_changed(request.function(), stored->spec);  // ahead of its watch
+  auto id = deliveries_->submit(request.function(), invocation->payload);
+  v1::Invocation out;
+  out.set_id(std::move(id));
+  out.set_function(request.function());
+  out.set_state("queued");
+  return out;
+}
+
+v1::Invocation Service::get_invocation(const std::string& id) {
+  return deliveries_->invocation(id);
 }
 
 v1::ServerInfo Service::info() {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -11,16 +12,21 @@
 #include <mutex>
 #include <shared_mutex>
 #include <string>
+#include <thread>
 #include <unordered_map>
+
+#include <boost/asio/io_context.hpp>
 
 #include "api/token_registry.hpp"
 #include "blixard/detail/backend.hpp"
+#include "control/deliveries.hpp"
 #include "control/function_pool.hpp"
 #include "control/instance_records.hpp"
 #include "control/node_registry.hpp"
 #include "control/telemetry.hpp"
 #include "control/vm_sets.hpp"
 #include "store/blob_store.hpp"
+#include "store/queue_log.hpp"
 #include "store/store.hpp"
 
 namespace spdlog {
@@ -32,10 +38,10 @@ namespace blixard::api {
 class Service final : public detail::Backend {
  public:
   // `nodes` run the functions' instances; `node_name` is the server's own node (its info());
-  // `blobs` keeps the functions' code archives.
+  // `blobs` keeps the functions' code archives; `queue_log` the queues' messages.
   Service(std::shared_ptr<store::Store> store, std::shared_ptr<store::BlobStore> blobs,
-          std::shared_ptr<control::NodeRegistry> nodes, std::string node_name,
-          std::shared_ptr<spdlog::logger> logger);
+          std::unique_ptr<store::QueueLog> queue_log, std::shared_ptr<control::NodeRegistry> nodes,
+          std::string node_name, std::shared_ptr<spdlog::logger> logger);
   ~Service() override;
 
   v1::ApplyResult apply(const v1::ObjectSet& set, detail::ApplyMode mode) override;
@@ -72,6 +78,18 @@ class Service final : public detail::Backend {
   bool has_blob(const std::string& digest) override;
   v1::Blob put_blob(const std::string& digest, const std::string& bytes) override;
   std::optional<std::string> get_blob(const std::string& digest) override;
+  v1::Queue get_queue(const std::string& name) override;
+  v1::QueueList list_queues() override;
+  v1::SendResult send_messages(const std::string& queue, const v1::SendRequest& request) override;
+  v1::QueueMessageList receive_messages(const std::string& queue,
+                                        const v1::ReceiveRequest& request) override;
+  v1::QueueMessageList peek_messages(const std::string& queue, std::uint32_t max) override;
+  v1::QueueCount acknowledge_messages(const std::string& queue,
+                                      const v1::AckRequest& request) override;
+  v1::QueueCount purge_queue(const std::string& queue) override;
+  v1::PublishResult publish_event(const v1::PublishRequest& request) override;
+  v1::Invocation submit_invocation(const v1::InvokeRequest& request) override;
+  v1::Invocation get_invocation(const std::string& id) override;
   v1::WatchEventList events(const std::string& kind, const std::string& name, std::int64_t after,
                             std::chrono::milliseconds wait) override;
   v1::WatchEventList changes(const std::string& kind, const std::string& name,
@@ -149,6 +167,26 @@ class Service final : public detail::Backend {
   std::shared_ptr<control::Networks> networks_;
   std::unique_ptr<control::VmSets> vm_sets_;
   std::unique_ptr<store::Watch> vms_watch_;
+  // Durable queues and what delivers them to functions (queue and event triggers, async
+  // invocations); told of queues, triggers and functions by the watches below. The io thread
+  // reads the answers of their calls to warm instances.
+  std::shared_ptr<control::Queues> queues_;
+  boost::asio::io_context delivery_io_;
+  std::thread delivery_thread_;
+  std::unique_ptr<control::Deliveries> deliveries_;
+  std::unique_ptr<store::Watch> queues_watch_;
+  std::unique_ptr<store::Watch> triggers_watch_;
+  void start_deliveries();
+  // The cluster's own events as event sources (docs/queues.md, "Cluster events"): while an
+  // event trigger listens on a `blixard.` source, follows the event stream and publishes each
+  // record (`blixard.<kind>.<Reason>`) and node phase change (`blixard.nodes.<Phase>`).
+  void bridge_cluster_events();
+  std::thread cluster_events_;
+  std::mutex cluster_events_mutex_;
+  std::condition_variable cluster_events_cv_;
+  // not_found unless `name` is a stored queue (declared now if the watch is behind) or one of
+  // the server's own.
+  void ensure_queue(const std::string& name);
   std::atomic<bool> closed_{false};
   std::unique_ptr<TokenRegistry> tokens_;
   std::mutex public_url_mutex_;

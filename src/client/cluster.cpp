@@ -188,6 +188,33 @@ std::vector<v1::Trigger> Cluster::triggers() {
 
 void Cluster::delete_trigger(const std::string& name) { trigger(name).remove(); }
 
+Queue Cluster::create_queue(const std::string& name, const v1::QueueSpec& spec) {
+  v1::ObjectSet set;
+  auto* queue = set.add_queues();
+  *queue = named<v1::Queue>(name);
+  *queue->mutable_spec() = spec;
+  backend_->apply(set, detail::ApplyMode::create);
+  return this->queue(name);
+}
+
+Queue Cluster::queue(const std::string& name) { return {backend_, name}; }
+
+std::vector<v1::Queue> Cluster::queues() {
+  auto list = backend_->list_queues();
+  return {list.items().begin(), list.items().end()};
+}
+
+void Cluster::delete_queue(const std::string& name) { queue(name).remove(); }
+
+v1::PublishResult Cluster::publish(const std::string& source, const std::string& data_json) {
+  v1::PublishRequest request;
+  request.set_source(source);
+  request.set_data(data_json);
+  return backend_->publish_event(request);
+}
+
+v1::Invocation Cluster::invocation(const std::string& id) { return backend_->get_invocation(id); }
+
 v1::StoragePool Cluster::create_storage_pool(const std::string& name,
                                              const v1::StoragePoolSpec& spec) {
   v1::ObjectSet set;
@@ -348,6 +375,13 @@ static void remove_one(detail::Backend& backend, const std::string& name,
   backend.apply(set, detail::ApplyMode::remove);
 }
 
+v1::Invocation Function::submit(const std::string& payload_json) const {
+  v1::InvokeRequest request;
+  request.set_function(name_);
+  request.set_payload(payload_json);
+  return backend_->submit_invocation(request);
+}
+
 void Function::remove() const { remove_one(*backend_, name_, &v1::ObjectSet::add_functions); }
 
 v1::Vm Vm::get() const { return backend_->get_vm(name_); }
@@ -450,6 +484,45 @@ v1::Vm Vm::stop() const {
 void Vm::remove() const { remove_one(*backend_, name_, &v1::ObjectSet::add_vms); }
 
 v1::Trigger Trigger::get() const { return backend_->get_trigger(name_); }
+
+v1::Queue Queue::get() const { return backend_->get_queue(name_); }
+
+std::string Queue::send(const std::string& body) const { return send(std::vector{body}).front(); }
+
+std::vector<std::string> Queue::send(const std::vector<std::string>& bodies) const {
+  v1::SendRequest request;
+  for (const auto& b : bodies) request.add_bodies(b);
+  auto out = backend_->send_messages(name_, request);
+  return {out.ids().begin(), out.ids().end()};
+}
+
+std::vector<v1::QueueMessage> Queue::receive(std::uint32_t max, std::chrono::milliseconds wait,
+                                             std::chrono::milliseconds visibility) const {
+  v1::ReceiveRequest request;
+  request.set_max(max);
+  *request.mutable_wait() = google::protobuf::util::TimeUtil::MillisecondsToDuration(wait.count());
+  if (visibility.count() > 0) {
+    *request.mutable_visibility_timeout() =
+        google::protobuf::util::TimeUtil::MillisecondsToDuration(visibility.count());
+  }
+  auto out = backend_->receive_messages(name_, request);
+  return {out.items().begin(), out.items().end()};
+}
+
+std::vector<v1::QueueMessage> Queue::peek(std::uint32_t max) const {
+  auto out = backend_->peek_messages(name_, max);
+  return {out.items().begin(), out.items().end()};
+}
+
+std::uint64_t Queue::acknowledge(const std::vector<std::string>& receipts) const {
+  v1::AckRequest request;
+  for (const auto& r : receipts) request.add_receipts(r);
+  return backend_->acknowledge_messages(name_, request).count();
+}
+
+std::uint64_t Queue::purge() const { return backend_->purge_queue(name_).count(); }
+
+void Queue::remove() const { remove_one(*backend_, name_, &v1::ObjectSet::add_queues); }
 void Trigger::remove() const { remove_one(*backend_, name_, &v1::ObjectSet::add_triggers); }
 
 }  // namespace blixard

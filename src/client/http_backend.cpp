@@ -350,6 +350,58 @@ class HttpBackend final : public detail::Backend {
     return call<v1::WatchEventList>(http::verb::get, target, nullptr, long_poll_timeout(wait));
   }
 
+  v1::Queue get_queue(const std::string& name) override {
+    return call<v1::Queue>(http::verb::get, "/v1/queues/" + percent_encode(name));
+  }
+  v1::QueueList list_queues() override {
+    return call<v1::QueueList>(http::verb::get, "/v1/queues");
+  }
+  v1::SendResult send_messages(const std::string& queue, const v1::SendRequest& request) override {
+    return call<v1::SendResult>(http::verb::post,
+                                "/v1/queues/" + percent_encode(queue) + "/messages", &request);
+  }
+  v1::QueueMessageList receive_messages(const std::string& queue,
+                                        const v1::ReceiveRequest& request) override {
+    const auto wait = std::chrono::milliseconds(request.wait().seconds() * 1000 +
+                                                request.wait().nanos() / 1000000);
+    return call<v1::QueueMessageList>(http::verb::post,
+                                      "/v1/queues/" + percent_encode(queue) + "/receive", &request,
+                                      long_poll_timeout(wait));
+  }
+  v1::QueueMessageList peek_messages(const std::string& queue, std::uint32_t max) override {
+    return call<v1::QueueMessageList>(http::verb::get, "/v1/queues/" + percent_encode(queue) +
+                                                           "/messages?max=" + std::to_string(max));
+  }
+  v1::QueueCount acknowledge_messages(const std::string& queue,
+                                      const v1::AckRequest& request) override {
+    return call<v1::QueueCount>(http::verb::post, "/v1/queues/" + percent_encode(queue) + "/ack",
+                                &request);
+  }
+  v1::QueueCount purge_queue(const std::string& queue) override {
+    return call<v1::QueueCount>(http::verb::post, "/v1/queues/" + percent_encode(queue) + "/purge");
+  }
+  v1::PublishResult publish_event(const v1::PublishRequest& request) override {
+    return call<v1::PublishResult>(http::verb::post, "/v1/events", &request);
+  }
+  v1::Invocation submit_invocation(const v1::InvokeRequest& request) override {
+    Request req = make_request(
+        http::verb::post, "/v1/functions/" + percent_encode(request.function()) + "/invocations");
+    req.set(http::field::content_type, k_json);
+    req.set(http::field::accept, k_json);
+    req.body() = request.payload().empty() ? "null" : request.payload();
+    Response res = send(req, options_.timeout);
+    v1::Invocation out;
+    try {
+      from_json(res.body(), out, true);
+    } catch (const Error& e) {
+      throw Error(errc::internal, "cannot read the answer of " + url_.text + ": " + e.message());
+    }
+    return out;
+  }
+  v1::Invocation get_invocation(const std::string& id) override {
+    return call<v1::Invocation>(http::verb::get, "/v1/invocations/" + percent_encode(id));
+  }
+
   v1::InvokeResponse invoke(const v1::InvokeRequest& request) override {
     std::string target = "/v1/functions/" + percent_encode(request.function()) + "/invoke";
     auto timeout = options_.timeout;

@@ -13,4 +13,7 @@ inline constexpr const char* k_volumes_prefix = "/registry/volumes/";
 inline constexpr const char* k_networks_prefix = "/registry/networks/";
 inline constexpr const char* k_addresses_prefix = "/registry/addresses/";
 
+// Durable queues (apply plans them; the server's queues declare what is stored here).
+inline constexpr const char* k_queues_prefix = "/registry/queues/";
+
 }  // namespace blixard

@@ -14,6 +14,7 @@
 #include "runtime/driver.hpp"
 #include "runtime/libvirt_driver.hpp"
 #include "store/blob_store.hpp"
+#include "store/queue_log.hpp"
 #include "store/store.hpp"
 
 namespace blixard::server {
@@ -82,7 +83,9 @@ std::shared_ptr<api::Service> open_local_service(const std::filesystem::path& di
                                                    std::move(vm_driver)),
                 /*in_process=*/true);
   }
-  return {new api::Service(store, blobs, nodes, options.node_name, options.logger),
+  auto queue_log = store::open_sqlite_queue_log((dir / "queues.db").string());
+  return {new api::Service(store, blobs, std::move(queue_log), nodes, options.node_name,
+                           options.logger),
           [lock](api::Service* service) { delete service; }};
 }
 

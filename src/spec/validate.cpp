@@ -214,6 +214,15 @@ void validate_trigger_spec(v1::TriggerSpec& t, const std::string& at,
                     [](char c) { return std::isspace(static_cast<unsigned char>(c)); })) {
       invalid(at + ".source", "event name " + in_quotes(t.source()) + " must not contain spaces");
     }
+    // Lambda's bounds for a standard queue's mapping: up to 10,000 messages, up to 5 minutes.
+    if (t.batch_size() > 10000) invalid(at + ".batchSize", "batchSize must be at most 10000");
+    if (t.has_batch_window()) {
+      check_duration(t.batch_window(), at + ".batchWindow");
+      if (t.batch_window().seconds() < 0 || t.batch_window().seconds() > 300)
+        invalid(at + ".batchWindow", "batchWindow must be between 0s and 5m");
+    }
+    if (t.type() == "event" && (t.batch_size() > 1 || t.has_batch_window()))
+      invalid(at + ".batchSize", "an event trigger delivers one event per call: no batches");
   } else {
     invalid(at + ".type",
             "unknown trigger type " + in_quotes(t.type()) + " (expected http, queue or event)");

@@ -19,36 +19,21 @@
 #include <utility>
 
 #include "blixard/error.hpp"
+#include "store/sqlite_db.hpp"
 #include "store/store.hpp"
 
 namespace blixard::store {
 namespace {
+
+using sqlite::Db;
+using sqlite::Query;
+using sqlite::throw_sqlite;
 
 using Clock = std::chrono::system_clock;
 
 std::int64_t now_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now().time_since_epoch())
       .count();
-}
-
-// A full filesystem says so and where, so that nobody looks for a server that is not running:
-// SQLite reports SQLITE_FULL, or an I/O error whose errno is ENOSPC (a WAL or shm write).
-std::optional<Error> disk_full(sqlite3* db, const std::string& detail) {
-  if (db == nullptr) return std::nullopt;
-  if ((sqlite3_extended_errcode(db) & 0xff) != SQLITE_FULL && sqlite3_system_errno(db) != ENOSPC) {
-    return std::nullopt;
-  }
-  const char* file = sqlite3_db_filename(db, "main");
-  const std::string path = file != nullptr && *file != '\0' ? file : "(unknown path)";
-  return Error(errc::unavailable, "disk full: cannot write the store " + path + " (data dir " +
-                                      std::filesystem::path(path).parent_path().string() +
-                                      "): " + detail + "; free space on its filesystem");
-}
-
-[[noreturn]] void throw_sqlite(sqlite3* db) {
-  const std::string detail = sqlite3_errmsg(db);
-  if (auto full = disk_full(db, detail)) throw *full;
-  throw Error(errc::unavailable, "store: " + detail);
 }
 
 // The first key after every key that starts with `prefix`; nullopt when there is none
@@ -59,121 +44,6 @@ std::optional<std::string> prefix_end(std::string prefix) {
   prefix.back() = static_cast<char>(static_cast<unsigned char>(prefix.back()) + 1);
   return prefix;
 }
-
-// One use of a cached prepared statement; resets it when done so its locks and bindings go.
-class Query {
- public:
-  Query(sqlite3* db, sqlite3_stmt* stmt) : db_(db), stmt_(stmt) {}
-  Query(const Query&) = delete;
-  Query& operator=(const Query&) = delete;
-  ~Query() {
-    sqlite3_reset(stmt_);
-    sqlite3_clear_bindings(stmt_);
-  }
-
-  Query& bind(int i, std::int64_t v) {
-    if (sqlite3_bind_int64(stmt_, i, v) != SQLITE_OK) throw_sqlite(db_);
-    return *this;
-  }
-  // Keys and values are BLOBs so they order bytewise; an empty one is a zero-length blob, not NULL.
-  Query& bind(int i, std::string_view v) {
-    if (sqlite3_bind_blob64(stmt_, i, v.empty() ? "" : v.data(), v.size(), SQLITE_STATIC) !=
-        SQLITE_OK)
-      throw_sqlite(db_);
-    return *this;
-  }
-  bool step() {
-    int rc = sqlite3_step(stmt_);
-    if (rc == SQLITE_ROW) return true;
-    if (rc == SQLITE_DONE) return false;
-    throw_sqlite(db_);
-  }
-  void run() {
-    while (step()) {
-    }
-  }
-  std::int64_t int64(int col) { return sqlite3_column_int64(stmt_, col); }
-  std::string blob(int col) {
-    const void* p = sqlite3_column_blob(stmt_, col);
-    int n = sqlite3_column_bytes(stmt_, col);
-    return p ? std::string(static_cast<const char*>(p), static_cast<std::size_t>(n))
-             : std::string();
-  }
-
- private:
-  sqlite3* db_;
-  sqlite3_stmt* stmt_;
-};
-
-// One SQLite connection with its statement cache. Not thread-safe: each is used by one thread
-// at a time (the commit leader, the reader holding read_mutex_, or the dispatcher).
-class Db {
- public:
-  Db(const std::string& file) {
-    int rc =
-        sqlite3_open_v2(file.c_str(), &db_,
-                        SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
-    if (rc != SQLITE_OK) {
-      std::string msg = db_ ? sqlite3_errmsg(db_) : sqlite3_errstr(rc);
-      sqlite3_close_v2(db_);
-      throw Error(errc::unavailable, msg);
-    }
-    try {
-      sqlite3_extended_result_codes(db_, 1);
-      exec("PRAGMA busy_timeout = 10000");
-      // WAL lets readers run beside the writer; FULL syncs the log on every commit.
-      char* err = nullptr;
-      std::string mode;
-      auto read_mode = [](void* out, int, char** values, char**) {
-        if (values[0]) *static_cast<std::string*>(out) = values[0];
-        return 0;
-      };
-      if (sqlite3_exec(db_, "PRAGMA journal_mode = WAL", read_mode, &mode, &err) != SQLITE_OK) {
-        std::string msg = err ? err : sqlite3_errmsg(db_);
-        sqlite3_free(err);
-        throw Error(errc::unavailable, msg);
-      }
-      if (mode != "wal") throw Error(errc::unavailable, "cannot enable WAL mode (" + mode + ")");
-      exec("PRAGMA synchronous = FULL");
-    } catch (...) {
-      sqlite3_close_v2(db_);
-      throw;
-    }
-  }
-  Db(const Db&) = delete;
-  Db& operator=(const Db&) = delete;
-  ~Db() {
-    for (auto& [sql, stmt] : stmts_) sqlite3_finalize(stmt);
-    sqlite3_close_v2(db_);
-  }
-
-  void exec(const char* sql) {
-    char* err = nullptr;
-    if (sqlite3_exec(db_, sql, nullptr, nullptr, &err) != SQLITE_OK) {
-      std::string msg = err ? err : sqlite3_errmsg(db_);
-      sqlite3_free(err);
-      if (auto full = disk_full(db_, msg)) throw *full;
-      throw Error(errc::unavailable, msg);
-    }
-  }
-  // `sql` must be a string literal: the cache is keyed by its address.
-  Query query(const char* sql) {
-    auto it = stmts_.find(sql);
-    if (it == stmts_.end()) {
-      sqlite3_stmt* stmt = nullptr;
-      if (sqlite3_prepare_v3(db_, sql, -1, SQLITE_PREPARE_PERSISTENT, &stmt, nullptr) != SQLITE_OK)
-        throw_sqlite(db_);
-      it = stmts_.emplace(sql, stmt).first;
-    }
-    return Query(db_, it->second);
-  }
-  std::int64_t changes() { return sqlite3_changes64(db_); }
-  std::int64_t last_rowid() { return sqlite3_last_insert_rowid(db_); }
-
- private:
-  sqlite3* db_ = nullptr;
-  std::unordered_map<const char*, sqlite3_stmt*> stmts_;
-};
 
 constexpr const char* k_schema = R"sql(
 CREATE TABLE IF NOT EXISTS meta (
@@ -440,29 +310,9 @@ class SqliteStore final : public Store {
   }
 
  private:
-  // Group commit: a writer that finds no commit in flight becomes the leader and commits every
-  // queued request in one SQLite transaction (one fsync) while the others wait. The leader then
-  // steps down and wakes them, and a waiter whose request is still queued leads the next batch;
-  // so the old leader's next write can join that batch instead of waiting behind it.
+  // One commit for every request queued beside this one (sqlite::GroupCommit).
   void submit(WriteRequest& req) {
-    std::unique_lock lock(queue_mutex_);
-    queue_.push_back(&req);
-    while (!req.done) {
-      if (leading_) {
-        queue_done_.wait(lock);
-        continue;
-      }
-      leading_ = true;
-      std::vector<WriteRequest*> batch;
-      batch.swap(queue_);  // holds req: nothing was in flight
-      lock.unlock();
-      commit(batch);
-      lock.lock();
-      for (WriteRequest* r : batch) r->done = true;
-      leading_ = false;
-      queue_done_.notify_all();
-    }
-    if (req.error) std::rethrow_exception(req.error);
+    group_.submit(req, [this](const std::vector<WriteRequest*>& batch) { commit(batch); });
   }
 
   void commit(const std::vector<WriteRequest*>& batch) {
@@ -806,10 +656,7 @@ class SqliteStore final : public Store {
   std::shared_ptr<Hub> hub_;
   std::atomic<std::int64_t> revision_{0};
 
-  std::mutex queue_mutex_;
-  std::condition_variable queue_done_;
-  std::vector<WriteRequest*> queue_;
-  bool leading_ = false;
+  sqlite::GroupCommit<WriteRequest> group_;
 
   std::mutex sweep_mutex_;
   std::condition_variable sweep_wake_;

@@ -12,8 +12,8 @@
 #include <algorithm>
 #include <cstdlib>
 #include <filesystem>
-#include <map>
 #include <fstream>
+#include <map>
 
 #include "blixard/blixard.hpp"
 #include "test_support.hpp"
@@ -456,3 +456,64 @@ TEST_F(ClusterTest, InstancesAreStoredObjectsWatchedFromAStoreRevision) {
 }
 
 }  // namespace
+
+// Queues, events and async invocations through the C++ SDK (docs/queues.md).
+TEST_F(ClusterTest, QueuesSendReceiveAcknowledgeAndFeedTheirTriggers) {
+  auto c = open();
+  v1::QueueSpec spec;
+  spec.set_max_receives(3);
+  auto q = c.create_queue("jobs", spec);
+  auto ids = q.send(std::vector<std::string>{R"({"n":1})", R"({"n":2})"});
+  ASSERT_EQ(ids.size(), 2u);
+  EXPECT_EQ(q.get().status().depth(), 2u);
+  auto got = q.receive(5);
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0].body(), R"({"n":1})");
+  EXPECT_EQ(q.acknowledge({got[0].receipt(), got[1].receipt()}), 2u);
+  EXPECT_EQ(q.get().status().depth(), 0u);
+  expect_error([&] { c.queue("nope").send("1"); }, errc::not_found);
+
+  // A trigger drains what is sent; the function's metrics count the calls.
+  c.create_function("echo", k_data / "echo.yaml");
+  v1::TriggerSpec t;
+  t.set_type("queue");
+  t.set_source("jobs");
+  t.set_function("echo");
+  c.create_trigger("jobs-trigger", t);
+  q.send(R"({"n":3})");
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto st = q.get().status();
+    if (st.depth() == 0 && st.in_flight() == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(q.get().status().depth(), 0u);
+  EXPECT_GE(c.function("echo").metrics().invocations(), 1u);
+}
+
+TEST_F(ClusterTest, AsyncInvocationsAndEventsAreDurableAndReported) {
+  auto c = open();
+  auto fn = c.create_function("echo", k_data / "echo.yaml");
+  auto inv = fn.submit(R"({"hello": 1})");
+  EXPECT_EQ(inv.state(), "queued");
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  v1::Invocation now;
+  while (std::chrono::steady_clock::now() < deadline) {
+    now = c.invocation(inv.id());
+    if (now.state() == "succeeded") break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_EQ(now.state(), "succeeded");
+  EXPECT_NE(now.result().find(R"("hello": 1)"), std::string::npos) << now.result();
+  expect_error([&] { c.invocation("999999999"); }, errc::not_found);
+
+  v1::TriggerSpec t;
+  t.set_type("event");
+  t.set_source("invoice-created");
+  t.set_function("echo");
+  c.create_trigger("on-invoice", t);
+  auto published = c.publish("invoice-created", R"({"invoiceId": "INV-1"})");
+  ASSERT_EQ(published.triggers_size(), 1);
+  EXPECT_EQ(published.triggers(0), "on-invoice");
+  expect_error([&] { c.publish("invoice-created", "{bad"); }, errc::invalid_spec);
+}

@@ -123,6 +123,38 @@ class Backend {
   virtual v1::Network get_network(const std::string& /*name*/) { throw_no_storage(); }
   virtual v1::NetworkList list_networks() { throw_no_storage(); }
 
+  // Durable queues (docs/queues.md), created and deleted through apply. A backend that keeps
+  // none answers unavailable.
+  virtual v1::Queue get_queue(const std::string& /*name*/) { throw_no_queues(); }
+  virtual v1::QueueList list_queues() { throw_no_queues(); }
+  // Durable when it returns.
+  virtual v1::SendResult send_messages(const std::string& /*queue*/,
+                                       const v1::SendRequest& /*request*/) {
+    throw_no_queues();
+  }
+  virtual v1::QueueMessageList receive_messages(const std::string& /*queue*/,
+                                                const v1::ReceiveRequest& /*request*/) {
+    throw_no_queues();
+  }
+  // What a receive could take now, without taking it.
+  virtual v1::QueueMessageList peek_messages(const std::string& /*queue*/, std::uint32_t /*max*/) {
+    throw_no_queues();
+  }
+  virtual v1::QueueCount acknowledge_messages(const std::string& /*queue*/,
+                                              const v1::AckRequest& /*request*/) {
+    throw_no_queues();
+  }
+  virtual v1::QueueCount purge_queue(const std::string& /*queue*/) { throw_no_queues(); }
+  // An event for every event trigger on its source, durable when it returns.
+  virtual v1::PublishResult publish_event(const v1::PublishRequest& /*request*/) {
+    throw_no_queues();
+  }
+  // An async invocation: queued durably, run (and retried) by the server; its id at once.
+  virtual v1::Invocation submit_invocation(const v1::InvokeRequest& /*request*/) {
+    throw_no_queues();
+  }
+  virtual v1::Invocation get_invocation(const std::string& /*id*/) { throw_no_queues(); }
+
   // Server side, no endpoint: the stored token whose secret this is (hash compared in constant
   // time), expired or not; nullopt for an unknown or revoked secret.
   virtual std::optional<v1::Token> verify_token(std::string_view /*secret*/) {
@@ -130,6 +162,9 @@ class Backend {
   }
 
  private:
+  [[noreturn]] static void throw_no_queues() {
+    throw Error(errc::unavailable, "this backend keeps no queues");
+  }
   [[noreturn]] static void throw_no_tokens() {
     throw Error(errc::unavailable, "this backend keeps no tokens");
   }
