@@ -956,6 +956,17 @@ v1::PublishResult Service::publish_event(const v1::PublishRequest& request) {
                   [](char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; }))
     throw Error(errc::invalid_spec, "an event needs a source: one word of up to 256 bytes",
                 "source");
+  // The stored triggers decide who gets it, not how far the triggers watch has come: a trigger
+  // created just before the publish must not miss it.
+  for (const auto& kv : store_->list(k_triggers_prefix).kvs) {
+    try {
+      auto t = decode<v1::Trigger>(kv);
+      if (t.spec().type() == "event" && t.spec().source() == source)
+        deliveries_->trigger_changed(t.metadata().name(), t.spec());
+    } catch (const Error& e) {
+      logger_->warn("trigger at {}: {}", kv.key, e.what());
+    }
+  }
   v1::PublishResult out;
   out.set_source(source);
   for (auto& t : deliveries_->publish(source, request.data().empty() ? "null" : request.data()))

@@ -460,7 +460,7 @@ TEST_F(ClusterTest, InstancesAreStoredObjectsWatchedFromAStoreRevision) {
 // Queues, events and async invocations through the C++ SDK (docs/queues.md).
 TEST_F(ClusterTest, QueuesSendReceiveAcknowledgeAndFeedTheirTriggers) {
   auto c = open();
-  v1::QueueSpec spec;
+  blixard::v1::QueueSpec spec;
   spec.set_max_receives(3);
   auto q = c.create_queue("jobs", spec);
   auto ids = q.send(std::vector<std::string>{R"({"n":1})", R"({"n":2})"});
@@ -475,7 +475,7 @@ TEST_F(ClusterTest, QueuesSendReceiveAcknowledgeAndFeedTheirTriggers) {
 
   // A trigger drains what is sent; the function's metrics count the calls.
   c.create_function("echo", k_data / "echo.yaml");
-  v1::TriggerSpec t;
+  blixard::v1::TriggerSpec t;
   t.set_type("queue");
   t.set_source("jobs");
   t.set_function("echo");
@@ -497,7 +497,7 @@ TEST_F(ClusterTest, AsyncInvocationsAndEventsAreDurableAndReported) {
   auto inv = fn.submit(R"({"hello": 1})");
   EXPECT_EQ(inv.state(), "queued");
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-  v1::Invocation now;
+  blixard::v1::Invocation now;
   while (std::chrono::steady_clock::now() < deadline) {
     now = c.invocation(inv.id());
     if (now.state() == "succeeded") break;
@@ -507,7 +507,7 @@ TEST_F(ClusterTest, AsyncInvocationsAndEventsAreDurableAndReported) {
   EXPECT_NE(now.result().find(R"("hello": 1)"), std::string::npos) << now.result();
   expect_error([&] { c.invocation("999999999"); }, errc::not_found);
 
-  v1::TriggerSpec t;
+  blixard::v1::TriggerSpec t;
   t.set_type("event");
   t.set_source("invoice-created");
   t.set_function("echo");
