@@ -33,6 +33,9 @@ void add_token_routes(RouteTable& table, const RouteContext& context);
 // /v1/blobs/{digest}: PUT (admin; 201), GET (node: the bytes), HEAD (read: 200 or 404).
 void add_blob_routes(RouteTable& table, const RouteContext& context);
 
+// GET /ui/ (the dashboard page), /ui/app.js, /ui/style.css: public (the page holds no data).
+void add_ui_routes(RouteTable& table, const RouteContext& context);
+
 // All of the above.
 void add_api_routes(RouteTable& table, const RouteContext& context);
 
