@@ -275,15 +275,13 @@
     const points = values.map((v, i) =>
       `${(i * W / (WINDOW_S - 1)).toFixed(1)},${(H - 1 - (v / max) * (H - 2)).toFixed(1)}`);
     const total = values.reduce((a, b) => a + b, 0);
-    const recent = values.slice(-10).reduce((a, b) => a + b, 0) / 10;
     const g = svg('svg', { class: cold ? 'chart cold' : 'chart', width: W, height: H,
       viewBox: `0 0 ${W} ${H}`, role: 'img' });
     const title = svg('title', {});
     title.textContent = `${total} in the last ${WINDOW_S} s (peak ${max}/s)`;
     g.append(title, svg('line', { x1: 0, y1: H - 0.5, x2: W, y2: H - 0.5 }),
       svg('polyline', { points: points.join(' ') }));
-    const label = cold ? `${total}/min` : `${recent.toFixed(recent < 10 ? 1 : 0)}/s`;
-    return [g, h('span', { class: 'rate', 'data-total': total }, label)];
+    return [g, h('span', { class: 'rate', 'data-total': total }, `${total}/min`)];
   }
 
   // ---- Data: the lists, and the event stream that says when to read them again -----------------

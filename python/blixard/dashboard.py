@@ -323,7 +323,7 @@ def render(view: Dict[str, Any], *, status: str = ""):
                           for n, c in f["nodes"].items()) or "-"
         inv, cold = f["invocationsPerSecond"], f["coldStartsPerSecond"]
         fns.add_row(f["name"], str(f["running"]), str(f["warm"]), where, f["memory"],
-                    str(f["timeout"]), f"{sparkline(inv[-30:])} {sum(inv[-10:]) / 10:.1f}/s",
+                    str(f["timeout"]), f"{sparkline(inv[-30:])} {sum(inv)}/min",
                     f"{sparkline(cold[-30:])} {sum(cold)}/min")
     parts.append(fns if view["functions"] else Text("Serverless functions: none", style="dim"))
 

@@ -238,8 +238,13 @@ def test_the_page_shows_what_function_list_and_vm_status_show(cli):
             and "data-running" not in e} >= {n["metadata"]["name"] for n in nodes}
     placed = [e for e in dom.find("li", data_reason="Placed") if e["data-name"] == "orders"]
     assert placed and placed[0]["data-node"] == node, dom.texts.get("placements")
-    # No queues endpoint yet (or none in the stack): the panel is hidden or lists none.
-    assert dom.find("section", id="queues-panel")
+    # Queues: a panel when the server lists them, hidden while it has no such endpoint.
+    panel = dom.find("section", id="queues-panel")[0]
+    addr = server(cli)["address"]
+    if request(addr + "/v1/queues", server(cli)["token"]) == 404:
+        assert panel.get("hidden") is not None
+    else:
+        assert panel.get("hidden") is None
 
     # The screenshot, kept with the test's artefacts.
     r = headless(url, f"--screenshot={shot}", "--window-size=1400,1000")
