@@ -118,6 +118,7 @@ class Ctx:
         self.output = output
         self._cluster = None
         self.resolved_addr = addr or ""
+        self.resolved_token = token or ""
         # Maps the spec field names used in overrides back to the flags that set them, so an
         # error about "memory" reads "--memory: ...".
         self.flag_for_field: Dict[str, str] = {}
@@ -146,6 +147,7 @@ class Ctx:
                 if info and info.get("address") == addr:
                     token = info.get("token", "")
             self.resolved_addr = addr
+            self.resolved_token = token or ""
             try:
                 self._cluster = Cluster.connect(addr, token or "")
             except Unavailable as e:
@@ -2078,6 +2080,52 @@ def delete_cmd(c: Ctx, file: str, output) -> None:
     if not os.path.exists(file):
         raise InvalidSpec(f"no such file: {file}", field="-f")
     _print_apply(c.cluster().delete(file), _out(c, output), "delete")
+
+
+# ---- dashboard ----
+
+
+@cli.command()
+@click.option("--stack", metavar="NAME", help="Show only the VMs and functions of stack NAME.")
+@click.option("--terminal", is_flag=True, help="The same view here, live, until Ctrl-C.")
+@click.option("--no-browser", is_flag=True, help="Print the URL without opening a browser.")
+@click.option("--ttl", metavar="DURATION", default="12h", show_default=True,
+              help="How long the page's read-only token lasts.")
+@output_option
+@pass_ctx
+def dashboard(c: Ctx, stack, terminal, no_browser, ttl, output) -> None:
+    """Open the server's dashboard (/ui/): prints its URL with a new read-only token, as Jupyter
+    does, and opens a browser where there is a display. --terminal shows the same view here,
+    live; -o json prints it once."""
+    from . import dashboard as dash
+
+    cl = c.cluster()
+    addr = c.resolved_addr
+    token = c.resolved_token
+    if _out(c, output) == "json":
+        feed = dash.Feed()
+        feed.seed(cl)
+        print_json(dash.snapshot(cl, addr, token, feed, stack or ""))
+        return
+    if terminal:
+        dash.run_terminal(cl, addr, token, stack or "")
+        return
+    secret = ""
+    if not dash.server_is_open(addr):
+        name = dash.new_token_name()
+        try:
+            secret = cl.create_token("read", ttl=ttl, name=name).get("secret", "")
+            click.echo(f"read-only token {name} created, expires in {ttl} "
+                       f"(`blixard token revoke {name}` ends it)", err=True)
+        except errors.PermissionDenied:
+            # Only an admin makes tokens: a reader's own token serves the page as well.
+            secret = token
+            click.echo("this token may not create tokens: the URL carries it instead", err=True)
+    url = dash.dashboard_url(addr, secret, stack or "")
+    click.echo("To see the dashboard, open this URL in a browser:", err=True)
+    click.echo(url)
+    if not no_browser and dash.browser_available():
+        dash.open_browser(url)
 
 
 # ---- entry point -------------------------------------------------------------------------------

@@ -66,8 +66,13 @@ bool constant_time_equal(std::string_view given, std::string_view expected) {
 
 bool is_api_path(const Target& t) {
   const auto& s = t.segments;
-  return (!s.empty() && s[0] == "v1") ||
+  return (!s.empty() && (s[0] == "v1" || s[0] == "ui")) ||
          (s.size() == 1 && (s[0] == "healthz" || s[0] == "metrics"));
+}
+
+bool is_public_path(const Target& t) {
+  const auto& s = t.segments;
+  return (s.size() == 1 && s[0] == "healthz") || (!s.empty() && s[0] == "ui");
 }
 
 bool is_api_target(std::string_view target) {
@@ -77,7 +82,8 @@ bool is_api_target(std::string_view target) {
   if (!path.empty() && path.front() == '/') path.remove_prefix(1);
   const auto slash = path.find('/');
   const std::string_view first = path.substr(0, slash);
-  return first == "v1" || (slash == path.npos && (first == "healthz" || first == "metrics"));
+  return first == "v1" || first == "ui" ||
+         (slash == path.npos && (first == "healthz" || first == "metrics"));
 }
 
 bool bearer_matches(std::string_view authorization, std::string_view token) {
@@ -107,11 +113,10 @@ HeadVerdict check_head(const boost::beast::http::request_header<>& head,
   if (limits.admin && head.method() == http::verb::put && target.starts_with("/v1/blobs/")) {
     v.body_limit = limits.blob_body_limit;
   }
-  // The same rule as routing: every API path but /healthz needs a good token.
+  // The same rule as routing: every API path but /healthz and the dashboard's needs a good token.
   v.authenticated = !v.gateway && limits.token_required && limits.authenticated;
   if (!v.gateway && limits.token_required && !v.authenticated) {
-    const Target t = parse_target(target);
-    if (!(t.segments.size() == 1 && t.segments[0] == "healthz")) {
+    if (!is_public_path(parse_target(target))) {
       v.status = 401;
       v.message = limits.why.empty()
                       ? "this server needs a token: send \"Authorization: Bearer <token>\""

@@ -39,8 +39,11 @@ struct Target {
 std::vector<std::pair<std::string, std::string>> parse_query(std::string_view query);
 Target parse_target(std::string_view target);
 
-// The paths the API owns; every other path belongs to the trigger gateway.
+// The paths the API owns (/v1/..., /healthz, /metrics, /ui/...); every other path belongs to the
+// trigger gateway.
 bool is_api_path(const Target& t);
+// The API paths that need no token: /healthz and the dashboard's files under /ui/.
+bool is_public_path(const Target& t);
 // is_api_path(parse_target(target)) without building the Target, as every gateway request asks.
 bool is_api_target(std::string_view target);
 
@@ -51,7 +54,7 @@ bool constant_time_equal(std::string_view given, std::string_view expected);
 bool bearer_matches(std::string_view authorization, std::string_view token);
 
 struct HeadLimits {
-  bool token_required = false;  // the server has a token: API paths but /healthz need a good one
+  bool token_required = false;  // the server has a token: API paths but public ones need one
   bool authenticated = false;   // the request's token is good (the caller checked it)
   std::string_view why;         // when not: what was wrong, for the 401
   std::size_t body_limit = 0;
@@ -69,7 +72,7 @@ struct HeadVerdict {
   std::string message;         // why, when status is set
 };
 
-// Target length (414), token (401 for API paths but /healthz) and declared body length (413),
+// Target length (414), token (401 for API paths but public ones) and declared body length (413),
 // in that order: an unauthenticated client learns nothing of the limits.
 HeadVerdict check_head(const boost::beast::http::request_header<>& head,
                        boost::optional<std::uint64_t> content_length, const HeadLimits& limits);

@@ -37,6 +37,8 @@ void add_blob_routes(RouteTable& table, const RouteContext& context);
 // /{name}/ack, /{name}/purge; POST /v1/events (publish); POST /v1/functions/{name}/invocations
 // (async invoke, 202) and GET /v1/invocations/{id}.
 void add_queue_routes(RouteTable& table, const RouteContext& context);
+// GET /ui/ (the dashboard page), /ui/app.js, /ui/style.css: public (the page holds no data).
+void add_ui_routes(RouteTable& table, const RouteContext& context);
 
 // All of the above.
 void add_api_routes(RouteTable& table, const RouteContext& context);

@@ -59,6 +59,7 @@ void add_api_routes(RouteTable& table, const RouteContext& context) {
   add_token_routes(table, context);
   add_blob_routes(table, context);
   add_queue_routes(table, context);
+  add_ui_routes(table, context);
 }
 
 }  // namespace blixard::api

@@ -183,9 +183,9 @@ void validate_trigger_spec(v1::TriggerSpec& t, const std::string& at,
     auto reserved = [&p](const std::string& prefix) {
       return p == prefix || p.rfind(prefix + "/", 0) == 0;
     };
-    if (reserved("/v1") || reserved("/healthz") || reserved("/metrics")) {
+    if (reserved("/v1") || reserved("/healthz") || reserved("/metrics") || reserved("/ui")) {
       invalid(at + ".path",
-              "path " + in_quotes(p) + " is reserved for the API (/v1, /healthz, /metrics)");
+              "path " + in_quotes(p) + " is reserved for the API (/v1, /healthz, /metrics, /ui)");
     }
     if (p.find_first_of("?# ") != std::string::npos) {
       invalid(at + ".path", "path " + in_quotes(p) + " must not contain '?', '#' or spaces");

@@ -1275,6 +1275,36 @@ TEST_F(HttpTest, MetricsNeedTheTokenButTheGatewayDoesNot) {
   EXPECT_EQ(get("/hook").status, 200);
 }
 
+TEST_F(HttpTest, TheDashboardIsPublicAndKeepsItsTokenToItself) {
+  api::HttpServerOptions options;
+  options.token = "tok";
+  server_.reset();
+  start(options);
+  for (const char* path : {"/ui", "/ui/", "/ui/?stack=shop"}) {
+    auto page = get(path);
+    EXPECT_EQ(page.status, 200) << path;
+    EXPECT_THAT(page.header("Content-Type"), HasSubstr("text/html")) << path;
+    EXPECT_THAT(page.body, HasSubstr("/ui/app.js")) << path;
+  }
+  auto page = get("/ui/");
+  EXPECT_EQ(page.header("Referrer-Policy"), "no-referrer");
+  // No inline script and nothing from another origin.
+  EXPECT_THAT(page.header("Content-Security-Policy"), HasSubstr("script-src 'self'"));
+  EXPECT_THAT(page.header("Content-Security-Policy"), HasSubstr("default-src 'none'"));
+  EXPECT_THAT(page.header("Content-Security-Policy"), testing::Not(HasSubstr("unsafe-inline")));
+  auto js = get("/ui/app.js");
+  EXPECT_EQ(js.status, 200);
+  EXPECT_THAT(js.header("Content-Type"), HasSubstr("javascript"));
+  EXPECT_THAT(js.body, HasSubstr("Authorization"));
+  EXPECT_THAT(get("/ui/style.css").header("Content-Type"), HasSubstr("text/css"));
+  // A bad token on the page is no reason to refuse it; the API still wants a good one.
+  EXPECT_EQ(get("/ui/", "Authorization: Bearer wrong\r\n").status, 200);
+  EXPECT_EQ(get("/ui/nothing").status, 404);
+  EXPECT_EQ(get("/v1/functions").status, 401);
+  // /ui is the API's, never a trigger's.
+  EXPECT_EQ(raw_request(server_->port(), http_request("POST", "/ui/", "{}")).status, 405);
+}
+
 TEST_F(HttpTest, LogsLongPoll) {
   auto c = client();
   fake_->add_log("one");
@@ -1958,8 +1988,8 @@ TEST(RouteTable, EveryApiRouteDeclaresAScope) {
   ASSERT_FALSE(table.routes().empty());
   for (const auto& r : table.routes()) {
     const bool get = r.verb == boost::beast::http::verb::get;
-    if (r.pattern == "/healthz") {
-      EXPECT_EQ(r.scope, api::Scope::none);
+    if (r.pattern == "/healthz" || r.pattern == "/ui" || r.pattern.starts_with("/ui/")) {
+      EXPECT_EQ(r.scope, api::Scope::none) << r.pattern;  // the dashboard's files hold no data
     } else if (r.pattern.starts_with("/v1/tokens")) {
       EXPECT_EQ(r.scope, api::Scope::admin) << r.pattern;  // reading tokens is admin's too
     } else if (r.pattern.ends_with("/invoke")) {

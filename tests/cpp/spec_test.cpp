@@ -975,12 +975,13 @@ TEST(Validation, HttpTriggerPathsMustBeReachable) {
   trigger.mutable_metadata()->set_name("t");
   trigger.mutable_spec()->set_type("http");
   trigger.mutable_spec()->set_function("echo");
-  for (const char* path : {"/v1/functions", "/metrics", "/healthz", "/v1", "/a?b=1", "api"}) {
+  for (const char* path :
+       {"/v1/functions", "/metrics", "/healthz", "/v1", "/ui", "/ui/x", "/a?b=1", "api"}) {
     v1::Trigger bad = trigger;
     bad.mutable_spec()->set_path(path);
     EXPECT_EQ(invalid([&] { blixard::validate_trigger(bad); }).field(), "spec.path") << path;
   }
-  for (const char* path : {"/api/process-image", "/v1x", "/metrics-ui"}) {
+  for (const char* path : {"/api/process-image", "/v1x", "/metrics-ui", "/uix"}) {
     v1::Trigger good = trigger;
     good.mutable_spec()->set_path(path);
     EXPECT_NO_THROW(blixard::validate_trigger(good)) << path;
