@@ -246,7 +246,11 @@
   function render() {
     const vms = state.vms.filter(inStack);
     const fns = state.functions.filter(inStack);
-    const queues = state.queues === null ? null : state.queues.filter(inStack);
+    // The server's own queues (event:<trigger>, async:<fn>, their :dead) only while they hold
+    // something: two per function would drown the user's own.
+    const shown = (q) => inStack(q) &&
+      (!name(q).includes(':') || Number((q.status || {}).depth || 0) > 0);
+    const queues = state.queues === null ? null : state.queues.filter(shown);
     renderSummary(vms, fns);
     renderVms(vms);
     renderFunctions(fns);
