@@ -202,7 +202,6 @@ class BareHttpServer {
 
 class NoopBackend final : public blixard::detail::Backend {
  public:
-  using Mode = blixard::detail::ApplyMode;
   blixard::v1::TriggerList list_triggers() override {
     blixard::v1::TriggerList list;
     auto* t = list.add_items();
@@ -218,7 +217,10 @@ class NoopBackend final : public blixard::detail::Backend {
     out.set_result(request.payload());  // the event, as the echo handler returns it
     return out;
   }
-  blixard::v1::ApplyResult apply(const blixard::v1::ObjectSet&, Mode) override { fail(); }
+  blixard::v1::ApplyResult apply(const blixard::v1::ObjectSet&,
+                                 const blixard::detail::ApplyOptions&) override {
+    fail();
+  }
   blixard::v1::Function get_function(const std::string&) override { fail(); }
   blixard::v1::Vm get_vm(const std::string&) override { fail(); }
   blixard::v1::Trigger get_trigger(const std::string&) override { fail(); }

@@ -477,15 +477,23 @@ class PyCluster {
     return blixard::to_json(cluster().revoke_token(name_or_id));
   }
 
-  std::string apply(const std::string& manifest) {
-    return blixard::to_json(cluster().apply(std::filesystem::path(manifest)));
+  std::string apply(const std::string& manifest, bool dry_run, bool prune,
+                    const std::string& stack) {
+    return blixard::to_json(cluster().apply(std::filesystem::path(manifest),
+                                            {.dry_run = dry_run, .prune = prune, .stack = stack}));
   }
-  std::string apply_objects(const std::string& objects_json, const std::string& mode) {
+  std::string apply_objects(const std::string& objects_json, const std::string& mode, bool dry_run,
+                            bool prune, const std::string& stack) {
     auto set = from_json_as<blixard::v1::ObjectSet>(objects_json);
-    return blixard::to_json(cluster().apply(set, apply_mode(mode)));
+    return blixard::to_json(cluster().apply(
+        set, {.mode = apply_mode(mode), .dry_run = dry_run, .prune = prune, .stack = stack}));
   }
-  std::string remove(const std::string& manifest) {
-    return blixard::to_json(cluster().remove(std::filesystem::path(manifest)));
+  std::string remove(const std::string& manifest, bool dry_run) {
+    return blixard::to_json(
+        cluster().remove(std::filesystem::path(manifest), {.dry_run = dry_run}));
+  }
+  std::string remove_stack(const std::string& stack, bool dry_run) {
+    return blixard::to_json(cluster().remove_stack(stack, dry_run));
   }
   // Parses a manifest without touching the cluster (for `apply --dry-run` and tests).
   std::string load_manifest(const std::string& manifest) {
@@ -720,10 +728,15 @@ PYBIND11_MODULE(_core, m) {
            py::arg("ttl") = "", py::arg("name") = "", release_gil())
       .def("tokens", &PyCluster::tokens, release_gil())
       .def("revoke_token", &PyCluster::revoke_token, py::arg("name_or_id"), release_gil())
-      .def("apply", &PyCluster::apply, py::arg("manifest"), release_gil())
+      .def("apply", &PyCluster::apply, py::arg("manifest"), py::arg("dry_run") = false,
+           py::arg("prune") = false, py::arg("stack") = "", release_gil())
       .def("apply_objects", &PyCluster::apply_objects, py::arg("objects_json"),
-           py::arg("mode") = "apply", release_gil())
-      .def("remove", &PyCluster::remove, py::arg("manifest"), release_gil())
+           py::arg("mode") = "apply", py::arg("dry_run") = false, py::arg("prune") = false,
+           py::arg("stack") = "", release_gil())
+      .def("remove", &PyCluster::remove, py::arg("manifest"), py::arg("dry_run") = false,
+           release_gil())
+      .def("remove_stack", &PyCluster::remove_stack, py::arg("stack"), py::arg("dry_run") = false,
+           release_gil())
       .def("load_manifest", &PyCluster::load_manifest, py::arg("manifest"), release_gil())
       .def("close", &PyCluster::close, release_gil());
 }

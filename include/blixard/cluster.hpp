@@ -109,12 +109,18 @@ class Cluster {
   std::vector<v1::Token> tokens();
   v1::Token revoke_token(const std::string& name_or_id);
 
-  // kubectl-style: create or update every object of the manifest in one transaction.
-  v1::ApplyResult apply(const std::filesystem::path& manifest);
-  v1::ApplyResult apply(const v1::ObjectSet& set,
-                        detail::ApplyMode mode = detail::ApplyMode::apply);
-  // Deletes every object the manifest names, in one transaction.
-  v1::ApplyResult remove(const std::filesystem::path& manifest);
+  // kubectl-style: create or update every object of the manifest in one transaction. Options:
+  // dry_run (report each change with its diff, change nothing; code is packed, not uploaded),
+  // prune (delete the stack's objects the manifest no longer holds), stack (for a manifest
+  // without a Platform).
+  v1::ApplyResult apply(const std::filesystem::path& manifest,
+                        const detail::ApplyOptions& options = {});
+  v1::ApplyResult apply(const v1::ObjectSet& set, const detail::ApplyOptions& options = {});
+  // Deletes every object the manifest names, in one transaction (options.mode is ignored).
+  v1::ApplyResult remove(const std::filesystem::path& manifest,
+                         const detail::ApplyOptions& options = {});
+  // Deletes every object of a stack (what apply of its manifests made), in one transaction.
+  v1::ApplyResult remove_stack(const std::string& stack, bool dry_run = false);
 
   // Stops an embedded cluster (no-op for a remote one); handles made from it then fail.
   void close();

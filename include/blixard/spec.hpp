@@ -16,8 +16,9 @@ struct SpecOptions {
   std::string nix_instantiate = "nix-instantiate";
 };
 
-// Loads every object of a manifest: `kind: Platform` (vms + functions), `Vm`, `Function`,
-// `Trigger` documents. Config files the objects name are read too, relative to the manifest.
+// Loads every object of a manifest: `kind: Platform` (vms, functions, triggers, queues), `Vm`,
+// `Function`, `Trigger`, `Queue`, `StoragePool` and `Network` documents. Config files the objects
+// name are read too, relative to the manifest.
 v1::ObjectSet load_manifest(const std::filesystem::path& file, const SpecOptions& options = {});
 
 // Reads a function's config file (YAML, JSON or Nix) into a spec; `code` becomes absolute.
@@ -43,6 +44,8 @@ void validate_vm(v1::Vm& vm, const std::string& path = "");
 void validate_trigger(v1::Trigger& trigger, const std::string& path = "");
 void validate_storage_pool(v1::StoragePool& pool, const std::string& path = "");
 void validate_network(v1::Network& network, const std::string& path = "");
+// visibilityTimeout defaults to 30s. A dead-letter queue's existence is apply's to check.
+void validate_queue(v1::Queue& queue, const std::string& path = "");
 // All of the above, plus duplicate names within the set.
 void validate_object_set(v1::ObjectSet& set);
 

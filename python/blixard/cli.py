@@ -2048,7 +2048,7 @@ def token_revoke(c: Ctx, name, output) -> None:
 # ---- apply / delete ----
 
 
-def _print_apply(result: Dict[str, Any], out: str, verb: str) -> None:
+def _print_apply(result: Dict[str, Any], out: str, verb: str, dry_run: bool = False) -> None:
     if out == "json":
         print_json(result)
         return
@@ -2056,30 +2056,58 @@ def _print_apply(result: Dict[str, Any], out: str, verb: str) -> None:
     if not items:
         click.echo(f"nothing to {verb}")
         return
+    # A dry run shows what would change (kubectl diff), then the summary lines.
     for it in items:
-        click.echo(f"{it.get('kind', '').lower()}/{it.get('name')} {it.get('action')}")
+        if it.get("diff"):
+            click.echo(it["diff"], nl=False)
+    suffix = " (dry run)" if dry_run else ""
+    for it in items:
+        click.echo(f"{it.get('kind', '').lower()}/{it.get('name')} {it.get('action')}{suffix}")
+
+
+_DRY_RUN_HELP = "Change nothing: print what would change, each change as a diff (live/merged)."
 
 
 @cli.command()
 @click.option("-f", "--filename", "file", required=True, metavar="FILE", help="Manifest (YAML/JSON).")
+@click.option("--dry-run", is_flag=True, help=_DRY_RUN_HELP)
+@click.option("--prune", is_flag=True,
+              help="Also delete the stack's objects the manifest no longer holds.")
+@click.option("--stack", metavar="NAME",
+              help="The stack of a manifest without a Platform (a Platform's is its name).")
 @output_option
 @pass_ctx
-def apply(c: Ctx, file: str, output) -> None:
-    """Create or update every object of a manifest, all or nothing."""
+def apply(c: Ctx, file: str, dry_run: bool, prune: bool, stack: Optional[str], output) -> None:
+    """Create or update every object of a manifest, all or nothing.
+
+    Each object is reported created, configured (its own declaration changed), unchanged or,
+    with --prune, pruned. --dry-run exits 0 whether or not anything would change.
+    """
     if not os.path.exists(file):
         raise InvalidSpec(f"no such file: {file}", field="-f")
-    _print_apply(c.cluster().apply(file), _out(c, output), "apply")
+    c.flag_for_field = {"stack": "--stack"}
+    result = c.cluster().apply(file, dry_run=dry_run, prune=prune, stack=stack)
+    _print_apply(result, _out(c, output), "apply", dry_run)
 
 
 @cli.command("delete")
-@click.option("-f", "--filename", "file", required=True, metavar="FILE", help="Manifest (YAML/JSON).")
+@click.option("-f", "--filename", "file", metavar="FILE", help="Manifest (YAML/JSON).")
+@click.option("--stack", metavar="NAME", help="Delete every object of this stack (no file).")
+@click.option("--dry-run", is_flag=True, help=_DRY_RUN_HELP)
 @output_option
 @pass_ctx
-def delete_cmd(c: Ctx, file: str, output) -> None:
-    """Delete every object a manifest names, all or nothing."""
-    if not os.path.exists(file):
+def delete_cmd(c: Ctx, file: Optional[str], stack: Optional[str], dry_run: bool, output) -> None:
+    """Delete every object a manifest names, or every object of a stack, all or nothing."""
+    if (file is None) == (stack is None):
+        raise InvalidSpec("give -f FILE or --stack NAME (one of them)", field="-f")
+    if file is not None and not os.path.exists(file):
         raise InvalidSpec(f"no such file: {file}", field="-f")
-    _print_apply(c.cluster().delete(file), _out(c, output), "delete")
+    c.flag_for_field = {"stack": "--stack"}
+    if stack is not None:
+        result = c.cluster().delete(stack=stack, dry_run=dry_run)
+    else:
+        result = c.cluster().delete(file, dry_run=dry_run)
+    _print_apply(result, _out(c, output), "delete", dry_run)
 
 
 # ---- dashboard ----

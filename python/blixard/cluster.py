@@ -891,21 +891,55 @@ class Cluster:
         """Revokes a token at once, by name or id; returns what it was."""
         return json.loads(self._core.revoke_token(name_or_id))
 
-    def apply(self, manifest: PathLike) -> Dict[str, Any]:
+    def apply(
+        self,
+        manifest: PathLike,
+        *,
+        dry_run: bool = False,
+        prune: bool = False,
+        stack: Optional[str] = None,
+    ) -> Dict[str, Any]:
         """Creates or updates every object of a manifest in one transaction (kubectl apply).
 
         Returns ``{"items": [{"kind", "name", "action"}...], "revision": ...}``; on an error
-        nothing changed.
+        nothing changed. ``action`` is created, configured (the object's own declaration
+        changed), unchanged or pruned. ``dry_run``: change nothing, and give each change a
+        ``diff`` (unified, live against merged, as ``kubectl diff``). ``prune``: also delete the
+        stack's objects the manifest no longer holds. ``stack``: the stack of a manifest without
+        a Platform (a Platform's is its name).
         """
-        return json.loads(self._core.apply(os.fspath(manifest)))
+        return json.loads(
+            self._core.apply(os.fspath(manifest), dry_run, prune, stack or "")
+        )
 
-    def apply_objects(self, objects: Mapping[str, Any], mode: str = "apply") -> Dict[str, Any]:
+    def apply_objects(
+        self,
+        objects: Mapping[str, Any],
+        mode: str = "apply",
+        *,
+        dry_run: bool = False,
+        prune: bool = False,
+        stack: Optional[str] = None,
+    ) -> Dict[str, Any]:
         """Applies an ObjectSet given as a dict (``{"functions": [...], "vms": [...]}``)."""
-        return json.loads(self._core.apply_objects(json.dumps(objects), mode))
+        return json.loads(
+            self._core.apply_objects(json.dumps(objects), mode, dry_run, prune, stack or "")
+        )
 
-    def delete(self, manifest: PathLike) -> Dict[str, Any]:
-        """Deletes every object a manifest names, in one transaction."""
-        return json.loads(self._core.remove(os.fspath(manifest)))
+    def delete(
+        self,
+        manifest: Optional[PathLike] = None,
+        *,
+        stack: Optional[str] = None,
+        dry_run: bool = False,
+    ) -> Dict[str, Any]:
+        """Deletes every object a manifest names, or every object of ``stack``, in one
+        transaction. ``dry_run``: say what would go (with diffs), delete nothing."""
+        if stack is not None and manifest is None:
+            return json.loads(self._core.remove_stack(stack, dry_run))
+        if manifest is None or stack is not None:
+            raise InvalidSpec("give a manifest or a stack, one of them", field="stack")
+        return json.loads(self._core.remove(os.fspath(manifest), dry_run))
 
     def load_manifest(self, manifest: PathLike) -> Dict[str, Any]:
         """Reads and validates a manifest without changing anything; returns the ObjectSet."""

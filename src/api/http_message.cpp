@@ -126,13 +126,23 @@ bool parse_flag(const Target& t, const char* key) {
   throw Error(errc::invalid_spec, std::string(key) + " must be 1 or 0, not \"" + *v + "\"", key);
 }
 
-detail::ApplyMode parse_mode(const Target& t) {
+detail::ApplyOptions parse_apply_options(const Target& t) {
+  detail::ApplyOptions options;
   const std::string* mode = t.param("mode");
-  if (mode == nullptr || *mode == "apply") return detail::ApplyMode::apply;
-  if (*mode == "create") return detail::ApplyMode::create;
-  if (*mode == "remove") return detail::ApplyMode::remove;
-  throw Error(errc::invalid_spec, "mode must be create, apply or remove, not \"" + *mode + "\"",
-              "mode");
+  if (mode == nullptr || *mode == "apply") {
+    options.mode = detail::ApplyMode::apply;
+  } else if (*mode == "create") {
+    options.mode = detail::ApplyMode::create;
+  } else if (*mode == "remove") {
+    options.mode = detail::ApplyMode::remove;
+  } else {
+    throw Error(errc::invalid_spec, "mode must be create, apply or remove, not \"" + *mode + "\"",
+                "mode");
+  }
+  options.dry_run = parse_flag(t, "dryRun");
+  options.prune = parse_flag(t, "prune");
+  if (const std::string* stack = t.param("stack")) options.stack = *stack;
+  return options;
 }
 
 }  // namespace blixard::api

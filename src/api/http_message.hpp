@@ -124,8 +124,9 @@ std::optional<std::int64_t> parse_from_revision(const Target& t);
 milliseconds parse_wait(const Target& t, milliseconds max);
 // ?KEY=1|0|true|false; a bare "?KEY" counts as 1.
 bool parse_flag(const Target& t, const char* key);
-// ?mode=create|apply|remove (default apply).
-detail::ApplyMode parse_mode(const Target& t);
+// POST /v1/apply's query: ?mode=create|apply|remove (default apply), &dryRun=1, &prune=1,
+// &stack=NAME.
+detail::ApplyOptions parse_apply_options(const Target& t);
 
 // Calls `poll(slice)` with slices of at most `slice_max` until it has something or `wait` is
 // over, so a waiting long poll notices the server stopping.

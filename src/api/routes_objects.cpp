@@ -63,7 +63,7 @@ void add_kind(RouteTable& table, const std::shared_ptr<detail::Backend>& backend
       v1::ObjectSet set;
       auto& object = *K::add(set) = decode_body<typename K::Object>(*req);
       require_name(object);
-      backend->apply(set, detail::ApplyMode::create);
+      backend->apply(set, {.mode = detail::ApplyMode::create});
       return message_response(*req, K::get(*backend, object.metadata().name()),
                               http::status::created);
     });
@@ -77,7 +77,7 @@ void add_kind(RouteTable& table, const std::shared_ptr<detail::Backend>& backend
     return worker([req = r.req, backend, name = r.param("name")] {
       v1::ObjectSet set;
       K::add(set)->mutable_metadata()->set_name(name);
-      return message_response(*req, backend->apply(set, detail::ApplyMode::remove));
+      return message_response(*req, backend->apply(set, {.mode = detail::ApplyMode::remove}));
     });
   });
 }

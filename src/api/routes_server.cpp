@@ -45,8 +45,8 @@ void add_server_routes(RouteTable& table, const RouteContext& context) {
               });
   }
   table.add(http::verb::post, "/v1/apply", Scope::admin, [backend](const RouteRequest& r) {
-    return worker([req = r.req, backend, mode = parse_mode(r.target)] {
-      return message_response(*req, backend->apply(decode_body<v1::ObjectSet>(*req), mode));
+    return worker([req = r.req, backend, options = parse_apply_options(r.target)] {
+      return message_response(*req, backend->apply(decode_body<v1::ObjectSet>(*req), options));
     });
   });
 }

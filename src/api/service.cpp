@@ -492,10 +492,11 @@ void Service::shutdown() {
   if (delivery_thread_.joinable()) delivery_thread_.join();
 }
 
-v1::ApplyResult Service::apply(const v1::ObjectSet& input, detail::ApplyMode mode) {
+v1::ApplyResult Service::apply(const v1::ObjectSet& input, const detail::ApplyOptions& options) {
   if (closed_) throw Error(errc::unavailable, "the cluster is closed");
-  const PreparedApply prepared = prepare_apply(input, mode);
-  if (mode != detail::ApplyMode::remove) check_code(prepared.set);
+  const PreparedApply prepared = prepare_apply(input, options);
+  // A dry run's client names its code by digest without uploading it: nothing runs it.
+  if (options.mode != detail::ApplyMode::remove && !options.dry_run) check_code(prepared.set);
   const SnapshotQuery query = snapshot_query(prepared);
 
   for (int attempt = 0; attempt < k_apply_attempts; ++attempt) {
@@ -512,7 +513,7 @@ v1::ApplyResult Service::apply(const v1::ObjectSet& input, detail::ApplyMode mod
     }
     ApplyPlan plan = plan_apply(prepared, snapshot, TimeUtil::GetCurrentTime());
     v1::ApplyResult& result = plan.result;
-    if (plan.writes.empty()) {
+    if (plan.writes.empty() || options.dry_run) {
       result.set_revision(store_->revision());
       return result;
     }

@@ -44,7 +44,7 @@ class Service final : public detail::Backend {
           std::string node_name, std::shared_ptr<spdlog::logger> logger);
   ~Service() override;
 
-  v1::ApplyResult apply(const v1::ObjectSet& set, detail::ApplyMode mode) override;
+  v1::ApplyResult apply(const v1::ObjectSet& set, const detail::ApplyOptions& options) override;
   v1::Function get_function(const std::string& name) override;
   v1::Vm get_vm(const std::string& name) override;
   v1::Trigger get_trigger(const std::string& name) override;

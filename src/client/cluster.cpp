@@ -60,7 +60,9 @@ namespace {
 // Packs each function's `code` directory, uploads the archive unless the server has it already
 // and names the code by that digest: neither the server nor any agent reads the client's paths
 // (DESIGN §5). A directory several functions name is packed once.
-std::string upload_dir(detail::Backend& backend, PackedCode& packed, const std::string& dir) {
+// With `upload` false (a dry run) the archive is only named: packed for its digest, not sent.
+std::string upload_dir(detail::Backend& backend, PackedCode& packed, const std::string& dir,
+                       bool upload) {
   const std::string fingerprint = code_fingerprint(dir);
   if (!fingerprint.empty()) {
     std::string digest;
@@ -72,10 +74,12 @@ std::string upload_dir(detail::Backend& backend, PackedCode& packed, const std::
       }
     }
     // Unless the server dropped it meanwhile (it keeps only what functions name).
-    if (!digest.empty() && backend.has_blob(digest)) return digest;
+    if (!digest.empty() && (!upload || backend.has_blob(digest))) return digest;
   }
   const CodeArchive archive = pack_code(dir);
-  if (!backend.has_blob(archive.digest)) backend.put_blob(archive.digest, archive.bytes);
+  if (upload && !backend.has_blob(archive.digest)) {
+    backend.put_blob(archive.digest, archive.bytes);
+  }
   if (!fingerprint.empty()) {
     std::lock_guard lock(packed.mutex);
     packed.by_path[dir] = {fingerprint, archive.digest};
@@ -83,7 +87,7 @@ std::string upload_dir(detail::Backend& backend, PackedCode& packed, const std::
   return archive.digest;
 }
 
-void upload_code(detail::Backend& backend, PackedCode& packed, v1::ObjectSet& set) {
+void upload_code(detail::Backend& backend, PackedCode& packed, v1::ObjectSet& set, bool upload) {
   std::map<std::string, std::string> digests;
   for (int i = 0; i < set.functions_size(); ++i) {
     auto& spec = *set.mutable_functions(i)->mutable_spec();
@@ -91,7 +95,7 @@ void upload_code(detail::Backend& backend, PackedCode& packed, v1::ObjectSet& se
     auto [known, fresh] = digests.try_emplace(spec.code());
     if (fresh) {
       try {
-        known->second = upload_dir(backend, packed, spec.code());
+        known->second = upload_dir(backend, packed, spec.code(), upload);
       } catch (const Error& e) {
         const std::string at =
             !set.stack().empty() ? "spec.functions[" + std::to_string(i) + "]." : "spec.";
@@ -117,7 +121,7 @@ Function Cluster::create_function(const std::string& name, const v1::FunctionSpe
   auto* fn = set.add_functions();
   *fn = named<v1::Function>(name);
   *fn->mutable_spec() = spec;
-  apply(set, detail::ApplyMode::create);
+  apply(set, {.mode = detail::ApplyMode::create});
   return function(name);
 }
 
@@ -142,7 +146,7 @@ Vm Cluster::create_vm(const std::string& name, const v1::VmSpec& spec) {
   auto* vm = set.add_vms();
   *vm = named<v1::Vm>(name);
   *vm->mutable_spec() = spec;
-  backend_->apply(set, detail::ApplyMode::create);
+  backend_->apply(set, {.mode = detail::ApplyMode::create});
   return this->vm(name);
 }
 
@@ -175,7 +179,7 @@ Trigger Cluster::create_trigger(const std::string& name, const v1::TriggerSpec& 
   auto* trigger = set.add_triggers();
   *trigger = named<v1::Trigger>(name);
   *trigger->mutable_spec() = spec;
-  backend_->apply(set, detail::ApplyMode::create);
+  backend_->apply(set, {.mode = detail::ApplyMode::create});
   return this->trigger(name);
 }
 
@@ -221,7 +225,7 @@ v1::StoragePool Cluster::create_storage_pool(const std::string& name,
   auto* pool = set.add_storage_pools();
   *pool = named<v1::StoragePool>(name);
   *pool->mutable_spec() = spec;
-  backend_->apply(set, detail::ApplyMode::create);
+  backend_->apply(set, {.mode = detail::ApplyMode::create});
   return storage_pool(name);
 }
 
@@ -237,7 +241,7 @@ std::vector<v1::StoragePool> Cluster::storage_pools() {
 void Cluster::delete_storage_pool(const std::string& name) {
   v1::ObjectSet set;
   *set.add_storage_pools() = named<v1::StoragePool>(name);
-  backend_->apply(set, detail::ApplyMode::remove);
+  backend_->apply(set, {.mode = detail::ApplyMode::remove});
 }
 
 std::vector<v1::Volume> Cluster::volumes() {
@@ -252,7 +256,7 @@ v1::Network Cluster::create_network(const std::string& name, const v1::NetworkSp
   auto* network = set.add_networks();
   *network = named<v1::Network>(name);
   *network->mutable_spec() = spec;
-  backend_->apply(set, detail::ApplyMode::create);
+  backend_->apply(set, {.mode = detail::ApplyMode::create});
   return this->network(name);
 }
 
@@ -266,7 +270,7 @@ std::vector<v1::Network> Cluster::networks() {
 void Cluster::delete_network(const std::string& name) {
   v1::ObjectSet set;
   *set.add_networks() = named<v1::Network>(name);
-  backend_->apply(set, detail::ApplyMode::remove);
+  backend_->apply(set, {.mode = detail::ApplyMode::remove});
 }
 
 std::vector<v1::Node> Cluster::nodes() {
@@ -299,19 +303,28 @@ v1::Token Cluster::revoke_token(const std::string& name_or_id) {
 
 v1::ServerInfo Cluster::info() { return backend_->info(); }
 
-v1::ApplyResult Cluster::apply(const std::filesystem::path& manifest) {
-  return apply(load_manifest(manifest, state_->spec), detail::ApplyMode::apply);
+v1::ApplyResult Cluster::apply(const std::filesystem::path& manifest,
+                               const detail::ApplyOptions& options) {
+  return apply(load_manifest(manifest, state_->spec), options);
 }
 
-v1::ApplyResult Cluster::apply(const v1::ObjectSet& set, detail::ApplyMode mode) {
-  if (mode == detail::ApplyMode::remove) return backend_->apply(set, mode);
+v1::ApplyResult Cluster::apply(const v1::ObjectSet& set, const detail::ApplyOptions& options) {
+  if (options.mode == detail::ApplyMode::remove) return backend_->apply(set, options);
   v1::ObjectSet packed = set;
-  upload_code(*backend_, state_->packed, packed);
-  return backend_->apply(packed, mode);
+  upload_code(*backend_, state_->packed, packed, !options.dry_run);
+  return backend_->apply(packed, options);
 }
 
-v1::ApplyResult Cluster::remove(const std::filesystem::path& manifest) {
-  return backend_->apply(load_manifest(manifest, state_->spec), detail::ApplyMode::remove);
+v1::ApplyResult Cluster::remove(const std::filesystem::path& manifest,
+                                const detail::ApplyOptions& options) {
+  auto remove = options;
+  remove.mode = detail::ApplyMode::remove;
+  return backend_->apply(load_manifest(manifest, state_->spec), remove);
+}
+
+v1::ApplyResult Cluster::remove_stack(const std::string& stack, bool dry_run) {
+  return backend_->apply(
+      {}, {.mode = detail::ApplyMode::remove, .dry_run = dry_run, .prune = true, .stack = stack});
 }
 
 // ---- handles ----
@@ -372,7 +385,7 @@ static void remove_one(detail::Backend& backend, const std::string& name,
                        T* (v1::ObjectSet::*add)()) {
   v1::ObjectSet set;
   (set.*add)()->mutable_metadata()->set_name(name);
-  backend.apply(set, detail::ApplyMode::remove);
+  backend.apply(set, {.mode = detail::ApplyMode::remove});
 }
 
 v1::Invocation Function::submit(const std::string& payload_json) const {
@@ -396,9 +409,12 @@ v1::Vm change_vm(detail::Backend& backend, const std::string& name, Change chang
   auto& out = *set.add_vms();
   out.mutable_metadata()->set_name(name);
   *out.mutable_metadata()->mutable_labels() = vm.metadata().labels();
+  // Still its stack's: a scaled set is neither pruned by mistake nor reconfigured by the next
+  // apply of its manifest for that alone.
+  out.mutable_metadata()->set_stack(vm.metadata().stack());
   *out.mutable_spec() = vm.spec();
   change(*out.mutable_spec());
-  backend.apply(set, detail::ApplyMode::apply);
+  backend.apply(set, {});
   return backend.get_vm(name);
 }
 

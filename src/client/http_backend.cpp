@@ -210,11 +210,15 @@ class HttpBackend final : public detail::Backend {
   HttpBackend(Url url, HttpBackendOptions options)
       : url_(std::move(url)), options_(std::move(options)) {}
 
-  v1::ApplyResult apply(const v1::ObjectSet& set, detail::ApplyMode mode) override {
-    const char* name = mode == detail::ApplyMode::create   ? "create"
-                       : mode == detail::ApplyMode::remove ? "remove"
-                                                           : "apply";
-    return call<v1::ApplyResult>(http::verb::post, std::string("/v1/apply?mode=") + name, &set);
+  v1::ApplyResult apply(const v1::ObjectSet& set, const detail::ApplyOptions& options) override {
+    const char* name = options.mode == detail::ApplyMode::create   ? "create"
+                       : options.mode == detail::ApplyMode::remove ? "remove"
+                                                                   : "apply";
+    std::string target = std::string("/v1/apply?mode=") + name;
+    if (options.dry_run) target += "&dryRun=1";
+    if (options.prune) target += "&prune=1";
+    if (!options.stack.empty()) target += "&stack=" + percent_encode(options.stack);
+    return call<v1::ApplyResult>(http::verb::post, target, &set);
   }
 
   v1::Function get_function(const std::string& name) override {

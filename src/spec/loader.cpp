@@ -1,5 +1,5 @@
-// Manifests (Platform, Vm, Function, Trigger documents), config files (YAML, JSON, Nix) and flag
-// overrides, all read through the one reflective reader in convert.cpp.
+// Manifests (Platform, Vm, Function, Trigger, Queue, StoragePool, Network documents), config files
+// (YAML, JSON, Nix) and flag overrides, all read through the one reflective reader in convert.cpp.
 #include <algorithm>
 #include <cctype>
 #include <filesystem>
@@ -143,7 +143,10 @@ class ManifestReader {
         read_document(doc);
       }
     }
-    if (set_.functions_size() + set_.vms_size() + set_.triggers_size() == 0 && !platform_seen_) {
+    if (set_.functions_size() + set_.vms_size() + set_.triggers_size() + set_.queues_size() +
+                set_.storage_pools_size() + set_.networks_size() ==
+            0 &&
+        !platform_seen_) {
       fail(file_, {}, {}, "the manifest holds no objects");
     }
     stamp();
@@ -173,7 +176,7 @@ class ManifestReader {
     const YAML::Node kind_node = doc["kind"];
     if (!kind_node)
       fail(source, doc, "kind",
-           "missing kind (Platform, Vm, Function, Trigger, StoragePool or Network)");
+           "missing kind (Platform, Vm, Function, Trigger, Queue, StoragePool or Network)");
     const std::string kind = spec_detail::read_string(kind_node, "kind", source);
     const YAML::Node metadata_node = doc["metadata"];
     if (!metadata_node) fail(source, doc, "metadata", "missing metadata (with a name)");
@@ -212,6 +215,13 @@ class ManifestReader {
         spec_detail::read_message(spec, *trigger->mutable_spec(), "spec", source);
       }
       triggers_.push_back({"", marks});
+    } else if (kind == "Queue") {
+      auto* queue = set_.add_queues();
+      *queue->mutable_metadata() = metadata;
+      if (spec && !spec.IsNull()) {
+        spec_detail::read_message(spec, *queue->mutable_spec(), "spec", source);
+      }
+      queues_.push_back({"", marks});
     } else if (kind == "Network") {
       auto* network = set_.add_networks();
       *network->mutable_metadata() = metadata;
@@ -227,7 +237,7 @@ class ManifestReader {
     } else {
       fail(source, kind_node, "kind",
            "unknown kind \"" + kind +
-               "\" (expected Platform, Vm, Function, Trigger, StoragePool or Network)");
+               "\" (expected Platform, Vm, Function, Trigger, Queue, StoragePool or Network)");
     }
   }
 
@@ -242,7 +252,7 @@ class ManifestReader {
   void read_platform(const YAML::Node& spec, const Source& source,
                      const std::shared_ptr<MarkMap>& marks) {
     if (!spec || spec.IsNull()) return;
-    spec_detail::check_keys(spec, {"vms", "functions", "triggers"}, "spec", source);
+    spec_detail::check_keys(spec, {"vms", "functions", "triggers", "queues"}, "spec", source);
     for_each_entry(spec["functions"], "spec.functions", source,
                    [&](const YAML::Node& e, const std::string& path) {
                      auto* fn = set_.add_functions();
@@ -263,6 +273,13 @@ class ManifestReader {
                      trigger->mutable_metadata()->set_name(entry_name(e, path, source));
                      spec_detail::read_message(e, *trigger->mutable_spec(), path, source, {"name"});
                      triggers_.push_back({path, marks});
+                   });
+    for_each_entry(spec["queues"], "spec.queues", source,
+                   [&](const YAML::Node& e, const std::string& path) {
+                     auto* queue = set_.add_queues();
+                     queue->mutable_metadata()->set_name(entry_name(e, path, source));
+                     spec_detail::read_message(e, *queue->mutable_spec(), path, source, {"name"});
+                     queues_.push_back({path, marks});
                    });
   }
 
@@ -326,8 +343,8 @@ class ManifestReader {
     read_spec(node, path, std::move(skip), source, spec, spec_detail::NixKind::vm);
   }
 
-  // Every object names its file; with a Platform, every object belongs to its stack and
-  // carries its labels.
+  // Every object names its file; with a Platform, every object of the file belongs to its stack
+  // (so that apply --prune and delete --stack find it) and carries its labels.
   void stamp() {
     auto one = [&](v1::ObjectMeta* meta) {
       meta->set_source(source_path_);
@@ -338,6 +355,9 @@ class ManifestReader {
     for (auto& fn : *set_.mutable_functions()) one(fn.mutable_metadata());
     for (auto& vm : *set_.mutable_vms()) one(vm.mutable_metadata());
     for (auto& t : *set_.mutable_triggers()) one(t.mutable_metadata());
+    for (auto& q : *set_.mutable_queues()) one(q.mutable_metadata());
+    for (auto& p : *set_.mutable_storage_pools()) one(p.mutable_metadata());
+    for (auto& n : *set_.mutable_networks()) one(n.mutable_metadata());
   }
 
   template <class Objects, class Validate>
@@ -366,6 +386,8 @@ class ManifestReader {
                  [](v1::Vm& o, const std::string& p) { validate_vm(o, p); });
     validate_all(*set_.mutable_triggers(), triggers_,
                  [](v1::Trigger& o, const std::string& p) { validate_trigger(o, p); });
+    validate_all(*set_.mutable_queues(), queues_,
+                 [](v1::Queue& o, const std::string& p) { validate_queue(o, p); });
   }
 
   std::string file_;
@@ -375,7 +397,7 @@ class ManifestReader {
   v1::ObjectSet set_;
   bool platform_seen_ = false;
   google::protobuf::Map<std::string, std::string> platform_labels_;
-  std::vector<Located> functions_, vms_, triggers_;
+  std::vector<Located> functions_, vms_, triggers_, queues_;
 };
 
 }  // namespace

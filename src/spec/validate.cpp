@@ -596,6 +596,40 @@ void validate_vm(v1::Vm& vm, const std::string& path) {
   if (s.has_readiness()) validate_readiness(s.readiness(), ports, at.field("readiness"));
 }
 
+void validate_queue(v1::Queue& queue, const std::string& path) {
+  const Paths at = paths_for(path);
+  check_name(queue.metadata().name(), at.name);
+  auto& s = *queue.mutable_spec();
+  // How long a received message stays hidden before another receive may take it (SQS's range).
+  constexpr std::int64_t k_default_visibility_s = 30;
+  constexpr std::int64_t k_max_visibility_s = 12 * 60 * 60;
+  constexpr std::uint32_t k_max_receives = 1000;
+  if (!s.has_visibility_timeout())
+    set_seconds(s.mutable_visibility_timeout(), k_default_visibility_s);
+  check_duration(s.visibility_timeout(), at.field("visibilityTimeout"));
+  const std::int64_t ms = millis(s.visibility_timeout());
+  if (ms < 1000 || ms > k_max_visibility_s * 1000) {
+    invalid(at.field("visibilityTimeout"),
+            "visibilityTimeout must be between 1s and 12h, got " + std::to_string(ms) + "ms");
+  }
+  if (s.max_receives() > k_max_receives) {
+    invalid(at.field("maxReceives"), "maxReceives must be between 0 (retry without end) and " +
+                                         std::to_string(k_max_receives) + ", got " +
+                                         std::to_string(s.max_receives()));
+  }
+  if (!s.dead_letter_queue().empty()) {
+    check_name(s.dead_letter_queue(), at.field("deadLetterQueue"));
+    if (s.dead_letter_queue() == queue.metadata().name()) {
+      invalid(at.field("deadLetterQueue"), "a queue cannot be its own dead-letter queue");
+    }
+    if (s.max_receives() == 0) {
+      invalid(at.field("deadLetterQueue"),
+              "a dead-letter queue needs maxReceives (the receives after which a message moves "
+              "there)");
+    }
+  }
+}
+
 void validate_trigger(v1::Trigger& trigger, const std::string& path) {
   const Paths at = paths_for(path);
   check_name(trigger.metadata().name(), at.name);
@@ -633,7 +667,11 @@ void validate_object_set(v1::ObjectSet& set) {
   for (int i = 0; i < set.networks_size(); ++i) {
     validate_network(*set.mutable_networks(i), entry("networks", i));
   }
+  for (int i = 0; i < set.queues_size(); ++i) {
+    validate_queue(*set.mutable_queues(i), entry("queues", i));
+  }
   check_duplicates("networks", set.networks());
+  check_duplicates("queues", set.queues());
   check_duplicates("functions", set.functions());
   check_duplicates("storagePools", set.storage_pools());
   check_duplicates("vms", set.vms());

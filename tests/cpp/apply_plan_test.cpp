@@ -1,6 +1,7 @@
 // apply's planner as a pure function: object sets and snapshots in, store writes and per-object
 // actions out. No store: a map that takes the planned writes stands in for one.
 #include "api/apply_plan.hpp"
+#include "api/apply_diff.hpp"
 
 #include <gtest/gtest.h>
 
@@ -23,8 +24,10 @@ using blixard::api::prepare_apply;
 using blixard::api::Snapshot;
 using blixard::api::snapshot_query;
 using blixard::api::StoredObject;
+using blixard::api::unified_diff;
 using blixard::api::Write;
 using Mode = blixard::detail::ApplyMode;
+using Options = blixard::detail::ApplyOptions;
 
 google::protobuf::Timestamp at(std::int64_t seconds) {
   google::protobuf::Timestamp t;
@@ -66,13 +69,13 @@ v1::Trigger* add_http_trigger(v1::ObjectSet& set, const std::string& name,
 // expectations as the store's compare-and-swap would.
 class FakeStore {
  public:
-  ApplyPlan plan(const v1::ObjectSet& set, Mode mode = Mode::apply, std::int64_t now = 1000) {
-    return plan_apply(prepare_apply(set, mode), snapshot_, at(now));
+  ApplyPlan plan(const v1::ObjectSet& set, const Options& options = {}, std::int64_t now = 1000) {
+    return plan_apply(prepare_apply(set, options), snapshot_, at(now));
   }
 
   // Plans and commits; the plan as planned.
-  ApplyPlan apply(const v1::ObjectSet& set, Mode mode = Mode::apply, std::int64_t now = 1000) {
-    ApplyPlan p = plan(set, mode, now);
+  ApplyPlan apply(const v1::ObjectSet& set, const Options& options = {}, std::int64_t now = 1000) {
+    ApplyPlan p = plan(set, options, now);
     commit(p);
     return p;
   }
@@ -131,7 +134,7 @@ v1::ObjectSet platform() {
 
 TEST(ApplyPlan, CreatesEveryObjectOfANewSet) {
   FakeStore store;
-  const auto p = store.plan(platform(), Mode::apply, 1234);
+  const auto p = store.plan(platform(), {.mode = Mode::apply}, 1234);
   EXPECT_EQ(actions(p), (std::vector<std::string>{"function/echo=created", "vm/web=created",
                                                   "trigger/echo-http=created"}));
   ASSERT_EQ(p.writes.size(), 3u);
@@ -154,7 +157,7 @@ TEST(ApplyPlan, CreatesEveryObjectOfANewSet) {
 TEST(ApplyPlan, TheSameSetAgainIsUnchangedAndWritesNothing) {
   FakeStore store;
   store.apply(platform());
-  const auto p = store.plan(platform(), Mode::apply, 2000);
+  const auto p = store.plan(platform(), {.mode = Mode::apply}, 2000);
   EXPECT_EQ(actions(p), (std::vector<std::string>{"function/echo=unchanged", "vm/web=unchanged",
                                                   "trigger/echo-http=unchanged"}));
   EXPECT_TRUE(p.writes.empty());
@@ -166,6 +169,9 @@ TEST(ApplyPlan, AMovedManifestIsUnchanged) {
   v1::ObjectSet moved = platform();
   moved.mutable_functions(0)->mutable_metadata()->set_source("/elsewhere/app.yaml");
   moved.mutable_vms(0)->mutable_metadata()->set_source("/elsewhere/app.yaml");
+  // Its configs moved with it: the spec names them at their new path.
+  moved.mutable_functions(0)->mutable_spec()->set_config("/elsewhere/echo.yaml");
+  moved.mutable_vms(0)->mutable_spec()->set_config("/elsewhere/web.nix");
   const auto p = store.plan(moved);
   EXPECT_EQ(actions(p), (std::vector<std::string>{"function/echo=unchanged", "vm/web=unchanged",
                                                   "trigger/echo-http=unchanged"}));
@@ -174,14 +180,14 @@ TEST(ApplyPlan, AMovedManifestIsUnchanged) {
 
 TEST(ApplyPlan, AChangedSpecOrLabelIsConfigured) {
   FakeStore store;
-  store.apply(platform(), Mode::apply, 100);
+  store.apply(platform(), {.mode = Mode::apply}, 100);
   const std::int64_t first = store.revision();
 
   v1::ObjectSet changed = platform();
   changed.mutable_functions(0)->mutable_spec()->set_memory_mib(256);
   (*changed.mutable_vms(0)->mutable_metadata()->mutable_labels())["tier"] = "front";
   changed.mutable_vms(0)->mutable_metadata()->set_source("/elsewhere/app.yaml");
-  const auto p = store.plan(changed, Mode::apply, 200);
+  const auto p = store.plan(changed, {.mode = Mode::apply}, 200);
   EXPECT_EQ(actions(p), (std::vector<std::string>{"function/echo=configured", "vm/web=configured",
                                                   "trigger/echo-http=unchanged"}));
   ASSERT_EQ(p.writes.size(), 2u);
@@ -229,10 +235,10 @@ TEST(ApplyPlan, OwnedTriggersAreReplacedWithTheirFunction) {
   add_inline_trigger(*echo, "event", "a");
   add_inline_trigger(*echo, "event", "b");
   const auto p = store.plan(set);
-  EXPECT_EQ(actions(p),
-            (std::vector<std::string>{"function/echo=configured", "trigger/echo-http=deleted",
-                                      "trigger/echo-queue=created", "trigger/echo-event-0=created",
-                                      "trigger/echo-event-1=created"}));
+  EXPECT_EQ(actions(p), (std::vector<std::string>{
+                            "function/echo=configured", "trigger/echo-http=deleted",
+                            "queue/orders=created", "trigger/echo-queue=created",
+                            "trigger/echo-event-0=created", "trigger/echo-event-1=created"}));
   store.commit(p);
   EXPECT_EQ(store.snapshot().count("/registry/triggers/echo-http"), 0u);
   EXPECT_EQ(store.get<v1::Trigger>("/registry/triggers/echo-event-1").spec().source(), "b");
@@ -244,7 +250,7 @@ TEST(ApplyPlan, OwnedTriggersAreDeletedWithTheirFunction) {
   store.apply(platform());
   const std::int64_t rev = store.revision();
   // remove names the objects as a manifest does; inline triggers are found by their owner label.
-  const auto p = store.plan(platform(), Mode::remove);
+  const auto p = store.plan(platform(), {.mode = Mode::remove});
   EXPECT_EQ(actions(p), (std::vector<std::string>{"function/echo=deleted", "vm/web=deleted",
                                                   "trigger/echo-http=deleted"}));
   ASSERT_EQ(p.writes.size(), 3u);
@@ -337,7 +343,8 @@ TEST(ApplyPlan, InvalidObjectsAreRefusedByField) {
   v1::ObjectSet twice;
   twice.add_vms()->mutable_metadata()->set_name("web");
   twice.add_vms()->mutable_metadata()->set_name("web");
-  auto removed = expect_error([&] { store.plan(twice, Mode::remove); }, errc::invalid_spec);
+  auto removed =
+      expect_error([&] { store.plan(twice, {.mode = Mode::remove}); }, errc::invalid_spec);
   EXPECT_EQ(removed.field(), "vms[1].metadata.name");
 }
 
@@ -346,16 +353,17 @@ TEST(ApplyPlan, CreateRefusesWhatExistsAndRemoveWhatDoesNot) {
   v1::ObjectSet set;
   add_function(set, "one");
   add_function(set, "two");
-  auto missing = expect_error([&] { store.plan(set, Mode::remove); }, errc::not_found);
+  auto missing = expect_error([&] { store.plan(set, {.mode = Mode::remove}); }, errc::not_found);
   EXPECT_EQ(missing.field(), "functions[0].metadata.name");
 
   v1::ObjectSet one;
   add_function(one, "one");
-  EXPECT_EQ(actions(store.apply(one, Mode::create)),
+  EXPECT_EQ(actions(store.apply(one, {.mode = Mode::create})),
             std::vector<std::string>{"function/one=created"});
-  auto exists = expect_error([&] { store.plan(set, Mode::create); }, errc::already_exists);
+  auto exists =
+      expect_error([&] { store.plan(set, {.mode = Mode::create}); }, errc::already_exists);
   EXPECT_EQ(exists.field(), "functions[0].metadata.name");
-  missing = expect_error([&] { store.plan(set, Mode::remove); }, errc::not_found);
+  missing = expect_error([&] { store.plan(set, {.mode = Mode::remove}); }, errc::not_found);
   EXPECT_EQ(missing.field(), "functions[1].metadata.name");
   // apply creates or updates.
   EXPECT_EQ(actions(store.plan(set)),
@@ -377,15 +385,15 @@ TEST(ApplyPlan, ACorruptStoredObjectIsRepairedAndACorruptTriggerReported) {
 TEST(ApplyPlan, TheSnapshotQueryNamesWhatThePlanReads) {
   v1::ObjectSet set = platform();
   add_http_trigger(set, "ext", "stored-fn", "/api/ext");
-  const auto q = snapshot_query(prepare_apply(set, Mode::apply));
+  const auto q = snapshot_query(prepare_apply(set, {}));
   EXPECT_EQ(q.keys,
             (std::vector<std::string>{"/registry/functions/echo", "/registry/functions/stored-fn",
                                       "/registry/vms/web"}));
-  EXPECT_EQ(q.prefixes, std::vector<std::string>{"/registry/triggers/"});
+  EXPECT_EQ(q.prefixes, (std::vector<std::string>{"/registry/triggers/", "/registry/queues/"}));
 
   v1::ObjectSet vms_only;
   vms_only.add_vms()->mutable_metadata()->set_name("web");
-  EXPECT_TRUE(snapshot_query(prepare_apply(vms_only, Mode::apply)).prefixes.empty());
+  EXPECT_TRUE(snapshot_query(prepare_apply(vms_only, {})).prefixes.empty());
 }
 
 }  // namespace
@@ -422,10 +430,255 @@ TEST(ApplyPlan, AVmNamesAPoolThatExistsAndAPoolInUseStays) {
 
   v1::ObjectSet pool_only;
   *pool_only.add_storage_pools() = *pool;
-  expect_error([&] { store.plan(pool_only, Mode::remove); }, errc::conflict);
+  expect_error([&] { store.plan(pool_only, {.mode = Mode::remove}); }, errc::conflict);
   // With the VM that uses it: both go.
-  EXPECT_EQ(actions(store.apply(both, Mode::remove)),
+  EXPECT_EQ(actions(store.apply(both, {.mode = Mode::remove})),
             (std::vector<std::string>{"storage pool/ssd-pool=deleted", "vm/db=deleted"}));
+}
+
+}  // namespace
+
+namespace {
+
+// A Platform's set as the loader makes it: the set and each object name the stack.
+v1::ObjectSet in_stack(v1::ObjectSet set, const std::string& stack) {
+  set.set_stack(stack);
+  for (auto& f : *set.mutable_functions()) f.mutable_metadata()->set_stack(stack);
+  for (auto& v : *set.mutable_vms()) v.mutable_metadata()->set_stack(stack);
+  for (auto& q : *set.mutable_queues()) q.mutable_metadata()->set_stack(stack);
+  for (auto& p : *set.mutable_storage_pools()) p.mutable_metadata()->set_stack(stack);
+  return set;
+}
+
+bool holds(FakeStore& store, const std::string& key) { return store.snapshot().contains(key); }
+
+TEST(ApplyPlan, PruneDeletesWhatLeftTheStackAndNothingElse) {
+  FakeStore store;
+  v1::ObjectSet shop;
+  add_function(shop, "a");
+  add_inline_trigger(*add_function(shop, "b"), "http", "/b");
+  shop.add_vms()->mutable_metadata()->set_name("web");
+  store.apply(in_stack(shop, "shop"));
+  v1::ObjectSet blog;
+  add_function(blog, "other");
+  store.apply(in_stack(blog, "blog"));
+  v1::ObjectSet loose;
+  add_function(loose, "loose");
+  store.apply(loose);
+
+  v1::ObjectSet smaller;
+  add_function(smaller, "a");
+  smaller = in_stack(smaller, "shop");
+  // Without prune what left the manifest stays.
+  EXPECT_EQ(actions(store.plan(smaller)), std::vector<std::string>{"function/a=unchanged"});
+  const auto p = store.apply(smaller, {.prune = true});
+  EXPECT_EQ(actions(p), (std::vector<std::string>{"function/a=unchanged", "function/b=pruned",
+                                                  "trigger/b-http=pruned", "vm/web=pruned"}));
+  EXPECT_FALSE(holds(store, "/registry/functions/b"));
+  EXPECT_FALSE(holds(store, "/registry/triggers/b-http"));
+  EXPECT_FALSE(holds(store, "/registry/vms/web"));
+  EXPECT_TRUE(holds(store, "/registry/functions/other")) << "another stack's";
+  EXPECT_TRUE(holds(store, "/registry/functions/loose")) << "no stack's";
+  // Each pruned object was deleted at the version it was read at.
+  bool guarded = false;
+  for (const auto& e : p.expected)
+    guarded |= e.key == "/registry/vms/web" && e.resource_version > 0;
+  EXPECT_TRUE(guarded);
+
+  // Prune needs a stack to know what is its to delete.
+  v1::ObjectSet plain;
+  add_function(plain, "loose");
+  EXPECT_EQ(expect_error([&] { store.plan(plain, {.prune = true}); }, errc::invalid_spec).field(),
+            "stack");
+}
+
+TEST(ApplyPlan, AStackNamedForAPlainListHoldsItsObjectsAndMustMatchThePlatform) {
+  FakeStore store;
+  v1::ObjectSet plain;
+  add_inline_trigger(*add_function(plain, "echo"), "http", "/echo");
+  store.apply(plain, {.stack = "tools"});
+  EXPECT_EQ(store.get<v1::Function>("/registry/functions/echo").metadata().stack(), "tools");
+  EXPECT_EQ(store.get<v1::Trigger>("/registry/triggers/echo-http").metadata().stack(), "tools");
+  // The same list in the same stack again: unchanged; without the stack it would move out of it.
+  EXPECT_EQ(actions(store.plan(plain, {.stack = "tools"}))[0], "function/echo=unchanged");
+  EXPECT_EQ(actions(store.plan(plain))[0], "function/echo=configured");
+
+  const auto e = expect_error([&] { store.plan(in_stack(plain, "shop"), {.stack = "tools"}); },
+                              errc::invalid_spec);
+  EXPECT_EQ(e.field(), "stack");
+  EXPECT_NE(std::string(e.what()).find("\"shop\""), std::string::npos) << e.what();
+  EXPECT_EQ(
+      expect_error([&] { store.plan(plain, {.stack = "Not A Name"}); }, errc::invalid_spec).field(),
+      "stack");
+
+  // remove with an empty set and the stack: the whole stack goes.
+  EXPECT_EQ(actions(store.apply({}, {.mode = Mode::remove, .prune = true, .stack = "tools"})),
+            (std::vector<std::string>{"function/echo=deleted", "trigger/echo-http=deleted"}));
+  EXPECT_TRUE(store.snapshot().empty());
+}
+
+v1::ObjectSet worker(const std::string& queue) {
+  v1::ObjectSet set;
+  add_inline_trigger(*add_function(set, "worker"), "queue", queue);
+  return set;
+}
+
+TEST(ApplyPlan, AQueueTriggerCreatesItsMissingQueueWhichGoesWithIt) {
+  FakeStore store;
+  const auto shop = in_stack(worker("orders-queue"), "shop");
+  EXPECT_EQ(actions(store.apply(shop)),
+            (std::vector<std::string>{"function/worker=created", "queue/orders-queue=created",
+                                      "trigger/worker-queue=created"}));
+  const auto queue = store.get<v1::Queue>("/registry/queues/orders-queue");
+  EXPECT_EQ(queue.metadata().labels().at("blixard.dev/created-for"), "worker-queue");
+  EXPECT_EQ(queue.metadata().stack(), "shop");
+  EXPECT_EQ(queue.spec().visibility_timeout().seconds(), 30) << "the default spec";
+
+  // Applied again, with prune: the queue is still the trigger's, unchanged and kept.
+  const auto again = store.apply(shop, {.prune = true});
+  EXPECT_TRUE(again.writes.empty());
+  EXPECT_EQ(actions(again)[1], "queue/orders-queue=unchanged");
+
+  // Deleting the manifest deletes the queue made for it.
+  EXPECT_EQ(actions(store.apply(shop, {.mode = Mode::remove})),
+            (std::vector<std::string>{"function/worker=deleted", "trigger/worker-queue=deleted",
+                                      "queue/orders-queue=deleted"}));
+  EXPECT_TRUE(store.snapshot().empty());
+}
+
+TEST(ApplyPlan, AQueueThatExistsOrThatAnotherTriggerReadsIsNotTheTriggers) {
+  FakeStore store;
+  // Declared in the set: no second queue, and the declaration owns it.
+  v1::ObjectSet declared = worker("jobs");
+  declared.add_queues()->mutable_metadata()->set_name("jobs");
+  EXPECT_EQ(actions(store.apply(declared)),
+            (std::vector<std::string>{"function/worker=created", "queue/jobs=created",
+                                      "trigger/worker-queue=created"}));
+  EXPECT_FALSE(store.get<v1::Queue>("/registry/queues/jobs")
+                   .metadata()
+                   .labels()
+                   .contains("blixard.dev/created-for"));
+  store.apply(worker("jobs"), {.mode = Mode::remove});
+  EXPECT_TRUE(holds(store, "/registry/queues/jobs")) << "a declared queue outlives its readers";
+
+  // Made for one trigger and read by another: it stays while that one does.
+  store.apply(worker("shared"));
+  v1::ObjectSet other;
+  add_inline_trigger(*add_function(other, "auditor"), "queue", "shared");
+  EXPECT_EQ(
+      actions(store.apply(other)),
+      (std::vector<std::string>{"function/auditor=created", "trigger/auditor-queue=created"}));
+  store.apply(worker("shared"), {.mode = Mode::remove});
+  EXPECT_TRUE(holds(store, "/registry/queues/shared"));
+}
+
+TEST(ApplyPlan, QueuesAreValidatedByField) {
+  FakeStore store;
+  auto queue = [](const std::string& name) {
+    v1::ObjectSet set;
+    set.add_queues()->mutable_metadata()->set_name(name);
+    return set;
+  };
+  auto field_of = [&](const v1::ObjectSet& set) {
+    return expect_error([&] { store.plan(set); }, errc::invalid_spec).field();
+  };
+  auto q = queue("orders");
+  q.mutable_queues(0)->mutable_spec()->mutable_visibility_timeout()->set_nanos(500'000'000);
+  EXPECT_EQ(field_of(q), "spec.visibilityTimeout");
+  q = queue("orders");
+  q.mutable_queues(0)->mutable_spec()->mutable_visibility_timeout()->set_seconds(13 * 3600);
+  EXPECT_EQ(field_of(q), "spec.visibilityTimeout");
+  q = queue("orders");
+  q.mutable_queues(0)->mutable_spec()->set_max_receives(1001);
+  EXPECT_EQ(field_of(q), "spec.maxReceives");
+  q = queue("orders");
+  q.mutable_queues(0)->mutable_spec()->set_dead_letter_queue("orders-dead");
+  EXPECT_EQ(field_of(q), "spec.deadLetterQueue") << "needs maxReceives";
+  q.mutable_queues(0)->mutable_spec()->set_max_receives(5);
+  EXPECT_EQ(field_of(q), "spec.deadLetterQueue") << "names no queue";
+  q.mutable_queues(0)->mutable_spec()->set_dead_letter_queue("orders");
+  EXPECT_EQ(field_of(q), "spec.deadLetterQueue") << "names itself";
+  EXPECT_EQ(field_of(queue("Orders")), "metadata.name");
+
+  // A dead-letter queue in the set, or stored (and then held to its version).
+  q.mutable_queues(0)->mutable_spec()->set_dead_letter_queue("orders-dead");
+  auto both = q;
+  both.add_queues()->mutable_metadata()->set_name("orders-dead");
+  EXPECT_EQ(actions(store.plan(both)),
+            (std::vector<std::string>{"queue/orders=created", "queue/orders-dead=created"}));
+  store.apply(queue("orders-dead"));
+  const auto p = store.plan(q);
+  bool guarded = false;
+  for (const auto& e : p.expected) guarded |= e.key == "/registry/queues/orders-dead";
+  EXPECT_TRUE(guarded);
+
+  // In a Platform, errors name the entry.
+  auto platform_queue = in_stack(queue("orders"), "shop");
+  platform_queue.mutable_queues(0)->mutable_spec()->set_max_receives(2000);
+  EXPECT_EQ(field_of(platform_queue), "spec.queues[0].maxReceives");
+}
+
+TEST(ApplyPlan, ADryRunDiffsEachChangeLiveAgainstMerged) {
+  FakeStore store;
+  store.apply(platform());
+  auto changed = platform();
+  changed.mutable_functions(0)->mutable_spec()->set_memory_mib(256);
+  add_function(changed, "added");
+  const auto p = store.plan(changed, {.dry_run = true});
+  ASSERT_EQ(actions(p),
+            (std::vector<std::string>{"function/echo=configured", "function/added=created",
+                                      "vm/web=unchanged", "trigger/echo-http=unchanged"}));
+  const std::string& diff = p.result.items(0).diff();
+  EXPECT_TRUE(diff.starts_with("--- live/function/echo\n+++ merged/function/echo\n@@ ")) << diff;
+  EXPECT_NE(diff.find("\n-  memory: 128\n+  memory: 256\n"), std::string::npos) << diff;
+  EXPECT_EQ(diff.find("source"), std::string::npos) << "where the manifest lives is no change";
+  EXPECT_NE(p.result.items(1).diff().find("\n+  handler: app:handler\n"), std::string::npos)
+      << p.result.items(1).diff();
+  EXPECT_TRUE(p.result.items(2).diff().empty());
+
+  // Without dry_run: no diffs. Pruned objects diff to nothing.
+  EXPECT_TRUE(store.plan(changed).result.items(0).diff().empty());
+  const auto removed = store.plan(platform(), {.mode = Mode::remove, .dry_run = true});
+  EXPECT_NE(removed.result.items(0).diff().find("\n-  name: echo\n"), std::string::npos)
+      << removed.result.items(0).diff();
+}
+
+TEST(ApplyDiff, UnifiedDiffHasHunksWithThreeLinesOfContext) {
+  EXPECT_EQ(unified_diff("a\nb\nc\n", "a\nb\nc\n", "x", "y"), "");
+  EXPECT_EQ(unified_diff("a\nb\nc\n", "a\nB\nc\n", "x", "y"),
+            "--- x\n+++ y\n@@ -1,3 +1,3 @@\n a\n-b\n+B\n c\n");
+  EXPECT_EQ(unified_diff("", "a\n", "x", "y"), "--- x\n+++ y\n@@ -0,0 +1 @@\n+a\n");
+  // Changes eight lines apart: two hunks.
+  std::string before, after;
+  for (int i = 1; i <= 12; ++i) {
+    before += std::to_string(i) + "\n";
+    after += (i == 2 || i == 11 ? "x" : std::to_string(i)) + "\n";
+  }
+  EXPECT_EQ(unified_diff(before, after, "x", "y"),
+            "--- x\n+++ y\n@@ -1,5 +1,5 @@\n 1\n-2\n+x\n 3\n 4\n 5\n"
+            "@@ -8,5 +8,5 @@\n 8\n 9\n 10\n-11\n+x\n 12\n");
+}
+
+TEST(ApplyPlan, APoolOrNetworkStillUsedIsNotPruned) {
+  FakeStore store;
+  v1::ObjectSet shop;
+  auto* pool = shop.add_storage_pools();
+  pool->mutable_metadata()->set_name("ssd");
+  pool->mutable_spec()->set_path("/srv/ssd");
+  add_function(shop, "a");
+  store.apply(in_stack(shop, "shop"));
+  v1::ObjectSet db;
+  add_vm_on_pool(db, "db", "ssd");
+  store.apply(db);  // another stack's VM uses the shop's pool
+
+  v1::ObjectSet smaller;
+  add_function(smaller, "a");
+  const auto e =
+      expect_error([&] { store.plan(in_stack(smaller, "shop"), {.prune = true}); }, errc::conflict);
+  EXPECT_NE(std::string(e.what()).find("vm \"db\""), std::string::npos) << e.what();
+  store.apply(db, {.mode = Mode::remove});
+  EXPECT_EQ(actions(store.apply(in_stack(smaller, "shop"), {.prune = true})),
+            (std::vector<std::string>{"function/a=unchanged", "storage pool/ssd=pruned"}));
 }
 
 }  // namespace

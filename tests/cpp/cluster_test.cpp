@@ -208,20 +208,17 @@ TEST_F(ClusterTest, TheServerRefusesCodePathsAndUnknownDigests) {
   f->mutable_spec()->set_handler("echo:handler");
   f->mutable_spec()->set_code(k_data.string());
   // Straight to the server, past the SDK that packs: a path is refused, naming the field.
-  auto e = expect_error([&] { c.backend()->apply(set, blixard::detail::ApplyMode::apply); },
-                        errc::invalid_spec);
+  auto e = expect_error([&] { c.backend()->apply(set, {}); }, errc::invalid_spec);
   EXPECT_EQ(e.field(), "spec.code");
   EXPECT_NE(e.message().find("PUT /v1/blobs"), std::string::npos) << e.message();
 
   f->mutable_spec()->clear_code();
   f->mutable_spec()->set_code_digest("sha256:" + std::string(64, '0'));
-  e = expect_error([&] { c.backend()->apply(set, blixard::detail::ApplyMode::apply); },
-                   errc::invalid_spec);
+  e = expect_error([&] { c.backend()->apply(set, {}); }, errc::invalid_spec);
   EXPECT_EQ(e.field(), "spec.codeDigest");
   EXPECT_NE(e.message().find("upload it first"), std::string::npos) << e.message();
   f->mutable_spec()->set_code_digest("sha256:short");
-  e = expect_error([&] { c.backend()->apply(set, blixard::detail::ApplyMode::apply); },
-                   errc::invalid_spec);
+  e = expect_error([&] { c.backend()->apply(set, {}); }, errc::invalid_spec);
   EXPECT_EQ(e.field(), "spec.codeDigest");
 
   // Through the SDK a missing directory is the client's error, naming the field.
@@ -230,6 +227,87 @@ TEST_F(ClusterTest, TheServerRefusesCodePathsAndUnknownDigests) {
   e = expect_error([&] { c.apply(set); }, errc::invalid_spec);
   EXPECT_NE(e.field().find("code"), std::string::npos) << e.field();
   EXPECT_TRUE(c.functions().empty());
+}
+
+// apply as a reconciler, through the SDK: a dry run reports each change with its diff and
+// changes nothing; prune deletes what left the stack's manifest; a queue trigger's missing queue
+// is made for it; a stack is deleted whole, with no file.
+TEST_F(ClusterTest, ApplyDryRunPruneAndDeleteAStack) {
+  const fs::path manifests = dir_.string() + "-manifests";
+  struct Cleanup {
+    fs::path dir;
+    ~Cleanup() { fs::remove_all(dir); }
+  } cleanup{manifests};
+  fs::create_directories(manifests);
+  const std::string echo = (k_data / "echo.yaml").string();
+  std::ofstream(manifests / "v1.yaml")
+      << "apiVersion: blixard.dev/v1\nkind: Platform\nmetadata: {name: shop}\nspec:\n"
+      << "  functions:\n"
+      << "    - {name: api, config: " << echo << ", triggers: [{type: queue, source: orders}]}\n"
+      << "    - {name: extra, config: " << echo << "}\n"
+      << "  queues:\n    - {name: audit, visibilityTimeout: 45s, maxReceives: 3}\n";
+  std::ofstream(manifests / "v2.yaml")
+      << "apiVersion: blixard.dev/v1\nkind: Platform\nmetadata: {name: shop}\nspec:\n"
+      << "  functions:\n"
+      << "    - {name: api, config: " << echo
+      << ", memory: 96M, triggers: [{type: queue, source: orders}]}\n";
+  auto actions = [](const blixard::v1::ApplyResult& r) {
+    std::vector<std::string> out;
+    for (const auto& item : r.items())
+      out.push_back(item.kind() + "/" + item.name() + "=" + item.action());
+    return out;
+  };
+
+  auto c = open();
+  EXPECT_EQ(actions(c.apply(manifests / "v1.yaml")),
+            (std::vector<std::string>{"function/api=created", "function/extra=created",
+                                      "queue/audit=created", "queue/orders=created",
+                                      "trigger/api-queue=created"}));
+  const auto versions = resource_versions(c);
+
+  const auto dry = c.apply(manifests / "v2.yaml", {.dry_run = true, .prune = true});
+  EXPECT_EQ(actions(dry),
+            (std::vector<std::string>{"function/api=configured", "queue/orders=unchanged",
+                                      "trigger/api-queue=unchanged", "function/extra=pruned",
+                                      "queue/audit=pruned"}));
+  EXPECT_NE(dry.items(0).diff().find("-  memory: 64\n+  memory: 96\n"), std::string::npos)
+      << dry.items(0).diff();
+  EXPECT_EQ(resource_versions(c), versions) << "a dry run changed something";
+  EXPECT_EQ(c.function("api").get().spec().memory_mib(), 64U);
+
+  // Without prune what left the manifest stays; with it, it goes.
+  EXPECT_EQ(actions(c.apply(manifests / "v2.yaml"))[0], "function/api=configured");
+  EXPECT_EQ(c.functions().size(), 2U);
+  const auto pruned = c.apply(manifests / "v2.yaml", {.prune = true});
+  EXPECT_EQ(actions(pruned),
+            (std::vector<std::string>{"function/api=unchanged", "queue/orders=unchanged",
+                                      "trigger/api-queue=unchanged", "function/extra=pruned",
+                                      "queue/audit=pruned"}));
+  EXPECT_EQ(c.functions().size(), 1U);
+  EXPECT_EQ(c.function("api").get().spec().memory_mib(), 96U);
+
+  // The stack, deleted with no file: its function, trigger and the queue made for it.
+  EXPECT_EQ(actions(c.remove_stack("shop")),
+            (std::vector<std::string>{"function/api=deleted", "trigger/api-queue=deleted",
+                                      "queue/orders=deleted"}));
+  EXPECT_TRUE(c.functions().empty());
+  EXPECT_TRUE(c.triggers().empty());
+  EXPECT_TRUE(c.remove_stack("shop").items().empty());
+
+  // A manifest of plain objects joins the stack it is given; prune needs one.
+  std::ofstream(manifests / "plain.yaml")
+      << "apiVersion: blixard.dev/v1\nkind: Function\nmetadata: {name: tool}\nspec: {config: "
+      << echo << "}\n";
+  const auto e =
+      expect_error([&] { c.apply(manifests / "plain.yaml", {.prune = true}); }, errc::invalid_spec);
+  EXPECT_EQ(e.field(), "stack");
+  c.apply(manifests / "plain.yaml", {.stack = "tools"});
+  EXPECT_EQ(c.function("tool").get().metadata().stack(), "tools");
+  EXPECT_EQ(
+      expect_error([&] { c.apply(manifests / "v2.yaml", {.stack = "tools"}); }, errc::invalid_spec)
+          .field(),
+      "stack");
+  EXPECT_EQ(actions(c.remove_stack("tools")), std::vector<std::string>{"function/tool=deleted"});
 }
 
 TEST_F(ClusterTest, BadManifestChangesNothing) {

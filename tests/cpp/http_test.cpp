@@ -57,8 +57,10 @@ bool wait_for(std::condition_variable& cv, std::unique_lock<std::mutex>& lock, P
 // wait on a condition variable as the real ones do, and events take after < 0 as "from now".
 class FakeBackend final : public detail::Backend {
  public:
-  v1::ApplyResult apply(const v1::ObjectSet& set, ApplyMode mode) override {
+  v1::ApplyResult apply(const v1::ObjectSet& set, const detail::ApplyOptions& options) override {
     std::lock_guard lock(mu_);
+    last_apply_options = options;
+    const ApplyMode mode = options.mode;
     auto functions = functions_;
     auto vms = vms_;
     auto triggers = triggers_;
@@ -360,6 +362,8 @@ class FakeBackend final : public detail::Backend {
     return last_invoke_;
   }
   int gather_expected = 1;
+  // What the last apply was asked (the test reads it once the call has returned).
+  detail::ApplyOptions last_apply_options;
 
  private:
   template <class M>
@@ -639,7 +643,7 @@ class HttpTest : public testing::Test {
     t->mutable_spec()->set_path(path);
     t->mutable_spec()->set_function(function);
     for (auto& m : methods) t->mutable_spec()->add_methods(m);
-    fake_->apply(set, ApplyMode::apply);
+    fake_->apply(set, {.mode = ApplyMode::apply});
   }
 
   // An invocation of the fake's "slow" function on `c`, running once this returns.
@@ -673,7 +677,7 @@ TEST_P(HttpRoundTrip, EveryMethodRoundTrips) {
   set.mutable_vms(0)->mutable_spec()->set_replicas(3);
   set.add_triggers()->mutable_metadata()->set_name("hook");
   set.mutable_triggers(0)->mutable_spec()->set_path("/hook");
-  auto created = c->apply(set, ApplyMode::create);
+  auto created = c->apply(set, {.mode = ApplyMode::create});
   ASSERT_EQ(created.items_size(), 3);
   EXPECT_EQ(created.items(0).action(), "created");
   EXPECT_EQ(created.items(1).kind(), "Vm");
@@ -696,13 +700,22 @@ TEST_P(HttpRoundTrip, EveryMethodRoundTrips) {
 
   v1::ObjectSet update;
   *update.add_functions() = make_function("echo", 256);
-  auto applied = c->apply(update, ApplyMode::apply);
+  auto applied = c->apply(update, {.mode = ApplyMode::apply});
   EXPECT_EQ(applied.items(0).action(), "configured");
   EXPECT_EQ(c->get_function("echo").spec().memory_mib(), 256u);
+  // Every apply option crosses the wire (the query string) as given.
+  c->apply(update, {.mode = ApplyMode::apply, .dry_run = true, .prune = true, .stack = "shop a"});
+  EXPECT_TRUE(fake_->last_apply_options.dry_run);
+  EXPECT_TRUE(fake_->last_apply_options.prune);
+  EXPECT_EQ(fake_->last_apply_options.stack, "shop a");
+  c->apply(update, {});
+  EXPECT_FALSE(fake_->last_apply_options.dry_run);
+  EXPECT_FALSE(fake_->last_apply_options.prune);
+  EXPECT_EQ(fake_->last_apply_options.stack, "");
 
   v1::ObjectSet gone;
   gone.add_vms()->mutable_metadata()->set_name("web");
-  EXPECT_EQ(c->apply(gone, ApplyMode::remove).items(0).action(), "deleted");
+  EXPECT_EQ(c->apply(gone, {.mode = ApplyMode::remove}).items(0).action(), "deleted");
   EXPECT_EQ(c->list_vms().items_size(), 0);
 
   v1::InvokeRequest call;
@@ -736,15 +749,15 @@ TEST_F(HttpTest, ErrorsKeepCodeFieldAndPosition) {
 
     v1::ObjectSet set;
     *set.add_functions() = make_function(protobuf ? "a" : "b");
-    c->apply(set, ApplyMode::create);
-    auto dup = catch_error([&] { c->apply(set, ApplyMode::create); });
+    c->apply(set, {.mode = ApplyMode::create});
+    auto dup = catch_error([&] { c->apply(set, {.mode = ApplyMode::create}); });
     EXPECT_EQ(dup.code(), errc::already_exists);
     EXPECT_EQ(dup.field(), "functions[0]");
 
     v1::ObjectSet bad;
     *bad.add_functions() = make_function("c");
     (*bad.mutable_functions(0)->mutable_metadata()->mutable_labels())["bad"] = "yes";
-    auto invalid = catch_error([&] { c->apply(bad, ApplyMode::apply); });
+    auto invalid = catch_error([&] { c->apply(bad, {.mode = ApplyMode::apply}); });
     EXPECT_EQ(invalid.code(), errc::invalid_spec);
     EXPECT_EQ(invalid.field(), "functions[0].spec.memory");
     EXPECT_EQ(invalid.status().file(), "fn.yaml");
@@ -756,7 +769,8 @@ TEST_F(HttpTest, ErrorsKeepCodeFieldAndPosition) {
 
     v1::ObjectSet absent;
     absent.add_triggers()->mutable_metadata()->set_name("ghost");
-    EXPECT_EQ(catch_error([&] { c->apply(absent, ApplyMode::remove); }).code(), errc::not_found);
+    EXPECT_EQ(catch_error([&] { c->apply(absent, {.mode = ApplyMode::remove}); }).code(),
+              errc::not_found);
 
     v1::InvokeRequest call;
     call.set_function("sleepy");
@@ -978,7 +992,7 @@ TEST_F(HttpTest, ReconnectsOnceWhenTheServerClosedTheConnection) {
 TEST_F(HttpTest, SlowInvokeDoesNotDelayOtherCalls) {
   v1::ObjectSet set;
   *set.add_functions() = make_function("echo");
-  client()->apply(set, ApplyMode::create);
+  client()->apply(set, {.mode = ApplyMode::create});
 
   auto c = client();
   auto slow = slow_call(c);
@@ -1684,7 +1698,7 @@ TEST_F(HttpTest, TriggerAddedBecomesRoutableAndRemovedStopsRouting) {
 
   v1::ObjectSet gone;
   gone.add_triggers()->mutable_metadata()->set_name("new");
-  fake_->apply(gone, ApplyMode::remove);
+  fake_->apply(gone, {.mode = ApplyMode::remove});
   EXPECT_TRUE(eventually([&] { return get("/new").status == 404; }));
 }
 
@@ -2171,7 +2185,7 @@ TEST(HttpClientRetry, AReadWaitsForAServerThatIsComingUpAndAPostDoesNot) {
 
   // A POST may have taken effect: it is not retried, and says whom it could not reach.
   try {
-    c->apply(v1::ObjectSet{}, ApplyMode::apply);
+    c->apply(v1::ObjectSet{}, {.mode = ApplyMode::apply});
     ADD_FAILURE() << "a POST to nothing succeeded";
   } catch (const Error& e) {
     EXPECT_EQ(e.code(), errc::unavailable) << e.what();

@@ -247,6 +247,48 @@ TEST_F(VmSetTest, ARollingUpdateReplacesEachReplicaNewBeforeOld) {
   EXPECT_TRUE(eventually([&] { return instances_with(token_) == 3; }));
 }
 
+// A spec change that reaches a set through apply (a manifest's, here its Platform's set) goes
+// through the set's update strategy as `vm update` does: a rolling update, never fewer serving.
+TEST_F(VmSetTest, ASpecChangedThroughApplyRollsOutByTheUpdateStrategy) {
+  auto platform = [&](const std::string& text) {
+    v1::ObjectSet set;
+    set.set_stack("shop");
+    auto* vm = set.add_vms();
+    vm->mutable_metadata()->set_name("web");
+    vm->mutable_metadata()->set_stack("shop");
+    *vm->mutable_spec() = page_spec(2, text);
+    return set;
+  };
+  EXPECT_EQ(cluster_->apply(platform("v1")).items(0).action(), "created");
+  ASSERT_TRUE(eventually([&] { return running("web", 2); }, 20s));
+  EXPECT_EQ(cluster_->apply(platform("v1")).items(0).action(), "unchanged");
+  EXPECT_EQ(status("web").revision(), 1);
+
+  EXPECT_EQ(cluster_->apply(platform("v2")).items(0).action(), "configured");
+  ASSERT_TRUE(eventually([&] { return observed("web"); }));
+  EXPECT_EQ(status("web").revision(), 2);
+  std::uint32_t least_ready = 2;
+  ASSERT_TRUE(eventually(
+      [&] {
+        const auto st = status("web");
+        least_ready = std::min(least_ready, st.ready_replicas());
+        if (!st.rollout().empty()) return false;
+        return st.instances_size() == 2 &&
+               std::all_of(st.instances().begin(), st.instances().end(),
+                           [](const auto& in) { return in.revision() == 2; });
+      },
+      30s))
+      << status("web").DebugString();
+  EXPECT_EQ(least_ready, 2U) << "the rollout stopped a replica before its successor was ready";
+  const auto done = status("web");
+  for (const auto& in : done.instances()) {
+    EXPECT_EQ(page(in.host_ports().at(80)), "v2 " + in.name());
+  }
+  // Scaling the set keeps it in its stack: the manifest applied again changes nothing else.
+  cluster_->vm("web").scale(3);
+  EXPECT_EQ(cluster_->vm("web").get().metadata().stack(), "shop");
+}
+
 // Replicas so large that the node holds `replicas` of them and not one more: no room for a new
 // replica beside an old one.
 v1::VmSpec no_room_beside(v1::VmSpec spec, const v1::Node& node, std::uint32_t replicas) {

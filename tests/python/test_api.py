@@ -312,6 +312,8 @@ def test_apply_platform_example(cluster):
     assert actions[("function", "order-processor")] == "created"
     assert actions[("vm", "postgres-db")] == "created"
     assert actions[("trigger", "image-resizer-http")] == "created"
+    # The queue its queue trigger reads did not exist: apply made it for the trigger.
+    assert actions[("queue", "orders-queue")] == "created"
     assert names(cluster.functions()) == ["image-resizer", "order-processor", "pdf-generator"]
     assert names(cluster.vms()) == ["postgres-db", "redis-cache"]
     out = cluster.function("order-processor").invoke(
@@ -323,6 +325,36 @@ def test_apply_platform_example(cluster):
     removed = cluster.delete(EXAMPLES / "platform" / "platform.yaml")
     assert {i["action"] for i in removed["items"]} == {"deleted"}
     assert cluster.functions() == [] and cluster.vms() == []
+
+
+def test_apply_dry_run_prune_and_delete_a_stack(cluster, tmp_path, code_dir):
+    def manifest(memory: str, extra: bool) -> Path:
+        body = ("apiVersion: blixard.dev/v1\nkind: Platform\nmetadata: {name: shop}\nspec:\n"
+                "  functions:\n"
+                '    - {name: api, runtime: python, handler: "echo:handler", code: ./code, '
+                f"memory: {memory}}}\n")
+        if extra:
+            body += '    - {name: extra, runtime: python, handler: "echo:handler", code: ./code}\n'
+        return write(tmp_path / "shop.yaml", body)
+
+    cluster.apply(manifest("128M", extra=True))
+    dry = cluster.apply(manifest("256M", extra=False), dry_run=True, prune=True)
+    by_name = {i["name"]: i for i in dry["items"]}
+    assert by_name["api"]["action"] == "configured"
+    assert "-  memory: 128\n+  memory: 256\n" in by_name["api"]["diff"]
+    assert by_name["extra"]["action"] == "pruned"
+    assert names(cluster.functions()) == ["api", "extra"], "a dry run changed something"
+    assert cluster.function("api").get()["spec"]["memory"] == "128"
+
+    applied = cluster.apply(manifest("256M", extra=False), prune=True)
+    assert [(i["name"], i["action"]) for i in applied["items"]] == [
+        ("api", "configured"), ("extra", "pruned")]
+    assert "diff" not in applied["items"][0]
+    with pytest.raises(errors.InvalidSpec) as e:
+        cluster.delete(manifest("256M", extra=False), stack="shop")
+    assert e.value.field == "stack"
+    assert [i["action"] for i in cluster.delete(stack="shop")["items"]] == ["deleted"]
+    assert cluster.functions() == []
 
 
 BAD_MEMORY = """\

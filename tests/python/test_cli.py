@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -445,6 +446,77 @@ def test_apply_delete_and_triggers(cli):
     assert {i["action"] for i in removed["items"]} == {"deleted"}
     assert cli.json("function", "list").get("items", []) == []
     assert cli.json("vm", "list").get("items", []) == []
+
+
+def _shop(memory: str, extra: bool) -> str:
+    text = ("apiVersion: blixard.dev/v1\nkind: Platform\nmetadata: {name: cli-shop}\nspec:\n"
+            "  functions:\n"
+            f"    - {{name: shop-api, config: ../echo.yaml, memory: {memory},\n"
+            "       triggers: [{type: queue, source: shop-orders}]}\n")
+    if extra:
+        text += "    - {name: shop-extra, config: ../echo.yaml}\n"
+    return text
+
+
+def test_apply_dry_run_prune_moved_manifest_and_delete_stack(cli, work):
+    write(work / "shop" / "v1.yaml", _shop("128M", extra=True))
+    out = cli.ok("apply", "-f", "shop/v1.yaml").stdout
+    assert "queue/shop-orders created" in out
+    assert "function/shop-extra created" in out
+    before = {f["metadata"]["name"]: f["metadata"]["resourceVersion"]
+              for f in cli.json("function", "list")["items"]}
+
+    # --dry-run prints the diff (kubectl diff's live/merged), exits 0 and changes nothing.
+    write(work / "shop" / "v2.yaml", _shop("256M", extra=False))
+    dry = cli.ok("apply", "-f", "shop/v2.yaml", "--dry-run", "--prune").stdout
+    assert "--- live/function/shop-api\n+++ merged/function/shop-api\n@@ " in dry
+    assert "\n-  memory: 128\n+  memory: 256\n" in dry
+    assert "function/shop-api configured (dry run)" in dry
+    assert "function/shop-extra pruned (dry run)" in dry
+    assert "--- live/function/shop-extra\n+++ merged/function/shop-extra\n" in dry
+    after = {f["metadata"]["name"]: f["metadata"]["resourceVersion"]
+             for f in cli.json("function", "list")["items"]}
+    assert after == before
+
+    # --prune deletes what left the stack's manifest.
+    out = cli.ok("apply", "-f", "shop/v2.yaml", "--prune").stdout.splitlines()
+    assert "function/shop-api configured" in out
+    assert "function/shop-extra pruned" in out
+    assert "shop-extra" not in names(cli.json("function", "list")["items"])
+
+    # The same manifest and its config moved to another directory: every object unchanged.
+    write(work / "moved" / "deep" / "echo.yaml", (work / "echo.yaml").read_text())
+    shutil.copytree(work / "code", work / "moved" / "deep" / "code")
+    write(work / "moved" / "deep" / "sub" / "shop.yaml", _shop("256M", extra=False))
+    moved = cli.json("apply", "-f", "moved/deep/sub/shop.yaml")
+    assert {i["action"] for i in moved["items"]} == {"unchanged"}, moved
+
+    # delete --stack deletes the whole stack, the queue made for its trigger too; no file.
+    gone = cli.ok("delete", "--stack", "cli-shop").stdout.splitlines()
+    assert sorted(gone) == ["function/shop-api deleted", "queue/shop-orders deleted",
+                            "trigger/shop-api-queue deleted"]
+    assert cli.ok("delete", "--stack", "cli-shop").stdout.strip() == "nothing to delete"
+
+
+def test_apply_stack_errors_name_the_flag(cli, work):
+    write(work / "plain.yaml", "apiVersion: blixard.dev/v1\nkind: Function\n"
+          "metadata: {name: plain-fn}\nspec: {config: ./echo.yaml}\n")
+    err = fail(cli, EXIT_INVALID, "apply", "-f", "plain.yaml", "--prune")
+    assert err.startswith("error: --stack: ") and "prune needs a stack" in err
+    assert "plain-fn" not in names(cli.json("function", "list")["items"])
+    # --stack for a plain list; a Platform's own stack cannot be renamed by it.
+    assert "function/plain-fn created" in cli.ok(
+        "apply", "-f", "plain.yaml", "--stack", "tools", "--prune").stdout
+    write(work / "shop" / "v2.yaml", _shop("256M", extra=False))
+    err = fail(cli, EXIT_INVALID, "apply", "-f", "shop/v2.yaml", "--stack", "tools")
+    assert "--stack" in err and "cli-shop" in err
+    fail(cli, EXIT_INVALID, "delete")
+    fail(cli, EXIT_INVALID, "delete", "-f", "plain.yaml", "--stack", "tools")
+    dry = cli.ok("delete", "--stack", "tools", "--dry-run").stdout
+    assert "function/plain-fn deleted (dry run)" in dry and "\n-  name: plain-fn\n" in dry
+    assert "plain-fn" in names(cli.json("function", "list")["items"])
+    cli.ok("delete", "--stack", "tools")
+    assert "plain-fn" not in names(cli.json("function", "list")["items"])
 
 
 HEADER = "apiVersion: blixard.dev/v1\nkind: Platform\nmetadata: {name: p}\nspec:\n  functions:\n"

@@ -26,12 +26,27 @@ enum class ApplyMode {
   remove,  // delete the named objects (not_found for a missing one)
 };
 
+// How apply() treats its set: one struct rather than a growing list of flags.
+struct ApplyOptions {
+  ApplyMode mode = ApplyMode::apply;
+  // Plan and report (each change with its diff) but commit nothing.
+  bool dry_run = false;
+  // Also delete the stack's stored objects that the set does not hold: reported `pruned` on
+  // apply, `deleted` on remove (so remove with an empty set deletes the whole stack). Needs a
+  // stack (invalid_spec naming "stack" otherwise).
+  bool prune = false;
+  // The stack every object of the set belongs to; empty: the set's own (a Platform's name).
+  // invalid_spec naming "stack" when the set names another. (Its `{}` lets a designated
+  // initializer leave it out without g++'s -Wmissing-field-initializers.)
+  std::string stack{};  // NOLINT(readability-redundant-member-init)
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
 
   // One transaction: all objects change or none does.
-  virtual v1::ApplyResult apply(const v1::ObjectSet& set, ApplyMode mode) = 0;
+  virtual v1::ApplyResult apply(const v1::ObjectSet& set, const ApplyOptions& options) = 0;
 
   virtual v1::Function get_function(const std::string& name) = 0;
   virtual v1::Vm get_vm(const std::string& name) = 0;
