@@ -101,6 +101,16 @@ def _payload(data: Any) -> str:
         raise InvalidSpec(f"payload is not JSON-serializable: {e}", field="payload") from e
 
 
+def _queue_counts(queue: Dict[str, Any]) -> Dict[str, Any]:
+    """A queue's status counts as ints: protobuf's JSON writes 64-bit numbers as strings and
+    leaves zeros out."""
+    st = queue.setdefault("status", {})
+    for key in ("depth", "inFlight", "deadLettered"):
+        st[key] = int(st.get(key, 0))
+    st["oldestAgeSeconds"] = float(st.get("oldestAgeSeconds", 0))
+    return queue
+
+
 def _seconds(value: Any, field: str) -> float:
     """Seconds from a number, a timedelta or a duration text ("30s", "5m")."""
     if isinstance(value, _dt.timedelta):
@@ -466,8 +476,9 @@ class Queue:
         self.name = name
 
     def get(self) -> Dict[str, Any]:
-        """The queue (``metadata``, ``spec``, ``status``: depth, inFlight, oldestAgeSeconds)."""
-        return json.loads(self._cluster._core.queue(self.name))
+        """The queue (``metadata``, ``spec``, ``status``: depth, inFlight, oldestAgeSeconds,
+        deadLettered; counts as ints, 0 when none)."""
+        return _queue_counts(json.loads(self._cluster._core.queue(self.name)))
 
     def status(self) -> Dict[str, Any]:
         return self.get().get("status", {})
@@ -782,7 +793,7 @@ class Cluster:
     def queues(self) -> List[Dict[str, Any]]:
         """Stored queues and the server's own (``event:<trigger>``, ``async:<function>`` and
         their ``:dead`` letters), each with its status."""
-        return _items(self._core.queues())
+        return [_queue_counts(q) for q in _items(self._core.queues())]
 
     def delete_queue(self, name: str) -> None:
         """Deletes a queue and the messages it holds."""

@@ -22,7 +22,6 @@ namespace blixard::api {
 inline constexpr const char* k_functions_prefix = "/registry/functions/";
 inline constexpr const char* k_vms_prefix = "/registry/vms/";
 inline constexpr const char* k_triggers_prefix = "/registry/triggers/";
-inline constexpr const char* k_queues_prefix = "/registry/queues/";
 // Label that marks a trigger generated from a function's inline `triggers` list; its value is
 // the function's name.
 inline constexpr const char* k_owner_label = "blixard.dev/function";

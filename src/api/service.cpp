@@ -859,8 +859,13 @@ void Service::ensure_queue(const std::string& name) {
   if (closed_) throw Error(errc::unavailable, "the cluster is closed");
   if (is_internal_queue(name) || queues_->exists(name)) return;
   // Stored by an apply whose change the queues watch has not delivered yet.
-  auto q = read_object<v1::Queue>(*store_, k_queues_prefix, "queue", name);
-  queues_->declare(name, q.spec());
+  auto kv = store_->get(k_queues_prefix + name);
+  if (!kv) {
+    throw Error(errc::not_found, "no queue named " + name +
+                                     " (create it with `blixard queue create " + name + "`)",
+                "name");
+  }
+  queues_->declare(name, decode<v1::Queue>(*kv).spec());
 }
 
 v1::Queue Service::get_queue(const std::string& name) {

@@ -197,7 +197,7 @@ Queue Cluster::create_queue(const std::string& name, const v1::QueueSpec& spec) 
   auto* queue = set.add_queues();
   *queue = named<v1::Queue>(name);
   *queue->mutable_spec() = spec;
-  backend_->apply(set, detail::ApplyMode::create);
+  backend_->apply(set, {.mode = detail::ApplyMode::create});
   return this->queue(name);
 }
 

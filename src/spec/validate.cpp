@@ -601,14 +601,13 @@ void validate_queue(v1::Queue& queue, const std::string& path) {
   check_name(queue.metadata().name(), at.name);
   auto& s = *queue.mutable_spec();
   // How long a received message stays hidden before another receive may take it (SQS's range).
-  constexpr std::int64_t k_default_visibility_s = 30;
+  // Unset is kept unset: a trigger then hides what it takes for six times its function's
+  // timeout, a receive by hand for 30 s (docs/queues.md).
   constexpr std::int64_t k_max_visibility_s = 12 * 60 * 60;
   constexpr std::uint32_t k_max_receives = 1000;
-  if (!s.has_visibility_timeout())
-    set_seconds(s.mutable_visibility_timeout(), k_default_visibility_s);
   check_duration(s.visibility_timeout(), at.field("visibilityTimeout"));
   const std::int64_t ms = millis(s.visibility_timeout());
-  if (ms < 1000 || ms > k_max_visibility_s * 1000) {
+  if (s.has_visibility_timeout() && (ms < 1000 || ms > k_max_visibility_s * 1000)) {
     invalid(at.field("visibilityTimeout"),
             "visibilityTimeout must be between 1s and 12h, got " + std::to_string(ms) + "ms");
   }

@@ -532,7 +532,10 @@ TEST(ApplyPlan, AQueueTriggerCreatesItsMissingQueueWhichGoesWithIt) {
   const auto queue = store.get<v1::Queue>("/registry/queues/orders-queue");
   EXPECT_EQ(queue.metadata().labels().at("blixard.dev/created-for"), "worker-queue");
   EXPECT_EQ(queue.metadata().stack(), "shop");
-  EXPECT_EQ(queue.spec().visibility_timeout().seconds(), 30) << "the default spec";
+  // The default spec: no visibility timeout of its own, so the trigger's (6x its function's
+  // timeout) applies; no dead letters.
+  EXPECT_FALSE(queue.spec().has_visibility_timeout());
+  EXPECT_EQ(queue.spec().max_receives(), 0U);
 
   // Applied again, with prune: the queue is still the trigger's, unchanged and kept.
   const auto again = store.apply(shop, {.prune = true});
