@@ -15,14 +15,12 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-std::int64_t wall_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
+using google::protobuf::util::TimeUtil;
+
+std::int64_t wall_ms() { return TimeUtil::TimestampToMilliseconds(TimeUtil::GetCurrentTime()); }
 
 std::chrono::milliseconds to_ms(const google::protobuf::Duration& d) {
-  return std::chrono::milliseconds(d.seconds() * 1000 + d.nanos() / 1000000);
+  return std::chrono::milliseconds(TimeUtil::DurationToMilliseconds(d));
 }
 
 // An event trigger's and an async queue's settings: two retries, then the dead-letter queue.
@@ -202,8 +200,7 @@ std::vector<std::string> Deliveries::publish(const std::string& source,
   if (queues.empty()) return triggers;
   boost::json::object body;
   body["source"] = source;
-  body["time"] = google::protobuf::util::TimeUtil::ToString(
-      google::protobuf::util::TimeUtil::MillisecondsToTimestamp(wall_ms()));
+  body["time"] = TimeUtil::ToString(TimeUtil::GetCurrentTime());
   body["data"] = std::move(data);
   queues_->send_each(queues, boost::json::serialize(body));
   return triggers;
@@ -253,7 +250,7 @@ v1::Invocation Deliveries::invocation(const std::string& id) {
   out.set_attempts(outcome->attempts);
   out.set_state(outcome->state);
   *out.mutable_finished_at() =
-      google::protobuf::util::TimeUtil::MillisecondsToTimestamp(outcome->at_ms);
+      TimeUtil::MillisecondsToTimestamp(outcome->at_ms);
   if (outcome->state == "succeeded") {
     out.set_result(outcome->body);
   } else {

@@ -3,19 +3,19 @@
 #include <algorithm>
 #include <charconv>
 
+#include <google/protobuf/util/time_util.h>
+
 #include "blixard/error.hpp"
 
 namespace blixard::control {
 namespace {
 
-std::int64_t wall_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
+using google::protobuf::util::TimeUtil;
+
+std::int64_t wall_ms() { return TimeUtil::TimestampToMilliseconds(TimeUtil::GetCurrentTime()); }
 
 std::chrono::milliseconds to_ms(const google::protobuf::Duration& d) {
-  return std::chrono::milliseconds(d.seconds() * 1000 + d.nanos() / 1000000);
+  return std::chrono::milliseconds(TimeUtil::DurationToMilliseconds(d));
 }
 
 // Outcomes kept in memory until the log surely has them, at most this many.
@@ -133,6 +133,10 @@ std::vector<std::int64_t> Queues::send(const std::string& queue,
       write.appends.push_back(std::move(m));
     }
   }
+  return commit_sends(write);
+}
+
+std::vector<std::int64_t> Queues::commit_sends(store::QueueWrite& write) {
   log_->write(write);  // durable before anyone can receive it
   std::vector<std::int64_t> ids;
   ids.reserve(write.appends.size());
@@ -168,14 +172,7 @@ std::vector<std::int64_t> Queues::send_each(const std::vector<std::string>& queu
       write.appends.push_back(std::move(m));
     }
   }
-  log_->write(write);
-  std::vector<std::int64_t> ids;
-  std::lock_guard lock(mutex_);
-  for (auto& m : write.appends) {
-    ids.push_back(m.id);
-    insert_locked(std::move(m));
-  }
-  return ids;
+  return commit_sends(write);
 }
 
 void Queues::insert_locked(store::StoredMessage m) {

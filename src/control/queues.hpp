@@ -155,6 +155,8 @@ class Queues {
   // mutex_ held: a failed, counted delivery of `id`: back later, or dead-lettered (true).
   bool failed(Queue& q, const std::string& name, std::int64_t id, Held& m, Clock::time_point now);
   void erase(Queue& q, std::int64_t id);  // mutex_ held
+  // Writes the appends of `write` (mutex_ not held), then lets them be received; their ids.
+  std::vector<std::int64_t> commit_sends(store::QueueWrite& write);
   // mutex_ held: a durable message joins its queue (dropped if the queue is gone meanwhile).
   void insert_locked(store::StoredMessage m);
   std::size_t purge_locked(Queue& q, const std::string& name);

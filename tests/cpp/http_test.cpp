@@ -2006,7 +2006,9 @@ TEST(RouteTable, EveryApiRouteDeclaresAScope) {
       EXPECT_EQ(r.scope, api::Scope::none) << r.pattern;  // the dashboard's files hold no data
     } else if (r.pattern.starts_with("/v1/tokens")) {
       EXPECT_EQ(r.scope, api::Scope::admin) << r.pattern;  // reading tokens is admin's too
-    } else if (r.pattern.ends_with("/invoke")) {
+    } else if (r.pattern.ends_with("/invoke") || r.pattern.ends_with("/invocations") ||
+               (!get && (r.pattern == "/v1/events" || r.pattern == "/v1/queues/{name}/messages"))) {
+      // Calling a function, now or later: invoking, sending to a queue, publishing an event.
       EXPECT_EQ(r.scope, api::Scope::invoke) << r.pattern;
     } else if (r.pattern.starts_with("/v1/blobs") && get) {
       // Code is for the agents that run it (and admins): a reader sees specs, not their code.

@@ -86,6 +86,19 @@ def cluster(tmp_path: Path):
         c.close()
 
 
+def wait_for(condition, timeout: float = 15.0, interval: float = 0.05):
+    """Polls `condition` until it returns something truthy (and returns that); fails the test
+    after `timeout` seconds."""
+    end = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > end:
+            pytest.fail(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
 def names(items: List[Dict]) -> List[str]:
     return sorted(i["metadata"]["name"] for i in items)
 

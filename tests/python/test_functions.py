@@ -12,18 +12,9 @@ import time
 import pytest
 
 from blixard import errors
+from conftest import wait_for
 
 
-def wait_for(condition, timeout: float = 15.0, interval: float = 0.05):
-    """Polls `condition` until it returns something truthy; fails after `timeout` seconds."""
-    end = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > end:
-            pytest.fail(f"condition not met within {timeout}s")
-        time.sleep(interval)
 
 
 @pytest.fixture

@@ -15,20 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLES, Cli
+from conftest import EXAMPLES, Cli, wait_for
 
 pytestmark = pytest.mark.cli
 
 
-def wait_for(condition, timeout: float = 40.0, interval: float = 0.1):
-    end = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > end:
-            pytest.fail(f"condition not met within {timeout}s")
-        time.sleep(interval)
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +71,8 @@ def test_an_order_is_processed_once_though_the_handler_crashes_first(platform):
                 '{"orderId": "C-1", "items": [{"price": 3, "quantity": 2}]}')
     platform.ok("queue", "send", "orders-queue", "--data",
                 '{"orderId": "C-2", "crashOnFirstDelivery": true}')
-    wait_for(lambda: {"C-1", "C-2"} <= set(orders_processed(platform)))
-    wait_for(lambda: depth(platform, "orders-queue") == (0, 0))
+    wait_for(lambda: {"C-1", "C-2"} <= set(orders_processed(platform)), timeout=40)
+    wait_for(lambda: depth(platform, "orders-queue") == (0, 0), timeout=40)
     assert orders_processed(platform).count("C-1") == 1
     assert orders_processed(platform).count("C-2") == 1
 
@@ -98,7 +89,7 @@ def test_an_invoice_event_reaches_pdf_generator(platform):
     out = platform.ok("event", "publish", "invoice-created", "--data",
                       '{"invoiceId": "INV-42", "lines": {"widget": 3}}').stdout
     assert "pdf-generator" in out, out
-    wait_for(lambda: "INV-42" in logged(platform, "pdf-generator", "rendered"))
+    wait_for(lambda: "INV-42" in logged(platform, "pdf-generator", "rendered"), timeout=40)
 
 
 def test_async_invoke_prints_an_id_and_the_invocation_its_outcome(platform):
@@ -106,7 +97,7 @@ def test_async_invoke_prints_an_id_and_the_invocation_its_outcome(platform):
                       '{"orderId": "D-1", "items": [{"price": 4}]}').stdout.strip()
     assert inv.isdigit(), inv
     done = wait_for(lambda: (lambda i: i if i["state"] == "succeeded" else None)(
-        platform.json("invocation", "get", inv)))
+        platform.json("invocation", "get", inv)), timeout=40)
     assert done["result"]["orderId"] == "D-1"
     assert "succeeded" in platform.ok("invocation", "get", inv).stdout
     r = platform("invocation", "get", "424242424")
@@ -120,7 +111,7 @@ def test_a_message_sent_before_kill_9_is_processed_after_restart(platform):
     # Slow enough to be in flight when the server dies: delivered again after the restart.
     platform.ok("queue", "send", "orders-queue", "--data",
                 '{"orderId": "K-1", "delaySeconds": 5}')
-    wait_for(lambda: depth(platform, "orders-queue")[1] == 1)
+    wait_for(lambda: depth(platform, "orders-queue")[1] == 1, timeout=40)
     os.kill(int(info["pid"]), signal.SIGKILL)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -132,4 +123,4 @@ def test_a_message_sent_before_kill_9_is_processed_after_restart(platform):
     r = platform("up", "--listen", "127.0.0.1:0")
     assert r.returncode == 0, r.stdout + r.stderr
     wait_for(lambda: "K-1" in orders_processed(platform), timeout=60)
-    wait_for(lambda: depth(platform, "orders-queue") == (0, 0))
+    wait_for(lambda: depth(platform, "orders-queue") == (0, 0), timeout=40)

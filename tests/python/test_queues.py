@@ -12,19 +12,9 @@ import time
 import pytest
 
 from blixard import errors
-from conftest import EXAMPLES, write
+from conftest import EXAMPLES, write, wait_for
 
 
-def wait_for(condition, timeout: float = 30.0, interval: float = 0.05):
-    """Polls `condition` until it returns something truthy; fails after `timeout` seconds."""
-    end = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > end:
-            pytest.fail(f"condition not met within {timeout}s")
-        time.sleep(interval)
 
 
 @pytest.fixture
@@ -103,7 +93,7 @@ def test_queue_trigger_processes_each_order_once_though_the_handler_crashes(clus
     q = cluster.queue("orders-queue")
     q.send({"orderId": "A-1", "items": [{"price": 2.5, "quantity": 2}]})
     q.send({"orderId": "A-2", "crashOnFirstDelivery": True, "items": [{"price": 1}]})
-    wait_for(lambda: sorted(processed(orders_fn)) == ["A-1", "A-2"])
+    wait_for(lambda: sorted(processed(orders_fn)) == ["A-1", "A-2"], timeout=30)
     wait_for(lambda: q.status().get("depth", 0) == 0 and q.status().get("inFlight", 0) == 0)
     time.sleep(0.5)  # nothing more arrives late: each order was processed exactly once
     assert sorted(processed(orders_fn)) == ["A-1", "A-2"]
@@ -116,7 +106,7 @@ def test_a_poison_message_is_dead_lettered_after_max_receives(cluster, orders_fn
                            source="orders-queue")
     q.send("not an order")
     q.send({"orderId": "B-1"})
-    dead = wait_for(lambda: cluster.queue("orders-dlq").peek())
+    dead = wait_for(lambda: cluster.queue("orders-dlq").peek(), timeout=30)
     assert [m["body"] for m in dead] == ['"not an order"']
     assert processed(orders_fn) == ["B-1"]
     st = wait_for(lambda: q.status() if q.status().get("deadLettered") else None)
@@ -178,6 +168,6 @@ def test_the_clusters_own_records_are_event_sources(cluster, echo_config):
             failing.invoke({"crash": True})
         return int(watcher.metrics().get("invocations", 0)) >= 1
 
-    wait_for(fail_once_and_look, interval=0.2)
+    wait_for(fail_once_and_look, timeout=30, interval=0.2)
     # The watcher got the record as its event's data.
     assert cluster.queue("event:on-failure").status().get("deadLettered", 0) == 0
