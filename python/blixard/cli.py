@@ -863,11 +863,15 @@ def function_metrics(c: Ctx, name, output) -> None:
 )
 @click.option("--queue", metavar="SOURCE", help="Run on messages of queue SOURCE instead.")
 @click.option("--event", metavar="SOURCE", help="Run on events of SOURCE instead.")
+@click.option("--batch-size", type=int, metavar="N",
+              help="--queue: messages per call (default 10).")
+@click.option("--batch-window", metavar="DURATION",
+              help="--queue: wait this long for a batch to fill (default 0s).")
 @click.option("--name", "trigger_name", metavar="TRIGGER", help="Trigger name [NAME-http].")
 @output_option
 @pass_ctx
-def function_trigger(c: Ctx, name, http, path, methods, queue, event, trigger_name,
-                     output) -> None:
+def function_trigger(c: Ctx, name, http, path, methods, queue, event, batch_size, batch_window,
+                     trigger_name, output) -> None:
     """Make function NAME reachable: `--http --path /api/x` routes that URL path to it."""
     kinds = [k for k, on in (("http", http), ("queue", queue), ("event", event)) if on]
     if len(kinds) != 1:
@@ -882,8 +886,13 @@ def function_trigger(c: Ctx, name, http, path, methods, queue, event, trigger_na
             path = "/" + path
     elif path or methods:
         raise InvalidSpec("--path and --method are for --http triggers", field="--path")
+    if kind != "queue" and (batch_size is not None or batch_window is not None):
+        raise InvalidSpec("--batch-size and --batch-window are for --queue triggers",
+                          field="--batch-size" if batch_size is not None else "--batch-window")
     c.flag_for_field = {"path": "--path", "methods": "--method", "source": f"--{kind}",
-                        "metadata.name": "--name", "name": "--name"}
+                        "metadata.name": "--name", "name": "--name",
+                        "batchSize": "--batch-size", "batchWindow": "--batch-window",
+                        "batch_window": "--batch-window"}
     cl = c.cluster()
     cl.function(name).get()  # not_found before creating anything
     tname = trigger_name or f"{name}-{kind}"
@@ -894,6 +903,8 @@ def function_trigger(c: Ctx, name, http, path, methods, queue, event, trigger_na
         path=path if kind == "http" else None,
         source=queue or event,
         methods=[m.upper() for m in methods] if methods else None,
+        batch_size=batch_size,
+        batch_window=batch_window,
     )
     obj = t.get()
     url = ""

@@ -678,11 +678,13 @@ class Cluster:
         source: Optional[str] = None,
         methods: Optional[Iterable[str]] = None,
         batch_size: Optional[int] = None,
+        batch_window: Any = None,
         spec: Optional[Mapping[str, Any]] = None,
     ) -> Trigger:
         """Creates a trigger running ``function``: ``http=True, path="/api/x"`` (the server's
         gateway then routes that path to the function; ``methods=["POST"]`` limits it) or
-        ``type="queue"|"event", source="orders"``; or pass the whole ``spec`` dict.
+        ``type="queue"|"event", source="orders"`` (a queue trigger takes ``batch_size`` and
+        ``batch_window``, seconds or "2s"); or pass the whole ``spec`` dict.
         ``trigger.url()`` tells where an http trigger is served."""
         if http:
             type = "http"
@@ -698,6 +700,8 @@ class Cluster:
                     "source": source,
                     "methods": list(methods) if methods is not None else None,
                     "batch_size": batch_size,
+                    "batch_window": (None if batch_window is None else
+                                     f"{_seconds(batch_window, 'batch_window'):g}s"),
                 },
                 {},
             )

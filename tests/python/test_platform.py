@@ -106,6 +106,18 @@ def test_async_invoke_prints_an_id_and_the_invocation_its_outcome(platform):
     assert r.returncode == 4 and "--data" in r.stderr, r.stderr
 
 
+def test_function_trigger_takes_a_queue_triggers_batch_settings(platform):
+    out = platform.json("function", "trigger", "order-processor", "--queue", "orders-queue",
+                        "--batch-size", "5", "--batch-window", "1s", "--name", "batched")
+    assert out["spec"]["batchSize"] == 5 and out["spec"]["batchWindow"] == "1s", out
+    platform.ok("trigger", "delete", "batched")
+    r = platform("function", "trigger", "order-processor", "--event", "x", "--batch-size", "5")
+    assert r.returncode == 4 and "--batch-size" in r.stderr, r.stderr
+    r = platform("function", "trigger", "order-processor", "--queue", "orders-queue",
+                 "--batch-window", "10m", "--name", "too-long")
+    assert r.returncode == 4 and "--batch-window" in r.stderr, r.stderr
+
+
 def test_a_message_sent_before_kill_9_is_processed_after_restart(platform):
     info = json.loads((platform.data_dir / "server.json").read_text())
     # Slow enough to be in flight when the server dies: delivered again after the restart.
