@@ -861,8 +861,8 @@ void Service::ensure_queue(const std::string& name) {
   // Stored by an apply whose change the queues watch has not delivered yet.
   auto kv = store_->get(k_queues_prefix + name);
   if (!kv) {
-    throw Error(errc::not_found, "no queue named " + name +
-                                     " (create it with `blixard queue create " + name + "`)",
+    throw Error(errc::not_found,
+                "no queue named " + name + " (create it with `blixard queue create " + name + "`)",
                 "name");
   }
   queues_->declare(name, decode<v1::Queue>(*kv).spec());

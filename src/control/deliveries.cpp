@@ -249,8 +249,7 @@ v1::Invocation Deliveries::invocation(const std::string& id) {
   out.set_function(outcome->function);
   out.set_attempts(outcome->attempts);
   out.set_state(outcome->state);
-  *out.mutable_finished_at() =
-      TimeUtil::MillisecondsToTimestamp(outcome->at_ms);
+  *out.mutable_finished_at() = TimeUtil::MillisecondsToTimestamp(outcome->at_ms);
   if (outcome->state == "succeeded") {
     out.set_result(outcome->body);
   } else {

@@ -39,7 +39,7 @@ struct QueueOptions {
   // A queue's visibility timeout when its spec sets none (a trigger passes its own).
   std::chrono::milliseconds default_visibility{std::chrono::seconds(30)};
   // SQS's message limit; past it a send is refused (payload_too_large).
-  std::size_t max_message_bytes = 256 * 1024;
+  std::size_t max_message_bytes = std::size_t{256} * 1024;
   // What one queue may hold in memory; past it a send is throttled (the consumer is behind).
   std::size_t max_queue_bytes = std::size_t{256} << 20;
   // How long a finished async invocation's outcome is kept.

@@ -78,7 +78,7 @@ Query Db::query(const char* sql) {
       throw_sqlite(db_);
     it = stmts_.emplace(sql, stmt).first;
   }
-  return Query(db_, it->second);
+  return {db_, it->second};
 }
 
 }  // namespace blixard::store::sqlite
