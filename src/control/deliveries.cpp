@@ -17,7 +17,13 @@ using Clock = std::chrono::steady_clock;
 
 using google::protobuf::util::TimeUtil;
 
-std::int64_t wall_ms() { return TimeUtil::TimestampToMilliseconds(TimeUtil::GetCurrentTime()); }
+// Not TimeUtil::GetCurrentTime(): it has whole seconds only here, and a message's SentTimestamp
+// is what a handler measures its wait against.
+std::int64_t wall_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
 
 std::chrono::milliseconds to_ms(const google::protobuf::Duration& d) {
   return std::chrono::milliseconds(TimeUtil::DurationToMilliseconds(d));
@@ -200,7 +206,7 @@ std::vector<std::string> Deliveries::publish(const std::string& source,
   if (queues.empty()) return triggers;
   boost::json::object body;
   body["source"] = source;
-  body["time"] = TimeUtil::ToString(TimeUtil::GetCurrentTime());
+  body["time"] = TimeUtil::ToString(TimeUtil::MillisecondsToTimestamp(wall_ms()));
   body["data"] = std::move(data);
   queues_->send_each(queues, boost::json::serialize(body));
   return triggers;

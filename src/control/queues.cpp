@@ -12,7 +12,13 @@ namespace {
 
 using google::protobuf::util::TimeUtil;
 
-std::int64_t wall_ms() { return TimeUtil::TimestampToMilliseconds(TimeUtil::GetCurrentTime()); }
+// Not TimeUtil::GetCurrentTime(): it has whole seconds only here, and a message's SentTimestamp
+// is what a handler measures its wait against.
+std::int64_t wall_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
 
 std::chrono::milliseconds to_ms(const google::protobuf::Duration& d) {
   return std::chrono::milliseconds(TimeUtil::DurationToMilliseconds(d));

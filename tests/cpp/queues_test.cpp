@@ -75,8 +75,19 @@ TEST(Queues, SendThenReceiveThenAcknowledge) {
   TempDir dir;
   auto q = open_queues(dir);
   q->declare("orders", spec());
+  const auto ms = [] {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+  };
+  const auto before = ms();
   auto ids = q->send("orders", {"a", "b", "c"});
+  const auto after = ms();
   ASSERT_EQ(ids.size(), 3U);
+  // To the millisecond: a handler measures its wait against it (SQS's SentTimestamp).
+  const auto sent = q->peek("orders", 1).at(0).sent_at_ms;
+  EXPECT_GE(sent, before);
+  EXPECT_LE(sent, after);
   EXPECT_EQ(q->status("orders").depth(), 3U);
   auto got = q->receive("orders", 2, 10s, 0ms);
   ASSERT_EQ(got.size(), 2U);

@@ -49,4 +49,7 @@ def test_queue_burst_notebook_runs():
     text = run_notebook("queue-burst.ipynb", 300)
     assert "2000 of 2000 orders handled" in text, text
     assert "messages/s" in text and "figure:" in text
+    # The trigger kept several calls in flight while the burst waited: more than one instance.
+    running = int(text.split("max instances running:")[1].split()[0])
+    assert running >= 2, text
     assert "closed: True" in text
