@@ -126,9 +126,12 @@ void Deliveries::function_changed(const std::string& name, const v1::FunctionSpe
   const auto queue = async_queue(name);
   queues_->declare(dead_letters(queue), {});
   queues_->declare(queue, retrying_spec(queue));
+  // Its poller starts with its first async invocation (or now, for those a restart found): a
+  // function never invoked so keeps no thread.
+  const bool waiting = queues_->status(queue).depth() > 0;
   std::lock_guard lock(mutex_);
   functions_[name] = limits;
-  run_poller(queue, Kind::async, queue, name, 1);
+  if (waiting) run_poller(queue, Kind::async, queue, name, 1);
 }
 
 void Deliveries::function_removed(const std::string& name) {
@@ -227,12 +230,14 @@ bool Deliveries::listens_prefix(const std::string& prefix) const {
 }
 
 std::string Deliveries::submit(const std::string& function, const std::string& payload) {
+  const auto queue = async_queue(function);
   {
     std::lock_guard lock(mutex_);
     if (!functions_.contains(function))
       throw Error(errc::not_found, "no function named " + function);
+    run_poller(queue, Kind::async, queue, function, 1);
   }
-  return std::to_string(queues_->send(async_queue(function), {payload}).front());
+  return std::to_string(queues_->send(queue, {payload}).front());
 }
 
 v1::Invocation Deliveries::invocation(const std::string& id) {
