@@ -19,6 +19,16 @@ std::uint32_t parse_max(const Target& t) {
   return n;
 }
 
+// A message or an event runs whichever functions its triggers name: an invoke token limited to
+// one function may not send or publish, or it could run the others.
+bool reaches_any_function(const Principal& who) { return who.may_invoke({}); }
+
+Routed refused(const Principal& who, const std::string& what) {
+  return immediate([who, what] {
+    return forbidden(who, Scope::invoke, what + " (a token limited to one function may not)");
+  });
+}
+
 // POST /v1/functions/NAME/invocations: the body is the payload, as for invoke.
 v1::InvokeRequest async_request(const Request& req, const std::string& name) {
   v1::InvokeRequest call;
@@ -49,6 +59,8 @@ void add_queue_routes(RouteTable& table, const RouteContext& context) {
   });
   table.add(http::verb::post, "/v1/queues/{name}/messages", Scope::invoke,
             [backend](const RouteRequest& r) {
+              if (!reaches_any_function(*r.principal))
+                return refused(*r.principal, "send to queue " + r.param("name"));
               return worker([req = r.req, backend, name = r.param("name")] {
                 return message_response(
                     *req, backend->send_messages(name, decode_body<v1::SendRequest>(*req)));
@@ -85,6 +97,7 @@ void add_queue_routes(RouteTable& table, const RouteContext& context) {
               });
             });
   table.add(http::verb::post, "/v1/events", Scope::invoke, [backend](const RouteRequest& r) {
+    if (!reaches_any_function(*r.principal)) return refused(*r.principal, "publish events");
     return worker([req = r.req, backend] {
       return message_response(*req, backend->publish_event(decode_body<v1::PublishRequest>(*req)));
     });

@@ -117,6 +117,14 @@ TEST_F(TokenTest, AnInvokeTokenForOneFunctionCallsOnlyThatOne) {
   auto e = expect_error([&] { caller.function("other").invoke("{}"); }, errc::permission_denied);
   EXPECT_NE(e.message().find("echo"), std::string::npos) << e.message();
   expect_error([&] { caller.functions(); }, errc::permission_denied);
+  // A message or an event would run whatever its triggers name: not for this token.
+  c.create_queue("jobs");
+  expect_error([&] { caller.queue("jobs").send("{}"); }, errc::permission_denied);
+  expect_error([&] { caller.publish("invoice-created", "{}"); }, errc::permission_denied);
+  // Its own function's async invocations it may queue.
+  EXPECT_FALSE(caller.function("echo").submit("{}").id().empty());
+  auto any = as(c.create_token(request("invoke", "any-caller")).secret());
+  EXPECT_FALSE(any.queue("jobs").send("{}").empty());
 }
 
 TEST_F(TokenTest, TokensAreKeptInTheStoreAcrossARestart) {
