@@ -17,14 +17,6 @@ using Clock = std::chrono::steady_clock;
 
 using google::protobuf::util::TimeUtil;
 
-// Not TimeUtil::GetCurrentTime(): it has whole seconds only here, and a message's SentTimestamp
-// is what a handler measures its wait against.
-std::int64_t wall_ms() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 std::chrono::milliseconds to_ms(const google::protobuf::Duration& d) {
   return std::chrono::milliseconds(TimeUtil::DurationToMilliseconds(d));
 }
@@ -209,7 +201,6 @@ std::vector<std::string> Deliveries::publish(const std::string& source,
   if (queues.empty()) return triggers;
   boost::json::object body;
   body["source"] = source;
-  body["time"] = TimeUtil::ToString(TimeUtil::MillisecondsToTimestamp(wall_ms()));
   body["data"] = std::move(data);
   queues_->send_each(queues, boost::json::serialize(body));
   return triggers;
@@ -407,6 +398,8 @@ std::string Deliveries::payload_of(const Poller& p, const std::vector<QueueMessa
   if (p.kind == Kind::event) {
     auto event = boost::json::parse(batch.front().body).as_object();
     event["id"] = std::to_string(batch.front().id);
+    // When it was published: its message's send.
+    event["time"] = TimeUtil::ToString(TimeUtil::MillisecondsToTimestamp(batch.front().sent_at_ms));
     event["attempt"] = batch.front().receives;
     return boost::json::serialize(event);
   }
@@ -444,7 +437,6 @@ void Deliveries::delivered(const Poller& p, const std::vector<QueueMessage>& bat
         o.state = "succeeded";
         o.body = result;
         o.attempts = batch.front().receives;
-        o.at_ms = wall_ms();
         queues.finish(p.queue, batch.front().receipt, std::move(o));
         return;
       }
@@ -495,7 +487,6 @@ void Deliveries::delivered(const Poller& p, const std::vector<QueueMessage>& bat
       o.state = "failed";
       o.body = error_json(failure);
       o.attempts = batch.front().receives;
-      o.at_ms = wall_ms();
       queues.keep_outcome(std::move(o));
     }
     if (dead.empty()) {

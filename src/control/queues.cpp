@@ -385,7 +385,8 @@ void Queues::keep_outcome(store::StoredOutcome outcome) {
   later_write([&](store::QueueWrite& w) { w.outcomes.push_back(std::move(outcome)); });
 }
 
-void Queues::remember_outcome(const store::StoredOutcome& outcome) {
+void Queues::remember_outcome(store::StoredOutcome& outcome) {
+  outcome.at_ms = wall_ms();
   recent_outcomes_[outcome.id] = outcome;
   while (recent_outcomes_.size() > k_recent_outcomes)
     recent_outcomes_.erase(recent_outcomes_.begin());

@@ -104,10 +104,10 @@ class Queues {
   std::vector<std::int64_t> fail(const std::string& queue, const std::vector<std::string>& receipts,
                                  bool counted, std::chrono::milliseconds delay = {});
   // The delivery of an async invocation ended: acknowledged (or, for a failed last attempt,
-  // dropped) and its outcome kept, in one write.
+  // dropped) and its outcome kept (stamped now), in one write.
   void finish(const std::string& queue, const std::string& receipt, store::StoredOutcome outcome);
-  // Keeps what an async invocation came to without touching its message (a last failure: the
-  // message went to the dead-letter queue).
+  // Keeps what an async invocation came to (stamped now) without touching its message (a last
+  // failure: the message went to the dead-letter queue).
   void keep_outcome(store::StoredOutcome outcome);
   // The queue's own visibility timeout, if its spec sets one.
   std::optional<std::chrono::milliseconds> visibility_timeout(const std::string& queue) const;
@@ -160,7 +160,8 @@ class Queues {
   // mutex_ held: a durable message joins its queue (dropped if the queue is gone meanwhile).
   void insert_locked(store::StoredMessage m);
   std::size_t purge_locked(Queue& q, const std::string& name);
-  void remember_outcome(const store::StoredOutcome& outcome);  // mutex_ held
+  // mutex_ held: stamps `outcome` finished now and keeps it at hand until the log has it.
+  void remember_outcome(store::StoredOutcome& outcome);
   // mutex_ held: the in-flight message `receipt` names in `q` (its id in `id`), or null.
   Held* delivered(Queue& q, const std::string& receipt, std::int64_t& id);
   std::chrono::milliseconds backoff(const Queue& q, std::uint32_t receives) const;

@@ -435,6 +435,7 @@ TEST(Deliveries, AnEventReachesEveryTriggerOnItsSourceAndAFailingOneIsDeadLetter
     ++pdf;
     auto e = boost::json::parse(payload).as_object();
     EXPECT_EQ(e.at("source").as_string(), "invoice-created");
+    EXPECT_TRUE(e.contains("time") && e.at("time").is_string());  // when it was published
     EXPECT_EQ(e.at("data").at("invoice").as_int64(), 7);
   }
   EXPECT_EQ(pdf, 1);
@@ -465,6 +466,7 @@ TEST(Deliveries, AnAsyncInvocationReportsItsStateAndOutcome) {
   gate.unlock();
   EXPECT_TRUE(eventually([&] { return deliveries.invocation(slow).state() == "succeeded"; }));
   EXPECT_EQ(deliveries.invocation(slow).result(), "{\"echo\":\"slow\"}");
+  EXPECT_GT(deliveries.invocation(slow).finished_at().seconds(), 0);
   const auto bad = deliveries.submit("f", "\"bad\"");
   EXPECT_TRUE(eventually([&] { return deliveries.invocation(bad).state() == "failed"; }));
   auto failed = deliveries.invocation(bad);
