@@ -134,8 +134,10 @@ def test_scenario1_as_written_on_three_agents_with_real_guests(ssd_pool, cluster
 
     def from_node(node: str, url: str) -> str:
         """GET `url` from inside `node`'s network namespace (the replicas' network is there)."""
-        out = subprocess.run(["ip", "netns", "exec", cluster.agents[node].netns, "curl", "-sS",
-                              "-m", "5", f"http://{url}/"], capture_output=True, text=True)
+        fetch = ("import sys, urllib.request; sys.stdout.write(urllib.request.urlopen("
+                 "sys.argv[1], timeout=5).read().decode())")
+        out = subprocess.run(["ip", "netns", "exec", cluster.agents[node].netns, sys.executable,
+                              "-c", fetch, f"http://{url}/"], capture_output=True, text=True)
         return out.stdout if out.returncode == 0 else f"failed: {out.stderr}"
 
     took = {}
