@@ -1,6 +1,11 @@
 """Real processes: a `blixard-agent --server` and agents that join it, each agent in a network
 namespace of its own with its own address on a bridge the test makes (DESIGN §1).
 
+An agent started with `libvirt=True` runs real guests: it gets a libvirtd (and virtlogd) of its own
+in its network namespace, as a node's libvirtd shares its host's network, so that its guests'
+bridges, VXLAN and forwarded ports are the agent's. They share a mount namespace in which
+libvirt's run, state, cache and log directories are the agent's own (see `Libvirtd`).
+
 Everything is made here and always removed: the bridge, the namespaces, the processes. The server
 listens on the bridge's address only, so no traffic leaves the machine.
 """
@@ -39,6 +44,95 @@ def poll(condition: Callable[[], object], timeout: float = 20.0, interval: float
     raise AssertionError(f"not within {timeout}s (last value {last!r})")
 
 
+# libvirt's system directories; each agent's libvirtd has its own in place of the host's.
+LIBVIRT_DIRS = ("/run/libvirt", "/var/lib/libvirt", "/var/cache/libvirt", "/var/log/libvirt")
+
+
+def _gone(proc: subprocess.Popen, timeout: float) -> bool:
+    try:
+        proc.wait(timeout=timeout)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
+@dataclass
+class Libvirtd:
+    """virtlogd and libvirtd for one agent, in its network namespace, so that qemu's taps, the
+    node's bridges and VXLAN, and qemu's forwarded ports share one network (on a real node they
+    all use the host's). A keeper process holds a mount namespace where `LIBVIRT_DIRS` are
+    bound to directories under `root` (qemu:///system then means this libvirtd, and its pid files
+    under /run/libvirt/qemu are the ones the agent reads); the daemons and the agent enter it."""
+
+    root: Path
+    netns: str
+    keeper: Optional[subprocess.Popen] = None
+    daemons: List[subprocess.Popen] = field(default_factory=list)
+
+    def enter(self) -> List[str]:
+        assert self.keeper is not None
+        return ["nsenter", f"--target={self.keeper.pid}", "--mount", "--net"]
+
+    def virsh(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*self.enter(), "virsh", "-c", "qemu:///system", *args],
+                              capture_output=True, text=True, timeout=30)
+
+    def start(self) -> None:
+        binds = []
+        for d in LIBVIRT_DIRS:
+            own = self.root / d.strip("/").replace("/", "-")
+            own.mkdir(parents=True, exist_ok=True)
+            binds.append(f"mount --bind {own} {d}")
+        # What the host's libvirtd learnt of qemu, if it ran: its capabilities (a probe of about
+        # 8 s here, before the first domain can start).
+        caps = Path("/var/cache/libvirt/qemu/capabilities")
+        if caps.is_dir():
+            mine = self.root / "var-cache-libvirt/qemu/capabilities"
+            mine.mkdir(parents=True, exist_ok=True)
+            for f in caps.glob("*.xml"):
+                (mine / f.name).write_bytes(f.read_bytes())
+        self.keeper = subprocess.Popen(
+            ["ip", "netns", "exec", self.netns, "unshare", "--mount", "--propagation", "private",
+             "sh", "-c", " && ".join(binds) + " && echo ready && exec sleep infinity"],
+            stdout=subprocess.PIPE, text=True)
+        assert self.keeper.stdout.readline().strip() == "ready", "cannot bind libvirt's dirs"
+        self.keeper.stdout.close()
+        # In the foreground (children of the test, stopped by it), pid files of their own.
+        for daemon in ("virtlogd", "libvirtd"):
+            with open(self.root / f"{daemon}.log", "ab") as log:
+                self.daemons.append(subprocess.Popen(
+                    [*self.enter(), daemon, "--pid-file", str(self.root / f"{daemon}.pid")],
+                    stdout=log, stderr=subprocess.STDOUT))
+        poll(lambda: self.virsh("version").returncode == 0 or any(
+            d.poll() is not None for d in self.daemons), timeout=30)
+        assert self.virsh("version").returncode == 0, (self.root / "libvirtd.log").read_text()
+
+    def stop(self) -> None:
+        """Every domain destroyed, the daemons stopped, then anything left in the namespace (a
+        qemu that outlived its libvirtd) killed by its pid."""
+        if self.keeper is None:
+            return
+        if self.daemons and self.daemons[-1].poll() is None:
+            listed = self.virsh("list", "--name")
+            for name in listed.stdout.split():
+                self.virsh("destroy", name)
+        for proc in reversed(self.daemons):
+            if proc.poll() is None:
+                proc.terminate()
+                if not _gone(proc, 15):
+                    proc.kill()
+                    proc.wait()
+        pids = _ip("netns", "pids", self.netns, check=False).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.keeper.kill()
+        self.keeper.wait()
+        self.keeper = None
+
+
 @dataclass
 class Agent:
     name: str
@@ -49,6 +143,7 @@ class Agent:
     labels: Dict[str, str]
     proc: Optional[subprocess.Popen] = None
     log: Optional[Path] = None
+    libvirtd: Optional[Libvirtd] = None
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log and self.log.exists() else ""
@@ -143,9 +238,11 @@ def cluster(tmp_path: Path):
         def start_agent(name: str, labels: Optional[Dict[str, str]] = None,
                         token: Optional[str] = None, wait: bool = True,
                         node_name: Optional[str] = None,
-                        data_paths: Optional[List[str]] = None, delay: float = 0.0) -> Agent:
+                        data_paths: Optional[List[str]] = None, delay: float = 0.0,
+                        libvirt: bool = False) -> Agent:
             """An agent in a namespace of its own; `delay` seconds farther from the server
-            (each way, through a relay) when asked."""
+            (each way, through a relay) when asked; with `libvirt`, its replicas are real guests
+            of a libvirtd of its own (`Libvirtd`)."""
             index = len(agents) + 2
             agent = agents.get(name)
             if agent is None:
@@ -176,7 +273,15 @@ def cluster(tmp_path: Path):
                 argv += ["--labels", label_arg]
             if data_paths:
                 argv += ["--data-paths", ",".join(data_paths)]
-            argv = ["ip", "netns", "exec", agent.netns, *hidden(client_dir, argv)]
+            if libvirt and agent.libvirtd is None:
+                agent.libvirtd = Libvirtd(root=agent.data_dir / "libvirt", netns=agent.netns)
+                agent.libvirtd.start()
+            if agent.libvirtd is not None:
+                # (No save images: networked and volume guests boot afresh anyway.)
+                argv += ["--vm-driver", "libvirt", "--vm-snapshots", "0"]
+                argv = [*agent.libvirtd.enter(), *hidden(client_dir, argv)]
+            else:
+                argv = ["ip", "netns", "exec", agent.netns, *hidden(client_dir, argv)]
             with open(agent.log, "ab") as log:
                 agent.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
             if wait:
@@ -188,6 +293,9 @@ def cluster(tmp_path: Path):
     finally:
         for a in agents.values():
             _stop(a.proc)
+        for a in agents.values():
+            if a.libvirtd is not None:
+                a.libvirtd.stop()
         _stop(server)
         for proxy in proxies:
             proxy.close()

@@ -1,6 +1,6 @@
 """Scenario 1 on the sandbox driver, through the CLI, on three agents in network namespaces: a VM
 set's replicas placed one per node, served through the server's load balancer, scaled, and
-replaced when one is killed from the host. (Real guests under libvirt are the next step.)"""
+replaced when one is killed from the host. The same with real guests: test_guests_cluster.py."""
 
 from __future__ import annotations
 
