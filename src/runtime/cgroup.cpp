@@ -251,6 +251,31 @@ CgroupManager::CgroupManager(std::string parent, fs::path root) {
 
 CgroupManager::~CgroupManager() { close(); }
 
+std::unique_ptr<InstanceCgroup> CgroupManager::existing(const std::string& name,
+                                                        std::uint64_t oom_baseline) {
+  if (mode_ == Mode::none || name.empty() || name.find('/') != std::string::npos ||
+      name.rfind("idle-", 0) == 0 || name == "." || name == "..") {
+    return nullptr;
+  }
+  auto dirs = dirs_named(name);
+  for (const auto& d : dirs) {
+    struct stat st {};
+    if (::lstat(d.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) return nullptr;
+  }
+  return std::make_unique<InstanceCgroup>(mode_ == Mode::v2, std::move(dirs), oom_baseline);
+}
+
+std::vector<std::string> CgroupManager::names(const std::string& prefix) const {
+  std::vector<std::string> out;
+  if (mode_ == Mode::none) return out;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(memory_parent_, ec)) {
+    std::string name = entry.path().filename().string();
+    if (name.rfind(prefix, 0) == 0 && entry.is_directory(ec)) out.push_back(std::move(name));
+  }
+  return out;
+}
+
 std::vector<fs::path> CgroupManager::dirs_named(const std::string& name) const {
   std::vector<fs::path> dirs{memory_parent_ / name};
   if (!pids_parent_.empty()) dirs.push_back(pids_parent_ / name);

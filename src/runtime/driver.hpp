@@ -72,6 +72,10 @@ struct SandboxOptions {
   // host belongs to. Used when the agent is root.
   std::uint32_t uid_base = 1'900'000'000;
   std::uint32_t uid_count = 65'536;
+  // VM replicas may outlive the agent as guests do (Replica::outlives_agent; a joined agent's):
+  // started so (no PR_SET_PDEATHSIG, consoles the next agent reopens, a kept record), left
+  // running by detach() and taken back by the next driver's adopt() on the same work_dir.
+  bool keep_replicas = false;
 };
 
 std::unique_ptr<Driver> make_sandbox_driver(SandboxOptions options);
