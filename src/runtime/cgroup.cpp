@@ -195,7 +195,8 @@ void InstanceCgroup::remove() {
   dirs_.clear();
 }
 
-CgroupManager::CgroupManager(std::string parent, fs::path root) {
+CgroupManager::CgroupManager(std::string parent, fs::path root, std::string spared)
+    : spared_(std::move(spared)) {
   while (!parent.empty() && parent.front() == '/') parent.erase(0, 1);
   if (parent.empty()) parent = "blixard";
   struct statfs st {};
@@ -483,7 +484,8 @@ void CgroupManager::adopt_stale() {
   // Instance groups ("<function>-PID-N") of an agent that died (kill -9): its instances died with
   // it (their PID namespaces' init got SIGKILL), their groups stay. Removed, and anything left in
   // them killed.
-  auto dead_instance = [](const std::string& name) {
+  auto dead_instance = [this](const std::string& name) {
+    if (!spared_.empty() && name.rfind(spared_, 0) == 0) return false;
     const auto last = name.rfind('-');
     if (last == std::string::npos || last == 0 || name.rfind("idle-", 0) == 0) return false;
     const auto before = name.rfind('-', last - 1);

@@ -61,7 +61,10 @@ class CgroupManager {
  public:
   enum class Mode { none, v1, v2 };
   // `parent`: relative path under the hierarchy root(s); empty means "blixard".
-  explicit CgroupManager(std::string parent, std::filesystem::path root = "/sys/fs/cgroup");
+  // `spared`: a prefix of group names a gone agent's instances left that are not removed at start
+  // (VM replicas that outlive their agent, which its successor takes back or kills).
+  explicit CgroupManager(std::string parent, std::filesystem::path root = "/sys/fs/cgroup",
+                         std::string spared = {});
   // Removes the idle groups (close()).
   ~CgroupManager();
   CgroupManager(const CgroupManager&) = delete;
@@ -122,6 +125,7 @@ class CgroupManager {
 
   mutable std::mutex mutex_;
   std::vector<Idle> idle_;  // most recently released last: its cache is the warmest
+  std::string spared_;
   bool closed_ = false;
 };
 

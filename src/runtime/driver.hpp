@@ -38,8 +38,7 @@ class Driver {
   }
   // Takes back the replicas an earlier agent's driver on this node left running (its guests
   // outlive the agent), each with `on_log` and `on_exit` as its callbacks; destroys the rest of
-  // what it left. Once, before the first start_replica. Default: none taken back (a sandboxed
-  // replica dies with its agent).
+  // what it left. Once, before the first start_replica. Default: none taken back.
   virtual std::vector<AdoptedReplica> adopt(
       const ReplicaOptions::LogCallback& on_log,
       const std::function<void(const ReplicaExit&)>& on_exit) {

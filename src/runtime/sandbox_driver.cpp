@@ -334,7 +334,10 @@ class SandboxHandle final : public Instance {
 class SandboxDriver final : public Driver {
  public:
   explicit SandboxDriver(SandboxOptions options)
-      : options_(std::move(options)), cgroups_(options_.cgroup_parent) {
+      : options_(std::move(options)),
+        replica_prefix_(replica_prefix(options_)),
+        cgroups_(options_.cgroup_parent, "/sys/fs/cgroup",
+                 options_.keep_replicas ? replica_prefix_ : "") {
     std::error_code ec;
     options_.work_dir = fs::absolute(options_.work_dir);
     fs::create_directories(options_.work_dir / "instances", ec);
@@ -343,8 +346,6 @@ class SandboxDriver final : public Driver {
                                          ": " + ec.message());
     }
     if (options_.keep_replicas) {
-      // Hashed work dir: another agent's replicas on the same cgroup parent are never ours.
-      replica_prefix_ = "vm-" + work_dir_hash() + "-";
       make_private_dir(kept_dir());
       make_private_dir(consoles_dir());
     }
@@ -841,11 +842,15 @@ class SandboxDriver final : public Driver {
 
   fs::path kept_dir() const { return options_.work_dir / "kept"; }
   fs::path consoles_dir() const { return options_.work_dir / "consoles"; }
-  std::string work_dir_hash() const {
+  // Of its replicas' roots and cgroups: with a hash of the work dir where they may outlive the
+  // agent, so that another agent's on the same cgroup parent are never taken for its own.
+  static std::string replica_prefix(const SandboxOptions& options) {
+    if (!options.keep_replicas) return "vm-";
     std::array<char, 9> hex{};
-    std::snprintf(hex.data(), hex.size(), "%08x",
-                  static_cast<unsigned>(std::hash<std::string>{}(options_.work_dir.string())));
-    return hex.data();
+    std::snprintf(
+        hex.data(), hex.size(), "%08x",
+        static_cast<unsigned>(std::hash<std::string>{}(fs::absolute(options.work_dir).string())));
+    return "vm-" + std::string(hex.data()) + "-";
   }
   // The agent's own directory, no one else's to read or to plant anything in (a symlink, say).
   static void make_private_dir(const fs::path& dir) {
@@ -892,7 +897,7 @@ class SandboxDriver final : public Driver {
     for (const auto& entry : fs::directory_iterator(options_.work_dir / "instances", ec)) {
       const std::string name = entry.path().filename().string();
       // An earlier agent's replica may run on it still: adopt() decides.
-      if (!replica_prefix_.empty() && name.rfind(replica_prefix_, 0) == 0) continue;
+      if (options_.keep_replicas && name.rfind(replica_prefix_, 0) == 0) continue;
       const auto last = name.rfind('-');
       const auto before = last == std::string::npos ? last : name.rfind('-', last - 1);
       if (before == std::string::npos) continue;
@@ -973,6 +978,7 @@ class SandboxDriver final : public Driver {
   }
 
   SandboxOptions options_;
+  std::string replica_prefix_;  // replica_prefix()
   CgroupManager cgroups_;
   std::string python_;
   std::string seccomp_ = instance_seccomp_filter();
@@ -989,7 +995,6 @@ class SandboxDriver final : public Driver {
   std::condition_variable drained_;
   std::set<SandboxInstance*> live_;
   std::vector<std::weak_ptr<Replica>> replicas_;  // VM replicas started, for shutdown()
-  std::string replica_prefix_ = "vm-";             // of its replicas' roots and cgroups
   std::size_t threads_ = 0;
 };
 

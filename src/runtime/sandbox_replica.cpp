@@ -79,7 +79,8 @@ bool in_cgroup(int pid, const std::string& name) {
   std::ifstream in("/proc/" + std::to_string(pid) + "/cgroup");
   const std::string tail = "/" + name;
   for (std::string line; std::getline(in, line);) {
-    if (line.size() >= tail.size() && line.compare(line.size() - tail.size(), tail.size(), tail) == 0)
+    if (line.size() >= tail.size() &&
+        line.compare(line.size() - tail.size(), tail.size(), tail) == 0)
       return true;
   }
   return false;
@@ -255,11 +256,11 @@ class SandboxReplica final : public Replica, public std::enable_shared_from_this
   pid_t pid_ = -1;
   std::chrono::microseconds started_in_{0};
   bool thread_started_ = false;
-  bool keep_ = false;         // it may outlive its agent (SandboxReplicaContext::kept_dir)
-  bool taken_back_ = false;   // from an earlier agent: not this process's child
+  bool keep_ = false;        // it may outlive its agent (SandboxReplicaContext::kept_dir)
+  bool taken_back_ = false;  // from an earlier agent: not this process's child
   std::uint64_t start_time_ = 0;
   std::array<ConsoleFifo, 2> files_;  // keepable: its stdout and stderr
-  UniqueFd wake_;                      // keepable: leave() wakes its thread
+  UniqueFd wake_;                     // keepable: leave() wakes its thread
   std::atomic<bool> left_{false};
 
   mutable std::mutex mutex_;
@@ -603,14 +604,16 @@ bool SandboxReplica::watch_files() {
       if (leaving_) return true;
     }
     bool open = false;
-    for (std::size_t i = 0; i < 2; ++i) open = (p[i].revents == 0 ? files_[i].fd.get() >= 0 : drain(i)) || open;
+    for (std::size_t i = 0; i < 2; ++i)
+      open = (p[i].revents == 0 ? files_[i].fd.get() >= 0 : drain(i)) || open;
     // Ended: every writer gone, or its init (its namespace's processes die with it).
     if (!open) return false;
     if (p[2].revents != 0) {
       drain(0);
       drain(1);
       for (auto& f : files_) {
-        if (!f.partial.empty()) line(&f == files_.data() ? "stdout" : "stderr", std::exchange(f.partial, {}));
+        if (!f.partial.empty())
+          line(&f == files_.data() ? "stdout" : "stderr", std::exchange(f.partial, {}));
       }
       return false;
     }
@@ -689,21 +692,30 @@ void SandboxReplica::take_back(const v1::KeptReplica& kept) {
   // Held first, checked second, and still alive third: a pid checked and then opened could name
   // another process by then, and one that ended meanwhile may have freed its pid for another.
   if (pid > 1) pidfd_.reset(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
-  if (pidfd_.get() < 0) throw Error(errc::not_found, "its process " + std::to_string(pid) + " is gone");
+  if (pidfd_.get() < 0)
+    throw Error(errc::not_found, "its process " + std::to_string(pid) + " is gone");
   const std::string cgroup = kept.cgroup();
-  const bool same = kept.start_time() != 0 && process_start_time(pid) == kept.start_time() &&
-                    (cgroup.empty() || in_cgroup(pid, cgroup)) &&
-                    ::syscall(SYS_pidfd_send_signal, pidfd_.get(), 0, nullptr, 0) == 0;
-  if (!same) {
+  std::string other;
+  if (const auto started = process_start_time(pid);
+      kept.start_time() == 0 || started != kept.start_time()) {
+    other = "started at " + std::to_string(started) + ", not " + std::to_string(kept.start_time());
+  } else if (!cgroup.empty() && !in_cgroup(pid, cgroup)) {
+    other = "not in cgroup " + cgroup;
+  } else if (::syscall(SYS_pidfd_send_signal, pidfd_.get(), 0, nullptr, 0) != 0) {
+    other = "ended meanwhile";
+  }
+  if (!other.empty()) {
     pidfd_.reset();
-    throw Error(errc::not_found, "pid " + std::to_string(pid) + " is another process now");
+    throw Error(errc::not_found,
+                "pid " + std::to_string(pid) + " is another process now (" + other + ")");
   }
   pid_ = pid;
   start_time_ = kept.start_time();
   taken_back_ = true;
   try {
     if (!cgroup.empty()) {
-      if (context_.cgroups != nullptr) cgroup_ = context_.cgroups->existing(cgroup, kept.oom_baseline());
+      if (context_.cgroups != nullptr)
+        cgroup_ = context_.cgroups->existing(cgroup, kept.oom_baseline());
       if (!cgroup_) throw Error(errc::unavailable, "its cgroup " + cgroup + " is gone");
     }
     wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -755,8 +767,8 @@ void SandboxReplica::run() {
          errno == EINTR) {
   }
   if (taken_back_) {
-    status_known = ::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd_.get()),
-                            &info, WEXITED | WNOHANG) == 0 &&
+    status_known = ::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd_.get()), &info,
+                            WEXITED | WNOHANG) == 0 &&
                    info.si_pid != 0;
   }
   bool oom = false;
@@ -778,8 +790,9 @@ void SandboxReplica::run() {
   exit.replica = options_.name;
   exit.oom = oom;
   exit.reason = oom ? "ran out of memory (" + std::to_string(options_.spec.memory_mib()) + " MiB)"
-                : status_known ? describe_exit(info)
-                               : "ended (taken back from an earlier agent: its exit status is not known)";
+                : status_known
+                    ? describe_exit(info)
+                    : "ended (taken back from an earlier agent: its exit status is not known)";
   bool was_ready = false;
   {
     std::lock_guard lock(mutex_);

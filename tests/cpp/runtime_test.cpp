@@ -26,12 +26,12 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/strand.hpp>
 
+#include "blixard/v1/agent.pb.h"
 #include "runtime/accel.hpp"
 #include "runtime/cgroup.hpp"
 #include "runtime/driver.hpp"
 #include "runtime/embedded.hpp"
 #include "runtime/frame.hpp"
-#include "blixard/v1/agent.pb.h"
 #include "test_support.hpp"
 
 namespace fs = std::filesystem;
@@ -854,9 +854,7 @@ class KeptReplicaTest : public SandboxTest {
     const auto close = stat.rfind(')');
     return close != std::string::npos && close + 2 < stat.size() && stat[close + 2] != 'Z';
   }
-  fs::path record(const std::string& replica) const {
-    return work_ / "kept" / (replica + ".pb");
-  }
+  fs::path record(const std::string& replica) const { return work_ / "kept" / (replica + ".pb"); }
 };
 
 TEST_F(KeptReplicaTest, ALeftReplicaIsTakenBackByTheNextDriverThenStopped) {
