@@ -517,7 +517,7 @@ class SandboxDriver final : public Driver {
     std::set<fs::path> roots;     // their roots' directories
     std::error_code ec;
     for (const auto& entry : fs::directory_iterator(kept_dir(), ec)) {
-      const fs::path path = entry.path();
+      const fs::path& path = entry.path();
       if (path.extension() != ".pb") continue;
       v1::KeptReplica record;
       if (!read_record(path, record)) {

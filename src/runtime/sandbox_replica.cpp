@@ -142,7 +142,7 @@ class SandboxReplica final : public Replica, public std::enable_shared_from_this
   }
   bool outlives_agent() const override {
     std::lock_guard lock(mutex_);
-    return keep_ && state_ == State::ready;
+    return keep_ && state_ == State::ready && !primary();
   }
   void adopted(std::int64_t epoch) override {
     {
@@ -156,7 +156,10 @@ class SandboxReplica final : public Replica, public std::enable_shared_from_this
   bool leave() {
     {
       std::lock_guard lock(mutex_);
-      if (!keep_ || state_ != State::ready || exiting_ || kill_requested_ || leaving_) return false;
+      if (!keep_ || state_ != State::ready || exiting_ || kill_requested_ || leaving_ ||
+          primary()) {
+        return false;
+      }
       leaving_ = true;
     }
     const std::uint64_t one = 1;
@@ -231,6 +234,9 @@ class SandboxReplica final : public Replica, public std::enable_shared_from_this
   // Its thread's end when it is left running (leave()).
   void left();
   void keep_record() const;
+  // Started under its set's fencing epoch: never kept (its set fails over at once, and the fence
+  // watchdog kills it should the agent die).
+  bool primary() const { return options_.volume && options_.volume->writer_epoch() > 0; }
   std::string cgroup_name() const {
     return context_.cgroup_name.empty() ? context_.root.filename().string() : context_.cgroup_name;
   }
@@ -560,7 +566,7 @@ void SandboxReplica::launch() {
     throw Error(errc::handler_failed,
                 "replica " + options_.name + " " + gone + " as it became ready" + tail_.describe());
   }
-  if (keep_) keep_record();
+  if (keep_ && !primary()) keep_record();
 }
 
 bool SandboxReplica::drain(std::size_t which) {
@@ -694,7 +700,7 @@ void SandboxReplica::take_back(const v1::KeptReplica& kept) {
   if (pid > 1) pidfd_.reset(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
   if (pidfd_.get() < 0)
     throw Error(errc::not_found, "its process " + std::to_string(pid) + " is gone");
-  const std::string cgroup = kept.cgroup();
+  const std::string& cgroup = kept.cgroup();
   std::string other;
   if (const auto started = process_start_time(pid);
       kept.start_time() == 0 || started != kept.start_time()) {

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -13,6 +14,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -952,6 +954,43 @@ TEST_F(KeptReplicaTest, ARecordNamingAReusedPidIsNotAdoptedAndNothingIsKilledByP
   EXPECT_FALSE(fs::exists(record("web-k3")));
   ::kill(other, SIGKILL);
   ::waitpid(other, nullptr, 0);
+}
+
+TEST_F(KeptReplicaTest, AReplicaOnANetworkIsRelayedOnItsHostPortAgainOnceTakenBack) {
+  // This thread (and the drivers' threads it starts) in a network namespace of its own.
+  if (::geteuid() != 0 || ::unshare(CLONE_NEWNET) != 0) {
+    GTEST_SKIP() << "VM networks need root (a network namespace, bridges, veth pairs)";
+  }
+  ASSERT_EQ(std::system("ip link set lo up"), 0);
+  ReplicaEvents first;
+  auto spec = http_replica_spec(token_);
+  spec.set_command(2,
+                   "import http.server as h, os, signal, sys\n"
+                   "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+                   "h.HTTPServer(('', int(os.environ['PORT'])), "
+                   "h.SimpleHTTPRequestHandler).serve_forever()\n");
+  auto options = first.options("web-k5", spec);
+  v1::NetworkAttachment network;
+  network.set_network("keep");
+  network.set_subnet("10.79.0.0/24");
+  network.set_address("10.79.0.2");
+  options.network = network;
+  auto replica = driver_->start_replica(options);
+  const auto port = replica->ports().at(8080);
+  EXPECT_THAT(get(port), HasSubstr("200"));
+  driver_->detach();
+  replica.reset();
+  driver_.reset();
+  EXPECT_EQ(get(port), "");  // its relay went with the agent
+  driver_ = make_driver();
+  ReplicaEvents second;
+  auto adopted = driver_->adopt(second.options("", {}).on_log, second.options("", {}).on_exit);
+  ASSERT_EQ(adopted.size(), 1U);
+  EXPECT_EQ(adopted[0].replica->ports().at(8080), port);
+  EXPECT_THAT(get(port), HasSubstr("200"));  // relayed again, on the same host port
+  adopted[0].replica->stop(std::chrono::seconds(5));
+  ASSERT_TRUE(second.wait_exit());
+  EXPECT_EQ(get(port), "");
 }
 
 TEST_F(KeptReplicaTest, ShutdownStillKillsAKeepableReplica) {

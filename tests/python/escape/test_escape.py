@@ -332,7 +332,11 @@ def test_attacks_from_a_guest_restored_from_a_snapshot_do_not_reach_the_host(gue
 # ---- a VM replica that outlives its agent (a joined agent's sandbox driver, docs/vms.md) ----
 
 KEPT_RUNNER = """
-import json, os, time
+import json, os, socket, threading, time
+s = socket.socket()
+s.bind(("127.0.0.1", int(os.environ["PORT"])))
+s.listen()
+threading.Thread(target=lambda: [s.accept()[0].close() for _ in iter(int, 1)], daemon=True).start()
 rounds = 0
 while True:
     rounds += 1
