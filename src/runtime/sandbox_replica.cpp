@@ -6,7 +6,6 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/eventfd.h>
-
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -80,8 +79,9 @@ bool in_cgroup(int pid, const std::string& name) {
   const std::string tail = "/" + name;
   for (std::string line; std::getline(in, line);) {
     if (line.size() >= tail.size() &&
-        line.compare(line.size() - tail.size(), tail.size(), tail) == 0)
+        line.compare(line.size() - tail.size(), tail.size(), tail) == 0) {
       return true;
+    }
   }
   return false;
 }
@@ -228,7 +228,7 @@ class SandboxReplica final : public Replica, public std::enable_shared_from_this
   void run();
   // Keepable: reads the console FIFOs until the process ends (false) or the replica is left for
   // the next agent (true).
-  bool watch_files();
+  bool watch_console();
   // Reads what the FIFO holds; false at its end (every writer gone).
   bool drain(std::size_t which);
   // Its thread's end when it is left running (leave()).
@@ -598,7 +598,7 @@ bool SandboxReplica::drain(std::size_t which) {
   }
 }
 
-bool SandboxReplica::watch_files() {
+bool SandboxReplica::watch_console() {
   for (;;) {
     std::array<pollfd, 4> p{{{files_[0].fd.get(), POLLIN, 0},
                              {files_[1].fd.get(), POLLIN, 0},
@@ -610,16 +610,16 @@ bool SandboxReplica::watch_files() {
       if (leaving_) return true;
     }
     bool open = false;
-    for (std::size_t i = 0; i < 2; ++i)
+    for (std::size_t i = 0; i < 2; ++i) {
       open = (p[i].revents == 0 ? files_[i].fd.get() >= 0 : drain(i)) || open;
+    }
     // Ended: every writer gone, or its init (its namespace's processes die with it).
     if (!open) return false;
     if (p[2].revents != 0) {
-      drain(0);
-      drain(1);
-      for (auto& f : files_) {
-        if (!f.partial.empty())
-          line(&f == files_.data() ? "stdout" : "stderr", std::exchange(f.partial, {}));
+      const std::array<const char*, 2> streams{"stdout", "stderr"};
+      for (std::size_t i = 0; i < 2; ++i) {
+        drain(i);
+        if (!files_[i].partial.empty()) line(streams[i], std::exchange(files_[i].partial, {}));
       }
       return false;
     }
@@ -752,7 +752,7 @@ void SandboxReplica::take_back(const v1::KeptReplica& kept) {
 
 void SandboxReplica::run() {
   if (keep_) {
-    if (watch_files()) {
+    if (watch_console()) {
       left();
       return;
     }
