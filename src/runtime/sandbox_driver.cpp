@@ -489,6 +489,16 @@ class SandboxDriver final : public Driver {
     if (options_.keep_replicas) {
       context.kept_dir = kept_dir();
       context.consoles = consoles_dir();
+      // Reached by shutdown() while it starts: it does not die with the agent's thread.
+      context.spawned = [this](const std::shared_ptr<Replica>& replica) {
+        bool kill = false;
+        {
+          std::lock_guard lock(mutex_);
+          replicas_.push_back(replica);
+          kill = shut_down_;
+        }
+        if (kill) replica->kill();
+      };
     }
     if (cgroups_.mode() != CgroupManager::Mode::none) context.cgroups = &cgroups_;
     context.seccomp = &seccomp_;
@@ -543,6 +553,13 @@ class SandboxDriver final : public Driver {
       options.epoch = record.assignment().epoch();
       options.on_log = on_log;
       options.on_exit = on_exit;
+      if (!record.adoptable()) {
+        // Still starting when its agent ended, or a primary: never taken back.
+        if (kill_kept_process(record)) {
+          spdlog::info("sandbox: killed replica {} an earlier agent left unready", name);
+        }
+        continue;
+      }
       SandboxReplicaContext context = replica_context(record.root());
       context.cgroup_name = record.cgroup();
       try {

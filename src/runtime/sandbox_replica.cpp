@@ -97,6 +97,34 @@ bool write_all(int fd, const std::string& data) {
   return true;
 }
 
+// The process a record names, held as a pidfd: opened first, checked second (its start time, its
+// cgroup), and still alive third, since a pid checked and then opened could name another
+// process by then, and one that ended meanwhile may have freed its pid for another. An invalid
+// fd, and why, when the pid is not (or no longer) the record's process.
+UniqueFd hold_kept_process(const v1::KeptReplica& kept, std::string* why) {
+  const int pid = kept.pid();
+  UniqueFd fd;
+  if (pid > 1) fd.reset(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+  if (fd.get() < 0) {
+    *why = "its process " + std::to_string(pid) + " is gone";
+    return fd;
+  }
+  std::string other;
+  if (const auto started = process_start_time(pid);
+      kept.start_time() == 0 || started != kept.start_time()) {
+    other = "started at " + std::to_string(started) + ", not " + std::to_string(kept.start_time());
+  } else if (!kept.cgroup().empty() && !in_cgroup(pid, kept.cgroup())) {
+    other = "not in cgroup " + kept.cgroup();
+  } else if (::syscall(SYS_pidfd_send_signal, fd.get(), 0, nullptr, 0) != 0) {
+    other = "ended meanwhile";
+  }
+  if (!other.empty()) {
+    *why = "pid " + std::to_string(pid) + " is another process now (" + other + ")";
+    fd.reset();
+  }
+  return fd;
+}
+
 // Whether process `pid` has a handler for `sig` (SigCgt in its status).
 bool catches(pid_t pid, int sig) {
   std::ifstream status("/proc/" + std::to_string(pid) + "/status");
@@ -150,7 +178,7 @@ class SandboxReplica final : public Replica, public std::enable_shared_from_this
       if (state_ != State::ready) return;
       options_.epoch = epoch;
     }
-    keep_record();
+    keep_record(!primary());
   }
   // leave_sandbox_replica().
   bool leave() {
@@ -233,7 +261,8 @@ class SandboxReplica final : public Replica, public std::enable_shared_from_this
   bool drain(std::size_t which);
   // Its thread's end when it is left running (leave()).
   void left();
-  void keep_record() const;
+  // `adoptable`: ready and no primary (KeptReplica.adoptable).
+  void keep_record(bool adoptable) const;
   // Started under its set's fencing epoch: never kept (its set fails over at once, and the fence
   // watchdog kills it should the agent die).
   bool primary() const { return options_.volume && options_.volume->writer_epoch() > 0; }
@@ -502,6 +531,12 @@ void SandboxReplica::launch() {
     std::rethrow_exception(spawn_error);
   }
   thread_started_ = true;
+  if (keep_) {
+    // From now on the next agent kills it should this one end before it is ready (no
+    // PR_SET_PDEATHSIG does).
+    keep_record(false);
+    if (context_.spawned) context_.spawned(shared_from_this());
+  }
   if (options_.network) {
     // Its interface on the network, then the host ports: set up while it starts (a workload
     // binding 0.0.0.0 at once is served; one connecting out in its first milliseconds may not be).
@@ -566,7 +601,7 @@ void SandboxReplica::launch() {
     throw Error(errc::handler_failed,
                 "replica " + options_.name + " " + gone + " as it became ready" + tail_.describe());
   }
-  if (keep_ && !primary()) keep_record();
+  if (keep_) keep_record(!primary());
 }
 
 bool SandboxReplica::drain(std::size_t which) {
@@ -646,7 +681,7 @@ void SandboxReplica::left() {
   if (context_.done) context_.done();
 }
 
-void SandboxReplica::keep_record() const {
+void SandboxReplica::keep_record(bool adoptable) const {
   v1::KeptReplica kept;
   std::string cgroup;
   std::uint64_t baseline = 0;
@@ -672,6 +707,7 @@ void SandboxReplica::keep_record() const {
   kept.set_cgroup(cgroup);
   kept.set_oom_baseline(baseline);
   kept.set_root(context_.root.string());
+  kept.set_adoptable(adoptable);
   // Written aside and renamed: a reader sees the whole record or none. Root's only, in the
   // agent's own directory (the spec's environment is in it, and the next agent acts on it).
   const fs::path record = record_path();
@@ -695,26 +731,10 @@ void SandboxReplica::take_back(const v1::KeptReplica& kept) {
   // once what runs on it is killed).
   left_ = true;
   const int pid = kept.pid();
-  // Held first, checked second, and still alive third: a pid checked and then opened could name
-  // another process by then, and one that ended meanwhile may have freed its pid for another.
-  if (pid > 1) pidfd_.reset(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
-  if (pidfd_.get() < 0)
-    throw Error(errc::not_found, "its process " + std::to_string(pid) + " is gone");
+  std::string why;
+  pidfd_ = hold_kept_process(kept, &why);
+  if (pidfd_.get() < 0) throw Error(errc::not_found, why);
   const std::string& cgroup = kept.cgroup();
-  std::string other;
-  if (const auto started = process_start_time(pid);
-      kept.start_time() == 0 || started != kept.start_time()) {
-    other = "started at " + std::to_string(started) + ", not " + std::to_string(kept.start_time());
-  } else if (!cgroup.empty() && !in_cgroup(pid, cgroup)) {
-    other = "not in cgroup " + cgroup;
-  } else if (::syscall(SYS_pidfd_send_signal, pidfd_.get(), 0, nullptr, 0) != 0) {
-    other = "ended meanwhile";
-  }
-  if (!other.empty()) {
-    pidfd_.reset();
-    throw Error(errc::not_found,
-                "pid " + std::to_string(pid) + " is another process now (" + other + ")");
-  }
   pid_ = pid;
   start_time_ = kept.start_time();
   taken_back_ = true;
@@ -838,6 +858,12 @@ std::shared_ptr<Replica> adopt_sandbox_replica(const v1::KeptReplica& record,
   auto replica = std::make_shared<SandboxReplica>(options, std::move(context));
   replica->adopt(record);
   return replica;
+}
+
+bool kill_kept_process(const v1::KeptReplica& record) {
+  std::string why;
+  const UniqueFd fd = hold_kept_process(record, &why);
+  return fd.get() >= 0 && ::syscall(SYS_pidfd_send_signal, fd.get(), SIGKILL, nullptr, 0) == 0;
 }
 
 bool leave_sandbox_replica(Replica& replica) {

@@ -33,6 +33,9 @@ struct SandboxReplicaContext {
   // `kept_dir`/<name>.pb (KeptReplica). Both directories are the root agent's only.
   std::filesystem::path kept_dir, consoles;
   std::string cgroup_name;  // its cgroup's name (empty: root's file name)
+  // Called once its process exists, before it is ready: the driver's shutdown() must reach a
+  // replica still starting (it does not die with the agent).
+  std::function<void(const std::shared_ptr<Replica>&)> spawned;
 };
 
 // Starts the replica and returns once it is ready. Throws Error(invalid_spec) for a spec it
@@ -50,6 +53,10 @@ std::shared_ptr<Replica> start_sandbox_replica(const ReplicaOptions& options,
 std::shared_ptr<Replica> adopt_sandbox_replica(const v1::KeptReplica& record,
                                                const ReplicaOptions& options,
                                                SandboxReplicaContext context);
+
+// Kills the process a record names (one not to take back: KeptReplica.adoptable unset), once
+// it is proven to be that process (as adopt_sandbox_replica checks it); true if it was.
+bool kill_kept_process(const v1::KeptReplica& record);
 
 // Leaves a ready replica that may outlive its agent (Replica::outlives_agent) running for the
 // next agent: stops watching it without killing it, its record and console kept. Returns false,

@@ -993,6 +993,31 @@ TEST_F(KeptReplicaTest, AReplicaOnANetworkIsRelayedOnItsHostPortAgainOnceTakenBa
   EXPECT_EQ(get(port), "");
 }
 
+TEST_F(KeptReplicaTest, AReplicaLeftUnreadyIsKilledNotTakenBack) {
+  ReplicaEvents first;
+  const int pid =
+      driver_->start_replica(first.options("web-k6", http_replica_spec(token_)))->fence_pid();
+  driver_->detach();
+  driver_.reset();
+  // As its record reads when its agent ended before it was ready (or when it is a primary).
+  v1::KeptReplica kept;
+  {
+    std::ifstream in(record("web-k6"), std::ios::binary);
+    ASSERT_TRUE(kept.ParseFromIstream(&in));
+  }
+  EXPECT_TRUE(kept.adoptable());
+  kept.set_adoptable(false);
+  {
+    std::ofstream out(record("web-k6"), std::ios::binary | std::ios::trunc);
+    ASSERT_TRUE(kept.SerializeToOstream(&out));
+  }
+  ASSERT_TRUE(running(pid));
+  driver_ = make_driver();
+  EXPECT_TRUE(driver_->adopt({}, {}).empty());
+  EXPECT_TRUE(eventually([&] { return !running(pid); }));
+  EXPECT_FALSE(fs::exists(record("web-k6")));
+}
+
 TEST_F(KeptReplicaTest, ShutdownStillKillsAKeepableReplica) {
   ReplicaEvents events;
   auto replica = driver_->start_replica(events.options("web-k4", http_replica_spec(token_)));

@@ -8,9 +8,14 @@ up: it kills them, and the set's replicas start afresh."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import sys
+import threading
+import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -20,7 +25,6 @@ import blixard
 
 from blixard.cli import find_agent
 from conftest import _stop, poll
-from test_agent_restart import Poller, Setup, get
 
 MARK = f"e2e-keep-{uuid.uuid4().hex[:12]}"
 
@@ -52,7 +56,28 @@ command:
 """
 
 
-class SandboxSetup(Setup):
+class Setup:
+    """A server (no node of its own) and one agent joined to it with the sandbox driver."""
+
+    def __init__(self, tmp_path: Path):
+        self.tmp = tmp_path
+        self.server: subprocess.Popen | None = None
+        self.agent: subprocess.Popen | None = None
+        self.address = self.token = ""
+
+    def start_server(self) -> None:
+        data = self.tmp / "server"
+        data.mkdir()
+        with open(data / "server.log", "wb") as log:
+            self.server = subprocess.Popen(
+                [find_agent(), "--server", "--no-local-node", "--listen", "127.0.0.1:0",
+                 "--data-dir", str(data), "--node-lease", "8s"],
+                stdout=log, stderr=subprocess.STDOUT)
+        state = data / "server.json"
+        poll(lambda: state.exists() or self.server.poll() is not None, 30)
+        info = json.loads(state.read_text())
+        self.address, self.token = info["address"], info["token"]
+
     def start_agent(self) -> None:
         data = self.tmp / "agent"
         data.mkdir(exist_ok=True)
@@ -62,12 +87,57 @@ class SandboxSetup(Setup):
                  "--data-dir", str(data)],
                 stdout=log, stderr=subprocess.STDOUT)
 
+    def agent_log(self) -> str:
+        return (self.tmp / "agent" / "agent.log").read_text(errors="replace")
+
+    def server_log(self) -> str:
+        return (self.tmp / "server" / "server.log").read_text(errors="replace")
+
+    def client(self) -> blixard.Cluster:
+        return blixard.connect(self.address, token=self.token)
+
+    def cli(self, *args: str) -> str:
+        env = dict(os.environ, BLIXARD_ADDR=self.address, BLIXARD_TOKEN=self.token)
+        out = subprocess.run([sys.executable, "-m", "blixard", *args], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr + out.stdout
+        return out.stdout
+
+    def phase(self) -> str:
+        return next((n.get("status", {}).get("phase", "") for n in self.client().nodes()
+                     if n["metadata"]["name"] == "n1"), "")
+
+    def status(self) -> dict:
+        return json.loads(self.cli("vm", "status", "web", "-o", "json"))["status"]
+
+
+def get(address: str) -> str:
+    with urllib.request.urlopen(f"http://{address}/", timeout=5) as r:
+        return r.read().decode()
+
+
+class Poller(threading.Thread):
+    """GETs the balancer until stopped, counting answers and failures."""
+
+    def __init__(self, address: str):
+        super().__init__(daemon=True)
+        self.address, self.stop, self.ok, self.failed = address, threading.Event(), 0, []
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                assert get(self.address) == "kept"
+                self.ok += 1
+            except Exception as e:  # noqa: BLE001 - every failure counts
+                self.failed.append(repr(e))
+            time.sleep(0.05)
+
 
 @pytest.fixture
 def setup(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("the sandbox's replicas need a root agent")
-    s = SandboxSetup(tmp_path)
+    s = Setup(tmp_path)
     try:
         s.start_server()
         s.start_agent()
@@ -105,14 +175,14 @@ def replicas() -> dict[str, int]:
 def hits(setup, after: int = 0) -> dict[str, int]:
     """How many `hit` console lines of each replica the server holds past sequence `after`."""
     count: dict[str, int] = {}
-    for line in blixard.connect(setup.address, token=setup.token).vm("web").logs(after=after):
+    for line in setup.client().vm("web").logs(after=after):
         if line["text"].startswith("hit "):
             count[line["instance"]] = count.get(line["instance"], 0) + 1
     return count
 
 
 def last_sequence(setup) -> int:
-    lines = list(blixard.connect(setup.address, token=setup.token).vm("web").logs())
+    lines = list(setup.client().vm("web").logs())
     return max((line["sequence"] for line in lines), default=0)
 
 
