@@ -195,7 +195,7 @@ void InstanceCgroup::remove() {
   dirs_.clear();
 }
 
-CgroupManager::CgroupManager(std::string parent, fs::path root, std::string spared)
+CgroupManager::CgroupManager(std::string parent, const fs::path& root, std::string spared)
     : spared_(std::move(spared)) {
   while (!parent.empty() && parent.front() == '/') parent.erase(0, 1);
   if (parent.empty()) parent = "blixard";

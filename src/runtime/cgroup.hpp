@@ -63,7 +63,7 @@ class CgroupManager {
   // `parent`: relative path under the hierarchy root(s); empty means "blixard".
   // `spared`: a prefix of group names a gone agent's instances left that are not removed at start
   // (VM replicas that outlive their agent, which its successor takes back or kills).
-  explicit CgroupManager(std::string parent, std::filesystem::path root = "/sys/fs/cgroup",
+  explicit CgroupManager(std::string parent, const std::filesystem::path& root = "/sys/fs/cgroup",
                          std::string spared = {});
   // Removes the idle groups (close()).
   ~CgroupManager();
