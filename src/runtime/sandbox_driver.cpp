@@ -574,7 +574,8 @@ class SandboxDriver final : public Driver {
       }
     }
     // The rest an earlier driver left: its replicas not taken back (not ready yet, unreadable
-    // records, gone), killed by their cgroups, never by a pid; then their files.
+    // records, a pid that is another process's now), killed by their cgroups, never by an
+    // unproven pid; then their files.
     if (cgroups_.mode() != CgroupManager::Mode::none) {
       for (const auto& name : cgroups_.names(replica_prefix_)) {
         if (taken.count(name) != 0) continue;
