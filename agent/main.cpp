@@ -323,6 +323,8 @@ int run_joined(const Args& args, const std::shared_ptr<spdlog::logger>& logger,
     blixard::runtime::SandboxOptions sandbox;
     sandbox.work_dir = args.data_dir / "instances";
     sandbox.python = args.python;
+    // Its VM replicas outlive it as guests do, for the next agent within the lease (docs/vms.md).
+    sandbox.keep_replicas = true;
     // Functions' code comes from the server's blob store, by digest, with this node's token.
     const std::string url = args.join.starts_with("http://") ? args.join : "http://" + args.join;
     auto server = blixard::client::make_http_backend(url, args.token, std::chrono::minutes(2));

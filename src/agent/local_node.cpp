@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <iterator>
 
 #include "blixard/error.hpp"
 #include "runtime/accel.hpp"
@@ -164,9 +165,14 @@ std::vector<v1::RunningInstance> LocalNode::running() const {
 std::vector<std::shared_ptr<runtime::Replica>> LocalNode::adopt_leftovers(
     const runtime::ReplicaOptions::LogCallback& on_log,
     const std::function<void(const runtime::ReplicaExit&)>& on_exit) {
-  if (!vm_driver_) return {};
   std::vector<std::shared_ptr<runtime::Replica>> out;
-  auto adopted = vm_driver_->adopt(on_log, on_exit);
+  // Both drivers may run replicas: the VM driver, and the sandbox driver (`driver: sandbox`, or
+  // the node's only one).
+  auto adopted = driver_->adopt(on_log, on_exit);
+  if (vm_driver_) {
+    auto guests = vm_driver_->adopt(on_log, on_exit);
+    std::move(guests.begin(), guests.end(), std::back_inserter(adopted));
+  }
   std::lock_guard lock(mutex_);
   for (auto& a : adopted) {
     replicas_[a.replica->name()] = {a.replica, a.epoch};
@@ -206,7 +212,7 @@ void LocalNode::set_epoch(std::int64_t epoch, const std::vector<std::string>& ad
 
 void LocalNode::detach() {
   if (vm_driver_) vm_driver_->detach();
-  driver_->shutdown();
+  driver_->detach();  // its replicas that may outlive the agent run on; the rest are killed
 }
 
 void LocalNode::shutdown() {

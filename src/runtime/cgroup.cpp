@@ -195,7 +195,8 @@ void InstanceCgroup::remove() {
   dirs_.clear();
 }
 
-CgroupManager::CgroupManager(std::string parent, fs::path root) {
+CgroupManager::CgroupManager(std::string parent, const fs::path& root, std::string spared)
+    : spared_(std::move(spared)) {
   while (!parent.empty() && parent.front() == '/') parent.erase(0, 1);
   if (parent.empty()) parent = "blixard";
   struct statfs st {};
@@ -250,6 +251,31 @@ CgroupManager::CgroupManager(std::string parent, fs::path root) {
 }
 
 CgroupManager::~CgroupManager() { close(); }
+
+std::unique_ptr<InstanceCgroup> CgroupManager::existing(const std::string& name,
+                                                        std::uint64_t oom_baseline) {
+  if (mode_ == Mode::none || name.empty() || name.find('/') != std::string::npos ||
+      name.rfind("idle-", 0) == 0 || name == "." || name == "..") {
+    return nullptr;
+  }
+  auto dirs = dirs_named(name);
+  for (const auto& d : dirs) {
+    struct stat st {};
+    if (::lstat(d.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) return nullptr;
+  }
+  return std::make_unique<InstanceCgroup>(mode_ == Mode::v2, std::move(dirs), oom_baseline);
+}
+
+std::vector<std::string> CgroupManager::names(const std::string& prefix) const {
+  std::vector<std::string> out;
+  if (mode_ == Mode::none) return out;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(memory_parent_, ec)) {
+    std::string name = entry.path().filename().string();
+    if (name.rfind(prefix, 0) == 0 && entry.is_directory(ec)) out.push_back(std::move(name));
+  }
+  return out;
+}
 
 std::vector<fs::path> CgroupManager::dirs_named(const std::string& name) const {
   std::vector<fs::path> dirs{memory_parent_ / name};
@@ -458,7 +484,8 @@ void CgroupManager::adopt_stale() {
   // Instance groups ("<function>-PID-N") of an agent that died (kill -9): its instances died with
   // it (their PID namespaces' init got SIGKILL), their groups stay. Removed, and anything left in
   // them killed.
-  auto dead_instance = [](const std::string& name) {
+  auto dead_instance = [this](const std::string& name) {
+    if (!spared_.empty() && name.rfind(spared_, 0) == 0) return false;
     const auto last = name.rfind('-');
     if (last == std::string::npos || last == 0 || name.rfind("idle-", 0) == 0) return false;
     const auto before = name.rfind('-', last - 1);

@@ -43,6 +43,10 @@ class InstanceCgroup {
   void kill_all() const;
   // Kills what is left and removes the directories; idempotent.
   void remove();
+  // Lets the group be, its processes running on (a replica left for the next agent, which takes
+  // the group back with CgroupManager::existing).
+  void forget() noexcept { dirs_.clear(); }
+  std::uint64_t oom_baseline() const noexcept { return oom_baseline_; }
   const std::vector<std::filesystem::path>& dirs() const noexcept { return dirs_; }
 
  private:
@@ -57,7 +61,10 @@ class CgroupManager {
  public:
   enum class Mode { none, v1, v2 };
   // `parent`: relative path under the hierarchy root(s); empty means "blixard".
-  explicit CgroupManager(std::string parent, std::filesystem::path root = "/sys/fs/cgroup");
+  // `spared`: a prefix of group names a gone agent's instances left that are not removed at start
+  // (VM replicas that outlive their agent, which its successor takes back or kills).
+  explicit CgroupManager(std::string parent, const std::filesystem::path& root = "/sys/fs/cgroup",
+                         std::string spared = {});
   // Removes the idle groups (close()).
   ~CgroupManager();
   CgroupManager(const CgroupManager&) = delete;
@@ -75,6 +82,11 @@ class CgroupManager {
   void release(std::unique_ptr<InstanceCgroup> group);
   // Removes the idle groups; groups released later are removed rather than kept.
   void close();
+  // An in-use group an earlier manager on the same parent created as `name` (its instance left
+  // running, InstanceCgroup::forget), or nullptr when there is none.
+  std::unique_ptr<InstanceCgroup> existing(const std::string& name, std::uint64_t oom_baseline);
+  // The in-use groups under the parent whose names start with `prefix`.
+  std::vector<std::string> names(const std::string& prefix) const;
   // Idle groups kept, for tests and the log.
   std::size_t idle_count() const;
 
@@ -113,6 +125,7 @@ class CgroupManager {
 
   mutable std::mutex mutex_;
   std::vector<Idle> idle_;  // most recently released last: its cache is the warmest
+  std::string spared_;
   bool closed_ = false;
 };
 

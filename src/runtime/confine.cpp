@@ -61,6 +61,7 @@ struct Plan {
   std::uint64_t address_space = 0;
   bool loopback = false;
   bool low_ports = false;  // its own network: any port is its to bind
+  bool die_with_agent = true;
   long uid = -1, gid = -1;
   long inner = 0;  // the ids inside the user namespace
   int unshare_flags = 0;
@@ -149,6 +150,8 @@ bool parse(const char* const* args, std::size_t count, Plan& p) {
       p.address_space = to_u64(v);
     } else if (starts(a, "lo=", &v)) {
       p.loopback = *v == '1';
+    } else if (starts(a, "pdeath=", &v)) {
+      p.die_with_agent = *v == '1';
     } else if (starts(a, "lowports=", &v)) {
       p.low_ports = *v == '1';
     } else if (starts(a, "uid=", &v)) {
@@ -498,8 +501,9 @@ int apply(const Plan& p, const void* bpf, std::size_t bpf_len, Failure& f) {
     if (::setrlimit(RLIMIT_AS, &as) != 0) return -1;
   }
   if (p.uid >= 0 && p.gid >= 0 && !change_identity(p, f)) return -1;
-  // Cleared by the id change; the instance still dies with the agent.
-  ::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+  // Cleared by the id change; the instance still dies with the agent (a keepable replica: set
+  // nowhere, spawn.cpp).
+  if (p.die_with_agent) ::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
   if (!drop_capabilities(f)) return -1;
   f.stage = "setting no_new_privs";
   if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -1;

@@ -55,6 +55,9 @@ struct Confinement {
   // The uid and gid it has inside that user namespace: 0, or 65534 for a VM replica (nobody, as a
   // guest's workload runs; a program such as PostgreSQL refuses to run as root).
   long inner_id = 0;
+  // SIGKILLed when the thread that spawned it ends (PR_SET_PDEATHSIG): every instance, but a VM
+  // replica its driver may leave running for the next agent (docs/vms.md, "Agent restarts").
+  bool die_with_agent = true;
   // Extra namespaces to unshare first (CLONE_NEW* flags): the zygote's child, which is forked
   // rather than cloned into them.
   int unshare_flags = 0;

@@ -86,6 +86,7 @@ std::vector<std::string> confinement_args(const Confinement& c) {
   if (c.address_space_limit != 0) out.push_back("as=" + std::to_string(c.address_space_limit));
   if (c.loopback) out.emplace_back("lo=1");
   if (c.low_ports) out.emplace_back("lowports=1");
+  if (!c.die_with_agent) out.emplace_back("pdeath=0");
   if (c.uid >= 0 && c.gid >= 0) {
     out.push_back("uid=" + std::to_string(c.uid));
     out.push_back("gid=" + std::to_string(c.gid));

@@ -38,8 +38,7 @@ class Driver {
   }
   // Takes back the replicas an earlier agent's driver on this node left running (its guests
   // outlive the agent), each with `on_log` and `on_exit` as its callbacks; destroys the rest of
-  // what it left. Once, before the first start_replica. Default: none taken back (a sandboxed
-  // replica dies with its agent).
+  // what it left. Once, before the first start_replica. Default: none taken back.
   virtual std::vector<AdoptedReplica> adopt(
       const ReplicaOptions::LogCallback& on_log,
       const std::function<void(const ReplicaExit&)>& on_exit) {
@@ -72,6 +71,10 @@ struct SandboxOptions {
   // host belongs to. Used when the agent is root.
   std::uint32_t uid_base = 1'900'000'000;
   std::uint32_t uid_count = 65'536;
+  // VM replicas may outlive the agent as guests do (Replica::outlives_agent; a joined agent's):
+  // started so (no PR_SET_PDEATHSIG, consoles the next agent reopens, a kept record), left
+  // running by detach() and taken back by the next driver's adopt() on the same work_dir.
+  bool keep_replicas = false;
 };
 
 std::unique_ptr<Driver> make_sandbox_driver(SandboxOptions options);

@@ -92,7 +92,8 @@ class Replica {
   // it), for a watchdog outside this process to kill (agent/fence_watchdog.hpp); 0: none known.
   virtual int fence_pid() const { return 0; }
   // It runs on without the agent that started it, which its driver's next agent takes back
-  // (Driver::adopt): a guest does, a sandboxed process dies with its agent.
+  // (Driver::adopt): a guest does, and a ready sandboxed replica its driver keeps
+  // (SandboxOptions::keep_replicas).
   virtual bool outlives_agent() const { return false; }
   // It runs on under the node's new epoch (its agent reconnected, or restarted and took it back):
   // what is kept for the next agent says so.

@@ -334,13 +334,20 @@ class SandboxHandle final : public Instance {
 class SandboxDriver final : public Driver {
  public:
   explicit SandboxDriver(SandboxOptions options)
-      : options_(std::move(options)), cgroups_(options_.cgroup_parent) {
+      : options_(std::move(options)),
+        replica_prefix_(replica_prefix(options_)),
+        cgroups_(options_.cgroup_parent, "/sys/fs/cgroup",
+                 options_.keep_replicas ? replica_prefix_ : "") {
     std::error_code ec;
     options_.work_dir = fs::absolute(options_.work_dir);
     fs::create_directories(options_.work_dir / "instances", ec);
     if (ec) {
       throw Error(errc::unavailable, "cannot create " + (options_.work_dir / "instances").string() +
                                          ": " + ec.message());
+    }
+    if (options_.keep_replicas) {
+      make_private_dir(kept_dir());
+      make_private_dir(consoles_dir());
     }
     reclaim_instance_dirs();
     write_runtime();
@@ -477,8 +484,22 @@ class SandboxDriver final : public Driver {
     const std::uint64_t seq = ++counter_;
     SandboxReplicaContext context;
     context.root = options_.work_dir / "instances" /
-                   ("vm-" + sanitize(options.name) + "-" + std::to_string(::getpid()) + "-" +
-                    std::to_string(seq));
+                   (replica_prefix_ + sanitize(options.name) + "-" + std::to_string(::getpid()) +
+                    "-" + std::to_string(seq));
+    if (options_.keep_replicas) {
+      context.kept_dir = kept_dir();
+      context.consoles = consoles_dir();
+      // Reached by shutdown() while it starts: it does not die with the agent's thread.
+      context.spawned = [this](const std::shared_ptr<Replica>& replica) {
+        bool kill = false;
+        {
+          std::lock_guard lock(mutex_);
+          replicas_.push_back(replica);
+          kill = shut_down_;
+        }
+        if (kill) replica->kill();
+      };
+    }
     if (cgroups_.mode() != CgroupManager::Mode::none) context.cgroups = &cgroups_;
     context.seccomp = &seccomp_;
     context.uid = static_cast<long>(options_.uid_base + seq % options_.uid_count);
@@ -495,6 +516,107 @@ class SandboxDriver final : public Driver {
     replicas_.push_back(replica);
     if (shut_down_) replica->kill();
     return replica;
+  }
+
+  std::vector<AdoptedReplica> adopt(
+      const ReplicaOptions::LogCallback& on_log,
+      const std::function<void(const ReplicaExit&)>& on_exit) override {
+    std::vector<AdoptedReplica> adopted;
+    if (!options_.keep_replicas) return adopted;
+    std::set<std::string> taken;  // their cgroups
+    std::set<fs::path> roots;     // their roots' directories
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(kept_dir(), ec)) {
+      const fs::path& path = entry.path();
+      if (path.extension() != ".pb") continue;
+      v1::KeptReplica record;
+      if (!read_record(path, record)) {
+        spdlog::warn("sandbox: ignoring {}: not a record of this agent's", path.string());
+        continue;
+      }
+      const std::string name = record.assignment().replica();
+      // Its root and cgroup are this driver's (named so at the start).
+      const fs::path root(record.root());
+      if (root.parent_path() != options_.work_dir / "instances" ||
+          root.filename().string().rfind(replica_prefix_, 0) != 0 ||
+          (!record.cgroup().empty() && record.cgroup() != root.filename().string())) {
+        spdlog::warn("sandbox: ignoring {}: not a replica of this driver's", path.string());
+        continue;
+      }
+      ReplicaOptions options;
+      options.vm = record.assignment().vm();
+      options.name = name;
+      options.slot = record.assignment().slot();
+      options.spec = record.assignment().spec();
+      if (record.assignment().has_volume()) options.volume = record.assignment().volume();
+      if (record.assignment().has_network()) options.network = record.assignment().network();
+      options.epoch = record.assignment().epoch();
+      options.on_log = on_log;
+      options.on_exit = on_exit;
+      if (!record.adoptable()) {
+        // Still starting when its agent ended, or a primary: never taken back.
+        if (kill_kept_process(record)) {
+          spdlog::info("sandbox: killed replica {} an earlier agent left unready", name);
+        }
+        continue;
+      }
+      SandboxReplicaContext context = replica_context(record.root());
+      context.cgroup_name = record.cgroup();
+      try {
+        auto replica = adopt_sandbox_replica(record, options, std::move(context));
+        adopted.push_back({replica, options.epoch});
+        taken.insert(record.cgroup());
+        roots.insert(record.root());
+        std::lock_guard lock(mutex_);
+        replicas_.push_back(replica);
+      } catch (const std::exception& e) {
+        spdlog::warn("sandbox: not taking back replica {}: {}", name, e.what());
+      }
+    }
+    // The rest an earlier driver left: its replicas not taken back (not ready yet, unreadable
+    // records, a pid that is another process's now), killed by their cgroups, never by an
+    // unproven pid; then their files.
+    if (cgroups_.mode() != CgroupManager::Mode::none) {
+      for (const auto& name : cgroups_.names(replica_prefix_)) {
+        if (taken.count(name) != 0) continue;
+        if (auto group = cgroups_.existing(name, 0)) group->remove();
+      }
+    }
+    for (const auto& dir : {kept_dir(), consoles_dir()}) {
+      for (const auto& entry : fs::directory_iterator(dir, ec)) {
+        const std::string stem = entry.path().stem().string();
+        bool kept = false;
+        for (const auto& a : adopted) kept = kept || a.replica->name() == stem;
+        std::error_code ignored;
+        if (!kept) fs::remove(entry.path(), ignored);
+      }
+    }
+    for (const auto& entry : fs::directory_iterator(options_.work_dir / "instances", ec)) {
+      const std::string name = entry.path().filename().string();
+      std::error_code ignored;
+      if (name.rfind(replica_prefix_, 0) == 0 && roots.count(entry.path()) == 0) {
+        fs::remove(entry.path(), ignored);
+      }
+    }
+    return adopted;
+  }
+
+  void detach() override {
+    if (!options_.keep_replicas) {
+      shutdown();
+      return;
+    }
+    std::vector<std::shared_ptr<Replica>> replicas;
+    {
+      std::lock_guard lock(mutex_);
+      for (auto& r : replicas_) {
+        if (auto p = r.lock()) replicas.push_back(std::move(p));
+      }
+    }
+    // Ready ones run on for the next agent (their records and consoles kept); shutdown() kills
+    // the rest, and every function instance.
+    for (auto& r : replicas) leave_sandbox_replica(*r);
+    shutdown();
   }
 
   void shutdown() override {
@@ -734,10 +856,66 @@ class SandboxDriver final : public Driver {
 
   // Instance dirs left by an agent that died (named <function>-<pid>-<n>, their pid gone): only
   // empty mount points now, since scratch is a tmpfs in the instance's own mount namespace.
+  // ---- replicas kept across agent restarts (SandboxOptions::keep_replicas) ----
+
+  fs::path kept_dir() const { return options_.work_dir / "kept"; }
+  fs::path consoles_dir() const { return options_.work_dir / "consoles"; }
+  // Of its replicas' roots and cgroups: with a hash of the work dir where they may outlive the
+  // agent, so that another agent's on the same cgroup parent are never taken for its own.
+  static std::string replica_prefix(const SandboxOptions& options) {
+    if (!options.keep_replicas) return "vm-";
+    std::array<char, 9> hex{};
+    std::snprintf(
+        hex.data(), hex.size(), "%08x",
+        static_cast<unsigned>(std::hash<std::string>{}(fs::absolute(options.work_dir).string())));
+    return "vm-" + std::string(hex.data()) + "-";
+  }
+  // The agent's own directory, no one else's to read or to plant anything in (a symlink, say).
+  static void make_private_dir(const fs::path& dir) {
+    ::mkdir(dir.c_str(), 0700);
+    struct stat st {};
+    if (::lstat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != ::geteuid() ||
+        ::chmod(dir.c_str(), 0700) != 0) {
+      throw Error(errc::unavailable, "cannot make " + dir.string() + " the agent's own directory");
+    }
+  }
+  // A record this agent's driver wrote: a regular file of its own, 0600, named after the replica.
+  static bool read_record(const fs::path& path, v1::KeptReplica& record) {
+    const UniqueFd fd(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK));
+    struct stat st {};
+    if (fd.get() < 0 || ::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) ||
+        st.st_uid != ::geteuid() || (st.st_mode & 077) != 0 || st.st_size > (16 << 20)) {
+      return false;
+    }
+    std::string data(static_cast<std::size_t>(st.st_size), '\0');
+    if (::read(fd.get(), data.data(), data.size()) != st.st_size) return false;
+    if (!record.ParseFromString(data)) return false;
+    const std::string& name = record.assignment().replica();
+    return !name.empty() && name.find('/') == std::string::npos && name.front() != '.' &&
+           path.filename() == name + ".pb" && record.pid() > 1;
+  }
+  SandboxReplicaContext replica_context(const fs::path& root) {
+    SandboxReplicaContext context;
+    context.root = root;
+    if (cgroups_.mode() != CgroupManager::Mode::none) context.cgroups = &cgroups_;
+    context.seccomp = &seccomp_;
+    context.namespaces = !namespaces_refused_;
+    context.kept_dir = kept_dir();
+    context.consoles = consoles_dir();
+    {
+      std::lock_guard lock(mutex_);
+      ++threads_;
+    }
+    context.done = [this] { thread_done(nullptr); };
+    return context;
+  }
+
   void reclaim_instance_dirs() {
     std::error_code ec;
     for (const auto& entry : fs::directory_iterator(options_.work_dir / "instances", ec)) {
       const std::string name = entry.path().filename().string();
+      // An earlier agent's replica may run on it still: adopt() decides.
+      if (options_.keep_replicas && name.rfind(replica_prefix_, 0) == 0) continue;
       const auto last = name.rfind('-');
       const auto before = last == std::string::npos ? last : name.rfind('-', last - 1);
       if (before == std::string::npos) continue;
@@ -818,6 +996,7 @@ class SandboxDriver final : public Driver {
   }
 
   SandboxOptions options_;
+  std::string replica_prefix_;  // replica_prefix()
   CgroupManager cgroups_;
   std::string python_;
   std::string seccomp_ = instance_seccomp_filter();

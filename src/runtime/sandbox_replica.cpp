@@ -4,15 +4,21 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <array>
+#include <atomic>
 #include <condition_variable>
+#include <cstring>
 #include <fstream>
 #include <mutex>
+#include <sstream>
 #include <thread>
 
 #include "blixard/error.hpp"
@@ -42,6 +48,83 @@ constexpr std::uint64_t k_max_scratch = 256ULL << 20;
 constexpr milliseconds k_ready_poll{20};
 constexpr milliseconds k_check_timeout{1000};
 
+// A console stream of a replica that may outlive its agent (SandboxReplicaContext::consoles): a
+// FIFO the replica holds open for reading and writing (as containerd's shim holds its FIFOs), so
+// that it never meets a pipe without a reader (SIGPIPE) while no agent reads, and what it writes
+// meanwhile waits in the pipe (a full pipe blocks it, as a slow agent always did) for the next
+// agent, which opens the FIFO again. No file it could grow or forge: a FIFO holds no data on disk.
+struct ConsoleFifo {
+  std::filesystem::path path;
+  UniqueFd fd;  // the agent's read end, non-blocking
+  std::string partial;
+};
+
+constexpr int k_console_pipe = 1 << 20;  // its pipe's capacity: a restart's worth of lines
+
+// Opens a console FIFO an earlier agent made, to read on. Only the agent's own FIFO (the
+// directory is its only; the replica holds the pipe, never a path to it).
+UniqueFd open_kept_console(const std::filesystem::path& path) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC));
+  struct stat st {};
+  if (fd.get() < 0 || ::fstat(fd.get(), &st) != 0 || !S_ISFIFO(st.st_mode) ||
+      st.st_uid != ::geteuid() || (st.st_mode & 077) != 0) {
+    throw Error(errc::unavailable, "its console " + path.string() + " is not the agent's FIFO");
+  }
+  return fd;
+}
+
+// Whether process `pid` is in a cgroup named `name` (a line of /proc/PID/cgroup ending so).
+bool in_cgroup(int pid, const std::string& name) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/cgroup");
+  const std::string tail = "/" + name;
+  for (std::string line; std::getline(in, line);) {
+    if (line.size() >= tail.size() &&
+        line.compare(line.size() - tail.size(), tail.size(), tail) == 0) {
+      return true;
+    }
+  }
+  return false;
+}
+
+bool write_all(int fd, const std::string& data) {
+  std::size_t done = 0;
+  while (done < data.size()) {
+    const ssize_t n = ::write(fd, data.data() + done, data.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    done += static_cast<std::size_t>(n);
+  }
+  return true;
+}
+
+// The process a record names, held as a pidfd: opened first, checked second (its start time, its
+// cgroup), and still alive third, since a pid checked and then opened could name another
+// process by then, and one that ended meanwhile may have freed its pid for another. An invalid
+// fd, and why, when the pid is not (or no longer) the record's process.
+UniqueFd hold_kept_process(const v1::KeptReplica& kept, std::string* why) {
+  const int pid = kept.pid();
+  UniqueFd fd;
+  if (pid > 1) fd.reset(static_cast<int>(::syscall(SYS_pidfd_open, pid, 0)));
+  if (fd.get() < 0) {
+    *why = "its process " + std::to_string(pid) + " is gone";
+    return fd;
+  }
+  std::string other;
+  if (const auto started = process_start_time(pid);
+      kept.start_time() == 0 || started != kept.start_time()) {
+    other = "started at " + std::to_string(started) + ", not " + std::to_string(kept.start_time());
+  } else if (!kept.cgroup().empty() && !in_cgroup(pid, kept.cgroup())) {
+    other = "not in cgroup " + kept.cgroup();
+  } else if (::syscall(SYS_pidfd_send_signal, fd.get(), 0, nullptr, 0) != 0) {
+    other = "ended meanwhile";
+  }
+  if (!other.empty()) {
+    *why = "pid " + std::to_string(pid) + " is another process now (" + other + ")";
+    fd.reset();
+  }
+  return fd;
+}
+
 // Whether process `pid` has a handler for `sig` (SigCgt in its status).
 bool catches(pid_t pid, int sig) {
   std::ifstream status("/proc/" + std::to_string(pid) + "/status");
@@ -68,6 +151,8 @@ class SandboxReplica final : public Replica, public std::enable_shared_from_this
   SandboxReplica(ReplicaOptions options, SandboxReplicaContext context)
       : options_(std::move(options)), context_(std::move(context)) {}
   ~SandboxReplica() override {
+    // A replica left running keeps it: its root is mounted on it in its own namespace.
+    if (left_) return;
     std::error_code ec;
     fs::remove(context_.root, ec);
   }
@@ -82,6 +167,44 @@ class SandboxReplica final : public Replica, public std::enable_shared_from_this
   int fence_pid() const override {
     std::lock_guard lock(mutex_);
     return state_ == State::exited ? 0 : pid_;
+  }
+  bool outlives_agent() const override {
+    std::lock_guard lock(mutex_);
+    return keep_ && state_ == State::ready && !primary();
+  }
+  void adopted(std::int64_t epoch) override {
+    {
+      std::lock_guard lock(mutex_);
+      if (state_ != State::ready) return;
+      options_.epoch = epoch;
+    }
+    keep_record(!primary());
+  }
+  // leave_sandbox_replica().
+  bool leave() {
+    {
+      std::lock_guard lock(mutex_);
+      if (!keep_ || state_ != State::ready || exiting_ || kill_requested_ || leaving_ ||
+          primary()) {
+        return false;
+      }
+      leaving_ = true;
+    }
+    const std::uint64_t one = 1;
+    if (::write(wake_.get(), &one, sizeof one) != sizeof one) return false;
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [&] { return state_ == State::exited; });
+    return true;
+  }
+  void take_back(const v1::KeptReplica& kept);
+  // take_back(), with context.done run here when it fails (as start() does).
+  void adopt(const v1::KeptReplica& kept) {
+    try {
+      take_back(kept);
+    } catch (...) {
+      if (!thread_started_ && context_.done) context_.done();
+      throw;
+    }
   }
 
   void stop(milliseconds grace) override {
@@ -116,6 +239,7 @@ class SandboxReplica final : public Replica, public std::enable_shared_from_this
   // Spawns, starts the thread, waits until ready. context.done runs once either way: from the
   // thread, or here when it fails before the thread starts.
   void start() {
+    keep_ = !context_.kept_dir.empty();
     try {
       launch();
     } catch (...) {
@@ -130,6 +254,27 @@ class SandboxReplica final : public Replica, public std::enable_shared_from_this
   void signal(int sig) const { ::syscall(SYS_pidfd_send_signal, pidfd_.get(), sig, nullptr, 0); }
   void launch();
   void run();
+  // Keepable: reads the console FIFOs until the process ends (false) or the replica is left for
+  // the next agent (true).
+  bool watch_console();
+  // Reads what the FIFO holds; false at its end (every writer gone).
+  bool drain(std::size_t which);
+  // Its thread's end when it is left running (leave()).
+  void left();
+  // `adoptable`: ready and no primary (KeptReplica.adoptable).
+  void keep_record(bool adoptable) const;
+  // Started under its set's fencing epoch: never kept (its set fails over at once, and the fence
+  // watchdog kills it should the agent die).
+  bool primary() const { return options_.volume && options_.volume->writer_epoch() > 0; }
+  std::string cgroup_name() const {
+    return context_.cgroup_name.empty() ? context_.root.filename().string() : context_.cgroup_name;
+  }
+  fs::path record_path() const { return context_.kept_dir / (options_.name + ".pb"); }
+  void remove_kept_files() const {
+    std::error_code ignored;
+    fs::remove(record_path(), ignored);
+    for (const auto& f : files_) fs::remove(f.path, ignored);
+  }
   void line(const std::string& stream, std::string text);
   // The spec's readiness (proto Readiness), in words and checked once.
   std::string readiness() const;
@@ -146,6 +291,12 @@ class SandboxReplica final : public Replica, public std::enable_shared_from_this
   pid_t pid_ = -1;
   std::chrono::microseconds started_in_{0};
   bool thread_started_ = false;
+  bool keep_ = false;        // it may outlive its agent (SandboxReplicaContext::kept_dir)
+  bool taken_back_ = false;  // from an earlier agent: not this process's child
+  std::uint64_t start_time_ = 0;
+  std::array<ConsoleFifo, 2> files_;  // keepable: its stdout and stderr
+  UniqueFd wake_;                     // keepable: leave() wakes its thread
+  std::atomic<bool> left_{false};
 
   mutable std::mutex mutex_;
   std::condition_variable changed_;
@@ -154,6 +305,7 @@ class SandboxReplica final : public Replica, public std::enable_shared_from_this
   bool kill_requested_ = false;
   bool marker_seen_ = false;
   bool exiting_ = false;  // its process is gone, its exit being reported
+  bool leaving_ = false;  // left running for the next agent (leave())
   std::string exit_reason_;
   ConsoleTail tail_;
 };
@@ -268,8 +420,35 @@ void SandboxReplica::launch() {
     env.push_back("BLIXARD_VOLUME=" + options_.volume->mount_point());
   }
 
-  auto out_pipe = make_pipe();
-  auto err_pipe = make_pipe();
+  std::pair<UniqueFd, UniqueFd> out_pipe, err_pipe;
+  if (keep_) {
+    // FIFOs it holds both ends of, not pipes: a pipe's reader ends with the agent, and the replica
+    // would die of SIGPIPE (ConsoleFifo).
+    if (options_.name.empty() || options_.name.find('/') != std::string::npos ||
+        options_.name.front() == '.') {
+      throw Error(errc::invalid_spec, "replica name " + options_.name + " is no file name");
+    }
+    wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    for (std::size_t i = 0; i < 2; ++i) {
+      auto& f = files_[i];
+      f.path = context_.consoles / (options_.name + (i == 0 ? ".out" : ".err"));
+      ::unlink(f.path.c_str());  // an earlier start's that never got ready
+      UniqueFd write_end;
+      if (::mkfifo(f.path.c_str(), 0600) == 0) {
+        write_end.reset(::open(f.path.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC));
+        f.fd.reset(::open(f.path.c_str(), O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC));
+      }
+      if (write_end.get() >= 0) ::fcntl(write_end.get(), F_SETPIPE_SZ, k_console_pipe);
+      if (write_end.get() < 0 || f.fd.get() < 0 || wake_.get() < 0) {
+        throw Error(errc::unavailable, "cannot make the console file " + f.path.string() + ": " +
+                                           std::strerror(errno));
+      }
+      (i == 0 ? out_pipe : err_pipe).second = std::move(write_end);
+    }
+  } else {
+    out_pipe = make_pipe();
+    err_pipe = make_pipe();
+  }
   // (Named, not structured bindings: the spawning thread below captures the write ends.)
   UniqueFd& out_read = out_pipe.first;
   UniqueFd& out_write = out_pipe.second;
@@ -302,9 +481,11 @@ void SandboxReplica::launch() {
   confine.gid = context_.gid;
   // Nobody in its namespace, as a guest's workload is (PostgreSQL refuses to run as root).
   confine.inner_id = k_nobody;
+  // A keepable replica outlives the agent's thread (its primary, or one not ready yet, is
+  // killed still: by the fence watchdog, or by the next agent's adopt()).
+  confine.die_with_agent = !keep_;
   if (context_.cgroups != nullptr) {
-    cgroup_ =
-        context_.cgroups->create(context_.root.filename().string(), memory_bytes, k_replica_pids);
+    cgroup_ = context_.cgroups->create(cgroup_name(), memory_bytes, k_replica_pids);
     if (cgroup_) confine.cgroup_join = cgroup_->join_files();
   }
   std::error_code ec;
@@ -322,6 +503,8 @@ void SandboxReplica::launch() {
       Spawned child = spawn_sandboxed(req);
       self->pid_ = child.pid;
       self->pidfd_.reset(child.pidfd);
+      // (Its child, not reaped yet: the pid is its.)
+      if (self->keep_) self->start_time_ = process_start_time(child.pid);
     } catch (...) {
       spawn_error = std::current_exception();
       ok = false;
@@ -344,9 +527,16 @@ void SandboxReplica::launch() {
     if (cgroup_ && context_.cgroups != nullptr) context_.cgroups->release(std::move(cgroup_));
     std::error_code ignored;
     fs::remove(context_.root, ignored);
+    remove_kept_files();
     std::rethrow_exception(spawn_error);
   }
   thread_started_ = true;
+  if (keep_) {
+    // From now on the next agent kills it should this one end before it is ready (no
+    // PR_SET_PDEATHSIG does).
+    keep_record(false);
+    if (context_.spawned) context_.spawned(shared_from_this());
+  }
   if (options_.network) {
     // Its interface on the network, then the host ports: set up while it starts (a workload
     // binding 0.0.0.0 at once is served; one connecting out in its first milliseconds may not be).
@@ -411,17 +601,201 @@ void SandboxReplica::launch() {
     throw Error(errc::handler_failed,
                 "replica " + options_.name + " " + gone + " as it became ready" + tail_.describe());
   }
+  if (keep_) keep_record(!primary());
+}
+
+bool SandboxReplica::drain(std::size_t which) {
+  static const std::array<const char*, 2> streams{"stdout", "stderr"};
+  auto& f = files_[which];
+  if (f.fd.get() < 0) return false;
+  const auto emit = [&](std::string text) {
+    if (!text.empty() && text.back() == '\r') text.pop_back();
+    if (text.size() > k_max_console_line) text.resize(k_max_console_line);
+    line(streams[which], std::move(text));
+  };
+  std::array<char, 16384> buf{};
+  for (;;) {
+    const ssize_t n = ::read(f.fd.get(), buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return true;  // EAGAIN: all read for now
+    if (n == 0) {
+      if (!f.partial.empty()) emit(std::exchange(f.partial, {}));
+      f.fd.reset();
+      return false;
+    }
+    f.partial.append(buf.data(), static_cast<std::size_t>(n));
+    std::size_t from = 0;
+    for (std::size_t nl; (nl = f.partial.find('\n', from)) != std::string::npos; from = nl + 1) {
+      emit(f.partial.substr(from, nl - from));
+    }
+    f.partial.erase(0, from);
+    if (f.partial.size() > k_max_console_line) emit(std::exchange(f.partial, {}));
+  }
+}
+
+bool SandboxReplica::watch_console() {
+  for (;;) {
+    std::array<pollfd, 4> p{{{files_[0].fd.get(), POLLIN, 0},
+                             {files_[1].fd.get(), POLLIN, 0},
+                             {pidfd_.get(), POLLIN, 0},
+                             {wake_.get(), POLLIN, 0}}};
+    if (::poll(p.data(), p.size(), -1) < 0 && errno != EINTR) return false;
+    if (p[3].revents != 0) {
+      std::lock_guard lock(mutex_);
+      if (leaving_) return true;
+    }
+    bool open = false;
+    for (std::size_t i = 0; i < 2; ++i) {
+      open = (p[i].revents == 0 ? files_[i].fd.get() >= 0 : drain(i)) || open;
+    }
+    // Ended: every writer gone, or its init (its namespace's processes die with it).
+    if (!open) return false;
+    if (p[2].revents != 0) {
+      const std::array<const char*, 2> streams{"stdout", "stderr"};
+      for (std::size_t i = 0; i < 2; ++i) {
+        drain(i);
+        if (!files_[i].partial.empty()) line(streams[i], std::exchange(files_[i].partial, {}));
+      }
+      return false;
+    }
+  }
+}
+
+void SandboxReplica::left() {
+  std::unique_ptr<PortForwarder> forwarder;
+  {
+    std::lock_guard lock(mutex_);
+    forwarder = std::move(forwarder_);
+    if (cgroup_) cgroup_->forget();  // its processes run on in it
+    cgroup_.reset();
+  }
+  forwarder.reset();  // its host ports: the next agent listens on them
+  // Its bridge stays for it: this membership is counted in this process, which is ending.
+  static_cast<void>(network_.release());
+  left_ = true;
+  {
+    std::lock_guard lock(mutex_);
+    state_ = State::exited;
+  }
+  changed_.notify_all();
+  if (context_.done) context_.done();
+}
+
+void SandboxReplica::keep_record(bool adoptable) const {
+  v1::KeptReplica kept;
+  std::string cgroup;
+  std::uint64_t baseline = 0;
+  {
+    std::lock_guard lock(mutex_);
+    if (cgroup_) {
+      cgroup = cgroup_name();
+      baseline = cgroup_->oom_baseline();
+    }
+    auto& a = *kept.mutable_assignment();
+    a.set_epoch(options_.epoch);
+    a.set_vm(options_.vm);
+    a.set_replica(options_.name);
+    a.set_slot(options_.slot);
+    *a.mutable_spec() = options_.spec;
+    if (options_.volume) *a.mutable_volume() = *options_.volume;
+    if (options_.network) *a.mutable_network() = *options_.network;
+  }
+  for (const auto& [port, host] : ports_) (*kept.mutable_ports())[port] = host;
+  kept.set_start_us(started_in_.count());
+  kept.set_pid(pid_);
+  kept.set_start_time(start_time_);
+  kept.set_cgroup(cgroup);
+  kept.set_oom_baseline(baseline);
+  kept.set_root(context_.root.string());
+  kept.set_adoptable(adoptable);
+  // Written aside and renamed: a reader sees the whole record or none. Root's only, in the
+  // agent's own directory (the spec's environment is in it, and the next agent acts on it).
+  const fs::path record = record_path();
+  const fs::path partial = record.string() + ".partial";
+  ::unlink(partial.c_str());
+  const UniqueFd out(
+      ::open(partial.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600));
+  if (out.get() < 0 || !write_all(out.get(), kept.SerializeAsString()) ||
+      ::rename(partial.c_str(), record.c_str()) != 0) {
+    if (options_.on_log) {
+      options_.on_log(options_.name, "blixard",
+                      std::string("blixard: cannot keep this replica's record (") +
+                          std::strerror(errno) + "): an agent restarted will not take it back");
+    }
+  }
+}
+
+void SandboxReplica::take_back(const v1::KeptReplica& kept) {
+  keep_ = true;
+  // Until it is taken back its root is none of this object's to remove (the driver removes it
+  // once what runs on it is killed).
+  left_ = true;
+  const int pid = kept.pid();
+  std::string why;
+  pidfd_ = hold_kept_process(kept, &why);
+  if (pidfd_.get() < 0) throw Error(errc::not_found, why);
+  const std::string& cgroup = kept.cgroup();
+  pid_ = pid;
+  start_time_ = kept.start_time();
+  taken_back_ = true;
+  try {
+    if (!cgroup.empty()) {
+      if (context_.cgroups != nullptr)
+        cgroup_ = context_.cgroups->existing(cgroup, kept.oom_baseline());
+      if (!cgroup_) throw Error(errc::unavailable, "its cgroup " + cgroup + " is gone");
+    }
+    wake_.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (wake_.get() < 0) throw Error(errc::unavailable, "no eventfd");
+    for (std::size_t i = 0; i < 2; ++i) {
+      auto& f = files_[i];
+      f.path = context_.consoles / (options_.name + (i == 0 ? ".out" : ".err"));
+      f.fd = open_kept_console(f.path);  // what it wrote meanwhile waits in the pipe
+    }
+    for (const auto& [port, host] : kept.ports()) ports_[port] = host;
+    started_in_ = std::chrono::microseconds(kept.start_us());
+    if (options_.network) {
+      address_ = replica_address(*options_.network).first.to_string();
+      network_ = std::make_unique<NetworkMembership>(*options_.network);
+      // The same host ports as before (the balancer's targets): relayed again.
+      if (!ports_.empty()) forwarder_ = std::make_unique<PortForwarder>(ports_, address_);
+    }
+  } catch (const std::exception& e) {
+    signal(SIGKILL);  // it is the record's process (checked above): nothing else can reach it
+    if (cgroup_) cgroup_->kill_all();
+    throw Error(errc::unavailable, std::string("cannot take it back: ") + e.what());
+  }
+  left_ = false;
+  state_ = State::ready;  // it was when its record was written; the server checks its health
+  std::thread([self = shared_from_this()] { self->run(); }).detach();
+  thread_started_ = true;
 }
 
 void SandboxReplica::run() {
-  // Console lines until both pipes close (every process of the replica is gone or closed them).
-  const std::array<const char*, 2> streams{"stdout", "stderr"};
-  read_console({out_.get(), err_.get()},
-               [&](std::size_t which, std::string text) { line(streams[which], std::move(text)); });
+  if (keep_) {
+    if (watch_console()) {
+      left();
+      return;
+    }
+  } else {
+    // Console lines until both pipes close (every process of the replica is gone or closed them).
+    const std::array<const char*, 2> streams{"stdout", "stderr"};
+    read_console({out_.get(), err_.get()}, [&](std::size_t which, std::string text) {
+      line(streams[which], std::move(text));
+    });
+  }
   siginfo_t info{};
-  while (::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd_.get()), &info,
+  // Taken back, it is no child of this process (unless this process started it: a test's two
+  // drivers): its status went to whoever reaped it.
+  bool status_known = !taken_back_;
+  while (!taken_back_ &&
+         ::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd_.get()), &info,
                   WEXITED) != 0 &&
          errno == EINTR) {
+  }
+  if (taken_back_) {
+    status_known = ::waitid(static_cast<idtype_t>(P_PIDFD), static_cast<id_t>(pidfd_.get()), &info,
+                            WEXITED | WNOHANG) == 0 &&
+                   info.si_pid != 0;
   }
   bool oom = false;
   std::unique_ptr<InstanceCgroup> cgroup;
@@ -442,7 +816,9 @@ void SandboxReplica::run() {
   exit.replica = options_.name;
   exit.oom = oom;
   exit.reason = oom ? "ran out of memory (" + std::to_string(options_.spec.memory_mib()) + " MiB)"
-                    : describe_exit(info);
+                : status_known
+                    ? describe_exit(info)
+                    : "ended (taken back from an earlier agent: its exit status is not known)";
   bool was_ready = false;
   {
     std::lock_guard lock(mutex_);
@@ -455,6 +831,7 @@ void SandboxReplica::run() {
   // right after, and this object later).
   std::error_code ignored;
   fs::remove(context_.root, ignored);
+  if (keep_) remove_kept_files();
   // Its exit is reported before stop() returns. A replica that never got ready was a failed
   // start: its caller got the error instead.
   if (was_ready && options_.on_exit) options_.on_exit(exit);
@@ -473,6 +850,45 @@ std::shared_ptr<Replica> start_sandbox_replica(const ReplicaOptions& options,
   auto replica = std::make_shared<SandboxReplica>(options, std::move(context));
   replica->start();
   return replica;
+}
+
+std::shared_ptr<Replica> adopt_sandbox_replica(const v1::KeptReplica& record,
+                                               const ReplicaOptions& options,
+                                               SandboxReplicaContext context) {
+  auto replica = std::make_shared<SandboxReplica>(options, std::move(context));
+  replica->adopt(record);
+  return replica;
+}
+
+bool kill_kept_process(const v1::KeptReplica& record) {
+  std::string why;
+  const UniqueFd fd = hold_kept_process(record, &why);
+  return fd.get() >= 0 && ::syscall(SYS_pidfd_send_signal, fd.get(), SIGKILL, nullptr, 0) == 0;
+}
+
+bool leave_sandbox_replica(Replica& replica) {
+  auto* sandboxed = dynamic_cast<SandboxReplica*>(&replica);
+  return sandboxed != nullptr && sandboxed->leave();
+}
+
+std::uint64_t process_start_time(int pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string stat;
+  std::getline(in, stat);
+  // After its name, which the process chose (it may hold spaces and parentheses): the last ')'.
+  const auto close = stat.rfind(')');
+  if (close == std::string::npos) return 0;
+  std::istringstream fields(stat.substr(close + 1));
+  std::string field;
+  // Fields 3 (state) to 22 (starttime).
+  for (int i = 3; i <= 22; ++i) {
+    if (!(fields >> field)) return 0;
+  }
+  try {
+    return std::stoull(field);
+  } catch (...) {
+    return 0;
+  }
 }
 
 }  // namespace blixard::runtime

@@ -63,6 +63,7 @@ struct ChildPlan {
   const void* bpf = nullptr;
   std::size_t bpf_len = 0;
   bool user_ns = false;
+  bool die_with_agent = true;
   const char* uid_map = nullptr;
   const char* gid_map = nullptr;
   // Written by the child (shared memory), read by the parent once clone returns.
@@ -107,8 +108,9 @@ int child_main(void* arg) {
     if (!write_all("/proc/self/gid_map", plan.gid_map)) child_fail(plan, stage_user_map);
   }
   ::setsid();
-  // Dies with the agent (note: with the thread that spawned it, which outlives the instance).
-  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  // Dies with the agent (note: with the thread that spawned it, which outlives the instance),
+  // unless it is a replica kept across the agent's restart.
+  if (plan.die_with_agent) ::prctl(PR_SET_PDEATHSIG, SIGKILL);
   if (plan.confine != nullptr &&
       blixard_confine(plan.confine, plan.confine_count, plan.bpf, plan.bpf_len, plan.confine_error,
                       sizeof plan.confine_error) != 0) {
@@ -205,6 +207,7 @@ Spawned spawn_sandboxed(const SpawnRequest& request) {
     plan.bpf = request.seccomp->data();
     plan.bpf_len = request.seccomp->size();
   }
+  plan.die_with_agent = request.confinement.die_with_agent;
   plan.uid_map = uid_map.c_str();
   plan.gid_map = gid_map.c_str();
 

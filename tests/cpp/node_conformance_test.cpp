@@ -933,9 +933,10 @@ class NodeRegistryAdoption : public ::testing::Test {
   std::unique_ptr<control::NodeRegistry> nodes_;
 };
 
-// A guest outlives its agent's connection: the server holds it (alive, no exit) until the agent is
-// back, which adopts it under the new epoch; a sandboxed replica, which dies with its agent, is
-// lost at once. The adopted one is reached over the new connection.
+// A kept replica (a guest, a joined agent's sandboxed one) outlives its agent's connection: the
+// server holds it (alive, no exit) until the agent is back, which adopts it under the new epoch;
+// one not kept (a primary, a replica of an embedded agent) is lost at once. The adopted one is
+// reached over the new connection.
 TEST_F(NodeRegistryAdoption, AKeptReplicaIsHeldThenAdoptedByTheAgentsNextConnection) {
   ScriptedAgent first("n1");
   const auto epoch = nodes_->join(first.node, false);

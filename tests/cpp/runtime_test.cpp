@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -13,6 +14,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -26,6 +28,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/strand.hpp>
 
+#include "blixard/v1/agent.pb.h"
 #include "runtime/accel.hpp"
 #include "runtime/cgroup.hpp"
 #include "runtime/driver.hpp"
@@ -813,6 +816,217 @@ TEST_F(SandboxTest, ShutdownKillsReplicasAndRefusesNewOnes) {
   } catch (const Error& e) {
     EXPECT_EQ(e.code(), errc::unavailable);
   }
+}
+
+// ---- replicas kept across an agent's restart (SandboxOptions::keep_replicas) ----
+
+class KeptReplicaTest : public SandboxTest {
+ protected:
+  void SetUp() override {
+    SandboxTest::SetUp();
+    driver_ = make_driver();
+  }
+  // A driver on the test's work dir and cgroup parent, as the next agent's would be.
+  std::unique_ptr<Driver> make_driver() const {
+    SandboxOptions o;
+    o.work_dir = work_;
+    o.python = python();
+    o.cgroup_parent = cgroup_parent_;
+    o.keep_replicas = true;
+    return make_sandbox_driver(o);
+  }
+  // GET / on the replica's host port: its status line, "" when nothing answers.
+  static std::string get(std::uint32_t port) {
+    const int fd = test_support::connect_loopback(static_cast<unsigned short>(port));
+    if (fd < 0) return "";
+    const std::string request = "GET / HTTP/1.0\r\n\r\n";
+    std::string reply;
+    if (::write(fd, request.data(), request.size()) == static_cast<ssize_t>(request.size())) {
+      std::array<char, 256> buf{};
+      const ssize_t n = ::read(fd, buf.data(), buf.size());
+      if (n > 0) reply.assign(buf.data(), static_cast<std::size_t>(n));
+    }
+    ::close(fd);
+    return reply.substr(0, reply.find('\r'));
+  }
+  // Alive, not a zombie (the first driver's replicas are this test's children, which no one
+  // reaps once the driver left them).
+  static bool running(int pid) {
+    const std::string stat = test_support::read_proc_file("/proc/" + std::to_string(pid) + "/stat");
+    const auto close = stat.rfind(')');
+    return close != std::string::npos && close + 2 < stat.size() && stat[close + 2] != 'Z';
+  }
+  fs::path record(const std::string& replica) const { return work_ / "kept" / (replica + ".pb"); }
+};
+
+TEST_F(KeptReplicaTest, ALeftReplicaIsTakenBackByTheNextDriverThenStopped) {
+  ReplicaEvents first;
+  auto options = first.options("web-k1", http_replica_spec(token_));
+  options.epoch = 3;
+  auto replica = driver_->start_replica(options);
+  EXPECT_TRUE(replica->outlives_agent());
+  const int pid = replica->fence_pid();
+  const auto ports = replica->ports();
+  ASSERT_GT(pid, 0);
+  driver_->detach();
+  driver_.reset();  // the agent is gone: the replica is not
+  ASSERT_TRUE(running(pid));
+  EXPECT_THAT(get(ports.at(8080)), HasSubstr("200"));  // logged while no agent reads
+  // The record is the agent's only.
+  struct stat st {};
+  ASSERT_EQ(::lstat(record("web-k1").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600U);
+  ASSERT_EQ(::lstat((work_ / "kept").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700U);
+
+  driver_ = make_driver();
+  ReplicaEvents second;
+  auto adopted = driver_->adopt(second.options("", {}).on_log, second.options("", {}).on_exit);
+  ASSERT_EQ(adopted.size(), 1U);
+  auto& back = adopted[0];
+  EXPECT_EQ(back.epoch, 3);
+  EXPECT_EQ(back.replica->name(), "web-k1");
+  EXPECT_EQ(back.replica->fence_pid(), pid);
+  EXPECT_EQ(back.replica->ports(), ports);
+  EXPECT_TRUE(back.replica->alive());
+  // What it wrote while no agent read comes through, and what it writes now.
+  EXPECT_TRUE(second.logged("stderr: ") && second.logged("\"GET / HTTP/1.0\" 200"));
+  back.replica->adopted(4);
+  EXPECT_THAT(get(ports.at(8080)), HasSubstr("200"));
+  back.replica->stop(std::chrono::seconds(5));
+  ASSERT_TRUE(second.wait_exit());
+  EXPECT_TRUE(second.exit->requested);
+  EXPECT_EQ(second.exit->replica, "web-k1");
+  EXPECT_FALSE(back.replica->alive());
+  EXPECT_TRUE(eventually([&] { return !running(pid); }));
+  EXPECT_FALSE(fs::exists(record("web-k1")));
+}
+
+TEST_F(KeptReplicaTest, AKilledAdoptedReplicaIsReportedExited) {
+  ReplicaEvents first;
+  const int pid =
+      driver_->start_replica(first.options("web-k2", http_replica_spec(token_)))->fence_pid();
+  driver_->detach();
+  driver_ = make_driver();
+  ReplicaEvents second;
+  auto adopted = driver_->adopt(second.options("", {}).on_log, second.options("", {}).on_exit);
+  ASSERT_EQ(adopted.size(), 1U);
+  ASSERT_EQ(::kill(pid, SIGKILL), 0);  // something other than the agent
+  ASSERT_TRUE(second.wait_exit());
+  EXPECT_FALSE(second.exit->requested);
+  EXPECT_EQ(second.exit->replica, "web-k2");
+  EXPECT_FALSE(adopted[0].replica->alive());
+}
+
+TEST_F(KeptReplicaTest, ARecordNamingAReusedPidIsNotAdoptedAndNothingIsKilledByPid) {
+  ReplicaEvents first;
+  auto replica = driver_->start_replica(first.options("web-k3", http_replica_spec(token_)));
+  const int pid = replica->fence_pid();
+  replica.reset();
+  driver_->detach();
+  driver_.reset();
+  // Its pid now names another process (as after the replica ended and the pid was reused): the
+  // record points there, with the replica's start time.
+  const pid_t other = ::fork();
+  ASSERT_GE(other, 0);
+  if (other == 0) {
+    ::execl("/bin/sleep", "sleep", "600", static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  v1::KeptReplica kept;
+  {
+    std::ifstream in(record("web-k3"), std::ios::binary);
+    ASSERT_TRUE(kept.ParseFromIstream(&in));
+  }
+  EXPECT_EQ(kept.pid(), pid);
+  kept.set_pid(other);
+  {
+    std::ofstream out(record("web-k3"), std::ios::binary | std::ios::trunc);
+    ASSERT_TRUE(kept.SerializeToOstream(&out));
+  }
+  driver_ = make_driver();
+  ReplicaEvents second;
+  EXPECT_TRUE(
+      driver_->adopt(second.options("", {}).on_log, second.options("", {}).on_exit).empty());
+  // The other process lives; the replica went with its cgroup (not by a pid).
+  EXPECT_EQ(::waitpid(other, nullptr, WNOHANG), 0);
+  EXPECT_TRUE(eventually([&] { return !running(pid); }));
+  EXPECT_FALSE(fs::exists(record("web-k3")));
+  ::kill(other, SIGKILL);
+  ::waitpid(other, nullptr, 0);
+}
+
+TEST_F(KeptReplicaTest, AReplicaOnANetworkIsRelayedOnItsHostPortAgainOnceTakenBack) {
+  // This thread (and the drivers' threads it starts) in a network namespace of its own.
+  if (::geteuid() != 0 || ::unshare(CLONE_NEWNET) != 0) {
+    GTEST_SKIP() << "VM networks need root (a network namespace, bridges, veth pairs)";
+  }
+  ASSERT_EQ(std::system("ip link set lo up"), 0);
+  ReplicaEvents first;
+  auto spec = http_replica_spec(token_);
+  spec.set_command(2,
+                   "import http.server as h, os, signal, sys\n"
+                   "signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))\n"
+                   "h.HTTPServer(('', int(os.environ['PORT'])), "
+                   "h.SimpleHTTPRequestHandler).serve_forever()\n");
+  auto options = first.options("web-k5", spec);
+  v1::NetworkAttachment network;
+  network.set_network("keep");
+  network.set_subnet("10.79.0.0/24");
+  network.set_address("10.79.0.2");
+  options.network = network;
+  auto replica = driver_->start_replica(options);
+  const auto port = replica->ports().at(8080);
+  EXPECT_THAT(get(port), HasSubstr("200"));
+  driver_->detach();
+  replica.reset();
+  driver_.reset();
+  EXPECT_EQ(get(port), "");  // its relay went with the agent
+  driver_ = make_driver();
+  ReplicaEvents second;
+  auto adopted = driver_->adopt(second.options("", {}).on_log, second.options("", {}).on_exit);
+  ASSERT_EQ(adopted.size(), 1U);
+  EXPECT_EQ(adopted[0].replica->ports().at(8080), port);
+  EXPECT_THAT(get(port), HasSubstr("200"));  // relayed again, on the same host port
+  adopted[0].replica->stop(std::chrono::seconds(5));
+  ASSERT_TRUE(second.wait_exit());
+  EXPECT_EQ(get(port), "");
+}
+
+TEST_F(KeptReplicaTest, AReplicaLeftUnreadyIsKilledNotTakenBack) {
+  ReplicaEvents first;
+  const int pid =
+      driver_->start_replica(first.options("web-k6", http_replica_spec(token_)))->fence_pid();
+  driver_->detach();
+  driver_.reset();
+  // As its record reads when its agent ended before it was ready (or when it is a primary).
+  v1::KeptReplica kept;
+  {
+    std::ifstream in(record("web-k6"), std::ios::binary);
+    ASSERT_TRUE(kept.ParseFromIstream(&in));
+  }
+  EXPECT_TRUE(kept.adoptable());
+  kept.set_adoptable(false);
+  {
+    std::ofstream out(record("web-k6"), std::ios::binary | std::ios::trunc);
+    ASSERT_TRUE(kept.SerializeToOstream(&out));
+  }
+  ASSERT_TRUE(running(pid));
+  driver_ = make_driver();
+  EXPECT_TRUE(driver_->adopt({}, {}).empty());
+  EXPECT_TRUE(eventually([&] { return !running(pid); }));
+  EXPECT_FALSE(fs::exists(record("web-k6")));
+}
+
+TEST_F(KeptReplicaTest, ShutdownStillKillsAKeepableReplica) {
+  ReplicaEvents events;
+  auto replica = driver_->start_replica(events.options("web-k4", http_replica_spec(token_)));
+  driver_->shutdown();
+  ASSERT_TRUE(events.wait_exit());
+  EXPECT_TRUE(events.exit->requested);
+  EXPECT_FALSE(fs::exists(record("web-k4")));
+  driver_ = make_driver();
+  EXPECT_TRUE(driver_->adopt({}, {}).empty());
 }
 
 // ---- the instance-level API (what warm pools use) ----

@@ -285,6 +285,31 @@ def attack_fill_scratch(event):
     return result(True, "wrote %d MiB without a quota" % (written >> 20))
 
 
+def attack_console_reopen(event):
+    """Its console by a path (/proc/self/fd/1): the agent's FIFO or file, to open anew."""
+    for fd in (1, 2):
+        try:
+            f = os.open("/proc/self/fd/%d" % fd, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:
+            continue
+        os.close(f)
+        return result(True, "reopened its fd %d by /proc/self/fd" % fd)
+    return result(False, "refused")
+
+
+def attack_console_grow(event):
+    """Its console as a file on the host's disk: grow it past any quota."""
+    for fd in (1, 2):
+        for how, grow in (("fallocate", lambda: os.posix_fallocate(fd, 0, 1 << 30)),
+                          ("ftruncate", lambda: os.ftruncate(fd, 1 << 30))):
+            try:
+                grow()
+            except OSError:
+                continue
+            return result(True, "%s of fd %d to 1 GiB" % (how, fd))
+    return result(False, "its console is no file")
+
+
 def handler(event, context):
     if event.get("attack") == "pid":
         return {"pid": os.getpid()}

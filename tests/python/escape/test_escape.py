@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -97,6 +98,8 @@ ATTACKS = [
     "write_dev",           # device nodes: disks, /dev/kvm, creating files in /dev
     "raise_rlimits",       # hard limits above what it was given
     "syscalls",            # new namespaces, setns, bpf, keyctl, kexec, modules, perf, handles
+    "console_reopen",      # its stdout by a path (/proc/self/fd/1): the agent's pipe or file
+    "console_grow",        # its stdout as a host file: fallocate or ftruncate it to 1 GiB
 ]
 
 
@@ -324,3 +327,134 @@ def test_attacks_from_a_guest_restored_from_a_snapshot_do_not_reach_the_host(gue
     assert "blixard: restored from snapshot" in said, said
     escaped = {n: r["detail"] for n, r in results.items() if r["ok"] and n in HOST_REACHING}
     assert escaped == {}, escaped
+
+
+# ---- a VM replica that outlives its agent (a joined agent's sandbox driver, docs/vms.md) ----
+
+KEPT_RUNNER = """
+import json, os, socket, threading, time
+s = socket.socket()
+s.bind(("127.0.0.1", int(os.environ["PORT"])))
+s.listen()
+threading.Thread(target=lambda: [s.accept()[0].close() for _ in iter(int, 1)], daemon=True).start()
+rounds = 0
+while True:
+    rounds += 1
+    for name in json.loads(os.environ["ATTACKS"]):
+        event = json.loads(os.environ["EVENT"])
+        event["attack"] = name
+        try:
+            out = handler(event, None)
+        except BaseException as e:
+            out = {"ok": False, "detail": "raised %r" % (e,)}
+        print("RESULT " + json.dumps({"round": rounds, "name": name, **out}), flush=True)
+    time.sleep(1)
+"""
+
+
+def _confinement(pid: int) -> dict:
+    """What confines a process, as the host sees it."""
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    fields = {k: v.strip() for k, v in (line.split(":", 1) for line in status)}
+    return {"uid": fields["Uid"], "gid": fields["Gid"], "caps": fields["CapEff"],
+            "bounding": fields["CapBnd"], "seccomp": fields["Seccomp"],
+            "nnp": fields["NoNewPrivs"], "cgroup": Path(f"/proc/{pid}/cgroup").read_text(),
+            "ns": {ns: os.readlink(f"/proc/{pid}/ns/{ns}")
+                   for ns in ("pid", "mnt", "ipc", "uts", "user", "net")}}
+
+
+def test_a_replica_that_outlives_its_agent_gains_nothing(daemon, tmp_path):
+    """A hostile replica on a joined agent, stopped (SIGUSR2) and killed (SIGKILL) and restarted:
+    taken back each time, and confined as before (ids, capabilities, seccomp, cgroup,
+    namespaces); every attack, run again under each agent, still fails."""
+    from blixard.cli import find_agent
+
+    client = daemon["client"]
+    host, port = daemon["info"]["address"].rsplit("//", 1)[1].split(":")
+    secret = client.create_token("node", name="escape-kept")["secret"]
+    data = tmp_path / "kept-agent"
+    data.mkdir()
+    mark = f"escape-kept-{uuid.uuid4().hex[:12]}"
+
+    def start_agent():
+        with open(data / "agent.log", "ab") as log:
+            return subprocess.Popen(
+                [find_agent(), "--join", f"{host}:{port}", "--token", secret, "--name", "kept",
+                 "--labels", "escape=kept", "--data-dir", str(data)],
+                stdout=log, stderr=subprocess.STDOUT)
+
+    def wait(condition, timeout=60):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = condition()
+            if value:
+                return value
+            time.sleep(0.1)
+        raise AssertionError(f"not within {timeout}s: {(data / 'agent.log').read_text()}")
+
+    def replica_pid():
+        for entry in os.listdir("/proc"):
+            try:
+                if entry.isdigit() and f"E2E_MARK={mark}".encode() in \
+                        Path(f"/proc/{entry}/environ").read_bytes():
+                    status = Path(f"/proc/{entry}/status").read_text()
+                    if any(line.startswith("NSpid:") and line.split()[-1] == "1"
+                           for line in status.splitlines()):
+                        return int(entry)
+            except OSError:
+                pass
+        return 0
+
+    def results_after(round_):
+        out = {}
+        for line in client.vm("kept-hostile").logs():
+            if line["text"].startswith("RESULT "):
+                r = json.loads(line["text"][len("RESULT "):])
+                if r["round"] > round_:
+                    out.setdefault(r["round"], {})[r["name"]] = r
+        return {n: rs for n, rs in out.items() if set(rs) == set(ATTACKS)}
+
+    agent = start_agent()
+    try:
+        wait(lambda: any(n["metadata"]["name"] == "kept" and
+                         n.get("status", {}).get("phase") == "Ready" for n in client.nodes()))
+        event = {"dataDir": str(data), "token": daemon["info"]["token"],
+                 "hostTmpMarker": str(daemon["marker"]), "apiHost": host, "apiPort": int(port)}
+        client.apply_objects({"vms": [{"metadata": {"name": "kept-hostile"}, "spec": {
+            "type": "long-lived", "memory": 128, "ports": [80], "replicas": 1,
+            "placement": {"nodeSelector": {"escape": "kept"}},
+            "command": [sys.executable, "-c", (HERE / "attacks.py").read_text() + KEPT_RUNNER],
+            "env": {"ATTACKS": json.dumps(ATTACKS), "EVENT": json.dumps(event),
+                    "E2E_MARK": mark}}}]})
+        pid = wait(replica_pid)
+        before = _confinement(pid)
+        seen = 0
+        for stop, taken in (("SIGUSR2", 1), ("SIGKILL", 2)):
+            rounds = wait(lambda: results_after(seen))
+            seen = max(rounds)
+            for results in rounds.values():
+                escaped = {n: r["detail"] for n, r in results.items()
+                           if r["ok"] and n not in REPLICA_ON_HOST_NETWORK}
+                assert escaped == {}, escaped
+            agent.send_signal(getattr(signal, stop))
+            agent.wait(timeout=30)
+            assert replica_pid() == pid, stop
+            assert _confinement(pid) == before, stop
+            agent = start_agent()
+            wait(lambda: (data / "agent.log").read_text().count("took back 1 replica(s)") == taken)
+        # Under the agent that took it back: the same process, as confined, its attacks failing.
+        rounds = wait(lambda: results_after(seen))
+        for results in rounds.values():
+            escaped = {n: r["detail"] for n, r in results.items()
+                       if r["ok"] and n not in REPLICA_ON_HOST_NETWORK}
+            assert escaped == {}, escaped
+        assert replica_pid() == pid
+        assert _confinement(pid) == before
+    finally:
+        try:
+            client.delete_vm("kept-hostile")
+        except Exception:  # noqa: BLE001 - cleanup
+            pass
+        agent.send_signal(signal.SIGTERM)  # what it runs ends with it
+        agent.wait(timeout=30)
+    wait(lambda: replica_pid() == 0, 15)

@@ -1,0 +1,253 @@
+"""A restarted agent takes its sandboxed replicas back, as it does its guests (docs/vms.md, "Agent
+restarts"). A server and one agent joined to it with the sandbox driver (no guests: fast), on
+loopback; a 2-replica set serving HTTP through the server's balancer while a client polls it. The
+agent stopped for an upgrade (SIGUSR2) or killed with SIGKILL, and started again within its node's
+lease, keeps the same replica processes (their console, exit and stop its own again), and the
+balancer serves throughout. An agent back only after the lease lapsed finds its replicas given
+up: it kills them, and the set's replicas start afresh."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+import blixard
+
+from blixard.cli import find_agent
+from conftest import _stop, poll
+
+MARK = f"e2e-keep-{uuid.uuid4().hex[:12]}"
+
+PAGE = f"""\
+type: long-lived
+memory: 64M
+ports: [80]
+env:
+  E2E_MARK: {MARK}
+command:
+  - /usr/bin/python3
+  - -c
+  - |
+    import http.server, os, signal, sys
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    hits = 0
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            global hits
+            hits += 1
+            print("hit", hits, flush=True)
+            self.send_response(200)
+            self.send_header("Content-Length", "4")
+            self.end_headers()
+            self.wfile.write(b"kept")
+        def log_message(self, *args):
+            pass
+    http.server.ThreadingHTTPServer(("", int(os.environ["PORT_80"])), Page).serve_forever()
+"""
+
+
+class Setup:
+    """A server (no node of its own) and one agent joined to it with the sandbox driver."""
+
+    def __init__(self, tmp_path: Path):
+        self.tmp = tmp_path
+        self.server: subprocess.Popen | None = None
+        self.agent: subprocess.Popen | None = None
+        self.address = self.token = ""
+
+    def start_server(self) -> None:
+        data = self.tmp / "server"
+        data.mkdir()
+        with open(data / "server.log", "wb") as log:
+            self.server = subprocess.Popen(
+                [find_agent(), "--server", "--no-local-node", "--listen", "127.0.0.1:0",
+                 "--data-dir", str(data), "--node-lease", "8s"],
+                stdout=log, stderr=subprocess.STDOUT)
+        state = data / "server.json"
+        poll(lambda: state.exists() or self.server.poll() is not None, 30)
+        info = json.loads(state.read_text())
+        self.address, self.token = info["address"], info["token"]
+
+    def start_agent(self) -> None:
+        data = self.tmp / "agent"
+        data.mkdir(exist_ok=True)
+        with open(data / "agent.log", "ab") as log:
+            self.agent = subprocess.Popen(
+                [find_agent(), "--join", self.address, "--token", self.token, "--name", "n1",
+                 "--data-dir", str(data)],
+                stdout=log, stderr=subprocess.STDOUT)
+
+    def agent_log(self) -> str:
+        return (self.tmp / "agent" / "agent.log").read_text(errors="replace")
+
+    def server_log(self) -> str:
+        return (self.tmp / "server" / "server.log").read_text(errors="replace")
+
+    def client(self) -> blixard.Cluster:
+        return blixard.connect(self.address, token=self.token)
+
+    def cli(self, *args: str) -> str:
+        env = dict(os.environ, BLIXARD_ADDR=self.address, BLIXARD_TOKEN=self.token)
+        out = subprocess.run([sys.executable, "-m", "blixard", *args], env=env,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr + out.stdout
+        return out.stdout
+
+    def phase(self) -> str:
+        return next((n.get("status", {}).get("phase", "") for n in self.client().nodes()
+                     if n["metadata"]["name"] == "n1"), "")
+
+    def status(self) -> dict:
+        return json.loads(self.cli("vm", "status", "web", "-o", "json"))["status"]
+
+
+def get(address: str) -> str:
+    with urllib.request.urlopen(f"http://{address}/", timeout=5) as r:
+        return r.read().decode()
+
+
+class Poller(threading.Thread):
+    """GETs the balancer until stopped, counting answers and failures."""
+
+    def __init__(self, address: str):
+        super().__init__(daemon=True)
+        self.address, self.stop, self.ok, self.failed = address, threading.Event(), 0, []
+
+    def run(self):
+        while not self.stop.is_set():
+            try:
+                assert get(self.address) == "kept"
+                self.ok += 1
+            except Exception as e:  # noqa: BLE001 - every failure counts
+                self.failed.append(repr(e))
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def setup(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("the sandbox's replicas need a root agent")
+    s = Setup(tmp_path)
+    try:
+        s.start_server()
+        s.start_agent()
+        poll(lambda: s.phase() == "Ready", 30)
+        yield s
+    finally:
+        _stop(s.agent)  # its replicas with it
+        _stop(s.server)
+        # Nothing of the test's outlives it (SIGTERM stops everything).
+        poll(lambda: not replicas(), 10)
+
+
+def replicas() -> dict[str, int]:
+    """The replica processes of this test (their init, by the set's replica), found by the mark in
+    their environment."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            env = (proc / "environ").read_bytes().split(b"\0")
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        if f"E2E_MARK={MARK}".encode() not in env or stat[stat.rfind(")") + 2] == "Z":
+            continue
+        name = next(e.split(b"=", 1)[1].decode() for e in env if e.startswith(b"BLIXARD_REPLICA="))
+        # Its init (PID 1 of its namespace) only, not a thread or child.
+        if any(line.startswith("NSpid:") and line.split()[-1] == "1"
+               for line in (proc / "status").read_text().splitlines()):
+            found[name] = int(proc.name)
+    return found
+
+
+def hits(setup, after: int = 0) -> dict[str, int]:
+    """How many `hit` console lines of each replica the server holds past sequence `after`."""
+    count: dict[str, int] = {}
+    for line in setup.client().vm("web").logs(after=after):
+        if line["text"].startswith("hit "):
+            count[line["instance"]] = count.get(line["instance"], 0) + 1
+    return count
+
+
+def last_sequence(setup) -> int:
+    lines = list(setup.client().vm("web").logs())
+    return max((line["sequence"] for line in lines), default=0)
+
+
+def test_a_restarted_agent_takes_its_sandboxed_replicas_back(setup, tmp_path):
+    config = tmp_path / "web.yaml"
+    config.write_text(PAGE)
+    setup.cli("vm", "create", "web", "--config", str(config), "--replicas", "2", "--wait")
+    before = setup.status()
+    names = sorted(i["name"] for i in before["instances"])
+    assert len(names) == 2, before
+    running = poll(lambda: len(replicas()) == 2 and replicas(), 10)
+    lb = poll(lambda: setup.status().get("endpoints"), 10)[0]["address"]
+    assert get(lb) == "kept"
+    # What the next agent acts on is root's alone.
+    kept = setup.tmp / "agent" / "instances" / "kept"
+    records = sorted(kept.glob("*.pb"))
+    assert len(records) == 2, records
+    assert kept.stat().st_uid == 0 and kept.stat().st_mode & 0o077 == 0
+    for record in records:
+        assert record.stat().st_uid == 0 and record.stat().st_mode & 0o077 == 0, record
+
+    poller = Poller(lb)
+    poller.start()
+    try:
+        for stop, taken in (("SIGUSR2", 1), ("SIGKILL", 2)):
+            setup.agent.send_signal(getattr(signal, stop))
+            assert setup.agent.wait(timeout=30) == (0 if stop == "SIGUSR2" else -signal.SIGKILL)
+            assert replicas() == running, stop
+            held = poll(lambda: [i for i in setup.status()["instances"]
+                                 if "is disconnected: held" in i.get("message", "")], 10)
+            assert sorted(i["name"] for i in held) == names, held
+            seen = last_sequence(setup)
+            setup.start_agent()
+            poll(lambda: setup.phase() == "Ready", 30)
+            poll(lambda: setup.agent_log().count("took back 2 replica(s)") == taken, 10)
+            poll(lambda: setup.server_log().count(", 2 adopted") == taken, 10)
+            ok_after = poller.ok
+            poll(lambda: poller.ok > ok_after + 10, 20)  # served under the new agent too
+            # Their consoles are the new agent's: lines come from both replicas again.
+            poll(lambda: len(hits(setup, seen)) == 2, 20)
+    finally:
+        poller.stop.set()
+        poller.join()
+    assert not poller.failed, poller.failed[:5]
+    assert replicas() == running, "a replica was restarted"
+    after = setup.status()
+    assert sorted(i["name"] for i in after["instances"]) == names, after
+    assert [i.get("node") for i in after["instances"]] == [i.get("node") for i in before["instances"]]
+    assert after["readyReplicas"] == 2, after
+
+    # The adopted replicas are the agent's again: a scale-down stops one of them.
+    setup.cli("vm", "scale", "web", "--replicas", "1", "--wait")
+    poll(lambda: len(replicas()) == 1, 30)
+    assert set(replicas().items()) < set(running.items())
+
+    # Back only after the lease lapsed: the server gave the replica up and placed it again
+    # (nowhere to go until the node is back); the agent kills the old one.
+    left = replicas()
+    setup.agent.kill()
+    setup.agent.wait()
+    poll(lambda: setup.phase() == "Lost", 20)
+    setup.start_agent()
+    poll(lambda: setup.phase() == "Ready", 30)
+    fresh = poll(lambda: setup.status().get("readyReplicas") == 1 and len(replicas()) == 1
+                 and replicas() != left and replicas(), 60)
+    assert not set(fresh.values()) & set(left.values())
+    assert get(lb) == "kept"
+    print(f"sandbox agent restart: {poller.ok} requests through the balancer, 0 failed")
