@@ -854,8 +854,6 @@ class SandboxDriver final : public Driver {
            text[paren + 2] != 'X';
   }
 
-  // Instance dirs left by an agent that died (named <function>-<pid>-<n>, their pid gone): only
-  // empty mount points now, since scratch is a tmpfs in the instance's own mount namespace.
   // ---- replicas kept across agent restarts (SandboxOptions::keep_replicas) ----
 
   fs::path kept_dir() const { return options_.work_dir / "kept"; }
@@ -910,6 +908,8 @@ class SandboxDriver final : public Driver {
     return context;
   }
 
+  // Instance dirs left by an agent that died (named <function>-<pid>-<n>, their pid gone): only
+  // empty mount points now, since scratch is a tmpfs in the instance's own mount namespace.
   void reclaim_instance_dirs() {
     std::error_code ec;
     for (const auto& entry : fs::directory_iterator(options_.work_dir / "instances", ec)) {
