@@ -41,6 +41,7 @@
 #include "runtime/accel.hpp"
 #include "runtime/console.hpp"
 #include "runtime/domain_xml.hpp"
+#include "runtime/kept_record.hpp"
 #include "runtime/process.hpp"
 #include "runtime/replica_network.hpp"
 #include "runtime/volume.hpp"
@@ -68,7 +69,7 @@ const fs::path k_socket_root = "/run/blixard";
 constexpr const char* k_kept_dir = "kept";
 
 fs::path kept_record(const fs::path& work_dir, const std::string& replica) {
-  return work_dir / k_kept_dir / (replica + ".pb");
+  return kept_record_path(work_dir / k_kept_dir, replica);
 }
 constexpr std::uint64_t k_min_guest_mib = 128;
 // Shapes whose save images are kept at once (the least recently started goes first), and the
@@ -676,32 +677,15 @@ void LibvirtReplica::start(const LibvirtOptions& driver, const GuestImage& image
 }
 
 void LibvirtReplica::keep_record() const {
-  v1::KeptReplica kept;
-  auto& a = *kept.mutable_assignment();
-  a.set_epoch(options_.epoch);
-  a.set_vm(options_.vm);
-  a.set_replica(options_.name);
-  a.set_slot(options_.slot);
-  *a.mutable_spec() = options_.spec;
-  if (options_.volume) *a.mutable_volume() = *options_.volume;
-  if (options_.network) *a.mutable_network() = *options_.network;
+  v1::KeptReplica kept = kept_record_of(options_);
   kept.set_domain(domain_);
   kept.set_sockets(sockets_.string());
   for (const auto& [port, host] : ports_) (*kept.mutable_ports())[port] = host;
   kept.set_start_us(started_in_.count());
-  // Written aside and renamed: a reader sees the whole record or none. Root's only (the spec's
-  // environment is in it).
-  const fs::path record = kept_record(work_dir(), options_.name);
-  const fs::path partial = record.string() + ".partial";
-  const UniqueFd out(
-      ::open(partial.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
-  if (out.get() < 0 || !write_all(out.get(), kept.SerializeAsString()) ||
-      ::rename(partial.c_str(), record.c_str()) != 0) {
-    if (options_.on_log) {
-      options_.on_log(options_.name, "blixard",
-                      std::string("blixard: cannot keep this guest's record (") +
-                          std::strerror(errno) + "): an agent restarted will not take it back");
-    }
+  if (!write_kept_record(kept_record(work_dir(), options_.name), kept) && options_.on_log) {
+    options_.on_log(options_.name, "blixard",
+                    std::string("blixard: cannot keep this guest's record (") +
+                        std::strerror(errno) + "): an agent restarted will not take it back");
   }
 }
 
@@ -1069,17 +1053,11 @@ class LibvirtDriver final : public Driver {
     std::map<std::string, std::pair<fs::path, v1::KeptReplica>> kept;
     std::error_code ec;
     for (const auto& entry : fs::directory_iterator(options_.work_dir / k_kept_dir, ec)) {
-      std::ifstream in(entry.path(), std::ios::binary);
-      v1::KeptReplica record;
-      if (!in || !record.ParseFromIstream(&in) || record.domain().empty()) continue;
-      const std::string replica = record.assignment().replica();
-      // Named after the replica it keeps (and so a name that is no path).
-      if (replica.empty() || replica.find('/') != std::string::npos ||
-          entry.path() != kept_record(options_.work_dir, replica)) {
-        continue;
-      }
-      const std::string domain = record.domain();
-      kept[domain] = {options_.work_dir / "replicas" / replica, std::move(record)};
+      auto record = read_kept_record(entry.path());
+      if (!record || record->domain().empty()) continue;
+      const std::string domain = record->domain();
+      const std::string replica = record->assignment().replica();
+      kept[domain] = {options_.work_dir / "replicas" / replica, std::move(*record)};
     }
     std::vector<AdoptedReplica> adopted;
     std::set<fs::path> taken;  // their directories and sockets' directories
@@ -1448,17 +1426,7 @@ class LibvirtDriver final : public Driver {
   std::shared_ptr<LibvirtReplica> take_back(
       const fs::path& dir, const v1::KeptReplica& record, const ReplicaOptions::LogCallback& on_log,
       const std::function<void(const ReplicaExit&)>& on_exit) {
-    const auto& a = record.assignment();
-    ReplicaOptions options;
-    options.vm = a.vm();
-    options.name = a.replica();
-    options.slot = a.slot();
-    options.spec = a.spec();
-    if (a.has_volume()) options.volume = a.volume();
-    if (a.has_network()) options.network = a.network();
-    options.epoch = a.epoch();
-    options.on_log = on_log;
-    options.on_exit = on_exit;
+    ReplicaOptions options = kept_replica_options(record, on_log, on_exit);
     {
       std::lock_guard lock(mutex_);
       if (closed_) throw Error(errc::unavailable, "the libvirt driver is shut down");

@@ -40,6 +40,7 @@
 #include "runtime/driver.hpp"
 #include "runtime/embedded.hpp"
 #include "runtime/frame.hpp"
+#include "runtime/kept_record.hpp"
 #include "runtime/process.hpp"
 #include "runtime/sandbox_replica.hpp"
 #include "runtime/spawn.hpp"
@@ -529,11 +530,12 @@ class SandboxDriver final : public Driver {
     for (const auto& entry : fs::directory_iterator(kept_dir(), ec)) {
       const fs::path& path = entry.path();
       if (path.extension() != ".pb") continue;
-      v1::KeptReplica record;
-      if (!read_record(path, record)) {
+      auto read = read_kept_record(path);
+      if (!read || read->pid() <= 1) {
         spdlog::warn("sandbox: ignoring {}: not a record of this agent's", path.string());
         continue;
       }
+      const v1::KeptReplica& record = *read;
       const std::string name = record.assignment().replica();
       // Its root and cgroup are this driver's (named so at the start).
       const fs::path root(record.root());
@@ -543,16 +545,7 @@ class SandboxDriver final : public Driver {
         spdlog::warn("sandbox: ignoring {}: not a replica of this driver's", path.string());
         continue;
       }
-      ReplicaOptions options;
-      options.vm = record.assignment().vm();
-      options.name = name;
-      options.slot = record.assignment().slot();
-      options.spec = record.assignment().spec();
-      if (record.assignment().has_volume()) options.volume = record.assignment().volume();
-      if (record.assignment().has_network()) options.network = record.assignment().network();
-      options.epoch = record.assignment().epoch();
-      options.on_log = on_log;
-      options.on_exit = on_exit;
+      ReplicaOptions options = kept_replica_options(record, on_log, on_exit);
       if (!record.adoptable()) {
         // Still starting when its agent ended, or a primary: never taken back.
         if (kill_kept_process(record)) {
@@ -876,21 +869,6 @@ class SandboxDriver final : public Driver {
         ::chmod(dir.c_str(), 0700) != 0) {
       throw Error(errc::unavailable, "cannot make " + dir.string() + " the agent's own directory");
     }
-  }
-  // A record this agent's driver wrote: a regular file of its own, 0600, named after the replica.
-  static bool read_record(const fs::path& path, v1::KeptReplica& record) {
-    const UniqueFd fd(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK));
-    struct stat st {};
-    if (fd.get() < 0 || ::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode) ||
-        st.st_uid != ::geteuid() || (st.st_mode & 077) != 0 || st.st_size > (16 << 20)) {
-      return false;
-    }
-    std::string data(static_cast<std::size_t>(st.st_size), '\0');
-    if (::read(fd.get(), data.data(), data.size()) != st.st_size) return false;
-    if (!record.ParseFromString(data)) return false;
-    const std::string& name = record.assignment().replica();
-    return !name.empty() && name.find('/') == std::string::npos && name.front() != '.' &&
-           path.filename() == name + ".pb" && record.pid() > 1;
   }
   SandboxReplicaContext replica_context(const fs::path& root) {
     SandboxReplicaContext context;

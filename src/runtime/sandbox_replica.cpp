@@ -25,6 +25,7 @@
 #include "common/health_check.hpp"
 #include "net/links.hpp"
 #include "runtime/console.hpp"
+#include "runtime/kept_record.hpp"
 #include "runtime/port_forward.hpp"
 #include "runtime/process.hpp"
 #include "runtime/replica_network.hpp"
@@ -84,17 +85,6 @@ bool in_cgroup(int pid, const std::string& name) {
     }
   }
   return false;
-}
-
-bool write_all(int fd, const std::string& data) {
-  std::size_t done = 0;
-  while (done < data.size()) {
-    const ssize_t n = ::write(fd, data.data() + done, data.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    done += static_cast<std::size_t>(n);
-  }
-  return true;
 }
 
 // The process a record names, held as a pidfd: opened first, checked second (its start time, its
@@ -269,7 +259,7 @@ class SandboxReplica final : public Replica, public std::enable_shared_from_this
   std::string cgroup_name() const {
     return context_.cgroup_name.empty() ? context_.root.filename().string() : context_.cgroup_name;
   }
-  fs::path record_path() const { return context_.kept_dir / (options_.name + ".pb"); }
+  fs::path record_path() const { return kept_record_path(context_.kept_dir, options_.name); }
   void remove_kept_files() const {
     std::error_code ignored;
     fs::remove(record_path(), ignored);
@@ -683,45 +673,24 @@ void SandboxReplica::left() {
 
 void SandboxReplica::keep_record(bool adoptable) const {
   v1::KeptReplica kept;
-  std::string cgroup;
-  std::uint64_t baseline = 0;
   {
     std::lock_guard lock(mutex_);
+    kept = kept_record_of(options_);
     if (cgroup_) {
-      cgroup = cgroup_name();
-      baseline = cgroup_->oom_baseline();
+      kept.set_cgroup(cgroup_name());
+      kept.set_oom_baseline(cgroup_->oom_baseline());
     }
-    auto& a = *kept.mutable_assignment();
-    a.set_epoch(options_.epoch);
-    a.set_vm(options_.vm);
-    a.set_replica(options_.name);
-    a.set_slot(options_.slot);
-    *a.mutable_spec() = options_.spec;
-    if (options_.volume) *a.mutable_volume() = *options_.volume;
-    if (options_.network) *a.mutable_network() = *options_.network;
   }
   for (const auto& [port, host] : ports_) (*kept.mutable_ports())[port] = host;
   kept.set_start_us(started_in_.count());
   kept.set_pid(pid_);
   kept.set_start_time(start_time_);
-  kept.set_cgroup(cgroup);
-  kept.set_oom_baseline(baseline);
   kept.set_root(context_.root.string());
   kept.set_adoptable(adoptable);
-  // Written aside and renamed: a reader sees the whole record or none. Root's only, in the
-  // agent's own directory (the spec's environment is in it, and the next agent acts on it).
-  const fs::path record = record_path();
-  const fs::path partial = record.string() + ".partial";
-  ::unlink(partial.c_str());
-  const UniqueFd out(
-      ::open(partial.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600));
-  if (out.get() < 0 || !write_all(out.get(), kept.SerializeAsString()) ||
-      ::rename(partial.c_str(), record.c_str()) != 0) {
-    if (options_.on_log) {
-      options_.on_log(options_.name, "blixard",
-                      std::string("blixard: cannot keep this replica's record (") +
-                          std::strerror(errno) + "): an agent restarted will not take it back");
-    }
+  if (!write_kept_record(record_path(), kept) && options_.on_log) {
+    options_.on_log(options_.name, "blixard",
+                    std::string("blixard: cannot keep this replica's record (") +
+                        std::strerror(errno) + "): an agent restarted will not take it back");
   }
 }
 

@@ -17,6 +17,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -211,7 +212,10 @@ def test_a_guest_standby_is_promoted_in_place_when_the_primary_dies(guests, tmp_
         shutil.rmtree(pool, ignore_errors=True)
 
 
-def promote_in_place(cli, pool: Path, tmp_path: Path) -> None:
+def promote_in_place(cli, pool: Path, tmp_path: Path,
+                     before_kill: Callable[[dict], None] | None = None) -> None:
+    """The set `db` on `pool`; its primary's qemu killed once `before_kill` (if any) had the
+    settled status; its standby promoted in place."""
     cli("storage", "pool", "create", "shared", "--type", "shared-dir", "--path", str(pool))
     config = tmp_path / "db.json"
     config.write_text(json.dumps({"memory": "256M", "ports": [5432],
@@ -229,6 +233,9 @@ def promote_in_place(cli, pool: Path, tmp_path: Path) -> None:
     old = next(i for i in st["instances"] if i.get("role") == "primary")
     standby = next(i for i in st["instances"] if i.get("role") == "replica")
     lb = st["endpoints"][0]["address"]
+    if before_kill:
+        before_kill(st)
+    standby_pid = qemu_pid(standby["name"])
     writer = Writer(lb)
     writer.start()
     try:
@@ -255,6 +262,7 @@ def promote_in_place(cli, pool: Path, tmp_path: Path) -> None:
     # The same run as before: not started again.
     assert promoted["role"] == "primary" and promoted["startedAt"] == standby["startedAt"]
     assert promoted.get("restarts", 0) == standby.get("restarts", 0)
+    assert qemu_pid(standby["name"]) == standby_pid  # the same guest
     # The old primary's epoch line, then the new one's: the volume moved with the role.
     assert get(lb) == f"{epoch},{epoch + 1}"
     print(f"guest failover: first write through the balancer {(first - t0) * 1000:.0f} ms after "

@@ -8,23 +8,15 @@ up: it kills them, and the set's replicas start afresh."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
-import threading
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 
-import blixard
-
-from blixard.cli import find_agent
-from conftest import _stop, poll
+from conftest import poll
+from joined import Joined, Poller, get
 
 MARK = f"e2e-keep-{uuid.uuid4().hex[:12]}"
 
@@ -56,96 +48,18 @@ command:
 """
 
 
-class Setup:
-    """A server (no node of its own) and one agent joined to it with the sandbox driver."""
-
-    def __init__(self, tmp_path: Path):
-        self.tmp = tmp_path
-        self.server: subprocess.Popen | None = None
-        self.agent: subprocess.Popen | None = None
-        self.address = self.token = ""
-
-    def start_server(self) -> None:
-        data = self.tmp / "server"
-        data.mkdir()
-        with open(data / "server.log", "wb") as log:
-            self.server = subprocess.Popen(
-                [find_agent(), "--server", "--no-local-node", "--listen", "127.0.0.1:0",
-                 "--data-dir", str(data), "--node-lease", "8s"],
-                stdout=log, stderr=subprocess.STDOUT)
-        state = data / "server.json"
-        poll(lambda: state.exists() or self.server.poll() is not None, 30)
-        info = json.loads(state.read_text())
-        self.address, self.token = info["address"], info["token"]
-
-    def start_agent(self) -> None:
-        data = self.tmp / "agent"
-        data.mkdir(exist_ok=True)
-        with open(data / "agent.log", "ab") as log:
-            self.agent = subprocess.Popen(
-                [find_agent(), "--join", self.address, "--token", self.token, "--name", "n1",
-                 "--data-dir", str(data)],
-                stdout=log, stderr=subprocess.STDOUT)
-
-    def agent_log(self) -> str:
-        return (self.tmp / "agent" / "agent.log").read_text(errors="replace")
-
-    def server_log(self) -> str:
-        return (self.tmp / "server" / "server.log").read_text(errors="replace")
-
-    def client(self) -> blixard.Cluster:
-        return blixard.connect(self.address, token=self.token)
-
-    def cli(self, *args: str) -> str:
-        env = dict(os.environ, BLIXARD_ADDR=self.address, BLIXARD_TOKEN=self.token)
-        out = subprocess.run([sys.executable, "-m", "blixard", *args], env=env,
-                             capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stderr + out.stdout
-        return out.stdout
-
-    def phase(self) -> str:
-        return next((n.get("status", {}).get("phase", "") for n in self.client().nodes()
-                     if n["metadata"]["name"] == "n1"), "")
-
-    def status(self) -> dict:
-        return json.loads(self.cli("vm", "status", "web", "-o", "json"))["status"]
-
-
-def get(address: str) -> str:
-    with urllib.request.urlopen(f"http://{address}/", timeout=5) as r:
-        return r.read().decode()
-
-
-class Poller(threading.Thread):
-    """GETs the balancer until stopped, counting answers and failures."""
-
-    def __init__(self, address: str):
-        super().__init__(daemon=True)
-        self.address, self.stop, self.ok, self.failed = address, threading.Event(), 0, []
-
-    def run(self):
-        while not self.stop.is_set():
-            try:
-                assert get(self.address) == "kept"
-                self.ok += 1
-            except Exception as e:  # noqa: BLE001 - every failure counts
-                self.failed.append(repr(e))
-            time.sleep(0.05)
-
-
 @pytest.fixture
 def setup(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("the sandbox's replicas need a root agent")
-    s = Setup(tmp_path)
+    s = Joined(tmp_path)
     try:
         s.start_server()
         s.start_agent()
         poll(lambda: s.phase() == "Ready", 30)
         yield s
     finally:
-        _stop(s.agent)  # its replicas with it
-        _stop(s.server)
+        s.stop()  # the agent's replicas with it
         # Nothing of the test's outlives it (SIGTERM stops everything).
         poll(lambda: not replicas(), 10)
 
@@ -204,7 +118,7 @@ def test_a_restarted_agent_takes_its_sandboxed_replicas_back(setup, tmp_path):
     for record in records:
         assert record.stat().st_uid == 0 and record.stat().st_mode & 0o077 == 0, record
 
-    poller = Poller(lb)
+    poller = Poller(lb, "kept")
     poller.start()
     try:
         for stop, taken in (("SIGUSR2", 1), ("SIGKILL", 2)):
