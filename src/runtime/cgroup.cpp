@@ -195,8 +195,7 @@ void InstanceCgroup::remove() {
   dirs_.clear();
 }
 
-CgroupManager::CgroupManager(std::string parent, const fs::path& root, std::string spared)
-    : spared_(std::move(spared)) {
+CgroupManager::CgroupManager(std::string parent, const fs::path& root) {
   while (!parent.empty() && parent.front() == '/') parent.erase(0, 1);
   if (parent.empty()) parent = "blixard";
   struct statfs st {};
@@ -485,7 +484,7 @@ void CgroupManager::adopt_stale() {
   // it (their PID namespaces' init got SIGKILL), their groups stay. Removed, and anything left in
   // them killed.
   auto dead_instance = [this](const std::string& name) {
-    if (!spared_.empty() && name.rfind(spared_, 0) == 0) return false;
+    if (name.rfind(k_kept_prefix, 0) == 0) return false;
     const auto last = name.rfind('-');
     if (last == std::string::npos || last == 0 || name.rfind("idle-", 0) == 0) return false;
     const auto before = name.rfind('-', last - 1);

@@ -15,6 +15,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace blixard::runtime {
@@ -60,11 +61,12 @@ class InstanceCgroup {
 class CgroupManager {
  public:
   enum class Mode { none, v1, v2 };
+  // Groups named so hold VM replicas that outlive their agent ("kept.<agent's hash>-..."; the
+  // '.' is in no instance's name): no agent removes one at its start, whichever agent made it,
+  // since agents on one host share the parent. The agent that made it takes it back or kills it.
+  static constexpr std::string_view k_kept_prefix = "kept.";
   // `parent`: relative path under the hierarchy root(s); empty means "blixard".
-  // `spared`: a prefix of group names a gone agent's instances left that are not removed at start
-  // (VM replicas that outlive their agent, which its successor takes back or kills).
-  explicit CgroupManager(std::string parent, const std::filesystem::path& root = "/sys/fs/cgroup",
-                         std::string spared = {});
+  explicit CgroupManager(std::string parent, const std::filesystem::path& root = "/sys/fs/cgroup");
   // Removes the idle groups (close()).
   ~CgroupManager();
   CgroupManager(const CgroupManager&) = delete;
@@ -125,7 +127,6 @@ class CgroupManager {
 
   mutable std::mutex mutex_;
   std::vector<Idle> idle_;  // most recently released last: its cache is the warmest
-  std::string spared_;
   bool closed_ = false;
 };
 

@@ -337,8 +337,7 @@ class SandboxDriver final : public Driver {
   explicit SandboxDriver(SandboxOptions options)
       : options_(std::move(options)),
         replica_prefix_(replica_prefix(options_)),
-        cgroups_(options_.cgroup_parent, "/sys/fs/cgroup",
-                 options_.keep_replicas ? replica_prefix_ : "") {
+        cgroups_(options_.cgroup_parent) {
     std::error_code ec;
     options_.work_dir = fs::absolute(options_.work_dir);
     fs::create_directories(options_.work_dir / "instances", ec);
@@ -851,15 +850,16 @@ class SandboxDriver final : public Driver {
 
   fs::path kept_dir() const { return options_.work_dir / "kept"; }
   fs::path consoles_dir() const { return options_.work_dir / "consoles"; }
-  // Of its replicas' roots and cgroups: with a hash of the work dir where they may outlive the
-  // agent, so that another agent's on the same cgroup parent are never taken for its own.
+  // Of its replicas' roots and cgroups. Where they may outlive the agent: the kept groups' prefix
+  // (which no agent's start removes) and a hash of the work dir, so that another agent's on the
+  // same cgroup parent are never taken for its own.
   static std::string replica_prefix(const SandboxOptions& options) {
     if (!options.keep_replicas) return "vm-";
     std::array<char, 9> hex{};
     std::snprintf(
         hex.data(), hex.size(), "%08x",
         static_cast<unsigned>(std::hash<std::string>{}(fs::absolute(options.work_dir).string())));
-    return "vm-" + std::string(hex.data()) + "-";
+    return std::string(CgroupManager::k_kept_prefix) + std::string(hex.data()) + "-";
   }
   // The agent's own directory, no one else's to read or to plant anything in (a symlink, say).
   static void make_private_dir(const fs::path& dir) {

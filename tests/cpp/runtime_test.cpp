@@ -1611,6 +1611,77 @@ TEST(CgroupManager, ReusedGroupThatCannotShrinkBelowTheNewLimitIsReplaced) {
     EXPECT_EQ(::rmdir(p.c_str()), 0) << p << ": " << std::strerror(errno);
 }
 
+// Agents on one host share the cgroup parent. One starting finds the groups another left when it
+// ended: that agent's instance groups ("<name>-<pid>-<n>", the pid gone) are removed, what is left
+// in them killed; its kept replicas' groups ("kept.<hash>-...") are not, for they run on for their
+// own agent's next start (an embedded agent started meanwhile killed them before).
+TEST(CgroupManager, AStartingManagerRemovesAGoneAgentsInstancesButNotItsKeptReplicas) {
+  if (::geteuid() != 0) GTEST_SKIP() << "cgroups as root only";
+  const std::string parent = "blixard-test-" + std::to_string(::getpid()) + "-kept";
+  // A pid no process has now: a child's, reaped.
+  const pid_t gone = ::fork();
+  ASSERT_GE(gone, 0);
+  if (gone == 0) ::_exit(0);
+  ASSERT_EQ(::waitpid(gone, nullptr, 0), gone);
+  const std::string kept_name =
+      std::string(CgroupManager::k_kept_prefix) + "0badf00d-web-1_1-" + std::to_string(gone) + "-1";
+  const std::string instance_name = "fn-" + std::to_string(gone) + "-2";
+  // A process in a group (forked, it joins and waits to be killed).
+  auto run_in = [](const InstanceCgroup& group) {
+    const auto join = group.join_files();
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      for (const auto& f : join) {
+        const int fd = ::open(f.c_str(), O_WRONLY);
+        if (fd < 0 || ::write(fd, "0", 1) != 1) ::_exit(1);
+        ::close(fd);
+      }
+      for (;;) ::pause();
+    }
+    return pid;
+  };
+  auto in_group = [](pid_t pid, const std::string& name) {
+    return test_support::read_proc_file("/proc/" + std::to_string(pid) + "/cgroup")
+               .find("/" + name + "\n") != std::string::npos;
+  };
+  pid_t kept_pid = -1;
+  pid_t instance_pid = -1;
+  std::vector<fs::path> parents;
+  {
+    CgroupManager gone_agent(parent);
+    if (gone_agent.mode() == CgroupManager::Mode::none) GTEST_SKIP() << gone_agent.reason();
+    auto kept = gone_agent.create(kept_name, 64u << 20, 16);
+    auto instance = gone_agent.create(instance_name, 64u << 20, 16);
+    ASSERT_TRUE(kept && instance);
+    for (const auto& d : kept->dirs()) parents.push_back(d.parent_path());
+    kept_pid = run_in(*kept);
+    instance_pid = run_in(*instance);
+    ASSERT_GT(kept_pid, 0);
+    ASSERT_GT(instance_pid, 0);
+    ASSERT_TRUE(eventually(
+        [&] { return in_group(kept_pid, kept_name) && in_group(instance_pid, instance_name); }));
+    kept->forget();  // the agent ends; its groups stay
+    instance->forget();
+  }
+
+  {
+    CgroupManager next(parent);  // another agent's start
+    int status = 0;
+    ASSERT_EQ(::waitpid(instance_pid, &status, 0), instance_pid);
+    EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    EXPECT_EQ(::waitpid(kept_pid, &status, WNOHANG), 0) << "the kept replica's process was killed";
+    EXPECT_TRUE(in_group(kept_pid, kept_name));
+
+    // Its own agent takes the group back (or, here, removes it).
+    auto kept = next.existing(kept_name, 0);
+    ASSERT_TRUE(kept);
+    kept->remove();
+    ASSERT_EQ(::waitpid(kept_pid, &status, 0), kept_pid);
+    EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+  }
+  for (const auto& p : parents) ::rmdir(p.c_str());
+}
+
 // ---- native handlers (examples/handlers/cpp) and cold-start figures ----
 
 class NativeHandlerTest : public SandboxTest {
