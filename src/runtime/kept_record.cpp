@@ -4,8 +4,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <string_view>
-
 #include "runtime/process.hpp"
 
 namespace blixard::runtime {
@@ -15,16 +13,6 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr off_t k_max_record = 16 << 20;  // a spec is far smaller; more is no record of ours
-
-bool write_all(int fd, std::string_view bytes) {
-  while (!bytes.empty()) {
-    const ssize_t n = ::write(fd, bytes.data(), bytes.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    bytes.remove_prefix(static_cast<std::size_t>(n));
-  }
-  return true;
-}
 
 }  // namespace
 

@@ -160,17 +160,6 @@ bool send_all(int fd, std::string_view bytes) {
   return true;
 }
 
-// All of `bytes` to a file, or false.
-bool write_all(int fd, std::string_view bytes) {
-  while (!bytes.empty()) {
-    const ssize_t n = ::write(fd, bytes.data(), bytes.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return false;
-    bytes.remove_prefix(static_cast<std::size_t>(n));
-  }
-  return true;
-}
-
 // Whether `path` can be opened with O_DIRECT (qemu's cache='none').
 bool opens_direct(const fs::path& path) {
   const UniqueFd fd(::open(path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC));

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 
 namespace blixard::runtime {
@@ -34,6 +35,8 @@ class UniqueFd {
   int fd_ = -1;
 };
 
+// All of `bytes` to `fd` (a file or a pipe; retried on EINTR), or false.
+bool write_all(int fd, std::string_view bytes);
 // A close-on-exec pipe: {read end, write end}. Throws Error(unavailable).
 std::pair<UniqueFd, UniqueFd> make_pipe();
 void set_nonblocking(int fd);

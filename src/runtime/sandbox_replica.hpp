@@ -28,8 +28,8 @@ struct SandboxReplicaContext {
   // Called once the replica's thread is done with the context (after its exit was reported).
   std::function<void()> done;
   // Set: the replica may outlive its agent (docs/vms.md, "Agent restarts"). It does not die with
-  // the agent's thread (no PR_SET_PDEATHSIG), its console is two files in `consoles` the agent
-  // tails (not pipes: a pipe's reader dies with the agent), and once ready its record is
+  // the agent's thread (no PR_SET_PDEATHSIG), its console is two FIFOs in `consoles` the agent
+  // reads (not pipes: a pipe's reader dies with the agent), and once ready its record is
   // `kept_dir`/<name>.pb (KeptReplica). Both directories are the root agent's only.
   std::filesystem::path kept_dir, consoles;
   std::string cgroup_name;  // its cgroup's name (empty: root's file name)
