@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import blixard
 
@@ -110,3 +111,62 @@ class Poller(threading.Thread):
             except Exception as e:  # noqa: BLE001 - every failure counts
                 self.failed.append(repr(e))
             time.sleep(0.05)
+
+
+def restarts_keep_what_runs(setup: Joined, running: Callable[[], dict], lb: str, names: list,
+                            timeout: float, before_start: Callable[[], object] = lambda: None,
+                            after_start: Callable[[object], None] = lambda _: None) -> int:
+    """The agent-restart scenario of docs/vms.md, "Agent restarts", for the 2-replica set "web"
+    serving "kept" at `lb` on agent n1; `running()`: what runs for it on the host ({key: pid}).
+    The agent stopped for an upgrade (SIGUSR2), then killed (no goodbye): each time what it ran
+    runs on, the server holds it, and the agent started again takes it back (`before_start` and
+    `after_start(its result)` check more around each start) while the balancer serves throughout.
+    Then a scale-down stops one of what was taken back, and an agent back only after its lease
+    finds the rest given up: it kills it, and a fresh one serves. Returns the requests served."""
+    first = running()
+    poller = Poller(lb, "kept")
+    poller.start()
+    try:
+        for stop, taken in (("SIGUSR2", 1), ("SIGKILL", 2)):
+            setup.agent.send_signal(getattr(signal, stop))
+            assert setup.agent.wait(timeout=30) == (0 if stop == "SIGUSR2" else -signal.SIGKILL)
+            assert running() == first, stop
+            # Shown as held while the agent is away.
+            held = poll(lambda: [i for i in setup.status()["instances"]
+                                 if "is disconnected: held" in i.get("message", "")], 10)
+            assert sorted(i["name"] for i in held) == names, held
+            checked = before_start()
+            setup.start_agent()
+            poll(lambda: setup.phase() == "Ready", 30)
+            poll(lambda: setup.agent_log().count("took back 2 replica(s)") == taken, 10)
+            poll(lambda: setup.server_log().count(", 2 adopted") == taken, 10)
+            ok_after = poller.ok
+            poll(lambda: poller.ok > ok_after + 10, 20)  # served under the new agent too
+            after_start(checked)
+    finally:
+        poller.stop.set()
+        poller.join()
+    assert not poller.failed, poller.failed[:5]
+    assert running() == first, "restarted, not taken back"
+    after = setup.status()
+    assert sorted(i["name"] for i in after["instances"]) == names, after
+    assert after["readyReplicas"] == 2, after
+
+    # What was taken back is the agent's again: a scale-down stops one of them.
+    setup.cli("vm", "scale", "web", "--replicas", "1", "--wait")
+    poll(lambda: len(running()) == 1, timeout)
+    assert set(running().items()) < set(first.items())
+
+    # Back only after the lease lapsed: the server gave the replica up and placed it again
+    # (nowhere to go until the node is back); the agent kills the old one.
+    left = running()
+    setup.agent.kill()
+    setup.agent.wait()
+    poll(lambda: setup.phase() == "Lost", 20)
+    setup.start_agent()
+    poll(lambda: setup.phase() == "Ready", 30)
+    fresh = poll(lambda: setup.status().get("readyReplicas") == 1 and len(running()) == 1
+                 and running() != left and running(), 2 * timeout)
+    assert not set(fresh.values()) & set(left.values())
+    assert get(lb) == "kept"
+    return poller.ok

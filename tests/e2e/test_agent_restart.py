@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import poll
-from joined import Joined, Poller, get
+from joined import Joined, get, restarts_keep_what_runs
 from test_guests import promote_in_place, qemu_pid
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,52 +86,8 @@ def test_a_restarted_agent_takes_its_guests_back(setup, tmp_path):
         assert record.parent.stat().st_mode & 0o077 == 0, record.parent
     assert not list(records[0].parent.parent.glob("replicas/*/*.pb"))
 
-    poller = Poller(lb, "kept")
-    poller.start()
-    try:
-        # Stopped for an upgrade (SIGUSR2), then killed (no goodbye): each time its guests run on
-        # under libvirtd, the server holds them, and the agent started again takes them back.
-        for stop, taken in (("SIGUSR2", 1), ("SIGKILL", 2)):
-            setup.agent.send_signal(getattr(signal, stop))
-            assert setup.agent.wait(timeout=30) == (0 if stop == "SIGUSR2" else -signal.SIGKILL)
-            assert guests() == running, stop
-            # Shown as held while the agent is away.
-            held = poll(lambda: [i for i in setup.status()["instances"]
-                                 if "is disconnected: held" in i.get("message", "")], 10)
-            assert sorted(i["name"] for i in held) == replicas, held
-            setup.start_agent()
-            poll(lambda: setup.phase() == "Ready", 30)
-            poll(lambda: setup.agent_log().count("took back 2 replica(s)") == taken, 10)
-            poll(lambda: setup.server_log().count(", 2 adopted") == taken, 10)
-            ok_after = poller.ok
-            poll(lambda: poller.ok > ok_after + 10, 20)  # served under the new agent too
-    finally:
-        poller.stop.set()
-        poller.join()
-    assert not poller.failed, poller.failed[:5]
-    assert guests() == running, "a guest was restarted"
-    after = setup.status()
-    assert sorted(i["name"] for i in after["instances"]) == replicas, after
-    assert after["readyReplicas"] == 2, after
-
-    # The adopted guests are the agent's again: a scale-down stops one of them.
-    setup.cli("vm", "scale", "web", "--replicas", "1", "--wait")
-    poll(lambda: len(guests()) == 1, 60)
-    assert set(guests().items()) < set(running.items())
-
-    # Back only after the lease lapsed: the server gave the guest up and placed the replica
-    # again (nowhere to go until the node is back); the agent destroys the old guest.
-    kept = guests()
-    setup.agent.kill()
-    setup.agent.wait()
-    poll(lambda: setup.phase() == "Lost", 20)
-    setup.start_agent()
-    poll(lambda: setup.phase() == "Ready", 30)
-    fresh = poll(lambda: setup.status().get("readyReplicas") == 1
-                 and len(guests()) == 1 and guests() != kept and guests(), 120)
-    assert not set(fresh.items()) & set(kept.items())
-    assert get(lb) == "kept"
-    print(f"agent restart: {poller.ok} requests through the balancer, 0 failed")
+    served = restarts_keep_what_runs(setup, guests, lb, replicas, 60)
+    print(f"agent restart: {served} requests through the balancer, 0 failed")
 
 
 def test_a_standby_guest_on_a_joined_agent_is_promoted_in_place(setup, tmp_path):

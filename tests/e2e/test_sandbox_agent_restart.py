@@ -9,14 +9,13 @@ up: it kills them, and the set's replicas start afresh."""
 from __future__ import annotations
 
 import os
-import signal
 import uuid
 from pathlib import Path
 
 import pytest
 
 from conftest import poll
-from joined import Joined, Poller, get
+from joined import Joined, get, restarts_keep_what_runs
 
 MARK = f"e2e-keep-{uuid.uuid4().hex[:12]}"
 
@@ -107,7 +106,7 @@ def test_a_restarted_agent_takes_its_sandboxed_replicas_back(setup, tmp_path):
     before = setup.status()
     names = sorted(i["name"] for i in before["instances"])
     assert len(names) == 2, before
-    running = poll(lambda: len(replicas()) == 2 and replicas(), 10)
+    poll(lambda: len(replicas()) == 2, 10)
     lb = poll(lambda: setup.status().get("endpoints"), 10)[0]["address"]
     assert get(lb) == "kept"
     # What the next agent acts on is root's alone.
@@ -118,50 +117,14 @@ def test_a_restarted_agent_takes_its_sandboxed_replicas_back(setup, tmp_path):
     for record in records:
         assert record.stat().st_uid == 0 and record.stat().st_mode & 0o077 == 0, record
 
-    poller = Poller(lb, "kept")
-    poller.start()
-    try:
-        for stop, taken in (("SIGUSR2", 1), ("SIGKILL", 2)):
-            setup.agent.send_signal(getattr(signal, stop))
-            assert setup.agent.wait(timeout=30) == (0 if stop == "SIGUSR2" else -signal.SIGKILL)
-            assert replicas() == running, stop
-            held = poll(lambda: [i for i in setup.status()["instances"]
-                                 if "is disconnected: held" in i.get("message", "")], 10)
-            assert sorted(i["name"] for i in held) == names, held
-            seen = last_sequence(setup)
-            setup.start_agent()
-            poll(lambda: setup.phase() == "Ready", 30)
-            poll(lambda: setup.agent_log().count("took back 2 replica(s)") == taken, 10)
-            poll(lambda: setup.server_log().count(", 2 adopted") == taken, 10)
-            ok_after = poller.ok
-            poll(lambda: poller.ok > ok_after + 10, 20)  # served under the new agent too
-            # Their consoles are the new agent's: lines come from both replicas again.
-            poll(lambda: len(hits(setup, seen)) == 2, 20)
-    finally:
-        poller.stop.set()
-        poller.join()
-    assert not poller.failed, poller.failed[:5]
-    assert replicas() == running, "a replica was restarted"
-    after = setup.status()
-    assert sorted(i["name"] for i in after["instances"]) == names, after
-    assert [i.get("node") for i in after["instances"]] == [i.get("node") for i in before["instances"]]
-    assert after["readyReplicas"] == 2, after
+    def taken_back(seen: int) -> None:
+        # Their consoles are the new agent's: lines come from both replicas again.
+        poll(lambda: len(hits(setup, seen)) == 2, 20)
+        # Where they ran.
+        assert [i.get("node") for i in setup.status()["instances"]] == [
+            i.get("node") for i in before["instances"]]
 
-    # The adopted replicas are the agent's again: a scale-down stops one of them.
-    setup.cli("vm", "scale", "web", "--replicas", "1", "--wait")
-    poll(lambda: len(replicas()) == 1, 30)
-    assert set(replicas().items()) < set(running.items())
-
-    # Back only after the lease lapsed: the server gave the replica up and placed it again
-    # (nowhere to go until the node is back); the agent kills the old one.
-    left = replicas()
-    setup.agent.kill()
-    setup.agent.wait()
-    poll(lambda: setup.phase() == "Lost", 20)
-    setup.start_agent()
-    poll(lambda: setup.phase() == "Ready", 30)
-    fresh = poll(lambda: setup.status().get("readyReplicas") == 1 and len(replicas()) == 1
-                 and replicas() != left and replicas(), 60)
-    assert not set(fresh.values()) & set(left.values())
-    assert get(lb) == "kept"
-    print(f"sandbox agent restart: {poller.ok} requests through the balancer, 0 failed")
+    served = restarts_keep_what_runs(setup, replicas, lb, names, 30,
+                                     before_start=lambda: last_sequence(setup),
+                                     after_start=taken_back)
+    print(f"sandbox agent restart: {served} requests through the balancer, 0 failed")

@@ -186,16 +186,23 @@ def test_sandbox_fields_are_validated(daemon, field, value, message):
 # (issue 13's networks). Every other attack must be contained as for a function instance.
 REPLICA_ON_HOST_NETWORK = {"reach_api", "network_interfaces"}
 
-REPLICA_RUNNER = """
+# Appended to attacks.py in a replica: runs each attack named in $ATTACKS on $EVENT, printing a
+# RESULT line for each (with `extra` in it).
+RUN_ATTACKS = """
 import json, os, socket
-for name in json.loads(os.environ["ATTACKS"]):
-    event = json.loads(os.environ["EVENT"])
-    event["attack"] = name
-    try:
-        out = handler(event, None)
-    except BaseException as e:
-        out = {"ok": False, "detail": "raised %r" % (e,)}
-    print("RESULT " + json.dumps({"name": name, **out}), flush=True)
+def run_attacks(**extra):
+    for name in json.loads(os.environ["ATTACKS"]):
+        event = json.loads(os.environ["EVENT"])
+        event["attack"] = name
+        try:
+            out = handler(event, None)
+        except BaseException as e:
+            out = {"ok": False, "detail": "raised %r" % (e,)}
+        print("RESULT " + json.dumps({**extra, "name": name, **out}), flush=True)
+"""
+
+REPLICA_RUNNER = RUN_ATTACKS + """
+run_attacks()
 s = socket.socket()
 s.bind(("127.0.0.1", int(os.environ["PORT"])))
 s.listen()
@@ -331,8 +338,8 @@ def test_attacks_from_a_guest_restored_from_a_snapshot_do_not_reach_the_host(gue
 
 # ---- a VM replica that outlives its agent (a joined agent's sandbox driver, docs/vms.md) ----
 
-KEPT_RUNNER = """
-import json, os, socket, threading, time
+KEPT_RUNNER = RUN_ATTACKS + """
+import threading, time
 s = socket.socket()
 s.bind(("127.0.0.1", int(os.environ["PORT"])))
 s.listen()
@@ -340,14 +347,7 @@ threading.Thread(target=lambda: [s.accept()[0].close() for _ in iter(int, 1)], d
 rounds = 0
 while True:
     rounds += 1
-    for name in json.loads(os.environ["ATTACKS"]):
-        event = json.loads(os.environ["EVENT"])
-        event["attack"] = name
-        try:
-            out = handler(event, None)
-        except BaseException as e:
-            out = {"ok": False, "detail": "raised %r" % (e,)}
-        print("RESULT " + json.dumps({"round": rounds, "name": name, **out}), flush=True)
+    run_attacks(round=rounds)
     time.sleep(1)
 """
 
